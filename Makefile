@@ -1,0 +1,53 @@
+# The two commands the README opens with work on a fresh machine with Python 3.11 and the
+# package registries:  `make demo` (the main job) and `make test` (the test suite).
+# Both create .venv and install the project (with its test extras) when needed.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO   ?= results/demo
+
+.PHONY: install test test-fast demo bench browser schemas clean help
+
+help:
+	@echo "make demo    - small AutoML search on the bundled synthetic data (CPU, minutes)"
+	@echo "make test    - the test suite (what CI runs)"
+	@echo "make bench   - every benchmark in benchmarks/, rewriting benchmarks/RESULTS.md"
+	@echo "make schemas - regenerate schemas/segformer and templates/segformer"
+
+$(STAMP): pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Headless Chromium drives the MLflow UI test. Debian's package, installed when we are root with
+# apt-get; elsewhere the test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "note: chromium could not be installed; the MLflow UI test will skip"; \
+	  else echo "note: no chromium and no root apt-get; the MLflow UI test will skip"; fi; }
+
+test: install browser
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+demo: install
+	$(BIN)/segformer data synth --out $(DEMO)/data
+	$(BIN)/segformer train -e experiments/demo/spec.yaml dataset.segment.root_dir=$(CURDIR)/$(DEMO)/data results_dir=$(CURDIR)/$(DEMO)/train
+
+bench: install
+	$(BIN)/python -m benchmarks.run_all
+
+schemas: install
+	$(BIN)/segformer schema generate
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache results

@@ -1,0 +1,141 @@
+"""``segformer``: run any TAO SegFormer action, plus the tool commands around them.
+
+    segformer <action> -e spec.yaml [key=value ...]     train, evaluate, inference, export,
+                                                        quantize, gen_trt_engine
+    segformer validate -e spec.yaml [--action A] [key=value ...]
+    segformer schema generate [--out-dir DIR]
+    segformer data synth --out DIR [--num-classes K ...]
+    segformer convert --from hf|nvlabs|timm SRC OUT.pth [-e spec.yaml]
+
+The command line only parses and dispatches from the explicit tables below. Every action is the
+in-process function ``segformer.actions.<action>.run(cfg)``; nothing here imports torch, so
+``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from typing import Callable, Sequence
+
+from segformer import __version__
+
+# action name -> (module holding `run(cfg)`, one-line help)
+ACTIONS: dict[str, tuple[str, str]] = {
+    "train": ("segformer.actions.train", "train a SegFormer model on an image/mask folder dataset"),
+    "evaluate": ("segformer.actions.evaluate", "mIoU, mAcc, aAcc and per-class scores of a checkpoint, ONNX file or engine"),
+    "inference": ("segformer.actions.inference", "write class-id masks (vis_tao) and overlays (mask_tao) for predict_split"),
+    "export": ("segformer.actions.export", "export a checkpoint to ONNX (and a DeepStream config)"),
+    "quantize": ("segformer.actions.quantize", "post-training quantization (torchao, modelopt, ONNX Runtime int8)"),
+    "gen_trt_engine": ("segformer.actions.gen_trt_engine", "build a TensorRT engine from the ONNX file"),
+}
+
+# tool command -> (module:function taking argv and returning an exit code, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("segformer.config.validate:main", "check a spec against its action schema; reports every problem"),
+    "schema": ("segformer.config.generate:main", "schema generate: write schemas/ and templates/ from the dataclasses"),
+    "data": ("segformer.data.synth:main", "data synth: write a learnable synthetic dataset and its spec"),
+    "convert": ("segformer.model.convert:main", "import HF / NVlabs / timm weights into a checkpoint every action accepts"),
+}
+
+EXIT_USER_ERROR = 1
+EXIT_NOT_IMPLEMENTED = 2
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Exception types whose message is the whole story for a user (no traceback)."""
+    from segformer.errors import SegformerError
+
+    types: list[type[BaseException]] = [SegformerError]
+    try:
+        from segformer.config import ConfigError
+
+        types.append(ConfigError)
+    except ImportError:  # the config package is missing only in a broken install
+        pass
+    return tuple(types)
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    lines = ["actions (segformer <action> -e spec.yaml [key=value ...]):"]
+    lines += [f"  {name:<15} {help_}" for name, (_, help_) in ACTIONS.items()]
+    lines += ["", "tools:"]
+    lines += [f"  {name:<15} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Set SEGFORMER_DEBUG=1 to see tracebacks of expected errors too."]
+    parser = argparse.ArgumentParser(
+        prog="segformer",
+        description="SegFormer semantic segmentation, compatible with NVIDIA TAO specs.",
+        epilog="\n".join(lines),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("command", choices=[*ACTIONS, *COMMANDS], metavar="command", help="an action or tool, listed below")
+    return parser
+
+
+def action_parser(action: str) -> argparse.ArgumentParser:
+    """The parser shared by every action: a spec file and dotted overrides, as TAO takes them."""
+    _, help_ = ACTIONS[action]
+    parser = argparse.ArgumentParser(prog=f"segformer {action}", description=help_)
+    parser.add_argument("-e", "--experiment_spec_file", "--experiment-spec-file", dest="spec", required=True,
+                        help="the experiment spec YAML (TAO format)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides, e.g. train.optim.lr=3e-4 dataset.segment.batch_size=4")
+    return parser
+
+
+def run_action(action: str, argv: Sequence[str]) -> int:
+    """Parse, load and validate the spec, then call ``segformer.actions.<action>.run(cfg)``."""
+    args = action_parser(action).parse_args(list(argv))
+    module_name, _ = ACTIONS[action]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        print(f"segformer {action}: not implemented yet", file=sys.stderr)
+        return EXIT_NOT_IMPLEMENTED
+
+    from segformer.config import load_config
+
+    cfg = load_config(args.spec, args.overrides)
+    module.run(cfg)
+    return 0
+
+
+def _resolve(target: str) -> Callable[[list[str]], int]:
+    module_name, func_name = target.split(":")
+    return getattr(importlib.import_module(module_name), func_name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _top_parser()
+    if not argv or argv[0] in ("-h", "--help", "--version"):
+        parser.parse_args(argv or ["--help"])
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in ACTIONS and command not in COMMANDS:
+        parser.parse_args([command])  # argparse prints the valid choices and exits 2
+    try:
+        if command in ACTIONS:
+            return run_action(command, rest)
+        target, _ = COMMANDS[command]
+        return int(_resolve(target)(rest) or 0)
+    except KeyboardInterrupt:
+        print(f"segformer {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
+        if isinstance(exc, _user_error_types()):
+            if os.environ.get("SEGFORMER_DEBUG"):
+                traceback.print_exc()
+            print(f"segformer {command}: error: {exc}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

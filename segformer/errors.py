@@ -1,0 +1,22 @@
+"""The one base class for errors a user can fix.
+
+An error derived from :class:`SegformerError` is expected: its message names the file, key or value
+that is wrong and says how to fix it, so the command-line tools print it without a traceback and
+exit non-zero. Anything else is a bug and keeps its traceback.
+"""
+
+
+class SegformerError(Exception):
+    """A problem with the user's input or environment, explained in the message."""
+
+
+class DataError(SegformerError):
+    """The dataset on disk does not match the spec (missing folders, bad masks, palette problems)."""
+
+
+class CheckpointError(SegformerError):
+    """A checkpoint cannot be read, is of another model, or is refused by safe loading."""
+
+
+class MissingDependencyError(SegformerError):
+    """An optional package is needed for this action; the message names the extra to install."""

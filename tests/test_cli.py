@@ -1,0 +1,58 @@
+"""The command-line front doors: fast help, dispatch, and clean errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from segformer import cli
+
+
+def _run(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("module", ["segformer.cli", "automl.cli"])
+def test_help_is_fast_and_imports_no_torch(module: str) -> None:
+    code = (
+        "import sys, time\n"
+        "t = time.perf_counter()\n"
+        f"import {module} as m\n"
+        "try:\n"
+        "    m.main(['--help'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code in (0, None), e.code\n"
+        "elapsed = time.perf_counter() - t\n"
+        "heavy = sorted(n for n in ('torch', 'ray', 'mlflow', 'lightning', 'optuna') if n in sys.modules)\n"
+        "print('HEAVY', heavy, 'ELAPSED', round(elapsed, 3))\n"
+    )
+    proc = _run(code)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout, proc.stdout
+    assert "usage:" in proc.stdout.lower()
+    # Speed itself is not asserted here (no timing in unit tests): help stays fast because it
+    # imports none of the heavy libraries, which is what this test pins down.
+
+
+def test_every_action_has_a_parser_with_spec_and_overrides() -> None:
+    for action in cli.ACTIONS:
+        args = cli.action_parser(action).parse_args(["-e", "spec.yaml", "a.b=1", "c=[1,2]"])
+        assert args.spec == "spec.yaml"
+        assert args.overrides == ["a.b=1", "c=[1,2]"]
+
+
+def test_unknown_command_lists_the_valid_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["trian"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "train" in err and "invalid choice" in err
+
+
+def test_missing_spec_file_is_a_clear_error(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.yaml"
+    code = cli.main(["validate", "-e", str(missing)])
+    assert code != 0
+    assert str(missing) in capsys.readouterr().err
