@@ -1,0 +1,418 @@
+"""Loading a spec: dataclass defaults -> YAML -> dotted overrides -> interpolation -> validation.
+
+Validation reports every problem at once (unknown keys with the closest valid key, wrong types,
+out-of-bounds values, cross-field rules) as one ``ConfigError``. OmegaConf does the merging into
+the structured (typed) config and the ``${...}`` interpolation; callers get real dataclass instances.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import re
+import tempfile
+import typing
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from .experiment import ExperimentConfig
+from .fields import ConfigError, ConfigWarning, iter_fields
+from .tao_schema import (
+    ACTIONS,
+    build_tao_schema,
+    schema_problems,
+    tao_to_json_schema,
+    unknown_key_message,
+    valid_keys,
+)
+
+__all__ = [
+    "load_config",
+    "apply_overrides",
+    "to_dict",
+    "dump_config",
+    "require",
+    "action_results_dir",
+    "spec_problems",
+    "read_spec",
+    "REQUIRED_BY_ACTION",
+]
+
+# Values an action cannot run without; a tuple means "one of these". Checked by `segformer validate
+# --action` and, at run time, by the actions through `require()`.
+REQUIRED_BY_ACTION: dict[str, tuple[str | tuple[str, ...], ...]] = {
+    "train": ("dataset.segment.root_dir",),
+    "evaluate": ("dataset.segment.root_dir", ("evaluate.checkpoint", "evaluate.trt_engine")),
+    "inference": ("dataset.segment.root_dir", ("inference.checkpoint", "inference.trt_engine")),
+    "export": ("export.checkpoint",),
+    "quantize": ("quantize.model_path",),
+    "gen_trt_engine": ("gen_trt_engine.onnx_file",),
+}
+
+_UNSET = ("", "???")
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+_INTERPOLATION = re.compile(r"\$\{([^}]*)\}")
+_SOURCE_ATTR = "_spec_source"  # (raw spec, plain snapshot) kept so overrides re-resolve ${...}
+
+
+# ------------------------------------------------------------------------------------------ public
+def read_spec(path: str | Path) -> dict:
+    """The raw mapping of a YAML spec file (yaml.safe_load); an empty file is an empty spec."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"spec file {str(path)!r} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"spec file {str(path)!r} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"spec file {str(path)!r} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] | Mapping[str, Any] = ()) -> ExperimentConfig:
+    """Load a spec file (``None``: defaults only) with ``key=value`` overrides into a validated config.
+
+    Raises ConfigError listing every problem. Settings that have no effect here warn (ConfigWarning).
+    """
+    origin = str(path) if path is not None else "<defaults>"
+    raw = read_spec(path) if path is not None else {}
+    raw, problems = _with_overrides(raw, overrides)
+    return _materialize(raw, origin, problems)
+
+
+def apply_overrides(cfg: ExperimentConfig, overrides: Sequence[str] | Mapping[str, Any]) -> ExperimentConfig:
+    """A NEW config with dotted overrides applied and validated; ``cfg`` is left untouched.
+
+    For a config from ``load_config``, the overrides are applied to its spec before ``${...}``
+    interpolation, so ``results_dir=/x`` also moves ``${results_dir}/train/...`` paths.
+    """
+    source = cfg.__dict__.get(_SOURCE_ATTR)
+    base = source[0] if source is not None and source[1] == to_dict(cfg) else to_dict(cfg)
+    raw, problems = _with_overrides(base, overrides)
+    return _materialize(raw, "<overrides>", problems)
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain (YAML/JSON-able) dict of a config or of any of its sections."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: ExperimentConfig, path: str | Path) -> Path:
+    """Write the resolved config as YAML, atomically (a temporary file, then os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def require(cfg: ExperimentConfig, key: str, *alternatives: str) -> Any:
+    """The value of ``key`` (or the first set of ``alternatives``); a ConfigError says how to set it."""
+    for k in (key, *alternatives):
+        value = _select(cfg, k)
+        if value is not None:
+            return value
+    keys = " or ".join((key, *alternatives))
+    raise ConfigError(
+        f"{keys} is required here but is not set (null, '' or '???' in the spec). "
+        f"Set it in the spec file or on the command line: {key}=/path/to/file"
+    )
+
+
+def action_results_dir(cfg: ExperimentConfig, action: str) -> Path:
+    """``cfg.<action>.results_dir`` if set, else ``cfg.results_dir/<action>``."""
+    if action not in ACTIONS:
+        raise ConfigError(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
+    own = getattr(cfg, action).results_dir
+    if own:
+        return Path(own)
+    if cfg.results_dir:
+        return Path(cfg.results_dir) / action
+    raise ConfigError(f"results_dir is not set: set results_dir (or {action}.results_dir) in the spec "
+                      "or pass results_dir=/path/to/results")
+
+
+def spec_problems(raw: Mapping[str, Any], action: str | None = None) -> list[str]:
+    """Every problem of a raw spec mapping (after defaults and interpolation), for ``validate``.
+
+    With ``action``, also the values that action needs (REQUIRED_BY_ACTION).
+    """
+    problems, resolved = _check(dict(raw), action)
+    if resolved is not None and action is not None:
+        for need in REQUIRED_BY_ACTION[action]:
+            keys = need if isinstance(need, tuple) else (need,)
+            if all(_select_plain(resolved, k) is None for k in keys):
+                problems.append(f"{' or '.join(keys)} is required by {action} but is not set "
+                                f"(set it in the spec or pass {keys[0]}=...)")
+    return problems
+
+
+# ----------------------------------------------------------------------------------------- helpers
+def _select(obj: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(unknown_key_message(key, valid_keys()))
+        obj = getattr(obj, part)
+    return obj
+
+
+def _select_plain(data: Mapping[str, Any], key: str) -> Any:
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _parse_value(text: str) -> Any:
+    """Typed override values: YAML scalars/lists/maps; '1e-4' (YAML 1.1 reads it as text) is a float."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and _FLOAT.match(value.strip()):
+        return float(value)
+    return value
+
+
+def _with_overrides(raw: Mapping[str, Any], overrides: Sequence[str] | Mapping[str, Any]) -> tuple[dict, list[str]]:
+    """A deep copy of ``raw`` with dotted overrides set; problems (bad syntax, unknown keys) collected."""
+    out = copy.deepcopy(dict(raw))
+    problems: list[str] = []
+    if isinstance(overrides, Mapping):
+        items = list(overrides.items())
+    else:
+        if isinstance(overrides, str):
+            overrides = [overrides]
+        items = []
+        for text in overrides:
+            key, sep, value = str(text).partition("=")
+            if not sep or not key.strip():
+                problems.append(f"override {text!r} must look like key=value (e.g. train.optim.lr=3e-4)")
+                continue
+            items.append((key.strip(), _parse_value(value)))
+    known = set(valid_keys())
+    for key, value in items:
+        if key not in known:
+            problems.append(unknown_key_message(key, known))
+            continue
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[leaf] = copy.deepcopy(value)
+    return out, problems
+
+
+def _normalize(data: Any, cls: type) -> Any:
+    """TAO's conventions to ours, by field type: "" / "???" -> None for optional strings,
+    label_transform "None" -> None, "1e-4" -> 1e-4 for floats, an empty section -> {}, and a palette
+    entry without mapping_class maps to itself. Unknown keys are left for validation to report."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        return data
+    hints = typing.get_type_hints(cls)
+    out = dict(data)
+    for f, _ in iter_fields(cls):
+        if f.name not in out:
+            continue
+        value, hint = out[f.name], hints[f.name]
+        optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+        base = typing.get_args(hint)[0] if optional else hint
+        if isinstance(value, str) and "${" in value:
+            continue
+        if dataclasses.is_dataclass(base):
+            out[f.name] = _normalize(value, base)
+        elif optional and base is str and isinstance(value, str) and value.strip() in _UNSET:
+            out[f.name] = None
+        elif f.name == "label_transform" and isinstance(value, str) and value.strip().lower() == "none":
+            out[f.name] = None
+        elif base is float and isinstance(value, str) and _FLOAT.match(value.strip()):
+            out[f.name] = float(value)
+        elif typing.get_origin(base) is list and isinstance(value, list):
+            (item,) = typing.get_args(base)
+            if dataclasses.is_dataclass(item):
+                out[f.name] = [_palette_entry(v) for v in value]
+            elif item is float:
+                out[f.name] = [float(v) if isinstance(v, str) and _FLOAT.match(v.strip()) else v for v in value]
+    return out
+
+
+def _palette_entry(entry: Any) -> Any:
+    if isinstance(entry, dict) and "seg_class" in entry and entry.get("mapping_class") in (None, ""):
+        return {**entry, "mapping_class": entry["seg_class"]}
+    return entry
+
+
+def _deep_merge(base: dict, extra: Mapping[str, Any]) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _walk_strings(data: Any, prefix: str = ""):
+    if isinstance(data, dict):
+        for k, v in data.items():
+            yield from _walk_strings(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            yield from _walk_strings(v, f"{prefix}[{i}]")
+    elif isinstance(data, str):
+        yield prefix, data
+
+
+def _resolve(raw: dict) -> tuple[dict | None, list[str]]:
+    """Defaults + raw, with every ${...} resolved by OmegaConf; problems name the key and the reference."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    merged = _deep_merge(to_dict(ExperimentConfig()), _normalize(raw, ExperimentConfig))
+    try:
+        conf = OmegaConf.create(merged)
+    except OmegaConfBaseException as exc:
+        return None, [f"the spec cannot be read: {_omega_message(exc)}"]
+    problems = []
+    known = valid_keys()
+    for key, text in _walk_strings(merged):
+        for ref in _INTERPOLATION.findall(text):
+            ref = ref.strip()
+            if ":" in ref or ref.startswith("."):
+                continue  # resolvers (${oc.env:X}) and relative references: OmegaConf checks them below
+            if ref not in known:
+                problems.append(f"{key} = {text!r} refers to ${{{ref}}}: " + unknown_key_message(ref, known))
+            elif _select_plain(merged, ref) is None or _select_plain(merged, ref) in _UNSET:
+                problems.append(f"{key} = {text!r} refers to ${{{ref}}}, which is not set; set {ref} "
+                                f"(e.g. {ref}=/path) or write the path out")
+    if problems:
+        return None, problems
+    try:
+        resolved = OmegaConf.to_container(conf, resolve=True)
+    except OmegaConfBaseException as exc:
+        return None, [f"interpolation failed: {_omega_message(exc)}"]
+    return _normalize(resolved, ExperimentConfig), []
+
+
+def _omega_message(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    key = getattr(exc, "full_key", None)
+    return f"{key}: {text}" if key else text
+
+
+def _cross_field_problems(d: dict) -> list[str]:
+    """Rules that span fields (the schema checks single values)."""
+    problems = []
+    for name in ("train", "evaluate", "inference"):
+        sec = d.get(name) or {}
+        ids, n = sec.get("gpu_ids"), sec.get("num_gpus")
+        if isinstance(ids, list) and isinstance(n, int) and len(ids) != n:
+            problems.append(f"{name}.gpu_ids must list num_gpus={n} ids, got {ids}")
+    seg = (d.get("dataset") or {}).get("segment") or {}
+    aug = seg.get("augmentation") or {}
+    mean, std = aug.get("mean"), aug.get("std")
+    if isinstance(mean, list) and isinstance(std, list):
+        if len(mean) not in (1, 3) or len(mean) != len(std):
+            problems.append(f"dataset.segment.augmentation.mean and std must both have 3 values (1 for grey), got {mean} and {std}")
+        if any(isinstance(s, (int, float)) and s <= 0 for s in std):
+            problems.append(f"dataset.segment.augmentation.std values must be > 0, got {std}")
+    scale = (aug.get("with_scale_random_crop") or {}).get("scale_range")
+    if isinstance(scale, list) and not (len(scale) == 2 and all(isinstance(s, (int, float)) for s in scale) and 0 < scale[0] <= scale[1]):
+        problems.append(f"dataset.segment.augmentation.with_scale_random_crop.scale_range must be [low, high] with 0 < low <= high, got {scale}")
+    palette, num_classes = seg.get("palette"), seg.get("num_classes")
+    if isinstance(palette, list):
+        if not palette:
+            problems.append("dataset.segment.palette must list at least one class")
+        for i, entry in enumerate(palette):
+            if not isinstance(entry, dict):
+                continue
+            rgb, label = entry.get("rgb"), entry.get("label_id")
+            if isinstance(rgb, list) and (len(rgb) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in rgb)):
+                problems.append(f"dataset.segment.palette[{i}].rgb must be 3 integers in [0, 255], got {rgb}")
+            if isinstance(label, int) and isinstance(num_classes, int) and label != 255 and label >= num_classes:
+                problems.append(f"dataset.segment.palette[{i}].label_id must be < num_classes={num_classes} or 255 (ignore), got {label}")
+    trt = (d.get("gen_trt_engine") or {}).get("tensorrt") or {}
+    sizes = [trt.get(k) for k in ("min_batch_size", "opt_batch_size", "max_batch_size")]
+    if all(isinstance(s, int) for s in sizes) and not sizes[0] <= sizes[1] <= sizes[2]:
+        problems.append(f"gen_trt_engine.tensorrt batch sizes must satisfy min <= opt <= max, got {sizes}")
+    steps = ((d.get("train") or {}).get("optim") or {}).get("lr_steps")
+    if isinstance(steps, list) and (any(not isinstance(s, int) or s < 1 for s in steps) or steps != sorted(set(steps))):
+        problems.append(f"train.optim.lr_steps must be increasing epoch numbers >= 1, got {steps}")
+    return problems
+
+
+def _json_schema(action: str | None) -> dict:
+    """The action's JSON-Schema; sections the action's schema does not hold are checked against ours
+    too (a train spec may carry evaluate/export sections, as TAO's doc example does)."""
+    tao = build_tao_schema(action)
+    if action is not None:
+        full = build_tao_schema(None)
+        for name, node in full["properties"].items():
+            tao["properties"].setdefault(name, node)
+    return tao_to_json_schema(tao)
+
+
+def _check(raw: dict, action: str | None) -> tuple[list[str], dict | None]:
+    resolved, problems = _resolve(raw)
+    if resolved is None:
+        return problems, None
+    problems = schema_problems(resolved, _json_schema(action))
+    if not problems:
+        problems = _cross_field_problems(resolved)
+    return problems, resolved
+
+
+def _materialize(raw: dict, origin: str, problems: list[str]) -> ExperimentConfig:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    more, resolved = _check(raw, None)
+    problems = problems + more
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"invalid spec {origin} ({len(problems)} problem{'s' if len(problems) > 1 else ''}):\n{lines}")
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), resolved)
+        cfg = OmegaConf.to_object(typed)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"invalid spec {origin}: {_omega_message(exc)}") from None
+    _warn_unused(cfg)
+    cfg.__dict__[_SOURCE_ATTR] = (copy.deepcopy(raw), to_dict(cfg))
+    return cfg
+
+
+def _warn_unused(cfg: ExperimentConfig) -> None:
+    """Warn (once per message) about settings accepted for TAO compatibility that have no effect."""
+
+    def walk(obj: Any, default: Any, prefix: str) -> None:
+        for f, spec in iter_fields(type(obj)):
+            key = f"{prefix}{f.name}"
+            value, dflt = getattr(obj, f.name), getattr(default, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, dflt, key + ".")
+            elif spec.unused and value != dflt:
+                warnings.warn(f"{key} = {value!r} has no effect: {spec.unused}", ConfigWarning)
+
+    walk(cfg, ExperimentConfig(), "")
+    if cfg.export.format != "onnx":
+        warnings.warn(f"export.format = {cfg.export.format!r} is not supported; export writes ONNX",
+                      ConfigWarning)

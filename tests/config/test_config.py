@@ -1,0 +1,264 @@
+"""segformer.config: loading, overrides, interpolation, errors, generated schemas and validate."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+
+from segformer.config import (
+    ACTIONS,
+    BACKBONES,
+    ConfigError,
+    ConfigWarning,
+    ExperimentConfig,
+    PaletteEntry,
+    action_results_dir,
+    apply_overrides,
+    build_tao_schema,
+    dump_config,
+    load_config,
+    read_tao_schema,
+    require,
+    tao_to_json_schema,
+    to_dict,
+)
+from segformer.config import generate, validate
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "fixtures" / "tao_reference"
+NVIDIA = FIXTURES / "tao-skill-segformer"
+DOC_SPEC = FIXTURES / "tao_doc_example_spec.yaml"
+
+NVIDIA_TEMPLATES = sorted((NVIDIA / "references").glob("spec_template_*.yaml"))
+OUR_TEMPLATES = sorted((REPO / "templates" / "segformer").glob("spec_template_*.yaml"))
+EXPERIMENTS = sorted((REPO / "experiments").glob("**/*.yaml"))
+
+
+def _load_quietly(path, overrides=()):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConfigWarning)
+        return load_config(path, overrides)
+
+
+# ------------------------------------------------------------------------------------ loading
+def test_defaults_are_tao_defaults():
+    cfg = load_config(None)
+    assert isinstance(cfg, ExperimentConfig)
+    assert cfg.train.optim.lr == 6e-5 and cfg.train.num_epochs == 10
+    assert cfg.model.backbone.type == "fan_small_12_p4_hybrid"
+    assert cfg.dataset.segment.palette[1] == PaletteEntry("background", "background", 1, [1, 1, 1])
+    assert cfg.dataset.segment.root_dir is None and cfg.results_dir is None
+    assert len(BACKBONES) == 17
+
+
+def test_doc_example_loads_with_interpolation():
+    cfg = _load_quietly(DOC_SPEC)
+    assert cfg.evaluate.checkpoint == "/results/train/segformer_model_latest.pth"
+    assert cfg.export.results_dir == "/results/export"
+    assert cfg.export.onnx_file == "/results/export/segformer.onnx"
+    assert cfg.dataset.segment.label_transform is None  # the string "None"
+    assert cfg.dataset.segment.palette[-1].label_id == 255
+    assert cfg.train.optim.lr == 1e-4  # YAML 1.1 reads "0.0001" fine; "1e-4" would be text, coerced too
+
+
+@pytest.mark.parametrize("path", NVIDIA_TEMPLATES + OUR_TEMPLATES + EXPERIMENTS, ids=lambda p: p.name)
+def test_every_template_and_experiment_loads(path):
+    cfg = _load_quietly(path)
+    assert cfg.model.backbone.type in BACKBONES
+
+
+def test_nvidia_template_placeholders_become_none_and_wandb_warns():
+    with pytest.warns(ConfigWarning, match=r"wandb\.enable = True has no effect"):
+        cfg = load_config(NVIDIA / "references" / "spec_template_evaluate.yaml")
+    assert cfg.evaluate.checkpoint is None and cfg.dataset.segment.root_dir is None
+    assert cfg.evaluate.trt_engine is None and cfg.encryption_key is None
+    with pytest.raises(ConfigError, match=r"evaluate\.checkpoint is required.*evaluate\.checkpoint=/path"):
+        require(cfg, "evaluate.checkpoint")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConfigWarning)
+        new = apply_overrides(cfg, ["evaluate.trt_engine=/e.engine"])
+    assert require(new, "evaluate.checkpoint", "evaluate.trt_engine") == "/e.engine"
+
+
+def test_typed_overrides_and_immutability():
+    cfg = load_config(None)
+    new = apply_overrides(cfg, ["train.optim.lr=3e-4", "model.backbone.freeze_backbone=true",
+                                "dataset.segment.augmentation.mean=[0.4,0.4,0.4]", "train.num_epochs=3",
+                                "dataset.segment.label_transform=None", "results_dir=/tmp/r"])
+    assert new.train.optim.lr == 3e-4 and isinstance(new.train.optim.lr, float)
+    assert new.model.backbone.freeze_backbone is True
+    assert new.dataset.segment.augmentation.mean == [0.4, 0.4, 0.4]
+    assert new.train.num_epochs == 3 and new.dataset.segment.label_transform is None
+    assert cfg == load_config(None)  # the input is untouched
+    assert apply_overrides(cfg, {"train.optim.lr": 1e-3}).train.optim.lr == 1e-3
+
+
+def test_overrides_reresolve_interpolations():
+    cfg = _load_quietly(DOC_SPEC)
+    moved = apply_overrides(cfg, ["results_dir=/elsewhere"])
+    assert moved.evaluate.checkpoint == "/elsewhere/train/segformer_model_latest.pth"
+    assert moved.export.onnx_file == "/elsewhere/export/segformer.onnx"
+    assert cfg.evaluate.checkpoint == "/results/train/segformer_model_latest.pth"
+
+
+def test_interpolation_of_unset_key_is_an_error(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("evaluate:\n  checkpoint: ${results_dir}/train/model.pth\n")
+    with pytest.raises(ConfigError, match=r"refers to \$\{results_dir\}, which is not set"):
+        load_config(spec)
+    assert load_config(spec, ["results_dir=/r"]).evaluate.checkpoint == "/r/train/model.pth"
+
+
+def test_round_trip(tmp_path):
+    cfg = _load_quietly(DOC_SPEC, ["train.optim.lr_steps=[3,6]", "quantize.backend_kwargs={a: 1}"])
+    path = dump_config(cfg, tmp_path / "out" / "experiment.yaml")
+    again = _load_quietly(path)
+    assert again == cfg
+    assert to_dict(again) == to_dict(cfg)
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_action_results_dir():
+    cfg = load_config(None, ["results_dir=/r", "export.results_dir=/x"])
+    assert action_results_dir(cfg, "train") == Path("/r/train")
+    assert action_results_dir(cfg, "export") == Path("/x")
+    with pytest.raises(ConfigError, match="results_dir is not set"):
+        action_results_dir(load_config(None), "train")
+
+
+# ------------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("override, message", [
+    ("train.optim.lr=3.0", r"train\.optim\.lr must be in \(0, 1\], got 3\.0"),
+    ("train.optim.lr=0", r"train\.optim\.lr must be in \(0, 1\], got 0"),
+    ("train.optim.learning_rate=1e-3", r"unknown key 'train\.optim\.learning_rate'; did you mean 'train\.optim\.lr'"),
+    ("train.num_epoch=3", r"did you mean 'train\.num_epochs'"),
+    ("train.num_epochs=ten", r"train\.num_epochs must be an integer, got 'ten'"),
+    ("model.backbone.type=mit_b9", r"model\.backbone\.type must be one of .*got 'mit_b9'; did you mean"),
+    ("dataset.segment.label_transform=log", r"label_transform must be one of \['norm', 'None'\]"),
+    ("train.gpu_ids=[0,1]", r"train\.gpu_ids must list num_gpus=1 ids"),
+    ("quantize.device=tpu", r"quantize\.device must match"),
+    ("no_equals_sign", r"must look like key=value"),
+])
+def test_error_messages(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_all_problems_reported_at_once(tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("train:\n  optim:\n    lr: 5\n  num_epochs: -1\n  bogus: 1\nmodel:\n  backbone:\n    type: mitb2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(spec, ["dataset.segment.batch_sise=4"])
+    text = str(info.value)
+    assert "5 problems" in text
+    for part in ("train.optim.lr", "train.num_epochs", "train.bogus", "model.backbone.type", "batch_size"):
+        assert part in text
+    assert "Traceback" not in text and "omegaconf" not in text.lower()
+
+
+def test_unused_settings_warn_and_are_never_automl():
+    with pytest.warns(ConfigWarning, match="train.segment.weights"):
+        load_config(None, ["train.segment.weights=[1.0]"])
+    with pytest.warns(ConfigWarning, match="export.format"):
+        load_config(None, ["export.format=xdl"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConfigWarning)
+        load_config(None)  # our defaults never warn
+
+
+# ------------------------------------------------------------------------------------ schemas
+def test_generated_files_are_in_sync(tmp_path):
+    written = generate.generate_all(tmp_path)
+    assert {p.name for p in written} >= {f"{a}.schema.json" for a in ACTIONS} | {"manifest.json", "skill_info.yaml"}
+    for path in written:
+        rel = path.relative_to(tmp_path)
+        committed = REPO / rel
+        assert committed.is_file(), f"{rel} is not committed; run `segformer schema generate`"
+        assert committed.read_text() == path.read_text(), f"{rel} is stale; run `segformer schema generate`"
+    assert generate.main(["--check", "--out-dir", str(tmp_path)]) == 0
+
+
+def test_generated_schemas_are_strict_json_and_match_nvidia_shape():
+    nvidia = read_tao_schema(NVIDIA / "schemas" / "train.schema.json")
+    for action in ACTIONS:
+        path = REPO / "schemas" / "segformer" / f"{action}.schema.json"
+        ours = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{path.name} has {c}"))
+        assert set(ours) == set(nvidia)
+        assert ours["x_tao_schema"]["schema_action"] == action
+    ours = read_tao_schema(REPO / "schemas" / "segformer" / "train.schema.json")
+    assert set(ours["properties"]) == set(nvidia["properties"])  # the same sections as NVIDIA's
+    assert ours["automl_default_parameters"] == sorted(nvidia["automl_default_parameters"])
+    assert ours["popular"] == nvidia["popular"]
+    lr = ours["properties"]["train"]["properties"]["optim"]["properties"]["lr"]
+    assert lr["log"] is True and 0 < lr["minimum"] < lr["maximum"] <= 1
+    gen = read_tao_schema(REPO / "schemas" / "segformer" / "gen_trt_engine.schema.json")
+    assert {"model", "dataset", "gen_trt_engine"} <= set(gen["properties"])
+
+
+def test_no_effect_field_is_automl_enabled():
+    from segformer.config import iter_fields
+    import dataclasses
+
+    def walk(cls, prefix=""):
+        for f, spec in iter_fields(cls):
+            if isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):
+                yield from walk(f.default_factory, prefix + f.name + ".")
+            else:
+                yield prefix + f.name, spec
+
+    enabled = {k for k, s in walk(ExperimentConfig) if s.automl}
+    assert enabled == set(build_tao_schema("train")["automl_default_parameters"])
+    assert not [k for k, s in walk(ExperimentConfig) if s.unused and s.automl]
+
+
+@pytest.mark.parametrize("name", ["train", "evaluate", "inference", "export", "quantize", "manifest"])
+def test_nvidia_schema_files_parse(name):
+    data = read_tao_schema(NVIDIA / "schemas" / f"{name}.schema.json" if name != "manifest" else NVIDIA / "schemas" / "manifest.json")
+    if name == "manifest":
+        assert set(data["actions"]) == {"train", "evaluate", "inference", "export", "quantize"}
+        return
+    lr = data["properties"]["train"]["properties"]["optim"]["properties"]["lr"]
+    assert lr["maximum"] == math.inf
+    js = tao_to_json_schema(data)  # NVIDIA's schema validates NVIDIA's template
+    import jsonschema
+    template = yaml.safe_load((NVIDIA / "references" / f"spec_template_{'train' if name == 'quantize' else name}.yaml").read_text())
+    jsonschema.validate(template, js)
+
+
+# ----------------------------------------------------------------------------------- validate
+def test_validate_reports_every_problem(tmp_path, capsys):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("train:\n  optim:\n    lr: 5\n    optim: adamx\n  seed: x\ndataset:\n  segment:\n    num_classes: 1\n")
+    assert validate.main(["-e", str(spec), "--action", "train", "train.num_epochs=0"]) == 1
+    out = capsys.readouterr().out
+    for part in ("train.optim.lr", "train.optim.optim", "train.seed", "num_classes", "train.num_epochs"):
+        assert part in out, out
+
+
+def test_validate_action_requirements_and_clean_spec(capsys):
+    template = REPO / "templates" / "segformer" / "spec_template_evaluate.yaml"
+    assert validate.main(["-e", str(template), "--action", "evaluate"]) == 1
+    out = capsys.readouterr().out
+    assert "dataset.segment.root_dir is required by evaluate" in out
+    assert "evaluate.checkpoint or evaluate.trt_engine" in out
+    assert validate.main(["-e", str(template), "--action", "evaluate", "dataset.segment.root_dir=/d",
+                          "evaluate.checkpoint=/m.pth"]) == 0
+    assert validate.main(["-e", str(DOC_SPEC), "--action", "train"]) == 0
+    capsys.readouterr()
+    nvidia_train = NVIDIA / "references" / "spec_template_train.yaml"
+    assert validate.main(["-e", str(nvidia_train), "--action", "train", "root_dir=/d"]) == 1
+    assert "did you mean 'dataset.segment.root_dir'" in capsys.readouterr().out
+    assert validate.main(["-e", str(nvidia_train), "--action", "train", "dataset.segment.root_dir=/d"]) == 0
+    assert "note: wandb.enable = True has no effect" in capsys.readouterr().out
+
+
+def test_import_is_light():
+    code = "import sys, segformer.config, segformer.config.generate, segformer.config.validate; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert out.strip() == "False"
