@@ -109,7 +109,7 @@ class PaletteEntry:
     seg_class: str = field_(description="Class name.")
     mapping_class: str = field_(description="Class this one is merged into (TAO); omitted in the spec: seg_class.")
     label_id: int = field_(description="Class id (0..num_classes-1), or 255 for ignored pixels.", minimum=0, maximum=255)
-    rgb: List[int] = field_(description="Mask colour; with label_transform norm, values 0/1 (TAO: 'RGB value from 0~1'), else 0..255.")
+    rgb: List[int] = field_(description="Mask colour; with label_transform norm given in 0..1 (the mask value divided by 255; TAO: 'RGB value from 0~1'), else 0..255. One element for a grayscale level.")
 
 
 @dataclass
@@ -180,7 +180,7 @@ class SegmentDatasetConfig:
     test_split: str = field_("val", description="Split used by evaluate.", automl=False)
     predict_split: str = field_("test", description="Split used by inference.", automl=False)
     augmentation: AugmentationConfig = section(AugmentationConfig, "Training augmentation and normalisation.")
-    label_transform: Optional[str] = field_("norm", description='Mask value transform: "norm" (masks store 0/1 values) or None (YAML null or the string "None": palette values 0..255).', options=("norm", "None"), automl=False)
+    label_transform: Optional[str] = field_("norm", description='Mask value transform: "norm" (mask pixel values are divided by 255 and compared with palette rgb given in 0..1, so TAO\'s default palette means a 0/255 mask) or None (YAML null or the string "None": mask values compared with palette rgb in 0..255 or with class ids).', options=("norm", "None"), automl=False)
     palette: List[PaletteEntry] = field_(_default_palette(), description="Palette; with label_transform norm RGB values are 0~1, else 0~255.", title="Palette", automl=False)
     quant_calibration_dataset: QuantCalibrationDatasetConfig = section(QuantCalibrationDatasetConfig, "Calibration images for static PTQ.")
 

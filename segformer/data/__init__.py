@@ -1,0 +1,51 @@
+"""Data: TAO image/mask folder datasets, the one mask decoder, joint transforms, datamodule, synth.
+
+Public names are imported lazily (PEP 562) so that ``segformer.data.synth`` and the CLI's
+``--help`` do not pay for torch and Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "IGNORE_INDEX": "segformer.data.palette",
+    "PaletteEntry": "segformer.data.palette",
+    "MaskDecoder": "segformer.data.palette",
+    "colorize": "segformer.data.palette",
+    "overlay": "segformer.data.palette",
+    "normalize_label_transform": "segformer.data.palette",
+    "IMAGE_EXTENSIONS": "segformer.data.files",
+    "Sample": "segformer.data.files",
+    "pair_samples": "segformer.data.files",
+    "load_image": "segformer.data.files",
+    "load_mask": "segformer.data.files",
+    "AugmentationSettings": "segformer.data.transforms",
+    "SegTransform": "segformer.data.transforms",
+    "preprocess_image": "segformer.data.transforms",
+    "sample_generator": "segformer.data.transforms",
+    "SegmentationDataset": "segformer.data.dataset",
+    "EpochSampler": "segformer.data.dataset",
+    "DatasetReport": "segformer.data.dataset",
+    "check_dataset": "segformer.data.dataset",
+    "SegDataModule": "segformer.data.datamodule",
+    "build_datamodule": "segformer.data.datamodule",
+    "iter_calibration_batches": "segformer.data.datamodule",
+    "generate": "segformer.data.synth",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'segformer.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,167 @@
+"""Dataset layout on disk: finding, pairing and reading image and mask files.
+
+TAO layout (``SFDataset``)::
+
+    <root_dir>/images/<split>/<stem>.{jpg,jpeg,png,bmp,tif,tiff}
+    <root_dir>/masks/<split>/<stem>.png
+
+Images and masks pair by file stem (never by sorted position). Files and folders that are
+symbolic links must stay inside ``root_dir``. Image policy: grayscale, palette, CMYK and RGBA
+images are converted to RGB (alpha is dropped, not blended); 16-bit images are scaled to 8 bits;
+EXIF orientation is NOT applied, so an image stays pixel-aligned with its mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from segformer.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+MASK_EXTENSIONS = (".png",)
+_LISTED = 5
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and its mask (``mask`` is None for prediction splits)."""
+
+    name: str
+    image: Path
+    mask: Path | None
+
+
+def _names(paths: list[str]) -> str:
+    shown = ", ".join(paths[:_LISTED])
+    return shown + (f" and {len(paths) - _LISTED} more" if len(paths) > _LISTED else "")
+
+
+def check_inside(path: Path, root: Path) -> None:
+    """Refuse files or folders that resolve (through symlinks) to somewhere outside ``root``."""
+    resolved, base = path.resolve(), root.resolve()
+    if resolved != base and base not in resolved.parents:
+        raise DataError(
+            f"{path} is a symbolic link to {resolved}, outside the dataset root {base}; links must stay "
+            "inside root_dir: copy the file into the dataset or point root_dir at the real location"
+        )
+
+
+def list_files(directory: Path, extensions: tuple[str, ...], root: Path) -> dict[str, Path]:
+    """stem -> path for the files in ``directory`` with one of ``extensions`` (case-insensitive)."""
+    if not directory.is_dir():
+        raise DataError(
+            f"folder {directory} does not exist; the dataset must use the layout <root_dir>/images/<split>/ "
+            "and <root_dir>/masks/<split>/ (check dataset.segment.root_dir and the *_split names)"
+        )
+    check_inside(directory, root)
+    found: dict[str, Path] = {}
+    for path in sorted(directory.iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() not in extensions:
+            continue
+        check_inside(path, root)
+        if not path.is_file():
+            continue
+        if path.stem in found:
+            raise DataError(
+                f"two files in {directory} share the stem {path.stem!r} ({found[path.stem].name}, {path.name}); "
+                "images pair with masks by stem, so rename or remove one of them"
+            )
+        found[path.stem] = path
+    return found
+
+
+def pair_samples(root_dir: str | Path, split: str, require_masks: bool = True,
+                 strict: bool = True) -> tuple[list[Sample], str | None]:
+    """Pair ``images/<split>`` with ``masks/<split>`` by stem.
+
+    Returns the samples and a message describing unmatched files (None when all pair). With
+    ``strict`` an unmatched file raises :class:`DataError` instead.
+    """
+    root = Path(root_dir)
+    image_dir = root / "images" / split
+    images = list_files(image_dir, IMAGE_EXTENSIONS, root)
+    if not images:
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir}")
+    if not require_masks:
+        return [Sample(stem, path, None) for stem, path in sorted(images.items())], None
+    mask_dir = root / "masks" / split
+    masks = list_files(mask_dir, MASK_EXTENSIONS, root)
+    samples = [Sample(stem, images[stem], masks[stem]) for stem in sorted(images) if stem in masks]
+    no_mask = [images[s].name for s in sorted(images) if s not in masks]
+    no_image = [masks[s].name for s in sorted(masks) if s not in images]
+    problem = None
+    if no_mask or no_image:
+        parts = []
+        if no_mask:
+            parts.append(f"{len(no_mask)} image(s) without a mask in {mask_dir}: {_names(no_mask)}")
+        if no_image:
+            parts.append(f"{len(no_image)} mask(s) without an image in {image_dir}: {_names(no_image)}")
+        problem = ("split " + repr(split) + ": " + "; ".join(parts)
+                   + ". Images and masks pair by file stem (a.jpg <-> a.png); add or rename the missing files")
+        if strict:
+            raise DataError(problem)
+    return samples, problem
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read {what} {path}: {exc}; the file is corrupt or not an image, "
+                        "replace or remove it") from exc
+    return image
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image as (H, W, 3) uint8 RGB (see the module docstring for the conversion policy)."""
+    return to_rgb_array(_open(Path(path), "image"))
+
+
+def to_rgb_array(image: Image.Image) -> np.ndarray:
+    """Any PIL image -> (H, W, 3) uint8 RGB (gray/palette/CMYK/RGBA converted, 16-bit scaled)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float32)
+        scale = 255.0 / 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 1.0
+        array = np.clip(np.rint(array * scale), 0, 255).astype(np.uint8)
+        return np.repeat(array[..., None], 3, axis=2)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image)
+
+
+def load_mask(path: str | Path, as_color: bool) -> np.ndarray:
+    """Read a mask as (H, W) integers or (H, W, 3) uint8.
+
+    Indexed (``P``) PNGs give their colours when ``as_color`` (a colour palette), else their
+    indices (class ids). 16-bit masks are read as integer gray levels / class ids.
+    """
+    image = _open(Path(path), "mask")
+    mode = image.mode
+    if mode == "P":
+        return np.asarray(image.convert("RGB")) if as_color else np.asarray(image)
+    if mode == "1":
+        return np.asarray(image.convert("L"))
+    if mode in ("L", "RGB"):
+        return np.asarray(image)
+    if mode in ("LA", "RGBA"):
+        return np.asarray(image)[..., :-1].squeeze(-1) if mode == "LA" else np.asarray(image)[..., :3]
+    if mode.startswith("I;16") or mode == "I":
+        array = np.asarray(image).astype(np.int64)
+        if array.size and (array.min() < 0 or array.max() > 65535):
+            raise DataError(f"mask {path} holds values outside 0..65535; save masks as 8-bit PNGs")
+        return array.astype(np.uint16)
+    raise DataError(
+        f"mask {path} has image mode {mode!r}; masks must be PNGs with class ids / gray levels (L, P, 16-bit) "
+        "or colours (RGB)"
+    )
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) without decoding the pixels."""
+    with Image.open(path) as image:
+        return image.height, image.width

@@ -1,0 +1,122 @@
+"""SFDataset layout: pairing by stem, unmatched files, unreadable files, sizes, symlinks, check_dataset."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segformer.data.dataset import SegmentationDataset, check_dataset
+from segformer.data.files import load_image, pair_samples
+from segformer.data.palette import MaskDecoder
+from segformer.data.transforms import SegTransform
+from segformer.errors import DataError
+
+from datahelpers import COLOR_PALETTE, color_mask, write_image
+
+DECODER = MaskDecoder(COLOR_PALETTE, None, num_classes=2)
+
+
+def eval_dataset(root: Path, split: str = "train", require_masks: bool = True) -> SegmentationDataset:
+    return SegmentationDataset(root, split, DECODER if require_masks else None,
+                               SegTransform(16, (0.5,) * 3, (0.5,) * 3), require_masks=require_masks)
+
+
+def test_pairs_by_stem_not_sorted_order(tmp_path):
+    # image names sort differently from mask names once extensions differ: b.bmp, a.png vs a.png, b.png
+    ids_a, ids_b = np.zeros((8, 8), np.uint8), np.ones((8, 8), np.uint8)
+    write_image(tmp_path / "images/train/b.bmp", np.full((8, 8, 3), 200, np.uint8))
+    write_image(tmp_path / "images/train/a.tif", np.full((8, 8, 3), 10, np.uint8))
+    write_image(tmp_path / "masks/train/a.png", color_mask(ids_a))
+    write_image(tmp_path / "masks/train/b.png", color_mask(ids_b))
+    samples, problem = pair_samples(tmp_path, "train")
+    assert problem is None
+    assert [(s.name, s.image.name, s.mask.name) for s in samples] == [("a", "a.tif", "a.png"), ("b", "b.bmp", "b.png")]
+    ds = eval_dataset(tmp_path)
+    for item in (ds[0], ds[1]):
+        expected = 0 if item["name"] == "a" else 1
+        assert (item["mask"] == expected).all()
+
+
+def test_unmatched_files_are_listed_both_ways(tmp_path):
+    for i in range(8):
+        write_image(tmp_path / f"images/train/img{i}.jpg", np.zeros((8, 8, 3), np.uint8))
+    write_image(tmp_path / "masks/train/img0.png", color_mask(np.zeros((8, 8), np.uint8)))
+    write_image(tmp_path / "masks/train/orphan.png", color_mask(np.zeros((8, 8), np.uint8)))
+    with pytest.raises(DataError) as info:
+        pair_samples(tmp_path, "train")
+    text = str(info.value)
+    assert "7 image(s) without a mask" in text and "img1.jpg, img2.jpg" in text and "and 2 more" in text
+    assert "1 mask(s) without an image" in text and "orphan.png" in text
+
+
+def test_missing_split_folder_explains_layout(tmp_path):
+    with pytest.raises(DataError, match=r"images/<split>/"):
+        pair_samples(tmp_path, "train")
+
+
+def test_corrupt_image_names_the_file(color_dataset):
+    bad = color_dataset / "images/train/img0.png"
+    bad.write_bytes(b"not a png at all")
+    with pytest.raises(DataError, match=r"cannot read image .*img0.png"):
+        eval_dataset(color_dataset)[0]
+
+
+def test_mask_size_mismatch_names_both_sizes(color_dataset):
+    write_image(color_dataset / "masks/train/img1.png", color_mask(np.zeros((16, 24), np.uint8)))
+    with pytest.raises(DataError, match=r"img1.png is 24x16 \(WxH\) but its image .*img1.png is 32x32"):
+        eval_dataset(color_dataset)[1]
+
+
+def test_check_dataset_reports_every_problem(color_dataset):
+    (color_dataset / "images/train/img0.png").write_bytes(b"broken")
+    write_image(color_dataset / "masks/train/img1.png", color_mask(np.zeros((16, 16), np.uint8)))
+    mask = np.asarray(Image.open(color_dataset / "masks/train/img2.png")).copy()
+    mask[3, 4] = (9, 9, 9)
+    write_image(color_dataset / "masks/train/img2.png", mask)
+    write_image(color_dataset / "masks/train/extra.png", mask)
+    with pytest.raises(DataError) as info:
+        check_dataset(color_dataset, "train", DECODER, progress=False)
+    text = str(info.value)
+    assert "4 problem(s)" in text
+    assert "extra.png" in text and "cannot read image" in text and "16x16" in text
+    assert "rgb (9, 9, 9) at row 3, col 4 (1 pixels)" in text
+
+
+def test_check_dataset_counts_pixels(color_dataset):
+    report = check_dataset(color_dataset, "val", DECODER, progress=True)
+    assert report.num_samples == 2 and report.problems == []
+    assert report.class_pixels.sum() + report.ignored_pixels == 2 * 32 * 32
+
+
+def test_predict_split_needs_no_masks_and_converts_gray_and_rgba(tmp_path):
+    write_image(tmp_path / "images/test/gray.png", np.full((8, 8), 128, np.uint8))
+    write_image(tmp_path / "images/test/rgba.png", np.full((8, 8, 4), 50, np.uint8))
+    ds = eval_dataset(tmp_path, "test", require_masks=False)
+    items = [ds[0], ds[1]]
+    assert all("mask" not in item and item["image"].shape == (3, 16, 16) for item in items)
+    assert load_image(tmp_path / "images/test/rgba.png").shape == (8, 8, 3)
+    assert items[0]["orig_size"].tolist() == [8, 8]
+
+
+def test_16_bit_image_is_scaled_to_8_bit(tmp_path):
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((4, 4), 65535, np.uint16)).save(path)
+    assert load_image(path).max() == 255
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symlinks")
+def test_symlink_leaving_root_is_refused(color_dataset, tmp_path):
+    outside = tmp_path / "outside.png"
+    write_image(outside, np.zeros((32, 32, 3), np.uint8))
+    (color_dataset / "images/train/img9.png").symlink_to(outside)
+    with pytest.raises(DataError, match="outside the dataset root"):
+        pair_samples(color_dataset, "train")
+    # a link that stays inside root_dir is fine
+    (color_dataset / "images/train/img9.png").unlink()
+    (color_dataset / "images/train/img9.png").symlink_to(color_dataset / "images/val/img0.png")
+    (color_dataset / "masks/train/img9.png").symlink_to(color_dataset / "masks/val/img0.png")
+    assert len(pair_samples(color_dataset, "train")[0]) == 7
