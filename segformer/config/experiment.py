@@ -78,7 +78,7 @@ class BackboneConfig:
     type: str = field_("fan_small_12_p4_hybrid", description="Backbone architecture (TAO's default fan_small_12_p4_hybrid).", title="Backbone architectures", options=BACKBONES, automl=False)
     pretrained_backbone_path: Optional[str] = field_(None, description=f"Path to pretrained backbone weights (HF, NVlabs, timm or TAO). {_UNSET_PATH}", automl=False)
     freeze_backbone: bool = field_(False, description="Freeze the backbone and train only the decode head.", automl=True)
-    feat_downsample: bool = field_(False, description="TAO's feature downsample for FAN backbones; no effect here.", title="Feature downsample", unused="feature downsampling is not implemented", automl=False)
+    feat_downsample: bool = field_(False, description="FAN hybrid backbones only: add a stride-2 3x3 conv on the last level so the features have strides (4, 8, 16, 32) instead of (4, 8, 16, 16) (TAO: 'Feature downsample for fan base backbone'). Other backbones warn that it has no effect.", title="Feature downsample", automl=False)
 
 
 @dataclass

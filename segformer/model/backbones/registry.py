@@ -1,0 +1,58 @@
+"""Backbone registry: a dict, a decorator, ``create_backbone`` and ``list_backbones`` (timm style).
+
+Every backbone factory returns an ``nn.Module`` with
+
+- ``out_channels: tuple[int, ...]`` channels of each returned feature level,
+- ``strides: tuple[int, ...]`` each level's stride relative to the input image,
+- ``forward(x) -> list[Tensor]`` one NCHW tensor per level.
+
+The decode head reads ``out_channels`` and ``strides``, so specs never repeat channel lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from torch import nn
+
+BackboneFactory = Callable[..., nn.Module]
+F = TypeVar("F", bound=BackboneFactory)
+
+_BACKBONES: dict[str, BackboneFactory] = {}
+
+
+def register_backbone(fn: F) -> F:
+    """Register ``fn`` under its function name (``@register_backbone def mit_b0(...)``)."""
+    name = fn.__name__
+    if name in _BACKBONES:
+        raise ValueError(f"backbone {name!r} is registered twice ({_BACKBONES[name].__module__} and {fn.__module__})")
+    _BACKBONES[name] = fn
+    return fn
+
+
+def list_backbones() -> list[str]:
+    """Names of every registered backbone, sorted."""
+    return sorted(_BACKBONES)
+
+
+def is_backbone(name: str) -> bool:
+    return name in _BACKBONES
+
+
+def get_backbone_factory(name: str) -> BackboneFactory:
+    try:
+        return _BACKBONES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown backbone {name!r}; model.backbone.type must be one of: {', '.join(list_backbones())}"
+        ) from None
+
+
+def create_backbone(name: str, **kwargs: Any) -> nn.Module:
+    """Build the backbone registered as ``name``; ``kwargs`` go to its factory unchanged.
+
+    An unknown name is a ``ValueError`` that lists the valid names; an unknown keyword is the
+    factory's own ``TypeError`` (factories take explicit keywords, they never swallow ``**kwargs``).
+    """
+    return get_backbone_factory(name)(**kwargs)

@@ -1,0 +1,277 @@
+"""Checkpoints: our own format, and importers for the weights the ecosystem publishes.
+
+Our format (what every action writes and reads)::
+
+    {"format": "segformer-automl", "version": 1,
+     "state_dict": model.state_dict(),
+     "meta": {"backbone": ..., "num_classes": ..., "embed_dim": ..., plain types only}}
+
+``load_model_weights(path)`` also reads, and renames into our key names:
+
+- Lightning checkpoints: ``state_dict`` keys prefixed ``model.``, our meta under ``segformer_meta``;
+- transformers SegFormer / MiT (``.safetensors`` or ``.bin``), both the v4/hub names
+  (``segformer.encoder.block.{s}.{b}.attention.self.query``, ``layer_norm_1``, ``mlp.dense1``,
+  ``decode_head.linear_c``) and the v5 names (``segformer.stages.{s}.blocks.{b}.attention.q_proj``,
+  ``sequence_reduction``, ``layernorm_before``, ``decode_head.linear_projections``); separate
+  key/value projections are concatenated into our single ``kv``;
+- NVlabs/mmseg SegFormer (``mit_b*.pth`` ImageNet encoders and segmentation checkpoints:
+  ``patch_embed1``, ``block1.0.attn.kv``, ``norm1``, ``decode_head.linear_c1``, ``linear_fuse.conv/bn``);
+- timm ViT state dicts (``blocks.*``, ``patch_embed.*``) and RADIO checkpoints
+  (``radio_model.model.*``), placed under ``backbone.vit.``; the ViT backbone adapts them with
+  timm's own checkpoint filter when they are loaded into a model.
+
+Everything is read with ``torch.load(weights_only=True)`` or safetensors: no pickled code runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+FORMAT = "segformer-automl"
+VERSION = 1
+SOURCES = ("ours", "lightning", "hf", "nvlabs", "timm")
+
+Rule = tuple[str, "str | Callable[[re.Match[str]], str]"]
+
+
+# --------------------------------------------------------------------------- reading files
+def read_state_file(path: str | Path) -> dict[str, Any]:
+    """Load a ``.safetensors`` file or a torch file (``weights_only=True``) as a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return dict(load_file(str(path), device="cpu"))
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a dict of tensors or a checkpoint dict, got {type(obj).__name__}")
+    return obj
+
+
+def _unwrap(obj: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any], str | None]:
+    """Find the tensor dict inside a checkpoint; return (state_dict, meta, source or None)."""
+    if obj.get("format") == FORMAT:
+        return dict(obj["state_dict"]), dict(obj.get("meta") or {}), "ours"
+    if "pytorch-lightning_version" in obj or "segformer_meta" in obj:
+        state = {k.removeprefix("model."): v for k, v in obj["state_dict"].items()}
+        return state, dict(obj.get("segformer_meta") or {}), "lightning"
+    for wrapper in ("state_dict", "model", "module"):
+        if isinstance(obj.get(wrapper), Mapping):
+            return _unwrap(obj[wrapper])
+    state = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    if state and all(k.startswith("module.") for k in state):  # DistributedDataParallel
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state, {}, None
+
+
+def detect_source(state_dict: Mapping[str, Tensor]) -> str:
+    """Name the key convention of ``state_dict``: "hf", "nvlabs", "timm" or "ours"."""
+    keys = list(state_dict)
+    if any(re.match(r"^(segformer\.)?(encoder\.(block|patch_embeddings)|stages\.\d+\.(blocks|patch_embeddings))\.", k)
+           or re.match(r"^decode_head\.(linear_c\.\d|linear_projections\.\d+\.proj)\.", k) for k in keys):
+        return "hf"
+    if any(re.match(r"^(backbone\.)?(patch_embed\d|block\d)\.", k) or k.startswith("decode_head.linear_c1.")
+           for k in keys):
+        return "nvlabs"
+    if any(k.startswith(("backbone.", "decode_head.")) for k in keys):
+        return "ours"
+    if any(k.startswith(("blocks.", "radio_model.model.")) for k in keys) or "patch_embed.proj.weight" in keys:
+        return "timm"
+    raise ValueError(f"cannot tell which model these weights belong to (first keys: {keys[:5]}); "
+                     f"expected one of {SOURCES}")
+
+
+# --------------------------------------------------------------------------- key renaming
+_HF_RULES: list[Rule] = [
+    (r"^(?:segformer\.)?encoder\.patch_embeddings\.(\d+)\.proj\.", r"backbone.stages.\1.patch_embed.proj."),
+    (r"^(?:segformer\.)?encoder\.patch_embeddings\.(\d+)\.layer_norm\.", r"backbone.stages.\1.patch_embed.norm."),
+    (r"^(?:segformer\.)?encoder\.block\.(\d+)\.(\d+)\.", r"backbone.stages.\1.blocks.\2."),
+    (r"^(?:segformer\.)?encoder\.layer_norm\.(\d+)\.", r"backbone.stages.\1.norm."),
+    (r"^(?:segformer\.)?stages\.(\d+)\.patch_embeddings\.proj\.", r"backbone.stages.\1.patch_embed.proj."),
+    (r"^(?:segformer\.)?stages\.(\d+)\.patch_embeddings\.layer_norm\.", r"backbone.stages.\1.patch_embed.norm."),
+    (r"^(?:segformer\.)?stages\.(\d+)\.blocks\.(\d+)\.", r"backbone.stages.\1.blocks.\2."),
+    (r"^(?:segformer\.)?stages\.(\d+)\.layer_norm\.", r"backbone.stages.\1.norm."),
+    # inside a block: v4 names, then v5 names
+    (r"\.layer_norm_1\.|\.layernorm_before\.", ".norm1."),
+    (r"\.layer_norm_2\.|\.layernorm_after\.", ".norm2."),
+    (r"\.attention\.self\.query\.|\.attention\.q_proj\.", ".attn.q."),
+    (r"\.attention\.self\.key\.|\.attention\.k_proj\.", ".attn.k."),
+    (r"\.attention\.self\.value\.|\.attention\.v_proj\.", ".attn.v."),
+    (r"\.attention\.self\.sr\.|\.attention\.sequence_reduction\.sequence_reduction\.", ".attn.sr."),
+    (r"\.attention\.self\.layer_norm\.|\.attention\.sequence_reduction\.layer_norm\.", ".attn.norm."),
+    (r"\.attention\.output\.dense\.|\.attention\.o_proj\.", ".attn.proj."),
+    (r"\.mlp\.dense1\.", ".mlp.fc1."),
+    (r"\.mlp\.dense2\.", ".mlp.fc2."),
+    (r"\.mlp\.dwconv\.dwconv\.", ".mlp.dwconv."),
+    (r"^decode_head\.(?:linear_c|linear_projections)\.(\d+)\.proj\.", r"decode_head.linear_projections.\1."),
+    (r"^decode_head\.linear_fuse\.", "decode_head.fuse."),
+    (r"^decode_head\.batch_norm\.", "decode_head.bn."),
+]
+
+
+def _minus_one(template: str) -> Callable[[re.Match[str]], str]:
+    """NVlabs numbers stages from 1; ours from 0."""
+    return lambda m: template.format(int(m.group(1)) - 1, *m.groups()[1:])
+
+
+_NVLABS_RULES: list[Rule] = [
+    (r"^(?:backbone\.)?patch_embed(\d)\.", _minus_one("backbone.stages.{}.patch_embed.")),
+    (r"^(?:backbone\.)?block(\d)\.(\d+)\.", _minus_one("backbone.stages.{}.blocks.{}.")),
+    (r"^(?:backbone\.)?norm(\d)\.", _minus_one("backbone.stages.{}.norm.")),
+    (r"\.mlp\.dwconv\.dwconv\.", ".mlp.dwconv."),
+    (r"^decode_head\.linear_c(\d)\.proj\.", _minus_one("decode_head.linear_projections.{}.")),
+    (r"^decode_head\.linear_fuse\.conv\.", "decode_head.fuse."),
+    (r"^decode_head\.linear_fuse\.bn\.", "decode_head.bn."),
+    (r"^decode_head\.linear_pred\.", "decode_head.classifier."),
+]
+
+# Keys that belong to nothing we build (ImageNet classifiers, mmseg's unused conv_seg).
+_DROP = re.compile(r"^(classifier\.|head\.|decode_head\.conv_seg\.|segformer\.encoder\.?$)")
+
+
+def _rename(state_dict: Mapping[str, Tensor], rules: list[Rule]) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        if _DROP.match(key):
+            log.info("checkpoint key %s dropped (not part of a SegFormer)", key)
+            continue
+        for pattern, repl in rules:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    return _merge_key_value(out)
+
+
+def _merge_key_value(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Concatenate separate ``attn.k``/``attn.v`` tensors into our single ``attn.kv``."""
+    for key in [k for k in state_dict if ".attn.k." in k]:
+        value_key = key.replace(".attn.k.", ".attn.v.")
+        state_dict[key.replace(".attn.k.", ".attn.kv.")] = torch.cat([state_dict.pop(key), state_dict.pop(value_key)])
+    return state_dict
+
+
+def convert_state_dict(state_dict: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:
+    """Rename a state dict from ``source`` ("hf", "nvlabs", "timm", "ours") into our key names."""
+    if source in ("ours", "lightning"):
+        return dict(state_dict)
+    if source == "hf":
+        return _rename(state_dict, _HF_RULES)
+    if source == "nvlabs":
+        return _rename(state_dict, _NVLABS_RULES)
+    if source == "timm":
+        return {f"backbone.vit.{k}": v for k, v in state_dict.items()}
+    raise ValueError(f"unknown checkpoint source {source!r}; expected one of {SOURCES}")
+
+
+# --------------------------------------------------------------------------- public API
+def load_model_weights(path: str | Path, source: str | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read any supported checkpoint into (state_dict in our key names, meta).
+
+    ``source`` forces the key convention ("hf", "nvlabs", "timm"); by default it is detected.
+    """
+    state, meta, found = _unwrap(read_state_file(path))
+    if not state:
+        raise ValueError(f"{path}: no tensors found in the checkpoint")
+    source = source or found or detect_source(state)
+    return convert_state_dict(state, source), meta
+
+
+def save_model_checkpoint(path: str | Path, model: nn.Module, meta: Mapping[str, Any]) -> Path:
+    """Write our format atomically (temporary file in the same folder, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": VERSION, "state_dict": model.state_dict(), "meta": dict(meta)}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], strict: bool = False) -> tuple[list[str], list[str]]:
+    """Copy matching tensors into ``model``; report and return (missing, unexpected) keys.
+
+    Linear weights load into 1x1 convolutions (and back). A tensor whose shape cannot match
+    (e.g. a classifier trained for another number of classes) is skipped and counted as both
+    missing and unexpected, with both shapes in the report. ``strict=True`` raises instead.
+    """
+    own = model.state_dict()
+    usable: dict[str, Tensor] = {}
+    mismatched: list[str] = []
+    for key, value in state_dict.items():
+        if key not in own:
+            continue
+        target = own[key]
+        if value.shape != target.shape and value.numel() == target.numel() and value.dim() + 2 == target.dim():
+            value = value.reshape(target.shape)  # Linear (out, in) -> 1x1 conv (out, in, 1, 1)
+        elif value.shape != target.shape and value.dim() == target.dim() + 2 and value.numel() == target.numel():
+            value = value.reshape(target.shape)
+        if value.shape != target.shape:
+            mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(target.shape)}")
+            continue
+        usable[key] = value
+    missing = sorted(k for k in own if k not in usable)
+    unexpected = sorted(k for k in state_dict if k not in own or k not in usable)
+    report = _report(len(usable), missing, unexpected, mismatched)
+    if strict and (missing or unexpected):
+        raise RuntimeError(f"checkpoint does not match the model exactly: {report}")
+    model.load_state_dict(usable, strict=False)
+    log.info("loaded weights: %s", report)
+    if missing or unexpected:
+        log.warning("weights partly loaded: %s", report)
+    return missing, unexpected
+
+
+def _report(loaded: int, missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
+    def show(keys: list[str]) -> str:
+        return ", ".join(keys[:8]) + (f" ... (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+
+    parts = [f"{loaded} tensors loaded"]
+    if missing:
+        parts.append(f"{len(missing)} missing (left as initialised): {show(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (ignored): {show(unexpected)}")
+    if mismatched:
+        parts.append(f"{len(mismatched)} with another shape: {show(mismatched)}")
+    return "; ".join(parts)
+
+
+def load_pretrained_backbone(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
+    """``model.backbone.pretrained_backbone_path``: load encoder weights only, from any format.
+
+    Head weights in the file are ignored; keys without a ``backbone.`` prefix are taken as
+    backbone keys. Reports the backbone keys the file did not provide.
+    """
+    state, _ = load_model_weights(path)
+    backbone_state = {k.removeprefix("backbone."): v for k, v in state.items() if not k.startswith("decode_head.")}
+    adapt = getattr(model.backbone, "adapt_state_dict", None)
+    if adapt is not None:
+        backbone_state = adapt(backbone_state)
+    return load_into(model.backbone, backbone_state)
+
+
+def load_pretrained_model(model: nn.Module, path: str | Path, strict: bool = False) -> tuple[list[str], list[str]]:
+    """``train.pretrained_model_path`` (and evaluate/export checkpoints): load a whole model."""
+    state, _ = load_model_weights(path)
+    adapt = getattr(getattr(model, "backbone", None), "adapt_state_dict", None)
+    if adapt is not None:
+        backbone = adapt({k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")})
+        state = {**{k: v for k, v in state.items() if not k.startswith("backbone.")},
+                 **{f"backbone.{k}": v for k, v in backbone.items()}}
+    return load_into(model, state, strict=strict)

@@ -1,0 +1,100 @@
+"""``segformer convert``: turn published weights into a checkpoint in our own format.
+
+    segformer convert --from hf|nvlabs|timm SRC OUT.pth [-e spec.yaml] [--backbone NAME --num-classes K]
+
+The output loads in every action (``train.pretrained_model_path``, ``evaluate.checkpoint``,
+``export.checkpoint`` ...). With ``-e`` the model is built from the spec's ``model`` section and
+``dataset.segment.num_classes``; otherwise from ``--backbone`` and ``--num-classes`` (read from
+the classifier in SRC when omitted). Encoder-only weights (ImageNet MiT, timm ViTs) give a
+checkpoint whose decode head is freshly initialised; the report says so.
+
+Module-level imports stay light (no torch) so ``segformer convert --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segformer convert", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--from", dest="source", required=True, choices=("hf", "nvlabs", "timm"),
+                        help="key convention of SRC: transformers (hf), NVlabs/mmseg (nvlabs), timm ViT (timm)")
+    parser.add_argument("src", type=Path, help="weights file: .safetensors, .bin, .pth")
+    parser.add_argument("out", type=Path, help="output checkpoint (our format)")
+    parser.add_argument("-e", "--experiment-spec", type=Path, help="spec YAML giving model.* and num_classes")
+    parser.add_argument("--backbone", help="backbone name (model.backbone.type) when no spec is given")
+    parser.add_argument("--num-classes", type=int, help="classes; default: read from the classifier in SRC")
+    parser.add_argument("--embed-dim", type=int, help="decoder embed_dim; default: read from SRC, else 768")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .checkpoints import load_into, load_model_weights, save_model_checkpoint
+    from .segformer import build_segformer
+
+    state, meta = load_model_weights(args.src, source=args.source)
+    if args.experiment_spec is not None:
+        from segformer.config import load_config
+
+        cfg = load_config(args.experiment_spec)
+        model_cfg, num_classes = cfg.model, args.num_classes or cfg.dataset.segment.num_classes
+    else:
+        if not args.backbone:
+            print("error: give --backbone NAME (or -e spec.yaml)", file=sys.stderr)
+            return 2
+        num_classes = args.num_classes or _infer_num_classes(state)
+        if num_classes is None:
+            print("error: SRC has no classifier to read the number of classes from; give --num-classes K",
+                  file=sys.stderr)
+            return 2
+        embed_dim = args.embed_dim or _infer_embed_dim(state) or 768
+        model_cfg = SimpleNamespace(
+            backbone=SimpleNamespace(type=args.backbone, feat_downsample=False, pretrained_backbone_path=None,
+                                     freeze_backbone=False),
+            decode_head=SimpleNamespace(in_channels=None, in_index=None, feature_strides=None, align_corners=False,
+                                        decoder_params=SimpleNamespace(embed_dim=embed_dim)),
+        )
+    model = build_segformer(model_cfg, num_classes, load_pretrained=False)
+    adapt = getattr(model.backbone, "adapt_state_dict", None)
+    if adapt is not None:
+        backbone = adapt({k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")})
+        state = {**{k: v for k, v in state.items() if not k.startswith("backbone.")},
+                 **{f"backbone.{k}": v for k, v in backbone.items()}}
+    missing, unexpected = load_into(model, state)
+    head_missing = [k for k in missing if k.startswith("decode_head.")]
+    out_meta = {
+        **meta,
+        "backbone": model_cfg.backbone.type,
+        "num_classes": num_classes,
+        "embed_dim": model.decode_head.embed_dim,
+        "converted_from": f"{args.source}:{Path(args.src).name}",
+    }
+    save_model_checkpoint(args.out, model, out_meta)
+    print(f"wrote {args.out}: {len(model.state_dict()) - len(missing)} tensors from {args.src}, "
+          f"{len(missing)} missing, {len(unexpected)} unexpected")
+    if head_missing:
+        print(f"note: {len(head_missing)} decode-head tensors were not in SRC and are freshly initialised")
+    backbone_missing = [k for k in missing if k.startswith("backbone.")]
+    if backbone_missing:
+        print(f"warning: {len(backbone_missing)} backbone tensors missing, e.g. {backbone_missing[:3]}", file=sys.stderr)
+    return 0
+
+
+def _infer_num_classes(state: dict) -> int | None:
+    weight = state.get("decode_head.classifier.weight")
+    return int(weight.shape[0]) if weight is not None else None
+
+
+def _infer_embed_dim(state: dict) -> int | None:
+    weight = state.get("decode_head.fuse.weight")
+    return int(weight.shape[0]) if weight is not None else None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

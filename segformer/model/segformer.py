@@ -1,0 +1,131 @@
+"""SegFormer = backbone (any registered one) + all-MLP decode head, and its one build function.
+
+What the model returns: ``SegFormer.forward(x)`` gives logits at 1/4 of the input resolution,
+shape (N, num_classes, ceil(H/4), ceil(W/4)) for the MiT backbones. That is what TAO's model
+returns and what export ships. Losses, metrics and visualisation need full resolution: call
+``upsample_logits(logits, size, align_corners)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .backbones import get_backbone_factory
+from .head import SegFormerHead
+
+log = logging.getLogger(__name__)
+
+
+class SegFormer(nn.Module):
+    """Backbone features -> decode head -> 1/4-resolution logits."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        embed_dim: int,
+        dropout: float = 0.1,
+        align_corners: bool = False,
+        in_index: Sequence[int] = (0, 1, 2, 3),
+    ) -> None:
+        super().__init__()
+        levels = len(backbone.out_channels)
+        bad = [i for i in in_index if not 0 <= i < levels]
+        if bad or not in_index:
+            raise ValueError(f"decode_head.in_index must pick levels in 0..{levels - 1}, got {list(in_index)}")
+        self.backbone = backbone
+        self.in_index = tuple(in_index)
+        self.num_classes = num_classes
+        self.align_corners = align_corners
+        self.decode_head = SegFormerHead(
+            in_channels=[backbone.out_channels[i] for i in self.in_index],
+            num_classes=num_classes,
+            embed_dim=embed_dim,
+            dropout=dropout,
+            align_corners=align_corners,
+        )
+
+    @property
+    def output_stride(self) -> int:
+        return self.backbone.strides[self.in_index[0]]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (N, 3, H, W) normalised images -> logits (N, num_classes, H/4, W/4)."""
+        features = self.backbone(x)
+        return self.decode_head([features[i] for i in self.in_index])
+
+
+def upsample_logits(logits: Tensor, size: Sequence[int], align_corners: bool = False) -> Tensor:
+    """Bilinear resize of (N, K, h, w) logits to ``size`` = (H, W) for loss, metrics and masks."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=align_corners)
+
+
+def freeze_backbone(model: SegFormer) -> None:
+    """Stop gradients to the backbone (``model.backbone.freeze_backbone``); the head still trains.
+
+    Only ``requires_grad`` changes: normalisation statistics of backbones that have BatchNorm keep
+    updating in train mode, as in TAO.
+    """
+    for parameter in model.backbone.parameters():
+        parameter.requires_grad_(False)
+
+
+def build_segformer(model_cfg: Any, num_classes: int, *, load_pretrained: bool = True) -> SegFormer:
+    """Turn the ``model`` spec section into a SegFormer; the only place config meets constructors.
+
+    Reads ``backbone.type``, ``backbone.feat_downsample``, ``backbone.pretrained_backbone_path``,
+    ``backbone.freeze_backbone`` and ``decode_head.{in_channels, in_index, feature_strides,
+    align_corners, decoder_params.embed_dim}``. Channel lists come from the backbone;
+    ``decode_head.in_channels``/``feature_strides`` in a spec are only checked (TAO templates carry
+    MiT's [64, 128, 320, 512] whatever the backbone, so a mismatch warns and does not fail).
+    ``load_pretrained=False`` skips ``pretrained_backbone_path`` (evaluate/export load a whole
+    checkpoint afterwards).
+    """
+    backbone_cfg, head_cfg = model_cfg.backbone, model_cfg.decode_head
+    factory = get_backbone_factory(backbone_cfg.type)
+    options: dict[str, Any] = {}
+    feat_downsample = bool(getattr(backbone_cfg, "feat_downsample", False))
+    if "feat_downsample" in inspect.signature(factory).parameters:
+        options["feat_downsample"] = feat_downsample
+    elif feat_downsample:
+        warnings.warn(f"model.backbone.feat_downsample=true has no effect for backbone {backbone_cfg.type!r} "
+                      "(it applies to the FAN hybrid backbones only)", stacklevel=2)
+    backbone = factory(**options)
+
+    in_index = tuple(head_cfg.in_index) if head_cfg.in_index is not None else tuple(range(len(backbone.out_channels)))
+    _check_declared("decode_head.in_channels", head_cfg.in_channels,
+                    [backbone.out_channels[i] for i in in_index if 0 <= i < len(backbone.out_channels)],
+                    backbone_cfg.type)
+    _check_declared("decode_head.feature_strides", getattr(head_cfg, "feature_strides", None),
+                    [backbone.strides[i] for i in in_index if 0 <= i < len(backbone.strides)], backbone_cfg.type)
+
+    model = SegFormer(
+        backbone,
+        num_classes=num_classes,
+        embed_dim=int(head_cfg.decoder_params.embed_dim),
+        align_corners=bool(head_cfg.align_corners),
+        in_index=in_index,
+    )
+    path = getattr(backbone_cfg, "pretrained_backbone_path", None)
+    if load_pretrained and path:
+        from .checkpoints import load_pretrained_backbone
+
+        load_pretrained_backbone(model, path)
+    if backbone_cfg.freeze_backbone:
+        freeze_backbone(model)
+    return model
+
+
+def _check_declared(key: str, declared: Sequence[int] | None, actual: Sequence[int], backbone: str) -> None:
+    if declared and list(declared) != list(actual):
+        warnings.warn(f"model.{key}={list(declared)} differs from what backbone {backbone!r} provides "
+                      f"({list(actual)}); using the backbone's {list(actual)}", stacklevel=3)
