@@ -1,0 +1,89 @@
+"""``segformer inference``: segment every image of ``dataset.segment.predict_split``.
+
+Writes to ``results_dir/inference``:
+
+- ``vis_tao/<stem>.png``: class ids as a single-channel uint8 PNG at the image's original size.
+  The ids are the palette's ``label_id`` values (training ids are the label ids of the palette's
+  classes, see ``segformer.data.palette``);
+- ``mask_tao/<stem>.png``: the prediction in palette colours over the image (every
+  ``vis_after_n_batches``-th batch; the default 1 means every image).
+
+Images are resized to ``img_size`` and the logits resized back to the original size. With
+``inference.sliding_window`` an image with a side longer than ``img_size`` is instead normalized
+at full resolution and covered by ``img_size`` windows overlapping by ``window_overlap``; the
+logits of overlapping windows are averaged. All runtimes go through the same
+:class:`~segformer.engine.predictor.Predictor` path.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from segformer.config import ExperimentConfig, action_results_dir, require
+from segformer.data import build_datamodule, load_image, overlay, preprocess_image
+from segformer.engine._io import atomic_save_png
+from segformer.engine.predictor import Predictor, load_predictor, resize_logits, run_predictor, sliding_window_logits
+
+log = logging.getLogger(__name__)
+
+IDS_DIR = "vis_tao"
+OVERLAY_DIR = "mask_tao"
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    results_dir: Path
+    num_images: int
+    ids_dir: Path  # vis_tao
+    overlay_dir: Path  # mask_tao
+
+
+def run(cfg: ExperimentConfig, *, quiet: bool = False) -> InferenceResult:
+    options = cfg.inference
+    require(cfg, "inference.checkpoint", "inference.trt_engine")
+    results_dir = action_results_dir(cfg, "inference")
+    datamodule = build_datamodule(cfg.dataset.segment, seed=max(cfg.train.seed, 0),
+                                  eval_batch_size=int(options.batch_size), check_data=False)
+    datamodule.setup("predict")
+    samples = {sample.name: sample for sample in datamodule.datasets["predict"].samples}
+    predictor = load_predictor(cfg, "inference")
+    align_corners = bool(cfg.model.decode_head.align_corners)
+    window = predictor.input_size or (datamodule.img_size, datamodule.img_size)
+    vis_every = max(1, int(options.vis_after_n_batches))
+
+    ids_dir, overlay_dir = results_dir / IDS_DIR, results_dir / OVERLAY_DIR
+    count = 0
+    loader = datamodule.predict_dataloader()
+    for batch_idx, batch in enumerate(_progress(loader, quiet)):
+        logits = run_predictor(predictor, batch["image"])
+        for i, name in enumerate(batch["name"]):
+            image = load_image(samples[name].image)
+            height, width = image.shape[:2]
+            if options.sliding_window and (height > window[0] or width > window[1]):
+                full = preprocess_image(Image.fromarray(image), (height, width), datamodule.mean, datamodule.std)
+                image_logits = sliding_window_logits(predictor, full[None], window, float(options.window_overlap),
+                                                     align_corners, batch_size=int(options.batch_size))
+            else:
+                image_logits = resize_logits(logits[i:i + 1], (height, width), align_corners)
+            ids = image_logits[0].argmax(0).cpu().numpy().astype(np.uint8)
+            atomic_save_png(ids_dir / f"{name}.png", ids)
+            if batch_idx % vis_every == 0:
+                atomic_save_png(overlay_dir / f"{name}.png", overlay(image, ids.astype(np.int64), datamodule.decoder))
+            count += 1
+    if not quiet:
+        print(f"inference: {count} image(s) -> {ids_dir} (class ids), {overlay_dir} (overlays)")
+    return InferenceResult(results_dir, count, ids_dir, overlay_dir)
+
+
+def _progress(loader: Any, quiet: bool) -> Any:
+    if quiet:
+        return loader
+    from tqdm import tqdm
+
+    return tqdm(loader, desc="inference", unit="batch")

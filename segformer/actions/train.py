@@ -1,0 +1,279 @@
+"""``segformer train``: fit a SegFormer with PyTorch Lightning and write TAO's results layout.
+
+Outputs in ``results_dir/train`` (``train.results_dir`` or ``<results_dir>/train``):
+
+- ``segformer_model_latest.pth``: Lightning checkpoint after every epoch (resume from it);
+- ``model_epoch_<EEE>_step_<SSSSS>.pth`` every ``checkpoint_interval`` epochs or steps
+  (0-based epoch index and optimizer steps so far, as Lightning and TAO number them);
+- ``status.json``: one JSON object per line per epoch (``val_miou`` in 0..1);
+- ``experiment.yaml``: the resolved spec;
+- ``tensorboard/`` and an MLflow run when enabled.
+
+All checkpoints are Lightning checkpoints written atomically, loadable with
+``torch.load(weights_only=True)``; our model description is under ``checkpoint["segformer_meta"]``
+so evaluate/export/``segformer.model.load_model_weights`` read them directly.
+
+Nothing is written before the dataset has been checked, and when training fails before its
+first checkpoint the files this run created are removed again (logs stay).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from torch import nn
+
+from segformer.config import ExperimentConfig, action_results_dir, dump_config, to_dict
+from segformer.data import build_datamodule
+from segformer.engine.callbacks import AtomicCheckpointIO, PeriodicCheckpoint, RngState, StatusLog
+from segformer.engine.module import SegFormerModule
+from segformer.engine.optim import OptimizerSettings
+from segformer.errors import SegformerError
+from segformer.model import build_segformer, load_pretrained_model
+
+log = logging.getLogger(__name__)
+
+STATUS_NAME = "status.json"
+SPEC_NAME = "experiment.yaml"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced. ``best_miou`` is in 0..1 (None if no validation ran)."""
+
+    best_miou: float | None
+    best_epoch: int | None
+    last_checkpoint: Path
+    results_dir: Path
+    history: tuple[dict, ...]
+
+
+def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: bool = False) -> TrainResult:
+    """Train as the spec says. ``callbacks`` are extra Lightning callbacks (AutoML's Ray Tune
+    reporter reads ``val_miou`` from them); ``quiet`` drops the progress bar and Lightning's
+    banners (AutoML trials)."""
+    train_cfg = cfg.train
+    results_dir = action_results_dir(cfg, "train")
+    resume = train_cfg.resume_training_checkpoint_path
+    if resume and not Path(resume).is_file():
+        raise SegformerError(f"train.resume_training_checkpoint_path points to {resume}, which does not exist")
+    if train_cfg.pretrained_model_path and not Path(train_cfg.pretrained_model_path).is_file():
+        raise SegformerError(f"train.pretrained_model_path points to {train_cfg.pretrained_model_path}, "
+                             "which does not exist")
+
+    with _quiet_lightning(quiet):
+        if train_cfg.seed >= 0:
+            L.seed_everything(train_cfg.seed, workers=True, verbose=not quiet)
+        # Check every file of the splits in use before anything is written.
+        datamodule = build_datamodule(cfg.dataset.segment, seed=max(train_cfg.seed, 0))
+        datamodule.setup("fit")
+        model = build_segformer(cfg.model, datamodule.num_classes)
+        if train_cfg.pretrained_model_path and not resume:
+            load_pretrained_model(model, train_cfg.pretrained_model_path)
+        module = build_module(cfg, model, datamodule.class_names)
+
+        status = StatusLog(results_dir / STATUS_NAME)
+        checkpoints = PeriodicCheckpoint(results_dir, train_cfg.checkpoint_interval, train_cfg.checkpoint_interval_unit)
+        trainer = build_trainer(cfg, results_dir, [status, RngState(), checkpoints, *callbacks], quiet=quiet)
+
+        status_existed = status.path.exists()
+        created = _write_spec(cfg, results_dir)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        except BaseException:
+            if not checkpoints.saved:
+                _remove_created(([] if status_existed else [status.path]) + created)
+            raise
+
+    history = tuple(status.history)
+    validated = [r for r in history if r.get("val_miou") is not None]
+    best = max(validated, key=lambda r: r["val_miou"], default=None)
+    return TrainResult(
+        best_miou=None if best is None else float(best["val_miou"]),
+        best_epoch=None if best is None else int(best["epoch"]),
+        last_checkpoint=checkpoints.latest_path,
+        results_dir=results_dir,
+        history=history,
+    )
+
+
+# ----------------------------------------------------------------------------- builders
+def build_module(cfg: ExperimentConfig, model: nn.Module, class_names: Sequence[str] = ()) -> SegFormerModule:
+    """``train.optim`` + ``model`` + ``dataset.segment`` -> :class:`SegFormerModule` arguments."""
+    optim = cfg.train.optim
+    if cfg.train.segment.loss != "ce":
+        raise SegformerError(f"train.segment.loss must be 'ce', got {cfg.train.segment.loss!r}")
+    settings = OptimizerSettings(
+        name=optim.optim,
+        lr=float(optim.lr),
+        momentum=float(optim.momentum),
+        weight_decay=float(optim.weight_decay),
+        policy=optim.policy,
+        warmup_ratio=float(optim.warmup_ratio),
+        lr_steps=tuple(optim.lr_steps or ()),
+        lr_decay=float(optim.lr_decay),
+    )
+    return SegFormerModule(
+        model,
+        num_classes=int(cfg.dataset.segment.num_classes),
+        optimizer=settings,
+        align_corners=bool(cfg.model.decode_head.align_corners),
+        freeze_backbone=bool(cfg.model.backbone.freeze_backbone),
+        class_names=class_names,
+        meta=model_meta(cfg, class_names),
+    )
+
+
+def model_meta(cfg: ExperimentConfig, class_names: Sequence[str] = ()) -> dict[str, Any]:
+    """Plain description stored with every checkpoint (enough to rebuild and use the model)."""
+    segment = to_dict(cfg)["dataset"]["segment"]
+    return {
+        "backbone": cfg.model.backbone.type,
+        "num_classes": int(cfg.dataset.segment.num_classes),
+        "embed_dim": int(cfg.model.decode_head.decoder_params.embed_dim),
+        "in_index": list(cfg.model.decode_head.in_index or []),
+        "align_corners": bool(cfg.model.decode_head.align_corners),
+        "img_size": int(cfg.dataset.segment.img_size),
+        "mean": [float(v) for v in cfg.dataset.segment.augmentation.mean],
+        "std": [float(v) for v in cfg.dataset.segment.augmentation.std],
+        "label_transform": segment.get("label_transform"),
+        "palette": segment.get("palette"),
+        "class_names": list(class_names),
+    }
+
+
+def build_trainer(cfg: ExperimentConfig, results_dir: Path, callbacks: Sequence[Callback], *,
+                  quiet: bool = False) -> L.Trainer:
+    """``train`` section -> ``lightning.Trainer`` (devices, strategy, precision, loggers, intervals)."""
+    train_cfg = cfg.train
+    accelerator, devices, num_nodes = resolve_devices(train_cfg.num_gpus, train_cfg.gpu_ids, train_cfg.num_nodes)
+    distributed = num_nodes > 1 or (isinstance(devices, list) and len(devices) > 1)
+    precision = resolve_precision(bool(train_cfg.amp), accelerator)
+    all_callbacks = list(callbacks)
+    if not quiet:
+        all_callbacks.append(TQDMProgressBar(refresh_rate=1))
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy="ddp_find_unused_parameters_true" if distributed else "auto",
+        sync_batchnorm=bool(train_cfg.sync_batchnorm) and distributed,
+        use_distributed_sampler=bool(train_cfg.use_distributed_sampler),
+        precision=precision,
+        max_epochs=int(train_cfg.num_epochs),
+        check_val_every_n_epoch=int(train_cfg.validation_interval),
+        num_sanity_val_steps=0,
+        callbacks=all_callbacks,
+        logger=_loggers(cfg, results_dir) or False,
+        enable_progress_bar=not quiet,
+        enable_model_summary=not quiet,
+        log_every_n_steps=10,
+        deterministic="warn" if train_cfg.cudnn.deterministic else False,
+        benchmark=bool(train_cfg.cudnn.benchmark),
+        default_root_dir=str(results_dir),
+        plugins=[AtomicCheckpointIO()],
+    )
+
+
+def resolve_devices(num_gpus: int, gpu_ids: Sequence[int] | None, num_nodes: int) -> tuple[str, Any, int]:
+    """(accelerator, devices, num_nodes) for Lightning; the CPU with a note when there is no GPU."""
+    if not torch.cuda.is_available():
+        log.warning("no CUDA GPU found: training on the CPU (slow); train.num_gpus=%s, gpu_ids=%s and "
+                    "num_nodes=%s are ignored", num_gpus, list(gpu_ids or []), num_nodes)
+        return "cpu", 1, 1
+    ids = [int(i) for i in (gpu_ids or [])] or [0]
+    if num_gpus > len(ids):
+        if ids != [0]:
+            raise SegformerError(f"train.num_gpus is {num_gpus} but train.gpu_ids lists {len(ids)} GPU(s) {ids}; "
+                                 "give one id per GPU or leave gpu_ids at [0]")
+        ids = list(range(num_gpus))
+    ids = ids[:num_gpus]
+    available = torch.cuda.device_count()
+    unknown = [i for i in ids if i >= available]
+    if unknown:
+        raise SegformerError(f"train.gpu_ids {ids} names GPU(s) {unknown}, but this machine has {available} "
+                             f"(ids 0..{available - 1})")
+    return "gpu", ids, int(num_nodes)
+
+
+def resolve_precision(amp: bool, accelerator: str) -> str:
+    if not amp:
+        return "32-true"
+    if accelerator != "gpu":
+        log.info("train.amp has no effect on the CPU: training in float32")
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def _loggers(cfg: ExperimentConfig, results_dir: Path) -> list[Any]:
+    loggers: list[Any] = []
+    if cfg.train.tensorboard.enabled:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(results_dir), name="tensorboard", version=""))
+    if cfg.train.mlflow.enabled:
+        try:
+            from lightning.pytorch.loggers import MLFlowLogger
+            import mlflow  # noqa: F401
+        except ImportError as exc:
+            raise SegformerError(f"train.mlflow.enabled needs mlflow ({exc}); pip install mlflow") from exc
+        # Without a tracking URI use a local SQLite store next to the results (MLflow's plain file
+        # store is refused by recent versions unless MLFLOW_ALLOW_FILE_STORE is set).
+        uri = cfg.train.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
+            f"sqlite:///{(results_dir / 'mlflow.db').resolve()}"
+        loggers.append(MLFlowLogger(experiment_name=cfg.train.mlflow.experiment_name, tracking_uri=uri,
+                                    artifact_location=str((results_dir / "mlartifacts").resolve())))
+    return loggers
+
+
+# ----------------------------------------------------------------------------- files
+def _write_spec(cfg: ExperimentConfig, results_dir: Path) -> list[Path]:
+    """Create the results folder and write experiment.yaml; return what did not exist before."""
+    created: list[Path] = []
+    missing = [p for p in (results_dir, *results_dir.parents) if not p.exists()]
+    results_dir.mkdir(parents=True, exist_ok=True)
+    spec = results_dir / SPEC_NAME
+    if not spec.exists():
+        created.append(spec)
+    dump_config(cfg, spec)
+    return created + sorted(missing, key=lambda p: len(p.parts), reverse=True)
+
+
+def _remove_created(paths: Sequence[Path]) -> None:
+    """Undo a failed run's files (folders only when empty: logs stay)."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            if path.is_dir():
+                path.rmdir()
+            else:
+                path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _quiet_lightning(quiet: bool) -> Iterator[None]:
+    """AutoML trials: no banners ("GPU available ...") and no per-trial data-loader hints."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
+        if not quiet:
+            yield
+            return
+        names = ("lightning.pytorch", "lightning.fabric", "lightning")
+        levels = {name: logging.getLogger(name).level for name in names}
+        for name in names:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)

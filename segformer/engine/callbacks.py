@@ -1,0 +1,184 @@
+"""Callbacks and the checkpoint writer behind the train action's results layout.
+
+- :class:`AtomicCheckpointIO`: every checkpoint goes to a temporary file, is fsynced and renamed,
+  so a crash never leaves a truncated file under a final name.
+- :class:`PeriodicCheckpoint`: ``segformer_model_latest.pth`` after every epoch and
+  ``model_epoch_<EEE>_step_<SSSSS>.pth`` every ``checkpoint_interval`` epochs or steps.
+  Numbering follows Lightning (and TAO): ``epoch`` is the 0-based index of the epoch the
+  checkpoint closes, ``step`` the number of optimizer steps taken so far.
+- :class:`StatusLog`: ``status.json``, one JSON object per line per epoch.
+- :class:`RngState`: saves and restores the Python/NumPy/torch random generators, so a resumed
+  run draws the same shuffles, augmentations and dropout masks as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from ._io import atomic_write, atomic_write_text, link_or_copy
+
+log = logging.getLogger(__name__)
+
+LATEST_NAME = "segformer_model_latest.pth"
+CHECKPOINT_UNITS = ("epoch", "step")
+
+
+def checkpoint_name(epoch: int, step: int) -> str:
+    return f"model_epoch_{epoch:03d}_step_{step:05d}.pth"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` into a temporary file in the target folder, fsync, then ``os.replace``."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"storage_options are not supported by {type(self).__name__}, got {storage_options!r}")
+        atomic_write(Path(path), lambda handle: torch.save(checkpoint, handle))
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
+        # Our checkpoints hold only tensors and plain values: always load safely.
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class PeriodicCheckpoint(Checkpoint):
+    """Writes the latest and the periodic checkpoints (see the module docstring for names).
+
+    A :class:`Checkpoint` subclass, so Lightning runs it after the other callbacks: the status
+    history of an epoch is complete when that epoch's checkpoint is written.
+    """
+
+    def __init__(self, dirpath: str | Path, interval: int = 1, unit: str = "epoch") -> None:
+        if unit not in CHECKPOINT_UNITS:
+            raise ValueError(f"train.checkpoint_interval_unit must be one of {CHECKPOINT_UNITS}, got {unit!r}")
+        if interval < 1:
+            raise ValueError(f"train.checkpoint_interval must be >= 1, got {interval}")
+        self.dirpath = Path(dirpath)
+        self.interval = interval
+        self.unit = unit
+        self.saved: list[Path] = []
+
+    @property
+    def latest_path(self) -> Path:
+        return self.dirpath / LATEST_NAME
+
+    def _save(self, trainer: L.Trainer, name: str) -> Path:
+        path = self.dirpath / name
+        trainer.save_checkpoint(path, weights_only=False)  # full state: resumable
+        self.saved.append(path)
+        return path
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        step = trainer.global_step
+        if self.unit == "step" and step > 0 and step % self.interval == 0 and not trainer.sanity_checking:
+            self._save(trainer, checkpoint_name(trainer.current_epoch, step))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch, step = trainer.current_epoch, trainer.global_step
+        if self.unit == "epoch" and (epoch + 1) % self.interval == 0:
+            periodic = self._save(trainer, checkpoint_name(epoch, step))
+            # Same content: link instead of serializing twice (rank 0 holds the file).
+            if trainer.is_global_zero:
+                link_or_copy(periodic, self.latest_path)
+            trainer.strategy.barrier("segformer_latest_checkpoint")
+            self.saved.append(self.latest_path)
+            return
+        self._save(trainer, LATEST_NAME)
+
+
+class StatusLog(L.Callback):
+    """``status.json``: one JSON object per line per epoch (epoch, val_miou, val_loss, train_loss,
+    lr, seconds, ...). Validation values are null in epochs without validation.
+
+    The history is part of the checkpoint, so a resumed run rewrites the file with the epochs up
+    to the checkpoint and continues from there (no lines from a discarded future).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.history: list[dict[str, Any]] = []
+        self._epoch_start = time.monotonic()
+        self._validated = False
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start = time.monotonic()
+        self._validated = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated = True
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+
+        def value(name: str, validated_only: bool = True) -> float | None:
+            if (validated_only and not self._validated) or name not in metrics:
+                return None
+            number = float(metrics[name])
+            return None if math.isnan(number) else number
+
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+        record = {
+            "epoch": trainer.current_epoch,
+            "max_epochs": trainer.max_epochs,
+            "step": trainer.global_step,
+            "train_loss": value("train_loss", validated_only=False),
+            "val_loss": value("val_loss"),
+            "val_miou": value("val_miou"),
+            "val_macc": value("val_macc"),
+            "val_aacc": value("val_aacc"),
+            "lr": lr,
+            "seconds": round(time.monotonic() - self._epoch_start, 3),
+        }
+        self.history.append(record)
+        if trainer.is_global_zero:
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(r) for r in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(r) for r in state_dict.get("history", [])]
+
+
+class RngState(L.Callback):
+    """Random generator states in the checkpoint, as plain values and tensors (weights_only-safe)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        numpy_state = np.random.get_state(legacy=True)
+        state: dict[str, Any] = {
+            "python": _to_lists(random.getstate()),
+            "numpy": {"key": torch.from_numpy(numpy_state[1].astype(np.int64)), "pos": int(numpy_state[2]),
+                      "has_gauss": int(numpy_state[3]), "cached_gaussian": float(numpy_state[4])},
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        version, internal, gauss = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss))
+        numpy_state = state_dict["numpy"]
+        np.random.set_state(("MT19937", numpy_state["key"].numpy().astype(np.uint32), numpy_state["pos"],
+                             numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available() and len(state_dict["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+def _to_lists(value: Any) -> Any:
+    return [_to_lists(v) for v in value] if isinstance(value, tuple) else value

@@ -1,0 +1,215 @@
+"""One prediction path for every runtime (PyTorch, ONNX Runtime, TensorRT, quantized PyTorch).
+
+A :class:`Predictor` maps normalized images to logits; evaluate and inference only ever talk to
+this protocol, then upsample, argmax and score or save exactly the same way for every runtime.
+Which runtime is used follows from the action's section of the spec (:func:`load_predictor`):
+
+- ``trt_engine`` set                -> TensorRT (``segformer.deploy.runtime.TrtPredictor``)
+- ``checkpoint`` ending in ``.onnx`` -> ONNX Runtime (``OnnxPredictor``)
+- ``is_quantized: true``            -> quantized PyTorch artifact (``load_quantized_predictor``)
+- otherwise                         -> PyTorch (:class:`TorchPredictor`) from our checkpoint format
+                                       or a Lightning checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segformer.errors import CheckpointError, MissingDependencyError, SegformerError
+
+log = logging.getLogger(__name__)
+
+SECTIONS = ("evaluate", "inference")
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """``__call__``: normalized float32 images (N, 3, H, W) -> logits (N, K, h, w), any h, w."""
+
+    num_classes: int
+    input_size: tuple[int, int] | None  # fixed (H, W) of an exported model; None accepts any size
+
+    def __call__(self, images: Tensor) -> Tensor: ...
+
+
+class TorchPredictor:
+    """A PyTorch SegFormer in eval mode on ``device``."""
+
+    input_size: tuple[int, int] | None = None
+
+    def __init__(self, model: nn.Module, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        num_classes = getattr(model, "num_classes", None)
+        if num_classes is None:
+            raise TypeError(f"{type(model).__name__} has no num_classes attribute")
+        self.num_classes = int(num_classes)
+
+    @torch.inference_mode()
+    def __call__(self, images: Tensor) -> Tensor:
+        return self.model(images.to(self.device, torch.float32)).float()
+
+
+def select_device(num_gpus: int, gpu_ids: Sequence[int] | None) -> torch.device:
+    """First requested GPU when CUDA is there and GPUs were asked for, else the CPU (with a note)."""
+    if num_gpus > 0 and torch.cuda.is_available():
+        index = int(gpu_ids[0]) if gpu_ids else 0
+        return torch.device("cuda", index)
+    if num_gpus > 0:
+        log.warning("no CUDA GPU available: running on the CPU")
+    return torch.device("cpu")
+
+
+def load_predictor(cfg: Any, section: str) -> Predictor:
+    """Pick the runtime from ``cfg.<section>`` (see the module docstring) and load the model."""
+    if section not in SECTIONS:
+        raise ValueError(f"section must be one of {SECTIONS}, got {section!r}")
+    options = getattr(cfg, section)
+    num_classes = int(cfg.dataset.segment.num_classes)
+    device = select_device(int(getattr(options, "num_gpus", 1) or 0), getattr(options, "gpu_ids", None))
+    trt_engine = getattr(options, "trt_engine", None)
+    checkpoint = getattr(options, "checkpoint", None)
+    if trt_engine:
+        predictor: Predictor = _deploy_runtime(section).TrtPredictor(_existing(trt_engine, f"{section}.trt_engine"))
+    elif checkpoint and str(checkpoint).lower().endswith(".onnx"):
+        predictor = _deploy_runtime(section).OnnxPredictor(_existing(checkpoint, f"{section}.checkpoint"))
+    elif getattr(options, "is_quantized", False):
+        if not checkpoint:
+            raise SegformerError(f"{section}.is_quantized is true but {section}.checkpoint is not set; "
+                                 "point it at the artifact written by the quantize action")
+        predictor = _deploy_runtime(section).load_quantized_predictor(
+            _existing(checkpoint, f"{section}.checkpoint"), cfg.model, num_classes, device)
+    else:
+        if not checkpoint:
+            raise SegformerError(f"{section}.checkpoint is not set; give a checkpoint (for example "
+                                 "results_dir/train/segformer_model_latest.pth) or a trt_engine")
+        predictor = TorchPredictor(load_torch_model(cfg.model, num_classes, _existing(checkpoint, f"{section}.checkpoint")), device)
+    if predictor.num_classes != num_classes:
+        raise SegformerError(
+            f"the model predicts {predictor.num_classes} classes but dataset.segment.num_classes is {num_classes}; "
+            "evaluate with the dataset spec the model was trained with"
+        )
+    return predictor
+
+
+def load_torch_model(model_cfg: Any, num_classes: int, checkpoint: Path) -> nn.Module:
+    """Build the spec's model and load a whole checkpoint into it (our format or Lightning's)."""
+    from segformer.model import build_segformer, load_into, load_model_weights
+
+    try:
+        state, meta = load_model_weights(checkpoint)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {checkpoint}: {exc}") from exc
+    trained_classes = meta.get("num_classes")
+    if trained_classes is not None and int(trained_classes) != num_classes:
+        raise CheckpointError(
+            f"{checkpoint} was trained for {trained_classes} classes but dataset.segment.num_classes is "
+            f"{num_classes}; use the dataset spec the model was trained with"
+        )
+    trained_backbone = meta.get("backbone")
+    if trained_backbone and trained_backbone != model_cfg.backbone.type:
+        raise CheckpointError(
+            f"{checkpoint} holds a {trained_backbone!r} model but model.backbone.type is "
+            f"{model_cfg.backbone.type!r}; set model.backbone.type: {trained_backbone}"
+        )
+    model = build_segformer(model_cfg, num_classes, load_pretrained=False)
+    try:
+        load_into(model, state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{checkpoint} does not fit the model of the spec: {exc}") from exc
+    return model
+
+
+def _existing(path: Any, key: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise SegformerError(f"{key} points to {path}, which does not exist")
+    return path
+
+
+def _deploy_runtime(section: str) -> Any:
+    try:
+        from segformer.deploy import runtime
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{section} with an ONNX, TensorRT or quantized model needs segformer.deploy.runtime, which could "
+            f"not be imported ({exc}); install the deploy extras or evaluate a PyTorch checkpoint"
+        ) from exc
+    return runtime
+
+
+# --------------------------------------------------------------------------- shared decoding
+def run_predictor(predictor: Predictor, images: Tensor) -> Tensor:
+    """Raw float logits (N, K, h, w); input resized first for a model with a fixed input size."""
+    if predictor.input_size is not None and tuple(images.shape[-2:]) != tuple(predictor.input_size):
+        images = F.interpolate(images, size=predictor.input_size, mode="bilinear", align_corners=False)
+    return predictor(images).float()
+
+
+def resize_logits(logits: Tensor, size: Sequence[int], align_corners: bool = False) -> Tensor:
+    """Bilinear resize of (N, K, h, w) logits to ``size`` = (H, W) (no-op when equal)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=align_corners)
+
+
+def predict_logits(predictor: Predictor, images: Tensor, size: Sequence[int], align_corners: bool = False) -> Tensor:
+    """Logits (N, K, *size) of normalized images, for any runtime."""
+    return resize_logits(run_predictor(predictor, images), size, align_corners)
+
+
+def sliding_window_logits(
+    predictor: Predictor,
+    image: Tensor,
+    window: Sequence[int],
+    overlap: float = 1 / 3,
+    align_corners: bool = False,
+    batch_size: int = 4,
+) -> Tensor:
+    """Logits (1, K, H, W) of one large normalized image (1, 3, H, W) from overlapping windows.
+
+    Windows of ``window`` = (h, w) pixels step by ``window * (1 - overlap)``; the last window in
+    each direction is aligned to the border so the whole image is covered; logits of pixels seen
+    by several windows are averaged. An image smaller than a window is zero-padded (normalized 0)
+    and cropped back.
+    """
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"inference.window_overlap must be in [0, 1), got {overlap}")
+    _, _, height, width = image.shape
+    win_h, win_w = int(window[0]), int(window[1])
+    pad_h, pad_w = max(0, win_h - height), max(0, win_w - width)
+    if pad_h or pad_w:
+        image = F.pad(image, (0, pad_w, 0, pad_h))
+    full_h, full_w = image.shape[-2:]
+    tops = _starts(full_h, win_h, overlap)
+    lefts = _starts(full_w, win_w, overlap)
+    boxes = [(top, left) for top in tops for left in lefts]
+    total: Tensor | None = None
+    counts = torch.zeros(1, 1, full_h, full_w)
+    for start in range(0, len(boxes), batch_size):
+        chunk = boxes[start:start + batch_size]
+        crops = torch.cat([image[:, :, t:t + win_h, l:l + win_w] for t, l in chunk])
+        logits = predict_logits(predictor, crops, (win_h, win_w), align_corners).cpu()
+        if total is None:
+            total = torch.zeros(1, logits.shape[1], full_h, full_w)
+        for (t, l), crop_logits in zip(chunk, logits):
+            total[0, :, t:t + win_h, l:l + win_w] += crop_logits
+            counts[0, :, t:t + win_h, l:l + win_w] += 1
+    assert total is not None
+    return (total / counts)[:, :, :height, :width]
+
+
+def _starts(length: int, window: int, overlap: float) -> list[int]:
+    if length <= window:
+        return [0]
+    stride = max(1, int(window * (1.0 - overlap)))
+    count = math.ceil((length - window) / stride) + 1
+    return sorted({min(i * stride, length - window) for i in range(count)})

@@ -1,0 +1,101 @@
+"""train -> evaluate -> inference on the tiny synthetic dataset."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segformer.actions import evaluate, inference
+from segformer.config import apply_overrides
+from segformer.errors import SegformerError
+
+
+def _eval_cfg(cfg, tmp_path, *overrides):
+    checkpoint = cfg.results_dir + "/train/segformer_model_latest.pth"
+    return apply_overrides(cfg, [f"evaluate.checkpoint={checkpoint}", f"inference.checkpoint={checkpoint}",
+                                 f"evaluate.results_dir={tmp_path / 'evaluate'}",
+                                 f"inference.results_dir={tmp_path / 'inference'}", *overrides])
+
+
+def test_evaluate_writes_tables_json_and_figures(trained, tmp_path, capsys):
+    cfg, _ = trained
+    result = evaluate.run(_eval_cfg(cfg, tmp_path, "evaluate.vis_after_n_batches=1"))
+    printed = capsys.readouterr().out
+    assert "| Class" in printed and "| IoU" in printed and "| Scope  | mIoU" in printed and "| global |" in printed
+    report = json.loads(result.results_file.read_text())
+    assert report["miou"] == pytest.approx(result.miou) and 0.0 <= report["miou"] <= 1.0
+    assert [c["class"] for c in report["per_class"]] == ["background", "red", "green"]
+    assert np.array(report["confusion_matrix"]).shape == (3, 3)
+    assert f"{100 * result.miou:.2f}" in printed
+    assert (result.results_dir / "confusion_matrix.png").stat().st_size > 0
+    assert len(list((result.results_dir / "vis").glob("*.png"))) == 4  # 4 test images, every batch
+
+
+def test_evaluate_full_resolution_and_lightning_or_own_checkpoint(trained, tmp_path):
+    cfg, result = trained
+    from segformer.model import build_segformer, load_model_weights, save_model_checkpoint, load_into
+
+    state, meta = load_model_weights(result.last_checkpoint)
+    model = build_segformer(cfg.model, 3, load_pretrained=False)
+    load_into(model, state, strict=True)
+    own = save_model_checkpoint(tmp_path / "ours.pth", model, meta)
+    scores = [evaluate.run(_eval_cfg(cfg, tmp_path / name, f"evaluate.checkpoint={path}"), quiet=True).miou
+              for name, path in (("lightning", result.last_checkpoint), ("ours", own))]
+    assert scores[0] == pytest.approx(scores[1])
+    full = evaluate.run(_eval_cfg(cfg, tmp_path / "full", "evaluate.full_resolution=true"), quiet=True)
+    assert 0.0 <= full.miou <= 1.0 and not math.isnan(full.miou)
+
+
+def test_evaluate_needs_a_checkpoint(trained, tmp_path):
+    cfg, _ = trained
+    bad = _eval_cfg(cfg, tmp_path, f"evaluate.checkpoint={tmp_path / 'missing.pth'}")
+    with pytest.raises(SegformerError, match="does not exist"):
+        evaluate.run(bad, quiet=True)
+
+
+def test_evaluate_refuses_wrong_num_classes(trained, tmp_path, dataset_copy):
+    cfg, _ = trained
+    from segformer.engine.predictor import load_predictor
+
+    bad = _eval_cfg(cfg, tmp_path)
+    bad = replace(bad, dataset=replace(bad.dataset, segment=replace(bad.dataset.segment, num_classes=4)))
+    with pytest.raises(SegformerError, match="trained for 3 classes"):
+        load_predictor(bad, "evaluate")
+
+
+@pytest.mark.parametrize("sliding", [False, True])
+def test_inference_writes_ids_and_overlays_at_original_size(trained, tmp_path, dataset_copy, sliding):
+    cfg, _ = trained
+    # one image much larger than img_size (32): resized, or covered by overlapping 32 px windows
+    Image.open(dataset_copy / "images" / "test" / "test_00000.jpg").resize((80, 72)).save(
+        dataset_copy / "images" / "test" / "big.png")
+    overrides = [f"dataset.segment.root_dir={dataset_copy}", f"inference.sliding_window={str(sliding).lower()}"]
+    result = inference.run(_eval_cfg(cfg, tmp_path, *overrides), quiet=True)
+    assert result.num_images == 5
+    sizes = {f"test_{i:05d}": (32, 32) for i in range(4)} | {"big": (80, 72)}
+    for stem, size in sizes.items():
+        ids = Image.open(result.ids_dir / f"{stem}.png")
+        assert ids.mode == "L" and ids.size == size
+        assert set(np.unique(np.array(ids))) <= {0, 1, 2}
+        colour = Image.open(result.overlay_dir / f"{stem}.png")
+        assert colour.mode == "RGB" and colour.size == size
+
+
+def test_sliding_window_covers_and_averages():
+    import torch
+
+    from segformer.engine.predictor import sliding_window_logits
+
+    class Constant:
+        num_classes, input_size = 2, None
+
+        def __call__(self, images):
+            return torch.ones(images.shape[0], 2, images.shape[2] // 4, images.shape[3] // 4)
+
+    logits = sliding_window_logits(Constant(), torch.zeros(1, 3, 50, 37), (16, 16), overlap=0.5)
+    assert logits.shape == (1, 2, 50, 37) and torch.allclose(logits, torch.ones_like(logits))

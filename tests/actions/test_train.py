@@ -1,0 +1,182 @@
+"""Train action: results layout, safe checkpoints, exact resume, clear data errors, GPU modes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segformer.actions import train
+from segformer.engine.callbacks import LATEST_NAME
+from segformer.errors import DataError, SegformerError
+from segformer.model import load_model_weights
+
+
+def test_results_layout_and_status(trained):
+    cfg, result = trained
+    out = result.results_dir
+    assert out == Path(cfg.results_dir) / "train"
+    names = sorted(p.name for p in out.iterdir() if p.is_file())
+    assert names == ["experiment.yaml", "model_epoch_000_step_00002.pth", "model_epoch_001_step_00004.pth",
+                     LATEST_NAME, "status.json"]
+    lines = [json.loads(line) for line in (out / "status.json").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [0, 1]
+    for record in lines:
+        assert {"epoch", "val_miou", "val_loss", "train_loss", "lr", "seconds", "val_macc"} <= set(record)
+        assert 0.0 <= record["val_miou"] <= 1.0
+    assert result.history == tuple(lines)
+    assert result.best_miou == max(r["val_miou"] for r in lines)
+    assert result.last_checkpoint == out / LATEST_NAME
+    assert not list(out.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_checkpoints_load_safely_with_meta(trained):
+    _, result = trained
+    checkpoint = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
+    meta = checkpoint["segformer_meta"]
+    assert meta["backbone"] == "mit_b0" and meta["num_classes"] == 3 and meta["img_size"] == 32
+    assert checkpoint["hyper_parameters"]["optimizer"]["name"] == "adamw"
+    state, loaded_meta = load_model_weights(result.last_checkpoint)
+    assert loaded_meta == meta and not any(k.startswith("model.") for k in state)
+
+
+def test_resume_is_exact(trained, tmp_path, make_cfg):
+    """2 epochs straight == resume from the straight run's epoch-0 checkpoint + 1 epoch."""
+    cfg, straight = trained
+    first = straight.results_dir / "model_epoch_000_step_00002.pth"
+    resumed_cfg = make_cfg(Path(cfg.dataset.segment.root_dir), tmp_path, f"train.resume_training_checkpoint_path={first}")
+    resumed = train.run(resumed_cfg, quiet=True)
+    a = torch.load(straight.last_checkpoint, weights_only=True)
+    b = torch.load(resumed.last_checkpoint, weights_only=True)
+    assert a["epoch"] == b["epoch"] and a["global_step"] == b["global_step"] == 4
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"]
+    # the resumed run's status.json continues the history of the run it resumed
+    assert [r["epoch"] for r in resumed.history] == [0, 1]
+    assert resumed.history[1]["val_miou"] == pytest.approx(straight.history[1]["val_miou"])
+
+
+def _break_missing_folder(root: Path) -> str:
+    import shutil
+
+    shutil.rmtree(root / "masks" / "val")
+    return "does not exist"
+
+
+def _break_unmatched(root: Path) -> str:
+    (root / "masks" / "train" / "train_00001.png").rename(root / "masks" / "train" / "other.png")
+    return "without a mask"
+
+
+def _break_unknown_colour(root: Path) -> str:
+    path = root / "masks" / "train" / "train_00002.png"
+    mask = np.array(Image.open(path).convert("RGB"))
+    mask[3, 4] = (1, 2, 3)
+    Image.fromarray(mask).save(path)
+    return r"rgb \(1, 2, 3\) at row 3, col 4"
+
+
+def _break_corrupt_image(root: Path) -> str:
+    (root / "images" / "train" / "train_00003.jpg").write_bytes(b"not a jpeg")
+    return "cannot read image"
+
+
+def _break_mask_size(root: Path) -> str:
+    path = root / "masks" / "val" / "val_00000.png"
+    Image.open(path).resize((16, 16), Image.NEAREST).save(path)
+    return "must have exactly its image's size"
+
+
+@pytest.mark.parametrize("breaker", [_break_missing_folder, _break_unmatched, _break_unknown_colour,
+                                     _break_corrupt_image, _break_mask_size])
+def test_bad_data_is_one_clear_error_and_writes_nothing(dataset_copy, tmp_path, breaker, make_cfg):
+    expected = breaker(dataset_copy)
+    cfg = make_cfg(dataset_copy, tmp_path / "results")
+    with pytest.raises(DataError, match=expected):
+        train.run(cfg, quiet=True)
+    assert not (tmp_path / "results").exists()
+
+
+def test_wrong_num_classes_is_a_clear_error(dataset_copy, tmp_path, make_cfg):
+    cfg = make_cfg(dataset_copy, tmp_path / "results", "dataset.segment.num_classes=5")
+    with pytest.raises(SegformerError, match="num_classes is 5"):
+        train.run(cfg, quiet=True)
+    assert not (tmp_path / "results").exists()
+
+
+def test_failure_before_first_checkpoint_leaves_no_files(tiny_dataset, tmp_path, make_cfg):
+    import lightning as L
+
+    class Boom(L.Callback):
+        def on_train_batch_end(self, *args, **kwargs):
+            raise RuntimeError("boom")
+
+    cfg = make_cfg(tiny_dataset, tmp_path / "results")
+    with pytest.raises(RuntimeError, match="boom"):
+        train.run(cfg, callbacks=[Boom()], quiet=True)
+    assert not list((tmp_path / "results").rglob("*.pth"))
+    assert not (tmp_path / "results" / "train" / "experiment.yaml").exists()
+
+
+def test_missing_resume_checkpoint(tiny_dataset, tmp_path, make_cfg):
+    cfg = make_cfg(tiny_dataset, tmp_path, "train.resume_training_checkpoint_path=/nonexistent/x.pth")
+    with pytest.raises(SegformerError, match="does not exist"):
+        train.run(cfg, quiet=True)
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_amp_on_gpu(tiny_dataset, tmp_path, make_cfg):
+    cfg = make_cfg(tiny_dataset, tmp_path, "train.num_epochs=1", "train.amp=true")
+    trainer = train.build_trainer(cfg, tmp_path, [], quiet=True)
+    assert trainer.precision in ("bf16-mixed", "16-mixed")
+    result = train.run(cfg, quiet=True)
+    assert result.best_miou is not None and not math.isnan(result.best_miou)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_two_gpus_ddp(tiny_dataset, tmp_path, make_cfg):
+    cfg = make_cfg(tiny_dataset, tmp_path, "train.num_epochs=1", "train.num_gpus=2", "train.gpu_ids=[0,1]")
+    trainer = train.build_trainer(cfg, tmp_path, [], quiet=True)
+    assert trainer.num_devices == 2
+    result = train.run(cfg, quiet=True)
+    assert (result.results_dir / LATEST_NAME).is_file()
+
+
+def test_tensorboard_and_mlflow_logging(tiny_dataset, tmp_path, make_cfg):
+    pytest.importorskip("mlflow")
+    pytest.importorskip("tensorboard")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = make_cfg(tiny_dataset, tmp_path / "results", "train.num_epochs=1", "train.tensorboard.enabled=true",
+                   "train.mlflow.enabled=true", f"train.mlflow.tracking_uri={uri}", "train.mlflow.experiment_name=tiny")
+    result = train.run(cfg, quiet=True)
+    assert list((result.results_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert runs and "val_miou" in runs[0].data.metrics
+
+
+def test_step_checkpoints_and_frozen_backbone(tiny_dataset, tmp_path, make_cfg):
+    cfg = make_cfg(tiny_dataset, tmp_path, "train.checkpoint_interval=3", "train.checkpoint_interval_unit=step",
+                   "model.backbone.freeze_backbone=true", "train.optim.optim=sgd", "train.optim.policy=step")
+    result = train.run(cfg, quiet=True)
+    names = sorted(p.name for p in result.results_dir.glob("*.pth"))
+    assert names == ["model_epoch_001_step_00003.pth", LATEST_NAME]
+    start = torch.load(result.results_dir / "model_epoch_001_step_00003.pth", weights_only=True)["state_dict"]
+    end = torch.load(result.last_checkpoint, weights_only=True)["state_dict"]
+    backbone = [k for k in end if k.startswith("model.backbone.")]
+    head = [k for k in end if k.startswith("model.decode_head.") and end[k].is_floating_point()]
+    assert all(torch.equal(start[k], end[k]) for k in backbone)
+    assert any(not torch.equal(start[k], end[k]) for k in head)
