@@ -297,7 +297,7 @@ class ExportConfig:
     batch_size: int = field_(-1, description="ONNX batch size; -1: dynamic batch.", title="batch size", minimum=-1, automl=False)
     verbose: bool = field_(False, description="Verbose export logging.", title="verbose", automl=False)
     format: str = field_("onnx", description='Export format; only "onnx" is implemented ("xdl" warns and exports ONNX).', title="export format", options=("onnx", "xdl"), automl=False)
-    serialize_nvdsinfer: bool = field_(False, description="Write DeepStream nvinfer configs; no effect.", title="Serialize DeepStream config.", unused="DeepStream config serialisation is not implemented", automl=False)
+    serialize_nvdsinfer: bool = field_(False, description="TAO's switch for DeepStream configs. Export here always writes config_infer_primary_segformer.txt and labels.txt next to the ONNX file (they are small and consistent with it), so this flag changes nothing.", title="Serialize DeepStream config.", automl=False)
 
 
 # ------------------------------------------------------------------------------------ gen_trt_engine
@@ -334,7 +334,7 @@ class GenTrtEngineConfig:
 # ------------------------------------------------------------------------------------------ quantize
 @dataclass
 class QuantizeConfig:
-    backend: str = field_("torchao", description="Quantization backend.", title="Quantization backend", options=("modelopt.pytorch", "torchao", "modelopt.onnx"), automl=False)
+    backend: str = field_("torchao", description="Quantization backend: torchao (weight-only PTQ of Linear layers), modelopt.pytorch (static PTQ, fake-quant), modelopt.onnx (Q/DQ ONNX), or onnxruntime (our addition: ONNX Runtime static int8 Q/DQ for CPU deployment).", title="Quantization backend", options=("modelopt.pytorch", "torchao", "modelopt.onnx", "onnxruntime"), automl=False)
     mode: str = field_("weight_only_ptq", description="Quantization mode (static_ptq needs dataset.segment.quant_calibration_dataset).", title="Quantization mode", options=("static_ptq", "weight_only_ptq"), automl=False)
     algorithm: str = field_("minmax", description="Calibration algorithm (modelopt backends; ignored by torchao).", title="Calibration algorithm", options=("minmax", "max", "entropy", "awq_clip", "awq_lite", "awq_full", "rtn_dq"), automl=False)
     layers: List[Any] = field_([], description="Per-module quantization configs (TAO Quant format).", title="Layer quantization configs", automl=False)

@@ -1,0 +1,194 @@
+"""Deploy speed: PyTorch eager vs ONNX Runtime fp32 vs ONNX Runtime int8 (QDQ) on this CPU.
+
+SegFormer-B0 at 512x512 (``--small``: 128x128), batch 1 and 8 (``--small``: 1 and 2), 2 threads.
+Quality: a short training on the synthetic dataset (``segformer data synth``) at a small size, then
+the mIoU of every quantized variant against the float model on the synthetic validation split,
+through the real quantize action (same decode + metric code as evaluate). Writes a "Deploy
+speed" section into benchmarks/RESULTS.md and leaves the other sections as they are.
+
+    python benchmarks/deploy_speed/run.py [--small] [--repeats 5] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+THREADS = 2
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+SECTION = "## Deploy speed"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _cpu_flags() -> str:
+    try:
+        flags = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "?"
+    return ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags) or "none"
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def speed(size: int, batches: list[int], repeats: int, work: Path) -> list[dict]:
+    import numpy as np
+    import torch
+
+    from segformer.deploy.onnx_export import export_onnx
+    from segformer.deploy.quantize.ort_static import quantize_onnx_static
+    from segformer.deploy.runtime import OnnxPredictor
+    from segformer.model import SegFormer, create_backbone
+
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+    model = SegFormer(create_backbone("mit_b0"), num_classes=150, embed_dim=256).eval()
+    fp32 = export_onnx(model, work / "b0.onnx", input_height=size, input_width=size)
+    rng = np.random.default_rng(0)
+    calib = (rng.standard_normal((2, 3, size, size), dtype=np.float32) for _ in range(4))
+    int8 = quantize_onnx_static(fp32, work / "b0_int8.onnx", calib).output
+    runtimes = {
+        "PyTorch eager fp32": lambda x: model(x),
+        "ONNX Runtime fp32": OnnxPredictor(fp32, providers=["CPUExecutionProvider"], num_threads=THREADS),
+        "ONNX Runtime int8 (QDQ, u8/s8)": OnnxPredictor(int8, providers=["CPUExecutionProvider"], num_threads=THREADS),
+    }
+    rows = []
+    with torch.inference_mode():
+        for batch in batches:
+            x = torch.randn(batch, 3, size, size)
+            for name, fn in runtimes.items():
+                seconds = _time(lambda: fn(x), repeats)
+                rows.append({"runtime": name, "batch": batch, "latency_ms": 1000 * seconds, "images_per_s": batch / seconds})
+                print(f"{name:32s} batch {batch}: {1000 * seconds:8.1f} ms  {batch / seconds:6.2f} img/s", flush=True)
+    return rows
+
+
+def quality(work: Path, size: int, epochs: int) -> tuple[list[dict], str]:
+    """Train briefly on synthetic data, then quantize with every available backend."""
+    import importlib.util
+
+    from segformer.actions import quantize, train
+    from segformer.config import load_config
+    from segformer.data.synth import generate
+
+    data = generate(work / "synth", num_classes=4, size=size, train=32, val=8, test=8, seed=0)
+    base = [f"results_dir={work / 'results'}", f"dataset.segment.root_dir={data}", f"train.num_epochs={epochs}",
+            "dataset.segment.workers=0", "dataset.segment.batch_size=8", "model.decode_head.decoder_params.embed_dim=64",
+            "train.optim.lr=0.0006", "quantize.device=cpu"]
+    cfg = load_config(data / "spec.yaml", base)
+    trained = train.run(cfg, quiet=True)
+    note = (f"MiT-B0 (embed_dim 64) trained {epochs} epochs on the synthetic dataset ({size}x{size}, 32 train "
+            f"images; best val mIoU {100 * trained.best_miou:.2f}%)")
+    variants = [("torchao", "weight_only_ptq", "minmax"), ("modelopt.pytorch", "static_ptq", "minmax"),
+                ("modelopt.onnx", "static_ptq", "minmax"), ("onnxruntime", "static_ptq", "minmax")]
+    rows = []
+    for backend, mode, algorithm in variants:
+        module = {"torchao": "torchao", "modelopt.pytorch": "modelopt", "modelopt.onnx": "modelopt"}.get(backend)
+        if module and importlib.util.find_spec(module) is None:
+            rows.append({"backend": backend, "skipped": f"{module} not installed"})
+            continue
+        qcfg = load_config(data / "spec.yaml", base + [f"quantize.backend={backend}", f"quantize.mode={mode}",
+                                                       f"quantize.algorithm={algorithm}",
+                                                       f"quantize.model_path={trained.last_checkpoint}",
+                                                       f"quantize.results_dir={work / 'quantize' / backend}"])
+        try:
+            out = quantize.run(qcfg, quiet=True)
+        except Exception as err:  # noqa: BLE001 - report and go on with the other backends
+            rows.append({"backend": backend, "skipped": f"{type(err).__name__}: {str(err)[:120]}"})
+            continue
+        rows.append({"backend": backend, "float": out.float_miou, "quantized": out.quantized_miou,
+                     "size": out.quantized_bytes / out.float_bytes})
+        print(f"{backend}: mIoU {100 * out.float_miou:.2f} -> {100 * out.quantized_miou:.2f}", flush=True)
+    return rows, note
+
+
+def write_section(text: str) -> None:
+    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(current):
+        updated = pattern.sub(lambda _: text, current)
+    else:
+        updated = current.rstrip() + "\n\n" + text
+    tmp = RESULTS.with_suffix(".md.tmp")
+    tmp.write_text(updated)
+    os.replace(tmp, RESULTS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="128x128, batch 1 and 2, 2 epochs (minutes)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--skip-quality", action="store_true")
+    args = parser.parse_args(argv)
+    size, batches = (128, [1, 2]) if args.small else (512, [1, 8])
+    import onnxruntime
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        rows = speed(size, batches, args.repeats, work)
+        qrows, note = ([], "skipped") if args.skip_quality else quality(work, 64, 2 if args.small else 8)
+
+    lines = [SECTION, "",
+             f"`python benchmarks/deploy_speed/run.py{' --small' if args.small else ''}` — SegFormer-B0 (150 classes, "
+             f"random weights: speed does not depend on them) at {size}x{size}, median of {args.repeats} runs after a "
+             f"warm-up, {THREADS} threads; {datetime.now():%Y-%m-%d %H:%M}.",
+             f"Machine: {_cpu_name()}, {os.cpu_count()} cores (SIMD: {_cpu_flags()}), torch {torch.__version__}, "
+             f"onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}. Other jobs shared the CPU.",
+             "", "| runtime | batch | latency (ms) | images/s |", "|---|---|---|---|"]
+    lines += [f"| {r['runtime']} | {r['batch']} | {r['latency_ms']:.1f} | {r['images_per_s']:.2f} |" for r in rows]
+    by = {(r["runtime"], r["batch"]): r["latency_ms"] for r in rows}
+    for batch in batches:
+        f32, i8 = by[("ONNX Runtime fp32", batch)], by[("ONNX Runtime int8 (QDQ, u8/s8)", batch)]
+        verdict = "faster" if i8 < f32 else "SLOWER"
+        lines.append("")
+        lines.append(f"Batch {batch}: int8 is {verdict} than ONNX Runtime fp32 ({i8:.1f} ms vs {f32:.1f} ms, "
+                     f"{f32 / i8:.2f}x): on this attention-heavy graph the Q/DQ around every Conv/MatMul costs "
+                     f"more than the int8 kernels save (CPU int8 support here: {_cpu_flags()})." if i8 >= f32 else
+                     f"Batch {batch}: int8 is faster than ONNX Runtime fp32 ({i8:.1f} ms vs {f32:.1f} ms, {f32 / i8:.2f}x).")
+    if qrows:
+        lines += ["", f"Quality on the synthetic validation split, {note}; quantize action with algorithm minmax:", "",
+                  "| backend | float mIoU (%) | quantized mIoU (%) | change (points) | size ratio |", "|---|---|---|---|---|"]
+        for r in qrows:
+            if "skipped" in r:
+                lines.append(f"| {r['backend']} | - | - | skipped: {r['skipped']} | - |")
+            else:
+                lines.append(f"| {r['backend']} | {100 * r['float']:.2f} | {100 * r['quantized']:.2f} | "
+                             f"{100 * (r['quantized'] - r['float']):+.2f} | {r['size']:.2f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        write_section(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    raise SystemExit(main())

@@ -1,0 +1,239 @@
+"""``segformer quantize``: post-training quantization with TAO Quant's backends, plus ONNX Runtime.
+
+Backends (``quantize.backend``):
+
+- ``torchao`` (mode ``weight_only_ptq``): int8 weights of nn.Linear -> ``quantized_model_torchao.pth``
+- ``modelopt.pytorch`` (``static_ptq``, algorithm minmax/max/entropy) -> ``quantized_model_modelopt.pth``
+- ``modelopt.onnx`` (``static_ptq``): ModelOpt's ONNX PTQ (CPU calibration) -> ``quantized_model_modelopt.onnx``
+- ``onnxruntime`` (``static_ptq``; our addition for CPU deployment): QDQ int8 with uint8
+  activations -> ``quantized_model_onnxruntime.onnx``
+
+Static PTQ calibrates on ``dataset.segment.quant_calibration_dataset.images_dir``. The ONNX
+backends take an ``.onnx`` ``model_path`` or export a ``.pth`` checkpoint first. Afterwards the
+float and quantized models are evaluated on the validation split with the evaluate action (same
+decode and metric code) and a table of mIoU and size changes is printed and written to
+``<results_dir>/quantize/quantize_report.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from segformer.config import ExperimentConfig, action_results_dir, require
+from segformer.errors import SegformerError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torchao", "modelopt.pytorch", "modelopt.onnx", "onnxruntime")
+STATIC_BACKENDS = ("modelopt.pytorch", "modelopt.onnx", "onnxruntime")
+REPORT_NAME = "quantize_report.json"
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    artifact: Path
+    backend: str
+    float_miou: float | None
+    quantized_miou: float | None
+    float_bytes: int
+    quantized_bytes: int
+    report_file: Path
+    results_dir: Path
+
+
+def _calibration_batches(cfg: ExperimentConfig, size: tuple[int, int], batch_size: int, max_batches: int):
+    """Normalized calibration batches (torch) from quant_calibration_dataset.images_dir."""
+    from segformer.data import iter_calibration_batches
+
+    segment = cfg.dataset.segment
+    folder = segment.quant_calibration_dataset.images_dir
+    if not folder:
+        if not segment.root_dir:
+            raise SegformerError(
+                "static PTQ needs calibration images: set dataset.segment.quant_calibration_dataset.images_dir"
+            )
+        folder = Path(segment.root_dir) / "images" / str(segment.train_split)
+        log.warning("quant_calibration_dataset.images_dir is not set: calibrating on %s", folder)
+    aug = segment.augmentation
+    return iter_calibration_batches(folder, size, aug.mean, aug.std, batch_size, max_batches)
+
+
+def _state_bytes(model: torch.nn.Module) -> int:
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell()
+
+
+def _device(name: str) -> torch.device:
+    if name.startswith("cuda") and torch.cuda.is_available():
+        return torch.device(name)
+    if name not in ("cpu",):
+        log.info("quantize.device %s unavailable or not for PyTorch: calibrating on the CPU", name)
+    return torch.device("cpu")
+
+
+def _evaluate(cfg: ExperimentConfig, checkpoint: Path, *, is_quantized: bool, results_dir: Path) -> float | None:
+    """mIoU (0..1) of ``checkpoint`` on the validation split via the evaluate action."""
+    segment = cfg.dataset.segment
+    if not segment.root_dir or not (Path(segment.root_dir) / "images" / str(segment.validation_split)).is_dir():
+        return None
+    from segformer.actions import evaluate
+
+    # dataclasses.replace rather than apply_overrides: only evaluate's inputs change, and the
+    # quantize section (already checked above) need not be re-validated.
+    sub = dataclasses.replace(
+        cfg,
+        evaluate=dataclasses.replace(cfg.evaluate, checkpoint=str(checkpoint), trt_engine=None,
+                                     is_quantized=bool(is_quantized), results_dir=str(results_dir)),
+        dataset=dataclasses.replace(cfg.dataset, segment=dataclasses.replace(
+            segment, test_split=str(segment.validation_split))),
+    )
+    return float(evaluate.run(sub, quiet=True).miou)
+
+
+def _format_table(rows: list[tuple[str, str, str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    out = [line]
+    for index, row in enumerate(rows):
+        out.append("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |")
+        if index == 0:
+            out.append(line)
+    out.append(line)
+    return "\n".join(out)
+
+
+def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
+    from segformer.deploy.quantize.artifacts import ARTIFACT_NAMES, save_quantized_model
+    from segformer.deploy.quantize.patterns import parse_layer_rules
+
+    options = cfg.quantize
+    backend = str(options.backend)
+    if backend not in BACKENDS:
+        raise SegformerError(f"quantize.backend must be one of {BACKENDS}, got {backend!r}")
+    mode = str(options.mode)
+    if backend == "torchao" and mode != "weight_only_ptq":
+        raise SegformerError(f"backend torchao does weight-only PTQ: set quantize.mode=weight_only_ptq (got {mode})")
+    if backend in STATIC_BACKENDS and mode != "static_ptq":
+        raise SegformerError(f"backend {backend} does static PTQ: set quantize.mode=static_ptq (got {mode})")
+    model_path = Path(require(cfg, "quantize.model_path"))
+    if not model_path.is_file():
+        raise SegformerError(f"quantize.model_path points to {model_path}, which does not exist")
+    results_dir = action_results_dir(cfg, "quantize")
+    results_dir.mkdir(parents=True, exist_ok=True)
+    rules = parse_layer_rules(options.layers)
+    skip_names = [str(s) for s in options.skip_names or ()]
+    kwargs: dict[str, Any] = dict(options.backend_kwargs or {})
+    num_classes = int(cfg.dataset.segment.num_classes)
+    img_size = int(cfg.dataset.segment.img_size)
+    cal_batch = int(kwargs.pop("calibration_batch_size", 4))
+    cal_batches = int(kwargs.pop("calibration_batches", 8))
+    artifact = results_dir / ARTIFACT_NAMES[backend]
+
+    if backend in ("torchao", "modelopt.pytorch"):
+        from segformer.deploy.quantize import torch_backends
+        from segformer.engine.predictor import load_torch_model
+
+        if model_path.suffix == ".onnx":
+            raise SegformerError(f"backend {backend} quantizes a PyTorch checkpoint; got the ONNX file {model_path}")
+        device = _device(str(options.device))
+        model = load_torch_model(cfg.model, num_classes, model_path).to(device).eval()
+        float_bytes = _state_bytes(model)
+        if backend == "torchao":
+            model, names = torch_backends.quantize_torchao(model, rules=rules, skip_names=skip_names)
+        else:
+            def forward_loop(m: torch.nn.Module) -> None:
+                for batch in _calibration_batches(cfg, (img_size, img_size), cal_batch, cal_batches):
+                    m(batch.to(device))
+
+            model, names = torch_backends.quantize_modelopt(
+                model, forward_loop, algorithm=str(options.algorithm), rules=rules, skip_names=skip_names
+            )
+        save_quantized_model(artifact, model.cpu(), backend=backend, quantized_modules=names,
+                             extra={"meta": {"num_classes": num_classes, "backbone": cfg.model.backbone.type}})
+        quantized_bytes = artifact.stat().st_size
+        is_quantized_eval = True
+    else:
+        onnx_in = model_path
+        if model_path.suffix != ".onnx":
+            onnx_in = _export_float_onnx(cfg, model_path, results_dir / "float_model.onnx", num_classes)
+        from segformer.deploy.onnx_export import read_onnx_signature
+
+        _, height, width = read_onnx_signature(onnx_in).chw
+
+        def batches():
+            for batch in _calibration_batches(cfg, (height, width), cal_batch, cal_batches):
+                yield batch.numpy().astype(np.float32)
+
+        if backend == "onnxruntime":
+            from segformer.deploy.quantize.ort_static import quantize_onnx_static
+
+            summary = quantize_onnx_static(onnx_in, artifact, batches(), rules=rules, skip_names=skip_names,
+                                           algorithm=str(options.algorithm), **kwargs)
+            names = list(summary.quantized_nodes)
+        else:
+            from segformer.deploy.quantize.modelopt_onnx import quantize_onnx_modelopt
+
+            names = quantize_onnx_modelopt(onnx_in, artifact, np.concatenate(list(batches())), rules=rules,
+                                           skip_names=skip_names, algorithm=str(options.algorithm),
+                                           device=str(options.device), **kwargs)
+        float_bytes = onnx_in.stat().st_size
+        quantized_bytes = artifact.stat().st_size
+        model_path = onnx_in
+        is_quantized_eval = False  # an .onnx checkpoint already selects ONNX Runtime
+
+    float_miou = _evaluate(cfg, model_path, is_quantized=False, results_dir=results_dir / "eval_float")
+    quant_miou = _evaluate(cfg, artifact, is_quantized=is_quantized_eval, results_dir=results_dir / "eval_quantized")
+    report = {
+        "backend": backend,
+        "mode": mode,
+        "algorithm": str(options.algorithm) if backend != "torchao" else None,
+        "float_model": str(model_path),
+        "artifact": str(artifact),
+        "quantized": len(names),
+        "split": str(cfg.dataset.segment.validation_split),
+        "float_miou": float_miou,
+        "quantized_miou": quant_miou,
+        "miou_change": None if float_miou is None or quant_miou is None else quant_miou - float_miou,
+        "float_bytes": float_bytes,
+        "quantized_bytes": quantized_bytes,
+        "size_ratio": quantized_bytes / float_bytes if float_bytes else None,
+    }
+    from segformer.engine._io import atomic_write_json
+
+    report_file = atomic_write_json(results_dir / REPORT_NAME, report)
+
+    def pct(v: float | None) -> str:
+        return "n/a (no validation split)" if v is None else f"{100 * v:.2f}"
+
+    delta = report["miou_change"]
+    table = _format_table([
+        ("", "float", f"quantized ({backend})"),
+        ("mIoU (%)", pct(float_miou), pct(quant_miou) + ("" if delta is None else f" ({100 * delta:+.2f})")),
+        ("size (MB)", f"{float_bytes / 1e6:.2f}", f"{quantized_bytes / 1e6:.2f} (x{quantized_bytes / float_bytes:.2f})"),
+    ])
+    if not quiet:
+        print(table)
+        print(f"wrote {artifact} ({len(names)} layers quantized) and {report_file}")
+    log.info("quantization summary:\n%s", table)
+    return QuantizeResult(artifact, backend, float_miou, quant_miou, float_bytes, quantized_bytes, report_file, results_dir)
+
+
+def _export_float_onnx(cfg: ExperimentConfig, checkpoint: Path, onnx_path: Path, num_classes: int) -> Path:
+    """Export a float ONNX at img_size with a dynamic batch, as input to the ONNX backends."""
+    from segformer.deploy.onnx_export import export_onnx
+    from segformer.engine.predictor import load_torch_model
+
+    size = int(cfg.dataset.segment.img_size)
+    model = load_torch_model(cfg.model, num_classes, checkpoint).eval()
+    log.info("exporting %s to ONNX (%dx%d) for quantization", checkpoint, size, size)
+    return export_onnx(model, onnx_path, input_height=size, input_width=size,
+                       opset_version=int(cfg.export.opset_version))

@@ -1,0 +1,339 @@
+"""ONNX export of a segmentation model with TAO's tensor names and a dynamic batch axis.
+
+The exported graph has one input ``input`` (N, C, H, W) float32, normalized like training, and
+one output ``output`` (N, K, H/4, W/4) with the raw logits, exactly what ``SegFormer.forward``
+returns. Callers upsample and argmax, as for every other runtime.
+
+Exporter choice (measured on this project's CPU machines, torch 2.15): the torch.export-based
+exporter (``dynamo=True``) gives a graph about 4x smaller than the TorchScript exporter and
+proper symbolic output shapes; the TorchScript exporter is deprecated and warns on every call.
+So we use the dynamo exporter, silence its progress logging, embed the weights in one file
+(``external_data=False``; models above 2 GiB cannot be one protobuf and get a ``.data`` file next
+to the ``.onnx``), and fall back to the TorchScript exporter only when the dynamo exporter cannot
+trace a model. A batch-1 example would specialise the batch axis to 1, so dynamic-batch exports
+trace with a batch of 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = [
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "OnnxSignature",
+    "export_onnx",
+    "read_onnx_signature",
+    "name_nodes_by_module",
+    "module_path_of_node",
+    "onnx_parity",
+    "ParityError",
+]
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+DYNAMIC_EXAMPLE_BATCH = 2
+_DYNAMO_MIN_OPSET = 18
+_PROTOBUF_LIMIT = 2**31 - 2**26  # 2 GiB less some headroom for the graph itself
+
+log = logging.getLogger(__name__)
+
+
+class ParityError(RuntimeError):
+    """ONNX Runtime's output differs from PyTorch's by more than the tolerance."""
+
+
+@dataclass(frozen=True)
+class OnnxSignature:
+    """Names and shapes of an exported model; a dimension is an int or a symbolic name (str)."""
+
+    input_name: str
+    input_shape: tuple[int | str, ...]
+    output_name: str
+    output_shape: tuple[int | str, ...]
+    opset: int
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return not isinstance(self.input_shape[0], int)
+
+    @property
+    def static_batch(self) -> int | None:
+        first = self.input_shape[0]
+        return first if isinstance(first, int) else None
+
+    @property
+    def chw(self) -> tuple[int, int, int]:
+        c, h, w = self.input_shape[1:]
+        if not all(isinstance(d, int) for d in (c, h, w)):
+            raise ValueError(f"input {self.input_name} has non-static C,H,W {self.input_shape[1:]}")
+        return int(c), int(h), int(w)
+
+    @property
+    def num_classes(self) -> int | None:
+        k = self.output_shape[1] if len(self.output_shape) > 1 else None
+        return k if isinstance(k, int) else None
+
+
+def _dims(value_info) -> tuple[int | str, ...]:
+    dims: list[int | str] = []
+    for d in value_info.type.tensor_type.shape.dim:
+        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?"))
+    return tuple(dims)
+
+
+def read_onnx_signature(path: str | Path) -> OnnxSignature:
+    """Read input/output names and shapes without loading the weights."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise ValueError(
+            f"{path}: expected one input and one output, got inputs {[i.name for i in inputs]} "
+            f"and outputs {[o.name for o in model.graph.output]}"
+        )
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return OnnxSignature(
+        input_name=inputs[0].name,
+        input_shape=_dims(inputs[0]),
+        output_name=model.graph.output[0].name,
+        output_shape=_dims(model.graph.output[0]),
+        opset=opset,
+    )
+
+
+@contextlib.contextmanager
+def _quiet_exporter(verbose: bool) -> Iterator[None]:
+    """Silence the exporters' progress logs and deprecation chatter unless ``verbose``."""
+    if verbose:
+        yield
+        return
+    names = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir", "torch._dynamo")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _param_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def _export_dynamo(model, example, path: Path, opset: int, dynamic: bool, external: bool, verbose: bool):
+    import onnx
+    import onnx_ir
+
+    dynamic_shapes = None
+    if dynamic:
+        # One positional argument; a tuple of per-argument specs avoids naming forward's parameter.
+        dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},)
+    # The exporter implements opset >= 18; it converts lower opsets with onnx's C converter,
+    # which drops the node metadata we name nodes from. So: export at 18, optimize, name the
+    # nodes, then convert the opset ourselves.
+    program = torch.onnx.export(
+        model,
+        (example,),
+        dynamo=True,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=max(opset, _DYNAMO_MIN_OPSET),
+        dynamic_shapes=dynamic_shapes,
+        verbose=verbose,
+        optimize=False,
+    )
+    program.optimize()
+    name_nodes_by_module(program.model)
+    proto = onnx_ir.to_proto(program.model)
+    if opset < _DYNAMO_MIN_OPSET:
+        proto = onnx.version_converter.convert_version(proto, opset)
+    if external:
+        onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=f"{path.name}.data")
+    else:
+        onnx.save(proto, str(path))
+
+
+def name_nodes_by_module(graph_model) -> None:
+    """Name each node ``/<module/path>/<OpType>`` from the exporter's scope metadata.
+
+    The dynamo exporter names nodes ``node_MatMul_26`` and folds Linear weights into anonymous
+    initializers, which would leave ``quantize.skip_names`` and TensorRT ``layers_precision``
+    nothing meaningful to match. These names follow the TorchScript exporter's convention
+    (``/backbone/stages/0/blocks/1/attn/q/MatMul``) and the bulky per-node metadata (stack
+    traces, FX nodes) is dropped.
+    """
+    import ast
+
+    used: dict[str, int] = {}
+    for node in graph_model.graph.all_nodes():
+        props = node.metadata_props
+        scopes = props.get("pkg.torch.onnx.name_scopes")
+        module = ""
+        if scopes:
+            try:
+                names = [s for s in ast.literal_eval(scopes)[:-1] if s]  # last entry is the op
+            except (ValueError, SyntaxError):
+                names = []
+            module = names[-1] if names else ""
+        if not module:  # rewritten nodes lose metadata; a parameter input still names the module
+            params = [v.name for v in node.inputs[1:] if v is not None and v.const_value is not None and v.name]
+            module = next((n.rsplit(".", 1)[0] for n in params if n.endswith((".weight", ".bias"))), "")
+        base = "/" + "/".join(filter(None, [module.replace(".", "/"), node.op_type]))
+        count = used.get(base, 0)
+        used[base] = count + 1
+        node.name = base if count == 0 else f"{base}_{count}"
+        for key in list(props):
+            if key.startswith("pkg.torch.onnx.") or key == "namespace":
+                del props[key]
+
+
+def _export_torchscript(model, example, path: Path, opset: int, dynamic: bool, verbose: bool):
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        dynamo=False,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=opset,
+        dynamic_axes=axes,
+        do_constant_folding=True,
+        verbose=verbose,
+    )
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    input_channel: int = 3,
+    input_height: int,
+    input_width: int,
+    batch_size: int = -1,
+    opset_version: int = 17,
+    verbose: bool = False,
+) -> Path:
+    """Export ``model`` to ``path`` (written atomically) and return the path.
+
+    ``batch_size`` -1 makes the batch axis dynamic; a positive value fixes it. The model is
+    exported on the device its parameters are on (move it first for ``on_cpu``).
+    """
+    if batch_size == 0 or batch_size < -1:
+        raise ValueError(f"export.batch_size must be -1 (dynamic) or >= 1, got {batch_size}")
+    if input_channel not in (1, 3):
+        raise ValueError(f"export.input_channel must be 1 or 3, got {input_channel}")
+    if input_height < 32 or input_width < 32 or input_height % 32 or input_width % 32:
+        raise ValueError(
+            "export.input_height and input_width must be multiples of 32 (the deepest feature "
+            f"stride), got {input_height}x{input_width}"
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dynamic = batch_size == -1
+    example_batch = DYNAMIC_EXAMPLE_BATCH if dynamic else batch_size
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    example = torch.randn(example_batch, input_channel, input_height, input_width, device=device)
+    external = _param_bytes(model) > _PROTOBUF_LIMIT
+    if external:
+        log.warning("model weights exceed 2 GiB: writing them to %s.data next to the .onnx", path.name)
+
+    was_training = model.training
+    model.eval()
+    # Export into a private folder next to the target, then move into place: readers never see
+    # a half-written file, and an external .data file keeps the name the graph refers to.
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tmp_path = tmp_dir / path.name
+        with torch.no_grad(), _quiet_exporter(verbose):
+            try:
+                _export_dynamo(model, example, tmp_path, opset_version, dynamic, external, verbose)
+            except Exception as err:  # noqa: BLE001 - any tracing failure: try the other exporter
+                log.warning(
+                    "torch.export-based ONNX export failed (%s: %s); retrying with the "
+                    "TorchScript exporter", type(err).__name__, str(err).splitlines()[0][:200]
+                )
+                for leftover in tmp_dir.iterdir():
+                    leftover.unlink()
+                _export_torchscript(model, example, tmp_path, opset_version, dynamic, verbose)
+        _check_exported(tmp_path, dynamic, batch_size)
+        data_files = [p for p in tmp_dir.iterdir() if p != tmp_path]
+        for extra in data_files:  # weights first, graph last
+            os.replace(extra, path.parent / extra.name)
+        os.replace(tmp_path, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        model.train(was_training)
+    return path
+
+
+def _check_exported(path: Path, dynamic: bool, batch_size: int) -> None:
+    import onnx
+
+    onnx.checker.check_model(str(path))
+    sig = read_onnx_signature(path)
+    if sig.input_name != INPUT_NAME or sig.output_name != OUTPUT_NAME:
+        raise RuntimeError(f"exported names {sig.input_name!r}/{sig.output_name!r}, expected input/output")
+    if dynamic and not sig.dynamic_batch:
+        raise RuntimeError(f"batch axis was fixed at {sig.input_shape[0]} although batch_size is -1")
+    if not dynamic and sig.static_batch != batch_size:
+        raise RuntimeError(f"batch axis is {sig.input_shape[0]}, expected {batch_size}")
+
+
+def onnx_parity(
+    model: nn.Module,
+    onnx_path: str | Path,
+    images: torch.Tensor,
+    *,
+    atol: float = 1e-3,
+    rtol: float = 1e-3,
+    providers: list[str] | None = None,
+) -> float:
+    """Run ``images`` through PyTorch and ONNX Runtime and return the max abs logit difference.
+
+    Raises :class:`ParityError` when the difference exceeds ``atol + rtol * max|torch logits|``.
+    """
+    from .runtime import OnnxPredictor
+
+    predictor = OnnxPredictor(onnx_path, providers=providers)
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with torch.no_grad():
+        expected = model(images.to(device)).float().cpu()
+    got = predictor(images.cpu())
+    if got.shape != expected.shape:
+        raise ParityError(f"ONNX output shape {tuple(got.shape)} != PyTorch {tuple(expected.shape)}")
+    diff = float((got - expected).abs().max())
+    limit = atol + rtol * float(expected.abs().max())
+    if not diff <= limit:  # also catches NaN
+        raise ParityError(
+            f"ONNX Runtime output differs from PyTorch by {diff:.3g} (> tolerance {limit:.3g}) on "
+            f"{images.shape[0]} images; the export is not faithful (try another opset_version)"
+        )
+    return diff
+
+
+def module_path_of_node(node_name: str) -> str:
+    """``/backbone/stages/0/attn/q/MatMul_1`` -> ``backbone.stages.0.attn.q`` (see above)."""
+    parts = [p for p in node_name.split("/") if p]
+    return ".".join(parts[:-1])

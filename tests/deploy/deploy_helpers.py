@@ -1,0 +1,4 @@
+"""Constants shared by the deploy tests."""
+
+SIZE = 64
+NUM_CLASSES = 3

@@ -1,0 +1,100 @@
+"""ONNX export: TAO names, dynamic batch, parity with PyTorch, one self-contained file, DeepStream."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from segformer.deploy.deepstream import parse_nvinfer_config, preprocessing_params
+from segformer.deploy.onnx_export import ParityError, onnx_parity, read_onnx_signature
+from segformer.deploy.runtime import OnnxPredictor
+
+from deploy_helpers import NUM_CLASSES, SIZE
+
+
+def test_names_and_dynamic_batch_run_in_ort(exported):
+    _, result = exported
+    sig = read_onnx_signature(result.onnx_file)
+    assert (sig.input_name, sig.output_name, sig.opset) == ("input", "output", 17)
+    assert sig.dynamic_batch and sig.input_shape[1:] == (3, SIZE, SIZE)
+    session = ort.InferenceSession(str(result.onnx_file), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        (out,) = session.run(["output"], {"input": np.zeros((batch, 3, SIZE, SIZE), np.float32)})
+        assert out.shape == (batch, NUM_CLASSES, SIZE // 4, SIZE // 4)
+
+
+def test_parity_checked_on_validation_images(exported):
+    _, result = exported
+    assert "validation images" in result.parity_inputs
+    assert result.max_abs_diff < 1e-3
+
+
+def test_single_self_contained_file(exported):
+    _, result = exported
+    folder = result.onnx_file.parent
+    assert not list(folder.glob("*.data")) and not list(folder.glob(".*"))  # no weights file, no temp left
+    model = onnx.load(str(result.onnx_file), load_external_data=False)
+    assert all(init.data_location != onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
+    # Nodes carry module paths, so skip_names / layers_precision have something to match.
+    assert any(n.name.startswith("/backbone/") for n in model.graph.node)
+
+
+def test_parity_failure_is_reported(exported, checkpoint, make_deploy_cfg, tmp_path):
+    from segformer.engine.predictor import load_torch_model
+
+    cfg, result = exported
+    model = load_torch_model(cfg.model, NUM_CLASSES, checkpoint)
+    with torch.no_grad():
+        for param in model.parameters():  # a model that no longer matches the exported file
+            param.add_(0.1 * torch.randn_like(param))
+    with pytest.raises(ParityError, match="differs from PyTorch"):
+        onnx_parity(model, result.onnx_file, torch.randn(2, 3, SIZE, SIZE))
+
+
+def test_deepstream_config_matches_onnx(exported):
+    cfg, result = exported
+    values = parse_nvinfer_config(result.deepstream_config)
+    sig = read_onnx_signature(result.onnx_file)
+    c, h, w = sig.chw
+    assert values["infer-dims"] == f"{c};{h};{w}"
+    assert values["output-blob-names"] == sig.output_name
+    assert values["onnx-file"] == result.onnx_file.name
+    assert (result.onnx_file.parent / values["onnx-file"]).is_file()
+    assert values["network-type"] == "2" and values["cluster-mode"] == "4"
+    assert values["model-color-format"] == "0"
+    assert int(values["num-detected-classes"]) == NUM_CLASSES == sig.num_classes
+    labels = result.labels_file.read_text().splitlines()
+    assert len(labels) == NUM_CLASSES and (result.onnx_file.parent / values["labelfile-path"]) == result.labels_file
+    # nvinfer computes scale * (x - offset) with x in 0..255: must equal (x/255 - mean)/std.
+    aug = cfg.dataset.segment.augmentation
+    scale = float(values["net-scale-factor"])
+    offsets = [float(v) for v in values["offsets"].split(";")]
+    for x in (0.0, 77.0, 255.0):
+        for ch in range(3):
+            expected = (x / 255 - aug.mean[ch]) / aug.std[ch]
+            assert scale * (x - offsets[ch]) == pytest.approx(expected, rel=1e-5, abs=1e-5)
+
+
+def test_unequal_std_uses_mean_and_reports_error():
+    scale, offsets, error = preprocessing_params([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    assert scale == pytest.approx(1 / (255 * (0.229 + 0.224 + 0.225) / 3))
+    assert offsets[0] == pytest.approx(123.675)
+    assert 0.005 < error < 0.02
+
+
+def test_onnx_predictor_protocol_and_static_batch(exported, tmp_path):
+    _, result = exported
+    predictor = OnnxPredictor(result.onnx_file, providers=["CPUExecutionProvider"])
+    assert predictor.num_classes == NUM_CLASSES and predictor.input_size == (SIZE, SIZE)
+    out = predictor(torch.zeros(5, 3, SIZE, SIZE))
+    assert out.dtype == torch.float32 and out.shape == (5, NUM_CLASSES, SIZE // 4, SIZE // 4)
+
+
+def test_export_rejects_bad_batch(exported, tmp_path):
+    from segformer.deploy.onnx_export import export_onnx
+
+    with pytest.raises(ValueError, match="batch_size"):
+        export_onnx(torch.nn.Conv2d(3, 2, 1), tmp_path / "x.onnx", input_height=64, input_width=64, batch_size=0)

@@ -1,0 +1,119 @@
+"""Quantization backends and artifacts, and ONNX Runtime evaluation parity with PyTorch."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from deploy_helpers import NUM_CLASSES, SIZE
+from segformer.deploy.quantize.patterns import parse_layer_rules, select_names
+
+
+def _has(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def test_layer_rules_and_skip_names():
+    candidates = [("backbone.a.q", "Linear"), ("backbone.a.sr", "Conv2d"), ("decode_head.fuse", "Conv2d")]
+    assert select_names(candidates, [], ["decode_head*"]) == ["backbone.a.q", "backbone.a.sr"]
+    assert select_names(candidates, [], ["Conv2d"]) == ["backbone.a.q"]  # class names match too
+    rules = parse_layer_rules([{"module_name": "backbone.*", "weights": {"dtype": "int8"}}])
+    assert select_names(candidates, rules, []) == ["backbone.a.q", "backbone.a.sr"]
+    with pytest.raises(ValueError, match="fp8"):
+        parse_layer_rules([{"module_name": "*", "weights": {"dtype": "fp8_e4m3fn"}}])
+
+
+def test_onnxruntime_qdq_action(exported, make_deploy_cfg, tmp_path):
+    from segformer.actions import quantize
+    from segformer.deploy.runtime import OnnxPredictor
+
+    _, result = exported
+    cfg = make_deploy_cfg(tmp_path, "quantize.backend=onnxruntime", "quantize.mode=static_ptq",
+                          f"quantize.model_path={result.onnx_file}", "quantize.skip_names=[/decode_head/*]")
+    out = quantize.run(cfg, quiet=True)
+    model = onnx.load(str(out.artifact))
+    onnx.checker.check_model(model)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # skip_names honoured: no quantized weight feeds a decode_head node
+    assert not any(n.name.startswith("/decode_head/") and n.op_type == "DequantizeLinear" for n in model.graph.node
+                   if "weight" in "".join(n.input))
+    from segformer.data import iter_calibration_batches
+
+    aug = cfg.dataset.segment.augmentation  # calibrated on dataset images: compare on such images
+    images = next(iter_calibration_batches(f"{cfg.dataset.segment.root_dir}/images/val", SIZE, aug.mean, aug.std, 4))
+    ref = OnnxPredictor(result.onnx_file, providers=["CPUExecutionProvider"])(images).numpy().ravel()
+    got = OnnxPredictor(out.artifact, providers=["CPUExecutionProvider"])(images).numpy().ravel()
+    assert np.corrcoef(ref, got)[0, 1] > 0.95
+    report = json.loads(out.report_file.read_text())
+    assert report["float_miou"] is not None and report["quantized_miou"] is not None
+    assert report["quantized_bytes"] < report["float_bytes"]
+
+
+def test_ort_evaluation_matches_pytorch(exported, checkpoint, make_deploy_cfg, tmp_path):
+    from segformer.actions import evaluate
+
+    _, result = exported
+    torch_scores = evaluate.run(make_deploy_cfg(tmp_path / "pt", f"evaluate.checkpoint={checkpoint}"), quiet=True)
+    ort_scores = evaluate.run(make_deploy_cfg(tmp_path / "ort", f"evaluate.checkpoint={result.onnx_file}"), quiet=True)
+    assert abs(torch_scores.miou - ort_scores.miou) * 100 < 0.1
+
+
+@pytest.mark.skipif(not _has("torchao"), reason="torchao is not installed (pip install 'segformer-automl[quant]')")
+def test_torchao_artifact_reloads(checkpoint, make_deploy_cfg, tmp_path):
+    from segformer.actions import quantize
+    from segformer.deploy.runtime import load_quantized_predictor
+
+    cfg = make_deploy_cfg(tmp_path, "quantize.backend=torchao", f"quantize.model_path={checkpoint}",
+                          "quantize.device=cpu")
+    out = quantize.run(cfg, quiet=True)
+    assert out.artifact.name == "quantized_model_torchao.pth"
+    payload = torch.load(out.artifact, weights_only=False)
+    assert "model_state_dict" in payload
+    predictor = load_quantized_predictor(out.artifact, cfg.model, NUM_CLASSES, "cpu")
+    assert predictor(torch.randn(1, 3, SIZE, SIZE)).shape == (1, NUM_CLASSES, SIZE // 4, SIZE // 4)
+
+
+@pytest.mark.skipif(not _has("modelopt"), reason="nvidia-modelopt is not installed (pip install 'segformer-automl[quant]')")
+def test_modelopt_pytorch_artifact_reloads(checkpoint, make_deploy_cfg, tmp_path):
+    from segformer.deploy.quantize.artifacts import load_quantized_model, save_quantized_model
+    from segformer.deploy.quantize.torch_backends import quantize_modelopt
+    from segformer.engine.predictor import load_torch_model
+
+    cfg = make_deploy_cfg(tmp_path)
+    model = load_torch_model(cfg.model, NUM_CLASSES, checkpoint)
+    images = torch.randn(2, 3, SIZE, SIZE)
+    quantized, names = quantize_modelopt(model, lambda m: m(images), algorithm="minmax", skip_names=["decode_head*"])
+    assert names and not any(n.startswith("decode_head") for n in names)
+    path = save_quantized_model(tmp_path / "quantized_model_modelopt.pth", quantized, backend="modelopt.pytorch",
+                                quantized_modules=names)
+    reloaded = load_quantized_model(path, cfg.model, NUM_CLASSES)
+    with torch.no_grad():
+        assert torch.allclose(reloaded(images), quantized(images), atol=1e-5)
+
+
+def test_missing_backend_message_names_the_extra(monkeypatch):
+    import builtins
+
+    from segformer.deploy.quantize.torch_backends import apply_torchao
+    from segformer.errors import MissingDependencyError
+
+    real_import = builtins.__import__
+
+    def no_torchao(name, *args, **kwargs):
+        if name.startswith("torchao"):
+            raise ImportError("No module named 'torchao'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torchao)
+    monkeypatch.setattr("importlib.import_module", lambda name: no_torchao(name))
+    with pytest.raises(MissingDependencyError, match=r"segformer-automl\[quant\]"):
+        apply_torchao(torch.nn.Linear(2, 2), ["x"])

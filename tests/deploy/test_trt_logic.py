@@ -1,0 +1,128 @@
+"""TensorRT profile, precision and calibrator logic, with a fake of the few tensorrt names used.
+
+TensorRT cannot be installed on the CPU machines; the fake stands in for it only. The
+``gpu`` test builds and runs a real engine where TensorRT and a GPU exist.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import types
+
+import numpy as np
+import pytest
+
+from segformer.deploy.trt import (
+    BatchProfile,
+    CalibrationFeeder,
+    make_entropy_calibrator,
+    parse_layers_precision,
+    plan_precision,
+    resolve_batch_profile,
+)
+from segformer.errors import MissingDependencyError
+
+
+@pytest.mark.parametrize(
+    "onnx_batch, kwargs, expected",
+    [
+        ("batch", dict(batch_size=-1, min_batch_size=1, opt_batch_size=4, max_batch_size=8), BatchProfile(1, 4, 8)),
+        ("batch", dict(batch_size=2), BatchProfile(2, 2, 2)),
+        (4, dict(batch_size=-1, min_batch_size=4, opt_batch_size=4, max_batch_size=4), BatchProfile(4, 4, 4)),
+        (4, dict(batch_size=4, min_batch_size=1, opt_batch_size=1, max_batch_size=1), BatchProfile(4, 4, 4)),
+    ],
+)
+def test_batch_profile(onnx_batch, kwargs, expected):
+    assert resolve_batch_profile(onnx_batch, **kwargs) == expected
+
+
+@pytest.mark.parametrize(
+    "onnx_batch, kwargs, message",
+    [
+        ("batch", dict(min_batch_size=4, opt_batch_size=2, max_batch_size=8), "min_batch_size <= opt_batch_size"),
+        ("batch", dict(batch_size=0), "must be -1"),
+        (1, dict(batch_size=8), "static batch of 1"),
+        (1, dict(min_batch_size=1, opt_batch_size=1, max_batch_size=8), "set all three to 1"),
+    ],
+)
+def test_batch_profile_errors(onnx_batch, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_batch_profile(onnx_batch, **kwargs)
+
+
+def test_precision_plans():
+    assert plan_precision("fp32", onnx_has_qdq=False, has_calibration_source=False).flags == ()
+    assert plan_precision("fp16", onnx_has_qdq=False, has_calibration_source=False).flags == ("FP16",)
+    qdq = plan_precision("int8", onnx_has_qdq=True, has_calibration_source=False)
+    assert qdq.flags == ("FP16", "INT8") and not qdq.needs_calibrator
+    calibrated = plan_precision("int8", onnx_has_qdq=False, has_calibration_source=True)
+    assert calibrated.needs_calibrator
+    with pytest.raises(ValueError, match="cal_image_dir"):
+        plan_precision("int8", onnx_has_qdq=False, has_calibration_source=False)
+    with pytest.raises(ValueError, match="data_type"):
+        plan_precision("bf8", onnx_has_qdq=False, has_calibration_source=False)
+
+
+def test_layers_precision_parsing():
+    assert parse_layers_precision(["/decode_head/*:fp32", "a:b:fp16"]) == [("/decode_head/*", "fp32"), ("a:b", "fp16")]
+    with pytest.raises(ValueError, match="layers_precision"):
+        parse_layers_precision(["conv1"])
+
+
+def test_calibration_feeder_batches_and_cache(tmp_path):
+    cache = tmp_path / "cal.bin"
+    batches = [np.zeros((2, 3, 8, 8), np.float32)] * 3 + [np.zeros((1, 3, 8, 8), np.float32)]
+    copied = []
+    feeder = CalibrationFeeder(batches, batch_size=2, max_batches=2, cache_file=cache,
+                               to_device=lambda b: (copied.append(b.shape) or b, 1234))
+    assert feeder.read_calibration_cache() is None
+    assert feeder.get_batch(["input"]) == [1234] and feeder.get_batch(["input"]) == [1234]
+    assert feeder.get_batch(["input"]) is None  # cal_batches reached
+    feeder.write_calibration_cache(b"scales")
+    assert cache.read_bytes() == b"scales" and feeder.read_calibration_cache() == b"scales"
+    short = CalibrationFeeder(batches[3:], batch_size=2, max_batches=5, cache_file=None, to_device=lambda b: (b, 1))
+    assert short.get_batch(["input"]) is None  # a short batch is dropped, not fed
+
+
+def test_entropy_calibrator_subclasses_tensorrt_base():
+    class FakeBase:  # stands in for tensorrt.IInt8EntropyCalibrator2
+        def __init__(self):
+            self.base_initialised = True
+
+    fake_trt = types.SimpleNamespace(IInt8EntropyCalibrator2=FakeBase)
+    feeder = CalibrationFeeder([np.ones((1, 3, 4, 4), np.float32)], batch_size=1, max_batches=1,
+                               cache_file=None, to_device=lambda b: (b, 99))
+    calibrator = make_entropy_calibrator(fake_trt, feeder)
+    assert isinstance(calibrator, FakeBase) and calibrator.base_initialised
+    assert calibrator.get_batch_size() == 1
+    assert calibrator.get_batch(["input"]) == [99] and calibrator.get_batch(["input"]) is None
+    assert calibrator.read_calibration_cache() is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_gen_trt_engine_without_tensorrt_says_what_to_install(make_deploy_cfg, tmp_path):
+    from segformer.actions import gen_trt_engine
+
+    cfg = make_deploy_cfg(tmp_path, f"gen_trt_engine.onnx_file={tmp_path / 'missing.onnx'}")
+    with pytest.raises(MissingDependencyError) as info:
+        gen_trt_engine.run(cfg, quiet=True)
+    message = str(info.value)
+    assert "\n" not in message and "segformer-automl[tensorrt]" in message
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None, reason="TensorRT is not installed")
+@pytest.mark.parametrize("data_type", ["fp32", "fp16"])
+def test_build_and_run_engine(exported, tmp_path, data_type):
+    import torch
+
+    from segformer.deploy.runtime import OnnxPredictor, TrtPredictor
+    from segformer.deploy.trt import build_engine
+
+    _, result = exported
+    engine, profile, _ = build_engine(result.onnx_file, tmp_path / "m.engine", data_type=data_type,
+                                      min_batch_size=1, opt_batch_size=2, max_batch_size=4)
+    trt_predictor, ort_predictor = TrtPredictor(engine), OnnxPredictor(result.onnx_file, providers=["CPUExecutionProvider"])
+    images = torch.randn(5, 3, 64, 64)  # more than max batch: split in chunks
+    tolerance = 1e-2 if data_type == "fp32" else 1e-1
+    assert (trt_predictor(images) - ort_predictor(images)).abs().max() < tolerance
