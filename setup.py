@@ -6,8 +6,13 @@ The generated TAO skill files live in the top-level folders ``schemas/`` and ``t
 """
 from setuptools import find_packages, setup
 
+SKILL_FOLDERS = {
+    "segformer_skill.schemas.segformer": ("schemas/segformer", ["*.json"]),
+    "segformer_skill.templates.segformer": ("templates/segformer", ["*.yaml"]),
+}
+
 setup(
-    packages=find_packages(include=["segformer", "segformer.*", "automl", "automl.*"])
-    + ["segformer_skill.schemas", "segformer_skill.templates"],
-    package_dir={"segformer_skill.schemas": "schemas", "segformer_skill.templates": "templates"},
+    packages=find_packages(include=["segformer", "segformer.*", "automl", "automl.*"]) + list(SKILL_FOLDERS),
+    package_dir={name: folder for name, (folder, _) in SKILL_FOLDERS.items()},
+    package_data={name: patterns for name, (_, patterns) in SKILL_FOLDERS.items()},
 )

@@ -150,17 +150,25 @@ def _checkout_dirs() -> tuple[Path, Path] | None:
 
 
 def _packaged_dirs() -> tuple[Path, Path] | None:
-    """``(schemas, templates)`` of the installed ``segformer_skill`` package, if installed."""
-    try:
-        from importlib.resources import files
+    """``(schemas, templates)`` of the installed ``segformer_skill`` package, if installed.
 
-        schemas = Path(str(files("segformer_skill.schemas")))
-        templates = Path(str(files("segformer_skill.templates")))
-    except Exception:  # not installed, or an unusable namespace package: no packaged skill
-        return None
-    if schemas.is_dir() and templates.is_dir():
-        return schemas, templates
-    return None
+    The skill folders ship as namespace packages (generated JSON/YAML, no ``__init__.py``), so they
+    are located through the import system's search locations rather than ``importlib.resources``,
+    which cannot open a namespace package whose parent has no folder of its own (editable installs).
+    """
+    from importlib.util import find_spec
+
+    found = []
+    for package in ("segformer_skill.schemas.segformer", "segformer_skill.templates.segformer"):
+        try:
+            spec = find_spec(package)
+        except ImportError:  # parent package missing: not installed
+            return None
+        folders = [Path(p) for p in (spec.submodule_search_locations or []) if Path(p).is_dir()] if spec else []
+        if not folders:
+            return None
+        found.append(folders[0].parent)
+    return found[0], found[1]
 
 
 def _skill_base_dirs() -> tuple[Path, Path]:

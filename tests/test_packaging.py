@@ -85,7 +85,7 @@ def test_installed_cli_runs_outside_the_checkout(installed: Path, tmp_path: Path
     # The packaged schemas are found and readable by the installed package.
     code = (
         "import json, importlib.resources as r\n"
-        "p = r.files('segformer_skill.schemas') / 'segformer' / 'train.schema.json'\n"
+        "p = r.files('segformer_skill.schemas.segformer') / 'train.schema.json'\n"
         "d = json.loads(p.read_text())\n"
         "print(json.dumps(sorted(d['automl_default_parameters'])))\n"
     )
@@ -93,11 +93,18 @@ def test_installed_cli_runs_outside_the_checkout(installed: Path, tmp_path: Path
     assert proc.returncode == 0, proc.stderr
     assert "train.optim.lr" in json.loads(proc.stdout)
 
+    # automl finds our skill in the installed package (no checkout around).
+    code = "from automl.skill import find_skill, resolve_policy; s = find_skill('segformer'); print(s.root); print(resolve_policy(s, 'auto').mode)"
+    proc = _run(installed, "python", "-c", code, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    root, mode = proc.stdout.split()
+    assert str(installed.parent) in root and mode == "search", proc.stdout
+
     # A spec template from the wheel validates with the installed tool.
     template = tmp_path / "spec.yaml"
     code = (
         "import importlib.resources as r, sys\n"
-        "sys.stdout.write((r.files('segformer_skill.templates') / 'segformer' / 'spec_template_train.yaml').read_text())\n"
+        "sys.stdout.write((r.files('segformer_skill.templates.segformer') / 'spec_template_train.yaml').read_text())\n"
     )
     template.write_text(_run(installed, "python", "-c", code, cwd=tmp_path).stdout)
     proc = _run(installed, "segformer", "validate", "-e", str(template), "dataset.segment.root_dir=/data", cwd=tmp_path)
