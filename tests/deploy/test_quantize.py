@@ -58,6 +58,21 @@ def test_onnxruntime_qdq_action(exported, make_deploy_cfg, tmp_path):
     assert report["quantized_bytes"] < report["float_bytes"]
 
 
+def test_onnxruntime_qdq_from_a_checkpoint(checkpoint, make_deploy_cfg, tmp_path):
+    """A .pth model_path is exported to float ONNX first, then quantized (what promotion does)."""
+    import onnx
+
+    from segformer.actions import quantize
+
+    cfg = make_deploy_cfg(tmp_path, "quantize.backend=onnxruntime", "quantize.mode=static_ptq",
+                          f"quantize.model_path={checkpoint}")
+    out = quantize.run(cfg, quiet=True)
+    ops = {n.op_type for n in onnx.load(str(out.artifact)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert (out.results_dir / "float_model.onnx").is_file()
+    assert out.quantized_bytes < out.float_bytes
+
+
 def test_ort_evaluation_matches_pytorch(exported, checkpoint, make_deploy_cfg, tmp_path):
     from segformer.actions import evaluate
 
