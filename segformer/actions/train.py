@@ -75,7 +75,8 @@ def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: boo
         if train_cfg.seed >= 0:
             L.seed_everything(train_cfg.seed, workers=True, verbose=not quiet)
         # Check every file of the splits in use before anything is written.
-        datamodule = build_datamodule(cfg.dataset.segment, seed=max(train_cfg.seed, 0))
+        datamodule = build_datamodule(cfg.dataset.segment, seed=max(train_cfg.seed, 0),
+                                      shard_train=not train_cfg.use_distributed_sampler)
         datamodule.setup("fit")
         model = build_segformer(cfg.model, datamodule.num_classes)
         if train_cfg.pretrained_model_path and not resume:

@@ -48,7 +48,8 @@ class SegDataModule(LightningDataModule):
                  validation_split: str = "val", test_split: str = "val", predict_split: str = "test",
                  augmentation: AugmentationSettings | None = None,
                  mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
-                 seed: int = 1234, check_data: bool = True, full_resolution_masks: bool = False) -> None:
+                 seed: int = 1234, check_data: bool = True, full_resolution_masks: bool = False,
+                 shard_train: bool = True) -> None:
         super().__init__()
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise ValueError(f"batch sizes must be >= 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
@@ -68,6 +69,9 @@ class SegDataModule(LightningDataModule):
         self.seed = int(seed)
         self.check_data = check_data
         self.full_resolution_masks = full_resolution_masks
+        # Under DDP each rank trains on its own slice of every epoch's permutation, unless Lightning
+        # shards the loader itself (train.use_distributed_sampler: true): see EpochSampler.
+        self.shard_train = shard_train
         self.reports: dict[str, DatasetReport] = {}
         self.datasets: dict[str, SegmentationDataset] = {}
 
@@ -104,7 +108,7 @@ class SegDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if "train" not in self.datasets:
             self.datasets["train"] = self._dataset("train")
-        sampler = EpochSampler(len(self.datasets["train"]), self.shuffle, self.seed)
+        sampler = EpochSampler(len(self.datasets["train"]), self.shuffle, self.seed, shard=self.shard_train)
         return self._loader("train", self.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
@@ -125,12 +129,13 @@ def _get(section: Any, name: str, where: str) -> Any:
 
 def build_datamodule(segment_cfg: Any, seed: int, *, train_batch_size: int | None = None,
                      eval_batch_size: int | None = None, check_data: bool = True,
-                     full_resolution_masks: bool = False) -> SegDataModule:
+                     full_resolution_masks: bool = False, shard_train: bool = True) -> SegDataModule:
     """``cfg.dataset.segment`` -> :class:`SegDataModule` (the only config-to-arguments translation).
 
     A disabled augmentation block (``enable: false``) becomes probability 0 / None.
     ``train_batch_size`` overrides ``batch_size`` (AutoML); ``eval_batch_size`` is usually
-    ``evaluate.batch_size``.
+    ``evaluate.batch_size``. ``shard_train`` is ``not train.use_distributed_sampler``: our sampler
+    shards the training data across DDP ranks unless Lightning's distributed sampler does.
     """
     where = "dataset.segment"
     kind = _get(segment_cfg, "dataset", where)
@@ -173,6 +178,7 @@ def build_datamodule(segment_cfg: Any, seed: int, *, train_batch_size: int | Non
         seed=int(seed),
         check_data=check_data,
         full_resolution_masks=full_resolution_masks,
+        shard_train=shard_train,
     )
 
 

@@ -93,19 +93,32 @@ class EpochSampler(Sampler):
 
     Shuffling uses a permutation seeded from (seed, epoch). Lightning calls :meth:`set_epoch`
     before each epoch; without it the epoch advances by one per pass.
+
+    With ``shard=True`` and an initialised process group of several ranks (DDP), each rank takes
+    its own slice of the permutation (``order[rank::world_size]``, padded by wrapping around so
+    every rank runs the same number of steps), so N GPUs see N different batches per step. This is
+    the default; it is switched off only when Lightning wraps the sampler in its own distributed
+    sampler (``train.use_distributed_sampler: true``), which shards it instead.
     """
 
-    def __init__(self, num_samples: int, shuffle: bool, seed: int) -> None:
+    def __init__(self, num_samples: int, shuffle: bool, seed: int, *, shard: bool = True) -> None:
         self.num_samples = num_samples
         self.shuffle = shuffle
         self.seed = int(seed)
+        self.shard = shard
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def _rank_and_world(self) -> tuple[int, int]:
+        if self.shard and torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
     def __len__(self) -> int:
-        return self.num_samples
+        _, world = self._rank_and_world()
+        return -(-self.num_samples // world)
 
     def __iter__(self):
         epoch = self.epoch
@@ -114,7 +127,12 @@ class EpochSampler(Sampler):
             order = torch.randperm(self.num_samples, generator=sample_generator(self.seed, epoch, _SHUFFLE_STREAM))
             indices = order.tolist()
         else:
-            indices = range(self.num_samples)
+            indices = list(range(self.num_samples))
+        rank, world = self._rank_and_world()
+        if world > 1:
+            per_rank = -(-len(indices) // world)
+            padded = (indices * (1 + per_rank * world // max(1, len(indices))))[: per_rank * world]
+            indices = padded[rank::world]
         return iter([(epoch, i) for i in indices])
 
 

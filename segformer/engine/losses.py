@@ -19,4 +19,10 @@ def segmentation_cross_entropy(
     half precision loses accuracy.
     """
     logits = upsample_logits(logits, target.shape[-2:], align_corners)
-    return F.cross_entropy(logits.float(), target.long(), ignore_index=ignore_index)
+    target = target.long()
+    # Mean over the labelled pixels. A batch whose pixels are all ignored (an image that is all
+    # "unknown", label_id 255, at batch size 1) gives 0 with a graph, not mean-over-nothing = NaN,
+    # which would read as divergence and stop training.
+    total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
+    labelled = (target != ignore_index).sum()
+    return total / labelled.clamp(min=1)

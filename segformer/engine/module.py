@@ -118,7 +118,7 @@ class SegFormerModule(L.LightningModule):
 
     # ---------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = create_optimizer(self.model.parameters(), self.optimizer_settings)
+        optimizer = create_optimizer(self.model.named_parameters(), self.optimizer_settings)
         schedule = create_lr_schedule(
             self.optimizer_settings, self.trainer.estimated_stepping_batches, self.trainer.max_epochs or 1
         )

@@ -44,16 +44,44 @@ class OptimizerSettings:
         object.__setattr__(self, "lr_steps", tuple(int(s) for s in self.lr_steps))
 
 
-def create_optimizer(params: Iterable[nn.Parameter], settings: OptimizerSettings) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
-    if not params:
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    """Norm weights, biases and position embeddings: regularising them toward 0 only hurts.
+
+    This is the SegFormer/mmseg recipe (``norm``/``pos_block`` decay_mult 0) and common practice;
+    every other weight gets ``weight_decay``.
+    """
+    return param.ndim <= 1 or "pos_embed" in name or "pos_block" in name or name.endswith(".bias")
+
+
+def parameter_groups(
+    named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float
+) -> list[dict[str, object]]:
+    """Trainable parameters split into a decayed and a non-decayed group (empty groups dropped)."""
+    decay, no_decay = [], []
+    for name, param in named_params:
+        if param.requires_grad:
+            (no_decay if _no_decay(name, param) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
+
+
+def create_optimizer(
+    named_params: Iterable[tuple[str, nn.Parameter]], settings: OptimizerSettings
+) -> torch.optim.Optimizer:
+    """The optimizer over ``model.named_parameters()``; frozen parameters are left out.
+
+    One learning rate for the whole model (TAO's ``train.optim.lr``); weight decay skips norms,
+    biases and position embeddings (see :func:`_no_decay`).
+    """
+    groups = parameter_groups(named_params, settings.weight_decay)
+    if not groups:
         raise ValueError("no trainable parameters (is everything frozen?)")
     if settings.name == "sgd":
-        return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+        return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum)
     betas = (settings.momentum, 0.999)
     if settings.name == "adam":
-        return torch.optim.Adam(params, lr=settings.lr, betas=betas, weight_decay=settings.weight_decay)
-    return torch.optim.AdamW(params, lr=settings.lr, betas=betas, weight_decay=settings.weight_decay)
+        return torch.optim.Adam(groups, lr=settings.lr, betas=betas)
+    return torch.optim.AdamW(groups, lr=settings.lr, betas=betas)
 
 
 @dataclass(frozen=True)

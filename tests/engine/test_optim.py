@@ -23,12 +23,56 @@ def test_step_schedule_milestones_are_epochs():
 
 @pytest.mark.parametrize("name,cls", [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)])
 def test_momentum_means_beta1_for_adam(name, cls):
-    params = [torch.nn.Parameter(torch.zeros(2))]
+    params = [("conv.weight", torch.nn.Parameter(torch.zeros(2, 2)))]
     optimizer = create_optimizer(params, OptimizerSettings(name=name, lr=0.1, momentum=0.8, weight_decay=0.01))
     assert isinstance(optimizer, cls)
     group = optimizer.param_groups[0]
     assert (group["momentum"] if name == "sgd" else group["betas"][0]) == 0.8
     assert group["weight_decay"] == 0.01
+
+
+def test_no_weight_decay_on_norms_biases_and_position_embeddings():
+    from segformer.model import build_segformer
+
+    from types import SimpleNamespace as NS
+
+    cfg = NS(backbone=NS(type="mit_b0", pretrained_backbone_path=None, freeze_backbone=False, feat_downsample=False),
+             decode_head=NS(in_channels=[32, 64, 160, 256], in_index=[0, 1, 2, 3], feature_strides=[4, 8, 16, 32],
+                            align_corners=False, decoder_params=NS(embed_dim=32)))
+    model = build_segformer(cfg, 3, load_pretrained=False)
+    optimizer = create_optimizer(model.named_parameters(), OptimizerSettings(weight_decay=0.05))
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decayed["params"])
+    assert all(p.ndim <= 1 for p in plain["params"])
+    total = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == total
+
+
+def test_frozen_parameters_are_left_out():
+    frozen = torch.nn.Parameter(torch.zeros(3, 3), requires_grad=False)
+    live = torch.nn.Parameter(torch.zeros(3, 3))
+    optimizer = create_optimizer([("a.weight", frozen), ("b.weight", live)], OptimizerSettings())
+    assert [p for g in optimizer.param_groups for p in g["params"]] == [live]
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        create_optimizer([("a.weight", frozen)], OptimizerSettings())
+
+
+def test_a_batch_of_only_ignored_pixels_gives_zero_loss_not_nan():
+    from segformer.engine.losses import segmentation_cross_entropy
+
+    logits = torch.randn(1, 3, 4, 4, requires_grad=True)
+    loss = segmentation_cross_entropy(logits, torch.full((1, 16, 16), 255))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.count_nonzero(logits.grad) == 0
+    # With labelled pixels it is the usual mean over them.
+    target = torch.full((1, 16, 16), 255)
+    target[0, :8] = 1
+    expected = torch.nn.functional.cross_entropy(
+        torch.nn.functional.interpolate(logits.detach(), size=(16, 16), mode="bilinear", align_corners=False),
+        target, ignore_index=255)
+    assert torch.allclose(segmentation_cross_entropy(logits.detach(), target), expected, atol=1e-6)
 
 
 def test_bad_settings_name_the_rule():
