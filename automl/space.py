@@ -22,6 +22,13 @@ Types
     list helpers (``list_1_*``, ``list_2``, ``list_3``, ``subset_list``, ``optional_list``) have no
     sampling rule here and are not searched; asking for one is an error that says so.
 
+Where a range comes from
+    A parameter's search range is ``valid_min``/``valid_max`` when the schema node has them (our
+    schemas write the AutoML search range there -- TAO's names for search ranges -- and keep
+    ``minimum``/``maximum`` as the validity bounds, NVIDIA's meaning); otherwise, per bound,
+    ``minimum``/``maximum`` (NVIDIA's schemas). Derived bounds are clipped to the finite validity
+    bounds. Each parameter's ``source`` names the keys its range came from.
+
 Ranges and infinite bounds (never collapsed to the default, unlike TAO, whose int search uses
 the default as the maximum when the maximum is infinite)
     * float on log scale (``"log": true`` or an lr-like name: ``lr``, ``learning_rate``, ``*_lr``)
@@ -35,8 +42,9 @@ the default as the maximum when the maximum is infinite)
     * log scale is used when the schema says ``"log": true``, or for lr-like names whose final range
       has ``low > 0`` and ``high/low >= 100`` (two decades or more).
     * ``custom_param_ranges`` (TAO format: ``valid_min``, ``valid_max``, ``valid_options``,
-      ``option_weights``, ``value_type``, ``math_cond``, ``log``) replace the schema's values and must
-      stay inside the schema's finite bounds and enum.
+      ``option_weights``, ``value_type``, ``math_cond``, ``log``) replace the schema's search range
+      and values and must stay inside the schema's finite validity bounds (``minimum``/``maximum``)
+      and enum.
 
 math_cond (TAO's definitions, from nvidia_tao_core's AutoML sampler)
     ``"^ N"``: an int power of N (N**1, N**2, ... inside the range), each power equally likely.
@@ -86,11 +94,11 @@ _CATEGORICAL_TYPES = {"categorical", "ordered", "string", "enum"}
 _ORDERED_INT = "ordered_int"
 _UNSEARCHED_TYPES = {"list", "array", "collection", "dict", "object", "subset_list", "optional_list", "list_2", "list_3"}
 
-_CUSTOM_KEYS = {
-    "valid_min": "minimum",
-    "minimum": "minimum",
-    "valid_max": "maximum",
-    "maximum": "maximum",
+_CUSTOM_KEYS = {  # custom_param_ranges key -> the schema-node key it replaces
+    "valid_min": "valid_min",
+    "minimum": "valid_min",
+    "valid_max": "valid_max",
+    "maximum": "valid_max",
     "valid_options": "enum",
     "enum": "enum",
     "option_weights": "option_weights",
@@ -281,12 +289,35 @@ def _is_lr_name(name: str) -> bool:
     return bool(_LR_NAME.search(name.rsplit(".", 1)[-1]))
 
 
+def _present(value: Any) -> bool:
+    return value is not None and value != "" and not (isinstance(value, float) and math.isnan(value))
+
+
+def _search_bounds(node: Mapping[str, Any]) -> tuple[Any, Any, str]:
+    """The raw search bounds: ``valid_min``/``valid_max`` where present, else ``minimum``/``maximum``
+    (per bound), and a note naming which keys they came from."""
+    lo_key = "valid_min" if _present(node.get("valid_min")) else "minimum"
+    hi_key = "valid_max" if _present(node.get("valid_max")) else "maximum"
+    keys = f"{lo_key}/{hi_key}" if (lo_key, hi_key) in {("valid_min", "valid_max"), ("minimum", "maximum")} else f"{lo_key}, {hi_key}"
+    return node.get(lo_key), node.get(hi_key), f"schema {keys} [{_fmt(node.get(lo_key))}, {_fmt(node.get(hi_key))}]"
+
+
+def _clip_to_valid(node: Mapping[str, Any], lo: float, hi: float) -> tuple[float, float]:
+    """Keep a search range inside the finite validity bounds ``minimum``/``maximum``."""
+    vlo, vhi = _number(node.get("minimum")), _number(node.get("maximum"))
+    if vlo is not None:
+        lo = max(lo, vlo)
+    if vhi is not None:
+        hi = min(hi, vhi)
+    return lo, hi
+
+
 def _float_range(name: str, node: Mapping[str, Any], default: Any, log_flag: bool | None) -> tuple[float, float, bool, str]:
-    raw_lo, raw_hi = node.get("minimum"), node.get("maximum")
+    raw_lo, raw_hi, where = _search_bounds(node)
     lo, hi = _number(raw_lo), _number(raw_hi)
     d = _number(default)
     lr_like = _is_lr_name(name)
-    notes = [f"schema [{_fmt(raw_lo)}, {_fmt(raw_hi)}]"]
+    notes = [where]
     log_scale = bool(log_flag) or (log_flag is None and lr_like and (lo is None or hi is None))
     if log_scale:
         if lo is None or lo <= 0 or hi is None:
@@ -310,6 +341,7 @@ def _float_range(name: str, node: Mapping[str, Any], default: Any, log_flag: boo
         if hi is None:
             hi = max(d * 10, lo + 1.0) if d is not None else lo + 1.0
             notes.append(f"infinite upper bound -> max(default*10, low+1) = {_fmt(hi)}")
+    lo, hi = _clip_to_valid(node, lo, hi)
     if log_flag is None and not log_scale and lr_like and lo > 0 and hi / lo >= 100:
         log_scale = True
     if log_scale:
@@ -318,10 +350,10 @@ def _float_range(name: str, node: Mapping[str, Any], default: Any, log_flag: boo
 
 
 def _int_range(node: Mapping[str, Any], default: Any) -> tuple[int, int, str]:
-    raw_lo, raw_hi = node.get("minimum"), node.get("maximum")
+    raw_lo, raw_hi, where = _search_bounds(node)
     lo, hi = _number(raw_lo), _number(raw_hi)
     d = _number(default)
-    notes = [f"schema [{_fmt(raw_lo)}, {_fmt(raw_hi)}]"]
+    notes = [where]
     if lo is None:
         if d is not None:
             lo = d // 4 if d > 0 else d - 8
@@ -331,6 +363,7 @@ def _int_range(node: Mapping[str, Any], default: Any) -> tuple[int, int, str]:
     if hi is None:
         hi = max(d * 4, lo + 8) if d is not None else lo + 8
         notes.append(f"infinite upper bound -> max(default*4, low+8) = {_fmt(int(hi))}")
+    lo, hi = _clip_to_valid(node, lo, hi)
     return int(math.ceil(lo)), int(math.floor(hi)), "; ".join(notes)
 
 
@@ -351,10 +384,10 @@ def _apply_custom(name: str, node: Mapping[str, Any], custom: Mapping[str, Any] 
         if value is None:
             continue
         target = _CUSTOM_KEYS[key]
-        schema_lo, schema_hi = _number(node.get("minimum")), _number(node.get("maximum"))
-        if target == "minimum" and schema_lo is not None and float(value) < schema_lo:
+        schema_lo, schema_hi = _number(node.get("minimum")), _number(node.get("maximum"))  # validity bounds
+        if target == "valid_min" and schema_lo is not None and float(value) < schema_lo:
             raise SpaceError(f"custom_param_ranges[{name!r}]: valid_min {value} is below the schema minimum {schema_lo}; use a value >= {schema_lo}")
-        if target == "maximum" and schema_hi is not None and float(value) > schema_hi:
+        if target == "valid_max" and schema_hi is not None and float(value) > schema_hi:
             raise SpaceError(f"custom_param_ranges[{name!r}]: valid_max {value} is above the schema maximum {schema_hi}; use a value <= {schema_hi}")
         if target == "enum":
             if not isinstance(value, (list, tuple)) or not value:
@@ -366,7 +399,7 @@ def _apply_custom(name: str, node: Mapping[str, Any], custom: Mapping[str, Any] 
                     raise SpaceError(f"custom_param_ranges[{name!r}]: options {bad} are not in the schema enum {allowed}")
             merged.pop("option_weights", None)  # schema weights belong to the schema's options
         merged[target] = list(value) if isinstance(value, tuple) else value
-    lo, hi = _number(merged.get("minimum")), _number(merged.get("maximum"))
+    lo, hi = _number(_search_bounds(merged)[0]), _number(_search_bounds(merged)[1])
     if lo is not None and hi is not None and lo > hi:
         raise SpaceError(f"custom_param_ranges[{name!r}]: valid_min {lo} is above valid_max {hi}")
     return merged, True

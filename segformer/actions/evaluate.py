@@ -31,6 +31,7 @@ from segformer.engine._io import atomic_save_png, atomic_write_json
 from segformer.engine.metrics import ConfusionMatrix
 from segformer.engine.predictor import Predictor, load_predictor, resize_logits, run_predictor
 from segformer.engine.report import format_tables, save_confusion_matrix
+from segformer.model import check_input_size
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class EvaluateResult:
 def run(cfg: ExperimentConfig, *, quiet: bool = False) -> EvaluateResult:
     options = cfg.evaluate
     require(cfg, "evaluate.checkpoint", "evaluate.trt_engine")
+    check_input_size(cfg.model, cfg.dataset.segment.img_size)
     results_dir = action_results_dir(cfg, "evaluate")
     full_resolution = bool(options.full_resolution)
     datamodule = build_datamodule(cfg.dataset.segment, seed=max(cfg.train.seed, 0),

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from segformer.config import ExperimentConfig, action_results_dir, require
+from segformer.model import check_input_size
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> ExportResult:
 
     options = cfg.export
     checkpoint = Path(require(cfg, "export.checkpoint"))
+    check_input_size(cfg.model, (int(options.input_height), int(options.input_width)),
+                     key="export.input_height/input_width")
     results_dir = action_results_dir(cfg, "export")
     onnx_file = Path(options.onnx_file) if options.onnx_file else results_dir / DEFAULT_ONNX_NAME
     if str(options.format).lower() != "onnx":

@@ -29,6 +29,7 @@ from segformer.config import ExperimentConfig, action_results_dir, require
 from segformer.data import build_datamodule, load_image, overlay, preprocess_image
 from segformer.engine._io import atomic_save_png
 from segformer.engine.predictor import Predictor, load_predictor, resize_logits, run_predictor, sliding_window_logits
+from segformer.model import check_input_size
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class InferenceResult:
 def run(cfg: ExperimentConfig, *, quiet: bool = False) -> InferenceResult:
     options = cfg.inference
     require(cfg, "inference.checkpoint", "inference.trt_engine")
+    check_input_size(cfg.model, cfg.dataset.segment.img_size)
     results_dir = action_results_dir(cfg, "inference")
     datamodule = build_datamodule(cfg.dataset.segment, seed=max(cfg.train.seed, 0),
                                   eval_batch_size=int(options.batch_size), check_data=False)

@@ -39,7 +39,7 @@ from segformer.engine.callbacks import AtomicCheckpointIO, PeriodicCheckpoint, R
 from segformer.engine.module import SegFormerModule
 from segformer.engine.optim import OptimizerSettings
 from segformer.errors import SegformerError
-from segformer.model import build_segformer, load_pretrained_model
+from segformer.model import build_segformer, check_input_size, load_pretrained_model
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,8 @@ def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: boo
     if train_cfg.pretrained_model_path and not Path(train_cfg.pretrained_model_path).is_file():
         raise SegformerError(f"train.pretrained_model_path points to {train_cfg.pretrained_model_path}, "
                              "which does not exist")
+
+    check_input_size(cfg.model, cfg.dataset.segment.img_size)  # seconds, not after the data check
 
     with _quiet_lightning(quiet):
         if train_cfg.seed >= 0:

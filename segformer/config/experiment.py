@@ -48,6 +48,7 @@ BACKBONES = (
     "mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5",
     "fan_tiny_8_p4_hybrid", "fan_small_12_p4_hybrid", "fan_base_16_p4_hybrid", "fan_large_16_p4_hybrid",
     "vit_large_nvdinov2", "vit_giant_nvdinov2",
+    "vit_small_dinov3", "vit_small_plus_dinov3", "vit_base_dinov3", "vit_large_dinov3", "vit_huge_plus_dinov3",
     "vit_base_nvclip_16_siglip", "vit_huge_nvclip_14_siglip",
     "c_radio_v2_vit_base_patch16_224", "c_radio_v2_vit_large_patch16_224", "c_radio_v2_vit_huge_patch16_224",
 )
@@ -108,8 +109,8 @@ class PaletteEntry:
 
     seg_class: str = field_(description="Class name.")
     mapping_class: str = field_(description="Class this one is merged into (TAO); omitted in the spec: seg_class.")
-    label_id: int = field_(description="Class id (0..num_classes-1), or 255 for ignored pixels.", minimum=0, maximum=255)
-    rgb: List[int] = field_(description="Mask colour; with label_transform norm given in 0..1 (the mask value divided by 255; TAO: 'RGB value from 0~1'), else 0..255. One element for a grayscale level.")
+    label_id: int = field_(description="Class id in 0..255; 255 marks ignored pixels. Entries sharing a mapping_class are merged into one training class, so label_id may exceed num_classes-1 (the data layer checks that the merged training ids are exactly 0..num_classes-1).", minimum=0, maximum=255)
+    rgb: List[float] = field_(description="Mask value: 3 numbers (a colour) or 1 (a grey level / class id). With label_transform norm each is in 0..1 (the mask value divided by 255, e.g. 0.5; TAO: 'RGB value from 0~1'); otherwise integers in 0..255 (a grey level may go up to 65535 for 16-bit masks).")
 
 
 @dataclass
@@ -171,7 +172,7 @@ class SegmentDatasetConfig:
     root_dir: Optional[str] = field_(None, description="Dataset root with images/<split> and masks/<split>. Needed by train, evaluate, inference and quantize.", placeholder="???", automl=False)
     dataset: str = field_("SFDataset", description="Dataset class (TAO's only value).", options=("SFDataset",))
     num_classes: int = field_(2, description="Number of classes (label ids 0..num_classes-1; 255 is ignored).", minimum=2, math_cond=">0", automl=False)
-    img_size: int = field_(256, description="Square training/evaluation input size (TAO docs and templates: 256; the doc example uses 224).", minimum=32, automl=False)
+    img_size: int = field_(256, description="Square training/evaluation input size (TAO docs and templates: 256; the doc example uses 224). ViT backbones need a multiple of their patch size: 14 for vit_*_nvdinov2 and vit_huge_nvclip_14_siglip (e.g. 224 or 448, which also suit ONNX export), 16 for the other ViTs.", minimum=32, automl=False)
     batch_size: int = field_(8, description="Per-device batch size.", title="Batch Size", minimum=1)
     workers: int = field_(1, description="Data loader worker processes.", title="Workers", minimum=0, automl=False)
     shuffle: bool = field_(True, description="Shuffle the training set each epoch.", automl=False)

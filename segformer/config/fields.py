@@ -7,6 +7,8 @@ out in NVIDIA's TAO skill-schema format, so defaults, bounds and AutoML flags ca
 """
 from __future__ import annotations
 
+from segformer.errors import SegformerError
+
 import copy
 import dataclasses
 from dataclasses import dataclass
@@ -17,8 +19,11 @@ __all__ = ["ConfigError", "ConfigWarning", "FieldSpec", "field_", "section", "sp
 _META_KEY = "segformer"
 
 
-class ConfigError(ValueError):
-    """A spec problem a user can fix: the message names the key, the value and the rule."""
+class ConfigError(SegformerError, ValueError):
+    """A spec problem a user can fix: the message names the key, the value and the rule.
+
+    A ``SegformerError`` (the CLI prints it without a traceback) and a ``ValueError``.
+    """
 
 
 class ConfigWarning(UserWarning):
@@ -79,8 +84,10 @@ def field_(
         options: the allowed values (TAO ``enum``); ``option_weights`` their AutoML sampling weights.
         automl: True: searched by default (TAO ``automl_default_parameters``); False: never
             searched (``automl_disabled_parameters``); None: not searched unless a user asks.
-        automl_range: a search range narrower than the validity bounds (written as the schema's
-            ``minimum``/``maximum``, with the validity bounds as ``valid_min``/``valid_max``).
+        automl_range: the AutoML search range, narrower than the validity bounds. Written as
+            ``valid_min``/``valid_max`` -- the names TAO's AutoML uses for search ranges in
+            ``custom_param_ranges`` -- while ``minimum``/``maximum`` stay the validity bounds, as in
+            NVIDIA's schemas (so NVIDIA's tooling accepts every value our loader accepts).
         log: sample on a log scale (written as ``"log": true``; NVIDIA's schema lacks this flag).
         depends_on: dotted key of a bool that must be true for this field to matter (AutoML only
             samples it then).

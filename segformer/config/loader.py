@@ -338,18 +338,18 @@ def _cross_field_problems(d: dict) -> list[str]:
     scale = (aug.get("with_scale_random_crop") or {}).get("scale_range")
     if isinstance(scale, list) and not (len(scale) == 2 and all(isinstance(s, (int, float)) for s in scale) and 0 < scale[0] <= scale[1]):
         problems.append(f"dataset.segment.augmentation.with_scale_random_crop.scale_range must be [low, high] with 0 < low <= high, got {scale}")
-    palette, num_classes = seg.get("palette"), seg.get("num_classes")
+    palette = seg.get("palette")
     if isinstance(palette, list):
         if not palette:
             problems.append("dataset.segment.palette must list at least one class")
+        norm = seg.get("label_transform") == "norm"
         for i, entry in enumerate(palette):
-            if not isinstance(entry, dict):
-                continue
-            rgb, label = entry.get("rgb"), entry.get("label_id")
-            if isinstance(rgb, list) and (len(rgb) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in rgb)):
-                problems.append(f"dataset.segment.palette[{i}].rgb must be 3 integers in [0, 255], got {rgb}")
-            if isinstance(label, int) and isinstance(num_classes, int) and label != 255 and label >= num_classes:
-                problems.append(f"dataset.segment.palette[{i}].label_id must be < num_classes={num_classes} or 255 (ignore), got {label}")
+            if isinstance(entry, dict) and isinstance(entry.get("rgb"), list):
+                problem = _rgb_problem(entry["rgb"], norm)
+                if problem:
+                    problems.append(f"dataset.segment.palette[{i}].rgb {problem}")
+        # label_id vs num_classes is not checked here: entries sharing a mapping_class merge into
+        # one training id, which segformer.data.MaskDecoder checks against num_classes.
     trt = (d.get("gen_trt_engine") or {}).get("tensorrt") or {}
     sizes = [trt.get(k) for k in ("min_batch_size", "opt_batch_size", "max_batch_size")]
     if all(isinstance(s, int) for s in sizes) and not sizes[0] <= sizes[1] <= sizes[2]:
@@ -358,6 +358,24 @@ def _cross_field_problems(d: dict) -> list[str]:
     if isinstance(steps, list) and (any(not isinstance(s, int) or s < 1 for s in steps) or steps != sorted(set(steps))):
         problems.append(f"train.optim.lr_steps must be increasing epoch numbers >= 1, got {steps}")
     return problems
+
+
+def _rgb_problem(rgb: list, norm: bool) -> str | None:
+    """Why a palette rgb is invalid, or None; the same rules as segformer.data.palette.MaskDecoder."""
+    if len(rgb) not in (1, 3):
+        return f"must have 3 values (a colour) or 1 (a grey level / class id), got {rgb}"
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in rgb):
+        return f"must hold numbers, got {rgb}"
+    if norm:
+        if not all(0 <= v <= 1 for v in rgb):
+            return (f"must be in 0..1 with label_transform norm (mask value / 255), got {rgb}; divide by 255 "
+                    "or set label_transform: None to give 0..255 values")
+        return None
+    limit = 65535 if len(set(rgb)) == 1 else 255  # a grey level may index a 16-bit mask
+    if not all(float(v).is_integer() and 0 <= v <= limit for v in rgb):
+        return (f"must be integers in 0..255 (a grey level up to 65535) with label_transform None, got {rgb}; "
+                "use label_transform: norm for values given in 0..1")
+    return None
 
 
 def _json_schema(action: str | None) -> dict:

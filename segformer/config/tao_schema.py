@@ -9,8 +9,10 @@ collections list their children's AutoML flags in ``automl_default_parameters`` 
 
 What ours adds (additive, NVIDIA's readers ignore unknown keys):
 - ``log: true`` on parameters AutoML should sample on a log scale (the learning rate);
-- ``valid_min``/``valid_max`` (the names of TAO's older CSV specs) where the AutoML search range in
-  ``minimum``/``maximum`` is narrower than what a spec may hold; validation uses the valid range;
+- ``valid_min``/``valid_max``: the AutoML search range, where it is narrower than what a spec may
+  hold. These are the names TAO's AutoML uses for search ranges (``custom_param_ranges``). As in
+  NVIDIA's files, ``minimum``/``maximum`` are always the field's validity bounds (validation reads
+  only them), so NVIDIA's tooling accepts every value our loader accepts (weight_decay 0, lr 0.02);
 - ``items`` on lists: the element type (and for the palette, the entry's fields).
 Unbounded ranges simply omit ``maximum`` (NVIDIA writes the non-JSON literal ``Infinity``; our
 files are strict JSON).
@@ -152,17 +154,14 @@ def _leaf_node(hint: Any, spec: FieldSpec, default: Any, has_default: bool) -> d
         node["title"] = spec.title
     if spec.automl is not None:
         node["automl_enabled"] = spec.automl
+    # minimum/maximum: validity bounds (NVIDIA's meaning; an infinite bound is omitted: strict JSON).
+    # valid_min/valid_max: the AutoML search range (TAO's custom_param_ranges names).
+    if spec.minimum is not None and math.isfinite(spec.minimum):
+        node["minimum"] = spec.minimum
+    if spec.maximum is not None and math.isfinite(spec.maximum):
+        node["maximum"] = spec.maximum
     if spec.automl_range is not None:
-        node["minimum"], node["maximum"] = spec.automl_range
-        if spec.minimum is not None:
-            node["valid_min"] = spec.minimum
-        if spec.maximum is not None:
-            node["valid_max"] = spec.maximum
-    else:
-        if spec.minimum is not None:
-            node["minimum"] = spec.minimum
-        if spec.maximum is not None:
-            node["maximum"] = spec.maximum
+        node["valid_min"], node["valid_max"] = spec.automl_range
     if spec.log:
         node["log"] = True
     if spec.math_cond:
@@ -314,8 +313,9 @@ def tao_to_json_schema(node: dict) -> dict:
     Collections with declared properties reject unknown keys; TAO's collection-level
     ``required`` is not translated (TAO fills defaults; actions check what they need with
     ``require()``), except inside list items (a palette entry needs its fields). String fields
-    accept null (TAO's "" means unset). ``valid_min``/``valid_max`` win over ``minimum``/``maximum``;
-    non-finite bounds are dropped; ``math_cond`` comparisons become exclusive bounds.
+    accept null (TAO's "" means unset). ``minimum``/``maximum`` are the validity bounds
+    (``valid_min``/``valid_max`` are an AutoML search range and are not validated); non-finite
+    bounds are dropped; ``math_cond`` comparisons become exclusive bounds.
     """
     tao_type = node.get("type")
     props = node.get("properties")
@@ -331,8 +331,7 @@ def tao_to_json_schema(node: dict) -> dict:
     if "enum" in node:
         enum = list(node["enum"])
         out["enum"] = enum + [None] if "None" in enum else enum
-    low = node.get("valid_min", node.get("minimum"))
-    high = node.get("valid_max", node.get("maximum"))
+    low, high = node.get("minimum"), node.get("maximum")
     if _finite(low):
         out["minimum"] = low
     if _finite(high):

@@ -13,6 +13,7 @@ from typing import Any
 _EXPORTS = {
     "SegFormer": "segformer",
     "build_segformer": "segformer",
+    "check_input_size": "segformer",
     "freeze_backbone": "segformer",
     "upsample_logits": "segformer",
     "SegFormerHead": "head",

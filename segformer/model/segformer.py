@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbones import get_backbone_factory
+from .backbones.registry import backbone_input_multiple
 from .head import SegFormerHead
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,35 @@ def freeze_backbone(model: SegFormer) -> None:
         parameter.requires_grad_(False)
 
 
-def build_segformer(model_cfg: Any, num_classes: int, *, load_pretrained: bool = True) -> SegFormer:
+def check_input_size(model_cfg: Any, img_size: int | Sequence[int], key: str = "dataset.segment.img_size") -> None:
+    """Fail early, naming both keys, when ``img_size`` does not suit ``model_cfg.backbone.type``.
+
+    Plain ViTs need input sides that are multiples of their patch size (14 for the NV-DINOv2 and
+    ViT-H/14 backbones, 16 for the others); MiT and FAN take any size. Call it before building data
+    or the model, so a bad size fails in seconds rather than inside the first forward pass.
+    ``img_size`` is ``dataset.segment.img_size`` (an int, or (height, width)); ``key`` names it in
+    the error (e.g. ``"export.input_height/input_width"`` for export's size).
+    """
+    name = model_cfg.backbone.type
+    multiple = backbone_input_multiple(name)
+    sides = (int(img_size), int(img_size)) if isinstance(img_size, (int, float)) else tuple(int(v) for v in img_size)
+    bad = sorted({side for side in sides if side % multiple})
+    if not bad:
+        return
+    def nearest(side: int, step: int) -> str:
+        below = max((side // step) * step, step)
+        return " or ".join(str(v) for v in dict.fromkeys((below, below + step)))
+
+    from segformer.config import ConfigError
+
+    raise ConfigError(
+        f"model.backbone.type={name!r} needs input sides that are multiples of {multiple} (its patch size), "
+        f"but {key}={img_size!r} is not: use {'; '.join(nearest(s, multiple) for s in bad)}"
+    )
+
+
+def build_segformer(model_cfg: Any, num_classes: int, *, load_pretrained: bool = True,
+                    img_size: int | Sequence[int] | None = None) -> SegFormer:
     """Turn the ``model`` spec section into a SegFormer; the only place config meets constructors.
 
     Reads ``backbone.type``, ``backbone.feat_downsample``, ``backbone.pretrained_backbone_path``,
@@ -88,8 +117,11 @@ def build_segformer(model_cfg: Any, num_classes: int, *, load_pretrained: bool =
     ``decode_head.in_channels``/``feature_strides`` in a spec are only checked (TAO templates carry
     MiT's [64, 128, 320, 512] whatever the backbone, so a mismatch warns and does not fail).
     ``load_pretrained=False`` skips ``pretrained_backbone_path`` (evaluate/export load a whole
-    checkpoint afterwards).
+    checkpoint afterwards). With ``img_size`` (``dataset.segment.img_size``), ``check_input_size``
+    runs first.
     """
+    if img_size is not None:
+        check_input_size(model_cfg, img_size)
     backbone_cfg, head_cfg = model_cfg.backbone, model_cfg.decode_head
     factory = get_backbone_factory(backbone_cfg.type)
     options: dict[str, Any] = {}

@@ -191,3 +191,24 @@ def test_define_by_run_and_static_distributions(nvidia_schema: dict[str, Any]) -
     assert dists[LR].log and set(dists) == set(space.names)
     sampled = study.ask(fixed_distributions=dists)
     assert space.decode(sampled.params)[LR] == sampled.params[LR]
+
+
+def test_search_range_from_valid_min_max_validity_from_minimum_maximum() -> None:
+    """Our schemas: minimum/maximum = validity bounds (NVIDIA's meaning), valid_min/valid_max = search range."""
+    from automl.skill import find_skill
+
+    space = build_space(find_skill("segformer").load_schema())
+    lr, momentum, wd = space[LR], space["train.optim.momentum"], space["train.optim.weight_decay"]
+    assert (lr.low, lr.high, lr.log) == (1e-6, 1e-2, True) and "valid_min/valid_max" in lr.source
+    assert (momentum.low, momentum.high, momentum.log) == (0.8, 0.99, False)
+    assert (wd.low, wd.high, wd.log) == (1e-5, 0.1, True)
+    table = space.describe()
+    assert "[1e-06, 0.01]" in table and "[0.8, 0.99]" in table and "[1e-05, 0.1]" in table
+    node = {"type": "float", "default": 0.01, "minimum": 0.0, "maximum": 1.0, "valid_min": 1e-5, "valid_max": 0.1}
+    # custom ranges may leave the schema's search range but not its validity bounds
+    wide = build_space(_schema({"train.wd": node}), param_ranges={"train.wd": {"valid_max": 0.5}})
+    assert (wide["train.wd"].low, wide["train.wd"].high) == (1e-5, 0.5)
+    with pytest.raises(SpaceError, match="above the schema maximum 1.0"):
+        build_space(_schema({"train.wd": node}), param_ranges={"train.wd": {"valid_max": 2.0}})
+    only_min = build_space(_schema({"train.x": {"type": "float", "default": 0.5, "minimum": 0, "maximum": 1, "valid_min": 0.2}}))
+    assert (only_min["train.x"].low, only_min["train.x"].high) == (0.2, 1.0) and "valid_min, maximum" in only_min["train.x"].source

@@ -37,7 +37,9 @@ DOC_SPEC = FIXTURES / "tao_doc_example_spec.yaml"
 
 NVIDIA_TEMPLATES = sorted((NVIDIA / "references").glob("spec_template_*.yaml"))
 OUR_TEMPLATES = sorted((REPO / "templates" / "segformer").glob("spec_template_*.yaml"))
-EXPERIMENTS = sorted((REPO / "experiments").glob("**/*.yaml"))
+# Experiment specs; AutoML settings files (top-level automl_* keys, read by automl.settings) are not specs.
+EXPERIMENTS = sorted(p for p in (REPO / "experiments").glob("**/*.yaml")
+                     if not any(str(k).startswith("automl_") for k in (yaml.safe_load(p.read_text()) or {})))
 
 
 def _load_quietly(path, overrides=()):
@@ -54,7 +56,7 @@ def test_defaults_are_tao_defaults():
     assert cfg.model.backbone.type == "fan_small_12_p4_hybrid"
     assert cfg.dataset.segment.palette[1] == PaletteEntry("background", "background", 1, [1, 1, 1])
     assert cfg.dataset.segment.root_dir is None and cfg.results_dir is None
-    assert len(BACKBONES) == 17
+    assert len(BACKBONES) == 22
 
 
 def test_doc_example_loads_with_interpolation():
@@ -196,7 +198,7 @@ def test_generated_schemas_are_strict_json_and_match_nvidia_shape():
     assert ours["automl_default_parameters"] == sorted(nvidia["automl_default_parameters"])
     assert ours["popular"] == nvidia["popular"]
     lr = ours["properties"]["train"]["properties"]["optim"]["properties"]["lr"]
-    assert lr["log"] is True and 0 < lr["minimum"] < lr["maximum"] <= 1
+    assert lr["log"] is True and 0 < lr["valid_min"] < lr["valid_max"] <= lr["maximum"] and lr["minimum"] == 0
     gen = read_tao_schema(REPO / "schemas" / "segformer" / "gen_trt_engine.schema.json")
     assert {"model", "dataset", "gen_trt_engine"} <= set(gen["properties"])
 
@@ -256,6 +258,80 @@ def test_validate_action_requirements_and_clean_spec(capsys):
     assert "did you mean 'dataset.segment.root_dir'" in capsys.readouterr().out
     assert validate.main(["-e", str(nvidia_train), "--action", "train", "dataset.segment.root_dir=/d"]) == 0
     assert "note: wandb.enable = True has no effect" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------ palette
+MERGED = [{"seg_class": "car", "mapping_class": "vehicle", "label_id": 0, "rgb": [0, 0, 142]},
+          {"seg_class": "road", "label_id": 1, "rgb": [128, 64, 128]},
+          {"seg_class": "truck", "mapping_class": "vehicle", "label_id": 2, "rgb": [0, 0, 70]}]
+
+
+def _palette_overrides(palette, transform, num_classes=2):
+    return {"dataset.segment.palette": palette, "dataset.segment.label_transform": transform,
+            "dataset.segment.num_classes": num_classes}
+
+
+@pytest.mark.parametrize("palette, transform", [
+    ([{"seg_class": "a", "label_id": 0, "rgb": [7]}, {"seg_class": "b", "label_id": 1, "rgb": [9]}], None),
+    ([{"seg_class": "a", "label_id": 0, "rgb": [0.5, 0.5, 0.5]}, {"seg_class": "b", "label_id": 1, "rgb": [1, 1, 1]}], "norm"),
+    ([{"seg_class": "a", "label_id": 0, "rgb": [1000]}, {"seg_class": "b", "label_id": 1, "rgb": [0]}], None),  # 16-bit grey
+    (MERGED, None),  # label_id 2 > num_classes - 1: merged into "vehicle" (id 0)
+])
+def test_palettes_the_data_layer_supports_load(palette, transform):
+    from segformer.data import MaskDecoder
+
+    cfg = load_config(None, _palette_overrides(palette, transform))
+    seg = cfg.dataset.segment
+    decoder = MaskDecoder(seg.palette, seg.label_transform, seg.num_classes)  # the data layer agrees
+    assert decoder.num_classes == 2
+
+
+def test_merged_palette_num_classes_is_checked_by_the_mask_decoder():
+    from segformer.data import MaskDecoder
+    from segformer.errors import DataError
+
+    cfg = load_config(None, _palette_overrides(MERGED, None, num_classes=3))  # config leaves it to the data layer
+    seg = cfg.dataset.segment
+    with pytest.raises(DataError, match="dataset.segment.num_classes is 3 but the palette defines 2"):
+        MaskDecoder(seg.palette, seg.label_transform, seg.num_classes)
+
+
+@pytest.mark.parametrize("entry, transform, message", [
+    ({"seg_class": "a", "label_id": -1, "rgb": [0, 0, 0]}, None, r"palette\[0\].label_id must be in \[0, 255\]"),
+    ({"seg_class": "a", "label_id": 256, "rgb": [0, 0, 0]}, None, r"palette\[0\].label_id must be in \[0, 255\]"),
+    ({"seg_class": "a", "label_id": 0, "rgb": [0, 0]}, None, r"palette\[0\].rgb must have 3 values .* or 1"),
+    ({"seg_class": "a", "label_id": 0, "rgb": [0.5, 0.5, 0.5]}, None, r"palette\[0\].rgb must be integers in 0..255"),
+    ({"seg_class": "a", "label_id": 0, "rgb": [0, 0, 300]}, None, r"palette\[0\].rgb must be integers in 0..255"),
+    ({"seg_class": "a", "label_id": 0, "rgb": [255, 255, 255]}, "norm", r"palette\[0\].rgb must be in 0..1 with label_transform norm"),
+])
+def test_invalid_palettes_are_rejected(entry, transform, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, _palette_overrides([entry, {"seg_class": "b", "label_id": 1, "rgb": [1]}], transform))
+
+
+# ------------------------------------------------------------------------------------ bounds
+def test_schema_minimum_maximum_are_validity_bounds_and_valid_min_max_the_search_range():
+    optim = read_tao_schema(REPO / "schemas" / "segformer" / "train.schema.json")["properties"]["train"]["properties"]["optim"]["properties"]
+    assert (optim["weight_decay"]["minimum"], optim["weight_decay"]["maximum"]) == (0.0, 1.0)
+    assert (optim["weight_decay"]["valid_min"], optim["weight_decay"]["valid_max"]) == (1e-5, 0.1)
+    assert (optim["momentum"]["minimum"], optim["momentum"]["valid_min"], optim["momentum"]["valid_max"]) == (0.0, 0.8, 0.99)
+    assert optim["lr"]["log"] is True and (optim["lr"]["valid_min"], optim["lr"]["valid_max"]) == (1e-6, 1e-2)
+    # what NVIDIA's tooling would check (minimum/maximum) accepts what our loader accepts
+    import jsonschema
+
+    js = tao_to_json_schema(read_tao_schema(REPO / "schemas" / "segformer" / "train.schema.json"))
+    spec = {"train": {"optim": {"weight_decay": 0.0, "momentum": 0.0, "lr": 0.02, "optim": "sgd"}}}
+    jsonschema.validate(spec, js)
+    cfg = load_config(None, ["train.optim.weight_decay=0", "train.optim.momentum=0", "train.optim.lr=0.02"])
+    assert (cfg.train.optim.weight_decay, cfg.train.optim.momentum, cfg.train.optim.lr) == (0.0, 0.0, 0.02)
+    with pytest.raises(ConfigError, match=r"train.optim.weight_decay must be in \[0, 1\], got 1.5"):
+        load_config(None, ["train.optim.weight_decay=1.5"])
+
+
+def test_validate_accepts_zero_weight_decay(tmp_path, capsys):
+    spec = tmp_path / "wd0.yaml"
+    spec.write_text("train:\n  optim:\n    weight_decay: 0\n    momentum: 0\n    optim: sgd\n")
+    assert validate.main(["-e", str(spec), "--action", "train", "dataset.segment.root_dir=/d"]) == 0, capsys.readouterr().out
 
 
 def test_import_is_light():

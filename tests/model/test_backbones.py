@@ -16,6 +16,7 @@ EXPECTED = {
     "fan_tiny_8_p4_hybrid", "fan_small_12_p4_hybrid", "fan_base_16_p4_hybrid", "fan_large_16_p4_hybrid",
     "vit_large_nvdinov2", "vit_giant_nvdinov2", "vit_base_nvclip_16_siglip", "vit_huge_nvclip_14_siglip",
     "c_radio_v2_vit_base_patch16_224", "c_radio_v2_vit_large_patch16_224", "c_radio_v2_vit_huge_patch16_224",
+    "vit_small_dinov3", "vit_small_plus_dinov3", "vit_base_dinov3", "vit_large_dinov3", "vit_huge_plus_dinov3",
 }
 VIT = sorted(n for n in EXPECTED if n.startswith(("vit_", "c_radio")))
 
@@ -25,7 +26,9 @@ def count(module: torch.nn.Module) -> int:
 
 
 def test_registry_lists_every_backbone_and_rejects_unknown_names():
-    assert set(list_backbones()) == EXPECTED
+    from segformer.config import BACKBONES
+
+    assert set(list_backbones()) == EXPECTED == set(BACKBONES)  # the config enum is the registry
     with pytest.raises(ValueError, match="mit_b0.*mit_b5"):
         create_backbone("mit_b9")
     with pytest.raises(TypeError):
@@ -73,7 +76,11 @@ def test_fan_parameters_match_the_published_table(name, published):
                                             ("vit_base_nvclip_16_siglip", 85.8), ("vit_huge_nvclip_14_siglip", 630.8),
                                             ("c_radio_v2_vit_base_patch16_224", 86.5),
                                             ("c_radio_v2_vit_large_patch16_224", 304.2),
-                                            ("c_radio_v2_vit_huge_patch16_224", 632.0)])
+                                            ("c_radio_v2_vit_huge_patch16_224", 632.0),
+                                            # DINOv3 paper / model card: 21M, 29M, 86M, 300M, 840M
+                                            ("vit_small_dinov3", 21.6), ("vit_small_plus_dinov3", 28.7),
+                                            ("vit_base_dinov3", 85.6), ("vit_large_dinov3", 303.1),
+                                            ("vit_huge_plus_dinov3", 840.5)])
 def test_full_size_vit_parameters_on_meta_device(name, millions):
     with torch.device("meta"):
         backbone = create_backbone(name)
@@ -154,3 +161,43 @@ def test_head_train_and_eval_paths_agree_with_the_published_formulation():
     with torch.no_grad():
         ref = head.classifier(torch.relu(head.bn(head.fuse(torch.cat(ups[::-1], 1)))))
         assert torch.allclose(head(feats), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_declared_input_multiple_matches_the_built_backbone(name):
+    from segformer.model.backbones.registry import backbone_input_multiple
+
+    multiple = backbone_input_multiple(name)
+    if name in VIT:
+        with torch.device("meta"):
+            backbone = create_backbone(name, depth=1)
+        assert multiple == backbone.input_multiple == backbone.patch_size
+    else:
+        assert multiple == 1  # MiT/FAN pad or ceil every stride
+
+
+def test_check_input_size_fails_early_naming_keys_and_nearest_sizes():
+    from segformer.model.segformer import check_input_size
+
+    for name in ("vit_large_nvdinov2", "vit_giant_nvdinov2", "vit_huge_nvclip_14_siglip"):
+        with pytest.raises(ValueError, match=rf"model.backbone.type='{name}'.*multiples of 14.*"
+                                             r"dataset.segment.img_size=256.*use 252 or 266.*224 or 448"):
+            check_input_size(_model_cfg(name), 256)
+        check_input_size(_model_cfg(name), 224)
+        check_input_size(_model_cfg(name), (448, 224))
+    with pytest.raises(ValueError, match=r"export.input_height/input_width=\(224, 250\).*use 240 or 256"):
+        check_input_size(_model_cfg("vit_base_dinov3"), (224, 250), key="export.input_height/input_width")
+    check_input_size(_model_cfg("vit_base_dinov3"), 256)
+    check_input_size(_model_cfg("mit_b0"), 257)
+    check_input_size(_model_cfg("fan_tiny_8_p4_hybrid"), 100)
+    with pytest.raises(ValueError, match="multiples of 14"):  # build_segformer checks before building
+        build_segformer(_model_cfg("vit_giant_nvdinov2"), num_classes=2, img_size=256)
+
+
+def test_dinov3_checkpoint_filter_is_timm_eva_one():
+    """adapt_state_dict uses the filter of the architecture's own timm module (eva for DINOv3)."""
+    backbone = create_backbone("vit_small_dinov3", depth=1)
+    state = {f"vit.{k}": v for k, v in backbone.vit.state_dict().items()}
+    adapted = backbone.adapt_state_dict(state)
+    missing, unexpected = backbone.load_state_dict({k: v for k, v in adapted.items()}, strict=False)
+    assert not unexpected and all(k.startswith(("pyramid", "norms")) for k in missing)

@@ -23,6 +23,9 @@ TAO name -> timm architecture (why):
 - vit_huge_nvclip_14_siglip -> vit_huge_patch14_clip_224 (ViT-H/14, 632M). timm has no SigLIP
   ViT-H/14 (its large SigLIP /14 is so400m, width 1152); NV-CLIP ViT-H is a ViT-H/14, so the
   ViT-H/14 layout is the one whose weights can be mapped.
+- vit_{small,small_plus,base,large,huge_plus}_dinov3 -> vit_*_patch16_dinov3 (timm's Eva
+  implementation of DINOv3: patch 16, RoPE, 4 register tokens; the variants without the ``_qkvb``
+  suffix, whose layout Meta's released checkpoints map to with timm's Eva checkpoint filter).
 - c_radio_v2_vit_{base,large,huge}_patch16_224 -> vit_{base,large,huge}_patch16_radio_v3: timm's
   C-RADIO ViTs (patch 16, 7 register tokens, no class-token position). Weights must come from
   local files: a C-RADIO checkpoint (``radio_model.model.*`` keys) is converted with timm's own
@@ -74,6 +77,7 @@ class TimmViTBackbone(nn.Module):
         self.indices = tuple(max(num_blocks * (i + 1) // 4 - 1, 0) for i in range(4))
         dim = self.vit.embed_dim
         self.patch_size = int(self.vit.patch_embed.patch_size[0])
+        self.input_multiple = self.patch_size  # input sides must be multiples of the patch size
         self.out_channels: tuple[int, ...] = (dim // 4, dim // 2, dim, dim)
         self.pyramid = nn.ModuleList([
             nn.Sequential(nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), nn.GELU(),
@@ -107,8 +111,10 @@ class TimmViTBackbone(nn.Module):
     def adapt_state_dict(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Keys ``vit.*`` in timm's or RADIO's convention -> ours, via timm's checkpoint filter
         (resamples position embeddings, converts C-RADIO checkpoints); other keys unchanged."""
-        from timm.models.vision_transformer import checkpoint_filter_fn
+        import importlib
 
+        # the filter of the timm module that defines the architecture (vision_transformer, eva, ...)
+        checkpoint_filter_fn = importlib.import_module(type(self.vit).__module__).checkpoint_filter_fn
         vit = {k.removeprefix("vit."): v for k, v in state_dict.items() if k.startswith("vit.")}
         rest = {k: v for k, v in state_dict.items() if not k.startswith("vit.")}
         if vit:
@@ -120,43 +126,73 @@ def _factory_doc(arch: str) -> str:
     return f"timm ``{arch}`` + simple feature pyramid; ``depth`` builds a shallow variant for tests."
 
 
-@register_backbone
+@register_backbone(input_multiple=14)
 def vit_large_nvdinov2(*, depth: int | None = None, drop_path_rate: float = 0.0) -> TimmViTBackbone:
     """NV-DINOv2 ViT-L/14 (timm ``vit_large_patch14_dinov2``)."""
     return TimmViTBackbone("vit_large_patch14_dinov2", depth=depth, drop_path_rate=drop_path_rate)
 
 
-@register_backbone
+@register_backbone(input_multiple=14)
 def vit_giant_nvdinov2(*, depth: int | None = None, drop_path_rate: float = 0.0) -> TimmViTBackbone:
     """NV-DINOv2 ViT-g/14 (timm ``vit_giant_patch14_dinov2``), 1.1B parameters."""
     return TimmViTBackbone("vit_giant_patch14_dinov2", depth=depth, drop_path_rate=drop_path_rate)
 
 
-@register_backbone
+@register_backbone(input_multiple=16)
+def vit_small_dinov3(*, depth: int | None = None, drop_path_rate: float = 0.0) -> TimmViTBackbone:
+    """DINOv3 ViT-S/16 (timm ``vit_small_patch16_dinov3``)."""
+    return TimmViTBackbone("vit_small_patch16_dinov3", depth=depth, drop_path_rate=drop_path_rate)
+
+
+@register_backbone(input_multiple=16)
+def vit_small_plus_dinov3(*, depth: int | None = None, drop_path_rate: float = 0.0) -> TimmViTBackbone:
+    """DINOv3 ViT-S+/16 (timm ``vit_small_plus_patch16_dinov3``)."""
+    return TimmViTBackbone("vit_small_plus_patch16_dinov3", depth=depth, drop_path_rate=drop_path_rate)
+
+
+@register_backbone(input_multiple=16)
+def vit_base_dinov3(*, depth: int | None = None, drop_path_rate: float = 0.0) -> TimmViTBackbone:
+    """DINOv3 ViT-B/16 (timm ``vit_base_patch16_dinov3``)."""
+    return TimmViTBackbone("vit_base_patch16_dinov3", depth=depth, drop_path_rate=drop_path_rate)
+
+
+@register_backbone(input_multiple=16)
+def vit_large_dinov3(*, depth: int | None = None, drop_path_rate: float = 0.0) -> TimmViTBackbone:
+    """DINOv3 ViT-L/16 (timm ``vit_large_patch16_dinov3``)."""
+    return TimmViTBackbone("vit_large_patch16_dinov3", depth=depth, drop_path_rate=drop_path_rate)
+
+
+@register_backbone(input_multiple=16)
+def vit_huge_plus_dinov3(*, depth: int | None = None, drop_path_rate: float = 0.0) -> TimmViTBackbone:
+    """DINOv3 ViT-H+/16 (timm ``vit_huge_plus_patch16_dinov3``)."""
+    return TimmViTBackbone("vit_huge_plus_patch16_dinov3", depth=depth, drop_path_rate=drop_path_rate)
+
+
+@register_backbone(input_multiple=16)
 def vit_base_nvclip_16_siglip(*, depth: int | None = None, drop_path_rate: float = 0.0) -> TimmViTBackbone:
     """NV-CLIP SigLIP ViT-B/16 (timm ``vit_base_patch16_siglip_224``)."""
     return TimmViTBackbone("vit_base_patch16_siglip_224", depth=depth, drop_path_rate=drop_path_rate)
 
 
-@register_backbone
+@register_backbone(input_multiple=14)
 def vit_huge_nvclip_14_siglip(*, depth: int | None = None, drop_path_rate: float = 0.0) -> TimmViTBackbone:
     """NV-CLIP ViT-H/14 (timm ``vit_huge_patch14_clip_224`` layout; see the module docstring)."""
     return TimmViTBackbone("vit_huge_patch14_clip_224", depth=depth, drop_path_rate=drop_path_rate)
 
 
-@register_backbone
+@register_backbone(input_multiple=16)
 def c_radio_v2_vit_base_patch16_224(*, depth: int | None = None, drop_path_rate: float = 0.0) -> TimmViTBackbone:
     """C-RADIO ViT-B/16 (timm ``vit_base_patch16_radio_v3``)."""
     return TimmViTBackbone("vit_base_patch16_radio_v3", depth=depth, drop_path_rate=drop_path_rate)
 
 
-@register_backbone
+@register_backbone(input_multiple=16)
 def c_radio_v2_vit_large_patch16_224(*, depth: int | None = None, drop_path_rate: float = 0.0) -> TimmViTBackbone:
     """C-RADIO ViT-L/16 (timm ``vit_large_patch16_radio_v3``)."""
     return TimmViTBackbone("vit_large_patch16_radio_v3", depth=depth, drop_path_rate=drop_path_rate)
 
 
-@register_backbone
+@register_backbone(input_multiple=16)
 def c_radio_v2_vit_huge_patch16_224(*, depth: int | None = None, drop_path_rate: float = 0.0) -> TimmViTBackbone:
     """C-RADIO ViT-H/16 (timm ``vit_huge_patch16_radio_v3``)."""
     return TimmViTBackbone("vit_huge_patch16_radio_v3", depth=depth, drop_path_rate=drop_path_rate)
