@@ -15,6 +15,7 @@ in-process function ``segformer.actions.<action>.run(cfg)``; nothing here import
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -42,6 +43,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 EXIT_USER_ERROR = 1
+# OSError numbers that mean "fix your disk or paths" (no traceback): full disk or quota, permissions,
+# read-only file system, a regular file where a folder should be.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
 EXIT_NOT_IMPLEMENTED = 2
 
 
@@ -91,6 +95,10 @@ def run_action(action: str, argv: Sequence[str]) -> int:
     """Parse, load and validate the spec, then call ``segformer.actions.<action>.run(cfg)``."""
     args = action_parser(action).parse_args(list(argv))
     module_name, _ = ACTIONS[action]
+    from segformer.config import load_config
+
+    # The spec first: a typo is reported in a second, before torch and Lightning are imported.
+    cfg = load_config(args.spec, args.overrides)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -99,9 +107,6 @@ def run_action(action: str, argv: Sequence[str]) -> int:
         print(f"segformer {action}: not implemented yet", file=sys.stderr)
         return EXIT_NOT_IMPLEMENTED
 
-    from segformer.config import load_config
-
-    cfg = load_config(args.spec, args.overrides)
     module.run(cfg)
     return 0
 
@@ -128,6 +133,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"segformer {command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # The environment, not the code: a full disk, a read-only or missing folder, a file in the way.
+        if exc.errno not in _ENVIRONMENT_ERRNOS or os.environ.get("SEGFORMER_DEBUG"):
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"segformer {command}: error: cannot access{where}: {exc.strerror or exc}; free disk space, fix the "
+              "permissions, or choose another results_dir", file=sys.stderr)
+        return EXIT_USER_ERROR
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
         if isinstance(exc, _user_error_types()):
             if os.environ.get("SEGFORMER_DEBUG"):

@@ -20,3 +20,8 @@ class CheckpointError(SegformerError):
 
 class MissingDependencyError(SegformerError):
     """An optional package is needed for this action; the message names the extra to install."""
+
+
+class TrainingDivergedError(SegformerError, FloatingPointError):
+    """The training loss became NaN or infinite. Also a ``FloatingPointError``, so code that
+    catches the numeric error (an AutoML trial marking itself failed) keeps working."""

@@ -20,6 +20,7 @@ first checkpoint the files this run created are removed again (logs stay).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import warnings
@@ -87,15 +88,25 @@ def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: boo
 
         status = StatusLog(results_dir / STATUS_NAME)
         checkpoints = PeriodicCheckpoint(results_dir, train_cfg.checkpoint_interval, train_cfg.checkpoint_interval_unit)
-        trainer = build_trainer(cfg, results_dir, [status, RngState(), checkpoints, *callbacks], quiet=quiet)
+        from segformer.engine.timing import TIMING_NAME, StepTiming  # step vs overhead wall time (benchmarks)
 
-        status_existed = status.path.exists()
-        created = _write_spec(cfg, results_dir)
+        timing = StepTiming(results_dir / TIMING_NAME)
+        trainer = build_trainer(cfg, results_dir, [status, RngState(), checkpoints, timing, *callbacks], quiet=quiet)
+
+        status_existed, timing_existed = status.path.exists(), timing.path.exists()
+        try:
+            created = _write_spec(cfg, results_dir)
+        except OSError as exc:
+            raise SegformerError(write_error_message(exc, results_dir)) from exc
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-        except BaseException:
+        except BaseException as exc:
             if not checkpoints.saved:
-                _remove_created(([] if status_existed else [status.path]) + created)
+                _remove_created(([] if status_existed else [status.path])
+                                + ([] if timing_existed else [timing.path]) + created)
+            translated = _translate_failure(exc, cfg, results_dir)
+            if translated is not None:
+                raise translated from exc
             raise
 
     history = tuple(status.history)
@@ -237,6 +248,47 @@ def _loggers(cfg: ExperimentConfig, results_dir: Path) -> list[Any]:
         loggers.append(MLFlowLogger(experiment_name=cfg.train.mlflow.experiment_name, tracking_uri=uri,
                                     artifact_location=str((results_dir / "mlartifacts").resolve())))
     return loggers
+
+
+# ----------------------------------------------------------------------------- failures
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST}
+
+
+def write_error_message(exc: OSError, results_dir: Path) -> str:
+    """One line for a results folder that cannot be written (full disk, permissions, a file in the way)."""
+    target = exc.filename or results_dir
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free disk space or point results_dir (or train.results_dir) at a disk with room"
+    elif exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        fix = "a part of that path is a regular file, not a folder: choose another results_dir"
+    else:
+        fix = "make it writable or point results_dir (or train.results_dir) somewhere you can write"
+    return f"cannot write the training results at {target} ({exc.strerror or exc}); {fix}"
+
+
+def _translate_failure(exc: BaseException, cfg: ExperimentConfig, results_dir: Path) -> SegformerError | None:
+    """Known ways a run fails for reasons the user can fix -> one clear :class:`SegformerError`."""
+    if isinstance(exc, SegformerError):
+        return None  # already explained
+    if isinstance(exc, torch.OutOfMemoryError):
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "CUDA out of memory"
+        segment = cfg.dataset.segment
+        return SegformerError(
+            f"the GPU ran out of memory while training {cfg.model.backbone.type} with "
+            f"dataset.segment.batch_size={segment.batch_size} and dataset.segment.img_size={segment.img_size} "
+            f"({first_line[:200]}); lower dataset.segment.batch_size or dataset.segment.img_size, "
+            "or enable train.amp"
+        )
+    # torch.save reports a full disk as a RuntimeError raised while handling the OSError: look
+    # through the chain for the operating system's reason.
+    cause: BaseException | None = exc
+    for _ in range(5):
+        if cause is None:
+            break
+        if isinstance(cause, OSError) and cause.errno in _WRITE_ERRNOS:
+            return SegformerError(write_error_message(cause, results_dir))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 # ----------------------------------------------------------------------------- files

@@ -111,7 +111,16 @@ def _open(path: Path, what: str) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        # PIL refuses images above 2x Image.MAX_IMAGE_PIXELS before decoding (a "decompression bomb").
+        raise DataError(
+            f"{what} {path} is too large to read: {exc} Images this large are refused so a crafted file cannot "
+            f"exhaust memory; resize or tile it (below {Image.MAX_IMAGE_PIXELS} pixels), or remove it"
+        ) from exc
+    except PermissionError as exc:
+        raise DataError(f"cannot read {what} {path}: permission denied; make the file readable "
+                        "(chmod a+r) or remove it") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"cannot read {what} {path}: {exc}; the file is corrupt or not an image, "
                         "replace or remove it") from exc
     return image

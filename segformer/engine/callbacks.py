@@ -49,7 +49,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
         # Our checkpoints hold only tensors and plain values: always load safely.
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        from segformer.model.checkpoints import safe_torch_load
+
+        # Our checkpoints hold only tensors and plain values; a bad file is a CheckpointError.
+        return safe_torch_load(path, map_location=map_location or "cpu")
 
 
 class PeriodicCheckpoint(Checkpoint):
@@ -79,21 +82,29 @@ class PeriodicCheckpoint(Checkpoint):
         self.saved.append(path)
         return path
 
+    def _save_periodic(self, trainer: L.Trainer) -> None:
+        """A numbered checkpoint, and ``segformer_model_latest.pth`` pointing at it.
+
+        The latest file always follows the newest checkpoint, so a run killed at any moment after
+        its first checkpoint can resume from ``segformer_model_latest.pth``. Same content: a link
+        (or copy) instead of serializing twice; rank 0 holds the file.
+        """
+        periodic = self._save(trainer, checkpoint_name(trainer.current_epoch, trainer.global_step))
+        if trainer.is_global_zero:
+            link_or_copy(periodic, self.latest_path)
+        trainer.strategy.barrier("segformer_latest_checkpoint")
+        self.saved.append(self.latest_path)
+
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         step = trainer.global_step
         if self.unit == "step" and step > 0 and step % self.interval == 0 and not trainer.sanity_checking:
-            self._save(trainer, checkpoint_name(trainer.current_epoch, step))
+            self._save_periodic(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch, step = trainer.current_epoch, trainer.global_step
-        if self.unit == "epoch" and (epoch + 1) % self.interval == 0:
-            periodic = self._save(trainer, checkpoint_name(epoch, step))
-            # Same content: link instead of serializing twice (rank 0 holds the file).
-            if trainer.is_global_zero:
-                link_or_copy(periodic, self.latest_path)
-            trainer.strategy.barrier("segformer_latest_checkpoint")
-            self.saved.append(self.latest_path)
+        if self.unit == "epoch" and (trainer.current_epoch + 1) % self.interval == 0:
+            self._save_periodic(trainer)
             return
+        # Not a checkpoint epoch (or step unit): the end-of-epoch state is the latest one.
         self._save(trainer, LATEST_NAME)
 
 

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from segformer.errors import TrainingDivergedError
 from segformer.model import upsample_logits
 
 from .losses import segmentation_cross_entropy
@@ -86,9 +87,10 @@ class SegFormerModule(L.LightningModule):
         images, masks = batch["image"], batch["mask"]
         loss = segmentation_cross_entropy(self.model(images), masks, self.align_corners, self.ignore_index)
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss became {loss.item()} at step {self.global_step}; lower train.optim.lr "
-                "or disable train.amp"
+            raise TrainingDivergedError(
+                f"the training loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step} "
+                f"(train.optim.lr={self.optimizer_settings.lr}); lower train.optim.lr (for example by 10x), "
+                "add warm-up (train.optim.warmup_ratio) or disable train.amp"
             )
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=images.shape[0], sync_dist=True)
         return loss

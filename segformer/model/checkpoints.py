@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from segformer.errors import CheckpointError
+
 log = logging.getLogger(__name__)
 
 FORMAT = "segformer-automl"
@@ -54,11 +56,46 @@ def read_state_file(path: str | Path) -> dict[str, Any]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return dict(load_file(str(path), device="cpu"))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return dict(load_file(str(path), device="cpu"))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own types for bad files
+            raise CheckpointError(f"cannot read checkpoint {path}: {exc}; the file is truncated or not a "
+                                  "safetensors file, copy or download it again") from exc
+    obj = safe_torch_load(path)
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict of tensors or a checkpoint dict, got {type(obj).__name__}")
     return obj
+
+
+def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` with one clear :class:`CheckpointError` for every way a
+    file can be unusable: truncated or not a torch file, or holding pickled Python objects other
+    than tensors and plain values (weights-only loading refuses those, so no code in the file runs).
+    """
+    import pickle
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = re.search(r"GLOBAL (\S+) was not an allowed global", str(exc))
+        if refused is None:  # not a pickle of allowed types at all: garbage or a cut file
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: it is not a PyTorch checkpoint, or it is truncated "
+                "(was it copied completely?)"
+            ) from exc
+        raise CheckpointError(
+            f"checkpoint {path} was refused by safe (weights_only) loading: it holds the Python object "
+            f"{refused.group(1)}, not only tensors and plain values. Such a file can run code when loaded, so "
+            "it is never unpickled; use a checkpoint written by segformer, or re-save only its state_dict "
+            "in an environment you trust"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as exc:
+        if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
+            raise CheckpointError(f"cannot open checkpoint {path}: {exc.strerror or exc}") from exc
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}; "
+            "the file is truncated or not a PyTorch checkpoint (was it copied completely?)"
+        ) from exc
 
 
 def _unwrap(obj: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any], str | None]:

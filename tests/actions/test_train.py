@@ -23,7 +23,7 @@ def test_results_layout_and_status(trained):
     assert out == Path(cfg.results_dir) / "train"
     names = sorted(p.name for p in out.iterdir() if p.is_file())
     assert names == ["experiment.yaml", "model_epoch_000_step_00002.pth", "model_epoch_001_step_00004.pth",
-                     LATEST_NAME, "status.json"]
+                     LATEST_NAME, "status.json", "timing.json"]
     lines = [json.loads(line) for line in (out / "status.json").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [0, 1]
     for record in lines:

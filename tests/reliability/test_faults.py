@@ -1,0 +1,103 @@
+"""Faults of the real components: a full disk, and the train process killed (SIGKILL) again and
+again while it writes checkpoints. No monkeypatching: real processes, real files."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from relhelpers import REPO, TINY, assert_clean_failure, is_root, leftovers, run_inprocess
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 64 KiB tmpfs: room for experiment.yaml, not for a checkpoint (needs root and mount)."""
+    mount_point = tmp_path / "full_disk"
+    mount_point.mkdir()
+    if not is_root():
+        pytest.skip("simulating a full disk needs root to mount a tiny tmpfs")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); full-disk case not simulated")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def test_full_disk_during_training(dataset, tiny_tmpfs, capsys):
+    results = tiny_tmpfs / "results"
+    outcome = run_inprocess(["train", "-e", str(dataset / "spec.yaml"), f"results_dir={results}", *TINY], capsys)
+    assert_clean_failure(outcome, 1, ["no space left on device", "free disk space", str(results / "train")], results)
+    assert not [p for p in results.rglob("*.tmp")], "temporary checkpoint files left on the full disk"
+
+
+def _train_cmd(dataset: Path, results: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "segformer.cli", "train", "-e", str(dataset / "spec.yaml"), f"results_dir={results}",
+            *TINY, *extra]
+
+
+def _loads(path: Path) -> bool:
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+        return True
+    except Exception:  # noqa: BLE001 - any failure is what we look for
+        return False
+
+
+@pytest.mark.slow
+def test_sigkill_while_writing_checkpoints_leaves_only_loadable_files(dataset, tmp_path, capsys):
+    """Checkpoints every optimizer step; the process is killed at random moments, twice."""
+    results = tmp_path / "results"
+    train_dir = results / "train"
+    rng = random.Random(0)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = _train_cmd(dataset, results, "train.num_epochs=200", "train.checkpoint_interval=1",
+                     "train.checkpoint_interval_unit=step", "dataset.segment.batch_size=2")
+    kills = 0
+    for _ in range(2):
+        resume = train_dir / "segformer_model_latest.pth"
+        extra = [f"train.resume_training_checkpoint_path={resume}"] if resume.exists() else []
+        proc = subprocess.Popen(cmd + extra, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            before = len(list(train_dir.glob("model_epoch_*.pth"))) if train_dir.exists() else 0
+            deadline = time.monotonic() + 120
+            # wait until this run writes checkpoints, then kill at a random moment among the writes
+            while time.monotonic() < deadline and proc.poll() is None:
+                if train_dir.exists() and len(list(train_dir.glob("model_epoch_*.pth"))) >= before + 2:
+                    break
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 1.0))
+            assert proc.poll() is None, "training ended before it could be killed"
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        finally:
+            proc.kill()
+            proc.wait()
+        finals = sorted(train_dir.glob("*.pth"))
+        assert finals, "no checkpoint written before the kill"
+        bad = [p.name for p in finals if not _loads(p)]
+        assert bad == [], f"checkpoints that do not load with weights_only=True after SIGKILL: {bad}"
+    assert kills == 2
+    # Resume from the latest checkpoint and finish one more epoch: the run completes.
+    latest = torch.load(train_dir / "segformer_model_latest.pth", map_location="cpu", weights_only=True)
+    epochs = int(latest["epoch"]) + 2
+    outcome = run_inprocess(["train", "-e", str(dataset / "spec.yaml"), f"results_dir={results}", *TINY,
+                             f"train.num_epochs={epochs}", "train.checkpoint_interval=1000",
+                             "train.checkpoint_interval_unit=step",
+                             f"train.resume_training_checkpoint_path={train_dir / 'segformer_model_latest.pth'}"],
+                            capsys)
+    assert outcome.code == 0, outcome.stderr[-2000:]
+    status = (train_dir / "status.json").read_text().splitlines()
+    assert len(status) == epochs
+    assert all(_loads(p) for p in train_dir.glob("*.pth"))
+    assert leftovers(train_dir)  # results exist after the successful resume

@@ -1,0 +1,47 @@
+"""Inputs that look odd but are valid: they must train and evaluate, not fail.
+
+Grayscale, RGBA and palette (P) images are converted to RGB; 16-bit and 8-bit gray masks holding
+class ids are read as ids (a colour palette reads single-channel masks as label_ids, TAO's rule).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from relhelpers import TINY, run_inprocess
+
+
+def test_gray_rgba_palette_images_and_class_id_masks_train_and_evaluate(data_copy, tmp_path, capsys):
+    images, masks = data_copy / "images", data_copy / "masks"
+    rgb = Image.open(images / "train/train_00000.jpg")
+    rgb.convert("L").save(images / "train/train_00000.jpg")  # grayscale JPEG
+    (images / "train/train_00001.jpg").unlink()
+    rgb.convert("RGBA").save(images / "train/train_00001.png")  # RGBA PNG (alpha dropped)
+    (images / "val/val_00000.jpg").unlink()
+    Image.open(data_copy / "images/val/val_00001.jpg").convert("P").save(images / "val/val_00000.png")
+
+    # colour mask -> class ids; saved as 16-bit and as indexed-P single-channel masks
+    lut = {(0, 0, 0): 0, (230, 25, 75): 1, (60, 180, 75): 2, (255, 255, 255): 255}
+    def ids_of(path):
+        colour = np.array(Image.open(path).convert("RGB"))
+        out = np.zeros(colour.shape[:2], np.uint16)
+        for value, idx in lut.items():
+            out[(colour == value).all(-1)] = idx
+        return out
+    Image.fromarray(ids_of(masks / "train/train_00002.png")).save(masks / "train/train_00002.png")  # I;16
+    # 8-bit single-channel class ids (an indexed P mask would be read by its colours: documented)
+    Image.fromarray(ids_of(masks / "val/val_00002.png").astype(np.uint8), mode="L").save(masks / "val/val_00002.png")
+    assert Image.open(masks / "train/train_00002.png").mode.startswith("I")
+
+    results = tmp_path / "results"
+    common = ["-e", str(data_copy / "spec.yaml"), f"results_dir={results}", f"dataset.segment.root_dir={data_copy}", *TINY]
+    train = run_inprocess(["train", *common], capsys)
+    assert train.code == 0, train.stderr[-2000:]
+    assert (results / "train/segformer_model_latest.pth").is_file()
+    evaluate = run_inprocess(["evaluate", *common, "dataset.segment.test_split=val"], capsys)
+    assert evaluate.code == 0, evaluate.stderr[-2000:]
+    report = json.loads((results / "evaluate/results.json").read_text())
+    assert report["num_images"] == 4 and 0.0 <= report["miou"] <= 1.0
