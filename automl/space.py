@@ -302,6 +302,18 @@ def _search_bounds(node: Mapping[str, Any]) -> tuple[Any, Any, str]:
     return node.get(lo_key), node.get(hi_key), f"schema {keys} [{_fmt(node.get(lo_key))}, {_fmt(node.get(hi_key))}]"
 
 
+def _check_schema_bounds(name: str, node: Mapping[str, Any]) -> None:
+    """A field whose own bounds are reversed is a broken schema: say which file, field and fix."""
+    for lo_key, hi_key in (("minimum", "maximum"), ("valid_min", "valid_max")):
+        lo, hi = _number(node.get(lo_key)), _number(node.get(hi_key))
+        if lo is not None and hi is not None and lo > hi:
+            raise SpaceError(
+                f"train.schema.json: {name} has {lo_key} {_fmt(lo)} above {hi_key} {_fmt(hi)}, so nothing can be "
+                f"sampled; fix the two bounds in the schema file (for our own skill, regenerate it with "
+                f"`segformer schema generate`) or give a range with custom_param_ranges in --settings"
+            )
+
+
 def _clip_to_valid(node: Mapping[str, Any], lo: float, hi: float) -> tuple[float, float]:
     """Keep a search range inside the finite validity bounds ``minimum``/``maximum``."""
     vlo, vhi = _number(node.get("minimum")), _number(node.get("maximum"))
@@ -457,6 +469,7 @@ def _make_param(leaf: _Leaf, custom: Mapping[str, Any] | None) -> Param:
             f"{name}: type {schema_type!r} is not searched (no sampling rule exists for lists/collections); "
             f"remove it from the search or fix its value in the spec"
         )
+    _check_schema_bounds(name, node)
     relation: str | None = None
     divisor: int | None = None
     step: int | None = None

@@ -36,8 +36,6 @@ def test_unknown_algorithm(dataset, tmp_path):
     _clean(outcome, ["nonsense", "bayesian"])
 
 
-@pytest.mark.xfail(strict=True, reason="automl/space.py reports 'train.optim.lr: empty range [0.5, 0.0001] after "
-                                       "applying math_cond None': no schema file named, no fix, noise about math_cond")
 def test_schema_with_minimum_above_maximum(dataset, tmp_path):
     skill = tmp_path / "tao-skill-segformer"
     shutil.copytree(SKILL, skill)
