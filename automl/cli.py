@@ -1,0 +1,160 @@
+"""`automl`: run, resume, status and ui for SegFormer AutoML searches.
+
+    automl run --skill segformer --policy auto -e spec.yaml [key=value ...]
+    automl resume RESULTS_DIR
+    automl status RESULTS_DIR [--watch SECONDS]
+    automl ui RESULTS_DIR [--port 5000]
+
+`--help` answers without importing torch, Ray or MLflow: every heavy import is inside a command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="automl", description="AutoML for SegFormer (TAO-compatible specs and skills).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="search hyperparameters (or train once when the policy says so)")
+    run.add_argument("-e", "--experiment-spec", dest="spec", help="spec YAML (default: the skill's train template)")
+    run.add_argument("overrides", nargs="*", help="key=value spec overrides applied to every trial")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--skill", default=None, help="our skill by name (default: segformer)")
+    where.add_argument("--skill-dir", help="a skill folder in NVIDIA's layout (schemas/, references/)")
+    run.add_argument("--policy", default="auto", choices=("auto", "on", "off"), help="automl_policy for this run")
+    run.add_argument("--settings", help="AutoML settings file (YAML/JSON; TAO keys accepted); flags win")
+    run.add_argument("--algorithm", help="bayesian | random | grid | asha | hyperband | bohb | pbt")
+    run.add_argument("--max-trials", type=int, help="trials in all, the baseline included")
+    run.add_argument("--max-epochs", type=int, help="epochs per trial (train.num_epochs; schedulers' max_t)")
+    run.add_argument("--time-budget", type=float, dest="time_budget_s", help="seconds for the whole search")
+    run.add_argument("--max-concurrent", type=int, help="trials at the same time")
+    run.add_argument("--cpus-per-trial", type=float)
+    run.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU")
+    run.add_argument("--only", help="comma-separated spec keys to search instead of the schema's defaults "
+                                     "(TAO automl_hyperparameters)")
+    run.add_argument("--metric", help="metric reported by the train action (default val_miou)")
+    run.add_argument("--mode", choices=("max", "min"))
+    run.add_argument("--seed", type=int)
+    run.add_argument("--max-failed-trials", type=int, help="stop the search after this many failed trials")
+    run.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    run.add_argument("--num-cpus", type=int, help="local Ray: CPUs to use (default: all)")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///RESULTS_DIR/mlflow.db)")
+    run.add_argument("--results-dir", default="automl_results", help="search folder (default ./automl_results)")
+    run.add_argument("--dry-run", action="store_true", help="print the space and the first trials, train nothing")
+    run.add_argument("--live", action="store_true", help="print a line per trial event")
+    run.add_argument("--no-promote", action="store_true", help="do not evaluate/export/quantize the best trial")
+    for step in ("evaluate", "export", "quantize", "trt"):
+        run.add_argument(f"--skip-{step}", action="store_true", help=f"promotion: skip {step}")
+    run.add_argument("--register-model", help="MLflow registered model name (default: segformer)")
+    run.add_argument("--alias", default="champion", help="registry alias of the promoted version")
+
+    resume = sub.add_parser("resume", help="continue an interrupted search")
+    resume.add_argument("results_dir")
+    resume.add_argument("--address", help="Ray cluster address (default: as the search was started)")
+    resume.add_argument("--live", action="store_true")
+
+    status = sub.add_parser("status", help="the trial table of a search (running or done)")
+    status.add_argument("results_dir")
+    status.add_argument("--watch", type=float, help="refresh every N seconds while the search runs")
+
+    ui = sub.add_parser("ui", help="open the MLflow UI of a search on 127.0.0.1")
+    ui.add_argument("results_dir")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; keep it local)")
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from automl import driver
+    from automl.settings import load_settings, merge_settings
+
+    cli = {k: getattr(args, k) for k in ("algorithm", "max_trials", "max_epochs", "time_budget_s", "max_concurrent",
+                                         "cpus_per_trial", "gpus_per_trial", "metric", "mode", "seed")}
+    if args.only:
+        cli["only"] = [key.strip() for key in args.only.split(",") if key.strip()]
+    settings = merge_settings(load_settings(args.settings) if args.settings else None, cli)
+    opts = driver.options_from_settings(
+        settings, results_dir=args.results_dir, spec=args.spec, overrides=list(args.overrides),
+        skill=None if args.skill_dir else (args.skill or "segformer"), skill_dir=args.skill_dir, policy=args.policy,
+        address=args.address, num_cpus=args.num_cpus, tracking_uri=args.tracking_uri,
+        max_failed_trials=args.max_failed_trials, promote=not args.no_promote, skip_evaluate=args.skip_evaluate,
+        skip_export=args.skip_export, skip_quantize=args.skip_quantize, skip_trt=args.skip_trt,
+        register_model=args.register_model, register_alias=args.alias,
+    )
+    outcome = driver.run(opts, dry_run=args.dry_run, live=args.live)
+    if outcome.mode == "search" and (outcome.best is None or outcome.stopped_by_failures):
+        return 1  # nothing trained, or the failure limit ended the search (results so far are kept)
+    return 0
+
+
+def ui_command(results_dir: str | Path, port: int, host: str = "127.0.0.1") -> list[str]:
+    """The `mlflow ui` command for a search's embedded store (one worker: ready in ~6 s, ~0.5 GB)."""
+    results = Path(results_dir).expanduser().resolve()
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{results / 'mlflow.db'}",
+            "--host", host, "--port", str(port), "--workers", "1"]
+
+
+def ui_env() -> dict[str, str]:
+    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    results = Path(args.results_dir).expanduser().resolve()
+    if not (results / "mlflow.db").is_file():
+        print(f"automl ui: no MLflow store in {results} (expected mlflow.db); "
+              f"for a search tracked on a server, open that server instead", file=sys.stderr)
+        return 2
+    print(f"automl ui: MLflow UI for {results} on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
+    # The server runs in its own process group; stopping `automl ui` (Ctrl-C or SIGTERM) stops the
+    # whole group, so no server process outlives the command.
+    server = subprocess.Popen(ui_command(results, args.port, args.host), env=ui_env(), start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "resume":
+            from automl import driver
+
+            outcome = driver.resume(args.results_dir, live=args.live, address=args.address)
+            return 0 if outcome.best is not None else 1
+        if args.command == "status":
+            from automl.report import print_status
+
+            return print_status(args.results_dir, watch=args.watch)
+        if args.command == "ui":
+            return _cmd_ui(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError) as err:  # our errors: SearchError, SettingsError, SkillError, ConfigError
+        print(f"automl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Search state persisted after every trial event, so `automl status` and `automl resume` work.
+
+The state file (``RESULTS_DIR/automl_state.json``) is the driver's own ledger: the search settings it
+was started with, the MLflow parent run, and one record per trial (params, per-epoch metrics, best
+epoch, status, MLflow child run id, node). Ray keeps its own experiment checkpoint next to it
+(``RESULTS_DIR/ray/``) for `Tuner.restore`; the ledger is what makes MLflow consistent on resume
+(a restored trial finds its child run here instead of creating a second one).
+
+Every write is atomic (temporary file + ``os.replace``): a driver killed with SIGKILL leaves either
+the previous or the new state, never half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = "automl_state.json"
+STATE_VERSION = 1
+
+# Trial statuses. RUNNING trials found in a state file whose driver is gone were interrupted.
+# STOPPED: ended without error before its epoch budget, by a scheduler (ASHA/HyperBand/BOHB early
+# stopping), the time budget or the failure limit; its results count like a finished trial's.
+PENDING, RUNNING, FINISHED, FAILED, KILLED = "PENDING", "RUNNING", "FINISHED", "FAILED", "KILLED"
+STOPPED = "STOPPED"
+DONE = (FINISHED, STOPPED)  # ended normally (MLflow status FINISHED)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` so readers see the old or the new content, never a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class TrialRecord:
+    """What the driver knows about one trial."""
+
+    trial_id: str  # Ray's trial id (stable across Tuner.restore)
+    name: str  # trial_000, trial_001, ... (also the trial folder name)
+    params: dict[str, Any]  # sampled overrides as dotted spec keys
+    status: str = PENDING
+    history: list[dict[str, float]] = field(default_factory=list)  # one dict per reported epoch
+    best_value: float | None = None  # best `metric` over all epochs (direction-aware)
+    best_epoch: int | None = None
+    mlflow_run_id: str | None = None
+    error: str | None = None
+    node_ip: str | None = None
+    node_id: str | None = None
+    results_dir: str | None = None
+    checkpoint: str | None = None  # Ray checkpoint directory of the best epoch, once known
+    started_at: float | None = None
+    ended_at: float | None = None
+    is_baseline: bool = False
+    run_started_at: float | None = None  # when Ray last (re)started the trial (driver clock)
+    startup_s: list[float] = field(default_factory=list)  # Ray trial start -> first training step, per (re)start
+    restores: list[dict[str, Any]] = field(default_factory=list)  # checkpoints continued: {"from", "epoch"}
+
+
+@dataclass
+class SearchState:
+    """The whole ledger; `save()` after each change."""
+
+    results_dir: str
+    skill: str
+    algorithm: str
+    metric: str
+    mode: str
+    settings: dict[str, Any]
+    spec: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    status: str = RUNNING  # RUNNING | FINISHED | FAILED | INTERRUPTED
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment_id: str | None = None
+    mlflow_parent_run_id: str | None = None
+    driver_pid: int | None = None
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    best_trial: str | None = None
+    promotion: dict[str, Any] = field(default_factory=dict)
+    trials: dict[str, TrialRecord] = field(default_factory=dict)  # keyed by trial_id
+    version: int = STATE_VERSION
+
+    # ----------------------------------------------------------------- persistence
+    @property
+    def path(self) -> Path:
+        return Path(self.results_dir) / STATE_FILE
+
+    def save(self) -> None:
+        self.updated_at = time.time()
+        data = asdict(self)
+        atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=False, default=str))
+
+    @classmethod
+    def load(cls, results_dir: str | Path) -> "SearchState":
+        path = Path(results_dir) / STATE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no AutoML state in {results_dir}: expected {path}; was this folder made by `automl run`?"
+            )
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(f"{path}: state version {data.get('version')} is not {STATE_VERSION}")
+        trials = {tid: TrialRecord(**rec) for tid, rec in data.pop("trials", {}).items()}
+        data["results_dir"] = str(Path(results_dir).resolve())
+        return cls(**data, trials=trials)
+
+    # ----------------------------------------------------------------- queries
+    def better(self, a: float, b: float | None) -> bool:
+        """True if `a` beats `b` under `mode` (a missing `b` always loses)."""
+        if b is None or b != b:  # None or NaN
+            return a == a
+        return a > b if self.mode == "max" else a < b
+
+    def ranked(self) -> list[TrialRecord]:
+        """Trials with a result, best first (by their best epoch, not their last)."""
+        scored = [t for t in self.trials.values() if t.best_value is not None and t.best_value == t.best_value]
+        return sorted(scored, key=lambda t: t.best_value, reverse=self.mode == "max")
+
+    def best(self) -> TrialRecord | None:
+        ranked = self.ranked()
+        return ranked[0] if ranked else None
+
+    def baseline(self) -> TrialRecord | None:
+        return next((t for t in self.trials.values() if t.is_baseline), None)
+
+    def by_name(self, name: str) -> TrialRecord | None:
+        return next((t for t in self.trials.values() if t.name == name), None)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.trials.values():
+            out[t.status] = out.get(t.status, 0) + 1
+        return out
+
+    def record_result(self, trial: TrialRecord, metrics: dict[str, float]) -> bool:
+        """Append one epoch's metrics; returns True when it is the trial's new best epoch.
+
+        A trial restored from an earlier checkpoint reports some epochs again: the later report
+        replaces the earlier ones, so the history never holds an epoch twice.
+        """
+        epoch = metrics.get("epoch")
+        if epoch is not None and any(h.get("epoch", 0) >= epoch for h in trial.history):
+            trial.history = [h for h in trial.history if h.get("epoch", 0) < epoch]
+            trial.best_value, trial.best_epoch = None, None
+            for past in trial.history:
+                value = past.get(self.metric)
+                if value is not None and self.better(float(value), trial.best_value):
+                    trial.best_value, trial.best_epoch = float(value), int(past.get("epoch", 0))
+        trial.history.append(metrics)
+        value = metrics.get(self.metric)
+        if value is None or not self.better(float(value), trial.best_value):
+            return False
+        trial.best_value = float(value)
+        trial.best_epoch = int(metrics.get("epoch", len(trial.history)))
+        return True

@@ -1,0 +1,269 @@
+"""End-to-end AutoML tests with real components: local Ray, sqlite MLflow, the real train action on
+a tiny synthetic dataset (32 px, 3 classes). One search is shared by the module's tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+# Searched parameters kept small so every trial is quick and the baseline is easy to recognise.
+ONLY = ["train.optim.lr", "model.backbone.freeze_backbone"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    from segformer.data.synth import generate
+
+    root = generate(tmp_path_factory.mktemp("synth") / "data", num_classes=3, size=32, train=8, val=4, test=4)
+    return root / "spec.yaml"
+
+
+def _options(results: Path, spec: Path, **kw):
+    from automl.driver import SearchOptions
+
+    base = dict(results_dir=str(results), spec=str(spec), skill="segformer", max_trials=3, max_epochs=2,
+                num_cpus=2, max_concurrent=1, only=list(ONLY), skip_quantize=True, skip_trt=True,
+                overrides=["dataset.segment.batch_size=4"])
+    base.update(kw)
+    return SearchOptions(**base)
+
+
+@pytest.fixture(scope="module")
+def search(dataset, tmp_path_factory):
+    from automl import driver
+
+    results = tmp_path_factory.mktemp("search")
+    lines: list[str] = []
+    started = time.time()
+    outcome = driver.run(_options(results, dataset), echo=lines.append)
+    return outcome, lines, time.time() - started
+
+
+def test_search_ranks_trials_and_keeps_baseline_first(search, dataset):
+    outcome, lines, seconds = search
+    state = outcome.state
+    assert [t.status for t in sorted(state.trials.values(), key=lambda t: t.name)] == ["FINISHED"] * 3
+    baseline = state.baseline()
+    assert baseline.name == "trial_000"
+    assert baseline.params["train.optim.lr"] == pytest.approx(0.001)  # the synthetic spec's own lr
+    for trial in state.trials.values():
+        values = [h["val_miou"] for h in trial.history]
+        assert trial.best_value == pytest.approx(max(values))  # best epoch, not last
+        assert (Path(trial.results_dir) / "train" / "status.json").is_file()
+    assert outcome.best.best_value == max(t.best_value for t in state.trials.values())
+    assert any("MLflow UI  automl ui" in line for line in lines)
+    print(f"3-trial search with promotion: {seconds:.1f} s")
+
+
+def test_mlflow_parent_children_metrics_and_registry(search):
+    from mlflow import MlflowClient
+
+    outcome, _, _ = search
+    state = outcome.state
+    results = Path(state.results_dir)
+    assert state.mlflow_tracking_uri == f"sqlite:///{results / 'mlflow.db'}"
+    client = MlflowClient(state.mlflow_tracking_uri)
+    parent = client.get_run(state.mlflow_parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.info.artifact_uri.startswith((results / "mlartifacts").as_uri())
+    children = client.search_runs([state.mlflow_experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(r.info.run_name for r in children) == ["trial_000", "trial_001", "trial_002"]
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert "train.optim.lr" in run.data.params
+        history = client.get_metric_history(run.info.run_id, "val_miou")
+        assert sorted(m.step for m in history) == [1, 2]
+    version = client.get_model_version_by_alias("segformer", "champion")
+    assert version.run_id == outcome.best.mlflow_run_id
+
+
+def test_promotion_and_report(search):
+    outcome, _, _ = search
+    results = Path(outcome.state.results_dir)
+    promotion = json.loads((results / "best" / "promotion.json").read_text())
+    assert (results / "best" / "model.pth").is_file()
+    assert promotion["steps"]["evaluate"]["status"] == "done"
+    assert promotion["steps"]["quantize"] == "skipped: disabled by flag"
+    report = (results / "report" / "report.md").read_text()
+    assert "trial_000" in report and "Baseline" in report
+    for plot in ("history.png", "parallel.png", "best_curves.png", "baseline_vs_best.png", "importance.png"):
+        assert (results / "report" / plot).stat().st_size > 1000
+
+
+def test_status_command(search):
+    outcome, _, _ = search
+    out = subprocess.run([sys.executable, "-m", "automl.cli", "status", outcome.state.results_dir],
+                         capture_output=True, text=True, env=ENV, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "trial_000 * (baseline)" in out.stdout or "trial_000 (baseline)" in out.stdout
+    assert out.stdout.count("FINISHED") == 3
+
+
+def test_help_does_not_import_heavy_modules():
+    code = ("import sys; from automl.cli import _parser; _parser().format_help(); "
+            "heavy = [m for m in ('torch', 'ray', 'mlflow', 'lightning') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, env=ENV, cwd=REPO, timeout=60)
+    started = time.time()
+    subprocess.run([sys.executable, "-m", "automl.cli", "--help"], check=True, env=ENV, cwd=REPO,
+                   capture_output=True, timeout=60)
+    assert time.time() - started < 5
+
+
+def test_dry_run_and_grid_needs_finite_space(dataset, tmp_path):
+    from automl import driver
+
+    lines: list[str] = []
+    outcome = driver.run(_options(tmp_path / "dry", dataset), echo=lines.append, dry_run=True)
+    text = "\n".join(lines)
+    assert outcome.mode == "dry-run" and "train.optim.lr" in text and "trial_000 (baseline)" in text
+    assert not (tmp_path / "dry").exists()
+    with pytest.raises(driver.SearchError, match="train.optim.lr"):
+        driver.run(_options(tmp_path / "grid", dataset, algorithm="grid"), echo=lines.append, dry_run=True)
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _trials(results: Path) -> dict:
+    try:
+        return json.loads((results / "automl_state.json").read_text())["trials"]
+    except (FileNotFoundError, ValueError, KeyError):
+        return {}
+
+
+@pytest.mark.slow  # 60-125 s on 2 shared cores; CI runs it (make test)
+def test_resume_after_sigkill(dataset, tmp_path):
+    """Kill the driver with SIGKILL mid-search, resume: no trial repeated or lost, no duplicate runs."""
+    from mlflow import MlflowClient
+
+    results = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "automl.cli", "run", "--skill", "segformer", "-e", str(dataset),
+           "--results-dir", str(results), "--max-trials", "3", "--max-epochs", "3", "--num-cpus", "2",
+           "--skip-evaluate", "--skip-export", "--skip-quantize", "--skip-trt", "dataset.segment.batch_size=4"]
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("automl_hyperparameters: [train.optim.lr]\n")
+    cmd += ["--settings", str(settings)]
+    proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        _wait_for(lambda: sum(t["status"] == "FINISHED" for t in _trials(results).values()) >= 1
+                  and any(t["status"] == "RUNNING" and t["history"] for t in _trials(results).values()),
+                  240, "one finished trial and one running trial with a reported epoch")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    before = _trials(results)
+    finished_before = {t["name"]: t["mlflow_run_id"] for t in before.values() if t["status"] == "FINISHED"}
+    # Ray's processes share the driver's fate; give them a moment to go.
+    time.sleep(3)
+
+    out = subprocess.run([sys.executable, "-m", "automl.cli", "resume", str(results)], env=ENV, cwd=REPO,
+                         capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    after = _trials(results)
+    names = sorted(t["name"] for t in after.values())
+    assert names == ["trial_000", "trial_001", "trial_002"], names
+    assert all(t["status"] == "FINISHED" for t in after.values()), {t["name"]: t["status"] for t in after.values()}
+    for t in after.values():  # finished trials kept their run; epochs never recorded twice
+        if t["name"] in finished_before:
+            assert t["mlflow_run_id"] == finished_before[t["name"]]
+        epochs = [h["epoch"] for h in t["history"]]
+        assert epochs == sorted(set(epochs)) and epochs[-1] == 3
+    state = json.loads((results / "automl_state.json").read_text())
+    client = MlflowClient(state["mlflow_tracking_uri"])
+    children = client.search_runs([state["mlflow_experiment_id"]],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{state['mlflow_parent_run_id']}'")
+    assert sorted(r.info.run_name for r in children) == names  # no duplicates, no orphans
+    assert {r.info.status for r in children} == {"FINISHED"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _browser() -> str | None:
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+_CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                   "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage",
+                   "--virtual-time-budget=15000", "--window-size=1400,1000"]
+
+
+def _page_text(browser: str, url: str, tmp_path: Path, screenshot: Path | None = None) -> str:
+    """The rendered page (the MLflow UI is a React app: the DOM after its scripts ran), as text."""
+    import re
+
+    profile = tmp_path / "chromium-profile"
+    flags = [*_CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
+    if screenshot is not None:
+        subprocess.run([browser, *flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
+    dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    text = re.sub(r"<style.*?</style>|<script.*?</script>", " ", dom, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))
+
+
+@pytest.mark.skipif(_browser() is None, reason="headless Chromium is not installed (apt-get install -y chromium); CI installs it")
+def test_mlflow_ui_shows_trials_in_a_real_browser(search, tmp_path):
+    """`automl ui` on 127.0.0.1, rendered by headless Chromium: the parent run lists the trials as
+    child runs, and each child's page shows its val_miou and its parent. The server stops with it."""
+    import urllib.request
+
+    browser = _browser()
+    outcome, _, _ = search
+    state = outcome.state
+    port = _free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "automl.cli", "ui", state.results_dir, "--port", str(port)],
+                          env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def ready() -> bool:
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
+            except OSError:
+                return False
+
+        _wait_for(ready, 90, "the MLflow UI")
+        base = f"http://127.0.0.1:{port}/#/experiments/{state.mlflow_experiment_id}/runs"
+        shot = tmp_path / "parent_run.png"
+        parent = _page_text(browser, f"{base}/{state.mlflow_parent_run_id}", tmp_path, screenshot=shot)
+        assert shot.stat().st_size > 10_000
+        names = sorted(t.name for t in state.trials.values())
+        assert "Child runs" in parent, parent[:2000]
+        listed = parent.split("Child runs", 1)[1][:400]
+        for name in names:
+            assert name in listed, listed
+        parent_name = next(w for w in parent.split() if w.startswith("search-"))
+        for trial in state.trials.values():
+            page = _page_text(browser, f"{base}/{trial.mlflow_run_id}", tmp_path)
+            last = trial.history[-1]["val_miou"]
+            assert f"val_miou {last!r}" in page or f"val_miou {last:.4f}" in page, page[:3000]
+            assert f"Parent run {parent_name}" in page
+    finally:
+        ui.terminate()  # SIGTERM: `automl ui` stops its server's whole process group
+        ui.wait(timeout=30)
+    assert not ready(), "the MLflow server outlived `automl ui`"
