@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from segformer.config import ExperimentConfig, action_results_dir, require
 from segformer.data import build_datamodule, overlay
-from segformer.engine._io import atomic_save_png, atomic_write_json
+from segformer.fileio import atomic_save_png, atomic_write_json
 from segformer.engine.metrics import ConfusionMatrix
 from segformer.engine.predictor import Predictor, load_predictor, resize_logits, run_predictor
 from segformer.engine.report import format_tables, save_confusion_matrix

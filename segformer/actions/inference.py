@@ -27,8 +27,8 @@ from PIL import Image
 
 from segformer.config import ExperimentConfig, action_results_dir, require
 from segformer.data import build_datamodule, load_image, overlay, preprocess_image
-from segformer.engine._io import atomic_save_png
-from segformer.engine.predictor import Predictor, load_predictor, resize_logits, run_predictor, sliding_window_logits
+from segformer.fileio import atomic_save_png
+from segformer.engine.predictor import load_predictor, resize_logits, run_predictor, sliding_window_logits
 from segformer.model import check_input_size
 
 log = logging.getLogger(__name__)

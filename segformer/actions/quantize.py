@@ -207,7 +207,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
         "quantized_bytes": quantized_bytes,
         "size_ratio": quantized_bytes / float_bytes if float_bytes else None,
     }
-    from segformer.engine._io import atomic_write_json
+    from segformer.fileio import atomic_write_json
 
     report_file = atomic_write_json(results_dir / REPORT_NAME, report)
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import re
-import tempfile
 import typing
 import warnings
 from pathlib import Path
@@ -105,18 +103,9 @@ def to_dict(cfg: Any) -> dict:
 
 def dump_config(cfg: ExperimentConfig, path: str | Path) -> Path:
     """Write the resolved config as YAML, atomically (a temporary file, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from segformer.fileio import atomic_write_text
+
+    return atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False))
 
 
 def require(cfg: ExperimentConfig, key: str, *alternatives: str) -> Any:

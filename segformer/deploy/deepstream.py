@@ -17,8 +17,6 @@ also enables ``output-tensor-meta`` so applications can take the full argmax the
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,15 +43,9 @@ def preprocessing_params(mean: Sequence[float], std: Sequence[float]) -> tuple[f
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from segformer.fileio import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def write_deepstream_config(

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,15 +279,9 @@ def make_entropy_calibrator(trt: ModuleType, feeder: CalibrationFeeder) -> Any:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from segformer.fileio import atomic_write
+
+    atomic_write(path, lambda handle: handle.write(data))
 
 
 def build_engine(

@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ._io import atomic_write, atomic_write_text, link_or_copy
+from segformer.fileio import atomic_write, atomic_write_text, link_or_copy
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-from ._io import atomic_write
+from segformer.fileio import atomic_write
 from .metrics import Scores
 
 

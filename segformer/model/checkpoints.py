@@ -26,9 +26,7 @@ Everything is read with ``torch.load(weights_only=True)`` or safetensors: no pic
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -227,18 +225,10 @@ def load_model_weights(path: str | Path, source: str | None = None) -> tuple[dic
 
 def save_model_checkpoint(path: str | Path, model: nn.Module, meta: Mapping[str, Any]) -> Path:
     """Write our format atomically (temporary file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from segformer.fileio import atomic_write
+
     payload = {"format": FORMAT, "version": VERSION, "state_dict": model.state_dict(), "meta": dict(meta)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], strict: bool = False) -> tuple[list[str], list[str]]:

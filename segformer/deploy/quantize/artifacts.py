@@ -10,8 +10,6 @@ re-applies the recorded quantization, then loads the weights; nothing is unpickl
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -72,17 +70,9 @@ def save_quantized_model(
         mto = require("modelopt.torch.opt", purpose="saving a modelopt.pytorch artifact", hint=QUANT_HINT)
         payload["modelopt_state"] = mto.modelopt_state(model)
     payload.update(extra or {})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from segformer.fileio import atomic_write
+
+    return atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 def read_artifact(path: str | Path) -> dict[str, Any]:

@@ -16,7 +16,6 @@ rebuilt exactly by :mod:`segformer.deploy.quantize.artifacts`.
 
 from __future__ import annotations
 
-import copy
 import logging
 import warnings
 from collections.abc import Callable, Iterable, Sequence

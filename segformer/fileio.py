@@ -1,4 +1,9 @@
-"""Crash-safe file writes: a reader never sees a truncated file under the final name."""
+"""Crash-safe file writes: a reader never sees a truncated file under the final name.
+
+The one implementation every part of the toolkit writes results through (checkpoints, configs,
+reports, images, ONNX side files): a temporary file in the target folder, fsync, ``os.replace``,
+then an fsync of the folder. No torch import here, so the config package can use it.
+"""
 
 from __future__ import annotations
 
