@@ -132,8 +132,21 @@ def _cmd_ui(args: argparse.Namespace) -> int:
                 server.wait()
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Like parse_args, but key=value overrides may also follow the flags (`run -e s.yaml a=1 --max-trials 3
+    b=2`), as with TAO's launcher; argparse alone stops taking positionals after the first flag."""
+    parser = _parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        stray = [e for e in extras if e.startswith("-") or "=" not in e]
+        if stray or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(stray or extras)}")
+        args.overrides = [*(args.overrides or []), *extras]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     try:
         if args.command == "run":
             return _cmd_run(args)

@@ -70,6 +70,7 @@ class TrialRecord:
     run_started_at: float | None = None  # when Ray last (re)started the trial (driver clock)
     startup_s: list[float] = field(default_factory=list)  # Ray trial start -> first training step, per (re)start
     restores: list[dict[str, Any]] = field(default_factory=list)  # checkpoints continued: {"from", "epoch"}
+    pid: int | None = None  # process of the Ray worker that last reported for this trial
 
 
 @dataclass

@@ -71,6 +71,11 @@ class Tracker:
     def client(self) -> "MlflowClient":
         if self._client is None:
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            if self.tracking_uri.startswith(("http:", "https:")):
+                from automl.probe import MLFLOW_HTTP_DEFAULTS
+
+                for key, value in MLFLOW_HTTP_DEFAULTS.items():  # few retries; the user's values win
+                    os.environ.setdefault(key, value)
             from mlflow import MlflowClient
 
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
@@ -289,6 +294,7 @@ class TrackingCallback(_load_tune_callback_base()):
         is_best = self.state.record_result(record, metrics)
         record.node_ip = result.get("node_ip", record.node_ip)
         record.node_id = result.get("node_id", record.node_id)
+        record.pid = result.get("pid", record.pid)
         if result.get("first_step_at") is not None and record.run_started_at is not None:
             record.startup_s.append(round(float(result["first_step_at"]) - record.run_started_at, 3))
         if result.get("restored_from"):

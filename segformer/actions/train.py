@@ -101,7 +101,10 @@ def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: boo
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
         except BaseException as exc:
-            if not checkpoints.saved:
+            # SystemExit(0) is an orderly stop from outside, e.g. an AutoML scheduler ending a trial
+            # inside a reporting callback: what the run wrote so far is a result, not debris.
+            stopped = isinstance(exc, SystemExit) and exc.code in (0, None)
+            if not checkpoints.saved and not stopped:
                 _remove_created(([] if status_existed else [status.path])
                                 + ([] if timing_existed else [timing.path]) + created)
             translated = _translate_failure(exc, cfg, results_dir)

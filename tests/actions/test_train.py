@@ -180,3 +180,24 @@ def test_step_checkpoints_and_frozen_backbone(tiny_dataset, tmp_path, make_cfg):
     head = [k for k in end if k.startswith("model.decode_head.") and end[k].is_floating_point()]
     assert all(torch.equal(start[k], end[k]) for k in backbone)
     assert any(not torch.equal(start[k], end[k]) for k in head)
+
+
+def test_an_orderly_stop_keeps_what_the_run_wrote(tiny_dataset, tmp_path, make_cfg):
+    """An AutoML scheduler ends a trial with SystemExit(0) from a reporting callback (Ray Tune does
+    this inside tune.report). That is not a failure: status.json and timing.json stay, even before
+    the first checkpoint."""
+    import lightning as L
+
+    from segformer.actions import train
+
+    class StopAfterFirstValidation(L.Callback):
+        def on_validation_end(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                raise SystemExit(0)
+
+    cfg = make_cfg(tiny_dataset, tmp_path, "train.num_epochs=3", "train.checkpoint_interval=3")
+    with pytest.raises(SystemExit):
+        train.run(cfg, callbacks=[StopAfterFirstValidation()], quiet=True)
+    out = Path(cfg.results_dir) / "train"
+    assert (out / "experiment.yaml").is_file() and (out / "timing.json").is_file()
+    assert not list(out.glob("*.pth"))

@@ -39,7 +39,7 @@ def _options(results: Path, spec: Path, **kw):
 
     base = dict(results_dir=str(results), spec=str(spec), skill="segformer", max_trials=3, max_epochs=2,
                 max_concurrent=1, only=["train.optim.lr", "model.backbone.freeze_backbone"], promote=False,
-                overrides=["dataset.segment.batch_size=4"], grace_period=1, reduction_factor=2)
+                overrides=["dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32"], grace_period=1, reduction_factor=2)
     base.update(kw)
     return SearchOptions(**base)
 
@@ -166,7 +166,7 @@ def test_failure_limit_ends_the_search(dataset, tmp_path, ray_session):
 
     lines: list[str] = []
     outcome = driver.run(_options(tmp_path / "limit", dataset, algorithm="random", max_trials=4, max_epochs=1,
-                                  overrides=["dataset.segment.batch_size=4", "dataset.segment.validation_split=val_bad"],
+                                  overrides=["dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32", "dataset.segment.validation_split=val_bad"],
                                   max_failed_trials=1), echo=lines.append)
     state = outcome.state
     assert state.counts().get("FAILED") == 1 and len(state.trials) <= 2, state.counts()
@@ -174,3 +174,14 @@ def test_failure_limit_ends_the_search(dataset, tmp_path, ray_session):
     text = "\n".join(lines)
     assert "stopped after 1 failed trials (limit --max-failed-trials 1)" in text
     assert state.status == "FINISHED"
+
+
+def test_hyperband_bracket_count_follows_the_budget():
+    """HyperBand's s_max + 1 brackets: more brackets when max_t / grace_period spans more rungs."""
+    from automl.driver import hyperband_brackets
+
+    assert hyperband_brackets(max_t=1, grace_period=1, reduction_factor=3) == 1
+    assert hyperband_brackets(max_t=3, grace_period=1, reduction_factor=3) == 2
+    assert hyperband_brackets(max_t=9, grace_period=1, reduction_factor=3) == 3
+    assert hyperband_brackets(max_t=81, grace_period=1, reduction_factor=3) == 5
+    assert hyperband_brackets(max_t=8, grace_period=2, reduction_factor=2) == 3

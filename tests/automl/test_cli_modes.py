@@ -51,7 +51,7 @@ def _check_plain(out: subprocess.CompletedProcess, results: Path) -> None:
 def test_policy_off_trains_once_and_tracks_one_run(spec, tmp_path):
     results = tmp_path / "off"
     out = _automl("run", "--skill", "segformer", "--policy", "off", "-e", str(spec), "--results-dir", str(results),
-                  "--max-epochs", "1", "dataset.segment.batch_size=4")
+                  "--max-epochs", "1", "dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32")
     assert "AutoML policy is off" in out.stdout
     _check_plain(out, results)
 
@@ -62,7 +62,7 @@ def test_enabled_but_schema_missing_trains_plainly(spec, tmp_path):
     (skill / "schemas" / "train.schema.json").unlink()
     results = tmp_path / "missing"
     out = _automl("run", "--skill-dir", str(skill), "--policy", "auto", "-e", str(spec), "--results-dir", str(results),
-                  "--max-epochs", "1", "dataset.segment.batch_size=4")
+                  "--max-epochs", "1", "dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32")
     assert "not runnable until the schemas are generated" in out.stdout and "train.schema.json" in out.stdout
     _check_plain(out, results)
 
@@ -111,7 +111,7 @@ def test_two_node_cluster_places_trials_on_both_nodes(spec, tmp_path, monkeypatc
         out = _automl("run", "--skill", "segformer", "-e", str(spec), "--results-dir", str(results),
                       "--address", cluster.address, "--algorithm", "random", "--max-trials", "2", "--max-epochs", "1",
                       "--max-concurrent", "2", "--cpus-per-trial", "1", "--only", "train.optim.lr", "--no-promote",
-                      "dataset.segment.batch_size=4")
+                      "dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32")
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         trials = json.loads((results / "automl_state.json").read_text())["trials"].values()
         assert [t["status"] for t in trials] == ["FINISHED", "FINISHED"]

@@ -32,7 +32,7 @@ def _options(results: Path, spec: Path, **kw):
 
     base = dict(results_dir=str(results), spec=str(spec), skill="segformer", max_trials=3, max_epochs=2,
                 num_cpus=2, max_concurrent=1, only=list(ONLY), skip_quantize=True, skip_trt=True,
-                overrides=["dataset.segment.batch_size=4"])
+                overrides=["dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32"])
     base.update(kw)
     return SearchOptions(**base)
 
@@ -156,7 +156,7 @@ def test_resume_after_sigkill(dataset, tmp_path):
     results = tmp_path / "killed"
     cmd = [sys.executable, "-m", "automl.cli", "run", "--skill", "segformer", "-e", str(dataset),
            "--results-dir", str(results), "--max-trials", "3", "--max-epochs", "3", "--num-cpus", "2",
-           "--skip-evaluate", "--skip-export", "--skip-quantize", "--skip-trt", "dataset.segment.batch_size=4"]
+           "--skip-evaluate", "--skip-export", "--skip-quantize", "--skip-trt", "dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32"]
     settings = tmp_path / "settings.yaml"
     settings.write_text("automl_hyperparameters: [train.optim.lr]\n")
     cmd += ["--settings", str(settings)]
