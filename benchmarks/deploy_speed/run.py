@@ -47,6 +47,15 @@ def _cpu_flags() -> str:
     return ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags) or "none"
 
 
+def _machine_line() -> str:
+    """The shared machine description (benchmarks.common)."""
+    if str(ROOT) not in sys.path:  # run as a script: python benchmarks/deploy_speed/run.py
+        sys.path.insert(0, str(ROOT))
+    from benchmarks.common import machine_line
+
+    return machine_line()
+
+
 def _time(fn, repeats: int) -> float:
     fn()  # warm-up
     samples = []
@@ -105,8 +114,11 @@ def quality(work: Path, size: int, epochs: int) -> tuple[list[dict], str]:
     trained = train.run(cfg, quiet=True)
     note = (f"MiT-B0 (embed_dim 64) trained {epochs} epochs on the synthetic dataset ({size}x{size}, 32 train "
             f"images; best val mIoU {100 * trained.best_miou:.2f}%)")
-    variants = [("torchao", "weight_only_ptq", "minmax"), ("modelopt.pytorch", "static_ptq", "minmax"),
-                ("modelopt.onnx", "static_ptq", "minmax"), ("onnxruntime", "static_ptq", "minmax")]
+    # onnxruntime first: ModelOpt patches process-wide torch/ONNX export state, and in the recorded
+    # 2026-11-23 run the float ONNX exported after it made ONNX Runtime's quantizer fail (the same
+    # quantization from the command line, a fresh process, works).
+    variants = [("onnxruntime", "static_ptq", "minmax"), ("torchao", "weight_only_ptq", "minmax"),
+                ("modelopt.pytorch", "static_ptq", "minmax"), ("modelopt.onnx", "static_ptq", "minmax")]
     rows = []
     for backend, mode, algorithm in variants:
         module = {"torchao": "torchao", "modelopt.pytorch": "modelopt", "modelopt.onnx": "modelopt"}.get(backend)
@@ -160,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
              f"`python benchmarks/deploy_speed/run.py{' --small' if args.small else ''}` — SegFormer-B0 (150 classes, "
              f"random weights: speed does not depend on them) at {size}x{size}, median of {args.repeats} runs after a "
              f"warm-up, {THREADS} threads; {datetime.now():%Y-%m-%d %H:%M}.",
-             f"Machine: {_cpu_name()}, {os.cpu_count()} cores (SIMD: {_cpu_flags()}), torch {torch.__version__}, "
-             f"onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}. Other jobs shared the CPU.",
+             f"Machine: {_machine_line()} SIMD: {_cpu_flags()}. Other jobs shared the CPU.",
              "", "| runtime | batch | latency (ms) | images/s |", "|---|---|---|---|"]
     lines += [f"| {r['runtime']} | {r['batch']} | {r['latency_ms']:.1f} | {r['images_per_s']:.2f} |" for r in rows]
     by = {(r["runtime"], r["batch"]): r["latency_ms"] for r in rows}

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,22 +48,13 @@ def timed(fn: Callable[[], None]) -> float:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kib = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
-        mem = f", {kib / 2**20:.0f} GiB RAM"
-    except (OSError, StopIteration, ValueError):
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores{mem}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+    """The shared machine description (benchmarks.common) plus this benchmark's torch threads."""
+    root = str(Path(__file__).resolve().parents[2])
+    if root not in sys.path:  # run as a script: python benchmarks/model_speed/run.py
+        sys.path.insert(0, root)
+    from benchmarks.common import machine_line
+
+    return f"{machine_line()} torch threads: {torch.get_num_threads()}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +129,7 @@ def write_results(size: int, batch: int, repeats: int, results: dict[str, dict[s
 `python benchmarks/model_speed/run.py{' --small' if size != 512 else ''}` — our SegFormer-B0 against transformers'
 SegformerForSemanticSegmentation (B0, 150 classes) with identical weights, {size}x{size}, batch {batch},
 median of {repeats} interleaved repeats after one warm-up; {time.strftime('%Y-%m-%d %H:%M')}.
-Machine: {machine()}. Other processes shared the CPU; ratios are measured in one run.
+Machine: {machine()} Other processes shared the CPU; ratios are measured in one run.
 
 | phase | ours (s) | transformers (s) | speed-up |
 |---|---|---|---|

@@ -1,0 +1,99 @@
+"""Pure helpers of the benchmarks (no timing assertions: the benchmarks print and record figures)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.common import SearchRun, epoch_events, format_machine, machine_info, median, replace_section
+from benchmarks.search_efficiency import band, best_curve, epochs_to_reach
+from benchmarks.search_overhead import breakdown
+from benchmarks.search_scaling import rates
+
+
+def test_best_curve_running_best_padded_and_cut():
+    assert best_curve([0.2, None, 0.1, 0.5, 0.4], budget=4) == [0.2, 0.2, 0.2, 0.5]
+    assert best_curve([0.3], budget=3) == [0.3, 0.3, 0.3]  # a search that ended early keeps its best
+    assert best_curve([None, 0.3], budget=3) == [None, 0.3, 0.3]
+    assert best_curve([0.5, 0.2, 0.7], budget=3, mode="min") == [0.5, 0.2, 0.2]
+
+
+def test_epochs_to_reach_and_band():
+    curve = best_curve([0.1, 0.3, 0.6, 0.6], budget=4)
+    assert epochs_to_reach(curve, 0.3) == 2
+    assert epochs_to_reach(curve, 0.61) is None
+    mean, low, high = band([[None, 0.2, 0.4], [0.1, 0.4, 0.4]])
+    assert mean[0] is None and low[0] is None
+    assert abs(mean[1] - 0.3) < 1e-12 and low[1] == 0.2 and high[1] == 0.4
+
+
+def test_replace_section_keeps_others_and_orders_new_ones():
+    text = "# Benchmark results\n\n## Model speed\n\nfast\n\n## Deploy speed\n\nonnx\n"
+    out = replace_section(text, "Search overhead", "## Search overhead\n\nnew\n")
+    assert out.index("## Deploy speed") < out.index("## Search overhead") and "fast" in out and "onnx" in out
+    out = replace_section(out, "Machine", "## Machine\n\ncpu\n")
+    assert out.index("## Machine") < out.index("## Model speed")
+    out = replace_section(out, "Model speed", "## Model speed\n\nfaster\n")
+    assert "faster" in out and "fast\n" not in out.replace("faster", "") and out.count("## Model speed") == 1
+
+
+def test_machine_description_names_cpu_memory_and_libraries():
+    info = machine_info()
+    assert info["cores"] >= 1 and "torch" in info["versions"] and "onnxruntime" in info["versions"]
+    line = format_machine(info)
+    assert "cores" in line and "GiB RAM" in line and "GPU:" in line and "lightning" in line
+    assert median([3, 1, 2]) == 2 and median([1, 2, 3, 4]) == 2.5 and median([]) is None
+
+
+def _fake_run(tmp_path: Path) -> SearchRun:
+    """Two sequential trials, 2 epochs each, with the ledger and timing.json shapes the driver writes."""
+    t0 = 1000.0
+    trials, timings = {}, {}
+    for i, start in enumerate((t0 + 5, t0 + 20)):
+        name = f"trial_{i:03d}"
+        trials[f"id{i}"] = {"name": name, "status": "FINISHED", "started_at": start, "run_started_at": start,
+                            "ended_at": start + 10, "node_id": "n1", "startup_s": [1.0],
+                            "history": [{"epoch": 1, "val_miou": 0.2 + i / 10}, {"epoch": 2, "val_miou": 0.4 - i / 10}]}
+        epochs = []
+        for e in range(2):
+            s = start + 2 + 4 * e
+            epochs.append({"epoch": e, "epoch_start_at": s, "train_step_s": 2.0, "train_steps": 2, "val_step_s": 0.5,
+                           "val_steps": 1, "data_wait_s": 0.1, "val_start_at": s + 2.5, "val_end_at": s + 3.0,
+                           "epoch_end_at": s + 3.5})
+        timings[name] = [{"created_at": start + 1.5, "first_batch_at": start + 2.0, "fit_end_at": start + 9.8,
+                          "epochs": epochs}]
+    state = {"metric": "val_miou", "trials": trials}
+    return SearchRun(tmp_path, wall_s=40.0, started_at=t0, ended_at=t0 + 40, returncode=0, state=state, timings=timings)
+
+
+def test_epoch_events_follow_completion_time(tmp_path):
+    events = epoch_events(_fake_run(tmp_path))
+    assert [(e["trial"], e["epoch"]) for e in events] == [("trial_000", 1), ("trial_000", 2), ("trial_001", 1), ("trial_001", 2)]
+    assert best_curve([e["value"] for e in events], 4) == [0.2, 0.4, 0.4, 0.4]
+
+
+def test_overhead_breakdown_adds_up(tmp_path):
+    run = _fake_run(tmp_path)
+    result = breakdown(run)
+    assert result["steps_s"] == 2 * 2 * 2.5 and result["trials"] == 2 and result["epochs"] == 4
+    assert result["startup_s"] == [2.0, 2.0] and result["startup_median_after_first_s"] == 2.0
+    assert abs(sum(result["parts"].values()) - run.wall_s) < 1e-6  # every second is attributed once
+    json.dumps(result)  # recorded as JSON
+
+
+def test_scaling_rates(tmp_path):
+    row = rates(_fake_run(tmp_path))
+    assert row["trials"] == 2 and row["phase_s"] == 25.0 and row["mean_running"] == 20 / 25 and abs(row["per_hour"] - 3600 * 2 / 25) < 1e-9
+
+
+def test_stopped_trial_without_timing_or_epoch_end(tmp_path):
+    """A trial stopped inside its first report: no epoch end; without timing it is placed by the ledger."""
+    run = _fake_run(tmp_path)
+    last = run.timings["trial_001"][0]
+    del last["epochs"][1]["epoch_end_at"], last["fit_end_at"]
+    result = breakdown(run)
+    assert abs(sum(result["parts"].values()) - run.wall_s) < 1e-6
+    del run.timings["trial_000"]
+    events = epoch_events(run)
+    assert [e["trial"] for e in events] == ["trial_000", "trial_000", "trial_001", "trial_001"]
+    assert events[1]["at"] == run.state["trials"]["id0"]["ended_at"]
