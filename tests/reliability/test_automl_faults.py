@@ -75,19 +75,33 @@ def _running_with_epoch(results: Path) -> dict | None:
                 None)
 
 
-@pytest.mark.xfail(strict=False, reason="first run: SIGKILL to the pid Ray reports for the trial did not end it "
-                   "(both trials reported pid 3940 and FINISHED); the worker pid lookup needs fixing")
-def test_trial_worker_killed_fails_that_trial_and_the_search_goes_on(dataset, tmp_path):
-    """SIGKILL to the Ray worker running trial_000 after its first epoch. With the default
-    max_failures 0 (automl_max_failures / FailureConfig) the trial is FAILED (Ray: actor died),
-    its MLflow run FAILED; the next trial runs and finishes; the search exits 0."""
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_trial_worker_killed_is_retried_and_the_search_goes_on(dataset, tmp_path):
+    """SIGKILL to the Ray worker process running a trial after its first epoch. The search does not
+    die: with the default one retry (settings max_failures / automl_max_failures, Ray's
+    FailureConfig) Ray restarts the trial and it finishes; no epoch is recorded twice and no MLflow
+    child run is duplicated. (A trial whose failure repeats is FAILED and the search goes on: see
+    the corrupt-image and NaN tests.) Known gap: the restarted trial is handed no checkpoint by
+    Ray here and retrains from epoch 0 instead of continuing from its last report."""
     results = tmp_path / "search"
     # 12 epochs: a trial lasts several seconds after its first report, time to kill its worker.
     proc = _start(dataset, results, "--max-trials", "2", "--max-epochs", "12")
     try:
         _wait_for(proc, lambda: _running_with_epoch(results) is not None, 240, "a running trial with a reported epoch")
         victim = _running_with_epoch(results)
-        os.kill(int(victim["pid"]), signal.SIGKILL)
+        pid = int(victim["pid"])
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.time() + 30
+        while _alive(pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _alive(pid), f"the trial's worker {pid} survived SIGKILL"
         out = _finish(proc)
     finally:
         if proc.poll() is None:
@@ -96,15 +110,13 @@ def test_trial_worker_killed_fails_that_trial_and_the_search_goes_on(dataset, tm
     assert proc.returncode == 0, out[-3000:]
     trials = {t["name"]: t for t in _trials(results).values()}
     assert sorted(trials) == ["trial_000", "trial_001"], trials.keys()
-    killed = trials[victim["name"]]
-    assert killed["status"] == "FAILED" and killed["error"], killed
-    assert "died" in killed["error"].lower() or "actor" in killed["error"].lower(), killed["error"][-1000:]
-    others = [t for name, t in trials.items() if name != victim["name"]]
-    assert [t["status"] for t in others] == ["FINISHED"] and len(others[0]["history"]) == 12
+    for trial in trials.values():
+        assert trial["status"] == "FINISHED", {n: (t["status"], t.get("error")) for n, t in trials.items()}
+        epochs = [h["epoch"] for h in trial["history"]]
+        assert epochs == sorted(set(epochs)) and epochs[-1] == 12, (trial["name"], epochs)
     runs = {r.info.run_name: r for r in _children(results)}
-    assert sorted(runs) == sorted(trials)
-    assert runs[victim["name"]].info.status == "FAILED" and runs[victim["name"]].data.tags["automl.error"]
-    assert all(r.info.status in ("FINISHED", "FAILED") for r in runs.values())  # terminal, none left RUNNING
+    assert sorted(runs) == sorted(trials)  # one child run per trial: the retry reused it
+    assert {r.info.status for r in runs.values()} == {"FINISHED"}
 
 
 def test_ctrl_c_saves_state_and_resume_finishes_without_repeats(dataset, tmp_path):
