@@ -51,9 +51,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -902,7 +901,7 @@ def _short(value: Any) -> str:
 
 
 def _write_space_artifact(tracker: Any, state: SearchState, space: Any, spec: str | None) -> None:
-    from automl.state import atomic_write_text
+    from segformer.fileio import atomic_write_text
 
     folder = Path(state.results_dir) / "search"
     atomic_write_text(folder / "space.txt", space.describe())

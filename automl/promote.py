@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from automl.state import SearchState, TrialRecord, atomic_write_text
+from automl.state import SearchState, TrialRecord
+from segformer.fileio import atomic_write_text
 from automl.trial import CHECKPOINT_FILE
 
 BEST_DIR = "best"

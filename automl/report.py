@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from automl.state import SearchState, TrialRecord, atomic_write_text
+from automl.state import SearchState
+from segformer.fileio import atomic_write_text
 
 REPORT_DIR = "report"
 
@@ -226,7 +227,7 @@ def _markdown(state: SearchState, plots: list[str]) -> str:
     header, rows = trial_rows(state)
     lines = [f"# AutoML report: {state.skill}, {state.algorithm}", "",
              f"- results: `{state.results_dir}`", f"- metric: `{state.metric}` ({state.mode}), ranked by each trial's best epoch",
-             f"- trials: " + (", ".join(f"{v} {k.lower()}" for k, v in sorted(state.counts().items())) or "none"), ""]
+             "- trials: " + (", ".join(f"{v} {k.lower()}" for k, v in sorted(state.counts().items())) or "none"), ""]
     if best is not None:
         lines += ["## Best trial", "", f"`{best.name}`: {state.metric} = {best.best_value:.4f} at epoch {best.best_epoch}", ""]
         lines += ["| parameter | best | baseline |", "|---|---|---|"]

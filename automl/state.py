@@ -13,12 +13,12 @@ the previous or the new state, never half a file.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from segformer.fileio import atomic_write_text
 
 STATE_FILE = "automl_state.json"
 STATE_VERSION = 1
@@ -29,22 +29,6 @@ STATE_VERSION = 1
 PENDING, RUNNING, FINISHED, FAILED, KILLED = "PENDING", "RUNNING", "FINISHED", "FAILED", "KILLED"
 STOPPED = "STOPPED"
 DONE = (FINISHED, STOPPED)  # ended normally (MLflow status FINISHED)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` so readers see the old or the new content, never a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
