@@ -41,7 +41,7 @@ test-fast: install
 
 # The main job: a small AutoML search (BOHB, 12 trials x 6 epochs, 2 at a time, TAO settings keys in
 # experiments/demo/automl.yaml) on freshly generated synthetic data, then promotion of the best
-# trial (evaluate, ONNX export, int8 quantization). About 4 minutes on 2 CPU cores.
+# trial (evaluate, ONNX export, quantization). 1-4 minutes on 2 CPU cores (quiet vs shared).
 demo: install
 	rm -rf $(DEMO)
 	$(BIN)/segformer data synth --out $(DEMO)/data
