@@ -26,7 +26,8 @@ PBT: Ray's PBT refuses search algorithms, so the population (the baseline plus O
 is preset through the basic variant generator. Explore only mutates what a trial restored from
 another trial's checkpoint can honour (lr, weight decay, momentum, augmentation; see
 `PBT_MUTABLE`); structural values (freeze_backbone, optimizer type) stay those of the checkpoint.
-Exploits only happen between trials running at the same time: use --max-concurrent >= 2.
+PBT is synchronous (members wait for each other at every perturbation interval), so exploits do
+not depend on timing; run the population at once (--max-concurrent >= population size).
 
 Trials a scheduler (or the time budget / failure limit) ends before their epoch budget are
 recorded as STOPPED (MLflow: FINISHED with the tag ``automl.stopped_early=true``), never FAILED.
@@ -357,7 +358,10 @@ def build_search(opts: SearchOptions, space: Any, baseline: dict[str, Any], enco
         scheduler = PopulationBasedTraining(
             time_attr="epoch", metric=metric, mode=mode, perturbation_interval=opts.perturbation_interval,
             hyperparam_mutations=mutations, quantile_fraction=0.5, resample_probability=0.25,
-            require_attrs=True, synch=False,
+            # Synchronous: every member reaches the perturbation epoch before anyone exploits, so
+            # which checkpoints get cloned does not depend on process timing (asynchronous PBT
+            # only exploits between trials that happen to overlap, none at all on a busy machine).
+            require_attrs=True, synch=True,
         )
         param_space = {**_preset_space(points), **{k: tune.choice(v) if isinstance(v, list) else v for k, v in mutations.items()}}
         return (BasicVariantGenerator(points_to_evaluate=points, max_concurrent=opts.max_concurrent), scheduler,
