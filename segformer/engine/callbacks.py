@@ -71,6 +71,7 @@ class PeriodicCheckpoint(Checkpoint):
         self.interval = interval
         self.unit = unit
         self.saved: list[Path] = []
+        self._due_at_epoch_end = False
 
     @property
     def latest_path(self) -> Path:
@@ -98,10 +99,16 @@ class PeriodicCheckpoint(Checkpoint):
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         step = trainer.global_step
         if self.unit == "step" and step > 0 and step % self.interval == 0 and not trainer.sanity_checking:
-            self._save_periodic(trainer)
+            if trainer.is_last_batch:
+                # Saved now, the checkpoint would miss this epoch's end (validation, status line),
+                # and a resume from it would skip them: save it once the epoch is complete.
+                self._due_at_epoch_end = True
+            else:
+                self._save_periodic(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.unit == "epoch" and (trainer.current_epoch + 1) % self.interval == 0:
+        step_due, self._due_at_epoch_end = self._due_at_epoch_end, False
+        if step_due or (self.unit == "epoch" and (trainer.current_epoch + 1) % self.interval == 0):
             self._save_periodic(trainer)
             return
         # Not a checkpoint epoch (or step unit): the end-of-epoch state is the latest one.

@@ -201,3 +201,22 @@ def test_an_orderly_stop_keeps_what_the_run_wrote(tiny_dataset, tmp_path, make_c
     out = Path(cfg.results_dir) / "train"
     assert (out / "experiment.yaml").is_file() and (out / "timing.json").is_file()
     assert not list(out.glob("*.pth"))
+
+
+def test_resume_from_a_step_checkpoint_on_an_epoch_boundary_keeps_every_epoch(tiny_dataset, tmp_path, make_cfg):
+    """A step checkpoint that falls on an epoch's last batch holds the finished epoch (status line,
+    validation); resuming from it continues with the next epoch and loses no status line."""
+    from segformer.actions import train
+
+    # 8 train images, batch 4: 2 steps per epoch, so step 2 is the last batch of epoch 0.
+    first = make_cfg(tiny_dataset, tmp_path / "a", "dataset.segment.batch_size=4", "train.num_epochs=1",
+                     "train.checkpoint_interval=2", "train.checkpoint_interval_unit=step")
+    train.run(first, quiet=True)
+    boundary = Path(first.results_dir) / "train" / "model_epoch_000_step_00002.pth"
+    assert boundary.is_file()
+    resumed = make_cfg(tiny_dataset, tmp_path / "b", "dataset.segment.batch_size=4", "train.num_epochs=2",
+                       "train.checkpoint_interval=2", "train.checkpoint_interval_unit=step",
+                       f"train.resume_training_checkpoint_path={boundary}")
+    result = train.run(resumed, quiet=True)
+    assert [r["epoch"] for r in result.history] == [0, 1]
+    assert all(r["val_miou"] is not None for r in result.history)
