@@ -629,6 +629,11 @@ class Space:
         assert p.depends_on is not None
         return values[p.depends_on] if p.depends_on in values else self.fixed.get(p.depends_on)
 
+    def _derived_value(self, p: Param, values: Mapping[str, Any]) -> Any:
+        """A derived parameter (math_cond '/ N' with depends_on): its parent's value // N."""
+        ref = self._parent_value(p, values)
+        return int(ref // p.divisor) if ref is not None else p.default
+
     def _dynamic_bounds(self, p: Param, values: Mapping[str, Any]) -> tuple[Any, Any]:
         """The range of ``p`` given its parent's value (relations narrow it)."""
         lo, hi = p.low, p.high
@@ -693,8 +698,7 @@ class Space:
         values: dict[str, Any] = {}
         for p in self.params:
             if p.derived:
-                ref = self._parent_value(p, values)
-                values[p.name] = int(ref // p.divisor) if ref is not None else p.default
+                values[p.name] = self._derived_value(p, values)
                 continue
             if p.choices:
                 if p.weights:
@@ -783,8 +787,7 @@ class Space:
         values: dict[str, Any] = {}
         for p in self.params:
             if p.derived:
-                ref = self._parent_value(p, values)
-                values[p.name] = int(ref // p.divisor) if ref is not None else p.default
+                values[p.name] = self._derived_value(p, values)
                 continue
             value = raw[p.name]
             if p.weights:
@@ -829,8 +832,7 @@ class Space:
             grown: list[dict[str, Any]] = []
             for point in points:
                 if p.derived:
-                    ref = self._parent_value(p, point)
-                    grown.append({**point, p.name: int(ref // p.divisor) if ref is not None else p.default})
+                    grown.append({**point, p.name: self._derived_value(p, point)})
                     continue
                 options = self._grid_values(p, point, max_int_values) or []
                 grown.extend({**point, p.name: v} for v in options)

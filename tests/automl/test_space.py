@@ -212,3 +212,16 @@ def test_search_range_from_valid_min_max_validity_from_minimum_maximum() -> None
         build_space(_schema({"train.wd": node}), param_ranges={"train.wd": {"valid_max": 2.0}})
     only_min = build_space(_schema({"train.x": {"type": "float", "default": 0.5, "minimum": 0, "maximum": 1, "valid_min": 0.2}}))
     assert (only_min["train.x"].low, only_min["train.x"].high) == (0.2, 1.0) and "valid_min, maximum" in only_min["train.x"].source
+
+
+def test_derived_parameters_in_grid_and_decode() -> None:
+    """'/ N' with depends_on is derived, not searched: parent // N in grid points and decoded draws."""
+    space = build_space(_schema({
+        "train.batch": {"type": "int", "default": 8, "minimum": 2, "maximum": 16, "math_cond": "^ 2"},
+        "train.half": {"type": "int", "default": 4, "math_cond": "/ 2", "depends_on": "train.batch"},
+    }))
+    grid = space.grid()
+    assert [p["train.batch"] for p in grid] == [2, 4, 8, 16]
+    assert all(p["train.half"] == p["train.batch"] // 2 for p in grid)
+    raw = {name: 16 for name in space.to_optuna_distributions()}
+    assert space.decode(raw)["train.half"] == 8
