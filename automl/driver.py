@@ -88,7 +88,7 @@ class SearchOptions:
     time_budget_s: float | None = None  # wall-clock limit of the whole search
     max_concurrent: int = 1  # trials at the same time (bayesian is sequential unless raised)
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0  # fractions share a GPU between trials
+    gpus_per_trial: float | None = 0.0  # fractions share a GPU; None: 1 when the Ray cluster has a GPU
     address: str | None = None  # Ray cluster address; None starts a local Ray
     num_cpus: int | None = None  # local Ray only: CPUs Ray may use (None: all)
     tracking_uri: str | None = None  # MLflow; None: sqlite:///<results_dir>/mlflow.db
@@ -131,7 +131,7 @@ class SearchOptions:
             raise SearchError(f"--max-epochs must be >= 1, got {self.max_epochs}")
         if self.max_concurrent < 1:
             raise SearchError(f"--max-concurrent must be >= 1, got {self.max_concurrent}")
-        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
+        if self.cpus_per_trial <= 0 or (self.gpus_per_trial is not None and self.gpus_per_trial < 0):
             raise SearchError(
                 f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got {self.cpus_per_trial} and {self.gpus_per_trial}"
             )
@@ -213,18 +213,11 @@ def _grid(space: Any) -> list[dict[str, Any]]:
 
 def options_from_settings(settings: Any, **paths: Any) -> SearchOptions:
     """`automl.settings.SearchSettings` (file + flags, validated) -> the driver's options."""
-    gpus = settings.gpus_per_trial
-    if gpus is None:
-        try:
-            import torch
-
-            gpus = 1.0 if torch.cuda.is_available() else 0.0
-        except ImportError:
-            gpus = 0.0
+    gpus = settings.gpus_per_trial  # None: decided once Ray is up (resolve_gpus), without torch here
     return SearchOptions(
         algorithm=settings.algorithm, max_trials=settings.max_trials, max_epochs=settings.max_epochs,
         time_budget_s=settings.time_budget_s, max_concurrent=settings.max_concurrent,
-        cpus_per_trial=float(settings.cpus_per_trial), gpus_per_trial=float(gpus), metric=settings.metric,
+        cpus_per_trial=float(settings.cpus_per_trial), gpus_per_trial=None if gpus is None else float(gpus), metric=settings.metric,
         mode=settings.mode, seed=settings.seed if settings.seed is not None else 0,
         trial_retries=settings.max_failures, grace_period=settings.grace_period,
         reduction_factor=float(settings.reduction_factor), perturbation_interval=settings.perturbation_interval,
@@ -311,6 +304,42 @@ def init_ray(opts: SearchOptions, quiet: bool = True) -> bool:
         finally:
             auth_log.setLevel(level)
     return True
+
+
+def resolve_gpus(opts: SearchOptions) -> None:
+    """`gpus_per_trial` None (the default): one GPU per trial when the Ray cluster has GPUs, else 0.
+
+    Asked of Ray, not torch: the driver never imports torch (seconds to load and to unload), and
+    Ray's view is what counts, e.g. a CPU-only head node in front of GPU workers.
+    """
+    if opts.gpus_per_trial is None:
+        import ray
+
+        opts.gpus_per_trial = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def _import_trial_modules() -> float:
+    """Runs in a Ray worker: load what a trial imports (torch, Lightning, the train action)."""
+    started = time.perf_counter()
+    import automl.tune_report  # noqa: F401  (lightning)
+    import segformer.actions.train  # noqa: F401  (torch, timm, the model and data code)
+
+    return time.perf_counter() - started
+
+
+def warm_workers(opts: SearchOptions) -> list:
+    """Start importing the trial code in Ray's idle workers while the driver does its own set-up.
+
+    Ray starts a pool of worker processes with `ray.init` and hands them to the trial actors; a
+    worker that has already imported torch and Lightning starts its first trial seconds sooner.
+    The tasks take no CPU from the trials (num_cpus=0); the caller waits for them (`ray.wait`)
+    before the first trial is placed, so no trial lands on a worker still importing.
+    """
+    import ray
+
+    count = max(1, min(opts.max_concurrent, int(ray.cluster_resources().get("CPU", 1) // max(opts.cpus_per_trial, 1e-9))))
+    task = ray.remote(num_cpus=0, max_retries=0)(_import_trial_modules)
+    return [task.remote() for _ in range(count)]
 
 
 def _sampler(kind: str, seed: int):
@@ -432,7 +461,7 @@ def _random_points(space: Any, count: int, seed: int) -> list[dict[str, Any]]:
 
 
 # What a trial restored from another trial's checkpoint (PBT exploit) can change and have honoured:
-# optimizer values (pushed into the restored optimizer, `automl.trial.apply_hparams_to_optimizers`)
+# optimizer values (pushed into the restored optimizer, `automl.tune_report.apply_hparams_to_optimizers`)
 # and the data augmentation (the data pipeline is rebuilt from the new config). Model structure
 # (freeze_backbone, embed_dim, ...) and the optimizer type must stay those of the checkpoint.
 PBT_MUTABLE = ("train.optim.lr", "train.optim.weight_decay", "train.optim.momentum")
@@ -503,6 +532,7 @@ def _trainable(opts: SearchOptions, spec: str | None):
         mode=opts.mode,
         max_epochs=opts.max_epochs,
         apply_restored_hparams=opts.algorithm == "pbt",
+        checkpoint_every_report=opts.algorithm == "pbt",
     )
     resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
     return tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), resources)
@@ -583,7 +613,7 @@ def run(opts: SearchOptions, *, echo: Callable[[str], None] = print, dry_run: bo
         )
     check_services(opts)  # before any file or run exists: a wrong address leaves nothing behind
     results.mkdir(parents=True, exist_ok=True)
-    from automl.tracking import Tracker, default_tracking_uri
+    from automl.tracking import default_tracking_uri
 
     opts.tracking_uri = opts.tracking_uri or default_tracking_uri(results)
     opts.experiment_name = opts.experiment_name or skill.name
@@ -593,19 +623,48 @@ def run(opts: SearchOptions, *, echo: Callable[[str], None] = print, dry_run: bo
         driver_pid=os.getpid(),
     )
     state.settings["spec"] = spec
+    # The MLflow store (a new sqlite file: schema migrations, ~2 s) is created in a thread while Ray
+    # starts here (~3 s) and the workers import the trial code.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="automl-mlflow") as pool:
+        tracking = pool.submit(_start_tracking, opts, state, skill.name, space, spec)
+        try:
+            owns_ray = init_ray(opts)
+            warming = warm_workers(opts) if owns_ray else []
+            resolve_gpus(opts)
+        except BaseException:
+            try:
+                tracker = tracking.result()
+                tracker.set_tags(state.mlflow_parent_run_id, {"automl.error": "Ray did not start"})
+                tracker.end_run(state.mlflow_parent_run_id, "FAILED")
+            except Exception:  # noqa: BLE001 (the Ray error is the one to show)
+                pass
+            raise
+        tracker = tracking.result()
+    state.settings["gpus_per_trial"] = opts.gpus_per_trial
+    tracker.log_params(state.mlflow_parent_run_id, {"automl.gpus_per_trial": opts.gpus_per_trial})
+    state.save()
+    echo(settings_line(opts) + f" -> {results}")
+    return _fit(opts, state, tracker, spec, space=space, baseline=(baseline, encoded_baseline), restore=False,
+                echo=echo, live=live, owns_ray=owns_ray, warming=warming)
+
+
+def _start_tracking(opts: SearchOptions, state: SearchState, skill_name: str, space: Any, spec: str | None):
+    """The MLflow side of a new search: store, experiment, parent run and the space artifact."""
+    from automl.tracking import Tracker
+
+    results = Path(state.results_dir)
     tracker = Tracker(opts.tracking_uri, results, opts.experiment_name)
     params = {f"automl.{k}": v for k, v in asdict(opts).items() if v not in (None, [], {}) and k != "extra"}
     params.update({f"automl.tao.{k}": v for k, v in opts.extra.items()})
     state.mlflow_parent_run_id = tracker.start_parent(
         f"search-{opts.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}", params,
-        {"automl.results_dir": str(results), "automl.skill": skill.name, "automl.algorithm": opts.algorithm},
+        {"automl.results_dir": str(results), "automl.skill": skill_name, "automl.algorithm": opts.algorithm},
     )
     state.mlflow_experiment_id = tracker.experiment_id()
     _write_space_artifact(tracker, state, space, spec)
-    state.save()
-    echo(settings_line(opts) + f" -> {results}")
-    return _fit(opts, state, tracker, spec, space=space, baseline=(baseline, encoded_baseline), restore=False,
-                echo=echo, live=live)
+    return tracker
 
 
 def resume(results_dir: str | Path, *, echo: Callable[[str], None] = print, live: bool = False,
@@ -638,12 +697,17 @@ def resume(results_dir: str | Path, *, echo: Callable[[str], None] = print, live
 
 
 def _fit(opts: SearchOptions, state: SearchState, tracker: Any, spec: str | None, *, space: Any, baseline: Any,
-         restore: bool, echo: Callable[[str], None], live: bool) -> SearchOutcome:
+         restore: bool, echo: Callable[[str], None], live: bool, owns_ray: bool | None = None,
+         warming: Sequence[Any] = ()) -> SearchOutcome:
+    import ray
     from ray import tune
 
     from automl.tracking import TrackingCallback, reconcile_interrupted
 
-    owns_ray = init_ray(opts)
+    if owns_ray is None:
+        owns_ray = init_ray(opts)
+        warming = warm_workers(opts) if owns_ray else []
+        resolve_gpus(opts)
     callback = TrackingCallback(opts.results_dir, tracker.tracking_uri, tracker.experiment_name)
     callback.attach(state, tracker)
     if live:
@@ -697,6 +761,10 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, spec: str | None
                 ),
                 run_config=_run_config(opts, [callback]),
             )
+        if warming:
+            # Workers still importing would make Ray start cold ones for the first trials. A
+            # failed import is left to the trial itself to report (with the trial's name on it).
+            ray.wait(list(warming), num_returns=len(warming), timeout=120)
         started = time.time()
         # Ray logs every failed trial's whole traceback at ERROR; the driver records it in the state
         # file and MLflow instead and prints one line per failed trial in the summary.
@@ -726,10 +794,15 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, spec: str | None
     finally:
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
+        shutdown = None
         if not interrupted and owns_ray:
-            import ray
+            # local Ray: stops it; --address: disconnects this driver only. It takes a second or
+            # more (processes to stop); ranking, promotion and the report need no Ray, so they go
+            # on meanwhile and the search ends when both are done.
+            import threading
 
-            ray.shutdown()  # local Ray: stops it; --address: disconnects this driver only
+            shutdown = threading.Thread(target=ray.shutdown, name="automl-ray-shutdown")
+            shutdown.start()
 
     stop_reason = ""
     failed = state.counts().get(FAILED, 0)
@@ -741,7 +814,11 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, spec: str | None
                                    "interrupted: the driver stopped while this trial ran")
     if killed:
         echo(f"automl: marked trials that did not end KILLED: {', '.join(killed)}")
-    return finish(opts, state, tracker, echo=echo, stop_reason=stop_reason)
+    try:
+        return finish(opts, state, tracker, echo=echo, stop_reason=stop_reason)
+    finally:
+        if shutdown is not None:
+            shutdown.join()
 
 
 def finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Callable[[str], None] = print,
@@ -897,7 +974,12 @@ def settings_line(opts: SearchOptions) -> str:
     trials = f"population {opts.population_size}" if opts.algorithm == "pbt" else f"up to {opts.max_trials} trials"
     budget = f", time budget {opts.time_budget_s:g} s" if opts.time_budget_s else ""
     return (f"automl: {opts.algorithm} search, {trials} x {opts.max_epochs or 'spec'} epochs, {opts.max_concurrent} at a time "
-            f"({opts.cpus_per_trial:g} CPU, {opts.gpus_per_trial:g} GPU each){budget}; metric {opts.metric} ({opts.mode})")
+            f"({opts.cpus_per_trial:g} CPU, {_gpus_text(opts.gpus_per_trial)} GPU each){budget}; metric {opts.metric} ({opts.mode})")
+
+
+def _gpus_text(gpus: float | None) -> str:
+    return "auto" if gpus is None else f"{gpus:g}"
+
 
 
 def _short(value: Any) -> str:

@@ -76,9 +76,25 @@ def test_overhead_breakdown_adds_up(tmp_path):
     run = _fake_run(tmp_path)
     result = breakdown(run)
     assert result["steps_s"] == 2 * 2 * 2.5 and result["trials"] == 2 and result["epochs"] == 4
-    assert result["startup_s"] == [2.0, 2.0] and result["startup_median_after_first_s"] == 2.0
+    # Start-up is the ledger's (Ray trial start -> first training step, measured by the driver).
+    assert result["startup_s"] == [1.0, 1.0] and result["startup_median_after_first_s"] == 1.0
     assert abs(sum(result["parts"].values()) - run.wall_s) < 1e-6  # every second is attributed once
+    assert result["parts"]["idle slots"] == 5.0 and result["parts"]["search start"] == 5.0
+    assert abs(result["share"] - 10 / 40) < 1e-12
     json.dumps(result)  # recorded as JSON
+
+
+def test_overhead_breakdown_with_concurrent_trials(tmp_path):
+    """Two slots: compute is 2 x wall; an empty slot while one trial runs counts as idle."""
+    run = _fake_run(tmp_path)
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "promotion.json").write_text(json.dumps({"steps": {"evaluate": {"seconds": 4.0},
+                                                                            "export": {"status": "skipped"}}}))
+    result = breakdown(run, slots=2)
+    assert abs(sum(result["parts"].values()) - 2 * run.wall_s) < 1e-6
+    assert result["parts"]["promotion"] == 8.0 and result["parts"]["search end"] == 12.0
+    assert result["parts"]["idle slots"] == 2 * 25 - 20
+    assert abs(result["share"] - 10 / 80) < 1e-12 and abs(result["share_of_trial_phase"] - 10 / 50) < 1e-12
 
 
 def test_scaling_rates(tmp_path):

@@ -88,8 +88,8 @@ def test_trial_worker_killed_is_retried_and_the_search_goes_on(dataset, tmp_path
     die: with the default one retry (settings max_failures / automl_max_failures, Ray's
     FailureConfig) Ray restarts the trial and it finishes; no epoch is recorded twice and no MLflow
     child run is duplicated. (A trial whose failure repeats is FAILED and the search goes on: see
-    the corrupt-image and NaN tests.) Known gap: the restarted trial is handed no checkpoint by
-    Ray here and retrains from epoch 0 instead of continuing from its last report."""
+    the corrupt-image and NaN tests.) The restarted trial continues from its own latest checkpoint
+    (Ray hands a retried function trainable no checkpoint here), not from epoch 0."""
     results = tmp_path / "search"
     # 12 epochs: a trial lasts several seconds after its first report, time to kill its worker.
     proc = _start(dataset, results, "--max-trials", "2", "--max-epochs", "12")
@@ -114,6 +114,8 @@ def test_trial_worker_killed_is_retried_and_the_search_goes_on(dataset, tmp_path
         assert trial["status"] == "FINISHED", {n: (t["status"], t.get("error")) for n, t in trials.items()}
         epochs = [h["epoch"] for h in trial["history"]]
         assert epochs == sorted(set(epochs)) and epochs[-1] == 12, (trial["name"], epochs)
+    restores = trials[victim["name"]].get("restores", [])
+    assert any(r["from"] == victim["name"] and r["epoch"] >= 1 for r in restores), restores
     runs = {r.info.run_name: r for r in _children(results)}
     assert sorted(runs) == sorted(trials)  # one child run per trial: the retry reused it
     assert {r.info.status for r in runs.values()} == {"FINISHED"}

@@ -1,0 +1,208 @@
+"""The Lightning side of an AutoML trial: reporting to Ray Tune and PBT's optimizer update.
+
+Imported inside the Ray workers only (`automl.trial.train_trial` imports it when a trial starts), so
+the driver process never loads torch or Lightning: that keeps `automl run` seconds faster to start
+and to exit.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Checkpoint
+
+from automl.trial import _LR_KEY, _MOMENTUM_KEY, _WD_KEY, CHECKPOINT_FILE
+from segformer.fileio import link_or_copy
+
+
+def _scalar(value: Any) -> float | None:
+    try:
+        number = float(value.item() if hasattr(value, "item") else value)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+class TuneReportCallback(Checkpoint):
+    """Reports each validated epoch's metrics to Ray Tune, with a checkpoint when it is needed.
+
+    Ray's own `ray.train.lightning.RayTrainReportCallback` only works inside a TorchTrainer; inside a
+    function trainable `ray.tune.report` is the entry point. The reported dict carries `epoch`
+    (1-based, the schedulers' time attribute), `best_<metric>` (the best value so far: trials are
+    ranked by their best epoch, not their last) and `node_id` so the driver can show placement.
+
+    The report is made at the end of a validated epoch, once the train action's
+    `PeriodicCheckpoint` has written `segformer_model_latest.pth` (both are Lightning `Checkpoint`
+    callbacks, which Lightning runs last and in list order; the train action lists its own first).
+    The Ray checkpoint is that file, hard-linked into a scratch folder for Ray to copy: one
+    serialization per epoch, not two. It goes with a report only when Ray needs it:
+
+    - the epoch improved `best_<metric>` (promotion takes the best epoch's checkpoint), or
+    - `checkpoint_every_report` (Population Based Training exploits a trial's latest state).
+
+    Other reports carry metrics only, which is all the schedulers and searchers read. A restored
+    trial resumes from its own `segformer_model_latest.pth` when that is newer than Ray's copy
+    (see `automl.trial.train_trial`), so no epoch is trained twice for want of a checkpoint.
+    """
+
+    def __init__(self, metric: str, mode: str = "max", restored_hparams: dict[str, Any] | None = None,
+                 restored_from: str | None = None, checkpoint_every_report: bool = False,
+                 continue_best: bool = False) -> None:
+        self.metric = metric
+        self.mode = mode
+        self.best: float | None = None
+        self.restored_hparams = restored_hparams or {}
+        self.restored_from = restored_from  # trial whose checkpoint this run continues (resume / PBT exploit)
+        self.checkpoint_every_report = checkpoint_every_report
+        self.reports = 0
+        self.checkpoints = 0  # reports that carried a checkpoint
+        self.first_step_at: float | None = None  # wall clock of the first training step (start-up latency)
+        # A trial resumed from its own checkpoint keeps the best value stored in it (this
+        # callback's state); a PBT exploit starts its own record from the copied state.
+        self.continue_best = continue_best
+        self._pending: tuple[dict[str, Any], bool] | None = None  # this epoch's metrics, improved?
+        self._resend: tuple[dict[str, Any], bool] | None = None  # restored: the checkpoint's own report
+        self._sent_startup = False
+
+    @property
+    def state_key(self) -> str:
+        return "automl_tune_report"
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.restored_hparams:
+            apply_hparams_to_optimizers(trainer, self.restored_hparams)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
+
+    def state_dict(self) -> dict[str, Any]:
+        # Saved by the epoch's checkpoint, which is written before this epoch's report is made.
+        pending = None if self._pending is None else [dict(self._pending[0]), self._pending[1]]
+        return {"best": self.best, "pending": pending}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not self.continue_best:
+            return
+        self.best = state_dict.get("best")
+        pending = state_dict.get("pending")
+        if pending:
+            # A run stopped between writing its checkpoint and reporting that epoch (a killed
+            # driver or worker) would lose the epoch: report it again when training restarts
+            # (the driver's ledger replaces an epoch it already has).
+            self._resend = (dict(pending[0]), bool(pending[1]))
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Callback states are restored before on_fit_start (and on_train_start never runs when the
+        # restored checkpoint is the last epoch, so it cannot be used here).
+        resend, self._resend = self._resend, None
+        if resend is not None:
+            source = Path(trainer.ckpt_path) if trainer.ckpt_path and Path(trainer.ckpt_path).is_file() else None
+            self._report(trainer, *resend, source=source)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The best value is updated here, before the epoch's checkpoint is written, so the
+        # checkpoint holds it; the report waits for that checkpoint (epoch end).
+        if trainer.sanity_checking:
+            return
+        metrics: dict[str, Any] = {}
+        for key, value in trainer.callback_metrics.items():
+            number = _scalar(value)
+            if number is not None:
+                metrics[key] = number
+        if self.metric not in metrics:
+            return  # nothing to rank on (e.g. a validation run without the monitored metric)
+        value = metrics[self.metric]
+        improved = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        if improved:
+            self.best = value
+        metrics[f"best_{self.metric}"] = self.best  # what searchers and schedulers rank on
+        metrics["epoch"] = trainer.current_epoch + 1
+        if trainer.optimizers:
+            metrics.setdefault("lr", float(trainer.optimizers[0].param_groups[0]["lr"]))
+        self._pending = (metrics, improved)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Epochs without validation (train.validation_interval > 1) are not reported.
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._report(trainer, *pending)
+
+    def _report(self, trainer: L.Trainer, metrics: dict[str, Any], improved: bool, source: Path | None = None) -> None:
+        """`tune.report` of one epoch; with a checkpoint (`source`, else this epoch's latest file)
+        when the epoch improved the best value or every report must carry one (PBT)."""
+        import ray
+        from ray import tune
+
+        metrics["node_id"] = ray.get_runtime_context().get_node_id()
+        # Once per worker run: when it started training, and whose checkpoint it continues (the
+        # driver turns these into start-up latency and PBT exploit records).
+        if self.first_step_at is not None and not self._sent_startup:
+            metrics["first_step_at"] = self.first_step_at
+            self._sent_startup = True
+        if self.restored_from is not None and self.reports == 0:
+            metrics["restored_from"] = self.restored_from
+            metrics["restored_at_epoch"] = metrics["epoch"] if source is not None else trainer.current_epoch
+        self.reports += 1
+        if not (improved or self.checkpoint_every_report):
+            tune.report(metrics)
+            return
+        latest = source or _latest_checkpoint(trainer)
+        with tempfile.TemporaryDirectory(prefix="automl_ckpt_", dir=latest.parent if latest else None) as tmp:
+            target = Path(tmp) / CHECKPOINT_FILE
+            if latest is not None:
+                link_or_copy(latest, target)  # Ray copies it into its storage; the link costs nothing
+            else:
+                trainer.save_checkpoint(str(target))
+            self.checkpoints += 1
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _latest_checkpoint(trainer: L.Trainer) -> Path | None:
+    """The train action's `segformer_model_latest.pth` when it was written for this epoch's end."""
+    from segformer.engine.callbacks import PeriodicCheckpoint
+
+    for callback in trainer.callbacks:
+        if isinstance(callback, PeriodicCheckpoint) and callback.saved and callback.saved[-1] == callback.latest_path:
+            if callback.latest_path.is_file():
+                return callback.latest_path
+    return None
+
+
+def apply_hparams_to_optimizers(trainer: L.Trainer, hparams: dict[str, Any]) -> None:
+    """Make a restored optimizer follow the trial's current config (PBT explore).
+
+    Lightning restores the optimizer and scheduler state from the checkpoint, including the old
+    learning rate. The new lr rescales the schedule (base lrs and current lr by the same factor) so
+    the schedule keeps its shape over the full epoch budget.
+    """
+    new_lr = hparams.get(_LR_KEY)
+    new_wd = hparams.get(_WD_KEY)
+    new_momentum = hparams.get(_MOMENTUM_KEY)
+    for index, optimizer in enumerate(trainer.optimizers):
+        ratio = None
+        if new_lr is not None:
+            schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
+            base = schedulers[0].base_lrs[0] if schedulers and getattr(schedulers[0], "base_lrs", None) else None
+            base = base or optimizer.param_groups[0].get("initial_lr") or optimizer.param_groups[0]["lr"]
+            ratio = float(new_lr) / float(base) if base else None
+            for scheduler in schedulers:
+                if getattr(scheduler, "base_lrs", None):
+                    scheduler.base_lrs = [b * ratio for b in scheduler.base_lrs]
+        for group in optimizer.param_groups:
+            if ratio is not None:
+                group["lr"] *= ratio
+                if "initial_lr" in group:
+                    group["initial_lr"] *= ratio
+            if new_wd is not None and "weight_decay" in group:
+                group["weight_decay"] = float(new_wd)
+            if new_momentum is not None:
+                if "betas" in group:
+                    group["betas"] = (float(new_momentum), group["betas"][1])
+                elif "momentum" in group:
+                    group["momentum"] = float(new_momentum)
