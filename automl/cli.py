@@ -169,5 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+def entry() -> None:
+    """Console-script entry point: `main`, then a quick exit (`segformer.cli.exit_process`)."""
+    from segformer.cli import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -318,28 +318,34 @@ def resolve_gpus(opts: SearchOptions) -> None:
         opts.gpus_per_trial = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
-def _import_trial_modules() -> float:
-    """Runs in a Ray worker: load what a trial imports (torch, Lightning, the train action)."""
-    started = time.perf_counter()
-    import automl.tune_report  # noqa: F401  (lightning)
-    import segformer.actions.train  # noqa: F401  (torch, timm, the model and data code)
+def preload_promotion(opts: SearchOptions) -> None:
+    """Import what promotion runs in this process (torch, Lightning, ONNX) while the trials train.
 
-    return time.perf_counter() - started
-
-
-def warm_workers(opts: SearchOptions) -> list:
-    """Start importing the trial code in Ray's idle workers while the driver does its own set-up.
-
-    Ray starts a pool of worker processes with `ray.init` and hands them to the trial actors; a
-    worker that has already imported torch and Lightning starts its first trial seconds sooner.
-    The tasks take no CPU from the trials (num_cpus=0); the caller waits for them (`ray.wait`)
-    before the first trial is placed, so no trial lands on a worker still importing.
+    The driver itself needs none of it during the search; loading it after the search took ~5 s
+    of the demo's wall time on 2 cores. Started once the first epoch is reported (see `_fit`). A
+    daemon thread: an interrupted search does not wait for it, and a module that fails to import
+    is reported by promotion itself (skipped: ...).
     """
-    import ray
+    if not opts.promote:
+        return
+    names = [f"segformer.actions.{step}" for step, skip in (("evaluate", opts.skip_evaluate),
+                                                         ("export", opts.skip_export),
+                                                         ("quantize", opts.skip_quantize)) if not skip]
+    if not opts.skip_export:
+        names += ["onnxruntime", "onnxscript"]  # the exporter (dynamo) and its parity check
 
-    count = max(1, min(opts.max_concurrent, int(ray.cluster_resources().get("CPU", 1) // max(opts.cpus_per_trial, 1e-9))))
-    task = ray.remote(num_cpus=0, max_retries=0)(_import_trial_modules)
-    return [task.remote() for _ in range(count)]
+    def load() -> None:
+        import importlib
+
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 (promotion reports it with the step it breaks)
+                pass
+
+    import threading
+
+    threading.Thread(target=load, name="automl-preload", daemon=True).start()
 
 
 def _sampler(kind: str, seed: int):
@@ -624,14 +630,15 @@ def run(opts: SearchOptions, *, echo: Callable[[str], None] = print, dry_run: bo
     )
     state.settings["spec"] = spec
     # The MLflow store (a new sqlite file: schema migrations, ~2 s) is created in a thread while Ray
-    # starts here (~3 s) and the workers import the trial code.
+    # starts here (~3 s). (Warming Ray's idle workers does not help: Ray starts a fresh worker
+    # process for each trial actor, which imports torch and Lightning itself; later trials reuse
+    # the actor and start in well under a second.)
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1, thread_name_prefix="automl-mlflow") as pool:
         tracking = pool.submit(_start_tracking, opts, state, skill.name, space, spec)
         try:
             owns_ray = init_ray(opts)
-            warming = warm_workers(opts) if owns_ray else []
             resolve_gpus(opts)
         except BaseException:
             try:
@@ -647,7 +654,7 @@ def run(opts: SearchOptions, *, echo: Callable[[str], None] = print, dry_run: bo
     state.save()
     echo(settings_line(opts) + f" -> {results}")
     return _fit(opts, state, tracker, spec, space=space, baseline=(baseline, encoded_baseline), restore=False,
-                echo=echo, live=live, owns_ray=owns_ray, warming=warming)
+                echo=echo, live=live, owns_ray=owns_ray)
 
 
 def _start_tracking(opts: SearchOptions, state: SearchState, skill_name: str, space: Any, spec: str | None):
@@ -697,8 +704,7 @@ def resume(results_dir: str | Path, *, echo: Callable[[str], None] = print, live
 
 
 def _fit(opts: SearchOptions, state: SearchState, tracker: Any, spec: str | None, *, space: Any, baseline: Any,
-         restore: bool, echo: Callable[[str], None], live: bool, owns_ray: bool | None = None,
-         warming: Sequence[Any] = ()) -> SearchOutcome:
+         restore: bool, echo: Callable[[str], None], live: bool, owns_ray: bool | None = None) -> SearchOutcome:
     import ray
     from ray import tune
 
@@ -706,14 +712,26 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, spec: str | None
 
     if owns_ray is None:
         owns_ray = init_ray(opts)
-        warming = warm_workers(opts) if owns_ray else []
         resolve_gpus(opts)
     callback = TrackingCallback(opts.results_dir, tracker.tracking_uri, tracker.experiment_name)
     callback.attach(state, tracker)
+    live_table = None
     if live:
         from automl.report import LiveTable
 
-        callback.on_change = LiveTable(echo)
+        live_table = LiveTable(echo)
+    preloading: list[bool] = []
+
+    def on_change(current: SearchState) -> None:
+        if live_table is not None:
+            live_table(current)
+        # Once the first epoch is reported the first workers have loaded torch: loading it in the
+        # driver earlier would compete with them for the CPU.
+        if not preloading and any(t.history for t in current.trials.values()):
+            preloading.append(True)
+            preload_promotion(opts)
+
+    callback.on_change = on_change
     experiment_dir = Path(opts.results_dir) / RAY_DIR / EXPERIMENT_NAME
     trainable = _trainable(opts, spec)
     interrupted = False
@@ -761,10 +779,6 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, spec: str | None
                 ),
                 run_config=_run_config(opts, [callback]),
             )
-        if warming:
-            # Workers still importing would make Ray start cold ones for the first trials. A
-            # failed import is left to the trial itself to report (with the trial's name on it).
-            ray.wait(list(warming), num_returns=len(warming), timeout=120)
         started = time.time()
         # Ray logs every failed trial's whole traceback at ERROR; the driver records it in the state
         # file and MLflow instead and prints one line per failed trial in the summary.

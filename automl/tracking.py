@@ -48,6 +48,36 @@ def default_tracking_uri(results_dir: str | Path) -> str:
     return f"sqlite:///{Path(results_dir).resolve() / DB_FILE}"
 
 
+def _sqlite_file(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///path` tracking URI (None for any other store)."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix) or tracking_uri[len(prefix):] in ("", ":memory:"):
+        return None
+    return Path(tracking_uri[len(prefix):].split("?", 1)[0])
+
+
+def _store_template() -> Path | None:
+    """Where an empty sqlite store of the installed MLflow version is kept for new searches."""
+    import importlib.metadata
+
+    try:
+        version = importlib.metadata.version("mlflow")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "segformer-automl" / f"mlflow-{version}-empty.db"
+
+
+def _copy_atomically(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _param_value(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text[:_MAX_PARAM_LEN]
@@ -78,7 +108,25 @@ class Tracker:
                     os.environ.setdefault(key, value)
             from mlflow import MlflowClient
 
+            db = _sqlite_file(self.tracking_uri)
+            template = _store_template() if db is not None and not db.exists() else None
+            seeded = False
+            if template is not None and template.is_file():
+                # A new sqlite store runs MLflow's schema migrations (~2 s on 2 cores); an empty
+                # store of the same MLflow version, made once and kept in the user's cache, is the
+                # same database in a millisecond.
+                try:
+                    _copy_atomically(template, db)
+                    seeded = True
+                except OSError:
+                    pass
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            if template is not None and not seeded:
+                try:
+                    self._client.search_experiments(max_results=1)  # the store exists, migrated, empty
+                    _copy_atomically(db, template)
+                except OSError:
+                    pass  # no cache folder (read-only home): the next search migrates again
         return self._client
 
     @property
