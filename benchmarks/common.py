@@ -170,8 +170,11 @@ class SearchRun:
 
 
 def run_search(results_dir: Path, spec: Path, args: Sequence[str], overrides: Sequence[str] = (),
-               env: dict[str, str] | None = None, timeout_s: float = 3600) -> SearchRun:
+               env: dict[str, str] | None = None, timeout_s: float = 3600, source: Path = ROOT) -> SearchRun:
     """`automl run` in a subprocess (as a user runs it), then read what it recorded.
+
+    `source`: the checkout whose `automl` and `segformer` run (another commit's worktree for a
+    before/after comparison in the same session); this one by default.
 
     RAY_ADDRESS=local: without it `ray.init()` joins any cluster another process started with
     `ray start` on this machine (see the overhead section); `--address` still wins when given.
@@ -180,9 +183,12 @@ def run_search(results_dir: Path, spec: Path, args: Sequence[str], overrides: Se
 
     shutil.rmtree(results_dir, ignore_errors=True)
     results_dir.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "automl.cli", "run", "--skill", "segformer", "--policy", "auto", "-e", str(spec),
+    # `python -c` with the source first on sys.path: an editable install of this checkout would
+    # otherwise win over PYTHONPATH for another worktree.
+    cmd = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(source)!r}); import runpy; "
+           "sys.argv[0] = 'automl'; runpy.run_module('automl.cli', run_name='__main__')", "run", "--skill", "segformer", "--policy", "auto", "-e", str(spec),
            "--results-dir", str(results_dir), *args, *overrides]
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    full_env = {**os.environ, "PYTHONPATH": str(source), "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
     if "--address" not in args:
         full_env.setdefault("RAY_ADDRESS", "local")
     full_env.update(env or {})
