@@ -320,7 +320,7 @@ def render(results: dict[str, Any], profile: dict[str, float], args: Any, before
                          f"{100 * b['share']:.1f}% | {100 * a['share']:.1f}% | {_f(b['startup_first_s'])} / "
                          f"{_f(a['startup_first_s'])} | {_f(b['startup_median_after_first_s'])} / "
                          f"{_f(a['startup_median_after_first_s'])} |")
-    lines += ["", "What was changed to cut the overhead (this is the "after" above):",
+    lines += ["", "What was changed to cut the overhead (the 'after' above):",
               "- The driver process no longer imports torch or Lightning (the Tune callback moved to "
               "`automl/tune_report.py`, imported in the workers; the GPU default comes from Ray): ~4 s less to "
               "start and ~2 s less to exit.",
