@@ -113,3 +113,18 @@ def test_stopped_trial_without_timing_or_epoch_end(tmp_path):
     events = epoch_events(run)
     assert [e["trial"] for e in events] == ["trial_000", "trial_000", "trial_001", "trial_001"]
     assert events[1]["at"] == run.state["trials"]["id0"]["ended_at"]
+
+
+def test_projection_of_the_share_with_longer_trials(tmp_path):
+    """share(S) = S / (S (1 + per_step) + fixed): the limit and the steps needed for the target."""
+    from benchmarks.search_overhead import projection
+
+    result = breakdown(_fake_run(tmp_path))
+    proj = projection(result, target=0.5)
+    per_step = sum(result["parts"][k] for k in ("Lightning start", "data wait", "training loop other",
+                                                "validation other", "checkpoint + report")) / result["steps_s"]
+    assert abs(proj["per_step"] - per_step) < 1e-12
+    assert abs(proj["fixed_s"] + result["steps_s"] * (1 + per_step) - result["wall_s"]) < 1e-6  # the rest is fixed
+    steps = proj["steps_for_target"]
+    assert abs(steps / (steps * (1 + per_step) + proj["fixed_s"]) - 0.5) < 1e-9
+    assert projection(result, target=proj["asymptote"] + 0.01)["steps_for_target"] is None
