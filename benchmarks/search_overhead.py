@@ -190,7 +190,7 @@ with tempfile.TemporaryDirectory() as tmp:
 ray.shutdown()
 marks.append(("driver: ray.shutdown (in a thread during the report in the search)", time.perf_counter()))
 import torch, lightning, segformer.actions.train, automl.tune_report
-marks.append(("worker: import torch, lightning, train action (warm-up task in the search)", time.perf_counter()))
+marks.append(("worker: import torch, lightning, train action (in each first trial of a slot)", time.perf_counter()))
 print("JSON" + json.dumps({b[0]: b[1] - a[1] for a, b in zip(marks, marks[1:])}), flush=True)
 """
 
