@@ -19,6 +19,8 @@ from lightning.pytorch.callbacks import Checkpoint
 from automl.trial import _LR_KEY, _MOMENTUM_KEY, _WD_KEY, CHECKPOINT_FILE
 from segformer.fileio import link_or_copy
 
+STATE_KEY = "automl_tune_report"  # top-level checkpoint key of TuneReportCallback's state
+
 
 def _scalar(value: Any) -> float | None:
     try:
@@ -69,28 +71,25 @@ class TuneReportCallback(Checkpoint):
         self._resend: tuple[dict[str, Any], bool] | None = None  # restored: the checkpoint's own report
         self._sent_startup = False
 
-    @property
-    def state_key(self) -> str:
-        return "automl_tune_report"
-
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._send_restored_report(trainer)
         if self.restored_hparams:
             apply_hparams_to_optimizers(trainer, self.restored_hparams)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        if self.first_step_at is None:
-            self.first_step_at = time.time()
-
-    def state_dict(self) -> dict[str, Any]:
-        # Saved by the epoch's checkpoint, which is written before this epoch's report is made.
+    # The best value and the epoch's not yet sent report go into the checkpoint under their own
+    # top-level key, not as a callback state: Lightning would warn anyone resuming the promoted
+    # checkpoint with `segformer train` to add this callback.
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # Written by the epoch's checkpoint, which comes before this epoch's report.
         pending = None if self._pending is None else [dict(self._pending[0]), self._pending[1]]
-        return {"best": self.best, "pending": pending}
+        checkpoint[STATE_KEY] = {"best": self.best, "pending": pending}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(STATE_KEY) or {}
         if not self.continue_best:
             return
-        self.best = state_dict.get("best")
-        pending = state_dict.get("pending")
+        self.best = state.get("best")
+        pending = state.get("pending")
         if pending:
             # A run stopped between writing its checkpoint and reporting that epoch (a killed
             # driver or worker) would lose the epoch: report it again when training restarts
@@ -98,12 +97,23 @@ class TuneReportCallback(Checkpoint):
             self._resend = (dict(pending[0]), bool(pending[1]))
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Callback states are restored before on_fit_start (and on_train_start never runs when the
-        # restored checkpoint is the last epoch, so it cannot be used here).
+        self._send_restored_report(trainer)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A checkpoint of the last epoch: no training starts, but its report may still be due.
+        self._send_restored_report(trainer)
+
+    def _send_restored_report(self, trainer: L.Trainer) -> None:
+        """The restored checkpoint's own epoch report, once, at the first hook after the restore
+        (before on_fit_start on one device; strategies that restore after set-up come later)."""
         resend, self._resend = self._resend, None
         if resend is not None:
             source = Path(trainer.ckpt_path) if trainer.ckpt_path and Path(trainer.ckpt_path).is_file() else None
             self._report(trainer, *resend, source=source)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # The best value is updated here, before the epoch's checkpoint is written, so the

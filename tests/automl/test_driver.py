@@ -267,3 +267,29 @@ def test_mlflow_ui_shows_trials_in_a_real_browser(search, tmp_path):
         ui.terminate()  # SIGTERM: `automl ui` stops its server's whole process group
         ui.wait(timeout=30)
     assert not ready(), "the MLflow server outlived `automl ui`"
+
+
+def test_promoted_checkpoint_is_the_best_epoch_and_resumes_without_callback_warnings(search, tmp_path):
+    """One checkpoint per epoch: the promoted model is the train action's own checkpoint of the best
+    epoch (Ray got a link of it); the report callback's state sits under its own key, so resuming it
+    with the plain train action asks for no missing callback."""
+    import subprocess
+    import sys
+
+    import torch
+
+    outcome, _, _ = search
+    best = outcome.best
+    ckpt = torch.load(Path(outcome.state.results_dir) / "best" / "model.pth", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == best.best_epoch - 1  # Lightning's 0-based epoch of the best validated epoch
+    assert ckpt["automl_tune_report"]["best"] == pytest.approx(best.best_value)
+    assert not any("TuneReport" in key or "automl" in key for key in ckpt.get("callbacks", {}))
+    spec = Path(outcome.state.spec)
+    out = subprocess.run(
+        [sys.executable, "-m", "segformer.cli", "train", "-e", str(spec), f"results_dir={tmp_path}",
+         "dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32",
+         f"train.num_epochs={best.best_epoch + 1}",
+         f"train.resume_training_checkpoint_path={Path(outcome.state.results_dir) / 'best' / 'model.pth'}"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Please add the following callbacks" not in out.stdout + out.stderr
