@@ -158,9 +158,15 @@ def exit_process(code: int) -> None:
     does that has an effect still happens, in the same order: other non-daemon threads are
     joined, atexit handlers run (logging and library clean-up), stdout and stderr are flushed.
     Files are written whole before they are closed (`segformer.fileio`), so none is cut short.
+
+    Under a profiler or tracer (`python -m cProfile`, a debugger), or with SEGFORMER_NORMAL_EXIT
+    set, the exit is the normal one: those tools write their results after the program returns.
     """
     import atexit
     import threading
+
+    if sys.getprofile() is not None or sys.gettrace() is not None or os.environ.get("SEGFORMER_NORMAL_EXIT"):
+        sys.exit(code)
 
     for thread in threading.enumerate():
         if thread is not threading.main_thread() and not thread.daemon:
