@@ -648,7 +648,14 @@ def run(opts: SearchOptions, *, echo: Callable[[str], None] = print, dry_run: bo
             except Exception:  # noqa: BLE001 (the Ray error is the one to show)
                 pass
             raise
-        tracker = tracking.result()
+        try:
+            tracker = tracking.result()
+        except BaseException:
+            if owns_ray:
+                import ray
+
+                ray.shutdown()  # no search without its MLflow store: leave no Ray running either
+            raise
     state.settings["gpus_per_trial"] = opts.gpus_per_trial
     tracker.log_params(state.mlflow_parent_run_id, {"automl.gpus_per_trial": opts.gpus_per_trial})
     state.save()

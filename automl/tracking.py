@@ -44,6 +44,10 @@ _RAY_KEYS = {
 _MAX_PARAM_LEN = 6000  # MLflow's param value limit (6000 on recent stores; longer values are cut)
 
 
+class TrackingError(ValueError):
+    """The MLflow store cannot be opened or written (the message names the URI)."""
+
+
 def default_tracking_uri(results_dir: str | Path) -> str:
     return f"sqlite:///{Path(results_dir).resolve() / DB_FILE}"
 
@@ -120,7 +124,13 @@ class Tracker:
                     seeded = True
                 except OSError:
                     pass
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            try:
+                self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            except Exception as exc:  # noqa: BLE001 (any store error: say which store and what to do)
+                raise TrackingError(
+                    f"cannot open the MLflow store {self.tracking_uri}: {exc}; give --tracking-uri a store this "
+                    "user can create and write (or leave it out: sqlite in the results folder)"
+                ) from exc
             if template is not None and not seeded:
                 try:
                     self._client.search_experiments(max_results=1)  # the store exists, migrated, empty

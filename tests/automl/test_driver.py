@@ -293,3 +293,18 @@ def test_promoted_checkpoint_is_the_best_epoch_and_resumes_without_callback_warn
         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Please add the following callbacks" not in out.stdout + out.stderr
+
+
+def test_mlflow_store_failure_stops_the_ray_it_started(dataset, tmp_path):
+    """The MLflow store is set up in a thread while Ray starts: when the store fails, the error is
+    the store's and no Ray is left running in this process."""
+    import ray
+
+    from automl import driver
+
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the store's folder should be")
+    opts = _options(tmp_path / "search", dataset, tracking_uri=f"sqlite:///{blocker / 'mlflow.db'}")
+    with pytest.raises(ValueError, match="cannot open the MLflow store sqlite:///.*not_a_folder.*--tracking-uri"):
+        driver.run(opts, echo=lambda _: None)
+    assert not ray.is_initialized()
