@@ -150,6 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
+EXIT_TIMEOUT_S = 15.0  # normal exit handlers take ~1.5 s (Ray shutdown); a stuck one is cut here
+
+
 def exit_process(code: int) -> None:
     """End the process with `code`, skipping only the interpreter's final clean-up of modules.
 
@@ -168,10 +171,21 @@ def exit_process(code: int) -> None:
     if sys.getprofile() is not None or sys.gettrace() is not None or os.environ.get("SEGFORMER_NORMAL_EXIT"):
         sys.exit(code)
 
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()  # noqa: SLF001 (the documented handlers, run as a normal exit would)
+    def clean_up() -> None:
+        for thread in threading.enumerate():
+            if thread is not threading.main_thread() and not thread.daemon and thread is not current:
+                thread.join()
+        atexit._run_exitfuncs()  # noqa: SLF001 (the documented handlers, run as a normal exit would)
+
+    # A library's exit handler can block for ever: Ray's shutdown waits without a time limit on
+    # its GCS, which a SIGTERM to the whole process group has already stopped. Give the clean-up
+    # EXIT_TIMEOUT_S, then say so and exit anyway rather than hang.
+    current = threading.Thread(target=clean_up, name="segformer-exit", daemon=True)
+    current.start()
+    current.join(EXIT_TIMEOUT_S)
+    if current.is_alive():
+        print(f"exit clean-up did not finish in {EXIT_TIMEOUT_S:g} s (a stuck exit handler, e.g. Ray's after its "
+              "processes were stopped); exiting anyway", file=sys.stderr)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

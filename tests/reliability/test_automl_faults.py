@@ -199,3 +199,24 @@ def test_diverging_trials_fail_cleanly_and_the_search_goes_on(dataset, tmp_path)
     runs = {r.info.run_name: r for r in _children(results)}
     assert sorted(runs) == sorted(trials)
     assert {r.info.status for r in runs.values()} == {"FAILED"}
+
+
+def test_sigterm_to_the_process_group_ends_the_driver(dataset, tmp_path):
+    """SIGTERM to the whole process group (a job scheduler, `timeout`, `kill -- -PGID`) reaches Ray's
+    own processes too. The driver still saves its state and exits instead of hanging in Ray's exit
+    handler, which waits without a limit on the GCS the signal stopped."""
+    results = tmp_path / "search"
+    proc = _start(dataset, results, "--max-trials", "3", "--max-epochs", "8")
+    try:
+        _wait_for(proc, lambda: _running_with_epoch(results) is not None, 240, "a running trial with a reported epoch")
+        os.killpg(proc.pid, signal.SIGTERM)
+        out = _finish(proc, timeout=90)  # SIGKILLs the group and fails below if the driver hangs
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, out[-3000:]
+    assert f"automl resume {results}" in out, out[-3000:]
+    state = json.loads((results / "automl_state.json").read_text())
+    assert state["status"] == "INTERRUPTED"
+    assert "RUNNING" not in {t["status"] for t in state["trials"].values()}
