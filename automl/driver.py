@@ -55,7 +55,8 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 from automl.state import FAILED, FINISHED, RUNNING, STOPPED, SearchState, TrialRecord
 
@@ -316,6 +317,29 @@ def resolve_gpus(opts: SearchOptions) -> None:
         import ray
 
         opts.gpus_per_trial = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+@contextmanager
+def seeded_global_rngs(seed: int) -> Iterator[None]:
+    """Python's and NumPy's global random generators seeded for the search, restored afterwards.
+
+    Ray draws from them in the driver: asynchronous HyperBand picks each trial's bracket with
+    `np.random.choice`, PBT's explore perturbs with `random`. Unseeded, `--seed` fixed the sampled
+    values but not which trials HyperBand could stop early (two runs of the efficiency benchmark
+    differed). The caller's generator state is put back, so a notebook's draws are not touched.
+    """
+    import random
+
+    import numpy as np
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 def preload_promotion(opts: SearchOptions) -> None:
@@ -793,7 +817,8 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, spec: str | None
         tune_level = tune_log.level
         tune_log.setLevel(logging.CRITICAL)
         try:
-            tuner.fit()
+            with seeded_global_rngs(opts.seed):
+                tuner.fit()
         finally:
             tune_log.setLevel(tune_level)
         echo(f"automl: search done in {time.time() - started:.1f} s")

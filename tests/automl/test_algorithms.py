@@ -185,3 +185,18 @@ def test_hyperband_bracket_count_follows_the_budget():
     assert hyperband_brackets(max_t=9, grace_period=1, reduction_factor=3) == 3
     assert hyperband_brackets(max_t=81, grace_period=1, reduction_factor=3) == 5
     assert hyperband_brackets(max_t=8, grace_period=2, reduction_factor=2) == 3
+
+
+def test_hyperband_search_is_reproducible_with_its_seed(dataset, tmp_path, ray_session):
+    """--seed fixes the sampled values and HyperBand's bracket draws (Ray picks a trial's bracket with
+    NumPy's global generator): two runs stop the same trials at the same epochs, with the same values."""
+    from automl import driver
+
+    runs = []
+    for name in ("one", "two"):
+        opts = _options(tmp_path / name, dataset, algorithm="hyperband", max_trials=6, max_epochs=4, seed=7)
+        state = driver.run(opts, echo=lambda _: None).state
+        runs.append({t.name: (len(t.history), t.params, [round(h["val_miou"], 6) for h in t.history])
+                     for t in state.trials.values()})
+    assert runs[0] == runs[1]
+    assert len({epochs for epochs, _, _ in runs[0].values()}) > 1, "nothing was stopped early: not a HyperBand test"
