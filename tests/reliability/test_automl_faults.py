@@ -12,7 +12,9 @@ import os
 import signal
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -24,6 +26,22 @@ TINY_SEARCH = ["--num-cpus", "2", "--no-promote", "--algorithm", "random", "--on
                "model.decode_head.decoder_params.embed_dim=32", "dataset.segment.batch_size=4",
                "dataset.segment.workers=0"]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+@contextmanager
+def _search(dataset: Path, results: Path, *args: str) -> Iterator[subprocess.Popen]:
+    """`automl run` in its own process group; whatever happens in the block, the group ends with it."""
+    proc = _start(dataset, results, *args)
+    try:
+        yield proc
+    finally:
+        _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _start(dataset: Path, results: Path, *args: str) -> subprocess.Popen:
@@ -55,9 +73,7 @@ def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
     try:
         out, _ = proc.communicate(timeout=timeout)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _stop_group(proc)
     return out
 
 
@@ -92,8 +108,7 @@ def test_trial_worker_killed_is_retried_and_the_search_goes_on(dataset, tmp_path
     (Ray hands a retried function trainable no checkpoint here), not from epoch 0."""
     results = tmp_path / "search"
     # 12 epochs: a trial lasts several seconds after its first report, time to kill its worker.
-    proc = _start(dataset, results, "--max-trials", "2", "--max-epochs", "12")
-    try:
+    with _search(dataset, results, "--max-trials", "2", "--max-epochs", "12") as proc:
         _wait_for(proc, lambda: _running_with_epoch(results) is not None, 240, "a running trial with a reported epoch")
         victim = _running_with_epoch(results)
         pid = int(victim["pid"])
@@ -103,10 +118,6 @@ def test_trial_worker_killed_is_retried_and_the_search_goes_on(dataset, tmp_path
             time.sleep(0.1)
         assert not _alive(pid), f"the trial's worker {pid} survived SIGKILL"
         out = _finish(proc)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert proc.returncode == 0, out[-3000:]
     trials = {t["name"]: t for t in _trials(results).values()}
     assert sorted(trials) == ["trial_000", "trial_001"], trials.keys()
@@ -126,16 +137,11 @@ def test_ctrl_c_saves_state_and_resume_finishes_without_repeats(dataset, tmp_pat
     the cut trial KILLED in the ledger and MLflow (nothing left RUNNING); `automl resume` then
     finishes every trial, keeps trial_000's run and epochs, and creates no duplicate run or folder."""
     results = tmp_path / "search"
-    proc = _start(dataset, results, "--max-trials", "3", "--max-epochs", "8")
-    try:
+    with _search(dataset, results, "--max-trials", "3", "--max-epochs", "8") as proc:
         _wait_for(proc, lambda: any(t["status"] == "FINISHED" for t in _trials(results).values())
                   and _running_with_epoch(results) is not None, 300, "one finished trial and one running trial")
         proc.send_signal(signal.SIGINT)
         out = _finish(proc, timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert proc.returncode == 130, out[-3000:]
     assert f"automl resume {results}" in out, out[-3000:]
     assert "Traceback" not in out, out[-3000:]
@@ -206,15 +212,10 @@ def test_sigterm_to_the_process_group_ends_the_driver(dataset, tmp_path):
     own processes too. The driver still saves its state and exits instead of hanging in Ray's exit
     handler, which waits without a limit on the GCS the signal stopped."""
     results = tmp_path / "search"
-    proc = _start(dataset, results, "--max-trials", "3", "--max-epochs", "8")
-    try:
+    with _search(dataset, results, "--max-trials", "3", "--max-epochs", "8") as proc:
         _wait_for(proc, lambda: _running_with_epoch(results) is not None, 240, "a running trial with a reported epoch")
         os.killpg(proc.pid, signal.SIGTERM)
         out = _finish(proc, timeout=90)  # SIGKILLs the group and fails below if the driver hangs
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert proc.returncode == 130, out[-3000:]
     assert f"automl resume {results}" in out, out[-3000:]
     state = json.loads((results / "automl_state.json").read_text())
