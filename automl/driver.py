@@ -288,10 +288,7 @@ def init_ray(opts: SearchOptions, quiet: bool = True) -> bool:
     if root not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([root, *[p for p in paths if p]])
     if opts.address:
-        from automl.probe import check_ray_address
-
-        check_ray_address(opts.address)  # Ray itself retries a dead address for minutes
-        ray.init(address=opts.address, **kwargs)
+        ray.init(address=opts.address, **kwargs)  # probed by check_services first (Ray retries for minutes)
     else:
         auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
         level = auth_log.level
@@ -1025,7 +1022,6 @@ def settings_line(opts: SearchOptions) -> str:
 
 def _gpus_text(gpus: float | None) -> str:
     return "auto" if gpus is None else f"{gpus:g}"
-
 
 
 def _short(value: Any) -> str:

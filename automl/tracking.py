@@ -73,13 +73,11 @@ def _store_template() -> Path | None:
 
 
 def _copy_atomically(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """A real copy (never a hard link: sqlite writes in place), written by `segformer.fileio`."""
+    from segformer.fileio import atomic_write
+
+    with source.open("rb") as src:
+        atomic_write(target, lambda out: shutil.copyfileobj(src, out))
 
 
 def _param_value(value: Any) -> str:

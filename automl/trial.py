@@ -120,13 +120,14 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     overrides: dict[str, Any] = dict(ctx.fixed)
     overrides.update({k: v for k, v in config.items() if not k.startswith("_")})
     overrides["results_dir"] = str(trial_dir)
-    overrides["train.results_dir"] = str(trial_dir / "train")
+    train_dir = trial_dir / "train"
+    overrides["train.results_dir"] = str(train_dir)
     if ctx.max_epochs is not None:
         overrides["train.num_epochs"] = int(ctx.max_epochs)
 
     restored_hparams: dict[str, Any] = {}
     restored_from: str | None = None
-    own_latest = trial_dir / "train" / LATEST_NAME
+    own_latest = train_dir / LATEST_NAME
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         # Ray stores a trial's checkpoints in <experiment>/<trial name>/checkpoint_NNNNNN: the

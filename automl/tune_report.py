@@ -62,7 +62,6 @@ class TuneReportCallback(Checkpoint):
         self.restored_from = restored_from  # trial whose checkpoint this run continues (resume / PBT exploit)
         self.checkpoint_every_report = checkpoint_every_report
         self.reports = 0
-        self.checkpoints = 0  # reports that carried a checkpoint
         self.first_step_at: float | None = None  # wall clock of the first training step (start-up latency)
         # A trial resumed from its own checkpoint keeps the best value stored in it (this
         # callback's state); a PBT exploit starts its own record from the copied state.
@@ -169,7 +168,6 @@ class TuneReportCallback(Checkpoint):
                 link_or_copy(latest, target)  # Ray copies it into its storage; the link costs nothing
             else:
                 trainer.save_checkpoint(str(target))
-            self.checkpoints += 1
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
