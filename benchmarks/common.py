@@ -113,18 +113,19 @@ def replace_section(text: str, title: str, body: str) -> str:
 
 def write_section(title: str, body: str, path: Path = RESULTS) -> None:
     """Replace (or add) one section of RESULTS.md atomically."""
+    from segformer.fileio import atomic_write_text
+
     current = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    updated = replace_section(current, title, body)
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(updated, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, replace_section(current, title, body))
     print(f"updated {path} ({title})")
 
 
 def save_json(name: str, data: Any) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / name
-    path.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
+    from segformer.fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=1, default=str))
     return path
 
 

@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads((RESULTS_DIR / f"search_overhead{suffix}.json").read_text())
         args.compare_with = saved.get("compare_with") or None
         args.compare_label = saved.get("compare_label", "")
-        text = render(saved["results"], saved["profile"], args, saved.get("before"), saved.get("written_at"))
+        text = render(saved["results"], saved["profile"], args, saved.get("before"), saved.get("written_at"),
+                      saved.get("machine"))
         print(text)
         if not args.no_write:
             write_section(TITLE, text)
@@ -273,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     save_json(f"search_overhead{suffix}.json", {"results": results, "before": before, "profile": profile,
                                                 "small": args.small, "compare_with": str(args.compare_with or ""),
                                                 "compare_label": args.compare_label,
-                                                "written_at": time.strftime("%Y-%m-%d %H:%M")})
+                                                "written_at": time.strftime("%Y-%m-%d %H:%M"),
+                                                "machine": machine_line()})
     text = render(results, profile, args, before)
     print(text)
     if not args.no_write:
@@ -306,12 +308,13 @@ def projection(r: dict[str, Any], target: float = TARGET) -> dict[str, float | N
 
 
 def render(results: dict[str, Any], profile: dict[str, float], args: Any, before: dict[str, Any] | None = None,
-           written_at: str | None = None) -> str:
+           written_at: str | None = None, machine: str | None = None) -> str:
+    """The RESULTS.md section; `written_at` and `machine` are those of the measurement (re-rendering)."""
     cmd = "python -m benchmarks.search_overhead" + (" --small" if args.small else "")
     lines = [f"## {TITLE}", "",
              f"`{cmd}`: `automl run` in a subprocess, wall time = process start to exit; compute = slots x wall "
              f"(slots: trials at a time). MiT-B0 on the synthetic dataset; {written_at or time.strftime('%Y-%m-%d %H:%M')}.",
-             f"Machine: {machine_line()}", "",
+             f"Machine: {machine or machine_line()}", "",
              "| search | wall (s) | slots | in train+val steps (slot-s) | share of compute | share of trial phase | "
              "start-up first (s) | start-up median, later trials (s) | trials / epochs |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -25,7 +24,6 @@ from pathlib import Path
 THREADS = 2
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTION = "## Deploy speed"
 
 
@@ -140,18 +138,6 @@ def quality(work: Path, size: int, epochs: int) -> tuple[list[dict], str]:
     return rows, note
 
 
-def write_section(text: str) -> None:
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text, current)
-    else:
-        updated = current.rstrip() + "\n\n" + text
-    tmp = RESULTS.with_suffix(".md.tmp")
-    tmp.write_text(updated)
-    os.replace(tmp, RESULTS)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="128x128, batch 1 and 2, 2 epochs (minutes)")
@@ -196,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        write_section(text)
+        from benchmarks.common import write_section
+
+        write_section(SECTION.removeprefix("## "), text)
     return 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import sys
 import time
@@ -25,7 +24,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 
 
 def build_pair(num_classes: int) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -148,11 +146,9 @@ What made the difference (see `segformer/model/head.py`, `segformer/model/backbo
 - One fused key/value projection and `F.scaled_dot_product_attention` instead of three
   projections and an explicit softmax(QK^T)V.
 """
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(r"^## Model speed\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    RESULTS.write_text(text)
-    print(f"updated {RESULTS}")
+    from benchmarks.common import write_section  # importable: machine() put the root on sys.path
+
+    write_section("Model speed", section)
 
 
 if __name__ == "__main__":
