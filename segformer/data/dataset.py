@@ -4,10 +4,19 @@ Items are dicts ``{"image": float (3,H,W) normalized, "mask": int64 (H,W) (255 =
 "name": stem, "orig_size": int64 tensor (2,) = (H, W) of the file}``; ``mask`` is absent when
 ``require_masks=False`` (prediction splits). Indexing with ``(epoch, index)`` (what
 :class:`EpochSampler` yields) seeds that sample's augmentation from (seed, epoch, index).
+
+Decoded files are kept in a process-wide, memory-bounded cache (see :class:`DecodedCache`), so
+epochs after the first, later datasets over the same files, and later trials run by a reused Ray
+actor skip reading and decoding. Only what :func:`load_pair` / ``load_image`` return is kept;
+augmentation still runs per epoch and per sample.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -27,6 +36,11 @@ Transform = Callable[[np.ndarray, "np.ndarray | None", "torch.Generator | None"]
 PROGRESS_MIN_FILES = 200
 """check_dataset shows a progress bar from this many files on (unless told otherwise)."""
 
+DATA_CACHE_ENV = "SEGFORMER_DATA_CACHE_MB"
+"""Environment variable: the decoded-data cache budget in MiB per process (0 disables it)."""
+
+DEFAULT_DATA_CACHE_MB = 2048
+
 _LISTED_PROBLEMS = 20
 _SHUFFLE_STREAM = 2**32 - 1  # generator index for the shuffle order (never a sample index)
 
@@ -42,6 +56,178 @@ def load_pair(sample: Sample, decoder: MaskDecoder) -> tuple[np.ndarray, np.ndar
             f"{image.shape[1]}x{image.shape[0]}; a mask must have exactly its image's size"
         )
     return image, decoder.decode(mask, str(sample.mask))
+
+
+# ---------------------------------------------------------------------- decoded-data cache
+def data_cache_budget() -> int:
+    """The cache budget in bytes, read from ``SEGFORMER_DATA_CACHE_MB`` on every call (tests change it).
+
+    Unset: 2 GiB per training process, split among its DataLoader workers.
+    """
+    raw = os.environ.get(DATA_CACHE_ENV, "").strip()
+    if not raw:
+        # The default is per training process: DataLoader workers share it, so N workers plus
+        # the main process hold at most about twice the default, not N + 1 times.
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        return (DEFAULT_DATA_CACHE_MB << 20) // (info.num_workers if info is not None else 1)
+    try:
+        megabytes = float(raw)
+    except ValueError:
+        megabytes = -1.0
+    if not megabytes >= 0:  # also refuses nan
+        raise ValueError(f"{DATA_CACHE_ENV}={raw!r} must be a number of MiB >= 0 (0 disables the decoded-data "
+                         f"cache; unset means {DEFAULT_DATA_CACHE_MB})")
+    return int(megabytes * (1 << 20))
+
+
+class DecodedCache:
+    """LRU cache of decoded files, bounded in bytes, shared by every dataset of one process.
+
+    Entries are keyed by the absolute file paths (and the decoder fingerprint for masks) and
+    stamped with the (device, inode, size, mtime_ns, ctime_ns) of the file each path resolves to:
+    a file changed on disk, or a link pointed elsewhere, no longer matches its stamp, so it is
+    read again and its old entry replaced, never served stale. Arrays are stored read-only (ids as
+    uint8), so a transform that writes into its input fails loudly instead of corrupting later
+    epochs. Failed reads (``DataError``) are not cached and raise every time.
+
+    Module level on purpose: a Ray Tune actor reused for the next trial finds the data decoded.
+    DataLoader worker processes each hold their own copy (forked workers start from the parent's
+    entries); the default budget is split among them (see :func:`data_cache_budget`). A lock makes it
+    safe for threads; decoding itself runs outside the lock.
+    """
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[tuple, tuple[tuple, tuple, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, slot: tuple, stamp: tuple, budget: int) -> tuple | None:
+        """The arrays stored for ``slot`` if the files still match ``stamp``, else None (a stale entry is dropped)."""
+        with self._lock:
+            self._trim(budget)
+            entry = self._entries.get(slot)
+            if entry is not None and entry[0] == stamp:
+                self._entries.move_to_end(slot)
+                self.hits += 1
+                return entry[1]
+            if entry is not None:
+                self._drop(slot)
+            self.misses += 1
+            return None
+
+    def put(self, slot: tuple, stamp: tuple, value: tuple, budget: int) -> bool:
+        """Store ``value`` (read-only arrays) unless it alone exceeds ``budget``; evicts least recently used."""
+        nbytes = sum(a.nbytes for a in value if a is not None)
+        if nbytes > budget:
+            return False
+        with self._lock:
+            self._drop(slot)
+            self._entries[slot] = (stamp, value, nbytes)
+            self._bytes += nbytes
+            self._trim(budget)
+        return True
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+            self.hits = self.misses = 0
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"entries": len(self._entries), "bytes": self._bytes, "hits": self.hits, "misses": self.misses}
+
+    def trim(self, budget: int) -> None:
+        """Evict least recently used entries until at most ``budget`` bytes are kept."""
+        with self._lock:
+            self._trim(budget)
+
+    def _drop(self, slot: tuple) -> None:
+        entry = self._entries.pop(slot, None)
+        if entry is not None:
+            self._bytes -= entry[2]
+
+    def _trim(self, budget: int) -> None:
+        while self._bytes > budget and self._entries:
+            self._drop(next(iter(self._entries)))
+
+    def _after_fork(self) -> None:
+        # a forked child (DataLoader worker) must not inherit a lock held by another parent thread
+        self._lock = threading.Lock()
+
+
+DATA_CACHE = DecodedCache()
+"""The process-wide cache used by :class:`SegmentationDataset` and :func:`check_dataset`."""
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=DATA_CACHE._after_fork)
+
+
+def decoder_fingerprint(decoder: MaskDecoder) -> str:
+    """What makes ``decode`` output differ: the palette entries and label_transform (is_gray follows)."""
+    text = repr((decoder.label_transform, decoder.is_gray, decoder.entries))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _file_stamp(path: Path) -> tuple[int, ...]:
+    """(dev, inode, size, mtime_ns, ctime_ns) of the file a path resolves to; OSError when it cannot be stat'ed.
+
+    ``os.stat`` follows symbolic links, so device and inode name the resolved file: a link pointed
+    elsewhere, or a file replaced by another, no longer matches (without realpath's cost per call).
+    """
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _freeze(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)
+    return array
+
+
+def _compact_ids(ids: np.ndarray) -> np.ndarray:
+    """Training ids are 0..255: keep them as uint8 (8x less memory than int64) when that is lossless."""
+    if ids.dtype != np.uint8 and ids.size and ids.min() >= 0 and ids.max() <= 255:
+        return ids.astype(np.uint8)
+    return ids.copy()
+
+
+def _cached_load(sample: Sample, decoder: MaskDecoder | None, fingerprint: str | None,
+                 cache: DecodedCache = DATA_CACHE) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`load_pair` (or ``load_image`` when ``decoder`` is None) through the cache.
+
+    The image is read-only when it came from (or went into) the cache; the ids are always a fresh
+    writable int64 array, so callers see the same values and dtypes with the cache on or off.
+    """
+    masks = decoder is not None
+    budget = data_cache_budget()
+    if budget <= 0:
+        cache.trim(0)  # disabled while the process runs: free what was kept
+        return load_pair(sample, decoder) if masks else (load_image(sample.image), None)
+    files = (sample.image, sample.mask) if masks else (sample.image,)
+    slot = (tuple(os.path.abspath(path) for path in files), fingerprint)  # type: ignore[arg-type]
+    try:
+        stamp: tuple | None = tuple(_file_stamp(path) for path in files)  # type: ignore[arg-type]
+    except OSError:  # missing or unreadable: let the loader raise its DataError
+        stamp = None
+    if stamp is not None:
+        hit = cache.get(slot, stamp, budget)
+        if hit is not None:
+            image, ids = hit
+            return image, None if ids is None else ids.astype(np.int64)
+    image, ids = load_pair(sample, decoder) if masks else (load_image(sample.image), None)
+    image = _freeze(np.ascontiguousarray(image))
+    if stamp is not None:
+        try:
+            unchanged = tuple(_file_stamp(path) for path in files) == stamp  # type: ignore[arg-type]
+        except OSError:
+            unchanged = False
+        if unchanged:  # a file rewritten while it was read is not stored under its old stamp
+            cache.put(slot, stamp, (image, None if ids is None else _freeze(_compact_ids(ids))), budget)
+    return image, ids
 
 
 class SegmentationDataset(Dataset):
@@ -67,6 +253,7 @@ class SegmentationDataset(Dataset):
         self.require_masks = require_masks
         self.seed = int(seed)
         self.samples, _ = pair_samples(self.root_dir, split, require_masks=require_masks, strict=True)
+        self._fingerprint = decoder_fingerprint(decoder) if require_masks and decoder is not None else None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -74,11 +261,7 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         sample = self.samples[index]
-        if self.require_masks:
-            assert self.decoder is not None
-            image, ids = load_pair(sample, self.decoder)
-        else:
-            image, ids = load_image(sample.image), None
+        image, ids = _cached_load(sample, self.decoder if self.require_masks else None, self._fingerprint)
         generator = sample_generator(self.seed, epoch, index)
         tensor, mask = self.transform(image, ids, generator)
         item = {"image": tensor, "name": sample.name,
@@ -165,6 +348,7 @@ def check_dataset(root_dir: str | Path, split: str, decoder: MaskDecoder | None,
     num_classes = decoder.num_classes if decoder is not None else 0
     class_pixels = np.zeros(num_classes, dtype=np.int64)
     ignored = 0
+    fingerprint = decoder_fingerprint(decoder) if require_masks and decoder is not None else None
     show = len(samples) >= PROGRESS_MIN_FILES if progress is None else progress
     iterator: Sequence[Sample] = samples
     if show:
@@ -175,12 +359,12 @@ def check_dataset(root_dir: str | Path, split: str, decoder: MaskDecoder | None,
         try:
             if require_masks:
                 assert decoder is not None
-                _, ids = load_pair(sample, decoder)
+                _, ids = _cached_load(sample, decoder, fingerprint)  # fills the cache for training
                 counts = np.bincount(ids.ravel(), minlength=256)
                 class_pixels += counts[:num_classes]
                 ignored += int(counts[IGNORE_INDEX])
             else:
-                load_image(sample.image)
+                _cached_load(sample, None, None)
         except DataError as exc:
             problems.append(str(exc))
     report = DatasetReport(split, len(samples), class_pixels, ignored, problems)
@@ -191,4 +375,5 @@ def check_dataset(root_dir: str | Path, split: str, decoder: MaskDecoder | None,
     return report
 
 
-__all__ = ["SegmentationDataset", "EpochSampler", "DatasetReport", "check_dataset", "load_pair"]
+__all__ = ["SegmentationDataset", "EpochSampler", "DatasetReport", "check_dataset", "load_pair", "DecodedCache",
+           "DATA_CACHE", "DATA_CACHE_ENV", "data_cache_budget", "decoder_fingerprint"]

@@ -172,7 +172,11 @@ class SegTransform:
     def __call__(self, image: np.ndarray, mask: np.ndarray | None,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         img = resize_image(image_to_tensor(image), self.size)
-        ids = None if mask is None else torch.from_numpy(np.asarray(mask, dtype=np.int64))
+        ids = None
+        if mask is not None:
+            mask = np.asarray(mask, dtype=np.int64)
+            # a read-only input (the decoded-data cache) is never shared with the output tensor
+            ids = torch.from_numpy(mask if mask.flags.writeable else mask.copy())
         if ids is not None and (self.resize_masks or self.augment is not None):
             ids = resize_mask(ids, self.size)
         if self.augment is not None:
