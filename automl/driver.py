@@ -749,6 +749,7 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, spec: str | None
 
         live_table = LiveTable(echo)
     preloading: list[bool] = []
+    early = _early_promotion(opts, state.skill, None if restore else -1)
 
     def on_change(current: SearchState) -> None:
         if live_table is not None:
@@ -758,6 +759,8 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, spec: str | None
         if not preloading and any(t.history for t in current.trials.values()):
             preloading.append(True)
             preload_promotion(opts)
+        if early is not None:
+            early.consider(current)
 
     callback.on_change = on_change
     experiment_dir = Path(opts.results_dir) / RAY_DIR / EXPERIMENT_NAME
@@ -797,6 +800,8 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, spec: str | None
 
             namer = TrialNamer(opts.results_dir)
             search_alg, scheduler, num_samples, param_space = build_search(opts, space, *baseline)
+            if early is not None:
+                early.expected_trials = num_samples
             tuner = tune.Tuner(
                 trainable,
                 param_space=param_space,
@@ -858,30 +863,57 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, spec: str | None
     if killed:
         echo(f"automl: marked trials that did not end KILLED: {', '.join(killed)}")
     try:
-        return finish(opts, state, tracker, echo=echo, stop_reason=stop_reason)
+        return finish(opts, state, tracker, echo=echo, stop_reason=stop_reason, early=early)
     finally:
         if shutdown is not None:
             shutdown.join()
 
 
+def promote_options(opts: SearchOptions, skill: str):
+    from automl.promote import PromoteOptions
+
+    return PromoteOptions(
+        evaluate=not opts.skip_evaluate, export=not opts.skip_export, quantize=not opts.skip_quantize,
+        trt=not opts.skip_trt, model_name=opts.register_model or f"{skill}-segformer".replace("segformer-segformer", "segformer"),
+        alias=opts.register_alias,
+    )
+
+
+def _early_promotion(opts: SearchOptions, skill: str, expected_trials: int | None):
+    """The search tail's promotion (`automl.promote.EarlyPromotion`), or None when it cannot apply.
+
+    `expected_trials`: how many trials the search starts in all (-1: set once the search is
+    built). A resumed search counts `max_trials`; grid and PBT searches size themselves, so
+    their tails promote after the search as before.
+    """
+    if not opts.promote or opts.max_concurrent < 2:
+        return None
+    if expected_trials is None:
+        if opts.algorithm in ("grid", "pbt"):
+            return None
+        expected_trials = opts.max_trials
+    from automl.promote import EarlyPromotion
+
+    return EarlyPromotion(promote_options(opts, skill),
+                          expected_trials=None if expected_trials < 0 else expected_trials, slots=opts.max_concurrent,
+                          cpus_per_trial=opts.cpus_per_trial, retries=opts.trial_retries)
+
+
 def finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Callable[[str], None] = print,
-           stop_reason: str = "") -> SearchOutcome:
+           stop_reason: str = "", early: Any = None) -> SearchOutcome:
     """Rank, promote the best trial, write the report, close the parent run."""
     best, baseline = state.best(), state.baseline()
     state.best_trial = best.name if best else None
     promotion: dict[str, Any] = {}
+    prepared = early.take(best) if early is not None and best is not None else None
+    if early is not None and early.started:
+        echo(f"automl: promotion of {early.trial_name} started while the last trials ran")
+        for line in early.lines:
+            echo(line)
     if best is not None and opts.promote:
-        from automl.promote import PromoteOptions, promote
+        from automl.promote import promote
 
-        promotion = promote(
-            state, best, tracker,
-            PromoteOptions(
-                evaluate=not opts.skip_evaluate, export=not opts.skip_export, quantize=not opts.skip_quantize,
-                trt=not opts.skip_trt, model_name=opts.register_model or f"{state.skill}-segformer".replace("segformer-segformer", "segformer"),
-                alias=opts.register_alias,
-            ),
-            echo=echo,
-        )
+        promotion = promote(state, best, tracker, promote_options(opts, state.skill), echo=echo, prepared=prepared)
     state.promotion = promotion
     from automl.report import write_report
 

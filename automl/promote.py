@@ -95,18 +95,48 @@ def _first_file(folder: Path, suffixes: tuple[str, ...]) -> Path | None:
 
 
 def promote(state: SearchState, record: TrialRecord, tracker: Any, options: PromoteOptions = PromoteOptions(),
+            *, echo: Callable[[str], None] = print, prepared: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the promotion chain for `record`; returns (and writes to best/promotion.json) what happened.
+
+    `prepared`: the steps already run for this trial by :class:`EarlyPromotion` (only the
+    registration and the report remain).
+    """
+    report = prepared if prepared is not None else prepare(state, record, options, echo=echo)
+    best_dir = Path(state.results_dir) / BEST_DIR
+    model = best_dir / MODEL_FILE
+    onnx = report.pop("_onnx", None)
+    if "checkpoint" in report and options.register and tracker is not None and record.mlflow_run_id:
+        try:
+            files = [model, best_dir / "experiment.yaml"] + ([Path(onnx)] if onnx else [])
+            tracker.log_artifacts(record.mlflow_run_id, files, "model")
+            version = tracker.register(options.model_name, record.mlflow_run_id, "model", options.alias)
+            report["registry"] = {"model": options.model_name, "version": version, "alias": options.alias,
+                                  "source": f"runs:/{record.mlflow_run_id}/model"}
+            echo(f"automl: registered {options.model_name} version {version} as @{options.alias}")
+        except Exception as err:  # the registry is optional (e.g. a tracking server without one)
+            report["registry"] = f"failed: {type(err).__name__}: {err}"
+    _write(best_dir, report)
+    return report
+
+
+def prepare(state: SearchState, record: TrialRecord, options: PromoteOptions = PromoteOptions(),
             *, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the promotion chain for `record`; returns (and writes to best/promotion.json) what happened."""
+    """The promotion steps (checkpoint, evaluate, export, quantize, TensorRT) into a fresh ``best/``.
+
+    Registers nothing and writes no promotion.json: :func:`promote` does, once the trial is
+    known to be the search's best.
+    """
     from segformer.config import apply_overrides, dump_config, load_config
 
     best_dir = Path(state.results_dir) / BEST_DIR
+    shutil.rmtree(best_dir, ignore_errors=True)  # never mix two trials' artifacts
     best_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
     report: dict[str, Any] = {"trial": record.name, "params": record.params, state.metric: record.best_value,
                               "best_epoch": record.best_epoch, "steps": {}}
     source = best_checkpoint(record)
     if source is None:
         report["steps"]["checkpoint"] = "failed: no checkpoint found for the best trial"
-        _write(best_dir, report)
         return report
     model = best_dir / MODEL_FILE
     shutil.copy2(source, model)
@@ -160,19 +190,116 @@ def promote(state: SearchState, record: TrialRecord, tracker: Any, options: Prom
     step("gen_trt_engine", options.trt, lambda c: {"gen_trt_engine.onnx_file": str(onnx),
                                                     "gen_trt_engine.results_dir": str(best_dir / "gen_trt_engine")},
          precheck=trt_reason)
-
-    if options.register and tracker is not None and record.mlflow_run_id:
-        try:
-            files = [model, best_dir / "experiment.yaml"] + ([onnx] if onnx else [])
-            tracker.log_artifacts(record.mlflow_run_id, files, "model")
-            version = tracker.register(options.model_name, record.mlflow_run_id, "model", options.alias)
-            report["registry"] = {"model": options.model_name, "version": version, "alias": options.alias,
-                                  "source": f"runs:/{record.mlflow_run_id}/model"}
-            echo(f"automl: registered {options.model_name} version {version} as @{options.alias}")
-        except Exception as err:  # the registry is optional (e.g. a tracking server without one)
-            report["registry"] = f"failed: {type(err).__name__}: {err}"
-    _write(best_dir, report)
+    report["_onnx"] = str(onnx) if onnx else None
+    report["timing"] = {"started_at": round(started, 3), "ended_at": round(time.time(), 3)}
     return report
+
+
+class EarlyPromotion:
+    """Promote the best trial on a slot the search no longer needs, while the last trials run.
+
+    A search's tail (every trial started, fewer running than there are slots) leaves slots idle,
+    and promotion (an ONNX export alone takes seconds) used to start only after the last trial.
+    Once the best trial so far has ended, its checkpoint is final: its promotion steps run in a
+    thread on the idle slots. At the end :meth:`take` hands the prepared report to
+    :func:`promote` when that trial is still the best at the same epoch; when a trial still
+    running overtook it, promotion runs again for the new best (the early work cost only idle
+    time). Registration and ``promotion.json`` wait for the final answer either way.
+
+    The thread's torch uses as many threads as idle slots have CPUs, and its output is kept and
+    printed at the end, so it neither slows nor garbles the trials still running.
+    """
+
+    def __init__(self, options: PromoteOptions, *, expected_trials: int | None, slots: int,
+                 cpus_per_trial: float = 1.0, retries: int = 0) -> None:
+        self.options = options
+        self.expected_trials = expected_trials
+        self.slots = slots
+        self.cpus_per_trial = cpus_per_trial
+        self.retries = retries
+        self.lines: list[str] = []
+        self._thread: Any = None
+        self._record: TrialRecord | None = None
+        self._report: dict[str, Any] | None = None
+        self._threads_before: int | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    @property
+    def trial_name(self) -> str | None:
+        return self._record.name if self._record is not None else None
+
+    def ready(self, state: SearchState) -> TrialRecord | None:
+        """The trial to promote now, or None while new trials may still start or the best runs."""
+        from automl.state import DONE, FAILED, PENDING, RUNNING
+
+        if self.started or self.expected_trials is None or len(state.trials) < self.expected_trials:
+            return None
+        statuses = [t.status for t in state.trials.values()]
+        if PENDING in statuses or (self.retries and FAILED in statuses):  # a retry would take the slot back
+            return None
+        running = statuses.count(RUNNING)
+        if running == 0 or running >= self.slots:  # nothing left to overlap, or no slot idle
+            return None
+        best = state.best()
+        if best is None or best.status not in DONE:
+            return None
+        return best
+
+    def consider(self, state: SearchState) -> bool:
+        """Start the early promotion if the search has reached that point; True when started."""
+        record = self.ready(state)
+        if record is None:
+            return False
+        import copy
+        import threading
+
+        from automl.state import RUNNING
+
+        self._record = copy.deepcopy(record)
+        snapshot = copy.deepcopy(state)
+        idle = self.slots - sum(t.status == RUNNING for t in state.trials.values())
+        threads = max(1, int(idle * self.cpus_per_trial))
+        self._thread = threading.Thread(target=self._run, args=(snapshot, threads), name="automl-early-promotion",
+                                        daemon=True)
+        self._thread.start()
+        return True
+
+    def _run(self, state: SearchState, threads: int) -> None:
+        try:
+            import torch
+
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(min(threads, self._threads_before))
+        except ImportError:
+            pass
+        assert self._record is not None
+        try:
+            self._report = prepare(state, self._record, self.options, echo=self.lines.append)
+        except Exception as err:  # noqa: BLE001 (promotion then runs again at the end, where errors show)
+            self.lines.append(f"automl: early promotion failed: {type(err).__name__}: {err}")
+            self._report = None
+
+    def take(self, record: TrialRecord) -> dict[str, Any] | None:
+        """Wait for the early promotion; its report if it promoted `record` at its best epoch."""
+        if self._thread is None:
+            return None
+        self._thread.join()
+        if self._threads_before is not None:
+            import torch
+
+            torch.set_num_threads(self._threads_before)  # the final promotion (if any) has every slot
+        early = self._record
+        if self._report is None or early is None:
+            return None
+        if (early.trial_id, early.best_epoch, early.checkpoint) != (record.trial_id, record.best_epoch, record.checkpoint):
+            self.lines.append(f"automl: {record.name} overtook {early.name} after its early promotion; "
+                              f"promoting {record.name}")
+            return None
+        self._report.setdefault("timing", {})["early"] = True
+        return self._report
 
 
 def _no_cuda() -> bool:

@@ -23,7 +23,8 @@ compute is N slots x wall; every part is in slot-seconds and the share is steps 
 - trial end: fit end -> Ray trial end;
 - search start: process start -> first Ray trial start (imports, Ray, MLflow store, space), N slots;
 - idle slots: slots without a trial during the trial phase (between trials, the tail);
-- promotion: evaluate/export/quantize of the best trial, N slots;
+- promotion: evaluate/export/quantize of the best trial, N slots after the last trial; when it ran
+  early, on a slot the search's tail left idle, one slot for its duration (taken from idle slots);
 - search end: the rest after the last trial (report, Ray shutdown, process exit), N slots.
 
 Start-up latency: Ray trial start -> first training batch, per trial run (the ledger's
@@ -95,9 +96,18 @@ def breakdown(run: SearchRun, slots: int = 1) -> dict[str, Any]:
         parts["search start"] = slots * max(0.0, first_start - run.started_at)
         parts["idle slots"] = max(0.0, slots * trial_phase - busy)
         tail = max(0.0, run.ended_at - last_end)
-        promotion = _promotion_seconds(run)
-        parts["promotion"] = slots * min(promotion, tail)
-        parts["search end"] = slots * max(0.0, tail - promotion)
+        promotion, early = _promotion_seconds(run)
+        if early:
+            # Promoted on a slot the tail left idle (automl.promote.EarlyPromotion): one slot for
+            # its duration moves from idle to promotion; after the last trial only the
+            # registration and report remain, counted in search end.
+            moved = min(parts["idle slots"], promotion)
+            parts["idle slots"] -= moved
+            parts["promotion"] = moved
+            parts["search end"] = slots * tail
+        else:
+            parts["promotion"] = slots * min(promotion, tail)
+            parts["search end"] = slots * max(0.0, tail - promotion)
     else:
         trial_phase = 0.0
     steps = parts["train steps"] + parts["validation steps"]
@@ -122,12 +132,17 @@ def breakdown(run: SearchRun, slots: int = 1) -> dict[str, Any]:
     }
 
 
-def _promotion_seconds(run: SearchRun) -> float:
+def _promotion_seconds(run: SearchRun) -> tuple[float, bool]:
+    """Seconds the promotion steps took, and whether they ran during the search's tail."""
     path = run.results_dir / "best" / "promotion.json"
     if not path.is_file():
-        return 0.0
-    steps = json.loads(path.read_text()).get("steps", {})
-    return sum(float(v.get("seconds", 0.0)) for v in steps.values() if isinstance(v, dict))
+        return 0.0, False
+    report = json.loads(path.read_text())
+    timing = report.get("timing") or {}
+    if timing.get("started_at") and timing.get("ended_at"):
+        return float(timing["ended_at"]) - float(timing["started_at"]), bool(timing.get("early"))
+    steps = report.get("steps", {})
+    return sum(float(v.get("seconds", 0.0)) for v in steps.values() if isinstance(v, dict)), False
 
 
 def profile_startup(spec: Path, repeats: int = 2) -> dict[str, float]:

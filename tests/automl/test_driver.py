@@ -100,6 +100,76 @@ def test_promotion_and_report(search):
         assert (results / "report" / plot).stat().st_size > 1000
 
 
+def _tail_state(outcome, results: Path, *, running: str | None, statuses: dict[str, str] | None = None):
+    """The finished search's ledger as it looked in a tail: `running` still running, best/ in `results`."""
+    import copy
+
+    from automl.state import RUNNING
+
+    state = copy.deepcopy(outcome.state)
+    state.results_dir = str(results)
+    for record in state.trials.values():
+        if record.name == running:
+            record.status = RUNNING
+        if statuses and record.name in statuses:
+            record.status = statuses[record.name]
+    return state
+
+
+def test_early_promotion_waits_for_the_tail_then_reuses_its_steps(search, tmp_path):
+    from automl.promote import EarlyPromotion, PromoteOptions, promote
+    from automl.state import PENDING
+
+    outcome, _, _ = search
+    best = outcome.best
+    other = next(r.name for r in outcome.state.trials.values() if r.name != best.name)
+    options = PromoteOptions(quantize=False, trt=False)
+    early = EarlyPromotion(options, expected_trials=3, slots=2)
+    # Not yet: a trial may still start (fewer than 3 recorded, or one pending), every slot busy,
+    # or the best trial itself still running.
+    state = _tail_state(outcome, tmp_path, running=other)
+    assert EarlyPromotion(options, expected_trials=4, slots=2).ready(state) is None
+    assert EarlyPromotion(options, expected_trials=3, slots=1).ready(state) is None
+    assert early.ready(_tail_state(outcome, tmp_path, running=best.name)) is None
+    assert early.ready(_tail_state(outcome, tmp_path, running=other, statuses={best.name: PENDING})) is None
+    assert early.ready(state).name == best.name
+
+    assert early.consider(state) and not early.consider(state)  # once
+    prepared = early.take(state.by_name(best.name))
+    assert prepared is not None and prepared["timing"]["early"] is True
+    assert prepared["steps"]["evaluate"]["status"] == "done" and prepared["steps"]["export"]["status"] == "done"
+    assert not (tmp_path / "best" / "promotion.json").exists()  # nothing published before the search ends
+    report = promote(state, state.by_name(best.name), None, options, echo=lambda _: None, prepared=prepared)
+    written = json.loads((tmp_path / "best" / "promotion.json").read_text())
+    assert written["trial"] == best.name and written["timing"]["early"] is True and "_onnx" not in written
+    assert report["steps"]["export"]["status"] == "done" and (tmp_path / "best" / "export" / "segformer.onnx").is_file()
+
+
+def test_early_promotion_of_a_trial_overtaken_later_is_not_used(search, tmp_path):
+    from automl.promote import EarlyPromotion, PromoteOptions
+
+    outcome, _, _ = search
+    best = outcome.best
+    other = next(r for r in outcome.state.trials.values() if r.name != best.name)
+    state = _tail_state(outcome, tmp_path, running=other.name)
+    early = EarlyPromotion(PromoteOptions(export=False, quantize=False, trt=False), expected_trials=3, slots=2)
+    assert early.consider(state)
+    assert early.take(other) is None  # the running trial ended up best: promotion runs again for it
+    assert any(f"{other.name} overtook {best.name}" in line for line in early.lines)
+
+
+def test_early_promotion_applies_only_where_the_tail_is_known():
+    from automl.driver import SearchOptions, _early_promotion
+
+    def early(**kw):
+        return _early_promotion(SearchOptions(**{"results_dir": "unused", "max_concurrent": 2, "max_trials": 5, **kw}), "segformer", None)
+
+    assert early().expected_trials == 5  # a resumed search: max_trials
+    assert early(max_concurrent=1) is None  # no slot is ever idle while a trial runs
+    assert early(promote=False) is None
+    assert early(algorithm="grid") is None and early(algorithm="pbt") is None  # they size themselves
+
+
 def test_status_command(search):
     outcome, _, _ = search
     out = subprocess.run([sys.executable, "-m", "automl.cli", "status", outcome.state.results_dir],
