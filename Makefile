@@ -39,12 +39,13 @@ test: install browser
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
-# The main job: a small AutoML search (BOHB, 12 trials x 6 epochs, 2 at a time, TAO settings keys in
-# experiments/demo/automl.yaml) on freshly generated synthetic data, then promotion of the best
-# trial (evaluate, ONNX export, quantization). 1-4 minutes on 2 CPU cores (quiet vs shared).
+# The main job: a small AutoML search (BOHB, 16 trials of up to 8 epochs, 2 at a time, TAO settings
+# keys in experiments/demo/automl.yaml) on freshly generated synthetic data (128x128, 256 train /
+# 32 val images), then promotion of the best trial (evaluate, ONNX export, quantization). About
+# 6 minutes on 2 quiet CPU cores, 85-87% of it in training steps (benchmarks/RESULTS.md).
 demo: install
 	rm -rf $(DEMO)
-	$(BIN)/segformer data synth --out $(DEMO)/data
+	$(BIN)/segformer data synth --out $(DEMO)/data --size 128 --train 256 --val 32
 	$(BIN)/automl run --skill segformer --policy auto -e $(DEMO)/data/spec.yaml \
 	  --results-dir $(DEMO)/search --settings experiments/demo/automl.yaml
 
