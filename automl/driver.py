@@ -883,13 +883,14 @@ def _early_promotion(opts: SearchOptions, skill: str, expected_trials: int | Non
     """The search tail's promotion (`automl.promote.EarlyPromotion`), or None when it cannot apply.
 
     `expected_trials`: how many trials the search starts in all (-1: set once the search is
-    built). A resumed search counts `max_trials`; grid and PBT searches size themselves, so
-    their tails promote after the search as before.
+    built). A resumed search counts `max_trials`; a resumed grid search sizes itself, so it
+    promotes after the search. PBT always does: its trials exploit each other's checkpoints
+    until the end, and a thread competing for the CPU would change which ones they exploit.
     """
-    if not opts.promote or opts.max_concurrent < 2:
+    if not opts.promote or opts.max_concurrent < 2 or opts.algorithm == "pbt":
         return None
     if expected_trials is None:
-        if opts.algorithm in ("grid", "pbt"):
+        if opts.algorithm == "grid":
             return None
         expected_trials = opts.max_trials
     from automl.promote import EarlyPromotion

@@ -167,7 +167,9 @@ def test_early_promotion_applies_only_where_the_tail_is_known():
     assert early().expected_trials == 5  # a resumed search: max_trials
     assert early(max_concurrent=1) is None  # no slot is ever idle while a trial runs
     assert early(promote=False) is None
-    assert early(algorithm="grid") is None and early(algorithm="pbt") is None  # they size themselves
+    assert early(algorithm="grid") is None  # a resumed grid sizes itself
+    assert early(algorithm="pbt") is None and _early_promotion(
+        SearchOptions(results_dir="unused", max_concurrent=2, algorithm="pbt"), "segformer", -1) is None
 
 
 def test_status_command(search):
