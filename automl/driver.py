@@ -53,9 +53,9 @@ import logging
 import os
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
 from automl.state import FAILED, FINISHED, RUNNING, STOPPED, SearchState, TrialRecord
@@ -749,7 +749,8 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, spec: str | None
 
         live_table = LiveTable(echo)
     preloading: list[bool] = []
-    early = _early_promotion(opts, state.skill, None if restore else -1)
+    # Resumed: sized from the settings; a new search: once it is built (below).
+    early = _early_promotion(opts, state.skill, None) if restore else None
 
     def on_change(current: SearchState) -> None:
         if live_table is not None:
@@ -800,8 +801,7 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, spec: str | None
 
             namer = TrialNamer(opts.results_dir)
             search_alg, scheduler, num_samples, param_space = build_search(opts, space, *baseline)
-            if early is not None:
-                early.expected_trials = num_samples
+            early = _early_promotion(opts, state.skill, num_samples)
             tuner = tune.Tuner(
                 trainable,
                 param_space=param_space,
@@ -882,8 +882,8 @@ def promote_options(opts: SearchOptions, skill: str):
 def _early_promotion(opts: SearchOptions, skill: str, expected_trials: int | None):
     """The search tail's promotion (`automl.promote.EarlyPromotion`), or None when it cannot apply.
 
-    `expected_trials`: how many trials the search starts in all (-1: set once the search is
-    built). A resumed search counts `max_trials`; a resumed grid search sizes itself, so it
+    `expected_trials`: how many trials the search starts in all, as built; None for a resumed
+    search, which counts `max_trials`, except a resumed grid search (it sizes itself), which
     promotes after the search. PBT always does: its trials exploit each other's checkpoints
     until the end, and a thread competing for the CPU would change which ones they exploit.
     """
@@ -895,8 +895,7 @@ def _early_promotion(opts: SearchOptions, skill: str, expected_trials: int | Non
         expected_trials = opts.max_trials
     from automl.promote import EarlyPromotion
 
-    return EarlyPromotion(promote_options(opts, skill),
-                          expected_trials=None if expected_trials < 0 else expected_trials, slots=opts.max_concurrent,
+    return EarlyPromotion(promote_options(opts, skill), expected_trials=expected_trials, slots=opts.max_concurrent,
                           cpus_per_trial=opts.cpus_per_trial, retries=opts.trial_retries)
 
 

@@ -30,6 +30,7 @@ from automl.trial import CHECKPOINT_FILE
 
 BEST_DIR = "best"
 MODEL_FILE = "model.pth"
+ONNX_FILE = "export/segformer.onnx"  # in best/: the export step's output
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,12 @@ def _result_dict(result: Any) -> dict[str, Any]:
     return {"result": str(result)}
 
 
+def _promoted_onnx(best_dir: Path) -> Path | None:
+    """The export step's ONNX model in ``best/`` (its configured name, else the first one there)."""
+    onnx_file = best_dir / ONNX_FILE
+    return onnx_file if onnx_file.is_file() else _first_file(best_dir / "export", (".onnx",))
+
+
 def _first_file(folder: Path, suffixes: tuple[str, ...]) -> Path | None:
     if not folder.is_dir():
         return None
@@ -104,10 +111,10 @@ def promote(state: SearchState, record: TrialRecord, tracker: Any, options: Prom
     report = prepared if prepared is not None else prepare(state, record, options, echo=echo)
     best_dir = Path(state.results_dir) / BEST_DIR
     model = best_dir / MODEL_FILE
-    onnx = report.pop("_onnx", None)
     if "checkpoint" in report and options.register and tracker is not None and record.mlflow_run_id:
         try:
-            files = [model, best_dir / "experiment.yaml"] + ([Path(onnx)] if onnx else [])
+            onnx = _promoted_onnx(best_dir)
+            files = [model, best_dir / "experiment.yaml"] + ([onnx] if onnx else [])
             tracker.log_artifacts(record.mlflow_run_id, files, "model")
             version = tracker.register(options.model_name, record.mlflow_run_id, "model", options.alias)
             report["registry"] = {"model": options.model_name, "version": version, "alias": options.alias,
@@ -146,7 +153,7 @@ def prepare(state: SearchState, record: TrialRecord, options: PromoteOptions = P
     overrides["results_dir"] = str(best_dir)
     cfg = apply_overrides(load_config(state.spec, [f"results_dir={best_dir}", *state.overrides]), overrides)
     dump_config(cfg, best_dir / "experiment.yaml")
-    onnx_file = best_dir / "export" / "segformer.onnx"
+    onnx_file = best_dir / ONNX_FILE
 
     def step(name: str, enabled: bool, configure: Callable[[Any], dict[str, Any]], precheck: str | None = None) -> Any:
         if not enabled:
@@ -180,7 +187,7 @@ def prepare(state: SearchState, record: TrialRecord, options: PromoteOptions = P
             pass
     step("export", options.export, lambda c: {"export.checkpoint": str(model), "export.onnx_file": str(onnx_file),
                                              "export.results_dir": str(best_dir / "export"), "export.on_cpu": _no_cuda()})
-    onnx = onnx_file if onnx_file.is_file() else _first_file(best_dir / "export", (".onnx",))
+    onnx = _promoted_onnx(best_dir)
     step("quantize", options.quantize, lambda c: {"quantize.model_path": str(model),
                                                  "quantize.results_dir": str(best_dir / "quantize"),
                                                  "quantize.device": "cpu" if _no_cuda() else c.quantize.device})
@@ -190,7 +197,6 @@ def prepare(state: SearchState, record: TrialRecord, options: PromoteOptions = P
     step("gen_trt_engine", options.trt, lambda c: {"gen_trt_engine.onnx_file": str(onnx),
                                                     "gen_trt_engine.results_dir": str(best_dir / "gen_trt_engine")},
          precheck=trt_reason)
-    report["_onnx"] = str(onnx) if onnx else None
     report["timing"] = {"started_at": round(started, 3), "ended_at": round(time.time(), 3)}
     return report
 
@@ -233,6 +239,11 @@ class EarlyPromotion:
 
     def ready(self, state: SearchState) -> TrialRecord | None:
         """The trial to promote now, or None while new trials may still start or the best runs."""
+        tail = self._tail(state)
+        return tail[0] if tail else None
+
+    def _tail(self, state: SearchState) -> tuple[TrialRecord, int] | None:
+        """(the best trial, idle slots) once the search is in its tail and that trial has ended."""
         from automl.state import DONE, FAILED, PENDING, RUNNING
 
         if self.started or self.expected_trials is None or len(state.trials) < self.expected_trials:
@@ -246,21 +257,19 @@ class EarlyPromotion:
         best = state.best()
         if best is None or best.status not in DONE:
             return None
-        return best
+        return best, self.slots - running
 
     def consider(self, state: SearchState) -> bool:
         """Start the early promotion if the search has reached that point; True when started."""
-        record = self.ready(state)
-        if record is None:
+        tail = self._tail(state)
+        if tail is None:
             return False
         import copy
         import threading
 
-        from automl.state import RUNNING
-
+        record, idle = tail
         self._record = copy.deepcopy(record)
         snapshot = copy.deepcopy(state)
-        idle = self.slots - sum(t.status == RUNNING for t in state.trials.values())
         threads = max(1, int(idle * self.cpus_per_trial))
         self._thread = threading.Thread(target=self._run, args=(snapshot, threads), name="automl-early-promotion",
                                         daemon=True)

@@ -171,13 +171,12 @@ class SearchRun:
 
 
 def run_search(results_dir: Path, spec: Path, args: Sequence[str], overrides: Sequence[str] = (),
-               env: dict[str, str] | None = None, timeout_s: float = 3600, source: Path = ROOT,
-               keep_ray: bool = False) -> SearchRun:
+               env: dict[str, str] | None = None, timeout_s: float = 3600, source: Path = ROOT) -> SearchRun:
     """`automl run` in a subprocess (as a user runs it), then read what it recorded.
 
     `source`: the checkout whose `automl` and `segformer` run (another commit's worktree for a
-    before/after comparison in the same session); this one by default. `keep_ray`: keep the
-    search's Ray folder (checkpoints, experiment state), deleted once the search has been read.
+    before/after comparison in the same session); this one by default. The search's Ray folder
+    (checkpoints, experiment state) is deleted once the search has been read.
 
     RAY_ADDRESS=local: without it `ray.init()` joins any cluster another process started with
     `ray start` on this machine (see the overhead section); `--address` still wins when given.
@@ -212,10 +211,9 @@ def run_search(results_dir: Path, spec: Path, args: Sequence[str], overrides: Se
                for t in state.get("trials", {}).values()}
     if proc.returncode != 0:
         print(f"warning: automl run exited {proc.returncode}; log {log_path}:\n{text[-2000:]}", file=sys.stderr)
-    if not keep_ray:
-        # Ray's copies of the trials' checkpoints (45 MB per improving epoch at demo size) are
-        # read by nothing here: kept, one `make bench` filled tens of GB of disk.
-        shutil.rmtree(results_dir / "ray", ignore_errors=True)
+    # Ray's copies of the trials' checkpoints (45 MB per improving epoch at demo size) are read by
+    # nothing here: kept, one `make bench` filled tens of GB of disk.
+    shutil.rmtree(results_dir / "ray", ignore_errors=True)
     return SearchRun(results_dir, wall, started, ended, proc.returncode, state, timings, text)
 
 

@@ -272,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results: dict[str, Any] = {}
     before: dict[str, Any] = {}
+    run_before = args.compare_with is not None  # a kept before/after row below is not run again
     saved_path = RESULTS_DIR / f"search_overhead{suffix}.json"
     if args.only and saved_path.is_file():
         # Rerunning some searches keeps the others' last results (and their before/after rows).
@@ -281,7 +282,6 @@ def main(argv: list[str] | None = None) -> int:
             b.setdefault("paired_after", {k: v for k, v in results.get(name, {}).items() if k != "paired_after"})
         if args.compare_with is None and saved.get("compare_with"):
             args.compare_with, args.compare_label = Path(saved["compare_with"]), saved.get("compare_label", "")
-            args.keep_compare = True
     for config in configurations(args.small):
         if args.only and not any(config["name"].startswith(o) for o in args.only.split(",")):
             continue
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = folder.with_name(f"{folder.name}_{size}")
         runs, befores = [], []
         for _ in range(max(1, args.repeats)):
-            if args.compare_with is not None and not getattr(args, "keep_compare", False):
+            if run_before:
                 before_run = run_search(folder.with_name(folder.name + "_before"), data / "spec.yaml", config["args"],
                                         source=args.compare_with.resolve())
                 befores.append(breakdown(before_run, config["slots"]))
@@ -329,6 +329,11 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     chosen = dict(ordered[(len(ordered) - 1) // 2])
     chosen["repeats"] = [{"wall_s": r["wall_s"], "share": r["share"], "epochs": r["epochs"]} for r in runs]
     return chosen
+
+
+def _paired_after(name: str, before: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+    """The 'after' run a before run was interleaved with (kept when later runs replaced the result)."""
+    return before.get("paired_after") or results[name]
 
 
 def _f(value: float | None, digits: int = 2) -> str:
@@ -406,12 +411,13 @@ def render(results: dict[str, Any], profile: dict[str, float], args: Any, before
                   "start-up first before / after (s) | start-up later before / after (s) |",
                   "|---|---|---|---|---|---|---|---|"]
         for name, b in before.items():
-            a = b.get("paired_after") or results[name]
+            a = _paired_after(name, b, results)
             lines.append(f"| {name} | {b['wall_s']:.1f} | {a['wall_s']:.1f} | {a['wall_s'] / b['wall_s']:.2f} | "
                          f"{100 * b['share']:.1f}% | {100 * a['share']:.1f}% | {_f(b['startup_first_s'])} / "
                          f"{_f(a['startup_first_s'])} | {_f(b['startup_median_after_first_s'])} / "
                          f"{_f(a['startup_median_after_first_s'])} |")
-    if before and any(abs((b["startup_first_s"] or 0) - (results[n]["startup_first_s"] or 0)) > 3 for n, b in before.items()):
+    if before and any(abs((b["startup_first_s"] or 0) - (_paired_after(n, b, results)["startup_first_s"] or 0)) > 3
+                      for n, b in before.items()):
         lines += ["", "The 'start-up first' column is not comparable across the two: code before 2026-11-23 imported "
                   "Lightning when Ray unpickled the trial function, before Tune stamps the trial's start, so its "
                   "~5 s import counted as search start there. The wall times are the comparison that holds."]

@@ -203,10 +203,14 @@ def _cached_load(sample: Sample, decoder: MaskDecoder | None, fingerprint: str |
     writable int64 array, so callers see the same values and dtypes with the cache on or off.
     """
     masks = decoder is not None
+
+    def read() -> tuple[np.ndarray, np.ndarray | None]:
+        return load_pair(sample, decoder) if masks else (load_image(sample.image), None)
+
     budget = data_cache_budget()
     if budget <= 0:
         cache.trim(0)  # disabled while the process runs: free what was kept
-        return load_pair(sample, decoder) if masks else (load_image(sample.image), None)
+        return read()
     files = (sample.image, sample.mask) if masks else (sample.image,)
     slot = (tuple(os.path.abspath(path) for path in files), fingerprint)  # type: ignore[arg-type]
     try:
@@ -218,7 +222,7 @@ def _cached_load(sample: Sample, decoder: MaskDecoder | None, fingerprint: str |
         if hit is not None:
             image, ids = hit
             return image, None if ids is None else ids.astype(np.int64)
-    image, ids = load_pair(sample, decoder) if masks else (load_image(sample.image), None)
+    image, ids = read()
     image = _freeze(np.ascontiguousarray(image))
     if stamp is not None:
         try:

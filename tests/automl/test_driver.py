@@ -169,7 +169,7 @@ def test_early_promotion_applies_only_where_the_tail_is_known():
     assert early(promote=False) is None
     assert early(algorithm="grid") is None  # a resumed grid sizes itself
     assert early(algorithm="pbt") is None and _early_promotion(
-        SearchOptions(results_dir="unused", max_concurrent=2, algorithm="pbt"), "segformer", -1) is None
+        SearchOptions(results_dir="unused", max_concurrent=2, algorithm="pbt"), "segformer", 3) is None
 
 
 def test_status_command(search):
