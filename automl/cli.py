@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-concurrent", type=int, help="trials at the same time")
     run.add_argument("--cpus-per-trial", type=float)
     run.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU")
+    run.add_argument("--no-lend-cpus", dest="lend_idle_cpus", action="store_false", default=None,
+                     help="keep each CPU trial at its own threads when slots go idle in the search's tail "
+                          "(lending changes floating-point summation order; settings key lend_idle_cpus)")
     run.add_argument("--only", help="comma-separated spec keys to search instead of the schema's defaults "
                                      "(TAO automl_hyperparameters)")
     run.add_argument("--metric", help="metric reported by the train action (default val_miou)")
@@ -77,7 +80,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from automl.settings import load_settings, merge_settings
 
     cli = {k: getattr(args, k) for k in ("algorithm", "max_trials", "max_epochs", "time_budget_s", "max_concurrent",
-                                         "cpus_per_trial", "gpus_per_trial", "metric", "mode", "seed")}
+                                         "cpus_per_trial", "gpus_per_trial", "metric", "mode", "seed",
+                                         "lend_idle_cpus")}
     if args.only:
         cli["only"] = [key.strip() for key in args.only.split(",") if key.strip()]
     settings = merge_settings(load_settings(args.settings) if args.settings else None, cli)

@@ -29,6 +29,10 @@ another trial's checkpoint can honour (lr, weight decay, momentum, augmentation;
 PBT is synchronous (members wait for each other at every perturbation interval), so exploits do
 not depend on timing; run the population at once (--max-concurrent >= population size).
 
+CPU trials on one node: once every trial has started, the CPUs of slots left idle go to the trials
+still running as extra torch threads (`automl.lending`), after the tail's early promotion
+(`automl.promote.EarlyPromotion`) has had its share; --no-lend-cpus turns it off.
+
 Trials a scheduler (or the time budget / failure limit) ends before their epoch budget are
 recorded as STOPPED (MLflow: FINISHED with the tag ``automl.stopped_early=true``), never FAILED.
 
@@ -107,6 +111,7 @@ class SearchOptions:
     param_ranges: dict[str, Any] = field(default_factory=dict)  # TAO custom_param_ranges
     override_disabled: bool = False  # TAO override_automl_disabled_params
     checkpoints_to_keep: int = 1  # per trial, by best metric (Ray also keeps the latest)
+    lend_cpus: bool = True  # CPU trials on one node: idle slots' CPUs go to running trials (automl.lending)
     promote: bool = True
     skip_evaluate: bool = False
     skip_export: bool = False
@@ -226,6 +231,7 @@ def options_from_settings(settings: Any, **paths: Any) -> SearchOptions:
         include=list(settings.include), exclude=list(settings.exclude), param_ranges=dict(settings.param_ranges),
         override_disabled=settings.override_disabled,
         checkpoints_to_keep=1 if settings.delete_intermediate_checkpoints else 1000,
+        lend_cpus=settings.lend_idle_cpus,
         **paths,
     )
 
@@ -546,6 +552,46 @@ def _make_stopper(callback: Any, limit: int | None):
     return FailureLimit(callback, limit)
 
 
+def search_slots(opts: SearchOptions) -> int:
+    """Trials that can run at once: --max-concurrent, or fewer when Ray's CPUs do not fit them."""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 0.0) if ray.is_initialized() else 0.0
+    fit = int(cpus / opts.cpus_per_trial + 1e-9) if cpus else opts.max_concurrent
+    return max(1, min(opts.max_concurrent, fit))
+
+
+def lending_applies(opts: SearchOptions) -> bool:
+    """Whether idle slots' CPUs go to running trials (`automl.lending`): CPU trials on one node.
+
+    On a cluster an idle slot may be on another machine than the trial; a GPU trial's speed does
+    not follow its CPU threads. Not under PBT: a thread count changes a trial's floating-point
+    results, and PBT's exploits are meant not to depend on timing. Needs Ray up (nodes and
+    resources are read from it).
+    """
+    if not opts.lend_cpus or opts.gpus_per_trial != 0 or opts.algorithm == "pbt" or search_slots(opts) < 2:
+        return False
+    import ray
+
+    return ray.is_initialized() and sum(1 for node in ray.nodes() if node.get("Alive")) == 1
+
+
+def _cpu_lending(opts: SearchOptions, expected_trials: int | None, early: Any):
+    """The driver side of CPU lending for this search, or None where it does not apply."""
+    if not lending_applies(opts):
+        return None
+    from automl.lending import CpuLending
+
+    if expected_trials is None and opts.algorithm != "grid":  # resumed: sized by the settings (a grid sizes itself)
+        expected_trials = opts.max_trials
+    lending = CpuLending(opts.results_dir, expected_trials=expected_trials, slots=search_slots(opts),
+                         cpus_per_trial=opts.cpus_per_trial, retries=opts.trial_retries,
+                         promotion_threads=early.threads_in_use if early is not None else None)
+    if early is not None:
+        early.on_done = lending.refresh  # its threads go to the trials still running
+    return lending
+
+
 def _trainable(opts: SearchOptions, spec: str | None):
     from ray import tune
 
@@ -560,6 +606,7 @@ def _trainable(opts: SearchOptions, spec: str | None):
         max_epochs=opts.max_epochs,
         apply_restored_hparams=opts.algorithm == "pbt",
         checkpoint_every_report=opts.algorithm == "pbt",
+        lend_threads=lending_applies(opts),
     )
     resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
     return tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), resources)
@@ -751,6 +798,11 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, spec: str | None
     preloading: list[bool] = []
     # Resumed: sized from the settings; a new search: once it is built (below).
     early = _early_promotion(opts, state.skill, None) if restore else None
+    lending = _cpu_lending(opts, None, early) if restore else None
+    if lending_applies(opts):
+        from automl.lending import clear
+
+        clear(opts.results_dir)  # a resumed search starts with nothing lent
 
     def on_change(current: SearchState) -> None:
         if live_table is not None:
@@ -762,6 +814,8 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, spec: str | None
             preload_promotion(opts)
         if early is not None:
             early.consider(current)
+        if lending is not None:
+            lending.update(current)  # after the promotion took its threads
 
     callback.on_change = on_change
     experiment_dir = Path(opts.results_dir) / RAY_DIR / EXPERIMENT_NAME
@@ -802,6 +856,7 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, spec: str | None
             namer = TrialNamer(opts.results_dir)
             search_alg, scheduler, num_samples, param_space = build_search(opts, space, *baseline)
             early = _early_promotion(opts, state.skill, num_samples)
+            lending = _cpu_lending(opts, num_samples, early)
             tuner = tune.Tuner(
                 trainable,
                 param_space=param_space,
@@ -824,6 +879,9 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, spec: str | None
         finally:
             tune_log.setLevel(tune_level)
         echo(f"automl: search done in {time.time() - started:.1f} s")
+        if lending is not None and lending.lent_to:
+            echo(f"automl: the search's tail lent idle CPUs to {', '.join(sorted(lending.lent_to))} "
+                 f"(extra torch threads; --no-lend-cpus keeps each trial at its own)")
     except KeyboardInterrupt:
         interrupted = True
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the bookkeeping below
@@ -895,7 +953,7 @@ def _early_promotion(opts: SearchOptions, skill: str, expected_trials: int | Non
         expected_trials = opts.max_trials
     from automl.promote import EarlyPromotion
 
-    return EarlyPromotion(promote_options(opts, skill), expected_trials=expected_trials, slots=opts.max_concurrent,
+    return EarlyPromotion(promote_options(opts, skill), expected_trials=expected_trials, slots=search_slots(opts),
                           cpus_per_trial=opts.cpus_per_trial, retries=opts.trial_retries)
 
 

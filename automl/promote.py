@@ -228,6 +228,13 @@ class EarlyPromotion:
         self._record: TrialRecord | None = None
         self._report: dict[str, Any] | None = None
         self._threads_before: int | None = None
+        self._threads = 0  # CPUs the promotion thread holds while it runs
+        self._done = False
+        self.on_done: Any = None  # called (from the promotion thread) once it has ended
+
+    def threads_in_use(self) -> int:
+        """CPUs the early promotion holds now: its threads while it runs, else 0."""
+        return self._threads if self.started and not self._done else 0
 
     @property
     def started(self) -> bool:
@@ -270,7 +277,7 @@ class EarlyPromotion:
         record, idle = tail
         self._record = copy.deepcopy(record)
         snapshot = copy.deepcopy(state)
-        threads = max(1, int(idle * self.cpus_per_trial))
+        threads = self._threads = max(1, int(idle * self.cpus_per_trial))
         self._thread = threading.Thread(target=self._run, args=(snapshot, threads), name="automl-early-promotion",
                                         daemon=True)
         self._thread.start()
@@ -290,6 +297,13 @@ class EarlyPromotion:
         except Exception as err:  # noqa: BLE001 (promotion then runs again at the end, where errors show)
             self.lines.append(f"automl: early promotion failed: {type(err).__name__}: {err}")
             self._report = None
+        finally:
+            self._done = True
+            if self.on_done is not None:
+                try:
+                    self.on_done()
+                except Exception as err:  # noqa: BLE001 (a hint not given costs speed, never the search)
+                    self.lines.append(f"automl: could not hand the promotion's CPUs back: {err}")
 
     def take(self, record: TrialRecord) -> dict[str, Any] | None:
         """Wait for the early promotion; its report if it promoted `record` at its best epoch."""

@@ -76,6 +76,7 @@ class SearchSettings:
     population_size: int = 4  # PBT population (TAO automl_population_size)
     perturbation_interval: int = 1  # PBT epochs between exploits (TAO automl_eval_interval)
     perturbation_factor: float = 1.2  # PBT resample factor (TAO automl_perturbation_factor)
+    lend_idle_cpus: bool = True  # CPU trials, one node: the tail's idle slots lend their CPUs (automl.lending)
 
 
 _OUR_KEYS = {f.name for f in dataclasses.fields(SearchSettings)}
@@ -265,7 +266,7 @@ def _validate(s: SearchSettings) -> None:
     _check(s.seed is None or (isinstance(s.seed, int) and not isinstance(s.seed, bool)), f"seed must be an integer, got {s.seed!r}")
     _check(isinstance(s.perturbation_factor, (int, float)) and s.perturbation_factor > 1,
            f"perturbation_factor must be > 1, got {s.perturbation_factor!r}")
-    for name in ("override_disabled", "delete_intermediate_checkpoints", "baseline_first"):
+    for name in ("override_disabled", "delete_intermediate_checkpoints", "baseline_first", "lend_idle_cpus"):
         _check(isinstance(getattr(s, name), bool), f"{name} must be true or false, got {getattr(s, name)!r}")
     if s.grace_period > (s.max_epochs or s.grace_period):
         raise SettingsError(f"grace_period {s.grace_period} exceeds max_epochs {s.max_epochs}; lower grace_period")

@@ -55,6 +55,7 @@ class TrialContext:
     fixed: dict[str, Any] = field(default_factory=dict)  # extra overrides every trial gets
     apply_restored_hparams: bool = False  # PBT: push the trial's (new) config into a restored optimizer
     checkpoint_every_report: bool = False  # PBT: exploit needs every trial's latest state in Ray
+    lend_threads: bool = False  # follow the driver's CPU lending (automl.lending) in <trial>/lent_threads.json
 
 
 # Names given in this process, per results folder. Ray copies the name creator (the basic variant
@@ -108,7 +109,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Ray Tune function trainable: one `segformer train` run with `config` as spec overrides."""
     from ray import tune
 
-    from automl.tune_report import TuneReportCallback
+    from automl.tune_report import LentThreads, TuneReportCallback
     from segformer.actions import train as train_action
     from segformer.config import apply_overrides, load_config
     from segformer.engine.callbacks import LATEST_NAME
@@ -154,7 +155,12 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     callback = TuneReportCallback(ctx.metric, ctx.mode, restored_hparams, restored_from,
                                   checkpoint_every_report=ctx.checkpoint_every_report,
                                   continue_best=restored_from == name)
-    train_action.run(cfg, callbacks=[callback], quiet=True)
+    callbacks: list[Any] = [callback]
+    if ctx.lend_threads:
+        from automl.lending import LENT_THREADS_FILE
+
+        callbacks.append(LentThreads(trial_dir / LENT_THREADS_FILE))
+    train_action.run(cfg, callbacks=callbacks, quiet=True)
     if callback.reports == 0 and restored_from is None:
         raise RuntimeError(
             f"{name} finished without reporting '{ctx.metric}': the train action must log it at each "

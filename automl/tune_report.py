@@ -171,6 +171,58 @@ class TuneReportCallback(Checkpoint):
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
+class LentThreads(L.Callback):
+    """Follows the driver's CPU lending (`automl.lending`): torch threads = the count in `path`.
+
+    Read at every training epoch start and, between, at most every `interval_s` at a batch start
+    (a failed read costs a few microseconds), so a trial picks up a lent CPU within about a second
+    and gives it back as quickly. Without the file the trial has the threads it started with.
+    `torch.set_num_threads` acts on the calling thread, which is the one that trains (and loads
+    data, with `workers: 0`); the threads are reset when the fit ends, so a reused worker starts
+    its next trial with its own.
+    """
+
+    def __init__(self, path: str | Path, interval_s: float = 1.0) -> None:
+        import torch
+
+        self.path = Path(path)
+        self.interval_s = interval_s
+        self.base = torch.get_num_threads()
+        self.threads = self.base
+        self._checked = float("-inf")
+
+    def _check(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._checked < self.interval_s:
+            return
+        self._checked = now
+        from automl.lending import read_threads
+
+        wanted = read_threads(self.path) or self.base
+        if wanted != self.threads:
+            import torch
+
+            torch.set_num_threads(wanted)
+            self.threads = wanted
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(force=True)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._check()
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._check()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.threads != self.base:
+            import torch
+
+            torch.set_num_threads(self.base)
+            self.threads = self.base
+
+
 def _latest_checkpoint(trainer: L.Trainer) -> Path | None:
     """The train action's `segformer_model_latest.pth` when it was written for this epoch's end."""
     from segformer.engine.callbacks import PeriodicCheckpoint

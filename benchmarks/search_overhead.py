@@ -13,7 +13,9 @@ exit) is split with the per-trial ``timing.json`` (``segformer.engine.timing.Ste
 ledger's Ray trial start/end times and ``best/promotion.json``. With N trials at a time the
 compute is N slots x wall; every part is in slot-seconds and the share is steps / (N x wall):
 
-- steps: inside ``on_train_batch_start..end`` and ``on_validation_batch_start..end``;
+- steps: inside ``on_train_batch_start..end`` and ``on_validation_batch_start..end``; a step that
+  ran with CPUs lent by idle slots (``automl.lending``) counts seconds x threads / the trial's own
+  threads, and what it took beyond one slot comes out of the idle slots;
 - trial start: Ray trial start -> timing created (Ray actor, config, dataset check, model);
 - Lightning start: created -> first epoch start;
 - data wait: between training batches (data loader); loop other / validation other: the loops
@@ -58,6 +60,7 @@ def breakdown(run: SearchRun, slots: int = 1) -> dict[str, Any]:
     trials = sorted((t for t in run.trials if t.get("started_at") or t.get("run_started_at")),
                     key=lambda t: t.get("started_at") or t["run_started_at"])
     busy = 0.0
+    lent = 0.0  # slot-seconds of idle slots' CPUs a trial used inside its steps (automl.lending)
     for trial in trials:
         runs = run.timings.get(trial["name"], [])
         start = float(trial.get("started_at") or trial["run_started_at"])
@@ -71,9 +74,15 @@ def breakdown(run: SearchRun, slots: int = 1) -> dict[str, Any]:
         parts["trial start"] += max(0.0, created - start)
         epochs = [e for r in runs for e in r.get("epochs", [])]
         parts["Lightning start"] += max(0.0, (epochs[0]["epoch_start_at"] if epochs else end) - created)
+        base = {id(e): max(1, int(r.get("threads") or 1)) for r in runs for e in r.get("epochs", [])}
         for i, epoch in enumerate(epochs):
-            parts["train steps"] += epoch["train_step_s"]
-            parts["validation steps"] += epoch["val_step_s"]
+            # Steps count in slot-seconds: seconds x threads / the trial's own threads. A step
+            # that ran on lent CPUs holds the idle slot too; only that part leaves "idle slots".
+            for part, key in (("train steps", "train_step"), ("validation steps", "val_step")):
+                seconds = epoch[f"{key}_s"]
+                weighted = epoch.get(f"{key}_thread_s", seconds * base[id(epoch)]) / base[id(epoch)]
+                parts[part] += weighted
+                lent += max(0.0, weighted - seconds)
             parts["data wait"] += epoch["data_wait_s"]
             val_end = epoch.get("val_end_at") or epoch.get("epoch_end_at") or epoch["epoch_start_at"]
             val_start = epoch.get("val_start_at") or val_end
@@ -94,7 +103,7 @@ def breakdown(run: SearchRun, slots: int = 1) -> dict[str, Any]:
         last_end = max(float(t.get("ended_at") or 0) for t in trials)
         trial_phase = last_end - first_start
         parts["search start"] = slots * max(0.0, first_start - run.started_at)
-        parts["idle slots"] = max(0.0, slots * trial_phase - busy)
+        parts["idle slots"] = max(0.0, slots * trial_phase - busy - lent)
         tail = max(0.0, run.ended_at - last_end)
         promotion, early = _promotion_seconds(run)
         if early:
@@ -439,6 +448,11 @@ def render(results: dict[str, Any], profile: dict[str, float], args: Any, before
                      "256 images of 128x128), and the old one is kept above as the smoke-size row."
                      if need else f"{100 * TARGET:.0f}% never on this machine.")]
     lines += ["", "What was changed to cut the overhead:",
+              "- The tail's idle CPUs go to the trials still running (`automl.lending`): once every trial has "
+              "started and the early promotion is done, each idle slot's CPU becomes extra torch threads of a "
+              "running trial, read by the trial at its next epoch start or within a second. Steps that ran on "
+              "lent CPUs count their seconds times threads per trial CPU; only that part leaves 'idle slots' "
+              "(a 2-thread step on these 2 cores is about 1.3-1.6x faster than a 1-thread one, not 2x).",
               "- Promotion runs early, on the slot the search's tail leaves idle: once every trial has started "
               "and the best trial so far has ended, its evaluate/export/quantize run in a driver thread while the "
               "last trial trains; at the end only registration remains unless the last trial overtook it "

@@ -8,7 +8,8 @@
                "train_step_s": ..., "val_step_s": ..., "epochs": [{"epoch": 0, "train_step_s": ...,
                "train_steps": ..., "val_step_s": ..., "val_steps": ..., "data_wait_s": ...,
                "epoch_start_at": ..., "val_start_at": ..., "val_end_at": ..., "epoch_end_at": ...,
-               "val_miou": ...}, ...]}, ...]}
+               "val_miou": ..., "train_step_thread_s": ..., "val_step_thread_s": ...}, ...],
+               "threads": ...}, ...]}
 
 ``*_at`` values are absolute ``time.time()`` stamps (comparable with Ray's and the AutoML ledger's
 clocks on the same machine); ``*_s`` values are durations summed with ``time.perf_counter()``.
@@ -16,6 +17,10 @@ A training step is everything between ``on_train_batch_start`` and ``on_train_ba
 loss, backward, optimizer step); a validation step likewise. Everything else in a run (building
 the data and the model, Lightning's set-up, waiting for the data loader, checkpoints, reporting)
 is overhead from the point of view of the benchmarks in ``benchmarks/search_overhead``.
+
+``threads`` is the run's torch thread count at its start; ``*_step_thread_s`` sum each step's
+seconds times the torch threads it ran with. They differ from ``*_step_s`` only when the thread
+count changed during the run (an AutoML trial given the CPUs of idle slots, `automl.lending`).
 
 A resumed run (same results folder) appends a new entry to ``runs``, so no measurement is lost.
 The file is also written at each validation end, so an epoch interrupted right after its
@@ -34,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 
 TIMING_NAME = "timing.json"
 log = logging.getLogger(__name__)
@@ -48,7 +54,8 @@ class StepTiming(L.Callback):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.run: dict[str, Any] = {"created_at": time.time(), "pid": os.getpid(), "epochs": []}
+        self.run: dict[str, Any] = {"created_at": time.time(), "pid": os.getpid(), "epochs": [],
+                                    "threads": torch.get_num_threads()}
         self._previous_runs: list[dict[str, Any]] | None = None
         self._epoch: dict[str, Any] | None = None
         self._batch_start: float | None = None
@@ -71,7 +78,7 @@ class StepTiming(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch = {"epoch": int(trainer.current_epoch), "epoch_start_at": time.time(),
                        "train_step_s": 0.0, "train_steps": 0, "val_step_s": 0.0, "val_steps": 0,
-                       "data_wait_s": 0.0}
+                       "data_wait_s": 0.0, "train_step_thread_s": 0.0, "val_step_thread_s": 0.0}
         self._last_batch_end = None
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
@@ -87,6 +94,7 @@ class StepTiming(L.Callback):
         now = time.perf_counter()
         if self._epoch is not None and self._batch_start is not None:
             self._epoch["train_step_s"] += now - self._batch_start
+            self._epoch["train_step_thread_s"] += (now - self._batch_start) * torch.get_num_threads()
             self._epoch["train_steps"] += 1
         self._batch_start = None
         self._last_batch_end = now
@@ -112,7 +120,9 @@ class StepTiming(L.Callback):
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
         if trainer.sanity_checking or self._epoch is None or self._batch_start is None:
             return
-        self._epoch["val_step_s"] += time.perf_counter() - self._batch_start
+        seconds = time.perf_counter() - self._batch_start
+        self._epoch["val_step_s"] += seconds
+        self._epoch["val_step_thread_s"] += seconds * torch.get_num_threads()
         self._epoch["val_steps"] += 1
         self._batch_start = None
 

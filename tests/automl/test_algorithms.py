@@ -215,3 +215,38 @@ def test_hyperband_search_is_reproducible_with_its_seed(dataset, tmp_path, ray_s
                      for t in state.trials.values()})
     assert runs[0] == runs[1]
     assert len({epochs for epochs, _, _ in runs[0].values()}) > 1, "nothing was stopped early: not a HyperBand test"
+
+
+def test_the_last_trial_gets_the_idle_slots_cpu(tmp_path, ray_session):
+    """Two trials on 2 slots, one much slower (batch 1 against 16 on the same 32 images): once the
+    fast one ends, the slow one trains its remaining epochs on both CPUs (automl.lending), and only
+    then. Its timing.json records the threads; nothing is lent when the search is over."""
+    from automl import driver
+    from automl.lending import LENT_THREADS_FILE
+    from segformer.data.synth import generate
+    from segformer.engine.timing import read_timing
+
+    spec = generate(tmp_path / "data", num_classes=3, size=64, train=32, val=4, test=4) / "spec.yaml"
+    lines: list[str] = []
+    outcome = driver.run(_options(tmp_path / "lend", spec, algorithm="grid", max_trials=2, max_epochs=6, max_concurrent=2,
+                                  only=["dataset.segment.batch_size"], override_disabled=True,
+                                  param_ranges={"dataset.segment.batch_size": {"valid_options": [1, 16]}},
+                                  overrides=["dataset.segment.batch_size=1", "model.decode_head.decoder_params.embed_dim=32"]),
+                         echo=lines.append)
+    trials = sorted(outcome.state.trials.values(), key=lambda t: t.ended_at)
+    assert [t.status for t in trials] == ["FINISHED", "FINISHED"], [(t.name, t.status, t.error) for t in trials]
+    first, last = trials
+    assert last.params["dataset.segment.batch_size"] == 1  # the slow one outlasted the other
+    assert not list((tmp_path / "lend").glob(f"trial_*/{LENT_THREADS_FILE}"))
+    assert any(f"lent idle CPUs to {last.name} " in line for line in lines), lines
+
+    def epochs(trial):
+        return [e for run in read_timing(tmp_path / "lend" / trial.name / "train" / "timing.json") for e in run["epochs"]]
+
+    assert all(e["train_step_thread_s"] == pytest.approx(e["train_step_s"]) for e in epochs(first))
+    lent = [e for e in epochs(last) if e["train_step_thread_s"] > 1.5 * e["train_step_s"]]
+    assert lent, [(e["train_step_s"], e["train_step_thread_s"]) for e in epochs(last)]
+    # Lent only in the tail: no epoch that ended before the other trial did ran on two threads.
+    assert all(e["epoch_end_at"] > first.ended_at for e in lent)
+    assert all(e["train_step_thread_s"] == pytest.approx(e["train_step_s"])
+               for e in epochs(last) if e["epoch_end_at"] < first.ended_at)

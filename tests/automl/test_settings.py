@@ -79,3 +79,17 @@ def test_conflicting_aliases_and_bad_values() -> None:
         merge_settings({"direction": "up"}, {})
     with pytest.raises(SettingsError, match="max_trials must be an integer >= 1"):
         merge_settings({}, {"max_trials": 0})
+
+
+def test_cpu_lending_setting_file_flag_and_options(tmp_path: Path) -> None:
+    from automl.driver import options_from_settings
+
+    assert SearchSettings().lend_idle_cpus is True
+    path = tmp_path / "automl.yaml"
+    path.write_text("lend_idle_cpus: false\n")
+    settings = merge_settings(load_settings(path), {"lend_idle_cpus": None})  # flag not given: the file's
+    assert settings.lend_idle_cpus is False
+    assert options_from_settings(settings, results_dir=str(tmp_path)).lend_cpus is False
+    assert merge_settings({}, {"lend_idle_cpus": False}).lend_idle_cpus is False  # --no-lend-cpus
+    with pytest.raises(SettingsError, match="lend_idle_cpus must be true or false, got 'no'"):
+        merge_settings({"lend_idle_cpus": "no"}, {})

@@ -128,3 +128,17 @@ def test_projection_of_the_share_with_longer_trials(tmp_path):
     steps = proj["steps_for_target"]
     assert abs(steps / (steps * (1 + per_step) + proj["fixed_s"]) - 0.5) < 1e-9
     assert projection(result, target=proj["asymptote"] + 0.01)["steps_for_target"] is None
+
+
+def test_overhead_breakdown_counts_lent_cpus_in_steps(tmp_path):
+    """A step run with a second thread lent by an idle slot counts twice its seconds in steps; that
+    second slot's time leaves 'idle slots', and every slot-second is still attributed once."""
+    run = _fake_run(tmp_path)
+    plain = breakdown(run, slots=2)
+    epoch = run.timings["trial_001"][0]["epochs"][1]
+    epoch.update(train_step_thread_s=2 * epoch["train_step_s"], val_step_thread_s=epoch["val_step_s"])
+    run.timings["trial_001"][0]["threads"] = 1
+    lent = breakdown(run, slots=2)
+    assert lent["steps_s"] == plain["steps_s"] + 2.0
+    assert lent["parts"]["idle slots"] == plain["parts"]["idle slots"] - 2.0
+    assert abs(sum(lent["parts"].values()) - 2 * run.wall_s) < 1e-6
