@@ -553,23 +553,27 @@ def _make_stopper(callback: Any, limit: int | None):
 
 
 def search_slots(opts: SearchOptions) -> int:
-    """Trials that can run at once: --max-concurrent, or fewer when Ray's CPUs do not fit them."""
+    """Trials that can run at once: --max-concurrent, or fewer when Ray's CPUs or GPUs do not fit them."""
     import ray
 
-    cpus = ray.cluster_resources().get("CPU", 0.0) if ray.is_initialized() else 0.0
-    fit = int(cpus / opts.cpus_per_trial + 1e-9) if cpus else opts.max_concurrent
-    return max(1, min(opts.max_concurrent, fit))
+    slots = opts.max_concurrent
+    resources = ray.cluster_resources() if ray.is_initialized() else {}
+    for name, per_trial in (("CPU", opts.cpus_per_trial), ("GPU", opts.gpus_per_trial)):
+        if per_trial and resources.get(name):
+            slots = min(slots, int(resources[name] / per_trial + 1e-9))
+    return max(1, slots)
 
 
 def lending_applies(opts: SearchOptions) -> bool:
     """Whether idle slots' CPUs go to running trials (`automl.lending`): CPU trials on one node.
 
-    On a cluster an idle slot may be on another machine than the trial; a GPU trial's speed does
-    not follow its CPU threads. Not under PBT: a thread count changes a trial's floating-point
+    On a cluster an idle slot may be on another machine than the trial, and with --address the
+    Ray may be shared with other jobs; a GPU trial's speed does not follow its CPU threads. Not under PBT: a thread count changes a trial's floating-point
     results, and PBT's exploits are meant not to depend on timing. Needs Ray up (nodes and
     resources are read from it).
     """
-    if not opts.lend_cpus or opts.gpus_per_trial != 0 or opts.algorithm == "pbt" or search_slots(opts) < 2:
+    if (not opts.lend_cpus or opts.address or opts.gpus_per_trial != 0 or opts.algorithm == "pbt"
+            or search_slots(opts) < 2):
         return False
     import ray
 
@@ -585,7 +589,7 @@ def _cpu_lending(opts: SearchOptions, expected_trials: int | None, early: Any):
     if expected_trials is None and opts.algorithm != "grid":  # resumed: sized by the settings (a grid sizes itself)
         expected_trials = opts.max_trials
     lending = CpuLending(opts.results_dir, expected_trials=expected_trials, slots=search_slots(opts),
-                         cpus_per_trial=opts.cpus_per_trial, retries=opts.trial_retries,
+                         cpus_per_trial=opts.cpus_per_trial,
                          promotion_threads=early.threads_in_use if early is not None else None)
     if early is not None:
         early.on_done = lending.refresh  # its threads go to the trials still running
@@ -954,7 +958,7 @@ def _early_promotion(opts: SearchOptions, skill: str, expected_trials: int | Non
     from automl.promote import EarlyPromotion
 
     return EarlyPromotion(promote_options(opts, skill), expected_trials=expected_trials, slots=search_slots(opts),
-                          cpus_per_trial=opts.cpus_per_trial, retries=opts.trial_retries)
+                          cpus_per_trial=opts.cpus_per_trial)
 
 
 def finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Callable[[str], None] = print,

@@ -3,10 +3,11 @@
 A search reserves ``slots x cpus_per_trial`` CPUs. In its tail (every trial started, fewer running
 than there are slots) the slots of ended trials sit idle while the last trials train on their own
 CPUs: with two slots, one CPU does nothing for as long as the longest trial outlasts the others.
-:class:`CpuLending` (in the driver) hands those CPUs to the running trials as torch threads, and
-takes them back as soon as a new trial could start (a retry). The promotion that runs in the tail
-(:class:`automl.promote.EarlyPromotion`) keeps the threads it was given; what is left is shared
-evenly.
+:class:`CpuLending` (in the driver) hands those CPUs to the running trials as torch threads. The
+promotion that runs in the tail (:class:`automl.promote.EarlyPromotion`) keeps the threads it was
+given; what is left is shared evenly. A crashed trial that Ray retries stays RUNNING in the ledger
+(Ray reports a recovery, not an error), so its slot is never lent away; a trial that failed for
+good frees its slot like any ended trial.
 
 The driver writes each running trial's thread count into ``<trial folder>/lent_threads.json``
 (``{"threads": n}``, written only when it changes, atomically); :class:`automl.tune_report.LentThreads`
@@ -14,8 +15,10 @@ in the trial reads it at every epoch start and at most once a second between, an
 ``torch.set_num_threads`` on the training thread. A trial without the file keeps the threads Ray
 gave it (``cpus_per_trial``).
 
-Only for trials on CPU on a single-node Ray: on a cluster the idle slot may be on another machine,
-and a GPU trial's speed does not follow its CPU threads. A trial's floating-point results depend
+Only for trials on CPU on a single-node Ray this driver started or was started in (not
+``--address``, which may be a cluster shared with other jobs): on a cluster the idle slot may be on
+another machine, and a GPU trial's speed does not follow its CPU threads. Nodes that join later are
+not noticed. A trial's floating-point results depend
 slightly on its thread count (summation order), so a search that must be bitwise reproducible
 turns lending off (``--no-lend-cpus``, ``lend_idle_cpus: false``).
 """
@@ -69,13 +72,11 @@ class CpuLending:
     """
 
     def __init__(self, results_dir: str | Path, *, expected_trials: int | None, slots: int,
-                 cpus_per_trial: float = 1.0, retries: int = 0,
-                 promotion_threads: Callable[[], int] | None = None) -> None:
+                 cpus_per_trial: float = 1.0, promotion_threads: Callable[[], int] | None = None) -> None:
         self.results_dir = Path(results_dir)
         self.expected_trials = expected_trials
         self.slots = slots
         self.cpus_per_trial = cpus_per_trial
-        self.retries = retries
         self.promotion_threads = promotion_threads or (lambda: 0)
         self.base = max(1, int(cpus_per_trial))  # the threads Ray gives a trial (OMP_NUM_THREADS)
         self.written: dict[str, int] = {}  # trial name -> threads last written
@@ -86,12 +87,12 @@ class CpuLending:
 
     def plan(self, state: Any) -> dict[str, int]:
         """Threads per running trial (trial name -> count) for this state; remembers it for `refresh`."""
-        from automl.state import FAILED, PENDING, RUNNING
+        from automl.state import PENDING, RUNNING
 
         running = sorted(t.name for t in state.trials.values() if t.status == RUNNING)
         statuses = [t.status for t in state.trials.values()]
         tail = (self.expected_trials is not None and len(state.trials) >= self.expected_trials
-                and PENDING not in statuses and not (self.retries and FAILED in statuses))
+                and PENDING not in statuses)
         self._running, self._tail = running, tail
         return self._share()
 
@@ -101,7 +102,9 @@ class CpuLending:
             return {}
         free = 0.0
         if self._tail and len(running) < self.slots:
-            free = (self.slots - len(running)) * self.cpus_per_trial - self.promotion_threads()
+            # The search's CPUs minus the threads already in use: each running trial has at least
+            # one (a trial of 0.5 CPU still runs one thread), the promotion its own.
+            free = self.slots * self.cpus_per_trial - len(running) * self.base - self.promotion_threads()
         extra = max(0, math.floor(free + 1e-9))
         each, rest = divmod(extra, len(running))
         return {name: self.base + each + (1 if i < rest else 0) for i, name in enumerate(running)}

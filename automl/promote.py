@@ -217,12 +217,11 @@ class EarlyPromotion:
     """
 
     def __init__(self, options: PromoteOptions, *, expected_trials: int | None, slots: int,
-                 cpus_per_trial: float = 1.0, retries: int = 0) -> None:
+                 cpus_per_trial: float = 1.0) -> None:
         self.options = options
         self.expected_trials = expected_trials
         self.slots = slots
         self.cpus_per_trial = cpus_per_trial
-        self.retries = retries
         self.lines: list[str] = []
         self._thread: Any = None
         self._record: TrialRecord | None = None
@@ -251,12 +250,14 @@ class EarlyPromotion:
 
     def _tail(self, state: SearchState) -> tuple[TrialRecord, int] | None:
         """(the best trial, idle slots) once the search is in its tail and that trial has ended."""
-        from automl.state import DONE, FAILED, PENDING, RUNNING
+        from automl.state import DONE, PENDING, RUNNING
 
         if self.started or self.expected_trials is None or len(state.trials) < self.expected_trials:
             return None
         statuses = [t.status for t in state.trials.values()]
-        if PENDING in statuses or (self.retries and FAILED in statuses):  # a retry would take the slot back
+        # A crashed trial that Ray retries stays RUNNING in the ledger (Ray reports a recovery, not
+        # an error), so its slot never looks idle; FAILED means it failed for good.
+        if PENDING in statuses:
             return None
         running = statuses.count(RUNNING)
         if running == 0 or running >= self.slots:  # nothing left to overlap, or no slot idle

@@ -178,8 +178,10 @@ class LentThreads(L.Callback):
     (a failed read costs a few microseconds), so a trial picks up a lent CPU within about a second
     and gives it back as quickly. Without the file the trial has the threads it started with.
     `torch.set_num_threads` acts on the calling thread, which is the one that trains (and loads
-    data, with `workers: 0`); the threads are reset when the fit ends, so a reused worker starts
-    its next trial with its own.
+    data, with `workers: 0`), but torch also keeps the count as the default of threads started
+    later. The count is therefore reset when the fit ends, and when it ends by an exception (Ray
+    stops a trial with `SystemExit` inside its report; Lightning then calls `on_exception`, not
+    `teardown`), so a reused worker starts its next trial with its own.
     """
 
     def __init__(self, path: str | Path, interval_s: float = 1.0) -> None:
@@ -215,12 +217,19 @@ class LentThreads(L.Callback):
                                   batch_idx: int, dataloader_idx: int = 0) -> None:
         self._check()
 
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    def reset(self) -> None:
+        """Back to the threads the trial started with."""
         if self.threads != self.base:
             import torch
 
             torch.set_num_threads(self.base)
             self.threads = self.base
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.reset()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.reset()
 
 
 def _latest_checkpoint(trainer: L.Trainer) -> Path | None:

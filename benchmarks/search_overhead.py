@@ -131,6 +131,9 @@ def breakdown(run: SearchRun, slots: int = 1) -> dict[str, Any]:
         "trial_phase_s": trial_phase,
         "steps_s": steps,
         "share": steps / (slots * wall) if wall else 0.0,
+        # The same with steps in wall seconds: what lent CPUs did counts as idle (a lower bound).
+        "lent_s": lent,
+        "share_without_lent": (steps - lent) / (slots * wall) if wall else 0.0,
         "share_of_trial_phase": steps / (slots * trial_phase) if trial_phase else 0.0,
         "parts": parts,
         "startup_s": startups,
@@ -336,7 +339,8 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median share (the lower middle one of an even count), listing every run's."""
     ordered = sorted(runs, key=lambda r: r["share"])
     chosen = dict(ordered[(len(ordered) - 1) // 2])
-    chosen["repeats"] = [{"wall_s": r["wall_s"], "share": r["share"], "epochs": r["epochs"]} for r in runs]
+    chosen["repeats"] = [{"wall_s": r["wall_s"], "share": r["share"], "epochs": r["epochs"],
+                          "share_without_lent": r.get("share_without_lent")} for r in runs]
     return chosen
 
 
@@ -402,9 +406,15 @@ def render(results: dict[str, Any], profile: dict[str, float], args: Any, before
                   + ", ".join(f"{k} {v:.1f} slot-s" for v, k in overhead)
                   + f". Per epoch: {steps_per_epoch:.2f} s in steps, {per_epoch:.2f} s checkpoint + report. "
                   f"Start-up after the first trial {'under' if startup is not None and startup < 1 else 'NOT under'} 1 s."]
+        if r.get("lent_s"):
+            lines[-1] += (f" {r['lent_s']:.1f} slot-s of the steps ran on CPUs lent by idle slots; counted as idle "
+                          f"instead, the share is {100 * r['share_without_lent']:.1f}%.")
         if len(r.get("repeats", [])) > 1:
+            lent = all(x.get("share_without_lent") is not None for x in r["repeats"])
             lines[-1] += (f" {len(r['repeats'])} runs, share of compute (wall): "
-                          + ", ".join(f"{100 * x['share']:.1f}% ({x['wall_s']:.0f} s, {x['epochs']} epochs)"
+                          + ", ".join(f"{100 * x['share']:.1f}% ({x['wall_s']:.0f} s, {x['epochs']} epochs"
+                                      + (f"; {100 * x['share_without_lent']:.1f}% with lent CPUs counted idle"
+                                         if lent and x["share_without_lent"] < x["share"] else "") + ")"
                                       for x in r["repeats"])
                           + f"; met in {sum(x['share'] >= TARGET for x in r['repeats'])} of {len(r['repeats'])}; the "
                           "tables show the median run.")

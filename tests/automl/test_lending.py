@@ -44,13 +44,14 @@ def test_tail_lends_idle_slots_and_takes_them_back(tmp_path):
     assert _files(tmp_path) == {} and not lending.lending and lending.lent_to == {"trial_002"}
 
 
-def test_a_retry_takes_the_lent_cpu_back(tmp_path):
-    lending = CpuLending(tmp_path, expected_trials=3, slots=2, retries=1)
-    lending.update(_state(tmp_path, {"trial_000": FINISHED, "trial_001": FINISHED, "trial_002": RUNNING}))
-    assert _files(tmp_path) == {"trial_002": 2}
-    # trial_001 crashed and may be retried: its slot is not idle any more.
+def test_a_trial_being_retried_keeps_its_slot_and_one_failed_for_good_frees_it(tmp_path):
+    """Ray reports a crashed trial it will retry as a recovery, not an error: the ledger keeps it
+    RUNNING, so its slot is not lent. FAILED (retries used up) frees the slot like any end."""
+    lending = CpuLending(tmp_path, expected_trials=3, slots=2)
+    lending.update(_state(tmp_path, {"trial_000": FINISHED, "trial_001": RUNNING, "trial_002": RUNNING}))
+    assert _files(tmp_path) == {}
     lending.update(_state(tmp_path, {"trial_000": FINISHED, "trial_001": FAILED, "trial_002": RUNNING}))
-    assert _files(tmp_path) == {"trial_002": 1}
+    assert _files(tmp_path) == {"trial_002": 2}
 
 
 def test_idle_cpus_are_shared_and_the_promotion_keeps_its_own(tmp_path):
@@ -73,6 +74,17 @@ def test_two_cpus_per_trial_lend_in_whole_cpus(tmp_path):
     lending = CpuLending(tmp_path, expected_trials=2, slots=2, cpus_per_trial=2)
     lending.update(_state(tmp_path, {"trial_000": FINISHED, "trial_001": RUNNING}))
     assert lending.base == 2 and _files(tmp_path) == {"trial_001": 4}
+
+
+def test_fractional_cpus_never_oversubscribe(tmp_path):
+    """0.5 CPU per trial, 4 slots on 2 CPUs: each running trial still runs one thread, so two
+    running trials already use both CPUs and nothing is lent; one running trial gets the other."""
+    lending = CpuLending(tmp_path, expected_trials=4, slots=4, cpus_per_trial=0.5)
+    two = {"trial_000": FINISHED, "trial_001": FINISHED, "trial_002": RUNNING, "trial_003": RUNNING}
+    lending.update(_state(tmp_path, two))
+    assert lending.base == 1 and _files(tmp_path) == {}
+    lending.update(_state(tmp_path, {**two, "trial_003": FINISHED}))
+    assert _files(tmp_path) == {"trial_002": 2}
 
 
 def test_lending_file_reading_is_strict_and_clear_removes_old_files(tmp_path):
@@ -146,6 +158,38 @@ def test_trial_follows_the_lent_threads_and_records_them(tmp_path, one_thread):
     json.dumps(run)
 
 
+class _StopAtSecondEpoch(L.Callback):
+    """Plays Ray stopping a trial: `SystemExit` from inside the epoch (Ray's report does that)."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise SystemExit(0)
+
+
+def test_threads_are_given_back_when_the_trial_is_stopped(tmp_path, one_thread):
+    """Lightning calls on_exception, not teardown, when a fit ends by an exception; torch keeps
+    the thread count as the default of threads started later (the next trial's, in a reused Ray
+    actor), so it must be reset there too."""
+    import threading
+
+    from automl.tune_report import LentThreads
+
+    lent = tmp_path / LENT_THREADS_FILE
+    write_threads(lent, 2)
+    data = DataLoader(TensorDataset(torch.randn(8, 2), torch.randn(8, 1)), batch_size=4)
+    trainer = L.Trainer(max_epochs=3, callbacks=[LentThreads(lent), _StopAtSecondEpoch()], logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    model = _Toy()
+    with pytest.raises(SystemExit):
+        trainer.fit(model, train_dataloaders=data, val_dataloaders=data)
+    assert model.threads_seen == [2, 2] and torch.get_num_threads() == 1
+    seen: list[int] = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert seen == [1]
+
+
 def test_lending_applies_to_cpu_trials_on_one_node_only():
     from automl.driver import SearchOptions, lending_applies
 
@@ -163,6 +207,7 @@ def test_lending_applies_to_cpu_trials_on_one_node_only():
         assert not applies(gpus_per_trial=0.5)
         assert not applies(max_concurrent=1)
         assert not applies(algorithm="pbt")  # its exploits must not depend on timing
+        assert not applies(address="127.0.0.1:6379")  # a cluster that other jobs may share
         assert not applies(cpus_per_trial=2)  # 2 CPUs fit one trial of 2: never an idle slot beside it
     finally:
         ray.shutdown()

@@ -142,3 +142,5 @@ def test_overhead_breakdown_counts_lent_cpus_in_steps(tmp_path):
     assert lent["steps_s"] == plain["steps_s"] + 2.0
     assert lent["parts"]["idle slots"] == plain["parts"]["idle slots"] - 2.0
     assert abs(sum(lent["parts"].values()) - 2 * run.wall_s) < 1e-6
+    assert lent["lent_s"] == 2.0 and plain["lent_s"] == 0.0
+    assert abs(lent["share_without_lent"] - plain["share"]) < 1e-12  # the lent part counted idle again
