@@ -31,6 +31,7 @@ from automl.trial import CHECKPOINT_FILE
 BEST_DIR = "best"
 MODEL_FILE = "model.pth"
 ONNX_FILE = "export/segformer.onnx"  # in best/: the export step's output
+ONNX_QUANT_BACKENDS = ("onnxruntime", "modelopt.onnx")  # quantize an .onnx model_path as is
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,10 @@ def prepare(state: SearchState, record: TrialRecord, options: PromoteOptions = P
     step("export", options.export, lambda c: {"export.checkpoint": str(model), "export.onnx_file": str(onnx_file),
                                              "export.results_dir": str(best_dir / "export"), "export.on_cpu": _no_cuda()})
     onnx = _promoted_onnx(best_dir)
-    step("quantize", options.quantize, lambda c: {"quantize.model_path": str(model),
+    # The ONNX backends quantize the model just exported instead of exporting it a second time.
+    step("quantize", options.quantize, lambda c: {"quantize.model_path": str(onnx if onnx is not None and
+                                                                            c.quantize.backend in ONNX_QUANT_BACKENDS
+                                                                            else model),
                                                  "quantize.results_dir": str(best_dir / "quantize"),
                                                  "quantize.device": "cpu" if _no_cuda() else c.quantize.device})
     trt_reason = _tensorrt_missing()

@@ -141,6 +141,7 @@ def _spec(root: Path, num_classes: int, size: int, seed: int) -> dict:
             "predict_split": "test",
             "label_transform": "None",
             "palette": palette(num_classes),
+            "quant_calibration_dataset": {"images_dir": str(root / "images" / "train")},
             "augmentation": {
                 "random_flip": {"enable": True, "hflip_probability": 0.5, "vflip_probability": 0.5},
                 "random_rotate": {"enable": True, "rotate_probability": 0.5, "angle_list": [90, 180, 270]},
@@ -165,6 +166,8 @@ def _spec(root: Path, num_classes: int, size: int, seed: int) -> dict:
         "inference": {"checkpoint": checkpoint, "batch_size": 8},
         "export": {"checkpoint": checkpoint, "onnx_file": "${results_dir}/export/segformer.onnx",
                    "input_width": size, "input_height": size},
+        # int8 for ONNX Runtime on the CPU: needs only onnxruntime (TAO's default, torchao, is an extra)
+        "quantize": {"backend": "onnxruntime", "mode": "static_ptq", "model_path": checkpoint},
     }
 
 

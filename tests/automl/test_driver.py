@@ -44,7 +44,7 @@ def search(dataset, tmp_path_factory):
     results = tmp_path_factory.mktemp("search")
     lines: list[str] = []
     started = time.time()
-    outcome = driver.run(_options(results, dataset), echo=lines.append)
+    outcome = driver.run(_options(results, dataset, skip_quantize=False), echo=lines.append)
     return outcome, lines, time.time() - started
 
 
@@ -93,7 +93,13 @@ def test_promotion_and_report(search):
     promotion = json.loads((results / "best" / "promotion.json").read_text())
     assert (results / "best" / "model.pth").is_file()
     assert promotion["steps"]["evaluate"]["status"] == "done"
-    assert promotion["steps"]["quantize"] == "skipped: disabled by flag"
+    # The synthetic spec quantizes for ONNX Runtime (needs no extra), from the ONNX model just exported.
+    quantize = promotion["steps"]["quantize"]
+    assert quantize["status"] == "done", quantize
+    assert Path(quantize["artifact"]).name == "quantized_model_onnxruntime.onnx" and Path(quantize["artifact"]).is_file()
+    float_model = json.loads(Path(quantize["report_file"]).read_text())["float_model"]
+    assert Path(float_model) == results / "best" / "export" / "segformer.onnx"
+    assert not (results / "best" / "quantize" / "float_model.onnx").exists()  # not exported a second time
     report = (results / "report" / "report.md").read_text()
     assert "trial_000" in report and "Baseline" in report
     for plot in ("history.png", "parallel.png", "best_curves.png", "baseline_vs_best.png", "importance.png"):

@@ -87,8 +87,8 @@ def test_torchao_artifact_reloads(checkpoint, make_deploy_cfg, tmp_path):
     from segformer.actions import quantize
     from segformer.deploy.runtime import load_quantized_predictor
 
-    cfg = make_deploy_cfg(tmp_path, "quantize.backend=torchao", f"quantize.model_path={checkpoint}",
-                          "quantize.device=cpu")
+    cfg = make_deploy_cfg(tmp_path, "quantize.backend=torchao", "quantize.mode=weight_only_ptq",
+                          f"quantize.model_path={checkpoint}", "quantize.device=cpu")
     out = quantize.run(cfg, quiet=True)
     assert out.artifact.name == "quantized_model_torchao.pth"
     payload = torch.load(out.artifact, weights_only=False)
