@@ -581,9 +581,7 @@ def lending_applies(opts: SearchOptions) -> bool:
 
 
 def _cpu_lending(opts: SearchOptions, expected_trials: int | None, early: Any):
-    """The driver side of CPU lending for this search, or None where it does not apply."""
-    if not lending_applies(opts):
-        return None
+    """The driver side of CPU lending for a search where it applies (`lending_applies`)."""
     from automl.lending import CpuLending
 
     if expected_trials is None and opts.algorithm != "grid":  # resumed: sized by the settings (a grid sizes itself)
@@ -596,7 +594,7 @@ def _cpu_lending(opts: SearchOptions, expected_trials: int | None, early: Any):
     return lending
 
 
-def _trainable(opts: SearchOptions, spec: str | None):
+def _trainable(opts: SearchOptions, spec: str | None, lend_threads: bool = False):
     from ray import tune
 
     from automl.trial import TrialContext, train_trial
@@ -610,7 +608,7 @@ def _trainable(opts: SearchOptions, spec: str | None):
         max_epochs=opts.max_epochs,
         apply_restored_hparams=opts.algorithm == "pbt",
         checkpoint_every_report=opts.algorithm == "pbt",
-        lend_threads=lending_applies(opts),
+        lend_threads=lend_threads,
     )
     resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
     return tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), resources)
@@ -802,8 +800,9 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, spec: str | None
     preloading: list[bool] = []
     # Resumed: sized from the settings; a new search: once it is built (below).
     early = _early_promotion(opts, state.skill, None) if restore else None
-    lending = _cpu_lending(opts, None, early) if restore else None
-    if lending_applies(opts):
+    lend = lending_applies(opts)  # asks Ray about its nodes: once per search
+    lending = _cpu_lending(opts, None, early) if restore and lend else None
+    if lend:
         from automl.lending import clear
 
         clear(opts.results_dir)  # a resumed search starts with nothing lent
@@ -823,7 +822,7 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, spec: str | None
 
     callback.on_change = on_change
     experiment_dir = Path(opts.results_dir) / RAY_DIR / EXPERIMENT_NAME
-    trainable = _trainable(opts, spec)
+    trainable = _trainable(opts, spec, lend)
     interrupted = False
     # Ctrl-C (SIGINT) and SIGTERM both raise KeyboardInterrupt here. Ray Tune's own SIGINT handler
     # would instead end `fit()` normally, and the search would then be ranked, promoted and closed
@@ -860,7 +859,7 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, spec: str | None
             namer = TrialNamer(opts.results_dir)
             search_alg, scheduler, num_samples, param_space = build_search(opts, space, *baseline)
             early = _early_promotion(opts, state.skill, num_samples)
-            lending = _cpu_lending(opts, num_samples, early)
+            lending = _cpu_lending(opts, num_samples, early) if lend else None
             tuner = tune.Tuner(
                 trainable,
                 param_space=param_space,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -38,14 +37,12 @@ LENT_THREADS_FILE = "lent_threads.json"
 
 def write_threads(path: str | Path, threads: int) -> None:
     """Atomic, unsynced write of the thread count (a hint: a crash loses nothing that matters)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    from segformer.fileio import atomic_write_text
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"threads": int(threads)}), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps({"threads": int(threads)}), sync=False)
     except OSError:
-        tmp.unlink(missing_ok=True)
+        pass  # a hint not written costs speed, never the search
 
 
 def read_threads(path: str | Path) -> int | None:

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], *, sync: bool = True) -> Path:
     """Write through ``write(fileobj)`` into a temporary file next to ``path``, fsync, then rename.
 
     ``os.replace`` is atomic on POSIX within one file system, so ``path`` holds either the old
     content or the complete new one, never a half-written file, even if the process is killed.
+    ``sync=False`` skips both fsyncs, for small files written often whose loss in a power cut
+    costs nothing (measurements, hints): still never half-written after a process crash.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,18 +30,20 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         with os.fdopen(fd, "wb") as handle:
             write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if sync:
+        _fsync_dir(path.parent)
     return path
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+def atomic_write_text(path: str | Path, text: str, *, sync: bool = True) -> Path:
+    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")), sync=sync)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:

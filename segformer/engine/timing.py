@@ -33,13 +33,14 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+
+from segformer.fileio import atomic_write_text
 
 TIMING_NAME = "timing.json"
 log = logging.getLogger(__name__)
@@ -157,16 +158,9 @@ class StepTiming(L.Callback):
         # Cheap atomic write: temporary file + rename, no fsync. A measurement must never end a
         # training run: a folder that cannot be written (full disk, permissions) is reported by the
         # checkpoint writer with the fix; here it only costs the timing file.
-        tmp: str | None = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(tmp, self.path)
+            atomic_write_text(self.path, text, sync=False)
         except OSError as err:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
             if not self._warned:
                 log.warning("could not write %s (%s); step timing is not recorded", self.path, err)
                 self._warned = True
