@@ -18,6 +18,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from automl.layout import Layout
+from automl.options import ALGORITHMS
+from automl.signals import EXIT_INTERRUPTED, interrupt_on_sigterm
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="automl", description="AutoML for SegFormer (TAO-compatible specs and skills).")
@@ -31,16 +35,14 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--skill-dir", help="a skill folder in NVIDIA's layout (schemas/, references/)")
     run.add_argument("--policy", default="auto", choices=("auto", "on", "off"), help="automl_policy for this run")
     run.add_argument("--settings", help="AutoML settings file (YAML/JSON; TAO keys accepted); flags win")
-    run.add_argument("--algorithm", help="bayesian | random | grid | asha | hyperband | bohb | pbt")
+    run.add_argument("--algorithm", help=" | ".join(ALGORITHMS))
     run.add_argument("--max-trials", type=int, help="trials in all, the baseline included")
-    run.add_argument("--max-epochs", type=int, help="epochs per trial (train.num_epochs; schedulers' max_t)")
+    run.add_argument("--max-epochs", type=int, help="a trial's epoch budget (default: the spec's train.num_epochs), "
+                                                   "in units of epoch_multiplier epochs (settings file; default 1)")
     run.add_argument("--time-budget", type=float, dest="time_budget_s", help="seconds for the whole search")
     run.add_argument("--max-concurrent", type=int, help="trials at the same time")
     run.add_argument("--cpus-per-trial", type=float)
     run.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU")
-    run.add_argument("--no-lend-cpus", dest="lend_idle_cpus", action="store_false", default=None,
-                     help="keep each CPU trial at its own threads when slots go idle in the search's tail "
-                          "(lending changes floating-point summation order; settings key lend_idle_cpus)")
     run.add_argument("--only", help="comma-separated spec keys to search instead of the schema's defaults "
                                      "(TAO automl_hyperparameters)")
     run.add_argument("--metric", help="metric reported by the train action (default val_miou)")
@@ -57,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     for step in ("evaluate", "export", "quantize", "trt"):
         run.add_argument(f"--skip-{step}", action="store_true", help=f"promotion: skip {step}")
     run.add_argument("--register-model", help="MLflow registered model name (default: segformer)")
-    run.add_argument("--alias", default="champion", help="registry alias of the promoted version")
+    run.add_argument("--alias", help="registry alias of the promoted version (default: champion)")
 
     resume = sub.add_parser("resume", help="continue an interrupted search")
     resume.add_argument("results_dir")
@@ -76,24 +78,25 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from automl import driver
-    from automl.settings import load_settings, merge_settings
+    from automl.runner import run
+    from automl.settings import load_settings, options_from_settings
 
     cli = {k: getattr(args, k) for k in ("algorithm", "max_trials", "max_epochs", "time_budget_s", "max_concurrent",
-                                         "cpus_per_trial", "gpus_per_trial", "metric", "mode", "seed",
-                                         "lend_idle_cpus")}
+                                         "cpus_per_trial", "gpus_per_trial", "metric", "mode", "seed", "address",
+                                         "num_cpus", "tracking_uri", "max_failed_trials")}
+    cli["register_model"], cli["alias"] = args.register_model, args.alias
     if args.only:
         cli["only"] = [key.strip() for key in args.only.split(",") if key.strip()]
-    settings = merge_settings(load_settings(args.settings) if args.settings else None, cli)
-    opts = driver.options_from_settings(
-        settings, results_dir=args.results_dir, spec=args.spec, overrides=list(args.overrides),
-        skill=None if args.skill_dir else (args.skill or "segformer"), skill_dir=args.skill_dir, policy=args.policy,
-        address=args.address, num_cpus=args.num_cpus, tracking_uri=args.tracking_uri,
-        max_failed_trials=args.max_failed_trials, promote=not args.no_promote, skip_evaluate=args.skip_evaluate,
-        skip_export=args.skip_export, skip_quantize=args.skip_quantize, skip_trt=args.skip_trt,
-        register_model=args.register_model, register_alias=args.alias,
+    for flag, option in (("no_promote", "promote"), ("skip_evaluate", "evaluate"), ("skip_export", "export"),
+                         ("skip_quantize", "quantize"), ("skip_trt", "trt")):
+        if getattr(args, flag):
+            cli[option] = False
+    opts = options_from_settings(
+        load_settings(args.settings) if args.settings else None, cli, results_dir=args.results_dir, spec=args.spec,
+        overrides=tuple(args.overrides), skill=None if args.skill_dir else (args.skill or "segformer"),
+        skill_dir=args.skill_dir, policy=args.policy,
     )
-    outcome = driver.run(opts, dry_run=args.dry_run, live=args.live)
+    outcome = run(opts, dry_run=args.dry_run, live=args.live)
     if outcome.mode == "search" and (outcome.best is None or outcome.stopped_by_failures):
         return 1  # nothing trained, or the failure limit ended the search (results so far are kept)
     return 0
@@ -101,8 +104,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def ui_command(results_dir: str | Path, port: int, host: str = "127.0.0.1") -> list[str]:
     """The `mlflow ui` command for a search's embedded store (one worker: ready in ~6 s, ~0.5 GB)."""
-    results = Path(results_dir).expanduser().resolve()
-    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{results / 'mlflow.db'}",
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", Layout.of(results_dir).default_tracking_uri,
             "--host", host, "--port", str(port), "--workers", "1"]
 
 
@@ -111,8 +113,9 @@ def ui_env() -> dict[str, str]:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    results = Path(args.results_dir).expanduser().resolve()
-    if not (results / "mlflow.db").is_file():
+    layout = Layout.of(args.results_dir)
+    results = layout.root
+    if not layout.db_file.is_file():
         print(f"automl ui: no MLflow store in {results} (expected mlflow.db); "
               f"for a search tracked on a server, open that server instead", file=sys.stderr)
         return 2
@@ -120,13 +123,12 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     # The server runs in its own process group; stopping `automl ui` (Ctrl-C or SIGTERM) stops the
     # whole group, so no server process outlives the command.
     server = subprocess.Popen(ui_command(results, args.port, args.host), env=ui_env(), start_new_session=True)
-    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        return server.wait()
+        with interrupt_on_sigterm():
+            return server.wait()
     except KeyboardInterrupt:
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
             try:
@@ -155,18 +157,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _cmd_run(args)
         if args.command == "resume":
-            from automl import driver
+            from automl.runner import resume
 
-            outcome = driver.resume(args.results_dir, live=args.live, address=args.address)
+            outcome = resume(args.results_dir, live=args.live, address=args.address)
             return 0 if outcome.best is not None else 1
         if args.command == "status":
-            from automl.report import print_status
+            from automl.console import print_status
 
             return print_status(args.results_dir, watch=args.watch)
         if args.command == "ui":
             return _cmd_ui(args)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except (ValueError, FileNotFoundError) as err:  # our errors: SearchError, SettingsError, SkillError, ConfigError
         print(f"automl {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -174,10 +176,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """Console-script entry point: `main`, then a quick exit (`segformer.cli.exit_process`)."""
-    from segformer.cli import exit_process
+    """Console-script entry point.
 
-    exit_process(main())
+    A search cut by Ctrl-C or SIGTERM has saved its state when `main` returns. The process then ends
+    without Python's exit handlers: a SIGTERM to the whole process group has stopped Ray's own
+    processes too, and Ray's exit handler would wait for them without a limit.
+    """
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # closed or broken pipe: nothing more can be written
+                pass
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,13 @@ PROBE_TIMEOUT_S = 3.0
 MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
+def use_mlflow_http_defaults(uri: str | None) -> None:
+    """MLflow's HTTP retry policy for this process when `uri` is an http(s) server (the user's values win)."""
+    if uri and urlsplit(uri).scheme in ("http", "https"):
+        for key, value in MLFLOW_HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+
+
 class UnreachableError(ValueError):
     """A service named on the command line does not answer; the message says how to fix it."""
 
@@ -70,8 +77,7 @@ def check_tracking_uri(uri: str | None, timeout: float = PROBE_TIMEOUT_S) -> Non
     """
     if not uri or urlsplit(uri).scheme not in ("http", "https"):
         return
-    for key, value in MLFLOW_HTTP_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    use_mlflow_http_defaults(uri)
     url = uri.rstrip("/") + "/health"
     try:
         with urllib.request.urlopen(url, timeout=timeout):

@@ -20,29 +20,22 @@ import json
 import shutil
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from automl.state import SearchState, TrialRecord
+from automl.layout import CHECKPOINT_FILE, Layout
+from automl.options import PromotionConfig
+from automl.state import DONE, PENDING, RUNNING, SearchState, TrialRecord
 from segformer.fileio import atomic_write_text
-from automl.trial import CHECKPOINT_FILE
 
-BEST_DIR = "best"
 MODEL_FILE = "model.pth"
 ONNX_FILE = "export/segformer.onnx"  # in best/: the export step's output
 ONNX_QUANT_BACKENDS = ("onnxruntime", "modelopt.onnx")  # quantize an .onnx model_path as is
 
 
-@dataclass(frozen=True)
-class PromoteOptions:
-    evaluate: bool = True
-    export: bool = True
-    quantize: bool = True
-    trt: bool = True
-    register: bool = True
-    model_name: str = "segformer"
-    alias: str = "champion"
+def model_name(options: PromotionConfig, skill: str) -> str:
+    """The registered model's name: --register-model, else "segformer" (our skill) or "<skill>-segformer"."""
+    return options.register_model or ("segformer" if skill == "segformer" else f"{skill}-segformer")
 
 
 def best_checkpoint(record: TrialRecord) -> Path | None:
@@ -102,41 +95,44 @@ def _first_file(folder: Path, suffixes: tuple[str, ...]) -> Path | None:
     return found[0] if found else None
 
 
-def promote(state: SearchState, record: TrialRecord, tracker: Any, options: PromoteOptions = PromoteOptions(),
+def promote(state: SearchState, record: TrialRecord, tracker: Any, options: PromotionConfig = PromotionConfig(),
             *, echo: Callable[[str], None] = print, prepared: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the promotion chain for `record`; returns (and writes to best/promotion.json) what happened.
 
     `prepared`: the steps already run for this trial by :class:`EarlyPromotion` (only the
-    registration and the report remain).
+    registration and the report remain). Without a `tracker` nothing is registered.
     """
     report = prepared if prepared is not None else prepare(state, record, options, echo=echo)
-    best_dir = Path(state.results_dir) / BEST_DIR
+    best_dir = Layout.of(state.results_dir).best_dir
     model = best_dir / MODEL_FILE
-    if "checkpoint" in report and options.register and tracker is not None and record.mlflow_run_id:
+    if "checkpoint" in report and tracker is not None and record.mlflow_run_id:
+        name = model_name(options, state.skill)
         try:
             onnx = _promoted_onnx(best_dir)
             files = [model, best_dir / "experiment.yaml"] + ([onnx] if onnx else [])
             tracker.log_artifacts(record.mlflow_run_id, files, "model")
-            version = tracker.register(options.model_name, record.mlflow_run_id, "model", options.alias)
-            report["registry"] = {"model": options.model_name, "version": version, "alias": options.alias,
+            version = tracker.register(name, record.mlflow_run_id, "model", options.alias)
+            report["registry"] = {"model": name, "version": version, "alias": options.alias,
                                   "source": f"runs:/{record.mlflow_run_id}/model"}
-            echo(f"automl: registered {options.model_name} version {version} as @{options.alias}")
+            echo(f"automl: registered {name} version {version} as @{options.alias}")
         except Exception as err:  # the registry is optional (e.g. a tracking server without one)
             report["registry"] = f"failed: {type(err).__name__}: {err}"
     _write(best_dir, report)
     return report
 
 
-def prepare(state: SearchState, record: TrialRecord, options: PromoteOptions = PromoteOptions(),
+def prepare(state: SearchState, record: TrialRecord, options: PromotionConfig = PromotionConfig(),
             *, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """The promotion steps (checkpoint, evaluate, export, quantize, TensorRT) into a fresh ``best/``.
 
     Registers nothing and writes no promotion.json: :func:`promote` does, once the trial is
-    known to be the search's best.
+    known to be the search's best. Kept whole: the steps run in the chain's order, each feeding the
+    next (the checkpoint, then the ONNX file), and the chain reads best top to bottom.
     """
-    from segformer.config import apply_overrides, dump_config, load_config
+    from automl.trial import base_config
+    from segformer.config import apply_overrides, dump_config
 
-    best_dir = Path(state.results_dir) / BEST_DIR
+    best_dir = Layout.of(state.results_dir).best_dir
     shutil.rmtree(best_dir, ignore_errors=True)  # never mix two trials' artifacts
     best_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -152,7 +148,7 @@ def prepare(state: SearchState, record: TrialRecord, options: PromoteOptions = P
 
     overrides: dict[str, Any] = dict(record.params)
     overrides["results_dir"] = str(best_dir)
-    cfg = apply_overrides(load_config(state.spec, [f"results_dir={best_dir}", *state.overrides]), overrides)
+    cfg = apply_overrides(base_config(state.spec, state.overrides, best_dir), overrides)
     dump_config(cfg, best_dir / "experiment.yaml")
     onnx_file = best_dir / ONNX_FILE
 
@@ -209,35 +205,33 @@ class EarlyPromotion:
     """Promote the best trial on a slot the search no longer needs, while the last trials run.
 
     A search's tail (every trial started, fewer running than there are slots) leaves slots idle,
-    and promotion (an ONNX export alone takes seconds) used to start only after the last trial.
-    Once the best trial so far has ended, its checkpoint is final: its promotion steps run in a
-    thread on the idle slots. At the end :meth:`take` hands the prepared report to
-    :func:`promote` when that trial is still the best at the same epoch; when a trial still
-    running overtook it, promotion runs again for the new best (the early work cost only idle
-    time). Registration and ``promotion.json`` wait for the final answer either way.
-
-    The thread's torch uses as many threads as idle slots have CPUs, and its output is kept and
-    printed at the end, so it neither slows nor garbles the trials still running.
+    and promotion (an ONNX export alone takes seconds) would otherwise start only after the last
+    trial. Once the best trial so far has ended, its checkpoint is final: its promotion steps run in
+    a thread meanwhile. At the end :meth:`take` hands the prepared report to :func:`promote` when
+    that trial is still the best at the same epoch; when a trial still running overtook it,
+    promotion runs again for the new best (the early work cost only idle time). Registration and
+    ``promotion.json`` wait for the final answer either way. The thread's output is kept and
+    printed at the end, so it does not garble the trials' lines.
     """
 
-    def __init__(self, options: PromoteOptions, *, expected_trials: int | None, slots: int,
-                 cpus_per_trial: float = 1.0) -> None:
+    @classmethod
+    def for_search(cls, options: Any, expected_trials: int | None, slots: int) -> "EarlyPromotion | None":
+        """The early promotion of a search (`automl.options.SearchOptions`), or None where it cannot
+        apply: no promotion, one slot, an unknown number of trials (a resumed grid sizes itself), or
+        PBT (its trials exploit each other's checkpoints until the end, and a thread competing for
+        the CPU would change which)."""
+        if not options.promotion.promote or slots < 2 or expected_trials is None or options.search.algorithm == "pbt":
+            return None
+        return cls(options.promotion, expected_trials=expected_trials, slots=slots)
+
+    def __init__(self, options: PromotionConfig, *, expected_trials: int, slots: int) -> None:
         self.options = options
-        self.expected_trials = expected_trials
-        self.slots = slots
-        self.cpus_per_trial = cpus_per_trial
+        self.expected_trials = expected_trials  # trials the search starts in all
+        self.slots = slots  # trials that run at once
         self.lines: list[str] = []
         self._thread: Any = None
         self._record: TrialRecord | None = None
         self._report: dict[str, Any] | None = None
-        self._threads_before: int | None = None
-        self._threads = 0  # CPUs the promotion thread holds while it runs
-        self._done = False
-        self.on_done: Any = None  # called (from the promotion thread) once it has ended
-
-    def threads_in_use(self) -> int:
-        """CPUs the early promotion holds now: its threads while it runs, else 0."""
-        return self._threads if self.started and not self._done else 0
 
     @property
     def started(self) -> bool:
@@ -247,16 +241,9 @@ class EarlyPromotion:
     def trial_name(self) -> str | None:
         return self._record.name if self._record is not None else None
 
-    def ready(self, state: SearchState) -> TrialRecord | None:
-        """The trial to promote now, or None while new trials may still start or the best runs."""
-        tail = self._tail(state)
-        return tail[0] if tail else None
-
-    def _tail(self, state: SearchState) -> tuple[TrialRecord, int] | None:
-        """(the best trial, idle slots) once the search is in its tail and that trial has ended."""
-        from automl.state import DONE, PENDING, RUNNING
-
-        if self.started or self.expected_trials is None or len(state.trials) < self.expected_trials:
+    def _ready(self, state: SearchState) -> TrialRecord | None:
+        """The best trial, once the search is in its tail and that trial has ended."""
+        if self.started or len(state.trials) < self.expected_trials:
             return None
         statuses = [t.status for t in state.trials.values()]
         # A crashed trial that Ray retries stays RUNNING in the ledger (Ray reports a recovery, not
@@ -267,58 +254,35 @@ class EarlyPromotion:
         if running == 0 or running >= self.slots:  # nothing left to overlap, or no slot idle
             return None
         best = state.best()
-        if best is None or best.status not in DONE:
-            return None
-        return best, self.slots - running
+        return best if best is not None and best.status in DONE else None
 
     def consider(self, state: SearchState) -> bool:
         """Start the early promotion if the search has reached that point; True when started."""
-        tail = self._tail(state)
-        if tail is None:
+        record = self._ready(state)
+        if record is None:
             return False
         import copy
         import threading
 
-        record, idle = tail
         self._record = copy.deepcopy(record)
         snapshot = copy.deepcopy(state)
-        threads = self._threads = max(1, int(idle * self.cpus_per_trial))
-        self._thread = threading.Thread(target=self._run, args=(snapshot, threads), name="automl-early-promotion",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(snapshot,), name="automl-early-promotion", daemon=True)
         self._thread.start()
         return True
 
-    def _run(self, state: SearchState, threads: int) -> None:
-        try:
-            import torch
-
-            self._threads_before = torch.get_num_threads()
-            torch.set_num_threads(min(threads, self._threads_before))
-        except ImportError:
-            pass
+    def _run(self, state: SearchState) -> None:
         assert self._record is not None
         try:
             self._report = prepare(state, self._record, self.options, echo=self.lines.append)
         except Exception as err:  # noqa: BLE001 (promotion then runs again at the end, where errors show)
             self.lines.append(f"automl: early promotion failed: {type(err).__name__}: {err}")
             self._report = None
-        finally:
-            self._done = True
-            if self.on_done is not None:
-                try:
-                    self.on_done()
-                except Exception as err:  # noqa: BLE001 (a hint not given costs speed, never the search)
-                    self.lines.append(f"automl: could not hand the promotion's CPUs back: {err}")
 
     def take(self, record: TrialRecord) -> dict[str, Any] | None:
         """Wait for the early promotion; its report if it promoted `record` at its best epoch."""
         if self._thread is None:
             return None
         self._thread.join()
-        if self._threads_before is not None:
-            import torch
-
-            torch.set_num_threads(self._threads_before)  # the final promotion (if any) has every slot
         early = self._record
         if self._report is None or early is None:
             return None

@@ -1,4 +1,4 @@
-"""The search report (markdown + PNG plots) and the trial table of `automl status`.
+"""The search report (markdown + PNG plots) in ``report/``.
 
 Everything here reads only the state file, so it works during a search, after it, and after a
 killed driver. Plots (matplotlib, Agg backend):
@@ -21,83 +21,14 @@ import math
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from automl.console import trial_rows
+from automl.layout import Layout, trial_number
 from automl.state import SearchState
 from segformer.fileio import atomic_write_text
-
-REPORT_DIR = "report"
-
-
-# ------------------------------------------------------------------------------ table
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1e-3 and value != 0 else f"{value:.{digits}f}"
-    return str(value)
-
-
-def trial_rows(state: SearchState) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the trial table (all trials, in creation order)."""
-    keys = sorted({k for t in state.trials.values() for k in t.params})
-    short = [k.split(".")[-1] if sum(x.split(".")[-1] == k.split(".")[-1] for x in keys) == 1 else k for k in keys]
-    header = ["trial", "status", f"best {state.metric}", "epoch", "epochs", "node", *short]
-    best = state.best()
-    rows = []
-    for t in sorted(state.trials.values(), key=lambda r: r.name):
-        name = t.name + (" *" if best is not None and t.trial_id == best.trial_id else "") + (" (baseline)" if t.is_baseline else "")
-        rows.append([name, t.status, _fmt(t.best_value), _fmt(t.best_epoch), str(len(t.history)), t.node_ip or "-",
-                     *[_fmt(t.params.get(k)) for k in keys]])
-    return header, rows
-
-
-def format_table(state: SearchState) -> str:
-    """Plain-text table (also what `automl status` prints without a terminal)."""
-    header, rows = trial_rows(state)
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(state.counts().items())) or "no trials yet"
-    out = [f"{state.algorithm} search ({state.status.lower()}): {counts}; metric {state.metric} ({state.mode})",
-           line(header), line(["-" * w for w in widths])]
-    out += [line(r) for r in rows]
-    errors = [f"  {t.name}: {(t.error or '').strip().splitlines()[-1][:200]}" for t in state.trials.values() if t.error]
-    if errors:
-        out += ["errors:", *errors]
-    return "\n".join(out)
-
-
-def print_status(results_dir: str | Path, watch: float | None = None, echo: Callable[[str], None] = print) -> int:
-    """`automl status`: the table once, or refreshed every `watch` seconds until the search ends."""
-    while True:
-        state = SearchState.load(results_dir)
-        if watch:
-            echo("\x1b[2J\x1b[H" + time.strftime("%H:%M:%S"))  # clear the terminal between refreshes
-        echo(format_table(state))
-        if not watch or state.status != "RUNNING":
-            return 0
-        time.sleep(watch)
-
-
-class LiveTable:
-    """`automl run --live`: one line per trial event (a log that stays readable in CI and files)."""
-
-    def __init__(self, echo: Callable[[str], None] = print) -> None:
-        self.echo = echo
-        self.seen: dict[str, tuple] = {}
-
-    def __call__(self, state: SearchState) -> None:
-        for t in state.trials.values():
-            key = (t.status, len(t.history))
-            if self.seen.get(t.trial_id) == key:
-                continue
-            self.seen[t.trial_id] = key
-            last = t.history[-1].get(state.metric) if t.history else None
-            self.echo(f"  {t.name:10s} {t.status:9s} epoch {len(t.history):3d}  {state.metric} {_fmt(last)}  "
-                      f"best {_fmt(t.best_value)}")
-
+from segformer.text import fmt
 
 # ------------------------------------------------------------------------------ report
 def _numeric(values: list[Any]) -> list[float] | None:
@@ -144,6 +75,7 @@ def importances(state: SearchState) -> dict[str, float]:
 
 
 def _plots(state: SearchState, folder: Path) -> list[str]:
+    """Every plot that has data, written into `folder`; returns the file names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,75 +83,98 @@ def _plots(state: SearchState, folder: Path) -> list[str]:
 
     written = []
     ordered = sorted((t for t in state.trials.values() if t.best_value is not None), key=lambda t: t.name)
-    sign = 1 if state.mode == "max" else -1
-
-    if ordered:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        xs = [int(t.name.split("_")[-1]) if t.name.split("_")[-1].isdigit() else i for i, t in enumerate(ordered)]
-        ys = [t.best_value for t in ordered]
-        running, best_so_far = [], None
-        for v in ys:
-            best_so_far = v if best_so_far is None or sign * v > sign * best_so_far else best_so_far
-            running.append(best_so_far)
-        ax.scatter(xs, ys, label=f"trial best {state.metric}")
-        ax.step(xs, running, where="post", color="C1", label="best so far")
-        ax.set_xlabel("trial"), ax.set_ylabel(state.metric), ax.set_title("Optimisation history"), ax.legend()
-        fig.tight_layout(), fig.savefig(folder / "history.png", dpi=100), plt.close(fig)
-        written.append("history.png")
-
-    imp = importances(state)
-    if imp:
-        fig, ax = plt.subplots(figsize=(6, 0.4 * len(imp) + 1.2))
-        names = list(imp)[::-1]
-        ax.barh(names, [imp[n] for n in names])
-        ax.set_xlabel("share of variance explained"), ax.set_title("Parameter importance (simple estimate)")
-        fig.tight_layout(), fig.savefig(folder / "importance.png", dpi=100), plt.close(fig)
-        written.append("importance.png")
-
-    keys = sorted({k for t in ordered for k in t.params})
-    if ordered and keys:
-        fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(keys)), 4))
-        lo, hi = min(t.best_value for t in ordered), max(t.best_value for t in ordered)
-        cmap = plt.get_cmap("viridis")
-        columns = []
-        for key in keys:
-            values = [t.params.get(key) for t in ordered]
-            numbers = _numeric(values)
-            if numbers is None:
-                cats = sorted({str(v) for v in values})
-                numbers = [cats.index(str(v)) / max(1, len(cats) - 1) for v in values]
-            else:
-                if min(numbers) > 0 and max(numbers) / min(numbers) > 10:
-                    numbers = [math.log10(v) for v in numbers]
-                a, b = min(numbers), max(numbers)
-                numbers = [(v - a) / (b - a) if b > a else 0.5 for v in numbers]
-            columns.append(numbers)
-        for i, t in enumerate(ordered):
-            shade = (t.best_value - lo) / (hi - lo) if hi > lo else 1.0
-            ax.plot(range(len(keys)), [c[i] for c in columns], color=cmap(shade), alpha=0.8)
-        ax.set_xticks(range(len(keys)), [k.split(".")[-1] for k in keys], rotation=30, ha="right")
-        ax.set_yticks([]), ax.set_title(f"Parallel coordinates (colour: {state.metric})")
-        fig.tight_layout(), fig.savefig(folder / "parallel.png", dpi=100), plt.close(fig)
-        written.append("parallel.png")
-
-    best, baseline = state.best(), state.baseline()
-    if best is not None:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for t, label in ((best, f"best ({best.name})"), (baseline, "baseline")):
-            if t is None or (t is best and label == "baseline"):
-                continue
-            epochs = [h.get("epoch", i + 1) for i, h in enumerate(t.history) if state.metric in h]
-            ax.plot(epochs, [h[state.metric] for h in t.history if state.metric in h], marker="o", label=label)
-        ax.set_xlabel("epoch"), ax.set_ylabel(state.metric), ax.set_title("Best trial and baseline per epoch"), ax.legend()
-        fig.tight_layout(), fig.savefig(folder / "best_curves.png", dpi=100), plt.close(fig)
-        written.append("best_curves.png")
-        if baseline is not None and baseline.best_value is not None:
-            fig, ax = plt.subplots(figsize=(4, 3.5))
-            ax.bar(["baseline", "best"], [baseline.best_value, best.best_value], color=["C7", "C2"])
-            ax.set_ylabel(state.metric), ax.set_title("Baseline vs best")
-            fig.tight_layout(), fig.savefig(folder / "baseline_vs_best.png", dpi=100), plt.close(fig)
-            written.append("baseline_vs_best.png")
+    for name, draw in (("history.png", _history), ("importance.png", _importance), ("parallel.png", _parallel),
+                       ("best_curves.png", _best_curves), ("baseline_vs_best.png", _baseline_vs_best)):
+        fig = draw(plt, state, ordered)
+        if fig is not None:
+            fig.tight_layout()
+            fig.savefig(folder / name, dpi=100)
+            plt.close(fig)
+            written.append(name)
     return written
+
+
+def _history(plt: Any, state: SearchState, ordered: list[Any]) -> Any:
+    """Each trial's best value and the best so far, by trial number."""
+    if not ordered:
+        return None
+    sign = 1 if state.mode == "max" else -1
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    xs = [trial_number(t.name) if trial_number(t.name) is not None else i for i, t in enumerate(ordered)]
+    ys = [t.best_value for t in ordered]
+    running, best_so_far = [], None
+    for v in ys:
+        best_so_far = v if best_so_far is None or sign * v > sign * best_so_far else best_so_far
+        running.append(best_so_far)
+    ax.scatter(xs, ys, label=f"trial best {state.metric}")
+    ax.step(xs, running, where="post", color="C1", label="best so far")
+    ax.set_xlabel("trial"), ax.set_ylabel(state.metric), ax.set_title("Optimisation history"), ax.legend()
+    return fig
+
+
+def _importance(plt: Any, state: SearchState, ordered: list[Any]) -> Any:
+    imp = importances(state)
+    if not imp:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 0.4 * len(imp) + 1.2))
+    names = list(imp)[::-1]
+    ax.barh(names, [imp[n] for n in names])
+    ax.set_xlabel("share of variance explained"), ax.set_title("Parameter importance (simple estimate)")
+    return fig
+
+
+def _parallel(plt: Any, state: SearchState, ordered: list[Any]) -> Any:
+    """Parallel coordinates of the parameters (log scale where they span decades), coloured by the best value."""
+    keys = sorted({k for t in ordered for k in t.params})
+    if not ordered or not keys:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(keys)), 4))
+    lo, hi = min(t.best_value for t in ordered), max(t.best_value for t in ordered)
+    cmap = plt.get_cmap("viridis")
+    columns = []
+    for key in keys:
+        values = [t.params.get(key) for t in ordered]
+        numbers = _numeric(values)
+        if numbers is None:
+            cats = sorted({str(v) for v in values})
+            numbers = [cats.index(str(v)) / max(1, len(cats) - 1) for v in values]
+        else:
+            if min(numbers) > 0 and max(numbers) / min(numbers) > 10:
+                numbers = [math.log10(v) for v in numbers]
+            a, b = min(numbers), max(numbers)
+            numbers = [(v - a) / (b - a) if b > a else 0.5 for v in numbers]
+        columns.append(numbers)
+    for i, t in enumerate(ordered):
+        shade = (t.best_value - lo) / (hi - lo) if hi > lo else 1.0
+        ax.plot(range(len(keys)), [c[i] for c in columns], color=cmap(shade), alpha=0.8)
+    ax.set_xticks(range(len(keys)), [k.split(".")[-1] for k in keys], rotation=30, ha="right")
+    ax.set_yticks([]), ax.set_title(f"Parallel coordinates (colour: {state.metric})")
+    return fig
+
+
+def _best_curves(plt: Any, state: SearchState, ordered: list[Any]) -> Any:
+    """The best trial's and the baseline's metric per epoch."""
+    best, baseline = state.best(), state.baseline()
+    if best is None:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for t, label in ((best, f"best ({best.name})"), (baseline, "baseline")):
+        if t is None or (t is best and label == "baseline"):
+            continue
+        epochs = [h.get("epoch", i + 1) for i, h in enumerate(t.history) if state.metric in h]
+        ax.plot(epochs, [h[state.metric] for h in t.history if state.metric in h], marker="o", label=label)
+    ax.set_xlabel("epoch"), ax.set_ylabel(state.metric), ax.set_title("Best trial and baseline per epoch"), ax.legend()
+    return fig
+
+
+def _baseline_vs_best(plt: Any, state: SearchState, ordered: list[Any]) -> Any:
+    best, baseline = state.best(), state.baseline()
+    if best is None or baseline is None or baseline.best_value is None:
+        return None
+    fig, ax = plt.subplots(figsize=(4, 3.5))
+    ax.bar(["baseline", "best"], [baseline.best_value, best.best_value], color=["C7", "C2"])
+    ax.set_ylabel(state.metric), ax.set_title("Baseline vs best")
+    return fig
 
 
 def _markdown(state: SearchState, plots: list[str]) -> str:
@@ -232,7 +187,7 @@ def _markdown(state: SearchState, plots: list[str]) -> str:
         lines += ["## Best trial", "", f"`{best.name}`: {state.metric} = {best.best_value:.4f} at epoch {best.best_epoch}", ""]
         lines += ["| parameter | best | baseline |", "|---|---|---|"]
         for key in sorted(best.params):
-            lines.append(f"| `{key}` | {_fmt(best.params[key])} | {_fmt(baseline.params.get(key)) if baseline else '-'} |")
+            lines.append(f"| `{key}` | {fmt(best.params[key])} | {fmt(baseline.params.get(key)) if baseline else '-'} |")
         if baseline is not None and baseline.best_value is not None:
             lines += ["", f"Baseline (`{baseline.name}`, the spec's own values): {baseline.best_value:.4f}; "
                           f"improvement {best.best_value - baseline.best_value:+.4f}."]
@@ -259,8 +214,8 @@ def _markdown(state: SearchState, plots: list[str]) -> str:
 
 def write_report(state: SearchState) -> Path:
     """Write RESULTS_DIR/report/{report.md, *.png} atomically; returns the markdown path."""
-    results = Path(state.results_dir)
-    final = results / REPORT_DIR
+    layout = Layout.of(state.results_dir)
+    results, final = layout.root, layout.report_dir
     tmp = Path(tempfile.mkdtemp(prefix=".report.", dir=results))
     try:
         plots = _plots(state, tmp)

@@ -1,8 +1,9 @@
 """Search state persisted after every trial event, so `automl status` and `automl resume` work.
 
-The state file (``RESULTS_DIR/automl_state.json``) is the driver's own ledger: the search settings it
-was started with, the MLflow parent run, and one record per trial (params, per-epoch metrics, best
-epoch, status, MLflow child run id, node). Ray keeps its own experiment checkpoint next to it
+The state file (``RESULTS_DIR/automl_state.json``) is the driver's own ledger: the search options it
+was started with (`automl.options.SearchOptions.to_dict`), the spec's own values of the searched
+parameters (the baseline), the MLflow parent run, and one record per trial (params, per-epoch
+metrics, best epoch, status, MLflow child run id, node). Ray keeps its own experiment checkpoint next to it
 (``RESULTS_DIR/ray/``) for `Tuner.restore`; the ledger is what makes MLflow consistent on resume
 (a restored trial finds its child run here instead of creating a second one).
 
@@ -18,10 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from automl.layout import Layout
 from segformer.fileio import atomic_write_text
 
-STATE_FILE = "automl_state.json"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: settings in sections (automl.options), baseline values kept, no start-up latencies
 
 # Trial statuses. RUNNING trials found in a state file whose driver is gone were interrupted.
 # STOPPED: ended without error before its epoch budget, by a scheduler (ASHA/HyperBand/BOHB early
@@ -50,10 +51,10 @@ class TrialRecord:
     checkpoint: str | None = None  # Ray checkpoint directory of the best epoch, once known
     started_at: float | None = None
     ended_at: float | None = None
-    is_baseline: bool = False
+    is_baseline: bool = False  # runs the spec's own values of the searched parameters (SearchState.baseline_params)
     run_started_at: float | None = None  # when Ray last (re)started the trial (driver clock)
-    startup_s: list[float] = field(default_factory=list)  # Ray trial start -> first training step, per (re)start
     restores: list[dict[str, Any]] = field(default_factory=list)  # checkpoints continued: {"from", "epoch"}
+    config_changes: list[dict[str, Any]] = field(default_factory=list)  # PBT: {"epoch", "params"} it went on with
     pid: int | None = None  # process of the Ray worker that last reported for this trial
 
 
@@ -66,8 +67,9 @@ class SearchState:
     algorithm: str
     metric: str
     mode: str
-    settings: dict[str, Any]
+    settings: dict[str, Any]  # SearchOptions.to_dict() as resolved for this search
     spec: str | None = None
+    baseline_params: dict[str, Any] | None = None  # the spec's own values of the searched parameters (None: no baseline trial)
     overrides: list[str] = field(default_factory=list)
     status: str = RUNNING  # RUNNING | FINISHED | FAILED | INTERRUPTED
     mlflow_tracking_uri: str | None = None
@@ -84,7 +86,7 @@ class SearchState:
     # ----------------------------------------------------------------- persistence
     @property
     def path(self) -> Path:
-        return Path(self.results_dir) / STATE_FILE
+        return Layout.of(self.results_dir).state_file
 
     def save(self) -> None:
         self.updated_at = time.time()
@@ -93,14 +95,15 @@ class SearchState:
 
     @classmethod
     def load(cls, results_dir: str | Path) -> "SearchState":
-        path = Path(results_dir) / STATE_FILE
+        path = Layout.of(results_dir).state_file
         if not path.is_file():
             raise FileNotFoundError(
                 f"no AutoML state in {results_dir}: expected {path}; was this folder made by `automl run`?"
             )
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("version") != STATE_VERSION:
-            raise ValueError(f"{path}: state version {data.get('version')} is not {STATE_VERSION}")
+            raise ValueError(f"{path}: state version {data.get('version')} is not {STATE_VERSION}: this search was "
+                             f"made by another release of segformer-automl; run it with that release or start a new one")
         trials = {tid: TrialRecord(**rec) for tid, rec in data.pop("trials", {}).items()}
         data["results_dir"] = str(Path(results_dir).resolve())
         return cls(**data, trials=trials)

@@ -19,7 +19,7 @@ when Population Based Training copies a better trial's state (exploit). A trial 
 own checkpoint continues from its own latest file, which is never older than Ray's copy; an
 exploit continues from the other trial's checkpoint. Either way training resumes through
 `train.resume_training_checkpoint_path`. For PBT the newly sampled hyperparameters (explore) are
-applied to the restored optimizer in `on_train_start`.
+applied to the restored optimizer in `on_train_start` (`automl.pbt.apply_hparams_to_optimizers`).
 
 This module is imported by the driver too (names, context, the trainable's reference), so it
 imports neither torch nor Lightning at module level; the Lightning part is `automl.tune_report`.
@@ -27,19 +27,13 @@ imports neither torch nor Lightning at module level; the Lightning part is `auto
 
 from __future__ import annotations
 
-import re
+import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
-CHECKPOINT_FILE = "checkpoint.ckpt"
-
-# Spec keys the PBT explore step can change on a restored optimizer.
-_LR_KEY = "train.optim.lr"
-_WD_KEY = "train.optim.weight_decay"
-_MOMENTUM_KEY = "train.optim.momentum"  # SGD momentum; beta1 for adam/adamw (TAO's meaning)
+from automl.layout import CHECKPOINT_FILE, Layout, trial_name, trial_number
 
 
 @dataclass(frozen=True)
@@ -51,11 +45,9 @@ class TrialContext:
     overrides: tuple[str, ...] = ()  # the user's key=value overrides, applied before sampled values
     metric: str = "val_miou"
     mode: str = "max"  # direction of `metric`; `best_<metric>` is the best value so far
-    max_epochs: int | None = None  # per-trial epoch budget (train.num_epochs); None keeps the spec's
-    fixed: dict[str, Any] = field(default_factory=dict)  # extra overrides every trial gets
+    epochs: int | None = None  # per-trial epoch budget (train.num_epochs); None keeps the spec's
     apply_restored_hparams: bool = False  # PBT: push the trial's (new) config into a restored optimizer
     checkpoint_every_report: bool = False  # PBT: exploit needs every trial's latest state in Ray
-    lend_threads: bool = False  # follow the driver's CPU lending (automl.lending) in <trial>/lent_threads.json
 
 
 # Names given in this process, per results folder. Ray copies the name creator (the basic variant
@@ -76,14 +68,11 @@ class TrialNamer:
         self.results_dir = str(results_dir)
 
     def _first_free(self) -> int:
-        root = Path(self.results_dir)
-        used = [p.name for p in root.glob("trial_*")] + [p.name for p in (root / "ray").glob("*/trial_*")]
-        state = root / "automl_state.json"
-        if state.is_file():
-            import json
-
-            used += [t.get("name", "") for t in json.loads(state.read_text(encoding="utf-8")).get("trials", {}).values()]
-        numbers = [int(m.group(1)) for n in used if (m := re.fullmatch(r"trial_(\d+)", n))]
+        layout = Layout.of(self.results_dir)
+        used = layout.trial_names_on_disk()
+        if layout.state_file.is_file():
+            used += [t.get("name", "") for t in json.loads(layout.state_file.read_text(encoding="utf-8")).get("trials", {}).values()]
+        numbers = [n for n in map(trial_number, used) if n is not None]
         return max(numbers, default=-1) + 1
 
     def __call__(self, trial: Any) -> str:
@@ -95,36 +84,44 @@ class TrialNamer:
             first = None
         if trial.trial_id not in names:
             if first is None:
-                first = max((int(n.split("_")[1]) for n in names.values()), default=self._first_free() - 1) + 1
-            names[trial.trial_id] = f"trial_{first:03d}"
+                first = max((trial_number(n) or 0 for n in names.values()), default=self._first_free() - 1) + 1
+            names[trial.trial_id] = trial_name(first)
         return names[trial.trial_id]
 
 
-def trial_name(trial: Any) -> str:
+def ray_trial_name(trial: Any) -> str:
     """The name a Ray `Trial` was given by `TrialNamer` (its string form otherwise)."""
     return getattr(trial, "custom_trial_name", None) or str(trial)
+
+
+def base_config(spec: str | None, overrides: Any, results_dir: str | Path) -> Any:
+    """The spec as a trial sees it: the user's spec and overrides with `results_dir` given first, so
+    ${results_dir} in the spec resolves to the trial's (or the search's, or best/) folder."""
+    from segformer.config import load_config
+
+    return load_config(spec, [f"results_dir={results_dir}", *overrides])
 
 
 def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Ray Tune function trainable: one `segformer train` run with `config` as spec overrides."""
     from ray import tune
 
-    from automl.tune_report import LentThreads, TuneReportCallback
+    from automl.pbt import optimizer_values
+    from automl.tune_report import TuneReportCallback
     from segformer.actions import train as train_action
-    from segformer.config import apply_overrides, load_config
+    from segformer.config import apply_overrides
     from segformer.engine.callbacks import LATEST_NAME
 
     name = tune.get_context().get_trial_name()
-    trial_dir = Path(ctx.results_dir) / name
+    trial_dir = Layout.of(ctx.results_dir).trial_dir(name)
     trial_dir.mkdir(parents=True, exist_ok=True)
 
-    overrides: dict[str, Any] = dict(ctx.fixed)
-    overrides.update({k: v for k, v in config.items() if not k.startswith("_")})
+    overrides: dict[str, Any] = {k: v for k, v in config.items() if not k.startswith("_")}
     overrides["results_dir"] = str(trial_dir)
     train_dir = trial_dir / "train"
     overrides["train.results_dir"] = str(train_dir)
-    if ctx.max_epochs is not None:
-        overrides["train.num_epochs"] = int(ctx.max_epochs)
+    if ctx.epochs is not None:
+        overrides["train.num_epochs"] = int(ctx.epochs)
 
     restored_hparams: dict[str, Any] = {}
     restored_from: str | None = None
@@ -135,7 +132,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         # folder name says whose checkpoint this is (another trial's after a PBT exploit).
         restored_from = Path(str(checkpoint.path)).parent.name
         if ctx.apply_restored_hparams:
-            restored_hparams = {k: v for k, v in config.items() if k in (_LR_KEY, _WD_KEY, _MOMENTUM_KEY)}
+            restored_hparams = optimizer_values(config)
     if (checkpoint is None or restored_from == name) and own_latest.is_file():
         # This trial ran before (`automl resume`, or Ray retrying it after a crash): its own latest
         # checkpoint is at least as new as anything it reported to Ray (reports link that file).
@@ -151,16 +148,11 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             shutil.copytree(src, restore_dir)
         overrides["train.resume_training_checkpoint_path"] = str(restore_dir / CHECKPOINT_FILE)
 
-    cfg = apply_overrides(load_config(ctx.spec, [f"results_dir={trial_dir}", *ctx.overrides]), overrides)
+    cfg = apply_overrides(base_config(ctx.spec, ctx.overrides, trial_dir), overrides)
     callback = TuneReportCallback(ctx.metric, ctx.mode, restored_hparams, restored_from,
                                   checkpoint_every_report=ctx.checkpoint_every_report,
                                   continue_best=restored_from == name)
-    callbacks: list[Any] = [callback]
-    if ctx.lend_threads:
-        from automl.lending import LENT_THREADS_FILE
-
-        callbacks.append(LentThreads(trial_dir / LENT_THREADS_FILE))
-    train_action.run(cfg, callbacks=callbacks, quiet=True)
+    train_action.run(cfg, callbacks=[callback], quiet=True)
     if callback.reports == 0 and restored_from is None:
         raise RuntimeError(
             f"{name} finished without reporting '{ctx.metric}': the train action must log it at each "

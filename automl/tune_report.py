@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import math
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 
-from automl.trial import _LR_KEY, _MOMENTUM_KEY, _WD_KEY, CHECKPOINT_FILE
+from automl.layout import CHECKPOINT_FILE
+from automl.pbt import apply_hparams_to_optimizers
 from segformer.fileio import link_or_copy
 
 STATE_KEY = "automl_tune_report"  # top-level checkpoint key of TuneReportCallback's state
@@ -62,13 +62,11 @@ class TuneReportCallback(Checkpoint):
         self.restored_from = restored_from  # trial whose checkpoint this run continues (resume / PBT exploit)
         self.checkpoint_every_report = checkpoint_every_report
         self.reports = 0
-        self.first_step_at: float | None = None  # wall clock of the first training step (start-up latency)
         # A trial resumed from its own checkpoint keeps the best value stored in it (this
         # callback's state); a PBT exploit starts its own record from the copied state.
         self.continue_best = continue_best
         self._pending: tuple[dict[str, Any], bool] | None = None  # this epoch's metrics, improved?
         self._resend: tuple[dict[str, Any], bool] | None = None  # restored: the checkpoint's own report
-        self._sent_startup = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._send_restored_report(trainer)
@@ -110,10 +108,6 @@ class TuneReportCallback(Checkpoint):
             source = Path(trainer.ckpt_path) if trainer.ckpt_path and Path(trainer.ckpt_path).is_file() else None
             self._report(trainer, *resend, source=source)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        if self.first_step_at is None:
-            self.first_step_at = time.time()
-
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # The best value is updated here, before the epoch's checkpoint is written, so the
         # checkpoint holds it; the report waits for that checkpoint (epoch end).
@@ -149,11 +143,7 @@ class TuneReportCallback(Checkpoint):
         from ray import tune
 
         metrics["node_id"] = ray.get_runtime_context().get_node_id()
-        # Once per worker run: when it started training, and whose checkpoint it continues (the
-        # driver turns these into start-up latency and PBT exploit records).
-        if self.first_step_at is not None and not self._sent_startup:
-            metrics["first_step_at"] = self.first_step_at
-            self._sent_startup = True
+        # Once per worker run: whose checkpoint it continues (the driver records PBT exploits and resumes).
         if self.restored_from is not None and self.reports == 0:
             metrics["restored_from"] = self.restored_from
             metrics["restored_at_epoch"] = metrics["epoch"] if source is not None else trainer.current_epoch
@@ -171,67 +161,6 @@ class TuneReportCallback(Checkpoint):
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
-class LentThreads(L.Callback):
-    """Follows the driver's CPU lending (`automl.lending`): torch threads = the count in `path`.
-
-    Read at every training epoch start and, between, at most every `interval_s` at a batch start
-    (a failed read costs a few microseconds), so a trial picks up a lent CPU within about a second
-    and gives it back as quickly. Without the file the trial has the threads it started with.
-    `torch.set_num_threads` acts on the calling thread, which is the one that trains (and loads
-    data, with `workers: 0`), but torch also keeps the count as the default of threads started
-    later. The count is therefore reset when the fit ends, and when it ends by an exception (Ray
-    stops a trial with `SystemExit` inside its report; Lightning then calls `on_exception`, not
-    `teardown`), so a reused worker starts its next trial with its own.
-    """
-
-    def __init__(self, path: str | Path, interval_s: float = 1.0) -> None:
-        import torch
-
-        self.path = Path(path)
-        self.interval_s = interval_s
-        self.base = torch.get_num_threads()
-        self.threads = self.base
-        self._checked = float("-inf")
-
-    def _check(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._checked < self.interval_s:
-            return
-        self._checked = now
-        from automl.lending import read_threads
-
-        wanted = read_threads(self.path) or self.base
-        if wanted != self.threads:
-            import torch
-
-            torch.set_num_threads(wanted)
-            self.threads = wanted
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._check(force=True)
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        self._check()
-
-    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                                  batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._check()
-
-    def reset(self) -> None:
-        """Back to the threads the trial started with."""
-        if self.threads != self.base:
-            import torch
-
-            torch.set_num_threads(self.base)
-            self.threads = self.base
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.reset()
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self.reset()
-
-
 def _latest_checkpoint(trainer: L.Trainer) -> Path | None:
     """The train action's `segformer_model_latest.pth` when it was written for this epoch's end."""
     from segformer.engine.callbacks import PeriodicCheckpoint
@@ -241,37 +170,3 @@ def _latest_checkpoint(trainer: L.Trainer) -> Path | None:
             if callback.latest_path.is_file():
                 return callback.latest_path
     return None
-
-
-def apply_hparams_to_optimizers(trainer: L.Trainer, hparams: dict[str, Any]) -> None:
-    """Make a restored optimizer follow the trial's current config (PBT explore).
-
-    Lightning restores the optimizer and scheduler state from the checkpoint, including the old
-    learning rate. The new lr rescales the schedule (base lrs and current lr by the same factor) so
-    the schedule keeps its shape over the full epoch budget.
-    """
-    new_lr = hparams.get(_LR_KEY)
-    new_wd = hparams.get(_WD_KEY)
-    new_momentum = hparams.get(_MOMENTUM_KEY)
-    for index, optimizer in enumerate(trainer.optimizers):
-        ratio = None
-        if new_lr is not None:
-            schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
-            base = schedulers[0].base_lrs[0] if schedulers and getattr(schedulers[0], "base_lrs", None) else None
-            base = base or optimizer.param_groups[0].get("initial_lr") or optimizer.param_groups[0]["lr"]
-            ratio = float(new_lr) / float(base) if base else None
-            for scheduler in schedulers:
-                if getattr(scheduler, "base_lrs", None):
-                    scheduler.base_lrs = [b * ratio for b in scheduler.base_lrs]
-        for group in optimizer.param_groups:
-            if ratio is not None:
-                group["lr"] *= ratio
-                if "initial_lr" in group:
-                    group["initial_lr"] *= ratio
-            if new_wd is not None and "weight_decay" in group:
-                group["weight_decay"] = float(new_wd)
-            if new_momentum is not None:
-                if "betas" in group:
-                    group["betas"] = (float(new_momentum), group["betas"][1])
-                elif "momentum" in group:
-                    group["momentum"] = float(new_momentum)

@@ -132,12 +132,12 @@ def save_json(name: str, data: Any) -> Path:
 # ------------------------------------------------------------------------------------------------
 # statistics
 # ------------------------------------------------------------------------------------------------
-def median(values: Sequence[float]) -> float | None:
-    ordered = sorted(v for v in values if v is not None)
-    if not ordered:
-        return None
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+def median(values: Sequence[float | None]) -> float | None:
+    """The median of the values that are not None (None when there are none)."""
+    import statistics
+
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -190,7 +190,9 @@ def run_search(results_dir: Path, spec: Path, args: Sequence[str], overrides: Se
     cmd = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(source)!r}); import runpy; "
            "sys.argv[0] = 'automl'; runpy.run_module('automl.cli', run_name='__main__')", "run", "--skill", "segformer", "--policy", "auto", "-e", str(spec),
            "--results-dir", str(results_dir), *args, *overrides]
-    full_env = {**os.environ, "PYTHONPATH": str(source), "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    # SEGFORMER_STEP_TIMING: the train action writes timing.json (segformer.engine.timing) for benchmarks only.
+    full_env = {**os.environ, "PYTHONPATH": str(source), "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg",
+                "SEGFORMER_STEP_TIMING": "1"}
     if "--address" not in args:
         full_env.setdefault("RAY_ADDRESS", "local")
     full_env.update(env or {})

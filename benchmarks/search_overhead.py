@@ -13,9 +13,7 @@ exit) is split with the per-trial ``timing.json`` (``segformer.engine.timing.Ste
 ledger's Ray trial start/end times and ``best/promotion.json``. With N trials at a time the
 compute is N slots x wall; every part is in slot-seconds and the share is steps / (N x wall):
 
-- steps: inside ``on_train_batch_start..end`` and ``on_validation_batch_start..end``; a step that
-  ran with CPUs lent by idle slots (``automl.lending``) counts seconds x threads / the trial's own
-  threads, and what it took beyond one slot comes out of the idle slots;
+- steps: inside ``on_train_batch_start..end`` and ``on_validation_batch_start..end``;
 - trial start: Ray trial start -> timing created (Ray actor, config, dataset check, model);
 - Lightning start: created -> first epoch start;
 - data wait: between training batches (data loader); loop other / validation other: the loops
@@ -29,8 +27,9 @@ compute is N slots x wall; every part is in slot-seconds and the share is steps 
   early, on a slot the search's tail left idle, one slot for its duration (taken from idle slots);
 - search end: the rest after the last trial (report, Ray shutdown, process exit), N slots.
 
-Start-up latency: Ray trial start -> first training batch, per trial run (the ledger's
-``startup_s``); the target is the median over the trials after the first (Ray reuses actors).
+Start-up latency: Ray trial start (the ledger's ``started_at``) -> the first training batch of the
+trial's first run (timing.json's ``first_batch_at``); the target is the median over the trials after
+the first (Ray reuses actors).
 Start-up pieces are also timed one by one (a fresh driver-like process; one trial in-process).
 """
 
@@ -60,7 +59,7 @@ def breakdown(run: SearchRun, slots: int = 1) -> dict[str, Any]:
     trials = sorted((t for t in run.trials if t.get("started_at") or t.get("run_started_at")),
                     key=lambda t: t.get("started_at") or t["run_started_at"])
     busy = 0.0
-    lent = 0.0  # slot-seconds of idle slots' CPUs a trial used inside its steps (automl.lending)
+    startups: list[float] = []  # Ray trial start -> first training batch, per trial (its first run)
     for trial in trials:
         runs = run.timings.get(trial["name"], [])
         start = float(trial.get("started_at") or trial["run_started_at"])
@@ -70,19 +69,15 @@ def breakdown(run: SearchRun, slots: int = 1) -> dict[str, Any]:
             parts["trial start"] += end - start  # ended before training: all overhead
             continue
         first_run = runs[0]
+        if first_run.get("first_batch_at"):
+            startups.append(float(first_run["first_batch_at"]) - start)
         created = float(first_run["created_at"])
         parts["trial start"] += max(0.0, created - start)
         epochs = [e for r in runs for e in r.get("epochs", [])]
         parts["Lightning start"] += max(0.0, (epochs[0]["epoch_start_at"] if epochs else end) - created)
-        base = {id(e): max(1, int(r.get("threads") or 1)) for r in runs for e in r.get("epochs", [])}
         for i, epoch in enumerate(epochs):
-            # Steps count in slot-seconds: seconds x threads / the trial's own threads. A step
-            # that ran on lent CPUs holds the idle slot too; only that part leaves "idle slots".
-            for part, key in (("train steps", "train_step"), ("validation steps", "val_step")):
-                seconds = epoch[f"{key}_s"]
-                weighted = epoch.get(f"{key}_thread_s", seconds * base[id(epoch)]) / base[id(epoch)]
-                parts[part] += weighted
-                lent += max(0.0, weighted - seconds)
+            parts["train steps"] += epoch["train_step_s"]
+            parts["validation steps"] += epoch["val_step_s"]
             parts["data wait"] += epoch["data_wait_s"]
             val_end = epoch.get("val_end_at") or epoch.get("epoch_end_at") or epoch["epoch_start_at"]
             val_start = epoch.get("val_start_at") or val_end
@@ -103,7 +98,7 @@ def breakdown(run: SearchRun, slots: int = 1) -> dict[str, Any]:
         last_end = max(float(t.get("ended_at") or 0) for t in trials)
         trial_phase = last_end - first_start
         parts["search start"] = slots * max(0.0, first_start - run.started_at)
-        parts["idle slots"] = max(0.0, slots * trial_phase - busy - lent)
+        parts["idle slots"] = max(0.0, slots * trial_phase - busy)
         tail = max(0.0, run.ended_at - last_end)
         promotion, early = _promotion_seconds(run)
         if early:
@@ -123,22 +118,17 @@ def breakdown(run: SearchRun, slots: int = 1) -> dict[str, Any]:
     else:
         trial_phase = 0.0
     steps = parts["train steps"] + parts["validation steps"]
-    startups = [s for t in trials for s in t.get("startup_s", [])]
-    ordered = [t.get("startup_s", [None])[0] for t in trials if t.get("startup_s")]
     return {
         "wall_s": wall,
         "slots": slots,
         "trial_phase_s": trial_phase,
         "steps_s": steps,
         "share": steps / (slots * wall) if wall else 0.0,
-        # The same with steps in wall seconds: what lent CPUs did counts as idle (a lower bound).
-        "lent_s": lent,
-        "share_without_lent": (steps - lent) / (slots * wall) if wall else 0.0,
         "share_of_trial_phase": steps / (slots * trial_phase) if trial_phase else 0.0,
         "parts": parts,
         "startup_s": startups,
-        "startup_first_s": ordered[0] if ordered else None,
-        "startup_median_after_first_s": median(ordered[1:]),
+        "startup_first_s": startups[0] if startups else None,
+        "startup_median_after_first_s": median(startups[1:]),
         "trials": len(trials),
         "epochs": sum(len(t.get("history", [])) for t in trials),
         "failed": sum(t.get("status") == "FAILED" for t in trials),
@@ -206,20 +196,19 @@ marks = [("start", time.perf_counter())]
 import ray
 from ray import tune
 import mlflow, optuna
-import automl.driver, automl.tracking
+import automl.runner, automl.tracking
 marks.append(("driver: import ray, ray.tune, mlflow, optuna, automl (no torch)", time.perf_counter()))
 ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
 marks.append(("driver: ray.init (local, no dashboard)", time.perf_counter()))
 with tempfile.TemporaryDirectory() as tmp:
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
     exp = client.create_experiment("x", artifact_location=f"{tmp}/art")
-    marks.append(("driver: MLflow new sqlite store + experiment (in a thread during ray.init in the search)",
-                  time.perf_counter()))
+    marks.append(("driver: MLflow new sqlite store + experiment", time.perf_counter()))
     run = client.create_run(exp)
     client.log_batch(run.info.run_id, metrics=[mlflow.entities.Metric("m", 1.0, 0, 0)])
     marks.append(("driver: MLflow one run + one log_batch", time.perf_counter()))
 ray.shutdown()
-marks.append(("driver: ray.shutdown (in a thread during the report in the search)", time.perf_counter()))
+marks.append(("driver: ray.shutdown", time.perf_counter()))
 import torch, lightning, segformer.actions.train, automl.tune_report
 marks.append(("worker: import torch, lightning, train action (in each first trial of a slot)", time.perf_counter()))
 print("JSON" + json.dumps({b[0]: b[1] - a[1] for a, b in zip(marks, marks[1:])}), flush=True)
@@ -339,8 +328,7 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median share (the lower middle one of an even count), listing every run's."""
     ordered = sorted(runs, key=lambda r: r["share"])
     chosen = dict(ordered[(len(ordered) - 1) // 2])
-    chosen["repeats"] = [{"wall_s": r["wall_s"], "share": r["share"], "epochs": r["epochs"],
-                          "share_without_lent": r.get("share_without_lent")} for r in runs]
+    chosen["repeats"] = [{"wall_s": r["wall_s"], "share": r["share"], "epochs": r["epochs"]} for r in runs]
     return chosen
 
 
@@ -406,15 +394,9 @@ def render(results: dict[str, Any], profile: dict[str, float], args: Any, before
                   + ", ".join(f"{k} {v:.1f} slot-s" for v, k in overhead)
                   + f". Per epoch: {steps_per_epoch:.2f} s in steps, {per_epoch:.2f} s checkpoint + report. "
                   f"Start-up after the first trial {'under' if startup is not None and startup < 1 else 'NOT under'} 1 s."]
-        if r.get("lent_s"):
-            lines[-1] += (f" {r['lent_s']:.1f} slot-s of the steps ran on CPUs lent by idle slots; counted as idle "
-                          f"instead, the share is {100 * r['share_without_lent']:.1f}%.")
         if len(r.get("repeats", [])) > 1:
-            lent = all(x.get("share_without_lent") is not None for x in r["repeats"])
             lines[-1] += (f" {len(r['repeats'])} runs, share of compute (wall): "
-                          + ", ".join(f"{100 * x['share']:.1f}% ({x['wall_s']:.0f} s, {x['epochs']} epochs"
-                                      + (f"; {100 * x['share_without_lent']:.1f}% with lent CPUs counted idle"
-                                         if lent and x["share_without_lent"] < x["share"] else "") + ")"
+                          + ", ".join(f"{100 * x['share']:.1f}% ({x['wall_s']:.0f} s, {x['epochs']} epochs)"
                                       for x in r["repeats"])
                           + f"; met in {sum(x['share'] >= TARGET for x in r['repeats'])} of {len(r['repeats'])}; the "
                           "tables show the median run.")
@@ -457,35 +439,26 @@ def render(results: dict[str, Any], profile: dict[str, float], args: Any, before
                      "amortize: `make demo` is now a search of realistic shape (16 trials of up to 8 epochs on "
                      "256 images of 128x128), and the old one is kept above as the smoke-size row."
                      if need else f"{100 * TARGET:.0f}% never on this machine.")]
-    lines += ["", "What was changed to cut the overhead:",
-              "- The tail's idle CPUs go to the trials still running (`automl.lending`): once every trial has "
-              "started and the early promotion is done, each idle slot's CPU becomes extra torch threads of a "
-              "running trial, read by the trial at its next epoch start or within a second. Steps that ran on "
-              "lent CPUs count their seconds times threads per trial CPU; only that part leaves 'idle slots' "
-              "(a 2-thread step on these 2 cores is about 1.3-1.6x faster than a 1-thread one, not 2x).",
+    lines += ["", "What keeps the overhead down:",
+              "- Tune reuses trial actors: later trials start in well under a second; the first trial of each "
+              "slot imports torch and Lightning itself (~5 s on 2 cores), the 'start-up first' column.",
               "- Promotion runs early, on the slot the search's tail leaves idle: once every trial has started "
               "and the best trial so far has ended, its evaluate/export/quantize run in a driver thread while the "
               "last trial trains; at the end only registration remains unless the last trial overtook it "
               "(`automl.promote.EarlyPromotion`).",
               "- Decoded images and masks stay in memory (`segformer.data.dataset.DecodedCache`, 2 GiB per "
               "process by default): later epochs, and later trials in a reused Ray actor, skip reading and "
-              "decoding (data time per epoch at 128x128, 128 images: 0.135 s -> 0.046 s).",
-              "- The driver process no longer imports torch or Lightning (the Tune callback moved to "
-              "`automl/tune_report.py`, imported in the workers; the GPU default comes from Ray): ~4 s less to "
-              "start and ~2 s less to exit.",
-              "- The MLflow store is created in a thread while `ray.init` runs, and a new sqlite store is a copy "
-              "of an empty migrated one kept in `~/.cache/segformer-automl` (0.04 s instead of ~2 s).",
-              "- One checkpoint per epoch instead of two: the Tune report waits for the train action's "
+              "decoding.",
+              "- The driver process never imports torch or Lightning during the search (the trial's Lightning "
+              "side is `automl/tune_report.py`, imported in the workers; the GPU default comes from Ray).",
+              "- One checkpoint per epoch: the Tune report waits for the train action's "
               "`segformer_model_latest.pth` and hands Ray a hard link of it, only when the epoch improved the "
               "best metric (every report under PBT); a restarted trial continues from its own latest file.",
-              "- Promotion's imports (torch, Lightning, ONNX) load in a driver thread once the first epoch is "
-              "reported, and `ray.shutdown` runs while the report is written.",
-              "- The console scripts skip the interpreter's module teardown after the atexit handlers.",
-              "- Kept from before: Tune reuses trial actors (later trials start in well under a second), "
-              "trials write MLflow from the driver in one `log_batch` per epoch.",
-              "- Tried and dropped: importing the trial code in Ray's idle workers during the driver's set-up. "
-              "Ray starts a fresh worker process for every trial actor, so the first trials still import torch "
-              "and Lightning themselves (~5 s on 2 cores): that is the 'start-up first' column."]
+              "- Trials write MLflow from the driver in one `log_batch` per epoch.",
+              "- Removed in the automl/ redesign (issue 14), each buying a few percent of wall time or less for "
+              "a harder codebase (see 'Demo wall time'): lending idle CPUs to the tail's trials, the console "
+              "scripts' quick exit, an MLflow store template kept in ~/.cache, creating the store in a thread "
+              "while Ray starts, preloading promotion's imports and shutting Ray down in a thread."]
     if profile:
         lines += ["", "Start-up pieces timed one by one (driver and worker imports: a fresh process; trial: one "
                   "process with warm imports, median of 2):", "", "| piece | seconds |", "|---|---|"]

@@ -7,9 +7,9 @@
     segformer data synth --out DIR [--num-classes K ...]
     segformer convert --from hf|nvlabs|timm SRC OUT.pth [-e spec.yaml]
 
-The command line only parses and dispatches from the explicit tables below. Every action is the
-in-process function ``segformer.actions.<action>.run(cfg)``; nothing here imports torch, so
-``--help`` answers at once.
+The command line only parses and dispatches from explicit tables (``segformer.actions.ACTIONS``
+and ``COMMANDS`` below). Every action is the in-process function
+``segformer.actions.<action>.run(cfg)``; nothing here imports torch, so ``--help`` answers at once.
 """
 
 from __future__ import annotations
@@ -23,16 +23,7 @@ import traceback
 from typing import Callable, Sequence
 
 from segformer import __version__
-
-# action name -> (module holding `run(cfg)`, one-line help)
-ACTIONS: dict[str, tuple[str, str]] = {
-    "train": ("segformer.actions.train", "train a SegFormer model on an image/mask folder dataset"),
-    "evaluate": ("segformer.actions.evaluate", "mIoU, mAcc, aAcc and per-class scores of a checkpoint, ONNX file or engine"),
-    "inference": ("segformer.actions.inference", "write class-id masks (vis_tao) and overlays (mask_tao) for predict_split"),
-    "export": ("segformer.actions.export", "export a checkpoint to ONNX (and a DeepStream config)"),
-    "quantize": ("segformer.actions.quantize", "post-training quantization (torchao, modelopt, ONNX Runtime int8)"),
-    "gen_trt_engine": ("segformer.actions.gen_trt_engine", "build a TensorRT engine from the ONNX file"),
-}
+from segformer.actions import ACTIONS  # action name -> one-line help; run(cfg) in segformer.actions.<name>
 
 # tool command -> (module:function taking argv and returning an exit code, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -65,7 +56,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 def _top_parser() -> argparse.ArgumentParser:
     lines = ["actions (segformer <action> -e spec.yaml [key=value ...]):"]
-    lines += [f"  {name:<15} {help_}" for name, (_, help_) in ACTIONS.items()]
+    lines += [f"  {name:<15} {help_}" for name, help_ in ACTIONS.items()]
     lines += ["", "tools:"]
     lines += [f"  {name:<15} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Set SEGFORMER_DEBUG=1 to see tracebacks of expected errors too."]
@@ -82,8 +73,7 @@ def _top_parser() -> argparse.ArgumentParser:
 
 def action_parser(action: str) -> argparse.ArgumentParser:
     """The parser shared by every action: a spec file and dotted overrides, as TAO takes them."""
-    _, help_ = ACTIONS[action]
-    parser = argparse.ArgumentParser(prog=f"segformer {action}", description=help_)
+    parser = argparse.ArgumentParser(prog=f"segformer {action}", description=ACTIONS[action])
     parser.add_argument("-e", "--experiment_spec_file", "--experiment-spec-file", dest="spec", required=True,
                         help="the experiment spec YAML (TAO format)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -94,7 +84,7 @@ def action_parser(action: str) -> argparse.ArgumentParser:
 def run_action(action: str, argv: Sequence[str]) -> int:
     """Parse, load and validate the spec, then call ``segformer.actions.<action>.run(cfg)``."""
     args = action_parser(action).parse_args(list(argv))
-    module_name, _ = ACTIONS[action]
+    module_name = f"segformer.actions.{action}"
     from segformer.config import load_config
 
     # The spec first: a typo is reported in a second, before torch and Lightning are imported.
@@ -150,53 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
-EXIT_TIMEOUT_S = 15.0  # normal exit handlers take ~1.5 s (Ray shutdown); a stuck one is cut here
-
-
-def exit_process(code: int) -> None:
-    """End the process with `code`, skipping only the interpreter's final clean-up of modules.
-
-    Once torch, Lightning, ONNX and Ray are loaded, Python spends about 2 s at exit freeing every
-    module (measured on 2 cores; benchmarks/RESULTS.md, search overhead). Everything a normal exit
-    does that has an effect still happens, in the same order: other non-daemon threads are
-    joined, atexit handlers run (logging and library clean-up), stdout and stderr are flushed.
-    Files are written whole before they are closed (`segformer.fileio`), so none is cut short.
-
-    Under a profiler or tracer (`python -m cProfile`, a debugger), or with SEGFORMER_NORMAL_EXIT
-    set, the exit is the normal one: those tools write their results after the program returns.
-    """
-    import atexit
-    import threading
-
-    if sys.getprofile() is not None or sys.gettrace() is not None or os.environ.get("SEGFORMER_NORMAL_EXIT"):
-        sys.exit(code)
-
-    def clean_up() -> None:
-        for thread in threading.enumerate():
-            if thread is not threading.main_thread() and not thread.daemon and thread is not current:
-                thread.join()
-        atexit._run_exitfuncs()  # noqa: SLF001 (the documented handlers, run as a normal exit would)
-
-    # A library's exit handler can block for ever: Ray's shutdown waits without a time limit on
-    # its GCS, which a SIGTERM to the whole process group has already stopped. Give the clean-up
-    # EXIT_TIMEOUT_S, then say so and exit anyway rather than hang.
-    current = threading.Thread(target=clean_up, name="segformer-exit", daemon=True)
-    current.start()
-    current.join(EXIT_TIMEOUT_S)
-    if current.is_alive():
-        print(f"exit clean-up did not finish in {EXIT_TIMEOUT_S:g} s (a stuck exit handler, e.g. Ray's after its "
-              "processes were stopped); exiting anyway", file=sys.stderr)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # closed or broken pipe: nothing more can be written
-            pass
-    os._exit(code)
-
-
 def entry() -> None:
-    """Console-script entry point: `main`, then a quick exit (see `exit_process`)."""
-    exit_process(main())
+    """Console-script entry point."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,15 +2,19 @@
 
 The one implementation every part of the toolkit writes results through (checkpoints, configs,
 reports, images, ONNX side files): a temporary file in the target folder, fsync, ``os.replace``,
-then an fsync of the folder. No torch import here, so the config package can use it.
+then an fsync of the folder. :func:`atomic_output` does the same for libraries that write to a
+path themselves (ONNX exporters and quantizers). No torch import here, so the config package can
+use it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -42,8 +46,12 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], *, sync: 
     return path
 
 
+def atomic_write_bytes(path: str | Path, data: bytes, *, sync: bool = True) -> Path:
+    return atomic_write(path, lambda handle: handle.write(data), sync=sync)
+
+
 def atomic_write_text(path: str | Path, text: str, *, sync: bool = True) -> Path:
-    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")), sync=sync)
+    return atomic_write_bytes(path, text.encode("utf-8"), sync=sync)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
@@ -61,11 +69,39 @@ def _nan_to_none(obj: Any) -> Any:
     return obj
 
 
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """For a library that writes a file to a path itself: yield a temporary path to give it, and
+    move what it wrote into place when the block ends without an error.
+
+    The temporary path has ``path``'s own file name, inside a private folder made next to
+    ``path``, so files the library writes beside it keep the names the main file refers to (an
+    ONNX graph names its external weights file, ``model.onnx.data``). Every file left in the
+    private folder is fsynced and moved next to ``path``, those beside it first and ``path``
+    itself last, so a reader never finds the main file without its side files. Subfolders are
+    scratch space (intermediate files) and are not moved. The private folder is removed in every
+    case; on an error, or when the block wrote no file at the temporary path, nothing is moved.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    private = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        tmp = private / path.name
+        yield tmp
+        if not tmp.is_file():
+            raise FileNotFoundError(f"nothing was written to {tmp} for {path}")
+        side_files = sorted(p for p in private.iterdir() if p.is_file() and p != tmp)
+        for file in [*side_files, tmp]:
+            _fsync_file(file)
+            os.replace(file, path if file == tmp else path.parent / file.name)
+        _fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
 def link_or_copy(source: str | Path, target: str | Path) -> Path:
     """Make ``target`` an atomic replica of the finished file ``source`` (a hard link when the file
     system allows, else a copy), without ever exposing a partial ``target``."""
-    import shutil
-
     source, target = Path(source), Path(target)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
@@ -86,6 +122,14 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -56,28 +56,3 @@ def test_missing_spec_file_is_a_clear_error(tmp_path, capsys: pytest.CaptureFixt
     code = cli.main(["validate", "-e", str(missing)])
     assert code != 0
     assert str(missing) in capsys.readouterr().err
-
-
-_EXIT_SCRIPT = r"""
-import atexit, sys, threading, time
-from pathlib import Path
-from segformer.cli import exit_process
-out = Path(sys.argv[1])
-atexit.register(lambda: (out / "atexit").write_text("ran"))
-def slow_writer():
-    time.sleep(0.5)
-    (out / "thread").write_text("finished")
-threading.Thread(target=slow_writer).start()
-print("last line on stdout", end="")  # no newline: stays in the buffer until flushed
-exit_process(3)
-"""
-
-
-def test_quick_exit_keeps_what_a_normal_exit_does(tmp_path) -> None:
-    """The console scripts end with `exit_process`: exit code, threads joined, atexit run, stdout flushed."""
-    out = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT, str(tmp_path)], capture_output=True, text=True,
-                         timeout=60, stdin=subprocess.DEVNULL)
-    assert out.returncode == 3, out.stderr
-    assert out.stdout == "last line on stdout"
-    assert (tmp_path / "thread").read_text() == "finished"
-    assert (tmp_path / "atexit").read_text() == "ran"

@@ -52,7 +52,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> GenTrtEngineResult:
                             if cfg.dataset.segment.quant_calibration_dataset.images_dir else [])
     cache_file = Path(calibration.cal_cache_file) if calibration.cal_cache_file else results_dir / "cal.bin"
 
-    from segformer.deploy.onnx_export import read_onnx_signature
+    from segformer.deploy.onnx_signature import read_onnx_signature
 
     _, height, width = read_onnx_signature(onnx_file).chw
     aug = cfg.dataset.segment.augmentation

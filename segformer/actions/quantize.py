@@ -165,7 +165,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
         onnx_in = model_path
         if model_path.suffix != ".onnx":
             onnx_in = _export_float_onnx(cfg, model_path, results_dir / "float_model.onnx", num_classes)
-        from segformer.deploy.onnx_export import read_onnx_signature
+        from segformer.deploy.onnx_signature import read_onnx_signature
 
         _, height, width = read_onnx_signature(onnx_in).chw
 

@@ -7,7 +7,9 @@ Outputs in ``results_dir/train`` (``train.results_dir`` or ``<results_dir>/train
   (0-based epoch index and optimizer steps so far, as Lightning and TAO number them);
 - ``status.json``: one JSON object per line per epoch (``val_miou`` in 0..1);
 - ``experiment.yaml``: the resolved spec;
-- ``tensorboard/`` and an MLflow run when enabled.
+- ``tensorboard/`` and an MLflow run when enabled;
+- ``timing.json`` (step vs overhead wall time) only when a benchmark asks for it with
+  ``SEGFORMER_STEP_TIMING`` (see ``segformer.engine.timing``).
 
 All checkpoints are Lightning checkpoints written atomically, loadable with
 ``torch.load(weights_only=True)``; our model description is under ``checkpoint["segformer_meta"]``
@@ -39,6 +41,7 @@ from segformer.data import build_datamodule
 from segformer.engine.callbacks import AtomicCheckpointIO, PeriodicCheckpoint, RngState, StatusLog
 from segformer.engine.module import SegFormerModule
 from segformer.engine.optim import OptimizerSettings
+from segformer.engine.timing import TIMING_NAME, StepTiming, step_timing_requested
 from segformer.errors import SegformerError
 from segformer.model import build_segformer, check_input_size, load_pretrained_model
 
@@ -88,12 +91,15 @@ def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: boo
 
         status = StatusLog(results_dir / STATUS_NAME)
         checkpoints = PeriodicCheckpoint(results_dir, train_cfg.checkpoint_interval, train_cfg.checkpoint_interval_unit)
-        from segformer.engine.timing import TIMING_NAME, StepTiming  # step vs overhead wall time (benchmarks)
+        run_callbacks: list[Callback] = [status, RngState(), checkpoints]
+        logs = [status.path]
+        if step_timing_requested():  # step vs overhead wall time, for the benchmarks only
+            timing = StepTiming(results_dir / TIMING_NAME)
+            run_callbacks.append(timing)
+            logs.append(timing.path)
+        trainer = build_trainer(cfg, results_dir, [*run_callbacks, *callbacks], quiet=quiet)
 
-        timing = StepTiming(results_dir / TIMING_NAME)
-        trainer = build_trainer(cfg, results_dir, [status, RngState(), checkpoints, timing, *callbacks], quiet=quiet)
-
-        status_existed, timing_existed = status.path.exists(), timing.path.exists()
+        existed = {path: path.exists() for path in logs}
         try:
             created = _write_spec(cfg, results_dir)
         except OSError as exc:
@@ -105,8 +111,7 @@ def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: boo
             # inside a reporting callback: what the run wrote so far is a result, not debris.
             stopped = isinstance(exc, SystemExit) and exc.code in (0, None)
             if not checkpoints.saved and not stopped:
-                _remove_created(([] if status_existed else [status.path])
-                                + ([] if timing_existed else [timing.path]) + created)
+                _remove_created([path for path in logs if not existed[path]] + created)
             translated = _translate_failure(exc, cfg, results_dir)
             if translated is not None:
                 raise translated from exc

@@ -2,6 +2,8 @@
 
 Importing this package is light (PyYAML, OmegaConf; jsonschema on first validation): no torch.
 """
+from segformer.actions import ACTIONS  # the one list of actions (name -> one-line help)
+
 from .experiment import *  # noqa: F401,F403  (the section dataclasses and BACKBONES)
 from .experiment import __all__ as _experiment_all
 from .fields import ConfigError, ConfigWarning, FieldSpec, field_, iter_fields, section, spec_of
@@ -18,9 +20,9 @@ from .loader import (
 )
 from .tao_schema import (
     ACTION_SECTIONS,
-    ACTIONS,
     SPEC_SHORTHAND_KEYS,
     build_tao_schema,
+    parse_math_cond,
     read_tao_schema,
     tao_to_json_schema,
     valid_keys,
@@ -48,6 +50,7 @@ __all__ = [
     "ACTION_SECTIONS",
     "SPEC_SHORTHAND_KEYS",
     "build_tao_schema",
+    "parse_math_cond",
     "read_tao_schema",
     "tao_to_json_schema",
     "valid_keys",

@@ -4,12 +4,15 @@ Attribute paths are exactly TAO's spec keys (``cfg.train.optim.lr``). Defaults f
 published spec templates and schemas; where TAO's documents disagree, the field's description says
 which value we chose and why. Fields we add to TAO's spec say "(added)" in their description.
 
+``ExperimentConfig.spec_source`` (a :class:`SpecSource`) is the one attribute that is not a spec
+key: the loader's record of the spec a config was resolved from (see ``segformer.config.loader``).
+
 typing.Optional/List/Dict are used on purpose: OmegaConf reads these annotations at run time.
 """
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from .fields import field_, section
+from .fields import field_, loader_field, section
 
 __all__ = [
     "BACKBONES",
@@ -41,6 +44,7 @@ __all__ = [
     "TensorRTConfig",
     "CalibrationConfig",
     "QuantizeConfig",
+    "SpecSource",
 ]
 
 # The registered backbone names, in TAO's documented order (segformer.model registers exactly these).
@@ -347,6 +351,20 @@ class QuantizeConfig:
 
 
 # ---------------------------------------------------------------------------------------------- root
+@dataclass(frozen=True)
+class SpecSource:
+    """What the loader resolved a config from, kept so that later overrides resolve ``${...}`` again.
+
+    ``raw`` is the spec mapping with its overrides applied, before defaults and interpolation;
+    ``resolved`` is the plain config it gave (``to_dict``). ``apply_overrides`` starts from ``raw``
+    only while the config still holds ``resolved`` (a config changed since, e.g. by
+    ``dataclasses.replace``, starts from its own values).
+    """
+
+    raw: Dict[str, Any]
+    resolved: Dict[str, Any]
+
+
 @dataclass
 class ExperimentConfig:
     """A whole SegFormer experiment spec (every TAO section; each action reads the ones it needs)."""
@@ -363,3 +381,4 @@ class ExperimentConfig:
     export: ExportConfig = section(ExportConfig, "Export action (ONNX).")
     gen_trt_engine: GenTrtEngineConfig = section(GenTrtEngineConfig, "TensorRT engine build action.")
     quantize: QuantizeConfig = section(QuantizeConfig, "Post-training quantization action.")
+    spec_source: Optional[SpecSource] = loader_field("Set by load_config/apply_overrides; not a spec key.")

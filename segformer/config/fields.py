@@ -4,6 +4,8 @@ AutoML flags live.
 Every field of every config dataclass is declared with :func:`field_` (or :func:`section` for a
 nested dataclass). The loader validates against this metadata, and the schema generator writes it
 out in NVIDIA's TAO skill-schema format, so defaults, bounds and AutoML flags cannot drift apart.
+The one field that is not a spec key, the loader's record of where a config came from, is declared
+with :func:`loader_field` and skipped by :func:`iter_fields`.
 """
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-__all__ = ["ConfigError", "ConfigWarning", "FieldSpec", "field_", "section", "spec_of"]
+__all__ = ["ConfigError", "ConfigWarning", "FieldSpec", "field_", "section", "loader_field", "spec_of"]
 
 _META_KEY = "segformer"
+_LOADER_KEY = "segformer.loader"
 
 
 class ConfigError(SegformerError, ValueError):
@@ -131,6 +134,15 @@ def section(factory: Callable[[], Any], description: str, *, title: str | None =
     return dataclasses.field(default_factory=factory, metadata={_META_KEY: spec})
 
 
+def loader_field(description: str) -> Any:
+    """Declare a field that is not a spec key but the loader's record (default None).
+
+    It is in no schema or template, not in ``to_dict``/``dump_config``, not compared by ``==`` and
+    not shown by ``repr``; :func:`iter_fields` skips it.
+    """
+    return dataclasses.field(default=None, compare=False, repr=False, metadata={_LOADER_KEY: description})
+
+
 def spec_of(f: dataclasses.Field) -> FieldSpec:
     """The metadata of a dataclass field declared with :func:`field_` or :func:`section`."""
     try:
@@ -140,6 +152,8 @@ def spec_of(f: dataclasses.Field) -> FieldSpec:
 
 
 def iter_fields(cls: type) -> Iterator[tuple[dataclasses.Field, FieldSpec]]:
-    """(field, metadata) pairs of a config dataclass, in declaration order."""
+    """(field, metadata) pairs of the spec keys of a config dataclass, in declaration order
+    (fields declared with :func:`loader_field` are not spec keys and are skipped)."""
     for f in dataclasses.fields(cls):
-        yield f, spec_of(f)
+        if _LOADER_KEY not in f.metadata:
+            yield f, spec_of(f)

@@ -12,7 +12,9 @@ from typing import Sequence
 
 import yaml
 
-from .tao_schema import ACTIONS, SPEC_SHORTHAND_KEYS, build_tao_schema
+from segformer.actions import ACTIONS
+
+from .tao_schema import SPEC_SHORTHAND_KEYS, build_tao_schema
 
 __all__ = ["generate_all", "render_all", "main"]
 

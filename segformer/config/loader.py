@@ -3,6 +3,9 @@
 Validation reports every problem at once (unknown keys with the closest valid key, wrong types,
 out-of-bounds values, cross-field rules) as one ``ConfigError``. OmegaConf does the merging into
 the structured (typed) config and the ``${...}`` interpolation; callers get real dataclass instances.
+A loaded config records what it was resolved from in its declared field ``spec_source``
+(:class:`~segformer.config.experiment.SpecSource`, never part of ``to_dict`` or the dumped YAML),
+so that ``apply_overrides(cfg, ["results_dir=/x"])`` also moves ``${results_dir}/...`` paths.
 """
 from __future__ import annotations
 
@@ -16,10 +19,11 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from .experiment import ExperimentConfig
+from segformer.actions import ACTIONS
+
+from .experiment import ExperimentConfig, SpecSource
 from .fields import ConfigError, ConfigWarning, iter_fields
 from .tao_schema import (
-    ACTIONS,
     build_tao_schema,
     schema_problems,
     tao_to_json_schema,
@@ -53,7 +57,6 @@ REQUIRED_BY_ACTION: dict[str, tuple[str | tuple[str, ...], ...]] = {
 _UNSET = ("", "???")
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 _INTERPOLATION = re.compile(r"\$\{([^}]*)\}")
-_SOURCE_ATTR = "_spec_source"  # (raw spec, plain snapshot) kept so overrides re-resolve ${...}
 
 
 # ------------------------------------------------------------------------------------------ public
@@ -87,18 +90,30 @@ def load_config(path: str | Path | None, overrides: Sequence[str] | Mapping[str,
 def apply_overrides(cfg: ExperimentConfig, overrides: Sequence[str] | Mapping[str, Any]) -> ExperimentConfig:
     """A NEW config with dotted overrides applied and validated; ``cfg`` is left untouched.
 
-    For a config from ``load_config``, the overrides are applied to its spec before ``${...}``
-    interpolation, so ``results_dir=/x`` also moves ``${results_dir}/train/...`` paths.
+    For a config from ``load_config`` (or ``apply_overrides``) the overrides are applied to the spec
+    it was resolved from (``cfg.spec_source``) before ``${...}`` interpolation, so ``results_dir=/x``
+    also moves ``${results_dir}/train/...`` paths; any other config starts from its own values.
     """
-    source = cfg.__dict__.get(_SOURCE_ATTR)
-    base = source[0] if source is not None and source[1] == to_dict(cfg) else to_dict(cfg)
+    values = to_dict(cfg)
+    source = cfg.spec_source
+    base = source.raw if source is not None and source.resolved == values else values
     raw, problems = _with_overrides(base, overrides)
     return _materialize(raw, "<overrides>", problems)
 
 
 def to_dict(cfg: Any) -> dict:
-    """A plain (YAML/JSON-able) dict of a config or of any of its sections."""
-    return dataclasses.asdict(cfg)
+    """A plain (YAML/JSON-able) dict of the spec keys of a config or of any of its sections."""
+    return {f.name: _plain(getattr(cfg, f.name)) for f, _ in iter_fields(type(cfg))}
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return to_dict(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return copy.deepcopy(value)
 
 
 def dump_config(cfg: ExperimentConfig, path: str | Path) -> Path:
@@ -134,12 +149,16 @@ def action_results_dir(cfg: ExperimentConfig, action: str) -> Path:
                       "or pass results_dir=/path/to/results")
 
 
-def spec_problems(raw: Mapping[str, Any], action: str | None = None) -> list[str]:
-    """Every problem of a raw spec mapping (after defaults and interpolation), for ``validate``.
+def spec_problems(raw: Mapping[str, Any], action: str | None = None,
+                  overrides: Sequence[str] | Mapping[str, Any] = ()) -> list[str]:
+    """Every problem of a raw spec mapping with ``overrides`` applied (after defaults and
+    interpolation), for ``segformer validate``: malformed or unknown overrides first.
 
     With ``action``, also the values that action needs (REQUIRED_BY_ACTION).
     """
-    problems, resolved = _check(dict(raw), action)
+    raw, problems = _with_overrides(raw, overrides)
+    more, resolved = _check(raw, action)
+    problems += more
     if resolved is not None and action is not None:
         for need in REQUIRED_BY_ACTION[action]:
             keys = need if isinstance(need, tuple) else (need,)
@@ -403,8 +422,7 @@ def _materialize(raw: dict, origin: str, problems: list[str]) -> ExperimentConfi
     except OmegaConfBaseException as exc:
         raise ConfigError(f"invalid spec {origin}: {_omega_message(exc)}") from None
     _warn_unused(cfg)
-    cfg.__dict__[_SOURCE_ATTR] = (copy.deepcopy(raw), to_dict(cfg))
-    return cfg
+    return dataclasses.replace(cfg, spec_source=SpecSource(raw=copy.deepcopy(raw), resolved=to_dict(cfg)))
 
 
 def _warn_unused(cfg: ExperimentConfig) -> None:

@@ -29,22 +29,23 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
+from segformer.actions import ACTIONS
+from segformer.text import fmt
+
 from .experiment import ExperimentConfig
 from .fields import FieldSpec, iter_fields
 
 __all__ = [
-    "ACTIONS",
     "ACTION_SECTIONS",
     "SPEC_SHORTHAND_KEYS",
     "read_tao_schema",
     "build_tao_schema",
+    "parse_math_cond",
     "tao_to_json_schema",
     "schema_problems",
     "suggest_key",
     "valid_keys",
 ]
-
-ACTIONS = ("train", "evaluate", "inference", "export", "quantize", "gen_trt_engine")
 
 _COMMON = ("model_name", "encryption_key", "results_dir", "wandb", "model", "dataset", "train")
 # Which sections each action's schema holds: NVIDIA's choice (every schema has the train and
@@ -300,11 +301,38 @@ def build_tao_schema(action: str | None = None) -> dict:
 # ------------------------------------------------------------------------------------- JSON-Schema
 _JSON_TYPES = {"int": "integer", "ordered_int": "integer", "float": "number", "bool": "boolean",
                "string": ["string", "null"], "list": "array"}
-_MATH_COND = re.compile(r"^\s*(>=|<=|>|<)\s*(-?[0-9.eE+-]+)\s*$")
+_MATH_COND = re.compile(r"^\s*(\^|/|>=|<=|>|<)\s*(\S+)\s*$")
+# math_cond comparisons that are JSON-Schema bounds (with a numeric argument)
+_BOUND_OF = {">": "exclusiveMinimum", ">=": "minimum", "<": "exclusiveMaximum", "<=": "maximum"}
+
+
+def parse_math_cond(text: Any) -> tuple[str, str] | None:
+    """TAO's ``math_cond`` as (operator, argument), or None when ``text`` is not one.
+
+    Operators: ``^`` (a power of the argument), ``/`` (a multiple of it), ``>``, ``>=``, ``<``,
+    ``<=``; the argument is one word: a number, or a parameter name (relative to ``depends_on``).
+    ``"> 0"`` -> (">", "0"); ``"/ 8"`` -> ("/", "8"); None, "", NaN (an empty cell) -> None.
+    """
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return None
+    match = _MATH_COND.match(str(text))
+    return (match.group(1), match.group(2)) if match else None
 
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _numeric_bound(math_cond: Any) -> tuple[str, float] | None:
+    """(JSON-Schema keyword, value) of a math_cond comparison with a finite number, else None."""
+    parsed = parse_math_cond(math_cond)
+    if parsed is None or parsed[0] not in _BOUND_OF:
+        return None
+    try:
+        value = float(parsed[1])
+    except ValueError:
+        return None  # relative to another parameter: not a fixed bound
+    return (_BOUND_OF[parsed[0]], value) if math.isfinite(value) else None
 
 
 def tao_to_json_schema(node: dict) -> dict:
@@ -315,7 +343,8 @@ def tao_to_json_schema(node: dict) -> dict:
     ``require()``), except inside list items (a palette entry needs its fields). String fields
     accept null (TAO's "" means unset). ``minimum``/``maximum`` are the validity bounds
     (``valid_min``/``valid_max`` are an AutoML search range and are not validated); non-finite
-    bounds are dropped; ``math_cond`` comparisons become exclusive bounds.
+    bounds are dropped; ``math_cond`` comparisons with a number become bounds (``> 0``: exclusive)
+    and the other forms (``^ 2``, ``/ 8``, ``> depends_on``) are left to AutoML.
     """
     tao_type = node.get("type")
     props = node.get("properties")
@@ -336,10 +365,9 @@ def tao_to_json_schema(node: dict) -> dict:
         out["minimum"] = low
     if _finite(high):
         out["maximum"] = high
-    match = _MATH_COND.match(str(node.get("math_cond", "")))
-    if match:
-        op, value = match.group(1), float(match.group(2))
-        key = {">": "exclusiveMinimum", ">=": "minimum", "<": "exclusiveMaximum", "<=": "maximum"}[op]
+    bound = _numeric_bound(node.get("math_cond"))
+    if bound is not None:
+        key, value = bound
         if key == "exclusiveMinimum" and out.get("minimum", -math.inf) > value:
             pass  # an inclusive minimum above the condition already implies it
         elif key == "exclusiveMaximum" and out.get("maximum", math.inf) < value:
@@ -388,20 +416,16 @@ def unknown_key_message(key: str, candidates: Iterable[str]) -> str:
     return f"unknown key {key!r}" + (f"; did you mean {hint!r}?" if hint else "")
 
 
-def _fmt(value: float) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 def describe_rule(js: dict) -> str:
     """A bound rule in words: "in (0, 1]", ">= 1", "< 1"."""
     low_open, high_open = "exclusiveMinimum" in js, "exclusiveMaximum" in js
     low = js.get("exclusiveMinimum", js.get("minimum"))
     high = js.get("exclusiveMaximum", js.get("maximum"))
     if low is not None and high is not None:
-        return f"in {'(' if low_open else '['}{_fmt(low)}, {_fmt(high)}{')' if high_open else ']'}"
+        return f"in {'(' if low_open else '['}{fmt(low, 6)}, {fmt(high, 6)}{')' if high_open else ']'}"
     if low is not None:
-        return f"{'>' if low_open else '>='} {_fmt(low)}"
-    return f"{'<' if high_open else '<='} {_fmt(high)}"
+        return f"{'>' if low_open else '>='} {fmt(low, 6)}"
+    return f"{'<' if high_open else '<='} {fmt(high, 6)}"
 
 
 _TYPE_WORDS = {"integer": "an integer", "number": "a number", "boolean": "true or false",

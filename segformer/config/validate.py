@@ -12,9 +12,10 @@ import sys
 import warnings
 from typing import Sequence
 
+from segformer.actions import ACTIONS
+
 from .fields import ConfigError, ConfigWarning
-from .loader import _with_overrides, load_config, read_spec, spec_problems
-from .tao_schema import ACTIONS
+from .loader import load_config, read_spec, spec_problems
 
 __all__ = ["main"]
 
@@ -23,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="segformer validate", description=__doc__.splitlines()[0])
     parser.add_argument("-e", "--experiment_spec", "--experiment-spec", dest="spec", required=True,
                         help="spec YAML file")
-    parser.add_argument("--action", choices=ACTIONS, default=None,
+    parser.add_argument("--action", choices=list(ACTIONS), default=None,
                         help="also check the values this action needs (e.g. evaluate.checkpoint)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, as for actions")
     args = parser.parse_args(argv)
@@ -33,8 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    raw, problems = _with_overrides(raw, args.overrides)
-    problems += spec_problems(raw, args.action)
+    problems = spec_problems(raw, args.action, args.overrides)
     notes: list[str] = []
     if not problems:
         with warnings.catch_warnings(record=True) as caught:

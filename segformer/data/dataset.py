@@ -102,8 +102,6 @@ class DecodedCache:
         self._entries: OrderedDict[tuple, tuple[tuple, tuple, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, slot: tuple, stamp: tuple, budget: int) -> tuple | None:
         """The arrays stored for ``slot`` if the files still match ``stamp``, else None (a stale entry is dropped)."""
@@ -112,11 +110,9 @@ class DecodedCache:
             entry = self._entries.get(slot)
             if entry is not None and entry[0] == stamp:
                 self._entries.move_to_end(slot)
-                self.hits += 1
                 return entry[1]
             if entry is not None:
                 self._drop(slot)
-            self.misses += 1
             return None
 
     def put(self, slot: tuple, stamp: tuple, value: tuple, budget: int) -> bool:
@@ -135,11 +131,6 @@ class DecodedCache:
         with self._lock:
             self._entries.clear()
             self._bytes = 0
-            self.hits = self.misses = 0
-
-    def stats(self) -> dict[str, int]:
-        with self._lock:
-            return {"entries": len(self._entries), "bytes": self._bytes, "hits": self.hits, "misses": self.misses}
 
     def trim(self, budget: int) -> None:
         """Evict least recently used entries until at most ``budget`` bytes are kept."""
@@ -332,10 +323,6 @@ class DatasetReport:
     class_pixels: np.ndarray  # (num_classes,) pixel count per training id
     ignored_pixels: int
     problems: list[str] = field(default_factory=list)
-
-    @property
-    def missing_classes(self) -> list[int]:
-        return [i for i, n in enumerate(self.class_pixels) if n == 0]
 
 
 def check_dataset(root_dir: str | Path, split: str, decoder: MaskDecoder | None, *, require_masks: bool = True,

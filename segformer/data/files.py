@@ -168,9 +168,3 @@ def load_mask(path: str | Path, as_color: bool) -> np.ndarray:
         f"mask {path} has image mode {mode!r}; masks must be PNGs with class ids / gray levels (L, P, 16-bit) "
         "or colours (RGB)"
     )
-
-
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) without decoding the pixels."""
-    with Image.open(path) as image:
-        return image.height, image.width

@@ -20,7 +20,9 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from .onnx_export import read_onnx_signature
+from segformer.fileio import atomic_write_text
+
+from .onnx_signature import read_onnx_signature
 
 __all__ = ["DEEPSTREAM_CONFIG_NAME", "LABELS_NAME", "preprocessing_params", "write_deepstream_config", "parse_nvinfer_config"]
 
@@ -40,12 +42,6 @@ def preprocessing_params(mean: Sequence[float], std: Sequence[float]) -> tuple[f
     scale = 1.0 / (255.0 * std_used)
     error = max(abs(std_used / s - 1.0) for s in std)
     return scale, [255.0 * m for m in mean], error
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    from segformer.fileio import atomic_write_text
-
-    atomic_write_text(path, text)
 
 
 def write_deepstream_config(
@@ -122,8 +118,8 @@ def write_deepstream_config(
     ]
     config_path = out_dir / DEEPSTREAM_CONFIG_NAME
     labels_path = out_dir / LABELS_NAME
-    _atomic_write_text(labels_path, "\n".join(class_names) + "\n")
-    _atomic_write_text(config_path, "\n".join(lines))
+    atomic_write_text(labels_path, "\n".join(class_names) + "\n")
+    atomic_write_text(config_path, "\n".join(lines))
     return config_path, labels_path
 
 

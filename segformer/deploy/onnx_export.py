@@ -18,23 +18,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from segformer.fileio import atomic_output
+
+from .onnx_signature import read_onnx_signature
+from .runtime import OnnxPredictor
+
 __all__ = [
     "INPUT_NAME",
     "OUTPUT_NAME",
-    "OnnxSignature",
     "export_onnx",
-    "read_onnx_signature",
     "name_nodes_by_module",
     "module_path_of_node",
     "onnx_parity",
@@ -52,67 +51,6 @@ log = logging.getLogger(__name__)
 
 class ParityError(RuntimeError):
     """ONNX Runtime's output differs from PyTorch's by more than the tolerance."""
-
-
-@dataclass(frozen=True)
-class OnnxSignature:
-    """Names and shapes of an exported model; a dimension is an int or a symbolic name (str)."""
-
-    input_name: str
-    input_shape: tuple[int | str, ...]
-    output_name: str
-    output_shape: tuple[int | str, ...]
-    opset: int
-
-    @property
-    def dynamic_batch(self) -> bool:
-        return not isinstance(self.input_shape[0], int)
-
-    @property
-    def static_batch(self) -> int | None:
-        first = self.input_shape[0]
-        return first if isinstance(first, int) else None
-
-    @property
-    def chw(self) -> tuple[int, int, int]:
-        c, h, w = self.input_shape[1:]
-        if not all(isinstance(d, int) for d in (c, h, w)):
-            raise ValueError(f"input {self.input_name} has non-static C,H,W {self.input_shape[1:]}")
-        return int(c), int(h), int(w)
-
-    @property
-    def num_classes(self) -> int | None:
-        k = self.output_shape[1] if len(self.output_shape) > 1 else None
-        return k if isinstance(k, int) else None
-
-
-def _dims(value_info) -> tuple[int | str, ...]:
-    dims: list[int | str] = []
-    for d in value_info.type.tensor_type.shape.dim:
-        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?"))
-    return tuple(dims)
-
-
-def read_onnx_signature(path: str | Path) -> OnnxSignature:
-    """Read input/output names and shapes without loading the weights."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    initializers = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 1 or len(model.graph.output) != 1:
-        raise ValueError(
-            f"{path}: expected one input and one output, got inputs {[i.name for i in inputs]} "
-            f"and outputs {[o.name for o in model.graph.output]}"
-        )
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    return OnnxSignature(
-        input_name=inputs[0].name,
-        input_shape=_dims(inputs[0]),
-        output_name=model.graph.output[0].name,
-        output_shape=_dims(model.graph.output[0]),
-        opset=opset,
-    )
 
 
 @contextlib.contextmanager
@@ -260,29 +198,23 @@ def export_onnx(
 
     was_training = model.training
     model.eval()
-    # Export into a private folder next to the target, then move into place: readers never see
-    # a half-written file, and an external .data file keeps the name the graph refers to.
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    # The exporters write to a path themselves: a temporary one with the target's name (so an
+    # external .data file keeps the name the graph refers to), moved into place once checked.
     try:
-        tmp_path = tmp_dir / path.name
-        with torch.no_grad(), _quiet_exporter(verbose):
-            try:
-                _export_dynamo(model, example, tmp_path, opset_version, dynamic, external, verbose)
-            except Exception as err:  # noqa: BLE001 - any tracing failure: try the other exporter
-                log.warning(
-                    "torch.export-based ONNX export failed (%s: %s); retrying with the "
-                    "TorchScript exporter", type(err).__name__, str(err).splitlines()[0][:200]
-                )
-                for leftover in tmp_dir.iterdir():
-                    leftover.unlink()
-                _export_torchscript(model, example, tmp_path, opset_version, dynamic, verbose)
-        _check_exported(tmp_path, dynamic, batch_size)
-        data_files = [p for p in tmp_dir.iterdir() if p != tmp_path]
-        for extra in data_files:  # weights first, graph last
-            os.replace(extra, path.parent / extra.name)
-        os.replace(tmp_path, path)
+        with atomic_output(path) as tmp_path:
+            with torch.no_grad(), _quiet_exporter(verbose):
+                try:
+                    _export_dynamo(model, example, tmp_path, opset_version, dynamic, external, verbose)
+                except Exception as err:  # noqa: BLE001 - any tracing failure: try the other exporter
+                    log.warning(
+                        "torch.export-based ONNX export failed (%s: %s); retrying with the "
+                        "TorchScript exporter", type(err).__name__, str(err).splitlines()[0][:200]
+                    )
+                    for leftover in tmp_path.parent.iterdir():  # the folder is private to this export
+                        leftover.unlink()
+                    _export_torchscript(model, example, tmp_path, opset_version, dynamic, verbose)
+            _check_exported(tmp_path, dynamic, batch_size)
     finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
         model.train(was_training)
     return path
 
@@ -313,8 +245,6 @@ def onnx_parity(
 
     Raises :class:`ParityError` when the difference exceeds ``atol + rtol * max|torch logits|``.
     """
-    from .runtime import OnnxPredictor
-
     predictor = OnnxPredictor(onnx_path, providers=providers)
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ._deps import TENSORRT_HINT, require
+from .onnx_signature import read_onnx_signature
+
+if TYPE_CHECKING:
+    from segformer.config import ModelConfig
 
 __all__ = ["OnnxPredictor", "TrtPredictor", "load_quantized_predictor", "default_ort_providers"]
 
@@ -48,8 +52,6 @@ class OnnxPredictor:
         num_threads: int | None = None,
     ) -> None:
         ort = require("onnxruntime", purpose="ONNX Runtime inference", hint="pip install onnxruntime")
-        from .onnx_export import read_onnx_signature
-
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"ONNX model not found: {self.path}")
@@ -154,7 +156,7 @@ class _TorchQuantPredictor:
 
 
 def load_quantized_predictor(
-    path: str | Path, model_cfg: Any, num_classes: int, device: str | torch.device = "cpu"
+    path: str | Path, model_cfg: ModelConfig, num_classes: int, device: str | torch.device = "cpu"
 ):
     """Load a ``quantize`` artifact as a Predictor.
 

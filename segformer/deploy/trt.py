@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from segformer.fileio import atomic_write_bytes
+
 from ._deps import TENSORRT_HINT, require
 
 __all__ = [
@@ -245,7 +247,7 @@ class CalibrationFeeder:
     def write_calibration_cache(self, cache: bytes | memoryview) -> None:
         if self.cache_file is None:
             return
-        _atomic_write_bytes(self.cache_file, bytes(cache))
+        atomic_write_bytes(self.cache_file, bytes(cache))
 
 
 def make_entropy_calibrator(trt: ModuleType, feeder: CalibrationFeeder) -> Any:
@@ -276,12 +278,6 @@ def make_entropy_calibrator(trt: ModuleType, feeder: CalibrationFeeder) -> Any:
 
 # ---------------------------------------------------------------------------------------------
 # Build
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    from segformer.fileio import atomic_write
-
-    atomic_write(path, lambda handle: handle.write(data))
 
 
 def build_engine(
@@ -376,7 +372,7 @@ def build_engine(
             f"{profile_range}); rerun with gen_trt_engine.verbose=true for the builder log"
         )
     engine_path = Path(engine_path)
-    _atomic_write_bytes(engine_path, bytes(serialized))
+    atomic_write_bytes(engine_path, bytes(serialized))
     return engine_path, profile_range, plan
 
 

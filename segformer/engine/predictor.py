@@ -17,13 +17,16 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segformer.errors import CheckpointError, MissingDependencyError, SegformerError
+
+if TYPE_CHECKING:
+    from segformer.config import ExperimentConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -68,20 +71,19 @@ def select_device(num_gpus: int, gpu_ids: Sequence[int] | None) -> torch.device:
     return torch.device("cpu")
 
 
-def load_predictor(cfg: Any, section: str) -> Predictor:
+def load_predictor(cfg: ExperimentConfig, section: str) -> Predictor:
     """Pick the runtime from ``cfg.<section>`` (see the module docstring) and load the model."""
     if section not in SECTIONS:
         raise ValueError(f"section must be one of {SECTIONS}, got {section!r}")
-    options = getattr(cfg, section)
+    options = cfg.evaluate if section == "evaluate" else cfg.inference
     num_classes = int(cfg.dataset.segment.num_classes)
-    device = select_device(int(getattr(options, "num_gpus", 1) or 0), getattr(options, "gpu_ids", None))
-    trt_engine = getattr(options, "trt_engine", None)
-    checkpoint = getattr(options, "checkpoint", None)
+    device = select_device(int(options.num_gpus), options.gpu_ids)
+    trt_engine, checkpoint = options.trt_engine, options.checkpoint
     if trt_engine:
         predictor: Predictor = _deploy_runtime(section).TrtPredictor(_existing(trt_engine, f"{section}.trt_engine"))
     elif checkpoint and str(checkpoint).lower().endswith(".onnx"):
         predictor = _deploy_runtime(section).OnnxPredictor(_existing(checkpoint, f"{section}.checkpoint"))
-    elif getattr(options, "is_quantized", False):
+    elif options.is_quantized:
         if not checkpoint:
             raise SegformerError(f"{section}.is_quantized is true but {section}.checkpoint is not set; "
                                  "point it at the artifact written by the quantize action")
@@ -100,7 +102,7 @@ def load_predictor(cfg: Any, section: str) -> Predictor:
     return predictor
 
 
-def load_torch_model(model_cfg: Any, num_classes: int, checkpoint: Path) -> nn.Module:
+def load_torch_model(model_cfg: ModelConfig, num_classes: int, checkpoint: Path) -> nn.Module:
     """Build the spec's model and load a whole checkpoint into it (our format or Lightning's)."""
     from segformer.model import build_segformer, load_into, load_model_weights
 

@@ -1,15 +1,18 @@
 """Where a training run's wall time goes: inside training/validation steps, or around them.
 
-:class:`StepTiming` is a Lightning callback the train action always attaches (it costs two
-``time.perf_counter()`` calls per batch and one small file write per epoch). It writes
-``timing.json`` next to ``status.json``::
+A measurement for the benchmarks (``benchmarks/``), not a result of training: the train action
+attaches :class:`StepTiming` only when the environment variable ``SEGFORMER_STEP_TIMING``
+(:data:`STEP_TIMING_ENV`) is set to a non-empty value other than ``0`` (see
+:func:`step_timing_requested`); a plain run writes no ``timing.json``. The variable is read in the
+process that trains: for AutoML trials, set it before the search starts its Ray workers. When
+attached it costs two ``time.perf_counter()`` calls per batch and one small file write per epoch,
+and writes ``timing.json`` next to ``status.json``::
 
     {"runs": [{"created_at": ..., "fit_start_at": ..., "first_batch_at": ..., "fit_end_at": ...,
                "train_step_s": ..., "val_step_s": ..., "epochs": [{"epoch": 0, "train_step_s": ...,
                "train_steps": ..., "val_step_s": ..., "val_steps": ..., "data_wait_s": ...,
                "epoch_start_at": ..., "val_start_at": ..., "val_end_at": ..., "epoch_end_at": ...,
-               "val_miou": ..., "train_step_thread_s": ..., "val_step_thread_s": ...}, ...],
-               "threads": ...}, ...]}
+               "val_miou": ...}, ...]}, ...]}
 
 ``*_at`` values are absolute ``time.time()`` stamps (comparable with Ray's and the AutoML ledger's
 clocks on the same machine); ``*_s`` values are durations summed with ``time.perf_counter()``.
@@ -17,10 +20,6 @@ A training step is everything between ``on_train_batch_start`` and ``on_train_ba
 loss, backward, optimizer step); a validation step likewise. Everything else in a run (building
 the data and the model, Lightning's set-up, waiting for the data loader, checkpoints, reporting)
 is overhead from the point of view of the benchmarks in ``benchmarks/search_overhead``.
-
-``threads`` is the run's torch thread count at its start; ``*_step_thread_s`` sum each step's
-seconds times the torch threads it ran with. They differ from ``*_step_s`` only when the thread
-count changed during the run (an AutoML trial given the CPUs of idle slots, `automl.lending`).
 
 A resumed run (same results folder) appends a new entry to ``runs``, so no measurement is lost.
 The file is also written at each validation end, so an epoch interrupted right after its
@@ -38,12 +37,17 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 
 from segformer.fileio import atomic_write_text
 
 TIMING_NAME = "timing.json"
+STEP_TIMING_ENV = "SEGFORMER_STEP_TIMING"
 log = logging.getLogger(__name__)
+
+
+def step_timing_requested() -> bool:
+    """Whether ``SEGFORMER_STEP_TIMING`` asks for ``timing.json`` (set, non-empty and not ``0``)."""
+    return os.environ.get(STEP_TIMING_ENV, "").strip() not in ("", "0")
 
 
 class StepTiming(L.Callback):
@@ -55,8 +59,7 @@ class StepTiming(L.Callback):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.run: dict[str, Any] = {"created_at": time.time(), "pid": os.getpid(), "epochs": [],
-                                    "threads": torch.get_num_threads()}
+        self.run: dict[str, Any] = {"created_at": time.time(), "pid": os.getpid(), "epochs": []}
         self._previous_runs: list[dict[str, Any]] | None = None
         self._epoch: dict[str, Any] | None = None
         self._batch_start: float | None = None
@@ -79,7 +82,7 @@ class StepTiming(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch = {"epoch": int(trainer.current_epoch), "epoch_start_at": time.time(),
                        "train_step_s": 0.0, "train_steps": 0, "val_step_s": 0.0, "val_steps": 0,
-                       "data_wait_s": 0.0, "train_step_thread_s": 0.0, "val_step_thread_s": 0.0}
+                       "data_wait_s": 0.0}
         self._last_batch_end = None
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
@@ -95,7 +98,6 @@ class StepTiming(L.Callback):
         now = time.perf_counter()
         if self._epoch is not None and self._batch_start is not None:
             self._epoch["train_step_s"] += now - self._batch_start
-            self._epoch["train_step_thread_s"] += (now - self._batch_start) * torch.get_num_threads()
             self._epoch["train_steps"] += 1
         self._batch_start = None
         self._last_batch_end = now
@@ -121,9 +123,7 @@ class StepTiming(L.Callback):
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
         if trainer.sanity_checking or self._epoch is None or self._batch_start is None:
             return
-        seconds = time.perf_counter() - self._batch_start
-        self._epoch["val_step_s"] += seconds
-        self._epoch["val_step_thread_s"] += seconds * torch.get_num_threads()
+        self._epoch["val_step_s"] += time.perf_counter() - self._batch_start
         self._epoch["val_steps"] += 1
         self._batch_start = None
 

@@ -17,7 +17,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,11 +53,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         embed_dim = args.embed_dim or _infer_embed_dim(state) or 768
-        model_cfg = SimpleNamespace(
-            backbone=SimpleNamespace(type=args.backbone, feat_downsample=False, pretrained_backbone_path=None,
-                                     freeze_backbone=False),
-            decode_head=SimpleNamespace(in_channels=None, in_index=None, feature_strides=None, align_corners=False,
-                                        decoder_params=SimpleNamespace(embed_dim=embed_dim)),
+        from segformer.config import BackboneConfig, DecodeHeadConfig, DecoderParams, ModelConfig
+
+        # No spec: the backbone's own channels and strides (empty lists are not checked against it).
+        model_cfg = ModelConfig(
+            backbone=BackboneConfig(type=args.backbone),
+            decode_head=DecodeHeadConfig(in_channels=[], feature_strides=[],
+                                         decoder_params=DecoderParams(embed_dim=embed_dim)),
         )
     model = build_segformer(model_cfg, num_classes, load_pretrained=False)
     adapt = getattr(model.backbone, "adapt_state_dict", None)

@@ -12,7 +12,7 @@ import inspect
 import logging
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -20,6 +20,9 @@ from torch import Tensor, nn
 from .backbones import get_backbone_factory
 from .backbones.registry import backbone_input_multiple
 from .head import SegFormerHead
+
+if TYPE_CHECKING:
+    from segformer.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +56,6 @@ class SegFormer(nn.Module):
             align_corners=align_corners,
         )
 
-    @property
-    def output_stride(self) -> int:
-        return self.backbone.strides[self.in_index[0]]
-
     def forward(self, x: Tensor) -> Tensor:
         """x: (N, 3, H, W) normalised images -> logits (N, num_classes, H/4, W/4)."""
         features = self.backbone(x)
@@ -80,7 +79,7 @@ def freeze_backbone(model: SegFormer) -> None:
         parameter.requires_grad_(False)
 
 
-def check_input_size(model_cfg: Any, img_size: int | Sequence[int], key: str = "dataset.segment.img_size") -> None:
+def check_input_size(model_cfg: ModelConfig, img_size: int | Sequence[int], key: str = "dataset.segment.img_size") -> None:
     """Fail early, naming both keys, when ``img_size`` does not suit ``model_cfg.backbone.type``.
 
     Plain ViTs need input sides that are multiples of their patch size (14 for the NV-DINOv2 and
@@ -107,7 +106,7 @@ def check_input_size(model_cfg: Any, img_size: int | Sequence[int], key: str = "
     )
 
 
-def build_segformer(model_cfg: Any, num_classes: int, *, load_pretrained: bool = True,
+def build_segformer(model_cfg: ModelConfig, num_classes: int, *, load_pretrained: bool = True,
                     img_size: int | Sequence[int] | None = None) -> SegFormer:
     """Turn the ``model`` spec section into a SegFormer; the only place config meets constructors.
 
@@ -115,7 +114,8 @@ def build_segformer(model_cfg: Any, num_classes: int, *, load_pretrained: bool =
     ``backbone.freeze_backbone`` and ``decode_head.{in_channels, in_index, feature_strides,
     align_corners, decoder_params.embed_dim}``. Channel lists come from the backbone;
     ``decode_head.in_channels``/``feature_strides`` in a spec are only checked (TAO templates carry
-    MiT's [64, 128, 320, 512] whatever the backbone, so a mismatch warns and does not fail).
+    MiT's [64, 128, 320, 512] whatever the backbone, so a mismatch warns and does not fail; an
+    empty list is not checked).
     ``load_pretrained=False`` skips ``pretrained_backbone_path`` (evaluate/export load a whole
     checkpoint afterwards). With ``img_size`` (``dataset.segment.img_size``), ``check_input_size``
     runs first.
@@ -125,7 +125,7 @@ def build_segformer(model_cfg: Any, num_classes: int, *, load_pretrained: bool =
     backbone_cfg, head_cfg = model_cfg.backbone, model_cfg.decode_head
     factory = get_backbone_factory(backbone_cfg.type)
     options: dict[str, Any] = {}
-    feat_downsample = bool(getattr(backbone_cfg, "feat_downsample", False))
+    feat_downsample = bool(backbone_cfg.feat_downsample)
     if "feat_downsample" in inspect.signature(factory).parameters:
         options["feat_downsample"] = feat_downsample
     elif feat_downsample:
@@ -133,11 +133,11 @@ def build_segformer(model_cfg: Any, num_classes: int, *, load_pretrained: bool =
                       "(it applies to the FAN hybrid backbones only)", stacklevel=2)
     backbone = factory(**options)
 
-    in_index = tuple(head_cfg.in_index) if head_cfg.in_index is not None else tuple(range(len(backbone.out_channels)))
+    in_index = tuple(head_cfg.in_index)
     _check_declared("decode_head.in_channels", head_cfg.in_channels,
                     [backbone.out_channels[i] for i in in_index if 0 <= i < len(backbone.out_channels)],
                     backbone_cfg.type)
-    _check_declared("decode_head.feature_strides", getattr(head_cfg, "feature_strides", None),
+    _check_declared("decode_head.feature_strides", head_cfg.feature_strides,
                     [backbone.strides[i] for i in in_index if 0 <= i < len(backbone.strides)], backbone_cfg.type)
 
     model = SegFormer(
@@ -147,7 +147,7 @@ def build_segformer(model_cfg: Any, num_classes: int, *, load_pretrained: bool =
         align_corners=bool(head_cfg.align_corners),
         in_index=in_index,
     )
-    path = getattr(backbone_cfg, "pretrained_backbone_path", None)
+    path = backbone_cfg.pretrained_backbone_path
     if load_pretrained and path:
         from .checkpoints import load_pretrained_backbone
 
@@ -157,7 +157,7 @@ def build_segformer(model_cfg: Any, num_classes: int, *, load_pretrained: bool =
     return model
 
 
-def _check_declared(key: str, declared: Sequence[int] | None, actual: Sequence[int], backbone: str) -> None:
+def _check_declared(key: str, declared: Sequence[int], actual: Sequence[int], backbone: str) -> None:
     if declared and list(declared) != list(actual):
         warnings.warn(f"model.{key}={list(declared)} differs from what backbone {backbone!r} provides "
                       f"({list(actual)}); using the backbone's {list(actual)}", stacklevel=3)

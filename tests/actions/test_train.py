@@ -13,17 +13,19 @@ from PIL import Image
 
 from segformer.actions import train
 from segformer.engine.callbacks import LATEST_NAME
+from segformer.engine.timing import STEP_TIMING_ENV, TIMING_NAME, read_timing
 from segformer.errors import DataError, SegformerError
 from segformer.model import load_model_weights
 
 
 def test_results_layout_and_status(trained):
+    """A plain run (SEGFORMER_STEP_TIMING unset) writes TAO's layout and no benchmark timing.json."""
     cfg, result = trained
     out = result.results_dir
     assert out == Path(cfg.results_dir) / "train"
     names = sorted(p.name for p in out.iterdir() if p.is_file())
     assert names == ["experiment.yaml", "model_epoch_000_step_00002.pth", "model_epoch_001_step_00004.pth",
-                     LATEST_NAME, "status.json", "timing.json"]
+                     LATEST_NAME, "status.json"]
     lines = [json.loads(line) for line in (out / "status.json").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [0, 1]
     for record in lines:
@@ -182,13 +184,25 @@ def test_step_checkpoints_and_frozen_backbone(tiny_dataset, tmp_path, make_cfg):
     assert any(not torch.equal(start[k], end[k]) for k in head)
 
 
-def test_an_orderly_stop_keeps_what_the_run_wrote(tiny_dataset, tmp_path, make_cfg):
+@pytest.mark.parametrize("value", ["", "0"])
+def test_step_timing_is_off_unless_asked_for(tiny_dataset, tmp_path, make_cfg, monkeypatch, value):
+    """SEGFORMER_STEP_TIMING empty or "0" is the same as unset: no timing.json."""
+    monkeypatch.setenv(STEP_TIMING_ENV, value)
+    cfg = make_cfg(tiny_dataset, tmp_path, "train.num_epochs=1")
+    result = train.run(cfg, quiet=True)
+    assert (result.results_dir / "status.json").is_file()
+    assert not (result.results_dir / TIMING_NAME).exists()
+
+
+def test_an_orderly_stop_keeps_what_the_run_wrote(tiny_dataset, tmp_path, make_cfg, monkeypatch):
     """An AutoML scheduler ends a trial with SystemExit(0) from a reporting callback (Ray Tune does
-    this inside tune.report). That is not a failure: status.json and timing.json stay, even before
-    the first checkpoint."""
+    this inside tune.report). That is not a failure: status.json and, when a benchmark asked for
+    step timing, timing.json stay, even before the first checkpoint."""
     import lightning as L
 
     from segformer.actions import train
+
+    monkeypatch.setenv(STEP_TIMING_ENV, "1")
 
     class StopAfterFirstValidation(L.Callback):
         def on_validation_end(self, trainer, pl_module):
@@ -199,7 +213,10 @@ def test_an_orderly_stop_keeps_what_the_run_wrote(tiny_dataset, tmp_path, make_c
     with pytest.raises(SystemExit):
         train.run(cfg, callbacks=[StopAfterFirstValidation()], quiet=True)
     out = Path(cfg.results_dir) / "train"
-    assert (out / "experiment.yaml").is_file() and (out / "timing.json").is_file()
+    assert (out / "experiment.yaml").is_file()
+    [run] = read_timing(out / TIMING_NAME)  # the validated epoch is on record, without its end
+    assert [e["epoch"] for e in run["epochs"]] == [0] and "epoch_end_at" not in run["epochs"][0]
+    assert run["epochs"][0]["train_steps"] == 2 and run["epochs"][0]["val_miou"] is not None
     assert not list(out.glob("*.pth"))
 
 

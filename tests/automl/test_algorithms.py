@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from searchhelpers import TINY, search_options
 
 BASE_LR = 0.001  # the synthetic spec's own train.optim.lr (the baseline)
 
@@ -34,14 +35,10 @@ def ray_session():
     ray.shutdown()
 
 
-def _options(results: Path, spec: Path, **kw):
-    from automl.driver import SearchOptions
-
-    base = dict(results_dir=str(results), spec=str(spec), skill="segformer", max_trials=3, max_epochs=2,
-                max_concurrent=1, only=["train.optim.lr", "model.backbone.freeze_backbone"], promote=False,
-                overrides=["dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32"], grace_period=1, reduction_factor=2)
-    base.update(kw)
-    return SearchOptions(**base)
+def _options(results: Path, spec: Path, overrides: tuple[str, ...] = TINY, **kw):
+    return search_options(results, spec, overrides, **{"max_trials": 3, "max_epochs": 2, "max_concurrent": 1,
+                                                       "only": ["train.optim.lr", "model.backbone.freeze_backbone"],
+                                                       "promote": False, "grace_period": 1, "reduction_factor": 2, **kw})
 
 
 def _children(state):
@@ -81,17 +78,16 @@ def _check_common(state, max_epochs: int) -> None:
 
 @pytest.mark.parametrize("algorithm", ["random", "asha", "hyperband", "bohb"])
 def test_algorithm_runs(algorithm, dataset, tmp_path, ray_session):
-    from automl import driver
+    import automl
 
     trials, epochs = (4, 3) if algorithm == "asha" else (3, 2)
-    outcome = driver.run(_options(tmp_path / algorithm, dataset, algorithm=algorithm, max_trials=trials,
+    outcome = automl.run(_options(tmp_path / algorithm, dataset, algorithm=algorithm, max_trials=trials,
                                   max_epochs=epochs), echo=lambda _: None)
     state = outcome.state
     assert len(state.trials) == trials
     _check_common(state, max_epochs=epochs)
     if algorithm == "asha":  # 4 trials, eta 2, grace 1 epoch: the rung cuts the worse half
         assert any(t.status == "STOPPED" for t in state.trials.values()), {t.name: t.status for t in state.trials.values()}
-    assert all(t.startup_s for t in state.trials.values())
 
 
 @pytest.mark.slow  # 60-125 s on 2 shared cores; CI runs it (make test)
@@ -99,10 +95,10 @@ def test_pbt_exploits_another_trials_checkpoint(dataset, tmp_path, ray_session):
     """PBT, population 2 running together, perturbation every epoch: the worse trial continues from
     the better one's Lightning checkpoint (handed over by Ray) with perturbed values. Three epochs:
     at epoch 1 the other trial may not have reported yet, and the last epoch has nothing to continue."""
-    from automl import driver
+    import automl
 
-    outcome = driver.run(_options(tmp_path / "pbt", dataset, algorithm="pbt", population_size=2, max_concurrent=2,
-                                  max_epochs=3, perturbation_interval=1), echo=lambda _: None)
+    outcome = automl.run(_options(tmp_path / "pbt", dataset, algorithm="pbt", population_size=2, max_concurrent=2,
+                                  max_epochs=3, perturbation_interval=1, perturbation_factor=2.0), echo=lambda _: None)
     state = outcome.state
     assert len(state.trials) == 2
     _check_common(state, max_epochs=3)
@@ -117,30 +113,25 @@ def test_pbt_exploits_another_trials_checkpoint(dataset, tmp_path, ray_session):
     assert any(k.startswith("automl.restored_") for k in run.data.tags)
     # explore: the trial went on with the donor's values perturbed, recorded in the ledger and MLflow
     assert any(k.startswith("automl.config_from_epoch_") for k in run.data.tags)
-    # Some continued config differs from the trial's own first one. (Its last one may not: two
-    # exploits in a row can perturb lr one step down and one step back up.)
-    import ast
-    import json as _json
+    # ...and the ledger has the config it went on with: the donor's at that epoch, perturbed (times or
+    # divided by perturbation_factor, or resampled), never the donor's own value.
+    runs = _children(state)
 
-    def parsed(text: str) -> dict:
-        try:
-            return _json.loads(text)
-        except ValueError:
-            return ast.literal_eval(text)
+    def lr_at(trial, epoch: int) -> float:
+        changes = [c for c in trial.config_changes if c["epoch"] <= epoch]
+        return float(changes[-1]["params"]["train.optim.lr"] if changes else runs[trial.name].data.params["train.optim.lr"])
 
-    first = {"train.optim.lr": float(run.data.params["train.optim.lr"]),
-             "model.backbone.freeze_backbone": run.data.params["model.backbone.freeze_backbone"]}
-    continued = [parsed(v) for k, v in run.data.tags.items() if k.startswith("automl.config_from_epoch_")]
-    assert any(float(c["train.optim.lr"]) != pytest.approx(first["train.optim.lr"])
-               or str(c["model.backbone.freeze_backbone"]).lower() != first["model.backbone.freeze_backbone"]
-               for c in continued), (first, continued)
+    assert record.config_changes, record
+    continued = min(record.config_changes, key=lambda c: abs(c["epoch"] - restore["epoch"]))
+    donor_lr = lr_at(state.by_name(restore["from"]), restore["epoch"])
+    assert float(continued["params"]["train.optim.lr"]) != pytest.approx(donor_lr), (continued, donor_lr)
 
 
 def test_grid_runs_every_point_once(dataset, tmp_path, ray_session):
-    from automl import driver
+    import automl
 
     only = ["model.backbone.freeze_backbone", "dataset.segment.augmentation.random_flip.enable"]
-    outcome = driver.run(_options(tmp_path / "grid", dataset, algorithm="grid", max_trials=20, max_epochs=1, only=only),
+    outcome = automl.run(_options(tmp_path / "grid", dataset, algorithm="grid", max_trials=20, max_epochs=1, only=only),
                          echo=lambda _: None)
     state = outcome.state
     points = sorted(tuple(t.params[k] for k in only) for t in state.trials.values())
@@ -156,11 +147,11 @@ _BAD_SPLIT = {"dataset.segment.validation_split": {"valid_options": ["val", "val
 def test_failed_trial_is_recorded_and_search_goes_on(dataset, tmp_path, ray_session):
     """One grid point validates on a split with a corrupt JPEG: that trial fails (real data error),
     recorded FAILED with its error in the ledger and MLflow; the other trials finish."""
-    from automl import driver
+    import automl
 
     only = ["dataset.segment.validation_split"]
-    outcome = driver.run(_options(tmp_path / "fail", dataset, algorithm="grid", max_trials=4, max_epochs=1, only=only,
-                                  param_ranges=_BAD_SPLIT, override_disabled=True), echo=lambda _: None)
+    outcome = automl.run(_options(tmp_path / "fail", dataset, algorithm="grid", max_trials=4, max_epochs=1, only=only,
+                                  param_ranges=_BAD_SPLIT, override_disabled=True, max_failures=0), echo=lambda _: None)
     state = outcome.state
     by_status: dict[str, list] = {}
     for t in state.trials.values():
@@ -177,12 +168,12 @@ def test_failed_trial_is_recorded_and_search_goes_on(dataset, tmp_path, ray_sess
 
 
 def test_failure_limit_ends_the_search(dataset, tmp_path, ray_session):
-    from automl import driver
+    import automl
 
     lines: list[str] = []
-    outcome = driver.run(_options(tmp_path / "limit", dataset, algorithm="random", max_trials=4, max_epochs=1,
-                                  overrides=["dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32", "dataset.segment.validation_split=val_bad"],
-                                  max_failed_trials=1), echo=lines.append)
+    outcome = automl.run(_options(tmp_path / "limit", dataset, algorithm="random", max_trials=4, max_epochs=1,
+                                  overrides=(*TINY, "dataset.segment.validation_split=val_bad"),
+                                  max_failed_trials=1, max_failures=0), echo=lines.append)
     state = outcome.state
     assert state.counts().get("FAILED") == 1 and len(state.trials) <= 2, state.counts()
     assert outcome.stopped_by_failures and outcome.best is None
@@ -193,7 +184,7 @@ def test_failure_limit_ends_the_search(dataset, tmp_path, ray_session):
 
 def test_hyperband_bracket_count_follows_the_budget():
     """HyperBand's s_max + 1 brackets: more brackets when max_t / grace_period spans more rungs."""
-    from automl.driver import hyperband_brackets
+    from automl.algorithms import hyperband_brackets
 
     assert hyperband_brackets(max_t=1, grace_period=1, reduction_factor=3) == 1
     assert hyperband_brackets(max_t=3, grace_period=1, reduction_factor=3) == 2
@@ -205,48 +196,38 @@ def test_hyperband_bracket_count_follows_the_budget():
 def test_hyperband_search_is_reproducible_with_its_seed(dataset, tmp_path, ray_session):
     """--seed fixes the sampled values and HyperBand's bracket draws (Ray picks a trial's bracket with
     NumPy's global generator): two runs stop the same trials at the same epochs, with the same values."""
-    from automl import driver
+    import automl
 
     runs = []
     for name in ("one", "two"):
         opts = _options(tmp_path / name, dataset, algorithm="hyperband", max_trials=6, max_epochs=4, seed=7)
-        state = driver.run(opts, echo=lambda _: None).state
+        state = automl.run(opts, echo=lambda _: None).state
         runs.append({t.name: (len(t.history), t.params, [round(h["val_miou"], 6) for h in t.history])
                      for t in state.trials.values()})
     assert runs[0] == runs[1]
     assert len({epochs for epochs, _, _ in runs[0].values()}) > 1, "nothing was stopped early: not a HyperBand test"
 
 
-def test_the_last_trial_gets_the_idle_slots_cpu(tmp_path, ray_session):
-    """Two trials on 2 slots, one much slower (batch 1 against 16 on the same 32 images): once the
-    fast one ends, the slow one trains its remaining epochs on both CPUs (automl.lending), and only
-    then. Its timing.json records the threads; nothing is lent when the search is over."""
-    from automl import driver
-    from automl.lending import LENT_THREADS_FILE
-    from segformer.data.synth import generate
-    from segformer.engine.timing import read_timing
+def test_epoch_multiplier_counts_the_budget_and_rungs_in_units(dataset, tmp_path, ray_session):
+    """TAO's epoch_multiplier: 2 units of 2 epochs, grace 1 unit, eta 2: each trial trains up to 4
+    epochs and ASHA stops trials only after a whole unit (2 epochs)."""
+    import automl
 
-    spec = generate(tmp_path / "data", num_classes=3, size=64, train=32, val=4, test=4) / "spec.yaml"
-    lines: list[str] = []
-    outcome = driver.run(_options(tmp_path / "lend", spec, algorithm="grid", max_trials=2, max_epochs=6, max_concurrent=2,
-                                  only=["dataset.segment.batch_size"], override_disabled=True,
-                                  param_ranges={"dataset.segment.batch_size": {"valid_options": [1, 16]}},
-                                  overrides=["dataset.segment.batch_size=1", "model.decode_head.decoder_params.embed_dim=32"]),
-                         echo=lines.append)
-    trials = sorted(outcome.state.trials.values(), key=lambda t: t.ended_at)
-    assert [t.status for t in trials] == ["FINISHED", "FINISHED"], [(t.name, t.status, t.error) for t in trials]
-    first, last = trials
-    assert last.params["dataset.segment.batch_size"] == 1  # the slow one outlasted the other
-    assert not list((tmp_path / "lend").glob(f"trial_*/{LENT_THREADS_FILE}"))
-    assert any(f"lent idle CPUs to {last.name} " in line for line in lines), lines
+    outcome = automl.run(_options(tmp_path / "units", dataset, algorithm="asha", max_trials=4, max_epochs=2,
+                                  epoch_multiplier=2), echo=lambda _: None)
+    trained = {t.name: len(t.history) for t in outcome.state.trials.values()}
+    assert set(trained.values()) <= {2, 4}, trained
+    assert 4 in trained.values() and 2 in trained.values(), trained  # one ran its budget, one was stopped at a rung
+    assert all((t.status == "STOPPED") == (len(t.history) == 2) for t in outcome.state.trials.values())
 
-    def epochs(trial):
-        return [e for run in read_timing(tmp_path / "lend" / trial.name / "train" / "timing.json") for e in run["epochs"]]
 
-    assert all(e["train_step_thread_s"] == pytest.approx(e["train_step_s"]) for e in epochs(first))
-    lent = [e for e in epochs(last) if e["train_step_thread_s"] > 1.5 * e["train_step_s"]]
-    assert lent, [(e["train_step_s"], e["train_step_thread_s"]) for e in epochs(last)]
-    # Lent only in the tail: no epoch that ended before the other trial did ran on two threads.
-    assert all(e["epoch_end_at"] > first.ended_at for e in lent)
-    assert all(e["train_step_thread_s"] == pytest.approx(e["train_step_s"])
-               for e in epochs(last) if e["epoch_end_at"] < first.ended_at)
+def test_run_baseline_off_runs_no_baseline(dataset, tmp_path, ray_session):
+    """TAO's run_baseline: false: every trial is drawn by the sampler; none is marked the baseline."""
+    import automl
+
+    outcome = automl.run(_options(tmp_path / "nobase", dataset, algorithm="random", max_trials=2, max_epochs=1,
+                                  baseline_first=False), echo=lambda _: None)
+    state = outcome.state
+    assert len(state.trials) == 2 and state.baseline() is None and state.baseline_params is None
+    assert all(t.params["train.optim.lr"] != pytest.approx(BASE_LR) for t in state.trials.values())
+    assert outcome.best is not None

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from searchhelpers import search_options
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -28,23 +29,24 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def _options(results: Path, spec: Path, **kw):
-    from automl.driver import SearchOptions
-
-    base = dict(results_dir=str(results), spec=str(spec), skill="segformer", max_trials=3, max_epochs=2,
-                num_cpus=2, max_concurrent=1, only=list(ONLY), skip_quantize=True, skip_trt=True,
-                overrides=["dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32"])
-    base.update(kw)
-    return SearchOptions(**base)
+    return search_options(results, spec, **{"max_trials": 3, "max_epochs": 2, "num_cpus": 2, "max_concurrent": 1,
+                                            "only": ONLY, "quantize": False, "trt": False, **kw})
 
 
 @pytest.fixture(scope="module")
 def search(dataset, tmp_path_factory):
-    from automl import driver
+    """One search for the module's tests. The user's cache folder is a fresh one: the search keeps
+    nothing of its own there (libraries keep theirs: matplotlib's font list, ONNX's)."""
+    import automl
 
     results = tmp_path_factory.mktemp("search")
+    cache = tmp_path_factory.mktemp("cache")
     lines: list[str] = []
     started = time.time()
-    outcome = driver.run(_options(results, dataset, skip_quantize=False), echo=lines.append)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(cache))
+        outcome = automl.run(_options(results, dataset, quantize=True), echo=lines.append)
+    assert not (cache / "segformer-automl").exists(), list(cache.iterdir())
     return outcome, lines, time.time() - started
 
 
@@ -123,24 +125,25 @@ def _tail_state(outcome, results: Path, *, running: str | None, statuses: dict[s
 
 
 def test_early_promotion_waits_for_the_tail_then_reuses_its_steps(search, tmp_path):
-    from automl.promote import EarlyPromotion, PromoteOptions, promote
+    from automl.options import PromotionConfig
+    from automl.promote import EarlyPromotion, promote
     from automl.state import PENDING
 
     outcome, _, _ = search
     best = outcome.best
     other = next(r.name for r in outcome.state.trials.values() if r.name != best.name)
-    options = PromoteOptions(quantize=False, trt=False)
+    options = PromotionConfig(quantize=False, trt=False)
     early = EarlyPromotion(options, expected_trials=3, slots=2)
     # Not yet: a trial may still start (fewer than 3 recorded, or one pending), every slot busy,
     # or the best trial itself still running.
     state = _tail_state(outcome, tmp_path, running=other)
-    assert EarlyPromotion(options, expected_trials=4, slots=2).ready(state) is None
-    assert EarlyPromotion(options, expected_trials=3, slots=1).ready(state) is None
-    assert early.ready(_tail_state(outcome, tmp_path, running=best.name)) is None
-    assert early.ready(_tail_state(outcome, tmp_path, running=other, statuses={best.name: PENDING})) is None
-    assert early.ready(state).name == best.name
+    assert not EarlyPromotion(options, expected_trials=4, slots=2).consider(state)
+    assert not EarlyPromotion(options, expected_trials=3, slots=1).consider(state)
+    assert not early.consider(_tail_state(outcome, tmp_path, running=best.name))
+    assert not early.consider(_tail_state(outcome, tmp_path, running=other, statuses={best.name: PENDING}))
+    assert not early.started
 
-    assert early.consider(state) and not early.consider(state)  # once
+    assert early.consider(state) and early.trial_name == best.name and not early.consider(state)  # once
     prepared = early.take(state.by_name(best.name))
     assert prepared is not None and prepared["timing"]["early"] is True
     assert prepared["steps"]["evaluate"]["status"] == "done" and prepared["steps"]["export"]["status"] == "done"
@@ -152,30 +155,31 @@ def test_early_promotion_waits_for_the_tail_then_reuses_its_steps(search, tmp_pa
 
 
 def test_early_promotion_of_a_trial_overtaken_later_is_not_used(search, tmp_path):
-    from automl.promote import EarlyPromotion, PromoteOptions
+    from automl.options import PromotionConfig
+    from automl.promote import EarlyPromotion
 
     outcome, _, _ = search
     best = outcome.best
     other = next(r for r in outcome.state.trials.values() if r.name != best.name)
     state = _tail_state(outcome, tmp_path, running=other.name)
-    early = EarlyPromotion(PromoteOptions(export=False, quantize=False, trt=False), expected_trials=3, slots=2)
+    early = EarlyPromotion(PromotionConfig(export=False, quantize=False, trt=False), expected_trials=3, slots=2)
     assert early.consider(state)
     assert early.take(other) is None  # the running trial ended up best: promotion runs again for it
     assert any(f"{other.name} overtook {best.name}" in line for line in early.lines)
 
 
 def test_early_promotion_applies_only_where_the_tail_is_known():
-    from automl.driver import SearchOptions, _early_promotion
+    from automl import SearchOptions
+    from automl.promote import EarlyPromotion
 
-    def early(**kw):
-        return _early_promotion(SearchOptions(**{"results_dir": "unused", "max_concurrent": 2, "max_trials": 5, **kw}), "segformer", None)
+    def early(expected=5, slots=2, **kw):
+        return EarlyPromotion.for_search(SearchOptions.build(kw), expected, slots)
 
-    assert early().expected_trials == 5  # a resumed search: max_trials
-    assert early(max_concurrent=1) is None  # no slot is ever idle while a trial runs
+    assert early().expected_trials == 5 and early().slots == 2
+    assert early(slots=1) is None  # no slot is ever idle while a trial runs
     assert early(promote=False) is None
-    assert early(algorithm="grid") is None  # a resumed grid sizes itself
-    assert early(algorithm="pbt") is None and _early_promotion(
-        SearchOptions(results_dir="unused", max_concurrent=2, algorithm="pbt"), "segformer", 3) is None
+    assert early(expected=None) is None  # a resumed grid sizes itself
+    assert early(algorithm="pbt") is None
 
 
 def test_status_command(search):
@@ -199,15 +203,20 @@ def test_help_does_not_import_heavy_modules():
 
 
 def test_dry_run_and_grid_needs_finite_space(dataset, tmp_path):
-    from automl import driver
+    import automl
 
     lines: list[str] = []
-    outcome = driver.run(_options(tmp_path / "dry", dataset), echo=lines.append, dry_run=True)
+    outcome = automl.run(_options(tmp_path / "dry", dataset), echo=lines.append, dry_run=True)
     text = "\n".join(lines)
-    assert outcome.mode == "dry-run" and "train.optim.lr" in text and "trial_000 (baseline)" in text
+    assert outcome.mode == "dry-run" and "train.optim.lr" in text and "trial_000 (baseline): train.optim.lr=0.001" in text
     assert not (tmp_path / "dry").exists()
-    with pytest.raises(driver.SearchError, match="train.optim.lr"):
-        driver.run(_options(tmp_path / "grid", dataset, algorithm="grid"), echo=lines.append, dry_run=True)
+    with pytest.raises(automl.SearchError, match="train.optim.lr"):
+        automl.run(_options(tmp_path / "grid", dataset, algorithm="grid"), echo=lines.append, dry_run=True)
+    # TAO's run_baseline: false: no trial runs the spec's own values
+    lines.clear()
+    automl.run(_options(tmp_path / "dry", dataset, baseline_first=False), echo=lines.append, dry_run=True)
+    text = "\n".join(lines)
+    assert "baseline" not in text and "first 3 trials (bayesian)" in text and "trial_000: " in text
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:
@@ -374,15 +383,14 @@ def test_promoted_checkpoint_is_the_best_epoch_and_resumes_without_callback_warn
 
 
 def test_mlflow_store_failure_stops_the_ray_it_started(dataset, tmp_path):
-    """The MLflow store is set up in a thread while Ray starts: when the store fails, the error is
-    the store's and no Ray is left running in this process."""
+    """When the MLflow store fails, the error is the store's and no Ray is left running in this process."""
     import ray
 
-    from automl import driver
+    import automl
 
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file where the store's folder should be")
     opts = _options(tmp_path / "search", dataset, tracking_uri=f"sqlite:///{blocker / 'mlflow.db'}")
     with pytest.raises(ValueError, match="cannot open the MLflow store sqlite:///.*not_a_folder.*--tracking-uri"):
-        driver.run(opts, echo=lambda _: None)
+        automl.run(opts, echo=lambda _: None)
     assert not ray.is_initialized()

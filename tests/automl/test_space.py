@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from automl.skill import read_schema
-from automl.space import SpaceError, build_space, parameter_status
+from automl.space import SpaceError, build_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -46,7 +46,7 @@ def _samples(space, n: int, seed: int = 0) -> list[dict[str, Any]]:
 def test_nvidia_defaults_sixteen_finite(nvidia_schema: dict[str, Any]) -> None:
     space = build_space(nvidia_schema)
     assert len(space) == 16
-    assert set(space.names) == set(nvidia_schema["automl_default_parameters"])
+    assert {p.name for p in space} == set(nvidia_schema["automl_default_parameters"])
     for p in space:
         if p.kind in {"int", "float"} and not p.choices:
             assert math.isfinite(p.low) and math.isfinite(p.high) and p.low < p.high, p
@@ -62,10 +62,11 @@ def test_nvidia_defaults_sixteen_finite(nvidia_schema: dict[str, Any]) -> None:
 
 
 def test_disabled_semantics(nvidia_schema: dict[str, Any]) -> None:
-    status = parameter_status(nvidia_schema)
-    assert status[LR] == "default"  # train.optim is disabled, but lr is explicitly a default
-    assert status["train.gpu_ids"] == "disabled"
-    assert status["train.num_epochs"] == "disabled by train"
+    assert LR in build_space(nvidia_schema)  # train.optim is disabled, but lr is explicitly a default
+    with pytest.raises(SpaceError, match="train.gpu_ids is disabled for AutoML by the schema"):
+        build_space(nvidia_schema, include=["train.gpu_ids"])
+    with pytest.raises(SpaceError, match="train.num_epochs is disabled by train"):
+        build_space(nvidia_schema, include=["train.num_epochs"])
     with pytest.raises(SpaceError, match="disabled by train.*override_automl_disabled_params"):
         build_space(nvidia_schema, include=["train.optim.optim"])
     with pytest.raises(SpaceError, match="disabled for AutoML by the schema"):
@@ -81,7 +82,7 @@ def test_disabled_semantics(nvidia_schema: dict[str, Any]) -> None:
 def test_include_exclude_only_and_typos(nvidia_schema: dict[str, Any]) -> None:
     space = build_space(nvidia_schema, exclude=[LR, "train.optim.momentum"])
     assert len(space) == 14 and LR not in space
-    assert build_space(nvidia_schema, only=[LR]).names == [LR]
+    assert [p.name for p in build_space(nvidia_schema, only=[LR])] == [LR]
     with pytest.raises(SpaceError, match="did you mean 'train.optim.lr'"):
         build_space(nvidia_schema, only=["train.optim.lrr"])
     with pytest.raises(SpaceError, match="is a collection"):
@@ -109,8 +110,9 @@ def test_math_cond_power_divisible_and_relation() -> None:
     })
     space = build_space(schema)
     assert space["train.batch"].choices == (2, 4, 8, 16, 32, 64)  # TAO: powers N**k, k >= 1
-    assert space.names.index("train.lo") < space.names.index("train.hi")  # parent first
-    assert space.names.index("train.batch") < space.names.index("train.half")
+    names = [p.name for p in space]
+    assert names.index("train.lo") < names.index("train.hi")  # parent first
+    assert names.index("train.batch") < names.index("train.half")
     assert space["train.pos"].low > 0
     for s in _samples(space, 200):
         assert s["train.batch"] in space["train.batch"].choices
@@ -148,9 +150,12 @@ def test_option_weights_respected() -> None:
     space = build_space(schema)
     counts = Counter(s["train.opt"] for s in _samples(space, 1000, seed=3))
     assert abs(counts["a"] / 1000 - 0.7) < 0.06 and abs(counts["b"] / 1000 - 0.2) < 0.05 and abs(counts["c"] / 1000 - 0.1) < 0.04
-    # the baseline option encodes to a point inside its weight interval and decodes back
+    # the baseline option encodes to a point inside its weight interval, which samples back to it
     raw = space.encode({"train.opt": "b"})
-    assert 0.7 < raw["train.opt"] < 0.9 and space.decode(raw) == {"train.opt": "b"}
+    assert 0.7 < raw["train.opt"] < 0.9
+    study = optuna.create_study()
+    study.enqueue_trial(raw)
+    assert space.sample(study.ask()) == {"train.opt": "b"}
     with pytest.raises(SpaceError, match="one weight per option"):
         build_space(_schema({"train.opt": {"type": "categorical", "default": "a", "enum": ["a", "b"], "option_weights": [1]}}))
 
@@ -166,7 +171,7 @@ def test_grid_on_finite_schema() -> None:
     assert {"train.flag": True, "train.opt": "z", "train.n": 3} in grid
 
 
-def test_baseline_and_points_to_evaluate(nvidia_schema: dict[str, Any]) -> None:
+def test_baseline_replayed_by_an_enqueued_trial(nvidia_schema: dict[str, Any]) -> None:
     space = build_space(nvidia_schema)
     spec = yaml.safe_load((NVIDIA_SKILL / "references" / "spec_template_train.yaml").read_text())
     spec["train"]["optim"]["lr"] = 2e-4
@@ -176,21 +181,17 @@ def test_baseline_and_points_to_evaluate(nvidia_schema: dict[str, Any]) -> None:
     assert baseline["dataset.segment.augmentation.random_color.hue"] == 0.3
     # the first trial of a study replays the baseline exactly
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
-    for point in space.points_to_evaluate(spec):
-        study.enqueue_trial(point)
+    study.enqueue_trial(space.encode(baseline))
     assert space.sample(study.ask()) == baseline
 
 
-def test_define_by_run_and_static_distributions(nvidia_schema: dict[str, Any]) -> None:
+def test_define_by_run(nvidia_schema: dict[str, Any]) -> None:
     space = build_space(nvidia_schema)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     trial = study.ask()
     values = space.define_by_run(trial)
-    assert set(values) == set(space.names) and trial.params[LR] == values[LR]
-    dists = space.to_optuna_distributions()
-    assert dists[LR].log and set(dists) == set(space.names)
-    sampled = study.ask(fixed_distributions=dists)
-    assert space.decode(sampled.params)[LR] == sampled.params[LR]
+    assert set(values) == {p.name for p in space} and trial.params[LR] == values[LR]
+    assert trial.distributions[LR].log
 
 
 def test_search_range_from_valid_min_max_validity_from_minimum_maximum() -> None:
@@ -214,8 +215,8 @@ def test_search_range_from_valid_min_max_validity_from_minimum_maximum() -> None
     assert (only_min["train.x"].low, only_min["train.x"].high) == (0.2, 1.0) and "valid_min, maximum" in only_min["train.x"].source
 
 
-def test_derived_parameters_in_grid_and_decode() -> None:
-    """'/ N' with depends_on is derived, not searched: parent // N in grid points and decoded draws."""
+def test_derived_parameters_in_grid_and_samples() -> None:
+    """'/ N' with depends_on is derived, not searched: parent // N in grid points and in draws."""
     space = build_space(_schema({
         "train.batch": {"type": "int", "default": 8, "minimum": 2, "maximum": 16, "math_cond": "^ 2"},
         "train.half": {"type": "int", "default": 4, "math_cond": "/ 2", "depends_on": "train.batch"},
@@ -223,5 +224,6 @@ def test_derived_parameters_in_grid_and_decode() -> None:
     grid = space.grid()
     assert [p["train.batch"] for p in grid] == [2, 4, 8, 16]
     assert all(p["train.half"] == p["train.batch"] // 2 for p in grid)
-    raw = {name: 16 for name in space.to_optuna_distributions()}
-    assert space.decode(raw)["train.half"] == 8
+    assert space.infinite_params() == []
+    for values in _samples(space, 10):
+        assert values["train.half"] == values["train.batch"] // 2

@@ -23,6 +23,7 @@ from segformer.config import (
     build_tao_schema,
     dump_config,
     load_config,
+    parse_math_cond,
     read_tao_schema,
     require,
     tao_to_json_schema,
@@ -107,6 +108,37 @@ def test_overrides_reresolve_interpolations():
     assert moved.evaluate.checkpoint == "/elsewhere/train/segformer_model_latest.pth"
     assert moved.export.onnx_file == "/elsewhere/export/segformer.onnx"
     assert cfg.evaluate.checkpoint == "/results/train/segformer_model_latest.pth"
+
+
+def test_overriding_results_dir_after_load_moves_every_interpolated_path(tmp_path):
+    """results_dir=... after load re-resolves ${results_dir} exactly as passing it at load does, also
+    through a chain of overrides; the record of the source is in no dump and in no comparison."""
+    import dataclasses
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("results_dir: /first\nevaluate:\n  checkpoint: ${results_dir}/train/model.pth\n"
+                    "export:\n  onnx_file: ${evaluate.checkpoint}.onnx\n")
+    cfg = load_config(spec)
+    moved = apply_overrides(apply_overrides(cfg, ["train.num_epochs=3"]), ["results_dir=/second"])
+    assert moved.evaluate.checkpoint == "/second/train/model.pth"
+    assert moved.export.onnx_file == "/second/train/model.pth.onnx"
+    assert to_dict(moved) == to_dict(load_config(spec, ["train.num_epochs=3", "results_dir=/second"]))
+    assert moved == load_config(spec, ["train.num_epochs=3", "results_dir=/second"])
+    assert "spec_source" not in to_dict(moved) and "spec_source" not in repr(moved)
+    assert "spec_source" not in dump_config(moved, tmp_path / "out.yaml").read_text()
+    # A config changed since it was loaded starts from its own values: the change is kept.
+    changed = dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, checkpoint="/mine.pth"))
+    again = apply_overrides(changed, ["results_dir=/third"])
+    assert again.evaluate.checkpoint == "/mine.pth" and again.export.onnx_file == "/first/train/model.pth.onnx"
+    # ... and a config built in code has no source to re-resolve
+    plain = apply_overrides(ExperimentConfig(), ["results_dir=/fourth"])
+    assert plain.results_dir == "/fourth" and plain.evaluate.checkpoint is None
+
+
+def test_spec_source_is_not_a_spec_key():
+    with pytest.raises(ConfigError, match="unknown key 'spec_source'"):
+        load_config(None, ["spec_source=x"])
+    assert "spec_source" not in build_tao_schema(None)["properties"]
 
 
 def test_interpolation_of_unset_key_is_an_error(tmp_path):
@@ -231,6 +263,24 @@ def test_nvidia_schema_files_parse(name):
     import jsonschema
     template = yaml.safe_load((NVIDIA / "references" / f"spec_template_{'train' if name == 'quantize' else name}.yaml").read_text())
     jsonschema.validate(template, js)
+
+
+@pytest.mark.parametrize("text, parsed", [
+    ("> 0", (">", "0")), (">=1e-3", (">=", "1e-3")), ("  < 1 ", ("<", "1")), ("<= -2", ("<=", "-2")),
+    ("^ 2", ("^", "2")), ("/ 8", ("/", "8")), ("> depends_on", (">", "depends_on")),
+    (None, None), ("", None), (float("nan"), None), ("== 3", None), ("> 1 2", None), ("positive", None),
+])
+def test_parse_math_cond(text, parsed):
+    assert parse_math_cond(text) == parsed
+
+
+def test_only_numeric_math_cond_comparisons_become_bounds():
+    def rules(cond, **extra):
+        return {k: v for k, v in tao_to_json_schema({"type": "float", "math_cond": cond, **extra}).items() if k != "type"}
+
+    assert rules("> 0", minimum=0, maximum=1) == {"exclusiveMinimum": 0.0, "maximum": 1}
+    assert rules("<= 0.5") == {"maximum": 0.5}
+    assert rules("> depends_on") == rules("^ 2") == rules("/ 8") == rules("> inf") == {}
 
 
 # ----------------------------------------------------------------------------------- validate

@@ -70,6 +70,17 @@ def bump_mtime(path: Path) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
 
 
+class Recorder:
+    """A transform that keeps what the dataset hands it (the decoded arrays, cached or not)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[np.ndarray, np.ndarray | None]] = []
+
+    def __call__(self, image, ids, generator):
+        self.calls.append((image, ids))
+        return torch.from_numpy(np.array(image)), None if ids is None else torch.from_numpy(np.array(ids))
+
+
 def test_hit_returns_equal_arrays_without_reading_again(color_dataset, reads):
     ds = make_dataset(color_dataset)
     expected_image, expected_ids = load_pair(ds.samples[0], DECODER)
@@ -80,10 +91,13 @@ def test_hit_returns_equal_arrays_without_reading_again(color_dataset, reads):
     assert reads == {"image": 2, "mask": 2}
     for item in (second, other):
         assert torch.equal(item["image"], first["image"]) and torch.equal(item["mask"], first["mask"])
-    image, ids = dataset_module._cached_load(ds.samples[0], DECODER, dataset_module.decoder_fingerprint(DECODER))
+    recorder = Recorder()
+    SegmentationDataset(color_dataset, "train", DECODER, recorder)[0]
+    assert reads == {"image": 2, "mask": 2}  # served from the cache
+    [(image, ids)] = recorder.calls
     assert np.array_equal(image, expected_image) and not image.flags.writeable
+    # the cache keeps ids as uint8; a caller gets int64, writable, as without the cache
     assert ids.dtype == np.int64 and ids.flags.writeable and np.array_equal(ids, expected_ids)
-    assert DATA_CACHE.stats()["hits"] == 3
 
 
 def test_prediction_path_caches_images_only(color_dataset, reads):
@@ -100,8 +114,9 @@ def test_changed_file_is_read_again(color_dataset, reads):
     ds[0]
     write_image(sample.image, np.full((32, 32, 3), 7, np.uint8))
     bump_mtime(sample.image)
-    image, _ = dataset_module._cached_load(sample, DECODER, ds._fingerprint)
-    assert (image == 7).all()
+    recorder = Recorder()
+    SegmentationDataset(color_dataset, "train", DECODER, recorder)[0]
+    assert (recorder.calls[0][0] == 7).all()
     assert reads == {"image": 2, "mask": 2}  # a pair is read together
     ids = np.zeros((32, 32), np.uint8)  # every pixel becomes class 0 (sky)
     write_image(sample.mask, color_mask(ids))
@@ -110,7 +125,19 @@ def test_changed_file_is_read_again(color_dataset, reads):
     assert reads == {"image": 3, "mask": 3}
     ds[0]
     assert reads == {"image": 3, "mask": 3}
-    assert DATA_CACHE.stats()["entries"] == 1  # the stale versions were replaced, not kept beside
+
+
+def test_a_replaced_entry_gives_back_its_bytes(color_dataset, reads, monkeypatch):
+    """The stale version of a changed file is replaced, not kept beside the new one: with room
+    for exactly two samples, the re-read sample 0 and sample 1 both stay cached."""
+    set_budget(monkeypatch, 2 * SAMPLE_BYTES)
+    ds = make_dataset(color_dataset)
+    ds[1], ds[0]
+    bump_mtime(ds.samples[0].mask)
+    ds[0]
+    assert reads["mask"] == 3
+    ds[1], ds[0], ds[1]
+    assert reads["mask"] == 3
 
 
 def test_touched_file_with_same_size_is_read_again(color_dataset, reads):
@@ -135,8 +162,7 @@ def test_budget_evicts_least_recently_used(color_dataset, reads, monkeypatch):
     set_budget(monkeypatch, 2 * SAMPLE_BYTES)
     ds = make_dataset(color_dataset)
     ds[0], ds[1], ds[0], ds[2]  # 1 is the least recently used when 2 arrives
-    assert DATA_CACHE.stats() == {"entries": 2, "bytes": 2 * SAMPLE_BYTES, "hits": 1, "misses": 3}
-    assert reads["mask"] == 3
+    assert reads["mask"] == 3  # one hit (the second ds[0])
     ds[0], ds[2]
     assert reads["mask"] == 3
     ds[1]
@@ -147,17 +173,21 @@ def test_sample_larger_than_budget_is_not_cached(color_dataset, reads, monkeypat
     set_budget(monkeypatch, SAMPLE_BYTES - 1)
     ds = make_dataset(color_dataset)
     ds[0], ds[0]
-    assert reads["mask"] == 2 and DATA_CACHE.stats()["entries"] == 0
+    assert reads["mask"] == 2
 
 
 def test_zero_budget_disables_and_frees(color_dataset, reads, monkeypatch):
     ds = make_dataset(color_dataset)
-    ds[0], ds[1]
-    assert DATA_CACHE.stats()["entries"] == 2
+    ds[0], ds[1], ds[0]
+    assert reads["mask"] == 2
     monkeypatch.setenv(DATA_CACHE_ENV, "0")
     ds[0], ds[0]
     assert reads["mask"] == 4
-    assert DATA_CACHE.stats()["entries"] == 0 and DATA_CACHE.stats()["bytes"] == 0
+    monkeypatch.delenv(DATA_CACHE_ENV)  # on again: what was kept before was freed, so both are read
+    ds[0], ds[1]
+    assert reads["mask"] == 6
+    ds[0], ds[1]
+    assert reads["mask"] == 6
 
 
 @pytest.mark.parametrize("value", ["lots", "-1", "nan"])
@@ -185,7 +215,7 @@ def test_augmented_items_identical_with_cache_on_and_off(color_dataset, monkeypa
     assert not torch.equal(on[0]["image"], on[6]["image"])  # epochs differ: augmentation still runs
 
 
-def test_cached_arrays_are_never_mutated(color_dataset):
+def test_cached_arrays_are_never_mutated(color_dataset, reads):
     ds = make_dataset(color_dataset, HEAVY)
     eval_ds = SegmentationDataset(color_dataset, "train", DECODER, SegTransform(32, MEAN, STD, resize_masks=False))
     for epoch in range(4):
@@ -194,13 +224,14 @@ def test_cached_arrays_are_never_mutated(color_dataset):
             item["image"].zero_()  # downstream in-place work on the outputs must not reach the cache
             item["mask"].fill_(3)
             eval_ds[index]["mask"].fill_(3)  # same-size masks: the transform must not share memory
-    entries = list(DATA_CACHE._entries.values())
-    assert len(entries) == len(ds)
-    by_image = {str(s.image.resolve()): s for s in ds.samples}
-    for _stamp, (image, ids), _nbytes in entries:
-        assert not image.flags.writeable and not ids.flags.writeable
-    for slot, (_stamp, (image, ids), _nbytes) in DATA_CACHE._entries.items():
-        fresh_image, fresh_ids = load_pair(by_image[slot[0][0]], DECODER)
+    assert reads["mask"] == len(ds)
+    recorder = Recorder()
+    cached = SegmentationDataset(color_dataset, "train", DECODER, recorder)
+    for index in range(len(cached)):
+        cached[index]
+    assert reads["mask"] == len(ds)  # every array below came from the cache
+    for sample, (image, ids) in zip(cached.samples, recorder.calls):
+        fresh_image, fresh_ids = load_pair(sample, DECODER)
         assert np.array_equal(image, fresh_image) and np.array_equal(ids, fresh_ids)
 
 
@@ -213,8 +244,9 @@ def test_transform_writing_into_its_input_fails_loudly(color_dataset):
     for _ in range(2):  # the first read already hands out the array it caches
         with pytest.raises(ValueError, match="read-only"):
             ds[0]
-    image, _ = dataset_module._cached_load(ds.samples[0], DECODER, ds._fingerprint)
-    assert np.array_equal(image, load_pair(ds.samples[0], DECODER)[0])
+    recorder = Recorder()
+    SegmentationDataset(color_dataset, "train", DECODER, recorder)[0]
+    assert np.array_equal(recorder.calls[0][0], load_pair(ds.samples[0], DECODER)[0])
 
 
 def test_read_only_int64_mask_is_copied_by_the_transform():
@@ -225,14 +257,14 @@ def test_read_only_int64_mask_is_copied_by_the_transform():
     assert (mask == 1).all()
 
 
-def test_errors_raise_every_time_and_are_not_cached(tmp_path):
+def test_errors_raise_every_time_and_are_not_cached(tmp_path, reads):
     write_image(tmp_path / "images/train/a.png", np.zeros((8, 8, 3), np.uint8))
     write_image(tmp_path / "masks/train/a.png", color_mask(np.zeros((6, 8), np.uint8)))
     ds = make_dataset(tmp_path)
     for _ in range(2):
         with pytest.raises(DataError, match=r"mask .*a\.png is 8x6 \(WxH\) but its image .*a\.png is 8x8"):
             ds[0]
-    assert DATA_CACHE.stats()["entries"] == 0
+    assert reads == {"image": 2, "mask": 2}  # the second try read the files again
     write_image(tmp_path / "masks/train/a.png", color_mask(np.zeros((8, 8), np.uint8)))
     bump_mtime(tmp_path / "masks/train/a.png")
     assert (ds[0]["mask"] == 0).all()
@@ -246,7 +278,7 @@ def test_check_dataset_fills_the_cache_for_training(color_dataset, reads):
     assert reads["mask"] == 6
 
 
-def test_threads_share_the_cache_safely(color_dataset):
+def test_threads_share_the_cache_safely(color_dataset, reads):
     ds = make_dataset(color_dataset, HEAVY)
     expected = [ds[(1, i)]["image"] for i in range(len(ds))]
     failures: list[str] = []
@@ -263,4 +295,4 @@ def test_threads_share_the_cache_safely(color_dataset):
     for thread in threads:
         thread.join()
     assert not failures
-    assert DATA_CACHE.stats()["entries"] == len(ds)
+    assert reads["mask"] == len(ds)  # read once, before the threads started: every thread hit the cache

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from segformer.deploy.deepstream import parse_nvinfer_config, preprocessing_params
-from segformer.deploy.onnx_export import ParityError, onnx_parity, read_onnx_signature
+from segformer.deploy.onnx_export import ParityError, onnx_parity
+from segformer.deploy.onnx_signature import read_onnx_signature
 from segformer.deploy.runtime import OnnxPredictor
 
 from deploy_helpers import NUM_CLASSES, SIZE
@@ -98,3 +99,21 @@ def test_export_rejects_bad_batch(exported, tmp_path):
 
     with pytest.raises(ValueError, match="batch_size"):
         export_onnx(torch.nn.Conv2d(3, 2, 1), tmp_path / "x.onnx", input_height=64, input_width=64, batch_size=0)
+
+
+def test_weights_above_the_protobuf_limit_go_to_a_data_file_named_after_the_graph(tmp_path, monkeypatch):
+    """Models over 2 GiB keep their weights in ``<name>.onnx.data``; the graph refers to it by that
+    name, so both are written under their final names and moved in together. The limit is lowered
+    here so a tiny model takes that path."""
+    import segformer.deploy.onnx_export as onnx_export
+
+    monkeypatch.setattr(onnx_export, "_PROTOBUF_LIMIT", 0)
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 256, 1)  # 3 KiB of weights: onnx keeps tensors under 1 KiB inline
+    path = onnx_export.export_onnx(model, tmp_path / "out" / "big.onnx", input_height=32, input_width=32)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["big.onnx", "big.onnx.data"]
+    graph = onnx.load(str(path), load_external_data=False)
+    locations = {entry.value for init in graph.graph.initializer for entry in init.external_data if entry.key == "location"}
+    assert locations == {"big.onnx.data"}
+    images = torch.randn(2, 3, 32, 32)
+    assert onnx_parity(model, path, images, providers=["CPUExecutionProvider"]) < 1e-5

@@ -39,6 +39,7 @@ def test_onnxruntime_qdq_action(exported, make_deploy_cfg, tmp_path):
     cfg = make_deploy_cfg(tmp_path, "quantize.backend=onnxruntime", "quantize.mode=static_ptq",
                           f"quantize.model_path={result.onnx_file}", "quantize.skip_names=[/decode_head/*]")
     out = quantize.run(cfg, quiet=True)
+    assert not [p.name for p in out.artifact.parent.iterdir() if p.name.startswith(".")]  # no temporary left
     model = onnx.load(str(out.artifact))
     onnx.checker.check_model(model)
     ops = {n.op_type for n in model.graph.node}

@@ -34,11 +34,10 @@ def test_momentum_means_beta1_for_adam(name, cls):
 def test_no_weight_decay_on_norms_biases_and_position_embeddings():
     from segformer.model import build_segformer
 
-    from types import SimpleNamespace as NS
+    from segformer.config import BackboneConfig, DecodeHeadConfig, DecoderParams, ModelConfig
 
-    cfg = NS(backbone=NS(type="mit_b0", pretrained_backbone_path=None, freeze_backbone=False, feat_downsample=False),
-             decode_head=NS(in_channels=[32, 64, 160, 256], in_index=[0, 1, 2, 3], feature_strides=[4, 8, 16, 32],
-                            align_corners=False, decoder_params=NS(embed_dim=32)))
+    cfg = ModelConfig(backbone=BackboneConfig(type="mit_b0"),
+                      decode_head=DecodeHeadConfig(in_channels=[32, 64, 160, 256], decoder_params=DecoderParams(embed_dim=32)))
     model = build_segformer(cfg, 3, load_pretrained=False)
     optimizer = create_optimizer(model.named_parameters(), OptimizerSettings(weight_decay=0.05))
     decayed, plain = optimizer.param_groups

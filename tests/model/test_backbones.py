@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import warnings
-from types import SimpleNamespace
 
 import pytest
 import torch
 
+from segformer.config import BackboneConfig, DecodeHeadConfig, DecoderParams, ModelConfig
 from segformer.model import SegFormer, build_segformer, create_backbone, list_backbones, upsample_logits
 from segformer.model.backbones.fan import classification_parameter_count
 
@@ -121,12 +121,9 @@ def test_fan_feat_downsample_adds_a_stride_32_level():
 
 
 def _model_cfg(backbone="mit_b0", in_channels=(32, 64, 160, 256), freeze=False, feat_downsample=False):
-    return SimpleNamespace(
-        backbone=SimpleNamespace(type=backbone, pretrained_backbone_path=None, freeze_backbone=freeze,
-                                 feat_downsample=feat_downsample),
-        decode_head=SimpleNamespace(in_channels=list(in_channels), in_index=[0, 1, 2, 3],
-                                    feature_strides=[4, 8, 16, 32], align_corners=False,
-                                    decoder_params=SimpleNamespace(embed_dim=64)))
+    return ModelConfig(
+        backbone=BackboneConfig(type=backbone, freeze_backbone=freeze, feat_downsample=feat_downsample),
+        decode_head=DecodeHeadConfig(in_channels=list(in_channels), decoder_params=DecoderParams(embed_dim=64)))
 
 
 def test_build_segformer_reads_tao_keys_and_warns_on_other_channel_lists():

@@ -89,7 +89,7 @@ def test_services_bind_to_localhost_by_default():
     assert command[command.index("--host") + 1] == "127.0.0.1"
     for path in _sources():
         assert "0.0.0.0" not in path.read_text(), f"{path.relative_to(REPO)} mentions 0.0.0.0"
-    driver = (REPO / "automl" / "driver.py").read_text()
+    driver = (REPO / "automl" / "ray_session.py").read_text()
     assert "include_dashboard=False" in driver  # no Ray dashboard listening on a port
 
 

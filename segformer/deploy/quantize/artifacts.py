@@ -11,12 +11,15 @@ re-applies the recorded quantization, then loads the weights; nothing is unpickl
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .._deps import QUANT_HINT, require
+
+if TYPE_CHECKING:
+    from segformer.config import ModelConfig
 
 __all__ = ["ARTIFACT_FORMAT", "ARTIFACT_NAMES", "save_quantized_model", "load_quantized_model", "read_artifact"]
 
@@ -92,7 +95,7 @@ def read_artifact(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def load_quantized_model(path: str | Path, model_cfg: Any, num_classes: int, device: str | torch.device = "cpu") -> nn.Module:
+def load_quantized_model(path: str | Path, model_cfg: ModelConfig, num_classes: int, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the quantized model described by ``path`` for the spec's ``model`` section."""
     from segformer.model import build_segformer
 

@@ -8,15 +8,14 @@ non-quantized parts of the graph keep running in ONNX Runtime on a CPU.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from segformer.fileio import atomic_output
 
 from .._deps import QUANT_HINT, require
 from .ort_static import onnx_quant_candidates
@@ -53,13 +52,11 @@ def quantize_onnx_modelopt(
         raise ValueError("quantize.layers/skip_names exclude every Conv/MatMul/Gemm node; nothing to quantize")
     excluded = [re.escape(name) + "$" for name, _ in candidates if name not in set(chosen)]
     eps = _EPS.get(device.split(":")[0], ["cpu"])
-    output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.", dir=output_path.parent))
-    try:
-        source = tmp_dir / "named.onnx"
+    with atomic_output(output_path) as out_tmp:
+        work = out_tmp.parent / f"{out_tmp.name}.work"  # a subfolder: scratch, never moved into place
+        work.mkdir()
+        source = work / "named.onnx"
         onnx.save(model, str(source))  # node names as matched above
-        out_tmp = tmp_dir / output_path.name
         options: dict[str, Any] = {
             "quantize_mode": "int8",
             "calibration_data": np.ascontiguousarray(calibration_data, dtype=np.float32),
@@ -71,8 +68,7 @@ def quantize_onnx_modelopt(
             "log_level": "WARNING",
         }
         options.update(backend_kwargs)
+        # ModelOpt writes its intermediate files next to output_path and deletes them at the end;
+        # with backend_kwargs keep_intermediate_files: true they are moved in beside the model.
         modelopt_quantize(str(source), **options)
-        os.replace(out_tmp, output_path)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
     return list(chosen)

@@ -10,15 +10,14 @@ images through a ``CalibrationDataReader``.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from segformer.fileio import atomic_output
 
 from ..onnx_export import module_path_of_node
 from .patterns import LayerRule, select_names
@@ -111,10 +110,10 @@ def quantize_onnx_static(
             f"use one of {sorted(ORT_ALGORITHMS)}"
         )
     output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.", dir=output_path.parent))
-    try:
-        prepared = tmp_dir / "prepared.onnx"
+    with atomic_output(output_path) as out_tmp:
+        work = out_tmp.parent / f"{out_tmp.name}.work"  # a subfolder: scratch, never moved into place
+        work.mkdir()
+        prepared = work / "prepared.onnx"
         quant_pre_process(str(model_path), str(prepared), skip_symbolic_shape=True)
         model = onnx.load(str(prepared))
         candidates, aliases = onnx_quant_candidates(model)
@@ -135,7 +134,6 @@ def quantize_onnx_static(
             def get_next(self):
                 return reader_impl.get_next()
 
-        out_tmp = tmp_dir / output_path.name
         quantize_static(
             str(prepared),
             str(out_tmp),
@@ -151,7 +149,4 @@ def quantize_onnx_static(
         )
         if reader_impl.count == 0:
             raise ValueError("calibration produced no batches; check the calibration images folder")
-        os.replace(out_tmp, output_path)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
     return OnnxQuantSummary(output_path, tuple(chosen), skipped, reader_impl.count)

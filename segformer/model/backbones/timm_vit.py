@@ -122,10 +122,6 @@ class TimmViTBackbone(nn.Module):
         return {**rest, **{f"vit.{k}": v for k, v in vit.items()}}
 
 
-def _factory_doc(arch: str) -> str:
-    return f"timm ``{arch}`` + simple feature pyramid; ``depth`` builds a shallow variant for tests."
-
-
 @register_backbone(input_multiple=14)
 def vit_large_nvdinov2(*, depth: int | None = None, drop_path_rate: float = 0.0) -> TimmViTBackbone:
     """NV-DINOv2 ViT-L/14 (timm ``vit_large_patch14_dinov2``)."""

@@ -1,0 +1,317 @@
+"""The driver's Ray Tune callbacks, one per concern, and the failure limit.
+
+=================== =============================================================================
+callback            what it does on trial events (in this order: each reads what the ones before wrote)
+=================== =============================================================================
+`LedgerCallback`    the search's ledger (`automl.state`): records, statuses, epochs; saved once per
+                    controller step that changed it (after Ray's own experiment checkpoint)
+`MlflowCallback`    one MLflow child run per trial: params, per-epoch metrics, tags, final status
+`RayStateBackup`    the last complete copy of Ray's experiment state files (`automl.ray_session`)
+`EarlyPromotion...` starts the promotion on an idle slot in the search's tail (`automl.promote`)
+`ConsoleCallback`   the live table (`automl run --live`, `automl.console`)
+=================== =============================================================================
+
+`Tuner` pickles its RunConfig, callbacks and stopper included, and `Tuner.restore` (`automl resume`)
+unpickles them. So each callback carries only the results folder, and finds the search's live
+objects (ledger, MLflow tracker, early promotion, console: a `LiveSearch`) by it while `bind` holds
+them. All of this runs in the driver process, on Tune's controller thread.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from ray.tune import Callback, Stopper
+
+from automl.layout import Layout
+from automl.state import FAILED, FINISHED, RUNNING, STOPPED, SearchState, TrialRecord
+from automl.trial import ray_trial_name
+
+# Ray fills these into every result; they are bookkeeping, not model metrics.
+_RAY_KEYS = {
+    "training_iteration", "time_total_s", "time_this_iter_s", "timestamp", "time_since_restore",
+    "iterations_since_restore", "timesteps_since_restore", "timesteps_total", "episodes_total",
+    "pid", "done", "should_checkpoint", "epoch", "restored_at_epoch",
+}
+
+
+@dataclass
+class LiveSearch:
+    """What the callbacks of one running search share."""
+
+    state: SearchState  # the ledger
+    tracker: Any  # automl.tracking.Tracker
+    epochs: int  # a trial's epoch budget: a trial ended before it was stopped early
+    early: Any = None  # automl.promote.EarlyPromotion, or None where it does not apply
+    console: Callable[[SearchState], None] | None = None  # the live table, or None
+
+    @property
+    def layout(self) -> Layout:
+        return Layout.of(self.state.results_dir)
+
+
+_LIVE: dict[str, LiveSearch] = {}
+
+
+@contextmanager
+def bind(live: LiveSearch) -> Iterator[LiveSearch]:
+    """Make `live` the search the callbacks of its results folder act on, for the duration of a fit."""
+    key = str(live.layout.root)
+    _LIVE[key] = live
+    try:
+        yield live
+    finally:
+        _LIVE.pop(key, None)
+
+
+class _Bound:
+    """Pickled as its results folder only; finds its `LiveSearch` through `bind`."""
+
+    def __init__(self, results_dir: str | Path) -> None:
+        self.results_dir = str(Layout.of(results_dir).root)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"results_dir": self.results_dir}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["results_dir"])  # type: ignore[misc]
+
+    @property
+    def live(self) -> LiveSearch:
+        live = _LIVE.get(self.results_dir)
+        if live is None:
+            raise RuntimeError(f"no search is bound to {self.results_dir} (automl.callbacks.bind)")
+        return live
+
+
+def _params(trial: Any) -> dict[str, Any]:
+    return {k: v for k, v in trial.config.items() if not str(k).startswith("_")}
+
+
+class LedgerCallback(_Bound, Callback):
+    """Keeps the ledger in step with Ray: one record per trial, its status, epochs and checkpoint."""
+
+    def __init__(self, results_dir: str | Path) -> None:
+        super().__init__(results_dir)
+        self._stopped: set[str] = set()  # trials a scheduler or stopper ended (seen on their last result)
+        self._changed = False
+
+    def record(self, trial: Any) -> TrialRecord:
+        state = self.live.state
+        record = state.trials.get(trial.trial_id)
+        if record is None:
+            name, params = ray_trial_name(trial), _params(trial)
+            baseline_taken = any(t.is_baseline for t in state.trials.values())
+            record = TrialRecord(trial_id=trial.trial_id, name=name, params=params,
+                                 results_dir=str(self.live.layout.trial_dir(name)),
+                                 is_baseline=state.baseline_params is not None and not baseline_taken and params == state.baseline_params)
+            state.trials[trial.trial_id] = record
+        self._changed = True
+        return record
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        record = self.record(trial)
+        params = _params(trial)
+        if params != record.params:  # PBT exploit/explore: the config changed mid-trial
+            epoch = record.history[-1].get("epoch", len(record.history)) if record.history else 0
+            record.config_changes.append({"epoch": epoch, "params": params})
+            record.params = params
+        record.status, record.error = RUNNING, None
+        record.run_started_at = time.time()
+        record.started_at = record.started_at or record.run_started_at
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        record = self.record(trial)
+        metrics = {k: float(v) for k, v in result.items()
+                   if k not in _RAY_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        epoch = int(result.get("epoch", result.get("training_iteration", len(record.history) + 1)))
+        metrics["epoch"] = epoch
+        is_best = self.live.state.record_result(record, metrics)
+        record.node_ip = result.get("node_ip", record.node_ip)
+        record.node_id = result.get("node_id", record.node_id)
+        record.pid = result.get("pid", record.pid)
+        if result.get("restored_from"):
+            # A worker that continued a checkpoint: its own (automl resume) or, after a PBT exploit, a
+            # better trial's. Recorded with the epoch it continued from.
+            record.restores.append({"from": str(result["restored_from"]), "epoch": int(result.get("restored_at_epoch", 0))})
+        if result.get("done") and epoch < self.live.epochs:
+            # Ray marks the result on which a scheduler or stopper ended the trial (a trial that ends on
+            # its own finishes without another result): stopped early unless it reached its budget.
+            self._stopped.add(trial.trial_id)
+        if is_best and trial.checkpoint is not None:
+            record.checkpoint = trial.checkpoint.path
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        record = self.record(trial)
+        if record.history and record.best_epoch == record.history[-1].get("epoch"):
+            record.checkpoint = checkpoint.path
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        record = self.record(trial)
+        record.status = STOPPED if trial.trial_id in self._stopped else FINISHED
+        record.ended_at = time.time()
+        prune_trial_dir(Path(record.results_dir or ""))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        record = self.record(trial)
+        record.status, record.ended_at, record.error = FAILED, time.time(), _trial_error_text(trial)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        # After Ray's experiment checkpoint of this step: the ledger is never behind what Ray resumes.
+        if self._changed:
+            self.live.state.save()
+            self._changed = False
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.on_step_end(0, trials)
+
+
+class MlflowCallback(_Bound, Callback):
+    """One nested MLflow child run per trial (the parent run is the search's)."""
+
+    def _record(self, trial: Any) -> TrialRecord:
+        return self.live.state.trials[trial.trial_id]  # made by LedgerCallback, which runs first
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        live, record = self.live, self._record(trial)
+        parent = live.state.mlflow_parent_run_id
+        if record.mlflow_run_id is None and parent:
+            tags = {"automl.baseline": str(record.is_baseline).lower(), "automl.algorithm": live.state.algorithm}
+            record.mlflow_run_id = live.tracker.start_child(parent, record, tags)
+        elif record.mlflow_run_id is not None:
+            live.tracker.reopen_run(record.mlflow_run_id)  # restored by Ray: same run, never a new one
+            if record.config_changes:  # PBT: the configs it went on with, by the epoch they started at
+                live.tracker.set_tags(record.mlflow_run_id, {f"automl.config_from_epoch_{c['epoch']}": c["params"]
+                                                             for c in record.config_changes})
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        live, record = self.live, self._record(trial)
+        if not record.mlflow_run_id or not record.history:
+            return
+        if result.get("restored_from"):
+            restore = record.restores[-1]
+            live.tracker.set_tags(record.mlflow_run_id,
+                                  {f"automl.restored_{len(record.restores)}": f"{restore['from']}@epoch{restore['epoch']}"})
+        logged = {k: v for k, v in record.history[-1].items() if k != "epoch"}
+        if record.best_value is not None:
+            logged[f"best_{live.state.metric}"] = record.best_value
+        live.tracker.log_metrics(record.mlflow_run_id, logged, step=int(record.history[-1]["epoch"]))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        live, record = self.live, self._record(trial)
+        if record.mlflow_run_id:
+            # MLflow has no "stopped" status: FINISHED plus a tag (the run did end normally).
+            tags = {"automl.best_epoch": record.best_epoch, "automl.node_ip": record.node_ip,
+                    "automl.node_id": record.node_id, "automl.stopped_early": str(record.status == STOPPED).lower(),
+                    "automl.epochs_trained": len(record.history)}
+            live.tracker.set_tags(record.mlflow_run_id, {k: v for k, v in tags.items() if v is not None})
+            live.tracker.end_run(record.mlflow_run_id, FINISHED)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        live, record = self.live, self._record(trial)
+        if record.mlflow_run_id:
+            live.tracker.set_tags(record.mlflow_run_id, {"automl.error": (record.error or "").splitlines()[-1][:500]})
+            error_file = live.layout.trial_dir(record.name) / "error.txt"
+            error_file.parent.mkdir(parents=True, exist_ok=True)
+            error_file.write_text(record.error or "", encoding="utf-8")
+            live.tracker.log_artifacts(record.mlflow_run_id, [error_file])
+            live.tracker.end_run(record.mlflow_run_id, FAILED)
+
+
+class RayStateBackup(_Bound, Callback):
+    """After each step with a trial event, the last complete copy of Ray's experiment state files."""
+
+    def __init__(self, results_dir: str | Path) -> None:
+        super().__init__(results_dir)
+        self._events = False
+
+    def _event(self, *args: Any, **info: Any) -> None:
+        self._events = True
+
+    on_trial_start = on_trial_result = on_trial_complete = on_trial_error = on_checkpoint = _event
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if self._events:
+            from automl.ray_session import backup_ray_state
+
+            layout = self.live.layout
+            backup_ray_state(layout.ray_experiment, layout.ray_backup)
+            self._events = False
+
+
+class EarlyPromotionCallback(_Bound, Callback):
+    """Starts the search tail's promotion once it applies (`automl.promote.EarlyPromotion.consider`)."""
+
+    def _consider(self, *args: Any, **info: Any) -> None:
+        live = self.live
+        if live.early is not None:
+            live.early.consider(live.state)
+
+    on_trial_start = on_trial_complete = on_trial_error = _consider
+
+
+class ConsoleCallback(_Bound, Callback):
+    """Shows trial events on the console (`automl run --live`)."""
+
+    def _show(self, *args: Any, **info: Any) -> None:
+        live = self.live
+        if live.console is not None:
+            live.console(live.state)
+
+    on_trial_start = on_trial_result = on_trial_complete = on_trial_error = _show
+
+
+class FailureLimit(_Bound, Stopper):
+    """Ends the search after `limit` failed trials (Ray asks `stop_all` after every event)."""
+
+    def __init__(self, results_dir: str | Path, limit: int | None = None) -> None:
+        super().__init__(results_dir)
+        self.limit = limit
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"results_dir": self.results_dir, "limit": self.limit}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["results_dir"], state.get("limit"))
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.limit is not None and self.live.state.counts().get(FAILED, 0) >= self.limit
+
+
+def search_callbacks(results_dir: str | Path) -> list[Callback]:
+    """The callbacks of a search, in the order they must run."""
+    return [cls(results_dir) for cls in (LedgerCallback, MlflowCallback, RayStateBackup, EarlyPromotionCallback,
+                                         ConsoleCallback)]
+
+
+def _trial_error_text(trial: Any) -> str:
+    """The trial's traceback as Ray recorded it (falls back to the exception's repr)."""
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        return Path(path).read_text(encoding="utf-8", errors="replace").strip()
+    error = getattr(trial, "get_error", lambda: None)()
+    return repr(error) if error is not None else "trial failed (no error recorded by Ray)"
+
+
+def prune_trial_dir(trial_dir: Path) -> None:
+    """Drop a finished trial's per-epoch checkpoints; Ray keeps the best and latest for promotion.
+
+    Kept: status.json, experiment.yaml, the latest checkpoint (`segformer_model_latest.pth`) and
+    anything that is not a checkpoint.
+    """
+    import shutil
+
+    train_dir = trial_dir / "train"
+    if not train_dir.is_dir():
+        return
+    for path in train_dir.glob("model_epoch_*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+    shutil.rmtree(trial_dir / "restore", ignore_errors=True)

@@ -1,0 +1,135 @@
+"""What a search prints: the settings line, the live trial table, `automl status` and the closing summary.
+
+Everything here reads only the ledger (`automl.state`) and the options, so `automl status` works
+during a search, after it, and after a killed driver.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from automl.layout import Layout
+from automl.options import SearchOptions
+from automl.state import FAILED, SearchState
+from segformer.text import fmt
+
+
+def settings_line(opts: SearchOptions) -> str:
+    """One line with the budget a search runs under (printed by run and --dry-run)."""
+    s, r = opts.search, opts.resources
+    trials = f"population {s.population_size}" if s.algorithm == "pbt" else f"up to {s.max_trials} trials"
+    budget = f", time budget {s.time_budget_s:g} s" if s.time_budget_s else ""
+    epochs = s.trial_epochs or "spec"
+    gpus = "auto" if r.gpus_per_trial is None else f"{r.gpus_per_trial:g}"
+    return (f"automl: {s.algorithm} search, {trials} x {epochs} epochs, {r.max_concurrent} at a time "
+            f"({r.cpus_per_trial:g} CPU, {gpus} GPU each){budget}; metric {s.metric} ({s.mode})")
+
+
+def recommendations(opts: SearchOptions, baseline: dict[str, Any] | None, points: list[dict[str, Any]]) -> str:
+    """The first trials of a search (--dry-run): the baseline, then the sampler's first picks."""
+    lines = [f"first {len(points) + (baseline is not None)} trials ({opts.search.algorithm}):"]
+    if baseline is not None:
+        lines.append("  trial_000 (baseline): " + _values(baseline))
+    first = 1 if baseline is not None else 0
+    lines += [f"  trial_{i:03d}: {_values(point)}" for i, point in enumerate(points, first)]
+    return "\n".join(lines)
+
+
+def _values(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={fmt(v)}" for k, v in values.items())
+
+
+def trial_rows(state: SearchState) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the trial table (all trials, in creation order)."""
+    keys = sorted({k for t in state.trials.values() for k in t.params})
+    short = [k.split(".")[-1] if sum(x.split(".")[-1] == k.split(".")[-1] for x in keys) == 1 else k for k in keys]
+    header = ["trial", "status", f"best {state.metric}", "epoch", "epochs", "node", *short]
+    best = state.best()
+    rows = []
+    for t in sorted(state.trials.values(), key=lambda r: r.name):
+        name = t.name + (" *" if best is not None and t.trial_id == best.trial_id else "") + (" (baseline)" if t.is_baseline else "")
+        rows.append([name, t.status, fmt(t.best_value), fmt(t.best_epoch), str(len(t.history)), t.node_ip or "-",
+                     *[fmt(t.params.get(k)) for k in keys]])
+    return header, rows
+
+
+def counts_text(state: SearchState) -> str:
+    return ", ".join(f"{v} {k.lower()}" for k, v in sorted(state.counts().items())) or "no trials yet"
+
+
+def format_table(state: SearchState) -> str:
+    """Plain-text trial table (what `automl status` prints)."""
+    header, rows = trial_rows(state)
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
+
+    out = [f"{state.algorithm} search ({state.status.lower()}): {counts_text(state)}; metric {state.metric} ({state.mode})",
+           line(header), line(["-" * w for w in widths])]
+    out += [line(r) for r in rows]
+    errors = [f"  {t.name}: {error_line(t.error)}" for t in state.trials.values() if t.error]
+    if errors:
+        out += ["errors:", *errors]
+    return "\n".join(out)
+
+
+def print_status(results_dir: str | Path, watch: float | None = None, echo: Callable[[str], None] = print) -> int:
+    """`automl status`: the table once, or refreshed every `watch` seconds until the search ends."""
+    while True:
+        state = SearchState.load(results_dir)
+        if watch:
+            echo("\x1b[2J\x1b[H" + time.strftime("%H:%M:%S"))  # clear the terminal between refreshes
+        echo(format_table(state))
+        if not watch or state.status != "RUNNING":
+            return 0
+        time.sleep(watch)
+
+
+class LiveTable:
+    """`automl run --live`: one line per trial event (a log that stays readable in CI and files)."""
+
+    def __init__(self, echo: Callable[[str], None] = print) -> None:
+        self.echo = echo
+        self.seen: dict[str, tuple] = {}
+
+    def __call__(self, state: SearchState) -> None:
+        for t in state.trials.values():
+            key = (t.status, len(t.history))
+            if self.seen.get(t.trial_id) == key:
+                continue
+            self.seen[t.trial_id] = key
+            last = t.history[-1].get(state.metric) if t.history else None
+            self.echo(f"  {t.name:10s} {t.status:9s} epoch {len(t.history):3d}  {state.metric} {fmt(last)}  "
+                      f"best {fmt(t.best_value)}")
+
+
+def error_line(error: str | None) -> str:
+    """The line of a recorded traceback that says what went wrong (its last non-empty line)."""
+    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
+    return (lines[-1] if lines else "no error recorded")[:300]
+
+
+def summary(state: SearchState) -> str:
+    """Best trial against the baseline, where things are, how to open the UI."""
+    best, baseline = state.best(), state.baseline()
+    lines = [f"automl: {len(state.trials)} trials ({counts_text(state)})"]
+    lines += [f"  failed   {t.name}: {error_line(t.error)}" for t in state.trials.values() if t.status == FAILED]
+    if best is None:
+        lines.append("automl: no trial produced a result; see `automl status` for the errors")
+    else:
+        changed = {k: v for k, v in best.params.items() if baseline is None or baseline.params.get(k) != v}
+        shown = _values(changed) if changed else "the baseline itself"
+        lines.append(f"  best     {best.name}: {state.metric}={best.best_value:.4f} (epoch {best.best_epoch}); {shown}")
+        if baseline is not None and baseline.best_value is not None:
+            delta = best.best_value - baseline.best_value
+            lines.append(f"  baseline {baseline.name}: {state.metric}={baseline.best_value:.4f}  (best {delta:+.4f})")
+    layout = Layout.of(state.results_dir)
+    lines += [
+        f"  artifacts  {layout.best_dir}",
+        f"  report     {layout.report_dir / 'report.md'}",
+        f"  MLflow UI  automl ui {layout.root}",
+    ]
+    return "\n".join(lines)

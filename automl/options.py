@@ -1,0 +1,255 @@
+"""Everything a search is told, in one options model, and its one validator.
+
+The sections follow Ray's split of a run's settings (TuneConfig / RunConfig):
+
+- ``search``: what is searched and how (algorithm, budget, metric, the space's selection);
+- ``resources``: where trials run (slots, CPUs/GPUs per trial, the Ray cluster, failure policy);
+- ``promotion``: what happens to the best trial (evaluate, export, quantize, TensorRT, registry);
+- ``tracking``: where results are recorded and what is kept (MLflow, checkpoints).
+
+Each field's name is unique across the sections, so a flat mapping of option names (a TAO settings
+file after `automl.settings`, the command line's flags, a Python caller) builds the options with
+:meth:`SearchOptions.build`. The state file keeps :meth:`SearchOptions.to_dict`; `automl resume`
+rebuilds the same options with :meth:`SearchOptions.from_dict`. Options are frozen: the runner
+resolves what is decided at run time (the spec's epochs, GPUs per trial) into a copy
+(:meth:`SearchOptions.with_values`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+__all__ = [
+    "ALGORITHMS",
+    "PromotionConfig",
+    "ResourceConfig",
+    "SearchConfig",
+    "SearchError",
+    "SearchOptions",
+    "TrackingConfig",
+]
+
+# The algorithms this driver runs (TAO names), and TAO's short aliases.
+ALGORITHMS = ("bayesian", "random", "grid", "asha", "hyperband", "bohb", "pbt")
+ALGORITHM_ALIASES = {"b": "bayesian", "h": "hyperband"}
+# TAO algorithms this driver does not run (named as such when asked for).
+TAO_ONLY_ALGORITHMS = ("bfbo", "dehb", "hyperband_es", "hes", "llm", "hybrid", "autoresearch")
+MULTI_FIDELITY = ("asha", "hyperband", "bohb")  # trials stopped early by a HyperBand-family scheduler
+
+
+class SearchError(ValueError):
+    """A search cannot start as configured; the message names the option, the value and the fix."""
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What is searched and how."""
+
+    algorithm: str = "bayesian"  # one of ALGORITHMS
+    metric: str = "val_miou"  # reported by the train action at each validation
+    mode: str = "max"  # "max" or "min" (TAO direction maximize/minimize)
+    max_trials: int = 20  # trials in all, the baseline included (TAO automl_max_recommendations)
+    max_epochs: int | None = None  # epoch budget of a trial in resource units; None: the spec's train.num_epochs
+    epoch_multiplier: int = 1  # epochs per resource unit (TAO): a trial trains max_epochs x this, rungs at multiples of it
+    time_budget_s: float | None = None  # stop launching trials after this many seconds; None: no limit
+    seed: int = 0  # sampler seed; also HyperBand's bracket draws and PBT's perturbations
+    baseline_first: bool = True  # the first trial is the spec's own configuration (TAO run_baseline)
+    grace_period: int = 1  # asha/hyperband/bohb: units before a trial can be stopped (TAO automl_min_early_stop_epochs)
+    reduction_factor: int = 3  # asha/hyperband/bohb: keep 1/reduction_factor per rung (TAO automl_reduction_factor)
+    population_size: int = 4  # pbt: trials in the population (TAO automl_population_size)
+    perturbation_interval: int = 1  # pbt: epochs between exploit/explore steps (TAO automl_eval_interval)
+    perturbation_factor: float = 1.2  # pbt: explore multiplies a value by this or by its inverse (TAO automl_perturbation_factor)
+    only: tuple[str, ...] | None = None  # searched parameters instead of the schema's defaults (TAO automl_hyperparameters)
+    include: tuple[str, ...] = ()  # added to the schema's defaults (TAO automl_add_hyperparameters)
+    exclude: tuple[str, ...] = ()  # removed from them (TAO automl_remove_hyperparameters)
+    param_ranges: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # TAO custom_param_ranges
+    override_disabled: bool = False  # TAO override_automl_disabled_params
+
+    def __post_init__(self) -> None:
+        for name in ("include", "exclude"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.only is not None:
+            object.__setattr__(self, "only", tuple(self.only))
+        object.__setattr__(self, "param_ranges", {str(k): dict(v) if isinstance(v, Mapping) else v
+                                                  for k, v in dict(self.param_ranges or {}).items()})
+
+    @property
+    def ranking_metric(self) -> str:
+        """What searchers, schedulers and the final ranking compare: the best epoch so far."""
+        return f"best_{self.metric}"
+
+    @property
+    def multi_fidelity(self) -> bool:
+        return self.algorithm in MULTI_FIDELITY
+
+    @property
+    def trial_epochs(self) -> int | None:
+        """Epochs a trial may train: max_epochs resource units of epoch_multiplier epochs."""
+        return None if self.max_epochs is None else self.max_epochs * self.epoch_multiplier
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    """Where trials run."""
+
+    max_concurrent: int = 1  # trials at the same time (TAO automl_max_concurrent)
+    cpus_per_trial: float = 1.0  # Ray resources per trial
+    gpus_per_trial: float | None = None  # None: 1 when the Ray cluster has a GPU, else 0; fractions share a GPU
+    address: str | None = None  # Ray cluster address; None starts a local Ray
+    num_cpus: int | None = None  # local Ray only: CPUs Ray may use (None: all)
+    max_failures: int = 1  # restarts of a crashed trial (Ray FailureConfig.max_failures); a failed trial never ends the search
+    max_failed_trials: int | None = None  # stop the search after this many failed trials (None: never)
+
+
+@dataclass(frozen=True)
+class PromotionConfig:
+    """What happens to the best trial (`automl.promote`)."""
+
+    promote: bool = True  # run the promotion chain at all
+    evaluate: bool = True
+    export: bool = True  # ONNX
+    quantize: bool = True
+    trt: bool = True  # TensorRT engine (skipped with the reason where TensorRT or a GPU is missing)
+    register_model: str | None = None  # MLflow registered model name; None: "segformer" (or "<skill>-segformer")
+    alias: str = "champion"  # registry alias of the promoted version
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where results are recorded and what is kept."""
+
+    tracking_uri: str | None = None  # MLflow; None: sqlite in the results folder
+    experiment_name: str | None = None  # MLflow experiment; None: the skill's name
+    delete_intermediate_checkpoints: bool = True  # keep only each trial's best and latest (TAO automl_delete_intermediate_ckpt)
+
+
+SECTIONS: dict[str, type] = {"search": SearchConfig, "resources": ResourceConfig, "promotion": PromotionConfig,
+                             "tracking": TrackingConfig}
+# option name -> its section (names are unique across sections)
+OPTION_SECTION: dict[str, str] = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+TOP_LEVEL = ("results_dir", "spec", "overrides", "skill", "skill_dir", "policy")
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """A search: its inputs (spec, overrides, skill, policy), where it writes, and the four sections."""
+
+    results_dir: str = "automl_results"  # the search folder (`automl.layout`)
+    spec: str | None = None  # the user's spec (-e); None: the skill's train template
+    overrides: tuple[str, ...] = ()  # key=value overrides applied to every trial
+    skill: str | None = "segformer"  # --skill NAME (ours)
+    skill_dir: str | None = None  # --skill-dir PATH (NVIDIA's layout)
+    policy: str = "auto"  # auto | on | off
+    search: SearchConfig = field(default_factory=SearchConfig)
+    resources: ResourceConfig = field(default_factory=ResourceConfig)
+    promotion: PromotionConfig = field(default_factory=PromotionConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "overrides", tuple(self.overrides))
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build(cls, values: Mapping[str, Any] | None = None, **top: Any) -> "SearchOptions":
+        """Options from flat option names (``max_trials``, ``cpus_per_trial``, ...) plus the top-level
+        fields; a value of None means "not given" (the default stays). Validated."""
+        return cls(**top).with_values(**{k: v for k, v in (values or {}).items() if v is not None})
+
+    def with_values(self, **values: Any) -> "SearchOptions":
+        """A validated copy with flat option names (or top-level fields) replaced."""
+        sections: dict[str, dict[str, Any]] = {}
+        top: dict[str, Any] = {}
+        for name, value in values.items():
+            if name in TOP_LEVEL:
+                top[name] = value
+            elif name in OPTION_SECTION:
+                sections.setdefault(OPTION_SECTION[name], {})[name] = value
+            else:
+                close = difflib.get_close_matches(name, [*OPTION_SECTION, *TOP_LEVEL], n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise SearchError(f"unknown AutoML option {name!r}{hint}")
+        if "algorithm" in sections.get("search", {}):
+            sections["search"]["algorithm"] = _algorithm(sections["search"]["algorithm"])
+        replaced = dataclasses.replace(self, **top, **{s: dataclasses.replace(getattr(self, s), **v) for s, v in sections.items()})
+        replaced.validate()
+        return replaced
+
+    def flat(self) -> dict[str, Any]:
+        """Every option by its flat name (the sections merged), top-level fields included."""
+        out: dict[str, Any] = {name: getattr(self, name) for name in TOP_LEVEL}
+        for section in SECTIONS:
+            out.update(dataclasses.asdict(getattr(self, section)))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested data for the state file (JSON)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SearchOptions":
+        """The inverse of :meth:`to_dict`."""
+        sections = {name: kind(**data.get(name, {})) for name, kind in SECTIONS.items()}
+        return cls(**{k: data[k] for k in TOP_LEVEL if k in data}, **sections)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Every rule on every option; the first broken one is raised as a `SearchError`."""
+        s, r = self.search, self.resources
+        if s.algorithm not in ALGORITHMS:
+            extra = " (a TAO algorithm this driver does not run)" if s.algorithm in TAO_ONLY_ALGORITHMS else ""
+            close = difflib.get_close_matches(str(s.algorithm), ALGORITHMS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise SearchError(f"unknown AutoML algorithm {s.algorithm!r}{extra}; valid: {', '.join(ALGORITHMS)}{hint}")
+        _check(s.mode in ("max", "min"), f"mode must be 'max' or 'min' (TAO direction maximize/minimize), got {s.mode!r}")
+        _check(isinstance(s.metric, str) and bool(s.metric), f"metric must be a non-empty name, got {s.metric!r}")
+        for name, value, minimum in (("max_trials", s.max_trials, 1), ("epoch_multiplier", s.epoch_multiplier, 1),
+                                     ("grace_period", s.grace_period, 1), ("reduction_factor", s.reduction_factor, 2),
+                                     ("population_size", s.population_size, 2),
+                                     ("perturbation_interval", s.perturbation_interval, 1), ("seed", s.seed, None),
+                                     ("max_concurrent", r.max_concurrent, 1), ("max_failures", r.max_failures, 0)):
+            _integer(name, value, minimum)
+        for name, value in (("max_epochs", s.max_epochs), ("num_cpus", r.num_cpus), ("max_failed_trials", r.max_failed_trials)):
+            if value is not None:  # None: not set (the spec's epochs, all CPUs, no limit)
+                _integer(name, value, 1)
+        _check(_number(r.cpus_per_trial) and r.cpus_per_trial > 0, f"cpus_per_trial must be > 0, got {r.cpus_per_trial!r}")
+        _check(r.gpus_per_trial is None or (_number(r.gpus_per_trial) and r.gpus_per_trial >= 0),
+               f"gpus_per_trial must be >= 0 (fractions share a GPU), got {r.gpus_per_trial!r}")
+        _check(s.time_budget_s is None or (_number(s.time_budget_s) and s.time_budget_s > 0),
+               f"time_budget_s must be > 0 seconds, got {s.time_budget_s!r}")
+        _check(_number(s.perturbation_factor) and s.perturbation_factor > 1,
+               f"perturbation_factor must be > 1, got {s.perturbation_factor!r}")
+        for section in (s, self.promotion, self.tracking):
+            for f in dataclasses.fields(section):
+                if f.type == "bool":
+                    value = getattr(section, f.name)
+                    _check(isinstance(value, bool), f"{f.name} must be true or false, got {value!r}")
+        for name in ("only", "include", "exclude"):
+            value = getattr(s, name)
+            _check(value is None or all(isinstance(v, str) and v for v in value),
+                   f"{name} must be a list of dotted parameter names, got {value!r}")
+        _check(self.policy in ("auto", "on", "off"), f"policy must be auto, on or off, got {self.policy!r}")
+        if s.max_epochs is not None and s.grace_period > s.max_epochs:
+            raise SearchError(f"grace_period {s.grace_period} exceeds max_epochs {s.max_epochs}; lower grace_period")
+
+
+def _algorithm(value: Any) -> Any:
+    text = str(value).strip().lower()
+    return ALGORITHM_ALIASES.get(text, text)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise SearchError(message)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(name: str, value: Any, minimum: int | None) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
+    _check(ok, f"{name} must be an integer{f' >= {minimum}' if minimum is not None else ''}, got {value!r}")

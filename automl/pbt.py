@@ -1,0 +1,104 @@
+"""Population Based Training: what a trial may change mid-training, the scheduler, and the optimizer update.
+
+Ray's PBT refuses search algorithms, so the population (the baseline plus Optuna random draws) is
+preset through Ray's basic variant generator (`automl.algorithms`). At every perturbation interval
+the worse half of the population continues from a better member's checkpoint (exploit) with that
+member's values perturbed (explore). Explore only mutates what a trial restored from another
+trial's checkpoint can honour:
+
+- optimizer values (``train.optim.lr``, ``weight_decay``, ``momentum``), pushed into the restored
+  optimizer by :func:`apply_hparams_to_optimizers` (Lightning restores the old ones);
+- the data augmentation (``dataset.segment.augmentation.*``): the data pipeline is rebuilt from
+  the new config.
+
+Model structure (freeze_backbone, embed_dim, ...) and the optimizer type stay those of the
+checkpoint. PBT is synchronous here (every member reaches the perturbation epoch before anyone
+exploits), so exploits do not depend on process timing; run the population at once
+(--max-concurrent >= population size). A numeric value is perturbed by ``perturbation_factor`` or
+its inverse (TAO's ``automl_perturbation_factor``; Ray's ``perturbation_factors``).
+
+Imported by the driver (scheduler) and by the trial (optimizer update): no torch, Lightning or Ray
+import at module level.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+LR_KEY = "train.optim.lr"
+WD_KEY = "train.optim.weight_decay"
+MOMENTUM_KEY = "train.optim.momentum"  # SGD momentum; beta1 for adam/adamw (TAO's meaning)
+OPTIMIZER_KEYS = (LR_KEY, WD_KEY, MOMENTUM_KEY)  # what the restored optimizer is told
+MUTABLE_PREFIXES = ("dataset.segment.augmentation.",)  # rebuilt from the config when a trial restarts
+
+
+def mutations(space: Any) -> dict[str, Any]:
+    """PBT's explore domains: the searched parameters a restored trial can change (see the module doc)."""
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for param in space.params:
+        if param.derived or param.relation is not None:
+            continue  # values tied to another parameter: PBT would break the relation
+        if param.name not in OPTIMIZER_KEYS and not param.name.startswith(MUTABLE_PREFIXES):
+            continue
+        if param.choices:
+            out[param.name] = list(param.choices)
+        elif param.kind == "float" and param.high > param.low:
+            out[param.name] = tune.loguniform(param.low, param.high) if param.log else tune.uniform(param.low, param.high)
+        elif param.kind == "int" and param.high > param.low:
+            out[param.name] = tune.randint(int(param.low), int(param.high) + 1)
+    return out
+
+
+def scheduler(search: Any, domains: dict[str, Any]) -> Any:
+    """Ray's `PopulationBasedTraining` for `search` (an `automl.options.SearchConfig`)."""
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    factor = float(search.perturbation_factor)
+    return PopulationBasedTraining(
+        time_attr="epoch", metric=search.ranking_metric, mode=search.mode,
+        perturbation_interval=search.perturbation_interval, hyperparam_mutations=domains,
+        quantile_fraction=0.5, resample_probability=0.25, perturbation_factors=(factor, 1.0 / factor),
+        # Synchronous: every member reaches the perturbation epoch before anyone exploits, so which
+        # checkpoints get cloned does not depend on process timing (asynchronous PBT only exploits
+        # between trials that happen to overlap, none at all on a busy machine).
+        require_attrs=True, synch=True,
+    )
+
+
+def optimizer_values(config: dict[str, Any]) -> dict[str, Any]:
+    """The values of a trial's config that a restored optimizer must take over."""
+    return {k: v for k, v in config.items() if k in OPTIMIZER_KEYS}
+
+
+def apply_hparams_to_optimizers(trainer: Any, hparams: dict[str, Any]) -> None:
+    """Make a restored optimizer follow the trial's current config (PBT explore).
+
+    Lightning restores the optimizer and scheduler state from the checkpoint, including the old
+    learning rate. The new lr rescales the schedule (base lrs and current lr by the same factor) so
+    the schedule keeps its shape over the full epoch budget.
+    """
+    new_lr, new_wd, new_momentum = (hparams.get(key) for key in OPTIMIZER_KEYS)
+    for optimizer in trainer.optimizers:
+        ratio = None
+        if new_lr is not None:
+            schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
+            base = schedulers[0].base_lrs[0] if schedulers and getattr(schedulers[0], "base_lrs", None) else None
+            base = base or optimizer.param_groups[0].get("initial_lr") or optimizer.param_groups[0]["lr"]
+            ratio = float(new_lr) / float(base) if base else None
+            for lr_scheduler in schedulers:
+                if getattr(lr_scheduler, "base_lrs", None):
+                    lr_scheduler.base_lrs = [b * ratio for b in lr_scheduler.base_lrs]
+        for group in optimizer.param_groups:
+            if ratio is not None:
+                group["lr"] *= ratio
+                if "initial_lr" in group:
+                    group["initial_lr"] *= ratio
+            if new_wd is not None and "weight_decay" in group:
+                group["weight_decay"] = float(new_wd)
+            if new_momentum is not None:
+                if "betas" in group:
+                    group["betas"] = (float(new_momentum), group["betas"][1])
+                elif "momentum" in group:
+                    group["momentum"] = float(new_momentum)

@@ -1,0 +1,43 @@
+"""`automl run --policy off` (or AutoML enabled but not runnable): the spec trained once, tracked in MLflow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from automl.layout import Layout
+from automl.options import SearchOptions
+from automl.runner import Echo, SearchOutcome
+from automl.state import FAILED, FINISHED
+from automl.trial import base_config
+
+
+def run_plain(opts: SearchOptions, skill_name: str, *, echo: Echo = print) -> SearchOutcome:
+    """Policy off (or AutoML not runnable): the spec trained once, still tracked as one MLflow run."""
+    from automl.tracking import Tracker
+    from segformer.actions import train as train_action
+    from segformer.config import apply_overrides
+
+    layout = Layout.of(opts.results_dir)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    overrides: dict[str, Any] = {"results_dir": str(layout.root), "train.results_dir": str(layout.root / "train")}
+    if opts.search.trial_epochs:
+        overrides["train.num_epochs"] = opts.search.trial_epochs
+    cfg = apply_overrides(base_config(opts.spec, opts.overrides, layout.root), overrides)
+    tracker = Tracker(opts.tracking.tracking_uri or layout.default_tracking_uri, layout.root,
+                      opts.tracking.experiment_name or skill_name)
+    run_id = tracker.start_parent("train", {"spec": opts.spec or "", "overrides": list(opts.overrides)},
+                                  {"automl.policy": "off"})
+    try:
+        result = train_action.run(cfg)
+    except BaseException as err:
+        tracker.set_tags(run_id, {"automl.error": repr(err)[:500]})
+        tracker.end_run(run_id, FAILED if isinstance(err, Exception) else "KILLED")
+        raise
+    metric = opts.search.metric
+    for record in result.history:
+        tracker.log_metrics(run_id, {k: v for k, v in record.items() if k != "epoch"}, step=int(record.get("epoch", 0)))
+    tracker.log_metrics(run_id, {f"best_{metric}": float(result.best_miou)}, step=int(result.best_epoch))
+    tracker.end_run(run_id, FINISHED)
+    echo(f"automl: trained once: best {metric}={result.best_miou:.4f} at epoch {result.best_epoch}; "
+         f"checkpoint {result.last_checkpoint}")
+    return SearchOutcome(layout.root, "plain", message=f"best {metric}={result.best_miou:.4f}")

@@ -1,0 +1,392 @@
+"""`automl run` and `automl resume`, as short named steps.
+
+    automl run --skill segformer --policy auto -e spec.yaml [key=value ...]
+
+run:    skill files -> policy (search, or train once: `automl.plain`) -> plan (the spec's values, the
+        epoch budget, the search space from ``train.schema.json``, the baseline) -> Ray
+        (`automl.ray_session`) -> the ledger and MLflow's parent run -> fit -> finish.
+resume: the ledger and the options it was started with -> Ray -> fit (Tune restores its own
+        experiment) -> finish.
+fit:    `ray.tune.Tuner` with the algorithm's searcher and scheduler (`automl.algorithms`), the
+        trainable (`automl.trial`: every trial is the plain train action in a Ray worker) and one
+        callback per concern (`automl.callbacks`).
+finish: rank, promote the best trial (`automl.promote`), write the report (`automl.report`),
+        close the parent run, print the summary (`automl.console`).
+
+Trials a scheduler (or the time budget / failure limit) ends before their epoch budget are
+recorded as STOPPED (MLflow: FINISHED with the tag ``automl.stopped_early=true``), never FAILED.
+Ctrl-C and SIGTERM save the ledger with the cut trials KILLED, close MLflow's runs and re-raise
+KeyboardInterrupt; `automl resume` continues from Ray's experiment checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from automl.layout import Layout
+from automl.options import SearchError, SearchOptions
+from automl.state import FAILED, FINISHED, RUNNING, STOPPED, SearchState, TrialRecord
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    results_dir: Path
+    mode: str  # "search" | "plain" | "dry-run"
+    state: SearchState | None = None
+    best: TrialRecord | None = None
+    baseline: TrialRecord | None = None
+    promotion: dict[str, Any] = field(default_factory=dict)
+    report: Path | None = None
+    message: str = ""
+    stopped_by_failures: bool = False  # the failure limit ended the search
+
+
+def run(opts: SearchOptions, *, echo: Echo = print, dry_run: bool = False, live: bool = False) -> SearchOutcome:
+    """`automl run`: decide the policy, then search (or train once), promote and report."""
+    from automl.console import settings_line
+    from automl.probe import check_tracking_uri
+    from automl.ray_session import RaySession
+    from automl.skill import load_skill, resolve_policy
+
+    opts = opts.with_values(results_dir=str(Layout.of(opts.results_dir).root))
+    skill = load_skill(skill=None if opts.skill_dir else opts.skill, skill_dir=opts.skill_dir)
+    decision = resolve_policy(skill, opts.policy)
+    opts = opts.with_values(spec=_spec_path(opts, skill))
+    echo(f"automl: {decision.reason}")
+    if decision.mode == "plain":
+        if dry_run:
+            return SearchOutcome(Path(opts.results_dir), "dry-run", message=decision.reason)
+        check_tracking_uri(opts.tracking.tracking_uri)  # seconds, not minutes of MLflow retries
+        from automl.plain import run_plain
+
+        return run_plain(opts, skill.name, echo=echo)
+    opts, space, baseline = _plan(opts, skill)
+    if dry_run:
+        _print_plan(opts, space, baseline, echo)
+        return SearchOutcome(Path(opts.results_dir), "dry-run", message=decision.reason)
+    layout = Layout.of(opts.results_dir)
+    if layout.state_file.exists():
+        raise SearchError(f"{layout.root} already holds a search; continue it with `automl resume {layout.root}` "
+                          f"or pick another --results-dir")
+    check_tracking_uri(opts.tracking.tracking_uri)  # before any file or run exists (RaySession probes --address)
+    with RaySession(opts) as session:
+        opts = opts.with_values(gpus_per_trial=session.gpus_per_trial,
+                                tracking_uri=opts.tracking.tracking_uri or layout.default_tracking_uri,
+                                experiment_name=opts.tracking.experiment_name or skill.name)
+        state = SearchState(results_dir=str(layout.root), skill=skill.name, algorithm=opts.search.algorithm,
+                            metric=opts.search.metric, mode=opts.search.mode, settings=opts.to_dict(), spec=opts.spec,
+                            overrides=list(opts.overrides), baseline_params=baseline, driver_pid=os.getpid(),
+                            mlflow_tracking_uri=opts.tracking.tracking_uri)
+        tracker = _start_tracking(opts, state, space)
+        state.save()
+        echo(settings_line(opts) + f" -> {layout.root}")
+        from automl.algorithms import build_search
+
+        stop_reason, early = _fit(opts, state, tracker, session, plan=build_search(opts, space, baseline),
+                                  echo=echo, live=live)
+    return finish(opts, state, tracker, echo=echo, stop_reason=stop_reason, early=early)
+
+
+def resume(results_dir: str | Path, *, echo: Echo = print, live: bool = False, address: str | None = None) -> SearchOutcome:
+    """`automl resume`: continue an interrupted search from Ray's experiment checkpoint.
+
+    Finished trials stay finished (their MLflow runs untouched); trials that were running resume
+    from their latest checkpoint in the same MLflow child run. Nothing runs twice from scratch.
+    """
+    from automl.probe import check_tracking_uri
+    from automl.ray_session import RaySession
+    from automl.tracking import Tracker
+
+    layout = Layout.of(results_dir)
+    state = SearchState.load(layout.root)
+    opts = SearchOptions.from_dict(state.settings).with_values(results_dir=str(layout.root))
+    if address is not None:
+        opts = opts.with_values(address=address)
+    if state.status == FINISHED:
+        echo(f"automl: the search in {layout.root} already finished; see `automl status {layout.root}`")
+        return SearchOutcome(layout.root, "search", state=state, best=state.best(), baseline=state.baseline())
+    check_tracking_uri(state.mlflow_tracking_uri)
+    tracker = Tracker(state.mlflow_tracking_uri or "", layout.root, opts.tracking.experiment_name or state.skill)
+    with RaySession(opts) as session:
+        if state.mlflow_parent_run_id:
+            tracker.reopen_run(state.mlflow_parent_run_id)
+        state.status, state.driver_pid = RUNNING, os.getpid()
+        state.save()
+        echo(f"automl: resuming {opts.search.algorithm} search in {layout.root} ({len(state.trials)} trials recorded)")
+        stop_reason, early = _fit(opts, state, tracker, session, plan=None, echo=echo, live=live)
+    return finish(opts, state, tracker, echo=echo, stop_reason=stop_reason, early=early)
+
+
+# ------------------------------------------------------------------------------------------------ plan
+
+
+def _spec_path(opts: SearchOptions, skill: Any) -> str | None:
+    """The spec every trial starts from: -e, else the skill's train template (None: defaults only)."""
+    if opts.spec:
+        path = Path(opts.spec).expanduser().resolve()
+        if not path.is_file():
+            raise SearchError(f"spec file -e {opts.spec} does not exist")
+        return str(path)
+    template = skill.template_path("train")
+    return str(template) if template.is_file() else None
+
+
+def _plan(opts: SearchOptions, skill: Any) -> tuple[SearchOptions, Any, dict[str, Any] | None]:
+    """The options with the epoch budget resolved, the search space, and the baseline's values."""
+    from automl.algorithms import grid_points
+    from automl.space import build_space
+    from automl.trial import base_config
+    from segformer.config import to_dict
+
+    spec_values = to_dict(base_config(opts.spec, opts.overrides, opts.results_dir))  # validates spec and overrides
+    if opts.search.max_epochs is None:  # the spec's own num_epochs
+        opts = opts.with_values(max_epochs=int(spec_values["train"]["num_epochs"]))
+    s = opts.search
+    space = build_space(skill.load_schema("train"), only=s.only, include=s.include, exclude=s.exclude,
+                        param_ranges=s.param_ranges or None, override_disabled=s.override_disabled, spec=spec_values)
+    if len(space) == 0:
+        raise SearchError("the search space is empty: check --only/--exclude or the schema's automl_default_parameters")
+    baseline = space.baseline(spec_values) if s.baseline_first else None
+    if baseline is not None:
+        space.encode(baseline)  # raises when the spec's own value cannot be searched (e.g. not among the options)
+    if s.algorithm == "grid":
+        grid_points(space)  # raises naming the infinite parameters
+    return opts, space, baseline
+
+
+def _print_plan(opts: SearchOptions, space: Any, baseline: dict[str, Any] | None, echo: Echo) -> None:
+    """--dry-run: the budget, the space and the first trials."""
+    from automl.algorithms import first_points
+    from automl.console import recommendations, settings_line
+
+    echo(settings_line(opts))
+    echo(space.describe())
+    echo("")
+    echo(recommendations(opts, baseline, first_points(opts, space, baseline, 3)))
+
+
+def _start_tracking(opts: SearchOptions, state: SearchState, space: Any) -> Any:
+    """The MLflow side of a new search: store, experiment, parent run, and the space as an artifact."""
+    from automl.tracking import Tracker
+    from segformer.fileio import atomic_write_text
+
+    layout = Layout.of(state.results_dir)
+    tracker = Tracker(opts.tracking.tracking_uri or layout.default_tracking_uri, layout.root,
+                      opts.tracking.experiment_name or state.skill)
+    params = {f"automl.{k}": v for k, v in opts.flat().items() if v not in (None, [], {}, ())}
+    state.mlflow_parent_run_id = tracker.start_parent(
+        f"search-{opts.search.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}", params,
+        {"automl.results_dir": str(layout.root), "automl.skill": state.skill, "automl.algorithm": opts.search.algorithm},
+    )
+    state.mlflow_experiment_id = tracker.experiment_id()
+    atomic_write_text(layout.space_file, space.describe())
+    tracker.log_artifacts(state.mlflow_parent_run_id, [layout.space_file, *([Path(opts.spec)] if opts.spec else [])],
+                          "search")
+    return tracker
+
+
+# ------------------------------------------------------------------------------------------------ fit
+
+
+def _fit(opts: SearchOptions, state: SearchState, tracker: Any, session: Any, *, plan: Any, echo: Echo,
+         live: bool) -> tuple[str, Any]:
+    """Run the Tuner (a new one from `plan`, or Ray's restored experiment when `plan` is None) until
+    the search ends; returns (why it stopped early, or "", the tail's early promotion)."""
+    from automl.callbacks import LiveSearch, bind
+    from automl.console import LiveTable
+    from automl.signals import interrupt_on_sigterm
+    from automl.tracking import reconcile_interrupted
+
+    from automl.promote import EarlyPromotion
+
+    expected = plan.num_samples if plan is not None else (None if opts.search.algorithm == "grid" else opts.search.max_trials)
+    early = EarlyPromotion.for_search(opts, expected, session.slots())
+    search = LiveSearch(state, tracker, epochs=int(opts.search.trial_epochs or 0), early=early,
+                        console=LiveTable(echo) if live else None)
+    # Ray Tune's own SIGINT handler would end `fit()` normally, and the search would be ranked,
+    # promoted and closed as FINISHED although trials were cut. Ctrl-C and SIGTERM raise
+    # KeyboardInterrupt here instead, and the search resumes like one whose driver was killed.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    with bind(search), interrupt_on_sigterm():
+        tuner = _new_tuner(opts, plan) if plan is not None else _restored_tuner(opts, echo)
+        started = time.time()
+        try:
+            with seeded_global_rngs(opts.search.seed), _quiet_tune_errors():
+                tuner.fit()
+        except KeyboardInterrupt:
+            _interrupted(opts, state, tracker, echo)
+            raise
+        echo(f"automl: search done in {time.time() - started:.1f} s")
+    stop_reason = ""
+    failed, limit = state.counts().get(FAILED, 0), opts.resources.max_failed_trials
+    if limit is not None and failed >= limit:
+        stop_reason = (f"the search stopped after {failed} failed trials (limit --max-failed-trials {limit}); "
+                       f"see the errors with `automl status {opts.results_dir}`")
+        echo(f"automl: {stop_reason}")
+    killed = reconcile_interrupted(state, tracker, reason=f"stopped: {stop_reason}" if stop_reason else
+                                   "interrupted: the driver stopped while this trial ran")
+    if killed:
+        echo(f"automl: marked trials that did not end KILLED: {', '.join(killed)}")
+    return stop_reason, early
+
+
+def _trainable(opts: SearchOptions) -> Any:
+    """The trial function with its context and Ray resources."""
+    from ray import tune
+
+    from automl.trial import TrialContext, train_trial
+
+    pbt = opts.search.algorithm == "pbt"
+    ctx = TrialContext(results_dir=opts.results_dir, spec=opts.spec, overrides=opts.overrides, metric=opts.search.metric,
+                       mode=opts.search.mode, epochs=opts.search.trial_epochs, apply_restored_hparams=pbt,
+                       checkpoint_every_report=pbt)
+    resources = {"cpu": opts.resources.cpus_per_trial, "gpu": opts.resources.gpus_per_trial or 0.0}
+    return tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), resources)
+
+
+def _new_tuner(opts: SearchOptions, plan: Any) -> Any:
+    from ray import tune
+    from ray.tune import CheckpointConfig, FailureConfig, RunConfig
+
+    from automl.callbacks import FailureLimit, search_callbacks
+    from automl.layout import EXPERIMENT_NAME
+    from automl.trial import TrialNamer
+
+    layout, s = Layout.of(opts.results_dir), opts.search
+    namer = TrialNamer(opts.results_dir)
+    # PBT clones the checkpoint a trial had at its last perturbation, which may be neither its best nor
+    # its latest by the time another trial exploits it: keep them all. Otherwise the best one (Ray also
+    # keeps the latest), or all of them when intermediate checkpoints are not to be deleted.
+    keep_all = s.algorithm == "pbt" or not opts.tracking.delete_intermediate_checkpoints
+    run_config = RunConfig(
+        name=EXPERIMENT_NAME, storage_path=str(layout.ray_storage), verbose=0, log_to_file=True,
+        failure_config=FailureConfig(max_failures=opts.resources.max_failures, fail_fast=False),
+        checkpoint_config=CheckpointConfig(num_to_keep=None if keep_all else 1, checkpoint_score_attribute=s.ranking_metric,
+                                           checkpoint_score_order=s.mode),
+        stop=FailureLimit(opts.results_dir, opts.resources.max_failed_trials), callbacks=search_callbacks(opts.results_dir),
+    )
+    tune_config = tune.TuneConfig(search_alg=plan.search_alg, scheduler=plan.scheduler, num_samples=plan.num_samples,
+                                  time_budget_s=s.time_budget_s,  # concurrency: set on the search algorithm itself
+                                  reuse_actors=s.algorithm != "pbt", trial_name_creator=namer, trial_dirname_creator=namer)
+    return tune.Tuner(_trainable(opts), param_space=plan.param_space, tune_config=tune_config, run_config=run_config)
+
+
+def _restored_tuner(opts: SearchOptions, echo: Echo) -> Any:
+    """Ray's experiment as the killed driver left it (its callbacks rebind to this search: `automl.callbacks`)."""
+    from ray import tune
+
+    from automl.ray_session import repair_ray_state
+
+    layout = Layout.of(opts.results_dir)
+    repaired = repair_ray_state(layout.ray_experiment, layout.ray_backup)
+    if repaired:
+        echo(f"automl: restored Ray state files cut by the kill from their last complete copy: {', '.join(repaired)}")
+    if not tune.Tuner.can_restore(str(layout.ray_experiment)):
+        raise SearchError(f"no Ray experiment checkpoint in {layout.ray_experiment}; cannot resume this search")
+    return tune.Tuner.restore(str(layout.ray_experiment), trainable=_trainable(opts), resume_unfinished=True,
+                              resume_errored=False, restart_errored=False)
+
+
+@contextmanager
+def seeded_global_rngs(seed: int) -> Iterator[None]:
+    """Python's and NumPy's global random generators seeded for the search, restored afterwards.
+
+    Ray draws from them in the driver: asynchronous HyperBand picks each trial's bracket with
+    `np.random.choice`, PBT's explore perturbs with `random`. Unseeded, `--seed` fixed the sampled
+    values but not which trials HyperBand could stop early. The caller's generator state is put
+    back, so a notebook's draws are not touched.
+    """
+    import random
+
+    import numpy as np
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+@contextmanager
+def _quiet_tune_errors() -> Iterator[None]:
+    """Ray logs every failed trial's whole traceback at ERROR; the ledger and MLflow keep it instead,
+    and the summary prints one line per failed trial."""
+    tune_log = logging.getLogger("ray.tune")
+    level = tune_log.level
+    tune_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        tune_log.setLevel(level)
+
+
+def _interrupted(opts: SearchOptions, state: SearchState, tracker: Any, echo: Echo) -> None:
+    """Ctrl-C / SIGTERM: cut trials KILLED (not left RUNNING), the ledger saved, the parent run closed."""
+    import signal
+
+    from automl.tracking import reconcile_interrupted
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the bookkeeping below
+    killed = reconcile_interrupted(state, tracker, reason="interrupted: the search was stopped (Ctrl-C/SIGTERM) while "
+                                   "this trial ran; `automl resume` continues it")
+    state.status = "INTERRUPTED"
+    state.save()
+    if state.mlflow_parent_run_id:
+        tracker.set_tags(state.mlflow_parent_run_id, {"automl.interrupted": "true"})
+        tracker.end_run(state.mlflow_parent_run_id, "KILLED")
+    shown = f" (trials cut: {', '.join(killed)})" if killed else ""
+    echo(f"automl: interrupted{shown}; state saved; continue with `automl resume {opts.results_dir}`")
+
+
+# ------------------------------------------------------------------------------------------------ finish
+
+
+def finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo = print, stop_reason: str = "",
+           early: Any = None) -> SearchOutcome:
+    """Rank, promote the best trial, write the report, close the parent run."""
+    from automl.console import summary
+    from automl.report import write_report
+
+    best, baseline = state.best(), state.baseline()
+    state.best_trial = best.name if best else None
+    prepared = early.take(best) if early is not None and best is not None else None
+    if early is not None and early.started:
+        echo(f"automl: promotion of {early.trial_name} started while the last trials ran")
+        for line in early.lines:
+            echo(line)
+    if best is not None and opts.promotion.promote:
+        from automl.promote import promote
+
+        state.promotion = promote(state, best, tracker, opts.promotion, echo=echo, prepared=prepared)
+    report = write_report(state)
+    parent = state.mlflow_parent_run_id
+    if parent:
+        counts = state.counts()
+        metrics = {"trials_finished": counts.get(FINISHED, 0), "trials_stopped_early": counts.get(STOPPED, 0),
+                   "trials_failed": counts.get(FAILED, 0)}
+        for name, record in (("best", best), ("baseline", baseline)):
+            if record is not None and record.best_value is not None:
+                metrics[f"{name}_{opts.search.metric}"] = record.best_value
+        tracker.log_metrics(parent, metrics, step=0)
+        tags = {"automl.best_trial": best.name if best else "none", **({"automl.stop_reason": stop_reason} if stop_reason else {}),
+                **({"automl.best_params": best.params} if best is not None else {})}
+        tracker.set_tags(parent, tags)
+        tracker.log_artifacts(parent, [report.parent], "report")
+    state.status = FINISHED
+    state.save()
+    if parent:
+        tracker.end_run(parent, FINISHED)
+    echo(summary(state))
+    return SearchOutcome(Path(opts.results_dir), "search", state=state, best=best, baseline=baseline,
+                         promotion=state.promotion, report=report, message=stop_reason, stopped_by_failures=bool(stop_reason))

@@ -1,0 +1,73 @@
+"""The input/output names and shapes of an ONNX model, read without its weights.
+
+Used by the exporter (to check what it wrote), the runtimes (to feed a model), the TensorRT
+build and the DeepStream config; it imports only ``onnx``, inside :func:`read_onnx_signature`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["OnnxSignature", "read_onnx_signature"]
+
+
+@dataclass(frozen=True)
+class OnnxSignature:
+    """Names and shapes of an exported model; a dimension is an int or a symbolic name (str)."""
+
+    input_name: str
+    input_shape: tuple[int | str, ...]
+    output_name: str
+    output_shape: tuple[int | str, ...]
+    opset: int
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return not isinstance(self.input_shape[0], int)
+
+    @property
+    def static_batch(self) -> int | None:
+        first = self.input_shape[0]
+        return first if isinstance(first, int) else None
+
+    @property
+    def chw(self) -> tuple[int, int, int]:
+        c, h, w = self.input_shape[1:]
+        if not all(isinstance(d, int) for d in (c, h, w)):
+            raise ValueError(f"input {self.input_name} has non-static C,H,W {self.input_shape[1:]}")
+        return int(c), int(h), int(w)
+
+    @property
+    def num_classes(self) -> int | None:
+        k = self.output_shape[1] if len(self.output_shape) > 1 else None
+        return k if isinstance(k, int) else None
+
+
+def _dims(value_info) -> tuple[int | str, ...]:
+    dims: list[int | str] = []
+    for d in value_info.type.tensor_type.shape.dim:
+        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?"))
+    return tuple(dims)
+
+
+def read_onnx_signature(path: str | Path) -> OnnxSignature:
+    """Read input/output names and shapes without loading the weights."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise ValueError(
+            f"{path}: expected one input and one output, got inputs {[i.name for i in inputs]} "
+            f"and outputs {[o.name for o in model.graph.output]}"
+        )
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return OnnxSignature(
+        input_name=inputs[0].name,
+        input_shape=_dims(inputs[0]),
+        output_name=model.graph.output[0].name,
+        output_shape=_dims(model.graph.output[0]),
+        opset=opset,
+    )

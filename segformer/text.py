@@ -1,0 +1,18 @@
+"""Small text helpers shared by the toolkit's messages and tables (no heavy imports)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["fmt"]
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A value for a message or table: None -> "-", a float with ``digits`` significant digits
+    (``f"{value:.{digits}g}"``: 0.000123 -> "0.000123", 1234567.0 -> "1.235e+06"), anything else
+    ``str(value)``."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)

@@ -1,0 +1,123 @@
+"""The options model (one validator, sections, state round trip) and TAO settings files mapped onto it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from automl.options import ALGORITHMS, SearchError, SearchOptions
+from automl.settings import SettingsError, SettingsWarning, load_settings, map_tao_settings, options_from_settings
+
+
+def test_tao_keys_map_to_our_options(tmp_path: Path) -> None:
+    path = tmp_path / "automl.yaml"
+    path.write_text(
+        "automl_algorithm: Hyperband\n"
+        "automl_max_recommendations: 12\n"
+        "automl_max_epochs: 9\n"
+        "automl_reduction_factor: 3\n"
+        "automl_max_concurrent: 2\n"
+        'automl_hyperparameters: \'["train.optim.lr", "train.optim.momentum"]\'\n'
+        "automl_delete_intermediate_ckpt: false\n"
+        "epoch_multiplier: 2\n"
+        "override_automl_disabled_params: true\n"
+        "run_baseline: false\n"
+        "automl_perturbation_factor: 1.5\n"
+        "metric: val_miou\n"
+        "direction: maximize\n"
+        "custom_param_ranges:\n"
+        "  train.optim.lr: {valid_min: 1.0e-5, valid_max: 1.0e-3}\n"
+    )
+    opts = options_from_settings(load_settings(path))
+    s = opts.search
+    assert s.algorithm == "hyperband"
+    assert (s.max_trials, s.max_epochs, s.reduction_factor, opts.resources.max_concurrent) == (12, 9, 3, 2)
+    assert s.only == ("train.optim.lr", "train.optim.momentum")
+    assert opts.tracking.delete_intermediate_checkpoints is False and s.override_disabled is True
+    assert s.epoch_multiplier == 2 and s.trial_epochs == 18 and s.mode == "max"
+    assert s.baseline_first is False and s.perturbation_factor == 1.5
+    assert s.param_ranges["train.optim.lr"] == {"valid_min": 1e-5, "valid_max": 1e-3}
+
+
+def test_json_file_and_nested_algorithm_params(tmp_path: Path) -> None:
+    path = tmp_path / "automl.json"
+    path.write_text(json.dumps({"automl_algorithm": "asha", "algorithm_specific_params": {"automl_max_trials": 7, "automl_R": 27, "automl_nu": 3}}))
+    s = options_from_settings(load_settings(path), None).search
+    assert (s.algorithm, s.max_trials, s.max_epochs, s.reduction_factor) == ("asha", 7, 27, 3)
+
+
+def test_cli_wins_over_file(tmp_path: Path) -> None:
+    path = tmp_path / "automl.yaml"
+    path.write_text("automl_algorithm: bayesian\nautoml_max_recommendations: 30\nmetric: val_miou\n")
+    opts = options_from_settings(load_settings(path), {"max_trials": 4, "algorithm": "random", "metric": None,
+                                                       "gpus_per_trial": 0.5}, results_dir=str(tmp_path / "r"))
+    assert (opts.search.algorithm, opts.search.max_trials, opts.search.metric) == ("random", 4, "val_miou")
+    assert opts.resources.gpus_per_trial == 0.5 and opts.results_dir == str(tmp_path / "r")
+
+
+def test_one_set_of_defaults() -> None:
+    """Settings file, command line and Python callers share one options model and its defaults."""
+    opts = options_from_settings({}, {})
+    assert opts == SearchOptions() == SearchOptions.build({})
+    assert (opts.search.algorithm, opts.search.metric, opts.search.mode, opts.search.max_trials) == ("bayesian", "val_miou", "max", 20)
+    assert opts.resources.max_failures == 1 and opts.resources.gpus_per_trial is None
+    assert opts.search.baseline_first and opts.search.epoch_multiplier == 1
+
+
+def test_state_round_trip_and_flat_names() -> None:
+    opts = SearchOptions.build({"algorithm": "bohb", "only": ["train.optim.lr"], "param_ranges": {"train.optim.lr": {"valid_min": 1e-4}},
+                                "cpus_per_trial": 2, "promote": False}, results_dir="r", overrides=("a=1",))
+    data = json.loads(json.dumps(opts.to_dict()))  # what the state file holds
+    assert SearchOptions.from_dict(data) == opts
+    assert opts.flat()["cpus_per_trial"] == 2 and opts.flat()["promote"] is False and opts.flat()["results_dir"] == "r"
+    with pytest.raises(SearchError, match="unknown AutoML option 'max_trails'.*did you mean 'max_trials'"):
+        opts.with_values(max_trails=3)
+
+
+def test_unknown_key_names_closest() -> None:
+    with pytest.raises(SettingsError, match="unknown AutoML setting 'automl_max_recomendations'.*did you mean 'automl_max_recommendations'"):
+        map_tao_settings({"automl_max_recomendations": 3})
+
+
+def test_inapplicable_tao_key_warns() -> None:
+    with pytest.warns(SettingsWarning, match="llm_endpoint"):
+        assert map_tao_settings({"llm_endpoint": "http://x"}) == {}
+
+
+def test_unknown_algorithm_lists_valid() -> None:
+    with pytest.raises(SettingsError, match=f"valid: {', '.join(ALGORITHMS)}") as caught:
+        options_from_settings({"automl_algorithm": "dehb"}, {})
+    assert "a TAO algorithm this driver does not run" in str(caught.value)
+    assert options_from_settings({"automl_algorithm": "b"}, {}).search.algorithm == "bayesian"
+    with pytest.raises(SearchError, match="did you mean 'hyperband'"):
+        SearchOptions.build({"algorithm": "hyperbnd"})
+
+
+def test_conflicting_aliases_and_bad_values() -> None:
+    with pytest.raises(SettingsError, match="both set 'max_epochs'"):
+        map_tao_settings({"automl_max_epochs": 10, "automl_R": 27})
+    with pytest.raises(SettingsError, match="mode must be 'max' or 'min'"):
+        options_from_settings({"direction": "up"}, {})
+    with pytest.raises(SettingsError, match="max_trials must be an integer >= 1"):
+        options_from_settings({}, {"max_trials": 0})
+    with pytest.raises(SettingsError, match="epoch_multiplier must be an integer >= 1"):
+        options_from_settings({"epoch_multiplier": 0})
+    with pytest.raises(SettingsError, match="perturbation_factor must be > 1"):
+        options_from_settings({"automl_perturbation_factor": 0.8})
+    with pytest.raises(SettingsError, match="baseline_first must be true or false, got 'no'"):
+        options_from_settings({"run_baseline": "no"})
+    with pytest.raises(SearchError, match="grace_period 5 exceeds max_epochs 3"):
+        SearchOptions.build({"grace_period": 5, "max_epochs": 3})
+
+
+def test_pbt_perturbation_factor_reaches_the_scheduler() -> None:
+    from automl import pbt
+    from automl.skill import find_skill
+    from automl.space import build_space
+
+    space = build_space(find_skill("segformer").load_schema(), only=["train.optim.lr"])
+    opts = SearchOptions.build({"algorithm": "pbt", "perturbation_factor": 1.5})
+    scheduler = pbt.scheduler(opts.search, pbt.mutations(space))
+    assert scheduler._perturbation_factors == (1.5, 1 / 1.5)  # explore: x1.5 or /1.5
