@@ -17,17 +17,14 @@ the functions that need them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from automl.options import (ALGORITHMS, PromotionConfig, ResourceConfig, SearchConfig, SearchError, SearchOptions,
                             TrackingConfig)
 from automl.settings import SettingsError, load_settings, options_from_settings
+from automl.runner import SearchOutcome, resume, run
 from automl.skill import PolicyDecision, Skill, SkillError, load_skill, resolve_policy
 from automl.space import Param, Space, SpaceError, build_space
 from automl.state import SearchState, TrialRecord
-
-if TYPE_CHECKING:
-    from automl.runner import SearchOutcome
 
 __all__ = [
     "ALGORITHMS",
@@ -38,6 +35,7 @@ __all__ = [
     "SearchConfig",
     "SearchError",
     "SearchOptions",
+    "SearchOutcome",
     "SearchState",
     "SettingsError",
     "Skill",
@@ -55,21 +53,6 @@ __all__ = [
     "resume",
     "run",
 ]
-
-
-def run(opts: SearchOptions, **kwargs: Any) -> "SearchOutcome":
-    """Search (or train once, as the policy says), promote the best trial and write the report
-    (`automl.runner.run`: echo=, dry_run=, live=)."""
-    from automl.runner import run as _run
-
-    return _run(opts, **kwargs)
-
-
-def resume(results_dir: str | Path, **kwargs: Any) -> "SearchOutcome":
-    """Continue an interrupted search in `results_dir` (`automl.runner.resume`: echo=, live=, address=)."""
-    from automl.runner import resume as _resume
-
-    return _resume(results_dir, **kwargs)
 
 
 def load_state(results_dir: str | Path) -> SearchState:

@@ -149,7 +149,7 @@ def _pbt_plan(opts: SearchOptions, space: Any, first: list[dict[str, Any]]) -> S
     points = first + _drawn_points(space, search.population_size - len(first), "pbt", search.seed)
     param_space = {**_preset_space(points), **{k: tune.choice(v) if isinstance(v, list) else v for k, v in domains.items()}}
     generator = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=opts.resources.max_concurrent)
-    return SearchPlan(generator, pbt.scheduler(search, domains), len(points), param_space)
+    return SearchPlan(generator, pbt.scheduler(search, domains, space), len(points), param_space)
 
 
 def _preset_space(points: list[dict[str, Any]]) -> dict[str, Any]:

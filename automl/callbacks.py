@@ -3,18 +3,25 @@
 =================== =============================================================================
 callback            what it does on trial events (in this order: each reads what the ones before wrote)
 =================== =============================================================================
-`LedgerCallback`    the search's ledger (`automl.state`): records, statuses, epochs; saved once per
-                    controller step that changed it (after Ray's own experiment checkpoint)
+`LedgerCallback`    the search's ledger (`automl.state`): records, statuses, epochs; saved after each
+                    event, before Ray's own experiment checkpoint of that step
 `MlflowCallback`    one MLflow child run per trial: params, per-epoch metrics, tags, final status
-`RayStateBackup`    the last complete copy of Ray's experiment state files (`automl.ray_session`)
+`RayStateBackup`    the last complete set of Ray's experiment state files (`automl.ray_session`)
 `EarlyPromotion...` starts the promotion on an idle slot in the search's tail (`automl.promote`)
 `ConsoleCallback`   the live table (`automl run --live`, `automl.console`)
 =================== =============================================================================
 
+The ledger is saved at the end of every event it records, and again when MLflow's child run of a
+new trial exists, so it is never behind Ray's experiment checkpoint (written after the events of a
+controller step): a driver killed at any point resumes without losing a finished trial or
+creating a second child run.
+
 `Tuner` pickles its RunConfig, callbacks and stopper included, and `Tuner.restore` (`automl resume`)
 unpickles them. So each callback carries only the results folder, and finds the search's live
-objects (ledger, MLflow tracker, early promotion, console: a `LiveSearch`) by it while `bind` holds
-them. All of this runs in the driver process, on Tune's controller thread.
+objects (ledger, MLflow tracker, early promotion, console: a `LiveSearch`) through `bind`: by that
+folder, or, for a folder moved since the search started, the one search this process runs. All of
+this runs in the driver process, on Tune's controller thread (Ray Client, which runs the
+controller on the cluster, is refused by `automl.ray_session`).
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ class LiveSearch:
     state: SearchState  # the ledger
     tracker: Any  # automl.tracking.Tracker
     epochs: int  # a trial's epoch budget: a trial ended before it was stopped early
+    prune: bool = True  # delete a finished trial's per-epoch checkpoints (Ray keeps its best and latest)
     early: Any = None  # automl.promote.EarlyPromotion, or None where it does not apply
     console: Callable[[SearchState], None] | None = None  # the live table, or None
 
@@ -83,8 +91,10 @@ class _Bound:
     @property
     def live(self) -> LiveSearch:
         live = _LIVE.get(self.results_dir)
+        if live is None and len(_LIVE) == 1:  # the results folder was moved or renamed since the search began
+            live = next(iter(_LIVE.values()))
         if live is None:
-            raise RuntimeError(f"no search is bound to {self.results_dir} (automl.callbacks.bind)")
+            raise RuntimeError(f"no search is bound to {self.results_dir} (automl.callbacks.bind); bound: {sorted(_LIVE)}")
         return live
 
 
@@ -98,7 +108,6 @@ class LedgerCallback(_Bound, Callback):
     def __init__(self, results_dir: str | Path) -> None:
         super().__init__(results_dir)
         self._stopped: set[str] = set()  # trials a scheduler or stopper ended (seen on their last result)
-        self._changed = False
 
     def record(self, trial: Any) -> TrialRecord:
         state = self.live.state
@@ -110,7 +119,6 @@ class LedgerCallback(_Bound, Callback):
                                  results_dir=str(self.live.layout.trial_dir(name)),
                                  is_baseline=state.baseline_params is not None and not baseline_taken and params == state.baseline_params)
             state.trials[trial.trial_id] = record
-        self._changed = True
         return record
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -123,6 +131,7 @@ class LedgerCallback(_Bound, Callback):
         record.status, record.error = RUNNING, None
         record.run_started_at = time.time()
         record.started_at = record.started_at or record.run_started_at
+        self.live.state.save()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         record = self.record(trial)
@@ -144,30 +153,26 @@ class LedgerCallback(_Bound, Callback):
             self._stopped.add(trial.trial_id)
         if is_best and trial.checkpoint is not None:
             record.checkpoint = trial.checkpoint.path
+        self.live.state.save()
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         record = self.record(trial)
         if record.history and record.best_epoch == record.history[-1].get("epoch"):
             record.checkpoint = checkpoint.path
+            self.live.state.save()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self.record(trial)
         record.status = STOPPED if trial.trial_id in self._stopped else FINISHED
         record.ended_at = time.time()
-        prune_trial_dir(Path(record.results_dir or ""))
+        if self.live.prune:
+            prune_trial_dir(Path(record.results_dir or ""))
+        self.live.state.save()
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self.record(trial)
         record.status, record.ended_at, record.error = FAILED, time.time(), _trial_error_text(trial)
-
-    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        # After Ray's experiment checkpoint of this step: the ledger is never behind what Ray resumes.
-        if self._changed:
-            self.live.state.save()
-            self._changed = False
-
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.on_step_end(0, trials)
+        self.live.state.save()
 
 
 class MlflowCallback(_Bound, Callback):
@@ -182,6 +187,7 @@ class MlflowCallback(_Bound, Callback):
         if record.mlflow_run_id is None and parent:
             tags = {"automl.baseline": str(record.is_baseline).lower(), "automl.algorithm": live.state.algorithm}
             record.mlflow_run_id = live.tracker.start_child(parent, record, tags)
+            live.state.save()  # the run's id before anything else happens: a resume reopens it, never a second one
         elif record.mlflow_run_id is not None:
             live.tracker.reopen_run(record.mlflow_run_id)  # restored by Ray: same run, never a new one
             if record.config_changes:  # PBT: the configs it went on with, by the epoch they started at
@@ -223,24 +229,27 @@ class MlflowCallback(_Bound, Callback):
 
 
 class RayStateBackup(_Bound, Callback):
-    """After each step with a trial event, the last complete copy of Ray's experiment state files."""
+    """The last complete set of Ray's experiment state files (`automl.ray_session.backup_ray_state`),
+    taken once Ray's background copy has settled: the files have looked the same for `settle_s`."""
+
+    settle_s = 1.0
 
     def __init__(self, results_dir: str | Path) -> None:
         super().__init__(results_dir)
-        self._events = False
-
-    def _event(self, *args: Any, **info: Any) -> None:
-        self._events = True
-
-    on_trial_start = on_trial_result = on_trial_complete = on_trial_error = on_checkpoint = _event
+        self._seen: tuple = ()
+        self._seen_at = 0.0
+        self._saved: tuple = ()
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        if self._events:
-            from automl.ray_session import backup_ray_state
+        from automl.ray_session import backup_ray_state, state_signature
 
-            layout = self.live.layout
-            backup_ray_state(layout.ray_experiment, layout.ray_backup)
-            self._events = False
+        layout = self.live.layout
+        now = state_signature(layout.ray_experiment)
+        if now != self._seen:
+            self._seen, self._seen_at = now, time.monotonic()
+        elif (now and now != self._saved and time.monotonic() - self._seen_at >= self.settle_s
+              and backup_ray_state(layout.ray_experiment, layout.ray_backup)):
+            self._saved = now
 
 
 class EarlyPromotionCallback(_Bound, Callback):

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from automl.layout import Layout
+from automl.layout import Layout, trial_name
 from automl.options import SearchOptions
 from automl.state import FAILED, SearchState
 from segformer.text import fmt
@@ -31,9 +31,9 @@ def recommendations(opts: SearchOptions, baseline: dict[str, Any] | None, points
     """The first trials of a search (--dry-run): the baseline, then the sampler's first picks."""
     lines = [f"first {len(points) + (baseline is not None)} trials ({opts.search.algorithm}):"]
     if baseline is not None:
-        lines.append("  trial_000 (baseline): " + _values(baseline))
+        lines.append(f"  {trial_name(0)} (baseline): " + _values(baseline))
     first = 1 if baseline is not None else 0
-    lines += [f"  trial_{i:03d}: {_values(point)}" for i, point in enumerate(points, first)]
+    lines += [f"  {trial_name(i)}: {_values(point)}" for i, point in enumerate(points, first)]
     return "\n".join(lines)
 
 

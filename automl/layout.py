@@ -29,7 +29,7 @@ BEST_DIR = "best"
 REPORT_DIR = "report"
 RAY_DIR = "ray"
 EXPERIMENT_NAME = "search"  # Ray Tune's experiment folder under ray/
-RAY_BACKUP_DIR = ".backup"  # the last complete copy of Ray's state files, in the experiment folder
+RAY_BACKUP = ".state_backup.tar"  # the last complete, consistent set of Ray's state files, in the experiment folder
 CHECKPOINT_FILE = "checkpoint.ckpt"  # the Lightning checkpoint inside a Ray checkpoint folder
 _TRIAL = re.compile(r"trial_(\d+)")
 
@@ -99,7 +99,7 @@ class Layout:
 
     @property
     def ray_backup(self) -> Path:
-        return self.ray_experiment / RAY_BACKUP_DIR
+        return self.ray_experiment / RAY_BACKUP
 
     def trial_names_on_disk(self) -> list[str]:
         """Names of the trial folders here and in Ray's experiment (used to number new trials)."""

@@ -53,7 +53,7 @@ class SearchConfig:
     metric: str = "val_miou"  # reported by the train action at each validation
     mode: str = "max"  # "max" or "min" (TAO direction maximize/minimize)
     max_trials: int = 20  # trials in all, the baseline included (TAO automl_max_recommendations)
-    max_epochs: int | None = None  # epoch budget of a trial in resource units; None: the spec's train.num_epochs
+    max_epochs: int | None = None  # a trial's budget in resource units; None: the spec's train.num_epochs (in epochs)
     epoch_multiplier: int = 1  # epochs per resource unit (TAO): a trial trains max_epochs x this, rungs at multiples of it
     time_budget_s: float | None = None  # stop launching trials after this many seconds; None: no limit
     seed: int = 0  # sampler seed; also HyperBand's bracket draws and PBT's perturbations
@@ -232,8 +232,9 @@ class SearchOptions:
             _check(value is None or all(isinstance(v, str) and v for v in value),
                    f"{name} must be a list of dotted parameter names, got {value!r}")
         _check(self.policy in ("auto", "on", "off"), f"policy must be auto, on or off, got {self.policy!r}")
-        if s.max_epochs is not None and s.grace_period > s.max_epochs:
-            raise SearchError(f"grace_period {s.grace_period} exceeds max_epochs {s.max_epochs}; lower grace_period")
+        if s.multi_fidelity and s.max_epochs is not None and s.grace_period > s.max_epochs:
+            raise SearchError(f"grace_period {s.grace_period} exceeds max_epochs {s.max_epochs} (in units of "
+                              f"epoch_multiplier={s.epoch_multiplier} epochs); lower grace_period")
 
 
 def _algorithm(value: Any) -> Any:

@@ -51,14 +51,31 @@ def mutations(space: Any) -> dict[str, Any]:
     return out
 
 
-def scheduler(search: Any, domains: dict[str, Any]) -> Any:
-    """Ray's `PopulationBasedTraining` for `search` (an `automl.options.SearchConfig`)."""
+class KeepInRange:
+    """PBT's custom explore step: a perturbed number back inside its searched range (Ray's explore
+    multiplies without bounds: momentum 0.9 x 1.2 would be 1.08, which the spec refuses)."""
+
+    def __init__(self, space: Any, names: Any) -> None:
+        self.bounds = {p.name: (p.low, p.high, p.kind) for p in space.params if p.name in names and not p.choices}
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        for name, (low, high, kind) in self.bounds.items():
+            if name in config:
+                value = min(max(config[name], low), high)
+                config[name] = int(round(value)) if kind == "int" else float(value)
+        return config
+
+
+def scheduler(search: Any, domains: dict[str, Any], space: Any) -> Any:
+    """Ray's `PopulationBasedTraining` for `search` (an `automl.options.SearchConfig`) over `domains`
+    (`mutations(space)`)."""
     from ray.tune.schedulers import PopulationBasedTraining
 
     factor = float(search.perturbation_factor)
     return PopulationBasedTraining(
         time_attr="epoch", metric=search.ranking_metric, mode=search.mode,
         perturbation_interval=search.perturbation_interval, hyperparam_mutations=domains,
+        custom_explore_fn=KeepInRange(space, domains),
         quantile_fraction=0.5, resample_probability=0.25, perturbation_factors=(factor, 1.0 / factor),
         # Synchronous: every member reaches the perturbation epoch before anyone exploits, so which
         # checkpoints get cloned does not depend on process timing (asynchronous PBT only exploits

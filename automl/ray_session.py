@@ -6,10 +6,11 @@ answers there (`automl.probe`: Ray itself retries a dead address for minutes). A
 already runs (a notebook, a test session) is used as is and left running; one the session started
 is shut down when it exits (local Ray: stopped; --address: this driver disconnects).
 
-Tune's experiment state (``ray/search/experiment_state-*.json`` ...) is written after every event
-so that a killed driver resumes (`automl resume`). Ray writes those files in place, so a SIGKILL in
-the middle of a write leaves one cut: :func:`backup_ray_state` keeps the last complete copy and
-:func:`repair_ray_state` puts it back before `Tuner.restore`.
+Tune's experiment state (``ray/search/experiment_state-*.json``, the searcher's state, ...) is saved
+after every event so that a killed driver resumes (`automl resume`). Ray copies those files into the
+results folder in the background, one after the other, so a SIGKILL during a copy can leave one cut:
+:func:`backup_ray_state` keeps the last complete set, as one archive, and :func:`repair_ray_state`
+puts the whole set back before `Tuner.restore`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from automl.options import SearchOptions
+from automl.options import SearchError, SearchOptions
 
 _RAY_STATE_FILES = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl", "tuner.pkl")
 
@@ -41,13 +42,19 @@ class RaySession:
 
         _tune_settings()
         if not ray.is_initialized():
-            check_ray_address(self.opts.resources.address)
+            address = self.opts.resources.address
+            check_ray_address(address)
+            if address and address.startswith("ray://"):
+                raise SearchError(
+                    f"--address {address} is a Ray Client address: Tune would run the search's controller on the "
+                    f"cluster, away from this search's ledger and MLflow store. Run `automl run` on a node of the "
+                    f"cluster (the head) with its GCS address, --address HOST:6379 (`ray status` there prints it)")
             _init(self.opts)
             self.owns = True
         try:
             self.gpus_per_trial = self._gpus()
-        except BaseException:
-            self.__exit__(None, None, None)
+        except BaseException as err:
+            self.__exit__(type(err))
             raise
         return self
 
@@ -129,12 +136,15 @@ def _init(opts: SearchOptions) -> None:
 
 
 def _complete(path: Path) -> bool:
-    """A Ray state file that is whole: non-empty, and parseable when it is JSON."""
+    """A Ray state file that is whole: non-empty; a pickle (Ray names some of them .json) that ends
+    with pickle's STOP opcode, which a cut one lacks; otherwise JSON that parses."""
     try:
-        if path.stat().st_size == 0:
+        data = path.read_bytes()
+        if not data:
             return False
-        if path.suffix == ".json":
-            json.loads(path.read_text(encoding="utf-8"))
+        if data[:1] == b"\x80":  # pickle protocol >= 2
+            return data[-1:] == b"."
+        json.loads(data)
     except (OSError, ValueError):
         return False
     return True
@@ -145,24 +155,62 @@ def state_files(experiment_dir: Path) -> list[Path]:
     return sorted(p for pattern in _RAY_STATE_FILES for p in experiment_dir.glob(pattern))
 
 
-def backup_ray_state(experiment_dir: Path, backup: Path) -> None:
-    """Copy each complete Ray state file atomically into `backup` (the last complete copy)."""
+def state_signature(experiment_dir: Path) -> tuple:
+    """What the state files look like now (name, size, modification time): equal on two looks in a
+    row, no copy into the folder is under way."""
+    out = []
+    for path in state_files(experiment_dir):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        out.append((path.name, stat.st_size, stat.st_mtime_ns))
+    return tuple(out)
+
+
+def backup_ray_state(experiment_dir: Path, backup: Path) -> bool:
+    """Keep the state files as one set, in one archive written atomically, when every one is complete.
+
+    Ray writes them in a staging folder and copies them here in the background, one file after the
+    other, so a driver killed during a copy can leave one cut, or the set mixed from two moments; a
+    set restored file by file can be inconsistent (a searcher that waits for a trial the experiment
+    does not know). Returns whether a backup was written.
+    """
+    import io
+    import tarfile
+
     from segformer.fileio import atomic_write
 
-    for path in state_files(experiment_dir):
-        if _complete(path):
-            with path.open("rb") as source:  # a real copy (never a link): Ray rewrites the original in place
-                atomic_write(backup / path.name, lambda out: shutil.copyfileobj(source, out), sync=False)
+    files = state_files(experiment_dir)
+    if not files or not all(_complete(p) for p in files):
+        return False
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for path in files:
+            archive.add(path, arcname=path.name)
+    atomic_write(backup, lambda out: out.write(buffer.getvalue()), sync=False)
+    return True
 
 
 def repair_ray_state(experiment_dir: Path, backup: Path) -> list[str]:
-    """Before `Tuner.restore`: replace cut or empty Ray state files by their last complete copy."""
-    repaired = []
-    for saved in sorted(backup.glob("*")) if backup.is_dir() else []:
-        if saved.name.startswith("."):
-            continue
-        target = experiment_dir / saved.name
-        if not target.exists() or not _complete(target):
-            shutil.copyfile(saved, target)
-            repaired.append(saved.name)
-    return repaired
+    """Before `Tuner.restore`: when a state file is cut or missing, put back the whole last backed-up
+    set (never one file of it: see `backup_ray_state`). Returns the names of the files restored."""
+    import tarfile
+
+    from segformer.fileio import atomic_write_bytes
+
+    if not backup.is_file():
+        return []
+    with tarfile.open(backup) as archive:
+        names = archive.getnames()
+        if all((experiment_dir / name).is_file() and _complete(experiment_dir / name) for name in names) and \
+                all(_complete(p) for p in state_files(experiment_dir)):
+            return []
+        for path in state_files(experiment_dir):
+            path.unlink()  # a newer file of the set that is not in the backup would mix two moments
+        for member in archive.getmembers():
+            if member.isfile() and "/" not in member.name and not member.name.startswith(".."):
+                source = archive.extractfile(member)
+                assert source is not None
+                atomic_write_bytes(experiment_dir / member.name, source.read())
+    return sorted(names)

@@ -13,8 +13,9 @@ fit:    `ray.tune.Tuner` with the algorithm's searcher and scheduler (`automl.al
 finish: rank, promote the best trial (`automl.promote`), write the report (`automl.report`),
         close the parent run, print the summary (`automl.console`).
 
-Trials a scheduler (or the time budget / failure limit) ends before their epoch budget are
-recorded as STOPPED (MLflow: FINISHED with the tag ``automl.stopped_early=true``), never FAILED.
+Trials a scheduler ends before their epoch budget are recorded as STOPPED (MLflow: FINISHED with the
+tag ``automl.stopped_early=true``), never FAILED. Trials still running when the time budget or the
+failure limit ends the search are KILLED, with that reason as their error.
 Ctrl-C and SIGTERM save the ledger with the cut trials KILLED, close MLflow's runs and re-raise
 KeyboardInterrupt; `automl resume` continues from Ray's experiment checkpoint.
 """
@@ -147,8 +148,8 @@ def _plan(opts: SearchOptions, skill: Any) -> tuple[SearchOptions, Any, dict[str
     from segformer.config import to_dict
 
     spec_values = to_dict(base_config(opts.spec, opts.overrides, opts.results_dir))  # validates spec and overrides
-    if opts.search.max_epochs is None:  # the spec's own num_epochs
-        opts = opts.with_values(max_epochs=int(spec_values["train"]["num_epochs"]))
+    if opts.search.max_epochs is None:  # the spec's own num_epochs, in units of epoch_multiplier epochs (rounded up)
+        opts = opts.with_values(max_epochs=-(-int(spec_values["train"]["num_epochs"]) // opts.search.epoch_multiplier))
     s = opts.search
     space = build_space(skill.load_schema("train"), only=s.only, include=s.include, exclude=s.exclude,
                         param_ranges=s.param_ranges or None, override_disabled=s.override_disabled, spec=spec_values)
@@ -209,32 +210,35 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, session: Any, *,
 
     expected = plan.num_samples if plan is not None else (None if opts.search.algorithm == "grid" else opts.search.max_trials)
     early = EarlyPromotion.for_search(opts, expected, session.slots())
-    search = LiveSearch(state, tracker, epochs=int(opts.search.trial_epochs or 0), early=early,
+    search = LiveSearch(state, tracker, epochs=int(opts.search.trial_epochs or 0),
+                        prune=opts.tracking.delete_intermediate_checkpoints, early=early,
                         console=LiveTable(echo) if live else None)
     # Ray Tune's own SIGINT handler would end `fit()` normally, and the search would be ranked,
     # promoted and closed as FINISHED although trials were cut. Ctrl-C and SIGTERM raise
     # KeyboardInterrupt here instead, and the search resumes like one whose driver was killed.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    started = time.time()
     with bind(search), interrupt_on_sigterm():
-        tuner = _new_tuner(opts, plan) if plan is not None else _restored_tuner(opts, echo)
-        started = time.time()
         try:
+            tuner = _new_tuner(opts, plan) if plan is not None else _restored_tuner(opts, echo)
             with seeded_global_rngs(opts.search.seed), _quiet_tune_errors():
                 tuner.fit()
         except KeyboardInterrupt:
             _interrupted(opts, state, tracker, echo)
             raise
-        echo(f"automl: search done in {time.time() - started:.1f} s")
-    stop_reason = ""
+    echo(f"automl: search done in {time.time() - started:.1f} s")
+    stop_reason, budget = "", opts.search.time_budget_s
     failed, limit = state.counts().get(FAILED, 0), opts.resources.max_failed_trials
     if limit is not None and failed >= limit:
         stop_reason = (f"the search stopped after {failed} failed trials (limit --max-failed-trials {limit}); "
                        f"see the errors with `automl status {opts.results_dir}`")
         echo(f"automl: {stop_reason}")
-    killed = reconcile_interrupted(state, tracker, reason=f"stopped: {stop_reason}" if stop_reason else
-                                   "interrupted: the driver stopped while this trial ran")
+    # Trials Ray stops for the whole search (failure limit, time budget) get no end event: KILLED here.
+    reason = (f"stopped: {stop_reason}" if stop_reason else f"stopped: the time budget of {budget:g} s ran out"
+              if budget and time.time() - started >= budget else "interrupted: the driver stopped while this trial ran")
+    killed = reconcile_interrupted(state, tracker, reason=reason)
     if killed:
-        echo(f"automl: marked trials that did not end KILLED: {', '.join(killed)}")
+        echo(f"automl: marked trials that did not end KILLED ({reason}): {', '.join(killed)}")
     return stop_reason, early
 
 

@@ -190,11 +190,18 @@ class Space:
 
     def baseline(self, spec_defaults: Mapping[str, Any] | None) -> dict[str, Any]:
         """The spec's own values for the searched keys (nested or flat dotted dict); the schema
-        default where the spec lacks a key. The first trial runs this configuration."""
+        default where the spec lacks a key. The first trial runs this configuration, exactly as
+        `sample` returns it for the enqueued point (`encode`): derived values computed from their
+        parent, options clamped to what a relation allows."""
         values: dict[str, Any] = {}
         for p in self.params:
             found, value = _lookup(spec_defaults, p.name)
-            values[p.name] = value if found else p.default
+            value = value if found else p.default
+            if p.derived:
+                value = self._derived_value(p, values)
+            elif p.choices:
+                value = self._clamp_choice(p, value, values)
+            values[p.name] = value
         return values
 
     def encode(self, values: Mapping[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,8 @@ STATE_VERSION = 2  # 2: settings in sections (automl.options), baseline values k
 
 # Trial statuses. RUNNING trials found in a state file whose driver is gone were interrupted.
 # STOPPED: ended without error before its epoch budget, by a scheduler (ASHA/HyperBand/BOHB early
-# stopping), the time budget or the failure limit; its results count like a finished trial's.
+# stopping); its results count like a finished trial's. KILLED: cut by Ctrl-C/SIGTERM, a killed
+# driver, the time budget or the failure limit (its error says which); its results count too.
 PENDING, RUNNING, FINISHED, FAILED, KILLED = "PENDING", "RUNNING", "FINISHED", "FAILED", "KILLED"
 STOPPED = "STOPPED"
 DONE = (FINISHED, STOPPED)  # ended normally (MLflow status FINISHED)

@@ -145,11 +145,6 @@ class Tracker:
             elif path.is_file():
                 self.client.log_artifact(run_id, str(path), artifact_path)
 
-    def children(self, parent_run_id: str) -> list[Any]:
-        return self.client.search_runs(
-            [self.experiment_id()], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10000
-        )
-
     # ------------------------------------------------------------------ registry
     def register(self, model_name: str, run_id: str, artifact_path: str, alias: str) -> str:
         """Register `runs:/<run_id>/<artifact_path>` as a new version of `model_name` with `alias`."""

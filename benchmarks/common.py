@@ -205,26 +205,29 @@ def run_search(results_dir: Path, spec: Path, args: Sequence[str], overrides: Se
     wall = time.perf_counter() - t0
     ended = time.time()
     text = log_path.read_text(errors="replace")
-    state_path = results_dir / "automl_state.json"
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    from automl.layout import Layout
     from segformer.engine.timing import TIMING_NAME, read_timing
 
-    timings = {t["name"]: read_timing(results_dir / t["name"] / "train" / TIMING_NAME)
+    layout = Layout.of(results_dir)
+    state = json.loads(layout.state_file.read_text()) if layout.state_file.is_file() else {}
+    timings = {t["name"]: read_timing(layout.trial_dir(t["name"]) / "train" / TIMING_NAME)
                for t in state.get("trials", {}).values()}
     if proc.returncode != 0:
         print(f"warning: automl run exited {proc.returncode}; log {log_path}:\n{text[-2000:]}", file=sys.stderr)
     # Ray's copies of the trials' checkpoints (45 MB per improving epoch at demo size) are read by
     # nothing here: kept, one `make bench` filled tens of GB of disk.
-    shutil.rmtree(results_dir / "ray", ignore_errors=True)
+    shutil.rmtree(layout.ray_storage, ignore_errors=True)
     return SearchRun(results_dir, wall, started, ended, proc.returncode, state, timings, text)
 
 
 def load_search(results_dir: Path, wall_s: float = 0.0) -> SearchRun:
     """A finished search folder read back (for re-analysis without running it again)."""
+    from automl.layout import Layout
     from segformer.engine.timing import TIMING_NAME, read_timing
 
-    state = json.loads((results_dir / "automl_state.json").read_text())
-    timings = {t["name"]: read_timing(results_dir / t["name"] / "train" / TIMING_NAME)
+    layout = Layout.of(results_dir)
+    state = json.loads(layout.state_file.read_text())
+    timings = {t["name"]: read_timing(layout.trial_dir(t["name"]) / "train" / TIMING_NAME)
                for t in state.get("trials", {}).values()}
     starts = [t["started_at"] for t in state.get("trials", {}).values() if t.get("started_at")]
     # Without a measured wall time: the ledger's own span (state created -> last update; no imports).
@@ -254,6 +257,7 @@ def epoch_events(run: SearchRun) -> list[dict[str, Any]]:
             at = stamps.get(epoch)
             if at is None:  # no timing stamp: spread the trial's epochs evenly over its Ray run time
                 at = (start + (end - start) * (i + 1) / len(history)) if start and end else float("inf")
-            events.append({"trial": name, "epoch": epoch, "value": value, "at": at})
+            events.append({"trial": name, "epoch": epoch, "value": value, "at": at,
+                           "baseline": bool(trial.get("is_baseline"))})
     events.sort(key=lambda e: e["at"])
     return events

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from automl.layout import Layout
 from benchmarks.common import (ROOT, RESULTS_DIR, epoch_events, load_search, machine_line, run_search, save_json,
                                synth_data, write_section)
 
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             # Multi-fidelity: enough trials to spend the budget even if most stop after one epoch.
             max_trials = trials if algorithm not in MULTI_FIDELITY else budget // 2 + 2
             if args.reanalyze:
-                if not (args.reanalyze / f"{algorithm}_s{seed}" / "automl_state.json").is_file():
+                if not Layout.of(args.reanalyze / f"{algorithm}_s{seed}").state_file.is_file():
                     continue
                 run = load_search(args.reanalyze / f"{algorithm}_s{seed}")
             else:
@@ -186,9 +187,9 @@ def notes(raw: dict[str, list[dict[str, Any]]], budget: int, epochs: int) -> str
         values = [e for e in cut if e["value"] is not None]
         if values:
             best = max(values, key=lambda e: e["value"])
-            baseline_best.append(best["trial"] == "trial_000")
+            baseline_best.append(best.get("baseline", best["trial"] == "trial_000"))  # older runs: by name
     if baseline_best:
-        lines.append(f"- Random search's best trial within the budget is the baseline (trial_000, the spec's own "
+        lines.append(f"- Random search's best trial within the budget is the baseline (the spec's own "
                      f"configuration, which every algorithm runs first) in {sum(baseline_best)} of "
                      f"{len(baseline_best)} seeds: there every algorithm reaches the target when the baseline "
                      f"finishes, so the per-seed epochs mostly measure the baseline, not the search.")

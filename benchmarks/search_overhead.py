@@ -139,7 +139,9 @@ def breakdown(run: SearchRun, slots: int = 1) -> dict[str, Any]:
 
 def _promotion_seconds(run: SearchRun) -> tuple[float, tuple[float, float] | None]:
     """Seconds the promotion steps took, and (start, end) when they ran early, in the search's tail."""
-    path = run.results_dir / "best" / "promotion.json"
+    from automl.layout import Layout
+
+    path = Layout.of(run.results_dir).best_dir / "promotion.json"
     if not path.is_file():
         return 0.0, None
     report = json.loads(path.read_text())

@@ -109,7 +109,8 @@ def test_conflicting_aliases_and_bad_values() -> None:
     with pytest.raises(SettingsError, match="baseline_first must be true or false, got 'no'"):
         options_from_settings({"run_baseline": "no"})
     with pytest.raises(SearchError, match="grace_period 5 exceeds max_epochs 3"):
-        SearchOptions.build({"grace_period": 5, "max_epochs": 3})
+        SearchOptions.build({"algorithm": "asha", "grace_period": 5, "max_epochs": 3})
+    assert SearchOptions.build({"grace_period": 5, "max_epochs": 3}).search.grace_period == 5  # bayesian stops nothing
 
 
 def test_pbt_perturbation_factor_reaches_the_scheduler() -> None:
@@ -117,7 +118,12 @@ def test_pbt_perturbation_factor_reaches_the_scheduler() -> None:
     from automl.skill import find_skill
     from automl.space import build_space
 
-    space = build_space(find_skill("segformer").load_schema(), only=["train.optim.lr"])
+    space = build_space(find_skill("segformer").load_schema(), only=["train.optim.lr", "train.optim.momentum"])
     opts = SearchOptions.build({"algorithm": "pbt", "perturbation_factor": 1.5})
-    scheduler = pbt.scheduler(opts.search, pbt.mutations(space))
+    scheduler = pbt.scheduler(opts.search, pbt.mutations(space), space)
     assert scheduler._perturbation_factors == (1.5, 1 / 1.5)  # explore: x1.5 or /1.5
+    # a perturbed value goes back into its searched range: momentum 0.95 x 1.5 is not a momentum
+    keep = pbt.KeepInRange(space, pbt.mutations(space))
+    high = space["train.optim.momentum"].high
+    assert keep({"train.optim.momentum": 0.95 * 1.5, "train.optim.lr": 1e-3}) == {"train.optim.momentum": high,
+                                                                                  "train.optim.lr": 1e-3}

@@ -227,3 +227,9 @@ def test_derived_parameters_in_grid_and_samples() -> None:
     assert space.infinite_params() == []
     for values in _samples(space, 10):
         assert values["train.half"] == values["train.batch"] // 2
+    # the baseline is what the search runs for it: the derived value follows the spec's parent
+    baseline = space.baseline({"train": {"batch": 8, "half": 99}})
+    assert baseline == {"train.batch": 8, "train.half": 4}
+    study = optuna.create_study()
+    study.enqueue_trial(space.encode(baseline))
+    assert space.sample(study.ask()) == baseline

@@ -1,0 +1,72 @@
+"""The driver's Tune callbacks find their search through `bind`, also after `Tuner.restore` unpickles them."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from automl.callbacks import FailureLimit, LedgerCallback, LiveSearch, bind, search_callbacks
+from automl.state import FAILED, SearchState, TrialRecord
+
+
+def _live(results) -> LiveSearch:
+    state = SearchState(results_dir=str(results), skill="segformer", algorithm="random", metric="val_miou", mode="max",
+                        settings={})
+    return LiveSearch(state, tracker=None, epochs=2)
+
+
+def test_pickled_callbacks_carry_only_their_folder_and_find_the_bound_search(tmp_path):
+    live = _live(tmp_path / "a")
+    callbacks = [*search_callbacks(tmp_path / "a"), FailureLimit(tmp_path / "a", 1)]
+    restored = pickle.loads(pickle.dumps(callbacks))  # what Tuner.restore does with tuner.pkl
+    assert all(vars(c).get("results_dir") == str(tmp_path / "a") for c in restored)
+    assert restored[-1].limit == 1
+    with bind(live):
+        assert all(c.live is live for c in restored)
+        assert not restored[-1].stop_all()
+        live.state.trials["t1"] = TrialRecord(trial_id="t1", name="trial_000", params={}, status=FAILED)
+        assert restored[-1].stop_all()  # the failure limit reads the live ledger
+    with pytest.raises(RuntimeError, match="no search is bound"):
+        restored[0].live
+
+
+def test_a_moved_results_folder_still_resumes(tmp_path):
+    """tuner.pkl names the folder the search started in; resumed from another, the one search of the
+    process is the one to act on; with two bound, an unknown folder is an error naming them."""
+    moved = LedgerCallback(tmp_path / "old")
+    live = _live(tmp_path / "new")
+    with bind(live):
+        assert moved.live is live
+        with bind(_live(tmp_path / "other")):
+            with pytest.raises(RuntimeError, match="no search is bound to .*old"):
+                moved.live
+
+
+def test_ray_state_is_backed_up_and_restored_as_one_set(tmp_path):
+    """A cut state file puts back the whole last complete set: restoring only the cut file would mix
+    two moments of the search (a searcher waiting for a trial the experiment does not know)."""
+    import json
+    import pickle
+
+    from automl.ray_session import backup_ray_state, repair_ray_state
+
+    backup = tmp_path / ".state_backup.tar"
+    experiment = tmp_path / "experiment_state-1.json"
+    searcher = tmp_path / "searcher-state-1.pkl"
+    generator = tmp_path / "search_gen_state-1.json"  # Ray's own name; a pickle inside
+    experiment.write_text(json.dumps({"trials": ["a"]}))
+    searcher.write_bytes(pickle.dumps({"live": ["a"]}))
+    generator.write_bytes(pickle.dumps({"counter": 1}))
+    assert backup_ray_state(tmp_path, backup)
+    assert repair_ray_state(tmp_path, backup) == []  # all whole: nothing to do
+
+    searcher.write_bytes(pickle.dumps({"live": ["a", "b"]}))  # a later moment...
+    experiment.write_text('{"trials": ["a", "b"')  # ...whose experiment file the kill cut
+    assert not backup_ray_state(tmp_path, backup)  # an incomplete set is never backed up
+    assert repair_ray_state(tmp_path, backup) == sorted(p.name for p in (experiment, searcher, generator))
+    assert json.loads(experiment.read_text()) == {"trials": ["a"]}
+    assert pickle.loads(searcher.read_bytes()) == {"live": ["a"]}  # the same moment as the experiment file
+
+    searcher.write_bytes(pickle.dumps({"live": ["a"]})[:-1])  # a cut pickle lacks its STOP opcode
+    assert repair_ray_state(tmp_path, backup) and pickle.loads(searcher.read_bytes()) == {"live": ["a"]}
