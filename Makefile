@@ -42,7 +42,8 @@ test-fast: install
 # The main job: a small AutoML search (BOHB, 16 trials of up to 8 epochs, 2 at a time, TAO settings
 # keys in experiments/demo/automl.yaml) on freshly generated synthetic data (128x128, 256 train /
 # 32 val images), then promotion of the best trial (evaluate, ONNX export, quantization). About
-# 6 minutes on 2 quiet CPU cores, about 88% of it in training steps (benchmarks/RESULTS.md).
+# 6 minutes on 2 quiet CPU cores (about 16 on a slower pair without AVX-512), about 87% of the
+# compute in training steps (benchmarks/RESULTS.md, demo wall time).
 demo: install
 	rm -rf $(DEMO)
 	$(BIN)/segformer data synth --out $(DEMO)/data --size 128 --train 256 --val 32

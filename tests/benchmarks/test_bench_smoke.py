@@ -128,3 +128,17 @@ def test_projection_of_the_share_with_longer_trials(tmp_path):
     steps = proj["steps_for_target"]
     assert abs(steps / (steps * (1 + per_step) + proj["fixed_s"]) - 0.5) < 1e-9
     assert projection(result, target=proj["asymptote"] + 0.01)["steps_for_target"] is None
+
+
+def test_demo_wall_render_states_the_quick_exit_share():
+    from benchmarks.demo_wall import render
+
+    names = ["after (this checkout)", "before (abc1234)", "before (abc1234), normal exit"]
+    result = {"walls": dict(zip(names, ([100.0, 110.0, 90.0], [105.0, 104.0, 106.0], [110.0, 108.0, 112.0]))),
+              "shares": {n: [0.9, 0.9, 0.9] for n in names}, "failed": {n: 0 for n in names},
+              "before": "abc1234", "written_at": "2026-11-30 00:00", "machine": "test machine"}
+    text = render(result)
+    assert "| before (abc1234) | 105.0, 104.0, 106.0 | 105.0 | 1.050 |" in text
+    assert "+5.0 s, +4.5% of the demo's wall time, under the 5% needed to keep it" in text  # medians 110 vs 105
+    assert "up to 20.0 s (20.0% of after's median)" in text
+    assert "exited non-zero" not in text
