@@ -119,7 +119,7 @@ def palette(num_classes: int) -> list[dict]:
     return entries
 
 
-def _spec(root: Path, num_classes: int, size: int, seed: int) -> dict:
+def spec_for(root: Path, num_classes: int, size: int, seed: int) -> dict:
     """A spec that trains as is with ``results_dir=...`` on the command line (TAO keys only)."""
     checkpoint = "${results_dir}/train/segformer_model_latest.pth"
     return {
@@ -212,7 +212,7 @@ def generate(out_dir: str | Path, num_classes: int = 4, size: int = 64, train: i
     header = (f"# Synthetic SegFormer dataset ({num_classes} classes, {size}x{size}, seed {seed}) written by\n"
               "# `segformer data synth`. Train it with:\n"
               f"#   segformer train -e {root / 'spec.yaml'} results_dir=/path/to/results\n")
-    body = yaml.safe_dump(_spec(root, num_classes, size, seed), sort_keys=False, default_flow_style=None)
+    body = yaml.safe_dump(spec_for(root, num_classes, size, seed), sort_keys=False, default_flow_style=None)
     (root / "spec.yaml").write_text(header + body)
     return root
 

