@@ -205,13 +205,7 @@ def run_search(results_dir: Path, spec: Path, args: Sequence[str], overrides: Se
     wall = time.perf_counter() - t0
     ended = time.time()
     text = log_path.read_text(errors="replace")
-    from automl.layout import Layout
-    from segformer.engine.timing import TIMING_NAME, read_timing
-
-    layout = Layout.of(results_dir)
-    state = json.loads(layout.state_file.read_text()) if layout.state_file.is_file() else {}
-    timings = {t["name"]: read_timing(layout.trial_dir(t["name"]) / "train" / TIMING_NAME)
-               for t in state.get("trials", {}).values()}
+    layout, state, timings = _read_search(results_dir, missing_ok=True)
     if proc.returncode != 0:
         print(f"warning: automl run exited {proc.returncode}; log {log_path}:\n{text[-2000:]}", file=sys.stderr)
     # Ray's copies of the trials' checkpoints (45 MB per improving epoch at demo size) are read by
@@ -220,15 +214,21 @@ def run_search(results_dir: Path, spec: Path, args: Sequence[str], overrides: Se
     return SearchRun(results_dir, wall, started, ended, proc.returncode, state, timings, text)
 
 
-def load_search(results_dir: Path, wall_s: float = 0.0) -> SearchRun:
-    """A finished search folder read back (for re-analysis without running it again)."""
+def _read_search(results_dir: Path, missing_ok: bool) -> tuple[Any, dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """A search folder's layout, its ledger ({} when missing and `missing_ok`) and each trial's timing runs."""
     from automl.layout import Layout
     from segformer.engine.timing import TIMING_NAME, read_timing
 
     layout = Layout.of(results_dir)
-    state = json.loads(layout.state_file.read_text())
+    state = {} if missing_ok and not layout.state_file.is_file() else json.loads(layout.state_file.read_text())
     timings = {t["name"]: read_timing(layout.trial_dir(t["name"]) / "train" / TIMING_NAME)
                for t in state.get("trials", {}).values()}
+    return layout, state, timings
+
+
+def load_search(results_dir: Path, wall_s: float = 0.0) -> SearchRun:
+    """A finished search folder read back (for re-analysis without running it again)."""
+    _, state, timings = _read_search(results_dir, missing_ok=False)
     starts = [t["started_at"] for t in state.get("trials", {}).values() if t.get("started_at")]
     # Without a measured wall time: the ledger's own span (state created -> last update; no imports).
     wall = wall_s or float(state.get("updated_at", 0.0)) - float(state.get("created_at", 0.0))
