@@ -12,6 +12,9 @@ bohb        Optuna TPE                                          asynchronous Hyp
 pbt         Optuna random sampler (initial population)          `PopulationBasedTraining` (`automl.pbt`)
 =========== =================================================== ==============================
 
+The default is asha under an epoch budget (`automl.budget`): the budget, not a trial count, decides
+how many trials start, and the budget's searcher re-checks the leader before promotion.
+
 TAO's BOHB is a TPE-like model on top of HyperBand; Ray's own BOHB needs hpbandster and
 ConfigSpace, so "bohb" here is TPE + HyperBand, the same combination without the extra packages.
 
@@ -97,11 +100,12 @@ def hyperband_brackets(max_t: int, grace_period: int, reduction_factor: float) -
     return max(1, int(math.floor(math.log(ratio, reduction_factor) + 1e-9)) + 1) if reduction_factor > 1 else 1
 
 
-def build_search(opts: SearchOptions, space: Any, baseline: dict[str, Any] | None) -> SearchPlan:
+def build_search(opts: SearchOptions, space: Any, baseline: dict[str, Any] | None, budget: Any = None) -> SearchPlan:
     """The searcher, scheduler and trial count of ``opts.search.algorithm``.
 
     `baseline` is the spec's own values of the searched parameters (the first trial), or None when
-    the search runs no baseline.
+    the search runs no baseline. `budget` (`automl.budget.EpochBudget`): the epoch budget decides
+    how many trials start and stops them when it is spent (`automl.budget.BudgetSearcher`).
     """
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
@@ -112,16 +116,20 @@ def build_search(opts: SearchOptions, space: Any, baseline: dict[str, Any] | Non
     if search.algorithm == "grid":
         points = first + [p for p in grid_points(space) if p != baseline]
         generator = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=slots)
-        return SearchPlan(generator, FIFOScheduler(), min(search.max_trials, len(points)), _preset_space(points))
+        # With an epoch budget: as many full trainings as the budget holds (a grid has no re-check).
+        count = search.max_trials or (budget.search // budget.trial_epochs if budget is not None else len(points))
+        return SearchPlan(generator, FIFOScheduler(), max(1, min(count, len(points))), _preset_space(points))
     if search.algorithm == "pbt":
         return _pbt_plan(opts, space, first)
 
     searcher = OptunaSearch(space=space.define_by_run, metric=search.ranking_metric, mode=search.mode,
                             points_to_evaluate=[space.encode(p) for p in first],
                             sampler=sampler(search.algorithm, search.seed), seed=search.seed)
+    if budget is not None:
+        return _budget_plan(opts, ConcurrencyLimiter(searcher, max_concurrent=slots), baseline, budget)
     scheduler: Any = FIFOScheduler()
     if search.multi_fidelity:
-        max_t, grace = int(search.trial_epochs or 1), search.grace_period * search.epoch_multiplier
+        max_t, grace = int(search.trial_epochs or 1), (search.grace_period or 1) * search.epoch_multiplier
         # asha: one bracket. hyperband/bohb: asynchronous HyperBand (Li et al., "A System for Massively
         # Parallel Hyperparameter Tuning"): several successive-halving brackets with different minimum
         # budgets, promoting as results arrive. Ray's synchronous HyperBandScheduler waits for a whole
@@ -132,6 +140,24 @@ def build_search(opts: SearchOptions, space: Any, baseline: dict[str, Any] | Non
                                   grace_period=min(grace, max_t), reduction_factor=search.reduction_factor,
                                   brackets=brackets)
     return SearchPlan(ConcurrencyLimiter(searcher, max_concurrent=slots), scheduler, search.max_trials, None)
+
+
+def _budget_plan(opts: SearchOptions, searcher: Any, baseline: dict[str, Any] | None, budget: Any) -> SearchPlan:
+    """A search the epoch budget sizes: Tune asks until the searcher says FINISHED."""
+    from automl.budget import BudgetASHA, BudgetFIFO, BudgetSearcher
+
+    search, results_dir = opts.search, str(opts.results_dir)
+    wrapped = BudgetSearcher(searcher, results_dir, budget, baseline, search.ranking_metric, search.mode)
+    if search.multi_fidelity:
+        max_t = budget.trial_epochs
+        brackets = 1 if search.algorithm == "asha" else hyperband_brackets(max_t, budget.first_rung, search.reduction_factor)
+        scheduler: Any = BudgetASHA(results_dir, budget, time_attr="epoch", metric=search.ranking_metric, mode=search.mode,
+                                    max_t=max_t, grace_period=budget.first_rung, reduction_factor=search.reduction_factor,
+                                    brackets=brackets)
+    else:
+        scheduler = BudgetFIFO(results_dir, budget)
+    # Every trial trains at least its first rung: the budget can never start more than this.
+    return SearchPlan(wrapped, scheduler, budget.total // max(1, budget.first_rung) + 2, None)
 
 
 def _pbt_plan(opts: SearchOptions, space: Any, first: list[dict[str, Any]]) -> SearchPlan:

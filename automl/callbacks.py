@@ -56,10 +56,34 @@ class LiveSearch:
     prune: bool = True  # delete a finished trial's per-epoch checkpoints (Ray keeps its best and latest)
     early: Any = None  # automl.promote.EarlyPromotion, or None where it does not apply
     console: Callable[[SearchState], None] | None = None  # the live table, or None
+    echo: Callable[[str], None] | None = None  # where the budget's progress lines go (None: nowhere)
+    _clock: tuple[float, int] | None = None  # (when, epochs trained) as this fit started
+    _next: float = 0.0  # share of the budget at which the next progress line is due
 
     @property
     def layout(self) -> Layout:
         return Layout.of(self.state.results_dir)
+
+    def budget_progress(self) -> None:
+        """With an epoch budget: an estimate in time once every slot has trained its first epochs,
+        then a line at every tenth of the budget (epochs spent, minutes so far, minutes left)."""
+        budget, done = self.state.budget, self.state.epochs_trained()
+        if budget is None or self.echo is None:
+            return
+        if self._clock is None:
+            self._clock = (time.time(), done)
+            return
+        total = int(round(budget["trainings"] * budget["spec_epochs"]))
+        elapsed, trained = time.time() - self._clock[0], done - self._clock[1]
+        if trained < 2 or done / max(1, total) < self._next:
+            return
+        left = max(0, total - done) * elapsed / trained
+
+        def span(seconds: float) -> str:
+            return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+        self.echo(f"automl: budget {done}/{total} epochs in {span(elapsed)}; about {span(left)} left at this pace")
+        self._next = (int(done / max(1, total) * 10) + 1) / 10
 
 
 _LIVE: dict[str, LiveSearch] = {}
@@ -117,7 +141,8 @@ class LedgerCallback(_Bound, Callback):
             baseline_taken = any(t.is_baseline for t in state.trials.values())
             record = TrialRecord(trial_id=trial.trial_id, name=name, params=params,
                                  results_dir=str(self.live.layout.trial_dir(name)),
-                                 is_baseline=state.baseline_params is not None and not baseline_taken and params == state.baseline_params)
+                                 is_baseline=state.baseline_params is not None and not baseline_taken and params == state.baseline_params,
+                                 recheck_of=trial.config.get("_recheck_of"))
             state.trials[trial.trial_id] = record
         return record
 
@@ -154,6 +179,7 @@ class LedgerCallback(_Bound, Callback):
         if is_best and trial.checkpoint is not None:
             record.checkpoint = trial.checkpoint.path
         self.live.state.save()
+        self.live.budget_progress()
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         record = self.record(trial)

@@ -36,7 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--policy", default="auto", choices=("auto", "on", "off"), help="automl_policy for this run")
     run.add_argument("--settings", help="AutoML settings file (YAML/JSON; TAO keys accepted); flags win")
     run.add_argument("--algorithm", help=" | ".join(ALGORITHMS))
-    run.add_argument("--max-trials", type=int, help="trials in all, the baseline included")
+    run.add_argument("--budget", type=float, help="epochs for the whole search, re-checks included, in trainings of the "
+                                                   "spec (train.num_epochs); default 10. --max-trials replaces it")
+    run.add_argument("--recheck", action=argparse.BooleanOptionalAction, default=None,
+                     help="re-train the leader and the baseline with another seed before promoting (default: on with a budget)")
+    run.add_argument("--max-trials", type=int, help="trials in all, the baseline included (no epoch budget then)")
     run.add_argument("--max-epochs", type=int, help="a trial's epoch budget (default: the spec's train.num_epochs), "
                                                    "in units of epoch_multiplier epochs (settings file; default 1)")
     run.add_argument("--time-budget", type=float, dest="time_budget_s", help="seconds for the whole search")
@@ -81,7 +85,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from automl.runner import run
     from automl.settings import load_settings, options_from_settings
 
-    cli = {k: getattr(args, k) for k in ("algorithm", "max_trials", "max_epochs", "time_budget_s", "max_concurrent",
+    cli = {k: getattr(args, k) for k in ("algorithm", "budget", "recheck", "max_trials", "max_epochs", "time_budget_s", "max_concurrent",
                                          "cpus_per_trial", "gpus_per_trial", "metric", "mode", "seed", "address",
                                          "num_cpus", "tracking_uri", "max_failed_trials")}
     cli["register_model"], cli["alias"] = args.register_model, args.alias

@@ -16,15 +16,19 @@ from automl.state import FAILED, SearchState
 from segformer.text import fmt
 
 
-def settings_line(opts: SearchOptions) -> str:
+def settings_line(opts: SearchOptions, budget: Any = None) -> str:
     """One line with the budget a search runs under (printed by run and --dry-run)."""
     s, r = opts.search, opts.resources
-    trials = f"population {s.population_size}" if s.algorithm == "pbt" else f"up to {s.max_trials} trials"
-    budget = f", time budget {s.time_budget_s:g} s" if s.time_budget_s else ""
     epochs = s.trial_epochs or "spec"
+    if budget is not None:
+        trials = f"{budget.text()}, trials of up to {epochs} epochs"
+    else:
+        trials = f"population {s.population_size}" if s.algorithm == "pbt" else f"up to {s.max_trials} trials x {epochs} epochs"
+    time_budget = f", time budget {s.time_budget_s:g} s" if s.time_budget_s else ""
     gpus = "auto" if r.gpus_per_trial is None else f"{r.gpus_per_trial:g}"
-    return (f"automl: {s.algorithm} search, {trials} x {epochs} epochs, {r.max_concurrent} at a time "
-            f"({r.cpus_per_trial:g} CPU, {gpus} GPU each){budget}; metric {s.metric} ({s.mode})")
+    slots = "every slot" if r.max_concurrent is None else f"{r.max_concurrent}"
+    return (f"automl: {s.algorithm} search, {trials}, {slots} at a time "
+            f"({r.cpus_per_trial:g} CPU, {gpus} GPU each){time_budget}; metric {s.metric} ({s.mode})")
 
 
 def recommendations(opts: SearchOptions, baseline: dict[str, Any] | None, points: list[dict[str, Any]]) -> str:
@@ -49,8 +53,9 @@ def trial_rows(state: SearchState) -> tuple[list[str], list[list[str]]]:
     best = state.best()
     rows = []
     for t in sorted(state.trials.values(), key=lambda r: r.name):
-        name = t.name + (" *" if best is not None and t.trial_id == best.trial_id else "") + (" (baseline)" if t.is_baseline else "")
-        rows.append([name, t.status, fmt(t.best_value), fmt(t.best_epoch), str(len(t.history)), t.node_ip or "-",
+        name = (t.name + (" *" if best is not None and t.trial_id == best.trial_id else "") + (" (baseline)" if t.is_baseline else "")
+                + (f" (re-check of {t.recheck_of})" if t.recheck_of else ""))
+        rows.append([name, t.status, fmt(t.best_value), fmt(t.best_epoch), str(t.epochs_trained), t.node_ip or "-",
                      *[fmt(t.params.get(k)) for k in keys]])
     return header, rows
 
@@ -67,7 +72,10 @@ def format_table(state: SearchState) -> str:
     def line(cells: list[str]) -> str:
         return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
 
-    out = [f"{state.algorithm} search ({state.status.lower()}): {counts_text(state)}; metric {state.metric} ({state.mode})",
+    spent = ""
+    if state.budget is not None:
+        spent = f"; {state.epochs_trained()} of {int(round(state.budget['trainings'] * state.budget['spec_epochs']))} budget epochs"
+    out = [f"{state.algorithm} search ({state.status.lower()}): {counts_text(state)}; metric {state.metric} ({state.mode}){spent}",
            line(header), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]
     errors = [f"  {t.name}: {error_line(t.error)}" for t in state.trials.values() if t.error]
@@ -126,6 +134,15 @@ def summary(state: SearchState) -> str:
         if baseline is not None and baseline.best_value is not None:
             delta = best.best_value - baseline.best_value
             lines.append(f"  baseline {baseline.name}: {state.metric}={baseline.best_value:.4f}  (best {delta:+.4f})")
+        if state.recheck is not None:
+            r = state.recheck
+            lines.append(f"  re-check {r['leader']} vs baseline over {r['seeds']} seeds: gain {r['gain']:+.4f} "
+                         f"+/- {r['gain_stderr']:.4f} -> {'confirmed' if r['confirmed'] else 'not confirmed'}; "
+                         f"promoted {r['promoted']}")
+    if state.budget is not None:
+        total = int(round(state.budget["trainings"] * state.budget["spec_epochs"]))
+        lines.append(f"  budget   {state.epochs_trained()} of {total} epochs trained ({state.budget['trainings']:g} trainings of "
+                     f"{state.budget['spec_epochs']} epochs)")
     layout = Layout.of(state.results_dir)
     lines += [
         f"  artifacts  {layout.best_dir}",

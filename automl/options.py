@@ -49,16 +49,18 @@ class SearchError(ValueError):
 class SearchConfig:
     """What is searched and how."""
 
-    algorithm: str = "bayesian"  # one of ALGORITHMS
+    algorithm: str = "asha"  # one of ALGORITHMS
     metric: str = "val_miou"  # reported by the train action at each validation
     mode: str = "max"  # "max" or "min" (TAO direction maximize/minimize)
-    max_trials: int = 20  # trials in all, the baseline included (TAO automl_max_recommendations)
+    budget: float = 10.0  # epochs for the whole search, re-checks included, in trainings of the spec (`automl.budget`)
+    max_trials: int | None = None  # trials in all, the baseline included (TAO automl_max_recommendations); set: no budget
+    recheck: bool | None = None  # re-train the leader and the baseline with another seed before promoting; None: with a budget
     max_epochs: int | None = None  # a trial's budget in resource units; None: the spec's train.num_epochs (in epochs)
     epoch_multiplier: int = 1  # epochs per resource unit (TAO): a trial trains max_epochs x this, rungs at multiples of it
     time_budget_s: float | None = None  # stop launching trials after this many seconds; None: no limit
     seed: int = 0  # sampler seed; also HyperBand's bracket draws and PBT's perturbations
     baseline_first: bool = True  # the first trial is the spec's own configuration (TAO run_baseline)
-    grace_period: int = 1  # asha/hyperband/bohb: units before a trial can be stopped (TAO automl_min_early_stop_epochs)
+    grace_period: int | None = None  # asha/hyperband/bohb: units before a trial can be stopped (TAO automl_min_early_stop_epochs); None: ~1/9 of a trial's epochs with a budget, else 1
     reduction_factor: int = 3  # asha/hyperband/bohb: keep 1/reduction_factor per rung (TAO automl_reduction_factor)
     population_size: int = 4  # pbt: trials in the population (TAO automl_population_size)
     perturbation_interval: int = 1  # pbt: epochs between exploit/explore steps (TAO automl_eval_interval)
@@ -83,6 +85,17 @@ class SearchConfig:
         return f"best_{self.metric}"
 
     @property
+    def budgeted(self) -> bool:
+        """The epoch budget decides how many trials run (no max_trials given; PBT sizes itself by its population)."""
+        return self.max_trials is None and self.algorithm != "pbt"
+
+    @property
+    def rechecked(self) -> bool:
+        """Leaders are re-checked against the baseline before promotion (`automl.budget`); the Optuna
+        samplers only (a grid and PBT's population are preset)."""
+        return self.baseline_first and self.budgeted and self.algorithm != "grid" and self.recheck is not False
+
+    @property
     def multi_fidelity(self) -> bool:
         return self.algorithm in MULTI_FIDELITY
 
@@ -96,7 +109,7 @@ class SearchConfig:
 class ResourceConfig:
     """Where trials run."""
 
-    max_concurrent: int = 1  # trials at the same time (TAO automl_max_concurrent)
+    max_concurrent: int | None = None  # trials at the same time (TAO automl_max_concurrent); None: every CPU or GPU busy
     cpus_per_trial: float = 1.0  # Ray resources per trial
     gpus_per_trial: float | None = None  # None: 1 when the Ray cluster has a GPU, else 0; fractions share a GPU
     address: str | None = None  # Ray cluster address; None starts a local Ray
@@ -206,20 +219,28 @@ class SearchOptions:
             raise SearchError(f"unknown AutoML algorithm {s.algorithm!r}{extra}; valid: {', '.join(ALGORITHMS)}{hint}")
         _check(s.mode in ("max", "min"), f"mode must be 'max' or 'min' (TAO direction maximize/minimize), got {s.mode!r}")
         _check(isinstance(s.metric, str) and bool(s.metric), f"metric must be a non-empty name, got {s.metric!r}")
-        for name, value, minimum in (("max_trials", s.max_trials, 1), ("epoch_multiplier", s.epoch_multiplier, 1),
-                                     ("grace_period", s.grace_period, 1), ("reduction_factor", s.reduction_factor, 2),
+        for name, value, minimum in (("epoch_multiplier", s.epoch_multiplier, 1),
+                                     ("reduction_factor", s.reduction_factor, 2),
                                      ("population_size", s.population_size, 2),
                                      ("perturbation_interval", s.perturbation_interval, 1), ("seed", s.seed, None),
-                                     ("max_concurrent", r.max_concurrent, 1), ("max_failures", r.max_failures, 0)):
+                                     ("max_failures", r.max_failures, 0)):
             _integer(name, value, minimum)
-        for name, value in (("max_epochs", s.max_epochs), ("num_cpus", r.num_cpus), ("max_failed_trials", r.max_failed_trials)):
-            if value is not None:  # None: not set (the spec's epochs, all CPUs, no limit)
+        for name, value in (("max_trials", s.max_trials), ("max_epochs", s.max_epochs), ("num_cpus", r.num_cpus),
+                            ("max_failed_trials", r.max_failed_trials), ("max_concurrent", r.max_concurrent),
+                            ("grace_period", s.grace_period)):
+            if value is not None:  # None: not set (the budget, the spec's epochs, all CPUs, no limit, every slot)
                 _integer(name, value, 1)
         _check(_number(r.cpus_per_trial) and r.cpus_per_trial > 0, f"cpus_per_trial must be > 0, got {r.cpus_per_trial!r}")
         _check(r.gpus_per_trial is None or (_number(r.gpus_per_trial) and r.gpus_per_trial >= 0),
                f"gpus_per_trial must be >= 0 (fractions share a GPU), got {r.gpus_per_trial!r}")
         _check(s.time_budget_s is None or (_number(s.time_budget_s) and s.time_budget_s > 0),
                f"time_budget_s must be > 0 seconds, got {s.time_budget_s!r}")
+        _check(_number(s.budget) and s.budget >= 1,
+               f"budget must be at least 1 (trainings of the spec: the baseline alone is one), got {s.budget!r}")
+        _check(s.recheck is None or isinstance(s.recheck, bool), f"recheck must be true or false, got {s.recheck!r}")
+        _check(not (s.recheck and s.max_trials is not None),
+               f"recheck runs inside the epoch budget, and max_trials={s.max_trials} replaces the budget; drop max_trials "
+               f"(automl_max_recommendations) and size the search with --budget")
         _check(_number(s.perturbation_factor) and s.perturbation_factor > 1,
                f"perturbation_factor must be > 1, got {s.perturbation_factor!r}")
         for section in (s, self.promotion, self.tracking):
@@ -232,7 +253,7 @@ class SearchOptions:
             _check(value is None or all(isinstance(v, str) and v for v in value),
                    f"{name} must be a list of dotted parameter names, got {value!r}")
         _check(self.policy in ("auto", "on", "off"), f"policy must be auto, on or off, got {self.policy!r}")
-        if s.multi_fidelity and s.max_epochs is not None and s.grace_period > s.max_epochs:
+        if s.multi_fidelity and s.max_epochs is not None and s.grace_period is not None and s.grace_period > s.max_epochs:
             raise SearchError(f"grace_period {s.grace_period} exceeds max_epochs {s.max_epochs} (in units of "
                               f"epoch_multiplier={s.epoch_multiplier} epochs); lower grace_period")
 

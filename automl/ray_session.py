@@ -80,16 +80,17 @@ class RaySession:
         return float(gpus) if gpus is not None else (1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0)
 
     def slots(self) -> int:
-        """Trials that can run at once: --max-concurrent, or fewer when Ray's CPUs or GPUs do not fit them."""
+        """Trials that can run at once: as many as Ray's CPUs and GPUs fit (every core or GPU busy), or
+        --max-concurrent when that is fewer."""
         import ray
 
         resources = self.opts.resources
-        slots = resources.max_concurrent
+        fits: list[int] = [] if resources.max_concurrent is None else [resources.max_concurrent]
         available = ray.cluster_resources()
         for name, per_trial in (("CPU", resources.cpus_per_trial), ("GPU", self.gpus_per_trial)):
             if per_trial and available.get(name):
-                slots = min(slots, int(available[name] / per_trial + 1e-9))
-        return max(1, slots)
+                fits.append(int(available[name] / per_trial + 1e-9))
+        return max(1, min(fits, default=1))
 
 
 def _tune_settings() -> None:

@@ -192,6 +192,7 @@ def _markdown(state: SearchState, plots: list[str]) -> str:
             lines += ["", f"Baseline (`{baseline.name}`, the spec's own values): {baseline.best_value:.4f}; "
                           f"improvement {best.best_value - baseline.best_value:+.4f}."]
         lines.append("")
+    lines += _recheck_lines(state)
     if state.promotion:
         lines += ["## Promotion", ""]
         for name, outcome in state.promotion.get("steps", {}).items():
@@ -210,6 +211,36 @@ def _markdown(state: SearchState, plots: list[str]) -> str:
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _recheck_lines(state: SearchState) -> list[str]:
+    """The budget spent, the re-check's verdict (gain +/- its standard error) and the test split's scores."""
+    lines: list[str] = []
+    if state.budget is not None:
+        total = int(round(state.budget["trainings"] * state.budget["spec_epochs"]))
+        lines += ["## Budget", "", f"{state.epochs_trained()} of {total} epochs trained ({state.budget['trainings']:g} "
+                                   f"trainings of the spec's {state.budget['spec_epochs']} epochs, re-checks included).", ""]
+    r = state.recheck
+    if r is not None:
+        lines += ["## Re-check (another seed) before promotion", "",
+                  "| | the search's seed | the re-check's seed (+1) |", "|---|---|---|",
+                  f"| leader `{r['leader']}` | {r['leader_values'][0]:.4f} | {r['leader_values'][1]:.4f} |",
+                  f"| baseline `{r['baseline']}` | {r['baseline_values'][0]:.4f} | {r['baseline_values'][1]:.4f} |", "",
+                  f"Gain {r['gain']:+.4f} +/- {r['gain_stderr']:.4f} (standard error of the paired gains; seed-to-seed spread of one training "
+                  f"{r['seed_noise']:.4f}). {r['reason']}", ""]
+    final = state.final_evaluation or {}
+    if "skipped" in final:
+        lines += ["## Final evaluation (test split)", "", f"Skipped: {final['skipped']}.", ""]
+    elif final:
+        lines += ["## Final evaluation (test split, untouched by the search)", "", "| model | trials | test mIoU | mean |",
+                  "|---|---|---|---|"]
+        for role in ("promoted", "baseline", "leader"):
+            row = final.get(role)
+            if row and row.get("mean") is not None:
+                lines.append(f"| {role} | {', '.join(row['trials'])} | {', '.join(f'{v:.4f}' for v in row['test_miou'])} | "
+                             f"{row['mean']:.4f} |")
+        lines.append("")
+    return lines
 
 
 def write_report(state: SearchState) -> Path:

@@ -22,6 +22,7 @@ KeyboardInterrupt; `automl resume` continues from Ray's experiment checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -69,9 +70,9 @@ def run(opts: SearchOptions, *, echo: Echo = print, dry_run: bool = False, live:
         from automl.plain import run_plain
 
         return run_plain(opts, skill.name, echo=echo)
-    opts, space, baseline = _plan(opts, skill)
+    opts, space, baseline, budget = _plan(opts, skill)
     if dry_run:
-        _print_plan(opts, space, baseline, echo)
+        _print_plan(opts, space, baseline, budget, echo)
         return SearchOutcome(Path(opts.results_dir), "dry-run", message=decision.reason)
     layout = Layout.of(opts.results_dir)
     if layout.state_file.exists():
@@ -79,19 +80,20 @@ def run(opts: SearchOptions, *, echo: Echo = print, dry_run: bool = False, live:
                           f"or pick another --results-dir")
     check_tracking_uri(opts.tracking.tracking_uri)  # before any file or run exists (RaySession probes --address)
     with RaySession(opts) as session:
-        opts = opts.with_values(gpus_per_trial=session.gpus_per_trial,
+        opts = opts.with_values(gpus_per_trial=session.gpus_per_trial, max_concurrent=session.slots(),
                                 tracking_uri=opts.tracking.tracking_uri or layout.default_tracking_uri,
                                 experiment_name=opts.tracking.experiment_name or skill.name)
         state = SearchState(results_dir=str(layout.root), skill=skill.name, algorithm=opts.search.algorithm,
                             metric=opts.search.metric, mode=opts.search.mode, settings=opts.to_dict(), spec=opts.spec,
                             overrides=list(opts.overrides), baseline_params=baseline, driver_pid=os.getpid(),
-                            mlflow_tracking_uri=opts.tracking.tracking_uri)
+                            mlflow_tracking_uri=opts.tracking.tracking_uri,
+                            budget=dataclasses.asdict(budget) if budget is not None else None)
         tracker = _start_tracking(opts, state, space)
         state.save()
-        echo(settings_line(opts) + f" -> {layout.root}")
+        echo(settings_line(opts, budget) + f" -> {layout.root}")
         from automl.algorithms import build_search
 
-        stop_reason, early = _fit(opts, state, tracker, session, plan=build_search(opts, space, baseline),
+        stop_reason, early = _fit(opts, state, tracker, session, plan=build_search(opts, space, baseline, budget),
                                   echo=echo, live=live)
     return finish(opts, state, tracker, echo=echo, stop_reason=stop_reason, early=early)
 
@@ -140,35 +142,47 @@ def _spec_path(opts: SearchOptions, skill: Any) -> str | None:
     return str(template) if template.is_file() else None
 
 
-def _plan(opts: SearchOptions, skill: Any) -> tuple[SearchOptions, Any, dict[str, Any] | None]:
-    """The options with the epoch budget resolved, the search space, and the baseline's values."""
+def _plan(opts: SearchOptions, skill: Any) -> tuple[SearchOptions, Any, dict[str, Any] | None, Any]:
+    """The options with the epoch budget resolved, the search space, the baseline's values, and the
+    epoch budget (`automl.budget`; None when max_trials sizes the search)."""
     from automl.algorithms import grid_points
+    from automl.budget import centre, plan_budget, prioritise
     from automl.space import build_space
     from automl.trial import base_config
     from segformer.config import to_dict
 
     spec_values = to_dict(base_config(opts.spec, opts.overrides, opts.results_dir))  # validates spec and overrides
+    train = spec_values["train"]
     if opts.search.max_epochs is None:  # the spec's own num_epochs, in units of epoch_multiplier epochs (rounded up)
-        opts = opts.with_values(max_epochs=-(-int(spec_values["train"]["num_epochs"]) // opts.search.epoch_multiplier))
+        opts = opts.with_values(max_epochs=-(-int(train["num_epochs"]) // opts.search.epoch_multiplier))
     s = opts.search
     space = build_space(skill.load_schema("train"), only=s.only, include=s.include, exclude=s.exclude,
                         param_ranges=s.param_ranges or None, override_disabled=s.override_disabled, spec=spec_values)
     if len(space) == 0:
         raise SearchError("the search space is empty: check --only/--exclude or the schema's automl_default_parameters")
+    budget = None
+    if s.budgeted:
+        budget = plan_budget(s, int(train["num_epochs"]), int(train.get("validation_interval") or 1), int(train.get("seed") or 0))
+        if budget.search < budget.trial_epochs:
+            raise SearchError(f"--budget {s.budget:g} ({budget.total} epochs) cannot train the baseline's {budget.trial_epochs} "
+                              f"epochs; raise --budget or lower --max-epochs")
+        space = centre(space, spec_values, s.param_ranges)
+        if s.only is None:
+            space = prioritise(space, budget.configurations(s.reduction_factor), keep=s.include)
     baseline = space.baseline(spec_values) if s.baseline_first else None
     if baseline is not None:
         space.encode(baseline)  # raises when the spec's own value cannot be searched (e.g. not among the options)
     if s.algorithm == "grid":
         grid_points(space)  # raises naming the infinite parameters
-    return opts, space, baseline
+    return opts, space, baseline, budget
 
 
-def _print_plan(opts: SearchOptions, space: Any, baseline: dict[str, Any] | None, echo: Echo) -> None:
+def _print_plan(opts: SearchOptions, space: Any, baseline: dict[str, Any] | None, budget: Any, echo: Echo) -> None:
     """--dry-run: the budget, the space and the first trials."""
     from automl.algorithms import first_points
     from automl.console import recommendations, settings_line
 
-    echo(settings_line(opts))
+    echo(settings_line(opts, budget))
     echo(space.describe())
     echo("")
     echo(recommendations(opts, baseline, first_points(opts, space, baseline, 3)))
@@ -208,11 +222,13 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, session: Any, *,
 
     from automl.promote import EarlyPromotion
 
-    expected = plan.num_samples if plan is not None else (None if opts.search.algorithm == "grid" else opts.search.max_trials)
+    # A budget sizes the search as it goes (and a re-check may change the winner): no early promotion.
+    expected = (None if state.budget is not None else plan.num_samples if plan is not None
+                else None if opts.search.algorithm == "grid" else opts.search.max_trials)
     early = EarlyPromotion.for_search(opts, expected, session.slots())
     search = LiveSearch(state, tracker, epochs=int(opts.search.trial_epochs or 0),
                         prune=opts.tracking.delete_intermediate_checkpoints, early=early,
-                        console=LiveTable(echo) if live else None)
+                        console=LiveTable(echo) if live else None, echo=echo)
     # Ray Tune's own SIGINT handler would end `fit()` normally, and the search would be ranked,
     # promoted and closed as FINISHED although trials were cut. Ctrl-C and SIGTERM raise
     # KeyboardInterrupt here instead, and the search resumes like one whose driver was killed.
@@ -362,7 +378,15 @@ def finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo 
     from automl.console import summary
     from automl.report import write_report
 
+    from automl.budget import verdict
+    from automl.finals import final_evaluation, final_lines
+
+    state.recheck = verdict(state)
+    if state.recheck is not None:
+        echo(f"automl: re-check: {state.recheck['reason']}")
     best, baseline = state.best(), state.baseline()
+    if state.recheck is not None:
+        best = state.by_name(state.recheck["promoted"]) or best
     state.best_trial = best.name if best else None
     prepared = early.take(best) if early is not None and best is not None else None
     if early is not None and early.started:
@@ -373,6 +397,8 @@ def finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo 
         from automl.promote import promote
 
         state.promotion = promote(state, best, tracker, opts.promotion, echo=echo, prepared=prepared)
+    if best is not None and opts.promotion.promote and opts.promotion.evaluate:
+        state.final_evaluation = final_evaluation(state, best, echo=echo)
     report = write_report(state)
     parent = state.mlflow_parent_run_id
     if parent:
@@ -382,6 +408,15 @@ def finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo 
         for name, record in (("best", best), ("baseline", baseline)):
             if record is not None and record.best_value is not None:
                 metrics[f"{name}_{opts.search.metric}"] = record.best_value
+        if state.recheck is not None:
+            metrics.update(recheck_gain=state.recheck["gain"], recheck_gain_stderr=state.recheck["gain_stderr"],
+                           recheck_seed_noise=state.recheck["seed_noise"])
+        for role in ("promoted", "baseline"):
+            mean = ((state.final_evaluation or {}).get(role) or {}).get("mean")
+            if mean is not None:
+                metrics[f"test_miou_{role}"] = mean
+        if state.budget is not None:
+            metrics["epochs_trained"] = state.epochs_trained()
         tracker.log_metrics(parent, metrics, step=0)
         tags = {"automl.best_trial": best.name if best else "none", **({"automl.stop_reason": stop_reason} if stop_reason else {}),
                 **({"automl.best_params": best.params} if best is not None else {})}
@@ -391,6 +426,6 @@ def finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo 
     state.save()
     if parent:
         tracker.end_run(parent, FINISHED)
-    echo(summary(state))
+    echo(summary(state) + "".join("\n" + line for line in final_lines(state.final_evaluation or {})))
     return SearchOutcome(Path(opts.results_dir), "search", state=state, best=best, baseline=baseline,
                          promotion=state.promotion, report=report, message=stop_reason, stopped_by_failures=bool(stop_reason))

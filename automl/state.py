@@ -57,6 +57,12 @@ class TrialRecord:
     restores: list[dict[str, Any]] = field(default_factory=list)  # checkpoints continued: {"from", "epoch"}
     config_changes: list[dict[str, Any]] = field(default_factory=list)  # PBT: {"epoch", "params"} it went on with
     pid: int | None = None  # process of the Ray worker that last reported for this trial
+    recheck_of: str | None = None  # a re-check (another seed) of this trial (`automl.budget`); not ranked
+
+    @property
+    def epochs_trained(self) -> int:
+        """Epochs this trial has trained (its last reported epoch)."""
+        return max((int(h.get("epoch", 0)) for h in self.history), default=0)
 
 
 @dataclass
@@ -79,7 +85,10 @@ class SearchState:
     driver_pid: int | None = None
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
-    best_trial: str | None = None
+    best_trial: str | None = None  # the promoted trial, once decided (the ranking's best unless the re-check says otherwise)
+    budget: dict[str, Any] | None = None  # the epoch budget (`automl.budget.EpochBudget`), None without one
+    recheck: dict[str, Any] | None = None  # the re-check's verdict (`automl.budget.verdict`)
+    final_evaluation: dict[str, Any] | None = None  # the test split's scores of the promoted model and the baseline
     promotion: dict[str, Any] = field(default_factory=dict)
     trials: dict[str, TrialRecord] = field(default_factory=dict)  # keyed by trial_id
     version: int = STATE_VERSION
@@ -117,11 +126,16 @@ class SearchState:
         return a > b if self.mode == "max" else a < b
 
     def ranked(self) -> list[TrialRecord]:
-        """Trials with a result, best first (by their best epoch, not their last)."""
-        scored = [t for t in self.trials.values() if t.best_value is not None and t.best_value == t.best_value]
+        """Trials with a result, best first (by their best epoch, not their last); re-checks are not ranked."""
+        scored = [t for t in self.trials.values()
+                  if t.best_value is not None and t.best_value == t.best_value and not t.recheck_of]
         return sorted(scored, key=lambda t: t.best_value, reverse=self.mode == "max")
 
     def best(self) -> TrialRecord | None:
+        """The promoted trial once decided (`best_trial`), else the ranking's first."""
+        chosen = self.by_name(self.best_trial) if self.best_trial else None
+        if chosen is not None:
+            return chosen
         ranked = self.ranked()
         return ranked[0] if ranked else None
 
@@ -130,6 +144,10 @@ class SearchState:
 
     def by_name(self, name: str) -> TrialRecord | None:
         return next((t for t in self.trials.values() if t.name == name), None)
+
+    def epochs_trained(self) -> int:
+        """Epochs every trial together has trained (what an epoch budget counts)."""
+        return sum(t.epochs_trained for t in self.trials.values())
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}

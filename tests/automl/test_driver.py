@@ -29,7 +29,7 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def _options(results: Path, spec: Path, **kw):
-    return search_options(results, spec, **{"max_trials": 3, "max_epochs": 2, "num_cpus": 2, "max_concurrent": 1,
+    return search_options(results, spec, **{"algorithm": "bayesian", "max_trials": 3, "max_epochs": 2, "num_cpus": 2, "max_concurrent": 1,
                                             "only": ONLY, "quantize": False, "trt": False, **kw})
 
 

@@ -61,9 +61,28 @@ def test_one_set_of_defaults() -> None:
     """Settings file, command line and Python callers share one options model and its defaults."""
     opts = options_from_settings({}, {})
     assert opts == SearchOptions() == SearchOptions.build({})
-    assert (opts.search.algorithm, opts.search.metric, opts.search.mode, opts.search.max_trials) == ("bayesian", "val_miou", "max", 20)
+    assert (opts.search.algorithm, opts.search.metric, opts.search.mode, opts.search.max_trials) == ("asha", "val_miou", "max", None)
     assert opts.resources.max_failures == 1 and opts.resources.gpus_per_trial is None
     assert opts.search.baseline_first and opts.search.epoch_multiplier == 1
+    # The defaults: an epoch budget of 10 trainings, the leader re-checked, every slot busy.
+    assert opts.search.budget == 10 and opts.search.budgeted and opts.search.rechecked
+    assert opts.resources.max_concurrent is None
+
+
+def test_max_trials_replaces_the_budget_and_its_recheck() -> None:
+    """TAO's keys still work and override the budget: a trial count sizes the search, no re-check
+    unless asked for; PBT sizes itself by its population."""
+    tao = options_from_settings({"automl_max_recommendations": 8, "automl_algorithm": "bayesian"}, {})
+    assert tao.search.max_trials == 8 and not tao.search.budgeted and not tao.search.rechecked
+    with pytest.raises(SettingsError, match="recheck runs inside the epoch budget, and max_trials=8 replaces the budget"):
+        options_from_settings({"automl_max_recommendations": 8, "recheck": True}, {})
+    assert not options_from_settings({"automl_algorithm": "pbt"}, {}).search.budgeted
+    assert not options_from_settings({}, {"recheck": False}).search.rechecked
+    assert not options_from_settings({"run_baseline": False}, {}).search.rechecked  # nothing to re-check against
+    assert options_from_settings({}, {"budget": 4}).search.budget == 4
+    for bad in (0.5, float("nan"), "ten"):
+        with pytest.raises(SettingsError, match="budget must be at least 1"):
+            options_from_settings({}, {"budget": bad})
 
 
 def test_state_round_trip_and_flat_names() -> None:
@@ -110,7 +129,7 @@ def test_conflicting_aliases_and_bad_values() -> None:
         options_from_settings({"run_baseline": "no"})
     with pytest.raises(SearchError, match="grace_period 5 exceeds max_epochs 3"):
         SearchOptions.build({"algorithm": "asha", "grace_period": 5, "max_epochs": 3})
-    assert SearchOptions.build({"grace_period": 5, "max_epochs": 3}).search.grace_period == 5  # bayesian stops nothing
+    assert SearchOptions.build({"algorithm": "bayesian", "grace_period": 5, "max_epochs": 3}).search.grace_period == 5  # bayesian stops nothing
 
 
 def test_pbt_perturbation_factor_reaches_the_scheduler() -> None:

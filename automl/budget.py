@@ -1,0 +1,355 @@
+"""The epoch budget of a search, what it searches first, and the re-check that guards promotion.
+
+A user states the budget in trainings of their own spec (``--budget 10``: ten times the spec's
+``train.num_epochs``). Every epoch any trial trains counts, re-checks included, so the search never
+trains more than that. Without ``--budget`` nor ``max_trials`` the budget is 10.
+
+How the budget is spent (`plan_budget`)
+    * The baseline (the spec's own values) trains its full epochs: it is the reference, never stopped
+      early. With a multi-fidelity algorithm (asha, the default; hyperband, bohb) every other trial
+      starts with a few epochs (the first rung, about a ninth of the spec's epochs) and only the best
+      third goes on at each rung, so a budget of 10 trainings tries some 30 configurations.
+    * Two trainings are kept back for the re-check (below) when the budget allows it (4 or more).
+    * New trials start while the search's share of the budget lasts; once it is spent, running
+      trials are stopped (`BudgetScheduler`), so the total is a hard limit, not an estimate.
+
+What is searched first (`prioritise`, `centre`)
+    With a small budget the optimizer's parameters come first: about a dozen configurations per
+    searched parameter, in the order lr, weight decay, the other optimizer and model parameters,
+    then augmentation. The others are held at the spec's values (the space's notes say which, and
+    how much budget would search them). Numeric ranges are centred on the spec's own value (a log
+    range of one decade either side, a linear range of a quarter of the schema's span either side),
+    inside the schema's bounds: the user's configuration is the prior. Ranges the user gave
+    (custom_param_ranges) and an explicit selection (``--only``, automl_hyperparameters) are kept
+    as given.
+
+The re-check (`BudgetSearcher`, `verdict`)
+    The search ranks trials on the validation split, and the best of many noisy trainings is better
+    on that split than it will be elsewhere (the winner's curse). So when the search's share is
+    spent, the leading trial and the baseline train once more with another seed (``train.seed`` + 1).
+    Both train with the same two seeds (the same initial weights and batch order), so the gains are
+    paired and a seed that is good or bad for both cancels out. The leader is promoted only when its
+    mean gain exceeds its standard error (from the two paired gains), which with two seeds means it
+    also beat the baseline on the fresh seed; otherwise the baseline is promoted, and the summary
+    says why. The seed-to-seed spread of one training is reported too. The test split, which
+    nothing ranked on, then gives both models' final mIoU side by side (`automl.finals`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+
+from automl.state import DONE, SearchState, TrialRecord
+
+CONFIGS_PER_PARAM = 12  # configurations a budget must afford per searched parameter
+RECHECK_MIN_BUDGET = 4  # below this the budget cannot spare two trainings for the re-check
+FIRST = ("train.optim.lr", "train.optim.weight_decay")  # searched first, whatever the budget
+FULL = "_full"  # trial config flag: train every epoch, never stopped early (the baseline, re-checks)
+RECHECK_OF = "_recheck_of"  # trial config: the trial this one re-checks
+
+
+@dataclass(frozen=True)
+class EpochBudget:
+    """A search's budget in epochs."""
+
+    trainings: float  # the budget as the user gave it, in trainings of the spec
+    spec_epochs: int  # the spec's train.num_epochs
+    trial_epochs: int  # a trial's full epochs (max_epochs x epoch_multiplier)
+    recheck: int  # epochs kept back for the re-check (0: none)
+    first_rung: int  # epochs every new trial trains before it can be stopped (multi-fidelity), else trial_epochs
+    seed: int  # the spec's train.seed; the re-check trains with seed + 1
+    step: int = 1  # epochs between two reports of a trial (the spec's train.validation_interval)
+
+    @property
+    def total(self) -> int:
+        return int(round(self.trainings * self.spec_epochs))
+
+    @property
+    def search(self) -> int:
+        """Epochs for the search itself (the baseline included)."""
+        return self.total - self.recheck
+
+    def configurations(self, reduction_factor: int) -> int:
+        """About how many configurations the search's share affords (the baseline included)."""
+        cost = float(self.trial_epochs)
+        if self.first_rung < self.trial_epochs:  # successive halving: a third goes on at each rung
+            cost, rung, share = float(self.first_rung), self.first_rung, 1.0
+            while rung < self.trial_epochs:
+                share /= reduction_factor
+                nxt = min(rung * reduction_factor, self.trial_epochs)
+                cost += share * (nxt - rung)
+                rung = nxt
+        return 1 + max(0, int((self.search - self.trial_epochs) / cost))
+
+    def text(self) -> str:
+        recheck = f", {self.recheck} of them for the re-check" if self.recheck else ", no re-check"
+        return f"budget {self.total} epochs ({self.trainings:g} trainings of {self.spec_epochs}{recheck})"
+
+
+def plan_budget(search: Any, spec_epochs: int, validation_interval: int, seed: int) -> EpochBudget:
+    """The budget of `search` (`automl.options.SearchConfig`, its max_epochs resolved)."""
+    trial_epochs = int(search.trial_epochs or spec_epochs)
+    if search.multi_fidelity:
+        grace = search.grace_period * search.epoch_multiplier if search.grace_period else max(1, round(trial_epochs / 9))
+        grace = min(trial_epochs, math.ceil(grace / validation_interval) * validation_interval)
+    else:
+        grace = trial_epochs
+    recheck = 2 * trial_epochs if search.rechecked and search.budget >= RECHECK_MIN_BUDGET else 0
+    return EpochBudget(float(search.budget), int(spec_epochs), trial_epochs, recheck, grace, int(seed), int(validation_interval))
+
+
+# --------------------------------------------------------------------------------------- the space
+
+
+def _rank(name: str) -> tuple[int, int]:
+    if name in FIRST:
+        return 0, FIRST.index(name)
+    return (1, 0) if name.startswith(("train.", "model.")) else (2, 0)
+
+
+def prioritise(space: Any, configurations: int, keep: Any = ()) -> Any:
+    """The space with the parameters a budget of `configurations` can search (the rest at the spec's
+    values); the names in `keep` (the user added them) are searched whatever the budget."""
+    keep_count = max(len([p for p in space if p.name in FIRST]) or 1, configurations // CONFIGS_PER_PARAM)
+    ordered = sorted(space.params, key=lambda p: (p.name not in keep, _rank(p.name)))
+    keep = {p.name for p in ordered[:keep_count]} | set(keep)
+    for p in ordered:  # a kept parameter's depends_on parent stays too
+        if p.name in keep and p.depends_on and p.depends_on in space:
+            keep.add(p.depends_on)
+    held = [p.name for p in space.params if p.name not in keep]
+    if not held:
+        return space
+    need = math.ceil(CONFIGS_PER_PARAM * len(space) / max(1, configurations) * 10) / 10
+    note = (f"held at the spec's values (a budget affording ~{configurations} configurations searches "
+            f"~{CONFIGS_PER_PARAM} per parameter; about {need:g}x this budget searches them all, or name them with --only): "
+            + ", ".join(held))
+    fixed = dict(space.fixed)
+    params = tuple(p for p in space.params if p.name in keep)
+    for p in params:
+        if p.depends_on and p.depends_on not in keep and p.depends_on not in fixed:
+            fixed[p.depends_on] = space[p.depends_on].default
+    return dataclasses.replace(space, params=params, fixed=fixed, notes=(*space.notes, note))
+
+
+def centre(space: Any, spec_values: Mapping[str, Any], custom: Mapping[str, Any]) -> Any:
+    """The space with numeric ranges centred on the spec's own values (not those in `custom`)."""
+    from automl.space import _lookup
+    from segformer.text import fmt
+
+    params = []
+    for p in space.params:
+        found, value = _lookup(spec_values, p.name)
+        numeric = p.kind in ("int", "float") and not p.choices and not p.derived and p.relation is None
+        if not numeric or p.name in custom or not found or isinstance(value, bool) or not isinstance(value, (int, float)):
+            params.append(p)
+            continue
+        if p.log and value > 0:
+            lo, hi = value / 10, value * 10
+            how = f"centred on the spec's {fmt(value)} (x/10 .. x10)"
+        else:
+            quarter = (p.high - p.low) / 4
+            lo, hi = value - quarter, value + quarter
+            how = f"centred on the spec's {fmt(value)} (+/- a quarter of the schema's span)"
+        lo, hi = max(lo, p.low), min(hi, p.high)
+        if p.kind == "int":
+            lo, hi = math.floor(lo), math.ceil(hi)
+        if not lo < hi:
+            params.append(p)
+            continue
+        params.append(dataclasses.replace(p, low=lo, high=hi, source=f"{p.source}; {how}"))
+    return dataclasses.replace(space, params=tuple(params))
+
+
+# --------------------------------------------------------------------------------------- accounting
+
+
+def _live_state(results_dir: str) -> SearchState | None:
+    from automl.callbacks import _LIVE
+
+    live = _LIVE.get(results_dir) or (next(iter(_LIVE.values())) if len(_LIVE) == 1 else None)
+    return live.state if live is not None else None
+
+
+def _reserved(state: SearchState, budget: EpochBudget) -> int:
+    """Epochs the baseline still has to train (it always trains its full epochs)."""
+    baseline = state.baseline()
+    if state.baseline_params is None or (baseline is not None and baseline.status not in ("PENDING", "RUNNING")):
+        return 0
+    return budget.trial_epochs - (baseline.epochs_trained if baseline is not None else 0)
+
+
+def committed(state: SearchState, budget: EpochBudget, reporting: Any = None, epoch: int = 0) -> int:
+    """Epochs the search's share cannot get back: trained so far (`reporting`'s result at `epoch`
+    counted: the scheduler decides before the ledger records it), what the baseline still trains,
+    and the next report's epochs of every other trial running."""
+    total = 0
+    for t in state.trials.values():
+        if t.recheck_of:
+            continue
+        trained = max(t.epochs_trained, epoch) if reporting is not None and t.trial_id == reporting else t.epochs_trained
+        total += trained
+        if t.status == "RUNNING" and not t.is_baseline and t.trial_id != reporting:
+            total += budget.step
+    return total + _reserved(state, budget)
+
+
+class BudgetSearcher(Searcher):
+    """Wraps the algorithm's searcher: new trials while the search's share of the budget lasts, then
+    the re-check of the leader and the baseline (`verdict` reads it), then FINISHED.
+
+    Also marks the baseline's config with ``_full`` (the scheduler never stops it early). The
+    searcher is pickled into Ray's experiment checkpoint, so `automl resume` continues it.
+    """
+
+    def __init__(self, inner: Searcher, results_dir: str, budget: EpochBudget, baseline: Mapping[str, Any] | None,
+                 metric: str, mode: str) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self.searcher = inner  # the name Ray's save and restore walk wrappers by
+        self.results_dir = results_dir
+        self.budget = budget
+        self.baseline = dict(baseline) if baseline is not None else None
+        self.own: set[str] = set()  # trial ids of the inner searcher's trials
+        self.running: set[str] = set()  # of those, the ones not complete yet
+        self.searching = True
+        self.queue: list[dict[str, Any]] | None = None  # the re-check configs, once decided
+        self.flagged = False  # the baseline's config was marked _full
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def _can_start(self) -> bool:
+        state = _live_state(self.results_dir)
+        if state is None:
+            return True
+        return committed(state, self.budget) + self.budget.first_rung <= self.budget.search
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.searching and self._can_start():
+            config = self.searcher.suggest(trial_id)
+            if config == Searcher.FINISHED:
+                self.searching = False
+            elif config is not None:
+                self.own.add(trial_id)
+                self.running.add(trial_id)
+                if self.baseline is not None and not self.flagged and config == self.baseline:
+                    config, self.flagged = {**config, FULL: True}, True
+                return config
+            else:
+                return None
+        else:
+            self.searching = False
+        if self.running:
+            return None  # the re-check waits for the search's last trials
+        if self.queue is None:
+            self.queue = self._rechecks()
+        return self.queue.pop(0) if self.queue else Searcher.FINISHED
+
+    def _rechecks(self) -> list[dict[str, Any]]:
+        state = _live_state(self.results_dir)
+        if not self.budget.recheck or state is None:
+            return []
+        baseline, leader = state.baseline(), leading(state)
+        if baseline is None or leader is None or baseline.status not in DONE or not state.better(leader.best_value, baseline.best_value):
+            return []
+        seed = self.budget.seed + 1
+        return [{**record.params, "train.seed": seed, FULL: True, RECHECK_OF: record.name} for record in (leader, baseline)]
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self.own:
+            self.searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self.own:
+            self.running.discard(trial_id)
+            self.searcher.on_trial_complete(trial_id, result=result, error=error)
+
+    # Ray saves a searcher wrapper by its `searcher` attribute and get_state/set_state (ConcurrencyLimiter's
+    # pattern), the base searcher (Optuna's) by its own save: both come back with `automl resume`.
+    def get_state(self) -> dict[str, Any]:
+        import copy
+
+        return copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "searcher"})
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+def leading(state: SearchState) -> TrialRecord | None:
+    """The best trial of the search itself (not the baseline, not a re-check)."""
+    return next((t for t in state.ranked() if not t.is_baseline), None)
+
+
+class _BudgetStops:
+    """Scheduler mix-in: never stop a ``_full`` trial early; stop the others once the search's share is spent."""
+
+    results_dir: str
+    budget: EpochBudget
+
+    def _decide(self, trial: Any, result: dict, decision: str) -> str:
+        epoch = int(result.get("epoch", 0))
+        if trial.config.get(FULL):
+            return TrialScheduler.CONTINUE if epoch < self.budget.trial_epochs else decision
+        state = _live_state(self.results_dir)
+        if decision == TrialScheduler.CONTINUE and state is not None:
+            if committed(state, self.budget, trial.trial_id, epoch) + self.budget.step > self.budget.search:
+                return TrialScheduler.STOP  # its next epochs would overrun the search's share
+        return decision
+
+
+class BudgetASHA(_BudgetStops, ASHAScheduler):
+    def __init__(self, results_dir: str, budget: EpochBudget, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.results_dir, self.budget = results_dir, budget
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        return self._decide(trial, result, super().on_trial_result(tune_controller, trial, result))
+
+
+class BudgetFIFO(_BudgetStops, FIFOScheduler):
+    def __init__(self, results_dir: str, budget: EpochBudget) -> None:
+        super().__init__()
+        self.results_dir, self.budget = results_dir, budget
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        return self._decide(trial, result, super().on_trial_result(tune_controller, trial, result))
+
+
+# --------------------------------------------------------------------------------------- the verdict
+
+
+def verdict(state: SearchState) -> dict[str, Any] | None:
+    """The re-check's answer: which trial to promote, the gain over the baseline and its uncertainty.
+
+    None when no re-check ran (no budget for it, or the baseline led the search).
+    """
+    checks = {t.recheck_of: t for t in state.trials.values() if t.recheck_of and t.status in DONE and t.best_value is not None}
+    baseline, leader = state.baseline(), leading(state)
+    if baseline is None or leader is None or leader.name not in checks or baseline.name not in checks:
+        return None
+    c0, c1 = leader.best_value, checks[leader.name].best_value
+    b0, b1 = baseline.best_value, checks[baseline.name].best_value
+    sign = 1.0 if state.mode == "max" else -1.0
+    gains = [sign * (c0 - b0), sign * (c1 - b1)]  # paired: both configurations trained with the same two seeds
+    gain = (gains[0] + gains[1]) / 2
+    stderr = abs(gains[0] - gains[1]) / 2  # standard error of the mean of two paired differences
+    noise = math.sqrt(((c0 - c1) ** 2 + (b0 - b1) ** 2) / 4)  # seed-to-seed SD of one training (pooled), for reference
+    # The leader led the search (its first gain is positive and inflated by the selection); the
+    # re-check seed is a fresh draw. Promote when the mean gain exceeds its standard error, which with
+    # two paired seeds means the leader also beat the baseline on the fresh seed.
+    confirmed = min(gains) > 0 and gain > stderr
+    if confirmed:
+        why = (f"{leader.name} beat the baseline on both seeds: mean gain {gain:+.4f} > its standard error "
+               f"{stderr:.4f}; {leader.name} is promoted")
+    else:
+        why = (f"{leader.name} did not beat the baseline on the re-check seed ({gains[1]:+.4f}): its lead in the "
+               f"search ({gains[0]:+.4f}) did not hold; the baseline is promoted")
+    return {"leader": leader.name, "baseline": baseline.name, "leader_rechecks": [checks[leader.name].name],
+            "baseline_rechecks": [checks[baseline.name].name], "seeds": 2, "leader_values": [c0, c1],
+            "baseline_values": [b0, b1], "gain": gain, "gain_stderr": stderr, "seed_noise": noise,
+            "confirmed": confirmed, "promoted": leader.name if confirmed else baseline.name, "reason": why}

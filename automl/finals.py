@@ -1,0 +1,116 @@
+"""The final evaluation: the promoted model and the baseline on the test split, side by side.
+
+The search ranked on the validation split (``dataset.segment.validation_split``); the test split
+(``dataset.segment.test_split``) took no part in any decision, so its mIoU is the honest answer to
+"how much better is the promoted model than my spec". As NVIDIA's AutoML 7.1 does, it is computed
+once at the end, with the plain `segformer evaluate` action on each model's best checkpoint. Where
+re-checks ran (`automl.budget`), every seed of both configurations is evaluated and the means are
+reported too. When the test split is the validation split (TAO's default ``test_split: val``) or
+does not exist, the final evaluation says so instead of scoring a split the search ranked on.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from automl.layout import Layout
+from automl.state import SearchState, TrialRecord
+
+
+def _split_folder(values: dict[str, Any], split: str) -> Path:
+    root = Path(str(values["dataset"]["segment"]["root_dir"]))
+    return root / "images" / split
+
+
+def skip_reason(state: SearchState) -> str | None:
+    """Why no final evaluation can run, or None."""
+    from automl.trial import base_config
+    from segformer.config import to_dict
+
+    values = to_dict(base_config(state.spec, state.overrides, state.results_dir))
+    segment = values["dataset"]["segment"]
+    test, val = str(segment.get("test_split") or ""), str(segment.get("validation_split") or "")
+    if not test or test == val:
+        return (f"dataset.segment.test_split is the validation split ({val!r}) the search ranked on; "
+                f"give a held-out split (test_split: test) for an untouched final evaluation")
+    if not _split_folder(values, test).is_dir():
+        return f"the test split {test!r} has no folder ({_split_folder(values, test)})"
+    return None
+
+
+def evaluate_trial(state: SearchState, record: TrialRecord, out_dir: Path) -> float:
+    """Test-split mIoU of a trial's best checkpoint (the plain evaluate action)."""
+    from automl.promote import best_checkpoint
+    from automl.trial import base_config
+    from segformer.actions import evaluate
+    from segformer.config import apply_overrides
+
+    checkpoint = best_checkpoint(record)
+    if checkpoint is None:
+        raise FileNotFoundError(f"no checkpoint of {record.name}")
+    overrides = {**record.params, "results_dir": str(out_dir), "evaluate.checkpoint": str(checkpoint),
+                 "evaluate.results_dir": str(out_dir)}
+    cfg = apply_overrides(base_config(state.spec, state.overrides, out_dir), overrides)
+    return float(evaluate.run(cfg, quiet=True).miou)
+
+
+def final_evaluation(state: SearchState, promoted: TrialRecord, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Both models (and their re-check seeds) on the test split; the answer is kept in the state."""
+    reason = skip_reason(state)
+    baseline = state.baseline()
+    if reason is not None or baseline is None:
+        out = {"skipped": reason or "no baseline trial to compare with"}
+        echo(f"automl: final evaluation skipped: {out['skipped']}")
+        return out
+    started = time.time()
+    folder = Layout.of(state.results_dir).root / "final_evaluation"
+    groups: dict[str, list[TrialRecord]] = {"promoted": [promoted], "baseline": [baseline]}
+    verdict = state.recheck or {}
+    if verdict:
+        leader = state.by_name(verdict["leader"])
+        for role, name, names in (("leader", verdict["leader"], verdict["leader_rechecks"]),
+                                  ("baseline", verdict["baseline"], verdict["baseline_rechecks"])):
+            records = [state.by_name(name), *[state.by_name(n) for n in names]]
+            groups[role] = [r for r in records if r is not None]
+        if leader is not None and promoted.name == leader.name:
+            groups["promoted"] = groups["leader"]
+        elif promoted.name == baseline.name:
+            groups["promoted"] = groups["baseline"]
+    scores: dict[str, float] = {}
+    out: dict[str, Any] = {"split": "test", "metric": "miou"}
+    for role, records in groups.items():
+        values = []
+        for record in records:
+            if record.name not in scores:
+                try:
+                    scores[record.name] = evaluate_trial(state, record, folder / record.name)
+                except Exception as err:  # noqa: BLE001 (one model that cannot be scored must not lose the others)
+                    echo(f"automl: final evaluation of {record.name} failed: {type(err).__name__}: {err}")
+                    continue
+            values.append(scores[record.name])
+        out[role] = {"trials": [r.name for r in records], "test_miou": values,
+                     "mean": sum(values) / len(values) if values else None}
+    out["test_miou"] = {name: round(value, 6) for name, value in scores.items()}
+    out["seconds"] = round(time.time() - started, 1)
+    return out
+
+
+def final_lines(final: dict[str, Any]) -> list[str]:
+    """The summary's lines: test mIoU of the promoted model and the baseline, side by side."""
+    if not final:
+        return []
+    if "skipped" in final:
+        return [f"  test     skipped: {final['skipped']}"]
+    p, b = final.get("promoted", {}), final.get("baseline", {})
+    if p.get("mean") is None or b.get("mean") is None:
+        return ["  test     could not score both models (see the lines above)"]
+    lead = final.get("leader", {})
+    if p["trials"] == b["trials"] and lead.get("mean") is not None:  # the baseline was promoted: show what it beat
+        p, role = lead, "leader"
+    else:
+        role = "promoted"
+    seeds = f" (means of {len(p['test_miou'])} and {len(b['test_miou'])} seeds)" if len(p["test_miou"]) > 1 or len(b["test_miou"]) > 1 else ""
+    return [f"  test     {role} {p['trials'][0]} mIoU {p['mean']:.4f} vs baseline {b['trials'][0]} {b['mean']:.4f} "
+            f"({p['mean'] - b['mean']:+.4f}) on the untouched test split{seeds}"]

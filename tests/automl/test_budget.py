@@ -1,0 +1,230 @@
+"""The epoch budget, what it searches first, and the re-check before promotion (`automl.budget`).
+
+The unit tests read the real schema of our skill; the search at the end is a real one (local Ray,
+sqlite MLflow, the real train and evaluate actions) on a tiny synthetic dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from searchhelpers import search_options
+
+from automl.budget import centre, plan_budget, prioritise, verdict
+from automl.options import SearchOptions
+from automl.space import build_space
+from automl.state import FINISHED, SearchState, TrialRecord
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA = REPO / "schemas" / "segformer" / "train.schema.json"
+
+
+def _search(**values):
+    return SearchOptions.build({"max_epochs": 20, **values}).search
+
+
+def test_budget_in_trainings_of_the_spec() -> None:
+    """10 trainings of a 20-epoch spec: 200 epochs, 40 kept for the re-check, rungs from 2 epochs."""
+    budget = plan_budget(_search(), spec_epochs=20, validation_interval=1, seed=7)
+    assert (budget.total, budget.recheck, budget.search, budget.first_rung, budget.seed) == (200, 40, 160, 2, 7)
+    assert "budget 200 epochs (10 trainings of 20, 40 of them for the re-check)" in budget.text()
+    # successive halving affords many more configurations than full trainings would
+    many = budget.configurations(3)
+    full = plan_budget(_search(algorithm="bayesian"), 20, 1, 0)
+    assert full.first_rung == 20 and full.configurations(3) == 1 + (160 - 20) // 20
+    assert many >= 3 * full.configurations(3)
+    # the first rung is a validated epoch; a small budget keeps nothing back for a re-check
+    assert plan_budget(_search(), 20, 5, 0).first_rung == 5
+    small = plan_budget(_search(budget=3), 20, 1, 0)
+    assert small.recheck == 0 and small.search == 60 and "no re-check" in small.text()
+    assert plan_budget(_search(recheck=False), 20, 1, 0).recheck == 0
+
+
+def _spec(lr: float = 0.002, momentum: float = 0.9) -> dict:
+    return {"train": {"optim": {"lr": lr, "weight_decay": 0.01, "momentum": momentum}},
+            "dataset": {"segment": {"augmentation": {"random_flip": {"enable": True, "hflip_probability": 0.5}}}}}
+
+
+def test_small_budgets_search_the_optimizer_first_around_the_spec() -> None:
+    spec = _spec()
+    space = centre(build_space(SCHEMA, spec=spec), spec, custom={})
+    lr = space["train.optim.lr"]
+    assert lr.log and lr.low == pytest.approx(0.0002) and lr.high == pytest.approx(0.01)  # x/10 .. x10, inside the schema's 0.01
+    assert "centred on the spec's 0.002" in lr.source
+    momentum = space["train.optim.momentum"]
+    assert momentum.low == pytest.approx(0.8525) and momentum.high == pytest.approx(0.9475)  # 0.9 +/- (0.99-0.8)/4
+    small = prioritise(space, configurations=30)
+    assert [p.name for p in small] == ["train.optim.lr", "train.optim.weight_decay"]
+    assert any("held at the spec's values" in note and "random_flip.hflip_probability" in note for note in small.notes)
+    assert len(prioritise(space, configurations=12 * len(space))) == len(space)  # a large budget searches them all
+    # what the user adds is searched whatever the budget, with the parent its sampling depends on
+    kept = prioritise(space, configurations=30, keep=("dataset.segment.augmentation.random_flip.hflip_probability",))
+    assert {"dataset.segment.augmentation.random_flip.hflip_probability",
+            "dataset.segment.augmentation.random_flip.enable"} <= {p.name for p in kept}
+    # ranges the user gave are kept as given
+    custom = {"train.optim.lr": {"valid_min": 1e-4, "valid_max": 1e-3}}
+    given = build_space(SCHEMA, spec=spec, param_ranges=custom)
+    assert centre(given, spec, custom=custom)["train.optim.lr"].high == pytest.approx(1e-3)
+
+
+def _record(name: str, value: float, *, baseline: bool = False, of: str | None = None) -> TrialRecord:
+    return TrialRecord(trial_id=name, name=name, params={}, status=FINISHED, best_value=value, best_epoch=4,
+                       history=[{"epoch": 4, "val_miou": value}], is_baseline=baseline, recheck_of=of)
+
+
+def _state(tmp_path: Path, baseline: tuple[float, float], leader: tuple[float, float], other: float = 0.5) -> SearchState:
+    state = SearchState(results_dir=str(tmp_path), skill="segformer", algorithm="asha", metric="val_miou", mode="max",
+                        settings={}, baseline_params={})
+    for record in (_record("trial_000", baseline[0], baseline=True), _record("trial_001", leader[0]),
+                   _record("trial_002", other), _record("trial_003", leader[1], of="trial_001"),
+                   _record("trial_004", baseline[1], of="trial_000")):
+        state.trials[record.trial_id] = record
+    return state
+
+
+def test_the_recheck_promotes_only_a_gain_above_the_noise(tmp_path: Path) -> None:
+    # beats the baseline on both seeds: the mean paired gain exceeds its standard error
+    state = _state(tmp_path, baseline=(0.60, 0.61), leader=(0.66, 0.65))
+    v = verdict(state)
+    assert v["confirmed"] and v["promoted"] == "trial_001" and v["gain"] == pytest.approx(0.05)
+    assert v["gain_stderr"] == pytest.approx(0.01)  # |0.06 - 0.04| / 2
+    assert v["seed_noise"] == pytest.approx(math.sqrt((0.01**2 + 0.01**2) / 4))
+    # a seed that is bad for both configurations cancels out of the paired gains
+    shifted = verdict(_state(tmp_path, baseline=(0.60, 0.50), leader=(0.64, 0.53)))
+    assert shifted["confirmed"] and shifted["gain_stderr"] == pytest.approx(0.005) and shifted["seed_noise"] > 0.07
+    # re-checks are never ranked: the search's best is the leader, not its re-check
+    assert [t.name for t in state.ranked()] == ["trial_001", "trial_000", "trial_002"]
+    # the lead did not survive another seed: the winner's curse, the baseline is promoted
+    for leader in ((0.64, 0.61), (0.64, 0.62)):
+        cursed = verdict(_state(tmp_path, baseline=(0.60, 0.62), leader=leader))
+        assert not cursed["confirmed"] and cursed["promoted"] == "trial_000" and "re-check seed" in cursed["reason"]
+        assert cursed["gain"] <= cursed["gain_stderr"]
+    # no re-check ran (the baseline led the search): no verdict, the ranking decides
+    state = _state(tmp_path, baseline=(0.7, 0.7), leader=(0.6, 0.6))
+    for name in ("trial_003", "trial_004"):
+        del state.trials[name]
+    assert verdict(state) is None
+
+
+def test_state_keeps_the_promoted_trial(tmp_path: Path) -> None:
+    state = _state(tmp_path, baseline=(0.60, 0.62), leader=(0.64, 0.61))
+    assert state.best().name == "trial_001"
+    state.best_trial = "trial_000"  # the re-check promoted the baseline
+    assert state.best().name == "trial_000"
+    assert state.epochs_trained() == 5 * 4
+
+
+@pytest.fixture(scope="module")
+def budget_search(tmp_path_factory):
+    import automl
+    from segformer.data.synth import generate
+
+    root = generate(tmp_path_factory.mktemp("synth") / "data", num_classes=3, size=32, train=8, val=4, test=4)
+    results = tmp_path_factory.mktemp("search")
+    lines: list[str] = []
+    # The defaults with a budget of 5 trainings of a 4-epoch spec; a bad spec lr leaves room to win.
+    opts = search_options(results, root / "spec.yaml", overrides=("dataset.segment.batch_size=4",
+                          "model.decode_head.decoder_params.embed_dim=32", "train.num_epochs=4", "train.optim.lr=0.0003"),
+                          budget=5, num_cpus=2, export=False, quantize=False, trt=False)
+    outcome = automl.run(opts, echo=lines.append)
+    return outcome, lines, results
+
+
+def test_a_budgeted_search_keeps_its_budget_and_rechecks(budget_search) -> None:
+    outcome, lines, results = budget_search
+    state = outcome.state
+    assert state.budget["trainings"] == 5 and state.budget["recheck"] == 8
+    # every epoch counted from the trials' own status.json, re-checks included: within 5 x 4 epochs
+    counted = sum(sum(1 for line in status.read_text().splitlines() if '"epoch"' in line)
+                  for status in results.glob("trial_*/train/status.json"))
+    assert counted == state.epochs_trained() <= 20
+    assert any("budget 20 epochs (5 trainings of 4, 8 of them for the re-check)" in line for line in lines)
+    assert any(line.startswith("automl: budget ") and "left at this pace" in line for line in lines)
+    baseline = state.baseline()
+    assert baseline.epochs_trained == 4  # the reference always trains in full
+    searched = {k for t in state.trials.values() for k in t.params}
+    assert searched <= {"train.optim.lr", "train.optim.weight_decay", "train.seed"}  # a small budget: the optimizer first
+    rechecks = [t for t in state.trials.values() if t.recheck_of]
+    leader = next(t for t in state.ranked() if not t.is_baseline)
+    if state.better(leader.best_value, baseline.best_value):
+        assert sorted(t.recheck_of for t in rechecks) == sorted([leader.name, baseline.name])
+        assert all(t.params["train.seed"] == 1 and t.epochs_trained == 4 for t in rechecks)  # the synthetic spec's seed + 1
+        assert state.recheck["promoted"] in (leader.name, baseline.name)
+        assert state.best_trial == state.recheck["promoted"]
+        assert "\n  re-check " in "\n".join(lines)
+    else:
+        assert not rechecks and state.recheck is None
+    # the final evaluation: the promoted model and the baseline on the untouched test split
+    final = state.final_evaluation
+    assert final["split"] == "test" and 0 <= final["promoted"]["mean"] <= 1 and 0 <= final["baseline"]["mean"] <= 1
+    assert (results / "final_evaluation" / baseline.name / "results.json").is_file()
+    assert "\n  test     " in "\n".join(lines) and "untouched test split" in "\n".join(lines)
+    saved = json.loads((results / "automl_state.json").read_text())
+    assert saved["final_evaluation"] == json.loads(json.dumps(final)) and saved["best_trial"] == state.best_trial
+
+
+def test_mlflow_shows_the_gain_and_the_test_scores(budget_search) -> None:
+    from mlflow import MlflowClient
+
+    outcome, _, _ = budget_search
+    state = outcome.state
+    parent = MlflowClient(state.mlflow_tracking_uri).get_run(state.mlflow_parent_run_id)
+    metrics = parent.data.metrics
+    assert metrics["epochs_trained"] == state.epochs_trained()
+    assert metrics["test_miou_promoted"] == pytest.approx(state.final_evaluation["promoted"]["mean"])
+    assert ("recheck_gain" in metrics) == (state.recheck is not None)
+    assert parent.data.tags["automl.best_trial"] == state.best_trial
+
+
+@pytest.mark.slow  # about 2 min on 2 shared cores; CI runs it (make test)
+def test_a_budgeted_search_resumes_after_sigkill(tmp_path) -> None:
+    """Kill the driver mid-search, resume: the budget's searcher (and its re-check) continue where
+    they were, the budget still holds, and no trial is repeated."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from segformer.data.synth import generate
+
+    root = generate(tmp_path / "data", num_classes=3, size=32, train=8, val=4, test=4)
+    results = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "automl.cli", "run", "--skill", "segformer", "-e", str(root / "spec.yaml"),
+           "--results-dir", str(results), "--budget", "5", "--num-cpus", "2", "--skip-export", "--skip-quantize",
+           "--skip-trt", "dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32",
+           "train.num_epochs=4", "train.optim.lr=0.0003"]
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+    def trained() -> int:
+        try:
+            return SearchState.load(results).epochs_trained()
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    try:
+        deadline = time.time() + 240
+        while trained() < 7 and time.time() < deadline:
+            time.sleep(0.3)
+        assert trained() >= 7, "the search did not train 7 epochs in 240 s"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    time.sleep(3)
+    out = subprocess.run([sys.executable, "-m", "automl.cli", "resume", str(results)], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    state = SearchState.load(results)
+    assert state.status == FINISHED and state.epochs_trained() <= 20
+    names = [t.name for t in state.trials.values()]
+    assert len(names) == len(set(names))
+    checks = sorted(t.recheck_of for t in state.trials.values() if t.recheck_of)
+    assert checks == ([] if state.recheck is None else sorted([state.recheck["leader"], state.recheck["baseline"]]))
+    assert state.final_evaluation["baseline"]["mean"] is not None
