@@ -2,7 +2,7 @@
 
     python -m benchmarks.demo_wall --before REV [--repeats 3] [--resume] [--no-write]
 
-Each variant is `automl run` exactly as `make demo` runs it (experiments/demo/automl.yaml: bohb, 16
+Each variant is `automl run` as `make demo` ran it before issue 15 (experiments/demo/automl.yaml: bohb, 16
 trials of up to 8 epochs, 2 at a time, promotion; synthetic 128x128 data, 256 train / 32 val) in a
 subprocess; wall = process start to exit, and the share of the compute (2 slots x wall) that went into
 training and validation steps (`benchmarks.search_overhead.breakdown`):

@@ -111,6 +111,54 @@ def render_sample(num_classes: int, size: int, rng: np.random.Generator) -> tupl
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), labels
 
 
+def _curve(size: int, rng: np.random.Generator, width: float) -> np.ndarray:
+    """A thin wavy line across the image (a vessel, a crack, a cell border), `width` pixels wide."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    theta = rng.uniform(0, np.pi)
+    u, v = xx * np.cos(theta) + yy * np.sin(theta), -xx * np.sin(theta) + yy * np.cos(theta)
+    offset = rng.uniform(-0.3, 0.7) * size
+    amplitude, period, phase = rng.uniform(0.03, 0.12) * size, rng.uniform(0.4, 1.2) * size, rng.uniform(0, 2 * np.pi)
+    return np.abs(v - offset - amplitude * np.sin(2 * np.pi * u / period + phase)) <= width / 2
+
+
+def render_hard_sample(num_classes: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A hard sample: the classes differ in shape and faint texture, not in colour.
+
+    Class 1: large blobs (common); class 2: thin wavy lines 1-2 px wide (thin structures); class 3:
+    a few small discs (rare: class imbalance); further classes: rectangles. Everything is grey with a
+    faint tint, low contrast, on a textured background with unlabelled look-alike distractors (dim
+    lines and spots) and strong pixel noise.
+    """
+    labels = np.zeros((size, size), dtype=np.uint8)
+    regions: list[tuple[int, np.ndarray]] = []
+    for _ in range(int(rng.integers(1, 4))):
+        regions.append((1, _shape_region(int(rng.choice([0, 3])), size, rng)))
+    if num_classes > 2:
+        for _ in range(int(rng.integers(1, 4))):
+            regions.append((2, _curve(size, rng, rng.uniform(1.0, 2.2))))
+    if num_classes > 3 and rng.random() < 0.7:
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+        for _ in range(int(rng.integers(1, 4))):
+            radius = rng.uniform(0.025, 0.05) * size
+            cy, cx = rng.uniform(radius, size - radius, size=2)
+            regions.append((3, (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2))
+    for cls in range(4, num_classes):
+        if rng.random() < 0.5:
+            regions.append((cls, _shape_region(1, size, rng)))
+    textures = _textures(size, rng)
+    low = Image.fromarray(12 * np.asarray(rng.standard_normal((size // 12 + 2, size // 12 + 2)), dtype=np.float32))
+    image = 120 + np.asarray(low.resize((size, size), Image.BILINEAR), dtype=np.float32) + 5 * textures[3]
+    for _ in range(int(rng.integers(1, 4))):  # distractors: unlabelled, half the contrast of the real thing
+        image[_curve(size, rng, rng.uniform(1.0, 2.0))] -= 14
+    shift = {1: 26.0, 2: -34.0, 3: 40.0}
+    for cls, region in regions:
+        labels[region] = cls
+        image[region] += shift.get(cls, 16.0 + 4 * cls) + 8 * textures[cls % 4][region]
+    tint = np.array([1.0, rng.uniform(0.93, 1.0), rng.uniform(0.86, 1.0)], dtype=np.float32)
+    rgb = image[..., None] * tint[None, None] + rng.normal(0, 13, size=(size, size, 3)).astype(np.float32)
+    return np.clip(np.rint(rgb + rng.uniform(-20, 20)), 0, 255).astype(np.uint8), labels
+
+
 def palette(num_classes: int) -> list[dict]:
     """TAO palette entries (label_transform None, rgb 0..255) including the ignore colour."""
     entries = [{"seg_class": CLASS_NAMES[i], "mapping_class": CLASS_NAMES[i], "label_id": i,
@@ -119,7 +167,7 @@ def palette(num_classes: int) -> list[dict]:
     return entries
 
 
-def spec_for(root: Path, num_classes: int, size: int, seed: int) -> dict:
+def spec_for(root: Path, num_classes: int, size: int, seed: int, epochs: int = 40) -> dict:
     """A spec that trains as is with ``results_dir=...`` on the command line (TAO keys only)."""
     checkpoint = "${results_dir}/train/segformer_model_latest.pth"
     return {
@@ -157,9 +205,9 @@ def spec_for(root: Path, num_classes: int, size: int, seed: int) -> dict:
         }},
         "train": {
             "seed": seed,
-            "num_epochs": 40,
+            "num_epochs": epochs,
             "validation_interval": 1,
-            "checkpoint_interval": 40,
+            "checkpoint_interval": epochs,
             "optim": {"optim": "adamw", "lr": 0.001, "policy": "linear", "weight_decay": 0.01},
         },
         "evaluate": {"checkpoint": checkpoint, "batch_size": 8},
@@ -172,8 +220,11 @@ def spec_for(root: Path, num_classes: int, size: int, seed: int) -> dict:
 
 
 def generate(out_dir: str | Path, num_classes: int = 4, size: int = 64, train: int = 32, val: int = 8,
-             test: int = 8, seed: int = 0) -> Path:
+             test: int = 8, seed: int = 0, hard: bool = False, epochs: int = 40) -> Path:
     """Write the dataset and ``out_dir/spec.yaml``; returns ``out_dir`` (absolute).
+
+    ``hard``: `render_hard_sample` (thin structures, a rare class, no colour cue) instead of the
+    easy, colour-coded shapes.
 
     An existing ``out_dir`` must be empty or an earlier synth output (whose image and mask
     folders are replaced).
@@ -182,6 +233,8 @@ def generate(out_dir: str | Path, num_classes: int = 4, size: int = 64, train: i
 
     if not 2 <= num_classes <= MAX_CLASSES:
         raise DataError(f"--num-classes must be in 2..{MAX_CLASSES} (background included), got {num_classes}")
+    if epochs < 1:
+        raise DataError(f"--epochs must be >= 1, got {epochs}")
     if size < 16:
         raise DataError(f"--size must be >= 16 pixels, got {size}")
     counts = {"train": train, "val": val, "test": test}
@@ -204,15 +257,15 @@ def generate(out_dir: str | Path, num_classes: int = 4, size: int = 64, train: i
         mask_dir.mkdir(parents=True)
         for i in range(counts[split]):
             rng = np.random.default_rng([seed, split_index, i])
-            image, labels = render_sample(num_classes, size, rng)
+            image, labels = (render_hard_sample if hard else render_sample)(num_classes, size, rng)
             name = f"{split}_{i:05d}"
             Image.fromarray(image).save(image_dir / f"{name}.jpg", quality=95, subsampling=0)
             Image.fromarray(colours[labels]).save(mask_dir / f"{name}.png")
 
-    header = (f"# Synthetic SegFormer dataset ({num_classes} classes, {size}x{size}, seed {seed}) written by\n"
+    header = (f"# Synthetic SegFormer dataset ({'hard: ' if hard else ''}{num_classes} classes, {size}x{size}, seed {seed}) written by\n"
               "# `segformer data synth`. Train it with:\n"
               f"#   segformer train -e {root / 'spec.yaml'} results_dir=/path/to/results\n")
-    body = yaml.safe_dump(spec_for(root, num_classes, size, seed), sort_keys=False, default_flow_style=None)
+    body = yaml.safe_dump(spec_for(root, num_classes, size, seed, epochs), sort_keys=False, default_flow_style=None)
     (root / "spec.yaml").write_text(header + body)
     return root
 
@@ -230,9 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     synth.add_argument("--val", type=int, default=8, help="validation images (default 8)")
     synth.add_argument("--test", type=int, default=8, help="test images, with masks (default 8)")
     synth.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default 0)")
+    synth.add_argument("--hard", action="store_true", help="thin structures, a rare class and no colour cue: a set "
+                                                           "where hyperparameters matter (the demo's)")
+    synth.add_argument("--epochs", type=int, default=40, help="train.num_epochs of the written spec (default 40)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     root = generate(args.out, num_classes=args.num_classes, size=args.size, train=args.train, val=args.val,
-                    test=args.test, seed=args.seed)
+                    test=args.test, seed=args.seed, hard=args.hard, epochs=args.epochs)
     print(f"wrote {args.train}/{args.val}/{args.test} train/val/test images and {root / 'spec.yaml'}")
     return 0
 

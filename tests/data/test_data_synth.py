@@ -101,3 +101,38 @@ def test_same_seed_same_bytes_and_cli(tmp_path, capsys):
 def test_synth_module_does_not_import_torch():
     code = "import sys, segformer.data.synth; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_hard_set_has_thin_structures_a_rare_class_and_no_colour_cue(tmp_path):
+    """`--hard`: the demo's data, where hyperparameters matter. Thin lines (class 2), a rare class
+    (3), and classes that share one grey: colour alone cannot tell them apart."""
+    import numpy as np
+
+    root = generate(tmp_path / "hard", num_classes=4, size=64, train=24, val=2, test=2, seed=3, hard=True, epochs=12)
+    assert digest(root) == digest(generate(tmp_path / "again", num_classes=4, size=64, train=24, val=2, test=2, seed=3,
+                                           hard=True, epochs=12))
+    assert yaml.safe_load((root / "spec.yaml").read_text())["train"]["num_epochs"] == 12
+    colours = {(0, 0, 0): 0, (230, 25, 75): 1, (60, 180, 75): 2, (0, 130, 200): 3}
+    counts = np.zeros(4)
+    hue_spread = []
+    for mask_path in sorted((root / "masks" / "train").glob("*.png")):
+        mask = np.asarray(Image.open(mask_path).convert("RGB"))
+        image = np.asarray(Image.open(root / "images" / "train" / f"{mask_path.stem}.jpg"), dtype=np.float32)
+        labels = np.full(mask.shape[:2], -1)
+        for rgb, cls in colours.items():
+            labels[(mask == rgb).all(-1)] = cls
+        counts += np.bincount(labels[labels >= 0], minlength=4)
+        hue_spread.append(float(np.abs(image[..., 0] - image[..., 2]).mean()))
+        if (labels == 2).any():  # thin: most line pixels have a background pixel within one step
+            line = labels == 2
+            padded = np.pad(line, 1)
+            inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+            assert (line & ~inner).sum() > 0.6 * line.sum()
+    share = counts / counts.sum()
+    assert share[0] > 0.5 and 0 < share[3] < 0.03 and 0 < share[2] < 0.08  # imbalance: a rare class and a thin one
+    assert max(hue_spread) < 40  # grey with a faint tint: no colour per class
+
+
+def test_synth_epochs_must_be_positive(tmp_path):
+    with pytest.raises(DataError, match="--epochs must be >= 1"):
+        generate(tmp_path / "x", epochs=0)
