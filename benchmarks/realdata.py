@@ -183,9 +183,8 @@ def build(dataset: Dataset, out: Path, wheels: Path, epochs: int) -> Path:
                 folder.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(array).save(folder / f"{name}.png")
             counts[split] += 1
-    spec = spec_for(root, len(dataset.classes), dataset.tile, seed=0)
+    spec = spec_for(root, len(dataset.classes), dataset.tile, seed=0, epochs=epochs)
     spec["dataset"]["segment"]["palette"] = palette(dataset.classes)
-    spec["train"]["num_epochs"] = spec["train"]["checkpoint_interval"] = epochs
     header = (f"# {dataset.name}: real images from {dataset.source.requirement} ({', '.join(dataset.classes)}), "
               "written by `python -m benchmarks.realdata`.\n")
     (root / "spec.yaml").write_text(header + yaml.safe_dump(spec, sort_keys=False, default_flow_style=None))

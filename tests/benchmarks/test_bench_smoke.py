@@ -160,3 +160,21 @@ def test_realdata_labels_tiles_and_splits():
     splits = [by_frame(f, 0, 20) for f in range(20)]
     assert splits.count("train") == 14 and splits[14:17] == ["val"] * 3 and splits[17:] == ["test"] * 3
     assert [by_row(0, r, 1) for r in range(4)] == ["train", "train", "val", "test"]
+
+
+def test_search_quality_counts_epochs_from_status_files_and_renders(tmp_path):
+    """Epochs are counted the way acceptance counts them (status.json lines), and the table compares
+    the default search's promoted model with the best plain seed on the test split."""
+    from benchmarks.search_quality import render, status_epochs
+
+    for trial, epochs in (("trial_000", 4), ("trial_001", 1), ("trial_002", 4)):
+        folder = tmp_path / trial / "train"
+        folder.mkdir(parents=True)
+        (folder / "status.json").write_text("".join(f'{{"epoch": {e}, "val_miou": 0.5}}\n' for e in range(epochs)))
+    assert status_epochs(tmp_path) == 9
+    search = {"promoted": "trial_002", "test_miou": 0.62, "trials": 3, "epochs": 9, "budget_epochs": 20, "wall_s": 120.0,
+              "recheck": {"confirmed": True, "gain": 0.02, "gain_stderr": 0.005}}
+    text = render({"real": {"plain": [{"test_miou": v} for v in (0.60, 0.59, 0.61)],
+                            "searches": {"default": search, "random": {**search, "test_miou": 0.6, "recheck": {}}}}})
+    assert "| real | 0.600 (0.590..0.610) | 0.610 | 0.620 (trial_002; +0.010 vs best plain) | confirmed, gain +0.020 ± 0.005 | 9 (20) | 2 min |" in text
+    assert "| real | random | 0.600 | -0.010 | 3 | 9 | baseline led |" in text

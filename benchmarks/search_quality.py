@@ -1,0 +1,231 @@
+"""Search quality on real data: does the default search beat the user's own spec, at what price?
+
+    python -m benchmarks.search_quality [--datasets hela_boundary,hela_nuclei,synth_hard]
+                                        [--algorithms default,bayesian,random,bohb] [--seeds 3]
+                                        [--budget 10] [--resume] [--no-write]
+
+For each dataset (real ones from `benchmarks.realdata`, and the hard synthetic set of
+`segformer data synth --hard`):
+
+- plain: the spec trained as is (`segformer train`) with seeds 0..N-1, each evaluated on the test
+  split (`segformer evaluate`): the mean, the spread and the best seed;
+- default: `automl run -e spec.yaml --budget B` and nothing else (the defaults a user gets; the
+  algorithm is asha). Reported: the promoted model's test mIoU (the checkpoint a user gets), the
+  re-check's verdict, and the epochs trained, counted from every trial's status.json;
+- bayesian, random, bohb (and any other --algorithms): the same budget with ``--algorithm X``.
+
+The test split took no part in any decision of the searches (they rank on the validation split).
+Plain seeds and searches train one thread per trial. Results: benchmarks/RESULTS.md ("Search
+quality") and benchmarks/results/search_quality.json; --resume reuses finished runs' folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import ROOT, machine_line, save_json, write_section
+
+TITLE = "Search quality"
+WORK = ROOT / "build" / "bench" / "search_quality"
+REALDATA = ROOT / "build" / "bench" / "realdata"
+# Each dataset's spec and the overrides that keep one training to a few minutes on 2 CPU cores.
+DATASETS: dict[str, dict[str, Any]] = {
+    "hela_boundary": {"spec": REALDATA / "hela_boundary" / "spec.yaml", "overrides": ["dataset.segment.img_size=128"]},
+    "hela_nuclei": {"spec": REALDATA / "hela_nuclei" / "spec.yaml", "overrides": ["dataset.segment.img_size=128"]},
+    "synth_hard": {"spec": WORK / "data" / "synth_hard" / "spec.yaml", "overrides": []},
+}
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg", "RAY_ADDRESS": "local"}
+SEARCH_ENV = {**ENV, "SEGFORMER_STEP_TIMING": "1"}  # each epoch's completion time, for the efficiency curves
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def prepare(names: list[str]) -> None:
+    """The datasets: real ones through `benchmarks.realdata`, the hard synthetic set generated."""
+    real = [n for n in names if n.startswith(("hela", "stardist")) and not DATASETS[n]["spec"].is_file()]
+    if real:
+        subprocess.run([sys.executable, "-m", "benchmarks.realdata", "--only", *real], check=True, cwd=ROOT)
+    if "synth_hard" in names and not DATASETS["synth_hard"]["spec"].is_file():
+        subprocess.run([_bin("segformer"), "data", "synth", "--hard", "--out", str(DATASETS["synth_hard"]["spec"].parent),
+                        "--size", "96", "--train", "96", "--val", "24", "--test", "24", "--epochs", "20"], check=True, cwd=ROOT)
+
+
+def status_epochs(folder: Path) -> int:
+    """Epochs trained under `folder`, counted from every train action's status.json (one line per epoch)."""
+    total = 0
+    for status in folder.rglob("status.json"):
+        total += sum(1 for line in status.read_text().splitlines() if '"epoch"' in line)
+    return total
+
+
+def plain(name: str, seed: int, resume: bool) -> dict[str, Any]:
+    """The spec trained with `seed`, scored on the test split."""
+    spec, overrides = DATASETS[name]["spec"], DATASETS[name]["overrides"]
+    out = WORK / name / f"plain_seed{seed}"
+    result = out / "evaluate" / "results.json"
+    if not (resume and result.is_file()):
+        started = time.time()
+        common = [f"results_dir={out}", f"train.seed={seed}", *overrides]
+        subprocess.run([_bin("segformer"), "train", "-e", str(spec), *common], check=True, env={**ENV, "OMP_NUM_THREADS": "1"},
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run([_bin("segformer"), "evaluate", "-e", str(spec), *common,
+                        f"evaluate.checkpoint={out}/train/segformer_model_latest.pth"], check=True, env=ENV,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        (out / "wall_s.txt").write_text(f"{time.time() - started:.1f}")
+    val = [json.loads(line).get("val_miou") for line in (out / "train" / "status.json").read_text().splitlines() if line.strip()]
+    return {"seed": seed, "test_miou": json.loads(result.read_text())["miou"], "best_val_miou": max(v for v in val if v is not None),
+            "epochs": status_epochs(out), "wall_s": float((out / "wall_s.txt").read_text())}
+
+
+def search(name: str, algorithm: str, budget: float, resume: bool) -> dict[str, Any]:
+    """`automl run` with the defaults (algorithm "default") or --algorithm X, at `budget`."""
+    spec, overrides = DATASETS[name]["spec"], DATASETS[name]["overrides"]
+    out = WORK / name / f"search_{algorithm}"
+    state_file = out / "automl_state.json"
+    finished = state_file.is_file() and json.loads(state_file.read_text()).get("status") == "FINISHED"
+    wall = None
+    if not (resume and finished):
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        args = ["--budget", f"{budget:g}", "--skip-export", "--skip-quantize", "--skip-trt"]
+        if algorithm != "default":
+            args += ["--algorithm", algorithm]
+        started = time.time()
+        log = out.parent / f"search_{algorithm}.log"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("w") as handle:
+            subprocess.run([_bin("automl"), "run", "-e", str(spec), "--results-dir", str(out), *args, *overrides],
+                           env=SEARCH_ENV, stdout=handle, stderr=subprocess.STDOUT, check=True)
+        wall = time.time() - started
+        (out / "wall_s.txt").write_text(f"{wall:.1f}")
+        shutil.rmtree(out / "ray", ignore_errors=True)  # checkpoints Ray keeps: read by nothing here
+    state = json.loads(state_file.read_text())
+    final = state.get("final_evaluation") or {}
+    promoted = state.get("best_trial")
+    scores = final.get("test_miou", {})
+    verdict = state.get("recheck") or {}
+    return {"algorithm": algorithm, "promoted": promoted, "test_miou": scores.get(promoted), "curve": curve(out),
+            "baseline_test_miou": scores.get(next((t["name"] for t in state["trials"].values() if t.get("is_baseline")), "")),
+            "final": final, "recheck": verdict, "trials": len(state["trials"]),
+            "epochs": status_epochs(out), "budget_epochs": round(budget * state["budget"]["spec_epochs"]),
+            "wall_s": float((out / "wall_s.txt").read_text())}
+
+
+def curve(out: Path) -> list[float | None]:
+    """The search's running best val_miou after each epoch it trained (re-checks left out), in the
+    order epochs completed."""
+    from benchmarks.common import epoch_events, load_search
+    from benchmarks.search_efficiency import best_curve
+
+    run = load_search(out)
+    rechecks = {t["name"] for t in run.trials if t.get("recheck_of")}
+    values = [e["value"] for e in epoch_events(run) if e["trial"] not in rechecks]
+    return best_curve(values, len(values))
+
+
+def reach(results: dict[str, Any]) -> list[str]:
+    """Search efficiency: epochs each algorithm needed to reach random search's final best val_miou."""
+    from benchmarks.search_efficiency import epochs_to_reach
+
+    lines = []
+    for name, data in results.items():
+        searches = data["searches"]
+        random_curve = [v for v in (searches.get("random") or {}).get("curve") or [] if v is not None]
+        if not random_curve:
+            continue
+        target = random_curve[-1]
+        cells = []
+        for algorithm, row in searches.items():
+            if row.get("curve"):
+                needed = epochs_to_reach(row["curve"], target)
+                cells.append(f"{algorithm} {needed if needed is not None else 'never'} of {len(row['curve'])}")
+        lines.append(f"- {name}: random's final best val_miou {target:.4f}; epochs to reach it: " + ", ".join(cells))
+    return lines
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = [f"Ran on: {machine_line()}. `python -m benchmarks.search_quality` "
+             f"({time.strftime('%Y-%m-%d')}); every number is a test-split mIoU (the split no search ranked on).", ""]
+    lines += ["| dataset | plain seeds: mean (min..max) | best plain | default search (promoted) | re-check | epochs (budget) | wall |",
+              "|---|---|---|---|---|---|---|"]
+    for name, data in results.items():
+        seeds = [p["test_miou"] for p in data["plain"]]
+        if not seeds:
+            continue
+        best_plain = max(seeds)
+        row = data["searches"].get("default")
+        if row is None:
+            continue
+        verdict = row["recheck"]
+        check = (f"{'confirmed' if verdict.get('confirmed') else 'not confirmed'}, gain {verdict['gain']:+.3f} "
+                 f"± {verdict['gain_stderr']:.3f}" if verdict else "none (the baseline led)")
+        win = row["test_miou"] - best_plain if row["test_miou"] is not None else None
+        lines.append(f"| {name} | {statistics.mean(seeds):.3f} ({min(seeds):.3f}..{max(seeds):.3f}) | {best_plain:.3f} | "
+                     f"{row['test_miou']:.3f} ({row['promoted']}; {win:+.3f} vs best plain) | {check} | "
+                     f"{row['epochs']} ({row['budget_epochs']}) | {row['wall_s'] / 60:.0f} min |")
+    lines += ["", "Same budget, other algorithms (`--algorithm X`):", "",
+              "| dataset | algorithm | promoted test mIoU | vs best plain | trials | epochs | re-check |", "|---|---|---|---|---|---|---|"]
+    for name, data in results.items():
+        seeds = [p["test_miou"] for p in data["plain"]]
+        for algorithm, row in data["searches"].items():
+            if row.get("test_miou") is None or not seeds:
+                continue
+            verdict = row["recheck"]
+            check = f"{'confirmed' if verdict.get('confirmed') else 'not confirmed'}" if verdict else "baseline led"
+            lines.append(f"| {name} | {algorithm} | {row['test_miou']:.3f} | {row['test_miou'] - max(seeds):+.3f} | "
+                         f"{row['trials']} | {row['epochs']} | {check} |")
+    efficiency = reach(results)
+    if efficiency:
+        lines += ["", "Search efficiency (one search each; epochs in the order they completed, re-checks left out):", "",
+                  *efficiency]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="hela_boundary,hela_nuclei,synth_hard")
+    parser.add_argument("--algorithms", default="default,bayesian,random,bohb")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--budget", type=float, default=10.0)
+    parser.add_argument("--resume", action="store_true", help="reuse finished runs")
+    parser.add_argument("--no-write", action="store_true", help="do not rewrite benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    prepare(names)
+    results: dict[str, Any] = {}
+    raw = WORK / "results.json"
+    if args.resume and raw.is_file():
+        results = json.loads(raw.read_text())
+    for name in names:
+        data = results.setdefault(name, {"plain": [], "searches": {}})
+        data["plain"] = [plain(name, seed, args.resume) for seed in range(args.seeds)]
+        print(f"{name}: plain test mIoU {[round(p['test_miou'], 4) for p in data['plain']]}", flush=True)
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        raw.write_text(json.dumps(results, indent=1))
+        for algorithm in [a.strip() for a in args.algorithms.split(",") if a.strip()]:
+            data["searches"][algorithm] = search(name, algorithm, args.budget, args.resume)
+            row = data["searches"][algorithm]
+            print(f"{name} {algorithm}: promoted {row['promoted']} test mIoU {row['test_miou']}, "
+                  f"{row['epochs']} epochs", flush=True)
+            raw.write_text(json.dumps(results, indent=1))
+    save_json("search_quality.json", results)
+    text = render(results)
+    print(text)
+    if not args.no_write:
+        write_section(TITLE, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
