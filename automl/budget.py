@@ -31,7 +31,9 @@ The re-check (`BudgetSearcher`, `verdict`)
     paired and a seed that is good or bad for both cancels out. The leader is promoted only when its
     mean gain exceeds its standard error (from the two paired gains), which with two seeds means it
     also beat the baseline on the fresh seed; otherwise the baseline is promoted, and the summary
-    says why. The seed-to-seed spread of one training is reported too. The test split, which
+    says why. The seed-to-seed spread of one training is reported too. Either way the chosen
+    configuration has trained twice, and the better of its two trainings on the validation split
+    is the model promoted. The test split, which
     nothing ranked on, then gives both models' final mIoU side by side (`automl.finals`).
 """
 
@@ -129,12 +131,8 @@ def prioritise(space: Any, configurations: int, keep: Any = ()) -> Any:
     note = (f"held at the spec's values (a budget affording ~{configurations} configurations searches "
             f"~{CONFIGS_PER_PARAM} per parameter; about {need:g}x this budget searches them all, or name them with --only): "
             + ", ".join(held))
-    fixed = dict(space.fixed)
-    params = tuple(p for p in space.params if p.name in keep)
-    for p in params:
-        if p.depends_on and p.depends_on not in keep and p.depends_on not in fixed:
-            fixed[p.depends_on] = space[p.depends_on].default
-    return dataclasses.replace(space, params=params, fixed=fixed, notes=(*space.notes, note))
+    params = tuple(p for p in space.params if p.name in keep)  # parents kept with their children: order holds
+    return dataclasses.replace(space, params=params, notes=(*space.notes, note))
 
 
 def centre(space: Any, spec_values: Mapping[str, Any], custom: Mapping[str, Any]) -> Any:
@@ -349,7 +347,12 @@ def verdict(state: SearchState) -> dict[str, Any] | None:
     else:
         why = (f"{leader.name} did not beat the baseline on the re-check seed ({gains[1]:+.4f}): its lead in the "
                f"search ({gains[0]:+.4f}) did not hold; the baseline is promoted")
+    # The chosen configuration trained twice: hand over its better training on the validation split.
+    pair = (leader, checks[leader.name]) if confirmed else (baseline, checks[baseline.name])
+    promoted = pair[1] if state.better(pair[1].best_value, pair[0].best_value) else pair[0]
+    if promoted is pair[1]:
+        why += f" (its re-check training {promoted.name}, the better of its two on the validation split)"
     return {"leader": leader.name, "baseline": baseline.name, "leader_rechecks": [checks[leader.name].name],
             "baseline_rechecks": [checks[baseline.name].name], "seeds": 2, "leader_values": [c0, c1],
             "baseline_values": [b0, b1], "gain": gain, "gain_stderr": stderr, "seed_noise": noise,
-            "confirmed": confirmed, "promoted": leader.name if confirmed else baseline.name, "reason": why}
+            "confirmed": confirmed, "promoted": promoted.name, "configuration": pair[0].name, "reason": why}

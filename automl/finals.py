@@ -69,15 +69,14 @@ def final_evaluation(state: SearchState, promoted: TrialRecord, echo: Callable[[
     groups: dict[str, list[TrialRecord]] = {"promoted": [promoted], "baseline": [baseline]}
     verdict = state.recheck or {}
     if verdict:
-        leader = state.by_name(verdict["leader"])
         for role, name, names in (("leader", verdict["leader"], verdict["leader_rechecks"]),
                                   ("baseline", verdict["baseline"], verdict["baseline_rechecks"])):
             records = [state.by_name(name), *[state.by_name(n) for n in names]]
             groups[role] = [r for r in records if r is not None]
-        if leader is not None and promoted.name == leader.name:
-            groups["promoted"] = groups["leader"]
-        elif promoted.name == baseline.name:
-            groups["promoted"] = groups["baseline"]
+        # The promoted model is one of its configuration's two trainings: show that one first.
+        for role in ("leader", "baseline"):
+            if promoted.name in [r.name for r in groups[role]]:
+                groups["promoted"] = sorted(groups[role], key=lambda r: r.name != promoted.name)
     scores: dict[str, float] = {}
     out: dict[str, Any] = {"split": "test", "metric": "miou"}
     for role, records in groups.items():
@@ -107,7 +106,7 @@ def final_lines(final: dict[str, Any]) -> list[str]:
     if p.get("mean") is None or b.get("mean") is None:
         return ["  test     could not score both models (see the lines above)"]
     lead = final.get("leader", {})
-    if p["trials"] == b["trials"] and lead.get("mean") is not None:  # the baseline was promoted: show what it beat
+    if sorted(p["trials"]) == sorted(b["trials"]) and lead.get("mean") is not None:  # the baseline's configuration won
         p, role = lead, "leader"
     else:
         role = "promoted"

@@ -100,7 +100,9 @@ def test_the_recheck_promotes_only_a_gain_above_the_noise(tmp_path: Path) -> Non
     # the lead did not survive another seed: the winner's curse, the baseline is promoted
     for leader in ((0.64, 0.61), (0.64, 0.62)):
         cursed = verdict(_state(tmp_path, baseline=(0.60, 0.62), leader=leader))
-        assert not cursed["confirmed"] and cursed["promoted"] == "trial_000" and "re-check seed" in cursed["reason"]
+        assert not cursed["confirmed"] and "re-check seed" in cursed["reason"]
+        # the spec's configuration is promoted: the better of its two trainings on the validation split
+        assert cursed["configuration"] == "trial_000" and cursed["promoted"] == "trial_004"
         assert cursed["gain"] <= cursed["gain_stderr"]
     # no re-check ran (the baseline led the search): no verdict, the ranking decides
     state = _state(tmp_path, baseline=(0.7, 0.7), leader=(0.6, 0.6))
@@ -152,7 +154,8 @@ def test_a_budgeted_search_keeps_its_budget_and_rechecks(budget_search) -> None:
     if state.better(leader.best_value, baseline.best_value):
         assert sorted(t.recheck_of for t in rechecks) == sorted([leader.name, baseline.name])
         assert all(t.params["train.seed"] == 1 and t.epochs_trained == 4 for t in rechecks)  # the synthetic spec's seed + 1
-        assert state.recheck["promoted"] in (leader.name, baseline.name)
+        assert state.recheck["configuration"] in (leader.name, baseline.name)
+        assert state.recheck["promoted"] in [state.recheck["configuration"], *(t.name for t in rechecks)]
         assert state.best_trial == state.recheck["promoted"]
         assert "\n  re-check " in "\n".join(lines)
     else:
