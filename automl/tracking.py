@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from automl.layout import Layout
-from automl.state import KILLED, PENDING, RUNNING, SearchState, TrialRecord
+from automl.state import FAILED, FINISHED, KILLED, PENDING, RUNNING, SearchState, TrialRecord
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -176,4 +176,10 @@ def reconcile_interrupted(state: SearchState, tracker: Tracker,
             if record.mlflow_run_id:
                 tracker.end_run(record.mlflow_run_id, KILLED)
             killed.append(record.name)
+        elif record.mlflow_run_id and record.ended_at is not None and record.ended_at >= time.time() - 120:
+            # Ended just before the stop: the ledger recorded the end, but the stop may have come
+            # before MLflow's callback closed the run (with several trials at once, one ends while
+            # Ctrl-C arrives). A run still RUNNING gets the ledger's status.
+            if tracker.client.get_run(record.mlflow_run_id).info.status == RUNNING:
+                tracker.end_run(record.mlflow_run_id, FAILED if record.status == FAILED else FINISHED)
     return killed

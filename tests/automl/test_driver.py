@@ -242,7 +242,7 @@ def test_resume_after_sigkill(dataset, tmp_path):
 
     results = tmp_path / "killed"
     cmd = [sys.executable, "-m", "automl.cli", "run", "--skill", "segformer", "-e", str(dataset),
-           "--results-dir", str(results), "--max-trials", "3", "--max-epochs", "3", "--num-cpus", "2",
+           "--results-dir", str(results), "--algorithm", "bayesian", "--max-trials", "3", "--max-epochs", "3", "--num-cpus", "2",
            "--skip-evaluate", "--skip-export", "--skip-quantize", "--skip-trt", "dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32"]
     settings = tmp_path / "settings.yaml"
     settings.write_text("automl_hyperparameters: [train.optim.lr]\n")

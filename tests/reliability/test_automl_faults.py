@@ -22,7 +22,7 @@ from relhelpers import BIN, REPO
 
 pytestmark = pytest.mark.slow  # each test is a whole search (30-90 s on 2 shared cores); CI runs them
 
-TINY_SEARCH = ["--num-cpus", "2", "--no-promote", "--algorithm", "random", "--only", "train.optim.lr",
+TINY_SEARCH = ["--num-cpus", "2", "--max-concurrent", "1", "--no-promote", "--algorithm", "random", "--only", "train.optim.lr",
                "model.decode_head.decoder_params.embed_dim=32", "dataset.segment.batch_size=4",
                "dataset.segment.workers=0"]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
