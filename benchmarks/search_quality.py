@@ -165,7 +165,7 @@ def reach(results: dict[str, Any]) -> list[str]:
 
 
 def render(results: dict[str, Any]) -> str:
-    lines = [f"Ran on: {machine_line().rstrip('.')}. `python -m benchmarks.search_quality` "
+    lines = [f"## {TITLE}", "", f"Ran on: {machine_line().rstrip('.')}. `python -m benchmarks.search_quality` "
              f"({time.strftime('%Y-%m-%d')}); every number is a test-split mIoU (the split no search ranked on).", ""]
     lines += ["| dataset | plain seeds: mean (min..max) | best plain | default search (promoted) | re-check | epochs (budget) | wall |",
               "|---|---|---|---|---|---|---|"]
