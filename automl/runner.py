@@ -363,8 +363,11 @@ def _interrupted(opts: SearchOptions, state: SearchState, tracker: Any, echo: Ec
     state.status = "INTERRUPTED"
     state.save()
     if state.mlflow_parent_run_id:
-        tracker.set_tags(state.mlflow_parent_run_id, {"automl.interrupted": "true"})
-        tracker.end_run(state.mlflow_parent_run_id, "KILLED")
+        try:
+            tracker.set_tags(state.mlflow_parent_run_id, {"automl.interrupted": "true"})
+            tracker.end_run(state.mlflow_parent_run_id, "KILLED")
+        except Exception as err:  # noqa: BLE001 (the signal may have cut an MLflow write: the ledger is saved)
+            echo(f"automl: could not mark the parent MLflow run KILLED ({err.__class__.__name__}); resume reopens it")
     shown = f" (trials cut: {', '.join(killed)})" if killed else ""
     echo(f"automl: interrupted{shown}; state saved; continue with `automl resume {opts.results_dir}`")
 

@@ -18,6 +18,7 @@ FINISHED/FAILED (KILLED for trials interrupted by a killed driver and not resume
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -29,6 +30,8 @@ from automl.state import FAILED, FINISHED, KILLED, PENDING, RUNNING, SearchState
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
 _MAX_PARAM_LEN = 6000  # MLflow's param value limit (6000 on recent stores; longer values are cut)
@@ -169,17 +172,21 @@ def reconcile_interrupted(state: SearchState, tracker: Tracker,
     """
     killed = []
     for record in state.trials.values():
-        if record.status in (RUNNING, PENDING):
-            record.status = KILLED
-            record.error = record.error or reason
-            record.ended_at = time.time()
-            if record.mlflow_run_id:
-                tracker.end_run(record.mlflow_run_id, KILLED)
-            killed.append(record.name)
-        elif record.mlflow_run_id and record.ended_at is not None and record.ended_at >= time.time() - 120:
-            # Ended just before the stop: the ledger recorded the end, but the stop may have come
-            # before MLflow's callback closed the run (with several trials at once, one ends while
-            # Ctrl-C arrives). A run still RUNNING gets the ledger's status.
-            if tracker.client.get_run(record.mlflow_run_id).info.status == RUNNING:
-                tracker.end_run(record.mlflow_run_id, FAILED if record.status == FAILED else FINISHED)
+        try:
+            if record.status in (RUNNING, PENDING):
+                record.status = KILLED
+                record.error = record.error or reason
+                record.ended_at = time.time()
+                if record.mlflow_run_id:
+                    tracker.end_run(record.mlflow_run_id, KILLED)
+                killed.append(record.name)
+            elif record.mlflow_run_id and record.ended_at is not None and record.ended_at >= time.time() - 120:
+                # Ended just before the stop: the ledger recorded the end, but the stop may have come
+                # before MLflow's callback closed the run (with several trials at once, one ends while
+                # Ctrl-C arrives). A run still RUNNING gets the ledger's status.
+                if tracker.client.get_run(record.mlflow_run_id).info.status == RUNNING:
+                    tracker.end_run(record.mlflow_run_id, FAILED if record.status == FAILED else FINISHED)
+        except Exception as err:  # noqa: BLE001 (a signal can cut an MLflow write and leave sqlite locked)
+            # The ledger is what `automl resume` reads, and it reopens or closes the run then.
+            log.warning("could not update MLflow run of %s while stopping: %s", record.name, err)
     return killed
