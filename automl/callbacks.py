@@ -73,7 +73,7 @@ class LiveSearch:
         if self._clock is None:
             self._clock = (time.time(), done)
             return
-        total = int(round(budget["trainings"] * budget["spec_epochs"]))
+        total = self.state.budget_epochs() or 0
         elapsed, trained = time.time() - self._clock[0], done - self._clock[1]
         if trained < 2 or done / max(1, total) < self._next:
             return

@@ -74,7 +74,7 @@ def format_table(state: SearchState) -> str:
 
     spent = ""
     if state.budget is not None:
-        spent = f"; {state.epochs_trained()} of {int(round(state.budget['trainings'] * state.budget['spec_epochs']))} budget epochs"
+        spent = f"; {state.epochs_trained()} of {state.budget_epochs()} budget epochs"
     out = [f"{state.algorithm} search ({state.status.lower()}): {counts_text(state)}; metric {state.metric} ({state.mode}){spent}",
            line(header), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]
@@ -140,7 +140,7 @@ def summary(state: SearchState) -> str:
                          f"+/- {r['gain_stderr']:.4f} -> {'confirmed' if r['confirmed'] else 'not confirmed'}; "
                          f"promoted {r['promoted']}")
     if state.budget is not None:
-        total = int(round(state.budget["trainings"] * state.budget["spec_epochs"]))
+        total = state.budget_epochs()
         lines.append(f"  budget   {state.epochs_trained()} of {total} epochs trained ({state.budget['trainings']:g} trainings of "
                      f"{state.budget['spec_epochs']} epochs)")
     layout = Layout.of(state.results_dir)

@@ -217,7 +217,7 @@ def _recheck_lines(state: SearchState) -> list[str]:
     """The budget spent, the re-check's verdict (gain +/- its standard error) and the test split's scores."""
     lines: list[str] = []
     if state.budget is not None:
-        total = int(round(state.budget["trainings"] * state.budget["spec_epochs"]))
+        total = state.budget_epochs()
         lines += ["## Budget", "", f"{state.epochs_trained()} of {total} epochs trained ({state.budget['trainings']:g} "
                                    f"trainings of the spec's {state.budget['spec_epochs']} epochs, re-checks included).", ""]
     r = state.recheck

@@ -149,6 +149,10 @@ class SearchState:
         """Epochs every trial together has trained (what an epoch budget counts)."""
         return sum(t.epochs_trained for t in self.trials.values())
 
+    def budget_epochs(self) -> int | None:
+        """The epoch budget's total (`automl.budget.EpochBudget.total`), None without a budget."""
+        return None if self.budget is None else int(round(self.budget["trainings"] * self.budget["spec_epochs"]))
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for t in self.trials.values():
