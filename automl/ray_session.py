@@ -215,3 +215,43 @@ def repair_ray_state(experiment_dir: Path, backup: Path) -> list[str]:
                 assert source is not None
                 atomic_write_bytes(experiment_dir / member.name, source.read())
     return sorted(names)
+
+
+def relink_missing_checkpoints(experiment_dir: Path, own_latest: Any) -> list[str]:
+    """Before `Tuner.restore`: make every checkpoint folder the saved experiment state restores from exist.
+
+    Ray restores an unfinished trial from the latest checkpoint its saved state names, and fails the
+    trial (on every retry: "does not exist on storage anymore") when that folder is gone. It can be:
+    Ray keeps a trial's best and latest checkpoints only, and the state file a killed driver left (or
+    the backed-up set put back by `repair_ray_state`) can be older than the deletion. The trial's
+    newest checkpoint folder that Ray kept stands in (linked, not copied), else `own_latest(trial
+    folder name)`, the trial's own latest Lightning checkpoint (`automl.trial` resumes from that file
+    anyway). Returns the folders made, as trial/checkpoint_NNNNNN.
+    """
+    from ray.tune.experiment.trial import Trial
+
+    from automl.layout import CHECKPOINT_FILE
+    from segformer.fileio import link_or_copy
+
+    states = sorted(experiment_dir.glob("experiment_state-*.json"))
+    if not states:
+        return []
+    made = []
+    for json_state, run_metadata in json.loads(states[-1].read_text())["trial_data"]:
+        trial = Trial.from_json_state(json_state, stub=True)
+        trial.restore_run_metadata(run_metadata)
+        checkpoint = trial.checkpoint
+        if checkpoint is None or checkpoint.filesystem.type_name != "local" or Path(checkpoint.path).exists():
+            continue
+        missing = Path(checkpoint.path)
+        kept = sorted(p for p in missing.parent.glob("checkpoint_*") if (p / CHECKPOINT_FILE).is_file())
+        source = kept[-1] / CHECKPOINT_FILE if kept else own_latest(missing.parent.name)
+        if source is None or not Path(source).is_file():
+            continue  # nothing to stand in: Ray fails the trial, and says why
+        scratch = missing.with_name(f".{missing.name}.tmp")
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        link_or_copy(source, scratch / CHECKPOINT_FILE)
+        os.replace(scratch, missing)
+        made.append(f"{missing.parent.name}/{missing.name}")
+    return made

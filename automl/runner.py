@@ -303,7 +303,7 @@ def _restored_tuner(opts: SearchOptions, echo: Echo) -> Any:
     """Ray's experiment as the killed driver left it (its callbacks rebind to this search: `automl.callbacks`)."""
     from ray import tune
 
-    from automl.ray_session import repair_ray_state
+    from automl.ray_session import relink_missing_checkpoints, repair_ray_state
 
     layout = Layout.of(opts.results_dir)
     repaired = repair_ray_state(layout.ray_experiment, layout.ray_backup)
@@ -311,8 +311,23 @@ def _restored_tuner(opts: SearchOptions, echo: Echo) -> Any:
         echo(f"automl: restored Ray state files cut by the kill from their last complete copy: {', '.join(repaired)}")
     if not tune.Tuner.can_restore(str(layout.ray_experiment)):
         raise SearchError(f"no Ray experiment checkpoint in {layout.ray_experiment}; cannot resume this search")
+    relinked = relink_missing_checkpoints(layout.ray_experiment, _own_latest(layout))
+    if relinked:
+        echo(f"automl: checkpoints Ray had deleted after its last saved state, standing in with the trials' newest: "
+             f"{', '.join(relinked)}")
     return tune.Tuner.restore(str(layout.ray_experiment), trainable=_trainable(opts), resume_unfinished=True,
                               resume_errored=False, restart_errored=False)
+
+
+def _own_latest(layout: Layout) -> Any:
+    """A trial's own latest Lightning checkpoint (the train action's), by trial name; None if absent."""
+    from segformer.engine.callbacks import LATEST_NAME
+
+    def latest(name: str) -> Path | None:
+        path = layout.trial_dir(name) / "train" / LATEST_NAME
+        return path if path.is_file() else None
+
+    return latest
 
 
 @contextmanager

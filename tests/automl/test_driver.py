@@ -262,6 +262,14 @@ def test_resume_after_sigkill(dataset, tmp_path):
     finished_before = {t["name"]: t["mlflow_run_id"] for t in before.values() if t["status"] == "FINISHED"}
     # Ray's processes share the driver's fate; give them a moment to go.
     time.sleep(3)
+    # The worst case of a kill: Ray keeps a trial's best and latest checkpoints only, so the one its
+    # last saved state restores from may be gone (deleted after that save). Resume must not fail it.
+    import shutil
+
+    for t in before.values():
+        if t["status"] != "FINISHED":
+            for folder in (results / "ray" / "search" / t["name"]).glob("checkpoint_*"):
+                shutil.rmtree(folder)
 
     out = subprocess.run([sys.executable, "-m", "automl.cli", "resume", str(results)], env=ENV, cwd=REPO,
                          capture_output=True, text=True, timeout=400)
@@ -269,7 +277,8 @@ def test_resume_after_sigkill(dataset, tmp_path):
     after = _trials(results)
     names = sorted(t["name"] for t in after.values())
     assert names == ["trial_000", "trial_001", "trial_002"], names
-    assert all(t["status"] == "FINISHED" for t in after.values()), {t["name"]: t["status"] for t in after.values()}
+    assert all(t["status"] == "FINISHED" for t in after.values()), (
+        {t["name"]: (t["status"], t.get("error")) for t in after.values()}, out.stdout[-3000:], out.stderr[-3000:])
     for t in after.values():  # finished trials kept their run; epochs never recorded twice
         if t["name"] in finished_before:
             assert t["mlflow_run_id"] == finished_before[t["name"]]
