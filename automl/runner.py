@@ -53,9 +53,7 @@ class SearchOutcome:
 
 def run(opts: SearchOptions, *, echo: Echo = print, dry_run: bool = False, live: bool = False) -> SearchOutcome:
     """`automl run`: decide the policy, then search (or train once), promote and report."""
-    from automl.console import settings_line
     from automl.probe import check_tracking_uri
-    from automl.ray_session import RaySession
     from automl.skill import load_skill, resolve_policy
 
     opts = opts.with_values(results_dir=str(Layout.of(opts.results_dir).root))
@@ -69,12 +67,23 @@ def run(opts: SearchOptions, *, echo: Echo = print, dry_run: bool = False, live:
         check_tracking_uri(opts.tracking.tracking_uri)  # seconds, not minutes of MLflow retries
         from automl.plain import run_plain
 
-        return run_plain(opts, skill.name, echo=echo)
+        with one_driver(Layout.of(opts.results_dir).root):
+            return run_plain(opts, skill.name, echo=echo)
     opts, space, baseline, budget = _plan(opts, skill)
     if dry_run:
         _print_plan(opts, space, baseline, budget, echo)
         return SearchOutcome(Path(opts.results_dir), "dry-run", message=decision.reason)
     layout = Layout.of(opts.results_dir)
+    with one_driver(layout.root):
+        return _run_search(opts, skill, space, baseline, budget, layout, echo=echo, live=live)
+
+
+def _run_search(opts: SearchOptions, skill: Any, space: Any, baseline: dict[str, Any] | None, budget: Any,
+                layout: Layout, *, echo: Echo, live: bool) -> SearchOutcome:
+    from automl.console import settings_line
+    from automl.probe import check_tracking_uri
+    from automl.ray_session import RaySession
+
     if layout.state_file.exists():
         raise SearchError(f"{layout.root} already holds a search; continue it with `automl resume {layout.root}` "
                           f"or pick another --results-dir")
@@ -104,11 +113,18 @@ def resume(results_dir: str | Path, *, echo: Echo = print, live: bool = False, a
     Finished trials stay finished (their MLflow runs untouched); trials that were running resume
     from their latest checkpoint in the same MLflow child run. Nothing runs twice from scratch.
     """
+    layout = Layout.of(results_dir)
+    if not layout.state_file.is_file():
+        SearchState.load(layout.root)  # its message names what is missing; no folder made for a lock
+    with one_driver(layout.root):
+        return _resume_search(layout, echo=echo, live=live, address=address)
+
+
+def _resume_search(layout: Layout, *, echo: Echo, live: bool, address: str | None) -> SearchOutcome:
     from automl.probe import check_tracking_uri
     from automl.ray_session import RaySession
     from automl.tracking import Tracker
 
-    layout = Layout.of(results_dir)
     state = SearchState.load(layout.root)
     opts = SearchOptions.from_dict(state.settings).with_values(results_dir=str(layout.root))
     if address is not None:
@@ -126,6 +142,43 @@ def resume(results_dir: str | Path, *, echo: Echo = print, live: bool = False, a
         echo(f"automl: resuming {opts.search.algorithm} search in {layout.root} ({len(state.trials)} trials recorded)")
         stop_reason, early = _fit(opts, state, tracker, session, plan=None, echo=echo, live=live)
     return finish(opts, state, tracker, echo=echo, stop_reason=stop_reason, early=early)
+
+
+@contextmanager
+def one_driver(root: Path) -> Iterator[None]:
+    """One driver per results folder, for the whole run or resume (promotion included).
+
+    An advisory lock (`filelock`: flock on POSIX) on ``<root>/.automl.lock``: the kernel drops it
+    when the holder dies, so a killed driver never leaves the folder locked; Ray's processes do not
+    inherit it. Who holds it (pid, host, command) is written next to it for the message a second
+    driver gets; it cannot live in the lock file, which every opener truncates.
+    """
+    import socket
+    import sys
+
+    from filelock import FileLock, Timeout
+
+    from segformer.fileio import atomic_write_text
+
+    root.mkdir(parents=True, exist_ok=True)
+    lock, owner = FileLock(str(root / ".automl.lock")), root / ".automl.lock.owner"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            holder = owner.read_text(encoding="utf-8").strip()
+        except OSError:
+            holder = "another process"
+        raise SearchError(f"{root} is in use by another search driver ({holder or 'another process'}); wait for it "
+                          f"to end or stop it, or pick another --results-dir") from None
+    try:
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        atomic_write_text(owner, f"pid {os.getpid()} on {socket.gethostname()} since {started}: "
+                                 f"{' '.join(['automl', *sys.argv[1:]])}\n")
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
 
 
 # ------------------------------------------------------------------------------------------------ plan

@@ -110,13 +110,23 @@ class SearchState:
             raise FileNotFoundError(
                 f"no AutoML state in {results_dir}: expected {path}; was this folder made by `automl run`?"
             )
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("version") != STATE_VERSION:
-            raise ValueError(f"{path}: state version {data.get('version')} is not {STATE_VERSION}: this search was "
-                             f"made by another release of segformer-automl; run it with that release or start a new one")
-        trials = {tid: TrialRecord(**rec) for tid, rec in data.pop("trials", {}).items()}
-        data["results_dir"] = str(Path(results_dir).resolve())
-        return cls(**data, trials=trials)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise ValueError(f"{path} cannot be read as an AutoML state file ({err}); it was damaged outside "
+                             f"automl (the driver writes it atomically): restore it from a copy or start a new search") from None
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            found = data.get("version") if isinstance(data, dict) else f"a JSON {type(data).__name__}"
+            raise ValueError(f"{path}: state version {found} is not {STATE_VERSION}: this search was made by another "
+                             f"release of segformer-automl (run it with that release or start a new one), or the file "
+                             f"is not an AutoML state file")
+        try:
+            trials = {tid: TrialRecord(**rec) for tid, rec in data.pop("trials", {}).items()}
+            data["results_dir"] = str(Path(results_dir).resolve())
+            return cls(**data, trials=trials)
+        except (TypeError, AttributeError) as err:
+            raise ValueError(f"{path} does not have the shape of an AutoML state file ({err}); restore it from a copy "
+                             f"or start a new search") from None
 
     # ----------------------------------------------------------------- queries
     def better(self, a: float, b: float | None) -> bool:

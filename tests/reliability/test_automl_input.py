@@ -67,3 +67,17 @@ def test_mlflow_uri_that_does_not_answer(dataset, tmp_path, policy):
     _clean(outcome, ["http://127.0.0.1:1", "mlflow server", "drop --tracking-uri"])
     assert seconds < 15, f"took {seconds:.0f} s to report an unreachable MLflow server"
     assert not (tmp_path / "r" / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '{"version": 2, "trials": []}', '{"version": 2, "trials": {"t": 5}}',
+                                     "\x00\x01garbage"])
+def test_state_file_of_the_wrong_shape(tmp_path, content):
+    """`automl status` and `automl resume` on a damaged automl_state.json: one message naming it."""
+    from automl.state import STATE_VERSION
+
+    results = tmp_path / "search"
+    results.mkdir()
+    (results / "automl_state.json").write_text(content.replace('"version": 2', f'"version": {STATE_VERSION}'))
+    for command in ("status", "resume"):
+        outcome = run_subprocess("automl", [command, str(results)], timeout=90)
+        _clean(outcome, [str(results / "automl_state.json")])
