@@ -188,6 +188,8 @@ def _spec_path(opts: SearchOptions, skill: Any) -> str | None:
     """The spec every trial starts from: -e, else the skill's train template (None: defaults only)."""
     if opts.spec:
         path = Path(opts.spec).expanduser().resolve()
+        if path.is_dir():
+            raise SearchError(f"spec file -e {opts.spec} is a folder; give the YAML file in it")
         if not path.is_file():
             raise SearchError(f"spec file -e {opts.spec} does not exist")
         return str(path)

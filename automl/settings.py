@@ -21,8 +21,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import yaml
-
 from automl.options import OPTION_SECTION, SearchError, SearchOptions
 
 __all__ = ["SettingsError", "SettingsWarning", "load_settings", "map_tao_settings", "options_from_settings"]
@@ -155,14 +153,13 @@ def map_tao_settings(raw: Mapping[str, Any], source: str = "settings") -> dict[s
 
 def load_settings(path: str | Path) -> dict[str, Any]:
     """Read an AutoML settings file (YAML or JSON, safe_load) -> our option names."""
-    path = Path(path)
+    from segformer.config.fields import ConfigError
+    from segformer.config.loader import read_yaml_file
+
     try:
-        with path.open(encoding="utf-8") as handle:
-            raw = yaml.safe_load(handle)  # YAML is a superset of JSON
-    except FileNotFoundError:
-        raise SettingsError(f"settings file {path} does not exist") from None
-    except yaml.YAMLError as err:
-        raise SettingsError(f"{path}: not valid YAML/JSON: {err}") from None
+        raw = read_yaml_file(path, "settings file")  # YAML is a superset of JSON
+    except ConfigError as err:
+        raise SettingsError(str(err)) from None
     return map_tao_settings(raw or {}, source=str(path))
 
 

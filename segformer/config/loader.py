@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import typing
 import warnings
@@ -60,15 +61,58 @@ _INTERPOLATION = re.compile(r"\$\{([^}]*)\}")
 
 
 # ------------------------------------------------------------------------------------------ public
-def read_spec(path: str | Path) -> dict:
-    """The raw mapping of a YAML spec file (yaml.safe_load); an empty file is an empty spec."""
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, first: int, second: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+class _StrictSafeLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader (what safe_load uses) that refuses a key written twice in one mapping,
+    where safe_load keeps the last one silently (a section written twice loses the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[str, int] = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                line = key_node.start_mark.line + 1
+                if key_node.value in seen:
+                    raise _DuplicateKey(key_node.value, seen[key_node.value], line)
+                seen[key_node.value] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml_file(path: str | Path, what: str) -> Any:
+    """A YAML (or JSON) file's content, safely loaded; `what` names the file in messages ("spec file").
+
+    Every way a file can be unreadable is one ConfigError naming it: missing, a folder, not text
+    (binary garbage), not YAML, or a key written twice in one mapping (both lines named). UTF-8 and,
+    with a byte-order mark, UTF-16 and UTF-32 are read (PyYAML detects them from the bytes).
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {str(path)!r} is a folder; give the YAML file in it")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"spec file {str(path)!r} does not exist") from None
+        raise ConfigError(f"{what} {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    try:
+        return yaml.load(data, Loader=_StrictSafeLoader)  # noqa: S506 - a SafeLoader subclass: safe_load's rules
+    except _DuplicateKey as dup:
+        raise ConfigError(f"{what} {str(path)!r}: key {dup.key!r} is written twice in the same mapping (lines "
+                          f"{dup.first} and {dup.second}); YAML would silently keep only the second: keep one") from None
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError(f"{what} {str(path)!r} is not a text file ({exc.reason} at byte {exc.position}): "
+                          f"save it as UTF-8 YAML") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"spec file {str(path)!r} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {exc}") from None
+
+
+def read_spec(path: str | Path) -> dict:
+    """The raw mapping of a YAML spec file; an empty file is an empty spec."""
+    data = read_yaml_file(path, "spec file")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -214,9 +258,16 @@ def _with_overrides(raw: Mapping[str, Any], overrides: Sequence[str] | Mapping[s
                 continue
             items.append((key.strip(), _parse_value(value)))
     known = set(valid_keys())
+    sections = {k.rsplit(".", 1)[0] for k in known if "." in k}
     for key, value in items:
         if key not in known:
             problems.append(unknown_key_message(key, known))
+            continue
+        if key in sections and not isinstance(value, dict):
+            # `train=null` or `train.optim=` would reset every key of the section to its default.
+            problems.append(f"override {key}={'' if value is None else value} would replace the whole section {key!r} "
+                            f"(every key in it back to its default); set its keys instead, e.g. "
+                            f"{next(k for k in sorted(known) if k.startswith(key + '.'))}=...")
             continue
         node = out
         *parents, leaf = key.split(".")
@@ -401,10 +452,31 @@ def _check(raw: dict, action: str | None) -> tuple[list[str], dict | None]:
     resolved, problems = _resolve(raw)
     if resolved is None:
         return problems, None
-    problems = schema_problems(resolved, _json_schema(action))
+    problems = _number_problems(resolved) + schema_problems(resolved, _json_schema(action))
     if not problems:
         problems = _cross_field_problems(resolved)
     return problems, resolved
+
+
+_INT_LIMIT = 2**63 - 1  # what torch, NumPy and the data loaders can hold
+
+
+def _number_problems(data: Any, prefix: str = "") -> list[str]:
+    """NaN and infinity in any number (bounds cannot catch NaN: every comparison with it is false),
+    and integers beyond 64 bits, in every field, list item included."""
+    problems: list[str] = []
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for name, value in items:
+        key = f"{prefix}.{name}" if prefix and isinstance(name, str) else f"{prefix}[{name}]" if prefix else str(name)
+        if isinstance(value, (dict, list)):
+            problems += _number_problems(value, key)
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{key} = {value} is not a finite number; give a real value (YAML .nan/.inf, or a number "
+                            f"too large for a float, read as {value})")
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > _INT_LIMIT:
+            problems.append(f"{key} = {value} is larger than any value this tool can use (64-bit integers, at most "
+                            f"{_INT_LIMIT}); give a realistic value")
+    return problems
 
 
 def _materialize(raw: dict, origin: str, problems: list[str]) -> ExperimentConfig:

@@ -81,3 +81,28 @@ def test_state_file_of_the_wrong_shape(tmp_path, content):
     for command in ("status", "resume"):
         outcome = run_subprocess("automl", [command, str(results)], timeout=90)
         _clean(outcome, [str(results / "automl_state.json")])
+
+
+@pytest.mark.parametrize("kind", ["binary", "folder", "duplicate_key", "not_a_mapping"])
+def test_unreadable_settings_file(dataset, tmp_path, kind):
+    """--settings that cannot be read as a mapping of settings: one message naming the file."""
+    path = tmp_path / "settings.yaml"
+    if kind == "binary":
+        path.write_bytes(bytes(range(256)) * 4)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "duplicate_key":
+        path.write_text("automl_algorithm: random\nautoml_max_recommendations: 3\nautoml_algorithm: bayesian\n")
+    else:
+        path.write_text("[1, 2]\n")
+    outcome, seconds = _automl(dataset, tmp_path / "r", "--skill", "segformer", "--settings", str(path), "--dry-run", *QUICK)
+    _clean(outcome, ["settings.yaml"])
+    assert seconds < 60
+
+
+def test_spec_folder_given_to_automl(tmp_path):
+    folder = tmp_path / "spec.yaml"
+    folder.mkdir()
+    outcome = run_subprocess("automl", ["run", "--skill", "segformer", "-e", str(folder), "--results-dir",
+                                        str(tmp_path / "r2"), "--dry-run"], timeout=90)
+    _clean(outcome, ["spec.yaml", "is a folder"])

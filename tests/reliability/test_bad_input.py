@@ -139,6 +139,42 @@ def b_spec_not_mapping(c):
     return ["-e", str(path)], ["bad_spec.yaml"]
 
 
+def b_spec_binary(c):
+    path = c.tmp / "bad_spec.yaml"
+    path.write_bytes(bytes(range(256)) * 4)
+    return ["-e", str(path)], ["bad_spec.yaml", "not a text file", "UTF-8"]
+
+
+def b_spec_utf16(c):
+    """UTF-16 with a byte-order mark is YAML too (PyYAML detects it): read, not refused."""
+    path = c.tmp / "bad_spec.yaml"
+    path.write_text("train:\n  num_epochs: 1\n  optim:\n    lr: 7.0\n", encoding="utf-16")
+    return ["-e", str(path), f"results_dir={c.results}"], ["train.optim.lr", "7"]  # the value was read
+
+
+def b_spec_folder(c):
+    folder = c.tmp / "spec_folder.yaml"
+    folder.mkdir()
+    return ["-e", str(folder)], ["spec_folder.yaml", "is a folder"]
+
+
+def b_spec_duplicate_key(c):
+    path = write_spec(c, "train:\n  num_epochs: 2\n  seed: 1\n  num_epochs: 3\n")
+    return ["-e", str(path)], ["bad_spec.yaml", "'num_epochs'", "lines 2 and 4"]
+
+
+def b_spec_duplicate_section(c):
+    path = write_spec(c, "train:\n  num_epochs: 2\ndataset:\n  segment: {}\ntrain:\n  seed: 3\n")
+    return ["-e", str(path)], ["bad_spec.yaml", "'train'", "lines 1 and 5"]
+
+
+def b_nan_value(c): return c.spec() + ["train.optim.lr=.nan"], ["train.optim.lr", "nan", "not a finite number"]
+def b_inf_value(c): return c.spec() + ["train.optim.weight_decay=.inf"], ["train.optim.weight_decay", "inf"]
+def b_huge_int(c): return c.spec() + ["dataset.segment.batch_size=99999999999999999999"], ["dataset.segment.batch_size", "99999999999999999999", "64-bit"]
+def b_section_reset(c): return c.spec() + ["train.optim="], ["train.optim", "whole section"]
+def b_section_null(c): return c.spec() + ["train=null"], ["'train'", "whole section"]
+
+
 def b_root_missing(c):
     return c.spec() + [f"dataset.segment.root_dir={c.tmp / 'nowhere'}"], ["nowhere/images/train", "does not exist", "root_dir"]
 
@@ -333,6 +369,16 @@ CASES = [
     Case("spec_malformed_yaml", "train", b_spec_malformed),
     Case("spec_python_tag", "train", b_spec_python_tag, marker=True),
     Case("spec_not_a_mapping", "train", b_spec_not_mapping),
+    Case("spec_binary_garbage", "train", b_spec_binary, subprocess=True),
+    Case("spec_utf16", "train", b_spec_utf16),
+    Case("spec_is_a_folder", "train", b_spec_folder, subprocess=True),
+    Case("spec_duplicate_key", "train", b_spec_duplicate_key),
+    Case("spec_duplicate_section", "train", b_spec_duplicate_section),
+    Case("nan_value", "train", b_nan_value),
+    Case("inf_value", "train", b_inf_value),
+    Case("huge_integer", "train", b_huge_int),
+    Case("section_reset_by_override", "train", b_section_reset),
+    Case("section_set_to_null", "train", b_section_null),
     Case("root_dir_missing", "train", b_root_missing),
     Case("root_dir_unset", "train", b_root_unset),
     Case("split_folder_missing", "train", b_split_missing),
