@@ -23,6 +23,7 @@ from segformer.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 MASK_EXTENSIONS = (".png",)
+LOSSY_MASK_EXTENSIONS = (".jpg", ".jpeg", ".webp")  # never masks: compression changes class ids
 _LISTED = 5
 
 
@@ -96,6 +97,14 @@ def pair_samples(root_dir: str | Path, split: str, require_masks: bool = True,
     problem = None
     if no_mask or no_image:
         parts = []
+        lossy = sorted(p.name for p in mask_dir.glob("*") if p.suffix.lower() in LOSSY_MASK_EXTENSIONS
+                       and p.stem in {Path(n).stem for n in no_mask}) if mask_dir.is_dir() else []
+        if lossy:
+            raise DataError(
+                f"split {split!r}: {len(lossy)} mask(s) in {mask_dir} are in a lossy format: {_names(lossy)}. JPEG "
+                f"compression changes pixel values near class borders, so they would not match the palette; save "
+                f"masks as PNG ({', '.join(MASK_EXTENSIONS)}), from the original label data, not by converting the JPEGs"
+            )
         if no_mask:
             parts.append(f"{len(no_mask)} image(s) without a mask in {mask_dir}: {_names(no_mask)}")
         if no_image:

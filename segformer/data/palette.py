@@ -150,6 +150,7 @@ class MaskDecoder:
             self._value_to_id[value] = train_id
             self._value_to_entry.setdefault(value, entry)
         self.is_gray = all(r == g == b for r, g, b in self._value_to_id)
+        self._check_shared_ids(group_ids)
         self._check_num_classes(group_ids)
 
         # training id -> class name (the mapping_class) and display colour
@@ -182,6 +183,20 @@ class MaskDecoder:
                 "use label_transform: norm for rgb given in 0..1"
             )
         return tuple(int(c) for c in rgb)  # type: ignore[return-value]
+
+    def _check_shared_ids(self, group_ids: Mapping[str, int]) -> None:
+        """Two classes (different mapping_class) with one training id would merge silently."""
+        owner: dict[int, str] = {}
+        for mapping_class, train_id in group_ids.items():
+            if train_id == IGNORE_INDEX:
+                continue
+            if train_id in owner:
+                raise DataError(
+                    f"dataset.segment.palette: classes {owner[train_id]!r} and {mapping_class!r} share label_id "
+                    f"{train_id}, so training would merge them into one class; give each its own label_id, or give "
+                    f"both the same mapping_class to merge them on purpose"
+                )
+            owner[train_id] = mapping_class
 
     def _check_num_classes(self, group_ids: Mapping[str, int]) -> None:
         ids = sorted({i for i in group_ids.values() if i != IGNORE_INDEX})

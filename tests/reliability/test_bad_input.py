@@ -195,6 +195,21 @@ def b_image_without_mask(c):
     return c.spec(), ["train_00003.jpg", "without a mask", "pair by file stem"]
 
 
+def b_jpeg_masks(c):
+    """Masks saved as JPEG: named as lossy, not reported as images without a mask."""
+    for mask in (c.data / "masks/train").glob("*.png"):
+        Image.open(mask).convert("RGB").save(mask.with_suffix(".jpg"), quality=90)
+        mask.unlink()
+    return c.spec(), ["masks/train", "lossy format", "train_00000.jpg", "PNG"]
+
+
+def b_palette_shared_label_id(c):
+    spec = (c.data / "spec.yaml").read_text()
+    assert "label_id: 2" in spec
+    (c.data / "spec.yaml").write_text(spec.replace("label_id: 2", "label_id: 1"))
+    return c.spec() + ["dataset.segment.num_classes=2"], ["'red'", "'green'", "share label_id 1", "mapping_class"]
+
+
 def b_mask_without_image(c):
     (c.data / "images/train/train_00004.jpg").unlink()
     return c.spec(), ["train_00004.png", "without an image"]
@@ -385,6 +400,8 @@ CASES = [
     Case("split_name_unknown", "train", b_split_name),
     Case("image_without_mask", "train", b_image_without_mask),
     Case("mask_without_image", "train", b_mask_without_image),
+    Case("masks_saved_as_jpeg", "train", b_jpeg_masks),
+    Case("palette_label_id_shared", "train", b_palette_shared_label_id),
     Case("corrupt_png_mask", "train", b_corrupt_png, subprocess=True),
     Case("corrupt_jpeg_image", "train", b_corrupt_jpeg),
     Case("mask_other_size", "train", b_mask_size),
