@@ -30,9 +30,10 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import warnings
 from typing import Any, Mapping, Sequence
 
-from automl.params import SpaceError
+from automl.params import SpaceError, SpaceWarning
 from segformer.text import fmt
 
 _CUSTOM_KEYS = {  # custom_param_ranges key -> the schema-node key it replaces
@@ -169,6 +170,9 @@ def apply_custom(name: str, node: Mapping[str, Any], custom: Mapping[str, Any] |
         if value is None:
             continue
         target = _CUSTOM_KEYS[key]
+        if target in ("valid_min", "valid_max") and _is_nan(value):
+            raise SpaceError(f"custom_param_ranges[{name!r}]: {key} is {value!r}, not a number; give a finite bound "
+                             f"or leave {key} out to keep the schema's")
         schema_lo, schema_hi = _number(node.get("minimum")), _number(node.get("maximum"))  # validity bounds
         if target == "valid_min" and schema_lo is not None and float(value) < schema_lo:
             raise SpaceError(f"custom_param_ranges[{name!r}]: valid_min {value} is below the schema minimum {schema_lo}; use a value >= {schema_lo}")
@@ -187,7 +191,18 @@ def apply_custom(name: str, node: Mapping[str, Any], custom: Mapping[str, Any] |
     lo, hi = _number(_search_bounds(merged)[0]), _number(_search_bounds(merged)[1])
     if lo is not None and hi is not None and lo > hi:
         raise SpaceError(f"custom_param_ranges[{name!r}]: valid_min {lo} is above valid_max {hi}")
+    if lo is not None and lo == hi and "enum" not in merged:
+        warnings.warn(f"custom_param_ranges[{name!r}]: valid_min = valid_max = {fmt(lo)}, so {name} is fixed at "
+                      f"{fmt(lo)}, not searched; widen the range, or set the value in the spec and exclude {name}",
+                      SpaceWarning, stacklevel=2)
     return merged, True
+
+
+def _is_nan(value: Any) -> bool:
+    try:
+        return not isinstance(value, bool) and math.isnan(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def option_weights(name: str, node: Mapping[str, Any], choices: Sequence[Any]) -> tuple[float, ...] | None:

@@ -316,24 +316,22 @@ def load_skill(skill: str | None = None, skill_dir: str | Path | None = None) ->
 
 
 def _train_files_problems(skill: Skill) -> list[str]:
-    """What keeps AutoML from running: missing or unparsable train schema/template."""
+    """What keeps AutoML from running: a missing train schema or template (TAO then trains plainly).
+    One that is present but does not parse is an error naming it (SkillError)."""
     problems: list[str] = []
     schema = skill.schema_path("train")
     if not schema.is_file():
         problems.append(skill.relative(schema))
     else:
-        try:
-            read_schema(schema)
-        except SkillError as err:
-            problems.append(f"{skill.relative(schema)} does not parse: {err}")
+        read_schema(schema)  # present but broken: an error naming the file, never a silent plain training
     template = skill.template_path("train")
     if not template.is_file():
         problems.append(skill.relative(template))
     else:
         try:
             skill.load_template("train")
-        except (SkillError, yaml.YAMLError) as err:
-            problems.append(f"{skill.relative(template)} does not parse: {err}")
+        except yaml.YAMLError as err:
+            raise SkillError(f"{template}: not valid YAML: {err}") from None
     return problems
 
 

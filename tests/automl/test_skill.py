@@ -55,10 +55,14 @@ def test_policy_missing_schema_is_plain_with_reason(nvidia_copy: Path) -> None:
     assert "schemas/train.schema.json" in decision.reason and "references/spec_template_train.yaml" in decision.reason
 
 
-def test_policy_unparsable_schema_is_plain(nvidia_copy: Path) -> None:
-    (nvidia_copy / "schemas" / "train.schema.json").write_text("{not json")
-    decision = resolve_policy(load_skill_dir(nvidia_copy), "auto")
-    assert decision.mode == "plain" and "does not parse" in decision.reason
+def test_policy_unparsable_schema_is_an_error(nvidia_copy: Path) -> None:
+    """Missing files mean "not generated yet" (TAO trains plainly); a present but broken schema is a
+    mistake to fix, not a reason to train once and exit 0."""
+    schema = nvidia_copy / "schemas" / "train.schema.json"
+    schema.write_text("{not json")
+    with pytest.raises(SkillError, match=r"train\.schema\.json: not valid JSON at line 1 column 2"):
+        resolve_policy(load_skill_dir(nvidia_copy), "auto")
+    assert resolve_policy(load_skill_dir(nvidia_copy), "off").mode == "plain"  # the schema is not needed then
 
 
 def test_policy_not_enabled(nvidia_copy: Path) -> None:

@@ -106,3 +106,30 @@ def test_spec_folder_given_to_automl(tmp_path):
     outcome = run_subprocess("automl", ["run", "--skill", "segformer", "-e", str(folder), "--results-dir",
                                         str(tmp_path / "r2"), "--dry-run"], timeout=90)
     _clean(outcome, ["spec.yaml", "is a folder"])
+
+
+def test_corrupt_schema_in_a_skill_folder(dataset, tmp_path):
+    """Present but not JSON: an error naming the file and where it breaks, not a plain training with exit 0."""
+    skill = tmp_path / "tao-skill-segformer"
+    shutil.copytree(SKILL, skill)
+    schema = skill / "schemas/train.schema.json"
+    schema.write_text(schema.read_text()[:500])
+    outcome, _ = _automl(dataset, tmp_path / "r", "--skill-dir", str(skill), *QUICK)
+    _clean(outcome, ["train.schema.json", "not valid JSON", "line"])
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("bound", [".nan", "nan"])
+def test_nan_bound_in_custom_param_ranges(dataset, tmp_path, bound):
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(f"custom_param_ranges:\n  train.optim.lr:\n    valid_min: {bound}\n    valid_max: 0.01\n")
+    outcome, _ = _automl(dataset, tmp_path / "r", "--skill", "segformer", "--settings", str(settings), "--dry-run", *QUICK)
+    _clean(outcome, ["custom_param_ranges", "train.optim.lr", "valid_min", "not a number"])
+
+
+def test_equal_bounds_in_custom_param_ranges_warn(dataset, tmp_path):
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("custom_param_ranges:\n  train.optim.lr:\n    valid_min: 0.001\n    valid_max: 0.001\n")
+    outcome, _ = _automl(dataset, tmp_path / "r", "--skill", "segformer", "--settings", str(settings), "--dry-run", *QUICK)
+    assert outcome.code == 0, outcome.stderr[-3000:]
+    assert "train.optim.lr is fixed at 0.001, not searched" in outcome.stderr
