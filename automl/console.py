@@ -126,7 +126,9 @@ def summary(state: SearchState) -> str:
     lines = [f"automl: {len(state.trials)} trials ({counts_text(state)})"]
     lines += [f"  failed   {t.name}: {error_line(t.error)}" for t in state.trials.values() if t.status == FAILED]
     if best is None:
-        lines.append("automl: no trial produced a result; see `automl status` for the errors")
+        failed = any(t.status == FAILED for t in state.trials.values())
+        lines.append("automl: no trial produced a result; " + ("see `automl status` for the errors" if failed else
+                                                               "none failed: the search ended before any reported an epoch"))
     else:
         changed = {k: v for k, v in best.params.items() if baseline is None or baseline.params.get(k) != v}
         shown = _values(changed) if changed else "the baseline itself"
@@ -144,8 +146,9 @@ def summary(state: SearchState) -> str:
         lines.append(f"  budget   {state.epochs_trained()} of {total} epochs trained ({state.budget['trainings']:g} trainings of "
                      f"{state.budget['spec_epochs']} epochs)")
     layout = Layout.of(state.results_dir)
+    if layout.best_dir.is_dir():
+        lines.append(f"  artifacts  {layout.best_dir}")
     lines += [
-        f"  artifacts  {layout.best_dir}",
         f"  report     {layout.report_dir / 'report.md'}",
         f"  MLflow UI  automl ui {layout.root}",
     ]

@@ -53,6 +53,7 @@ class RaySession:
             self.owns = True
         try:
             self.gpus_per_trial = self._gpus()
+            self._check_a_trial_fits()
         except BaseException as err:
             self.__exit__(type(err))
             raise
@@ -78,6 +79,21 @@ class RaySession:
 
         gpus = self.opts.resources.gpus_per_trial
         return float(gpus) if gpus is not None else (1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0)
+
+    def _check_a_trial_fits(self) -> None:
+        """A trial runs on one node: asking more CPUs or GPUs per trial than the largest node has would
+        leave every trial pending for ever (Ray waits for resources without a word)."""
+        import ray
+
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        for name, flag, per_trial in (("CPU", "--cpus-per-trial", self.opts.resources.cpus_per_trial),
+                                      ("GPU", "--gpus-per-trial", self.gpus_per_trial)):
+            largest = max((float(n.get(name, 0)) for n in nodes), default=0.0)
+            if per_trial and per_trial > largest + 1e-9:
+                where = "this machine" if self.owns and not self.opts.resources.address else "any node of the Ray cluster"
+                hint = " (or --num-cpus to give the local Ray more)" if name == "CPU" and where == "this machine" else ""
+                raise SearchError(f"{flag} {per_trial:g} is more than {where} has ({largest:g} {name}s): no trial could "
+                                  f"ever start; use {flag} {largest:g} or less{hint}")
 
     def slots(self) -> int:
         """Trials that can run at once: as many as Ray's CPUs and GPUs fit (every core or GPU busy), or

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -160,6 +161,7 @@ def one_driver(root: Path) -> Iterator[None]:
 
     from segformer.fileio import atomic_write_text
 
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     lock, owner = FileLock(str(root / ".automl.lock")), root / ".automl.lock.owner"
     try:
@@ -179,6 +181,8 @@ def one_driver(root: Path) -> Iterator[None]:
     finally:
         owner.unlink(missing_ok=True)
         lock.release()
+        if created and {p.name for p in root.iterdir()} <= {".automl.lock"}:
+            shutil.rmtree(root, ignore_errors=True)  # refused before anything was written: leave no folder
 
 
 # ------------------------------------------------------------------------------------------------ plan
@@ -304,9 +308,13 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, session: Any, *,
         stop_reason = (f"the search stopped after {failed} failed trials (limit --max-failed-trials {limit}); "
                        f"see the errors with `automl status {opts.results_dir}`")
         echo(f"automl: {stop_reason}")
+    elif budget and time.time() - started >= budget and not any(t.history for t in state.trials.values()):
+        stop_reason = (f"the time budget of {budget:g} s (--time-budget, settings time_budget_s) ran out before any trial "
+                       f"reported an epoch: one trial needs longer than that here; raise it")
+        echo(f"automl: {stop_reason}")
     # Trials Ray stops for the whole search (failure limit, time budget) get no end event: KILLED here.
-    reason = (f"stopped: {stop_reason}" if stop_reason else f"stopped: the time budget of {budget:g} s ran out"
-              if budget and time.time() - started >= budget else "interrupted: the driver stopped while this trial ran")
+    reason = (f"stopped: the time budget of {budget:g} s ran out" if budget and time.time() - started >= budget
+              else f"stopped: {stop_reason}" if stop_reason else "interrupted: the driver stopped while this trial ran")
     killed = reconcile_interrupted(state, tracker, reason=reason)
     if killed:
         echo(f"automl: marked trials that did not end KILLED ({reason}): {', '.join(killed)}")

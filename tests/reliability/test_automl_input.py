@@ -133,3 +133,24 @@ def test_equal_bounds_in_custom_param_ranges_warn(dataset, tmp_path):
     outcome, _ = _automl(dataset, tmp_path / "r", "--skill", "segformer", "--settings", str(settings), "--dry-run", *QUICK)
     assert outcome.code == 0, outcome.stderr[-3000:]
     assert "train.optim.lr is fixed at 0.001, not searched" in outcome.stderr
+
+
+@pytest.mark.parametrize("flag, value, unit", [("--cpus-per-trial", "64", "CPUs"), ("--gpus-per-trial", "1", "GPUs")])
+def test_more_per_trial_than_the_machine_has(dataset, tmp_path, flag, value, unit):
+    """Ray would keep every trial pending for ever: an error before any trial, and no folder left."""
+    if unit == "GPUs":
+        import torch
+
+        if torch.cuda.is_available():
+            value = str(torch.cuda.device_count() + 1)
+    outcome, seconds = _automl(dataset, tmp_path / "r", "--skill", "segformer", flag, value, *QUICK)
+    _clean(outcome, [flag, "no trial could ever start", unit])
+    assert seconds < 60 and not (tmp_path / "r").exists()
+
+
+def test_time_budget_too_short_for_one_trial(dataset, tmp_path):
+    outcome, _ = _automl(dataset, tmp_path / "r", "--skill", "segformer", "--time-budget", "1", *QUICK)
+    assert outcome.code == 1 and "Traceback" not in outcome.stderr, outcome.stderr[-3000:]
+    text = outcome.stdout + outcome.stderr
+    assert "time budget of 1 s" in text and "before any trial reported an epoch" in text, text[-3000:]
+    assert "for the errors" not in text  # nothing failed: no pointer to errors that do not exist
