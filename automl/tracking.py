@@ -72,10 +72,17 @@ class Tracker:
             try:
                 self._client = MlflowClient(tracking_uri=self.tracking_uri)
             except Exception as exc:  # noqa: BLE001 (any store error: say which store and what to do)
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                if self.is_embedded and "not a database" in str(exc):
+                    path = self.tracking_uri.split(":///", 1)[-1]
+                    raise TrackingError(
+                        f"the MLflow store {path} is damaged ({first}); restore it from a copy. The search's own "
+                        f"ledger (automl_state.json) and trial folders do not depend on it and are intact"
+                    ) from None
                 raise TrackingError(
-                    f"cannot open the MLflow store {self.tracking_uri}: {exc}; give --tracking-uri a store this "
+                    f"cannot open the MLflow store {self.tracking_uri}: {first}; give --tracking-uri a store this "
                     "user can create and write (or leave it out: sqlite in the results folder)"
-                ) from exc
+                ) from None
         return self._client
 
     @property

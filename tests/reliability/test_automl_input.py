@@ -154,3 +154,25 @@ def test_time_budget_too_short_for_one_trial(dataset, tmp_path):
     text = outcome.stdout + outcome.stderr
     assert "time budget of 1 s" in text and "before any trial reported an epoch" in text, text[-3000:]
     assert "for the errors" not in text  # nothing failed: no pointer to errors that do not exist
+
+
+def test_resume_with_a_damaged_mlflow_store(dataset, tmp_path):
+    """A search whose mlflow.db was overwritten: resume stops with one message naming the store, and
+    leaves the ledger as it was (not a run that 'succeeds' against a broken store)."""
+    import json
+    import os
+
+    results = tmp_path / "r"
+    outcome, _ = _automl(dataset, results, "--skill", "segformer", *QUICK, timeout=240)
+    assert outcome.code == 0, outcome.stderr[-3000:]
+    state_file = results / "automl_state.json"
+    state = json.loads(state_file.read_text())
+    state["status"] = "INTERRUPTED"
+    state_file.write_text(json.dumps(state))
+    store = results / "mlflow.db"
+    with store.open("r+b") as handle:
+        handle.write(os.urandom(4096))  # the sqlite header and first page
+    before = state_file.read_text()
+    outcome = run_subprocess("automl", ["resume", str(results)], timeout=120)
+    _clean(outcome, [str(store), "damaged", "restore it from a copy"])
+    assert state_file.read_text() == before
