@@ -84,7 +84,8 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    private = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _remove_dead_private_folders(path)
+    private = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         tmp = private / path.name
         yield tmp
@@ -97,6 +98,27 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         _fsync_dir(path.parent)
     finally:
         shutil.rmtree(private, ignore_errors=True)
+
+
+def _remove_dead_private_folders(path: Path) -> None:
+    """The private folders of `atomic_output` calls for `path` whose process is gone (killed before
+    its cleanup ran): named ``.<name>.<pid>.<random>.tmp``, so a live writer's is never touched."""
+    import glob
+
+    for folder in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = folder.name[len(path.name) + 2:].split(".", 1)[0]
+        if folder.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def link_or_copy(source: str | Path, target: str | Path) -> Path:

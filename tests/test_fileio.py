@@ -70,3 +70,33 @@ def test_atomic_output_refuses_when_nothing_was_written(tmp_path):
         with atomic_output(target) as tmp:
             (tmp.parent / "other.txt").write_text("not the output")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_output_clears_what_a_killed_writer_left(tmp_path):
+    """A writer killed inside atomic_output (SIGKILL: no cleanup) leaves its private folder; the next
+    write of that file removes it, and never the folder of a writer still alive."""
+    import signal
+    import subprocess
+    import sys
+
+    target = tmp_path / "segformer.onnx"
+    code = (f"import time\nfrom segformer.fileio import atomic_output\nwith atomic_output({str(target)!r}) as tmp:\n"
+            f"    tmp.write_bytes(b'half')\n    print('inside', flush=True)\n    time.sleep(60)\n")
+    writers = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        for writer in writers:
+            assert writer.stdout.readline().strip() == "inside"
+        writers[0].send_signal(signal.SIGKILL)
+        writers[0].wait(timeout=30)
+        left = sorted(p.name for p in tmp_path.iterdir())
+        assert len(left) == 2 and all(name.startswith(".segformer.onnx.") for name in left), left
+        with atomic_output(target) as tmp:
+            tmp.write_bytes(b"whole")
+        after = sorted(p.name for p in tmp_path.iterdir())
+        alive = f".segformer.onnx.{writers[1].pid}."
+        assert target.read_bytes() == b"whole"
+        assert [n for n in after if n != target.name] == [n for n in left if n.startswith(alive)], after
+    finally:
+        for writer in writers:
+            writer.kill()
+            writer.wait()

@@ -68,7 +68,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> ExportResult:
     from segformer.deploy.deepstream import write_deepstream_config
     from segformer.deploy.onnx_export import export_onnx, onnx_parity
     from segformer.deploy.runtime import default_ort_providers
-    from segformer.engine.predictor import load_torch_model
+    from segformer.engine.predictor import load_torch_model_and_meta
 
     options = cfg.export
     checkpoint = Path(require(cfg, "export.checkpoint"))
@@ -80,9 +80,19 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> ExportResult:
         log.warning("export.format %r is not implemented: writing ONNX", options.format)
     num_classes = int(cfg.dataset.segment.num_classes)
     device = _export_device(bool(options.on_cpu), int(options.gpu_id))
-    model = load_torch_model(cfg.model, num_classes, checkpoint).to(device).eval()
+    model, meta = load_torch_model_and_meta(cfg.model, num_classes, checkpoint)
+    model = model.to(device).eval()
 
     height, width, channels = int(options.input_height), int(options.input_width), int(options.input_channel)
+    trained = meta.get("img_size")
+    trained_hw = tuple(int(v) for v in trained) if isinstance(trained, (list, tuple)) else (int(trained),) * 2 if trained else None
+    if trained_hw and (height, width) != trained_hw:
+        # Works (SegFormer is size-agnostic) but the exported graph's size is what the deployment
+        # sees; accuracy measured at the trained size does not carry over.
+        log.warning("export.input_height/input_width are %dx%d but %s was trained at %dx%d "
+                    "(dataset.segment.img_size): accuracy at this size is not what evaluate measured; "
+                    "export at %dx%d unless the deployment needs this size", height, width, checkpoint,
+                    *trained_hw, *trained_hw)
     export_onnx(
         model,
         onnx_file,

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from segformer.config import ExperimentConfig, action_results_dir, require
-from segformer.errors import SegformerError
+from segformer.errors import DataError, SegformerError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,12 @@ def _calibration_batches(cfg: ExperimentConfig, size: tuple[int, int], batch_siz
         folder = Path(segment.root_dir) / "images" / str(segment.train_split)
         log.warning("quant_calibration_dataset.images_dir is not set: calibrating on %s", folder)
     aug = segment.augmentation
-    return iter_calibration_batches(folder, size, aug.mean, aug.std, batch_size, max_batches)
+    key = ("dataset.segment.quant_calibration_dataset.images_dir" if segment.quant_calibration_dataset.images_dir
+           else "dataset.segment.quant_calibration_dataset.images_dir, unset: the train split was used")
+    try:
+        yield from iter_calibration_batches(folder, size, aug.mean, aug.std, batch_size, max_batches)
+    except DataError as err:
+        raise DataError(f"{err} ({key}: point it at a folder of readable calibration images)") from None
 
 
 def _state_bytes(model: torch.nn.Module) -> int:
@@ -162,29 +167,34 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
         quantized_bytes = artifact.stat().st_size
         is_quantized_eval = True
     else:
-        onnx_in = model_path
+        onnx_in, exported = model_path, None
         if model_path.suffix != ".onnx":
-            onnx_in = _export_float_onnx(cfg, model_path, results_dir / "float_model.onnx", num_classes)
-        from segformer.deploy.onnx_signature import read_onnx_signature
+            onnx_in = exported = _export_float_onnx(cfg, model_path, results_dir / "float_model.onnx", num_classes)
+        try:
+            from segformer.deploy.onnx_signature import read_onnx_signature
 
-        _, height, width = read_onnx_signature(onnx_in).chw
+            _, height, width = read_onnx_signature(onnx_in).chw
 
-        def batches():
-            for batch in _calibration_batches(cfg, (height, width), cal_batch, cal_batches):
-                yield batch.numpy().astype(np.float32)
+            def batches():
+                for batch in _calibration_batches(cfg, (height, width), cal_batch, cal_batches):
+                    yield batch.numpy().astype(np.float32)
 
-        if backend == "onnxruntime":
-            from segformer.deploy.quantize.ort_static import quantize_onnx_static
+            if backend == "onnxruntime":
+                from segformer.deploy.quantize.ort_static import quantize_onnx_static
 
-            summary = quantize_onnx_static(onnx_in, artifact, batches(), rules=rules, skip_names=skip_names,
-                                           algorithm=str(options.algorithm), **kwargs)
-            names = list(summary.quantized_nodes)
-        else:
-            from segformer.deploy.quantize.modelopt_onnx import quantize_onnx_modelopt
+                summary = quantize_onnx_static(onnx_in, artifact, batches(), rules=rules, skip_names=skip_names,
+                                               algorithm=str(options.algorithm), **kwargs)
+                names = list(summary.quantized_nodes)
+            else:
+                from segformer.deploy.quantize.modelopt_onnx import quantize_onnx_modelopt
 
-            names = quantize_onnx_modelopt(onnx_in, artifact, np.concatenate(list(batches())), rules=rules,
-                                           skip_names=skip_names, algorithm=str(options.algorithm),
-                                           device=str(options.device), **kwargs)
+                names = quantize_onnx_modelopt(onnx_in, artifact, np.concatenate(list(batches())), rules=rules,
+                                               skip_names=skip_names, algorithm=str(options.algorithm),
+                                               device=str(options.device), **kwargs)
+        except BaseException:
+            if exported is not None:  # a float model only this failed run needed: leave nothing half done
+                exported.unlink(missing_ok=True)
+            raise
         float_bytes = onnx_in.stat().st_size
         quantized_bytes = artifact.stat().st_size
         model_path = onnx_in

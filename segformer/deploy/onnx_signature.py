@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from segformer.errors import CheckpointError
 
 __all__ = ["OnnxSignature", "read_onnx_signature"]
 
@@ -51,11 +54,26 @@ def _dims(value_info) -> tuple[int | str, ...]:
     return tuple(dims)
 
 
-def read_onnx_signature(path: str | Path) -> OnnxSignature:
-    """Read input/output names and shapes without loading the weights."""
+def load_onnx(path: str | Path, load_external_data: bool = False) -> Any:
+    """`onnx.load`, with a file that is not a complete ONNX model (truncated, garbage, another
+    format) reported as a CheckpointError naming it, not a protobuf DecodeError traceback."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"ONNX model {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        return onnx.load(str(path), load_external_data=load_external_data)
+    except Exception as exc:  # noqa: BLE001 (DecodeError, or a parse error deeper in protobuf)
+        size = path.stat().st_size
+        raise CheckpointError(f"{path} is not a readable ONNX model ({size} bytes; {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else 'cannot parse'}): it is truncated or not "
+                              f"ONNX; export it again with `segformer export`") from None
+
+
+def read_onnx_signature(path: str | Path) -> OnnxSignature:
+    """Read input/output names and shapes without loading the weights."""
+    model = load_onnx(path)
     initializers = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
     if len(inputs) != 1 or len(model.graph.output) != 1:

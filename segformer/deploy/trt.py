@@ -180,9 +180,9 @@ def parse_layers_precision(entries: Sequence[str] | None) -> list[tuple[str, str
 
 def onnx_has_qdq(path: str | Path) -> bool:
     """True when the ONNX graph is explicitly quantized (QuantizeLinear/DequantizeLinear)."""
-    import onnx
+    from segformer.deploy.onnx_signature import load_onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    model = load_onnx(path)
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
 
 

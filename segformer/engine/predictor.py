@@ -4,7 +4,8 @@ A :class:`Predictor` maps normalized images to logits; evaluate and inference on
 this protocol, then upsample, argmax and score or save exactly the same way for every runtime.
 Which runtime is used follows from the action's section of the spec (:func:`load_predictor`):
 
-- ``trt_engine`` set                -> TensorRT (``segformer.deploy.runtime.TrtPredictor``)
+- ``trt_engine`` set, or a ``checkpoint`` ending in ``.engine``/``.plan``/``.trt``
+                                    -> TensorRT (``segformer.deploy.runtime.TrtPredictor``)
 - ``checkpoint`` ending in ``.onnx`` -> ONNX Runtime (``OnnxPredictor``)
 - ``is_quantized: true``            -> quantized PyTorch artifact (``load_quantized_predictor``)
 - otherwise                         -> PyTorch (:class:`TorchPredictor`) from our checkpoint format
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+TRT_SUFFIXES = (".engine", ".plan", ".trt")  # TensorRT engine files, by the names TAO and trtexec use
 SECTIONS = ("evaluate", "inference")
 
 
@@ -79,6 +81,8 @@ def load_predictor(cfg: ExperimentConfig, section: str) -> Predictor:
     num_classes = int(cfg.dataset.segment.num_classes)
     device = select_device(int(options.num_gpus), options.gpu_ids)
     trt_engine, checkpoint = options.trt_engine, options.checkpoint
+    if checkpoint and not trt_engine and Path(str(checkpoint)).suffix.lower() in TRT_SUFFIXES:
+        trt_engine = checkpoint  # a TensorRT engine given as the checkpoint: TensorRT runs it (and says if it is missing)
     if trt_engine:
         predictor: Predictor = _deploy_runtime(section).TrtPredictor(_existing(trt_engine, f"{section}.trt_engine"))
     elif checkpoint and str(checkpoint).lower().endswith(".onnx"):
@@ -104,6 +108,12 @@ def load_predictor(cfg: ExperimentConfig, section: str) -> Predictor:
 
 def load_torch_model(model_cfg: ModelConfig, num_classes: int, checkpoint: Path) -> nn.Module:
     """Build the spec's model and load a whole checkpoint into it (our format or Lightning's)."""
+    return load_torch_model_and_meta(model_cfg, num_classes, checkpoint)[0]
+
+
+def load_torch_model_and_meta(model_cfg: ModelConfig, num_classes: int, checkpoint: Path) -> tuple[nn.Module, dict]:
+    """`load_torch_model`, and the checkpoint's description of how it was trained (backbone,
+    img_size, mean/std, palette; empty for a checkpoint without one)."""
     from segformer.model import build_segformer, load_into, load_model_weights
 
     try:
@@ -127,7 +137,7 @@ def load_torch_model(model_cfg: ModelConfig, num_classes: int, checkpoint: Path)
         load_into(model, state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{checkpoint} does not fit the model of the spec: {exc}") from exc
-    return model
+    return model, meta
 
 
 def _existing(path: Any, key: str) -> Path:

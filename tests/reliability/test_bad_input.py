@@ -210,6 +210,27 @@ def b_palette_shared_label_id(c):
     return c.spec() + ["dataset.segment.num_classes=2"], ["'red'", "'green'", "share label_id 1", "mapping_class"]
 
 
+def b_garbage_onnx(c):
+    path = c.tmp / "model.onnx"
+    path.write_bytes(os.urandom(3000))
+    return c.spec() + [f"evaluate.checkpoint={path}"], ["model.onnx", "not a readable ONNX model", "segformer export"]
+
+
+def b_engine_as_checkpoint(c):
+    path = c.tmp / "model.engine"
+    path.write_bytes(os.urandom(3000))
+    return c.spec() + [f"evaluate.checkpoint={path}"], ["TensorRT", "tensorrt"]
+
+
+def b_quantize_calibration_unreadable(c):
+    folder = c.tmp / "calibration"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(os.urandom(500))
+    return c.spec() + [f"quantize.model_path={c.checkpoint()}", "quantize.backend=onnxruntime", "quantize.mode=static_ptq",
+                       f"dataset.segment.quant_calibration_dataset.images_dir={folder}"], \
+        ["a.jpg", "dataset.segment.quant_calibration_dataset.images_dir"]
+
+
 def b_mask_without_image(c):
     (c.data / "images/train/train_00004.jpg").unlink()
     return c.spec(), ["train_00004.png", "without an image"]
@@ -430,6 +451,9 @@ CASES = [
     Case("eval_pickle_payload", "evaluate", b_eval_evil, marker=True),
     Case("eval_not_a_checkpoint", "evaluate", b_eval_not_torch),
     Case("eval_checkpoint_missing", "evaluate", b_eval_missing),
+    Case("eval_garbage_onnx", "evaluate", b_garbage_onnx),
+    Case("eval_engine_without_tensorrt", "evaluate", b_engine_as_checkpoint),
+    Case("quantize_calibration_unreadable", "quantize", b_quantize_calibration_unreadable),
     Case("eval_other_head_width", "evaluate", b_eval_classes),
     Case("inference_other_backbone", "inference", b_infer_backbone),
     Case("inference_corrupt_image", "inference", b_infer_corrupt),

@@ -45,3 +45,16 @@ def test_gray_rgba_palette_images_and_class_id_masks_train_and_evaluate(data_cop
     assert evaluate.code == 0, evaluate.stderr[-2000:]
     report = json.loads((results / "evaluate/results.json").read_text())
     assert report["num_images"] == 4 and 0.0 <= report["miou"] <= 1.0
+
+
+def test_export_at_another_size_than_trained_warns(dataset, checkpoint, tmp_path):
+    """SegFormer exports at any size, but the accuracy evaluate measured was at the trained size: say so."""
+    from relhelpers import run_subprocess
+
+    results = tmp_path / "results"
+    common = ["-e", str(dataset / "spec.yaml"), f"results_dir={results}", *TINY, f"export.checkpoint={checkpoint}"]
+    outcome = run_subprocess("segformer", ["export", *common, "export.input_height=64", "export.input_width=64"])
+    assert outcome.code == 0, outcome.stderr[-3000:]
+    assert "are 64x64 but" in outcome.stderr and "was trained at 32x32" in outcome.stderr, outcome.stderr[-3000:]
+    same = run_subprocess("segformer", ["export", *common, "export.input_height=32", "export.input_width=32"])
+    assert same.code == 0 and "was trained at" not in same.stderr

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from segformer.deploy.onnx_signature import load_onnx
 from segformer.fileio import atomic_output
 
 from .._deps import QUANT_HINT, require
@@ -45,7 +46,7 @@ def quantize_onnx_modelopt(
 
     if algorithm not in MODELOPT_ONNX_METHODS:
         raise ValueError(f"quantize.algorithm {algorithm!r} is not supported by modelopt.onnx int8; use one of {sorted(MODELOPT_ONNX_METHODS)}")
-    model = onnx.load(str(model_path))
+    model = load_onnx(model_path, load_external_data=True)
     candidates, aliases = onnx_quant_candidates(model)
     chosen = select_names(candidates, rules, skip_names, aliases=aliases)
     if not chosen:
