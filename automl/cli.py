@@ -176,6 +176,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:  # our errors: SearchError, SettingsError, SkillError, ConfigError
         print(f"automl {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the disk, not the input: a full disk, a folder that became unwritable
+        import errno
+
+        where = f" ({err.filename})" if err.filename else ""
+        advice = ("free disk space or give --results-dir on a disk with room; `automl resume` continues the search"
+                  if err.errno == errno.ENOSPC else "check the folder and its permissions")
+        print(f"automl {args.command}: error: {err.strerror or err}{where}; {advice}", file=sys.stderr)
+        return 1
     return 2
 
 

@@ -455,7 +455,23 @@ def _interrupted(opts: SearchOptions, state: SearchState, tracker: Any, echo: Ec
 
 def finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo = print, stop_reason: str = "",
            early: Any = None) -> SearchOutcome:
-    """Rank, promote the best trial, write the report, close the parent run."""
+    """Rank, promote the best trial, write the report, close the parent run.
+
+    Ctrl-C or SIGTERM here (promotion can take minutes) ends like one during the search: the state
+    says INTERRUPTED, the parent run is closed, and `automl resume` promotes again.
+    """
+    from automl.signals import interrupt_on_sigterm
+
+    try:
+        with interrupt_on_sigterm():
+            return _finish(opts, state, tracker, echo=echo, stop_reason=stop_reason, early=early)
+    except KeyboardInterrupt:
+        _interrupted(opts, state, tracker, echo)
+        raise
+
+
+def _finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo, stop_reason: str,
+            early: Any) -> SearchOutcome:
     from automl.console import summary
     from automl.report import write_report
 

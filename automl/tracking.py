@@ -73,6 +73,10 @@ class Tracker:
                 self._client = MlflowClient(tracking_uri=self.tracking_uri)
             except Exception as exc:  # noqa: BLE001 (any store error: say which store and what to do)
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                if self.is_embedded and "disk is full" in str(exc):
+                    path = self.tracking_uri.split(":///", 1)[-1]
+                    raise TrackingError(f"the disk holding the MLflow store {path} is full ({first}); free disk space "
+                                        f"or give --results-dir on a disk with room") from None
                 if self.is_embedded and "not a database" in str(exc):
                     path = self.tracking_uri.split(":///", 1)[-1]
                     raise TrackingError(

@@ -111,3 +111,20 @@ def assert_clean_failure(outcome: Outcome, code: int, expected: list[str], resul
         assert piece.lower() in text.lower(), f"{piece!r} missing from the message:\n{text[-3000:]}"
     if results is not None:
         assert leftovers(results) == [], f"partial output left in {results}: {leftovers(results)}"
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 64 KiB tmpfs: room for experiment.yaml, not for a checkpoint (needs root and mount)."""
+    mount_point = tmp_path / "full_disk"
+    mount_point.mkdir()
+    if not is_root():
+        pytest.skip("simulating a full disk needs root to mount a tiny tmpfs")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); full-disk case not simulated")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)

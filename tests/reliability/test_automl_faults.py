@@ -248,3 +248,35 @@ def test_one_driver_per_results_folder(dataset, tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert {t["status"] for t in _trials(results).values()} == {"FINISHED"}
     assert not (results / ".automl.lock.owner").exists()  # who held it is cleared at the end
+
+
+def test_ctrl_c_during_promotion_ends_like_during_the_search(dataset, tmp_path):
+    """SIGINT while the winner is being exported: exit 130 with the same resume hint, the state says
+    INTERRUPTED (not RUNNING), no traceback; `automl resume` then promotes and finishes."""
+    results = tmp_path / "search"
+    cmd = [str(BIN / "automl"), "run", "--skill", "segformer", "-e", str(dataset / "spec.yaml"), "--results-dir",
+           str(results), *[a for a in TINY_SEARCH if a != "--no-promote"], "--max-trials", "1", "--max-epochs", "1",
+           "--skip-quantize", "--skip-trt"]
+    proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    seen = []
+    try:
+        deadline = time.time() + 300
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("automl: promote evaluate:"):  # evaluated; the export comes next
+                proc.send_signal(signal.SIGINT)
+                break
+            assert time.time() < deadline, "no promotion within 300 s:\n" + "".join(seen[-30:])
+        out = "".join(seen) + _finish(proc, timeout=120)
+    finally:
+        _stop_group(proc)
+    assert proc.returncode == 130, out[-3000:]
+    assert f"state saved; continue with `automl resume {results}`" in out and "Traceback" not in out, out[-3000:]
+    assert json.loads((results / "automl_state.json").read_text())["status"] == "INTERRUPTED"
+    time.sleep(2)
+    again = subprocess.run([str(BIN / "automl"), "resume", str(results)], env=ENV, cwd=REPO, capture_output=True,
+                           text=True, timeout=400)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    state = json.loads((results / "automl_state.json").read_text())
+    assert state["status"] == "FINISHED" and (results / "best" / "export").is_dir()

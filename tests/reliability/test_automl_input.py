@@ -176,3 +176,9 @@ def test_resume_with_a_damaged_mlflow_store(dataset, tmp_path):
     outcome = run_subprocess("automl", ["resume", str(results)], timeout=120)
     _clean(outcome, [str(store), "damaged", "restore it from a copy"])
     assert state_file.read_text() == before
+
+
+def test_search_into_a_full_disk(dataset, tiny_tmpfs):
+    """A results folder on a full disk: one message saying the disk is full and what to do."""
+    outcome, _ = _automl(dataset, tiny_tmpfs / "search", "--skill", "segformer", *QUICK)
+    _clean(outcome, ["full", "free disk space", str(tiny_tmpfs / "search")])
