@@ -281,18 +281,24 @@ def _with_overrides(raw: Mapping[str, Any], overrides: Sequence[str] | Mapping[s
 
 def _normalize(data: Any, cls: type) -> Any:
     """TAO's conventions to ours, by field type: "" / "???" -> None for optional strings,
-    label_transform "None" -> None, "1e-4" -> 1e-4 for floats, an empty section -> {}, and a palette
-    entry without mapping_class maps to itself. Unknown keys are left for validation to report."""
+    label_transform "None" -> None, "1e-4" -> 1e-4 for floats, an empty section -> {}, an option in
+    another case -> the option (FP32 -> fp32), and a palette entry without mapping_class maps to itself. Unknown keys are left for validation to report."""
     if data is None:
         return {}
     if not isinstance(data, dict):
         return data
     hints = typing.get_type_hints(cls)
     out = dict(data)
-    for f, _ in iter_fields(cls):
+    for f, spec in iter_fields(cls):
         if f.name not in out:
             continue
         value, hint = out[f.name], hints[f.name]
+        if spec.options and isinstance(value, str) and value not in spec.options:
+            # NVIDIA's published specs write some options in another case (data_type: FP32); TAO
+            # compares them case-insensitively, so do we when that names exactly one option.
+            same = [o for o in spec.options if isinstance(o, str) and o.lower() == value.strip().lower()]
+            if len(same) == 1:
+                out[f.name] = value = same[0]
         optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
         base = typing.get_args(hint)[0] if optional else hint
         if isinstance(value, str) and "${" in value:
@@ -448,7 +454,59 @@ def _json_schema(action: str | None) -> dict:
     return tao_to_json_schema(tao)
 
 
+# The older TAO SegFormer spec (TAO 4/5, built on mmsegmentation) -> this layout. None: no equivalent.
+_OLD_LAYOUT = {
+    "dataset.data_root": "dataset.segment.root_dir (a folder holding images/<split> and masks/<split>)",
+    "dataset.train_dataset.img_dir": "dataset.segment.root_dir/images/<dataset.segment.train_split>",
+    "dataset.train_dataset.ann_dir": "dataset.segment.root_dir/masks/<dataset.segment.train_split>",
+    "dataset.val_dataset.img_dir": "dataset.segment.root_dir/images/<dataset.segment.validation_split>",
+    "dataset.val_dataset.ann_dir": "dataset.segment.root_dir/masks/<dataset.segment.validation_split>",
+    "dataset.test_dataset.img_dir": "dataset.segment.root_dir/images/<dataset.segment.test_split>",
+    "dataset.test_dataset.ann_dir": "dataset.segment.root_dir/masks/<dataset.segment.test_split>",
+    "dataset.train_dataset.pipeline.augmentation_config.random_flip.prob":
+        "dataset.segment.augmentation.random_flip.hflip_probability",
+    "dataset.train_dataset.pipeline.augmentation_config.resize.ratio_range":
+        "dataset.segment.augmentation.with_scale_random_crop.scale_range",
+    "dataset.img_norm_cfg.mean": "dataset.segment.augmentation.mean (on a 0..1 scale: divide by 255)",
+    "dataset.img_norm_cfg.std": "dataset.segment.augmentation.std (on a 0..1 scale: divide by 255)",
+    "dataset.palette": "dataset.segment.palette (same entries)",
+    "dataset.batch_size": "dataset.segment.batch_size",
+    "dataset.samples_per_gpu": "dataset.segment.batch_size",
+    "dataset.workers_per_gpu": "dataset.segment.workers",
+    "dataset.input_type": None,
+    "dataset.repeat_data_times": None,
+    "model.input_height": "dataset.segment.img_size (square)",
+    "model.input_width": "dataset.segment.img_size (square)",
+    "model.pretrained_model_path": "train.pretrained_model_path, or model.backbone.pretrained_backbone_path",
+    "model.decode_head.decoder_params.embed_dims": "model.decode_head.decoder_params.embed_dim",
+    "train.max_iters": "train.num_epochs (epochs, not iterations)",
+    "train.exp_config.manual_seed": "train.seed",
+    "train.trainer.sf_optim.lr": "train.optim.lr",
+    "train.logging_interval": None,
+}
+_OLD_SECTIONS = ("dataset.train_dataset", "dataset.val_dataset", "dataset.test_dataset", "dataset.img_norm_cfg",
+                 "dataset.data_root", "model.input_height", "model.input_width", "train.max_iters", "train.exp_config",
+                 "train.trainer")
+
+
+def _old_layout_problem(raw: Mapping[str, Any]) -> str | None:
+    """One message for a spec in the older TAO SegFormer layout, mapping the keys it uses, instead of
+    an "unknown key" line (with a misleading suggestion) for each."""
+    if not any(_select_plain(raw, key) is not None for key in _OLD_SECTIONS):
+        return None
+    lines = []
+    for old, new in _OLD_LAYOUT.items():
+        if _select_plain(raw, old) is not None:
+            lines.append(f"    {old} -> {new or 'no equivalent here: remove it'}")
+    return ("this spec is in the older TAO SegFormer layout (TAO 4/5, mmsegmentation-based); this tool reads the "
+            "current one (dataset.segment, train.optim, train.num_epochs; templates/segformer/spec_template_train.yaml is one to start from). "
+            "Its keys map as:\n" + "\n".join(lines or ["    (none of the common keys found)"]))
+
+
 def _check(raw: dict, action: str | None) -> tuple[list[str], dict | None]:
+    old_layout = _old_layout_problem(raw)
+    if old_layout:
+        return [old_layout], None
     resolved, problems = _resolve(raw)
     if resolved is None:
         return problems, None

@@ -168,6 +168,16 @@ def b_spec_duplicate_section(c):
     return ["-e", str(path)], ["bad_spec.yaml", "'train'", "lines 1 and 5"]
 
 
+def b_old_tao_layout(c):
+    path = write_spec(c, "train:\n  max_iters: 1000\n  exp_config:\n    manual_seed: 49\n  trainer:\n    sf_optim:\n"
+                         "      lr: 0.00006\nmodel:\n  input_height: 512\n  input_width: 512\ndataset:\n"
+                         "  data_root: /data\n  img_norm_cfg:\n    mean: [127.5, 127.5, 127.5]\n  train_dataset:\n"
+                         "    img_dir: /data/images/train\n    ann_dir: /data/masks/train\n  batch_size: 4\n")
+    return ["-e", str(path), f"results_dir={c.results}"], [
+        "older TAO SegFormer layout", "train.max_iters -> train.num_epochs", "model.input_height -> dataset.segment.img_size",
+        "dataset.img_norm_cfg.mean -> dataset.segment.augmentation.mean", "dataset.batch_size -> dataset.segment.batch_size"]
+
+
 def b_nan_value(c): return c.spec() + ["train.optim.lr=.nan"], ["train.optim.lr", "nan", "not a finite number"]
 def b_inf_value(c): return c.spec() + ["train.optim.weight_decay=.inf"], ["train.optim.weight_decay", "inf"]
 def b_huge_int(c): return c.spec() + ["dataset.segment.batch_size=99999999999999999999"], ["dataset.segment.batch_size", "99999999999999999999", "64-bit"]
@@ -410,6 +420,7 @@ CASES = [
     Case("spec_is_a_folder", "train", b_spec_folder, subprocess=True),
     Case("spec_duplicate_key", "train", b_spec_duplicate_key),
     Case("spec_duplicate_section", "train", b_spec_duplicate_section),
+    Case("spec_old_tao_layout", "train", b_old_tao_layout, subprocess=True),
     Case("nan_value", "train", b_nan_value),
     Case("inf_value", "train", b_inf_value),
     Case("huge_integer", "train", b_huge_int),

@@ -58,3 +58,15 @@ def test_export_at_another_size_than_trained_warns(dataset, checkpoint, tmp_path
     assert "are 64x64 but" in outcome.stderr and "was trained at 32x32" in outcome.stderr, outcome.stderr[-3000:]
     same = run_subprocess("segformer", ["export", *common, "export.input_height=32", "export.input_width=32"])
     assert same.code == 0 and "was trained at" not in same.stderr
+
+
+def test_enum_values_in_another_case_are_read_as_tao_reads_them(dataset):
+    """NVIDIA's specs write data_type: FP32; TAO compares options case-insensitively."""
+    from relhelpers import run_subprocess
+
+    outcome = run_subprocess("segformer", ["validate", "-e", str(dataset / "spec.yaml"), "results_dir=/tmp/unused",
+                                           "gen_trt_engine.tensorrt.data_type=FP32", "train.optim.optim=AdamW"])
+    assert outcome.code == 0, outcome.stdout[-2000:] + outcome.stderr[-2000:]
+    bad = run_subprocess("segformer", ["validate", "-e", str(dataset / "spec.yaml"), "results_dir=/tmp/unused",
+                                       "gen_trt_engine.tensorrt.data_type=FP64"])
+    assert bad.code != 0 and "fp32" in bad.stdout + bad.stderr
