@@ -40,7 +40,7 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
 # The main job: `automl run` with the defaults a user gets (an epoch budget of 10 trainings of the spec,
-# ASHA with Optuna's TPE, every core busy, the leader re-checked with another seed against the baseline,
+# full trainings proposed by Optuna's TPE, every core busy, the leader re-checked with another seed against the baseline,
 # the final evaluation on the untouched test split), on freshly generated hard synthetic data (thin
 # structures, a rare class, no colour cue; 64x64, 128 train / 32 val / 32 test images, a 10-epoch spec),
 # then promotion of the winner (evaluate, ONNX export, int8 quantization). See README.md for the time.

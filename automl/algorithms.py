@@ -12,11 +12,15 @@ bohb        Optuna TPE                                          asynchronous Hyp
 pbt         Optuna random sampler (initial population)          `PopulationBasedTraining` (`automl.pbt`)
 =========== =================================================== ==============================
 
-The default is asha under an epoch budget (`automl.budget`): the budget, not a trial count, decides
-how many trials start, and the budget's searcher re-checks the leader before promotion.
+The default is bayesian (full trainings with TPE) under an epoch budget (`automl.budget`, which also
+says why not asha): the budget, not a trial count, decides how many trials start, and the budget's
+searcher re-checks the leader before promotion.
 
 TAO's BOHB is a TPE-like model on top of HyperBand; Ray's own BOHB needs hpbandster and
 ConfigSpace, so "bohb" here is TPE + HyperBand, the same combination without the extra packages.
+
+The TPE algorithms start with space-filling points (`startup_points`: a scrambled Sobol sequence)
+after the baseline, half the configurations the search affords, then TPE models.
 
 The first trial is the spec's own configuration (the baseline) unless ``baseline_first`` is off:
 enqueued through ``points_to_evaluate``, or put first among the grid's or PBT's preset points.
@@ -52,15 +56,47 @@ class SearchPlan:
     param_space: dict[str, Any] | None  # only for preset points (grid, pbt): Ray checks them against it
 
 
-def sampler(algorithm: str, seed: int) -> Any:
-    """The Optuna sampler of `algorithm` (see SAMPLERS)."""
+def sampler(algorithm: str, seed: int, startup: int = 3) -> Any:
+    """The Optuna sampler of `algorithm` (see SAMPLERS). TPE models once `startup` trials have
+    finished (the baseline and the space-filling points, `startup_points`)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if SAMPLERS[algorithm] == "tpe":
-        # Few trials: start modelling after 3 random ones (Optuna's default of 10 would be all random).
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=3)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
     return optuna.samplers.RandomSampler(seed=seed)
+
+
+def startup_count(opts: SearchOptions, budget: Any = None) -> int:
+    """How many space-filling points a TPE search starts with: half the configurations the budget
+    (or max_trials) affords, at least 3. Before that TPE has nothing to model."""
+    search = opts.search
+    configurations = budget.configurations(search.reduction_factor) if budget is not None else (search.max_trials or 0)
+    return max(3, configurations // 2)
+
+
+def startup_points(space: Any, count: int, seed: int) -> list[dict[str, Any]]:
+    """`count` configurations spread evenly over the space: a scrambled Sobol sequence (Optuna's
+    QMCSampler), so with 4 points each searched parameter gets one value in each quarter of its
+    range. Random or TPE's own startup draws cluster by chance: with 7 trainings, whether a search
+    found a learning rate 4x the spec's was luck (benchmarks/RESULTS.md, "Search quality"). A
+    parameter that only some configurations have (depends_on) is drawn at random."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        qmc = optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed, warn_independent_sampling=False,
+                                         warn_asynchronous_seeding=False)
+    study = optuna.create_study(sampler=qmc)
+    points = []
+    for _ in range(count + 1):  # QMC's first trial is an independent draw that only fixes the space: dropped
+        trial = study.ask()
+        points.append(space.define_by_run(trial))
+        study.tell(trial, 0.0)
+    return points[1:]
 
 
 def grid_points(space: Any) -> list[dict[str, Any]]:
@@ -80,6 +116,8 @@ def first_points(opts: SearchOptions, space: Any, baseline: dict[str, Any] | Non
     """The configurations the search would start with after the baseline (for --dry-run)."""
     if opts.search.algorithm == "grid":
         return [p for p in grid_points(space) if p != baseline][:count]
+    if SAMPLERS[opts.search.algorithm] == "tpe":
+        return startup_points(space, count, opts.search.seed)  # a prefix of what the search starts with
     return _drawn_points(space, count, opts.search.algorithm, opts.search.seed)
 
 
@@ -122,9 +160,11 @@ def build_search(opts: SearchOptions, space: Any, baseline: dict[str, Any] | Non
     if search.algorithm == "pbt":
         return _pbt_plan(opts, space, first)
 
+    if SAMPLERS[search.algorithm] == "tpe":
+        first = first + startup_points(space, startup_count(opts, budget), search.seed)
     searcher = OptunaSearch(space=space.define_by_run, metric=search.ranking_metric, mode=search.mode,
                             points_to_evaluate=[space.encode(p) for p in first],
-                            sampler=sampler(search.algorithm, search.seed), seed=search.seed)
+                            sampler=sampler(search.algorithm, search.seed, startup=max(3, len(first))), seed=search.seed)
     if budget is not None:
         return _budget_plan(opts, ConcurrencyLimiter(searcher, max_concurrent=slots), baseline, budget)
     scheduler: Any = FIFOScheduler()

@@ -49,7 +49,7 @@ class SearchError(ValueError):
 class SearchConfig:
     """What is searched and how."""
 
-    algorithm: str = "asha"  # one of ALGORITHMS
+    algorithm: str = "bayesian"  # one of ALGORITHMS; full trainings under the budget (why: automl.budget)
     metric: str = "val_miou"  # reported by the train action at each validation
     mode: str = "max"  # "max" or "min" (TAO direction maximize/minimize)
     budget: float = 10.0  # epochs for the whole search, re-checks included, in trainings of the spec (`automl.budget`)

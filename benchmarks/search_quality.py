@@ -1,7 +1,7 @@
 """Search quality on real data: does the default search beat the user's own spec, at what price?
 
     python -m benchmarks.search_quality [--datasets hela_boundary,hela_nuclei,synth_hard]
-                                        [--algorithms default,bayesian,random,bohb] [--seeds 3]
+                                        [--algorithms default,asha,random,bohb] [--seeds 3]
                                         [--budget 10] [--resume] [--no-write]
 
 For each dataset (real ones from `benchmarks.realdata`, and the hard synthetic set of
@@ -10,9 +10,9 @@ For each dataset (real ones from `benchmarks.realdata`, and the hard synthetic s
 - plain: the spec trained as is (`segformer train`) with seeds 0..N-1, each evaluated on the test
   split (`segformer evaluate`): the mean, the spread and the best seed;
 - default: `automl run -e spec.yaml --budget B` and nothing else (the defaults a user gets; the
-  algorithm is asha). Reported: the promoted model's test mIoU (the checkpoint a user gets), the
+  algorithm is bayesian, full trainings). Reported: the promoted model's test mIoU (the checkpoint a user gets), the
   re-check's verdict, and the epochs trained, counted from every trial's status.json;
-- bayesian, random, bohb (and any other --algorithms): the same budget with ``--algorithm X``.
+- asha, random, bohb (and any other --algorithms): the same budget with ``--algorithm X``.
 
 The test split took no part in any decision of the searches (they rank on the validation split).
 Plain seeds and searches train one thread per trial. Results: benchmarks/RESULTS.md ("Search
@@ -205,7 +205,7 @@ def render(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="hela_boundary,hela_nuclei,synth_hard")
-    parser.add_argument("--algorithms", default="default,bayesian,random,bohb")
+    parser.add_argument("--algorithms", default="default,asha,random,bohb")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--budget", type=float, default=10.0)
     parser.add_argument("--resume", action="store_true", help="reuse finished runs")

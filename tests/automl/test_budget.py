@@ -27,17 +27,17 @@ def _search(**values):
 
 
 def test_budget_in_trainings_of_the_spec() -> None:
-    """10 trainings of a 20-epoch spec: 200 epochs, 40 kept for the re-check, rungs from 2 epochs."""
-    budget = plan_budget(_search(), spec_epochs=20, validation_interval=1, seed=7)
-    assert (budget.total, budget.recheck, budget.search, budget.first_rung, budget.seed) == (200, 40, 160, 2, 7)
-    assert "budget 200 epochs (10 trainings of 20, 40 of them for the re-check)" in budget.text()
+    """10 trainings of a 20-epoch spec: 200 epochs, 40 kept for the re-check; full trainings by
+    default, rungs from 2 epochs under asha."""
+    full = plan_budget(_search(), spec_epochs=20, validation_interval=1, seed=7)
+    assert (full.total, full.recheck, full.search, full.first_rung, full.seed) == (200, 40, 160, 20, 7)
+    assert "budget 200 epochs (10 trainings of 20, 40 of them for the re-check)" in full.text()
+    assert full.configurations(3) == 1 + (160 - 20) // 20  # the baseline and 7 others
     # successive halving affords many more configurations than full trainings would
-    many = budget.configurations(3)
-    full = plan_budget(_search(algorithm="bayesian"), 20, 1, 0)
-    assert full.first_rung == 20 and full.configurations(3) == 1 + (160 - 20) // 20
-    assert many >= 3 * full.configurations(3)
+    asha = plan_budget(_search(algorithm="asha"), 20, 1, 0)
+    assert asha.first_rung == 2 and asha.configurations(3) >= 3 * full.configurations(3)
     # the first rung is a validated epoch; a small budget keeps nothing back for a re-check
-    assert plan_budget(_search(), 20, 5, 0).first_rung == 5
+    assert plan_budget(_search(algorithm="asha"), 20, 5, 0).first_rung == 5
     small = plan_budget(_search(budget=3), 20, 1, 0)
     assert small.recheck == 0 and small.search == 60 and "no re-check" in small.text()
     assert plan_budget(_search(recheck=False), 20, 1, 0).recheck == 0
@@ -68,6 +68,26 @@ def test_small_budgets_search_the_optimizer_first_around_the_spec() -> None:
     custom = {"train.optim.lr": {"valid_min": 1e-4, "valid_max": 1e-3}}
     given = build_space(SCHEMA, spec=spec, param_ranges=custom)
     assert centre(given, spec, custom=custom)["train.optim.lr"].high == pytest.approx(1e-3)
+
+
+def test_the_search_starts_with_points_spread_over_the_space() -> None:
+    """Space-filling start (scrambled Sobol): 4 points put one value in each quarter of every
+    searched range (log scale here), where random draws cluster by chance; --dry-run shows a prefix."""
+    from automl.algorithms import startup_count, startup_points
+
+    spec = _spec()
+    space = prioritise(centre(build_space(SCHEMA, spec=spec), spec, custom={}), configurations=8)
+    points = startup_points(space, 4, seed=0)
+    for name in ("train.optim.lr", "train.optim.weight_decay"):
+        p = space[name]
+        span = math.log(p.high) - math.log(p.low)
+        assert sorted(int(4 * (math.log(x[name]) - math.log(p.low)) / span) for x in points) == [0, 1, 2, 3], name
+    assert startup_points(space, 2, seed=0) == points[:2]
+    assert startup_points(space, 4, seed=1) != points  # the search's seed draws another scramble
+    # half of what the budget affords (10 trainings of 20 epochs: the baseline and 7 others), at least 3
+    opts = SearchOptions.build({"max_epochs": 20})
+    assert startup_count(opts, plan_budget(opts.search, 20, 1, 0)) == 4
+    assert startup_count(SearchOptions.build({"max_trials": 4})) == 3
 
 
 def _record(name: str, value: float, *, baseline: bool = False, of: str | None = None) -> TrialRecord:

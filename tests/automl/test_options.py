@@ -61,7 +61,7 @@ def test_one_set_of_defaults() -> None:
     """Settings file, command line and Python callers share one options model and its defaults."""
     opts = options_from_settings({}, {})
     assert opts == SearchOptions() == SearchOptions.build({})
-    assert (opts.search.algorithm, opts.search.metric, opts.search.mode, opts.search.max_trials) == ("asha", "val_miou", "max", None)
+    assert (opts.search.algorithm, opts.search.metric, opts.search.mode, opts.search.max_trials) == ("bayesian", "val_miou", "max", None)
     assert opts.resources.max_failures == 1 and opts.resources.gpus_per_trial is None
     assert opts.search.baseline_first and opts.search.epoch_multiplier == 1
     # The defaults: an epoch budget of 10 trainings, the leader re-checked, every slot busy.
