@@ -175,9 +175,9 @@ def centre(space: Any, spec_values: Mapping[str, Any], custom: Mapping[str, Any]
 
 
 def _live_state(results_dir: str) -> SearchState | None:
-    from automl.callbacks import _LIVE
+    from automl.callbacks import bound_search
 
-    live = _LIVE.get(results_dir) or (next(iter(_LIVE.values())) if len(_LIVE) == 1 else None)
+    live = bound_search(results_dir)
     return live.state if live is not None else None
 
 

@@ -114,12 +114,19 @@ class _Bound:
 
     @property
     def live(self) -> LiveSearch:
-        live = _LIVE.get(self.results_dir)
-        if live is None and len(_LIVE) == 1:  # the results folder was moved or renamed since the search began
-            live = next(iter(_LIVE.values()))
+        live = bound_search(self.results_dir)
         if live is None:
             raise RuntimeError(f"no search is bound to {self.results_dir} (automl.callbacks.bind); bound: {sorted(_LIVE)}")
         return live
+
+
+def bound_search(results_dir: str) -> LiveSearch | None:
+    """The `LiveSearch` bound to `results_dir`, or the only one bound (the results folder was moved
+    or renamed since the search began); None when there is none."""
+    live = _LIVE.get(results_dir)
+    if live is None and len(_LIVE) == 1:
+        live = next(iter(_LIVE.values()))
+    return live
 
 
 def _params(trial: Any) -> dict[str, Any]:

@@ -287,6 +287,15 @@ def _translate_failure(exc: BaseException, cfg: ExperimentConfig, results_dir: P
             f"({first_line[:200]}); lower dataset.segment.batch_size or dataset.segment.img_size, "
             "or enable train.amp"
         )
+    if isinstance(exc, ValueError) and "parameter group" in str(exc) and cfg.train.resume_training_checkpoint_path:
+        # torch.optim: the checkpoint's optimizer state has other parameter groups than this spec's
+        # optimizer (another freeze_backbone, backbone or decoder width than the run that wrote it).
+        return SegformerError(
+            f"train.resume_training_checkpoint_path {cfg.train.resume_training_checkpoint_path} was written by a run "
+            f"whose optimizer had other parameters ({str(exc).strip()}); resume with that run's spec (its "
+            f"experiment.yaml: model.backbone.freeze_backbone, the backbone and decoder must match), or start from "
+            f"its weights with train.pretrained_model_path instead"
+        )
     # torch.save reports a full disk as a RuntimeError raised while handling the OSError: look
     # through the chain for the operating system's reason.
     cause: BaseException | None = exc

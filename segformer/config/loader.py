@@ -61,32 +61,43 @@ _INTERPOLATION = re.compile(r"\$\{([^}]*)\}")
 
 
 # ------------------------------------------------------------------------------------------ public
-class _DuplicateKey(Exception):
-    def __init__(self, key: str, first: int, second: int) -> None:
-        super().__init__(key)
-        self.key, self.first, self.second = key, first, second
-
-
-class _StrictSafeLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader (what safe_load uses) that refuses a key written twice in one mapping,
-    where safe_load keeps the last one silently (a section written twice loses the first)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+def _structure_problem(node: Any, ancestors: tuple[int, ...] = (), walked: set[int] | None = None) -> str | None:
+    """What safe_load would silently accept but a spec must not hold, from the composed node tree: a
+    key written twice in one mapping (safe_load keeps the last: a section written twice loses the
+    first), or an alias that contains itself (a recursive structure)."""
+    walked = set() if walked is None else walked
+    if id(node) in ancestors:
+        return f"an alias at line {node.start_mark.line + 1} refers to a node that contains it (a recursive structure)"
+    if id(node) in walked:  # an alias to a node already checked
+        return None
+    walked.add(id(node))
+    inner = (*ancestors, id(node))
+    children: list[Any] = []
+    if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
-        for key_node, _ in node.value:
+        for key_node, value_node in node.value:
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
                 line = key_node.start_mark.line + 1
                 if key_node.value in seen:
-                    raise _DuplicateKey(key_node.value, seen[key_node.value], line)
+                    return (f"key {key_node.value!r} is written twice in the same mapping (lines {seen[key_node.value]} "
+                            f"and {line}); YAML would silently keep only the second: keep one")
                 seen[key_node.value] = line
-        return super().construct_mapping(node, deep=deep)
+            children.append(value_node)
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    for child in children:
+        problem = _structure_problem(child, inner, walked)
+        if problem:
+            return problem
+    return None
 
 
 def read_yaml_file(path: str | Path, what: str) -> Any:
     """A YAML (or JSON) file's content, safely loaded; `what` names the file in messages ("spec file").
 
     Every way a file can be unreadable is one ConfigError naming it: missing, a folder, not text
-    (binary garbage), not YAML, or a key written twice in one mapping (both lines named). UTF-8 and,
+    (binary garbage), not YAML, a key written twice in one mapping (both lines named), or a
+    recursive alias. UTF-8 and,
     with a byte-order mark, UTF-16 and UTF-32 are read (PyYAML detects them from the bytes).
     """
     path = Path(path)
@@ -99,10 +110,10 @@ def read_yaml_file(path: str | Path, what: str) -> Any:
     except OSError as exc:
         raise ConfigError(f"{what} {str(path)!r} cannot be read: {exc.strerror or exc}") from None
     try:
-        return yaml.load(data, Loader=_StrictSafeLoader)  # noqa: S506 - a SafeLoader subclass: safe_load's rules
-    except _DuplicateKey as dup:
-        raise ConfigError(f"{what} {str(path)!r}: key {dup.key!r} is written twice in the same mapping (lines "
-                          f"{dup.first} and {dup.second}); YAML would silently keep only the second: keep one") from None
+        problem = _structure_problem(yaml.compose(data, Loader=yaml.SafeLoader))  # nodes only: nothing constructed
+        if problem:
+            raise ConfigError(f"{what} {str(path)!r}: {problem}")
+        return yaml.safe_load(data)
     except yaml.reader.ReaderError as exc:
         raise ConfigError(f"{what} {str(path)!r} is not a text file ({exc.reason} at byte {exc.position}): "
                           f"save it as UTF-8 YAML") from None

@@ -384,7 +384,7 @@ def test_promoted_checkpoint_is_the_best_epoch_and_resumes_without_callback_warn
     out = subprocess.run(
         [sys.executable, "-m", "segformer.cli", "train", "-e", str(spec), f"results_dir={tmp_path}",
          "dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32",
-         f"train.num_epochs={best.best_epoch + 1}",
+         f"train.num_epochs={best.best_epoch + 1}", *[f"{k}={v}" for k, v in best.params.items()],
          f"train.resume_training_checkpoint_path={Path(outcome.state.results_dir) / 'best' / 'model.pth'}"],
         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr[-3000:]

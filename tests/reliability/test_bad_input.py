@@ -163,6 +163,11 @@ def b_spec_duplicate_key(c):
     return ["-e", str(path)], ["bad_spec.yaml", "'num_epochs'", "lines 2 and 4"]
 
 
+def b_spec_recursive_alias(c):
+    path = write_spec(c, "train:\n  optim:\n    lr_steps: &steps [1, *steps]\n")
+    return ["-e", str(path)], ["bad_spec.yaml", "line 3", "recursive"]
+
+
 def b_spec_duplicate_section(c):
     path = write_spec(c, "train:\n  num_epochs: 2\ndataset:\n  segment: {}\ntrain:\n  seed: 3\n")
     return ["-e", str(path)], ["bad_spec.yaml", "'train'", "lines 1 and 5"]
@@ -176,6 +181,11 @@ def b_old_tao_layout(c):
     return ["-e", str(path), f"results_dir={c.results}"], [
         "older TAO SegFormer layout", "train.max_iters -> train.num_epochs", "model.input_height -> dataset.segment.img_size",
         "dataset.img_norm_cfg.mean -> dataset.segment.augmentation.mean", "dataset.batch_size -> dataset.segment.batch_size"]
+
+
+def b_resume_other_freeze(c):
+    return c.spec() + [f"train.resume_training_checkpoint_path={c.checkpoint()}", "model.backbone.freeze_backbone=true"], \
+        ["train.resume_training_checkpoint_path", "other parameters", "freeze_backbone"]
 
 
 def b_nan_value(c): return c.spec() + ["train.optim.lr=.nan"], ["train.optim.lr", "nan", "not a finite number"]
@@ -420,6 +430,7 @@ CASES = [
     Case("spec_is_a_folder", "train", b_spec_folder, subprocess=True),
     Case("spec_duplicate_key", "train", b_spec_duplicate_key),
     Case("spec_duplicate_section", "train", b_spec_duplicate_section),
+    Case("spec_recursive_alias", "train", b_spec_recursive_alias),
     Case("spec_old_tao_layout", "train", b_old_tao_layout, subprocess=True),
     Case("nan_value", "train", b_nan_value),
     Case("inf_value", "train", b_inf_value),
@@ -451,6 +462,7 @@ CASES = [
     Case("nan_loss", "train", b_nan_loss),
     Case("resume_missing", "train", b_resume_missing),
     Case("resume_truncated", "train", b_resume_truncated),
+    Case("resume_with_another_optimizer", "train", b_resume_other_freeze),
     Case("resume_pickle_payload", "train", b_resume_evil, marker=True),
     Case("pretrained_pickle_payload", "train", b_pretrained_evil, marker=True),
     Case("results_dir_under_a_file", "train", b_results_under_file, subprocess=True),
