@@ -35,10 +35,12 @@ The re-check (`BudgetSearcher`, `verdict`)
     on that split than it will be elsewhere (the winner's curse). So when the search's share is
     spent, the leading trial and the baseline train once more with another seed (``train.seed`` + 1).
     Both train with the same two seeds (the same initial weights and batch order), so the gains are
-    paired and a seed that is good or bad for both cancels out. The leader is promoted only when its
-    mean gain exceeds its standard error (from the two paired gains), which with two seeds means it
-    also beat the baseline on the fresh seed; otherwise the baseline is promoted, and the summary
-    says why. The seed-to-seed spread of one training is reported too. Either way the chosen
+    paired and a seed that is good or bad for both cancels out. The leader's gain in the search is
+    inflated by the selection; its gain on the fresh seed is not. The leader is promoted only when it
+    beat the baseline on both seeds and its fresh-seed gain exceeds the noise measured (how much the
+    paired gain moved between the two seeds, as the SD of one gain); otherwise the baseline is
+    promoted, and the summary says why. The mean gain is reported with its standard error, and the
+    seed-to-seed spread of one training for reference. Either way the chosen
     configuration has trained twice, and the better of its two trainings on the validation split
     is the model promoted. The test split, which
     nothing ranked on, then gives both models' final mIoU side by side (`automl.finals`).
@@ -344,15 +346,24 @@ def verdict(state: SearchState) -> dict[str, Any] | None:
     gain = (gains[0] + gains[1]) / 2
     stderr = abs(gains[0] - gains[1]) / 2  # standard error of the mean of two paired differences
     noise = math.sqrt(((c0 - c1) ** 2 + (b0 - b1) ** 2) / 4)  # seed-to-seed SD of one training (pooled), for reference
-    # The leader led the search (its first gain is positive and inflated by the selection); the
-    # re-check seed is a fresh draw. Promote when the mean gain exceeds its standard error, which with
-    # two paired seeds means the leader also beat the baseline on the fresh seed.
-    confirmed = min(gains) > 0 and gain > stderr
+    # The leader led the search, so its first gain is inflated by the selection; the re-check seed is
+    # a fresh draw, and its gain the one estimate the selection did not touch. The noise of a paired
+    # gain is measured by how much it moved between the two seeds (SD of one paired gain, estimated
+    # from the two: |g0 - g1| / sqrt 2; the selection's inflation counts as noise, which errs towards
+    # the baseline). Promote when the leader beat the baseline on both seeds and its fresh-seed gain
+    # exceeds that noise: a lead that moves more between seeds than it measures is no evidence.
+    fresh = gains[1]
+    gain_noise = abs(gains[0] - gains[1]) / math.sqrt(2)
+    confirmed = min(gains) > 0 and fresh > gain_noise
     if confirmed:
-        why = (f"{leader.name} beat the baseline on both seeds: mean gain {gain:+.4f} > its standard error "
-               f"{stderr:.4f}; {leader.name} is promoted")
+        why = (f"{leader.name} beat the baseline on the re-check seed by {fresh:+.4f}, more than the gain moved "
+               f"between seeds ({gain_noise:.4f}); {leader.name} is promoted")
+    elif fresh > 0:
+        why = (f"{leader.name} beat the baseline on the re-check seed by only {fresh:+.4f}, less than the gain moved "
+               f"between seeds ({gain_noise:.4f}): its lead in the search ({gains[0]:+.4f}) is within the noise; "
+               f"the baseline is promoted")
     else:
-        why = (f"{leader.name} did not beat the baseline on the re-check seed ({gains[1]:+.4f}): its lead in the "
+        why = (f"{leader.name} did not beat the baseline on the re-check seed ({fresh:+.4f}): its lead in the "
                f"search ({gains[0]:+.4f}) did not hold; the baseline is promoted")
     # The chosen configuration trained twice: hand over its better training on the validation split.
     pair = (leader, checks[leader.name]) if confirmed else (baseline, checks[baseline.name])
@@ -362,4 +373,4 @@ def verdict(state: SearchState) -> dict[str, Any] | None:
     return {"leader": leader.name, "baseline": baseline.name, "leader_rechecks": [checks[leader.name].name],
             "baseline_rechecks": [checks[baseline.name].name], "seeds": 2, "leader_values": [c0, c1],
             "baseline_values": [b0, b1], "gain": gain, "gain_stderr": stderr, "seed_noise": noise,
-            "confirmed": confirmed, "promoted": promoted.name, "configuration": pair[0].name, "reason": why}
+            "recheck_gain": fresh, "gain_noise": gain_noise, "confirmed": confirmed, "promoted": promoted.name, "configuration": pair[0].name, "reason": why}

@@ -138,8 +138,10 @@ def summary(state: SearchState) -> str:
             lines.append(f"  baseline {baseline.name}: {state.metric}={baseline.best_value:.4f}  (best {delta:+.4f})")
         if state.recheck is not None:
             r = state.recheck
+            fresh = (f", on the fresh seed {r['recheck_gain']:+.4f} vs noise {r['gain_noise']:.4f}"
+                     if r.get("recheck_gain") is not None and r.get("gain_noise") is not None else "")
             lines.append(f"  re-check {r['leader']} vs baseline over {r['seeds']} seeds: gain {r['gain']:+.4f} "
-                         f"+/- {r['gain_stderr']:.4f} -> {'confirmed' if r['confirmed'] else 'not confirmed'}; "
+                         f"+/- {r['gain_stderr']:.4f}{fresh} -> {'confirmed' if r['confirmed'] else 'not confirmed'}; "
                          f"promoted {r['promoted']}")
     if state.budget is not None:
         total = state.budget_epochs()

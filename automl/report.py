@@ -213,6 +213,14 @@ def _markdown(state: SearchState, plots: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _fresh_gain(r: dict) -> str:
+    """The re-check seed's gain against the noise it must exceed (verdicts written before that rule have neither)."""
+    if r.get("recheck_gain") is None or r.get("gain_noise") is None:
+        return ""
+    return (f" On the re-check seed alone (untouched by the search's selection) the gain is {r['recheck_gain']:+.4f}; "
+            f"the gain moved by {r['gain_noise']:.4f} (SD of one paired gain) between the two seeds.")
+
+
 def _recheck_lines(state: SearchState) -> list[str]:
     """The budget spent, the re-check's verdict (gain +/- its standard error) and the test split's scores."""
     lines: list[str] = []
@@ -226,8 +234,8 @@ def _recheck_lines(state: SearchState) -> list[str]:
                   "| | the search's seed | the re-check's seed (+1) |", "|---|---|---|",
                   f"| leader `{r['leader']}` | {r['leader_values'][0]:.4f} | {r['leader_values'][1]:.4f} |",
                   f"| baseline `{r['baseline']}` | {r['baseline_values'][0]:.4f} | {r['baseline_values'][1]:.4f} |", "",
-                  f"Gain {r['gain']:+.4f} +/- {r['gain_stderr']:.4f} (standard error of the paired gains; seed-to-seed spread of one training "
-                  f"{r['seed_noise']:.4f}). {r['reason']}", ""]
+                  f"Gain {r['gain']:+.4f} +/- {r['gain_stderr']:.4f} (mean and standard error of the paired gains; seed-to-seed spread of one training "
+                  f"{r['seed_noise']:.4f}).{_fresh_gain(r)} {r['reason']}", ""]
     final = state.final_evaluation or {}
     if "skipped" in final:
         lines += ["## Final evaluation (test split)", "", f"Skipped: {final['skipped']}.", ""]

@@ -508,6 +508,9 @@ def _finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo
         if state.recheck is not None:
             metrics.update(recheck_gain=state.recheck["gain"], recheck_gain_stderr=state.recheck["gain_stderr"],
                            recheck_seed_noise=state.recheck["seed_noise"])
+            for metric, key in (("recheck_fresh_seed_gain", "recheck_gain"), ("recheck_gain_noise", "gain_noise")):
+                if state.recheck.get(key) is not None:  # verdicts written before the fresh-seed rule have neither
+                    metrics[metric] = state.recheck[key]
         for role in ("promoted", "baseline"):
             mean = ((state.final_evaluation or {}).get(role) or {}).get("mean")
             if mean is not None:

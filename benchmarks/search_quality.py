@@ -92,10 +92,17 @@ def plain(name: str, seed: int, resume: bool) -> dict[str, Any]:
             "epochs": status_epochs(out), "wall_s": float((out / "wall_s.txt").read_text())}
 
 
-def search(name: str, algorithm: str, budget: float, resume: bool) -> dict[str, Any]:
-    """`automl run` with the defaults (algorithm "default") or --algorithm X, at `budget`."""
+def search_key(algorithm: str, seed: int) -> str:
+    """The results' key of a search: the algorithm, with ``@seed`` for search seeds other than 0."""
+    return algorithm if seed == 0 else f"{algorithm}@{seed}"
+
+
+def search(name: str, algorithm: str, budget: float, resume: bool, seed: int = 0) -> dict[str, Any]:
+    """`automl run` with the defaults (algorithm "default") or --algorithm X, at `budget`; `seed` is
+    the search's own seed (``automl run --seed``: the sampler's draws), not the trainings'."""
     spec, overrides = DATASETS[name]["spec"], DATASETS[name]["overrides"]
-    out = WORK / name / f"search_{algorithm}"
+    key = search_key(algorithm, seed)
+    out = WORK / name / f"search_{key.replace('@', '_s')}"
     state_file = out / "automl_state.json"
     finished = state_file.is_file() and json.loads(state_file.read_text()).get("status") == "FINISHED"
     wall = None
@@ -106,8 +113,10 @@ def search(name: str, algorithm: str, budget: float, resume: bool) -> dict[str, 
         args = ["--budget", f"{budget:g}", "--skip-export", "--skip-quantize", "--skip-trt"]
         if algorithm != "default":
             args += ["--algorithm", algorithm]
+        if seed:
+            args += ["--seed", str(seed)]
         started = time.time()
-        log = out.parent / f"search_{algorithm}.log"
+        log = out.parent / f"{out.name}.log"
         out.parent.mkdir(parents=True, exist_ok=True)
         with log.open("w") as handle:
             subprocess.run([_bin("automl"), "run", "-e", str(spec), "--results-dir", str(out), *args, *overrides],
@@ -125,7 +134,7 @@ def search(name: str, algorithm: str, budget: float, resume: bool) -> dict[str, 
 
     verdict = decide(SearchState.load(out)) or {}
     promoted = verdict.get("promoted") or state.get("best_trial")
-    return {"algorithm": algorithm, "promoted": promoted, "test_miou": scores.get(promoted), "curve": curve(out),
+    return {"algorithm": algorithm, "search_seed": seed, "promoted": promoted, "test_miou": scores.get(promoted), "curve": curve(out),
             "baseline_test_miou": scores.get(next((t["name"] for t in state["trials"].values() if t.get("is_baseline")), "")),
             "final": final, "recheck": verdict, "trials": len(state["trials"]),
             "epochs": status_epochs(out), "budget_epochs": round(budget * state["budget"]["spec_epochs"]),
@@ -164,6 +173,23 @@ def reach(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def repeated(results: dict[str, Any]) -> list[str]:
+    """One row per dataset and algorithm searched with several search seeds."""
+    rows = []
+    for name, data in results.items():
+        seeds = [p["test_miou"] for p in data["plain"]]
+        by_algorithm: dict[str, list[float]] = {}
+        for key, row in data["searches"].items():
+            if row.get("test_miou") is not None:
+                by_algorithm.setdefault(key.split("@")[0], []).append(row["test_miou"])
+        for algorithm, values in by_algorithm.items():
+            if len(values) > 1 and seeds:
+                mean = statistics.mean(values)
+                rows.append(f"| {name} | {algorithm} | {len(values)} | {mean:.3f} ({min(values):.3f}..{max(values):.3f}) | "
+                            f"{mean - max(seeds):+.3f} |")
+    return rows
+
+
 def render(results: dict[str, Any]) -> str:
     lines = [f"## {TITLE}", "", f"Ran on: {machine_line().rstrip('.')}. `python -m benchmarks.search_quality` "
              f"({time.strftime('%Y-%m-%d')}); every number is a test-split mIoU (the split no search ranked on).", ""]
@@ -195,6 +221,11 @@ def render(results: dict[str, Any]) -> str:
             check = f"{'confirmed' if verdict.get('confirmed') else 'not confirmed'}" if verdict else "baseline led"
             lines.append(f"| {name} | {algorithm} | {row['test_miou']:.3f} | {row['test_miou'] - max(seeds):+.3f} | "
                          f"{row['trials']} | {row['epochs']} | {check} |")
+    spread = repeated(results)
+    if spread:
+        lines += ["", "Repeated searches (`--search-seeds`: the same data, spec and budget, another sampler seed; "
+                  "promoted test mIoU):", "", "| dataset | algorithm | searches | mean (min..max) | vs best plain (mean) |",
+                  "|---|---|---|---|---|", *spread]
     efficiency = reach(results)
     if efficiency:
         lines += ["", "Search efficiency (one search each; epochs in the order they completed, re-checks left out):", "",
@@ -207,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", default="hela_boundary,hela_nuclei,synth_hard")
     parser.add_argument("--algorithms", default="default,asha,random,bohb")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--search-seeds", type=int, default=1, help="searches per algorithm (automl run --seed 0..N-1)")
     parser.add_argument("--budget", type=float, default=10.0)
     parser.add_argument("--resume", action="store_true", help="reuse finished runs")
     parser.add_argument("--no-write", action="store_true", help="do not rewrite benchmarks/RESULTS.md")
@@ -223,10 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: plain test mIoU {[round(p['test_miou'], 4) for p in data['plain']]}", flush=True)
         raw.parent.mkdir(parents=True, exist_ok=True)
         raw.write_text(json.dumps(results, indent=1))
-        for algorithm in [a.strip() for a in args.algorithms.split(",") if a.strip()]:
-            data["searches"][algorithm] = search(name, algorithm, args.budget, args.resume)
-            row = data["searches"][algorithm]
-            print(f"{name} {algorithm}: promoted {row['promoted']} test mIoU {row['test_miou']}, "
+        for algorithm, seed in [(a.strip(), k) for k in range(args.search_seeds) for a in args.algorithms.split(",") if a.strip()]:
+            key = search_key(algorithm, seed)
+            data["searches"][key] = row = search(name, algorithm, args.budget, args.resume, seed)
+            print(f"{name} {key}: promoted {row['promoted']} test mIoU {row['test_miou']}, "
                   f"{row['epochs']} epochs", flush=True)
             raw.write_text(json.dumps(results, indent=1))
     save_json("search_quality.json", results)

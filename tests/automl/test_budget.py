@@ -106,10 +106,11 @@ def _state(tmp_path: Path, baseline: tuple[float, float], leader: tuple[float, f
 
 
 def test_the_recheck_promotes_only_a_gain_above_the_noise(tmp_path: Path) -> None:
-    # beats the baseline on both seeds: the mean paired gain exceeds its standard error
+    # beats the baseline on both seeds, by more on the fresh seed (0.04) than the gain moved (0.02 / sqrt 2)
     state = _state(tmp_path, baseline=(0.60, 0.61), leader=(0.66, 0.65))
     v = verdict(state)
     assert v["confirmed"] and v["promoted"] == "trial_001" and v["gain"] == pytest.approx(0.05)
+    assert v["recheck_gain"] == pytest.approx(0.04) and v["gain_noise"] == pytest.approx(0.02 / math.sqrt(2))
     assert v["gain_stderr"] == pytest.approx(0.01)  # |0.06 - 0.04| / 2
     assert v["seed_noise"] == pytest.approx(math.sqrt((0.01**2 + 0.01**2) / 4))
     # a seed that is bad for both configurations cancels out of the paired gains
@@ -124,6 +125,11 @@ def test_the_recheck_promotes_only_a_gain_above_the_noise(tmp_path: Path) -> Non
         # the spec's configuration is promoted: the better of its two trainings on the validation split
         assert cursed["configuration"] == "trial_000" and cursed["promoted"] == "trial_004"
         assert cursed["gain"] <= cursed["gain_stderr"]
+    # ahead on both seeds, but by less on the fresh one (0.004) than the gain moved between them
+    # (0.026 / sqrt 2): within the noise, the baseline is promoted and the reason says so
+    small = verdict(_state(tmp_path, baseline=(0.600, 0.600), leader=(0.630, 0.604)))
+    assert not small["confirmed"] and small["configuration"] == "trial_000" and "within the noise" in small["reason"]
+    assert small["gain"] > small["gain_stderr"]  # the old rule (mean gain above its standard error) would have promoted it
     # no re-check ran (the baseline led the search): no verdict, the ranking decides
     state = _state(tmp_path, baseline=(0.7, 0.7), leader=(0.6, 0.6))
     for name in ("trial_003", "trial_004"):
@@ -177,7 +183,9 @@ def test_a_budgeted_search_keeps_its_budget_and_rechecks(budget_search) -> None:
         assert state.recheck["configuration"] in (leader.name, baseline.name)
         assert state.recheck["promoted"] in [state.recheck["configuration"], *(t.name for t in rechecks)]
         assert state.best_trial == state.recheck["promoted"]
-        assert "\n  re-check " in "\n".join(lines)
+        assert "\n  re-check " in "\n".join(lines) and ", on the fresh seed " in "\n".join(lines)
+        report = (results / "report" / "report.md").read_text()
+        assert f"the gain is {state.recheck['recheck_gain']:+.4f}" in report and state.recheck["reason"] in report
     else:
         assert not rechecks and state.recheck is None
     # the final evaluation: the promoted model and the baseline on the untouched test split
@@ -198,7 +206,7 @@ def test_mlflow_shows_the_gain_and_the_test_scores(budget_search) -> None:
     metrics = parent.data.metrics
     assert metrics["epochs_trained"] == state.epochs_trained()
     assert metrics["test_miou_promoted"] == pytest.approx(state.final_evaluation["promoted"]["mean"])
-    assert ("recheck_gain" in metrics) == (state.recheck is not None)
+    assert ("recheck_gain" in metrics) == ("recheck_fresh_seed_gain" in metrics) == (state.recheck is not None)
     assert parent.data.tags["automl.best_trial"] == state.best_trial
 
 

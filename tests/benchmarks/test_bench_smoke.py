@@ -175,6 +175,9 @@ def test_search_quality_counts_epochs_from_status_files_and_renders(tmp_path):
     search = {"promoted": "trial_002", "test_miou": 0.62, "trials": 3, "epochs": 9, "budget_epochs": 20, "wall_s": 120.0,
               "recheck": {"confirmed": True, "gain": 0.02, "gain_stderr": 0.005}}
     text = render({"real": {"plain": [{"test_miou": v} for v in (0.60, 0.59, 0.61)],
-                            "searches": {"default": search, "random": {**search, "test_miou": 0.6, "recheck": {}}}}})
+                            "searches": {"default": search, "random": {**search, "test_miou": 0.6, "recheck": {}},
+                                         "default@1": {**search, "test_miou": 0.64}}}})
     assert "| real | 0.600 (0.590..0.610) | 0.610 | 0.620 (trial_002; +0.010 vs best plain) | confirmed, gain +0.020 ± 0.005 | 9 (20) | 2 min |" in text
     assert "| real | random | 0.600 | -0.010 | 3 | 9 | baseline led |" in text
+    # searches repeated with another search seed are summarised per algorithm (a single one is not)
+    assert "| real | default | 2 | 0.630 (0.620..0.640) | +0.020 |" in text and "| real | random | 1 |" not in text
