@@ -234,6 +234,10 @@ class BudgetSearcher(Searcher):
         state = _live_state(self.results_dir)
         if state is None:
             return True
+        # Trials over a latency limit train nothing (`automl.deploy`), so they spend no budget: a cap
+        # (three times the trainings the budget affords) ends a search whose sampler keeps finding them.
+        if sum(t.infeasible for t in state.trials.values()) >= 3 * self.budget.total / self.budget.trial_epochs:
+            return False
         return committed(state, self.budget) + self.budget.first_rung <= self.budget.search
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
@@ -262,7 +266,8 @@ class BudgetSearcher(Searcher):
         if not self.budget.recheck or state is None:
             return []
         baseline, leader = state.baseline(), leading(state)
-        if baseline is None or leader is None or baseline.status not in DONE or not state.better(leader.best_value, baseline.best_value):
+        if (baseline is None or leader is None or baseline.status not in DONE or baseline.infeasible
+                or not state.better(leader.best_value, baseline.best_value)):
             return []
         seed = self.budget.seed + 1
         return [{**record.params, "train.seed": seed, FULL: True, RECHECK_OF: record.name} for record in (leader, baseline)]

@@ -171,6 +171,14 @@ class LedgerCallback(_Bound, Callback):
                    if k not in _RAY_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
         epoch = int(result.get("epoch", result.get("training_iteration", len(record.history) + 1)))
         metrics["epoch"] = epoch
+        from automl.deploy import INFEASIBLE, LATENCY_METRICS
+
+        if "latency_ms" in metrics:
+            record.latency = {k: metrics[k] for k in LATENCY_METRICS if k in metrics}
+        record.infeasible = record.infeasible or bool(metrics.pop(INFEASIBLE, 0))
+        if record.infeasible:  # its metric is the sampler's worst value, not a result: kept out of the ledger
+            metric = self.live.state.metric
+            metrics = {k: v for k, v in metrics.items() if k not in (metric, f"best_{metric}")}
         is_best = self.live.state.record_result(record, metrics)
         record.node_ip = result.get("node_ip", record.node_ip)
         record.node_id = result.get("node_id", record.node_id)
@@ -236,6 +244,8 @@ class MlflowCallback(_Bound, Callback):
             live.tracker.set_tags(record.mlflow_run_id,
                                   {f"automl.restored_{len(record.restores)}": f"{restore['from']}@epoch{restore['epoch']}"})
         logged = {k: v for k, v in record.history[-1].items() if k != "epoch"}
+        if record.infeasible:
+            live.tracker.set_tags(record.mlflow_run_id, {"automl.infeasible": "true"})
         if record.best_value is not None:
             logged[f"best_{live.state.metric}"] = record.best_value
         live.tracker.log_metrics(record.mlflow_run_id, logged, step=int(record.history[-1]["epoch"]))

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from automl.layout import Layout
 from automl.options import ALGORITHMS
@@ -49,6 +49,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU")
     run.add_argument("--only", help="comma-separated spec keys to search instead of the schema's defaults "
                                      "(TAO automl_hyperparameters)")
+    deploy = run.add_argument_group("deploy-aware search (README: 'Deploy-aware search')")
+    deploy.add_argument("--backbones", help="comma-separated model.backbone.type options to search (e.g. mit_b0,mit_b1)")
+    deploy.add_argument("--img-sizes", help="comma-separated dataset.segment.img_size options (the export follows it)")
+    deploy.add_argument("--embed-dims", help="comma-separated decoder embed_dim options")
+    deploy.add_argument("--precisions", help="comma-separated deploy precisions: fp32, int8 (fp16 on a GPU)")
+    deploy.add_argument("--pretrained", action="append", metavar="BACKBONE=PATH",
+                        help="local pretrained weights of a searched backbone (repeat per backbone)")
+    deploy.add_argument("--max-latency-ms", type=float, help="hard latency limit on the deployment runtime")
+    deploy.add_argument("--latency-runtime", choices=("onnxruntime", "torch", "tensorrt"),
+                        help="where latency is measured (default onnxruntime on the CPU)")
+    deploy.add_argument("--latency-batch", type=int, help="batch size latency is measured at (default 1)")
+    deploy.add_argument("--latency-threads", type=int, help="threads latency is measured with (default: every core)")
+    deploy.add_argument("--latency", action=argparse.BooleanOptionalAction, default=None,
+                        help="measure every trial's latency (default: with a structure search or --max-latency-ms)")
     run.add_argument("--metric", help="metric reported by the train action (default val_miou)")
     run.add_argument("--mode", choices=("max", "min"))
     run.add_argument("--seed", type=int)
@@ -91,6 +105,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cli["register_model"], cli["alias"] = args.register_model, args.alias
     if args.only:
         cli["only"] = [key.strip() for key in args.only.split(",") if key.strip()]
+    cli.update(_deploy_flags(args))
     for flag, option in (("no_promote", "promote"), ("skip_evaluate", "evaluate"), ("skip_export", "export"),
                          ("skip_quantize", "quantize"), ("skip_trt", "trt")):
         if getattr(args, flag):
@@ -104,6 +119,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if outcome.mode == "search" and (outcome.best is None or outcome.stopped_by_failures):
         return 1  # nothing trained, or the failure limit ended the search (results so far are kept)
     return 0
+
+
+def _deploy_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The deploy-aware search's flags as options (`automl.options.SearchConfig`)."""
+    from automl.options import SearchError
+
+    out: dict[str, Any] = {"max_latency_ms": args.max_latency_ms, "latency_runtime": args.latency_runtime,
+                           "latency_batch": args.latency_batch, "latency_threads": args.latency_threads,
+                           "latency": args.latency}
+    structure: dict[str, list[Any]] = {}
+    for flag, key, kind in (("backbones", "model.backbone.type", str), ("img_sizes", "dataset.segment.img_size", int),
+                            ("embed_dims", "model.decode_head.decoder_params.embed_dim", int),
+                            ("precisions", "deploy.precision", str)):
+        text = getattr(args, flag)
+        if text:
+            try:
+                structure[key] = [kind(v.strip()) for v in text.split(",") if v.strip()]
+            except ValueError:
+                raise SearchError(f"--{flag.replace('_', '-')} {text!r}: give comma-separated integers, e.g. 256,512") from None
+    if structure:
+        out["structure"] = structure
+    if args.pretrained:
+        pairs = [item.partition("=") for item in args.pretrained]
+        bad = [item for item, (k, eq, v) in zip(args.pretrained, pairs) if not (k and eq and v)]
+        if bad:
+            raise SearchError(f"--pretrained {bad[0]!r}: write BACKBONE=PATH, e.g. --pretrained mit_b1=/models/mit_b1.pth")
+        out["pretrained_backbones"] = {k.strip(): v.strip() for k, _, v in pairs}
+    return out
 
 
 def ui_command(results_dir: str | Path, port: int, host: str = "127.0.0.1") -> list[str]:

@@ -49,14 +49,18 @@ def trial_rows(state: SearchState) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the trial table (all trials, in creation order)."""
     keys = sorted({k for t in state.trials.values() for k in t.params})
     short = [k.split(".")[-1] if sum(x.split(".")[-1] == k.split(".")[-1] for x in keys) == 1 else k for k in keys]
-    header = ["trial", "status", f"best {state.metric}", "epoch", "epochs", "node", *short]
+    timed = any(t.latency for t in state.trials.values())
+    header = ["trial", "status", f"best {state.metric}", "epoch", "epochs", *(["latency ms", "MB", "GFLOPs"] if timed else []),
+              "node", *short]
     best = state.best()
     rows = []
     for t in sorted(state.trials.values(), key=lambda r: r.name):
         name = (t.name + (" *" if best is not None and t.trial_id == best.trial_id else "") + (" (baseline)" if t.is_baseline else "")
                 + (f" (re-check of {t.recheck_of})" if t.recheck_of else ""))
-        rows.append([name, t.status, fmt(t.best_value), fmt(t.best_epoch), str(t.epochs_trained), t.node_ip or "-",
-                     *[fmt(t.params.get(k)) for k in keys]])
+        lat = t.latency or {}
+        speed = [fmt(lat.get("latency_ms")), fmt(lat.get("model_mb")), fmt(lat.get("gflops"))] if timed else []
+        rows.append([name, "OVER LATENCY" if t.infeasible else t.status, fmt(t.best_value), fmt(t.best_epoch),
+                     str(t.epochs_trained), *speed, t.node_ip or "-", *[fmt(t.params.get(k)) for k in keys]])
     return header, rows
 
 
@@ -125,14 +129,25 @@ def summary(state: SearchState) -> str:
     best, baseline = state.best(), state.baseline()
     lines = [f"automl: {len(state.trials)} trials ({counts_text(state)})"]
     lines += [f"  failed   {t.name}: {error_line(t.error)}" for t in state.trials.values() if t.status == FAILED]
-    if best is None:
+    over = [t for t in state.trials.values() if t.infeasible]
+    limit = (state.settings.get("search") or {}).get("max_latency_ms")
+    if over:
+        fastest = min(over, key=lambda t: (t.latency or {}).get("latency_ms", float("inf")))
+        lines.append(f"  over the latency limit ({limit:g} ms): {len(over)} trial(s), trained nothing; the fastest of them, "
+                     f"{fastest.name}, runs in {(fastest.latency or {}).get('latency_ms', float('nan')):.2f} ms")
+    if best is None and over and not state.ranked():
+        lines.append(f"automl: no trial meets --max-latency-ms {limit:g}: nothing is promoted; raise the limit, or search "
+                     f"smaller structures (--backbones, --img-sizes, --embed-dims, --precisions int8)")
+    elif best is None:
         failed = any(t.status == FAILED for t in state.trials.values())
         lines.append("automl: no trial produced a result; " + ("see `automl status` for the errors" if failed else
                                                                "none failed: the search ended before any reported an epoch"))
     else:
         changed = {k: v for k, v in best.params.items() if baseline is None or baseline.params.get(k) != v}
         shown = _values(changed) if changed else "the baseline itself"
-        lines.append(f"  best     {best.name}: {state.metric}={best.best_value:.4f} (epoch {best.best_epoch}); {shown}")
+        speed = f"; {best.latency['latency_ms']:.2f} ms on the deploy target" if best.latency else ""
+        label = "best feasible " if limit is not None else "best     "
+        lines.append(f"  {label}{best.name}: {state.metric}={best.best_value:.4f} (epoch {best.best_epoch}); {shown}{speed}")
         if baseline is not None and baseline.best_value is not None:
             delta = best.best_value - baseline.best_value
             lines.append(f"  baseline {baseline.name}: {state.metric}={baseline.best_value:.4f}  (best {delta:+.4f})")

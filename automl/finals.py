@@ -50,7 +50,9 @@ def evaluate_trial(state: SearchState, record: TrialRecord, out_dir: Path) -> fl
     checkpoint = best_checkpoint(record)
     if checkpoint is None:
         raise FileNotFoundError(f"no checkpoint of {record.name}")
-    overrides = {**record.params, "results_dir": str(out_dir), "evaluate.checkpoint": str(checkpoint),
+    from automl.deploy import spec_overrides
+
+    overrides = {**spec_overrides(state, record.params), "results_dir": str(out_dir), "evaluate.checkpoint": str(checkpoint),
                  "evaluate.results_dir": str(out_dir)}
     cfg = apply_overrides(base_config(state.spec, state.overrides, out_dir), overrides)
     return float(evaluate.run(cfg, quiet=True).miou)

@@ -70,6 +70,16 @@ class SearchConfig:
     exclude: tuple[str, ...] = ()  # removed from them (TAO automl_remove_hyperparameters)
     param_ranges: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # TAO custom_param_ranges
     override_disabled: bool = False  # TAO override_automl_disabled_params
+    # Deploy-aware search (`automl.deploy`): structural parameters searched over the options given
+    # (spec keys of segformer.deploy.latency.STRUCTURE_KEYS, and deploy.precision), each backbone
+    # starting from its own pretrained weights, and the latency measured on the deployment runtime.
+    structure: Mapping[str, Any] = field(default_factory=dict)  # {key: [options]}: --backbones, --img-sizes, --embed-dims, --precisions
+    pretrained_backbones: Mapping[str, str] = field(default_factory=dict)  # backbone type -> local pretrained weights
+    max_latency_ms: float | None = None  # a hard limit: slower trials are recorded, never trained on nor promoted
+    latency: bool | None = None  # measure every trial's latency; None: when structure or max_latency_ms is given
+    latency_runtime: str = "onnxruntime"  # onnxruntime (CPU) | torch | tensorrt
+    latency_batch: int = 1
+    latency_threads: int | None = None  # None: every core of the machine that measures
 
     def __post_init__(self) -> None:
         for name in ("include", "exclude"):
@@ -78,6 +88,14 @@ class SearchConfig:
             object.__setattr__(self, "only", tuple(self.only))
         object.__setattr__(self, "param_ranges", {str(k): dict(v) if isinstance(v, Mapping) else v
                                                   for k, v in dict(self.param_ranges or {}).items()})
+        object.__setattr__(self, "structure", {str(k): list(v) if isinstance(v, (list, tuple)) else v
+                                               for k, v in dict(self.structure or {}).items()})
+        object.__setattr__(self, "pretrained_backbones", {str(k): v for k, v in dict(self.pretrained_backbones or {}).items()})
+
+    @property
+    def measures_latency(self) -> bool:
+        """Every trial's latency is measured (`automl.deploy`)."""
+        return self.latency if self.latency is not None else bool(self.structure) or self.max_latency_ms is not None
 
     @property
     def ranking_metric(self) -> str:
@@ -253,9 +271,38 @@ class SearchOptions:
             _check(value is None or all(isinstance(v, str) and v for v in value),
                    f"{name} must be a list of dotted parameter names, got {value!r}")
         _check(self.policy in ("auto", "on", "off"), f"policy must be auto, on or off, got {self.policy!r}")
+        _check_deploy(s)
         if s.multi_fidelity and s.max_epochs is not None and s.grace_period is not None and s.grace_period > s.max_epochs:
             raise SearchError(f"grace_period {s.grace_period} exceeds max_epochs {s.max_epochs} (in units of "
                               f"epoch_multiplier={s.epoch_multiplier} epochs); lower grace_period")
+
+
+def _check_deploy(s: SearchConfig) -> None:
+    """The deploy-aware options (`automl.deploy`)."""
+    from segformer.deploy.latency import PRECISION_KEY, PRECISIONS, RUNTIMES, STRUCTURE_KEYS
+
+    known = (*STRUCTURE_KEYS, PRECISION_KEY)
+    for key, options in s.structure.items():
+        _check(key in known, f"structure parameter {key!r} is not one of {', '.join(known)}")
+        _check(isinstance(options, list) and len(options) > 0 and len({str(o) for o in options}) == len(options),
+               f"{key}: give a list of distinct options to search, got {options!r}")
+        if key == PRECISION_KEY:
+            bad = [o for o in options if o not in PRECISIONS]
+            _check(not bad, f"{key} options {bad} are not precisions; use {', '.join(PRECISIONS)}")
+        elif key != "model.backbone.type":
+            _check(all(isinstance(o, int) and not isinstance(o, bool) and o >= 32 for o in options),
+                   f"{key} options must be integers >= 32, got {options!r}")
+    for backbone, path in s.pretrained_backbones.items():
+        _check(isinstance(path, str) and bool(path), f"pretrained_backbones: {backbone!r} needs a local file path, got {path!r}")
+    _check(s.latency_runtime in RUNTIMES, f"latency_runtime must be one of {', '.join(RUNTIMES)}, got {s.latency_runtime!r}")
+    _integer("latency_batch", s.latency_batch, 1)
+    if s.latency_threads is not None:
+        _integer("latency_threads", s.latency_threads, 1)
+    _check(s.max_latency_ms is None or (_number(s.max_latency_ms) and s.max_latency_ms > 0),
+           f"max_latency_ms must be a number of milliseconds > 0, got {s.max_latency_ms!r}")
+    _check(s.latency is None or isinstance(s.latency, bool), f"latency must be true or false, got {s.latency!r}")
+    _check(not (s.latency is False and s.max_latency_ms is not None),
+           "max_latency_ms needs the latency measured; drop --no-latency (latency: false)")
 
 
 def _algorithm(value: Any) -> Any:

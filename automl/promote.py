@@ -146,8 +146,15 @@ def prepare(state: SearchState, record: TrialRecord, options: PromotionConfig = 
     shutil.copy2(source, model)
     report["checkpoint"] = str(model)
 
-    overrides: dict[str, Any] = dict(record.params)
+    from automl.deploy import spec_overrides
+
+    overrides: dict[str, Any] = spec_overrides(state, record.params)
     overrides["results_dir"] = str(best_dir)
+    size = record.params.get("dataset.segment.img_size")
+    if size is not None:  # a searched input size: the export follows it (the latency was measured at it)
+        overrides["export.input_height"] = overrides["export.input_width"] = int(size)
+    if _precision_skip(state, record) is None and record.latency and record.latency.get("precision_bits") == 8:
+        overrides["quantize.backend"] = "onnxruntime"  # the int8 model the search timed (ONNX Runtime's QDQ)
     cfg = apply_overrides(base_config(state.spec, state.overrides, best_dir), overrides)
     dump_config(cfg, best_dir / "experiment.yaml")
     onnx_file = best_dir / ONNX_FILE
@@ -190,7 +197,8 @@ def prepare(state: SearchState, record: TrialRecord, options: PromotionConfig = 
                                                                             c.quantize.backend in ONNX_QUANT_BACKENDS
                                                                             else model),
                                                  "quantize.results_dir": str(best_dir / "quantize"),
-                                                 "quantize.device": "cpu" if _no_cuda() else c.quantize.device})
+                                                 "quantize.device": "cpu" if _no_cuda() else c.quantize.device},
+         precheck=_precision_skip(state, record))
     trt_reason = _tensorrt_missing()
     if trt_reason is None and onnx is None:
         trt_reason = "skipped: no ONNX model to build from (export did not run)"
@@ -199,6 +207,18 @@ def prepare(state: SearchState, record: TrialRecord, options: PromotionConfig = 
          precheck=trt_reason)
     report["timing"] = {"started_at": round(started, 3), "ended_at": round(time.time(), 3)}
     return report
+
+
+def _precision_skip(state: SearchState, record: TrialRecord) -> str | None:
+    """Why the quantize step does not run for a search that chose the deploy precision (fp32 met
+    the latency limit, or fp32 was the most accurate allowed)."""
+    from automl.deploy import precision_of
+
+    allowed = ((state.settings.get("search") or {}).get("structure") or {}).get("deploy.precision")
+    chosen = precision_of(record.latency)
+    if allowed and chosen == "fp32":
+        return "skipped: the deploy precision is fp32 (the most accurate of --precisions within the latency limit)"
+    return None
 
 
 class EarlyPromotion:

@@ -101,6 +101,10 @@ def _run_search(opts: SearchOptions, skill: Any, space: Any, baseline: dict[str,
         tracker = _start_tracking(opts, state, space)
         state.save()
         echo(settings_line(opts, budget) + f" -> {layout.root}")
+        if opts.search.measures_latency:
+            from automl.deploy import premeasure
+
+            premeasure(opts, space, baseline, echo)
         from automl.algorithms import build_search
 
         stop_reason, early = _fit(opts, state, tracker, session, plan=build_search(opts, space, baseline, budget),
@@ -204,6 +208,7 @@ def _spec_path(opts: SearchOptions, skill: Any) -> str | None:
 def _plan(opts: SearchOptions, skill: Any) -> tuple[SearchOptions, Any, dict[str, Any] | None, Any]:
     """The options with the epoch budget resolved, the search space, the baseline's values, and the
     epoch budget (`automl.budget`; None when max_trials sizes the search)."""
+    from automl import deploy
     from automl.algorithms import grid_points
     from automl.budget import centre, plan_budget, prioritise
     from automl.space import build_space
@@ -214,9 +219,13 @@ def _plan(opts: SearchOptions, skill: Any) -> tuple[SearchOptions, Any, dict[str
     train = spec_values["train"]
     if opts.search.max_epochs is None:  # the spec's own num_epochs, in units of epoch_multiplier epochs (rounded up)
         opts = opts.with_values(max_epochs=-(-int(train["num_epochs"]) // opts.search.epoch_multiplier))
+    opts = dataclasses.replace(opts, search=deploy.fold_tao_route(opts.search))
     s = opts.search
-    space = build_space(skill.load_schema("train"), only=s.only, include=s.include, exclude=s.exclude,
-                        param_ranges=s.param_ranges or None, override_disabled=s.override_disabled, spec=spec_values)
+    structural = deploy.space_arguments(s, spec_values) if s.structure else {
+        "include": s.include, "param_ranges": s.param_ranges or None, "allow_disabled": ()}
+    deploy.check_pretrained(s, spec_values)
+    space = build_space(skill.load_schema("train"), only=s.only, exclude=s.exclude, override_disabled=s.override_disabled,
+                        spec=spec_values, **structural)
     if len(space) == 0:
         raise SearchError("the search space is empty: check --only/--exclude or the schema's automl_default_parameters")
     budget = None
@@ -227,7 +236,7 @@ def _plan(opts: SearchOptions, skill: Any) -> tuple[SearchOptions, Any, dict[str
                               f"epochs; raise --budget or lower --max-epochs")
         space = centre(space, spec_values, s.param_ranges)
         if s.only is None:
-            space = prioritise(space, budget.configurations(s.reduction_factor), keep=s.include)
+            space = prioritise(space, budget.configurations(s.reduction_factor), keep=(*s.include, *s.structure))
     baseline = space.baseline(spec_values) if s.baseline_first else None
     if baseline is not None:
         space.encode(baseline)  # raises when the spec's own value cannot be searched (e.g. not among the options)
@@ -242,6 +251,10 @@ def _print_plan(opts: SearchOptions, space: Any, baseline: dict[str, Any] | None
     from automl.console import recommendations, settings_line
 
     echo(settings_line(opts, budget))
+    if opts.search.measures_latency:
+        from automl.deploy import plan_line
+
+        echo(plan_line(opts.search))
     echo(space.describe())
     echo("")
     echo(recommendations(opts, baseline, first_points(opts, space, baseline, 3)))
@@ -330,9 +343,14 @@ def _trainable(opts: SearchOptions) -> Any:
     pbt = opts.search.algorithm == "pbt"
     ctx = TrialContext(results_dir=opts.results_dir, spec=opts.spec, overrides=opts.overrides, metric=opts.search.metric,
                        mode=opts.search.mode, epochs=opts.search.trial_epochs, apply_restored_hparams=pbt,
-                       checkpoint_every_report=pbt)
+                       checkpoint_every_report=pbt, deploy=_deploy_part(opts.search))
     resources = {"cpu": opts.resources.cpus_per_trial, "gpu": opts.resources.gpus_per_trial or 0.0}
     return tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), resources)
+
+
+def _deploy_part(s: Any) -> Any:
+    """What a trial needs of the deploy-aware search (`automl.deploy`), None when there is none."""
+    return s if s.structure or s.pretrained_backbones or s.measures_latency else None
 
 
 def _new_tuner(opts: SearchOptions, plan: Any) -> Any:

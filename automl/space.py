@@ -318,12 +318,14 @@ def build_space(
     param_ranges: Mapping[str, Mapping[str, Any]] | None = None,
     override_disabled: bool = False,
     spec: Mapping[str, Any] | None = None,
+    allow_disabled: Sequence[str] = (),
 ) -> Space:
     """Build the search space from a train schema (dict or path; NVIDIA's Infinity accepted).
 
     ``only`` replaces ``automl_default_parameters``; ``include`` adds and ``exclude`` removes names;
     ``param_ranges`` are TAO ``custom_param_ranges``; ``override_disabled`` is TAO's
-    ``override_automl_disabled_params``; ``spec`` supplies values of not-searched ``depends_on``
+    ``override_automl_disabled_params`` (``allow_disabled``: the same for the names given, the
+    deploy-aware search's structural keys); ``spec`` supplies values of not-searched ``depends_on``
     parents (else their schema defaults). Kept whole: the selection rules (defaults, only, include,
     exclude, custom ranges, disabled parameters) apply in this order, and each error they raise
     names its rule, so they read best in sequence.
@@ -365,7 +367,7 @@ def build_space(
     for name in chosen:
         leaf = check_known(name, "searched")
         status = schema_fields.status(leaf, set(defaults), disabled)
-        if status.startswith("disabled") and not override_disabled:
+        if status.startswith("disabled") and not (override_disabled or name in allow_disabled):
             if status == "disabled":
                 why = f"{name} is disabled for AutoML by the schema (automl_enabled: false or listed in automl_disabled_parameters)"
             else:
@@ -373,7 +375,8 @@ def build_space(
                        f"and {name} is not explicitly enabled)")
             raise SpaceError(f"{why}; it cannot be added unless override_disabled is set (TAO: override_automl_disabled_params: true)")
         if status.startswith("disabled"):
-            notes.append(f"{name} searched although {status} (override_disabled)")
+            why = "override_disabled" if override_disabled else "a structure searched on request"
+            notes.append(f"{name} searched although {status} ({why})")
         params.append(schema_fields.make_param(leaf, (param_ranges or {}).get(name)))
 
     searched = {p.name for p in params}

@@ -58,6 +58,8 @@ class TrialRecord:
     config_changes: list[dict[str, Any]] = field(default_factory=list)  # PBT: {"epoch", "params"} it went on with
     pid: int | None = None  # process of the Ray worker that last reported for this trial
     recheck_of: str | None = None  # a re-check (another seed) of this trial (`automl.budget`); not ranked
+    latency: dict[str, float] | None = None  # its architecture's latency on the deploy target (`automl.deploy`)
+    infeasible: bool = False  # over --max-latency-ms: trained nothing, never ranked nor promoted
 
     @property
     def epochs_trained(self) -> int:
@@ -136,9 +138,10 @@ class SearchState:
         return a > b if self.mode == "max" else a < b
 
     def ranked(self) -> list[TrialRecord]:
-        """Trials with a result, best first (by their best epoch, not their last); re-checks are not ranked."""
+        """Trials with a result, best first (by their best epoch, not their last); re-checks and
+        trials over the latency limit are not ranked."""
         scored = [t for t in self.trials.values()
-                  if t.best_value is not None and t.best_value == t.best_value and not t.recheck_of]
+                  if t.best_value is not None and t.best_value == t.best_value and not t.recheck_of and not t.infeasible]
         return sorted(scored, key=lambda t: t.best_value, reverse=self.mode == "max")
 
     def best(self) -> TrialRecord | None:

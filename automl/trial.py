@@ -48,6 +48,7 @@ class TrialContext:
     epochs: int | None = None  # per-trial epoch budget (train.num_epochs); None keeps the spec's
     apply_restored_hparams: bool = False  # PBT: push the trial's (new) config into a restored optimizer
     checkpoint_every_report: bool = False  # PBT: exploit needs every trial's latest state in Ray
+    deploy: Any = None  # the search's SearchConfig when it searches structure or measures latency (`automl.deploy`)
 
 
 # Names given in this process, per results folder. Ray copies the name creator (the basic variant
@@ -116,7 +117,12 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     trial_dir = Layout.of(ctx.results_dir).trial_dir(name)
     trial_dir.mkdir(parents=True, exist_ok=True)
 
-    overrides: dict[str, Any] = {k: v for k, v in config.items() if not k.startswith("_")}
+    params = {k: v for k, v in config.items() if not k.startswith("_")}
+    overrides: dict[str, Any] = dict(params)
+    if ctx.deploy is not None:
+        from automl.deploy import trial_overrides
+
+        overrides = trial_overrides(params, ctx.deploy)
     overrides["results_dir"] = str(trial_dir)
     train_dir = trial_dir / "train"
     overrides["train.results_dir"] = str(train_dir)
@@ -149,9 +155,19 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         overrides["train.resume_training_checkpoint_path"] = str(restore_dir / CHECKPOINT_FILE)
 
     cfg = apply_overrides(base_config(ctx.spec, ctx.overrides, trial_dir), overrides)
+    extra: dict[str, float] = {}
+    if ctx.deploy is not None and ctx.deploy.measures_latency:
+        from automl import deploy
+
+        extra, feasible = deploy.trial_latency(cfg, ctx.results_dir, ctx.deploy)
+        if not feasible:
+            # Over the limit: trains nothing; the worst value teaches the sampler to avoid the region.
+            worst = deploy.worst_value(ctx.mode)
+            tune.report({ctx.metric: worst, f"best_{ctx.metric}": worst, "epoch": 0, deploy.INFEASIBLE: 1, **extra})
+            return
     callback = TuneReportCallback(ctx.metric, ctx.mode, restored_hparams, restored_from,
                                   checkpoint_every_report=ctx.checkpoint_every_report,
-                                  continue_best=restored_from == name)
+                                  continue_best=restored_from == name, extra=extra)
     train_action.run(cfg, callbacks=[callback], quiet=True)
     if callback.reports == 0 and restored_from is None:
         raise RuntimeError(

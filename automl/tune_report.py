@@ -54,8 +54,9 @@ class TuneReportCallback(Checkpoint):
 
     def __init__(self, metric: str, mode: str = "max", restored_hparams: dict[str, Any] | None = None,
                  restored_from: str | None = None, checkpoint_every_report: bool = False,
-                 continue_best: bool = False) -> None:
+                 continue_best: bool = False, extra: dict[str, float] | None = None) -> None:
         self.metric = metric
+        self.extra = dict(extra or {})  # constant metrics sent with every report (the trial's latency)
         self.mode = mode
         self.best: float | None = None
         self.restored_hparams = restored_hparams or {}
@@ -142,6 +143,7 @@ class TuneReportCallback(Checkpoint):
         import ray
         from ray import tune
 
+        metrics.update(self.extra)
         metrics["node_id"] = ray.get_runtime_context().get_node_id()
         # Once per worker run: whose checkpoint it continues (the driver records PBT exploits and resumes).
         if self.restored_from is not None and self.reports == 0:

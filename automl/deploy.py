@@ -1,0 +1,238 @@
+"""Deploy-aware search: structural parameters, latency measured on the target, a hard latency limit.
+
+A deployer asks which model is the most accurate that runs in X ms on the target. So, on request:
+
+Structure
+    ``--backbones``, ``--img-sizes``, ``--embed-dims`` (spec keys ``model.backbone.type``,
+    ``dataset.segment.img_size``, ``model.decode_head.decoder_params.embed_dim``) and
+    ``--precisions`` (``deploy.precision``: fp32 or int8 on the CPU; not a spec key) become
+    options (`SearchConfig.structure`). The precision is not sampled: it changes nothing in
+    training, so each trial deploys at the most accurate allowed precision within the latency
+    limit (`choose`), and the promotion quantizes when that is int8. TAO's own
+    route gives the same: ``automl_hyperparameters`` + ``override_automl_disabled_params`` +
+    ``custom_param_ranges`` with ``valid_options`` (``deploy.precision`` included). The schema
+    disables these keys for AutoML; naming them here is the explicit request that enables them. The
+    spec's own value joins the options (the baseline is the spec), and each backbone starts from
+    its own weights: ``--pretrained mit_b1=/path`` (settings: ``pretrained_backbones``); a
+    searched backbone with no weights while the spec names some for another backbone is an error
+    before any trial (it would load the wrong weights).
+
+Latency (`segformer.deploy.latency`)
+    Measured for each distinct architecture and precision (cached in ``latency.json`` in the
+    results folder; the learning rate does not change it) on the deployment runtime: ONNX Runtime
+    on the CPU by default, batch 1, the median of warm runs, the thread count stated. The driver
+    measures every architecture the options allow before the first trial (up to
+    `PREMEASURE_LIMIT`), on a machine nothing else runs on yet, and stops with the fastest named
+    when none meets the limit; others are measured by the first trial that needs them. Every trial records latency_ms, p90, model size, parameters and GFLOPs
+    in the state, in its MLflow child run's metrics and in ``automl status``.
+
+The latency limit (``--max-latency-ms``)
+    A trial slower than the limit is infeasible: it reports its latency and the worst metric value
+    at epoch 0 and trains nothing (no epoch of the budget), so the sampler learns that region is
+    bad (TPE and BOHB rank by value; the equivalent of Optuna's constraints for every algorithm
+    here), it is recorded with its latency and never ranked, re-checked nor promoted. When no trial
+    is feasible the summary says so and nothing is promoted. Infeasible trials spend no epochs, so
+    a budgeted search ends after three times as many of them as the trainings its budget affords.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Mapping
+
+from automl.layout import Layout
+from automl.options import SearchConfig, SearchError
+from automl.params import Param
+
+PRECISION_KEY = "deploy.precision"
+ACCURACY_ORDER = ("fp32", "fp16", "int8")  # deploy precisions, the most accurate first
+BITS = {"fp32": 32, "fp16": 16, "int8": 8}  # a trial's chosen precision, as the number its results carry
+PREMEASURE_LIMIT = 24  # architectures measured up front by the driver; beyond that, by the trials
+LATENCY_FILE = "latency.json"
+# What a trial's latency record puts in its results (and the ledger, MLflow and status show).
+LATENCY_METRICS = ("latency_ms", "latency_p90_ms", "model_mb", "params_m", "gflops", "precision_bits")
+INFEASIBLE = "infeasible"  # result key of a trial over the latency limit
+
+
+def fold_tao_route(s: SearchConfig) -> SearchConfig:
+    """TAO's route to a precision search (``deploy.precision`` in automl_hyperparameters and
+    custom_param_ranges valid_options) folded into `SearchConfig.structure`, which build_space never
+    sees (it is not a spec key)."""
+    import dataclasses
+
+    named = PRECISION_KEY in (s.only or ()) or PRECISION_KEY in s.include
+    ranges = dict(s.param_ranges)
+    custom = ranges.pop(PRECISION_KEY, None)
+    if not named and custom is None:
+        return s
+    options = (custom or {}).get("valid_options") if isinstance(custom, Mapping) else None
+    if not options:
+        raise SearchError(f"{PRECISION_KEY} is searched over options: give custom_param_ranges: {{{PRECISION_KEY}: "
+                          f"{{valid_options: [fp32, int8]}}}} (or --precisions fp32,int8)")
+    structure = {**s.structure, PRECISION_KEY: list(options)}
+    only = None if s.only is None else tuple(k for k in s.only if k != PRECISION_KEY)
+    return dataclasses.replace(s, structure=structure, param_ranges=ranges, only=only,
+                               include=tuple(k for k in s.include if k != PRECISION_KEY))
+
+
+def space_arguments(s: SearchConfig, spec_values: Mapping[str, Any]) -> dict[str, Any]:
+    """Extra `build_space` arguments for the structural parameters: searched (include), over their
+    options with the spec's own value first (valid_options), enabled although the schema disables
+    them (allow_disabled)."""
+    from automl.space import _lookup
+
+    keys = [k for k in s.structure if k != PRECISION_KEY]
+    ranges = dict(s.param_ranges)
+    for key in keys:
+        found, own = _lookup(spec_values, key)
+        options = list(s.structure[key])
+        if found and own not in options:
+            options = [own, *options]
+        ranges[key] = {**ranges.get(key, {}), "valid_options": options}
+    include = tuple(s.include) + tuple(k for k in keys if k not in s.include and (s.only is None or k not in s.only))
+    return {"include": include, "param_ranges": ranges or None, "allow_disabled": tuple(keys)}
+
+
+def precisions(s: SearchConfig) -> list[str]:
+    """The deploy precisions allowed, the most accurate first (fp32 when none is given)."""
+    allowed = s.structure.get(PRECISION_KEY) or ["fp32"]
+    return [p for p in ACCURACY_ORDER if p in allowed]
+
+
+def choose(records: Mapping[str, Mapping[str, Any]], limit: float | None) -> tuple[str, Mapping[str, Any], bool]:
+    """The deploy precision of one architecture: the most accurate of those within the limit (all,
+    without one); none within it: the fastest, infeasible. So a precision slower on the target is
+    never chosen over a faster one that is also more accurate."""
+    ordered = [p for p in ACCURACY_ORDER if p in records]
+    fitting = [p for p in ordered if limit is None or records[p]["latency_ms"] <= limit]
+    if fitting:
+        return fitting[0], records[fitting[0]], True
+    fastest = min(ordered, key=lambda p: records[p]["latency_ms"])
+    return fastest, records[fastest], False
+
+
+def check_pretrained(s: SearchConfig, spec_values: Mapping[str, Any]) -> None:
+    """Every searched backbone starts from its own weights, or none does."""
+    from pathlib import Path
+
+    from automl.space import _lookup
+
+    backbones = s.structure.get("model.backbone.type")
+    for backbone, path in s.pretrained_backbones.items():
+        if not Path(path).expanduser().is_file():
+            raise SearchError(f"pretrained weights of {backbone}: {path} is not a file (--pretrained / pretrained_backbones)")
+    if not backbones:
+        return
+    _, own = _lookup(spec_values, "model.backbone.type")
+    _, own_path = _lookup(spec_values, "model.backbone.pretrained_backbone_path")
+    missing = [b for b in backbones if b not in s.pretrained_backbones and b != own]
+    if missing and own_path:
+        raise SearchError(f"the spec starts {own} from {own_path}, and the search would start {', '.join(missing)} from "
+                          f"no weights of its own: give each with --pretrained BACKBONE=PATH (settings: pretrained_backbones), "
+                          f"or clear model.backbone.pretrained_backbone_path to train every backbone from scratch")
+
+
+def trial_overrides(params: Mapping[str, Any], s: SearchConfig) -> dict[str, Any]:
+    """A trial's sampled values as spec overrides: the precision left out, the backbone's own weights in."""
+    out = {k: v for k, v in params.items() if k != PRECISION_KEY}
+    backbone = out.get("model.backbone.type")
+    if backbone is not None and backbone in s.pretrained_backbones:
+        out["model.backbone.pretrained_backbone_path"] = s.pretrained_backbones[backbone]
+    return out
+
+
+def spec_overrides(state: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+    """`trial_overrides` for a trial of a saved search (`automl.state.SearchState`): promotion and
+    the final evaluation configure the spec exactly as the trial did."""
+    from automl.options import SearchOptions
+
+    try:
+        search = SearchOptions.from_dict(state.settings).search
+    except (TypeError, ValueError):
+        search = SearchConfig()
+    return trial_overrides(params, search)
+
+
+def target(s: SearchConfig) -> Any:
+    from segformer.deploy.latency import Target
+
+    return Target(runtime=s.latency_runtime, batch=s.latency_batch, threads=s.latency_threads)
+
+
+def cache(results_dir: str, s: SearchConfig) -> Any:
+    from segformer.deploy.latency import LatencyCache
+
+    return LatencyCache(Layout.of(results_dir).root / LATENCY_FILE, target(s))
+
+
+def trial_latency(cfg: Any, results_dir: str, s: SearchConfig) -> tuple[dict[str, float], bool]:
+    """A trial's latency metrics (its architecture, `cfg`, at the precision `choose` picks;
+    measured if new) and whether it meets the limit."""
+    measured = cache(results_dir, s)
+    precision, record, feasible = choose({p: measured.lookup(cfg, p) for p in precisions(s)}, s.max_latency_ms)
+    return {**{k: float(record[k]) for k in LATENCY_METRICS if k in record}, "precision_bits": float(BITS[precision])}, feasible
+
+
+def precision_of(latency: Mapping[str, Any] | None) -> str | None:
+    """The deploy precision a trial's latency record was measured at."""
+    bits = (latency or {}).get("precision_bits")
+    return next((p for p, b in BITS.items() if b == bits), None)
+
+
+def worst_value(mode: str) -> float:
+    """What an infeasible trial reports: below (above) anything a trained one reports. Samplers rank
+    by value (TPE's split, BOHB's densities), so its size does not matter, only its place."""
+    return -1e9 if mode == "max" else 1e9
+
+
+def premeasure(opts: Any, space: Any, baseline: Mapping[str, Any] | None, echo: Callable[[str], None]) -> None:
+    """Measure every architecture the structural options allow (up to `PREMEASURE_LIMIT`) before
+    any trial runs, and print the table."""
+    from automl.trial import base_config
+    from segformer.config import apply_overrides
+
+    s = opts.search
+    from segformer.deploy.latency import STRUCTURE_KEYS
+
+    keys = [p.name for p in space.params if p.name in STRUCTURE_KEYS]
+    options = [space[k].choices or (space[k].default,) for k in keys]
+    combos = [dict(zip(keys, values)) for values in itertools.product(*options)] if keys else [{}]
+    combos = [{**combo, PRECISION_KEY: precision} for combo in combos for precision in precisions(s)]
+    complete = len(combos) <= PREMEASURE_LIMIT
+    if not complete:
+        echo(f"automl: latency: {len(combos)} architectures; the trials measure each when they first need it")
+        combos = [{**(baseline or {}), PRECISION_KEY: precision} for precision in precisions(s)]
+    where = target(s).describe()
+    echo(f"automl: latency on {where}{f', limit {s.max_latency_ms:g} ms' if s.max_latency_ms else ''}:")
+    measured = cache(opts.results_dir, s)
+    root = Layout.of(opts.results_dir).root
+    records = []
+    for combo in combos:
+        values = {**(baseline or {}), **combo}
+        try:
+            cfg = apply_overrides(base_config(opts.spec, opts.overrides, root), trial_overrides(values, s))
+            rec = measured.lookup(cfg, combo[PRECISION_KEY])
+        except (ValueError, RuntimeError) as err:
+            raise SearchError(f"latency of {combo or 'the spec'} cannot be measured: {err}") from None
+        echo("  " + describe(rec, s.max_latency_ms))
+        records.append(rec)
+    if complete and s.max_latency_ms is not None and all(r["latency_ms"] > s.max_latency_ms for r in records):
+        fastest = min(records, key=lambda r: r["latency_ms"])
+        raise SearchError(f"no architecture the search may try meets --max-latency-ms {s.max_latency_ms:g}: the fastest, "
+                          f"{describe(fastest)}; raise the limit, or offer smaller structures (--backbones, --img-sizes, "
+                          f"--embed-dims, --precisions int8)")
+
+
+def plan_line(s: SearchConfig) -> str:
+    """What --dry-run says about latency."""
+    limit = f"limit {s.max_latency_ms:g} ms" if s.max_latency_ms is not None else "no limit"
+    return (f"latency: measured on {target(s).describe()}; {limit}; deploy precision per architecture: the most accurate "
+            f"of {', '.join(precisions(s))} within the limit")
+
+
+def describe(rec: Mapping[str, Any], limit: float | None = None) -> str:
+    arch = rec["architecture"]
+    over = "" if limit is None else ("  over the limit" if rec["latency_ms"] > limit else "  ok")
+    return (f"{arch['backbone']} {arch['input'][1]}x{arch['input'][2]} embed {arch['embed_dim']} {arch['precision']}: "
+            f"{rec['latency_ms']:.2f} ms (p90 {rec['latency_p90_ms']:.2f}), {rec['params_m']:.2f} M params, "
+            f"{rec['gflops']:.2f} GFLOPs, {rec['model_mb']:.1f} MB{over}")

@@ -1,0 +1,154 @@
+"""Deploy-aware search: latency measured on ONNX Runtime, structural options, the latency limit.
+
+Everything here runs for real: the model is exported with the export action's exporter, quantized
+with ONNX Runtime and timed in a real session; the searches run Ray, Optuna and MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from segformer.deploy.latency import LatencyCache, Target, measure
+from tests.automl.searchhelpers import search_options
+
+SMALL = ("dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32", "train.num_epochs=1")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from segformer.data.synth import generate
+
+    return generate(tmp_path_factory.mktemp("synth") / "data", num_classes=3, size=32, train=8, val=4, test=4)
+
+
+def _cfg(root: Path, *overrides: str):
+    from segformer.config import load_config
+
+    return load_config(root / "spec.yaml", [f"results_dir={root}", *SMALL, *overrides])
+
+
+def test_latency_is_measured_on_onnxruntime_and_cached(data, tmp_path) -> None:
+    target = Target(threads=1, runs=5, warmup=1)
+    fp32 = measure(_cfg(data, "dataset.segment.img_size=32"), target)
+    assert fp32["runtime"] == "onnxruntime" and fp32["threads"] == 1 and fp32["batch"] == 1
+    assert fp32["architecture"] == {"backbone": "mit_b0", "embed_dim": 32, "num_classes": 3, "input": [3, 32, 32],
+                                    "precision": "fp32"}
+    assert 0 < fp32["latency_ms"] <= fp32["latency_p90_ms"] and 3.0 < fp32["params_m"] < 4.0  # MiT-B0 is 3.3 M
+    int8 = measure(_cfg(data, "dataset.segment.img_size=32"), target, "int8")
+    assert int8["model_mb"] < fp32["model_mb"] / 2  # int8 weights: a quarter of the float file, plus the graph
+    # four times the pixels: about four times the operations (counted, not timed)
+    assert measure(_cfg(data, "dataset.segment.img_size=64"), target)["gflops"] > 3 * fp32["gflops"]
+    cache = LatencyCache(tmp_path / "latency.json", target)
+    first = cache.lookup(_cfg(data, "dataset.segment.img_size=32"))
+    # the learning rate does not change the architecture: the second lookup is the cached record
+    assert cache.lookup(_cfg(data, "dataset.segment.img_size=32", "train.optim.lr=0.01")) == first
+    assert len(json.loads((tmp_path / "latency.json").read_text())) == 1
+    with pytest.raises(ValueError, match="TensorRT"):
+        measure(_cfg(data), Target(runtime="tensorrt"))
+    with pytest.raises(ValueError, match="fp16 is a GPU precision"):
+        measure(_cfg(data), target, "fp16")
+
+
+def test_each_architecture_deploys_at_the_most_accurate_precision_within_the_limit() -> None:
+    from automl.deploy import choose
+
+    records = {"fp32": {"latency_ms": 10.0}, "int8": {"latency_ms": 6.0}}
+    assert choose(records, None)[0] == "fp32" and choose(records, 12)[0] == "fp32"
+    assert choose(records, 8)[:3:2] == ("int8", True)
+    assert choose(records, 5)[:3:2] == ("int8", False)  # none fits: the fastest, infeasible
+    # int8 slower than fp32 on this target (no VNNI, say): never chosen over fp32
+    slow_int8 = {"fp32": {"latency_ms": 10.0}, "int8": {"latency_ms": 11.0}}
+    assert choose(slow_int8, 10.5)[0] == "fp32" and choose(slow_int8, 9)[:3:2] == ("fp32", False)
+
+
+def test_structure_options_and_their_errors(data, tmp_path) -> None:
+    from automl.cli import main
+    from automl.options import SearchError
+
+    spec = str(data / "spec.yaml")
+    with pytest.raises(SearchError, match="deploy.precision options \\['int4'\\]"):
+        search_options(tmp_path / "r", data / "spec.yaml", structure={"deploy.precision": ["int4"]})
+    with pytest.raises(SearchError, match="structure parameter 'train.optim.lr'"):
+        search_options(tmp_path / "r", data / "spec.yaml", structure={"train.optim.lr": [0.1]})
+    with pytest.raises(SearchError, match="max_latency_ms must be"):
+        search_options(tmp_path / "r", data / "spec.yaml", max_latency_ms=0)
+    assert main(["run", "-e", spec, "--results-dir", str(tmp_path / "r"), "--pretrained", "mit_b1", "--dry-run"]) == 2
+
+
+def test_dry_run_searches_the_structure_the_user_names(data, tmp_path, capsys) -> None:
+    """The flags and TAO's route (automl_hyperparameters + custom_param_ranges valid_options +
+    override_automl_disabled_params) both search structure; the spec's own value joins the options."""
+    from automl.cli import main
+
+    spec = str(data / "spec.yaml")
+    assert main(["run", "-e", spec, "--results-dir", str(tmp_path / "a"), "--img-sizes", "64,96", "--precisions", "fp32,int8",
+                 "--backbones", "mit_b1", "--dry-run", *SMALL]) == 0
+    out = capsys.readouterr().out
+    assert "{32, 64, 96}" in out  # the spec's 32 first: the baseline is the spec
+    assert "{mit_b0, mit_b1}" in out and "the most accurate of fp32, int8 within the limit" in out
+    assert "searched although disabled (a structure searched on request)" in out
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("automl_hyperparameters: [train.optim.lr, model.decode_head.decoder_params.embed_dim, deploy.precision]\n"
+                        "override_automl_disabled_params: true\n"
+                        "custom_param_ranges:\n"
+                        "  model.decode_head.decoder_params.embed_dim: {valid_options: [32, 64]}\n"
+                        "  deploy.precision: {valid_options: [fp32, int8]}\n")
+    assert main(["run", "-e", spec, "--results-dir", str(tmp_path / "b"), "--settings", str(settings), "--dry-run", *SMALL]) == 0
+    out = capsys.readouterr().out
+    assert "{32, 64}" in out and "the most accurate of fp32, int8 within the limit" in out
+    # a searched backbone without its own weights, while the spec starts from weights of another
+    weights = tmp_path / "mit_b0.pth"
+    weights.write_bytes(b"0")
+    assert main(["run", "-e", spec, "--results-dir", str(tmp_path / "c"), "--backbones", "mit_b1", "--dry-run", *SMALL,
+                 f"model.backbone.pretrained_backbone_path={weights}"]) == 2
+    assert "--pretrained BACKBONE=PATH" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two small searches, about 3 min on 2 shared cores; CI runs it (make test)
+def test_a_latency_limit_keeps_slow_models_out(data, tmp_path) -> None:
+    """A grid over two input sizes with a limit between their measured latencies: the slow one is
+    recorded with its latency, trains nothing and is never promoted; with a limit no model meets,
+    nothing is promoted and the summary says so."""
+    import automl
+    from mlflow import MlflowClient
+
+    from automl.console import format_table, summary
+
+    # Measured into the search's own cache (the search reads it, so the limit falls between the very
+    # numbers it compares; timing noise on a shared machine cannot move a model across it).
+    results = tmp_path / "limit"
+    cache = LatencyCache(results / "latency.json", Target(threads=1))
+    fast = cache.lookup(_cfg(data, "dataset.segment.img_size=32"))["latency_ms"]
+    slow = cache.lookup(_cfg(data, "dataset.segment.img_size=128"))["latency_ms"]
+    assert slow > fast  # 16 times the pixels
+    limit = (fast * slow) ** 0.5
+    opts = search_options(results, data / "spec.yaml", overrides=SMALL, algorithm="grid", only=["dataset.segment.img_size"],
+                          structure={"dataset.segment.img_size": [32, 128]}, max_latency_ms=limit, latency_threads=1,
+                          num_cpus=2, export=False, quantize=False, trt=False)
+    lines: list[str] = []
+    state = automl.run(opts, echo=lines.append).state
+    by_size = {t.params["dataset.segment.img_size"]: t for t in state.trials.values()}
+    assert by_size[128].infeasible and by_size[128].epochs_trained == 0 and by_size[128].latency["latency_ms"] > limit
+    assert not by_size[32].infeasible and by_size[32].epochs_trained == 1 and by_size[32].latency["latency_ms"] < limit
+    assert state.best().name == by_size[32].name and [t.name for t in state.ranked()] == [by_size[32].name]
+    assert "OVER LATENCY" in format_table(state) and "over the latency limit" in summary(state)
+    assert any(line.startswith("automl: latency on onnxruntime, batch 1, 1 thread(s)") for line in lines)
+    client = MlflowClient(state.mlflow_tracking_uri)
+    run = client.get_run(by_size[128].mlflow_run_id)
+    assert run.data.metrics["latency_ms"] == pytest.approx(by_size[128].latency["latency_ms"])
+    assert run.data.tags["automl.infeasible"] == "true" and "val_miou" not in run.data.metrics
+    assert client.get_run(by_size[32].mlflow_run_id).data.metrics["gflops"] > 0
+    # a limit no architecture meets: the search stops before any trial, naming the fastest
+    from automl.options import SearchError
+
+    opts = search_options(tmp_path / "none", data / "spec.yaml", overrides=SMALL, structure={"dataset.segment.img_size": [32, 128]},
+                          max_latency_ms=fast / 1000, latency_threads=1, num_cpus=2)
+    with pytest.raises(SearchError, match=r"no architecture the search may try meets --max-latency-ms .*the fastest, mit_b0 32x32"):
+        automl.run(opts, echo=lines.append)
+    assert not list((tmp_path / "none").glob("trial_*"))
+    # measured by the trials (too many to measure first) and none feasible: nothing is promoted
+    state.trials[by_size[32].trial_id].infeasible, state.best_trial = True, None
+    assert "no trial meets --max-latency-ms" in summary(state)
