@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="where latency is measured (default onnxruntime on the CPU)")
     deploy.add_argument("--latency-batch", type=int, help="batch size latency is measured at (default 1)")
     deploy.add_argument("--latency-threads", type=int, help="threads latency is measured with (default: every core)")
+    deploy.add_argument("--objectives", help="val_miou:max,latency_ms:min: promote from the Pareto front (its knee, or "
+                                             "the most accurate under --max-latency-ms); pareto.json and a plot")
     deploy.add_argument("--latency", action=argparse.BooleanOptionalAction, default=None,
                         help="measure every trial's latency (default: with a structure search or --max-latency-ms)")
     run.add_argument("--metric", help="metric reported by the train action (default val_miou)")
@@ -127,7 +129,7 @@ def _deploy_flags(args: argparse.Namespace) -> dict[str, Any]:
 
     out: dict[str, Any] = {"max_latency_ms": args.max_latency_ms, "latency_runtime": args.latency_runtime,
                            "latency_batch": args.latency_batch, "latency_threads": args.latency_threads,
-                           "latency": args.latency}
+                           "latency": args.latency, "objectives": args.objectives}
     structure: dict[str, list[Any]] = {}
     for flag, key, kind in (("backbones", "model.backbone.type", str), ("img_sizes", "dataset.segment.img_size", int),
                             ("embed_dims", "model.decode_head.decoder_params.embed_dim", int),

@@ -158,6 +158,9 @@ def summary(state: SearchState) -> str:
             lines.append(f"  re-check {r['leader']} vs baseline over {r['seeds']} seeds: gain {r['gain']:+.4f} "
                          f"+/- {r['gain_stderr']:.4f}{fresh} -> {'confirmed' if r['confirmed'] else 'not confirmed'}; "
                          f"promoted {r['promoted']}")
+    if state.pareto is not None:
+        lines.append(f"  front    {len(state.pareto['front'])} of {len(state.pareto['points'])} trials on the "
+                     f"{' / '.join(state.pareto['objectives'])} front; promoted {state.pareto['chosen']}: {state.pareto['rule']}")
     if state.budget is not None:
         total = state.budget_epochs()
         lines.append(f"  budget   {state.epochs_trained()} of {total} epochs trained ({state.budget['trainings']:g} trainings of "

@@ -80,6 +80,7 @@ class SearchConfig:
     latency_runtime: str = "onnxruntime"  # onnxruntime (CPU) | torch | tensorrt
     latency_batch: int = 1
     latency_threads: int | None = None  # None: every core of the machine that measures
+    objectives: tuple[str, ...] | None = None  # ("val_miou:max", "latency_ms:min"): a Pareto front decides the promotion (`automl.pareto`)
 
     def __post_init__(self) -> None:
         for name in ("include", "exclude"):
@@ -90,12 +91,17 @@ class SearchConfig:
                                                   for k, v in dict(self.param_ranges or {}).items()})
         object.__setattr__(self, "structure", {str(k): list(v) if isinstance(v, (list, tuple)) else v
                                                for k, v in dict(self.structure or {}).items()})
+        if isinstance(self.objectives, str):
+            object.__setattr__(self, "objectives", tuple(o.strip() for o in self.objectives.split(",") if o.strip()))
+        elif self.objectives is not None:
+            object.__setattr__(self, "objectives", tuple(self.objectives))
         object.__setattr__(self, "pretrained_backbones", {str(k): v for k, v in dict(self.pretrained_backbones or {}).items()})
 
     @property
     def measures_latency(self) -> bool:
         """Every trial's latency is measured (`automl.deploy`)."""
-        return self.latency if self.latency is not None else bool(self.structure) or self.max_latency_ms is not None
+        return (self.latency if self.latency is not None
+                else bool(self.structure) or self.max_latency_ms is not None or bool(self.objectives))
 
     @property
     def ranking_metric(self) -> str:
@@ -301,8 +307,15 @@ def _check_deploy(s: SearchConfig) -> None:
     _check(s.max_latency_ms is None or (_number(s.max_latency_ms) and s.max_latency_ms > 0),
            f"max_latency_ms must be a number of milliseconds > 0, got {s.max_latency_ms!r}")
     _check(s.latency is None or isinstance(s.latency, bool), f"latency must be true or false, got {s.latency!r}")
-    _check(not (s.latency is False and s.max_latency_ms is not None),
-           "max_latency_ms needs the latency measured; drop --no-latency (latency: false)")
+    _check(not (s.latency is False and (s.max_latency_ms is not None or s.objectives)),
+           "max_latency_ms and objectives need the latency measured; drop --no-latency (latency: false)")
+    if s.objectives is not None:
+        from automl.pareto import parse
+
+        try:
+            parse(s.objectives, s.metric, s.mode)
+        except ValueError as err:
+            raise SearchError(str(err)) from None
 
 
 def _algorithm(value: Any) -> Any:

@@ -84,7 +84,8 @@ def _plots(state: SearchState, folder: Path) -> list[str]:
     written = []
     ordered = sorted((t for t in state.trials.values() if t.best_value is not None), key=lambda t: t.name)
     for name, draw in (("history.png", _history), ("importance.png", _importance), ("parallel.png", _parallel),
-                       ("best_curves.png", _best_curves), ("baseline_vs_best.png", _baseline_vs_best)):
+                       ("best_curves.png", _best_curves), ("baseline_vs_best.png", _baseline_vs_best),
+                       ("pareto.png", _pareto)):
         fig = draw(plt, state, ordered)
         if fig is not None:
             fig.tight_layout()
@@ -177,6 +178,26 @@ def _baseline_vs_best(plt: Any, state: SearchState, ordered: list[Any]) -> Any:
     return fig
 
 
+def _pareto(plt: Any, state: SearchState, ordered: list[Any]) -> Any:
+    from automl.pareto import plot
+
+    return plot(plt, state, state.pareto, (state.settings.get("search") or {}).get("max_latency_ms"))
+
+
+def _pareto_lines(state: SearchState) -> list[str]:
+    p = state.pareto
+    if not p:
+        return []
+    metric, cost = (o.split(":")[0] for o in p["objectives"])
+    lines = ["## Accuracy against latency (Pareto front)", "",
+             f"{len(p['front'])} of {len(p['points'])} trials are on the front; promoted `{p['chosen']}`: {p['rule']}.", "",
+             f"| trial | {metric} | {cost} | |", "|---|---|---|---|"]
+    for member in p["front"]:
+        mark = "promoted" if member["trial"] == p["chosen"] else "baseline" if member["baseline"] else ""
+        lines.append(f"| `{member['trial']}` | {member[metric]:.4f} | {member[cost]:.3f} | {mark} |")
+    return [*lines, ""]
+
+
 def _markdown(state: SearchState, plots: list[str]) -> str:
     best, baseline = state.best(), state.baseline()
     header, rows = trial_rows(state)
@@ -193,6 +214,7 @@ def _markdown(state: SearchState, plots: list[str]) -> str:
                           f"improvement {best.best_value - baseline.best_value:+.4f}."]
         lines.append("")
     lines += _recheck_lines(state)
+    lines += _pareto_lines(state)
     if state.promotion:
         lines += ["## Promotion", ""]
         for name, outcome in state.promotion.get("steps", {}).items():

@@ -488,6 +488,29 @@ def finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo 
         raise
 
 
+def _pareto_choice(opts: SearchOptions, state: SearchState, best: TrialRecord | None, echo: Echo) -> TrialRecord | None:
+    """With --objectives: the front's chosen member is promoted (`automl.pareto`), unless it is the
+    leader the re-check did not confirm (then the re-check's choice stands)."""
+    s = opts.search
+    if not s.objectives:
+        return best
+    from automl.pareto import decide, write
+
+    state.pareto = decide(state, s.objectives, s.max_latency_ms)
+    if state.pareto is None:
+        return best
+    write(state, state.pareto)
+    chosen = state.by_name(state.pareto["chosen"])
+    unconfirmed = state.recheck is not None and not state.recheck["confirmed"] and chosen.name == state.recheck["leader"]
+    if unconfirmed:
+        state.pareto["chosen"], state.pareto["rule"] = best.name, state.pareto["rule"] + "; its lead did not hold on the re-check"
+        write(state, state.pareto)
+        chosen = best
+    echo(f"automl: Pareto front: {len(state.pareto['front'])} of {len(state.pareto['points'])} trials; promoted "
+         f"{chosen.name}: {state.pareto['rule']}")
+    return chosen
+
+
 def _finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo, stop_reason: str,
             early: Any) -> SearchOutcome:
     from automl.console import summary
@@ -502,6 +525,7 @@ def _finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo
     best, baseline = state.best(), state.baseline()
     if state.recheck is not None:
         best = state.by_name(state.recheck["promoted"]) or best
+    best = _pareto_choice(opts, state, best, echo)
     state.best_trial = best.name if best else None
     prepared = early.take(best) if early is not None and best is not None else None
     if early is not None and early.started:
@@ -540,6 +564,10 @@ def _finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo
                 **({"automl.best_params": best.params} if best is not None else {})}
         tracker.set_tags(parent, tags)
         tracker.log_artifacts(parent, [report.parent], "report")
+        if state.pareto is not None:
+            from automl.pareto import PARETO_FILE
+
+            tracker.log_artifacts(parent, [Layout.of(state.results_dir).root / PARETO_FILE], "search")
     state.status = FINISHED
     state.save()
     if parent:

@@ -91,6 +91,7 @@ class SearchState:
     budget: dict[str, Any] | None = None  # the epoch budget (`automl.budget.EpochBudget`), None without one
     recheck: dict[str, Any] | None = None  # the re-check's verdict (`automl.budget.verdict`)
     final_evaluation: dict[str, Any] | None = None  # the test split's scores of the promoted model and the baseline
+    pareto: dict[str, Any] | None = None  # --objectives: the front and the member promoted (`automl.pareto`)
     promotion: dict[str, Any] = field(default_factory=dict)
     trials: dict[str, TrialRecord] = field(default_factory=dict)  # keyed by trial_id
     version: int = STATE_VERSION

@@ -64,6 +64,31 @@ def test_each_architecture_deploys_at_the_most_accurate_precision_within_the_lim
     assert choose(slow_int8, 10.5)[0] == "fp32" and choose(slow_int8, 9)[:3:2] == ("fp32", False)
 
 
+def test_the_front_and_its_knee(tmp_path) -> None:
+    from automl.pareto import decide, front, knee, parse
+    from automl.state import FINISHED, SearchState, TrialRecord
+
+    points = [{"trial": n, "accuracy": a, "cost": c} for n, a, c in
+              (("slow_best", 0.80, 40.0), ("knee", 0.78, 12.0), ("fast", 0.60, 5.0), ("dominated", 0.70, 20.0), ("mid", 0.74, 9.0))]
+    members = front(points)
+    assert [p["trial"] for p in members] == ["fast", "mid", "knee", "slow_best"]  # by cost; "dominated" is not on it
+    assert knee(members)["trial"] == "knee"  # most of the accuracy for a third of the slow model's latency
+    assert knee(members[2:])["trial"] == "slow_best"  # two members: no knee, the most accurate
+    with pytest.raises(ValueError, match="the first is the search's metric"):
+        parse("latency_ms:min,val_miou:max", "val_miou", "max")
+    with pytest.raises(ValueError, match="a deploy cost to minimise"):
+        parse("val_miou:max,val_loss:min", "val_miou", "max")
+    state = SearchState(results_dir=str(tmp_path), skill="segformer", algorithm="bayesian", metric="val_miou", mode="max",
+                        settings={})
+    for i, (a, c) in enumerate(((0.80, 40.0), (0.78, 12.0), (0.60, 5.0))):
+        state.trials[str(i)] = TrialRecord(trial_id=str(i), name=f"trial_00{i}", params={}, status=FINISHED, best_value=a,
+                                           latency={"latency_ms": c}, is_baseline=i == 0)
+    state.trials["3"] = TrialRecord(trial_id="3", name="trial_003", params={}, status=FINISHED, latency={"latency_ms": 1.0},
+                                    infeasible=True)
+    decided = decide(state, ("val_miou:max", "latency_ms:min"), None)
+    assert decided["chosen"] == "trial_001" and "knee" in decided["rule"] and len(decided["points"]) == 3
+
+
 def test_structure_options_and_their_errors(data, tmp_path) -> None:
     from automl.cli import main
     from automl.options import SearchError
@@ -127,7 +152,7 @@ def test_a_latency_limit_keeps_slow_models_out(data, tmp_path) -> None:
     limit = (fast * slow) ** 0.5
     opts = search_options(results, data / "spec.yaml", overrides=SMALL, algorithm="grid", only=["dataset.segment.img_size"],
                           structure={"dataset.segment.img_size": [32, 128]}, max_latency_ms=limit, latency_threads=1,
-                          num_cpus=2, export=False, quantize=False, trt=False)
+                          objectives="val_miou:max,latency_ms:min", num_cpus=2, export=False, quantize=False, trt=False)
     lines: list[str] = []
     state = automl.run(opts, echo=lines.append).state
     by_size = {t.params["dataset.segment.img_size"]: t for t in state.trials.values()}
@@ -141,6 +166,12 @@ def test_a_latency_limit_keeps_slow_models_out(data, tmp_path) -> None:
     assert run.data.metrics["latency_ms"] == pytest.approx(by_size[128].latency["latency_ms"])
     assert run.data.tags["automl.infeasible"] == "true" and "val_miou" not in run.data.metrics
     assert client.get_run(by_size[32].mlflow_run_id).data.metrics["gflops"] > 0
+    # the front (of the feasible trials) decides the promotion; pareto.json, the plot and MLflow keep it
+    pareto = json.loads((results / "pareto.json").read_text())
+    assert pareto["chosen"] == by_size[32].name and [p["trial"] for p in pareto["points"]] == [by_size[32].name]
+    assert "under --max-latency-ms" in pareto["rule"] and (results / "report" / "pareto.png").is_file()
+    assert "Pareto front" in (results / "report" / "report.md").read_text()
+    assert [a.path for a in client.list_artifacts(state.mlflow_parent_run_id, "search")].count("search/pareto.json") == 1
     # a limit no architecture meets: the search stops before any trial, naming the fastest
     from automl.options import SearchError
 
