@@ -8,10 +8,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= results/demo
 
-.PHONY: install test test-fast demo bench browser schemas clean help
+.PHONY: install test test-fast demo demo-deploy bench browser schemas clean help
 
 help:
 	@echo "make demo    - small AutoML search on the bundled synthetic data (CPU, minutes)"
+	@echo "make demo-deploy - a deploy-aware search: input size, decoder width and int8, under a latency limit"
 	@echo "make test    - the test suite (what CI runs)"
 	@echo "make bench   - every benchmark in benchmarks/, rewriting benchmarks/RESULTS.md"
 	@echo "make schemas - regenerate schemas/segformer and templates/segformer"
@@ -48,6 +49,16 @@ demo: install
 	rm -rf $(DEMO)
 	$(BIN)/segformer data synth --hard --out $(DEMO)/data --size 64 --train 128 --val 32 --test 32 --epochs 10
 	$(BIN)/automl run --skill segformer --policy auto -e $(DEMO)/data/spec.yaml --results-dir $(DEMO)/search
+
+# Deploy-aware search on the same data: input size, decoder width and deploy precision searched
+# under a latency limit of 0.6 x the spec's own model on ONNX Runtime (measured here first), with
+# the accuracy/latency Pareto front in the report. Half the default budget: a few minutes on 2 cores.
+demo-deploy: install
+	rm -rf $(DEMO)-deploy
+	$(BIN)/segformer data synth --hard --out $(DEMO)-deploy/data --size 64 --train 128 --val 32 --test 32 --epochs 10
+	$(BIN)/automl run --skill segformer --policy auto -e $(DEMO)-deploy/data/spec.yaml --results-dir $(DEMO)-deploy/search \
+	  --budget 6 --img-sizes 32,64 --embed-dims 64,256 --precisions fp32,int8 --max-latency-ratio 0.6 \
+	  --objectives val_miou:max,latency_ms:min --skip-trt
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all

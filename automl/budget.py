@@ -62,6 +62,7 @@ CONFIGS_PER_PARAM = 12  # configurations a budget must afford per searched param
 RECHECK_MIN_BUDGET = 4  # below this the budget cannot spare two trainings for the re-check
 FIRST = ("train.optim.lr", "train.optim.weight_decay")  # searched first, whatever the budget
 FULL = "_full"  # trial config flag: train every epoch, never stopped early (the baseline, re-checks)
+BASELINE = "_baseline"  # trial config flag: the spec's own configuration (trains even over a latency limit)
 RECHECK_OF = "_recheck_of"  # trial config: the trial this one re-checks
 
 
@@ -206,6 +207,13 @@ def committed(state: SearchState, budget: EpochBudget, reporting: Any = None, ep
     return total + _reserved(state, budget)
 
 
+def search_share(state: SearchState, budget: EpochBudget) -> int:
+    """Epochs the search itself may train: the re-check's reserve too when there will be no re-check
+    (the baseline is over a latency limit: no leader is compared with it)."""
+    baseline = state.baseline()
+    return budget.total if baseline is not None and baseline.infeasible else budget.search
+
+
 class BudgetSearcher(Searcher):
     """Wraps the algorithm's searcher: new trials while the search's share of the budget lasts, then
     the re-check of the leader and the baseline (`verdict` reads it), then FINISHED.
@@ -238,7 +246,7 @@ class BudgetSearcher(Searcher):
         # (three times the trainings the budget affords) ends a search whose sampler keeps finding them.
         if sum(t.infeasible for t in state.trials.values()) >= 3 * self.budget.total / self.budget.trial_epochs:
             return False
-        return committed(state, self.budget) + self.budget.first_rung <= self.budget.search
+        return committed(state, self.budget) + self.budget.first_rung <= search_share(state, self.budget)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if self.searching and self._can_start():
@@ -249,7 +257,7 @@ class BudgetSearcher(Searcher):
                 self.own.add(trial_id)
                 self.running.add(trial_id)
                 if self.baseline is not None and not self.flagged and config == self.baseline:
-                    config, self.flagged = {**config, FULL: True}, True
+                    config, self.flagged = {**config, FULL: True, BASELINE: True}, True
                 return config
             else:
                 return None
@@ -309,7 +317,7 @@ class _BudgetStops:
             return TrialScheduler.CONTINUE if epoch < self.budget.trial_epochs else decision
         state = _live_state(self.results_dir)
         if decision == TrialScheduler.CONTINUE and state is not None:
-            if committed(state, self.budget, trial.trial_id, epoch) + self.budget.step > self.budget.search:
+            if committed(state, self.budget, trial.trial_id, epoch) + self.budget.step > search_share(state, self.budget):
                 return TrialScheduler.STOP  # its next epochs would overrun the search's share
         return decision
 

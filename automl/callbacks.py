@@ -146,9 +146,12 @@ class LedgerCallback(_Bound, Callback):
         if record is None:
             name, params = ray_trial_name(trial), _params(trial)
             baseline_taken = any(t.is_baseline for t in state.trials.values())
+            if state.budget is not None and state.algorithm != "grid":  # the budget's searcher flags it (`automl.budget.BASELINE`)
+                is_baseline = bool(trial.config.get("_baseline"))
+            else:  # the first trial with the spec's values
+                is_baseline = state.baseline_params is not None and not baseline_taken and params == state.baseline_params
             record = TrialRecord(trial_id=trial.trial_id, name=name, params=params,
-                                 results_dir=str(self.live.layout.trial_dir(name)),
-                                 is_baseline=state.baseline_params is not None and not baseline_taken and params == state.baseline_params,
+                                 results_dir=str(self.live.layout.trial_dir(name)), is_baseline=is_baseline,
                                  recheck_of=trial.config.get("_recheck_of"))
             state.trials[trial.trial_id] = record
         return record
@@ -176,7 +179,7 @@ class LedgerCallback(_Bound, Callback):
         if "latency_ms" in metrics:
             record.latency = {k: metrics[k] for k in LATENCY_METRICS if k in metrics}
         record.infeasible = record.infeasible or bool(metrics.pop(INFEASIBLE, 0))
-        if record.infeasible:  # its metric is the sampler's worst value, not a result: kept out of the ledger
+        if record.infeasible and epoch == 0:  # its metric is the sampler's worst value, not a result: kept out of the ledger
             metric = self.live.state.metric
             metrics = {k: v for k, v in metrics.items() if k not in (metric, f"best_{metric}")}
         is_best = self.live.state.record_result(record, metrics)

@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--pretrained", action="append", metavar="BACKBONE=PATH",
                         help="local pretrained weights of a searched backbone (repeat per backbone)")
     deploy.add_argument("--max-latency-ms", type=float, help="hard latency limit on the deployment runtime")
+    deploy.add_argument("--max-latency-ratio", type=float,
+                        help="the limit as a share of your spec's own model's latency (0.5: twice as fast)")
     deploy.add_argument("--latency-runtime", choices=("onnxruntime", "torch", "tensorrt"),
                         help="where latency is measured (default onnxruntime on the CPU)")
     deploy.add_argument("--latency-batch", type=int, help="batch size latency is measured at (default 1)")
@@ -127,7 +129,7 @@ def _deploy_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The deploy-aware search's flags as options (`automl.options.SearchConfig`)."""
     from automl.options import SearchError
 
-    out: dict[str, Any] = {"max_latency_ms": args.max_latency_ms, "latency_runtime": args.latency_runtime,
+    out: dict[str, Any] = {"max_latency_ms": args.max_latency_ms, "max_latency_ratio": args.max_latency_ratio, "latency_runtime": args.latency_runtime,
                            "latency_batch": args.latency_batch, "latency_threads": args.latency_threads,
                            "latency": args.latency, "objectives": args.objectives}
     structure: dict[str, list[Any]] = {}

@@ -30,7 +30,11 @@ The latency limit (``--max-latency-ms``)
     A trial slower than the limit is infeasible: it reports its latency and the worst metric value
     at epoch 0 and trains nothing (no epoch of the budget), so the sampler learns that region is
     bad (TPE and BOHB rank by value; the equivalent of Optuna's constraints for every algorithm
-    here), it is recorded with its latency and never ranked, re-checked nor promoted. When no trial
+    here), it is recorded with its latency and never ranked, re-checked nor promoted. The baseline
+    (the spec's own model) trains whatever its latency: it is the reference the final evaluation
+    compares with (what the limit costs); over the limit it is never promoted, and the re-check's
+    reserve goes to the search (no leader is compared with a model that cannot be deployed).
+    ``--max-latency-ratio R`` sets the limit to R x the spec's own model's latency at fp32. When no trial
     is feasible the summary says so and nothing is promoted. Infeasible trials spend no epochs, so
     a budgeted search ends after three times as many of them as the trainings its budget affords.
 """
@@ -185,15 +189,31 @@ def worst_value(mode: str) -> float:
     return -1e9 if mode == "max" else 1e9
 
 
-def premeasure(opts: Any, space: Any, baseline: Mapping[str, Any] | None, echo: Callable[[str], None]) -> None:
+def premeasure(opts: Any, space: Any, baseline: Mapping[str, Any] | None, echo: Callable[[str], None]) -> Any:
     """Measure every architecture the structural options allow (up to `PREMEASURE_LIMIT`) before
-    any trial runs, and print the table."""
+    any trial runs, and print the table. Returns the options with a relative limit
+    (``--max-latency-ratio``) resolved into milliseconds: that share of the spec's own model's
+    latency at fp32."""
     from automl.trial import base_config
     from segformer.config import apply_overrides
-
-    s = opts.search
     from segformer.deploy.latency import STRUCTURE_KEYS
 
+    s = opts.search
+    measured = cache(opts.results_dir, s)
+    root = Layout.of(opts.results_dir).root
+
+    def lookup(values: Mapping[str, Any], precision: str) -> dict[str, Any]:
+        try:
+            cfg = apply_overrides(base_config(opts.spec, opts.overrides, root), trial_overrides(values, s))
+            return measured.lookup(cfg, precision)
+        except (ValueError, RuntimeError) as err:
+            raise SearchError(f"latency of {dict(values) or 'the spec'} at {precision} cannot be measured: {err}") from None
+
+    if s.max_latency_ratio is not None:
+        own, ratio = lookup(dict(baseline or {}), "fp32")["latency_ms"], s.max_latency_ratio
+        opts = opts.with_values(max_latency_ms=round(ratio * own, 3), max_latency_ratio=None)
+        s = opts.search
+        echo(f"automl: latency limit {s.max_latency_ms:g} ms: {ratio:g} x the spec's own model ({own:.2f} ms at fp32)")
     keys = [p.name for p in space.params if p.name in STRUCTURE_KEYS]
     options = [space[k].choices or (space[k].default,) for k in keys]
     combos = [dict(zip(keys, values)) for values in itertools.product(*options)] if keys else [{}]
@@ -202,30 +222,23 @@ def premeasure(opts: Any, space: Any, baseline: Mapping[str, Any] | None, echo: 
     if not complete:
         echo(f"automl: latency: {len(combos)} architectures; the trials measure each when they first need it")
         combos = [{**(baseline or {}), PRECISION_KEY: precision} for precision in precisions(s)]
-    where = target(s).describe()
-    echo(f"automl: latency on {where}{f', limit {s.max_latency_ms:g} ms' if s.max_latency_ms else ''}:")
-    measured = cache(opts.results_dir, s)
-    root = Layout.of(opts.results_dir).root
+    echo(f"automl: latency on {target(s).describe()}{f', limit {s.max_latency_ms:g} ms' if s.max_latency_ms else ''}:")
     records = []
     for combo in combos:
-        values = {**(baseline or {}), **combo}
-        try:
-            cfg = apply_overrides(base_config(opts.spec, opts.overrides, root), trial_overrides(values, s))
-            rec = measured.lookup(cfg, combo[PRECISION_KEY])
-        except (ValueError, RuntimeError) as err:
-            raise SearchError(f"latency of {combo or 'the spec'} cannot be measured: {err}") from None
-        echo("  " + describe(rec, s.max_latency_ms))
-        records.append(rec)
+        records.append(lookup({**(baseline or {}), **combo}, combo[PRECISION_KEY]))
+        echo("  " + describe(records[-1], s.max_latency_ms))
     if complete and s.max_latency_ms is not None and all(r["latency_ms"] > s.max_latency_ms for r in records):
         fastest = min(records, key=lambda r: r["latency_ms"])
         raise SearchError(f"no architecture the search may try meets --max-latency-ms {s.max_latency_ms:g}: the fastest, "
                           f"{describe(fastest)}; raise the limit, or offer smaller structures (--backbones, --img-sizes, "
                           f"--embed-dims, --precisions int8)")
+    return opts
 
 
 def plan_line(s: SearchConfig) -> str:
     """What --dry-run says about latency."""
-    limit = f"limit {s.max_latency_ms:g} ms" if s.max_latency_ms is not None else "no limit"
+    limit = (f"limit {s.max_latency_ms:g} ms" if s.max_latency_ms is not None else
+             f"limit {s.max_latency_ratio:g} x the spec's own latency" if s.max_latency_ratio is not None else "no limit")
     return (f"latency: measured on {target(s).describe()}; {limit}; deploy precision per architecture: the most accurate "
             f"of {', '.join(precisions(s))} within the limit")
 

@@ -62,6 +62,8 @@ def final_evaluation(state: SearchState, promoted: TrialRecord, echo: Callable[[
     """Both models (and their re-check seeds) on the test split; the answer is kept in the state."""
     reason = skip_reason(state)
     baseline = state.baseline()
+    if baseline is not None and baseline.best_value is None and baseline.infeasible:
+        reason = "the baseline (the spec's own model) is over the latency limit and trained nothing"
     if reason is not None or baseline is None:
         out = {"skipped": reason or "no baseline trial to compare with"}
         echo(f"automl: final evaluation skipped: {out['skipped']}")

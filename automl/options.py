@@ -76,6 +76,7 @@ class SearchConfig:
     structure: Mapping[str, Any] = field(default_factory=dict)  # {key: [options]}: --backbones, --img-sizes, --embed-dims, --precisions
     pretrained_backbones: Mapping[str, str] = field(default_factory=dict)  # backbone type -> local pretrained weights
     max_latency_ms: float | None = None  # a hard limit: slower trials are recorded, never trained on nor promoted
+    max_latency_ratio: float | None = None  # the limit as a share of the spec's own model's latency (resolved to max_latency_ms)
     latency: bool | None = None  # measure every trial's latency; None: when structure or max_latency_ms is given
     latency_runtime: str = "onnxruntime"  # onnxruntime (CPU) | torch | tensorrt
     latency_batch: int = 1
@@ -101,7 +102,8 @@ class SearchConfig:
     def measures_latency(self) -> bool:
         """Every trial's latency is measured (`automl.deploy`)."""
         return (self.latency if self.latency is not None
-                else bool(self.structure) or self.max_latency_ms is not None or bool(self.objectives))
+                else bool(self.structure) or self.max_latency_ms is not None or self.max_latency_ratio is not None
+                or bool(self.objectives))
 
     @property
     def ranking_metric(self) -> str:
@@ -307,7 +309,11 @@ def _check_deploy(s: SearchConfig) -> None:
     _check(s.max_latency_ms is None or (_number(s.max_latency_ms) and s.max_latency_ms > 0),
            f"max_latency_ms must be a number of milliseconds > 0, got {s.max_latency_ms!r}")
     _check(s.latency is None or isinstance(s.latency, bool), f"latency must be true or false, got {s.latency!r}")
-    _check(not (s.latency is False and (s.max_latency_ms is not None or s.objectives)),
+    _check(s.max_latency_ratio is None or (_number(s.max_latency_ratio) and s.max_latency_ratio > 0),
+           f"max_latency_ratio must be a number > 0 (0.5: half the spec's own latency), got {s.max_latency_ratio!r}")
+    _check(s.max_latency_ratio is None or s.max_latency_ms is None,
+           "give max_latency_ms or max_latency_ratio, not both")
+    _check(not (s.latency is False and (s.max_latency_ms is not None or s.max_latency_ratio is not None or s.objectives)),
            "max_latency_ms and objectives need the latency measured; drop --no-latency (latency: false)")
     if s.objectives is not None:
         from automl.pareto import parse

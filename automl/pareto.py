@@ -6,7 +6,9 @@ latency_ms, model_mb, params_m, gflops). The sampler still ranks by the metric (
 options span the cost axis); the front is taken over every ranked trial (feasible, not a
 re-check) once the search ends:
 
-- a trial is on the front when no other is at least as good on both objectives and better on one;
+- a trial is on the front when no other is at least as good on both objectives and better on one
+  (trials over the latency limit are plotted, the baseline among them when it is, but are never
+  on the front);
 - the member promoted: with ``--max-latency-ms``, the most accurate (every ranked trial is under
   the limit); else the knee of the front, the member farthest from the straight line between the
   front's two ends once both objectives are scaled to [0, 1] (where a little more cost stops
@@ -89,12 +91,15 @@ def decide(state: SearchState, objectives: Sequence[str] | str, max_latency_ms: 
     """The front of `state`'s ranked trials and the member promoted (None: no trial has both values)."""
     (metric, mode), (cost, _) = parse(objectives, state.metric, state.mode)
     sign = 1.0 if mode == "max" else -1.0
+    ranked = {t.name for t in state.ranked()}
     points = [{"trial": t.name, "accuracy": sign * t.best_value, metric: t.best_value, "cost": t.latency[cost], cost: t.latency[cost],
-               "baseline": t.is_baseline, "params": t.params}
-              for t in state.ranked() if t.latency and cost in t.latency]
-    if not points:
+               "baseline": t.is_baseline, "feasible": t.name in ranked, "params": t.params}
+              for t in sorted(state.trials.values(), key=lambda r: r.name)
+              if t.best_value is not None and not t.recheck_of and t.latency and cost in t.latency]
+    feasible = [p for p in points if p["feasible"]]
+    if not feasible:
         return None
-    members = front(points)
+    members = front(feasible)
     if max_latency_ms is not None:
         chosen, rule = max(members, key=lambda p: p["accuracy"]), f"the most accurate under --max-latency-ms {max_latency_ms:g}"
     else:

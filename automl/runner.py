@@ -104,7 +104,9 @@ def _run_search(opts: SearchOptions, skill: Any, space: Any, baseline: dict[str,
         if opts.search.measures_latency:
             from automl.deploy import premeasure
 
-            premeasure(opts, space, baseline, echo)
+            opts = premeasure(opts, space, baseline, echo)
+            state.settings = opts.to_dict()  # a relative limit, resolved in milliseconds
+            state.save()
         from automl.algorithms import build_search
 
         stop_reason, early = _fit(opts, state, tracker, session, plan=build_search(opts, space, baseline, budget),

@@ -44,7 +44,7 @@ class Target:
     runtime: str = "onnxruntime"
     batch: int = 1
     threads: int | None = None  # None: the cores this process may use
-    warmup: int = 3
+    warmup: int = 5
     runs: int = 15
 
     def __post_init__(self) -> None:

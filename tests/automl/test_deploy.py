@@ -183,3 +183,17 @@ def test_a_latency_limit_keeps_slow_models_out(data, tmp_path) -> None:
     # measured by the trials (too many to measure first) and none feasible: nothing is promoted
     state.trials[by_size[32].trial_id].infeasible, state.best_trial = True, None
     assert "no trial meets --max-latency-ms" in summary(state)
+
+
+def test_an_infeasible_baseline_gives_its_recheck_reserve_back(tmp_path) -> None:
+    """No leader is re-checked against a spec that cannot be deployed: the reserve goes to the search."""
+    from automl.budget import EpochBudget, search_share
+    from automl.state import FINISHED, SearchState, TrialRecord
+
+    budget = EpochBudget(trainings=6, spec_epochs=10, trial_epochs=10, recheck=20, first_rung=10, seed=0)
+    state = SearchState(results_dir=str(tmp_path), skill="segformer", algorithm="bayesian", metric="val_miou", mode="max",
+                        settings={}, baseline_params={})
+    state.trials["0"] = TrialRecord(trial_id="0", name="trial_000", params={}, status=FINISHED, is_baseline=True)
+    assert search_share(state, budget) == 40
+    state.trials["0"].infeasible = True
+    assert search_share(state, budget) == 60

@@ -181,3 +181,20 @@ def test_search_quality_counts_epochs_from_status_files_and_renders(tmp_path):
     assert "| real | random | 0.600 | -0.010 | 3 | 9 | baseline led |" in text
     # searches repeated with another search seed are summarised per algorithm (a single one is not)
     assert "| real | default | 2 | 0.630 (0.620..0.640) | +0.020 |" in text and "| real | random | 1 |" not in text
+
+
+def test_deploy_search_renders_both_searches_against_the_limit():
+    """The table names each search's promoted architecture, latency and test mIoU, and the ratio of
+    the two latencies."""
+    from benchmarks.deploy_search import render
+
+    def row(label, backbone, size, latency, bits, miou):
+        return {"label": label, "promoted": "trial_003", "params": {"model.backbone.type": backbone, "dataset.segment.img_size": size},
+                "latency": {"latency_ms": latency, "precision_bits": bits}, "test_miou": miou, "baseline_test_miou": 0.60,
+                "baseline_latency": {"latency_ms": 10.0}, "limit_ms": 5.0, "trials": 9, "infeasible": 3, "epochs": 80,
+                "wall_s": 600.0}
+
+    text = render("real", {"constrained": row("constrained", "mit_b0", 96, 4.0, 8, 0.58),
+                           "unconstrained": row("unconstrained", "mit_b1", 128, 16.0, 32, 0.62)}, ["--budget", "4"])
+    assert "| constrained | trial_003 | mit_b0 @ 96 px, int8 | 4.00 | 0.580 | 9 (3) | 80 | 10 min |" in text
+    assert "The limit: 5.00 ms (the spec's own model: 10.00 ms" in text and "0.25x the unconstrained one's latency, at -0.040" in text
