@@ -133,7 +133,9 @@ def summary(state: SearchState) -> str:
     limit = (state.settings.get("search") or {}).get("max_latency_ms")
     if over:
         fastest = min(over, key=lambda t: (t.latency or {}).get("latency_ms", float("inf")))
-        lines.append(f"  over the latency limit ({limit:g} ms): {len(over)} trial(s), trained nothing; the fastest of them, "
+        reference = " (the baseline trained as the reference, the others trained nothing)" if any(t.is_baseline for t in over) \
+            else ", trained nothing"
+        lines.append(f"  over the latency limit ({limit:g} ms): {len(over)} trial(s){reference}; the fastest of them, "
                      f"{fastest.name}, runs in {(fastest.latency or {}).get('latency_ms', float('nan')):.2f} ms")
     if best is None and over and not state.ranked():
         lines.append(f"automl: no trial meets --max-latency-ms {limit:g}: nothing is promoted; raise the limit, or search "
