@@ -197,3 +197,20 @@ def test_an_infeasible_baseline_gives_its_recheck_reserve_back(tmp_path) -> None
     assert search_share(state, budget) == 40
     state.trials["0"].infeasible = True
     assert search_share(state, budget) == 60
+
+
+def test_a_relative_limit_is_a_share_of_the_specs_own_latency(data, tmp_path) -> None:
+    """--max-latency-ratio: the spec's own model is measured first, and the limit is that share of it."""
+    from automl.deploy import premeasure
+    from automl.runner import _plan
+    from automl.skill import find_skill
+
+    opts = search_options(tmp_path / "r", data / "spec.yaml", overrides=SMALL, structure={"dataset.segment.img_size": [64]},
+                          max_latency_ratio=1.5, latency_threads=1)
+    opts, space, baseline, _ = _plan(opts, find_skill("segformer"))
+    lines: list[str] = []
+    resolved = premeasure(opts, space, baseline, lines.append)
+    own = LatencyCache(tmp_path / "r" / "latency.json", Target(threads=1)).get(_cfg(data))["latency_ms"]
+    assert resolved.search.max_latency_ratio is None and resolved.search.max_latency_ms == pytest.approx(1.5 * own, abs=1e-3)
+    assert lines[0].startswith(f"automl: latency limit {resolved.search.max_latency_ms:g} ms: 1.5 x the spec's own model")
+    assert sum(line.startswith("  mit_b0 ") for line in lines) == 2  # the spec's 32 px and the 64 px option
