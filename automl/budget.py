@@ -261,6 +261,11 @@ class BudgetSearcher(Searcher):
                 return config
             else:
                 return None
+        elif self.searching and self.running:
+            # The share looks spent, but the running trials may still give some back: one that ends
+            # early frees the epochs it was counted for, a baseline found over a latency limit frees
+            # the re-check's reserve (`search_share`). Decide once they have ended.
+            return None
         else:
             self.searching = False
         if self.running:

@@ -233,6 +233,11 @@ def repair_ray_state(experiment_dir: Path, backup: Path) -> list[str]:
     return sorted(names)
 
 
+def incomplete_state(experiment_dir: Path) -> list[str]:
+    """Ray's state files that are cut or empty (after `repair_ray_state`: no complete copy to put back)."""
+    return [p.name for p in state_files(experiment_dir) if not _complete(p)]
+
+
 def relink_missing_checkpoints(experiment_dir: Path, own_latest: Any) -> list[str]:
     """Before `Tuner.restore`: make every checkpoint folder the saved experiment state restores from exist.
 
@@ -253,7 +258,11 @@ def relink_missing_checkpoints(experiment_dir: Path, own_latest: Any) -> list[st
     if not states:
         return []
     made = []
-    for json_state, run_metadata in json.loads(states[-1].read_text())["trial_data"]:
+    try:
+        trial_data = json.loads(states[-1].read_text())["trial_data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # a state cut by the kill: `incomplete_state` names it before this runs
+    for json_state, run_metadata in trial_data:
         trial = Trial.from_json_state(json_state, stub=True)
         trial.restore_run_metadata(run_metadata)
         checkpoint = trial.checkpoint

@@ -386,7 +386,7 @@ def _restored_tuner(opts: SearchOptions, echo: Echo) -> Any:
     """Ray's experiment as the killed driver left it (its callbacks rebind to this search: `automl.callbacks`)."""
     from ray import tune
 
-    from automl.ray_session import relink_missing_checkpoints, repair_ray_state
+    from automl.ray_session import incomplete_state, relink_missing_checkpoints, repair_ray_state
 
     layout = Layout.of(opts.results_dir)
     repaired = repair_ray_state(layout.ray_experiment, layout.ray_backup)
@@ -394,6 +394,11 @@ def _restored_tuner(opts: SearchOptions, echo: Echo) -> Any:
         echo(f"automl: restored Ray state files cut by the kill from their last complete copy: {', '.join(repaired)}")
     if not tune.Tuner.can_restore(str(layout.ray_experiment)):
         raise SearchError(f"no Ray experiment checkpoint in {layout.ray_experiment}; cannot resume this search")
+    cut = incomplete_state(layout.ray_experiment)
+    if cut:
+        raise SearchError(f"Ray's experiment state in {layout.ray_experiment} was cut by the kill ({', '.join(cut)}) before any "
+                          f"complete copy was saved: Ray cannot continue this search. The ledger, the trial folders and MLflow "
+                          f"are intact; start the search again with another --results-dir")
     relinked = relink_missing_checkpoints(layout.ray_experiment, _own_latest(layout))
     if relinked:
         echo(f"automl: checkpoints Ray had deleted after its last saved state, standing in with the trials' newest: "

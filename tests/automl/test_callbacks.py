@@ -70,3 +70,14 @@ def test_ray_state_is_backed_up_and_restored_as_one_set(tmp_path):
 
     searcher.write_bytes(pickle.dumps({"live": ["a"]})[:-1])  # a cut pickle lacks its STOP opcode
     assert repair_ray_state(tmp_path, backup) and pickle.loads(searcher.read_bytes()) == {"live": ["a"]}
+    # killed during Ray's very first save: every file empty and no copy to put back. Resume says so
+    # (`incomplete_state`), and nothing reads the empty files as JSON on the way.
+    from automl.ray_session import incomplete_state, relink_missing_checkpoints
+
+    fresh = tmp_path / "first"
+    fresh.mkdir()
+    for name in (experiment.name, searcher.name, generator.name):
+        (fresh / name).write_bytes(b"")
+    assert repair_ray_state(fresh, fresh / ".state_backup.tar") == []
+    assert incomplete_state(fresh) == sorted(p.name for p in (experiment, generator, searcher))
+    assert relink_missing_checkpoints(fresh, lambda name: None) == []
