@@ -43,8 +43,10 @@ def search(name: str, label: str, args: list[str], resume: bool) -> dict[str, An
         out.parent.mkdir(parents=True, exist_ok=True)
         started = time.time()
         with (out.parent / f"{label}.log").open("w") as log:
-            subprocess.run([str(Path(sys.executable).with_name("automl")), "run", "-e", str(spec), "--results-dir", str(out),
-                            "--skip-trt", *args, *overrides], env=ENV, stdout=log, stderr=subprocess.STDOUT, check=True)
+            done = subprocess.run([str(Path(sys.executable).with_name("automl")), "run", "-e", str(spec), "--results-dir",
+                                   str(out), "--skip-trt", *args, *overrides], env=ENV, stdout=log, stderr=subprocess.STDOUT)
+        if done.returncode not in (0, 1):  # 1: the search ran and promoted nothing (no trial met the limit)
+            raise RuntimeError(f"the {label} search failed (exit {done.returncode}); see {out.parent / f'{label}.log'}")
         (out / "wall_s.txt").write_text(f"{time.time() - started:.1f}")
         shutil.rmtree(out / "ray", ignore_errors=True)
     state = json.loads(state_file.read_text())
@@ -73,9 +75,13 @@ def render(name: str, rows: dict[str, dict[str, Any]], options: list[str]) -> st
              "| search | promoted | architecture | latency ms | test mIoU | trials (over the limit) | epochs | wall |",
              "|---|---|---|---|---|---|---|---|"]
     for row in (c, u):
-        lat = (row["latency"] or {}).get("latency_ms")
-        lines.append(f"| {row['label']} | {row['promoted']} | {_arch(row)} | {lat:.2f} | {row['test_miou']:.3f} | "
-                     f"{row['trials']} ({row['infeasible']}) | {row['epochs']} | {row['wall_s'] / 60:.0f} min |")
+        lat, miou = (row["latency"] or {}).get("latency_ms"), row["test_miou"]
+        lines.append(f"| {row['label']} | {row['promoted'] or 'none (no trial met the limit)'} | "
+                     f"{_arch(row) if row['promoted'] else '-'} | {'-' if lat is None else f'{lat:.2f}'} | "
+                     f"{'-' if miou is None else f'{miou:.3f}'} | {row['trials']} ({row['infeasible']}) | {row['epochs']} | "
+                     f"{row['wall_s'] / 60:.0f} min |")
+    if c["test_miou"] is None or u["test_miou"] is None:
+        return "\n".join([*lines, "", f"The limit: {c['limit_ms']} ms; no comparison (a search promoted nothing)."])
     spec_latency = (c["baseline_latency"] or {}).get("latency_ms")
     lines += ["", f"The limit: {c['limit_ms']:.2f} ms (the spec's own model: {spec_latency:.2f} ms at fp32 in the table the search "
               f"measured first). The constrained search's model runs in "
