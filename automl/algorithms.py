@@ -184,7 +184,7 @@ def build_search(opts: SearchOptions, space: Any, baseline: dict[str, Any] | Non
 
 def _budget_plan(opts: SearchOptions, searcher: Any, baseline: dict[str, Any] | None, budget: Any) -> SearchPlan:
     """A search the epoch budget sizes: Tune asks until the searcher says FINISHED."""
-    from automl.budget import BudgetASHA, BudgetFIFO, BudgetSearcher
+    from automl.budget import BudgetASHA, BudgetFIFO, BudgetSearcher, infeasible_cap
 
     search, results_dir = opts.search, str(opts.results_dir)
     wrapped = BudgetSearcher(searcher, results_dir, budget, baseline, search.ranking_metric, search.mode)
@@ -196,8 +196,11 @@ def _budget_plan(opts: SearchOptions, searcher: Any, baseline: dict[str, Any] | 
                                     brackets=brackets)
     else:
         scheduler = BudgetFIFO(results_dir, budget)
-    # Every trial trains at least its first rung: the budget can never start more than this.
-    return SearchPlan(wrapped, scheduler, budget.total // max(1, budget.first_rung) + 2, None)
+    # Every trial trains at least its first rung: the budget can never start more than this, besides
+    # the trials over a latency limit, which train nothing (`automl.budget.infeasible_cap`).
+    limited = search.max_latency_ms is not None or search.max_latency_ratio is not None
+    trials = budget.total // max(1, budget.first_rung) + 2 + (infeasible_cap(budget) if limited else 0)
+    return SearchPlan(wrapped, scheduler, trials, None)
 
 
 def _pbt_plan(opts: SearchOptions, space: Any, first: list[dict[str, Any]]) -> SearchPlan:

@@ -207,6 +207,11 @@ def committed(state: SearchState, budget: EpochBudget, reporting: Any = None, ep
     return total + _reserved(state, budget)
 
 
+def infeasible_cap(budget: EpochBudget) -> int:
+    """Trials over a latency limit a search may draw: three times the trainings its budget affords."""
+    return int(3 * budget.total / budget.trial_epochs)
+
+
 def search_share(state: SearchState, budget: EpochBudget) -> int:
     """Epochs the search itself may train: the re-check's reserve too when there will be no re-check
     (the baseline is over a latency limit: no leader is compared with it)."""
@@ -244,7 +249,7 @@ class BudgetSearcher(Searcher):
             return True
         # Trials over a latency limit train nothing (`automl.deploy`), so they spend no budget: a cap
         # (three times the trainings the budget affords) ends a search whose sampler keeps finding them.
-        if sum(t.infeasible for t in state.trials.values()) >= 3 * self.budget.total / self.budget.trial_epochs:
+        if sum(t.infeasible for t in state.trials.values()) >= infeasible_cap(self.budget):
             return False
         return committed(state, self.budget) + self.budget.first_rung <= search_share(state, self.budget)
 

@@ -214,3 +214,20 @@ def test_a_relative_limit_is_a_share_of_the_specs_own_latency(data, tmp_path) ->
     assert resolved.search.max_latency_ratio is None and resolved.search.max_latency_ms == pytest.approx(1.5 * own, abs=1e-3)
     assert lines[0].startswith(f"automl: latency limit {resolved.search.max_latency_ms:g} ms: 1.5 x the spec's own model")
     assert sum(line.startswith("  mit_b0 ") for line in lines) == 2  # the spec's 32 px and the 64 px option
+
+
+def test_trials_over_the_limit_do_not_use_up_the_trial_count(data, tmp_path) -> None:
+    """Ray's trial count of a budgeted search leaves room for the trials over a latency limit, which
+    train nothing (the deploy benchmark's search once ended with a third of its budget unspent)."""
+    from automl.algorithms import build_search
+    from automl.budget import infeasible_cap
+    from automl.runner import _plan
+    from automl.skill import find_skill
+
+    counts = {}
+    for name, limit in (("free", {}), ("limited", {"max_latency_ms": 5.0})):
+        opts = search_options(tmp_path / name, data / "spec.yaml", overrides=SMALL, budget=3,
+                              structure={"dataset.segment.img_size": [64]}, max_concurrent=2, **limit)
+        opts, space, baseline, budget = _plan(opts, find_skill("segformer"))
+        counts[name] = build_search(opts, space, baseline, budget).num_samples
+    assert counts["limited"] == counts["free"] + infeasible_cap(budget) == counts["free"] + 9
