@@ -82,9 +82,10 @@ def render(name: str, rows: dict[str, dict[str, Any]], options: list[str]) -> st
                      f"{row['wall_s'] / 60:.0f} min |")
     if c["test_miou"] is None or u["test_miou"] is None:
         return "\n".join([*lines, "", f"The limit: {c['limit_ms']} ms; no comparison (a search promoted nothing)."])
-    spec_latency = (c["baseline_latency"] or {}).get("latency_ms")
-    lines += ["", f"The limit: {c['limit_ms']:.2f} ms (the spec's own model: {spec_latency:.2f} ms at fp32 in the table the search "
-              f"measured first). The constrained search's model runs in "
+    spec = c["baseline_latency"] or {}
+    bits = {32: "fp32", 16: "fp16", 8: "int8"}.get(int(spec.get("precision_bits", 32)), "?")
+    lines += ["", f"The limit: {c['limit_ms']:.2f} ms (a share of the spec's own model at fp32, measured first; the spec "
+              f"deploys at {bits} in {spec.get('latency_ms', float('nan')):.2f} ms). The constrained search's model runs in "
               f"{(c['latency'] or {}).get('latency_ms', float('nan')) / (u['latency'] or {}).get('latency_ms', float('nan')):.2f}x "
               f"the unconstrained one's latency, at {c['test_miou'] - u['test_miou']:+.3f} test mIoU; the spec's own "
               f"configuration scored {u['baseline_test_miou']:.3f}.", "", "![Pareto front](results/deploy_search_pareto.png)"]
