@@ -46,7 +46,6 @@ from typing import Any, Callable, Mapping
 
 from automl.layout import Layout
 from automl.options import SearchConfig, SearchError
-from automl.params import Param
 
 PRECISION_KEY = "deploy.precision"
 ACCURACY_ORDER = ("fp32", "fp16", "int8")  # deploy precisions, the most accurate first

@@ -146,14 +146,14 @@ def prepare(state: SearchState, record: TrialRecord, options: PromotionConfig = 
     shutil.copy2(source, model)
     report["checkpoint"] = str(model)
 
-    from automl.deploy import spec_overrides
+    from automl.deploy import precision_of, spec_overrides
 
     overrides: dict[str, Any] = spec_overrides(state, record.params)
     overrides["results_dir"] = str(best_dir)
     size = record.params.get("dataset.segment.img_size")
     if size is not None:  # a searched input size: the export follows it (the latency was measured at it)
         overrides["export.input_height"] = overrides["export.input_width"] = int(size)
-    if _precision_skip(state, record) is None and record.latency and record.latency.get("precision_bits") == 8:
+    if precision_of(record.latency) == "int8":
         overrides["quantize.backend"] = "onnxruntime"  # the int8 model the search timed (ONNX Runtime's QDQ)
     cfg = apply_overrides(base_config(state.spec, state.overrides, best_dir), overrides)
     dump_config(cfg, best_dir / "experiment.yaml")

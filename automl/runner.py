@@ -223,11 +223,9 @@ def _plan(opts: SearchOptions, skill: Any) -> tuple[SearchOptions, Any, dict[str
         opts = opts.with_values(max_epochs=-(-int(train["num_epochs"]) // opts.search.epoch_multiplier))
     opts = dataclasses.replace(opts, search=deploy.fold_tao_route(opts.search))
     s = opts.search
-    structural = deploy.space_arguments(s, spec_values) if s.structure else {
-        "include": s.include, "param_ranges": s.param_ranges or None, "allow_disabled": ()}
     deploy.check_pretrained(s, spec_values)
     space = build_space(skill.load_schema("train"), only=s.only, exclude=s.exclude, override_disabled=s.override_disabled,
-                        spec=spec_values, **structural)
+                        spec=spec_values, **deploy.space_arguments(s, spec_values))
     if len(space) == 0:
         raise SearchError("the search space is empty: check --only/--exclude or the schema's automl_default_parameters")
     budget = None
@@ -506,13 +504,12 @@ def _pareto_choice(opts: SearchOptions, state: SearchState, best: TrialRecord | 
     state.pareto = decide(state, s.objectives, s.max_latency_ms)
     if state.pareto is None:
         return best
-    write(state, state.pareto)
     chosen = state.by_name(state.pareto["chosen"])
     unconfirmed = state.recheck is not None and not state.recheck["confirmed"] and chosen.name == state.recheck["leader"]
     if unconfirmed:
         state.pareto["chosen"], state.pareto["rule"] = best.name, state.pareto["rule"] + "; its lead did not hold on the re-check"
-        write(state, state.pareto)
         chosen = best
+    write(state, state.pareto)
     echo(f"automl: Pareto front: {len(state.pareto['front'])} of {len(state.pareto['points'])} trials; promoted "
          f"{chosen.name}: {state.pareto['rule']}")
     return chosen

@@ -25,7 +25,7 @@ import os
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +207,3 @@ class LatencyCache:
                 atomic_write_text(self.path, json.dumps(data, indent=1))
             return data[key]
 
-
-def target_dict(target: Target) -> dict[str, Any]:
-    return asdict(target)
