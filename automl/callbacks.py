@@ -8,7 +8,7 @@ callback            what it does on trial events (in this order: each reads what
 `MlflowCallback`    one MLflow child run per trial: params, per-epoch metrics, tags, final status
 `RayStateBackup`    the last complete set of Ray's experiment state files (`automl.ray_session`)
 `EarlyPromotion...` starts the promotion on an idle slot in the search's tail (`automl.promote`)
-`ConsoleCallback`   the live table (`automl run --live`, `automl.console`)
+`ConsoleCallback`   a line per trial event (`automl run --live`, `automl.console.LiveTable`)
 =================== =============================================================================
 
 The ledger is saved at the end of every event it records, and again when MLflow's child run of a
@@ -310,7 +310,7 @@ class EarlyPromotionCallback(_Bound, Callback):
 
 
 class ConsoleCallback(_Bound, Callback):
-    """Shows trial events on the console (`automl run --live`)."""
+    """A line per trial event on the console (`automl run --live`; the live table is `automl.progress`)."""
 
     def _show(self, *args: Any, **info: Any) -> None:
         live = self.live

@@ -76,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///RESULTS_DIR/mlflow.db)")
     run.add_argument("--results-dir", default="automl_results", help="search folder (default ./automl_results)")
     run.add_argument("--dry-run", action="store_true", help="print the space and the first trials, train nothing")
-    run.add_argument("--live", action="store_true", help="print a line per trial event")
+    run.add_argument("--live", action="store_true", help="also print a line per trial event")
+    run.add_argument("--no-progress", action="store_true",
+                     help="no live table on a terminal, no status block every 30 s elsewhere")
     run.add_argument("--no-promote", action="store_true", help="do not evaluate/export/quantize the best trial")
     for step in ("evaluate", "export", "quantize", "trt"):
         run.add_argument(f"--skip-{step}", action="store_true", help=f"promotion: skip {step}")
@@ -86,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="continue an interrupted search")
     resume.add_argument("results_dir")
     resume.add_argument("--address", help="Ray cluster address (default: as the search was started)")
-    resume.add_argument("--live", action="store_true")
+    resume.add_argument("--live", action="store_true", help="also print a line per trial event")
+    resume.add_argument("--no-progress", action="store_true", help="no live table, no status block every 30 s")
 
     status = sub.add_parser("status", help="the trial table of a search (running or done)")
     status.add_argument("results_dir")
@@ -119,7 +122,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides=tuple(args.overrides), skill=None if args.skill_dir else (args.skill or "segformer"),
         skill_dir=args.skill_dir, policy=args.policy,
     )
-    outcome = run(opts, dry_run=args.dry_run, live=args.live)
+    outcome = run(opts, dry_run=args.dry_run, live=args.live, progress=not args.no_progress)
     if outcome.mode == "search" and (outcome.best is None or outcome.stopped_by_failures):
         return 1  # nothing trained, or the failure limit ended the search (results so far are kept)
     return 0
@@ -210,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "resume":
             from automl.runner import resume
 
-            outcome = resume(args.results_dir, live=args.live, address=args.address)
+            outcome = resume(args.results_dir, live=args.live, address=args.address, progress=not args.no_progress)
             return 0 if outcome.best is not None else 1
         if args.command == "status":
             from automl.console import print_status

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from automl.layout import Layout, trial_name
 from automl.options import SearchOptions
-from automl.state import FAILED, SearchState
+from automl.state import FAILED, PENDING, RUNNING, SearchState
 from segformer.text import fmt
 
 
@@ -45,22 +45,40 @@ def _values(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={fmt(v)}" for k, v in values.items())
 
 
-def trial_rows(state: SearchState) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the trial table (all trials, in creation order)."""
+def node_labels(trials: list[Any]) -> dict[str, str]:
+    """How the table names each trial's node: its IP, and the start of its Ray node id where several
+    nodes share an IP (two `ray start` on one machine, containers behind one address)."""
+    ids_by_ip: dict[str, set[str]] = {}
+    for t in trials:
+        if t.node_ip:
+            ids_by_ip.setdefault(t.node_ip, set()).add(t.node_id or "")
+    return {t.trial_id: "-" if not t.node_ip else
+            f"{t.node_ip} ({(t.node_id or '?')[:8]})" if len(ids_by_ip[t.node_ip]) > 1 else t.node_ip for t in trials}
+
+
+def trial_rows(state: SearchState, limit: int | None = None) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the trial table: all trials in creation order, or with `limit` the running
+    ones first, then the best, at most `limit` rows (the live view)."""
+    trials = sorted(state.trials.values(), key=lambda r: r.name)
+    if limit is not None and len(trials) > limit:
+        rank = {t.trial_id: i for i, t in enumerate(state.ranked())}
+        trials = sorted(trials, key=lambda t: (t.status not in (RUNNING, PENDING), rank.get(t.trial_id, len(rank)), t.name))
+        trials = sorted(trials[:limit], key=lambda r: r.name)
     keys = sorted({k for t in state.trials.values() for k in t.params})
     short = [k.split(".")[-1] if sum(x.split(".")[-1] == k.split(".")[-1] for x in keys) == 1 else k for k in keys]
     timed = any(t.latency for t in state.trials.values())
-    header = ["trial", "status", f"best {state.metric}", "epoch", "epochs", *(["latency ms", "MB", "GFLOPs"] if timed else []),
+    header = ["trial", "status", "epoch", state.metric, "best", "best at", *(["latency ms", "MB", "GFLOPs"] if timed else []),
               "node", *short]
-    best = state.best()
+    best, nodes = state.best(), node_labels(list(state.trials.values()))
     rows = []
-    for t in sorted(state.trials.values(), key=lambda r: r.name):
+    for t in trials:
         name = (t.name + (" *" if best is not None and t.trial_id == best.trial_id else "") + (" (baseline)" if t.is_baseline else "")
                 + (f" (re-check of {t.recheck_of})" if t.recheck_of else ""))
         lat = t.latency or {}
         speed = [fmt(lat.get("latency_ms")), fmt(lat.get("model_mb")), fmt(lat.get("gflops"))] if timed else []
-        rows.append([name, "OVER LATENCY" if t.infeasible else t.status, fmt(t.best_value), fmt(t.best_epoch),
-                     str(t.epochs_trained), *speed, t.node_ip or "-", *[fmt(t.params.get(k)) for k in keys]])
+        last = next((h[state.metric] for h in reversed(t.history) if state.metric in h), None)
+        rows.append([name, "OVER LATENCY" if t.infeasible else t.status, str(t.epochs_trained), fmt(last), fmt(t.best_value),
+                     fmt(t.best_epoch), *speed, nodes[t.trial_id], *[fmt(t.params.get(k)) for k in keys]])
     return header, rows
 
 
@@ -68,24 +86,43 @@ def counts_text(state: SearchState) -> str:
     return ", ".join(f"{v} {k.lower()}" for k, v in sorted(state.counts().items())) or "no trials yet"
 
 
-def format_table(state: SearchState) -> str:
-    """Plain-text trial table (what `automl status` prints)."""
-    header, rows = trial_rows(state)
+def format_table(state: SearchState, limit: int | None = None, width: int | None = None) -> str:
+    """Plain-text trial table (what `automl status` prints; the live view passes the rows and the
+    terminal width it has room for)."""
+    header, rows = trial_rows(state, limit)
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
 
     def line(cells: list[str]) -> str:
         return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
 
-    spent = ""
-    if state.budget is not None:
-        spent = f"; {state.epochs_trained()} of {state.budget_epochs()} budget epochs"
-    out = [f"{state.algorithm} search ({state.status.lower()}): {counts_text(state)}; metric {state.metric} ({state.mode}){spent}",
+    out = [f"{state.algorithm} search ({state.status.lower()}): {counts_text(state)}; metric {state.metric} ({state.mode})"
+           + "".join(f"; {part}" for part in (budget_text(state), best_text(state)) if part),
            line(header), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]
+    if len(rows) < len(state.trials):
+        out.append(f"... and {len(state.trials) - len(rows)} more trials (automl status {state.results_dir})")
     errors = [f"  {t.name}: {error_line(t.error)}" for t in state.trials.values() if t.error]
-    if errors:
+    if errors and limit is None:
         out += ["errors:", *errors]
-    return "\n".join(out)
+    return "\n".join(o[:width] if width else o for o in out)
+
+
+def budget_text(state: SearchState) -> str:
+    """The epoch budget spent, '' without one."""
+    if state.budget is None:
+        return ""
+    return f"{state.epochs_trained()} of {state.budget_epochs()} budget epochs"
+
+
+def best_text(state: SearchState) -> str:
+    """The best trial so far against the baseline, '' before any result."""
+    best, baseline = state.best(), state.baseline()
+    if best is None:
+        return ""
+    text = f"best {best.name} {fmt(best.best_value)}"
+    if baseline is not None and baseline.best_value is not None and baseline is not best:
+        text += f" (baseline {fmt(baseline.best_value)})"
+    return text
 
 
 def print_status(results_dir: str | Path, watch: float | None = None, echo: Callable[[str], None] = print) -> int:
@@ -101,7 +138,7 @@ def print_status(results_dir: str | Path, watch: float | None = None, echo: Call
 
 
 class LiveTable:
-    """`automl run --live`: one line per trial event (a log that stays readable in CI and files)."""
+    """`automl run --live`: one line per trial event, besides the live view (`automl.progress`)."""
 
     def __init__(self, echo: Callable[[str], None] = print) -> None:
         self.echo = echo

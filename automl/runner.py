@@ -52,8 +52,11 @@ class SearchOutcome:
     stopped_by_failures: bool = False  # the failure limit ended the search
 
 
-def run(opts: SearchOptions, *, echo: Echo = print, dry_run: bool = False, live: bool = False) -> SearchOutcome:
-    """`automl run`: decide the policy, then search (or train once), promote and report."""
+def run(opts: SearchOptions, *, echo: Echo = print, dry_run: bool = False, live: bool = False,
+        progress: bool = True) -> SearchOutcome:
+    """`automl run`: decide the policy, then search (or train once), promote and report.
+
+    `progress`: the live view (`automl.progress`); `live`: also a line per trial event."""
     from automl.probe import check_tracking_uri
     from automl.skill import load_skill, resolve_policy
 
@@ -75,12 +78,24 @@ def run(opts: SearchOptions, *, echo: Echo = print, dry_run: bool = False, live:
         _print_plan(opts, space, baseline, budget, echo)
         return SearchOutcome(Path(opts.results_dir), "dry-run", message=decision.reason)
     layout = Layout.of(opts.results_dir)
-    with one_driver(layout.root):
-        return _run_search(opts, skill, space, baseline, budget, layout, echo=echo, live=live)
+    with one_driver(layout.root), _progress(echo, progress) as view:
+        return _run_search(opts, skill, space, baseline, budget, layout, echo=view.echo if view else echo, live=live, view=view)
+
+
+@contextmanager
+def _progress(echo: Echo, enabled: bool) -> Iterator[Any]:
+    """The live view (`automl.progress.Progress`) for the whole run, promotion included; None when off."""
+    if not enabled:
+        yield None
+        return
+    from automl.progress import Progress
+
+    with Progress(echo) as view:
+        yield view
 
 
 def _run_search(opts: SearchOptions, skill: Any, space: Any, baseline: dict[str, Any] | None, budget: Any,
-                layout: Layout, *, echo: Echo, live: bool) -> SearchOutcome:
+                layout: Layout, *, echo: Echo, live: bool, view: Any = None) -> SearchOutcome:
     from automl.console import settings_line
     from automl.probe import check_tracking_uri
     from automl.ray_session import RaySession
@@ -98,6 +113,8 @@ def _run_search(opts: SearchOptions, skill: Any, space: Any, baseline: dict[str,
                             overrides=list(opts.overrides), baseline_params=baseline, driver_pid=os.getpid(),
                             mlflow_tracking_uri=opts.tracking.tracking_uri,
                             budget=dataclasses.asdict(budget) if budget is not None else None)
+        if view is not None:
+            view.attach(state)
         tracker = _start_tracking(opts, state, space)
         state.save()
         echo(settings_line(opts, budget) + f" -> {layout.root}")
@@ -114,7 +131,8 @@ def _run_search(opts: SearchOptions, skill: Any, space: Any, baseline: dict[str,
     return finish(opts, state, tracker, echo=echo, stop_reason=stop_reason, early=early)
 
 
-def resume(results_dir: str | Path, *, echo: Echo = print, live: bool = False, address: str | None = None) -> SearchOutcome:
+def resume(results_dir: str | Path, *, echo: Echo = print, live: bool = False, address: str | None = None,
+           progress: bool = True) -> SearchOutcome:
     """`automl resume`: continue an interrupted search from Ray's experiment checkpoint.
 
     Finished trials stay finished (their MLflow runs untouched); trials that were running resume
@@ -123,16 +141,18 @@ def resume(results_dir: str | Path, *, echo: Echo = print, live: bool = False, a
     layout = Layout.of(results_dir)
     if not layout.state_file.is_file():
         SearchState.load(layout.root)  # its message names what is missing; no folder made for a lock
-    with one_driver(layout.root):
-        return _resume_search(layout, echo=echo, live=live, address=address)
+    with one_driver(layout.root), _progress(echo, progress) as view:
+        return _resume_search(layout, echo=view.echo if view else echo, live=live, address=address, view=view)
 
 
-def _resume_search(layout: Layout, *, echo: Echo, live: bool, address: str | None) -> SearchOutcome:
+def _resume_search(layout: Layout, *, echo: Echo, live: bool, address: str | None, view: Any = None) -> SearchOutcome:
     from automl.probe import check_tracking_uri
     from automl.ray_session import RaySession
     from automl.tracking import Tracker
 
     state = SearchState.load(layout.root)
+    if view is not None:
+        view.attach(state)
     opts = SearchOptions.from_dict(state.settings).with_values(results_dir=str(layout.root))
     if address is not None:
         opts = opts.with_values(address=address)

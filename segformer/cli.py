@@ -33,6 +33,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("segformer.model.convert:main", "import HF / NVlabs / timm weights into a checkpoint every action accepts"),
 }
 
+# Actions with no progress bar of their own: a line every 30 s while they work (`segformer.heartbeat`).
+QUIET_ACTIONS = ("export", "quantize", "gen_trt_engine")
+
 EXIT_USER_ERROR = 1
 # OSError numbers that mean "fix your disk or paths" (no traceback): full disk or quota, permissions,
 # read-only file system, a regular file where a folder should be.
@@ -97,7 +100,13 @@ def run_action(action: str, argv: Sequence[str]) -> int:
         print(f"segformer {action}: not implemented yet", file=sys.stderr)
         return EXIT_NOT_IMPLEMENTED
 
-    module.run(cfg)
+    if action in QUIET_ACTIONS:
+        from segformer.heartbeat import heartbeat
+
+        with heartbeat(f"segformer {action}"):
+            module.run(cfg)
+    else:  # train, evaluate and inference show their own progress bars
+        module.run(cfg)
     return 0
 
 

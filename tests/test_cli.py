@@ -56,3 +56,22 @@ def test_missing_spec_file_is_a_clear_error(tmp_path, capsys: pytest.CaptureFixt
     code = cli.main(["validate", "-e", str(missing)])
     assert code != 0
     assert str(missing) in capsys.readouterr().err
+
+
+def test_actions_without_a_progress_bar_say_they_are_still_working() -> None:
+    """export, quantize and gen_trt_engine print a line every period while they work, and stop with the block."""
+    import io
+    import time
+
+    from segformer.actions import ACTIONS
+    from segformer.cli import QUIET_ACTIONS
+    from segformer.heartbeat import heartbeat
+
+    assert set(QUIET_ACTIONS) <= set(ACTIONS)
+    out = io.StringIO()
+    with heartbeat("segformer export", every_s=0.2, stream=out):
+        time.sleep(0.75)
+    lines = out.getvalue().splitlines()
+    assert len(lines) >= 2 and all(line.startswith("segformer export: still working (") for line in lines), lines
+    time.sleep(0.5)
+    assert out.getvalue().splitlines() == lines  # nothing after the block ended

@@ -118,5 +118,8 @@ def test_two_node_cluster_places_trials_on_both_nodes(spec, tmp_path, monkeypatc
         node_ids = {t["node_id"] for t in trials}
         assert len(node_ids) == 2 and None not in node_ids, node_ids
         assert node_ids == {n.node_id for n in [cluster.head_node, *cluster.worker_nodes]}
+        # both nodes are 127.0.0.1: `automl status` tells them apart by node id
+        status = _automl("status", str(results), timeout=120)
+        assert status.returncode == 0 and all(f"({n[:8]})" in status.stdout for n in node_ids), status.stdout
     finally:
         cluster.shutdown()

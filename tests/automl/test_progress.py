@@ -1,0 +1,79 @@
+"""The live view (`automl.progress`) and the table it draws (`automl.console`), on a ledger made by hand:
+redrawn in place on a terminal, a block every period elsewhere, nodes told apart by id."""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+
+from automl.console import format_table, node_labels
+from automl.progress import Progress
+from automl.state import FINISHED, RUNNING, SearchState, TrialRecord
+
+
+def _state(tmp_path, n: int = 3, running: int = 1) -> SearchState:
+    state = SearchState(results_dir=str(tmp_path), skill="segformer", algorithm="bayesian", metric="val_miou", mode="max",
+                        settings={"search": {"max_trials": n}}, budget={"trainings": 2, "spec_epochs": 5})
+    for i in range(n):
+        t = TrialRecord(trial_id=f"t{i}", name=f"trial_{i:03d}", params={"train.optim.lr": 10 ** -(3 + i)},
+                        status=RUNNING if i >= n - running else FINISHED, is_baseline=i == 0, node_ip="10.0.0.1")
+        t.history = [{"epoch": e + 1, "val_miou": 0.4 + 0.01 * i + 0.01 * e} for e in range(3)]
+        t.best_value, t.best_epoch = t.history[-1]["val_miou"], 3
+        state.trials[t.trial_id] = t
+    return state
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_terminal_redraws_the_table_in_place_under_the_messages(tmp_path):
+    screen = Terminal()
+    view = Progress(lambda text: screen.write(text + "\n"), stream=screen)
+    assert view.tty
+    view.attach(_state(tmp_path))
+    view.tick()
+    first = screen.getvalue()
+    drawn = first.count("\n")
+    assert "trial_002" in first and "running" in first and "9 of 10 budget epochs" in first
+    assert "best trial_002 0.44 (baseline 0.42)" in first
+    view.echo("automl: a message")
+    after = screen.getvalue()[len(first):]
+    # the table is erased (cursor up over exactly its lines, clear to the end), the message printed, the table drawn again
+    assert after.startswith(f"\x1b[{drawn}F\x1b[J" + "automl: a message\n"), repr(after[:60])
+    assert after.count("trial_002") == first.count("trial_002")  # drawn once more, not twice
+    view.__exit__(None, None, None)
+    assert screen.getvalue().endswith("\x1b[J")  # nothing of the table left behind for the summary
+
+
+def test_off_a_terminal_a_block_every_period_and_a_line_outside_the_search(tmp_path):
+    out: list[str] = []
+    state = _state(tmp_path, n=20, running=2)
+    with Progress(out.append, stream=io.StringIO(), every_s=0.3) as view:
+        view.attach(state)
+        view.echo("automl: starting")
+        time.sleep(1.5)
+        for t in state.trials.values():
+            t.status = FINISHED
+        view.echo("automl: promoting trial_019")
+        time.sleep(1.5)
+    blocks = [o for o in out if o.startswith("automl ") and "\ntrial " in o]
+    assert len(blocks) >= 2, out
+    assert re.match(r"automl \d\d:\d\d:\d\d \(\d+ s in\): 18 finished, 2 running; 60 of 10 budget epochs", blocks[0])
+    rows = blocks[0].splitlines()[3:]
+    assert len(rows) == 16 and rows[-1].startswith("... and 5 more trials"), rows  # 15 rows: the running two first
+    assert any("trial_018" in r for r in rows) and any("trial_019" in r for r in rows)
+    still = [o for o in out if o.startswith("automl: still working")]
+    assert still and "last: automl: promoting trial_019" in still[-1], out
+
+
+def test_nodes_sharing_an_ip_are_told_apart_by_node_id(tmp_path):
+    state = _state(tmp_path)
+    trials = list(state.trials.values())
+    assert set(node_labels(trials).values()) == {"10.0.0.1"}
+    trials[0].node_id, trials[1].node_id, trials[2].node_id = "aaaaaaaa1111", "bbbbbbbb2222", "bbbbbbbb2222"
+    labels = node_labels(trials)
+    assert labels == {"t0": "10.0.0.1 (aaaaaaaa)", "t1": "10.0.0.1 (bbbbbbbb)", "t2": "10.0.0.1 (bbbbbbbb)"}
+    assert "10.0.0.1 (aaaaaaaa)" in format_table(state)
