@@ -33,6 +33,10 @@ def _options(results: Path, spec: Path, **kw):
                                             "only": ONLY, "quantize": False, "trt": False, **kw})
 
 
+PROGRESS_EVERY_S = 3.0  # the status block's period in this module's search (30 s by default)
+STAMPED: list[tuple[float, str]] = []  # (when, text) of everything the search printed
+
+
 @pytest.fixture(scope="module")
 def search(dataset, tmp_path_factory):
     """One search for the module's tests. The user's cache folder is a fresh one: the search keeps
@@ -43,11 +47,31 @@ def search(dataset, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     lines: list[str] = []
     started = time.time()
+
+    def echo(text: str) -> None:
+        lines.append(text)
+        STAMPED.append((time.time(), text))
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(cache))
-        outcome = automl.run(_options(results, dataset, quantize=True), echo=lines.append)
+        patch.setattr("automl.progress.LOG_EVERY_S", PROGRESS_EVERY_S)
+        outcome = automl.run(_options(results, dataset, quantize=True), echo=echo)
+        STAMPED.append((time.time(), "(returned)"))
     assert not (cache / "segformer-automl").exists(), list(cache.iterdir())
     return outcome, lines, time.time() - started
+
+
+def test_search_is_never_silent_and_shows_the_table_off_a_terminal(search):
+    """Not a terminal (the test captures the output): a status block with the trial table while
+    trials run, a still-working line outside the search, never a gap much longer than the period."""
+    outcome, lines, seconds = search
+    blocks = [text for _, text in STAMPED if text.startswith("automl ") and "\ntrial " in text]
+    assert blocks, lines
+    head, table = blocks[-1].split("\n", 1)
+    assert "running" in head and "trial_0" in table and "status" in table.splitlines()[0], blocks[-1]
+    stamps = [when for when, _ in STAMPED]
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert max(gaps) < 4 * PROGRESS_EVERY_S, sorted(zip(gaps, [t[:80] for _, t in STAMPED[1:]]))[-3:]
 
 
 def test_search_ranks_trials_and_keeps_baseline_first(search, dataset):
@@ -104,8 +128,10 @@ def test_promotion_and_report(search):
     assert not (results / "best" / "quantize" / "float_model.onnx").exists()  # not exported a second time
     report = (results / "report" / "report.md").read_text()
     assert "trial_000" in report and "Baseline" in report
-    for plot in ("history.png", "parallel.png", "best_curves.png", "baseline_vs_best.png", "importance.png"):
-        assert (results / "report" / plot).stat().st_size > 1000
+    # Optuna's plots, ours, and the two models' predictions (3 trials: too few for an importance)
+    for plot in ("history.png", "parallel.png", "slice.png", "learning_curves.png", "baseline_vs_best.png", "overlays.png"):
+        assert (results / "report" / plot).stat().st_size > 1000, report
+    assert "Not computed: 3 trial(s) have a result" in report and (results / "report" / "report.html").is_file()
 
 
 def _tail_state(outcome, results: Path, *, running: str | None, statuses: dict[str, str] | None = None):

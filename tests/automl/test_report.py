@@ -1,0 +1,224 @@
+"""The search report (`automl.report`) from hand-made ledgers: Optuna's importance and plots, the
+baseline-vs-best chart with and without a re-check, the overlays, the self-contained HTML page."""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from automl.state import FAILED, FINISHED, SearchState, TrialRecord
+
+LR, MOMENTUM, FREEZE = "train.optim.lr", "train.optim.momentum", "model.backbone.freeze_backbone"
+
+
+def _add(state: SearchState, number: int, params: dict, final: float, *, baseline: bool = False,
+         status: str = FINISHED, recheck_of: str | None = None, epochs: int = 3) -> TrialRecord:
+    record = TrialRecord(trial_id=f"id{number}", name=f"trial_{number:03d}", params=dict(params), status=status,
+                         is_baseline=baseline, recheck_of=recheck_of)
+    for epoch in range(1, epochs + 1):  # rising to `final` at the last epoch
+        state.record_result(record, {"epoch": epoch, state.metric: final - 0.02 * (epochs - epoch)})
+    state.trials[record.trial_id] = record
+    return record
+
+
+def _ledger(folder: Path, trials: int = 8) -> SearchState:
+    """`trials` trials of which the first is the baseline: the learning rate (log-spaced over three
+    decades) drives the metric, the momentum and freeze_backbone are noise."""
+    state = SearchState(results_dir=str(folder), skill="segformer", algorithm="bayesian", metric="val_miou", mode="max",
+                        settings={})
+    rng = random.Random(3)
+    for i in range(trials):
+        lr = 1e-4 if i == 0 else 10 ** (-5 + 3 * rng.random())
+        params = {LR: lr, MOMENTUM: rng.uniform(0.8, 0.99), FREEZE: rng.random() < 0.5}
+        _add(state, i, params, 0.35 + 0.1 * (math.log10(lr) + 5) + rng.uniform(-0.005, 0.005), baseline=i == 0)
+    return state
+
+
+def test_fanova_ranks_the_parameter_that_drives_the_metric_first(tmp_path: Path) -> None:
+    from automl.report import importance
+
+    imp = importance(_ledger(tmp_path))
+    assert imp.skipped is None and imp.evaluator == "fANOVA" and imp.trials == 8
+    assert list(imp.values)[0] == LR, imp.values
+    assert imp.values[LR] > 2 * max(imp.values[MOMENTUM], imp.values[FREEZE])
+    assert sum(imp.values.values()) == pytest.approx(1.0)
+
+
+def test_ped_anova_where_fanova_cannot_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from automl import report
+
+    def no_fanova():
+        raise ImportError("No module named 'sklearn'")  # what Optuna's fANOVA raises without scikit-learn
+
+    monkeypatch.setattr(report, "_fanova", no_fanova)
+    state = _ledger(tmp_path)
+    imp = report.importance(state)
+    assert imp.evaluator == "PED-ANOVA" and "fANOVA could not run (ImportError" in imp.note
+    assert list(imp.values)[0] == LR, imp.values
+    text = report.to_markdown(report._importance_blocks(state, imp, {}))
+    assert "Evaluator: PED-ANOVA" in text and "fANOVA could not run" in text
+
+
+def test_the_study_follows_the_ledger(tmp_path: Path) -> None:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.trial import TrialState
+
+    from automl.report import ledger_study
+
+    state = _ledger(tmp_path)
+    _add(state, 8, state.by_name("trial_003").params, 0.5, recheck_of="trial_003")  # a re-check: not ranked
+    failed = _add(state, 9, {LR: 1e-3, MOMENTUM: 0.9, FREEZE: True}, 0.1, status=FAILED)
+    ledger = ledger_study(state)
+    trials = ledger.study.get_trials()
+    assert [t.user_attrs["trial"] for t in trials] == [f"trial_{i:03d}" for i in range(10)]  # numbers follow the names
+    assert [t.state for t in trials[8:]] == [TrialState.FAIL, TrialState.FAIL] and failed.best_value is not None
+    assert ledger.completed == 8 and sorted(ledger.varying) == sorted([LR, MOMENTUM, FREEZE])
+    first = trials[0]
+    assert first.value == pytest.approx(state.by_name("trial_000").best_value) and first.params[LR] == pytest.approx(1e-4)
+    lr = first.distributions[LR]
+    # lr spans three decades: a log scale over the values seen; momentum less than one: linear
+    values = [t.params[LR] for t in trials[:8]]
+    assert isinstance(lr, FloatDistribution) and lr.log and lr.low == min(values) and lr.high == max(values)
+    assert not first.distributions[MOMENTUM].log
+    assert isinstance(first.distributions[FREEZE], CategoricalDistribution)
+    assert ledger.study.direction.name == "MAXIMIZE"
+
+
+def test_integer_parameters_stay_integers(tmp_path: Path) -> None:
+    from optuna.distributions import IntDistribution
+
+    from automl.report import ledger_study
+
+    state = _ledger(tmp_path)
+    for i, record in enumerate(sorted(state.trials.values(), key=lambda t: t.name)):
+        record.params["dataset.segment.batch_size"] = 2 + i % 3
+    distributions = ledger_study(state).study.get_trials()[0].distributions
+    assert isinstance(distributions["dataset.segment.batch_size"], IntDistribution)
+
+
+@pytest.fixture(scope="module")
+def plain_report(tmp_path_factory) -> Path:
+    """The report of an 8-trial ledger without a re-check or checkpoints (written once: the plots take seconds)."""
+    from automl.report import write_report
+
+    return write_report(_ledger(tmp_path_factory.mktemp("search")))
+
+
+def test_report_md_and_self_contained_html(plain_report: Path) -> None:
+    path = plain_report
+    folder = path.parent
+    for plot in ("history.png", "importance.png", "parallel.png", "slice.png", "contour.png", "learning_curves.png",
+                 "baseline_vs_best.png"):
+        assert (folder / plot).stat().st_size > 1000, plot
+        assert f"]({plot})" in path.read_text()
+    report = path.read_text()
+    assert "Evaluator: fANOVA" in report and "simple estimate" not in report and "share of variance" not in report
+    assert report.index(f"`{LR}`: ") < report.index(f"`{MOMENTUM}`: ")  # listed most important first
+    assert "Skipped: no checkpoint of `trial_000` (baseline)" in report  # the overlays need the models
+    page = (folder / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<style>" in page
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert len(images) == report.count("![") and all(src.startswith("data:image/png;base64,") for src in images)
+    assert not re.search(r"(src|href)=\"(?!data:)", page) and "http://" not in page and "https://" not in page
+    assert "<code>trial_000</code>" in page and "<table>" in page
+    assert not list(folder.parent.glob(".report*"))  # no temporary folder left
+
+
+def test_baseline_vs_best_without_a_recheck_says_the_noise_is_unknown(plain_report: Path) -> None:
+    report = plain_report.read_text()
+    section = report.split("## Baseline vs best", 1)[1].split("\n## ", 1)[0]
+    assert "No re-check measured the noise" in section and "![Baseline vs best](baseline_vs_best.png)" in section
+    assert (plain_report.parent / "baseline_vs_best.png").stat().st_size > 1000
+
+
+def test_baseline_vs_best_with_a_recheck_shows_the_gain_and_its_noise(tmp_path: Path) -> None:
+    from automl.budget import leading, verdict
+    from automl.report import write_report
+
+    state = _ledger(tmp_path)
+    leader, baseline = leading(state), state.baseline()
+    _add(state, 8, leader.params, leader.best_value - 0.01, recheck_of=leader.name)
+    _add(state, 9, baseline.params, baseline.best_value + 0.005, recheck_of=baseline.name)
+    state.recheck = verdict(state)
+    state.best_trial = state.recheck["promoted"]
+    report = write_report(state).read_text()
+    section = report.split("## Baseline vs best", 1)[1].split("\n## ", 1)[0]
+    r = state.recheck
+    assert f"mean {r['gain']:+.4f} +/- {r['gain_stderr']:.4f}" in section and f"{r['gain_noise']:.4f}" in section
+    assert "No re-check" not in section and (tmp_path / "report" / "baseline_vs_best.png").stat().st_size > 1000
+    assert f"the gain is {r['recheck_gain']:+.4f}" in report and r["reason"] in report
+
+
+@pytest.mark.parametrize("trials, reason", [(3, "3 trial(s) have a result; an importance needs at least 4"),
+                                            (6, "only one parameter (`train.optim.lr`) varied")])
+def test_importance_is_skipped_with_its_reason(tmp_path: Path, trials: int, reason: str) -> None:
+    from automl.report import write_report
+
+    state = _ledger(tmp_path, trials)
+    if trials == 6:  # only the learning rate varies
+        for record in state.trials.values():
+            record.params[MOMENTUM], record.params[FREEZE] = 0.9, False
+    report = write_report(state).read_text()
+    assert f"Not computed: {reason}" in report and not (tmp_path / "report" / "importance.png").exists()
+    assert not (tmp_path / "report" / "contour.png").exists() and (tmp_path / "report" / "history.png").exists()
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    """A search folder with a baseline and a promoted trial, each with a random-weight checkpoint of
+    the tiny synthetic spec (what the train action writes), and the synthetic dataset."""
+    import torch
+
+    from segformer.config import load_config
+    from segformer.data.synth import generate
+    from segformer.model import build_segformer, save_model_checkpoint
+
+    data = generate(tmp_path_factory.mktemp("synth"), num_classes=3, size=32, train=2, val=4, test=1, seed=0)
+    results = tmp_path_factory.mktemp("search")
+    overrides = [f"dataset.segment.root_dir={data}", "model.decode_head.decoder_params.embed_dim=32"]
+    cfg = load_config(data / "spec.yaml", [f"results_dir={results}", *overrides])
+    state = _ledger(results, 4)
+    state.spec, state.overrides = str(data / "spec.yaml"), overrides
+    state.best_trial = next(t.name for t in state.ranked() if not t.is_baseline)  # promoted
+    for seed, record in enumerate((state.baseline(), state.best())):
+        torch.manual_seed(seed)
+        model = build_segformer(cfg.model, 3, load_pretrained=False)
+        record.results_dir = str(results / record.name)
+        save_model_checkpoint(Path(record.results_dir) / "train" / "segformer_model_latest.pth", model,
+                              {"backbone": cfg.model.backbone.type, "num_classes": 3})
+    return state
+
+
+@pytest.mark.slow
+def test_overlays_show_both_models_on_the_same_validation_images(two_models) -> None:
+    from automl.report import OVERLAY_IMAGES, write_report
+
+    state = two_models
+    report = write_report(state).read_text()
+    section = report.split("## Predictions on validation images", 1)[1].split("\n## ", 1)[0]
+    names = re.findall(r"`(\w+)`", section.split(":", 1)[0])
+    baseline, best = state.baseline().name, state.best().name
+    assert len(names) == OVERLAY_IMAGES
+    assert f"![image | ground truth | baseline {baseline} | promoted {best}](overlays.png)" in section
+    overlay = Path(state.results_dir) / "report" / "overlays.png"
+    assert overlay.stat().st_size > 5000
+    from PIL import Image
+
+    with Image.open(overlay) as image:  # four columns, one row per image: wider than tall for 3 images
+        assert image.width > image.height
+
+
+@pytest.mark.slow
+def test_overlays_skip_a_missing_checkpoint_with_the_reason(two_models, tmp_path: Path) -> None:
+    import copy
+
+    from automl.report import overlays
+
+    state = copy.deepcopy(two_models)
+    state.best().results_dir = str(tmp_path / "gone")
+    skipped = overlays(state, tmp_path)
+    assert skipped.file is None and f"no checkpoint of `{state.best().name}` (promoted)" in skipped.text
