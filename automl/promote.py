@@ -8,9 +8,18 @@ never loses the search's results.
 
 The promoted model is the best trial's checkpoint at its best epoch (a Lightning checkpoint that
 evaluate/export/quantize read directly). It is logged to the best trial's MLflow run under
-``model/`` (checkpoint, ONNX, spec) and registered in the MLflow model registry as a new version
-with an alias (``champion`` by default). The registry stores a reference (``runs:/<id>/model``):
-this works with the sqlite store and any artifact store, without a flavour-specific model format.
+``model/`` as a real MLflow model (step ``mlflow_model``; `segformer.deploy.pyfunc`): flavour
+``python_function``, which runs the fp32 ONNX export in ONNX Runtime with the spec's
+preprocessing, taking an RGB uint8 image batch (N, H, W, 3) and returning class-id masks
+(N, H, W) at the input's size, the same code path as ``segformer inference``. The model folder
+also carries the quantized ONNX model, the DeepStream config and labels, the resolved spec and
+the checkpoint, the code it runs (``code/segformer``) and its environment (``requirements.txt``,
+``python_env.yaml``, ``conda.yaml``: what loading imports, pinned to the versions used here).
+It is registered in the MLflow model registry as a new version with an alias (``champion`` by
+default), with the source ``runs:/<id>/model``, so ``mlflow.pyfunc.load_model("models:/<name>@champion")``
+predicts masks and ``mlflow models serve -m models:/<name>@champion`` answers REST requests.
+Without an ONNX model (export disabled or failed) the checkpoint and spec are logged as plain
+files and registered all the same, without a flavour; a failure there is recorded, not raised.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from segformer.fileio import atomic_write_text
 MODEL_FILE = "model.pth"
 ONNX_FILE = "export/segformer.onnx"  # in best/: the export step's output
 ONNX_QUANT_BACKENDS = ("onnxruntime", "modelopt.onnx")  # quantize an .onnx model_path as is
+MODEL_ARTIFACT_PATH = "model"  # the champion's folder in its trial's MLflow run
 
 
 def model_name(options: PromotionConfig, skill: str) -> str:
@@ -104,21 +114,71 @@ def promote(state: SearchState, record: TrialRecord, tracker: Any, options: Prom
     """
     report = prepared if prepared is not None else prepare(state, record, options, echo=echo)
     best_dir = Layout.of(state.results_dir).best_dir
-    model = best_dir / MODEL_FILE
     if "checkpoint" in report and tracker is not None and record.mlflow_run_id:
         name = model_name(options, state.skill)
         try:
-            onnx = _promoted_onnx(best_dir)
-            files = [model, best_dir / "experiment.yaml"] + ([onnx] if onnx else [])
-            tracker.log_artifacts(record.mlflow_run_id, files, "model")
-            version = tracker.register(name, record.mlflow_run_id, "model", options.alias)
+            _log_model(tracker, record, best_dir, report, {"skill": state.skill, state.metric: record.best_value},
+                       echo=echo)
+            version = tracker.register(name, record.mlflow_run_id, MODEL_ARTIFACT_PATH, options.alias)
             report["registry"] = {"model": name, "version": version, "alias": options.alias,
-                                  "source": f"runs:/{record.mlflow_run_id}/model"}
+                                  "source": f"runs:/{record.mlflow_run_id}/{MODEL_ARTIFACT_PATH}"}
             echo(f"automl: registered {name} version {version} as @{options.alias}")
         except Exception as err:  # the registry is optional (e.g. a tracking server without one)
             report["registry"] = f"failed: {type(err).__name__}: {err}"
     _write(best_dir, report)
     return report
+
+
+def champion_artifacts(best_dir: Path, report: dict[str, Any]) -> dict[str, Path]:
+    """The files of ``best/`` the MLflow model carries, by artifact name (`segformer.deploy.pyfunc`):
+    the fp32 ONNX model, the resolved spec, the checkpoint, and where the steps wrote them the
+    quantized ONNX model, the DeepStream config and the labels. Without an ONNX model: none."""
+    from segformer.deploy import pyfunc
+
+    onnx = _promoted_onnx(best_dir)
+    if onnx is None:
+        return {}
+    files = {pyfunc.ONNX: onnx, pyfunc.SPEC: best_dir / "experiment.yaml", pyfunc.CHECKPOINT: best_dir / MODEL_FILE}
+    export, quantize = report.get("steps", {}).get("export"), report.get("steps", {}).get("quantize")
+    if isinstance(export, dict):
+        files[pyfunc.DEEPSTREAM] = Path(export.get("deepstream_config") or "")
+        files[pyfunc.LABELS] = Path(export.get("labels_file") or "")
+    if isinstance(quantize, dict) and str(quantize.get("artifact") or "").endswith(".onnx"):
+        files[pyfunc.QUANTIZED_ONNX] = Path(quantize["artifact"])
+    return {key: path for key, path in files.items() if str(path) not in ("", ".") and path.is_file()}
+
+
+def _log_model(tracker: Any, record: TrialRecord, best_dir: Path, report: dict[str, Any], metadata: dict[str, Any],
+               *, echo: Callable[[str], None]) -> None:
+    """Log the champion to its trial's run under ``model/``: an MLflow model (pyfunc flavour, see
+    `segformer.deploy.pyfunc`) when there is an ONNX model, else the checkpoint and spec as plain
+    files (what the registry can still point at). The outcome is the ``mlflow_model`` step."""
+    import tempfile
+
+    started = time.time()
+    report.setdefault("steps", {})
+    artifacts = champion_artifacts(best_dir, report)
+    if not artifacts:
+        report["steps"]["mlflow_model"] = "skipped: no ONNX model (export did not run); logged the checkpoint and spec"
+    else:
+        try:
+            from segformer.deploy import pyfunc
+
+            with tempfile.TemporaryDirectory(prefix="automl-mlflow-model-") as tmp:
+                folder = pyfunc.save_model(Path(tmp) / MODEL_ARTIFACT_PATH, artifacts,
+                                           metadata={"trial": record.name, **metadata},
+                                           input_example=pyfunc.input_example())
+                tracker.log_artifacts(record.mlflow_run_id, [folder], MODEL_ARTIFACT_PATH)
+            report["steps"]["mlflow_model"] = {"status": "done", "seconds": round(time.time() - started, 2),
+                                               "flavor": "python_function", "artifacts": ", ".join(artifacts)}
+            echo(f"automl: promote mlflow_model: done in {time.time() - started:.1f} s (pyfunc: images -> class-id masks)")
+            return
+        except Exception as err:  # the checkpoint and spec are still logged and registered below
+            report["steps"]["mlflow_model"] = f"failed: {type(err).__name__}: {err}"
+            (best_dir / "mlflow_model_error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+            echo(f"automl: promote mlflow_model: failed: {err}")
+    files = [best_dir / MODEL_FILE, best_dir / "experiment.yaml"] + [p for p in [_promoted_onnx(best_dir)] if p]
+    tracker.log_artifacts(record.mlflow_run_id, files, MODEL_ARTIFACT_PATH)
 
 
 def prepare(state: SearchState, record: TrialRecord, options: PromotionConfig = PromotionConfig(),

@@ -12,7 +12,9 @@ Images are resized to ``img_size`` and the logits resized back to the original s
 ``inference.sliding_window`` an image with a side longer than ``img_size`` is instead normalized
 at full resolution and covered by ``img_size`` windows overlapping by ``window_overlap``; the
 logits of overlapping windows are averaged. All runtimes go through the same
-:class:`~segformer.engine.predictor.Predictor` path.
+:class:`~segformer.engine.predictor.Predictor` path, and the masks come from
+:func:`~segformer.engine.predictor.class_ids`, which the MLflow model of a promoted champion
+(:mod:`segformer.deploy.pyfunc`) also uses.
 """
 
 from __future__ import annotations
@@ -23,12 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from segformer.config import ExperimentConfig, action_results_dir, require
-from segformer.data import build_datamodule, load_image, overlay, preprocess_image
+from segformer.data import build_datamodule, load_image, overlay
 from segformer.fileio import atomic_save_png
-from segformer.engine.predictor import load_predictor, resize_logits, run_predictor, sliding_window_logits
+from segformer.engine.predictor import class_ids, load_predictor, run_predictor
 from segformer.model import check_input_size
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,6 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> InferenceResult:
     samples = {sample.name: sample for sample in datamodule.datasets["predict"].samples}
     predictor = load_predictor(cfg, "inference")
     align_corners = bool(cfg.model.decode_head.align_corners)
-    window = predictor.input_size or (datamodule.img_size, datamodule.img_size)
     vis_every = max(1, int(options.vis_after_n_batches))
 
     ids_dir, overlay_dir = results_dir / IDS_DIR, results_dir / OVERLAY_DIR
@@ -66,14 +66,9 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> InferenceResult:
         logits = run_predictor(predictor, batch["image"])
         for i, name in enumerate(batch["name"]):
             image = load_image(samples[name].image)
-            height, width = image.shape[:2]
-            if options.sliding_window and (height > window[0] or width > window[1]):
-                full = preprocess_image(Image.fromarray(image), (height, width), datamodule.mean, datamodule.std)
-                image_logits = sliding_window_logits(predictor, full[None], window, float(options.window_overlap),
-                                                     align_corners, batch_size=int(options.batch_size))
-            else:
-                image_logits = resize_logits(logits[i:i + 1], (height, width), align_corners)
-            ids = image_logits[0].argmax(0).cpu().numpy().astype(np.uint8)
+            ids = class_ids(predictor, image, logits[i:i + 1], img_size=datamodule.img_size, mean=datamodule.mean,
+                            std=datamodule.std, align_corners=align_corners, sliding_window=bool(options.sliding_window),
+                            window_overlap=float(options.window_overlap), batch_size=int(options.batch_size))
             atomic_save_png(ids_dir / f"{name}.png", ids)
             if batch_idx % vis_every == 0:
                 atomic_save_png(overlay_dir / f"{name}.png", overlay(image, ids.astype(np.int64), datamodule.decoder))

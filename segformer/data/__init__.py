@@ -6,8 +6,7 @@ Public names are imported lazily (PEP 562) so that ``segformer.data.synth`` and 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from segformer.lazy import lazy_exports
 
 _EXPORTS = {
     "IGNORE_INDEX": "segformer.data.palette",
@@ -38,14 +37,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'segformer.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -178,6 +178,77 @@ def predict_logits(predictor: Predictor, images: Tensor, size: Sequence[int], al
     return resize_logits(run_predictor(predictor, images), size, align_corners)
 
 
+def class_ids(
+    predictor: Predictor,
+    image: Any,
+    logits: Tensor,
+    *,
+    img_size: int | Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    align_corners: bool = False,
+    sliding_window: bool = False,
+    window_overlap: float = 1 / 3,
+    batch_size: int = 4,
+) -> Any:
+    """Class ids (H, W) uint8 of one RGB image (H, W, 3) uint8 at its own size: what
+    ``segformer inference`` writes to ``vis_tao``.
+
+    ``logits`` (1, K, h, w) are the predictor's logits of the image preprocessed at ``img_size``
+    (:func:`~segformer.data.preprocess_image`, then :func:`run_predictor`); they are resized back
+    to (H, W) and argmaxed. With ``sliding_window`` an image with a side longer than the window
+    (the model's fixed input size, else ``img_size``) is instead normalized at full resolution and
+    covered by overlapping windows (:func:`sliding_window_logits`).
+    """
+    import numpy as np
+
+    height, width = image.shape[:2]
+    window = predictor.input_size or ((int(img_size),) * 2 if isinstance(img_size, int) else tuple(img_size))
+    if sliding_window and (height > window[0] or width > window[1]):
+        from PIL import Image
+
+        from segformer.data import preprocess_image
+
+        full = preprocess_image(Image.fromarray(image), (height, width), mean, std)
+        image_logits = sliding_window_logits(predictor, full[None], window, float(window_overlap), align_corners,
+                                             batch_size=int(batch_size))
+    else:
+        image_logits = resize_logits(logits, (height, width), align_corners)
+    return image_logits[0].argmax(0).cpu().numpy().astype(np.uint8)
+
+
+def segment_images(
+    predictor: Predictor,
+    images: Sequence[Any],
+    *,
+    img_size: int | Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    align_corners: bool = False,
+    sliding_window: bool = False,
+    window_overlap: float = 1 / 3,
+    batch_size: int = 4,
+) -> list[Any]:
+    """Class ids (H, W) uint8 of in-memory RGB images (H, W, 3) uint8 of any sizes, exactly as
+    ``segformer inference`` computes them for image files: each image is preprocessed like the
+    predict split (:func:`~segformer.data.preprocess_image` at ``img_size``), run ``batch_size``
+    at a time, and the logits go through :func:`class_ids`."""
+    from PIL import Image
+
+    from segformer.data import preprocess_image
+
+    masks = []
+    for start in range(0, len(images), max(1, int(batch_size))):
+        chunk = images[start:start + max(1, int(batch_size))]
+        batch = torch.stack([preprocess_image(Image.fromarray(image), img_size, mean, std) for image in chunk])
+        logits = run_predictor(predictor, batch)
+        masks += [class_ids(predictor, image, logits[i:i + 1], img_size=img_size, mean=mean, std=std,
+                            align_corners=align_corners, sliding_window=sliding_window,
+                            window_overlap=window_overlap, batch_size=batch_size)
+                  for i, image in enumerate(chunk)]
+    return masks
+
+
 def sliding_window_logits(
     predictor: Predictor,
     image: Tensor,

@@ -7,35 +7,25 @@ convert`` entry point -- can be imported for ``--help`` without importing torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from segformer.lazy import lazy_exports
 
 _EXPORTS = {
-    "SegFormer": "segformer",
-    "build_segformer": "segformer",
-    "check_input_size": "segformer",
-    "freeze_backbone": "segformer",
-    "upsample_logits": "segformer",
-    "SegFormerHead": "head",
-    "create_backbone": "backbones",
-    "list_backbones": "backbones",
-    "register_backbone": "backbones",
-    "load_into": "checkpoints",
-    "load_model_weights": "checkpoints",
-    "load_pretrained_backbone": "checkpoints",
-    "load_pretrained_model": "checkpoints",
-    "save_model_checkpoint": "checkpoints",
+    "SegFormer": ".segformer",
+    "build_segformer": ".segformer",
+    "check_input_size": ".segformer",
+    "freeze_backbone": ".segformer",
+    "upsample_logits": ".segformer",
+    "SegFormerHead": ".head",
+    "create_backbone": ".backbones",
+    "list_backbones": ".backbones",
+    "register_backbone": ".backbones",
+    "load_into": ".checkpoints",
+    "load_model_weights": ".checkpoints",
+    "load_pretrained_backbone": ".checkpoints",
+    "load_pretrained_model": ".checkpoints",
+    "save_model_checkpoint": ".checkpoints",
 }
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'segformer.model' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
