@@ -4,7 +4,7 @@ On a terminal the trial table (`automl.console.format_table`: trial, status, epo
 parameters, node) is redrawn in place every second under a line with the budget spent, the time
 left at the current pace and the best trial so far; the driver's own messages scroll above it.
 Anywhere else (CI, a log file, `| tee`) the same block is printed every 30 seconds while trials
-run, as Ray Tune does, and outside the search (Ray starting, the final evaluation, promotion) a
+run, whatever else was printed, as Ray Tune does, and outside the search (Ray starting, the final evaluation, promotion) a
 line says what the driver is still doing whenever it has been silent for 30 seconds. So no long
 command is silent for more than 30 seconds.
 
@@ -86,7 +86,7 @@ class Progress:
         self.every_s = LOG_EVERY_S if every_s is None else every_s
         self.state: SearchState | None = None
         self.pace = Pace()
-        self.started = self.last_output = time.time()
+        self.started = self.last_output = self.last_block = time.time()
         self.last_message = "starting"
         self._drawn = 0  # lines of the table on screen (tty)
         self._lock = threading.RLock()
@@ -140,13 +140,14 @@ class Progress:
                     self._erase()
                     self._draw()
                 return
-            if time.time() - self.last_output < self.every_s:
-                return
+            now = time.time()
             if self.searching():
-                self._echo(self.block())
-            else:
-                self._echo(f"automl: still working ({span(time.time() - self.started)} in); last: {self.last_message[:160]}")
-            self.last_output = time.time()
+                if now - self.last_block >= self.every_s:  # whatever else was printed, as Ray Tune does
+                    self._echo(self.block())
+                    self.last_block = self.last_output = now
+            elif now - self.last_output >= self.every_s:
+                self._echo(f"automl: still working ({span(now - self.started)} in); last: {self.last_message[:160]}")
+                self.last_output = now
 
     def block(self, rows: int = 15, width: int | None = None) -> str:
         """The status block: the headline and the table (running trials first, then the best)."""

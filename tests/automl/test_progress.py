@@ -53,8 +53,9 @@ def test_off_a_terminal_a_block_every_period_and_a_line_outside_the_search(tmp_p
     state = _state(tmp_path, n=20, running=2)
     with Progress(out.append, stream=io.StringIO(), every_s=0.3) as view:
         view.attach(state)
-        view.echo("automl: starting")
-        time.sleep(1.5)
+        for i in range(15):  # other lines, more often than the period, do not hold the block back
+            view.echo(f"automl: budget line {i}")
+            time.sleep(0.1)
         for t in state.trials.values():
             t.status = FINISHED
         view.echo("automl: promoting trial_019")
