@@ -29,7 +29,9 @@ class Terminal(io.StringIO):
         return True
 
 
-def test_terminal_redraws_the_table_in_place_under_the_messages(tmp_path):
+def test_terminal_redraws_the_table_in_place_under_the_messages(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # the lines are cut at the terminal's width (80 under pytest-xdist)
+    monkeypatch.setenv("LINES", "40")
     screen = Terminal()
     view = Progress(lambda text: screen.write(text + "\n"), stream=screen)
     assert view.tty
