@@ -57,7 +57,7 @@ class LiveSearch:
     early: Any = None  # automl.promote.EarlyPromotion, or None where it does not apply
     console: Callable[[SearchState], None] | None = None  # the live table, or None
     echo: Callable[[str], None] | None = None  # where the budget's progress lines go (None: nowhere)
-    _clock: tuple[float, int] | None = None  # (when, epochs trained) as this fit started
+    pace: Any = None  # automl.progress.Pace of this fit (the budget's time left)
     _next: float = 0.0  # share of the budget at which the next progress line is due
 
     @property
@@ -67,21 +67,18 @@ class LiveSearch:
     def budget_progress(self) -> None:
         """With an epoch budget: an estimate in time once every slot has trained its first epochs,
         then a line at every tenth of the budget (epochs spent, minutes so far, minutes left)."""
+        from automl.progress import Pace, span
+
         budget, done = self.state.budget, self.state.epochs_trained()
         if budget is None or self.echo is None:
             return
-        if self._clock is None:
-            self._clock = (time.time(), done)
-            return
+        if self.pace is None:
+            self.pace = Pace()
+        left = self.pace.left(self.state)  # the first call starts the clock
         total = self.state.budget_epochs() or 0
-        elapsed, trained = time.time() - self._clock[0], done - self._clock[1]
-        if trained < 2 or done / max(1, total) < self._next:
+        if left is None or done - self.pace.start[1] < 2 or done / max(1, total) < self._next:
             return
-        left = max(0, total - done) * elapsed / trained
-
-        def span(seconds: float) -> str:
-            return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
-
+        elapsed = time.time() - self.pace.start[0]
         self.echo(f"automl: budget {done}/{total} epochs in {span(elapsed)}; about {span(left)} left at this pace")
         self._next = (int(done / max(1, total) * 10) + 1) / 10
 

@@ -532,15 +532,12 @@ def _predict(state: SearchState, models: list[tuple[str, TrialRecord]],
     """[(image, ground truth, [prediction per model])] for the first validation images, the mask
     decoder (class colours and names) and the images' names. Each model is configured as its trial
     was (`automl.deploy.spec_overrides`) and runs as `segformer inference` runs it."""
-    import torch
-    from PIL import Image
-
     from automl.deploy import spec_overrides
     from automl.trial import base_config
     from segformer.config import apply_overrides
-    from segformer.data import build_datamodule, pair_samples, preprocess_image
+    from segformer.data import build_datamodule, pair_samples
     from segformer.data.dataset import load_pair
-    from segformer.engine.predictor import TorchPredictor, load_torch_model, predict_logits
+    from segformer.engine.predictor import TorchPredictor, load_torch_model, segment_images
 
     samples, pairs, predictions, decoder = None, None, [], None
     for _, record in models:
@@ -552,13 +549,9 @@ def _predict(state: SearchState, models: list[tuple[str, TrialRecord]],
             pairs, decoder = [load_pair(s, data.decoder) for s in samples], data.decoder
         model = load_torch_model(cfg.model, data.num_classes, checkpoints[record.name])
         predictor = TorchPredictor(model, "cpu")
-        ids = []
-        for image, mask in pairs:
-            x = preprocess_image(Image.fromarray(image), data.img_size, data.mean, data.std)[None]
-            with torch.inference_mode():
-                logits = predict_logits(predictor, x, mask.shape, bool(cfg.model.decode_head.align_corners))
-            ids.append(logits[0].argmax(0).numpy())
-        predictions.append(ids)
+        predictions.append(segment_images(predictor, [image for image, _ in pairs], img_size=data.img_size,
+                                          mean=data.mean, std=data.std,
+                                          align_corners=bool(cfg.model.decode_head.align_corners)))
         del model, predictor
     panels = [(image, mask, [p[i] for p in predictions]) for i, (image, mask) in enumerate(pairs)]
     return panels, decoder, [s.name for s in samples]
