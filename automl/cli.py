@@ -166,6 +166,22 @@ def ui_env() -> dict[str, str]:
     return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
+def _view_lines(results: Path, root: str) -> list[str]:
+    """The search's own views in the UI (`automl.mlflow_view`): its trials best first, and the charts."""
+    from automl.mlflow_view import view_key, view_path
+    from automl.state import SearchState
+
+    try:
+        state = SearchState.load(results)
+    except Exception:  # noqa: BLE001 - no ledger (or an unreadable one): the UI still opens
+        return []
+    if not (state.mlflow_parent_run_id and state.mlflow_experiment_id):
+        return []
+    key = view_key(state.mlflow_parent_run_id)
+    return [f"  trials, best first: {root}{view_path(state.mlflow_experiment_id, key)}",
+            f"  {state.metric} against the parameters: {root}{view_path(state.mlflow_experiment_id, key, charts=True)}"]
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     layout = Layout.of(args.results_dir)
     results = layout.root
@@ -174,6 +190,8 @@ def _cmd_ui(args: argparse.Namespace) -> int:
               f"for a search tracked on a server, open that server instead", file=sys.stderr)
         return 2
     print(f"automl ui: MLflow UI for {results} on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
+    for line in _view_lines(results, f"http://{args.host}:{args.port}/"):
+        print(line, flush=True)
     # The server runs in its own process group; stopping `automl ui` (Ctrl-C or SIGTERM) stops the
     # whole group, so no server process outlives the command.
     server = subprocess.Popen(ui_command(results, args.port, args.host), env=ui_env(), start_new_session=True)

@@ -25,6 +25,7 @@ STATE_FILE = "automl_state.json"
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 SPACE_FILE = "search/space.txt"
+SETTINGS_FILE = "search/settings.json"  # every setting the search started with (also the MLflow parent run's artifact)
 BEST_DIR = "best"
 REPORT_DIR = "report"
 RAY_DIR = "ray"
@@ -75,6 +76,10 @@ class Layout:
     @property
     def space_file(self) -> Path:
         return self.root / SPACE_FILE
+
+    @property
+    def settings_file(self) -> Path:
+        return self.root / SETTINGS_FILE
 
     def trial_dir(self, name: str) -> Path:
         return self.root / name

@@ -23,6 +23,7 @@ KeyboardInterrupt; `automl resume` continues from Ray's experiment checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -280,6 +281,9 @@ def _print_plan(opts: SearchOptions, space: Any, baseline: dict[str, Any] | None
     echo(recommendations(opts, baseline, first_points(opts, space, baseline, 3)))
 
 
+PARENT_PARAMS = ("algorithm", "metric", "mode", "budget", "max_trials", "max_epochs", "spec", "overrides", "max_latency_ms")
+
+
 def _start_tracking(opts: SearchOptions, state: SearchState, space: Any) -> Any:
     """The MLflow side of a new search: store, experiment, parent run, and the space as an artifact."""
     from automl.tracking import Tracker
@@ -288,15 +292,21 @@ def _start_tracking(opts: SearchOptions, state: SearchState, space: Any) -> Any:
     layout = Layout.of(state.results_dir)
     tracker = Tracker(opts.tracking.tracking_uri or layout.default_tracking_uri, layout.root,
                       opts.tracking.experiment_name or state.skill)
-    params = {f"automl.{k}": v for k, v in opts.flat().items() if v not in (None, [], {}, ())}
+    from automl.mlflow_view import write_view
+
+    # A handful of params keep the runs page's column list short; every setting is in search/settings.json.
+    flat = opts.flat()
+    params = {f"automl.{k}": flat[k] for k in PARENT_PARAMS if flat.get(k) not in (None, [], {}, ())}
     state.mlflow_parent_run_id = tracker.start_parent(
         f"search-{opts.search.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}", params,
         {"automl.results_dir": str(layout.root), "automl.skill": state.skill, "automl.algorithm": opts.search.algorithm},
     )
     state.mlflow_experiment_id = tracker.experiment_id()
     atomic_write_text(layout.space_file, space.describe())
-    tracker.log_artifacts(state.mlflow_parent_run_id, [layout.space_file, *([Path(opts.spec)] if opts.spec else [])],
-                          "search")
+    atomic_write_text(layout.settings_file, json.dumps(opts.to_dict(), indent=2, default=str) + "\n")
+    tracker.log_artifacts(state.mlflow_parent_run_id,
+                          [layout.space_file, layout.settings_file, *([Path(opts.spec)] if opts.spec else [])], "search")
+    write_view(tracker, state, [p.name for p in space], ["latency_ms"] if opts.search.measures_latency else [])
     return tracker
 
 
@@ -584,7 +594,10 @@ def _finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo
         if state.budget is not None:
             metrics["epochs_trained"] = state.epochs_trained()
         tracker.log_metrics(parent, metrics, step=0)
-        tags = {"automl.best_trial": best.name if best else "none", **({"automl.stop_reason": stop_reason} if stop_reason else {}),
+        from automl.mlflow_view import NOTE_TAG, parent_note
+
+        tags = {"automl.best_trial": best.name if best else "none", NOTE_TAG: parent_note(state),
+                **({"automl.stop_reason": stop_reason} if stop_reason else {}),
                 **({"automl.best_params": best.params} if best is not None else {})}
         tracker.set_tags(parent, tags)
         tracker.log_artifacts(parent, [report.parent], "report")

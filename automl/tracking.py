@@ -12,7 +12,9 @@ points at a server instead; the server then decides where artifacts go.
 
 Child runs carry the tag ``mlflow.parentRunId`` (the MLflow UI draws the tree from it), sampled
 params as dotted spec keys, per-epoch metrics with ``step=epoch``, and a final status
-FINISHED/FAILED (KILLED for trials interrupted by a killed driver and not resumed by Ray).
+FINISHED/FAILED (KILLED for trials interrupted by a killed driver and not resumed by Ray). Their
+names show the key parameters and the tag ``automl.trial`` the bare trial name; what the UI shows
+by default is `automl.mlflow_view`'s.
 """
 
 from __future__ import annotations
@@ -116,8 +118,10 @@ class Tracker:
         return run.info.run_id
 
     def start_child(self, parent_run_id: str, record: TrialRecord, tags: dict[str, str]) -> str:
-        all_tags = {PARENT_TAG: parent_run_id, "automl.trial_id": record.trial_id, **tags}
-        run = self.client.create_run(self.experiment_id(), run_name=record.name, tags=all_tags)
+        from automl.mlflow_view import TRIAL_TAG, run_name
+
+        all_tags = {PARENT_TAG: parent_run_id, "automl.trial_id": record.trial_id, TRIAL_TAG: record.name, **tags}
+        run = self.client.create_run(self.experiment_id(), run_name=run_name(record), tags=all_tags)
         self.log_params(run.info.run_id, record.params)
         return run.info.run_id
 

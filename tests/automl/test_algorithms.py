@@ -47,7 +47,7 @@ def _children(state):
     client = MlflowClient(state.mlflow_tracking_uri)
     runs = client.search_runs([state.mlflow_experiment_id],
                               filter_string=f"tags.`mlflow.parentRunId` = '{state.mlflow_parent_run_id}'")
-    return {r.info.run_name: r for r in runs}
+    return {r.data.tags["automl.trial"]: r for r in runs}
 
 
 def _check_common(state, max_epochs: int) -> None:

@@ -103,7 +103,7 @@ def test_mlflow_parent_children_metrics_and_registry(search):
     assert parent.info.artifact_uri.startswith((results / "mlartifacts").as_uri())
     children = client.search_runs([state.mlflow_experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert sorted(r.info.run_name for r in children) == ["trial_000", "trial_001", "trial_002"]
+    assert sorted(r.data.tags["automl.trial"] for r in children) == ["trial_000", "trial_001", "trial_002"]
     for run in children:
         assert run.info.status == "FINISHED"
         assert "train.optim.lr" in run.data.params
@@ -314,7 +314,7 @@ def test_resume_after_sigkill(dataset, tmp_path):
     client = MlflowClient(state["mlflow_tracking_uri"])
     children = client.search_runs([state["mlflow_experiment_id"]],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{state['mlflow_parent_run_id']}'")
-    assert sorted(r.info.run_name for r in children) == names  # no duplicates, no orphans
+    assert sorted(r.data.tags["automl.trial"] for r in children) == names  # no duplicates, no orphans
     assert {r.info.status for r in children} == {"FINISHED"}
 
 
@@ -334,26 +334,48 @@ def _browser() -> str | None:
 
 _CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                    "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage",
-                   "--virtual-time-budget=15000", "--window-size=1400,1000"]
+                   # the charts are drawn once laid out: every compositor stage before the DOM is read
+                   "--virtual-time-budget=30000", "--run-all-compositor-stages-before-draw", "--window-size=1600,1000"]
 
 
-def _page_text(browser: str, url: str, tmp_path: Path, screenshot: Path | None = None) -> str:
-    """The rendered page (the MLflow UI is a React app: the DOM after its scripts ran), as text."""
-    import re
-
+def _page_dom(browser: str, url: str, tmp_path: Path, screenshot: Path | None = None) -> str:
+    """The rendered page (the MLflow UI is a React app: the DOM after its scripts ran)."""
     profile = tmp_path / "chromium-profile"
     flags = [*_CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
     if screenshot is not None:
         subprocess.run([browser, *flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
-    dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    return subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+
+
+def _text(dom: str) -> str:
+    import re
+
     text = re.sub(r"<style.*?</style>|<script.*?</script>", " ", dom, flags=re.S)
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))
 
 
+def _table_rows(dom: str) -> list[str]:
+    """The run names of the runs table, top to bottom (the grid's pinned name column comes first)."""
+    import re
+
+    names: list[str] = []
+    for row in re.finditer(r'role="row"[^>]*row-index="(\d+)"', dom):
+        if int(row.group(1)) != len(names):
+            break  # the next column block starts again at row 0
+        name = re.search(r">\s*(trial_\d{3}[^<]*)<", dom[row.end():row.end() + 4000])
+        names.append(name.group(1).strip() if name else "")
+    return names
+
+
 @pytest.mark.skipif(_browser() is None, reason="headless Chromium is not installed (apt-get install -y chromium); CI installs it")
-def test_mlflow_ui_shows_trials_in_a_real_browser(search, tmp_path):
-    """`automl ui` on 127.0.0.1, rendered by headless Chromium: the parent run lists the trials as
-    child runs, and each child's page shows its val_miou and its parent. The server stops with it."""
+def test_mlflow_ui_answers_which_trial_is_best_in_a_real_browser(search, tmp_path):
+    """`automl ui` on 127.0.0.1, rendered by headless Chromium. The view it prints lists the trials
+    flat and best first, named with their parameters, with best_val_miou and the searched parameters
+    as columns; its chart view plots best_val_miou against the learning rate; the parent run's page
+    names the best trial and links both views; a trial's page shows its val_miou and parent. The
+    server stops with `automl ui`."""
+    import re
+    import threading
     import urllib.request
 
     browser = _browser()
@@ -361,8 +383,14 @@ def test_mlflow_ui_shows_trials_in_a_real_browser(search, tmp_path):
     state = outcome.state
     port = _free_port()
     ui = subprocess.Popen([sys.executable, "-m", "automl.cli", "ui", state.results_dir, "--port", str(port)],
-                          env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                          env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
+        printed = [ui.stdout.readline() for _ in range(3)]
+        threading.Thread(target=ui.stdout.read, daemon=True).start()  # the server's own output, if any
+        table_url = next(line.split(": ", 1)[1].strip() for line in printed if "trials, best first:" in line)
+        charts_url = next(line.split(": ", 1)[1].strip() for line in printed if "against the parameters:" in line)
+        assert table_url.startswith(f"http://127.0.0.1:{port}/#/experiments/{state.mlflow_experiment_id}/runs?")
+
         def ready() -> bool:
             try:
                 return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
@@ -370,21 +398,35 @@ def test_mlflow_ui_shows_trials_in_a_real_browser(search, tmp_path):
                 return False
 
         _wait_for(ready, 90, "the MLflow UI")
-        base = f"http://127.0.0.1:{port}/#/experiments/{state.mlflow_experiment_id}/runs"
-        shot = tmp_path / "parent_run.png"
-        parent = _page_text(browser, f"{base}/{state.mlflow_parent_run_id}", tmp_path, screenshot=shot)
+        # 1. the trials, flat and best first, named with their parameters, the metric and parameters as columns
+        shot = tmp_path / "trials.png"
+        dom = _page_dom(browser, table_url, tmp_path, screenshot=shot)
         assert shot.stat().st_size > 10_000
-        names = sorted(t.name for t in state.trials.values())
-        assert "Child runs" in parent, parent[:2000]
-        listed = parent.split("Child runs", 1)[1][:400]
-        for name in names:
-            assert name in listed, listed
+        rows = _table_rows(dom)
+        by_name = {t.name: t for t in state.trials.values()}
+        assert sorted(r.split()[0] for r in rows) == sorted(by_name), rows
+        values = [by_name[r.split()[0]].best_value for r in rows]
+        assert values == sorted(values, reverse=True), list(zip(rows, values))
+        assert all("lr=" in r for r in rows), rows
+        headers = _text(dom)
+        for column in ("best_val_miou", "val_miou", *ONLY):
+            assert column in headers, column
+        # 2. its chart view: the metric against the learning rate
+        dom = _page_dom(browser, charts_url, tmp_path)
+        assert re.search(r'class="xtitle"[^>]*>train\.optim\.lr<', dom), _text(dom)[:3000]
+        assert re.search(r'class="ytitle"[^>]*>best_val_miou<', dom)
+        # 3. the parent run's description: the best trial, and the views
+        base = f"http://127.0.0.1:{port}/#/experiments/{state.mlflow_experiment_id}/runs"
+        parent = _text(_page_dom(browser, f"{base}/{state.mlflow_parent_run_id}", tmp_path))
+        assert f"Best: {state.best_trial}" in parent and "All trials, best first" in parent, parent[:3000]
+        assert "Child runs" in parent
         parent_name = next(w for w in parent.split() if w.startswith("search-"))
-        for trial in state.trials.values():
-            page = _page_text(browser, f"{base}/{trial.mlflow_run_id}", tmp_path)
-            last = trial.history[-1]["val_miou"]
-            assert f"val_miou {last!r}" in page or f"val_miou {last:.4f}" in page, page[:3000]
-            assert f"Parent run {parent_name}" in page
+        # 4. a trial's page: its val_miou and its parent
+        trial = by_name[rows[0].split()[0]]
+        page = _text(_page_dom(browser, f"{base}/{trial.mlflow_run_id}", tmp_path))
+        last = trial.history[-1]["val_miou"]
+        assert f"val_miou {last!r}" in page or f"val_miou {last:.4f}" in page, page[:3000]
+        assert f"Parent run {parent_name}" in page
     finally:
         ui.terminate()  # SIGTERM: `automl ui` stops its server's whole process group
         ui.wait(timeout=30)

@@ -127,7 +127,7 @@ def test_trial_worker_killed_is_retried_and_the_search_goes_on(dataset, tmp_path
         assert epochs == sorted(set(epochs)) and epochs[-1] == 12, (trial["name"], epochs)
     restores = trials[victim["name"]].get("restores", [])
     assert any(r["from"] == victim["name"] and r["epoch"] >= 1 for r in restores), restores
-    runs = {r.info.run_name: r for r in _children(results)}
+    runs = {r.data.tags["automl.trial"]: r for r in _children(results)}
     assert sorted(runs) == sorted(trials)  # one child run per trial: the retry reused it
     assert {r.info.status for r in runs.values()} == {"FINISHED"}
 
@@ -151,7 +151,7 @@ def test_ctrl_c_saves_state_and_resume_finishes_without_repeats(dataset, tmp_pat
     assert "RUNNING" not in {t["status"] for t in before.values()}, before
     cut = [name for name, t in before.items() if t["status"] == "KILLED"]
     assert len(cut) == 1, {n: t["status"] for n, t in before.items()}
-    runs = {r.info.run_name: r for r in _children(results)}
+    runs = {r.data.tags["automl.trial"]: r for r in _children(results)}
     assert runs[cut[0]].info.status == "KILLED"
     assert "RUNNING" not in {r.info.status for r in runs.values()}
     finished_before = {n: t for n, t in before.items() if t["status"] == "FINISHED"}
@@ -169,7 +169,7 @@ def test_ctrl_c_saves_state_and_resume_finishes_without_repeats(dataset, tmp_pat
         epochs = [h["epoch"] for h in t["history"]]
         assert epochs == sorted(set(epochs)) and epochs[-1] == 8, (t["name"], epochs)
     runs = _children(results)
-    assert sorted(r.info.run_name for r in runs) == sorted(after)  # no duplicate child run
+    assert sorted(r.data.tags["automl.trial"] for r in runs) == sorted(after)  # no duplicate child run
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert sorted(p.name for p in results.glob("trial_*")) == sorted(after)  # no duplicate trial folder
 
@@ -202,7 +202,7 @@ def test_diverging_trials_fail_cleanly_and_the_search_goes_on(dataset, tmp_path)
     for trial in trials.values():
         assert trial["status"] == "FAILED", trial
         assert "nan" in trial["error"].lower() and "train.optim.lr" in trial["error"], trial["error"][-1000:]
-    runs = {r.info.run_name: r for r in _children(results)}
+    runs = {r.data.tags["automl.trial"]: r for r in _children(results)}
     assert sorted(runs) == sorted(trials)
     assert {r.info.status for r in runs.values()} == {"FAILED"}
 
