@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= results/demo
 
-.PHONY: install test test-fast demo demo-deploy bench browser schemas clean help
+.PHONY: install test test-fast demo demo-deploy bench browser schemas clean help gpu-wheels
 
 help:
 	@echo "make demo    - small AutoML search on the bundled synthetic data (CPU, minutes)"
@@ -16,6 +16,7 @@ help:
 	@echo "make test    - the test suite (what CI runs)"
 	@echo "make bench   - every benchmark in benchmarks/, rewriting benchmarks/RESULTS.md"
 	@echo "make schemas - regenerate schemas/segformer and templates/segformer"
+	@echo "make gpu-wheels - the wheels a lent GPU machine lacks for benchmarks/gpu_check.sh (.whl/gpu)"
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -70,3 +71,12 @@ schemas: install
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache results
+
+# The wheels a lent GPU machine (Python 3.12, torch and onnxruntime, no registry) lacks for
+# benchmarks/gpu_check.sh: carry .whl/gpu there (about 20 MB).
+gpu-wheels: install
+	$(BIN)/pip download -q -d .whl/gpu --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --no-deps \
+	  pytest pytest-timeout pluggy iniconfig packaging pygments jsonschema jsonschema-specifications referencing \
+	  rpds-py attrs omegaconf tqdm filelock typing-extensions matplotlib contourpy cycler fonttools kiwisolver \
+	  pyparsing python-dateutil six

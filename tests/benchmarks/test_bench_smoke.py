@@ -198,3 +198,20 @@ def test_deploy_search_renders_both_searches_against_the_limit():
                            "unconstrained": row("unconstrained", "mit_b1", 128, 16.0, 32, 0.62)}, ["--budget", "4"])
     assert "| constrained | trial_003 | mit_b0 @ 96 px, int8 | 4.00 | 0.580 | 9 (3) | 80 | 10 min |" in text
     assert "The limit: 5.00 ms (a share of the spec's own model at fp32, measured first; the spec deploys at fp32 in 10.00 ms)" in text and "0.25x the unconstrained one's latency, at -0.040" in text
+
+
+def test_gpu_check_runs_its_parts_on_the_cpu_in_smoke_mode_and_renders_the_section():
+    """benchmarks/gpu_check.py's code, run for real on the CPU (--quick): the numbers mean nothing
+    here, the GPU machine's run records them. A part that breaks is recorded, never raised."""
+    from benchmarks.gpu_check import _part, amp_training, environment, section
+
+    data: dict = {}
+    _part("environment", environment, data)
+    _part("AMP training", lambda: amp_training(batch=1, size=64, steps=1, smoke=True), data)
+    _part("model speed", lambda: 1 / 0, data)
+    amp = data["AMP training"]
+    assert amp["status"] == "ok" and amp["fp32"]["step_ms"] > 0 and amp["bf16"]["images_per_s"] > 0
+    assert data["model speed"]["status"] == "error" and "ZeroDivisionError" in data["model speed"]["error"]
+    text = section(data)
+    assert text.startswith("## GPU check") and "AMP training, B0 64x64, batch 1" in text
+    assert "Model speed: error: ZeroDivisionError" in text and "Fractional-GPU search: not run" in text
