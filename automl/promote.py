@@ -38,6 +38,7 @@ from automl.state import DONE, PENDING, RUNNING, SearchState, TrialRecord
 from segformer.fileio import atomic_write_text
 
 MODEL_FILE = "model.pth"
+SPEC_FILE = "experiment.yaml"  # in best/: the spec each action runs as written (`chain_spec`)
 ONNX_FILE = "export/segformer.onnx"  # in best/: the export step's output
 ONNX_QUANT_BACKENDS = ("onnxruntime", "modelopt.onnx")  # quantize an .onnx model_path as is
 MODEL_ARTIFACT_PATH = "model"  # the champion's folder in its trial's MLflow run
@@ -138,7 +139,7 @@ def champion_artifacts(best_dir: Path, report: dict[str, Any]) -> dict[str, Path
     onnx = _promoted_onnx(best_dir)
     if onnx is None:
         return {}
-    files = {pyfunc.ONNX: onnx, pyfunc.SPEC: best_dir / "experiment.yaml", pyfunc.CHECKPOINT: best_dir / MODEL_FILE}
+    files = {pyfunc.ONNX: onnx, pyfunc.SPEC: best_dir / SPEC_FILE, pyfunc.CHECKPOINT: best_dir / MODEL_FILE}
     export, quantize = report.get("steps", {}).get("export"), report.get("steps", {}).get("quantize")
     if isinstance(export, dict):
         files[pyfunc.DEEPSTREAM] = Path(export.get("deepstream_config") or "")
@@ -177,7 +178,7 @@ def _log_model(tracker: Any, record: TrialRecord, best_dir: Path, report: dict[s
             report["steps"]["mlflow_model"] = f"failed: {type(err).__name__}: {err}"
             (best_dir / "mlflow_model_error.txt").write_text(traceback.format_exc(), encoding="utf-8")
             echo(f"automl: promote mlflow_model: failed: {err}")
-    files = [best_dir / MODEL_FILE, best_dir / "experiment.yaml"] + [p for p in [_promoted_onnx(best_dir)] if p]
+    files = [best_dir / MODEL_FILE, best_dir / SPEC_FILE] + [p for p in [_promoted_onnx(best_dir)] if p]
     tracker.log_artifacts(record.mlflow_run_id, files, MODEL_ARTIFACT_PATH)
 
 
@@ -190,7 +191,7 @@ def prepare(state: SearchState, record: TrialRecord, options: PromotionConfig = 
     next (the checkpoint, then the ONNX file), and the chain reads best top to bottom.
     """
     from automl.trial import base_config
-    from segformer.config import apply_overrides, dump_config
+    from segformer.config import apply_overrides
 
     best_dir = Layout.of(state.results_dir).best_dir
     shutil.rmtree(best_dir, ignore_errors=True)  # never mix two trials' artifacts
@@ -215,9 +216,8 @@ def prepare(state: SearchState, record: TrialRecord, options: PromotionConfig = 
         overrides["export.input_height"] = overrides["export.input_width"] = int(size)
     if precision_of(record.latency) == "int8":
         overrides["quantize.backend"] = "onnxruntime"  # the int8 model the search timed (ONNX Runtime's QDQ)
-    cfg = apply_overrides(base_config(state.spec, state.overrides, best_dir), overrides)
-    dump_config(cfg, best_dir / "experiment.yaml")
     onnx_file = best_dir / ONNX_FILE
+    cfg = chain_spec(apply_overrides(base_config(state.spec, state.overrides, best_dir), overrides), best_dir, None)
 
     def step(name: str, enabled: bool, configure: Callable[[Any], dict[str, Any]], precheck: str | None = None) -> Any:
         if not enabled:
@@ -241,32 +241,49 @@ def prepare(state: SearchState, record: TrialRecord, options: PromotionConfig = 
         echo(f"automl: promote {name}: done in {time.time() - started:.1f} s")
         return result
 
-    step("evaluate", options.evaluate, lambda c: {"evaluate.checkpoint": str(model),
-                                                 "evaluate.results_dir": str(best_dir / "evaluate")})
+    # Each step's input is already in cfg (`chain_spec`): only where it writes, and the device, vary.
+    step("evaluate", options.evaluate, lambda c: {"evaluate.results_dir": str(best_dir / "evaluate")})
     evaluate_json = best_dir / "evaluate" / "results.json"
     if evaluate_json.is_file():
         try:
             report["evaluate"] = json.loads(evaluate_json.read_text(encoding="utf-8"))
         except ValueError:
             pass
-    step("export", options.export, lambda c: {"export.checkpoint": str(model), "export.onnx_file": str(onnx_file),
-                                             "export.results_dir": str(best_dir / "export"), "export.on_cpu": _no_cuda()})
+    step("export", options.export, lambda c: {"export.results_dir": str(best_dir / "export"), "export.on_cpu": _no_cuda()})
     onnx = _promoted_onnx(best_dir)
-    # The ONNX backends quantize the model just exported instead of exporting it a second time.
-    step("quantize", options.quantize, lambda c: {"quantize.model_path": str(onnx if onnx is not None and
-                                                                            c.quantize.backend in ONNX_QUANT_BACKENDS
-                                                                            else model),
-                                                 "quantize.results_dir": str(best_dir / "quantize"),
+    if onnx is not None:  # the ONNX model exists now: quantize (ONNX backends) and gen_trt_engine take it
+        cfg = chain_spec(cfg, best_dir, onnx)
+    step("quantize", options.quantize, lambda c: {"quantize.results_dir": str(best_dir / "quantize"),
                                                  "quantize.device": "cpu" if _no_cuda() else c.quantize.device},
          precheck=_precision_skip(state, record))
     trt_reason = _tensorrt_missing()
     if trt_reason is None and onnx is None:
         trt_reason = "skipped: no ONNX model to build from (export did not run)"
-    step("gen_trt_engine", options.trt, lambda c: {"gen_trt_engine.onnx_file": str(onnx),
-                                                    "gen_trt_engine.results_dir": str(best_dir / "gen_trt_engine")},
+    step("gen_trt_engine", options.trt, lambda c: {"gen_trt_engine.results_dir": str(best_dir / "gen_trt_engine")},
          precheck=trt_reason)
     report["timing"] = {"started_at": round(started, 3), "ended_at": round(time.time(), 3)}
     return report
+
+
+def chain_spec(cfg: Any, best_dir: Path, onnx: Path | None) -> Any:
+    """``cfg`` with each action's input set to its file in ``best/``, written to ``best/experiment.yaml``.
+
+    The promoted checkpoint ``model.pth`` for evaluate, inference and export; export writes
+    ``export/segformer.onnx``; once that exists (``onnx``), the ONNX backends of quantize take it
+    (instead of exporting a second time) and so does gen_trt_engine, else quantize takes the
+    checkpoint. The promotion steps run with these inputs, so ``segformer <action> -e
+    best/experiment.yaml`` runs evaluate, export and quantize as written, on the files they used.
+    """
+    from segformer.config import apply_overrides, dump_config
+
+    model, onnx_file = best_dir / MODEL_FILE, best_dir / ONNX_FILE
+    quantize_input = onnx if onnx is not None and str(cfg.quantize.backend) in ONNX_QUANT_BACKENDS else model
+    cfg = apply_overrides(cfg, {"evaluate.checkpoint": str(model), "inference.checkpoint": str(model),
+                                "export.checkpoint": str(model), "export.onnx_file": str(onnx_file),
+                                "quantize.model_path": str(quantize_input),
+                                "gen_trt_engine.onnx_file": str(onnx or onnx_file)})
+    dump_config(cfg, best_dir / SPEC_FILE)
+    return cfg
 
 
 def _precision_skip(state: SearchState, record: TrialRecord) -> str | None:

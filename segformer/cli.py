@@ -5,7 +5,7 @@
     segformer validate -e spec.yaml [--action A] [key=value ...]
     segformer schema generate [--out-dir DIR]
     segformer data synth --out DIR [--num-classes K ...]
-    segformer convert --from hf|nvlabs|timm SRC OUT.pth [-e spec.yaml]
+    segformer convert --from hf|nvlabs|timm SRC OUT.pth [-e spec.yaml [key=value ...]]
 
 The command line only parses and dispatches from explicit tables (``segformer.actions.ACTIONS``
 and ``COMMANDS`` below). Every action is the in-process function
@@ -74,14 +74,19 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_spec_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> argparse.ArgumentParser:
+    """``-e spec.yaml`` and the ``key=value`` overrides (``args.spec``, ``args.overrides``): every
+    command that takes a spec takes them the same way, and hands both to ``load_config``."""
+    parser.add_argument("-e", "--experiment_spec_file", "--experiment-spec-file", "--experiment-spec", dest="spec",
+                        required=required, help="the experiment spec YAML (TAO format)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides of the spec, e.g. train.optim.lr=3e-4 dataset.segment.batch_size=4")
+    return parser
+
+
 def action_parser(action: str) -> argparse.ArgumentParser:
     """The parser shared by every action: a spec file and dotted overrides, as TAO takes them."""
-    parser = argparse.ArgumentParser(prog=f"segformer {action}", description=ACTIONS[action])
-    parser.add_argument("-e", "--experiment_spec_file", "--experiment-spec-file", dest="spec", required=True,
-                        help="the experiment spec YAML (TAO format)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides, e.g. train.optim.lr=3e-4 dataset.segment.batch_size=4")
-    return parser
+    return add_spec_arguments(argparse.ArgumentParser(prog=f"segformer {action}", description=ACTIONS[action]))
 
 
 def run_action(action: str, argv: Sequence[str]) -> int:

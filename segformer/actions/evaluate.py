@@ -32,6 +32,7 @@ from segformer.engine.metrics import ConfusionMatrix
 from segformer.engine.predictor import Predictor, load_predictor, resize_logits, run_predictor
 from segformer.engine.report import format_tables, save_confusion_matrix
 from segformer.model import check_input_size
+from segformer.parents import resolve_parents
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class EvaluateResult:
 
 
 def run(cfg: ExperimentConfig, *, quiet: bool = False) -> EvaluateResult:
+    cfg = resolve_parents(cfg, "evaluate", quiet=quiet)  # a results folder as checkpoint/trt_engine: its file
     options = cfg.evaluate
     require(cfg, "evaluate.checkpoint", "evaluate.trt_engine")
     check_input_size(cfg.model, cfg.dataset.segment.img_size)

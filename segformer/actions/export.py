@@ -19,6 +19,7 @@ import torch
 
 from segformer.config import ExperimentConfig, action_results_dir, require
 from segformer.model import check_input_size
+from segformer.parents import resolve_parents
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> ExportResult:
     from segformer.deploy.runtime import default_ort_providers
     from segformer.engine.predictor import load_torch_model_and_meta
 
+    cfg = resolve_parents(cfg, "export", quiet=quiet)  # a results folder as export.checkpoint: its best checkpoint
     options = cfg.export
     checkpoint = Path(require(cfg, "export.checkpoint"))
     check_input_size(cfg.model, (int(options.input_height), int(options.input_width)),

@@ -19,6 +19,7 @@ import numpy as np
 
 from segformer.config import ExperimentConfig, action_results_dir, require
 from segformer.errors import SegformerError
+from segformer.parents import resolve_parents
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> GenTrtEngineResult:
     from segformer.deploy import trt as trt_build
 
     trt = trt_build.import_tensorrt()  # first: without TensorRT, say so and nothing else
+    cfg = resolve_parents(cfg, "gen_trt_engine", quiet=quiet)  # a results folder as onnx_file: its ONNX model
     options = cfg.gen_trt_engine
     onnx_file = Path(require(cfg, "gen_trt_engine.onnx_file"))
     if not onnx_file.is_file():

@@ -31,6 +31,7 @@ from segformer.data import build_datamodule, load_image, overlay
 from segformer.fileio import atomic_save_png
 from segformer.engine.predictor import class_ids, load_predictor, run_predictor
 from segformer.model import check_input_size
+from segformer.parents import resolve_parents
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class InferenceResult:
 
 
 def run(cfg: ExperimentConfig, *, quiet: bool = False) -> InferenceResult:
+    cfg = resolve_parents(cfg, "inference", quiet=quiet)  # a results folder as checkpoint/trt_engine: its file
     options = cfg.inference
     require(cfg, "inference.checkpoint", "inference.trt_engine")
     check_input_size(cfg.model, cfg.dataset.segment.img_size)

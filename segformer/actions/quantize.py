@@ -8,6 +8,14 @@ Backends (``quantize.backend``):
 - ``onnxruntime`` (``static_ptq``; our addition for CPU deployment): QDQ int8 with uint8
   activations -> ``quantized_model_onnxruntime.onnx``
 
+``torchao`` is TAO's default backend but only in our ``[quant]`` extra. Where it cannot be imported,
+the action falls back to ``onnxruntime`` (static PTQ; minmax unless the spec's algorithm is one ONNX
+Runtime has) and says so in one line. Every TAO spec carries ``quantize.backend``, so a spec that
+names torchao cannot be told from one that kept the default: the fallback always applies to
+torchao, never silently, and the report and result record the backend asked for
+(``requested_backend``), the one used (``backend``) and why (``note``). The modelopt backends are
+never a default: naming one asks for it, and a missing ModelOpt stays an error naming the extra.
+
 Static PTQ calibrates on ``dataset.segment.quant_calibration_dataset.images_dir``. The ONNX
 backends take an ``.onnx`` ``model_path`` or export a ``.pth`` checkpoint first. Afterwards the
 float and quantized models are evaluated on the validation split with the evaluate action (same
@@ -20,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +38,16 @@ import torch
 
 from segformer.config import ExperimentConfig, action_results_dir, require
 from segformer.errors import DataError, SegformerError
+from segformer.parents import resolve_parents
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torchao", "modelopt.pytorch", "modelopt.onnx", "onnxruntime")
 STATIC_BACKENDS = ("modelopt.pytorch", "modelopt.onnx", "onnxruntime")
+ONNX_BACKENDS = ("modelopt.onnx", "onnxruntime")  # quantize an ONNX model (a .pth model_path is exported first)
 REPORT_NAME = "quantize_report.json"
+FLOAT_ONNX_NAME = "float_model.onnx"  # the ONNX backends' own export of a .pth model_path
+FALLBACK_BACKEND = "onnxruntime"  # for torchao (TAO's default) where it is not installed: needs no extra
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,46 @@ class QuantizeResult:
     quantized_bytes: int
     report_file: Path
     results_dir: Path
+    requested_backend: str | None = None  # quantize.backend as configured (differs from backend after a fallback)
+    note: str | None = None  # why the backend used is not the one asked for
+
+
+def resolve_backend(backend: str) -> tuple[str, str | None]:
+    """(backend to run, None) or, for torchao where it cannot be imported, (onnxruntime, the reason).
+
+    torchao is TAO's default and only in the [quant] extra; the rule is in the module docstring.
+    """
+    if backend != "torchao":
+        return backend, None
+    from segformer.deploy._deps import QUANT_HINT
+
+    try:
+        import torchao  # noqa: F401
+    except ModuleNotFoundError as err:
+        missing = str(err.name or "")
+        reason = "is not installed" if missing.split(".")[0] == "torchao" else f"cannot be imported ({err})"
+    except Exception as err:  # noqa: BLE001 - a broken install (missing libraries, a torch it does not fit)
+        reason = f"cannot be imported ({type(err).__name__}: {err})"
+    else:
+        return backend, None
+    note = f"quantize.backend torchao {reason} ({QUANT_HINT}); quantizing with {FALLBACK_BACKEND} instead"
+    return FALLBACK_BACKEND, note
+
+
+def _announce_fallback(cfg: ExperimentConfig, note: str, algorithm: str, *, quiet: bool) -> tuple[str, str]:
+    """Say that quantize falls back (one line) and return the fallback's (mode, algorithm): static
+    PTQ, the spec's algorithm where ONNX Runtime has it (torchao ignores it), else minmax."""
+    from segformer.deploy.quantize.ort_static import ORT_ALGORITHMS
+
+    segment = cfg.dataset.segment
+    if not (segment.quant_calibration_dataset.images_dir or segment.root_dir):
+        raise SegformerError(f"{note}, which calibrates on images: set dataset.segment.quant_calibration_dataset."
+                             f"images_dir (or dataset.segment.root_dir), or install torchao")
+    if quiet:
+        log.warning(note)
+    else:
+        print(f"segformer quantize: {note}", file=sys.stderr, flush=True)
+    return "static_ptq", (algorithm if algorithm in ORT_ALGORITHMS else "minmax")
 
 
 def _calibration_batches(cfg: ExperimentConfig, size: tuple[int, int], batch_size: int, max_batches: int):
@@ -120,11 +173,15 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
     from segformer.deploy.quantize.artifacts import ARTIFACT_NAMES, save_quantized_model
     from segformer.deploy.quantize.patterns import parse_layer_rules
 
+    cfg = resolve_parents(cfg, "quantize", quiet=quiet)  # a results folder as quantize.model_path: its model
     options = cfg.quantize
-    backend = str(options.backend)
-    if backend not in BACKENDS:
-        raise SegformerError(f"quantize.backend must be one of {BACKENDS}, got {backend!r}")
-    mode = str(options.mode)
+    requested = str(options.backend)
+    if requested not in BACKENDS:
+        raise SegformerError(f"quantize.backend must be one of {BACKENDS}, got {requested!r}")
+    backend, note = resolve_backend(requested)
+    mode, algorithm = str(options.mode), str(options.algorithm)
+    if note is not None:
+        mode, algorithm = _announce_fallback(cfg, note, algorithm, quiet=quiet)
     if backend == "torchao" and mode != "weight_only_ptq":
         raise SegformerError(f"backend torchao does weight-only PTQ: set quantize.mode=weight_only_ptq (got {mode})")
     if backend in STATIC_BACKENDS and mode != "static_ptq":
@@ -160,7 +217,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
                     m(batch.to(device))
 
             model, names = torch_backends.quantize_modelopt(
-                model, forward_loop, algorithm=str(options.algorithm), rules=rules, skip_names=skip_names
+                model, forward_loop, algorithm=algorithm, rules=rules, skip_names=skip_names
             )
         save_quantized_model(artifact, model.cpu(), backend=backend, quantized_modules=names,
                              extra={"meta": {"num_classes": num_classes, "backbone": cfg.model.backbone.type}})
@@ -169,7 +226,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
     else:
         onnx_in, exported = model_path, None
         if model_path.suffix != ".onnx":
-            onnx_in = exported = _export_float_onnx(cfg, model_path, results_dir / "float_model.onnx", num_classes)
+            onnx_in = exported = _export_float_onnx(cfg, model_path, results_dir / FLOAT_ONNX_NAME, num_classes)
         try:
             from segformer.deploy.onnx_signature import read_onnx_signature
 
@@ -183,13 +240,13 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
                 from segformer.deploy.quantize.ort_static import quantize_onnx_static
 
                 summary = quantize_onnx_static(onnx_in, artifact, batches(), rules=rules, skip_names=skip_names,
-                                               algorithm=str(options.algorithm), **kwargs)
+                                               algorithm=algorithm, **kwargs)
                 names = list(summary.quantized_nodes)
             else:
                 from segformer.deploy.quantize.modelopt_onnx import quantize_onnx_modelopt
 
                 names = quantize_onnx_modelopt(onnx_in, artifact, np.concatenate(list(batches())), rules=rules,
-                                               skip_names=skip_names, algorithm=str(options.algorithm),
+                                               skip_names=skip_names, algorithm=algorithm,
                                                device=str(options.device), **kwargs)
         except BaseException:
             if exported is not None:  # a float model only this failed run needed: leave nothing half done
@@ -204,8 +261,10 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
     quant_miou = _evaluate(cfg, artifact, is_quantized=is_quantized_eval, results_dir=results_dir / "eval_quantized")
     report = {
         "backend": backend,
+        "requested_backend": requested,
+        "note": note,
         "mode": mode,
-        "algorithm": str(options.algorithm) if backend != "torchao" else None,
+        "algorithm": algorithm if backend != "torchao" else None,
         "float_model": str(model_path),
         "artifact": str(artifact),
         "quantized": len(names),
@@ -234,7 +293,8 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
         print(table)
         print(f"wrote {artifact} ({len(names)} layers quantized) and {report_file}")
     log.info("quantization summary:\n%s", table)
-    return QuantizeResult(artifact, backend, float_miou, quant_miou, float_bytes, quantized_bytes, report_file, results_dir)
+    return QuantizeResult(artifact, backend, float_miou, quant_miou, float_bytes, quantized_bytes, report_file, results_dir,
+                          requested_backend=requested, note=note)
 
 
 def _export_float_onnx(cfg: ExperimentConfig, checkpoint: Path, onnx_path: Path, num_classes: int) -> Path:

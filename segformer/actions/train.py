@@ -44,6 +44,7 @@ from segformer.engine.optim import OptimizerSettings
 from segformer.engine.timing import TIMING_NAME, StepTiming, step_timing_requested
 from segformer.errors import SegformerError
 from segformer.model import build_segformer, check_input_size, load_pretrained_model
+from segformer.parents import resolve_parents
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: boo
     """Train as the spec says. ``callbacks`` are extra Lightning callbacks (AutoML's Ray Tune
     reporter reads ``val_miou`` from them); ``quiet`` drops the progress bar and Lightning's
     banners (AutoML trials)."""
+    cfg = resolve_parents(cfg, "train", quiet=quiet)  # a results folder as pretrained/resume path: its checkpoint
     train_cfg = cfg.train
     results_dir = action_results_dir(cfg, "train")
     resume = train_cfg.resume_training_checkpoint_path

@@ -1,12 +1,13 @@
 """``segformer convert``: turn published weights into a checkpoint in our own format.
 
-    segformer convert --from hf|nvlabs|timm SRC OUT.pth [-e spec.yaml] [--backbone NAME --num-classes K]
+    segformer convert --from hf|nvlabs|timm SRC OUT.pth [-e spec.yaml [key=value ...]] [--backbone NAME --num-classes K]
 
 The output loads in every action (``train.pretrained_model_path``, ``evaluate.checkpoint``,
 ``export.checkpoint`` ...). With ``-e`` the model is built from the spec's ``model`` section and
-``dataset.segment.num_classes``; otherwise from ``--backbone`` and ``--num-classes`` (read from
-the classifier in SRC when omitted). Encoder-only weights (ImageNet MiT, timm ViTs) give a
-checkpoint whose decode head is freshly initialised; the report says so.
+``dataset.segment.num_classes``, after the ``key=value`` overrides (the same override path and
+validation as every action: ``segformer.config.load_config``); otherwise from ``--backbone`` and
+``--num-classes`` (read from the classifier in SRC when omitted). Encoder-only weights (ImageNet
+MiT, timm ViTs) give a checkpoint whose decode head is freshly initialised; the report says so.
 
 Module-level imports stay light (no torch) so ``segformer convert --help`` is fast.
 """
@@ -18,6 +19,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from segformer.cli import add_spec_arguments
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segformer convert", description=__doc__.split("\n\n")[0])
@@ -25,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="key convention of SRC: transformers (hf), NVlabs/mmseg (nvlabs), timm ViT (timm)")
     parser.add_argument("src", type=Path, help="weights file: .safetensors, .bin, .pth")
     parser.add_argument("out", type=Path, help="output checkpoint (our format)")
-    parser.add_argument("-e", "--experiment-spec", type=Path, help="spec YAML giving model.* and num_classes")
+    add_spec_arguments(parser, required=False)
     parser.add_argument("--backbone", help="backbone name (model.backbone.type) when no spec is given")
     parser.add_argument("--num-classes", type=int, help="classes; default: read from the classifier in SRC")
     parser.add_argument("--embed-dim", type=int, help="decoder embed_dim; default: read from SRC, else 768")
@@ -33,15 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_intermixed_args(argv)  # key=value may follow -e spec.yaml, after SRC and OUT
+    if args.overrides and args.spec is None:
+        parser.error(f"key=value overrides ({' '.join(args.overrides)}) change a spec: give it with -e spec.yaml")
     from .checkpoints import load_into, load_model_weights, save_model_checkpoint
     from .segformer import build_segformer
 
     state, meta = load_model_weights(args.src, source=args.source)
-    if args.experiment_spec is not None:
+    if args.spec is not None:
         from segformer.config import load_config
 
-        cfg = load_config(args.experiment_spec)
+        cfg = load_config(args.spec, args.overrides)
         model_cfg, num_classes = cfg.model, args.num_classes or cfg.dataset.segment.num_classes
     else:
         if not args.backbone:

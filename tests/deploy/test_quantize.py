@@ -133,3 +133,61 @@ def test_missing_backend_message_names_the_extra(monkeypatch):
     monkeypatch.setattr("importlib.import_module", lambda name: no_torchao(name))
     with pytest.raises(MissingDependencyError, match=r"segformer-automl\[quant\]"):
         apply_torchao(torch.nn.Linear(2, 2), ["x"])
+
+
+# TAO's quantize section as its spec templates ship it (`segformer.config.QuantizeConfig` defaults).
+TAO_DEFAULT_QUANTIZE = {"backend": "torchao", "mode": "weight_only_ptq", "algorithm": "minmax", "layers": [],
+                        "skip_names": [], "backend_kwargs": {}, "device": "cuda"}
+
+
+def test_cli_quantize_without_torchao_falls_back_to_onnxruntime(deploy_dataset, checkpoint, tmp_path):
+    """`segformer quantize` with TAO's default section (backend torchao) where torchao cannot be
+    imported: one line says so, and an int8 ONNX model comes out that ONNX Runtime runs.
+
+    torchao is kept out of the subprocess for real whether or not it is installed here: a
+    sitecustomize on its PYTHONPATH puts None in sys.modules["torchao"], Python's own way of making
+    an import fail (ModuleNotFoundError), before any of our code runs."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import onnxruntime as ort
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    shim = tmp_path / "no_torchao"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text("import sys\nsys.modules['torchao'] = None  # import torchao fails\n")
+    spec = yaml.safe_load((deploy_dataset / "spec.yaml").read_text())
+    spec["quantize"] = dict(TAO_DEFAULT_QUANTIZE)
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    results = tmp_path / "results"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shim), str(repo)]), "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, "-m", "segformer.cli", "quantize", "-e", str(spec_file),
+                          f"results_dir={results}", f"dataset.segment.root_dir={deploy_dataset}",
+                          "model.decode_head.decoder_params.embed_dim=32", "dataset.segment.workers=0",
+                          f"quantize.model_path={checkpoint}"],
+                         capture_output=True, text=True, env=env, cwd=repo, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    line = ("segformer quantize: quantize.backend torchao is not installed (pip install 'segformer-automl[quant]'); "
+            "quantizing with onnxruntime instead")
+    assert out.stderr.count(line) == 1, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+
+    artifact = results / "quantize" / "quantized_model_onnxruntime.onnx"
+    report = json.loads((results / "quantize" / "quantize_report.json").read_text())
+    assert report["backend"] == "onnxruntime" and report["requested_backend"] == "torchao"
+    assert report["note"] in line and report["mode"] == "static_ptq" and report["artifact"] == str(artifact)
+    assert report["quantized"] > 0 and report["quantized_bytes"] < report["float_bytes"]
+    model = onnx.load(str(artifact))
+    onnx.checker.check_model(model)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    int8_weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert int8_weights  # weights stored as int8, not only fake-quant nodes
+    session = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
+    [logits] = session.run(["output"], {"input": np.random.default_rng(0).standard_normal(
+        (2, 3, SIZE, SIZE)).astype(np.float32)})
+    assert logits.shape[:2] == (2, NUM_CLASSES) and np.isfinite(logits).all()

@@ -144,3 +144,47 @@ def test_convert_module_does_not_import_torch():
     code = "import sys, segformer.model.convert as c; c.build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _convert_spec(tmp_path):
+    """A spec for an MiT-B0 model, and HF weights of one with 4 classes and a 64-channel decoder."""
+    from safetensors.torch import save_file
+
+    hf = _hf_model((2, 2, 2, 2), (32, 64, 160, 256), num_classes=4)
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, tmp_path / "model.safetensors")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("model:\n  backbone:\n    type: mit_b0\n  decode_head:\n    in_channels: [32, 64, 160, 256]\n"
+                    "dataset:\n  segment:\n    num_classes: 3\n")
+    return spec
+
+
+def test_convert_takes_key_value_overrides_like_every_action(tmp_path, capsys):
+    """The overrides go through load_config: the spec's 3 classes and 768-channel decoder become the
+    weights' 4 and 64, and every tensor of SRC loads."""
+    from segformer.cli import main
+
+    spec = _convert_spec(tmp_path)
+    out = tmp_path / "out.pth"
+    assert main(["convert", "--from", "hf", str(tmp_path / "model.safetensors"), str(out), "-e", str(spec),
+                 "dataset.segment.num_classes=4", "model.decode_head.decoder_params.embed_dim=64"]) == 0
+    assert "0 missing, 0 unexpected" in capsys.readouterr().out
+    state, meta = load_model_weights(out)
+    assert meta["num_classes"] == 4 and meta["embed_dim"] == 64 and meta["backbone"] == "mit_b0"
+
+
+def test_convert_reports_a_bad_override_as_the_actions_do(tmp_path, capsys):
+    from segformer.cli import main
+
+    spec = _convert_spec(tmp_path)
+    bad = "model.decode_head.decoder_params.embed_dimm=64"
+    assert main(["export", "-e", str(spec), bad]) == 1
+    action_error = capsys.readouterr().err
+    assert main(["convert", "--from", "hf", str(tmp_path / "model.safetensors"), str(tmp_path / "out.pth"),
+                 "-e", str(spec), bad]) == 1
+    convert_error = capsys.readouterr().err
+    assert "embed_dimm" in action_error and "Traceback" not in convert_error
+    assert convert_error.removeprefix("segformer convert") == action_error.removeprefix("segformer export")
+    assert not (tmp_path / "out.pth").exists()
+    with pytest.raises(SystemExit) as exit_:  # an override needs a spec to change
+        main(["convert", "--from", "hf", str(tmp_path / "model.safetensors"), str(tmp_path / "out.pth"), bad])
+    assert exit_.value.code == 2 and "give it with -e spec.yaml" in capsys.readouterr().err
