@@ -121,8 +121,12 @@ def check_pretrained(s: SearchConfig, spec_values: Mapping[str, Any]) -> None:
     from automl.space import _lookup
 
     backbones = s.structure.get("model.backbone.type")
+    from segformer import remote
+
     for backbone, path in s.pretrained_backbones.items():
-        if not Path(path).expanduser().is_file():
+        if remote.is_url(path):  # fetched (and checked) now, so no trial starts from a wrong URL
+            remote.fetch(str(path), f"pretrained weights of {backbone}", "file")
+        elif not Path(path).expanduser().is_file():
             raise SearchError(f"pretrained weights of {backbone}: {path} is not a file (--pretrained / pretrained_backbones)")
     if not backbones:
         return

@@ -7,7 +7,18 @@ exit non-zero. Anything else is a bug and keeps its traceback.
 
 
 class SegformerError(Exception):
-    """A problem with the user's input or environment, explained in the message."""
+    """A problem with the user's input or environment, explained in the message.
+
+    A message that names the local copy of remote data (``segformer.remote``) names the URL the
+    user gave instead, so data read from s3:// is reported exactly as a local folder would be.
+    """
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str):
+            from segformer.remote import as_given
+
+            args = (as_given(args[0]),)
+        super().__init__(*args)
 
 
 class DataError(SegformerError):

@@ -6,6 +6,8 @@ the structured (typed) config and the ``${...}`` interpolation; callers get real
 A loaded config records what it was resolved from in its declared field ``spec_source``
 (:class:`~segformer.config.experiment.SpecSource`, never part of ``to_dict`` or the dumped YAML),
 so that ``apply_overrides(cfg, ["results_dir=/x"])`` also moves ``${results_dir}/...`` paths.
+Input paths given as URLs (``s3://...``) are fetched into a local cache and the config names the
+copies (``segformer.remote``); ``dump_config`` writes the URLs.
 """
 from __future__ import annotations
 
@@ -172,10 +174,13 @@ def _plain(value: Any) -> Any:
 
 
 def dump_config(cfg: ExperimentConfig, path: str | Path) -> Path:
-    """Write the resolved config as YAML, atomically (a temporary file, then os.replace)."""
+    """Write the resolved config as YAML, atomically (a temporary file, then os.replace). Local copies
+    of remote data are written as the URLs they came from (``segformer.remote``)."""
     from segformer.fileio import atomic_write_text
+    from segformer.remote import urls_restored
 
-    return atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False))
+    return atomic_write_text(path, yaml.safe_dump(urls_restored(to_dict(cfg)), sort_keys=False,
+                                                  default_flow_style=False))
 
 
 def require(cfg: ExperimentConfig, key: str, *alternatives: str) -> Any:
@@ -563,6 +568,9 @@ def _materialize(raw: dict, origin: str, problems: list[str]) -> ExperimentConfi
     except OmegaConfBaseException as exc:
         raise ConfigError(f"invalid spec {origin}: {_omega_message(exc)}") from None
     _warn_unused(cfg)
+    from segformer.remote import localize
+
+    cfg = localize(cfg)  # s3:// (and other URL) inputs -> local copies, fetched now unless cached
     return dataclasses.replace(cfg, spec_source=SpecSource(raw=copy.deepcopy(raw), resolved=to_dict(cfg)))
 
 

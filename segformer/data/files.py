@@ -51,13 +51,16 @@ def check_inside(path: Path, root: Path) -> None:
         )
 
 
+def missing_folder_message(directory: str | Path) -> str:
+    """What a dataset folder that does not exist is told as (a local path or a URL, `segformer.remote`)."""
+    return (f"folder {directory} does not exist; the dataset must use the layout <root_dir>/images/<split>/ "
+            "and <root_dir>/masks/<split>/ (check dataset.segment.root_dir and the *_split names)")
+
+
 def list_files(directory: Path, extensions: tuple[str, ...], root: Path) -> dict[str, Path]:
     """stem -> path for the files in ``directory`` with one of ``extensions`` (case-insensitive)."""
     if not directory.is_dir():
-        raise DataError(
-            f"folder {directory} does not exist; the dataset must use the layout <root_dir>/images/<split>/ "
-            "and <root_dir>/masks/<split>/ (check dataset.segment.root_dir and the *_split names)"
-        )
+        raise DataError(missing_folder_message(directory))
     check_inside(directory, root)
     found: dict[str, Path] = {}
     for path in sorted(directory.iterdir()):

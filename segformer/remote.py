@@ -1,0 +1,433 @@
+"""Object storage for the spec's input paths: s3:// (and gs://, az://, http(s):// ...) through fsspec.
+
+A dataset root, a calibration folder or a checkpoint may be given as a URL. :func:`localize`,
+called by the config loader on every config it builds, copies each one into a local cache and
+returns a config that names the copies, so every action reads local files, validated exactly as
+local folders are. Nothing else in the toolkit knows about URLs.
+
+- Cache: ``$SEGFORMER_REMOTE_CACHE``, else ``$XDG_CACHE_HOME/segformer/remote``, else
+  ``~/.cache/segformer/remote``: one folder per URL, one sub-folder per content version. The
+  version is a hash of the listing (each file's name, size and ETag / mtime, as fsspec reports
+  them), so a copy is reused while the remote data is unchanged and a changed file fetches a new
+  version. A download goes into a temporary folder renamed into place when complete, under a
+  file lock, so two processes (two AutoML trials on one machine) never clash or read half a copy.
+  Versions a run no longer uses are left in place (another process may still read them): delete
+  the cache folder to reclaim the space.
+- A dataset root copies ``images/`` and ``masks/`` (TAO's layout), a folder its files, a file
+  itself (an ``.onnx`` file with its external-data files).
+- Messages name the URL the user gave: :class:`segformer.errors.SegformerError` replaces the local
+  copy's path with the URL (:func:`as_given`), and :func:`urls_restored` writes URLs back into a
+  dumped spec.
+- Credentials are whatever the backend reads (for s3fs/botocore: ``AWS_ACCESS_KEY_ID`` /
+  ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ``~/.aws``; ``AWS_ENDPOINT_URL`` points at an
+  S3-compatible server such as MinIO).
+
+This module imports only the standard library at import time (the error classes use it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "SEGFORMER_REMOTE_CACHE"
+
+# The spec's input paths and what each names: "dataset" (a root holding images/ and masks/),
+# "folder" (images), "file". A list-valued key holds several folders.
+INPUTS: dict[str, str] = {
+    "dataset.segment.root_dir": "dataset",
+    "dataset.segment.quant_calibration_dataset.images_dir": "folder",
+    "gen_trt_engine.tensorrt.calibration.cal_image_dir": "folder",
+    "model.backbone.pretrained_backbone_path": "file",
+    "train.pretrained_model_path": "file",
+    "train.resume_training_checkpoint_path": "file",
+    "evaluate.checkpoint": "file",
+    "evaluate.trt_engine": "file",
+    "inference.checkpoint": "file",
+    "inference.trt_engine": "file",
+    "export.checkpoint": "file",
+    "quantize.model_path": "file",
+    "gen_trt_engine.onnx_file": "file",
+}
+# Paths the actions write: local only.
+OUTPUTS = (
+    "results_dir", "train.results_dir", "evaluate.results_dir", "inference.results_dir", "export.results_dir",
+    "export.onnx_file", "quantize.results_dir", "gen_trt_engine.results_dir", "gen_trt_engine.trt_engine",
+    "gen_trt_engine.tensorrt.calibration.cal_cache_file",
+)
+
+# protocol -> (package, how to install it); other protocols get fsspec's own hint.
+_BACKENDS = {
+    "s3": ("s3fs", "pip install 'segformer-automl[s3]'"),
+    "s3a": ("s3fs", "pip install 'segformer-automl[s3]'"),
+    "gs": ("gcsfs", "pip install gcsfs"),
+    "gcs": ("gcsfs", "pip install gcsfs"),
+    "az": ("adlfs", "pip install adlfs"),
+    "abfs": ("adlfs", "pip install adlfs"),
+    "http": ("aiohttp", "pip install aiohttp requests"),
+    "https": ("aiohttp", "pip install aiohttp requests"),
+}
+_CREDENTIALS = {
+    "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, ~/.aws/credentials)",
+    "gs": "GOOGLE_APPLICATION_CREDENTIALS or gcloud's default credentials",
+    "az": "AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY",
+}
+_SINGLE_FILE_ONLY = ("http", "https")  # no reliable listing: files only
+
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+_MANIFEST = "manifest.json"
+_DATA = "data"
+# Fields of an fsspec info dict that change when the content changes, by backend.
+_VERSION_FIELDS = ("ETag", "etag", "md5Hash", "content_md5", "LastModified", "last_modified", "mtime", "updated",
+                   "generation", "Last-Modified", "Digest", "Content-MD5")
+
+# Local copy -> the URL it was fetched from, in this process (see `as_given`).
+_AS_GIVEN: dict[str, str] = {}
+
+
+def is_url(value: Any) -> bool:
+    """A string with a scheme (``s3://...``); ``file://`` URLs count as local paths."""
+    match = _URL.match(value) if isinstance(value, str) else None
+    return match is not None and match.group(1).lower() != "file"
+
+
+def cache_root() -> Path:
+    """Where remote data is copied: ``$SEGFORMER_REMOTE_CACHE`` or ``$XDG_CACHE_HOME/segformer/remote``."""
+    own = os.environ.get(CACHE_ENV, "").strip()
+    if own:
+        return Path(own).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "segformer" / "remote"
+
+
+# --------------------------------------------------------------------------------------- the config
+def localize(cfg: Any) -> Any:
+    """``cfg`` with every remote input path replaced by its local copy (``cfg`` itself when it has none).
+
+    Raises :class:`~segformer.config.ConfigError` with one line naming the key, the URL and the fix
+    (a missing backend, missing data, refused credentials, an output path given as a URL).
+    """
+    from segformer.config.fields import ConfigError
+
+    for key in OUTPUTS:
+        value = _get(cfg, key)
+        if is_url(value):
+            raise ConfigError(f"{key}={value}: outputs are written to local folders only; give a local path "
+                              f"(copy the results to object storage afterwards, e.g. aws s3 sync)")
+    changes: dict[str, Any] = {}
+    for key, kind in INPUTS.items():
+        value = _get(cfg, key)
+        if isinstance(value, list) and any(is_url(v) or _is_file_url(v) for v in value):
+            changes[key] = [str(fetch(v, f"{key}[{i}]", kind)) if is_url(v) else _local(v) for i, v in enumerate(value)]
+        elif is_url(value):
+            changes[key] = str(fetch(value, key, kind))
+        elif _is_file_url(value):
+            changes[key] = _local(value)
+    for key, value in changes.items():
+        cfg = _replaced(cfg, key.split("."), value)
+    return cfg
+
+
+def urls_restored(values: Mapping[str, Any]) -> dict:
+    """A plain config dict (``to_dict``) with local copies named by their URLs again (for a dumped spec)."""
+    if not _AS_GIVEN:
+        return dict(values)
+    out = copy.deepcopy(dict(values))
+    for key in INPUTS:
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node[leaf]
+        if isinstance(value, list):
+            node[leaf] = [_AS_GIVEN.get(v, v) if isinstance(v, str) else v for v in value]
+        elif isinstance(value, str):
+            node[leaf] = _AS_GIVEN.get(value, value)
+    return out
+
+
+def as_given(text: str) -> str:
+    """``text`` with every local copy made in this process (and paths inside it) named by its URL."""
+    for local in sorted(_AS_GIVEN, key=len, reverse=True):
+        if local in text:
+            text = re.sub(re.escape(local) + r"(?![\w.\-])", lambda _m, u=_AS_GIVEN[local]: u, text)
+    return text
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part, None)
+    return cfg
+
+
+def _replaced(obj: Any, parts: list[str], value: Any) -> Any:
+    if not parts:
+        return value
+    return dataclasses.replace(obj, **{parts[0]: _replaced(getattr(obj, parts[0]), parts[1:], value)})
+
+
+def _is_file_url(value: Any) -> bool:
+    return isinstance(value, str) and value[:7].lower() == "file://"
+
+
+def _local(value: Any) -> Any:
+    """A ``file://`` URL as a plain path; anything else unchanged."""
+    if _is_file_url(value):
+        from urllib.parse import unquote, urlparse
+
+        return unquote(urlparse(value).path)
+    return value
+
+
+# ---------------------------------------------------------------------------------------- fetching
+def fetch(url: str, key: str, kind: str) -> Path:
+    """The local copy of ``url`` (fetched now unless the cache holds this version): a folder for
+    ``kind`` "dataset" or "folder", the file for "file". ``key`` names the spec key in messages."""
+    fs, path, protocol = _filesystem(url, key)
+    with _reading(key, url, protocol):
+        listing, single = _listing(fs, path, url, key, kind, protocol)
+    version = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()[:16]
+    name = url.rstrip("/")
+    home = cache_root() / protocol / f"{hashlib.sha256(name.encode()).hexdigest()[:12]}-{_safe_name(name)}"
+    entry = home / version
+    local = entry / (Path(path).name if single else _DATA)
+    if not _complete(entry, listing):
+        from filelock import FileLock
+
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(home / f"{version}.lock"))
+            with _waiting(lock, url):
+                if not _complete(entry, listing):
+                    with _reading(key, url, protocol):
+                        _download(fs, path, url, listing, entry, single)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            from segformer.config.fields import ConfigError
+
+            raise ConfigError(f"{key}={url}: cannot store the local copy in {home} ({exc.strerror or exc}); free "
+                              f"disk space there or set {CACHE_ENV} to a folder on a disk with room") from None
+    if single and local.suffix.lower() == ".onnx":
+        _fetch_onnx_side_files(fs, path, url, key, protocol, entry)
+    for shown in {str(local), str(local.resolve())}:
+        _AS_GIVEN[shown] = name
+    return local
+
+
+def _filesystem(url: str, key: str) -> tuple[Any, str, str]:
+    """(fsspec file system, path within it, protocol); a missing backend is one line saying what to install."""
+    from segformer.config.fields import ConfigError
+
+    protocol = _URL.match(url).group(1).lower()  # type: ignore[union-attr]
+    try:
+        import fsspec
+    except ImportError:  # pragma: no cover - fsspec comes with torch and lightning
+        raise ConfigError(f"{key}={url}: reading {protocol}:// needs fsspec: pip install fsspec") from None
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ImportError as exc:
+        package, install = _BACKENDS.get(protocol, (None, str(exc)))
+        needs = f"needs {package}: {install}" if package else f"needs a backend that is not installed ({install})"
+        raise ConfigError(f"{key}={url}: reading {protocol}:// {needs}") from None
+    except ValueError:
+        raise ConfigError(f"{key}={url}: {protocol}:// is not a storage protocol fsspec knows; use s3://, gs://, "
+                          f"az://, http(s):// or a local path") from None
+    with _reading(key, url, protocol):
+        fs, path = fsspec.core.url_to_fs(url, skip_instance_cache=True)  # reads the environment now
+    return fs, path.rstrip("/"), protocol
+
+
+def _listing(fs: Any, path: str, url: str, key: str, kind: str, protocol: str) -> tuple[dict[str, list], bool]:
+    """{relative path: [size, version fields]} of what to copy, and whether ``url`` is a single file."""
+    from segformer.config.fields import ConfigError
+
+    if kind == "file":
+        try:
+            info = fs.info(path)
+        except FileNotFoundError:
+            raise ConfigError(f"{key} points to {url}, which does not exist; check the bucket and the object "
+                              f"name") from None
+        if info.get("type") == "directory":
+            raise ConfigError(f"{key}={url} is a folder in object storage; give the URL of the file in it (a "
+                              f"results folder stands for its checkpoint only on a local disk)")
+        return {Path(path).name: _version(info)}, True
+    if protocol in _SINGLE_FILE_ONLY:
+        raise ConfigError(f"{key}={url}: {protocol}:// can name single files only, and {key} is a folder; "
+                          f"use s3://, gs://, az:// or a local folder")
+    if kind == "dataset":
+        found = {}
+        for sub in ("images", "masks"):
+            found.update(fs.find(f"{path}/{sub}", detail=True))
+        if not any(_relative(name, path).startswith("images/") for name in found):
+            from segformer.data.files import missing_folder_message
+
+            raise ConfigError(f"{key}={url}: " + missing_folder_message(f"{url.rstrip('/')}/images"))
+    else:
+        found = fs.find(path, maxdepth=1, detail=True)
+        if not found:
+            raise ConfigError(f"{key}={url}: folder {url} does not exist (nothing is stored under that prefix); "
+                              f"check the bucket and the prefix")
+    return {_relative(name, path): _version(info) for name, info in found.items()
+            if info.get("type", "file") == "file" and not _relative(name, path).endswith("/")}, False
+
+
+def _relative(name: str, root: str) -> str:
+    return name[len(root):].lstrip("/") if name.startswith(root) else name.rsplit("/", 1)[-1]
+
+
+def _version(info: Mapping[str, Any]) -> list:
+    return [info.get("size"), *(str(info[f]) for f in _VERSION_FIELDS if info.get(f) is not None)]
+
+
+def _safe_name(url: str) -> str:
+    return re.sub(r"[^\w.\-]", "_", url.rsplit("/", 1)[-1])[:40] or "root"
+
+
+def _complete(entry: Path, listing: Mapping[str, list]) -> bool:
+    """``entry`` holds this version entirely (a finished download, its files still of the right size)."""
+    try:
+        manifest = json.loads((entry / _MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if manifest.get("files") != dict(listing):
+        return False
+    base = entry / manifest.get("base", _DATA)
+    try:
+        return all(size is None or (base / name).stat().st_size == size for name, (size, *_) in listing.items())
+    except OSError:
+        return False
+
+
+def _download(fs: Any, path: str, url: str, listing: Mapping[str, list], entry: Path, single: bool) -> None:
+    """Copy every listed file into a temporary folder, then rename it to ``entry`` (the caller holds the lock)."""
+    home = entry.parent
+    for stale in home.glob(f".{entry.name}.*.tmp"):  # a download killed half-way
+        shutil.rmtree(stale, ignore_errors=True)
+    if entry.exists():  # damaged or incomplete: replaced
+        shutil.rmtree(entry)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=home))
+    try:
+        base = tmp if single else tmp / _DATA
+        names = sorted(listing)
+        sources = [path] if single else [f"{path}/{name}" for name in names]
+        targets = [base / name for name in names]
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        total = sum(size or 0 for size, *_ in listing.values())
+        log.info("fetching %s (%d file(s), %.1f MB) into %s", url, len(names), total / 1e6, entry)
+        fs.get(sources, [str(t) for t in targets], callback=_progress(url, len(names)))
+        for name, target in zip(names, targets):
+            size = listing[name][0]
+            if size is not None and target.stat().st_size != size:
+                raise OSError(errno.EIO, f"{url}/{name} changed while it was copied; run again")
+        manifest = {"url": url, "base": "" if single else _DATA, "files": dict(listing)}
+        (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, entry)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fetch_onnx_side_files(fs: Any, path: str, url: str, key: str, protocol: str, entry: Path) -> None:
+    """An ONNX model's external-data files (large models keep weights beside the graph), next to its copy."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    try:
+        model = onnx.load(str(entry / Path(path).name), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not a readable ONNX file: the action that reads it says so
+        return
+    locations = sorted({item.value for tensor in model.graph.initializer if uses_external_data(tensor)
+                        for item in tensor.external_data if item.key == "location"})
+    parent = path.rsplit("/", 1)[0]
+    for location in locations:
+        target = entry / location
+        if target.is_file():
+            continue
+        with _reading(key, f"{url.rsplit('/', 1)[0]}/{location}", protocol):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            fs.get_file(f"{parent}/{location}", str(tmp))
+            os.replace(tmp, target)
+
+
+def _progress(url: str, files: int) -> Any:
+    """A progress bar for copies of many files on a terminal (fsspec's tqdm callback); none otherwise."""
+    from fsspec.callbacks import DEFAULT_CALLBACK, TqdmCallback
+
+    if files < 20:
+        return DEFAULT_CALLBACK
+    return TqdmCallback(tqdm_kwargs={"desc": f"fetching {url}", "unit": "file", "disable": None})
+
+
+@contextlib.contextmanager
+def _waiting(lock: Any, url: str) -> Iterator[None]:
+    """Hold ``lock``, saying so when another process is copying the same data."""
+    from filelock import Timeout
+
+    try:
+        lock.acquire(timeout=1)
+    except Timeout:
+        log.warning("another process is fetching %s into the same cache; waiting for it", url)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def _reading(key: str, url: str, protocol: str) -> Iterator[None]:
+    """Errors of the storage backend -> one ConfigError naming the key, the URL and what to check."""
+    from segformer.config.fields import ConfigError
+
+    try:
+        yield
+    except ConfigError:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) or (
+                exc.filename and str(exc.filename).startswith(str(cache_root()))):
+            raise  # the local disk, not the storage: `fetch` says so
+        raise ConfigError(_read_failure(key, url, protocol, exc)) from None
+    except Exception as exc:  # noqa: BLE001 - botocore/aiohttp/google errors have no common base
+        raise ConfigError(_read_failure(key, url, protocol, exc)) from None
+
+
+def _read_failure(key: str, url: str, protocol: str, exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    names = {type(e).__name__ for e in _chain(exc)}
+    credentials = _CREDENTIALS.get({"s3a": "s3", "gcs": "gs", "abfs": "az"}.get(protocol, protocol))
+    if isinstance(exc, FileNotFoundError):
+        return f"{key} points to {url}, which does not exist ({text}); check the bucket and the name"
+    if isinstance(exc, PermissionError) or names & {"NoCredentialsError", "PartialCredentialsError",
+                                                    "ClientAuthenticationError", "RefreshError"}:
+        how = f"set {credentials}" if credentials else "check the credentials"
+        return f"{key}={url}: no credentials or access refused ({text}); {how} and check the bucket's permissions"
+    where = " (AWS_ENDPOINT_URL: " + os.environ["AWS_ENDPOINT_URL"] + ")" if protocol in ("s3", "s3a") and \
+        os.environ.get("AWS_ENDPOINT_URL") else ""
+    return f"{key}={url}: cannot read it{where}: {type(exc).__name__}: {text}; check the URL, the network and the credentials"
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    for _ in range(6):
+        if exc is None:
+            return
+        yield exc
+        exc = exc.__cause__ or exc.__context__
