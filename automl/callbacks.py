@@ -26,6 +26,7 @@ controller on the cluster, is refused by `automl.ray_session`).
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from ray.tune import Callback, Stopper
 from automl.layout import Layout
 from automl.state import FAILED, FINISHED, RUNNING, STOPPED, SearchState, TrialRecord
 from automl.trial import ray_trial_name
+
+log = logging.getLogger(__name__)
 
 # Ray fills these into every result; they are bookkeeping, not model metrics.
 _RAY_KEYS = {
@@ -284,6 +287,12 @@ class RayStateBackup(_Bound, Callback):
         self._saved: tuple = ()
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        try:
+            self._backup()
+        except OSError as err:  # a backup missed is taken at the next save; it never stops the search
+            log.debug("Ray state backup skipped: %s", err)
+
+    def _backup(self) -> None:
         from automl.ray_session import backup_ray_state, state_signature
 
         layout = self.live.layout

@@ -71,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--mode", choices=("max", "min"))
     run.add_argument("--seed", type=int)
     run.add_argument("--max-failed-trials", type=int, help="stop the search after this many failed trials")
-    run.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    run.add_argument("--address", help="Ray cluster address, HOST:PORT of its head (default: start a local Ray); "
+                                    "a cluster with token authentication takes the token from RAY_AUTH_TOKEN, "
+                                    "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token")
     run.add_argument("--num-cpus", type=int, help="local Ray: CPUs to use (default: all)")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///RESULTS_DIR/mlflow.db)")
     run.add_argument("--results-dir", default="automl_results", help="search folder (default ./automl_results)")
@@ -87,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
 
     resume = sub.add_parser("resume", help="continue an interrupted search")
     resume.add_argument("results_dir")
-    resume.add_argument("--address", help="Ray cluster address (default: as the search was started)")
+    resume.add_argument("--address", help="Ray cluster address (default: as the search was started; its token "
+                                       "as for run)")
     resume.add_argument("--live", action="store_true", help="also print a line per trial event")
     resume.add_argument("--no-progress", action="store_true", help="no live table, no status block every 30 s")
 

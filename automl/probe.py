@@ -4,7 +4,8 @@ Without them a wrong address costs minutes, not seconds: `ray.init(address=...)`
 connection for well over 100 s, and MLflow's HTTP client retries a dead server with exponential
 backoff for more than two minutes. One TCP connect (Ray) or one HTTP request (MLflow) with a short
 timeout answers the question "is anything there?" and lets the command fail with one line that
-says what to do.
+says what to do. A Ray cluster with token authentication is asked the same way whether it accepts
+this driver's token (`ray_auth_token`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import socket
 import urllib.error
 import urllib.request
+from pathlib import Path
 from urllib.parse import urlsplit
 
 PROBE_TIMEOUT_S = 3.0
@@ -66,6 +68,101 @@ def check_ray_address(address: str | None, timeout: float = PROBE_TIMEOUT_S) -> 
         f"start the cluster with `ray start --head` on that machine, check the address and port "
         f"(`ray status` on the head prints it), or drop --address to run on a local Ray"
     )
+
+
+# Ray's token authentication (Ray >= 2.52; `ray start --head` turns it on when a token exists, and
+# Ray >= 2.59's local ray.init() writes one to ~/.ray/auth_token): where a client finds the token, in
+# Ray's own order of precedence, and the one line that says what to set.
+RAY_TOKEN_HINT = ("set RAY_AUTH_TOKEN to the cluster's token (`ray get-auth-token` on the head node prints it) "
+                  "or RAY_AUTH_TOKEN_PATH to a file that holds it")
+RAY_DEFAULT_TOKEN_FILE = Path("~/.ray/auth_token")
+
+
+class RayAuthError(ValueError):
+    """The Ray cluster wants a token this driver cannot give; the message names what to set."""
+
+
+def local_ray_token() -> tuple[str, str] | tuple[None, None]:
+    """(where it came from, token) as Ray reads it here: RAY_AUTH_TOKEN, else the file named by
+    RAY_AUTH_TOKEN_PATH (which must be readable: Ray aborts the process otherwise), else
+    ~/.ray/auth_token; (None, None) when there is none."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if token:
+        return "RAY_AUTH_TOKEN", token
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    path = Path(named).expanduser() if named else RAY_DEFAULT_TOKEN_FILE.expanduser()
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        if named:
+            reason = getattr(err, "strerror", None) or err
+            raise RayAuthError(f"RAY_AUTH_TOKEN_PATH={named} cannot be read ({reason}): point it at the file that "
+                               f"holds the Ray cluster's token, or {RAY_TOKEN_HINT}") from None
+        return None, None
+    if not token:
+        if named:
+            raise RayAuthError(f"RAY_AUTH_TOKEN_PATH={named} is empty: {RAY_TOKEN_HINT}")
+        return None, None
+    return (f"RAY_AUTH_TOKEN_PATH={named}" if named else str(RAY_DEFAULT_TOKEN_FILE)), token
+
+
+def _gcs_rejects(address: str, token: str | None, timeout: float) -> bool | None:
+    """Whether the GCS at `address` refuses a request with `token` (None: without one) as
+    unauthenticated; None when that cannot be told (Ray's gRPC stubs missing, another error).
+
+    One GetClusterId call, the first thing `ray.init` asks: Ray itself retries a refused token for
+    20 s and then says only "Failed to connect"."""
+    try:
+        import grpc
+        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    except ImportError:
+        return None
+    host, port = _host_port(address, 6379)
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    # The header Ray's own client interceptor sends (ray._private.authentication).
+    metadata = [("authorization", f"Bearer {token}")] if token else []
+    with grpc.insecure_channel(target) as channel:
+        try:
+            gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
+                gcs_service_pb2.GetClusterIdRequest(), timeout=timeout, metadata=metadata)
+        except grpc.RpcError as err:
+            return True if err.code() == grpc.StatusCode.UNAUTHENTICATED else None
+    return False
+
+
+def ray_auth_token(address: str | None, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """The token to connect to the Ray cluster at `address` with, or None when none is needed.
+
+    Ray connects to an explicit address without a token unless RAY_AUTH_MODE=token is set, and a
+    cluster that wants one then fails after 20 s with "Failed to connect". Asked first: the GCS
+    without a token, then with the one Ray would read here (`local_ray_token`); a cluster that
+    refuses both raises :class:`RayAuthError` with one line that says what to set. Where the GCS
+    cannot be asked (no grpcio), a token found here is used all the same: a cluster without
+    authentication ignores it. RAY_AUTH_MODE set by the user is respected (disabled: no token is
+    sent, and the error says to unset it; token: a token must be found).
+    """
+    if not address or address.strip().lower() in ("auto", "local") or address.startswith("ray://"):
+        return None
+    where = f"the Ray cluster at --address {address}"
+    mode = os.environ.get("RAY_AUTH_MODE", "").strip().lower()
+    rejects = True if mode == "token" else _gcs_rejects(address, None, timeout)
+    if mode == "disabled" or rejects is False:
+        if rejects:
+            raise RayAuthError(f"{where} requires token authentication but RAY_AUTH_MODE=disabled is set here: "
+                               f"unset RAY_AUTH_MODE and {RAY_TOKEN_HINT}")
+        return None  # no token needed (or, disabled, none wanted)
+    source, token = local_ray_token()
+    if token is None:
+        if rejects is None:
+            return None  # cannot tell, and nothing to offer: ray.init decides
+        looked = f"(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, {RAY_DEFAULT_TOKEN_FILE})"
+        if mode == "token":
+            raise RayAuthError(f"RAY_AUTH_MODE=token is set but no Ray token was found here {looked}: {RAY_TOKEN_HINT}")
+        raise RayAuthError(f"{where} requires token authentication and no token was found here {looked}: "
+                           f"{RAY_TOKEN_HINT}")
+    if _gcs_rejects(address, token, timeout):
+        raise RayAuthError(f"{where} rejected the token from {source}: {RAY_TOKEN_HINT}")
+    return token
 
 
 def check_tracking_uri(uri: str | None, timeout: float = PROBE_TIMEOUT_S) -> None:

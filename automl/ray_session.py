@@ -2,7 +2,8 @@
 
 `RaySession` is a context manager. Entering it starts a local Ray of our own (no dashboard, worker
 logs not forwarded) or, with ``--address``, connects to a cluster after probing that something
-answers there (`automl.probe`: Ray itself retries a dead address for minutes). A Ray this process
+answers there (`automl.probe`: Ray itself retries a dead address for minutes) and, when the cluster
+uses token authentication, that it accepts the token found here. A Ray this process
 already runs (a notebook, a test session) is used as is and left running; one the session started
 is shut down when it exits (local Ray: stopped; --address: this driver disconnects).
 
@@ -19,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +139,7 @@ def _init(opts: SearchOptions) -> None:
     if root not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([root, *[p for p in paths if p]])
     if opts.resources.address:
-        ray.init(address=opts.resources.address, **kwargs)
+        _connect(ray, opts.resources.address, kwargs)
         return
     auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
     level = auth_log.level
@@ -152,19 +154,63 @@ def _init(opts: SearchOptions) -> None:
         auth_log.setLevel(level)
 
 
-def _complete(path: Path) -> bool:
-    """A Ray state file that is whole: non-empty; a pickle (Ray names some of them .json) that ends
-    with pickle's STOP opcode, which a cut one lacks; otherwise JSON that parses."""
+def _connect(ray: Any, address: str, kwargs: dict[str, Any]) -> None:
+    """`ray.init(address=...)`, with the cluster's token when it uses token authentication.
+
+    Ray sends no token to an explicit address unless RAY_AUTH_MODE=token, so a cluster started by
+    `ray start --head` with a token (Ray's default once ~/.ray/auth_token exists) would refuse this
+    driver for 20 s and then fail. `automl.probe.ray_auth_token` asks the cluster first and finds
+    the token where Ray does (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token); with one,
+    token mode is switched on for this process before Ray connects. A wrong or missing token is
+    one line naming what to set (`automl.probe.RayAuthError`).
+    """
+    from automl.probe import RAY_TOKEN_HINT, ray_auth_token
+
+    token = ray_auth_token(address)
+    if token is not None:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN"] = token  # exactly the token the cluster accepted just now
+        _reload_ray_auth_config()
     try:
-        data = path.read_bytes()
-        if not data:
-            return False
-        if data[:1] == b"\x80":  # pickle protocol >= 2
-            return data[-1:] == b"."
+        ray.init(address=address, **kwargs)
+    except ConnectionError as err:  # Ray's own retries ran out: one line, never its traceback
+        raise SearchError(f"cannot connect to the Ray cluster at --address {address} ({err}); check that it is "
+                          f"running (`ray status` on the head); if it uses token authentication, "
+                          f"{RAY_TOKEN_HINT}") from None
+
+
+def _reload_ray_auth_config() -> None:
+    """Make an imported Ray see RAY_AUTH_MODE/RAY_AUTH_TOKEN set after its import, as Ray's own
+    `ray start` does when it turns token mode on (its config and token cache are read once)."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:  # another Ray version: the environment alone must do
+        return
+    Config.initialize("")
+    reset = getattr(AuthenticationTokenLoader.instance(), "reset_cache", None)
+    if reset is not None:
+        reset()
+
+
+def _whole(data: bytes) -> bool:
+    """A Ray state file's bytes that are whole: non-empty; a pickle (Ray names some of them .json)
+    that ends with pickle's STOP opcode, which a cut one lacks; otherwise JSON that parses."""
+    if not data:
+        return False
+    if data[:1] == b"\x80":  # pickle protocol >= 2
+        return data[-1:] == b"."
+    try:
         json.loads(data)
-    except (OSError, ValueError):
+    except ValueError:
         return False
     return True
+
+
+def _complete(path: Path) -> bool:
+    try:
+        return _whole(path.read_bytes())
+    except OSError:
+        return False
 
 
 def state_files(experiment_dir: Path) -> list[Path]:
@@ -199,14 +245,31 @@ def backup_ray_state(experiment_dir: Path, backup: Path) -> bool:
     from segformer.fileio import atomic_write
 
     files = state_files(experiment_dir)
-    if not files or not all(_complete(p) for p in files):
+    # Each file read once, and the set taken only if nothing changed while it was read: a file
+    # rewritten meanwhile is neither archived cut nor mixed with the others' moment.
+    before = [_stat(p) for p in files]
+    try:
+        contents = [p.read_bytes() for p in files]
+    except OSError:
+        return False
+    if not files or before != [_stat(p) for p in files] or not all(_whole(c) for c in contents):
         return False
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for path in files:
-            archive.add(path, arcname=path.name)
+        for path, data in zip(files, contents):
+            info = tarfile.TarInfo(path.name)
+            info.size, info.mtime = len(data), int(time.time())
+            archive.addfile(info, io.BytesIO(data))
     atomic_write(backup, lambda out: out.write(buffer.getvalue()), sync=False)
     return True
+
+
+def _stat(path: Path) -> tuple | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
 
 
 def repair_ray_state(experiment_dir: Path, backup: Path) -> list[str]:

@@ -81,3 +81,4 @@ def test_ray_state_is_backed_up_and_restored_as_one_set(tmp_path):
     assert repair_ray_state(fresh, fresh / ".state_backup.tar") == []
     assert incomplete_state(fresh) == sorted(p.name for p in (experiment, generator, searcher))
     assert relink_missing_checkpoints(fresh, lambda name: None) == []
+

@@ -1,14 +1,20 @@
 """The `automl run` command line for real: policy off, AutoML enabled but the skill's files missing,
-a TAO settings file with flags over it, and a search on a two-node Ray cluster (two raylets on
-127.0.0.1, one CPU each) placing trials on both nodes."""
+a TAO settings file with flags over it, and a search on a two-node Ray cluster with token
+authentication (two `ray start` nodes on 127.0.0.1, one CPU each) placing trials on both nodes."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,9 +31,15 @@ def spec(tmp_path_factory) -> Path:
     return root / "spec.yaml"
 
 
-def _automl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}  # read now: a test may set Ray's auth mode
-    return subprocess.run([sys.executable, "-m", "automl.cli", *args], capture_output=True, text=True, env=env,
+def _automl(*args: str, timeout: float = 300, env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
+    """`automl ARGS` in a subprocess; `env` changes its environment (None: unset the variable)."""
+    full = {**os.environ, "PYTHONPATH": str(REPO)}
+    for key, value in (env or {}).items():
+        if value is None:
+            full.pop(key, None)
+        else:
+            full[key] = value
+    return subprocess.run([sys.executable, "-m", "automl.cli", *args], capture_output=True, text=True, env=full,
                           cwd=REPO, timeout=timeout)
 
 
@@ -94,32 +106,149 @@ def test_tao_settings_file_and_flags_win(spec, tmp_path):
     assert out.returncode == 2 and "did you mean 'automl_max_recommendations'" in out.stderr
 
 
-def test_two_node_cluster_places_trials_on_both_nodes(spec, tmp_path, monkeypatch):
-    """A head and a second node (separate raylets, one CPU each) on 127.0.0.1; two trials at a time
-    with one CPU each must land on different nodes. The cluster is shut down even on failure."""
-    from ray.cluster_utils import Cluster
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
-    # Token auth reads ~/.ray/auth_token, which any other Ray started in the same home directory
-    # (a parallel test run) rewrites; this loopback-only test cluster and its driver go without.
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+def _session_pids(sid: int) -> list[int]:
+    """Every process in session `sid` (a `ray start` started with start_new_session and all it spawned)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":  # after "pid (comm)": state ppid pgrp session
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _stop_node(proc: subprocess.Popen) -> None:
+    """Stop one `ray start --block` and everything it started: SIGTERM to its session, then SIGKILL
+    to what is left of it after 20 s. Never `ray stop`, which stops every Ray on the machine."""
+    for sig, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 5.0)):
+        for pid in _session_pids(proc.pid):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while _session_pids(proc.pid) and time.monotonic() < deadline:
+            proc.poll()  # reap the leader
+            time.sleep(0.5)
+    proc.wait(timeout=10)
+
+
+@contextmanager
+def _token_cluster(tmp: Path, token: str):
+    """A head and a second node from two real `ray start --block` processes (one CPU each, separate
+    temp dirs) with token authentication on: the shape of a two-machine cluster, on 127.0.0.1.
+    Yields (address, node ids); every process they started is stopped on the way out."""
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--block", "--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+    nodes: list[subprocess.Popen] = []
+    # short temp dirs: Ray's unix socket paths must stay under 108 characters
+    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     try:
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
+        for name, args in (("head", ["--head", "--port", str(port), "--include-dashboard", "false",
+                                     "--ray-client-server-port", str(_free_port())]),
+                           ("worker", ["--address", address])):
+            log = (tmp / f"ray_{name}.log").open("w")
+            nodes.append(subprocess.Popen([ray_cli, "start", *args, *common, "--temp-dir", str(temp / name)],
+                                          env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            if name == "head":  # the second node joins a GCS that answers
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline and nodes[0].poll() is None:
+                    with socket.socket() as sock:
+                        if sock.connect_ex(("127.0.0.1", port)) == 0:
+                            break
+                    time.sleep(0.5)
+        wait = ("import json, sys, time, ray\n"
+                "ray.init(address=sys.argv[1], log_to_driver=False)\n"
+                "deadline = time.time() + 120\n"
+                "while len([n for n in ray.nodes() if n['Alive']]) < 2 and time.time() < deadline: time.sleep(0.5)\n"
+                "print(json.dumps(sorted(n['NodeID'] for n in ray.nodes() if n['Alive'])))\n")
+        out = subprocess.run([sys.executable, "-c", wait, address], env=env, capture_output=True, text=True,
+                             timeout=240)
+        logs = "".join((tmp / f"ray_{n}.log").read_text()[-2000:] for n in ("head", "worker"))
+        assert out.returncode == 0, out.stderr[-3000:] + logs
+        node_ids = json.loads(out.stdout.strip().splitlines()[-1])
+        assert len(node_ids) == 2, logs
+        yield address, set(node_ids)
+    finally:
+        for proc in reversed(nodes):
+            _stop_node(proc)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_two_node_cluster_with_token_auth(spec, tmp_path):
+    """A head and a second node from `ray start` (separate raylets, one CPU each) on 127.0.0.1 with
+    token authentication on, as `ray start --head` does once a token exists. Without the token, or
+    with a wrong one, `automl run --address` fails at once with one line that says what to set; with
+    RAY_AUTH_TOKEN it runs two trials at a time, one CPU each, which must land on different nodes.
+    The cluster is stopped even on failure."""
+    token = secrets.token_hex(16)
+    args = ("run", "--skill", "segformer", "-e", str(spec), "--algorithm", "random", "--max-trials", "2",
+            "--max-epochs", "1", "--max-concurrent", "2", "--cpus-per-trial", "1", "--only", "train.optim.lr",
+            "--no-promote", "dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32")
+    home = tmp_path / "home"  # no ~/.ray/auth_token there: the driver has no token at all
+    home.mkdir()
+    no_token = {"RAY_AUTH_TOKEN": None, "RAY_AUTH_TOKEN_PATH": None, "RAY_AUTH_MODE": None, "HOME": str(home)}
+    with _token_cluster(tmp_path, token) as (address, cluster_nodes):
+        for case, env, expected in (
+                ("missing", no_token, f"the Ray cluster at --address {address} requires token authentication and no "
+                                      f"token was found here (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)"),
+                ("wrong", {**no_token, "RAY_AUTH_TOKEN": "not-the-token"},
+                 f"the Ray cluster at --address {address} rejected the token from RAY_AUTH_TOKEN")):
+            started = time.monotonic()
+            out = _automl(*args, "--results-dir", str(tmp_path / case), "--address", address, env=env, timeout=120)
+            assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+            errors = [line for line in out.stderr.splitlines() if "error" in line.lower()]
+            assert errors == [f"automl run: error: {expected}: set RAY_AUTH_TOKEN to the cluster's token "
+                              f"(`ray get-auth-token` on the head node prints it) or RAY_AUTH_TOKEN_PATH to a file "
+                              f"that holds it"], out.stderr[-3000:]
+            assert "Traceback" not in out.stderr and "Failed to get cluster ID" not in out.stderr
+            assert time.monotonic() - started < 60  # no 20 s of Ray retrying a refused token
+            assert not (tmp_path / case).exists()  # refused before anything was created
+
         results = tmp_path / "cluster"
-        out = _automl("run", "--skill", "segformer", "-e", str(spec), "--results-dir", str(results),
-                      "--address", cluster.address, "--algorithm", "random", "--max-trials", "2", "--max-epochs", "1",
-                      "--max-concurrent", "2", "--cpus-per-trial", "1", "--only", "train.optim.lr", "--no-promote",
-                      "dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32")
+        out = _automl(*args, "--results-dir", str(results), "--address", address,
+                      env={"RAY_AUTH_TOKEN": token, "RAY_AUTH_MODE": None, "RAY_AUTH_TOKEN_PATH": None})
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         trials = json.loads((results / "automl_state.json").read_text())["trials"].values()
         assert [t["status"] for t in trials] == ["FINISHED", "FINISHED"]
         node_ids = {t["node_id"] for t in trials}
-        assert len(node_ids) == 2 and None not in node_ids, node_ids
-        assert node_ids == {n.node_id for n in [cluster.head_node, *cluster.worker_nodes]}
+        assert node_ids == cluster_nodes, node_ids
         # both nodes are 127.0.0.1: `automl status` tells them apart by node id
         status = _automl("status", str(results), timeout=120)
         assert status.returncode == 0 and all(f"({n[:8]})" in status.stdout for n in node_ids), status.stdout
-    finally:
-        cluster.shutdown()
+
+
+def test_ray_token_is_found_where_ray_looks(tmp_path, monkeypatch):
+    """RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH names, else ~/.ray/auth_token; a named file
+    that cannot be read is one line naming the variable (Ray itself would abort the process)."""
+    from automl.probe import RayAuthError, local_ray_token
+
+    for key in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert local_ray_token() == (None, None)
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("from-home\n")
+    assert local_ray_token() == ("~/.ray/auth_token", "from-home")
+    named = tmp_path / "token.txt"
+    named.write_text("from-path")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(named))
+    assert local_ray_token() == (f"RAY_AUTH_TOKEN_PATH={named}", "from-path")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert local_ray_token() == ("RAY_AUTH_TOKEN", "from-env")
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
+    with pytest.raises(RayAuthError, match=r"RAY_AUTH_TOKEN_PATH=.*missing cannot be read .*set RAY_AUTH_TOKEN"):
+        local_ray_token()
