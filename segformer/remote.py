@@ -13,11 +13,20 @@ local folders are. Nothing else in the toolkit knows about URLs.
   file lock, so two processes (two AutoML trials on one machine) never clash or read half a copy.
   Versions a run no longer uses are left in place (another process may still read them): delete
   the cache folder to reclaim the space.
+- One listing per URL and process: later configs of the same process (every ``apply_overrides``,
+  each promotion step) reuse the copy without contacting the storage. When the storage cannot be
+  reached (no network, refused credentials) but a complete copy is cached, the newest one is used,
+  with a warning naming the URL.
 - A dataset root copies ``images/`` and ``masks/`` (TAO's layout), a folder its files, a file
-  itself (an ``.onnx`` file with its external-data files).
+  itself (an ``.onnx`` file with its external-data files, which must lie beside or below it and
+  are fetched again when their size or ETag changes: ``side.json``).
 - Messages name the URL the user gave: :class:`segformer.errors.SegformerError` replaces the local
   copy's path with the URL (:func:`as_given`), and :func:`urls_restored` writes URLs back into a
-  dumped spec.
+  dumped spec. A URL's query string (a presigned URL's signature, a credential until it expires) is
+  written back into dumped specs only: messages, logs and the cache's names leave it out
+  (:func:`redacted`); local files are named from the URL's path.
+- ``localize(cfg, fetch_urls=False)`` (``load_config(..., fetch=False)``) keeps URLs as given and
+  contacts nothing, for code that needs the settings only (the MLflow model reading its spec).
 - Credentials are whatever the backend reads (for s3fs/botocore: ``AWS_ACCESS_KEY_ID`` /
   ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ``~/.aws``; ``AWS_ENDPOINT_URL`` points at an
   S3-compatible server such as MinIO).
@@ -38,8 +47,10 @@ import os
 import re
 import shutil
 import tempfile
-from pathlib import Path
+import time
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Mapping
+from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +99,9 @@ _CREDENTIALS = {
 _SINGLE_FILE_ONLY = ("http", "https")  # no reliable listing: files only
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+_QUERY = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s?#'\"]*)[?#][^\s'\"]*")  # a URL, then its ?query / #fragment
 _MANIFEST = "manifest.json"
+_SIDE = "side.json"  # an ONNX model's external-data files: {location: version}
 _DATA = "data"
 # Fields of an fsspec info dict that change when the content changes, by backend.
 _VERSION_FIELDS = ("ETag", "etag", "md5Hash", "content_md5", "LastModified", "last_modified", "mtime", "updated",
@@ -96,6 +109,8 @@ _VERSION_FIELDS = ("ETag", "etag", "md5Hash", "content_md5", "LastModified", "la
 
 # Local copy -> the URL it was fetched from, in this process (see `as_given`).
 _AS_GIVEN: dict[str, str] = {}
+# (URL, kind) -> its local copy, in this process: the storage is listed once per URL.
+_FETCHED: dict[tuple[str, str], Path] = {}
 
 
 def is_url(value: Any) -> bool:
@@ -114,9 +129,10 @@ def cache_root() -> Path:
 
 
 # --------------------------------------------------------------------------------------- the config
-def localize(cfg: Any) -> Any:
+def localize(cfg: Any, fetch_urls: bool = True) -> Any:
     """``cfg`` with every remote input path replaced by its local copy (``cfg`` itself when it has none).
 
+    With ``fetch_urls=False`` remote inputs are kept as given and nothing is contacted (settings only).
     Raises :class:`~segformer.config.ConfigError` with one line naming the key, the URL and the fix
     (a missing backend, missing data, refused credentials, an output path given as a URL).
     """
@@ -125,17 +141,21 @@ def localize(cfg: Any) -> Any:
     for key in OUTPUTS:
         value = _get(cfg, key)
         if is_url(value):
-            raise ConfigError(f"{key}={value}: outputs are written to local folders only; give a local path "
-                              f"(copy the results to object storage afterwards, e.g. aws s3 sync)")
+            raise ConfigError(f"{key}={redacted(value)}: outputs are written to local folders only; give a local "
+                              f"path (copy the results to object storage afterwards, e.g. aws s3 sync)")
+
+    def local(value: Any, key: str, kind: str) -> Any:
+        if is_url(value):
+            return str(fetch(value, key, kind)) if fetch_urls else value
+        return _local(value)
+
     changes: dict[str, Any] = {}
     for key, kind in INPUTS.items():
         value = _get(cfg, key)
-        if isinstance(value, list) and any(is_url(v) or _is_file_url(v) for v in value):
-            changes[key] = [str(fetch(v, f"{key}[{i}]", kind)) if is_url(v) else _local(v) for i, v in enumerate(value)]
-        elif is_url(value):
-            changes[key] = str(fetch(value, key, kind))
-        elif _is_file_url(value):
-            changes[key] = _local(value)
+        new = [local(v, f"{key}[{i}]", kind) for i, v in enumerate(value)] if isinstance(value, list) else \
+            local(value, key, kind)
+        if new != value:
+            changes[key] = new
     for key, value in changes.items():
         cfg = _replaced(cfg, key.split("."), value)
     return cfg
@@ -165,8 +185,14 @@ def as_given(text: str) -> str:
     """``text`` with every local copy made in this process (and paths inside it) named by its URL."""
     for local in sorted(_AS_GIVEN, key=len, reverse=True):
         if local in text:
-            text = re.sub(re.escape(local) + r"(?![\w.\-])", lambda _m, u=_AS_GIVEN[local]: u, text)
+            text = re.sub(re.escape(local) + r"(?![\w.\-])", lambda _m, u=redacted(_AS_GIVEN[local]): u, text)
     return text
+
+
+def redacted(text: str) -> str:
+    """``text`` with the query string and fragment of every URL in it left out (a presigned URL's
+    signature is a credential): what messages, logs and the cache's folder names show."""
+    return _QUERY.sub(r"\1", text)
 
 
 def _get(cfg: Any, key: str) -> Any:
@@ -197,37 +223,70 @@ def _local(value: Any) -> Any:
 # ---------------------------------------------------------------------------------------- fetching
 def fetch(url: str, key: str, kind: str) -> Path:
     """The local copy of ``url`` (fetched now unless the cache holds this version): a folder for
-    ``kind`` "dataset" or "folder", the file for "file". ``key`` names the spec key in messages."""
+    ``kind`` "dataset" or "folder", the file for "file". ``key`` names the spec key in messages.
+    Listed once per process; when the storage cannot be reached, the newest complete cached copy."""
+    from segformer.config.fields import ConfigError
+
+    known = _FETCHED.get((url, kind))
+    if known is not None and known.exists():
+        return known
+    shown = redacted(url)
     fs, path, protocol = _filesystem(url, key)
-    with _reading(key, url, protocol):
-        listing, single = _listing(fs, path, url, key, kind, protocol)
+    digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:12]  # the full URL: its query too
+    home = cache_root() / protocol / f"{digest}-{_safe_name(shown)}"
+    try:
+        listing, single = _listing(fs, path, shown, key, kind, protocol)
+    except Exception as exc:  # noqa: BLE001 - the backends' errors have no common base
+        cached = None if isinstance(exc, (ConfigError, FileNotFoundError)) else _newest_copy(home)
+        if cached is None:
+            with _reading(key, shown, protocol):
+                raise  # as one ConfigError
+        log.warning("%s=%s: cannot reach the storage (%s); using the copy fetched on %s", key, shown,
+                    _first_line(exc), time.strftime("%Y-%m-%d %H:%M", time.localtime(cached[1])))
+        return _remember(url, kind, cached[0])
     version = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()[:16]
-    name = url.rstrip("/")
-    home = cache_root() / protocol / f"{hashlib.sha256(name.encode()).hexdigest()[:12]}-{_safe_name(name)}"
     entry = home / version
-    local = entry / (Path(path).name if single else _DATA)
-    if not _complete(entry, listing):
+    local = entry / (next(iter(listing)) if single else _DATA)
+    onnx = single and local.suffix.lower() == ".onnx"
+    if onnx or not _complete(entry, listing):
         from filelock import FileLock
 
         try:
             home.mkdir(parents=True, exist_ok=True)
             lock = FileLock(str(home / f"{version}.lock"))
-            with _waiting(lock, url):
+            with _waiting(lock, shown):
                 if not _complete(entry, listing):
-                    with _reading(key, url, protocol):
-                        _download(fs, path, url, listing, entry, single)
+                    with _reading(key, shown, protocol):
+                        _download(fs, path, shown, listing, entry, single)
+                if onnx:
+                    _fetch_onnx_side_files(fs, path, shown, key, protocol, local)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS):
                 raise
-            from segformer.config.fields import ConfigError
-
-            raise ConfigError(f"{key}={url}: cannot store the local copy in {home} ({exc.strerror or exc}); free "
+            raise ConfigError(f"{key}={shown}: cannot store the local copy in {home} ({exc.strerror or exc}); free "
                               f"disk space there or set {CACHE_ENV} to a folder on a disk with room") from None
-    if single and local.suffix.lower() == ".onnx":
-        _fetch_onnx_side_files(fs, path, url, key, protocol, entry)
-    for shown in {str(local), str(local.resolve())}:
-        _AS_GIVEN[shown] = name
+    return _remember(url, kind, local)
+
+
+def _remember(url: str, kind: str, local: Path) -> Path:
+    """``local`` as the copy of ``url`` for the rest of this process (`fetch`, `as_given`)."""
+    _FETCHED[(url, kind)] = local
+    for name in {str(local), str(local.resolve())}:
+        _AS_GIVEN[name] = url.rstrip("/")
     return local
+
+
+def _newest_copy(home: Path) -> tuple[Path, float] | None:
+    """The local copy in the newest complete version under ``home`` and when it was fetched; None if none."""
+    found = []
+    for manifest in home.glob(f"[!.]*/{_MANIFEST}"):  # not a download's temporary folder
+        with contextlib.suppress(OSError):
+            found.append((manifest.stat().st_mtime, manifest.parent))
+    for fetched, entry in sorted(found, reverse=True):
+        done = _complete(entry)
+        if done:
+            return entry / (done.get("base", _DATA) or next(iter(done["files"]))), fetched
+    return None
 
 
 def _filesystem(url: str, key: str) -> tuple[Any, str, str]:
@@ -235,26 +294,28 @@ def _filesystem(url: str, key: str) -> tuple[Any, str, str]:
     from segformer.config.fields import ConfigError
 
     protocol = _URL.match(url).group(1).lower()  # type: ignore[union-attr]
+    shown = redacted(url)
     try:
         import fsspec
     except ImportError:  # pragma: no cover - fsspec comes with torch and lightning
-        raise ConfigError(f"{key}={url}: reading {protocol}:// needs fsspec: pip install fsspec") from None
+        raise ConfigError(f"{key}={shown}: reading {protocol}:// needs fsspec: pip install fsspec") from None
     try:
         fsspec.get_filesystem_class(protocol)
     except ImportError as exc:
         package, install = _BACKENDS.get(protocol, (None, str(exc)))
         needs = f"needs {package}: {install}" if package else f"needs a backend that is not installed ({install})"
-        raise ConfigError(f"{key}={url}: reading {protocol}:// {needs}") from None
+        raise ConfigError(f"{key}={shown}: reading {protocol}:// {needs}") from None
     except ValueError:
-        raise ConfigError(f"{key}={url}: {protocol}:// is not a storage protocol fsspec knows; use s3://, gs://, "
+        raise ConfigError(f"{key}={shown}: {protocol}:// is not a storage protocol fsspec knows; use s3://, gs://, "
                           f"az://, http(s):// or a local path") from None
-    with _reading(key, url, protocol):
+    with _reading(key, shown, protocol):
         fs, path = fsspec.core.url_to_fs(url, skip_instance_cache=True)  # reads the environment now
     return fs, path.rstrip("/"), protocol
 
 
 def _listing(fs: Any, path: str, url: str, key: str, kind: str, protocol: str) -> tuple[dict[str, list], bool]:
-    """{relative path: [size, version fields]} of what to copy, and whether ``url`` is a single file."""
+    """{relative path: [size, version fields]} of what to copy, and whether ``url`` is a single file
+    (named from the URL's path: a query string is no part of a file name)."""
     from segformer.config.fields import ConfigError
 
     if kind == "file":
@@ -266,7 +327,7 @@ def _listing(fs: Any, path: str, url: str, key: str, kind: str, protocol: str) -
         if info.get("type") == "directory":
             raise ConfigError(f"{key}={url} is a folder in object storage; give the URL of the file in it (a "
                               f"results folder stands for its checkpoint only on a local disk)")
-        return {Path(path).name: _version(info)}, True
+        return {PurePosixPath(urlsplit(url).path).name or "file": _version(info)}, True
     if protocol in _SINGLE_FILE_ONLY:
         raise ConfigError(f"{key}={url}: {protocol}:// can name single files only, and {key} is a folder; "
                           f"use s3://, gs://, az:// or a local folder")
@@ -299,26 +360,26 @@ def _safe_name(url: str) -> str:
     return re.sub(r"[^\w.\-]", "_", url.rsplit("/", 1)[-1])[:40] or "root"
 
 
-def _complete(entry: Path, listing: Mapping[str, list]) -> bool:
-    """``entry`` holds this version entirely (a finished download, its files still of the right size)."""
+def _complete(entry: Path, listing: Mapping[str, list] | None = None) -> dict | None:
+    """The manifest of ``entry`` if it holds this version (``listing``; None: the one it names)
+    entirely: a finished download, its files still of the right size. None otherwise."""
     try:
         manifest = json.loads((entry / _MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    if manifest.get("files") != dict(listing):
-        return False
-    base = entry / manifest.get("base", _DATA)
-    try:
-        return all(size is None or (base / name).stat().st_size == size for name, (size, *_) in listing.items())
-    except OSError:
-        return False
+        files = manifest["files"]
+        if listing is not None and files != dict(listing):
+            return None
+        base = entry / manifest.get("base", _DATA)
+        if all(size is None or (base / name).stat().st_size == size for name, (size, *_) in files.items()):
+            return manifest
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return None
 
 
 def _download(fs: Any, path: str, url: str, listing: Mapping[str, list], entry: Path, single: bool) -> None:
     """Copy every listed file into a temporary folder, then rename it to ``entry`` (the caller holds the lock)."""
     home = entry.parent
-    for stale in home.glob(f".{entry.name}.*.tmp"):  # a download killed half-way
-        shutil.rmtree(stale, ignore_errors=True)
+    _remove_stale(home, entry.name)
     if entry.exists():  # damaged or incomplete: replaced
         shutil.rmtree(entry)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=home))
@@ -344,27 +405,57 @@ def _download(fs: Any, path: str, url: str, listing: Mapping[str, list], entry: 
         raise
 
 
-def _fetch_onnx_side_files(fs: Any, path: str, url: str, key: str, protocol: str, entry: Path) -> None:
-    """An ONNX model's external-data files (large models keep weights beside the graph), next to its copy."""
+def _fetch_onnx_side_files(fs: Any, path: str, url: str, key: str, protocol: str, model: Path) -> None:
+    """An ONNX model's external-data files (large models keep weights beside the graph), next to its
+    copy ``model``; fetched again when their version changes (new weights, same graph). The caller
+    holds the version's lock."""
     import onnx
     from onnx.external_data_helper import uses_external_data
 
+    from segformer.config.fields import ConfigError
+
     try:
-        model = onnx.load(str(entry / Path(path).name), load_external_data=False)
+        graph = onnx.load(str(model), load_external_data=False).graph
     except Exception:  # noqa: BLE001 - not a readable ONNX file: the action that reads it says so
         return
-    locations = sorted({item.value for tensor in model.graph.initializer if uses_external_data(tensor)
+    locations = sorted({item.value for tensor in graph.initializer if uses_external_data(tensor)
                         for item in tensor.external_data if item.key == "location"})
-    parent = path.rsplit("/", 1)[0]
+    entry, record = model.parent, model.parent / _SIDE
+    try:
+        known = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    parent, shown_parent = path.split("?", 1)[0].rsplit("/", 1)[0], url.rsplit("/", 1)[0]
+    versions = {}
     for location in locations:
         target = entry / location
-        if target.is_file():
-            continue
-        with _reading(key, f"{url.rsplit('/', 1)[0]}/{location}", protocol):
+        if not target.resolve().is_relative_to(entry.resolve()):
+            raise ConfigError(f"{key}={url}: the model keeps its weights in {location!r}, outside its own folder; "
+                              f"only external-data files beside the .onnx file (or below it) are fetched: save the "
+                              f"model with a relative location such as {Path(location).name!r}")
+        with _reading(key, f"{shown_parent}/{location}", protocol):
+            versions[location] = version = _version(fs.info(f"{parent}/{location}"))
+            if version == known.get(location) and target.is_file() and version[0] in (None, target.stat().st_size):
+                continue
             target.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale(target.parent, target.name)
             tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            fs.get_file(f"{parent}/{location}", str(tmp))
-            os.replace(tmp, target)
+            try:
+                fs.get_file(f"{parent}/{location}", str(tmp))
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+    if versions != known:
+        record.write_text(json.dumps(versions, indent=1) + "\n", encoding="utf-8")
+
+
+def _remove_stale(folder: Path, name: str) -> None:
+    """Temporary copies of ``name`` in ``folder`` left by a download killed half-way (the caller holds the lock)."""
+    for stale in folder.glob(f".{name}.*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def _progress(url: str, files: int) -> Any:
@@ -410,8 +501,13 @@ def _reading(key: str, url: str, protocol: str) -> Iterator[None]:
         raise ConfigError(_read_failure(key, url, protocol, exc)) from None
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type when it has none), without URL query strings."""
+    return redacted((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:300]
+
+
 def _read_failure(key: str, url: str, protocol: str, exc: BaseException) -> str:
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    text = _first_line(exc)
     names = {type(e).__name__ for e in _chain(exc)}
     credentials = _CREDENTIALS.get({"s3a": "s3", "gcs": "gs", "abfs": "az"}.get(protocol, protocol))
     if isinstance(exc, FileNotFoundError):

@@ -7,7 +7,8 @@ A loaded config records what it was resolved from in its declared field ``spec_s
 (:class:`~segformer.config.experiment.SpecSource`, never part of ``to_dict`` or the dumped YAML),
 so that ``apply_overrides(cfg, ["results_dir=/x"])`` also moves ``${results_dir}/...`` paths.
 Input paths given as URLs (``s3://...``) are fetched into a local cache and the config names the
-copies (``segformer.remote``); ``dump_config`` writes the URLs.
+copies (``segformer.remote``); ``dump_config`` writes the URLs. ``fetch=False`` keeps the URLs and
+contacts nothing, for code that needs the settings only.
 """
 from __future__ import annotations
 
@@ -133,29 +134,34 @@ def read_spec(path: str | Path) -> dict:
     return data
 
 
-def load_config(path: str | Path | None, overrides: Sequence[str] | Mapping[str, Any] = ()) -> ExperimentConfig:
+def load_config(path: str | Path | None, overrides: Sequence[str] | Mapping[str, Any] = (), *,
+                fetch: bool = True) -> ExperimentConfig:
     """Load a spec file (``None``: defaults only) with ``key=value`` overrides into a validated config.
 
+    Input paths given as URLs are fetched into the local cache; with ``fetch=False`` they are kept
+    as given and nothing is contacted (for code that reads settings only, not the data).
     Raises ConfigError listing every problem. Settings that have no effect here warn (ConfigWarning).
     """
     origin = str(path) if path is not None else "<defaults>"
     raw = read_spec(path) if path is not None else {}
     raw, problems = _with_overrides(raw, overrides)
-    return _materialize(raw, origin, problems)
+    return _materialize(raw, origin, problems, fetch)
 
 
-def apply_overrides(cfg: ExperimentConfig, overrides: Sequence[str] | Mapping[str, Any]) -> ExperimentConfig:
+def apply_overrides(cfg: ExperimentConfig, overrides: Sequence[str] | Mapping[str, Any], *,
+                    fetch: bool = True) -> ExperimentConfig:
     """A NEW config with dotted overrides applied and validated; ``cfg`` is left untouched.
 
     For a config from ``load_config`` (or ``apply_overrides``) the overrides are applied to the spec
     it was resolved from (``cfg.spec_source``) before ``${...}`` interpolation, so ``results_dir=/x``
     also moves ``${results_dir}/train/...`` paths; any other config starts from its own values.
+    ``fetch`` as for :func:`load_config`.
     """
     values = to_dict(cfg)
     source = cfg.spec_source
     base = source.raw if source is not None and source.resolved == values else values
     raw, problems = _with_overrides(base, overrides)
-    return _materialize(raw, "<overrides>", problems)
+    return _materialize(raw, "<overrides>", problems, fetch)
 
 
 def to_dict(cfg: Any) -> dict:
@@ -553,7 +559,7 @@ def _number_problems(data: Any, prefix: str = "") -> list[str]:
     return problems
 
 
-def _materialize(raw: dict, origin: str, problems: list[str]) -> ExperimentConfig:
+def _materialize(raw: dict, origin: str, problems: list[str], fetch: bool = True) -> ExperimentConfig:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -570,7 +576,7 @@ def _materialize(raw: dict, origin: str, problems: list[str]) -> ExperimentConfi
     _warn_unused(cfg)
     from segformer.remote import localize
 
-    cfg = localize(cfg)  # s3:// (and other URL) inputs -> local copies, fetched now unless cached
+    cfg = localize(cfg, fetch)  # s3:// (and other URL) inputs -> local copies, fetched now unless cached
     return dataclasses.replace(cfg, spec_source=SpecSource(raw=copy.deepcopy(raw), resolved=to_dict(cfg)))
 
 

@@ -84,7 +84,7 @@ class SegformerMasks(mlflow.pyfunc.PythonModel):
         artifact = PRECISIONS[precision]
         if artifact not in context.artifacts:
             raise ValueError(f"this model carries no {precision} ONNX model (the quantize step did not produce one)")
-        cfg = load_config(context.artifacts[SPEC])
+        cfg = load_config(context.artifacts[SPEC], fetch=False)  # settings only: never the dataset it names
         segment = cfg.dataset.segment
         self.predictor = OnnxPredictor(context.artifacts[artifact],
                                        providers=default_ort_providers(on_cpu=bool(options.get("on_cpu", False))))

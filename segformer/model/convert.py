@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.spec is not None:
         from segformer.config import load_config
 
-        cfg = load_config(args.spec, args.overrides)
+        cfg = load_config(args.spec, args.overrides, fetch=False)  # the model's settings only
         model_cfg, num_classes = cfg.model, args.num_classes or cfg.dataset.segment.num_classes
     else:
         if not args.backbone:

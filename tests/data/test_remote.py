@@ -76,10 +76,61 @@ def _cache() -> Path:
     return cache_root()
 
 
+def _new_process(monkeypatch) -> None:
+    """Forget what this process fetched (`segformer.remote` lists each URL once per process)."""
+    from segformer import remote
+
+    monkeypatch.setattr(remote, "_FETCHED", {})
+
+
 @contextlib.contextmanager
-def _fetch_log():
-    """The lines `segformer.remote` logs (one per download) while the block runs."""
-    logger, lines = logging.getLogger("segformer.remote"), []
+def _serving(folder: Path):
+    """An http:// server on 127.0.0.1 serving ``folder`` (query strings ignored); yields its base URL."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+
+
+def _onnx_model(folder: Path, weights: list[float], name: str = "m") -> Path:
+    """A MatMul ONNX model keeping its (2, 3) weight in the external-data file ``<name>.onnx.data``."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.asarray(weights, dtype=np.float32).reshape(2, 3), name="w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [weight])
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(helper.make_model(graph), str(folder / f"{name}.onnx"), save_as_external_data=True,
+                    location=f"{name}.onnx.data", size_threshold=0)
+    return folder / f"{name}.onnx"
+
+
+def _weights(model: Path) -> list:
+    import onnx
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(onnx.load(str(model)).graph.initializer[0]).ravel().tolist()
+
+
+@contextlib.contextmanager
+def _log(name: str = "segformer.remote"):
+    """The messages (INFO and above) of logger ``name`` while the block runs: by default those of
+    `segformer.remote` (one per download); "werkzeug": each request moto's S3 server answers; "":
+    every logger's."""
+    logger, lines = logging.getLogger(name), []
     handler = logging.Handler(logging.INFO)
     handler.emit = lambda record: lines.append(record.getMessage())
     level = logger.level
@@ -98,7 +149,7 @@ def trained(s3, tmp_path_factory):
     from segformer.actions import train
 
     _, spec = s3
-    with _fetch_log() as lines:
+    with _log() as lines:
         cfg = _config(spec, tmp_path_factory.mktemp("results"), f"dataset.segment.root_dir=s3://{BUCKET}/seg")
         result = train.run(cfg, quiet=True)
     return cfg, result, lines
@@ -116,18 +167,20 @@ def test_train_reads_an_s3_dataset_from_the_cache_and_fetches_it_once(s3, traine
 
     image = next((root / "images" / "train").iterdir())
     before = image.stat()
-    with _fetch_log() as lines:
+    with _log() as lines:
         again = _config(spec, tmp_path, f"dataset.segment.root_dir=s3://{BUCKET}/seg")
     assert again.dataset.segment.root_dir == str(root) and lines == []  # nothing downloaded
     assert (image.stat().st_ino, image.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
-def test_a_changed_object_fetches_a_new_version(s3, tmp_path):
+def test_a_changed_object_fetches_a_new_version(s3, tmp_path, monkeypatch):
+    """A process keeps the version it listed first; the next process fetches the changed one."""
     fs, spec = s3
     fs.put(str(spec), f"{BUCKET}/versioned/images/train/a.png")
     first = Path(_config(spec, tmp_path, f"dataset.segment.root_dir=s3://{BUCKET}/versioned").dataset.segment.root_dir)
-    assert first == Path(_config(spec, tmp_path, f"dataset.segment.root_dir=s3://{BUCKET}/versioned").dataset.segment.root_dir)
     fs.pipe(f"{BUCKET}/versioned/images/train/a.png", b"other content")
+    assert first == Path(_config(spec, tmp_path, f"dataset.segment.root_dir=s3://{BUCKET}/versioned").dataset.segment.root_dir)
+    _new_process(monkeypatch)
     second = Path(_config(spec, tmp_path, f"dataset.segment.root_dir=s3://{BUCKET}/versioned").dataset.segment.root_dir)
     assert second != first and (second / "images/train/a.png").read_bytes() == b"other content"
     assert not list(second.parent.parent.glob(".*.tmp"))  # no download folder left behind
@@ -154,36 +207,135 @@ def test_two_processes_fetching_the_same_data_share_one_download(s3, tmp_path):
     assert not list(local.parent.parent.glob(".*.tmp"))
 
 
-def test_an_onnx_model_comes_with_its_external_data(s3, tmp_path):
-    import numpy as np
+def test_an_onnx_model_comes_with_its_external_data(s3, tmp_path, monkeypatch):
+    fs, spec = s3
+    fs.put(str(_onnx_model(tmp_path / "v1", [0, 1, 2, 3, 4, 5]).parent), f"{BUCKET}/onnx", recursive=True)
+    url = f"s3://{BUCKET}/onnx/m.onnx"
+    local = Path(_config(spec, tmp_path, f"gen_trt_engine.onnx_file={url}").gen_trt_engine.onnx_file)
+    assert (local.parent / "m.onnx.data").is_file()
+    assert _weights(local) == [0, 1, 2, 3, 4, 5]  # external data found next to the copy
+
+    # New weights, same graph: the .onnx file is the same version, its external data is fetched again;
+    # a side-file download killed half-way leaves nothing behind.
+    stale = local.parent / ".m.onnx.data.99999.tmp"
+    stale.write_bytes(b"half")
+    fs.put(str(_onnx_model(tmp_path / "v2", [5, 4, 3, 2, 1, 0]).with_suffix(".onnx.data")), f"{BUCKET}/onnx/m.onnx.data")
+    _new_process(monkeypatch)
+    again = Path(_config(spec, tmp_path, f"gen_trt_engine.onnx_file={url}").gen_trt_engine.onnx_file)
+    assert again == local and _weights(again) == [5, 4, 3, 2, 1, 0] and not stale.exists()
+
+
+def test_onnx_external_data_outside_the_model_folder_is_refused(s3, tmp_path):
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
     fs, spec = s3
-    weight = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), name="w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [weight])
-    folder = tmp_path / "model"
-    folder.mkdir()
-    onnx.save_model(helper.make_model(graph), str(folder / "m.onnx"), save_as_external_data=True,
-                    location="m.onnx.data", size_threshold=0)
-    fs.put(str(folder), f"{BUCKET}/onnx", recursive=True)
-    cfg = _config(spec, tmp_path, f"gen_trt_engine.onnx_file=s3://{BUCKET}/onnx/m.onnx")
-    local = Path(cfg.gen_trt_engine.onnx_file)
-    assert (local.parent / "m.onnx.data").is_file()
-    loaded = onnx.load(str(local))  # external data found next to the copy
-    assert numpy_helper.to_array(loaded.graph.initializer[0]).tolist() == [[0, 1, 2], [3, 4, 5]]
+    model = onnx.load(str(_onnx_model(tmp_path / "m", [0, 1, 2, 3, 4, 5])), load_external_data=False)
+    for item in model.graph.initializer[0].external_data:
+        if item.key == "location":
+            item.value = "../../../escaped.data"
+    onnx.save(model, str(tmp_path / "evil.onnx"))
+    fs.put(str(tmp_path / "evil.onnx"), f"{BUCKET}/deep/a/b/evil.onnx")
+    fs.put(str(tmp_path / "m" / "m.onnx.data"), f"{BUCKET}/escaped.data")
+    url = f"s3://{BUCKET}/deep/a/b/evil.onnx"
+    with pytest.raises(ConfigError) as caught:
+        _config(spec, tmp_path, f"gen_trt_engine.onnx_file={url}")
+    assert str(caught.value).startswith(f"gen_trt_engine.onnx_file={url}: the model keeps its weights in "
+                                        "'../../../escaped.data', outside its own folder")
+    assert not list(_cache().rglob("escaped.data")) and not list(_cache().parent.rglob("escaped.data"))
+
+
+def test_a_second_load_lists_nothing_and_offline_the_cached_copy_is_used(s3, tmp_path, monkeypatch):
+    """One listing per URL and process (apply_overrides, promotion steps); offline (here: the
+    endpoint is a dead port), the newest complete cached copy, with one warning naming the URL."""
+    from segformer.config import apply_overrides
+
+    fs, spec = s3
+    for name in ("a", "b"):
+        fs.pipe(f"{BUCKET}/memo/images/train/{name}.png", name.encode() * 100)
+    url = f"s3://{BUCKET}/memo"
+    with _log("werkzeug") as first:
+        cfg = _config(spec, tmp_path, f"dataset.segment.root_dir={url}")
+    assert any("list-type=2" in line for line in first)  # listed and fetched
+    with _log("werkzeug") as later:
+        again = apply_overrides(_config(spec, tmp_path, f"dataset.segment.root_dir={url}"), ["train.seed=8"])
+    assert later == [] and again.dataset.segment.root_dir == cfg.dataset.segment.root_dir
+
+    _new_process(monkeypatch)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with _log() as lines:
+        offline = _config(spec, tmp_path, f"dataset.segment.root_dir={url}")
+    assert offline.dataset.segment.root_dir == cfg.dataset.segment.root_dir
+    assert len(lines) == 1 and lines[0].startswith(f"dataset.segment.root_dir={url}: cannot reach the storage ("), lines
+    assert "using the copy fetched on " in lines[0] and "\n" not in lines[0]
+    with pytest.raises(ConfigError, match=f"root_dir=s3://{BUCKET}/never-fetched: cannot read it"):
+        _config(spec, tmp_path, f"dataset.segment.root_dir=s3://{BUCKET}/never-fetched")  # nothing cached: the error
+
+
+def test_fetch_false_keeps_the_urls_and_contacts_nothing(tmp_path, monkeypatch):
+    """Settings only (the MLflow model reading best/experiment.yaml): URLs stay as given, nothing is
+    fetched, even where the storage is unreachable."""
+    import yaml
+
+    from segformer import remote
+    from segformer.config import apply_overrides
+    from segformer.deploy import pyfunc
+
+    def contacted(*args, **kwargs):
+        raise AssertionError(f"the storage was contacted: {args}")
+
+    monkeypatch.setattr(remote, "_filesystem", contacted)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+    root, weights = "s3://unreachable-bucket/seg", "https://example.invalid/w.pth?X-Amz-Signature=abc"
+    spec = tmp_path / "experiment.yaml"
+    spec.write_text(yaml.safe_dump({"results_dir": str(tmp_path), "dataset": {"segment": {"root_dir": root}},
+                                    "train": {"pretrained_model_path": weights}}))
+    cfg = load_config(spec, fetch=False)
+    assert (cfg.dataset.segment.root_dir, cfg.train.pretrained_model_path) == (root, weights)
+    assert apply_overrides(cfg, ["train.seed=3"], fetch=False).dataset.segment.root_dir == root
+    with pytest.raises(AssertionError, match="the storage was contacted"):
+        load_config(spec)  # the default (an action's) fetches
+
+    class Context:
+        artifacts = {pyfunc.SPEC: str(spec), pyfunc.ONNX: str(tmp_path / "model.onnx")}
+        model_config = {"on_cpu": True}
+
+    monkeypatch.setattr("segformer.deploy.runtime.OnnxPredictor", lambda path, providers: path)
+    model = pyfunc.SegformerMasks()
+    model.load_context(Context())
+    assert model.predictor == Context.artifacts[pyfunc.ONNX] and model.settings["img_size"] == cfg.dataset.segment.img_size
+
+
+def test_a_presigned_https_url_names_its_file_by_its_path_and_never_shows_its_query(tmp_path):
+    """A query string is no part of the local file name (nor of the cache folder's), and it is a
+    credential: no message or log line shows it; the dumped spec keeps the URL as given."""
+    from segformer.config import dump_config
+
+    secret = "X-Amz-Credential=AKIA%2F20240101&X-Amz-Signature=" + "5ec7e7" * 60  # over 255 characters
+    model = _onnx_model(tmp_path / "served", [0, 1, 2, 3, 4, 5])
+    with _log("") as lines, _serving(model.parent) as base:
+        url = f"{base}/m.onnx?{secret}"
+        cfg = load_config(None, [f"results_dir={tmp_path}", f"gen_trt_engine.onnx_file={url}"])
+        local = Path(cfg.gen_trt_engine.onnx_file)
+        assert local.name == "m.onnx" and _weights(local) == [0, 1, 2, 3, 4, 5]
+        assert "5ec7e7" not in str(local) and _cache() in local.parents
+        with pytest.raises(ConfigError) as caught:
+            load_config(None, [f"results_dir={tmp_path}", f"gen_trt_engine.onnx_file={base}/gone.onnx?{secret}"])
+    assert str(caught.value).startswith(f"gen_trt_engine.onnx_file points to {base}/gone.onnx, which does not exist")
+    assert "5ec7e7" not in str(caught.value) and "X-Amz" not in str(caught.value)
+    assert any(f"fetching {base}/m.onnx " in line for line in lines), lines
+    assert not [line for line in lines if "X-Amz" in line]
+    assert f"onnx_file: {url}\n" in dump_config(cfg, tmp_path / "spec.yaml").read_text()
 
 
 def test_missing_credentials_are_one_line(s3, tmp_path, monkeypatch):
     _, spec = s3
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    with pytest.raises(ConfigError) as caught:
-        _config(spec, tmp_path, f"dataset.segment.root_dir=s3://{BUCKET}/seg")
+    with pytest.raises(ConfigError) as caught:  # a URL not in the cache (else its copy is used, with a warning)
+        _config(spec, tmp_path, f"dataset.segment.root_dir=s3://{BUCKET}/uncached")
     message = str(caught.value)
-    assert message.startswith(f"dataset.segment.root_dir=s3://{BUCKET}/seg: no credentials or access refused")
+    assert message.startswith(f"dataset.segment.root_dir=s3://{BUCKET}/uncached: no credentials or access refused")
     assert "AWS_ACCESS_KEY_ID" in message and "\n" not in message
 
 
@@ -246,24 +398,11 @@ def test_a_checkpoint_over_http(trained, tmp_path):
     served = tmp_path / "served"
     served.mkdir()
     (served / "weights.pth").write_bytes(result.last_checkpoint.read_bytes())
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(served), **kwargs)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/weights.pth"
-        cfg = load_config(None, [f"results_dir={tmp_path}", f"train.pretrained_model_path={url}"])
+    with _serving(served) as base:
+        cfg = load_config(None, [f"results_dir={tmp_path}", f"train.pretrained_model_path={base}/weights.pth"])
         assert Path(cfg.train.pretrained_model_path).read_bytes() == result.last_checkpoint.read_bytes()
         with pytest.raises(ConfigError, match="http:// can name single files only"):
-            load_config(None, [f"results_dir={tmp_path}", f"dataset.segment.root_dir=http://127.0.0.1:{server.server_port}/"])
-    finally:
-        server.shutdown()
+            load_config(None, [f"results_dir={tmp_path}", f"dataset.segment.root_dir={base}/"])
 
 
 @pytest.mark.parametrize("override, expected", [
