@@ -47,7 +47,7 @@ def evaluate_trial(state: SearchState, record: TrialRecord, out_dir: Path) -> fl
     from segformer.actions import evaluate
     from segformer.config import apply_overrides
 
-    checkpoint = best_checkpoint(record)
+    checkpoint = best_checkpoint(state, record)
     if checkpoint is None:
         raise FileNotFoundError(f"no checkpoint of {record.name}")
     from automl.deploy import spec_overrides

@@ -32,15 +32,15 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from automl.layout import CHECKPOINT_FILE, Layout
+from automl.layout import Layout
 from automl.options import PromotionConfig
 from automl.state import DONE, PENDING, RUNNING, SearchState, TrialRecord
+from segformer.deploy.quantize import ONNX_BACKENDS
 from segformer.fileio import atomic_write_text
 
 MODEL_FILE = "model.pth"
 SPEC_FILE = "experiment.yaml"  # in best/: the spec each action runs as written (`chain_spec`)
 ONNX_FILE = "export/segformer.onnx"  # in best/: the export step's output
-ONNX_QUANT_BACKENDS = ("onnxruntime", "modelopt.onnx")  # quantize an .onnx model_path as is
 MODEL_ARTIFACT_PATH = "model"  # the champion's folder in its trial's MLflow run
 
 
@@ -49,14 +49,15 @@ def model_name(options: PromotionConfig, skill: str) -> str:
     return options.register_model or ("segformer" if skill == "segformer" else f"{skill}-segformer")
 
 
-def best_checkpoint(record: TrialRecord) -> Path | None:
-    """The trial's checkpoint at its best epoch (Ray's copy), else its latest train checkpoint."""
-    candidates = []
-    if record.checkpoint:
-        candidates.append(Path(record.checkpoint) / CHECKPOINT_FILE)
-    if record.results_dir:
-        candidates.append(Path(record.results_dir) / "train" / "segformer_model_latest.pth")
-    return next((c for c in candidates if c.is_file()), None)
+def best_checkpoint(state: SearchState, record: TrialRecord) -> Path | None:
+    """The trial's checkpoint at its best epoch (Ray's copy), else its train/'s best: the rule of
+    `segformer.parents` for a trial folder (``<search>/trial_NNN`` given as a model path), with the
+    ledger's record in memory. The trial folder is the one in this search's folder, not the
+    record's ``results_dir`` (an absolute path: stale once the search folder is moved)."""
+    from segformer.parents import trial_checkpoint
+
+    choice = trial_checkpoint(Layout.of(state.results_dir).trial_dir(record.name), record.checkpoint)
+    return None if choice is None else choice.path
 
 
 def _action(name: str) -> tuple[Any, str | None]:
@@ -199,7 +200,7 @@ def prepare(state: SearchState, record: TrialRecord, options: PromotionConfig = 
     started = time.time()
     report: dict[str, Any] = {"trial": record.name, "params": record.params, state.metric: record.best_value,
                               "best_epoch": record.best_epoch, "steps": {}}
-    source = best_checkpoint(record)
+    source = best_checkpoint(state, record)
     if source is None:
         report["steps"]["checkpoint"] = "failed: no checkpoint found for the best trial"
         return report
@@ -216,7 +217,6 @@ def prepare(state: SearchState, record: TrialRecord, options: PromotionConfig = 
         overrides["export.input_height"] = overrides["export.input_width"] = int(size)
     if precision_of(record.latency) == "int8":
         overrides["quantize.backend"] = "onnxruntime"  # the int8 model the search timed (ONNX Runtime's QDQ)
-    onnx_file = best_dir / ONNX_FILE
     cfg = chain_spec(apply_overrides(base_config(state.spec, state.overrides, best_dir), overrides), best_dir, None)
 
     def step(name: str, enabled: bool, configure: Callable[[Any], dict[str, Any]], precheck: str | None = None) -> Any:
@@ -270,14 +270,17 @@ def chain_spec(cfg: Any, best_dir: Path, onnx: Path | None) -> Any:
 
     The promoted checkpoint ``model.pth`` for evaluate, inference and export; export writes
     ``export/segformer.onnx``; once that exists (``onnx``), the ONNX backends of quantize take it
-    (instead of exporting a second time) and so does gen_trt_engine, else quantize takes the
-    checkpoint. The promotion steps run with these inputs, so ``segformer <action> -e
-    best/experiment.yaml`` runs evaluate, export and quantize as written, on the files they used.
+    (instead of exporting a second time; the backend that runs: torchao where it is not installed
+    is onnxruntime) and so does gen_trt_engine, else quantize takes the checkpoint. The promotion
+    steps run with these inputs, so ``segformer <action> -e best/experiment.yaml`` runs evaluate,
+    export and quantize as written, on the files they used.
     """
+    from segformer.actions.quantize import resolve_backend
     from segformer.config import apply_overrides, dump_config
 
     model, onnx_file = best_dir / MODEL_FILE, best_dir / ONNX_FILE
-    quantize_input = onnx if onnx is not None and str(cfg.quantize.backend) in ONNX_QUANT_BACKENDS else model
+    backend, _ = resolve_backend(str(cfg.quantize.backend))
+    quantize_input = onnx if onnx is not None and backend in ONNX_BACKENDS else model
     cfg = apply_overrides(cfg, {"evaluate.checkpoint": str(model), "inference.checkpoint": str(model),
                                 "export.checkpoint": str(model), "export.onnx_file": str(onnx_file),
                                 "quantize.model_path": str(quantize_input),

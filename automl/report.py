@@ -510,10 +510,10 @@ def overlays(state: SearchState, folder: Path, name: str = "overlays.png") -> Ov
         return Overlays(None, reason)
     checkpoints = {}
     for role, record in models:
-        checkpoint = best_checkpoint(record)
+        checkpoint = best_checkpoint(state, record)
         if checkpoint is None:
             return Overlays(None, f"no checkpoint of `{record.name}` ({role}): neither Ray's best-epoch checkpoint "
-                                  "nor train/segformer_model_latest.pth is there")
+                                  "nor a checkpoint in its train/ is there")
         checkpoints[record.name] = checkpoint
     try:
         panels, decoder, names = _predict(state, models, checkpoints)

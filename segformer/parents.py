@@ -21,7 +21,9 @@ What each field looks for, first preference first
 - ``evaluate.trt_engine``, ``inference.trt_engine``: a TensorRT engine.
 - ``export.checkpoint``: the best PyTorch checkpoint.
 - ``quantize.model_path``: the best PyTorch checkpoint; for the ONNX backends (``onnxruntime``,
-  ``modelopt.onnx``) the fp32 ONNX model first (what AutoML's promotion feeds them too).
+  ``modelopt.onnx``) the fp32 ONNX model first (what AutoML's promotion feeds them too). The backend
+  is the one that runs: ``torchao`` where it cannot be imported is ``onnxruntime``
+  (`segformer.actions.quantize.resolve_backend`).
 - ``gen_trt_engine.onnx_file``: the fp32 ONNX model; with ``tensorrt.data_type: int8`` a quantized
   (QDQ) ONNX model first, whose scales TensorRT then uses instead of calibrating.
 
@@ -31,7 +33,10 @@ Where each is found, as its producer writes it
 - PyTorch checkpoint: a train results folder (``<results_dir>/train``): ``model_epoch_<EEE>_step_<SSSSS>.pth``
   and ``segformer_model_latest.pth`` (`segformer.engine.callbacks`). The *best* is the checkpoint
   of the epoch with the highest ``val_miou`` in the folder's ``status.json`` (matched by epoch and
-  step; the first of equal scores, like ``TrainResult.best_epoch``). When that epoch's checkpoint is
+  step; the first of equal scores, like ``TrainResult.best_epoch``). ``segformer_model_latest.pth``
+  is an epoch's checkpoint when it is a link to that epoch's numbered file, else the last epoch's
+  when it was written after ``status.json`` (a run killed between the two leaves the epoch before's
+  weights in it, which then count as no epoch's). When that epoch's checkpoint is
   gone (``checkpoint_interval`` > 1, or pruned), the best of those still there, and the line says
   so; with no validated epoch that has a checkpoint, the latest. The *latest* is
   ``segformer_model_latest.pth`` (else the newest numbered one).
@@ -50,8 +55,11 @@ Which folders
   ``train/``, ``export/``, ``quantize/`` and ``gen_trt_engine/``.
 - An AutoML trial folder (``<search>/trial_NNN``): for the best checkpoint, the checkpoint of its
   best epoch as the search recorded it (``automl_state.json``; Ray's copy in
-  ``ray/search/trial_NNN/checkpoint_*/checkpoint.ckpt``), else its ``train/`` by the rule above
-  (a search keeps only the latest of a trial's per-epoch checkpoints there).
+  ``ray/search/trial_NNN/checkpoint_*/checkpoint.ckpt``), looked for under this ``<search>`` first;
+  the ledger's absolute path counts only when it lies in ``<search>`` (a search folder renamed, and
+  a new search made at its old path, must not lend its trials the new one's checkpoints). Else its
+  ``train/`` by the rule above (a search keeps only the latest of a trial's per-epoch checkpoints
+  there). AutoML's promotion picks a trial's checkpoint by this rule too (`trial_checkpoint`).
 - An AutoML search folder (it holds ``automl_state.json``): its promoted model, ``best/``.
 - ``best/``, the promoted model: ``model.pth`` (the best trial at its best epoch: both the best
   and the latest checkpoint), and its ``export/``, ``quantize/``, ``gen_trt_engine/``.
@@ -72,7 +80,7 @@ from typing import Any, Callable
 
 from segformer.errors import SegformerError
 
-__all__ = ["PARENT_FIELDS", "Choice", "field_wants", "resolve_folder", "resolve_parents"]
+__all__ = ["PARENT_FIELDS", "Choice", "field_wants", "resolve_folder", "resolve_parents", "trial_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +127,10 @@ class Choice:
 
 
 # ----------------------------------------------------------------------------------------- public
-def field_wants(cfg: Any, key: str) -> tuple[str, ...]:
-    """What ``key`` looks for in a folder (keys of :data:`WANTS`), first preference first."""
+def field_wants(cfg: Any, key: str, *, quantize_backend: str | None = None) -> tuple[str, ...]:
+    """What ``key`` looks for in a folder (keys of :data:`WANTS`), first preference first.
+    ``quantize_backend``: the backend quantize runs (by default ``quantize.backend`` as
+    `segformer.actions.quantize.resolve_backend` resolves it)."""
     section_name, _, name = key.partition(".")
     section = getattr(cfg, section_name)
     if key == "train.resume_training_checkpoint_path":
@@ -130,18 +140,23 @@ def field_wants(cfg: Any, key: str) -> tuple[str, ...]:
     if section_name in ("evaluate", "inference"):
         return ("quantized",) if section.is_quantized else ("best", "onnx")
     if key == "quantize.model_path":
-        from segformer.actions.quantize import ONNX_BACKENDS
+        from segformer.deploy.quantize import ONNX_BACKENDS
 
-        return ("onnx", "best") if str(section.backend) in ONNX_BACKENDS else ("best",)
+        if quantize_backend is None:
+            from segformer.actions.quantize import resolve_backend
+
+            quantize_backend, _ = resolve_backend(str(section.backend))
+        return ("onnx", "best") if quantize_backend in ONNX_BACKENDS else ("best",)
     if key == "gen_trt_engine.onnx_file":
         return ("quantized_onnx", "onnx") if str(section.tensorrt.data_type).lower() == "int8" else ("onnx",)
     return ("best",)
 
 
-def resolve_parents(cfg: Any, action: str, *, quiet: bool = False) -> Any:
+def resolve_parents(cfg: Any, action: str, *, quiet: bool = False, quantize_backend: str | None = None) -> Any:
     """``cfg`` with each model path field of ``action`` that names a folder set to the file picked
     in it (a new config through ``apply_overrides``; ``cfg`` itself when no field names a folder).
-    Prints one line per pick unless ``quiet`` (it is logged either way)."""
+    Prints one line per pick unless ``quiet`` (it is logged either way). ``quantize_backend``: see
+    :func:`field_wants`."""
     changes: dict[str, str] = {}
     for key in PARENT_FIELDS.get(action, ()):
         section_name, _, name = key.partition(".")
@@ -151,7 +166,7 @@ def resolve_parents(cfg: Any, action: str, *, quiet: bool = False) -> Any:
         folder = Path(str(value)).expanduser()
         if not folder.is_dir():
             continue
-        choice = resolve_folder(folder, key, field_wants(cfg, key))
+        choice = resolve_folder(folder, key, field_wants(cfg, key, quantize_backend=quantize_backend))
         line = f"{key}: {folder} is {_kind(folder)}; using {choice.path} ({choice.why})"
         log.info(line)
         if not quiet:
@@ -210,11 +225,12 @@ def _kind(folder: Path) -> str:
     if any((folder / action).is_dir() for action in actions):
         return "a results folder"
     for want, (_, action) in WANTS.items():
+        article = "an" if action[0] in "aeiou" else "a"
         try:
             if _FINDERS[want](folder) is not None:
-                return f"a {action} results folder"
+                return f"{article} {action} results folder"
         except SegformerError:
-            return f"a {action} results folder"
+            return f"{article} {action} results folder"
     return "a folder"
 
 
@@ -246,32 +262,46 @@ def _in_best(best: Path, want: str) -> Choice | None:
 
 def _in_trial(trial: Path, want: str) -> Choice | None:
     if want == "best":
-        recorded = _recorded_checkpoint(trial)
-        if recorded is not None:
-            return recorded
+        recorded, score = _ledger_entry(trial)
+        return trial_checkpoint(trial, recorded, score=score)
     return _in_results(trial, want)
 
 
-def _recorded_checkpoint(trial: Path) -> Choice | None:
-    """The trial's best-epoch checkpoint as its search's ledger records it (Ray's copy)."""
-    state_file = trial.parent / SEARCH_STATE_FILE
-    try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    records = state.get("trials") if isinstance(state, dict) else None
-    for record in (records.values() if isinstance(records, dict) else ()):
-        if not isinstance(record, dict) or record.get("name") != trial.name or not record.get("checkpoint"):
-            continue
-        recorded = Path(str(record["checkpoint"]))
-        # Where the ledger says, else the same checkpoint in this search folder (moved or copied since).
-        for folder in (recorded, trial.parent / RAY_TRIALS_DIR / trial.name / recorded.name):
-            if (folder / RAY_CHECKPOINT_FILE).is_file():
-                value = record.get("best_value")
-                score = f": {state.get('metric') or 'metric'} {value:.4f}" if isinstance(value, (int, float)) else ""
+def trial_checkpoint(trial: Path, recorded: str | Path | None, *, score: str = "") -> Choice | None:
+    """The best checkpoint of the AutoML trial folder ``trial`` (``<search>/trial_NNN``): the
+    checkpoint in its Ray checkpoint folder ``recorded`` (as the search's ledger records it; None
+    when it records none), found by the module docstring's rule, else its ``train/``'s best."""
+    if recorded:
+        search, recorded = trial.parent, Path(str(recorded))
+        own = search / RAY_TRIALS_DIR / trial.name / recorded.name
+        for folder in (own, recorded):
+            if (folder / RAY_CHECKPOINT_FILE).is_file() and (folder is own or _inside(folder, search)):
                 return Choice(folder / RAY_CHECKPOINT_FILE,
                               f"its best epoch's checkpoint, as the search recorded it in {SEARCH_STATE_FILE}{score}")
-    return None
+    return _in_results(trial, "best")
+
+
+def _ledger_entry(trial: Path) -> tuple[str | None, str]:
+    """(the Ray checkpoint folder its search's ledger records for ``trial``, ": <metric> <value>" or "")."""
+    try:
+        state = json.loads((trial.parent / SEARCH_STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None, ""
+    records = state.get("trials") if isinstance(state, dict) else None
+    for record in (records.values() if isinstance(records, dict) else ()):
+        if isinstance(record, dict) and record.get("name") == trial.name and record.get("checkpoint"):
+            value = record.get("best_value")
+            score = f": {state.get('metric') or 'metric'} {value:.4f}" if isinstance(value, (int, float)) else ""
+            return str(record["checkpoint"]), score
+    return None, ""
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` lies in ``folder`` (links resolved)."""
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------------------------- one producer
@@ -293,10 +323,14 @@ def _train_checkpoint(folder: Path, *, latest: bool = False) -> Choice | None:
     history = _read_status(folder / STATUS_NAME)
     on_disk: dict[tuple[int, int], Path] = dict(numbered)
     if latest_file.is_file() and history:
-        # The latest file is a link (or copy) of the newest numbered checkpoint, or the state at the
-        # end of the last epoch in status.json.
+        # The latest file is a link to a numbered checkpoint, or the state at the end of the last
+        # epoch in status.json when written after it: status.json is written first, so one written
+        # before it holds an earlier epoch's weights (a run killed in between) and is no epoch's.
         twin = next((key for key, path in numbered.items() if _same_file(path, latest_file)), None)
-        on_disk.setdefault(twin or (history[-1]["epoch"], history[-1]["step"]), latest_file)
+        if twin is None and _written_after(latest_file, folder / STATUS_NAME):
+            twin = (history[-1]["epoch"], history[-1]["step"])
+        if twin is not None:
+            on_disk.setdefault(twin, latest_file)
     validated = [r for r in history if r["val_miou"] is not None]
     kept = [r for r in validated if (r["epoch"], r["step"]) in on_disk]
     if kept:
@@ -329,6 +363,13 @@ def _read_status(path: Path) -> list[dict[str, Any]]:
         miou = float(miou) if isinstance(miou, (int, float)) and math.isfinite(miou) else None
         records.append({"epoch": epoch, "step": step, "val_miou": miou})
     return records
+
+
+def _written_after(path: Path, other: Path) -> bool:
+    try:
+        return path.stat().st_mtime_ns > other.stat().st_mtime_ns
+    except OSError:
+        return False
 
 
 def _same_file(a: Path, b: Path) -> bool:

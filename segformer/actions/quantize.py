@@ -37,17 +37,18 @@ import numpy as np
 import torch
 
 from segformer.config import ExperimentConfig, action_results_dir, require
+from segformer.deploy.quantize import ONNX_BACKENDS
 from segformer.errors import DataError, SegformerError
 from segformer.parents import resolve_parents
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torchao", "modelopt.pytorch", "modelopt.onnx", "onnxruntime")
+BACKENDS = ("torchao", "modelopt.pytorch", *ONNX_BACKENDS)
 STATIC_BACKENDS = ("modelopt.pytorch", "modelopt.onnx", "onnxruntime")
-ONNX_BACKENDS = ("modelopt.onnx", "onnxruntime")  # quantize an ONNX model (a .pth model_path is exported first)
 REPORT_NAME = "quantize_report.json"
 FLOAT_ONNX_NAME = "float_model.onnx"  # the ONNX backends' own export of a .pth model_path
 FALLBACK_BACKEND = "onnxruntime"  # for torchao (TAO's default) where it is not installed: needs no extra
+CALIBRATION_KWARGS = ("calibration_batch_size", "calibration_batches")  # backend_kwargs of every static backend
 
 
 @dataclass(frozen=True)
@@ -86,20 +87,28 @@ def resolve_backend(backend: str) -> tuple[str, str | None]:
     return FALLBACK_BACKEND, note
 
 
-def _announce_fallback(cfg: ExperimentConfig, note: str, algorithm: str, *, quiet: bool) -> tuple[str, str]:
-    """Say that quantize falls back (one line) and return the fallback's (mode, algorithm): static
-    PTQ, the spec's algorithm where ONNX Runtime has it (torchao ignores it), else minmax."""
-    from segformer.deploy.quantize.ort_static import ORT_ALGORITHMS
+def _announce_fallback(cfg: ExperimentConfig, note: str, algorithm: str, kwargs: dict[str, Any], *,
+                       quiet: bool) -> tuple[str, str, dict[str, Any], str]:
+    """Say that quantize falls back (one line) and return the fallback's (mode, algorithm,
+    backend_kwargs, note): static PTQ, the spec's algorithm where ONNX Runtime has it (torchao
+    ignores it), else minmax, and the backend_kwargs ONNX Runtime takes (the note names the others,
+    dropped: written for torchao, they would fail quantize_onnx_static)."""
+    from segformer.deploy.quantize.ort_static import ORT_ALGORITHMS, ORT_KWARGS
 
     segment = cfg.dataset.segment
     if not (segment.quant_calibration_dataset.images_dir or segment.root_dir):
         raise SegformerError(f"{note}, which calibrates on images: set dataset.segment.quant_calibration_dataset."
                              f"images_dir (or dataset.segment.root_dir), or install torchao")
+    dropped = [key for key in kwargs if key not in (*ORT_KWARGS, *CALIBRATION_KWARGS)]
+    if dropped:
+        note += (f"; dropped quantize.backend_kwargs {', '.join(dropped)} ({FALLBACK_BACKEND} takes "
+                 f"{', '.join((*ORT_KWARGS, *CALIBRATION_KWARGS))})")
+        kwargs = {key: value for key, value in kwargs.items() if key not in dropped}
     if quiet:
         log.warning(note)
     else:
         print(f"segformer quantize: {note}", file=sys.stderr, flush=True)
-    return "static_ptq", (algorithm if algorithm in ORT_ALGORITHMS else "minmax")
+    return "static_ptq", (algorithm if algorithm in ORT_ALGORITHMS else "minmax"), kwargs, note
 
 
 def _calibration_batches(cfg: ExperimentConfig, size: tuple[int, int], batch_size: int, max_batches: int):
@@ -173,15 +182,17 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
     from segformer.deploy.quantize.artifacts import ARTIFACT_NAMES, save_quantized_model
     from segformer.deploy.quantize.patterns import parse_layer_rules
 
-    cfg = resolve_parents(cfg, "quantize", quiet=quiet)  # a results folder as quantize.model_path: its model
-    options = cfg.quantize
-    requested = str(options.backend)
+    requested = str(cfg.quantize.backend)
     if requested not in BACKENDS:
         raise SegformerError(f"quantize.backend must be one of {BACKENDS}, got {requested!r}")
     backend, note = resolve_backend(requested)
+    # a results folder as quantize.model_path: its model for the backend that runs
+    cfg = resolve_parents(cfg, "quantize", quiet=quiet, quantize_backend=backend)
+    options = cfg.quantize
     mode, algorithm = str(options.mode), str(options.algorithm)
+    kwargs: dict[str, Any] = dict(options.backend_kwargs or {})
     if note is not None:
-        mode, algorithm = _announce_fallback(cfg, note, algorithm, quiet=quiet)
+        mode, algorithm, kwargs, note = _announce_fallback(cfg, note, algorithm, kwargs, quiet=quiet)
     if backend == "torchao" and mode != "weight_only_ptq":
         raise SegformerError(f"backend torchao does weight-only PTQ: set quantize.mode=weight_only_ptq (got {mode})")
     if backend in STATIC_BACKENDS and mode != "static_ptq":
@@ -193,11 +204,10 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
     results_dir.mkdir(parents=True, exist_ok=True)
     rules = parse_layer_rules(options.layers)
     skip_names = [str(s) for s in options.skip_names or ()]
-    kwargs: dict[str, Any] = dict(options.backend_kwargs or {})
     num_classes = int(cfg.dataset.segment.num_classes)
     img_size = int(cfg.dataset.segment.img_size)
-    cal_batch = int(kwargs.pop("calibration_batch_size", 4))
-    cal_batches = int(kwargs.pop("calibration_batches", 8))
+    cal_batch = int(kwargs.pop(CALIBRATION_KWARGS[0], 4))
+    cal_batches = int(kwargs.pop(CALIBRATION_KWARGS[1], 8))
     artifact = results_dir / ARTIFACT_NAMES[backend]
 
     if backend in ("torchao", "modelopt.pytorch"):

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 from segformer.engine.callbacks import LATEST_NAME, checkpoint_name
 from segformer.errors import SegformerError
-from segformer.parents import resolve_parents
+from segformer.parents import resolve_folder, resolve_parents
 
 
 def _best_by_status(train_dir: Path) -> tuple[Path, dict]:
@@ -109,9 +110,31 @@ def test_deploy_fields_pick_by_what_they_take(make_cfg, tiny_dataset, tmp_path):
                     "evaluate.is_quantized=true").evaluate.checkpoint == str(quantized)
     engine = resolved("inference", f"inference.trt_engine={results / 'gen_trt_engine'}").inference.trt_engine
     assert engine == str(results / "gen_trt_engine/segformer.engine")
+
+
+def test_quantize_model_path_follows_the_backend_that_runs(make_cfg, tiny_dataset, tmp_path, monkeypatch):
+    """torchao quantizes a PyTorch checkpoint; where it cannot be imported quantize runs onnxruntime,
+    which takes the fp32 ONNX model: an export folder, a results folder and best/ give theirs."""
+    import types
+
+    results, best = tmp_path / "results", tmp_path / "best"
+    for name in (results / "export/segformer.onnx", best / "model.pth", best / "export/segformer.onnx"):
+        name.parent.mkdir(parents=True, exist_ok=True)
+        name.write_bytes(b"stand-in")
+
+    def model_path(folder: Path) -> str:
+        cfg = make_cfg(tiny_dataset, tmp_path, f"quantize.model_path={folder}", "quantize.backend=torchao")
+        return resolve_parents(cfg, "quantize", quiet=True).quantize.model_path
+
+    monkeypatch.setitem(sys.modules, "torchao", None)  # Python's own way of failing `import torchao`
+    assert model_path(results / "export") == model_path(results) == str(results / "export/segformer.onnx")
+    assert model_path(best) == str(best / "export/segformer.onnx")
+
+    monkeypatch.setitem(sys.modules, "torchao", types.ModuleType("torchao"))  # importable: torchao runs
+    assert model_path(best) == str(best / "model.pth")
     with pytest.raises(SegformerError, match=r"quantize\.model_path: .* nothing quantize\.model_path takes: looked for "
                                              r"a PyTorch checkpoint .*it holds an fp32 ONNX model"):
-        resolved("quantize", f"quantize.model_path={results}", "quantize.backend=torchao")
+        model_path(results)
 
 
 def test_folder_with_nothing_suitable_is_one_clear_error(make_cfg, tiny_dataset, tmp_path, capsys):
@@ -163,3 +186,30 @@ def test_file_and_missing_paths_are_left_as_given(trained, make_cfg, tiny_datase
     missing = tmp_path / "nowhere"
     with pytest.raises(SegformerError, match=f"^evaluate.checkpoint points to {missing}, which does not exist$"):
         evaluate.run(make_cfg(tiny_dataset, tmp_path, f"evaluate.checkpoint={missing}"), quiet=True)
+
+
+def test_latest_checkpoint_written_before_status_json_is_no_epochs(tmp_path):
+    """A run killed between status.json's line for its last epoch and that epoch's checkpoint leaves
+    the epoch before's weights in segformer_model_latest.pth (a fresh save, not a link): they must not
+    be taken for the last epoch's. Written after status.json, they are the last epoch's."""
+    train_dir = tmp_path / "train"
+    train_dir.mkdir()
+    status, latest = train_dir / "status.json", train_dir / LATEST_NAME
+    status.write_text("".join(json.dumps({"epoch": e, "step": 4 * (e + 1), "val_miou": m}) + "\n"
+                              for e, m in ((0, 0.2), (1, 0.3))))
+    latest.write_bytes(b"epoch 0's weights")
+
+    def pick() -> tuple[str, str]:
+        choice = resolve_folder(train_dir, "evaluate.checkpoint", ("best",))
+        return str(choice.path), choice.why
+
+    written = status.stat().st_mtime_ns
+    os.utime(latest, ns=(written - 10**9, written - 10**9))  # saved before status.json: the kill case
+    assert pick() == (str(latest), "the latest checkpoint: status.json has no validated epoch with a checkpoint here")
+    os.utime(latest, ns=(written + 10**9, written + 10**9))  # saved after it: epoch 1's checkpoint
+    assert pick() == (str(latest), "the best checkpoint by val_miou in status.json: epoch 1, 0.3000")
+    numbered = train_dir / checkpoint_name(0, 4)  # a link to a numbered file: that epoch's, whenever written
+    os.link(latest, numbered)
+    os.utime(latest, ns=(written - 10**9, written - 10**9))
+    assert pick() == (str(numbered), "the best checkpoint by val_miou in status.json: epoch 0, 0.2000; epoch 1 "
+                                     "scored 0.3000 but its checkpoint is not kept (train.checkpoint_interval)")

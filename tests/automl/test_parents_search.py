@@ -67,6 +67,12 @@ def _cfg(search_dir: Path, out: Path, *overrides: str):
     return load_config(state["spec"], [f"results_dir={out}", *OVERRIDES, *overrides])
 
 
+def _write_ledger(search: Path, state: dict) -> None:
+    """A new automl_state.json in ``search``: never through a hard link into the fixture's own."""
+    (search / "automl_state.json").unlink(missing_ok=True)
+    (search / "automl_state.json").write_text(json.dumps(state))
+
+
 def test_names_match_what_automl_writes():
     """segformer never imports automl: its copies of automl's names must stay equal to automl's."""
     from automl import layout, promote
@@ -102,14 +108,48 @@ def test_moved_search_folder_still_finds_the_trials_checkpoint(search_dir, tmp_p
     state = json.loads((moved / "automl_state.json").read_text())
     record = next(iter(state["trials"].values()))
     record["checkpoint"] = str(tmp_path / "gone" / Path(record["checkpoint"]).name)
-    (moved / "automl_state.json").write_text(json.dumps(state))
+    _write_ledger(moved, state)
     cfg = resolve_parents(_cfg(search_dir, tmp_path, f"export.checkpoint={moved / 'trial_000'}"), "export", quiet=True)
     assert cfg.export.checkpoint == str(moved / "ray/search/trial_000/checkpoint_000001/checkpoint.ckpt")
 
     record["checkpoint"] = None
-    (moved / "automl_state.json").write_text(json.dumps(state))
+    _write_ledger(moved, state)
     cfg = resolve_parents(_cfg(search_dir, tmp_path, f"export.checkpoint={moved / 'trial_000'}"), "export", quiet=True)
     assert cfg.export.checkpoint == str(moved / "trial_000/train/segformer_model_latest.pth")
+
+
+def test_renamed_search_folder_never_takes_the_new_search_at_its_old_path(search_dir, tmp_path):
+    """A search made at old/, renamed to renamed/, and a new search made at old/: the ledger of
+    renamed/ still names old/'s checkpoint folders, which are now the new search's. renamed/trial_000
+    is its own checkpoint (under renamed/), and with that gone its own train/, never old/'s; so is the
+    promotion's pick (`automl.promote.best_checkpoint`, the same rule)."""
+    from automl.promote import best_checkpoint
+    from automl.state import SearchState
+    from segformer.parents import resolve_parents
+
+    old, renamed = tmp_path / "old", tmp_path / "renamed"
+    shutil.copytree(search_dir, old, copy_function=os.link,
+                    ignore=shutil.ignore_patterns("best", "mlartifacts", "mlflow.db"))
+    state = json.loads((old / "automl_state.json").read_text())
+    record = next(iter(state["trials"].values()))
+    relative = Path(record["checkpoint"]).relative_to(search_dir)  # ray/search/trial_000/checkpoint_000001
+    record["checkpoint"] = str(old / relative)  # as the search wrote it while at old/
+    _write_ledger(old, state)
+    old.rename(renamed)
+    (old / relative).mkdir(parents=True)  # the new search at the old path, with a checkpoint of its own
+    (old / relative / "checkpoint.ckpt").write_bytes(b"the new search's weights")
+    _write_ledger(old, state)
+
+    def picked() -> str:
+        cfg = _cfg(search_dir, tmp_path, f"export.checkpoint={renamed / 'trial_000'}")
+        return resolve_parents(cfg, "export", quiet=True).export.checkpoint
+
+    loaded = SearchState.load(renamed)
+    own = renamed / relative / "checkpoint.ckpt"
+    assert picked() == str(own) and best_checkpoint(loaded, loaded.by_name("trial_000")) == own
+    own.unlink()
+    latest = renamed / "trial_000/train/segformer_model_latest.pth"
+    assert picked() == str(latest) and best_checkpoint(loaded, loaded.by_name("trial_000")) == latest
 
 
 def test_search_folder_and_best_give_the_promoted_models(search_dir, tmp_path, capsys):

@@ -7,6 +7,7 @@ import json
 import sys
 
 import onnx
+import yaml
 
 from searchhelpers import search_options
 
@@ -56,3 +57,8 @@ def test_promotion_quantize_falls_back_without_torchao(tmp_path, monkeypatch):
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in artifact.graph.node}
     saved = json.loads((results / "best" / "quantize" / "quantize_report.json").read_text())
     assert saved["backend"] == "onnxruntime" and saved["note"] == quantize["note"]
+    # onnxruntime runs: it quantized the promoted ONNX model, as best/experiment.yaml says, not a second export
+    onnx_file = results / "best" / "export" / "segformer.onnx"
+    assert saved["float_model"] == str(onnx_file) and not (results / "best" / "quantize" / "float_model.onnx").exists()
+    written = yaml.safe_load((results / "best" / "experiment.yaml").read_text())
+    assert written["quantize"]["model_path"] == str(onnx_file)

@@ -215,10 +215,14 @@ def test_overlays_show_both_models_on_the_same_validation_images(two_models) -> 
 @pytest.mark.slow
 def test_overlays_skip_a_missing_checkpoint_with_the_reason(two_models, tmp_path: Path) -> None:
     import copy
+    import os
+    import shutil
 
     from automl.report import overlays
 
-    state = copy.deepcopy(two_models)
-    state.best().results_dir = str(tmp_path / "gone")
+    state = copy.deepcopy(two_models)  # in a search folder that holds only the baseline's trial folder
+    name = state.baseline().name
+    shutil.copytree(Path(two_models.results_dir) / name, tmp_path / "search" / name, copy_function=os.link)
+    state.results_dir = str(tmp_path / "search")
     skipped = overlays(state, tmp_path)
     assert skipped.file is None and f"no checkpoint of `{state.best().name}` (promoted)" in skipped.text

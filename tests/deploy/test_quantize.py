@@ -140,9 +140,9 @@ TAO_DEFAULT_QUANTIZE = {"backend": "torchao", "mode": "weight_only_ptq", "algori
                         "skip_names": [], "backend_kwargs": {}, "device": "cuda"}
 
 
-def test_cli_quantize_without_torchao_falls_back_to_onnxruntime(deploy_dataset, checkpoint, tmp_path):
-    """`segformer quantize` with TAO's default section (backend torchao) where torchao cannot be
-    imported: one line says so, and an int8 ONNX model comes out that ONNX Runtime runs.
+def _quantize_without_torchao(deploy_dataset, tmp_path, quantize: dict, *overrides: str):
+    """``segformer quantize`` in a subprocess where torchao cannot be imported: (the finished
+    process, its results folder).
 
     torchao is kept out of the subprocess for real whether or not it is installed here: a
     sitecustomize on its PYTHONPATH puts None in sys.modules["torchao"], Python's own way of making
@@ -152,7 +152,6 @@ def test_cli_quantize_without_torchao_falls_back_to_onnxruntime(deploy_dataset, 
     import sys
     from pathlib import Path
 
-    import onnxruntime as ort
     import yaml
 
     repo = Path(__file__).resolve().parents[2]
@@ -160,21 +159,33 @@ def test_cli_quantize_without_torchao_falls_back_to_onnxruntime(deploy_dataset, 
     shim.mkdir()
     (shim / "sitecustomize.py").write_text("import sys\nsys.modules['torchao'] = None  # import torchao fails\n")
     spec = yaml.safe_load((deploy_dataset / "spec.yaml").read_text())
-    spec["quantize"] = dict(TAO_DEFAULT_QUANTIZE)
+    spec["quantize"] = quantize
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
     results = tmp_path / "results"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shim), str(repo)]), "CUDA_VISIBLE_DEVICES": ""}
     out = subprocess.run([sys.executable, "-m", "segformer.cli", "quantize", "-e", str(spec_file),
                           f"results_dir={results}", f"dataset.segment.root_dir={deploy_dataset}",
-                          "model.decode_head.decoder_params.embed_dim=32", "dataset.segment.workers=0",
-                          f"quantize.model_path={checkpoint}"],
+                          "model.decode_head.decoder_params.embed_dim=32", "dataset.segment.workers=0", *overrides],
                          capture_output=True, text=True, env=env, cwd=repo, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    line = ("segformer quantize: quantize.backend torchao is not installed (pip install 'segformer-automl[quant]'); "
-            "quantizing with onnxruntime instead")
-    assert out.stderr.count(line) == 1, out.stderr[-3000:]
     assert "Traceback" not in out.stderr
+    return out, results
+
+
+FALLBACK_LINE = ("segformer quantize: quantize.backend torchao is not installed "
+                 "(pip install 'segformer-automl[quant]'); quantizing with onnxruntime instead")
+
+
+def test_cli_quantize_without_torchao_falls_back_to_onnxruntime(deploy_dataset, checkpoint, tmp_path):
+    """`segformer quantize` with TAO's default section (backend torchao) where torchao cannot be
+    imported: one line says so, and an int8 ONNX model comes out that ONNX Runtime runs."""
+    import onnxruntime as ort
+
+    out, results = _quantize_without_torchao(deploy_dataset, tmp_path, dict(TAO_DEFAULT_QUANTIZE),
+                                             f"quantize.model_path={checkpoint}")
+    line = FALLBACK_LINE
+    assert out.stderr.count(line) == 1, out.stderr[-3000:]
 
     artifact = results / "quantize" / "quantized_model_onnxruntime.onnx"
     report = json.loads((results / "quantize" / "quantize_report.json").read_text())
@@ -191,3 +202,21 @@ def test_cli_quantize_without_torchao_falls_back_to_onnxruntime(deploy_dataset, 
     [logits] = session.run(["output"], {"input": np.random.default_rng(0).standard_normal(
         (2, 3, SIZE, SIZE)).astype(np.float32)})
     assert logits.shape[:2] == (2, NUM_CLASSES) and np.isfinite(logits).all()
+
+
+def test_fallback_drops_torchao_kwargs_and_takes_the_export_folder(deploy_dataset, exported, tmp_path):
+    """Without torchao, a spec written for it: its torchao backend_kwargs are dropped (ONNX Runtime
+    would fail on them) and the note names them; an export folder as quantize.model_path gives its
+    ONNX model, as for the onnxruntime backend that runs (no second export)."""
+    _, result = exported
+    folder = result.onnx_file.parent
+    quantize = {**TAO_DEFAULT_QUANTIZE, "backend_kwargs": {"group_size": 64, "calibration_batches": 1}}
+    out, results = _quantize_without_torchao(deploy_dataset, tmp_path, quantize, f"quantize.model_path={folder}")
+    note = (f"{FALLBACK_LINE}; dropped quantize.backend_kwargs group_size (onnxruntime takes per_channel, "
+            "calibration_batch_size, calibration_batches)")
+    assert out.stderr.count(note) == 1, out.stderr[-3000:]
+    assert f"quantize.model_path: {folder} is an export results folder; using {result.onnx_file} " in out.stdout
+    report = json.loads((results / "quantize" / "quantize_report.json").read_text())
+    assert report["backend"] == "onnxruntime" and f"segformer quantize: {report['note']}" == note
+    assert report["float_model"] == str(result.onnx_file) and report["quantized"] > 0
+    assert not (results / "quantize" / "float_model.onnx").exists()

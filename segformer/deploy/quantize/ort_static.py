@@ -22,9 +22,10 @@ from segformer.fileio import atomic_output
 from ..onnx_export import module_path_of_node
 from .patterns import LayerRule, select_names
 
-__all__ = ["quantize_onnx_static", "onnx_quant_candidates", "OnnxQuantSummary", "ORT_ALGORITHMS"]
+__all__ = ["quantize_onnx_static", "onnx_quant_candidates", "OnnxQuantSummary", "ORT_ALGORITHMS", "ORT_KWARGS"]
 
 ORT_ALGORITHMS = {"minmax": "MinMax", "max": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+ORT_KWARGS = ("per_channel",)  # the quantize.backend_kwargs quantize_onnx_static takes
 QUANT_OP_TYPES = ("Conv", "MatMul", "Gemm")
 _PARAM_SUFFIX = re.compile(r"\.(weight|bias|weight_[a-z]+)$")
 
