@@ -221,14 +221,7 @@ def state_files(experiment_dir: Path) -> list[Path]:
 def state_signature(experiment_dir: Path) -> tuple:
     """What the state files look like now (name, size, modification time): equal on two looks in a
     row, no copy into the folder is under way."""
-    out = []
-    for path in state_files(experiment_dir):
-        try:
-            stat = path.stat()
-        except OSError:
-            continue
-        out.append((path.name, stat.st_size, stat.st_mtime_ns))
-    return tuple(out)
+    return tuple((path.name, *stat) for path in state_files(experiment_dir) if (stat := _stat(path)) is not None)
 
 
 def backup_ray_state(experiment_dir: Path, backup: Path) -> bool:

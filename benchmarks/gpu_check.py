@@ -24,6 +24,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,8 +39,9 @@ if str(REPO) not in sys.path:
 from benchmarks.common import RESULTS, RESULTS_DIR, machine_line, save_json, write_section  # noqa: E402
 
 
-def _part(name: str, fn: Callable[[], dict[str, Any]], out: dict[str, Any]) -> None:
-    """Run one part; its failure is recorded, never raised."""
+def _part(name: str, fn: Callable[[], dict[str, Any]], out: dict[str, Any], save: Callable[[], None] | None = None) -> None:
+    """Run one part; its failure is recorded, never raised. `save` runs after it: what ran comes
+    back even when a later part is cut by the machine's time limit."""
     started = time.time()
     print(f"gpu_check: {name} ...", flush=True)
     try:
@@ -49,6 +51,8 @@ def _part(name: str, fn: Callable[[], dict[str, Any]], out: dict[str, Any]) -> N
     result["seconds"] = round(time.time() - started, 1)
     out[name] = result
     print(f"gpu_check: {name}: {json.dumps(result)[:600]}", flush=True)
+    if save is not None:
+        save()
 
 
 def environment() -> dict[str, Any]:
@@ -74,12 +78,16 @@ def pytest_gpu(log: Path, timeout: int) -> dict[str, Any]:
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
         text, code = proc.stdout + proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired as err:
-        text, code = f"{err.stdout or ''}{err.stderr or ''}\n(timed out after {timeout} s)", -1
-    log.write_text(text if isinstance(text, str) else text.decode(errors="replace"), encoding="utf-8")
+    except subprocess.TimeoutExpired as err:  # its output comes as bytes, text=True or not
+        text, code = f"{_text(err.stdout)}{_text(err.stderr)}\n(timed out after {timeout} s)", -1
+    log.write_text(text, encoding="utf-8")
     tail = [line for line in text.splitlines() if line.strip()][-1:] or [""]
     return {"status": "ok" if code == 0 else "failed", "exit_code": code, "summary": tail[0][:300],
             "skips": [line[:200] for line in text.splitlines() if line.startswith("SKIPPED")][:10]}
+
+
+def _text(output: bytes | str | None) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
 
 
 def _model(num_classes: int = 19):
@@ -194,22 +202,35 @@ def fractional_search(timeout: int) -> dict[str, Any]:
     from segformer.data.synth import generate
 
     work = Path(tempfile.mkdtemp(prefix="gpu_check_search_"))
+    try:
+        return _search(work, generate, timeout)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _search(work: Path, generate: Callable[..., Path], timeout: int) -> dict[str, Any]:
     root = generate(work / "data", num_classes=3, size=64, train=16, val=8, test=4)
     results = work / "search"
     cmd = [sys.executable, "-m", "automl.cli", "run", "--skill", "segformer", "-e", str(root / "spec.yaml"),
            "--results-dir", str(results), "--algorithm", "random", "--max-trials", "4", "--max-epochs", "2",
            "--gpus-per-trial", "0.25", "--max-concurrent", "4", "--no-promote", "--no-progress"]
     started = time.time()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    # its own session: a timeout stops the driver and the Ray it started, never the check
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output = _text(proc.communicate()[0])
+        return {"status": "failed", "exit_code": -1, "tail": f"timed out after {timeout} s: {output[-600:]}"}
     wall = time.time() - started
     if proc.returncode != 0:
-        return {"status": "failed", "exit_code": proc.returncode, "tail": (proc.stdout + proc.stderr)[-800:]}
+        return {"status": "failed", "exit_code": proc.returncode, "tail": output[-800:]}
     state = json.loads((results / "automl_state.json").read_text())
     trials = list(state["trials"].values())
     spans = sorted((t["started_at"], t["ended_at"]) for t in trials if t.get("started_at") and t.get("ended_at"))
     overlap = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans) if spans else 0
-    shutil.rmtree(work, ignore_errors=True)
     return {"status": "ok", "trials": len(trials), "finished": sum(t["status"] == "FINISHED" for t in trials),
             "max_trials_at_once": overlap, "wall_s": round(wall, 1)}
 
@@ -261,20 +282,23 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     log = RESULTS_DIR / "gpu_check_pytest.log"
     data: dict[str, Any] = {}
-    _part("environment", environment, data)
+
+    def save() -> None:
+        path = save_json("gpu_check.json", data)
+        if not args.no_write:
+            write_section("GPU check", section(data))
+        out = os.environ.get("OUT")
+        if out:
+            for file in (path, log, RESULTS):
+                if file.is_file():
+                    shutil.copy(file, Path(out) / file.name)
+
+    _part("environment", environment, data, save)
     if not args.skip_pytest:
-        _part("pytest -m gpu", lambda: pytest_gpu(log, args.pytest_timeout), data)
-    _part("AMP training", lambda: amp_training(batch, size, steps, smoke=args.quick), data)
-    _part("model speed", lambda: model_speed(batch, size, steps, smoke=args.quick), data)
-    _part("fractional-GPU search", lambda: fractional_search(300), data)
-    path = save_json("gpu_check.json", data)
-    if not args.no_write:
-        write_section("GPU check", section(data))
-    out = os.environ.get("OUT")
-    if out:
-        for file in (path, log, RESULTS):
-            if file.is_file():
-                shutil.copy(file, Path(out) / file.name)
+        _part("pytest -m gpu", lambda: pytest_gpu(log, args.pytest_timeout), data, save)
+    _part("AMP training", lambda: amp_training(batch, size, steps, smoke=args.quick), data, save)
+    _part("model speed", lambda: model_speed(batch, size, steps, smoke=args.quick), data, save)
+    _part("fractional-GPU search", lambda: fractional_search(300), data, save)
     failed = [name for name, part in data.items() if part.get("status") in ("error", "failed")]
     print(f"gpu_check: done; {'failed: ' + ', '.join(failed) if failed else 'no part failed'}")
     return 1 if failed else 0
