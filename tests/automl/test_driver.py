@@ -141,7 +141,11 @@ def _tail_state(outcome, results: Path, *, running: str | None, statuses: dict[s
     from automl.state import RUNNING
 
     state = copy.deepcopy(outcome.state)
+    search = Path(state.results_dir)
     state.results_dir = str(results)
+    for name in ("ray", *(r.name for r in state.trials.values())):  # the trials' checkpoints, where the search keeps them
+        if not (results / name).exists():
+            (results / name).symlink_to(search / name, target_is_directory=True)
     for record in state.trials.values():
         if record.name == running:
             record.status = RUNNING
