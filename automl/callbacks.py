@@ -81,8 +81,9 @@ class LiveSearch:
         total = self.state.budget_epochs() or 0
         if left is None or done - self.pace.start[1] < 2 or done / max(1, total) < self._next:
             return
-        elapsed = time.time() - self.pace.start[0]
-        self.echo(f"automl: budget {done}/{total} epochs in {span(elapsed)}; about {span(left)} left at this pace")
+        elapsed, before = time.time() - self.pace.start[0], self.pace.start[1]
+        spent = f", {done - before} of them in {span(elapsed)} since the resume" if before else f" in {span(elapsed)}"
+        self.echo(f"automl: budget {done}/{total} epochs{spent}; about {span(left)} left at this pace")
         self._next = (int(done / max(1, total) * 10) + 1) / 10
 
 

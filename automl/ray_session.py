@@ -294,6 +294,24 @@ def incomplete_state(experiment_dir: Path) -> list[str]:
     return [p.name for p in state_files(experiment_dir) if not _complete(p)]
 
 
+def saved_trials(experiment_dir: Path) -> list[Any]:
+    """The trials of Ray's newest saved experiment state (stubs: id, config, checkpoint), as
+    `Tuner.restore` will see them; [] when there is none or it is cut (`incomplete_state` names it)."""
+    from ray.tune.experiment.trial import Trial
+
+    states = sorted(experiment_dir.glob("experiment_state-*.json"))
+    try:
+        trial_data = json.loads(states[-1].read_text())["trial_data"] if states else []
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    trials = []
+    for json_state, run_metadata in trial_data:
+        trial = Trial.from_json_state(json_state, stub=True)
+        trial.restore_run_metadata(run_metadata)
+        trials.append(trial)
+    return trials
+
+
 def relink_missing_checkpoints(experiment_dir: Path, own_latest: Any) -> list[str]:
     """Before `Tuner.restore`: make every checkpoint folder the saved experiment state restores from exist.
 
@@ -305,22 +323,11 @@ def relink_missing_checkpoints(experiment_dir: Path, own_latest: Any) -> list[st
     folder name)`, the trial's own latest Lightning checkpoint (`automl.trial` resumes from that file
     anyway). Returns the folders made, as trial/checkpoint_NNNNNN.
     """
-    from ray.tune.experiment.trial import Trial
-
     from automl.layout import CHECKPOINT_FILE
     from segformer.fileio import link_or_copy
 
-    states = sorted(experiment_dir.glob("experiment_state-*.json"))
-    if not states:
-        return []
     made = []
-    try:
-        trial_data = json.loads(states[-1].read_text())["trial_data"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []  # a state cut by the kill: `incomplete_state` names it before this runs
-    for json_state, run_metadata in trial_data:
-        trial = Trial.from_json_state(json_state, stub=True)
-        trial.restore_run_metadata(run_metadata)
+    for trial in saved_trials(experiment_dir):
         checkpoint = trial.checkpoint
         if checkpoint is None or checkpoint.filesystem.type_name != "local" or Path(checkpoint.path).exists():
             continue

@@ -338,7 +338,7 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, session: Any, *,
     started = time.time()
     with bind(search), interrupt_on_sigterm():
         try:
-            tuner = _new_tuner(opts, plan) if plan is not None else _restored_tuner(opts, echo)
+            tuner = _new_tuner(opts, plan) if plan is not None else _restored_tuner(opts, state, tracker, echo)
             with seeded_global_rngs(opts.search.seed), _quiet_tune_errors():
                 tuner.fit()
         except KeyboardInterrupt:
@@ -410,11 +410,12 @@ def _new_tuner(opts: SearchOptions, plan: Any) -> Any:
     return tune.Tuner(_trainable(opts), param_space=plan.param_space, tune_config=tune_config, run_config=run_config)
 
 
-def _restored_tuner(opts: SearchOptions, echo: Echo) -> Any:
+def _restored_tuner(opts: SearchOptions, state: SearchState, tracker: Any, echo: Echo) -> Any:
     """Ray's experiment as the killed driver left it (its callbacks rebind to this search: `automl.callbacks`)."""
     from ray import tune
 
-    from automl.ray_session import incomplete_state, relink_missing_checkpoints, repair_ray_state
+    from automl.ray_session import incomplete_state, relink_missing_checkpoints, repair_ray_state, saved_trials
+    from automl.tracking import reconcile_interrupted
 
     layout = Layout.of(opts.results_dir)
     repaired = repair_ray_state(layout.ray_experiment, layout.ray_backup)
@@ -427,6 +428,16 @@ def _restored_tuner(opts: SearchOptions, echo: Echo) -> Any:
         raise SearchError(f"Ray's experiment state in {layout.ray_experiment} was cut by the kill ({', '.join(cut)}) before any "
                           f"complete copy was saved: Ray cannot continue this search. The ledger, the trial folders and MLflow "
                           f"are intact; start the search again with another --results-dir")
+    # Ray saves its experiment state every 10 s or so: a trial that started after the last save, before
+    # the kill, is one Ray does not know and will not continue. Its epochs stay spent (they count
+    # against the budget); left RUNNING, it would hold budget back until the end.
+    lost = reconcile_interrupted(state, tracker, keep={t.trial_id for t in saved_trials(layout.ray_experiment)},
+                                 reason="lost: it started after Ray last saved its experiment state, and the driver "
+                                        "was killed before the next save; Ray cannot continue it")
+    if lost:
+        state.save()
+        echo(f"automl: trials that started after Ray's last saved state cannot continue; marked KILLED: "
+             f"{', '.join(lost)} (their epochs still count against the budget)")
     relinked = relink_missing_checkpoints(layout.ray_experiment, _own_latest(layout))
     if relinked:
         echo(f"automl: checkpoints Ray had deleted after its last saved state, standing in with the trials' newest: "

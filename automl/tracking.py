@@ -180,15 +180,17 @@ class Tracker:
 
 
 def reconcile_interrupted(state: SearchState, tracker: Tracker,
-                          reason: str = "interrupted: the driver stopped while this trial ran") -> list[str]:
+                          reason: str = "interrupted: the driver stopped while this trial ran",
+                          keep: Iterable[str] = ()) -> list[str]:
     """When the driver stops: mark the trials that were running (or waiting) KILLED, in the ledger and
     MLflow, so nothing is left RUNNING. `automl resume` continues them from their last checkpoint in
-    the same child run (reopened as RUNNING). Returns the names of the trials marked KILLED.
+    the same child run (reopened as RUNNING). Trials whose Ray ids are in `keep` are left as they are.
+    Returns the names of the trials marked KILLED.
     """
-    killed = []
+    killed, keep = [], set(keep)
     for record in state.trials.values():
         try:
-            if record.status in (RUNNING, PENDING):
+            if record.status in (RUNNING, PENDING) and record.trial_id not in keep:
                 record.status = KILLED
                 record.error = record.error or reason
                 record.ended_at = time.time()
