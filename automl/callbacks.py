@@ -29,14 +29,14 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ray.tune import Callback, Stopper
 
 from automl.layout import Layout
-from automl.state import FAILED, FINISHED, RUNNING, STOPPED, SearchState, TrialRecord
+from automl.state import FAILED, FINISHED, KILLED, RUNNING, STOPPED, SearchState, TrialRecord
 from automl.trial import ray_trial_name
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class LiveSearch:
     console: Callable[[SearchState], None] | None = None  # the live table, or None
     echo: Callable[[str], None] | None = None  # where the budget's progress lines go (None: nowhere)
     pace: Any = None  # automl.progress.Pace of this fit (the budget's time left)
+    repeated: dict[str, bool] = field(default_factory=dict)  # trial id -> its last result repeated an epoch unchanged
     _next: float = 0.0  # share of the budget at which the next progress line is due
 
     @property
@@ -72,9 +73,9 @@ class LiveSearch:
         then a line at every tenth of the budget (epochs spent, minutes so far, minutes left)."""
         from automl.progress import Pace, span
 
-        budget, done = self.state.budget, self.state.epochs_trained()
-        if budget is None or self.echo is None:
+        if self.state.budget is None or self.echo is None:
             return
+        done = self.state.epochs_trained()
         if self.pace is None:
             self.pace = Pace()
         left = self.pace.left(self.state)  # the first call starts the clock
@@ -145,6 +146,8 @@ class LedgerCallback(_Bound, Callback):
         state = self.live.state
         record = state.trials.get(trial.trial_id)
         if record is None:
+            record = self._take_over(trial)
+        if record is None:
             name, params = ray_trial_name(trial), _params(trial)
             baseline_taken = any(t.is_baseline for t in state.trials.values())
             if state.budget is not None and state.algorithm != "grid":  # the budget's searcher flags it (`automl.budget.BASELINE`)
@@ -157,6 +160,23 @@ class LedgerCallback(_Bound, Callback):
             state.trials[trial.trial_id] = record
         return record
 
+    def _take_over(self, trial: Any) -> TrialRecord | None:
+        """The record of a lost trial whose name `TrialNamer` gave this new trial (same configuration):
+        it goes on under Ray's new id, with its history, epochs and MLflow run."""
+        from automl.trial import LOST
+
+        state = self.live.state
+        record = state.by_name(ray_trial_name(trial))
+        if record is None or record.status != KILLED or not (record.error or "").startswith(LOST):
+            return None
+        del state.trials[record.trial_id]
+        record.trial_id, record.error = trial.trial_id, None
+        state.trials[record.trial_id] = record
+        state.save()  # a record re-keyed: the journal holds records, not removals
+        if self.live.echo is not None:
+            self.live.echo(f"automl: {record.name} goes on: the searcher proposed its configuration again")
+        return record
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self.record(trial)
         params = _params(trial)
@@ -167,7 +187,7 @@ class LedgerCallback(_Bound, Callback):
         record.status, record.error = RUNNING, None
         record.run_started_at = time.time()
         record.started_at = record.started_at or record.run_started_at
-        self.live.state.save()
+        self.live.state.save_trial(record)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         record = self.record(trial)
@@ -183,7 +203,11 @@ class LedgerCallback(_Bound, Callback):
         if record.infeasible and epoch == 0:  # its metric is the sampler's worst value, not a result: kept out of the ledger
             metric = self.live.state.metric
             metrics = {k: v for k, v in metrics.items() if k not in (metric, f"best_{metric}")}
+        again = next((h for h in record.history if h.get("epoch") == epoch), None)
         is_best = self.live.state.record_result(record, metrics)
+        # A trial restored at its last epoch reports that epoch once more, unchanged: MLflow's history
+        # would show it twice (MlflowCallback skips it). A retrained epoch is logged: a new value.
+        self.live.repeated[trial.trial_id] = again == metrics
         record.node_ip = result.get("node_ip", record.node_ip)
         record.node_id = result.get("node_id", record.node_id)
         record.pid = result.get("pid", record.pid)
@@ -197,14 +221,14 @@ class LedgerCallback(_Bound, Callback):
             self._stopped.add(trial.trial_id)
         if is_best and trial.checkpoint is not None:
             record.checkpoint = trial.checkpoint.path
-        self.live.state.save()
+        self.live.state.save_trial(record)
         self.live.budget_progress()
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         record = self.record(trial)
         if record.history and record.best_epoch == record.history[-1].get("epoch"):
             record.checkpoint = checkpoint.path
-            self.live.state.save()
+            self.live.state.save_trial(record)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self.record(trial)
@@ -212,12 +236,12 @@ class LedgerCallback(_Bound, Callback):
         record.ended_at = time.time()
         if self.live.prune:
             prune_trial_dir(Path(record.results_dir or ""))
-        self.live.state.save()
+        self.live.state.save_trial(record)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self.record(trial)
         record.status, record.ended_at, record.error = FAILED, time.time(), _trial_error_text(trial)
-        self.live.state.save()
+        self.live.state.save_trial(record)
 
 
 class MlflowCallback(_Bound, Callback):
@@ -232,12 +256,16 @@ class MlflowCallback(_Bound, Callback):
         if record.mlflow_run_id is None and parent:
             tags = {"automl.baseline": str(record.is_baseline).lower(), "automl.algorithm": live.state.algorithm}
             record.mlflow_run_id = live.tracker.start_child(parent, record, tags)
-            live.state.save()  # the run's id before anything else happens: a resume reopens it, never a second one
+            live.state.save_trial(record)  # the run's id before anything else happens: a resume reopens it, never a second one
         elif record.mlflow_run_id is not None:
             live.tracker.reopen_run(record.mlflow_run_id)  # restored by Ray: same run, never a new one
+            live.tracker.set_tags(record.mlflow_run_id, {"automl.trial_id": record.trial_id})  # new after a take-over
             if record.config_changes:  # PBT: the configs it went on with, by the epoch they started at
                 live.tracker.set_tags(record.mlflow_run_id, {f"automl.config_from_epoch_{c['epoch']}": c["params"]
                                                              for c in record.config_changes})
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.live.tracker.flush_due()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         live, record = self.live, self._record(trial)
@@ -247,12 +275,14 @@ class MlflowCallback(_Bound, Callback):
             restore = record.restores[-1]
             live.tracker.set_tags(record.mlflow_run_id,
                                   {f"automl.restored_{len(record.restores)}": f"{restore['from']}@epoch{restore['epoch']}"})
+        if live.repeated.get(trial.trial_id):
+            return
         logged = {k: v for k, v in record.history[-1].items() if k != "epoch"}
         if record.infeasible:
             live.tracker.set_tags(record.mlflow_run_id, {"automl.infeasible": "true"})
         if record.best_value is not None:
             logged[f"best_{live.state.metric}"] = record.best_value
-        live.tracker.log_metrics(record.mlflow_run_id, logged, step=int(record.history[-1]["epoch"]))
+        live.tracker.log_metrics(record.mlflow_run_id, logged, step=int(record.history[-1]["epoch"]), batched=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         live, record = self.live, self._record(trial)
@@ -261,8 +291,7 @@ class MlflowCallback(_Bound, Callback):
             tags = {"automl.best_epoch": record.best_epoch, "automl.node_ip": record.node_ip,
                     "automl.node_id": record.node_id, "automl.stopped_early": str(record.status == STOPPED).lower(),
                     "automl.epochs_trained": len(record.history)}
-            live.tracker.set_tags(record.mlflow_run_id, {k: v for k, v in tags.items() if v is not None})
-            live.tracker.end_run(record.mlflow_run_id, FINISHED)
+            live.tracker.end_run(record.mlflow_run_id, FINISHED, tags={k: v for k, v in tags.items() if v is not None})
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         live, record = self.live, self._record(trial)
@@ -280,14 +309,19 @@ class RayStateBackup(_Bound, Callback):
     taken once Ray's background copy has settled: the files have looked the same for `settle_s`."""
 
     settle_s = 1.0
+    look_every_s = 0.5  # Ray's driver steps many times a second; its state changes every 10 s or more
 
     def __init__(self, results_dir: str | Path) -> None:
         super().__init__(results_dir)
         self._seen: tuple = ()
         self._seen_at = 0.0
         self._saved: tuple = ()
+        self._looked_at = 0.0
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if time.monotonic() - self._looked_at < self.look_every_s:
+            return
+        self._looked_at = time.monotonic()
         try:
             self._backup()
         except OSError as err:  # a backup missed is taken at the next save; it never stops the search

@@ -2,7 +2,7 @@
 
     automl run --skill segformer --policy auto -e spec.yaml [key=value ...]
     automl resume RESULTS_DIR
-    automl status RESULTS_DIR [--watch SECONDS]
+    automl status RESULTS_DIR [--watch SECONDS] [--all]
     automl ui RESULTS_DIR [--port 5000]
 
 `--help` answers without importing torch, Ray or MLflow: every heavy import is inside a command.
@@ -97,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="the trial table of a search (running or done)")
     status.add_argument("results_dir")
     status.add_argument("--watch", type=float, help="refresh every N seconds while the search runs")
+    status.add_argument("--all", action="store_true", dest="everything",
+                        help="every trial (a search of more than 40 shows the running ones and the best)")
 
     ui = sub.add_parser("ui", help="open the MLflow UI of a search on 127.0.0.1")
     ui.add_argument("results_dir")
@@ -239,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             from automl.console import print_status
 
-            return print_status(args.results_dir, watch=args.watch)
+            return print_status(args.results_dir, watch=args.watch, everything=args.everything)
         if args.command == "ui":
             return _cmd_ui(args)
     except KeyboardInterrupt:

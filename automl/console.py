@@ -16,6 +16,9 @@ from automl.state import FAILED, PENDING, RUNNING, SearchState
 from segformer.text import fmt
 
 
+STATUS_ROWS = 40  # `automl status` rows of a bigger search (the running trials and the best; --all: every one)
+ERROR_ROWS = 10  # errors shown under a summarised table
+
 def settings_line(opts: SearchOptions, budget: Any = None) -> str:
     """One line with the budget a search runs under (printed by run and --dry-run)."""
     s, r = opts.search, opts.resources
@@ -86,9 +89,9 @@ def counts_text(state: SearchState) -> str:
     return ", ".join(f"{v} {k.lower()}" for k, v in sorted(state.counts().items())) or "no trials yet"
 
 
-def format_table(state: SearchState, limit: int | None = None, width: int | None = None) -> str:
+def format_table(state: SearchState, limit: int | None = None, width: int | None = None, show_errors: bool = False) -> str:
     """Plain-text trial table (what `automl status` prints; the live view passes the rows and the
-    terminal width it has room for)."""
+    terminal width it has room for). With `limit`, the errors only when `show_errors`, the last few."""
     header, rows = trial_rows(state, limit)
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
 
@@ -100,10 +103,12 @@ def format_table(state: SearchState, limit: int | None = None, width: int | None
            line(header), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]
     if len(rows) < len(state.trials):
-        out.append(f"... and {len(state.trials) - len(rows)} more trials (automl status {state.results_dir})")
+        out.append(f"... and {len(state.trials) - len(rows)} more trials (all of them: automl status {state.results_dir} --all)")
     errors = [f"  {t.name}: {error_line(t.error)}" for t in state.trials.values() if t.error]
     if errors and limit is None:
         out += ["errors:", *errors]
+    elif errors and show_errors:  # the latest few: a big search's table is summarised, not its failures hidden
+        out += [f"errors (the last {min(len(errors), ERROR_ROWS)} of {len(errors)}):", *errors[-ERROR_ROWS:]]
     return "\n".join(o[:width] if width else o for o in out)
 
 
@@ -125,13 +130,16 @@ def best_text(state: SearchState) -> str:
     return text
 
 
-def print_status(results_dir: str | Path, watch: float | None = None, echo: Callable[[str], None] = print) -> int:
-    """`automl status`: the table once, or refreshed every `watch` seconds until the search ends."""
+def print_status(results_dir: str | Path, watch: float | None = None, echo: Callable[[str], None] = print,
+                 everything: bool = False) -> int:
+    """`automl status`: the table once, or refreshed every `watch` seconds until the search ends.
+    Over STATUS_ROWS trials: the running ones and the best, unless `everything` (--all)."""
     while True:
         state = SearchState.load(results_dir)
         if watch:
             echo("\x1b[2J\x1b[H" + time.strftime("%H:%M:%S"))  # clear the terminal between refreshes
-        echo(format_table(state))
+        limit = None if everything or len(state.trials) <= STATUS_ROWS else STATUS_ROWS
+        echo(format_table(state, limit=limit, show_errors=True))
         if not watch or state.status != "RUNNING":
             return 0
         time.sleep(watch)

@@ -4,6 +4,7 @@
 
     RESULTS_DIR/
       automl_state.json    the driver's ledger (`automl.state`)
+      automl_state.journal its trial events since the ledger was last written whole
       mlflow.db            the embedded MLflow store, unless --tracking-uri names another
       mlartifacts/         its artifacts
       search/space.txt     the search space as searched (also an artifact of the parent run)
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STATE_FILE = "automl_state.json"
+JOURNAL_FILE = "automl_state.journal"  # JSON lines: trial records newer than STATE_FILE (`automl.state`)
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 SPACE_FILE = "search/space.txt"
@@ -59,6 +61,10 @@ class Layout:
     @property
     def state_file(self) -> Path:
         return self.root / STATE_FILE
+
+    @property
+    def journal_file(self) -> Path:
+        return self.root / JOURNAL_FILE
 
     @property
     def db_file(self) -> Path:

@@ -340,7 +340,10 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, session: Any, *,
         try:
             tuner = _new_tuner(opts, plan) if plan is not None else _restored_tuner(opts, state, tracker, echo)
             with seeded_global_rngs(opts.search.seed), _quiet_tune_errors():
-                tuner.fit()
+                try:
+                    tuner.fit()
+                finally:
+                    tracker.flush()  # the trials' last epoch metrics (buffered: `Tracker.log_metrics`)
         except KeyboardInterrupt:
             _interrupted(opts, state, tracker, echo)
             raise
@@ -416,6 +419,7 @@ def _restored_tuner(opts: SearchOptions, state: SearchState, tracker: Any, echo:
 
     from automl.ray_session import incomplete_state, relink_missing_checkpoints, repair_ray_state, saved_trials
     from automl.tracking import reconcile_interrupted
+    from automl.trial import LOST
 
     layout = Layout.of(opts.results_dir)
     repaired = repair_ray_state(layout.ray_experiment, layout.ray_backup)
@@ -432,12 +436,19 @@ def _restored_tuner(opts: SearchOptions, state: SearchState, tracker: Any, echo:
     # the kill, is one Ray does not know and will not continue. Its epochs stay spent (they count
     # against the budget); left RUNNING, it would hold budget back until the end.
     lost = reconcile_interrupted(state, tracker, keep={t.trial_id for t in saved_trials(layout.ray_experiment)},
-                                 reason="lost: it started after Ray last saved its experiment state, and the driver "
-                                        "was killed before the next save; Ray cannot continue it")
+                                 reason=f"{LOST}it started after Ray last saved its experiment state, and the driver "
+                                        f"was killed before the next save; Ray cannot continue it")
     if lost:
+        for name in lost:  # Ray's copies of its checkpoints: a trial that takes its name over starts its own
+            for folder in (layout.ray_experiment / name).glob("checkpoint_*"):
+                shutil.rmtree(folder, ignore_errors=True)
+            record = state.by_name(name)
+            if record is not None:
+                record.checkpoint = None
         state.save()
-        echo(f"automl: trials that started after Ray's last saved state cannot continue; marked KILLED: "
-             f"{', '.join(lost)} (their epochs still count against the budget)")
+        echo(f"automl: started after Ray's last saved state, so Ray cannot continue them: {', '.join(lost)}; marked "
+             f"KILLED (their epochs count against the budget) unless the searcher proposes the same configuration "
+             f"again, which then goes on under that name from its latest checkpoint")
     relinked = relink_missing_checkpoints(layout.ray_experiment, _own_latest(layout))
     if relinked:
         echo(f"automl: checkpoints Ray had deleted after its last saved state, standing in with the trials' newest: "

@@ -7,8 +7,16 @@ metrics, best epoch, status, MLflow child run id, node). Ray keeps its own exper
 (``RESULTS_DIR/ray/``) for `Tuner.restore`; the ledger is what makes MLflow consistent on resume
 (a restored trial finds its child run here instead of creating a second one).
 
-Every write is atomic (temporary file + ``os.replace``): a driver killed with SIGKILL leaves either
-the previous or the new state, never half a file.
+A trial event (a start, an epoch's result, an end) appends that one trial's record to a journal
+next to it (``automl_state.journal``, JSON lines), so its cost does not grow with the number of
+trials; the whole file is rewritten (`save`, which also empties the journal) for changes to the
+search itself, and once the journal holds as many entries as there are trials (a compaction: the
+rewrites then cost a bounded share per event). `load` replays the entries newer than the file.
+
+Every write is atomic or an append: a driver killed with SIGKILL leaves the previous or the new
+state file, and at worst a cut last journal line, which `load` ignores (the event before it is
+kept). The whole file is fsynced; journal lines are not (an OS crash can lose the events since the
+last whole write, as it can Ray's own state files, which Ray does not fsync either).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from typing import Any
 from automl.layout import Layout
 from segformer.fileio import atomic_write_text
 
+COMPACT_MIN = 64  # journal entries before a compaction, at the least (then: as many as there are trials)
 STATE_VERSION = 2  # 2: settings in sections (automl.options), baseline values kept, no start-up latencies
 
 # Trial statuses. RUNNING trials found in a state file whose driver is gone were interrupted.
@@ -63,8 +72,9 @@ class TrialRecord:
 
     @property
     def epochs_trained(self) -> int:
-        """Epochs this trial has trained (its last reported epoch)."""
-        return max((int(h.get("epoch", 0)) for h in self.history), default=0)
+        """Epochs this trial has trained (its last reported epoch: `SearchState.record_result` keeps
+        the history in epoch order)."""
+        return int(self.history[-1].get("epoch", 0)) if self.history else 0
 
 
 @dataclass
@@ -94,17 +104,48 @@ class SearchState:
     pareto: dict[str, Any] | None = None  # --objectives: the front and the member promoted (`automl.pareto`)
     promotion: dict[str, Any] = field(default_factory=dict)
     trials: dict[str, TrialRecord] = field(default_factory=dict)  # keyed by trial_id
+    journal_seq: int = 0  # the last journal entry this file holds (`save_trial`)
     version: int = STATE_VERSION
+
+    def __post_init__(self) -> None:
+        self._seq = self.journal_seq  # the last journal entry written or replayed
+        self._entries = 0  # entries in the journal since the last compaction
+        self._appended = False  # this object has appended to the journal
 
     # ----------------------------------------------------------------- persistence
     @property
     def path(self) -> Path:
         return Layout.of(self.results_dir).state_file
 
+    @property
+    def journal_path(self) -> Path:
+        return Layout.of(self.results_dir).journal_file
+
     def save(self) -> None:
+        """The whole ledger, atomically; the journal's entries are in it, so it is emptied."""
         self.updated_at = time.time()
-        data = asdict(self)
-        atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=False, default=str))
+        self.journal_seq = self._seq
+        atomic_write_text(self.path, json.dumps(asdict(self), indent=1, sort_keys=False, default=str))
+        self._entries, self._appended = 0, False
+        self.journal_path.unlink(missing_ok=True)  # killed before this: `load` skips entries <= journal_seq
+
+    def save_trial(self, record: TrialRecord) -> None:
+        """One trial's change: its record appended to the journal, or the whole ledger rewritten
+        (fsynced) when the journal has grown to as many entries as there are trials."""
+        if self._entries + 1 >= max(COMPACT_MIN, len(self.trials)):
+            self.save()
+            return
+        self._seq += 1
+        self.updated_at = time.time()
+        line = json.dumps({"seq": self._seq, "at": self.updated_at, "trial": asdict(record)}, default=str)
+        with open(self.journal_path, "a+b") as out:
+            if not self._appended and out.tell() > 0:  # a journal this process did not write: a kill may have cut its end
+                out.seek(out.tell() - 1)
+                if out.read(1) != b"\n":
+                    out.write(b"\n")
+            self._appended = True
+            out.write(line.encode("utf-8") + b"\n")  # no fsync: a killed driver loses nothing written (as Ray's own state)
+        self._entries += 1
 
     @classmethod
     def load(cls, results_dir: str | Path) -> "SearchState":
@@ -113,6 +154,17 @@ class SearchState:
             raise FileNotFoundError(
                 f"no AutoML state in {results_dir}: expected {path}; was this folder made by `automl run`?"
             )
+        # A compaction between reading the file and its journal would hide the entries it took in:
+        # read both again until the file did not change meanwhile.
+        for _ in range(10):
+            before = _signature(path)
+            state = cls._read(path, results_dir)
+            if _signature(path) == before:
+                break
+        return state
+
+    @classmethod
+    def _read(cls, path: Path, results_dir: str | Path) -> "SearchState":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as err:
@@ -126,10 +178,17 @@ class SearchState:
         try:
             trials = {tid: TrialRecord(**rec) for tid, rec in data.pop("trials", {}).items()}
             data["results_dir"] = str(Path(results_dir).resolve())
-            return cls(**data, trials=trials)
+            state = cls(**data, trials=trials)
         except (TypeError, AttributeError) as err:
             raise ValueError(f"{path} does not have the shape of an AutoML state file ({err}); restore it from a copy "
                              f"or start a new search") from None
+        for entry in _journal(state.journal_path):
+            if entry["seq"] > state._seq:
+                record = TrialRecord(**entry["trial"])
+                state.trials[record.trial_id] = record
+                state._seq, state.updated_at = entry["seq"], entry.get("at", state.updated_at)
+                state._entries += 1
+        return state
 
     # ----------------------------------------------------------------- queries
     def better(self, a: float, b: float | None) -> bool:
@@ -194,3 +253,28 @@ class SearchState:
         trial.best_value = float(value)
         trial.best_epoch = int(metrics.get("epoch", len(trial.history)))
         return True
+
+
+def _signature(path: Path) -> tuple:
+    try:
+        stat = path.stat()
+    except OSError:
+        return ()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _journal(path: Path) -> list[dict[str, Any]]:
+    """The journal's entries in order; a line the kill cut (the last) or any that is not an entry is skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    entries = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("seq"), int) and isinstance(entry.get("trial"), dict):
+            entries.append(entry)
+    return entries

@@ -43,6 +43,9 @@ class TrackingError(ValueError):
     """The MLflow store cannot be opened or written (the message names the URI)."""
 
 
+FLUSH_S = 5.0  # seconds between two writes of the buffered per-epoch metrics (`Tracker.log_metrics`)
+
+
 def _param_value(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text[:_MAX_PARAM_LEN]
@@ -61,6 +64,9 @@ class Tracker:
         self.experiment_name = experiment_name
         self._client: "MlflowClient | None" = None
         self._experiment_id: str | None = None
+        self.batched = True  # trials' epoch metrics buffered and written in batches (`log_metrics`)
+        self._buffer: dict[str, list[Any]] = {}  # run id -> metrics not written yet
+        self._flushed_at = time.monotonic()
 
     @property
     def client(self) -> "MlflowClient":
@@ -132,7 +138,7 @@ class Tracker:
         for start in range(0, len(items), 100):  # log_batch accepts at most 100 params per call
             self.client.log_batch(run_id, params=items[start : start + 100])
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int, *, batched: bool = False) -> None:
         from mlflow.entities import Metric
 
         stamp = _now_ms()
@@ -141,15 +147,44 @@ class Tracker:
             for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
         ]
-        if items:
+        if not items:
+            return
+        if not (batched and self.batched):
             self.client.log_batch(run_id, metrics=items)
+            return
+        # `batched` (a trial's epoch reports): off the event path. An MLflow write (a store transaction,
+        # ~15 ms on sqlite) per report would set the pace of a big search. Buffered here, written per
+        # run every FLUSH_S seconds (`flush_due`, from the driver's step), when the run ends, and when
+        # the search stops.
+        self._buffer.setdefault(run_id, []).extend(items)
+
+    def flush_due(self) -> None:
+        """`flush` when FLUSH_S seconds have passed since the last one."""
+        if self._buffer and time.monotonic() - self._flushed_at >= FLUSH_S:
+            self.flush()
+
+    def flush(self, run_id: str | None = None, tags: dict[str, Any] | None = None) -> None:
+        """Write the buffered metrics (of `run_id` with its `tags`, or of every run) to the store."""
+        from mlflow.entities import RunTag
+
+        for run in [run_id] if run_id is not None else list(self._buffer):
+            items = self._buffer.pop(run, [])
+            labels = [RunTag(k, _param_value(v)) for k, v in (tags or {}).items()] if run == run_id else []
+            # log_batch takes at most 1000 metrics and 100 tags per call
+            for start in range(0, max(len(items), len(labels) * 10), 1000):
+                self.client.log_batch(run, metrics=items[start : start + 1000],
+                                      tags=labels[start // 10 : start // 10 + 100])
+        if run_id is None:
+            self._flushed_at = time.monotonic()
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         self.client.log_batch(run_id, tags=[RunTag(k, _param_value(v)) for k, v in tags.items()])
 
-    def end_run(self, run_id: str, status: str) -> None:
+    def end_run(self, run_id: str, status: str, tags: dict[str, Any] | None = None) -> None:
+        """Close a run, its buffered metrics and `tags` written first (one store write with them)."""
+        self.flush(run_id, tags)
         self.client.set_terminated(run_id, status=status)
 
     def reopen_run(self, run_id: str) -> None:

@@ -27,7 +27,6 @@ imports neither torch nor Lightning at module level; the Lightning part is `auto
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +53,9 @@ class TrialContext:
 # Names given in this process, per results folder. Ray copies the name creator (the basic variant
 # generator deep-copies the experiment spec it belongs to), so the counter cannot live in the object.
 _NAMES: dict[str, dict[str, str]] = {}
+# Lost trials of the ledger (`LOST`), per results folder: name -> params, until a new trial takes one over.
+_LOST: dict[str, dict[str, dict[str, Any]]] = {}
+LOST = "lost: "  # the error of a trial Ray's saved state did not know when the search resumed (`automl.runner`)
 
 
 class TrialNamer:
@@ -71,8 +73,13 @@ class TrialNamer:
     def _first_free(self) -> int:
         layout = Layout.of(self.results_dir)
         used = layout.trial_names_on_disk()
-        if layout.state_file.is_file():
-            used += [t.get("name", "") for t in json.loads(layout.state_file.read_text(encoding="utf-8")).get("trials", {}).values()]
+        if layout.state_file.is_file():  # the ledger with its journal: a trial's first event may be only there
+            from automl.state import KILLED, SearchState
+
+            trials = SearchState.load(layout.root).trials.values()
+            used += [t.name for t in trials]
+            _LOST[self.results_dir] = {t.name: t.params for t in trials
+                                       if t.status == KILLED and (t.error or "").startswith(LOST)}
         numbers = [n for n in map(trial_number, used) if n is not None]
         return max(numbers, default=-1) + 1
 
@@ -84,6 +91,16 @@ class TrialNamer:
         else:
             first = None
         if trial.trial_id not in names:
+            # A trial lost to a kill (started after Ray's last save) whose configuration the restored
+            # searcher proposes again (a seeded searcher does) takes over its name, folder and latest
+            # checkpoint (`train_trial`): the kill then costs no trial and no epoch.
+            lost = _LOST.get(self.results_dir, {})
+            params = {k: v for k, v in trial.config.items() if not str(k).startswith("_")}
+            again = next((name for name, p in lost.items() if p == params), None)
+            if again is not None:
+                del lost[again]
+                names[trial.trial_id] = again
+                return again
             if first is None:
                 first = max((trial_number(n) or 0 for n in names.values()), default=self._first_free() - 1) + 1
             names[trial.trial_id] = trial_name(first)

@@ -219,8 +219,13 @@ def _read_search(results_dir: Path, missing_ok: bool) -> tuple[Any, dict[str, An
     from automl.layout import Layout
     from segformer.engine.timing import TIMING_NAME, read_timing
 
+    from dataclasses import asdict
+
+    from automl.state import SearchState
+
     layout = Layout.of(results_dir)
-    state = {} if missing_ok and not layout.state_file.is_file() else json.loads(layout.state_file.read_text())
+    # The ledger with its journal (a search killed mid-way has its last trial events only there).
+    state = {} if missing_ok and not layout.state_file.is_file() else asdict(SearchState.load(results_dir))
     timings = {t["name"]: read_timing(layout.trial_dir(t["name"]) / "train" / TIMING_NAME)
                for t in state.get("trials", {}).values()}
     return layout, state, timings

@@ -263,11 +263,13 @@ def test_a_budgeted_search_resumes_after_sigkill(tmp_path) -> None:
     assert state.status == FINISHED and state.epochs_trained() <= 20
     names = [t.name for t in state.trials.values()]
     assert len(names) == len(set(names))
-    # A trial Ray cannot continue is closed when the search resumes, not left RUNNING to the end (where
-    # it held back the epochs it was counted for), and the resume says so.
-    lost = [t.name for t in state.trials.values() if t.status == KILLED]
-    assert all(state.trials[t].error.startswith("lost:") for t in state.trials if state.trials[t].status == KILLED)
-    assert all(name in out.stdout for name in lost) and ("cannot continue" in out.stdout) == bool(lost)
+    # A trial Ray cannot continue (it started after Ray's last save) is closed when the search resumes,
+    # not left RUNNING to the end (where it held back the epochs it was counted for), and the resume
+    # says so; the seeded searcher proposes its configuration again, which takes its name over.
+    killed = [t for t in state.trials.values() if t.status == KILLED]
+    assert all(t.error.startswith("lost:") and t.name in out.stdout for t in killed)
+    if "cannot continue" in out.stdout:
+        assert killed or "goes on: the searcher proposed its configuration again" in out.stdout
     checks = sorted(t.recheck_of for t in state.trials.values() if t.recheck_of)
     assert checks == ([] if state.recheck is None else sorted([state.recheck["leader"], state.recheck["baseline"]]))
     assert state.final_evaluation["baseline"]["mean"] is not None

@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 from automl.callbacks import FailureLimit, LedgerCallback, LiveSearch, bind, search_callbacks
-from automl.state import FAILED, SearchState, TrialRecord
+from automl.state import FAILED, FINISHED, RUNNING, SearchState, TrialRecord
 
 
 def _live(results) -> LiveSearch:
@@ -82,3 +82,66 @@ def test_ray_state_is_backed_up_and_restored_as_one_set(tmp_path):
     assert incomplete_state(fresh) == sorted(p.name for p in (experiment, generator, searcher))
     assert relink_missing_checkpoints(fresh, lambda name: None) == []
 
+
+
+def test_epoch_metrics_are_written_in_batches_and_a_closed_run_has_them_all(tmp_path, monkeypatch):
+    """A trial's epoch reports are buffered off the event path (real sqlite store): written when due,
+    and all of them before the run is closed."""
+    import automl.tracking as tracking
+    from automl.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", tmp_path, "batches")
+    parent = tracker.start_parent("search", {}, {})
+    record = TrialRecord(trial_id="t1", name="trial_000", params={"lr": 0.1})
+    run = tracker.start_child(parent, record, {})
+    monkeypatch.setattr(tracking, "FLUSH_S", 3600.0)
+    for epoch in (1, 2):
+        tracker.log_metrics(run, {"val_miou": 0.1 * epoch}, step=epoch, batched=True)
+    tracker.flush_due()  # not due yet
+    assert tracker.client.get_metric_history(run, "val_miou") == []
+    monkeypatch.setattr(tracking, "FLUSH_S", 0.0)
+    tracker.flush_due()
+    assert [m.step for m in tracker.client.get_metric_history(run, "val_miou")] == [1, 2]
+    monkeypatch.setattr(tracking, "FLUSH_S", 3600.0)
+    tracker.log_metrics(run, {"val_miou": 0.3}, step=3, batched=True)
+    tracker.end_run(run, "FINISHED", tags={"automl.best_epoch": 3})
+    assert [m.step for m in tracker.client.get_metric_history(run, "val_miou")] == [1, 2, 3]
+    closed = tracker.client.get_run(run)
+    assert closed.info.status == "FINISHED" and closed.data.tags["automl.best_epoch"] == "3"
+
+
+def test_a_trial_lost_to_a_kill_is_taken_over_by_the_same_configuration(tmp_path):
+    """A trial Ray's saved state did not know is marked lost on resume; when the restored searcher
+    proposes its configuration again, the new Ray trial gets its name (folder, latest checkpoint) and
+    its record goes on under the new id, history included; another configuration gets a new name."""
+    from types import SimpleNamespace
+
+    from automl.state import KILLED
+    from automl.trial import _LOST, _NAMES, LOST, TrialNamer
+
+    live = _live(tmp_path)
+    lost = TrialRecord(trial_id="old", name="trial_001", params={"train.optim.lr": 0.01}, status=KILLED,
+                       error=LOST + "it started after Ray last saved", history=[{"epoch": 1, "val_miou": 0.2}])
+    live.state.trials["a"] = TrialRecord(trial_id="a", name="trial_000", params={"train.optim.lr": 0.1}, status=FINISHED)
+    live.state.trials["old"] = lost
+    live.state.save()
+    namer = TrialNamer(str(tmp_path))
+    _NAMES.pop(str(tmp_path), None)
+    other = SimpleNamespace(trial_id="n1", config={"train.optim.lr": 0.5}, checkpoint=None)
+    again = SimpleNamespace(trial_id="n2", config={"train.optim.lr": 0.01, "_full": True}, checkpoint=None)
+    try:
+        other.custom_trial_name = namer(other)
+        again.custom_trial_name = namer(again)
+        assert (other.custom_trial_name, again.custom_trial_name) == ("trial_002", "trial_001")
+        with bind(live):
+            ledger = LedgerCallback(tmp_path)
+            ledger.on_trial_start(iteration=0, trials=[], trial=again)
+            ledger.on_trial_start(iteration=0, trials=[], trial=other)
+        record = live.state.trials["n2"]
+        assert "old" not in live.state.trials and record is lost
+        assert record.status == RUNNING and record.error is None and record.history == [{"epoch": 1, "val_miou": 0.2}]
+        assert live.state.trials["n1"].name == "trial_002" and live.state.trials["n1"].history == []
+        assert sorted(t.name for t in SearchState.load(tmp_path).trials.values()) == ["trial_000", "trial_001", "trial_002"]
+    finally:
+        _NAMES.pop(str(tmp_path), None)
+        _LOST.pop(str(tmp_path), None)

@@ -1,0 +1,110 @@
+"""The ledger's journal: trial events appended, replayed on load, compacted, safe against a cut line."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from automl.state import COMPACT_MIN, FINISHED, SearchState, TrialRecord
+
+
+def _state(root: Path) -> SearchState:
+    state = SearchState(results_dir=str(root), skill="segformer", algorithm="random", metric="val_miou", mode="max",
+                        settings={})
+    state.save()
+    return state
+
+
+def _trial(state: SearchState, i: int) -> TrialRecord:
+    record = TrialRecord(trial_id=f"id{i:05d}", name=f"trial_{i:03d}", params={"train.optim.lr": 1e-4 * (i + 1)})
+    state.trials[record.trial_id] = record
+    return record
+
+
+def _report(state: SearchState, record: TrialRecord, epoch: int) -> None:
+    state.record_result(record, {"epoch": epoch, "val_miou": 0.1 * epoch + 0.001 * int(record.trial_id[2:])})
+    state.save_trial(record)
+
+
+def test_trial_events_are_appended_and_load_replays_them(tmp_path):
+    state = _state(tmp_path)
+    whole = state.path.read_bytes()
+    records = [_trial(state, i) for i in range(3)]
+    for epoch in (1, 2, 3):
+        for record in records:
+            _report(state, record, epoch)
+    assert state.path.read_bytes() == whole  # nine events, no rewrite of the whole ledger
+    assert len(state.journal_path.read_text().splitlines()) == 9
+    loaded = SearchState.load(tmp_path)
+    assert {t.name: (t.epochs_trained, t.best_epoch) for t in loaded.trials.values()} == {
+        "trial_000": (3, 3), "trial_001": (3, 3), "trial_002": (3, 3)}
+    records[1].status = FINISHED
+    state.save()  # a whole write takes the journal in and empties it
+    assert not state.journal_path.exists()
+    assert SearchState.load(tmp_path).trials["id00001"].status == FINISHED
+
+
+def test_a_line_cut_by_a_kill_is_skipped_and_the_next_append_starts_a_new_line(tmp_path):
+    state = _state(tmp_path)
+    record = _trial(state, 0)
+    for epoch in (1, 2, 3):
+        _report(state, record, epoch)
+    journal = state.journal_path
+    journal.write_bytes(journal.read_bytes()[:-25])  # the driver died writing epoch 3
+    resumed = SearchState.load(tmp_path)
+    assert resumed.trials["id00000"].epochs_trained == 2  # the event before the cut one is kept
+    _report(resumed, resumed.trials["id00000"], 3)
+    assert SearchState.load(tmp_path).trials["id00000"].epochs_trained == 3
+
+
+def test_the_journal_is_compacted_and_entries_a_whole_write_holds_are_not_replayed(tmp_path):
+    state = _state(tmp_path)
+    records = [_trial(state, i) for i in range(4)]
+    for epoch in range(1, 41):
+        for record in records:
+            _report(state, record, epoch)
+    # 160 events on 4 trials: the journal never holds more than the compaction threshold.
+    assert len(state.journal_path.read_text().splitlines()) < max(COMPACT_MIN, len(records))
+    assert {t.epochs_trained for t in SearchState.load(tmp_path).trials.values()} == {40}
+    # A driver killed between a whole write and emptying the journal: the journal's entries are older
+    # than the file and must not take a trial back.
+    stale = tmp_path / "stale.journal"
+    shutil.copy(state.journal_path, stale)
+    for record in records:
+        state.record_result(record, {"epoch": 41, "val_miou": 0.9})
+    state.save()
+    shutil.copy(stale, state.journal_path)
+    assert {t.epochs_trained for t in SearchState.load(tmp_path).trials.values()} == {41}
+
+
+def test_an_event_writes_one_trial_whatever_the_number_of_trials(tmp_path):
+    appended = []
+    for n in (10, 1000):
+        state = _state(tmp_path / str(n))
+        for i in range(n):
+            _trial(state, i)
+        state.save()
+        record = state.trials["id00005"]
+        _report(state, record, 1)
+        appended.append(state.journal_path.stat().st_size)
+    assert abs(appended[0] - appended[1]) <= 8  # the same record; only the event's time stamp may differ in length
+
+
+def test_status_of_a_big_search_shows_the_running_trials_and_the_best(tmp_path, capsys):
+    from automl.cli import main
+    from automl.state import RUNNING
+
+    state = _state(tmp_path)
+    for i in range(5000):
+        record = _trial(state, i)
+        record.status = RUNNING if i in (17, 4321) else FINISHED
+        state.record_result(record, {"epoch": 1, "val_miou": (i * 7919 % 5000) / 5000})
+    state.save()
+    best = state.ranked()[0].name
+    assert main(["status", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split()[0] for line in out.splitlines() if line.startswith("trial_")]
+    assert len(rows) == 40 and {"trial_017", "trial_4321", best} <= set(rows)
+    assert "4960 more trials" in out and "--all" in out
+    assert main(["status", str(tmp_path), "--all"]) == 0
+    assert sum(line.startswith("trial_") for line in capsys.readouterr().out.splitlines()) == 5000
