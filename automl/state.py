@@ -10,8 +10,9 @@ metrics, best epoch, status, MLflow child run id, node). Ray keeps its own exper
 A trial event (a start, an epoch's result, an end) appends that one trial's record to a journal
 next to it (``automl_state.journal``, JSON lines), so its cost does not grow with the number of
 trials; the whole file is rewritten (`save`, which also empties the journal) for changes to the
-search itself, and once the journal holds as many entries as there are trials (a compaction: the
-rewrites then cost a bounded share per event). `load` replays the entries newer than the file.
+search itself, once the journal holds as many entries as there are trials, and every few seconds
+(a compaction: the rewrites cost a bounded share per event, and the file read raw is at most a few
+seconds old). `load` replays the entries newer than the file.
 
 Every write is atomic or an append: a driver killed with SIGKILL leaves the previous or the new
 state file, and at worst a cut last journal line, which `load` ignores (the event before it is
@@ -31,6 +32,7 @@ from automl.layout import Layout
 from segformer.fileio import atomic_write_text
 
 COMPACT_MIN = 64  # journal entries before a compaction, at the least (then: as many as there are trials)
+COMPACT_S = 5.0  # and at most this old a whole file for whoever reads it raw, while its writes cost under 5%
 STATE_VERSION = 2  # 2: settings in sections (automl.options), baseline values kept, no start-up latencies
 
 # Trial statuses. RUNNING trials found in a state file whose driver is gone were interrupted.
@@ -111,6 +113,7 @@ class SearchState:
         self._seq = self.journal_seq  # the last journal entry written or replayed
         self._entries = 0  # entries in the journal since the last compaction
         self._appended = False  # this object has appended to the journal
+        self._saved_at, self._save_s = time.monotonic(), 0.0  # the last whole write: when, and how long it took
 
     # ----------------------------------------------------------------- persistence
     @property
@@ -123,16 +126,21 @@ class SearchState:
 
     def save(self) -> None:
         """The whole ledger, atomically; the journal's entries are in it, so it is emptied."""
+        started = time.monotonic()
         self.updated_at = time.time()
         self.journal_seq = self._seq
         atomic_write_text(self.path, json.dumps(asdict(self), indent=1, sort_keys=False, default=str))
         self._entries, self._appended = 0, False
+        self._saved_at = time.monotonic()
+        self._save_s = self._saved_at - started
         self.journal_path.unlink(missing_ok=True)  # killed before this: `load` skips entries <= journal_seq
 
     def save_trial(self, record: TrialRecord) -> None:
         """One trial's change: its record appended to the journal, or the whole ledger rewritten
-        (fsynced) when the journal has grown to as many entries as there are trials."""
-        if self._entries + 1 >= max(COMPACT_MIN, len(self.trials)):
+        (fsynced) when the journal has grown to as many entries as there are trials, or when the
+        whole file is older than COMPACT_S (or than 20 times its last write took: under 5% of the time)."""
+        stale = time.monotonic() - self._saved_at >= max(COMPACT_S, 20 * self._save_s)
+        if stale or self._entries + 1 >= max(COMPACT_MIN, len(self.trials)):
             self.save()
             return
         self._seq += 1

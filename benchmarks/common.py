@@ -26,7 +26,8 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"  # plots and raw JSON of the last 
 LIBRARIES = ("torch", "lightning", "ray", "optuna", "mlflow", "onnxruntime")
 
 # Order of the sections in RESULTS.md (run_all writes them in this order; unknown ones go last).
-SECTION_ORDER = ("Machine", "Model speed", "Deploy speed", "Search overhead", "Search efficiency", "Search scaling", "GPU check")
+SECTION_ORDER = ("Machine", "Model speed", "Deploy speed", "Search overhead", "Search efficiency", "Search scaling",
+                 "Search bookkeeping at scale", "GPU check")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ BENCHMARKS = {
     "search_overhead": "benchmarks.search_overhead",
     "search_efficiency": "benchmarks.search_efficiency",
     "search_scaling": "benchmarks.search_scaling",
+    "search_scale": "benchmarks.search_scale",
 }
 
 

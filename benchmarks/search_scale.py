@@ -151,19 +151,34 @@ def _variant(name: str) -> Iterator[None]:
         SearchState.save_trial = saved  # type: ignore[method-assign]
 
 
-def synthetic(size: int, timed_trials: int, variant: str, mlflow_runs: bool, work: Path) -> dict[str, Any]:
-    """Per-event cost of the callbacks at `size` trials (the last `timed_trials` of them timed)."""
-    from automl.callbacks import LiveSearch, bind, search_callbacks
-    from automl.progress import Progress
-    from automl.state import SearchState
-
-    layout, state, tracker = _search_folder(work / f"{variant}_{size}")
+def filled(size: int, timed_trials: int, mlflow_runs: bool, work: Path) -> tuple[Path, float]:
+    """A search folder of `size - timed_trials` finished trials (made once per size; the variants copy it)."""
+    root = work / f"filled_{size}"
+    layout, state, tracker = _search_folder(root)
     layout.ray_experiment.mkdir(parents=True)
-    tracker.batched = variant != "before"
     started = time.perf_counter()
     _fill(state, tracker, size - timed_trials, mlflow_runs)
-    fill_s = time.perf_counter() - started
     _ray_state(layout.ray_experiment, size - timed_trials)
+    return root, time.perf_counter() - started
+
+
+def synthetic(size: int, base: Path, fill_s: float, timed_trials: int, variant: str, work: Path) -> dict[str, Any]:
+    """Per-event cost of the callbacks at `size` trials: `timed_trials` more trials run through them
+    on a copy of the filled folder `base`."""
+    from automl.callbacks import LiveSearch, bind, search_callbacks
+    from automl.layout import Layout
+    from automl.progress import Progress
+    from automl.state import SearchState
+    from automl.tracking import Tracker
+
+    root = work / f"{variant}_{size}"
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.copytree(base, root)
+    layout = Layout.of(root)
+    state = SearchState.load(root)
+    tracker = Tracker(layout.default_tracking_uri, layout.root, "scale")
+    tracker.batched = variant != "before"
+    first = len(state.trials)
     timer = Timer()
     callbacks = [timer.wrap(c) for c in search_callbacks(layout.root)]
     live = LiveSearch(state, tracker, epochs=EPOCHS, prune=False)
@@ -171,7 +186,7 @@ def synthetic(size: int, timed_trials: int, variant: str, mlflow_runs: bool, wor
     wall = time.perf_counter()
     with _variant(variant), bind(live):
         for k in range(timed_trials):
-            i = size - timed_trials + k
+            i = first + k
             trial = _trial(i, {"train.optim.lr": 1e-4 * (1 + i % 7)})
             events = [("on_trial_start", {})] + [("on_trial_result", {"result": _metrics(e, i)}) for e in
                                                  range(1, EPOCHS + 1)] + [("on_trial_complete", {})]
@@ -325,10 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for size in args.sizes:
         timed = min(args.timed, size)
-        rows.append(synthetic(size, timed, "after", not args.no_mlflow_fill, WORK))
+        base, fill_s = filled(size, timed, not args.no_mlflow_fill, WORK)
+        rows.append(synthetic(size, base, fill_s, timed, "after", WORK))
         # The old way costs a whole rewrite per event: fewer events at the larger sizes (at least one trial's).
         before = max(1, min(timed, args.before_events * min(args.sizes) // size // (EPOCHS + 2)))
-        rows.append(synthetic(size, before, "before", not args.no_mlflow_fill, WORK))
+        rows.append(synthetic(size, base, fill_s, before, "before", WORK))
     ray_row = real_ray(args.ray_trials, WORK) if args.ray_trials else None
     save_json("search_scale.json", {"rows": rows, "ray": ray_row})
     text = render(rows, ray_row, args)

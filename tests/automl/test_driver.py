@@ -259,9 +259,14 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def _trials(results: Path) -> dict:
+    """The ledger's trials as a running search has them (its journal included), as dicts."""
+    from dataclasses import asdict
+
+    from automl.state import SearchState
+
     try:
-        return json.loads((results / "automl_state.json").read_text())["trials"]
-    except (FileNotFoundError, ValueError, KeyError):
+        return {tid: asdict(t) for tid, t in SearchState.load(results).trials.items()}
+    except (FileNotFoundError, ValueError):
         return {}
 
 

@@ -215,3 +215,21 @@ def test_gpu_check_runs_its_parts_on_the_cpu_in_smoke_mode_and_renders_the_secti
     text = section(data)
     assert text.startswith("## GPU check") and "AMP training, B0 64x64, batch 1" in text
     assert "Model speed: error: ZeroDivisionError" in text and "Fractional-GPU search: not run" in text
+
+
+def test_search_scale_section_states_the_ratio_and_the_targets():
+    import argparse
+
+    from benchmarks.search_scale import render
+
+    def row(variant, size, ms):
+        return {"variant": variant, "size": size, "events": 220, "per_event_ms": ms, "events_per_s": 1000 / ms,
+                "by_callback_ms": {"LedgerCallback": ms / 2, "MlflowCallback": ms / 2}, "status_block_ms": 3,
+                "load_ms": 40, "state_bytes": 2_000_000}
+
+    rows = [row("after", 100, 2.0), row("before", 100, 40.0), row("after", 5000, 3.0), row("before", 5000, 1500.0)]
+    args = argparse.Namespace(sizes=[100, 5000], ray_trials=0, small=False)
+    text = render(rows, None, args)
+    assert text.startswith("## Search bookkeeping at scale")
+    assert "1.50x the cost at 100" in text and "333 events/s at 5000" in text
+    assert "5000 trials 1500.0 / 3.00 ms (500x)" in text
