@@ -345,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         # The old way costs a whole rewrite per event: fewer events at the larger sizes (at least one trial's).
         before = max(1, min(timed, args.before_events * min(args.sizes) // size // (EPOCHS + 2)))
         rows.append(synthetic(size, base, fill_s, before, "before", WORK))
+        save_json("search_scale.json", {"rows": rows, "ray": None})  # kept if a later part is cut
     ray_row = real_ray(args.ray_trials, WORK) if args.ray_trials else None
     save_json("search_scale.json", {"rows": rows, "ray": ray_row})
     text = render(rows, ray_row, args)
