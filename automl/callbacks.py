@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator
 from ray.tune import Callback, Stopper
 
 from automl.layout import Layout
-from automl.state import FAILED, FINISHED, KILLED, RUNNING, STOPPED, SearchState, TrialRecord
+from automl.state import FAILED, FINISHED, RUNNING, STOPPED, SearchState, TrialRecord
 from automl.trial import ray_trial_name
 
 log = logging.getLogger(__name__)
@@ -163,11 +163,9 @@ class LedgerCallback(_Bound, Callback):
     def _take_over(self, trial: Any) -> TrialRecord | None:
         """The record of a lost trial whose name `TrialNamer` gave this new trial (same configuration):
         it goes on under Ray's new id, with its history, epochs and MLflow run."""
-        from automl.trial import LOST
-
         state = self.live.state
         record = state.by_name(ray_trial_name(trial))
-        if record is None or record.status != KILLED or not (record.error or "").startswith(LOST):
+        if record is None or not record.lost:
             return None
         del state.trials[record.trial_id]
         record.trial_id, record.error = trial.trial_id, None

@@ -418,8 +418,8 @@ def _restored_tuner(opts: SearchOptions, state: SearchState, tracker: Any, echo:
     from ray import tune
 
     from automl.ray_session import incomplete_state, relink_missing_checkpoints, repair_ray_state, saved_trials
+    from automl.state import LOST
     from automl.tracking import reconcile_interrupted
-    from automl.trial import LOST
 
     layout = Layout.of(opts.results_dir)
     repaired = repair_ray_state(layout.ray_experiment, layout.ray_backup)

@@ -41,6 +41,7 @@ STATE_VERSION = 2  # 2: settings in sections (automl.options), baseline values k
 # driver, the time budget or the failure limit (its error says which); its results count too.
 PENDING, RUNNING, FINISHED, FAILED, KILLED = "PENDING", "RUNNING", "FINISHED", "FAILED", "KILLED"
 STOPPED = "STOPPED"
+LOST = "lost: "  # the error of a trial Ray's saved state did not know when the search resumed (`TrialRecord.lost`)
 DONE = (FINISHED, STOPPED)  # ended normally (MLflow status FINISHED)
 
 
@@ -71,6 +72,12 @@ class TrialRecord:
     recheck_of: str | None = None  # a re-check (another seed) of this trial (`automl.budget`); not ranked
     latency: dict[str, float] | None = None  # its architecture's latency on the deploy target (`automl.deploy`)
     infeasible: bool = False  # over --max-latency-ms: trained nothing, never ranked nor promoted
+
+    @property
+    def lost(self) -> bool:
+        """Cut by a kill after Ray's last saved state: Ray cannot continue it (`automl.runner`); a new
+        trial of the same configuration may take it over (`automl.trial.TrialNamer`)."""
+        return self.status == KILLED and (self.error or "").startswith(LOST)
 
     @property
     def epochs_trained(self) -> int:

@@ -170,10 +170,9 @@ class Tracker:
         for run in [run_id] if run_id is not None else list(self._buffer):
             items = self._buffer.pop(run, [])
             labels = [RunTag(k, _param_value(v)) for k, v in (tags or {}).items()] if run == run_id else []
-            # log_batch takes at most 1000 metrics and 100 tags per call
-            for start in range(0, max(len(items), len(labels) * 10), 1000):
-                self.client.log_batch(run, metrics=items[start : start + 1000],
-                                      tags=labels[start // 10 : start // 10 + 100])
+            # log_batch takes at most 1000 metrics per call; the tags (a handful, as `set_tags` writes them) go with the first
+            for start in range(0, len(items), 1000) if items else ([0] if labels else []):
+                self.client.log_batch(run, metrics=items[start : start + 1000], tags=labels if start == 0 else [])
         if run_id is None:
             self._flushed_at = time.monotonic()
 

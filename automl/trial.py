@@ -55,7 +55,6 @@ class TrialContext:
 _NAMES: dict[str, dict[str, str]] = {}
 # Lost trials of the ledger (`LOST`), per results folder: name -> params, until a new trial takes one over.
 _LOST: dict[str, dict[str, dict[str, Any]]] = {}
-LOST = "lost: "  # the error of a trial Ray's saved state did not know when the search resumed (`automl.runner`)
 
 
 class TrialNamer:
@@ -74,12 +73,11 @@ class TrialNamer:
         layout = Layout.of(self.results_dir)
         used = layout.trial_names_on_disk()
         if layout.state_file.is_file():  # the ledger with its journal: a trial's first event may be only there
-            from automl.state import KILLED, SearchState
+            from automl.state import SearchState
 
             trials = SearchState.load(layout.root).trials.values()
             used += [t.name for t in trials]
-            _LOST[self.results_dir] = {t.name: t.params for t in trials
-                                       if t.status == KILLED and (t.error or "").startswith(LOST)}
+            _LOST[self.results_dir] = {t.name: t.params for t in trials if t.lost}
         numbers = [n for n in map(trial_number, used) if n is not None]
         return max(numbers, default=-1) + 1
 

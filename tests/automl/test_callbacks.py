@@ -117,7 +117,8 @@ def test_a_trial_lost_to_a_kill_is_taken_over_by_the_same_configuration(tmp_path
     from types import SimpleNamespace
 
     from automl.state import KILLED
-    from automl.trial import _LOST, _NAMES, LOST, TrialNamer
+    from automl.state import LOST
+    from automl.trial import _LOST, _NAMES, TrialNamer
 
     live = _live(tmp_path)
     lost = TrialRecord(trial_id="old", name="trial_001", params={"train.optim.lr": 0.01}, status=KILLED,
