@@ -27,6 +27,10 @@ Our own plots, where Optuna has none:
   preprocessing; skipped with the reason when a checkpoint or the data is missing;
 - ``pareto.png``: accuracy against latency (`automl.pareto`), with --objectives.
 
+``trials.csv`` holds the whole trial table. The report's own table holds every trial up to
+:data:`REPORT_ROWS`; a bigger search's shows the running trials and the best (as `automl status`
+does) and points at the CSV.
+
 Files are written to a temporary folder and moved into place, so ``report/`` is never half written.
 """
 
@@ -56,6 +60,9 @@ MIN_CONTOUR_TRIALS = 6  # ... and a contour plot
 LEADING = 5  # learning curves of the best trials (and the baseline)
 OVERLAY_IMAGES = 3  # validation images the overlays show
 ENDED = (FINISHED, STOPPED, KILLED)  # trials whose result counts (`automl.state`)
+MANY_POINTS = 300  # trials from which the plots' markers and lines are thinned (`_thin`)
+REPORT_ROWS = 100  # trial table rows of the report; every trial is in trials.csv
+TRIALS_CSV = "trials.csv"
 
 # ------------------------------------------------------------------------------ the document
 # The report is a list of blocks, rendered once as markdown and once as HTML.
@@ -318,10 +325,28 @@ def _save(fig: Any, folder: Path, name: str) -> str:
     return name
 
 
+def _thin(fig: Any, points: int) -> None:
+    """Markers and lines of a plot of `points` trials made small and see-through when there are so many
+    (Optuna draws every trial at one size): a search of thousands stays readable, not one blot."""
+    from matplotlib.collections import LineCollection, PathCollection
+
+    if points <= MANY_POINTS:
+        return
+    for ax in fig.axes:
+        for artist in ax.collections:
+            if type(artist) is PathCollection:
+                artist.set_sizes([max(1.0, 8000.0 / points)])
+                artist.set_alpha(0.5)
+                artist.set_edgecolor("none")
+            elif type(artist) is LineCollection:
+                artist.set_alpha(max(0.05, min(0.5, 100.0 / points)))
+                artist.set_linewidth(0.5)
+
+
 def _optuna_plot(folder: Path, name: str, draw: Any, *args: Any, size: tuple[float, float] | None = None,
-                 title: str | None = None, **kwargs: Any) -> str | None:
-    """One of Optuna's matplotlib plots as `name` (its style change undone afterwards); None if it
-    cannot be drawn."""
+                 title: str | None = None, points: int = 0, **kwargs: Any) -> str | None:
+    """One of Optuna's matplotlib plots as `name` (its style change undone afterwards; thinned for
+    many `points`, see `_thin`); None if it cannot be drawn."""
     import matplotlib
     import numpy as np
 
@@ -336,6 +361,7 @@ def _optuna_plot(folder: Path, name: str, draw: Any, *args: Any, size: tuple[flo
             first.set_title(title)
         if size is not None:
             fig.set_size_inches(*size)
+        _thin(fig, points)
         return _save(fig, folder, name)
 
 
@@ -346,9 +372,9 @@ def _study_plots(state: SearchState, ledger: LedgerStudy, imp: Importance, folde
     out: dict[str, str] = {}
     if ledger.completed == 0:
         return out
-    metric = state.metric
+    metric, n = state.metric, ledger.completed
     drawn = {"history": _optuna_plot(folder, "history.png", ovm.plot_optimization_history, ledger.study,
-                                     target_name=metric, size=(7, 4))}
+                                     target_name=metric, size=(7, 4), points=n)}
     if imp.values:
         drawn["importance"] = _optuna_plot(folder, "importance.png", ovm.plot_param_importances, ledger.study,
                                            evaluator=imp.evaluator_object, params=list(imp.values), target_name=metric,
@@ -356,14 +382,13 @@ def _study_plots(state: SearchState, ledger: LedgerStudy, imp: Importance, folde
                                            size=(7, 0.45 * len(imp.values) + 1.6))
     if ledger.varying and ledger.completed >= 2:
         drawn["parallel"] = _optuna_plot(folder, "parallel.png", ovm.plot_parallel_coordinate, ledger.study,
-                                         params=ledger.varying, target_name=metric,
+                                         params=ledger.varying, target_name=metric, points=n,
                                          size=(max(7, 1.5 * len(ledger.varying) + 2), 4.5))
-        n = len(ledger.varying)
         drawn["slice"] = _optuna_plot(folder, "slice.png", ovm.plot_slice, ledger.study, params=ledger.varying,
-                                      target_name=metric, size=(min(3.2 * n + 1.5, 18), 3.6))
+                                      target_name=metric, size=(min(3.2 * len(ledger.varying) + 1.5, 18), 3.6), points=n)
     if len(imp.values) >= 2 and ledger.completed >= MIN_CONTOUR_TRIALS:
         drawn["contour"] = _optuna_plot(folder, "contour.png", ovm.plot_contour, ledger.study,
-                                        params=list(imp.values)[:2], target_name=metric, size=(7, 5))
+                                        params=list(imp.values)[:2], target_name=metric, size=(7, 5), points=n)
     return {k: v for k, v in drawn.items() if v}
 
 
@@ -732,11 +757,31 @@ def _search_plots(plots: dict[str, str]) -> list[Block]:
     return [Heading("Search plots"), *figures] if figures else []
 
 
+def _trial_blocks(state: SearchState) -> list[Block]:
+    if len(state.trials) <= REPORT_ROWS:
+        header, rows = trial_rows(state)
+        return [Heading("Trials"), Table(header, rows), Para(f"The same table as CSV: `{TRIALS_CSV}` next to this report.")]
+    header, rows = trial_rows(state, REPORT_ROWS)
+    return [Heading("Trials"), Para(f"The {len(rows)} running or best of {len(state.trials)} trials, by name; every trial "
+                                    f"is in `{TRIALS_CSV}` next to this report."), Table(header, rows)]
+
+
 def document(state: SearchState, plots: dict[str, str], imp: Importance, overlay: Overlays) -> list[Block]:
-    header, rows = trial_rows(state)
     return [*_summary(state), *_comparison(state, plots), *_recheck(state), *_pareto_blocks(state, plots),
-            *_promotion(state), *_overlay_blocks(overlay), Heading("Trials"), Table(header, rows),
+            *_promotion(state), *_overlay_blocks(overlay), *_trial_blocks(state),
             *_importance_blocks(state, imp, plots), *_search_plots(plots)]
+
+
+def _write_csv(state: SearchState, path: Path) -> None:
+    import csv
+    import io
+
+    header, rows = trial_rows(state)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(path, out.getvalue())
 
 
 # ------------------------------------------------------------------------------ writing
@@ -755,6 +800,7 @@ def write_report(state: SearchState) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".report.", dir=results))
     try:
         blocks = _contents(state, tmp)
+        _write_csv(state, tmp / TRIALS_CSV)
         atomic_write_text(tmp / "report.md", to_markdown(blocks))
         atomic_write_text(tmp / "report.html", to_html(blocks, tmp))
         old = results / f".report.old.{os.getpid()}"

@@ -126,6 +126,27 @@ def test_report_md_and_self_contained_html(plain_report: Path) -> None:
     assert not re.search(r"(src|href)=\"(?!data:)", page) and "http://" not in page and "https://" not in page
     assert "<code>trial_000</code>" in page and "<table>" in page
     assert not list(folder.parent.glob(".report*"))  # no temporary folder left
+    rows = (folder / "trials.csv").read_text().splitlines()
+    assert rows[0].startswith("trial,status,epoch,val_miou") and len(rows) == 1 + 8
+
+
+def test_a_big_search_reports_its_best_trials_and_lists_every_one_in_the_csv(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import csv
+
+    from automl import report
+
+    monkeypatch.setattr(report, "REPORT_ROWS", 3)
+    state = _ledger(tmp_path)
+    text = report.write_report(state).read_text()
+    section = text.split("## Trials", 1)[1].split("\n## ", 1)[0]
+    assert "The 3 running or best of 8 trials, by name; every trial is in `trials.csv`" in section
+    shown = re.findall(r"^\| (trial_\d+)", section, flags=re.M)
+    best = [t.name for t in state.ranked()[:3]]
+    assert sorted(shown) == sorted(best)
+    with open(tmp_path / "report" / "trials.csv", newline="") as f:
+        listed = [row[0].split(" ")[0] for row in list(csv.reader(f))[1:]]
+    assert listed == [f"trial_{i:03d}" for i in range(8)]
 
 
 def test_baseline_vs_best_without_a_recheck_says_the_noise_is_unknown(plain_report: Path) -> None:
