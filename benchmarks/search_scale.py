@@ -75,6 +75,11 @@ class Timer:
 
 
 # ------------------------------------------------------------------------------ synthetic search
+def _config(i: int) -> dict[str, Any]:
+    """Two parameters that vary (as in a real search: the report's importance and contour need two)."""
+    return {"train.optim.lr": 1e-4 * (1 + i % 7), "train.optim.weight_decay": 1e-3 * (1 + (i * 5) % 11)}
+
+
 def _trial(i: int, config: dict[str, Any]) -> Any:
     """What the callbacks read of a Ray `Trial`."""
     from automl.layout import trial_name
@@ -84,7 +89,7 @@ def _trial(i: int, config: dict[str, Any]) -> Any:
 
 
 def _metrics(epoch: int, i: int) -> dict[str, float]:
-    return {"epoch": epoch, "val_miou": 0.3 + 0.01 * epoch + 1e-5 * i, "val_loss": 1.0 / epoch, "train_loss": 1.1 / epoch,
+    return {"epoch": epoch, "val_miou": 0.3 + 0.01 * epoch + 1e-5 * i + 0.002 * (i % 7) - 0.001 * ((i * 5) % 11), "val_loss": 1.0 / epoch, "train_loss": 1.1 / epoch,
             "val_acc": 0.8, "lr": 1e-4, "time_this_iter_s": 1.0, "training_iteration": epoch}
 
 
@@ -121,7 +126,7 @@ def _fill(state: Any, tracker: Any, n: int, mlflow_runs: bool) -> None:
 
     parent = state.mlflow_parent_run_id
     for i in range(n):
-        trial = _trial(i, {"train.optim.lr": 1e-4 * (1 + i % 7)})
+        trial = _trial(i, _config(i))
         record = TrialRecord(trial_id=trial.trial_id, name=trial.custom_trial_name, params=dict(trial.config),
                              status=FINISHED, results_dir=str(Path(state.results_dir) / trial.custom_trial_name))
         for epoch in range(1, EPOCHS + 1):
@@ -187,7 +192,7 @@ def synthetic(size: int, base: Path, fill_s: float, timed_trials: int, variant: 
     with _variant(variant), bind(live):
         for k in range(timed_trials):
             i = first + k
-            trial = _trial(i, {"train.optim.lr": 1e-4 * (1 + i % 7)})
+            trial = _trial(i, _config(i))
             events = [("on_trial_start", {})] + [("on_trial_result", {"result": _metrics(e, i)}) for e in
                                                  range(1, EPOCHS + 1)] + [("on_trial_complete", {})]
             for hook, extra in events:
@@ -215,11 +220,27 @@ def synthetic(size: int, base: Path, fill_s: float, timed_trials: int, variant: 
         "by_callback_ms": {k: round(1000 * v / max(1, events), 3) for k, v in sorted(timer.seconds.items())},
         "status_block_ms": 1000 * block_s, "load_ms": 1000 * loaded_s,
         "state_bytes": layout.state_file.stat().st_size,
+        **(_views(state) if variant == "after" else {}),
     }
     print(f"  {variant:6s} {size:5d} trials: {result['per_event_ms']:.2f} ms/event ({result['events_per_s']:.0f} events/s) "
           f"{ {k: v for k, v in result['by_callback_ms'].items()} } status block {result['status_block_ms']:.0f} ms, "
           f"load {result['load_ms']:.0f} ms", flush=True)
     return result
+
+
+def _views(state: Any) -> dict[str, float]:
+    """What a user opens on a big search: `automl status` (its table, paged) and the report (plots included)."""
+    from automl.console import STATUS_ROWS, format_table
+    from automl.report import write_report
+
+    limit = None if len(state.trials) <= STATUS_ROWS else STATUS_ROWS
+    status_s = _median_s(lambda: format_table(state, limit=limit, show_errors=True), repeat=3)
+    started = time.perf_counter()
+    path = write_report(state)
+    report_s = time.perf_counter() - started
+    print(f"  views at {len(state.trials)} trials: automl status table {1000 * status_s:.0f} ms, report {report_s:.1f} s "
+          f"({path.parent})", flush=True)
+    return {"status_table_ms": 1000 * status_s, "report_s": report_s}
 
 
 def _median_s(fn: Any, repeat: int) -> float:
@@ -287,6 +308,10 @@ def real_ray(trials: int, work: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------- report
+def _cell(row: dict[str, Any], key: str, spec: str) -> str:
+    return "-" if row.get(key) is None else format(row[key], spec)
+
+
 def render(rows: list[dict[str, Any]], ray_row: dict[str, Any] | None, args: argparse.Namespace) -> str:
     lines = [f"## {TITLE}", "",
              f"`python -m benchmarks.search_scale --sizes {' '.join(map(str, args.sizes))} --ray-trials {args.ray_trials}`"
@@ -294,14 +319,14 @@ def render(rows: list[dict[str, Any]], ray_row: dict[str, Any] | None, args: arg
              f"early promotion, console) driven with synthetic trial events of {EPOCHS} epochs each on a ledger of N "
              f"trials; the last trials timed; {time.strftime('%Y-%m-%d %H:%M')}.", f"Machine: {machine_line()}", "",
              "| variant | trials | events timed | per event (ms) | events/s | ledger | MLflow | Ray backup | "
-             "status block (ms) | `SearchState.load` (ms) | ledger file (MB) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "status block (ms) | `SearchState.load` (ms) | ledger file (MB) | `automl status` table (ms) | report (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         by = r["by_callback_ms"]
         lines.append(f"| {r['variant']} | {r['size']} | {r['events']} | {r['per_event_ms']:.2f} | {r['events_per_s']:.0f} | "
                      f"{by.get('LedgerCallback', 0):.2f} | {by.get('MlflowCallback', 0):.2f} | "
                      f"{by.get('RayStateBackup', 0):.3f} | {r['status_block_ms']:.0f} | {r['load_ms']:.0f} | "
-                     f"{r['state_bytes'] / 1e6:.1f} |")
+                     f"{r['state_bytes'] / 1e6:.1f} | {_cell(r, 'status_table_ms', '.0f')} | {_cell(r, 'report_s', '.1f')} |")
     after = {r["size"]: r for r in rows if r["variant"] == "after"}
     before = {r["size"]: r for r in rows if r["variant"] == "before"}
     if after:
@@ -319,7 +344,18 @@ def render(rows: list[dict[str, Any]], ray_row: dict[str, Any] | None, args: arg
                       f"actors): {ray_row['events']} events in {ray_row['wall_s']} s, {ray_row['events_per_s_wall']:.0f} "
                       f"events/s; the callbacks took {ray_row['per_event_ms']:.2f} ms per event, "
                       f"{100 * ray_row['callbacks_share']:.1f}% of the wall time (by callback, ms/event: "
-                      + ", ".join(f"{k} {v}" for k, v in ray_row["by_callback_ms"].items()) + ")."]
+                      + ", ".join(f"{k} {v}" for k, v in ray_row["by_callback_ms"].items()) + "). "
+                      f"The callbacks alone would sustain {1000 / ray_row['per_event_ms']:.0f} events/s; with no callbacks "
+                      f"at all the search would have run at most "
+                      f"{ray_row['events'] / max(1e-9, ray_row['wall_s'] - ray_row['callbacks_s']):.0f} events/s (its wall "
+                      f"less the callbacks' time): the rest is Ray's own work per report (its controller in the driver, "
+                      f"the trials' processes), on the same {os.cpu_count()} cores."]
+    from automl.console import STATUS_ROWS
+    from automl.report import MANY_POINTS, REPORT_ROWS
+
+    lines += ["", f"`automl status` prints the running and best trials of a search over {STATUS_ROWS} (all with --all); "
+                  f"the report shows at most {REPORT_ROWS} of them and writes every trial to `report/trials.csv`, and "
+                  f"its plots thin their markers and lines from {MANY_POINTS} trials on."]
     return "\n".join(lines) + "\n"
 
 
