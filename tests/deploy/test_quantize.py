@@ -68,8 +68,22 @@ def test_onnxruntime_qdq_from_a_checkpoint(checkpoint, make_deploy_cfg, tmp_path
     cfg = make_deploy_cfg(tmp_path, "quantize.backend=onnxruntime", "quantize.mode=static_ptq",
                           f"quantize.model_path={checkpoint}")
     out = quantize.run(cfg, quiet=True)
-    ops = {n.op_type for n in onnx.load(str(out.artifact)).graph.node}
+    model = onnx.load(str(out.artifact))
+    ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # The attention stays in float: no Q/DQ around a Softmax (ONNX Runtime would fuse them into its slow
+    # QLinearSoftmax) and no quantized product of two activations; every weight MatMul is quantized.
+    produced = {o: n for n in model.graph.node for o in n.output}
+    weights = {i.name for i in model.graph.initializer}
+    dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    for node in model.graph.node:
+        if node.op_type == "Softmax":
+            assert node.input[0] not in dequantized, node.name
+        if node.op_type == "MatMul":
+            b = produced.get(node.input[1])
+            from_weight = b is not None and b.op_type == "DequantizeLinear" and b.input[0] in weights
+            assert from_weight or node.input[1] not in dequantized, node.name
+    assert any(n.op_type == "MatMul" and n.input[1] in dequantized for n in model.graph.node)
     assert (out.results_dir / "float_model.onnx").is_file()
     assert out.quantized_bytes < out.float_bytes
 

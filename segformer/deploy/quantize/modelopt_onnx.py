@@ -47,7 +47,7 @@ def quantize_onnx_modelopt(
     if algorithm not in MODELOPT_ONNX_METHODS:
         raise ValueError(f"quantize.algorithm {algorithm!r} is not supported by modelopt.onnx int8; use one of {sorted(MODELOPT_ONNX_METHODS)}")
     model = load_onnx(model_path, load_external_data=True)
-    candidates, aliases = onnx_quant_candidates(model)
+    candidates, aliases = onnx_quant_candidates(model, activation_matmuls=True)  # TensorRT has int8 attention
     chosen = select_names(candidates, rules, skip_names, aliases=aliases)
     if not chosen:
         raise ValueError("quantize.layers/skip_names exclude every Conv/MatMul/Gemm node; nothing to quantize")

@@ -3,9 +3,14 @@
 Recipe measured on this project's CPUs (AVX2, no VNNI): pre-process with
 ``quant_pre_process(skip_symbolic_shape=True)`` (symbolic shape inference fails on attention
 graphs), QDQ format, uint8 activations (asymmetric; the u8s8 kernels are the fast ones without
-VNNI), int8 per-channel weights, and only MatMuls with a constant weight (``MatMulConstBOnly``)
-so the attention products Q.K^T and A.V stay in float. Calibration streams the calibration
-images through a ``CalibrationDataReader``.
+VNNI), int8 per-channel weights, and only MatMuls with a constant weight, so the attention
+products Q.K^T and A.V stay in float. The QDQ quantizer ignores ``MatMulConstBOnly`` (only the
+QOperator one reads it): given every MatMul it wrapped the attention products and their Softmax in
+Q/DQ, which ONNX Runtime fused into QLinearMatMul and QLinearSoftmax, 8x slower than the float
+Softmax; MiT-B0 at 512x512 then ran at the speed of fp32 (1.03x at batch 1, 1.07x at batch 8,
+idle AVX-512 VNNI CPU). So the candidates are Conv and the MatMul/Gemm nodes whose weight is a
+constant (:func:`onnx_quant_candidates`). Calibration streams the calibration images through a
+``CalibrationDataReader``.
 """
 
 from __future__ import annotations
@@ -38,8 +43,10 @@ class OnnxQuantSummary:
     calibration_batches: int
 
 
-def onnx_quant_candidates(model) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
-    """(node name, op type) of quantizable nodes, and each node's module path(s) from its weights."""
+def onnx_quant_candidates(model, activation_matmuls: bool = False) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
+    """(node name, op type) of quantizable nodes, and each node's module path(s) from its weights.
+    Quantizable: every Conv, and the MatMul/Gemm nodes with a constant weight; with
+    `activation_matmuls` also the products of two activations (attention)."""
     initializers = {i.name for i in model.graph.initializer}
     # Weights are sometimes behind a Transpose/Identity of an initializer: follow one hop.
     produced_from = {}
@@ -51,6 +58,9 @@ def onnx_quant_candidates(model) -> tuple[list[tuple[str, str]], dict[str, list[
     for index, node in enumerate(model.graph.node):
         if node.op_type not in QUANT_OP_TYPES:
             continue
+        if (not activation_matmuls and node.op_type != "Conv"
+                and produced_from.get(node.input[1], node.input[1]) not in initializers):
+            continue  # an activation times an activation (attention): kept in float
         name = node.name or f"{node.op_type}_{index}"
         if not node.name:
             node.name = name  # quantize_static identifies nodes by name
