@@ -25,6 +25,7 @@ THREADS = 2
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 ROOT = Path(__file__).resolve().parents[2]
 SECTION = "## Deploy speed"
+EAGER, ORT_FP32, ORT_INT8 = "PyTorch eager fp32", "ONNX Runtime fp32", "ONNX Runtime int8 (QDQ, u8/s8)"
 
 
 def _cpu_name() -> str:
@@ -64,7 +65,32 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(samples)
 
 
-def speed(size: int, batches: list[int], repeats: int, work: Path) -> list[dict]:
+def op_profile(path: Path, size: int, runs: int = 4) -> dict[str, float]:
+    """ONNX Runtime's own profile of `path` at batch 1: milliseconds per run by operator type."""
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
+    options.enable_profiling, options.profile_file_prefix = True, str(path.with_suffix(""))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: np.random.default_rng(1).standard_normal((1, 3, size, size), dtype=np.float32)}
+    for _ in range(runs + 1):  # the profile holds every run, the first (warm-up) included
+        session.run(None, feed)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    by: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            op = e["args"].get("op_name", "?")
+            by[op] = by.get(op, 0.0) + e["dur"] / 1000 / (runs + 1)
+    return dict(sorted(by.items(), key=lambda kv: -kv[1]))
+
+
+def speed(size: int, batches: list[int], repeats: int, rounds: int, work: Path) -> tuple[list[dict], dict]:
+    """Latency of each runtime at each batch: `rounds` interleaved rounds (the machine's drift hits
+    every runtime alike), each the median of `repeats` runs; plus ONNX Runtime's per-operator profiles."""
     import numpy as np
     import torch
 
@@ -81,19 +107,27 @@ def speed(size: int, batches: list[int], repeats: int, work: Path) -> list[dict]
     calib = (rng.standard_normal((2, 3, size, size), dtype=np.float32) for _ in range(4))
     int8 = quantize_onnx_static(fp32, work / "b0_int8.onnx", calib).output
     runtimes = {
-        "PyTorch eager fp32": lambda x: model(x),
-        "ONNX Runtime fp32": OnnxPredictor(fp32, providers=["CPUExecutionProvider"], num_threads=THREADS),
-        "ONNX Runtime int8 (QDQ, u8/s8)": OnnxPredictor(int8, providers=["CPUExecutionProvider"], num_threads=THREADS),
+        EAGER: lambda x: model(x),
+        ORT_FP32: OnnxPredictor(fp32, providers=["CPUExecutionProvider"], num_threads=THREADS),
+        ORT_INT8: OnnxPredictor(int8, providers=["CPUExecutionProvider"], num_threads=THREADS),
     }
-    rows = []
+    samples: dict[tuple[str, int], list[float]] = {(name, b): [] for b in batches for name in runtimes}
     with torch.inference_mode():
-        for batch in batches:
-            x = torch.randn(batch, 3, size, size)
-            for name, fn in runtimes.items():
-                seconds = _time(lambda: fn(x), repeats)
-                rows.append({"runtime": name, "batch": batch, "latency_ms": 1000 * seconds, "images_per_s": batch / seconds})
-                print(f"{name:32s} batch {batch}: {1000 * seconds:8.1f} ms  {batch / seconds:6.2f} img/s", flush=True)
-    return rows
+        for r in range(rounds):
+            for batch in batches:
+                x = torch.randn(batch, 3, size, size)
+                for name, fn in runtimes.items():
+                    samples[(name, batch)].append(_time(lambda: fn(x), repeats))
+            print(f"round {r + 1}: " + ", ".join(f"{n} b{b} {1000 * v[-1]:.1f} ms" for (n, b), v in samples.items()), flush=True)
+    rows = []
+    for (name, batch), values in samples.items():
+        seconds = statistics.median(values)
+        row = {"runtime": name, "batch": batch, "latency_ms": 1000 * seconds, "images_per_s": batch / seconds}
+        if name == ORT_INT8:
+            row["speedups"] = [f / q for f, q in zip(samples[(ORT_FP32, batch)], values)]
+        rows.append(row)
+    profiles = {"fp32": op_profile(fp32, size), "int8": op_profile(int8, size)}
+    return rows, profiles
 
 
 def quality(work: Path, size: int, epochs: int) -> tuple[list[dict], str]:
@@ -142,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="128x128, batch 1 and 2, 2 epochs (minutes)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every runtime (median of them)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     parser.add_argument("--skip-quality", action="store_true")
     args = parser.parse_args(argv)
@@ -151,25 +186,30 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        rows = speed(size, batches, args.repeats, work)
+        rows, profiles = speed(size, batches, args.repeats, args.rounds, work)
         qrows, note = ([], "skipped") if args.skip_quality else quality(work, 64, 2 if args.small else 8)
 
     lines = [SECTION, "",
              f"`python benchmarks/deploy_speed/run.py{' --small' if args.small else ''}` — SegFormer-B0 (150 classes, "
-             f"random weights: speed does not depend on them) at {size}x{size}, median of {args.repeats} runs after a "
-             f"warm-up, {THREADS} threads; {datetime.now():%Y-%m-%d %H:%M}.",
-             f"Machine: {_machine_line()} SIMD: {_cpu_flags()}. Other jobs shared the CPU.",
-             "", "| runtime | batch | latency (ms) | images/s |", "|---|---|---|---|"]
-    lines += [f"| {r['runtime']} | {r['batch']} | {r['latency_ms']:.1f} | {r['images_per_s']:.2f} |" for r in rows]
+             f"random weights: speed does not depend on them) at {size}x{size}, {args.rounds} interleaved rounds of "
+             f"every runtime, each the median of {args.repeats} runs after a warm-up, the median round shown; "
+             f"{THREADS} threads; {datetime.now():%Y-%m-%d %H:%M}.",
+             f"Machine: {_machine_line()} SIMD: {_cpu_flags()}.",
+             "", "| runtime | batch | latency (ms) | images/s | int8 speed-up over ONNX Runtime fp32, per round |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['runtime']} | {r['batch']} | {r['latency_ms']:.1f} | {r['images_per_s']:.2f} | "
+              + (", ".join(f"{x:.2f}x" for x in r["speedups"]) if "speedups" in r else "") + " |" for r in rows]
     by = {(r["runtime"], r["batch"]): r["latency_ms"] for r in rows}
     for batch in batches:
-        f32, i8 = by[("ONNX Runtime fp32", batch)], by[("ONNX Runtime int8 (QDQ, u8/s8)", batch)]
-        verdict = "faster" if i8 < f32 else "SLOWER"
-        lines.append("")
-        lines.append(f"Batch {batch}: int8 is {verdict} than ONNX Runtime fp32 ({i8:.1f} ms vs {f32:.1f} ms, "
-                     f"{f32 / i8:.2f}x): on this attention-heavy graph the Q/DQ around every Conv/MatMul costs "
-                     f"more than the int8 kernels save (CPU int8 support here: {_cpu_flags()})." if i8 >= f32 else
-                     f"Batch {batch}: int8 is faster than ONNX Runtime fp32 ({i8:.1f} ms vs {f32:.1f} ms, {f32 / i8:.2f}x).")
+        f32, i8 = by[(ORT_FP32, batch)], by[(ORT_INT8, batch)]
+        lines += ["", f"Batch {batch}: int8 {f32 / i8:.2f}x the speed of ONNX Runtime fp32 ({i8:.1f} ms vs {f32:.1f} ms; "
+                      f"CPU int8 support here: {_cpu_flags()})."]
+    ops = sorted(set(profiles["fp32"]) | set(profiles["int8"]),
+                 key=lambda op: -max(profiles["fp32"].get(op, 0), profiles["int8"].get(op, 0)))
+    lines += ["", "Where the time goes at batch 1 (ONNX Runtime's profile, ms per run by operator type after its graph "
+                  "optimisations; the 12 largest):", "", "| operator | fp32 (ms) | int8 (ms) |", "|---|---|---|"]
+    lines += [f"| {op} | {profiles['fp32'].get(op, 0):.1f} | {profiles['int8'].get(op, 0):.1f} |" for op in ops[:12]]
+    lines.append(f"| all | {sum(profiles['fp32'].values()):.1f} | {sum(profiles['int8'].values()):.1f} |")
     if qrows:
         lines += ["", f"Quality on the synthetic validation split, {note}; quantize action with algorithm minmax:", "",
                   "| backend | float mIoU (%) | quantized mIoU (%) | change (points) | size ratio |", "|---|---|---|---|---|"]
