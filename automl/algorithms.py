@@ -9,6 +9,7 @@ grid        every point of the finite space (`BasicVariantGenerator`) none
 asha        Optuna TPE                                          `ASHAScheduler`
 hyperband   Optuna random sampler                               asynchronous HyperBand (`ASHAScheduler(brackets=n)`)
 bohb        Optuna TPE                                          asynchronous HyperBand (`ASHAScheduler(brackets=n)`)
+bfbo        Optuna GP, batch-aware (`GPSampler`: qLogEI)        none (FIFO)
 pbt         Optuna random sampler (initial population)          `PopulationBasedTraining` (`automl.pbt`)
 =========== =================================================== ==============================
 
@@ -16,10 +17,16 @@ The default is bayesian (full trainings with TPE) under an epoch budget (`automl
 says why not asha): the budget, not a trial count, decides how many trials start, and the budget's
 searcher re-checks the leader before promotion.
 
+bfbo (TAO's batch Bayesian optimisation): Optuna's Gaussian-process sampler, which proposes for a
+free slot with the configurations still training taken into account (q-batch log expected
+improvement, a sequential greedy batch): with 4 slots the four proposals spread out instead of
+piling onto the one optimum of the current model, and no slot waits for a result before it is
+given a configuration.
+
 TAO's BOHB is a TPE-like model on top of HyperBand; Ray's own BOHB needs hpbandster and
 ConfigSpace, so "bohb" here is TPE + HyperBand, the same combination without the extra packages.
 
-The TPE algorithms start with space-filling points (`startup_points`: a scrambled Sobol sequence)
+The model-based algorithms (TPE, GP) start with space-filling points (`startup_points`: a scrambled Sobol sequence)
 after the baseline, half the configurations the search affords, then TPE models.
 
 The first trial is the spec's own configuration (the baseline) unless ``baseline_first`` is off:
@@ -43,7 +50,9 @@ from typing import Any
 from automl.options import SearchError, SearchOptions
 
 # Which Optuna sampler draws each algorithm's configurations (grid draws none).
-SAMPLERS = {"bayesian": "tpe", "asha": "tpe", "bohb": "tpe", "random": "random", "hyperband": "random", "pbt": "random"}
+SAMPLERS = {"bayesian": "tpe", "asha": "tpe", "bohb": "tpe", "bfbo": "gp", "random": "random", "hyperband": "random",
+            "pbt": "random"}
+MODELLED = ("tpe", "gp")  # samplers that model the results: they start after space-filling points (`startup_points`)
 
 
 @dataclass(frozen=True)
@@ -57,13 +66,17 @@ class SearchPlan:
 
 
 def sampler(algorithm: str, seed: int, startup: int = 3) -> Any:
-    """The Optuna sampler of `algorithm` (see SAMPLERS). TPE models once `startup` trials have
-    finished (the baseline and the space-filling points, `startup_points`)."""
+    """The Optuna sampler of `algorithm` (see SAMPLERS). TPE and GP model once `startup` trials have
+    finished (the baseline and the space-filling points, `startup_points`). A parameter that only some
+    configurations have (depends_on) is drawn by the GP's independent sampler, at random."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if SAMPLERS[algorithm] == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+    if SAMPLERS[algorithm] == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False,
+                                         independent_sampler=optuna.samplers.RandomSampler(seed=seed))
     return optuna.samplers.RandomSampler(seed=seed)
 
 
@@ -116,7 +129,7 @@ def first_points(opts: SearchOptions, space: Any, baseline: dict[str, Any] | Non
     """The configurations the search would start with after the baseline (for --dry-run)."""
     if opts.search.algorithm == "grid":
         return [p for p in grid_points(space) if p != baseline][:count]
-    if SAMPLERS[opts.search.algorithm] == "tpe":
+    if SAMPLERS[opts.search.algorithm] in MODELLED:
         return startup_points(space, count, opts.search.seed)  # a prefix of what the search starts with
     return _drawn_points(space, count, opts.search.algorithm, opts.search.seed)
 
@@ -160,7 +173,7 @@ def build_search(opts: SearchOptions, space: Any, baseline: dict[str, Any] | Non
     if search.algorithm == "pbt":
         return _pbt_plan(opts, space, first)
 
-    if SAMPLERS[search.algorithm] == "tpe":
+    if SAMPLERS[search.algorithm] in MODELLED:
         first = first + startup_points(space, startup_count(opts, budget), search.seed)
     searcher = OptunaSearch(space=space.define_by_run, metric=search.ranking_metric, mode=search.mode,
                             points_to_evaluate=[space.encode(p) for p in first],

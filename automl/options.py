@@ -34,10 +34,10 @@ __all__ = [
 ]
 
 # The algorithms this driver runs (TAO names), and TAO's short aliases.
-ALGORITHMS = ("bayesian", "random", "grid", "asha", "hyperband", "bohb", "pbt")
+ALGORITHMS = ("bayesian", "random", "grid", "asha", "hyperband", "bohb", "bfbo", "pbt")
 ALGORITHM_ALIASES = {"b": "bayesian", "h": "hyperband"}
 # TAO algorithms this driver does not run (named as such when asked for).
-TAO_ONLY_ALGORITHMS = ("bfbo", "dehb", "hyperband_es", "hes", "llm", "hybrid", "autoresearch")
+TAO_ONLY_ALGORITHMS = ("dehb", "hyperband_es", "hes", "llm", "hybrid", "autoresearch")
 MULTI_FIDELITY = ("asha", "hyperband", "bohb")  # trials stopped early by a HyperBand-family scheduler
 
 

@@ -76,7 +76,7 @@ def _check_common(state, max_epochs: int) -> None:
             raise AssertionError(f"{t.name} ended {t.status}: {t.error}")
 
 
-@pytest.mark.parametrize("algorithm", ["random", "asha", "hyperband", "bohb"])
+@pytest.mark.parametrize("algorithm", ["random", "asha", "hyperband", "bohb", "bfbo"])
 def test_algorithm_runs(algorithm, dataset, tmp_path, ray_session):
     import automl
 
@@ -88,6 +88,32 @@ def test_algorithm_runs(algorithm, dataset, tmp_path, ray_session):
     _check_common(state, max_epochs=epochs)
     if algorithm == "asha":  # 4 trials, eta 2, grace 1 epoch: the rung cuts the worse half
         assert any(t.status == "STOPPED" for t in state.trials.values()), {t.name: t.status for t in state.trials.values()}
+
+
+def test_bfbo_gives_a_free_slot_another_configuration_than_the_running_one() -> None:
+    """bfbo's Gaussian process takes the trials still training into account: asked twice before the
+    first answer (two slots), it proposes two different points, where a sampler blind to the running
+    trial would propose the model's optimum twice."""
+    import optuna
+
+    from automl.algorithms import sampler
+
+    def two_asks(running_counts: bool) -> tuple[float, float]:
+        study = optuna.create_study(direction="maximize", sampler=sampler("bfbo", seed=0, startup=4))
+        x = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+        for value in (0.1, 0.3, 0.6, 0.9, 0.45):  # a peak at 0.5
+            study.enqueue_trial({"x": value})
+            trial = study.ask(x)
+            study.tell(trial, -(trial.params["x"] - 0.5) ** 2)
+        first = study.ask(x)
+        if not running_counts:
+            study.tell(first, state=optuna.trial.TrialState.FAIL)
+        return first.params["x"], study.ask(x).params["x"]
+
+    first, second = two_asks(running_counts=True)
+    assert abs(first - 0.5) < 0.05 and abs(second - first) > 0.03, (first, second)
+    blind_first, blind_second = two_asks(running_counts=False)
+    assert abs(blind_second - blind_first) < 0.01, (blind_first, blind_second)
 
 
 @pytest.mark.slow  # 60-125 s on 2 shared cores; CI runs it (make test)
