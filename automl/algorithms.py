@@ -8,6 +8,7 @@ random      Optuna random sampler                               none
 grid        every point of the finite space (`BasicVariantGenerator`) none
 asha        Optuna TPE                                          `ASHAScheduler`
 hyperband   Optuna random sampler                               asynchronous HyperBand (`ASHAScheduler(brackets=n)`)
+hyperband_es Optuna random sampler                              the same, and learning-curve extrapolation (`automl.curves`)
 bohb        Optuna TPE                                          asynchronous HyperBand (`ASHAScheduler(brackets=n)`)
 bfbo        Optuna GP, batch-aware (`GPSampler`: qLogEI)        none (FIFO)
 pbt         Optuna random sampler (initial population)          `PopulationBasedTraining` (`automl.pbt`)
@@ -51,7 +52,7 @@ from automl.options import SearchError, SearchOptions
 
 # Which Optuna sampler draws each algorithm's configurations (grid draws none).
 SAMPLERS = {"bayesian": "tpe", "asha": "tpe", "bohb": "tpe", "bfbo": "gp", "random": "random", "hyperband": "random",
-            "pbt": "random"}
+            "hyperband_es": "random", "pbt": "random"}
 MODELLED = ("tpe", "gp")  # samplers that model the results: they start after space-filling points (`startup_points`)
 
 
@@ -189,9 +190,14 @@ def build_search(opts: SearchOptions, space: Any, baseline: dict[str, Any] | Non
         # bracket to report before it cuts anyone, so with one or two trials at a time it stopped
         # nothing (measured in benchmarks/search_efficiency: 78 of 78 trials ran their full budget).
         brackets = 1 if search.algorithm == "asha" else hyperband_brackets(max_t, grace, search.reduction_factor)
-        scheduler = ASHAScheduler(time_attr="epoch", metric=search.ranking_metric, mode=search.mode, max_t=max_t,
-                                  grace_period=min(grace, max_t), reduction_factor=search.reduction_factor,
-                                  brackets=brackets)
+        kwargs = dict(time_attr="epoch", metric=search.ranking_metric, mode=search.mode, max_t=max_t,
+                      grace_period=min(grace, max_t), reduction_factor=search.reduction_factor, brackets=brackets)
+        if search.algorithm == "hyperband_es":
+            from automl.curves import CurveASHA
+
+            scheduler = CurveASHA(min(grace, max_t), search.early_stop_threshold, **kwargs)
+        else:
+            scheduler = ASHAScheduler(**kwargs)
     return SearchPlan(ConcurrencyLimiter(searcher, max_concurrent=slots), scheduler, search.max_trials, None)
 
 
@@ -204,9 +210,14 @@ def _budget_plan(opts: SearchOptions, searcher: Any, baseline: dict[str, Any] | 
     if search.multi_fidelity:
         max_t = budget.trial_epochs
         brackets = 1 if search.algorithm == "asha" else hyperband_brackets(max_t, budget.first_rung, search.reduction_factor)
-        scheduler: Any = BudgetASHA(results_dir, budget, time_attr="epoch", metric=search.ranking_metric, mode=search.mode,
-                                    max_t=max_t, grace_period=budget.first_rung, reduction_factor=search.reduction_factor,
-                                    brackets=brackets)
+        kwargs = dict(time_attr="epoch", metric=search.ranking_metric, mode=search.mode, max_t=max_t,
+                      grace_period=budget.first_rung, reduction_factor=search.reduction_factor, brackets=brackets)
+        if search.algorithm == "hyperband_es":
+            from automl.curves import BudgetCurveASHA
+
+            scheduler: Any = BudgetCurveASHA(results_dir, budget, budget.first_rung, search.early_stop_threshold, **kwargs)
+        else:
+            scheduler = BudgetASHA(results_dir, budget, **kwargs)
     else:
         scheduler = BudgetFIFO(results_dir, budget)
     # Every trial trains at least its first rung: the budget can never start more than this, besides

@@ -34,11 +34,11 @@ __all__ = [
 ]
 
 # The algorithms this driver runs (TAO names), and TAO's short aliases.
-ALGORITHMS = ("bayesian", "random", "grid", "asha", "hyperband", "bohb", "bfbo", "pbt")
-ALGORITHM_ALIASES = {"b": "bayesian", "h": "hyperband"}
+ALGORITHMS = ("bayesian", "random", "grid", "asha", "hyperband", "hyperband_es", "bohb", "bfbo", "pbt")
+ALGORITHM_ALIASES = {"b": "bayesian", "h": "hyperband", "hes": "hyperband_es"}
 # TAO algorithms this driver does not run (named as such when asked for).
-TAO_ONLY_ALGORITHMS = ("dehb", "hyperband_es", "hes", "llm", "hybrid", "autoresearch")
-MULTI_FIDELITY = ("asha", "hyperband", "bohb")  # trials stopped early by a HyperBand-family scheduler
+TAO_ONLY_ALGORITHMS = ("dehb", "llm", "hybrid", "autoresearch")
+MULTI_FIDELITY = ("asha", "hyperband", "hyperband_es", "bohb")  # trials stopped early by a HyperBand-family scheduler
 
 
 class SearchError(ValueError):
@@ -62,6 +62,7 @@ class SearchConfig:
     baseline_first: bool = True  # the first trial is the spec's own configuration (TAO run_baseline)
     grace_period: int | None = None  # asha/hyperband/bohb: units before a trial can be stopped (TAO automl_min_early_stop_epochs); None: ~1/9 of a trial's epochs with a budget, else 1
     reduction_factor: int = 3  # asha/hyperband/bohb: keep 1/reduction_factor per rung (TAO automl_reduction_factor)
+    early_stop_threshold: float = 0.0  # hyperband_es: stop a trial whose extrapolated final falls short of the best by more (TAO automl_early_stop_threshold)
     population_size: int = 4  # pbt: trials in the population (TAO automl_population_size)
     perturbation_interval: int = 1  # pbt: epochs between exploit/explore steps (TAO automl_eval_interval)
     perturbation_factor: float = 1.2  # pbt: explore multiplies a value by this or by its inverse (TAO automl_perturbation_factor)

@@ -76,11 +76,11 @@ def _check_common(state, max_epochs: int) -> None:
             raise AssertionError(f"{t.name} ended {t.status}: {t.error}")
 
 
-@pytest.mark.parametrize("algorithm", ["random", "asha", "hyperband", "bohb", "bfbo"])
+@pytest.mark.parametrize("algorithm", ["random", "asha", "hyperband", "hyperband_es", "bohb", "bfbo"])
 def test_algorithm_runs(algorithm, dataset, tmp_path, ray_session):
     import automl
 
-    trials, epochs = (4, 3) if algorithm == "asha" else (3, 2)
+    trials, epochs = {"asha": (4, 3), "hyperband_es": (3, 4)}.get(algorithm, (3, 2))  # hyperband_es fits from epoch 3
     outcome = automl.run(_options(tmp_path / algorithm, dataset, algorithm=algorithm, max_trials=trials,
                                   max_epochs=epochs), echo=lambda _: None)
     state = outcome.state
