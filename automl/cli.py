@@ -2,7 +2,7 @@
 
     automl run --skill segformer --policy auto -e spec.yaml [key=value ...]
     automl resume RESULTS_DIR
-    automl status RESULTS_DIR [--watch SECONDS] [--all]
+    automl status RESULTS_DIR [--watch SECONDS] [--all] [--json]
     automl ui RESULTS_DIR [--port 5000]
 
 `--help` answers without importing torch, Ray or MLflow: every heavy import is inside a command.
@@ -99,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--watch", type=float, help="refresh every N seconds while the search runs")
     status.add_argument("--all", action="store_true", dest="everything",
                         help="every trial (a search of more than 40 shows the running ones and the best)")
+    status.add_argument("--json", action="store_true",
+                        help="the search as TAO's AutoML runner returns it (best, progress, baseline, final_evaluation, "
+                             "history, pareto_front; results.json)")
 
     ui = sub.add_parser("ui", help="open the MLflow UI of a search on 127.0.0.1")
     ui.add_argument("results_dir")
@@ -238,6 +241,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             outcome = resume(args.results_dir, live=args.live, address=args.address, progress=not args.no_progress)
             return 0 if outcome.best is not None else 1
+        if args.command == "status" and args.json:
+            import json
+
+            from automl.results import tao_results
+            from automl.state import SearchState
+
+            print(json.dumps(tao_results(SearchState.load(args.results_dir)), indent=1, default=str))
+            return 0
         if args.command == "status":
             from automl.console import print_status
 

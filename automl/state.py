@@ -137,6 +137,9 @@ class SearchState:
         self.updated_at = time.time()
         self.journal_seq = self._seq
         atomic_write_text(self.path, json.dumps(asdict(self), indent=1, sort_keys=False, default=str))
+        from automl.results import write_results
+
+        write_results(self)  # results.json, TAO's results contract, follows the whole ledger (timed with it)
         self._entries, self._appended = 0, False
         self._saved_at = time.monotonic()
         self._save_s = self._saved_at - started

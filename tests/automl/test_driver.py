@@ -221,6 +221,28 @@ def test_status_command(search):
     assert out.stdout.count("FINISHED") == 3
 
 
+def test_results_json_has_the_tao_runner_contract(search):
+    """results.json (and `automl status --json`): the keys and types of TAO 7.1's AutoMLRunner result."""
+    outcome, _, _ = search
+    state = outcome.state
+    written = json.loads((Path(state.results_dir) / "results.json").read_text())
+    out = subprocess.run([sys.executable, "-m", "automl.cli", "status", state.results_dir, "--json"],
+                         capture_output=True, text=True, env=ENV, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == written  # the file follows the ledger to the end
+    assert set(written) == {"best", "progress", "baseline", "final_evaluation", "history", "pareto_front"}
+    best, promoted = written["best"], state.best()
+    assert best["rec_id"] == int(promoted.name.split("_")[1]) and best["specs"] == promoted.params
+    assert best["metric_value"] == pytest.approx(promoted.best_value) == best["objective_values"]["val_miou"]
+    progress = written["progress"]
+    assert (progress["completed"], progress["total"], progress["best_rec_id"], progress["algorithm"]) == (3, 3, best["rec_id"], "bayesian")
+    assert progress["best_metric"] == best["metric_value"] and progress["status"] == "finished"
+    assert written["baseline"]["rec_id"] == 0 and written["baseline"]["specs"] == state.baseline().params
+    assert [h["rec_id"] for h in written["history"]] == [0, 1, 2]
+    assert {h["status"] for h in written["history"]} == {"success"} and all(isinstance(h["metric"], float) for h in written["history"])
+    assert written["final_evaluation"]["status"] in ("done", "skipped") and written["pareto_front"] == []
+
+
 def test_help_does_not_import_heavy_modules():
     code = ("import sys; from automl.cli import _parser; _parser().format_help(); "
             "heavy = [m for m in ('torch', 'ray', 'mlflow', 'lightning') if m in sys.modules]; "

@@ -1,0 +1,106 @@
+"""``results.json``: the search in the shape of NVIDIA's tao-automl results (TAO 7.1's AutoMLRunner).
+
+Scripts written against TAO's runner read its result dict; the same keys and types are written
+to ``<results_dir>/results.json`` (atomically; not fsynced, the ledger it is made from is) whenever
+the ledger is written whole: on every change to the search and at least every few seconds while it
+runs (`automl.state`). ``automl status DIR --json`` prints it, made afresh from the ledger.
+
+- ``best``: ``rec_id`` (the trial's number: trial_007 is 7), ``specs`` (its searched values, dotted
+  spec keys), ``metric_value`` (its best epoch's metric, in the metric's own direction) and
+  ``objective_values`` (metric and, with --objectives, the cost objectives); the promoted trial once
+  promotion decided, the ranking's first before; null before any result;
+- ``progress``: ``completed``, ``total`` (trials in all: max_trials, or the trials the budget has
+  started so far while it runs), ``best_metric``, ``best_rec_id``, ``algorithm``, and ours:
+  ``status``, ``epochs_trained``, ``budget_epochs``;
+- ``baseline``: the spec's own configuration (``rec_id``, ``specs``, ``metric_value``), null without;
+- ``final_evaluation``: ``status`` (done, skipped, pending), ``reason``, ``metric_value`` (the
+  promoted model on the test split), ``baseline_metric_value``, ``split``, ``record_path``;
+- ``history``: one entry per trial in order: ``rec_id``, ``metric`` (best value, null without one),
+  ``status`` (success, failure, running, pending, killed), ``specs``, ``epochs``, and ours:
+  ``trial``, ``stopped_early``, ``recheck_of``;
+- ``pareto_front``: with --objectives, the members of the front (``rec_id``, ``objective_values``);
+  else an empty list.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from automl.layout import Layout, trial_number
+
+if TYPE_CHECKING:
+    from automl.state import SearchState, TrialRecord
+
+RESULTS_FILE = "results.json"
+_STATUS = {"FINISHED": "success", "STOPPED": "success", "FAILED": "failure", "RUNNING": "running", "PENDING": "pending",
+           "KILLED": "killed"}
+
+
+def _rec_id(record: "TrialRecord") -> int | None:
+    return trial_number(record.name)
+
+
+def _entry(state: "SearchState", record: "TrialRecord | None") -> dict[str, Any] | None:
+    if record is None:
+        return None
+    objectives = {state.metric: record.best_value}
+    for key, value in (record.latency or {}).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            objectives[key] = value
+    return {"rec_id": _rec_id(record), "trial": record.name, "specs": dict(record.params),
+            "metric_value": record.best_value, "objective_values": objectives}
+
+
+def _final(state: "SearchState") -> dict[str, Any]:
+    final = state.final_evaluation
+    if not final:
+        return {"status": "pending", "reason": "the search has not reached its final evaluation", "metric_value": None}
+    if "skipped" in final:
+        return {"status": "skipped", "reason": str(final["skipped"]), "metric_value": None}
+    promoted, baseline = final.get("promoted") or {}, final.get("baseline") or {}
+    return {"status": "done", "reason": f"the promoted model and the baseline on the untouched {final.get('split', 'test')} "
+                                        "split, each the mean over its trainings",
+            "metric_value": promoted.get("mean"), "baseline_metric_value": baseline.get("mean"),
+            "split": final.get("split"), "trials": promoted.get("trials"),
+            "record_path": str(Layout.of(state.results_dir).root / "final_evaluation")}
+
+
+def tao_results(state: "SearchState") -> dict[str, Any]:
+    """The search as TAO's AutoMLRunner returns its results (see the module's docstring)."""
+    records = sorted(state.trials.values(), key=lambda t: (trial_number(t.name) or 0, t.name))
+    best = state.best()
+    done = [t for t in records if t.status in ("FINISHED", "STOPPED", "FAILED", "KILLED")]
+    options = (state.settings or {}).get("search") or {}
+    total = options.get("max_trials") or len(records)
+    history = [{"rec_id": _rec_id(t), "trial": t.name, "metric": t.best_value, "status": _STATUS.get(t.status, t.status.lower()),
+                "specs": dict(t.params), "epochs": t.epochs_trained, "stopped_early": t.status == "STOPPED",
+                "recheck_of": t.recheck_of} for t in records]
+    front = []
+    if state.pareto:
+        by_name = {t.name: t for t in records}
+        front = [{"rec_id": trial_number(m["trial"]), "trial": m["trial"],
+                  "objective_values": {k: v for k, v in m.items() if k not in ("trial", "baseline")}}
+                 for m in state.pareto.get("front", []) if m["trial"] in by_name]
+    return {
+        "best": _entry(state, best),
+        "progress": {"completed": len(done), "total": int(total), "best_metric": best.best_value if best else None,
+                     "best_rec_id": _rec_id(best) if best else None, "algorithm": state.algorithm,
+                     "status": state.status.lower(), "epochs_trained": state.epochs_trained(),
+                     "budget_epochs": state.budget_epochs()},
+        "baseline": _entry(state, state.baseline()),
+        "final_evaluation": _final(state),
+        "history": history,
+        "pareto_front": front,
+    }
+
+
+def write_results(state: "SearchState") -> Path:
+    """`tao_results` to <results_dir>/results.json, atomically."""
+    import json
+
+    from segformer.fileio import atomic_write_text
+
+    path = Layout.of(state.results_dir).root / RESULTS_FILE
+    atomic_write_text(path, json.dumps(tao_results(state), indent=1, default=str) + "\n", sync=False)  # rebuilt from the ledger
+    return path
