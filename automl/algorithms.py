@@ -10,6 +10,7 @@ asha        Optuna TPE                                          `ASHAScheduler`
 hyperband   Optuna random sampler                               asynchronous HyperBand (`ASHAScheduler(brackets=n)`)
 hyperband_es Optuna random sampler                              the same, and learning-curve extrapolation (`automl.curves`)
 bohb        Optuna TPE                                          asynchronous HyperBand (`ASHAScheduler(brackets=n)`)
+dehb        differential evolution (`automl.dehb.DESampler`)      asynchronous HyperBand
 bfbo        Optuna GP, batch-aware (`GPSampler`: qLogEI)        none (FIFO)
 pbt         Optuna random sampler (initial population)          `PopulationBasedTraining` (`automl.pbt`)
 =========== =================================================== ==============================
@@ -27,7 +28,7 @@ given a configuration.
 TAO's BOHB is a TPE-like model on top of HyperBand; Ray's own BOHB needs hpbandster and
 ConfigSpace, so "bohb" here is TPE + HyperBand, the same combination without the extra packages.
 
-The model-based algorithms (TPE, GP) start with space-filling points (`startup_points`: a scrambled Sobol sequence)
+The model-based algorithms (TPE, GP, DE) start with space-filling points (`startup_points`: a scrambled Sobol sequence)
 after the baseline, half the configurations the search affords, then TPE models.
 
 The first trial is the spec's own configuration (the baseline) unless ``baseline_first`` is off:
@@ -51,9 +52,9 @@ from typing import Any
 from automl.options import SearchError, SearchOptions
 
 # Which Optuna sampler draws each algorithm's configurations (grid draws none).
-SAMPLERS = {"bayesian": "tpe", "asha": "tpe", "bohb": "tpe", "bfbo": "gp", "random": "random", "hyperband": "random",
-            "hyperband_es": "random", "pbt": "random"}
-MODELLED = ("tpe", "gp")  # samplers that model the results: they start after space-filling points (`startup_points`)
+SAMPLERS = {"bayesian": "tpe", "asha": "tpe", "bohb": "tpe", "bfbo": "gp", "dehb": "de", "random": "random",
+            "hyperband": "random", "hyperband_es": "random", "pbt": "random"}
+MODELLED = ("tpe", "gp", "de")  # samplers that model the results: they start after space-filling points (`startup_points`)
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class SearchPlan:
     param_space: dict[str, Any] | None  # only for preset points (grid, pbt): Ray checks them against it
 
 
-def sampler(algorithm: str, seed: int, startup: int = 3) -> Any:
+def sampler(algorithm: str, seed: int, startup: int = 3, search: Any = None) -> Any:
     """The Optuna sampler of `algorithm` (see SAMPLERS). TPE and GP model once `startup` trials have
     finished (the baseline and the space-filling points, `startup_points`). A parameter that only some
     configurations have (depends_on) is drawn by the GP's independent sampler, at random."""
@@ -75,6 +76,11 @@ def sampler(algorithm: str, seed: int, startup: int = 3) -> Any:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if SAMPLERS[algorithm] == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+    if SAMPLERS[algorithm] == "de":
+        from automl.dehb import DESampler
+
+        return DESampler(seed=seed, mutation_factor=getattr(search, "mutation_factor", 0.5),
+                         crossover_prob=getattr(search, "crossover_prob", 0.5))
     if SAMPLERS[algorithm] == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False,
                                          independent_sampler=optuna.samplers.RandomSampler(seed=seed))
@@ -178,7 +184,8 @@ def build_search(opts: SearchOptions, space: Any, baseline: dict[str, Any] | Non
         first = first + startup_points(space, startup_count(opts, budget), search.seed)
     searcher = OptunaSearch(space=space.define_by_run, metric=search.ranking_metric, mode=search.mode,
                             points_to_evaluate=[space.encode(p) for p in first],
-                            sampler=sampler(search.algorithm, search.seed, startup=max(3, len(first))), seed=search.seed)
+                            sampler=sampler(search.algorithm, search.seed, startup=max(3, len(first)), search=search),
+                            seed=search.seed)
     if budget is not None:
         return _budget_plan(opts, ConcurrencyLimiter(searcher, max_concurrent=slots), baseline, budget)
     scheduler: Any = FIFOScheduler()

@@ -34,11 +34,11 @@ __all__ = [
 ]
 
 # The algorithms this driver runs (TAO names), and TAO's short aliases.
-ALGORITHMS = ("bayesian", "random", "grid", "asha", "hyperband", "hyperband_es", "bohb", "bfbo", "pbt")
+ALGORITHMS = ("bayesian", "random", "grid", "asha", "hyperband", "hyperband_es", "bohb", "dehb", "bfbo", "pbt")
 ALGORITHM_ALIASES = {"b": "bayesian", "h": "hyperband", "hes": "hyperband_es"}
 # TAO algorithms this driver does not run (named as such when asked for).
-TAO_ONLY_ALGORITHMS = ("dehb", "llm", "hybrid", "autoresearch")
-MULTI_FIDELITY = ("asha", "hyperband", "hyperband_es", "bohb")  # trials stopped early by a HyperBand-family scheduler
+TAO_ONLY_ALGORITHMS = ("llm", "hybrid", "autoresearch")
+MULTI_FIDELITY = ("asha", "hyperband", "hyperband_es", "bohb", "dehb")  # trials stopped early by a HyperBand-family scheduler
 
 
 class SearchError(ValueError):
@@ -62,6 +62,8 @@ class SearchConfig:
     baseline_first: bool = True  # the first trial is the spec's own configuration (TAO run_baseline)
     grace_period: int | None = None  # asha/hyperband/bohb: units before a trial can be stopped (TAO automl_min_early_stop_epochs); None: ~1/9 of a trial's epochs with a budget, else 1
     reduction_factor: int = 3  # asha/hyperband/bohb: keep 1/reduction_factor per rung (TAO automl_reduction_factor)
+    mutation_factor: float = 0.5  # dehb: DE's scale factor F (TAO automl_mutation_factor)
+    crossover_prob: float = 0.5  # dehb: DE's crossover probability CR (TAO automl_crossover_prob)
     early_stop_threshold: float = 0.0  # hyperband_es: stop a trial whose extrapolated final falls short of the best by more (TAO automl_early_stop_threshold)
     population_size: int = 4  # pbt: trials in the population (TAO automl_population_size)
     perturbation_interval: int = 1  # pbt: epochs between exploit/explore steps (TAO automl_eval_interval)
@@ -270,6 +272,13 @@ class SearchOptions:
                f"(automl_max_recommendations) and size the search with --budget")
         _check(_number(s.perturbation_factor) and s.perturbation_factor > 1,
                f"perturbation_factor must be > 1, got {s.perturbation_factor!r}")
+        _check(_number(s.mutation_factor) and 0 < s.mutation_factor <= 2,
+               f"mutation_factor (automl_mutation_factor) must be in (0, 2], got {s.mutation_factor!r}")
+        _check(_number(s.crossover_prob) and 0 <= s.crossover_prob <= 1,
+               f"crossover_prob (automl_crossover_prob) must be in [0, 1], got {s.crossover_prob!r}")
+        _check(_number(s.early_stop_threshold) and s.early_stop_threshold >= 0,
+               f"early_stop_threshold (automl_early_stop_threshold) must be >= 0 in the metric's units, "
+               f"got {s.early_stop_threshold!r}")
         for section in (s, self.promotion, self.tracking):
             for f in dataclasses.fields(section):
                 if f.type == "bool":

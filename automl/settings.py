@@ -9,7 +9,7 @@ It accepts TAO's keys (``automl_algorithm``, ``automl_max_recommendations``, ``a
 ``automl_population_size``/``automl_eval_interval``/``automl_perturbation_factor``, ...), TAO's nested
 ``algorithm_specific_params`` and our own option names. Every accepted key has an effect; unknown
 keys are an error naming the closest valid key; TAO keys that have no meaning here (LLM endpoints,
-DEHB/BOHB internals) are a warning that names them. ``options_from_settings(file, cli, ...)``
+DEHB's generations, BOHB internals) are a warning that names them. ``options_from_settings(file, cli, ...)``
 applies the command line over the file and returns validated `SearchOptions`.
 """
 
@@ -86,6 +86,8 @@ _TAO_KEYS: dict[str, str | None] = {
     "direction": "mode",
     "automl_min_early_stop_epochs": "grace_period",
     "automl_early_stop_threshold": "early_stop_threshold",
+    "automl_mutation_factor": "mutation_factor",
+    "automl_crossover_prob": "crossover_prob",
     "automl_population_size": "population_size",
     "automl_eval_interval": "perturbation_interval",
     "automl_perturbation_factor": "perturbation_factor",
@@ -95,8 +97,6 @@ _TAO_KEYS: dict[str, str | None] = {
     # TAO settings with no counterpart in this driver (Ray Tune + Optuna).
     "automl_enabled": None,
     "automl_max_generations": None,
-    "automl_mutation_factor": None,
-    "automl_crossover_prob": None,
     "automl_kde_samples": None,
     "automl_top_n_percent": None,
     "automl_min_points_in_model": None,

@@ -76,11 +76,12 @@ def _check_common(state, max_epochs: int) -> None:
             raise AssertionError(f"{t.name} ended {t.status}: {t.error}")
 
 
-@pytest.mark.parametrize("algorithm", ["random", "asha", "hyperband", "hyperband_es", "bohb", "bfbo"])
+@pytest.mark.parametrize("algorithm", ["random", "asha", "hyperband", "hyperband_es", "bohb", "dehb", "bfbo"])
 def test_algorithm_runs(algorithm, dataset, tmp_path, ray_session):
     import automl
 
-    trials, epochs = {"asha": (4, 3), "hyperband_es": (3, 4)}.get(algorithm, (3, 2))  # hyperband_es fits from epoch 3
+    # hyperband_es fits curves from epoch 3; dehb breeds from 4 finished trials (after the baseline and 3 startup points)
+    trials, epochs = {"asha": (4, 3), "hyperband_es": (3, 4), "dehb": (5, 2)}.get(algorithm, (3, 2))
     outcome = automl.run(_options(tmp_path / algorithm, dataset, algorithm=algorithm, max_trials=trials,
                                   max_epochs=epochs), echo=lambda _: None)
     state = outcome.state

@@ -107,7 +107,7 @@ def test_inapplicable_tao_key_warns() -> None:
 
 def test_unknown_algorithm_lists_valid() -> None:
     with pytest.raises(SettingsError, match=f"valid: {', '.join(ALGORITHMS)}") as caught:
-        options_from_settings({"automl_algorithm": "dehb"}, {})
+        options_from_settings({"automl_algorithm": "llm"}, {})
     assert "a TAO algorithm this driver does not run" in str(caught.value)
     assert options_from_settings({"automl_algorithm": "b"}, {}).search.algorithm == "bayesian"
     with pytest.raises(SearchError, match="did you mean 'hyperband'"):
