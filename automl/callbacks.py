@@ -62,6 +62,7 @@ class LiveSearch:
     echo: Callable[[str], None] | None = None  # where the budget's progress lines go (None: nowhere)
     pace: Any = None  # automl.progress.Pace of this fit (the budget's time left)
     repeated: dict[str, bool] = field(default_factory=dict)  # trial id -> its last result repeated an epoch unchanged
+    epochs_at_start: int = 0  # epochs the ledger held when this driver started (more than 0: a resumed search)
     _next: float = 0.0  # share of the budget at which the next progress line is due
 
     @property
@@ -82,7 +83,7 @@ class LiveSearch:
         total = self.state.budget_epochs() or 0
         if left is None or done - self.pace.start[1] < 2 or done / max(1, total) < self._next:
             return
-        elapsed, before = time.time() - self.pace.start[0], self.pace.start[1]
+        elapsed, before = time.time() - self.pace.start[0], self.epochs_at_start
         spent = f", {done - before} of them in {span(elapsed)} since the resume" if before else f" in {span(elapsed)}"
         self.echo(f"automl: budget {done}/{total} epochs{spent}; about {span(left)} left at this pace")
         self._next = (int(done / max(1, total) * 10) + 1) / 10

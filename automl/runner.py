@@ -330,7 +330,7 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, session: Any, *,
     early = EarlyPromotion.for_search(opts, expected, session.slots())
     search = LiveSearch(state, tracker, epochs=int(opts.search.trial_epochs or 0),
                         prune=opts.tracking.delete_intermediate_checkpoints, early=early,
-                        console=LiveTable(echo) if live else None, echo=echo)
+                        console=LiveTable(echo) if live else None, echo=echo, epochs_at_start=state.epochs_trained())
     # Ray Tune's own SIGINT handler would end `fit()` normally, and the search would be ranked,
     # promoted and closed as FINISHED although trials were cut. Ctrl-C and SIGTERM raise
     # KeyboardInterrupt here instead, and the search resumes like one whose driver was killed.

@@ -171,6 +171,7 @@ def test_a_budgeted_search_keeps_its_budget_and_rechecks(budget_search) -> None:
     assert counted == state.epochs_trained() <= 20
     assert any("budget 20 epochs (5 trainings of 4, 8 of them for the re-check)" in line for line in lines)
     assert any(line.startswith("automl: budget ") and "left at this pace" in line for line in lines)
+    assert not any("since the resume" in line for line in lines)  # a fresh search, not a resumed one
     baseline = state.baseline()
     assert baseline.epochs_trained == 4  # the reference always trains in full
     searched = {k for t in state.trials.values() for k in t.params}
