@@ -10,7 +10,8 @@ value so far is fitted with two saturating models of the epoch t,
 and extrapolated to the trial's last epoch. When even the more optimistic of the two fits ends short
 of the best value any trial has reached by more than ``threshold`` (TAO's
 ``automl_early_stop_threshold``, in the metric's units), the trial is stopped: it cannot beat the
-current best. A curve too short or too ragged to fit is left alone, and so is the best trial itself.
+current best. A curve too short or too ragged to fit is left alone, and so are the best trial itself
+and the trainings an epoch budget runs in full (the baseline, the re-check's).
 
 The fits see only a trial's past, so they share HyperBand's blind spot under a decaying learning
 rate (a late climb the curve does not yet show, `automl.budget`): the optimistic model and the
@@ -25,7 +26,7 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from automl.budget import BudgetASHA
+from automl.budget import FULL, BudgetASHA
 
 MIN_POINTS = 3  # epochs a fit needs (three parameters)
 
@@ -87,8 +88,9 @@ class _CurveStops:
         curve.append((float(epoch), value))
         leader = self._best is None or value >= self._best
         self._best = value if leader else self._best
-        if decision != TrialScheduler.CONTINUE or leader or len(curve) < self.curve_min_epochs:
-            return decision
+        if (decision != TrialScheduler.CONTINUE or leader or len(curve) < self.curve_min_epochs
+                or getattr(trial, "config", {}).get(FULL)):
+            return decision  # the baseline and the re-check trainings train in full (`automl.budget`)
         predicted = extrapolate([e for e, _ in curve], [v for _, v in curve], float(self._max_t))  # type: ignore[attr-defined]
         if predicted is not None and predicted + self.curve_threshold < self._best:
             self.curve_stops[trial.trial_id] = {"epoch": float(epoch), "predicted": sign * predicted, "best": sign * self._best}

@@ -46,6 +46,12 @@ def test_a_trial_whose_curve_cannot_reach_the_best_is_stopped_and_a_climbing_one
     assert _feed(scheduler, laggard, [0.10, 0.15, 0.17]) == [TrialScheduler.CONTINUE] * 2 + [TrialScheduler.STOP]
     stop = scheduler.curve_stops["laggard"]
     assert stop["epoch"] == 3 and stop["predicted"] < 0.3 and stop["best"] == 0.75
+    # the same curve in a trial the budget trains in full (the baseline, a re-check) is never cut
+    from automl.budget import FULL
+
+    full = SimpleNamespace(trial_id="recheck", config={FULL: True})
+    scheduler.on_trial_add(None, full)
+    assert set(_feed(scheduler, full, [0.10, 0.15, 0.17])) == {TrialScheduler.CONTINUE}
     # behind the leader now, but rising fast enough to pass it by epoch 20
     assert set(_feed(scheduler, climber, [0.35, 0.55, 0.66])) == {TrialScheduler.CONTINUE}
     assert "climber" not in scheduler.curve_stops
