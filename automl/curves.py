@@ -1,7 +1,7 @@
 """hyperband_es: asynchronous HyperBand whose early stopping also extrapolates each learning curve.
 
 HyperBand's rungs compare trials with each other at a few fixed epochs. hyperband_es (TAO's name)
-adds a look at each trial's own curve at every epoch from ``min_epochs`` on: the curve of its best
+adds a look at each trial's own curve at every epoch from ``min_epochs`` on (and its third report): the curve of its best
 value so far is fitted with two saturating models of the epoch t,
 
 - a power law, ``y = a - b * t**(-c)``, and
@@ -10,7 +10,7 @@ value so far is fitted with two saturating models of the epoch t,
 and extrapolated to the trial's last epoch. When even the more optimistic of the two fits ends short
 of the best value any trial has reached by more than ``threshold`` (TAO's
 ``automl_early_stop_threshold``, in the metric's units), the trial is stopped: it cannot beat the
-current best. A curve too short or too ragged to fit is left alone, and so are the best trial itself
+current best. A curve too short, flat so far or too ragged to fit is left alone, and so are the best trial itself
 and the trainings an epoch budget runs in full (the baseline, the re-check's).
 
 The fits see only a trial's past, so they share HyperBand's blind spot under a decaying learning
@@ -51,8 +51,8 @@ def extrapolate(epochs: list[float], values: list[float], to: float) -> float | 
         return None
     t, y = np.asarray(epochs, dtype=float), np.asarray(values, dtype=float)
     span = float(y.max() - y.min())
-    if span <= 0:  # a flat curve: it stays where it is
-        return float(y[-1])
+    if span <= 0:  # flat so far (a warm-up, a plateau): nothing to extrapolate from, never a reason to stop
+        return None
     predictions = []
     for model, start in ((_power, (y[-1] + span, span, 0.5)), (_exponential, (y[-1] + span, span, 0.1))):
         try:
@@ -81,14 +81,14 @@ class _CurveStops:
         decision = super().on_trial_result(tune_controller, trial, result)  # type: ignore[misc]
         sign = 1.0 if self._mode == "max" else -1.0  # type: ignore[attr-defined]
         value, epoch = result.get(self._metric), result.get(self._time_attr)  # type: ignore[attr-defined]
-        if value is None or epoch is None:
-            return decision
+        if value is None or epoch is None or not math.isfinite(float(value)):
+            return decision  # a NaN must not become the best every curve is measured against
         value = sign * float(value)
         curve = self._curves.setdefault(trial.trial_id, [])
         curve.append((float(epoch), value))
         leader = self._best is None or value >= self._best
         self._best = value if leader else self._best
-        if (decision != TrialScheduler.CONTINUE or leader or len(curve) < self.curve_min_epochs
+        if (decision != TrialScheduler.CONTINUE or leader or epoch < self.curve_min_epochs or len(curve) < MIN_POINTS
                 or getattr(trial, "config", {}).get(FULL)):
             return decision  # the baseline and the re-check trainings train in full (`automl.budget`)
         predicted = extrapolate([e for e, _ in curve], [v for _, v in curve], float(self._max_t))  # type: ignore[attr-defined]

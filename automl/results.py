@@ -16,7 +16,8 @@ runs (`automl.state`). ``automl status DIR --json`` prints it, made afresh from 
 - ``final_evaluation``: ``status`` (done, skipped, pending), ``reason``, ``metric_value`` (the
   promoted model on the test split), ``baseline_metric_value``, ``split``, ``record_path``;
 - ``history``: one entry per trial in order: ``rec_id``, ``metric`` (best value, null without one),
-  ``status`` (success, failure, running, pending, killed), ``specs``, ``epochs``, and ours:
+  ``status`` (success, failure, running, pending, killed; infeasible: over the latency limit,
+  trained nothing), ``specs``, ``epochs``, and ours:
   ``trial``, ``stopped_early``, ``recheck_of``;
 - ``pareto_front``: with --objectives, the members of the front (``rec_id``, ``objective_values``);
   else an empty list.
@@ -41,13 +42,17 @@ def _rec_id(record: "TrialRecord") -> int | None:
     return trial_number(record.name)
 
 
+def _objectives(state: "SearchState") -> list[str]:
+    """The objectives' names: the metric, and with --objectives the cost it is traded against."""
+    named = [o.split(":")[0] for o in (state.pareto or {}).get("objectives", [])]
+    return [state.metric] + [n for n in named if n != state.metric]
+
+
 def _entry(state: "SearchState", record: "TrialRecord | None") -> dict[str, Any] | None:
     if record is None:
         return None
-    objectives = {state.metric: record.best_value}
-    for key, value in (record.latency or {}).items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            objectives[key] = value
+    objectives = {name: record.best_value if name == state.metric else (record.latency or {}).get(name)
+                  for name in _objectives(state)}
     return {"rec_id": _rec_id(record), "trial": record.name, "specs": dict(record.params),
             "metric_value": record.best_value, "objective_values": objectives}
 
@@ -73,14 +78,15 @@ def tao_results(state: "SearchState") -> dict[str, Any]:
     done = [t for t in records if t.status in ("FINISHED", "STOPPED", "FAILED", "KILLED")]
     options = (state.settings or {}).get("search") or {}
     total = options.get("max_trials") or len(records)
-    history = [{"rec_id": _rec_id(t), "trial": t.name, "metric": t.best_value, "status": _STATUS.get(t.status, t.status.lower()),
+    history = [{"rec_id": _rec_id(t), "trial": t.name, "metric": t.best_value,
+                "status": "infeasible" if t.infeasible else _STATUS.get(t.status, t.status.lower()),
                 "specs": dict(t.params), "epochs": t.epochs_trained, "stopped_early": t.status == "STOPPED",
                 "recheck_of": t.recheck_of} for t in records]
     front = []
     if state.pareto:
         by_name = {t.name: t for t in records}
         front = [{"rec_id": trial_number(m["trial"]), "trial": m["trial"],
-                  "objective_values": {k: v for k, v in m.items() if k not in ("trial", "baseline")}}
+                  "objective_values": {k: m.get(k) for k in _objectives(state)}}
                  for m in state.pareto.get("front", []) if m["trial"] in by_name]
     return {
         "best": _entry(state, best),
@@ -96,11 +102,9 @@ def tao_results(state: "SearchState") -> dict[str, Any]:
 
 
 def write_results(state: "SearchState") -> Path:
-    """`tao_results` to <results_dir>/results.json, atomically."""
-    import json
-
-    from segformer.fileio import atomic_write_text
+    """`tao_results` to <results_dir>/results.json, atomically (NaN and infinities as null)."""
+    from segformer.fileio import atomic_write_json
 
     path = Layout.of(state.results_dir).root / RESULTS_FILE
-    atomic_write_text(path, json.dumps(tao_results(state), indent=1, default=str) + "\n", sync=False)  # rebuilt from the ledger
+    atomic_write_json(path, tao_results(state), sync=False, default=str)  # not fsynced: rebuilt from the ledger
     return path

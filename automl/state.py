@@ -23,6 +23,7 @@ last whole write, as it can Ray's own state files, which Ray does not fsync eith
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ from typing import Any
 
 from automl.layout import Layout
 from segformer.fileio import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 COMPACT_MIN = 64  # journal entries before a compaction, at the least (then: as many as there are trials)
 COMPACT_S = 5.0  # and at most this old a whole file for whoever reads it raw, while its writes cost under 5%
@@ -137,13 +140,16 @@ class SearchState:
         self.updated_at = time.time()
         self.journal_seq = self._seq
         atomic_write_text(self.path, json.dumps(asdict(self), indent=1, sort_keys=False, default=str))
+        self._entries, self._appended = 0, False
+        self.journal_path.unlink(missing_ok=True)  # killed before this: `load` skips entries <= journal_seq
         from automl.results import write_results
 
-        write_results(self)  # results.json, TAO's results contract, follows the whole ledger (timed with it)
-        self._entries, self._appended = 0, False
+        try:  # results.json, TAO's results contract: a view of the ledger, never a reason to lose it
+            write_results(self)
+        except Exception as err:  # noqa: BLE001
+            log.warning("could not write results.json in %s: %s", self.results_dir, err)
         self._saved_at = time.monotonic()
         self._save_s = self._saved_at - started
-        self.journal_path.unlink(missing_ok=True)  # killed before this: `load` skips entries <= journal_seq
 
     def save_trial(self, record: TrialRecord) -> None:
         """One trial's change: its record appended to the journal, or the whole ledger rewritten

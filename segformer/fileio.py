@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -54,13 +55,15 @@ def atomic_write_text(path: str | Path, text: str, *, sync: bool = True) -> Path
     return atomic_write_bytes(path, text.encode("utf-8"), sync=sync)
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    """Pretty, structured JSON (never a stringified dict); NaN is written as null."""
-    return atomic_write_text(path, json.dumps(_nan_to_none(obj), indent=2) + "\n")
+def atomic_write_json(path: str | Path, obj: Any, *, sync: bool = True, default: Any = None) -> Path:
+    """Pretty, structured JSON (never a stringified dict); NaN and infinities are written as null
+    (JSON has no literal for them: strict parsers reject Python's NaN/Infinity)."""
+    return atomic_write_text(path, json.dumps(_nan_to_none(obj), indent=2, default=default, allow_nan=False) + "\n",
+                             sync=sync)
 
 
 def _nan_to_none(obj: Any) -> Any:
-    if isinstance(obj, float) and obj != obj:
+    if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
         return {key: _nan_to_none(value) for key, value in obj.items()}

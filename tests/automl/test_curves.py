@@ -16,7 +16,7 @@ def test_a_saturating_curve_is_extrapolated_to_its_plateau() -> None:
     assert predicted == pytest.approx(0.8 - 0.5 * 20 ** -0.7, abs=0.01)
     assert predicted > values[-1]  # still rising: the fit does not stop at the last point
     assert extrapolate([1, 2], [0.3, 0.4], 20) is None  # too short to fit three parameters
-    assert extrapolate([1, 2, 3], [0.5, 0.5, 0.5], 20) == 0.5  # flat stays flat
+    assert extrapolate([1, 2, 3], [0.5, 0.5, 0.5], 20) is None  # flat so far: nothing to extrapolate
 
 
 def _scheduler(threshold: float = 0.0):
@@ -55,6 +55,18 @@ def test_a_trial_whose_curve_cannot_reach_the_best_is_stopped_and_a_climbing_one
     # behind the leader now, but rising fast enough to pass it by epoch 20
     assert set(_feed(scheduler, climber, [0.35, 0.55, 0.66])) == {TrialScheduler.CONTINUE}
     assert "climber" not in scheduler.curve_stops
+
+
+def test_a_nan_result_does_not_switch_the_check_off() -> None:
+    from ray.tune.schedulers import TrialScheduler
+
+    scheduler = _scheduler()
+    broken, leader, laggard = (SimpleNamespace(trial_id=name) for name in ("broken", "leader", "laggard"))
+    for trial in (broken, leader, laggard):
+        scheduler.on_trial_add(None, trial)
+    _feed(scheduler, broken, [float("nan")])  # the first result of the search
+    _feed(scheduler, leader, [0.3, 0.5, 0.6, 0.7, 0.75])
+    assert _feed(scheduler, laggard, [0.10, 0.15, 0.17])[-1] == TrialScheduler.STOP
 
 
 def test_the_threshold_spares_a_trial_close_to_the_best() -> None:
