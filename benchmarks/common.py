@@ -121,6 +121,15 @@ def write_section(title: str, body: str, path: Path = RESULTS) -> None:
     print(f"updated {path} ({title})")
 
 
+def publish(json_name: str, data: Any, title: str, text: str, write: bool = True) -> None:
+    """A benchmark's last step: its raw data to benchmarks/results/`json_name`, its section printed
+    and (unless `write` is off: --no-write) written to RESULTS.md."""
+    save_json(json_name, data)
+    print(text)
+    if write:
+        write_section(title, text)
+
+
 def save_json(name: str, data: Any) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / name

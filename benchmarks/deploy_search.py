@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS_DIR, ROOT, machine_line, save_json, write_section
+from benchmarks.common import RESULTS_DIR, ROOT, machine_line, publish
 from benchmarks.search_quality import DATASETS, ENV, prepare, status_epochs
 
 TITLE = "Deploy search"
@@ -112,11 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if plot.is_file():
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         shutil.copy2(plot, RESULTS_DIR / "deploy_search_pareto.png")
-    save_json("deploy_search.json", rows)
-    text = render(args.dataset, rows, limited)
-    print(text)
-    if not args.no_write:
-        write_section(TITLE, text)
+    publish("deploy_search.json", rows, TITLE, render(args.dataset, rows, limited), write=not args.no_write)
     return 0
 
 

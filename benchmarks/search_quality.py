@@ -16,7 +16,8 @@ For each dataset (real ones from `benchmarks.realdata`, and the hard synthetic s
 
 The test split took no part in any decision of the searches (they rank on the validation split).
 Plain seeds and searches train one thread per trial. Results: benchmarks/RESULTS.md ("Search
-quality") and benchmarks/results/search_quality.json; --resume reuses finished runs' folders.
+quality") and benchmarks/results/search_quality.json; --resume reuses finished runs' folders and the plain seeds
+already recorded.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, machine_line, save_json, write_section
+from benchmarks.common import ROOT, machine_line, publish
 
 TITLE = "Search quality"
 WORK = ROOT / "build" / "bench" / "search_quality"
@@ -251,7 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(raw.read_text())
     for name in names:
         data = results.setdefault(name, {"plain": [], "searches": {}})
-        data["plain"] = [plain(name, seed, args.resume) for seed in range(args.seeds)]
+        # --resume keeps the plain seeds already recorded (their folders may be gone): training them
+        # again would move the "best plain" bar by CPU run-to-run noise under the searches it scores.
+        recorded = {p["seed"]: p for p in data["plain"]} if args.resume else {}
+        data["plain"] = [recorded.get(seed) or plain(name, seed, args.resume) for seed in range(args.seeds)]
         print(f"{name}: plain test mIoU {[round(p['test_miou'], 4) for p in data['plain']]}", flush=True)
         raw.parent.mkdir(parents=True, exist_ok=True)
         raw.write_text(json.dumps(results, indent=1))
@@ -261,11 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} {key}: promoted {row['promoted']} test mIoU {row['test_miou']}, "
                   f"{row['epochs']} epochs", flush=True)
             raw.write_text(json.dumps(results, indent=1))
-    save_json("search_quality.json", results)
-    text = render(results)
-    print(text)
-    if not args.no_write:
-        write_section(TITLE, text)
+    publish("search_quality.json", results, TITLE, render(results), write=not args.no_write)
     return 0
 
 

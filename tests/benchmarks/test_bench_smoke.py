@@ -183,6 +183,23 @@ def test_search_quality_counts_epochs_from_status_files_and_renders(tmp_path):
     assert "| real | default | 2 | 0.630 (0.620..0.640) | +0.020 |" in text and "| real | random | 1 |" not in text
 
 
+def test_fidelity_rank_starts_from_the_spec_and_spreads_the_rest_around_it(tmp_path):
+    """The spec's own optimizer values come first; the others cover a decade either side of its lr
+    (each half of the log range gets some) and weight decays in [0, 0.1]; the table reads each row."""
+    from benchmarks.fidelity_rank import configurations, render
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("train:\n  optim: {lr: 0.001, weight_decay: 0.02}\n")
+    configs = configurations(spec, 10)
+    assert configs[0] == {"lr": 0.001, "weight_decay": 0.02} and len(configs) == 10
+    lrs = [c["lr"] for c in configs[1:]]
+    assert all(1e-4 <= v <= 1e-2 for v in lrs) and min(lrs) < 3e-4 and max(lrs) > 3e-3
+    assert all(0 <= c["weight_decay"] <= 0.1 for c in configs[1:]) and len(set(lrs)) == 9
+    row = {"fidelity": "short: a 2-epoch training", "spearman": 0.7, "best_in_top_third": True, "regret": 0.0, "scores": []}
+    text = render({"real": {"configs": configs, "full": [0.5, 0.6], "rows": [row], "epochs_per_config": 48}})
+    assert "| short: a 2-epoch training | +0.70 | yes | 0.0000 |" in text and "best full val mIoU 0.6000" in text
+
+
 def test_deploy_search_renders_both_searches_against_the_limit():
     """The table names each search's promoted architecture, latency and test mIoU, and the ratio of
     the two latencies."""
