@@ -79,8 +79,8 @@ def sampler(algorithm: str, seed: int, startup: int = 3, search: Any = None) -> 
     if SAMPLERS[algorithm] == "de":
         from automl.dehb import DESampler
 
-        return DESampler(seed=seed, mutation_factor=getattr(search, "mutation_factor", 0.5),
-                         crossover_prob=getattr(search, "crossover_prob", 0.5))
+        rates = {} if search is None else {"mutation_factor": search.mutation_factor, "crossover_prob": search.crossover_prob}
+        return DESampler(seed=seed, **rates)
     if SAMPLERS[algorithm] == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False,
                                          independent_sampler=optuna.samplers.RandomSampler(seed=seed))
@@ -165,7 +165,7 @@ def build_search(opts: SearchOptions, space: Any, baseline: dict[str, Any] | Non
     the search runs no baseline. `budget` (`automl.budget.EpochBudget`): the epoch budget decides
     how many trials start and stops them when it is spent (`automl.budget.BudgetSearcher`).
     """
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
@@ -190,41 +190,45 @@ def build_search(opts: SearchOptions, space: Any, baseline: dict[str, Any] | Non
         return _budget_plan(opts, ConcurrencyLimiter(searcher, max_concurrent=slots), baseline, budget)
     scheduler: Any = FIFOScheduler()
     if search.multi_fidelity:
-        max_t, grace = int(search.trial_epochs or 1), (search.grace_period or 1) * search.epoch_multiplier
-        # asha: one bracket. hyperband/bohb: asynchronous HyperBand (Li et al., "A System for Massively
-        # Parallel Hyperparameter Tuning"): several successive-halving brackets with different minimum
-        # budgets, promoting as results arrive. Ray's synchronous HyperBandScheduler waits for a whole
-        # bracket to report before it cuts anyone, so with one or two trials at a time it stopped
-        # nothing (measured in benchmarks/search_efficiency: 78 of 78 trials ran their full budget).
-        brackets = 1 if search.algorithm == "asha" else hyperband_brackets(max_t, grace, search.reduction_factor)
-        kwargs = dict(time_attr="epoch", metric=search.ranking_metric, mode=search.mode, max_t=max_t,
-                      grace_period=min(grace, max_t), reduction_factor=search.reduction_factor, brackets=brackets)
-        if search.algorithm == "hyperband_es":
-            from automl.curves import CurveASHA
-
-            scheduler = CurveASHA(min(grace, max_t), search.early_stop_threshold, **kwargs)
-        else:
-            scheduler = ASHAScheduler(**kwargs)
+        scheduler = _halving(search, int(search.trial_epochs or 1), (search.grace_period or 1) * search.epoch_multiplier)
     return SearchPlan(ConcurrencyLimiter(searcher, max_concurrent=slots), scheduler, search.max_trials, None)
+
+
+def _halving(search: Any, max_t: int, grace: int, budget: Any = None, results_dir: str = "") -> Any:
+    """The scheduler of a multi-fidelity algorithm; with `budget`, the one that also keeps to it.
+
+    asha: one bracket. hyperband, bohb, dehb, hyperband_es: asynchronous HyperBand (Li et al., "A
+    System for Massively Parallel Hyperparameter Tuning"): several successive-halving brackets with
+    different minimum budgets, promoting as results arrive. Ray's synchronous HyperBandScheduler waits
+    for a whole bracket to report before it cuts anyone, so with one or two trials at a time it stopped
+    nothing (measured in benchmarks/search_efficiency: 78 of 78 trials ran their full budget).
+    hyperband_es also stops trials by their extrapolated learning curves (`automl.curves`).
+    """
+    from ray.tune.schedulers import ASHAScheduler
+
+    from automl import curves
+    from automl.budget import BudgetASHA
+
+    grace = min(grace, max_t)
+    brackets = 1 if search.algorithm == "asha" else hyperband_brackets(max_t, grace, search.reduction_factor)
+    kwargs = dict(time_attr="epoch", metric=search.ranking_metric, mode=search.mode, max_t=max_t,
+                  grace_period=grace, reduction_factor=search.reduction_factor, brackets=brackets)
+    curve = (grace, search.early_stop_threshold)
+    if budget is None:
+        return curves.CurveASHA(*curve, **kwargs) if search.algorithm == "hyperband_es" else ASHAScheduler(**kwargs)
+    if search.algorithm == "hyperband_es":
+        return curves.BudgetCurveASHA(results_dir, budget, *curve, **kwargs)
+    return BudgetASHA(results_dir, budget, **kwargs)
 
 
 def _budget_plan(opts: SearchOptions, searcher: Any, baseline: dict[str, Any] | None, budget: Any) -> SearchPlan:
     """A search the epoch budget sizes: Tune asks until the searcher says FINISHED."""
-    from automl.budget import BudgetASHA, BudgetFIFO, BudgetSearcher, infeasible_cap
+    from automl.budget import BudgetFIFO, BudgetSearcher, infeasible_cap
 
     search, results_dir = opts.search, str(opts.results_dir)
     wrapped = BudgetSearcher(searcher, results_dir, budget, baseline, search.ranking_metric, search.mode)
     if search.multi_fidelity:
-        max_t = budget.trial_epochs
-        brackets = 1 if search.algorithm == "asha" else hyperband_brackets(max_t, budget.first_rung, search.reduction_factor)
-        kwargs = dict(time_attr="epoch", metric=search.ranking_metric, mode=search.mode, max_t=max_t,
-                      grace_period=budget.first_rung, reduction_factor=search.reduction_factor, brackets=brackets)
-        if search.algorithm == "hyperband_es":
-            from automl.curves import BudgetCurveASHA
-
-            scheduler: Any = BudgetCurveASHA(results_dir, budget, budget.first_rung, search.early_stop_threshold, **kwargs)
-        else:
-            scheduler = BudgetASHA(results_dir, budget, **kwargs)
+        scheduler: Any = _halving(search, budget.trial_epochs, budget.first_rung, budget, results_dir)
     else:
         scheduler = BudgetFIFO(results_dir, budget)
     # Every trial trains at least its first rung: the budget can never start more than this, besides
