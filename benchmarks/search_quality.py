@@ -16,8 +16,8 @@ For each dataset (real ones from `benchmarks.realdata`, and the hard synthetic s
 
 The test split took no part in any decision of the searches (they rank on the validation split).
 Plain seeds and searches train one thread per trial. Results: benchmarks/RESULTS.md ("Search
-quality") and benchmarks/results/search_quality.json; --resume reuses finished runs' folders and the plain seeds
-already recorded.
+quality") and benchmarks/results/search_quality.json; --resume reuses finished runs' folders, and the plain
+seeds and searches already recorded whose folders are gone.
 """
 
 from __future__ import annotations
@@ -98,12 +98,16 @@ def search_key(algorithm: str, seed: int) -> str:
     return algorithm if seed == 0 else f"{algorithm}@{seed}"
 
 
+def search_dir(name: str, key: str) -> Path:
+    return WORK / name / f"search_{key.replace('@', '_s')}"
+
+
 def search(name: str, algorithm: str, budget: float, resume: bool, seed: int = 0) -> dict[str, Any]:
     """`automl run` with the defaults (algorithm "default") or --algorithm X, at `budget`; `seed` is
     the search's own seed (``automl run --seed``: the sampler's draws), not the trainings'."""
     spec, overrides = DATASETS[name]["spec"], DATASETS[name]["overrides"]
     key = search_key(algorithm, seed)
-    out = WORK / name / f"search_{key.replace('@', '_s')}"
+    out = search_dir(name, key)
     state_file = out / "automl_state.json"
     finished = state_file.is_file() and json.loads(state_file.read_text()).get("status") == "FINISHED"
     wall = None
@@ -261,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         raw.write_text(json.dumps(results, indent=1))
         for algorithm, seed in [(a.strip(), k) for k in range(args.search_seeds) for a in args.algorithms.split(",") if a.strip()]:
             key = search_key(algorithm, seed)
+            if args.resume and key in data["searches"] and not search_dir(name, key).is_dir():
+                continue  # recorded by an earlier run whose folder is gone: kept as recorded
             data["searches"][key] = row = search(name, algorithm, args.budget, args.resume, seed)
             print(f"{name} {key}: promoted {row['promoted']} test mIoU {row['test_miou']}, "
                   f"{row['epochs']} epochs", flush=True)
