@@ -190,7 +190,8 @@ def build_search(opts: SearchOptions, space: Any, baseline: dict[str, Any] | Non
         return _budget_plan(opts, ConcurrencyLimiter(searcher, max_concurrent=slots), baseline, budget)
     scheduler: Any = FIFOScheduler()
     if search.multi_fidelity:
-        scheduler = _halving(search, int(search.trial_epochs or 1), (search.grace_period or 1) * search.epoch_multiplier)
+        scheduler = _halving(search, int(search.trial_epochs or 1), (search.grace_period or 1) * search.epoch_multiplier,
+                             results_dir=str(opts.results_dir))
     return SearchPlan(ConcurrencyLimiter(searcher, max_concurrent=slots), scheduler, search.max_trials, None)
 
 
@@ -215,7 +216,7 @@ def _halving(search: Any, max_t: int, grace: int, budget: Any = None, results_di
                   grace_period=grace, reduction_factor=search.reduction_factor, brackets=brackets)
     curve = (grace, search.early_stop_threshold)
     if budget is None:
-        return curves.CurveASHA(*curve, **kwargs) if search.algorithm == "hyperband_es" else ASHAScheduler(**kwargs)
+        return curves.CurveASHA(*curve, results_dir, **kwargs) if search.algorithm == "hyperband_es" else ASHAScheduler(**kwargs)
     if search.algorithm == "hyperband_es":
         return curves.BudgetCurveASHA(results_dir, budget, *curve, **kwargs)
     return BudgetASHA(results_dir, budget, **kwargs)

@@ -184,6 +184,15 @@ def _live_state(results_dir: str) -> SearchState | None:
     return live.state if live is not None else None
 
 
+def note_stop(results_dir: str, trial_id: str, why: str) -> None:
+    """Record why a scheduler stops a trial early ("rung: ...", "curve: ...", "budget: ..."): the
+    ledger saves it with the result that stops it; `automl status` and MLflow show it."""
+    state = _live_state(results_dir)
+    record = state.trials.get(trial_id) if state is not None else None
+    if record is not None:
+        record.stopped_by = why
+
+
 def _reserved(state: SearchState, budget: EpochBudget) -> int:
     """Epochs the baseline still has to train (it always trains its full epochs)."""
     baseline = state.baseline()
@@ -327,8 +336,13 @@ class _BudgetStops:
             return TrialScheduler.CONTINUE if epoch < self.budget.trial_epochs else decision
         state = _live_state(self.results_dir)
         if decision == TrialScheduler.CONTINUE and state is not None:
-            if committed(state, self.budget, trial.trial_id, epoch) + self.budget.step > search_share(state, self.budget):
-                return TrialScheduler.STOP  # its next epochs would overrun the search's share
+            share = search_share(state, self.budget)
+            if committed(state, self.budget, trial.trial_id, epoch) + self.budget.step > share:
+                note_stop(self.results_dir, trial.trial_id, f"budget: its next epochs would overrun the search's {share} epochs")
+                return TrialScheduler.STOP
+        elif decision == TrialScheduler.STOP and epoch < self.budget.trial_epochs:
+            eta = getattr(self, "_reduction_factor", None)
+            note_stop(self.results_dir, trial.trial_id, f"rung: not in the best 1/{eta:g} at epoch {epoch}" if eta else f"rung: at epoch {epoch}")
         return decision
 
 

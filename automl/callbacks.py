@@ -218,6 +218,7 @@ class LedgerCallback(_Bound, Callback):
             # Ray marks the result on which a scheduler or stopper ended the trial (a trial that ends on
             # its own finishes without another result): stopped early unless it reached its budget.
             self._stopped.add(trial.trial_id)
+            record.stopped_by = record.stopped_by or f"stopped by Ray's scheduler at epoch {epoch}"  # one that gave no reason
         if is_best and trial.checkpoint is not None:
             record.checkpoint = trial.checkpoint.path
         self.live.state.save_trial(record)
@@ -289,6 +290,7 @@ class MlflowCallback(_Bound, Callback):
             # MLflow has no "stopped" status: FINISHED plus a tag (the run did end normally).
             tags = {"automl.best_epoch": record.best_epoch, "automl.node_ip": record.node_ip,
                     "automl.node_id": record.node_id, "automl.stopped_early": str(record.status == STOPPED).lower(),
+                    "automl.stopped_by": record.stopped_by if record.status == STOPPED else None,
                     "automl.epochs_trained": len(record.history)}
             live.tracker.end_run(record.mlflow_run_id, FINISHED, tags={k: v for k, v in tags.items() if v is not None})
 

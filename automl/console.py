@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from automl.layout import Layout, trial_name
 from automl.options import SearchOptions
-from automl.state import FAILED, PENDING, RUNNING, SearchState
+from automl.state import FAILED, PENDING, RUNNING, STOP_KINDS, STOPPED, SearchState
 from segformer.text import fmt
 
 
@@ -80,7 +80,11 @@ def trial_rows(state: SearchState, limit: int | None = None) -> tuple[list[str],
         lat = t.latency or {}
         speed = [fmt(lat.get("latency_ms")), fmt(lat.get("model_mb")), fmt(lat.get("gflops"))] if timed else []
         last = next((h[state.metric] for h in reversed(t.history) if state.metric in h), None)
-        rows.append([name, "OVER LATENCY" if t.infeasible else t.status, str(t.epochs_trained), fmt(last), fmt(t.best_value),
+        status = "OVER LATENCY" if t.infeasible else t.status
+        kind = (t.stopped_by or "").split(":")[0]
+        if t.status == STOPPED and kind in STOP_KINDS:
+            status += f" ({kind})"  # the whole reason: the ledger and the run's MLflow tag automl.stopped_by
+        rows.append([name, status, str(t.epochs_trained), fmt(last), fmt(t.best_value),
                      fmt(t.best_epoch), *speed, nodes[t.trial_id], *[fmt(t.params.get(k)) for k in keys]])
     return header, rows
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from automl.budget import FULL, BudgetASHA
+from automl.budget import FULL, BudgetASHA, note_stop
 
 MIN_POINTS = 3  # epochs a fit needs (three parameters)
 
@@ -93,7 +93,11 @@ class _CurveStops:
             return decision  # the baseline and the re-check trainings train in full (`automl.budget`)
         predicted = extrapolate([e for e, _ in curve], [v for _, v in curve], float(self._max_t))  # type: ignore[attr-defined]
         if predicted is not None and predicted + self.curve_threshold < self._best:
-            self.curve_stops[trial.trial_id] = {"epoch": float(epoch), "predicted": sign * predicted, "best": sign * self._best}
+            stop = self.curve_stops[trial.trial_id] = {"epoch": float(epoch), "predicted": sign * predicted, "best": sign * self._best}
+            if getattr(self, "results_dir", ""):
+                note_stop(self.results_dir, trial.trial_id,  # type: ignore[attr-defined]
+                          f"curve: extrapolated to {stop['predicted']:.4f} at epoch {self._max_t}, short of the best "  # type: ignore[attr-defined]
+                          f"{stop['best']:.4f} by more than {self.curve_threshold:g}")
             return TrialScheduler.STOP
         return decision
 
@@ -105,8 +109,9 @@ class _CurveStops:
 class CurveASHA(_CurveStops, ASHAScheduler):
     """Asynchronous HyperBand with learning-curve stopping (`max_trials` searches)."""
 
-    def __init__(self, min_epochs: int, threshold: float, **kwargs: Any) -> None:
+    def __init__(self, min_epochs: int, threshold: float, results_dir: str = "", **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.results_dir = results_dir  # where the search's ledger records why a trial stopped ("" : nowhere)
         self._setup_curves(min_epochs, threshold)
 
 

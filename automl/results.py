@@ -18,7 +18,7 @@ runs (`automl.state`). ``automl status DIR --json`` prints it, made afresh from 
 - ``history``: one entry per trial in order: ``rec_id``, ``metric`` (best value, null without one),
   ``status`` (success, failure, running, pending, killed; infeasible: over the latency limit,
   trained nothing), ``specs``, ``epochs``, and ours:
-  ``trial``, ``stopped_early``, ``recheck_of``;
+  ``trial``, ``stopped_early``, ``stopped_by`` (why: "rung: ...", "curve: ...", "budget: ..."), ``recheck_of``;
 - ``pareto_front``: with --objectives, the members of the front (``rec_id``, ``objective_values``);
   else an empty list.
 """
@@ -81,7 +81,7 @@ def tao_results(state: "SearchState") -> dict[str, Any]:
     history = [{"rec_id": _rec_id(t), "trial": t.name, "metric": t.best_value,
                 "status": "infeasible" if t.infeasible else _STATUS.get(t.status, t.status.lower()),
                 "specs": dict(t.params), "epochs": t.epochs_trained, "stopped_early": t.status == "STOPPED",
-                "recheck_of": t.recheck_of} for t in records]
+                "stopped_by": t.stopped_by if t.status == "STOPPED" else None, "recheck_of": t.recheck_of} for t in records]
     front = []
     if state.pareto:
         by_name = {t.name: t for t in records}

@@ -45,6 +45,7 @@ STATE_VERSION = 2  # 2: settings in sections (automl.options), baseline values k
 PENDING, RUNNING, FINISHED, FAILED, KILLED = "PENDING", "RUNNING", "FINISHED", "FAILED", "KILLED"
 STOPPED = "STOPPED"
 LOST = "lost: "  # the error of a trial Ray's saved state did not know when the search resumed (`TrialRecord.lost`)
+STOP_KINDS = ("rung", "curve", "budget")  # what stopped a trial early (TrialRecord.stopped_by starts with one)
 DONE = (FINISHED, STOPPED)  # ended normally (MLflow status FINISHED)
 
 
@@ -75,6 +76,7 @@ class TrialRecord:
     recheck_of: str | None = None  # a re-check (another seed) of this trial (`automl.budget`); not ranked
     latency: dict[str, float] | None = None  # its architecture's latency on the deploy target (`automl.deploy`)
     infeasible: bool = False  # over --max-latency-ms: trained nothing, never ranked nor promoted
+    stopped_by: str | None = None  # why a scheduler stopped it early: "<rung|curve|budget>: <details>"
 
     @property
     def lost(self) -> bool:

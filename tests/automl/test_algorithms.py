@@ -70,6 +70,7 @@ def _check_common(state, max_epochs: int) -> None:
         if t.status == "STOPPED":  # early-stopped: not failed; finished in MLflow with a tag
             assert len({h["epoch"] for h in t.history}) < max_epochs
             assert run.info.status == "FINISHED" and run.data.tags["automl.stopped_early"] == "true"
+            assert t.stopped_by and run.data.tags["automl.stopped_by"] == t.stopped_by  # why, not only that
         elif t.status == "FINISHED":
             assert run.info.status == "FINISHED" and run.data.tags["automl.stopped_early"] == "false"
         else:
@@ -246,6 +247,33 @@ def test_epoch_multiplier_counts_the_budget_and_rungs_in_units(dataset, tmp_path
     assert set(trained.values()) <= {2, 4}, trained
     assert 4 in trained.values() and 2 in trained.values(), trained  # one ran its budget, one was stopped at a rung
     assert all((t.status == "STOPPED") == (len(t.history) == 2) for t in outcome.state.trials.values())
+
+
+def test_a_budgeted_asha_search_says_why_it_stopped_each_trial(dataset, tmp_path, ray_session):
+    """Under an epoch budget every early stop has its reason (a rung of successive halving, or the
+    budget running out) in the ledger, the status table, results.json and the trial's MLflow run."""
+    import json
+
+    import automl
+    from automl.console import format_table
+
+    results = tmp_path / "why"
+    opts = search_options(results, dataset, (*TINY, "train.num_epochs=4"), algorithm="asha", budget=3,
+                          only=["train.optim.lr"], promote=False, max_concurrent=1)
+    state = automl.run(opts, echo=lambda _: None).state
+    stopped = [t for t in state.trials.values() if t.status == "STOPPED"]
+    assert stopped, {t.name: (t.status, t.epochs_trained) for t in state.trials.values()}
+    table = format_table(state)
+    history = {h["trial"]: h for h in json.loads((results / "results.json").read_text())["history"]}
+    runs = _children(state)
+    for t in stopped:
+        kind = t.stopped_by.split(":")[0]
+        assert kind in ("rung", "budget"), t.stopped_by
+        if kind == "rung":
+            assert t.stopped_by == f"rung: not in the best 1/3 at epoch {t.epochs_trained}"
+        assert f"STOPPED ({kind})" in next(line for line in table.splitlines() if line.startswith(t.name))
+        assert history[t.name]["stopped_by"] == t.stopped_by == runs[t.name].data.tags["automl.stopped_by"]
+    assert all(t.stopped_by is None for t in state.trials.values() if t.status == "FINISHED")
 
 
 def test_run_baseline_off_runs_no_baseline(dataset, tmp_path, ray_session):
