@@ -197,6 +197,13 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
         raise SegformerError(f"backend torchao does weight-only PTQ: set quantize.mode=weight_only_ptq (got {mode})")
     if backend in STATIC_BACKENDS and mode != "static_ptq":
         raise SegformerError(f"backend {backend} does static PTQ: set quantize.mode=static_ptq (got {mode})")
+    if backend == "onnxruntime":
+        from segformer.deploy.quantize.ort_static import ORT_KWARGS
+
+        unknown = [key for key in kwargs if key not in (*ORT_KWARGS, *CALIBRATION_KWARGS)]
+        if unknown:
+            raise SegformerError(f"quantize.backend_kwargs {', '.join(unknown)}: backend onnxruntime takes only "
+                                 f"{', '.join((*ORT_KWARGS, *CALIBRATION_KWARGS))}; remove the others")
     model_path = Path(require(cfg, "quantize.model_path"))
     if not model_path.is_file():
         raise SegformerError(f"quantize.model_path points to {model_path}, which does not exist")

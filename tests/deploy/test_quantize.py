@@ -59,6 +59,21 @@ def test_onnxruntime_qdq_action(exported, make_deploy_cfg, tmp_path):
     assert report["quantized_bytes"] < report["float_bytes"]
 
 
+def test_onnxruntime_refuses_backend_kwargs_it_does_not_take(exported, make_deploy_cfg, tmp_path):
+    """A backend_kwargs key ONNX Runtime's quantizer has no use for (torchao's group_size here) is
+    one message naming it and what the backend takes, before anything is written."""
+    from segformer.actions import quantize
+    from segformer.errors import SegformerError
+
+    _, result = exported
+    cfg = make_deploy_cfg(tmp_path, "quantize.backend=onnxruntime", "quantize.mode=static_ptq",
+                          f"quantize.model_path={result.onnx_file}", "quantize.backend_kwargs={group_size: 64, per_channel: false}")
+    with pytest.raises(SegformerError, match=r"quantize.backend_kwargs group_size: backend onnxruntime takes only "
+                                             r"per_channel, calibration_batch_size, calibration_batches; remove the others"):
+        quantize.run(cfg, quiet=True)
+    assert not (tmp_path / "quantize").exists() and not list(tmp_path.rglob("quantize_report.json"))
+
+
 def test_onnxruntime_qdq_from_a_checkpoint(checkpoint, make_deploy_cfg, tmp_path):
     """A .pth model_path is exported to float ONNX first, then quantized (what promotion does)."""
     import onnx
