@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator
 
 from ray.tune import Callback, Stopper
 
+from automl.budget import BASELINE, RECHECK_OF
 from automl.layout import Layout
 from automl.state import FAILED, FINISHED, RUNNING, STOPPED, SearchState, TrialRecord
 from automl.trial import ray_trial_name
@@ -152,12 +153,12 @@ class LedgerCallback(_Bound, Callback):
             name, params = ray_trial_name(trial), _params(trial)
             baseline_taken = any(t.is_baseline for t in state.trials.values())
             if state.budget is not None and state.algorithm != "grid":  # the budget's searcher flags it (`automl.budget.BASELINE`)
-                is_baseline = bool(trial.config.get("_baseline"))
+                is_baseline = bool(trial.config.get(BASELINE))
             else:  # the first trial with the spec's values
                 is_baseline = state.baseline_params is not None and not baseline_taken and params == state.baseline_params
             record = TrialRecord(trial_id=trial.trial_id, name=name, params=params,
                                  results_dir=str(self.live.layout.trial_dir(name)), is_baseline=is_baseline,
-                                 recheck_of=trial.config.get("_recheck_of"))
+                                 recheck_of=trial.config.get(RECHECK_OF))
             state.trials[trial.trial_id] = record
         return record
 

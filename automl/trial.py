@@ -173,9 +173,10 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     extra: dict[str, float] = {}
     if ctx.deploy is not None and ctx.deploy.measures_latency:
         from automl import deploy
+        from automl.budget import BASELINE
 
         extra, feasible = deploy.trial_latency(cfg, ctx.results_dir, ctx.deploy)
-        if not feasible and config.get("_baseline"):
+        if not feasible and config.get(BASELINE):
             # The spec's own model trains whatever its latency: the reference the others are measured
             # against (recorded over the limit, never promoted).
             extra[deploy.INFEASIBLE] = 1.0
