@@ -1,8 +1,11 @@
-"""Shared test set-up: no network, headless plotting, and GPU tests that skip with the reason."""
+"""Shared test set-up: no network, headless plotting, GPU tests that skip with the reason, and a
+free port for the servers tests start (MLflow, Ray, PostgreSQL, an S3 server, DDP)."""
 
 from __future__ import annotations
 
 import os
+import socket
+from typing import Callable
 
 import pytest
 
@@ -32,3 +35,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     for item in gpu_items:
         item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """A function that returns a TCP port on 127.0.0.1 nothing listens on at the moment."""
+
+    def pick() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    return pick

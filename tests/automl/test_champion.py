@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -188,16 +187,10 @@ def test_champion_predicts_the_masks_of_segformer_inference(champion, dataset, i
         model.predict(images[..., 0])  # not an RGB batch
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_mlflow_models_serve_answers_a_rest_request(champion, dataset, inference_masks, tmp_path):
+def test_mlflow_models_serve_answers_a_rest_request(champion, dataset, inference_masks, tmp_path, free_port):
     state, _, _ = champion
-    port = _free_port()
+    port = free_port()
     # As from an activated virtual environment: mlflow starts `uvicorn` from PATH.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = {**os.environ, "MLFLOW_TRACKING_URI": state.mlflow_tracking_uri, "PATH": path,

@@ -16,6 +16,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -106,12 +107,6 @@ def test_tao_settings_file_and_flags_win(spec, tmp_path):
     assert out.returncode == 2 and "did you mean 'automl_max_recommendations'" in out.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _session_pids(sid: int) -> list[int]:
     """Every process in session `sid` (a `ray start` started with start_new_session and all it spawned)."""
     pids = []
@@ -142,14 +137,14 @@ def _stop_node(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def _token_cluster(tmp: Path, token: str):
+def _token_cluster(tmp: Path, token: str, free_port: Callable[[], int]):
     """A head and a second node from two real `ray start --block` processes (one CPU each, separate
     temp dirs) with token authentication on: the shape of a two-machine cluster, on 127.0.0.1.
     Yields (address, node ids); every process they started is stopped on the way out."""
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
     ray_cli = str(Path(sys.executable).with_name("ray"))
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     common = ["--block", "--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
     nodes: list[subprocess.Popen] = []
@@ -157,7 +152,7 @@ def _token_cluster(tmp: Path, token: str):
     temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     try:
         for name, args in (("head", ["--head", "--port", str(port), "--include-dashboard", "false",
-                                     "--ray-client-server-port", str(_free_port())]),
+                                     "--ray-client-server-port", str(free_port())]),
                            ("worker", ["--address", address])):
             log = (tmp / f"ray_{name}.log").open("w")
             nodes.append(subprocess.Popen([ray_cli, "start", *args, *common, "--temp-dir", str(temp / name)],
@@ -187,7 +182,7 @@ def _token_cluster(tmp: Path, token: str):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_two_node_cluster_with_token_auth(spec, tmp_path):
+def test_two_node_cluster_with_token_auth(spec, tmp_path, free_port):
     """A head and a second node from `ray start` (separate raylets, one CPU each) on 127.0.0.1 with
     token authentication on, as `ray start --head` does once a token exists. Without the token, or
     with a wrong one, `automl run --address` fails at once with one line that says what to set; with
@@ -200,7 +195,7 @@ def test_two_node_cluster_with_token_auth(spec, tmp_path):
     home = tmp_path / "home"  # no ~/.ray/auth_token there: the driver has no token at all
     home.mkdir()
     no_token = {"RAY_AUTH_TOKEN": None, "RAY_AUTH_TOKEN_PATH": None, "RAY_AUTH_MODE": None, "HOME": str(home)}
-    with _token_cluster(tmp_path, token) as (address, cluster_nodes):
+    with _token_cluster(tmp_path, token, free_port) as (address, cluster_nodes):
         for case, env, expected in (
                 ("missing", no_token, f"the Ray cluster at --address {address} requires token authentication and no "
                                       f"token was found here (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)"),

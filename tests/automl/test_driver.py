@@ -349,14 +349,6 @@ def test_resume_after_sigkill(dataset, tmp_path):
     assert {r.info.status for r in children} == {"FINISHED"}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _browser() -> str | None:
     import shutil
 
@@ -399,7 +391,7 @@ def _table_rows(dom: str) -> list[str]:
 
 
 @pytest.mark.skipif(_browser() is None, reason="headless Chromium is not installed (apt-get install -y chromium); CI installs it")
-def test_mlflow_ui_answers_which_trial_is_best_in_a_real_browser(search, tmp_path):
+def test_mlflow_ui_answers_which_trial_is_best_in_a_real_browser(search, tmp_path, free_port):
     """`automl ui` on 127.0.0.1, rendered by headless Chromium. The view it prints lists the trials
     flat and best first, named with their parameters, with best_val_miou and the searched parameters
     as columns; its chart view plots best_val_miou against the learning rate; the parent run's page
@@ -412,7 +404,7 @@ def test_mlflow_ui_answers_which_trial_is_best_in_a_real_browser(search, tmp_pat
     browser = _browser()
     outcome, _, _ = search
     state = outcome.state
-    port = _free_port()
+    port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "automl.cli", "ui", state.results_dir, "--port", str(port)],
                           env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:

@@ -9,7 +9,6 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,12 +23,6 @@ from automl.state import FINISHED, SearchState
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "segformer"  # the registered model of the skill "segformer"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _postgres_bin() -> Path | None:
@@ -47,7 +40,7 @@ def _as_postgres(cmd: list[str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def postgres():
+def postgres(free_port):
     """A PostgreSQL server on 127.0.0.1 with an empty database `mlflow`; yields its SQLAlchemy URI."""
     pg = _postgres_bin()
     if pg is None:
@@ -65,7 +58,7 @@ def postgres():
         shutil.chown(root, "postgres", "postgres")
     subprocess.run(_as_postgres([str(pg / "initdb"), "-D", str(data), "-A", "trust", "-U", "automl", "-E", "UTF8",
                                  "--no-sync"]), check=True, capture_output=True, timeout=120)
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(_as_postgres([str(pg / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
                                             "-k", str(root), "-c", "fsync=off"]),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -90,9 +83,9 @@ def postgres():
 
 
 @pytest.fixture(scope="module")
-def tracking_server(postgres, tmp_path_factory):
+def tracking_server(postgres, tmp_path_factory, free_port):
     """`mlflow server` on 127.0.0.1 with the PostgreSQL store and proxied artifacts; yields its URL."""
-    port = _free_port()
+    port = free_port()
     artifacts = tmp_path_factory.mktemp("server-artifacts")
     log = open(tmp_path_factory.mktemp("server-log") / "mlflow-server.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres,

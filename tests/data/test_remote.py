@@ -9,7 +9,6 @@ import importlib.util
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -28,14 +27,8 @@ TINY = ["train.num_epochs=1", "train.seed=7", "model.decode_head.decoder_params.
         "dataset.segment.batch_size=4", "dataset.segment.workers=0", "evaluate.batch_size=4"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
+def s3(tmp_path_factory, free_port):
     """A moto S3 server holding a tiny synthetic TAO dataset at s3://bucket/seg, the environment a
     user of an S3-compatible server sets, and a fresh cache folder. Yields (s3fs file system, spec)."""
     import fsspec
@@ -44,7 +37,7 @@ def s3(tmp_path_factory):
 
     data = generate(tmp_path_factory.mktemp("synth") / "seg", num_classes=3, size=32, train=8, val=4, test=4)
     home = tmp_path_factory.mktemp("home")
-    port = _free_port()
+    port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log line per request
@@ -244,7 +237,7 @@ def test_onnx_external_data_outside_the_model_folder_is_refused(s3, tmp_path):
     assert not list(_cache().rglob("escaped.data")) and not list(_cache().parent.rglob("escaped.data"))
 
 
-def test_a_second_load_lists_nothing_and_offline_the_cached_copy_is_used(s3, tmp_path, monkeypatch):
+def test_a_second_load_lists_nothing_and_offline_the_cached_copy_is_used(s3, tmp_path, monkeypatch, free_port):
     """One listing per URL and process (apply_overrides, promotion steps); offline (here: the
     endpoint is a dead port), the newest complete cached copy, with one warning naming the URL."""
     from segformer.config import apply_overrides
@@ -261,7 +254,7 @@ def test_a_second_load_lists_nothing_and_offline_the_cached_copy_is_used(s3, tmp
     assert later == [] and again.dataset.segment.root_dir == cfg.dataset.segment.root_dir
 
     _new_process(monkeypatch)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     with _log() as lines:
         offline = _config(spec, tmp_path, f"dataset.segment.root_dir={url}")
@@ -272,7 +265,7 @@ def test_a_second_load_lists_nothing_and_offline_the_cached_copy_is_used(s3, tmp
         _config(spec, tmp_path, f"dataset.segment.root_dir=s3://{BUCKET}/never-fetched")  # nothing cached: the error
 
 
-def test_fetch_false_keeps_the_urls_and_contacts_nothing(tmp_path, monkeypatch):
+def test_fetch_false_keeps_the_urls_and_contacts_nothing(tmp_path, monkeypatch, free_port):
     """Settings only (the MLflow model reading best/experiment.yaml): URLs stay as given, nothing is
     fetched, even where the storage is unreachable."""
     import yaml
@@ -285,7 +278,7 @@ def test_fetch_false_keeps_the_urls_and_contacts_nothing(tmp_path, monkeypatch):
         raise AssertionError(f"the storage was contacted: {args}")
 
     monkeypatch.setattr(remote, "_filesystem", contacted)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     root, weights = "s3://unreachable-bucket/seg", "https://example.invalid/w.pth?X-Amz-Signature=abc"
     spec = tmp_path / "experiment.yaml"
     spec.write_text(yaml.safe_dump({"results_dir": str(tmp_path), "dataset": {"segment": {"root_dir": root}},

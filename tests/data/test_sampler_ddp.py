@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,12 +11,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from segformer.data.dataset import EpochSampler
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _rank_main(rank: int, world: int, port: int, out: str) -> None:
@@ -34,10 +27,10 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+def ranks(tmp_path_factory: pytest.TempPathFactory, free_port) -> list[dict]:
     """What two real gloo ranks (two processes) drew from the sampler, sharded and not."""
     out, world = tmp_path_factory.mktemp("ddp"), 2
-    mp.spawn(_rank_main, args=(world, _free_port(), str(out)), nprocs=world, join=True)
+    mp.spawn(_rank_main, args=(world, free_port(), str(out)), nprocs=world, join=True)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
 
 
