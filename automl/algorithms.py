@@ -205,10 +205,8 @@ def _halving(search: Any, max_t: int, grace: int, budget: Any = None, results_di
     nothing (measured in benchmarks/search_efficiency: 78 of 78 trials ran their full budget).
     hyperband_es also stops trials by their extrapolated learning curves (`automl.curves`).
     """
-    from ray.tune.schedulers import ASHAScheduler
-
     from automl import curves
-    from automl.budget import BudgetASHA
+    from automl.budget import BudgetASHA, NotedASHA
 
     grace = min(grace, max_t)
     brackets = 1 if search.algorithm == "asha" else hyperband_brackets(max_t, grace, search.reduction_factor)
@@ -216,7 +214,7 @@ def _halving(search: Any, max_t: int, grace: int, budget: Any = None, results_di
                   grace_period=grace, reduction_factor=search.reduction_factor, brackets=brackets)
     curve = (grace, search.early_stop_threshold)
     if budget is None:
-        return curves.CurveASHA(*curve, results_dir, **kwargs) if search.algorithm == "hyperband_es" else ASHAScheduler(**kwargs)
+        return curves.CurveASHA(*curve, results_dir, **kwargs) if search.algorithm == "hyperband_es" else NotedASHA(results_dir, **kwargs)
     if search.algorithm == "hyperband_es":
         return curves.BudgetCurveASHA(results_dir, budget, *curve, **kwargs)
     return BudgetASHA(results_dir, budget, **kwargs)

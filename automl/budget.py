@@ -184,6 +184,27 @@ def _live_state(results_dir: str) -> SearchState | None:
     return live.state if live is not None else None
 
 
+def rung_reason(reduction_factor: float, epoch: int) -> str:
+    """Why successive halving stopped a trial at `epoch` (`note_stop`)."""
+    return f"rung: not in the best 1/{reduction_factor:g} at epoch {epoch}"
+
+
+class NotedASHA(ASHAScheduler):
+    """Ray's asynchronous HyperBand (`max_trials` searches) that records why it stops a trial early
+    (`note_stop`); under an epoch budget `BudgetASHA` does."""
+
+    def __init__(self, results_dir: str = "", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.results_dir = results_dir
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        epoch = int(result.get(self._time_attr, 0))
+        if decision == TrialScheduler.STOP and epoch < self._max_t and self.results_dir:
+            note_stop(self.results_dir, trial.trial_id, rung_reason(self._reduction_factor, epoch))
+        return decision
+
+
 def note_stop(results_dir: str, trial_id: str, why: str) -> None:
     """Record why a scheduler stops a trial early ("rung: ...", "curve: ...", "budget: ..."): the
     ledger saves it with the result that stops it; `automl status` and MLflow show it."""
@@ -338,11 +359,11 @@ class _BudgetStops:
         if decision == TrialScheduler.CONTINUE and state is not None:
             share = search_share(state, self.budget)
             if committed(state, self.budget, trial.trial_id, epoch) + self.budget.step > share:
-                note_stop(self.results_dir, trial.trial_id, f"budget: its next epochs would overrun the search's {share} epochs")
+                if epoch < self.budget.trial_epochs:  # at its last epoch it ends anyway: finished, not stopped
+                    note_stop(self.results_dir, trial.trial_id, f"budget: its next epochs would overrun the search's {share} epochs")
                 return TrialScheduler.STOP
-        elif decision == TrialScheduler.STOP and epoch < self.budget.trial_epochs:
-            eta = getattr(self, "_reduction_factor", None)
-            note_stop(self.results_dir, trial.trial_id, f"rung: not in the best 1/{eta:g} at epoch {epoch}" if eta else f"rung: at epoch {epoch}")
+        elif decision == TrialScheduler.STOP and epoch < self.budget.trial_epochs and hasattr(self, "_reduction_factor"):
+            note_stop(self.results_dir, trial.trial_id, rung_reason(self._reduction_factor, epoch))
         return decision
 
 

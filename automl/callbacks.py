@@ -219,7 +219,7 @@ class LedgerCallback(_Bound, Callback):
             # Ray marks the result on which a scheduler or stopper ended the trial (a trial that ends on
             # its own finishes without another result): stopped early unless it reached its budget.
             self._stopped.add(trial.trial_id)
-            record.stopped_by = record.stopped_by or f"stopped by Ray's scheduler at epoch {epoch}"  # one that gave no reason
+            record.stopped_by = record.stopped_by or f"stopped by Ray at epoch {epoch}"  # a stopper that gave no reason
         if is_best and trial.checkpoint is not None:
             record.checkpoint = trial.checkpoint.path
         self.live.state.save_trial(record)
@@ -234,6 +234,8 @@ class LedgerCallback(_Bound, Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self.record(trial)
         record.status = STOPPED if trial.trial_id in self._stopped else FINISHED
+        if record.status == FINISHED:
+            record.stopped_by = None  # trained its epochs: a reason noted on its last result does not apply
         record.ended_at = time.time()
         if self.live.prune:
             prune_trial_dir(Path(record.results_dir or ""))

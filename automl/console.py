@@ -82,7 +82,7 @@ def trial_rows(state: SearchState, limit: int | None = None) -> tuple[list[str],
         last = next((h[state.metric] for h in reversed(t.history) if state.metric in h), None)
         status = "OVER LATENCY" if t.infeasible else t.status
         kind = (t.stopped_by or "").split(":")[0]
-        if t.status == STOPPED and kind in STOP_KINDS:
+        if t.status == STOPPED and kind in STOP_KINDS and not t.infeasible:
             status += f" ({kind})"  # the whole reason: the ledger and the run's MLflow tag automl.stopped_by
         rows.append([name, status, str(t.epochs_trained), fmt(last), fmt(t.best_value),
                      fmt(t.best_epoch), *speed, nodes[t.trial_id], *[fmt(t.params.get(k)) for k in keys]])

@@ -24,9 +24,9 @@ import math
 import warnings
 from typing import Any
 
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.schedulers import TrialScheduler
 
-from automl.budget import FULL, BudgetASHA, note_stop
+from automl.budget import FULL, BudgetASHA, NotedASHA, note_stop
 
 MIN_POINTS = 3  # epochs a fit needs (three parameters)
 
@@ -106,12 +106,11 @@ class _CurveStops:
         super().on_trial_remove(tune_controller, trial)  # type: ignore[misc]
 
 
-class CurveASHA(_CurveStops, ASHAScheduler):
+class CurveASHA(_CurveStops, NotedASHA):
     """Asynchronous HyperBand with learning-curve stopping (`max_trials` searches)."""
 
     def __init__(self, min_epochs: int, threshold: float, results_dir: str = "", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.results_dir = results_dir  # where the search's ledger records why a trial stopped ("" : nowhere)
+        super().__init__(results_dir, **kwargs)  # results_dir: where the ledger records why a trial stopped ("": nowhere)
         self._setup_curves(min_epochs, threshold)
 
 

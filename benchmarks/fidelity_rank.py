@@ -56,7 +56,8 @@ def configurations(spec: Path, count: int, seed: int = 0) -> list[dict[str, floa
 
 
 def train(name: str, index: int, config: dict[str, float], epochs: int | None, seed: int, resume: bool) -> list[float]:
-    """One training's val mIoU per epoch (`epochs` None: the spec's own)."""
+    """One training's val mIoU per epoch (`epochs` None: the spec's own), indexed by epoch (NaN where
+    the spec's validation_interval skipped one)."""
     spec, overrides = DATASETS[name]["spec"], DATASETS[name]["overrides"]
     tag = f"c{index}_{'full' if epochs is None else f'e{epochs}'}_s{seed}"
     out = WORK / name / tag
@@ -71,13 +72,21 @@ def train(name: str, index: int, config: dict[str, float], epochs: int | None, s
                        env={**ENV, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         done.write_text("ok")
     rows = [json.loads(line) for line in status.read_text().splitlines() if line.strip()]
-    return [float(r["val_miou"]) for r in rows if r.get("val_miou") is not None]
+    scores = {int(r["epoch"]): float(r["val_miou"]) for r in rows if r.get("val_miou") is not None}
+    return [scores.get(e, math.nan) for e in range(max(scores) + 1)] if scores else []
 
 
-def spearman(a: list[float], b: list[float]) -> float:
+def best(curve: list[float]) -> float:
+    """The best validated score of a curve (what the search ranks on)."""
+    return max(v for v in curve if v == v)
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    """Spearman's rank correlation; None when one side is constant (undefined)."""
     from scipy.stats import spearmanr
 
-    return float(spearmanr(a, b).statistic)
+    value = float(spearmanr(a, b).statistic)
+    return value if value == value else None
 
 
 def measure(name: str, count: int, shorts: list[int], resume: bool, workers: int) -> dict[str, Any]:
@@ -88,18 +97,18 @@ def measure(name: str, count: int, shorts: list[int], resume: bool, workers: int
     with ThreadPoolExecutor(workers) as pool:
         curves = list(pool.map(lambda job: train(name, job[0], job[1], job[2], job[3], resume), jobs))
     results = {(job[0], job[2], job[3]): curve for job, curve in zip(jobs, curves)}
-    full = [max(results[(i, None, 0)]) for i in range(count)]
-    fidelities: dict[str, list[float]] = {"full, seed 1 (the ceiling)": [max(results[(i, None, 1)]) for i in range(count)]}
+    full = [best(results[(i, None, 0)]) for i in range(count)]
+    fidelities: dict[str, list[float]] = {"full, seed 1 (the ceiling)": [best(results[(i, None, 1)]) for i in range(count)]}
     for k in shorts:
-        fidelities[f"prefix: epoch {k} of the full training"] = [max(results[(i, None, 0)][:k]) for i in range(count)]
-        fidelities[f"short: a {k}-epoch training"] = [max(results[(i, k, 0)]) for i in range(count)]
-    best = max(range(count), key=lambda i: full[i])
+        fidelities[f"prefix: epoch {k} of the full training"] = [best(results[(i, None, 0)][:k]) for i in range(count)]
+        fidelities[f"short: a {k}-epoch training"] = [best(results[(i, k, 0)]) for i in range(count)]
+    top = max(range(count), key=lambda i: full[i])
     third = max(1, math.ceil(count / 3))
     rows = []
     for label, scores in fidelities.items():
         order = sorted(range(count), key=lambda i: -scores[i])
-        rows.append({"fidelity": label, "spearman": spearman(scores, full), "best_in_top_third": best in order[:third],
-                     "regret": full[best] - full[order[0]], "scores": scores})
+        rows.append({"fidelity": label, "spearman": spearman(scores, full), "best_in_top_third": top in order[:third],
+                     "regret": full[top] - full[order[0]], "scores": scores})
     return {"configs": configs, "full": full, "rows": rows, "epochs_per_config": sum(len(c) for c in curves) / count}
 
 
@@ -112,7 +121,8 @@ def render(results: dict[str, Any]) -> str:
                   "| fidelity | Spearman vs full (seed 0) | full best in its top third | regret of its first |",
                   "|---|---|---|---|"]
         for row in data["rows"]:
-            lines.append(f"| {row['fidelity']} | {row['spearman']:+.2f} | {'yes' if row['best_in_top_third'] else 'no'} "
+            rho = "n/a" if row["spearman"] is None else f"{row['spearman']:+.2f}"
+            lines.append(f"| {row['fidelity']} | {rho} | {'yes' if row['best_in_top_third'] else 'no'} "
                          f"| {row['regret']:.4f} |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

@@ -174,6 +174,9 @@ def test_a_budgeted_search_keeps_its_budget_and_rechecks(budget_search) -> None:
     assert not any("since the resume" in line for line in lines)  # a fresh search, not a resumed one
     baseline = state.baseline()
     assert baseline.epochs_trained == 4  # the reference always trains in full
+    # a trial the budget ended early says so; one that trained its epochs has no stop reason
+    assert all(t.stopped_by.startswith("budget: ") for t in state.trials.values() if t.status == "STOPPED")
+    assert all(t.stopped_by is None for t in state.trials.values() if t.status == "FINISHED")
     searched = {k for t in state.trials.values() for k in t.params}
     assert searched <= {"train.optim.lr", "train.optim.weight_decay", "train.seed"}  # a small budget: the optimizer first
     rechecks = [t for t in state.trials.values() if t.recheck_of]
