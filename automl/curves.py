@@ -97,7 +97,7 @@ class _CurveStops:
             if getattr(self, "results_dir", ""):
                 note_stop(self.results_dir, trial.trial_id,  # type: ignore[attr-defined]
                           f"curve: extrapolated to {stop['predicted']:.4f} at epoch {self._max_t}, short of the best "  # type: ignore[attr-defined]
-                          f"{stop['best']:.4f} by more than {self.curve_threshold:g}")
+                          f"{stop['best']:.4f}" + (f" by more than {self.curve_threshold:g}" if self.curve_threshold else ""))
             return TrialScheduler.STOP
         return decision
 
