@@ -190,8 +190,7 @@ def rung_reason(reduction_factor: float, epoch: int) -> str:
 
 
 class NotedASHA(ASHAScheduler):
-    """Ray's asynchronous HyperBand (`max_trials` searches) that records why it stops a trial early
-    (`note_stop`); under an epoch budget `BudgetASHA` does."""
+    """Ray's asynchronous HyperBand that leaves why it stops a trial early (`note_stop`)."""
 
     def __init__(self, results_dir: str = "", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -206,12 +205,15 @@ class NotedASHA(ASHAScheduler):
 
 
 def note_stop(results_dir: str, trial_id: str, why: str) -> None:
-    """Record why a scheduler stops a trial early ("rung: ...", "curve: ...", "budget: ..."): the
-    ledger saves it with the result that stops it; `automl status` and MLflow show it."""
-    state = _live_state(results_dir)
-    record = state.trials.get(trial_id) if state is not None else None
-    if record is not None:
-        record.stopped_by = why
+    """Leave why a scheduler stops a trial early ("rung: ...", "curve: ...", "budget: ..."): the
+    ledger takes it only when it records the trial as stopped before its last epoch (a decision
+    overruled later, or made at the last epoch, is never a trial's reason); `automl status` and
+    MLflow show it."""
+    from automl.callbacks import bound_search
+
+    live = bound_search(results_dir)
+    if live is not None:
+        live.stop_reasons[trial_id] = why
 
 
 def _reserved(state: SearchState, budget: EpochBudget) -> int:
@@ -359,18 +361,15 @@ class _BudgetStops:
         if decision == TrialScheduler.CONTINUE and state is not None:
             share = search_share(state, self.budget)
             if committed(state, self.budget, trial.trial_id, epoch) + self.budget.step > share:
-                if epoch < self.budget.trial_epochs:  # at its last epoch it ends anyway: finished, not stopped
-                    note_stop(self.results_dir, trial.trial_id, f"budget: its next epochs would overrun the search's {share} epochs")
+                note_stop(self.results_dir, trial.trial_id, f"budget: its next epochs would overrun the search's {share} epochs")
                 return TrialScheduler.STOP
-        elif decision == TrialScheduler.STOP and epoch < self.budget.trial_epochs and hasattr(self, "_reduction_factor"):
-            note_stop(self.results_dir, trial.trial_id, rung_reason(self._reduction_factor, epoch))
         return decision
 
 
-class BudgetASHA(_BudgetStops, ASHAScheduler):
+class BudgetASHA(_BudgetStops, NotedASHA):
     def __init__(self, results_dir: str, budget: EpochBudget, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.results_dir, self.budget = results_dir, budget
+        super().__init__(results_dir, **kwargs)
+        self.budget = budget
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         return self._decide(trial, result, super().on_trial_result(tune_controller, trial, result))

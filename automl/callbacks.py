@@ -63,6 +63,7 @@ class LiveSearch:
     echo: Callable[[str], None] | None = None  # where the budget's progress lines go (None: nowhere)
     pace: Any = None  # automl.progress.Pace of this fit (the budget's time left)
     repeated: dict[str, bool] = field(default_factory=dict)  # trial id -> its last result repeated an epoch unchanged
+    stop_reasons: dict[str, str] = field(default_factory=dict)  # trial id -> why a scheduler last wanted it stopped (`automl.budget.note_stop`)
     epochs_at_start: int = 0  # epochs the ledger held when this driver started (more than 0: a resumed search)
     _next: float = 0.0  # share of the budget at which the next progress line is due
 
@@ -219,7 +220,7 @@ class LedgerCallback(_Bound, Callback):
             # Ray marks the result on which a scheduler or stopper ended the trial (a trial that ends on
             # its own finishes without another result): stopped early unless it reached its budget.
             self._stopped.add(trial.trial_id)
-            record.stopped_by = record.stopped_by or f"stopped by Ray at epoch {epoch}"  # a stopper that gave no reason
+            record.stopped_by = self.live.stop_reasons.pop(trial.trial_id, f"stopped by Ray at epoch {epoch}")  # the scheduler's reason
         if is_best and trial.checkpoint is not None:
             record.checkpoint = trial.checkpoint.path
         self.live.state.save_trial(record)
@@ -234,8 +235,7 @@ class LedgerCallback(_Bound, Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self.record(trial)
         record.status = STOPPED if trial.trial_id in self._stopped else FINISHED
-        if record.status == FINISHED:
-            record.stopped_by = None  # trained its epochs: a reason noted on its last result does not apply
+        self.live.stop_reasons.pop(trial.trial_id, None)  # noted but overruled (a trial the budget trains in full)
         record.ended_at = time.time()
         if self.live.prune:
             prune_trial_dir(Path(record.results_dir or ""))

@@ -94,7 +94,7 @@ class _CurveStops:
         predicted = extrapolate([e for e, _ in curve], [v for _, v in curve], float(self._max_t))  # type: ignore[attr-defined]
         if predicted is not None and predicted + self.curve_threshold < self._best:
             stop = self.curve_stops[trial.trial_id] = {"epoch": float(epoch), "predicted": sign * predicted, "best": sign * self._best}
-            if getattr(self, "results_dir", ""):
+            if getattr(self, "results_dir", ""):  # a scheduler pickled before it had one (automl resume)
                 note_stop(self.results_dir, trial.trial_id,  # type: ignore[attr-defined]
                           f"curve: extrapolated to {stop['predicted']:.4f} at epoch {self._max_t}, short of the best "  # type: ignore[attr-defined]
                           f"{stop['best']:.4f}" + (f" by more than {self.curve_threshold:g}" if self.curve_threshold else ""))
