@@ -24,7 +24,6 @@ of a training, what the search ranks on. Search datasets are search_quality's (p
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import subprocess
@@ -36,6 +35,7 @@ from typing import Any
 
 from benchmarks.common import ROOT, machine_line, publish
 from benchmarks.search_quality import DATASETS, ENV, _bin, prepare
+from segformer.parents import read_status
 
 TITLE = "Fidelity ranking"
 WORK = ROOT / "build" / "bench" / "fidelity_rank"
@@ -71,8 +71,7 @@ def train(name: str, index: int, config: dict[str, float], epochs: int | None, s
         subprocess.run([_bin("segformer"), "train", "-e", str(spec), *args], check=True,
                        env={**ENV, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         done.write_text("ok")
-    rows = [json.loads(line) for line in status.read_text().splitlines() if line.strip()]
-    scores = {int(r["epoch"]): float(r["val_miou"]) for r in rows if r.get("val_miou") is not None}
+    scores = {row["epoch"]: row["val_miou"] for row in read_status(status) if row["val_miou"] is not None}
     return [scores.get(e, math.nan) for e in range(max(scores) + 1)] if scores else []
 
 

@@ -17,7 +17,7 @@ For each dataset (real ones from `benchmarks.realdata`, and the hard synthetic s
 The test split took no part in any decision of the searches (they rank on the validation split).
 Plain seeds and searches train one thread per trial. Results: benchmarks/RESULTS.md ("Search
 quality") and benchmarks/results/search_quality.json; --resume reuses finished runs' folders, and the plain
-seeds and searches already recorded whose folders are gone.
+seeds and searches already recorded whose folders are gone (a search only at the same --budget).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ROOT, machine_line, publish
+from segformer.parents import read_status
 
 TITLE = "Search quality"
 WORK = ROOT / "build" / "bench" / "search_quality"
@@ -68,10 +69,7 @@ def prepare(names: list[str]) -> None:
 
 def status_epochs(folder: Path) -> int:
     """Epochs trained under `folder`, counted from every train action's status.json (one line per epoch)."""
-    total = 0
-    for status in folder.rglob("status.json"):
-        total += sum(1 for line in status.read_text().splitlines() if '"epoch"' in line)
-    return total
+    return sum(len(read_status(status)) for status in folder.rglob("status.json"))
 
 
 def plain(name: str, seed: int, resume: bool) -> dict[str, Any]:
@@ -88,8 +86,8 @@ def plain(name: str, seed: int, resume: bool) -> dict[str, Any]:
                         f"evaluate.checkpoint={out}/train/segformer_model_latest.pth"], check=True, env=ENV,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         (out / "wall_s.txt").write_text(f"{time.time() - started:.1f}")
-    val = [json.loads(line).get("val_miou") for line in (out / "train" / "status.json").read_text().splitlines() if line.strip()]
-    return {"seed": seed, "test_miou": json.loads(result.read_text())["miou"], "best_val_miou": max(v for v in val if v is not None),
+    val = [row["val_miou"] for row in read_status(out / "train" / "status.json") if row["val_miou"] is not None]
+    return {"seed": seed, "test_miou": json.loads(result.read_text())["miou"], "best_val_miou": max(val),
             "epochs": status_epochs(out), "wall_s": float((out / "wall_s.txt").read_text())}
 
 
@@ -109,7 +107,8 @@ def search(name: str, algorithm: str, budget: float, resume: bool, seed: int = 0
     key = search_key(algorithm, seed)
     out = search_dir(name, key)
     state_file = out / "automl_state.json"
-    finished = state_file.is_file() and json.loads(state_file.read_text()).get("status") == "FINISHED"
+    recorded = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    finished = recorded.get("status") == "FINISHED" and recorded["budget"]["trainings"] == budget
     wall = None
     if not (resume and finished):
         import shutil
@@ -265,8 +264,12 @@ def main(argv: list[str] | None = None) -> int:
         raw.write_text(json.dumps(results, indent=1))
         for algorithm, seed in [(a.strip(), k) for k in range(args.search_seeds) for a in args.algorithms.split(",") if a.strip()]:
             key = search_key(algorithm, seed)
-            if args.resume and key in data["searches"] and not search_dir(name, key).is_dir():
+            kept = data["searches"].get(key) if args.resume and not search_dir(name, key).is_dir() else None
+            if kept and kept["budget_epochs"] == round(args.budget * data["plain"][0]["epochs"]):
                 continue  # recorded by an earlier run whose folder is gone: kept as recorded
+            if kept:
+                print(f"{name} {key}: recorded at {kept['budget_epochs']} budget epochs, not --budget {args.budget:g}: "
+                      "searching again", flush=True)
             data["searches"][key] = row = search(name, algorithm, args.budget, args.resume, seed)
             print(f"{name} {key}: promoted {row['promoted']} test mIoU {row['test_miou']}, "
                   f"{row['epochs']} epochs", flush=True)

@@ -320,7 +320,7 @@ def _train_checkpoint(folder: Path, *, latest: bool = False) -> Choice | None:
         return Choice(latest_file, "the latest checkpoint") if latest_file.is_file() else \
             Choice(numbered[max(numbered)], newest)
 
-    history = _read_status(folder / STATUS_NAME)
+    history = read_status(folder / STATUS_NAME)
     on_disk: dict[tuple[int, int], Path] = dict(numbered)
     if latest_file.is_file() and history:
         # The latest file is a link to a numbered checkpoint, or the state at the end of the last
@@ -347,10 +347,12 @@ def _train_checkpoint(folder: Path, *, latest: bool = False) -> Choice | None:
     return Choice(numbered[max(numbered)], f"{newest}: {reason}")
 
 
-def _read_status(path: Path) -> list[dict[str, Any]]:
-    """status.json's epochs as {epoch, step, val_miou}; lines it cannot read are passed over."""
+def read_status(path: str | Path) -> list[dict[str, Any]]:
+    """A training's ``status.json`` (one JSON object per epoch) as [{epoch, step, val_miou}]:
+    val_miou None in epochs without validation; lines it cannot read are passed over, and a
+    missing file is no epochs. The one reader of the file (checkpoint choice here, benchmarks)."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
         return []
     records = []

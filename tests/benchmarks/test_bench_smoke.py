@@ -170,7 +170,7 @@ def test_search_quality_counts_epochs_from_status_files_and_renders(tmp_path):
     for trial, epochs in (("trial_000", 4), ("trial_001", 1), ("trial_002", 4)):
         folder = tmp_path / trial / "train"
         folder.mkdir(parents=True)
-        (folder / "status.json").write_text("".join(f'{{"epoch": {e}, "val_miou": 0.5}}\n' for e in range(epochs)))
+        (folder / "status.json").write_text("".join(f'{{"epoch": {e}, "step": {e}, "val_miou": 0.5}}\n' for e in range(epochs)))
     assert status_epochs(tmp_path) == 9
     search = {"promoted": "trial_002", "test_miou": 0.62, "trials": 3, "epochs": 9, "budget_epochs": 20, "wall_s": 120.0,
               "recheck": {"confirmed": True, "gain": 0.02, "gain_stderr": 0.005}}
