@@ -273,7 +273,9 @@ def chain_spec(cfg: Any, best_dir: Path, onnx: Path | None) -> Any:
     (instead of exporting a second time; the backend that runs: torchao where it is not installed
     is onnxruntime) and so does gen_trt_engine, else quantize takes the checkpoint. The promotion
     steps run with these inputs, so ``segformer <action> -e best/experiment.yaml`` runs evaluate,
-    export and quantize as written, on the files they used.
+    export and quantize as written, on the files they used. The file names them relative to
+    ``results_dir`` (``${results_dir}/model.pth``), so a ``best/`` moved elsewhere runs with
+    ``results_dir=<its new path>``.
     """
     from segformer.actions.quantize import resolve_backend
     from segformer.config import apply_overrides, dump_config
@@ -285,7 +287,7 @@ def chain_spec(cfg: Any, best_dir: Path, onnx: Path | None) -> Any:
                                 "export.checkpoint": str(model), "export.onnx_file": str(onnx_file),
                                 "quantize.model_path": str(quantize_input),
                                 "gen_trt_engine.onnx_file": str(onnx or onnx_file)})
-    dump_config(cfg, best_dir / SPEC_FILE)
+    dump_config(cfg, best_dir / SPEC_FILE, movable=True)
     return cfg
 
 

@@ -179,14 +179,33 @@ def _plain(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
-def dump_config(cfg: ExperimentConfig, path: str | Path) -> Path:
+def dump_config(cfg: ExperimentConfig, path: str | Path, *, movable: bool = False) -> Path:
     """Write the resolved config as YAML, atomically (a temporary file, then os.replace). Local copies
-    of remote data are written as the URLs they came from (``segformer.remote``)."""
+    of remote data are written as the URLs they came from (``segformer.remote``).
+
+    ``movable``: every other value that is a path inside ``results_dir`` is written as
+    ``${results_dir}/...``, so a folder moved or copied elsewhere runs again with one override
+    (``results_dir=/its/new/place``) instead of one per file.
+    """
     from segformer.fileio import atomic_write_text
     from segformer.remote import urls_restored
 
-    return atomic_write_text(path, yaml.safe_dump(urls_restored(to_dict(cfg)), sort_keys=False,
-                                                  default_flow_style=False))
+    values = urls_restored(to_dict(cfg))
+    root = str(values.get("results_dir") or "").rstrip("/")
+    if movable and root:
+        values = {key: value if key == "results_dir" else _under(value, root) for key, value in values.items()}
+    return atomic_write_text(path, yaml.safe_dump(values, sort_keys=False, default_flow_style=False))
+
+
+def _under(value: Any, root: str) -> Any:
+    """``value`` with paths inside the folder ``root`` written relative to ``${results_dir}``."""
+    if isinstance(value, dict):
+        return {key: _under(item, root) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_under(item, root) for item in value]
+    if isinstance(value, str) and (value == root or value.startswith(root + "/")):
+        return "${results_dir}" + value[len(root):]
+    return value
 
 
 def require(cfg: ExperimentConfig, key: str, *alternatives: str) -> Any:

@@ -203,11 +203,30 @@ def test_best_experiment_yaml_runs_evaluate_export_and_quantize_as_written(searc
     best = search_dir / "best"
     spec = best / "experiment.yaml"
     written = yaml.safe_load(spec.read_text())
-    assert written["export"]["checkpoint"] == written["evaluate"]["checkpoint"] == str(best / "model.pth")
-    assert written["quantize"]["model_path"] == written["gen_trt_engine"]["onnx_file"] == str(best / "export/segformer.onnx")
+    # paths in best/ are written relative to results_dir, so that the folder can move (below)
+    assert written["results_dir"] == str(best)
+    assert written["export"]["checkpoint"] == written["evaluate"]["checkpoint"] == "${results_dir}/model.pth"
+    assert written["quantize"]["model_path"] == written["gen_trt_engine"]["onnx_file"] == "${results_dir}/export/segformer.onnx"
     for action in ("evaluate", "export", "quantize"):
         code = main([action, "-e", str(spec)])
         captured = capsys.readouterr()
         assert code == 0, (action, captured.err[-3000:])
     assert (best / "export" / "segformer.onnx").is_file()
     assert (best / "quantize" / "quantized_model_onnxruntime.onnx").is_file()
+
+
+def test_a_moved_best_folder_runs_with_one_override(search_dir, tmp_path, capsys):
+    """best/ copied elsewhere (another machine, an archive): `results_dir=<new place>` points every
+    input and output of best/experiment.yaml there; the original folder is not read."""
+    from segformer.cli import main
+
+    moved = tmp_path / "elsewhere" / "best"
+    shutil.copytree(search_dir / "best", moved)
+    (search_dir / "best").rename(search_dir / "best.away")
+    try:
+        code = main(["evaluate", "-e", str(moved / "experiment.yaml"), f"results_dir={moved}"])
+        captured = capsys.readouterr()
+    finally:
+        (search_dir / "best.away").rename(search_dir / "best")
+    assert code == 0, captured.err[-3000:]
+    assert (moved / "evaluate" / "results.json").is_file()

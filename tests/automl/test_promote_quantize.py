@@ -61,4 +61,4 @@ def test_promotion_quantize_falls_back_without_torchao(tmp_path, monkeypatch):
     onnx_file = results / "best" / "export" / "segformer.onnx"
     assert saved["float_model"] == str(onnx_file) and not (results / "best" / "quantize" / "float_model.onnx").exists()
     written = yaml.safe_load((results / "best" / "experiment.yaml").read_text())
-    assert written["quantize"]["model_path"] == str(onnx_file)
+    assert written["quantize"]["model_path"] == "${results_dir}/export/segformer.onnx" and written["results_dir"] == str(results / "best")
