@@ -140,11 +140,17 @@ def check_pretrained(s: SearchConfig, spec_values: Mapping[str, Any]) -> None:
 
 
 def trial_overrides(params: Mapping[str, Any], s: SearchConfig) -> dict[str, Any]:
-    """A trial's sampled values as spec overrides: the precision left out, the backbone's own weights in."""
+    """A trial's sampled values as spec overrides: the precision left out; with a searched backbone,
+    its own weights and the decoder inputs it provides (the spec's in_channels are its own
+    backbone's; SegFormer's decoder reads all four stages)."""
     out = {k: v for k, v in params.items() if k != PRECISION_KEY}
     backbone = out.get("model.backbone.type")
     if backbone is not None and backbone in s.pretrained_backbones:
         out["model.backbone.pretrained_backbone_path"] = s.pretrained_backbones[backbone]
+    if backbone is not None:
+        from segformer.model import decoder_inputs
+
+        out.update({f"model.decode_head.{key}": value for key, value in decoder_inputs(backbone).items()})
     return out
 
 

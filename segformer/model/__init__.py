@@ -13,6 +13,7 @@ _EXPORTS = {
     "SegFormer": ".segformer",
     "build_segformer": ".segformer",
     "check_input_size": ".segformer",
+    "decoder_inputs": ".segformer",
     "freeze_backbone": ".segformer",
     "upsample_logits": ".segformer",
     "SegFormerHead": ".head",

@@ -157,6 +157,19 @@ def build_segformer(model_cfg: ModelConfig, num_classes: int, *, load_pretrained
     return model
 
 
+def decoder_inputs(backbone: str, in_index: Sequence[int] = (0, 1, 2, 3)) -> dict[str, list[int]]:
+    """``model.decode_head.in_channels`` and ``feature_strides`` as backbone ``backbone`` provides
+    them at ``in_index``: what goes with a change of backbone (a search over backbones), so that the
+    spec stays consistent and :func:`build_segformer` has nothing to warn about. The backbone is
+    built on the meta device: no weights are allocated."""
+    import torch
+
+    with torch.device("meta"):
+        built = get_backbone_factory(backbone)()
+    return {"in_channels": [int(built.out_channels[i]) for i in in_index],
+            "feature_strides": [int(built.strides[i]) for i in in_index]}
+
+
 def _check_declared(key: str, declared: Sequence[int], actual: Sequence[int], backbone: str) -> None:
     if declared and list(declared) != list(actual):
         warnings.warn(f"model.{key}={list(declared)} differs from what backbone {backbone!r} provides "
