@@ -252,18 +252,3 @@ def test_trials_over_the_limit_do_not_use_up_the_trial_count(data, tmp_path) -> 
         opts, space, baseline, budget = _plan(opts, find_skill("segformer"))
         counts[name] = build_search(opts, space, baseline, budget).num_samples
     assert counts["limited"] == counts["free"] + infeasible_cap(budget) == counts["free"] + 9
-
-
-def test_a_small_space_is_not_trained_twice(data, tmp_path) -> None:
-    """Two input sizes and a budget of six trainings: TPE repeats itself in a space this small, and
-    a repeat would train the same configuration with the same seed again. Each configuration trains
-    once; the search then ends with the budget it did not need left unspent."""
-    import automl
-
-    opts = search_options(tmp_path / "r", data / "spec.yaml", overrides=SMALL, budget=6, only=["dataset.segment.img_size"],
-                          structure={"dataset.segment.img_size": [32, 64]}, latency_threads=1, num_cpus=2,
-                          export=False, quantize=False, trt=False)
-    state = automl.run(opts, echo=lambda line: None).state
-    searched = [t for t in state.trials.values() if not t.recheck_of]
-    assert sorted(t.params["dataset.segment.img_size"] for t in searched) == [32, 64]
-    assert state.status == "FINISHED" and state.epochs_trained() < 6
