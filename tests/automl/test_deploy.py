@@ -132,7 +132,6 @@ def test_dry_run_searches_the_structure_the_user_names(data, tmp_path, capsys) -
     assert "--pretrained BACKBONE=PATH" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # two small searches, about 3 min on 2 shared cores; CI runs it (make test)
 def test_a_searched_backbone_brings_its_decoder_inputs(data) -> None:
     """The spec's decode_head.in_channels are MiT-B0's; a trial on MiT-B1 gets B1's with it, so the
     trial, its latency measurement and the promoted spec build the model without a mismatch warning."""
@@ -154,6 +153,7 @@ def test_a_searched_backbone_brings_its_decoder_inputs(data) -> None:
     assert sum(p.numel() for p in model.parameters()) > 13_000_000  # MiT-B1 indeed
 
 
+@pytest.mark.slow  # two small searches, about 3 min on 2 shared cores; CI runs it (make test)
 def test_a_latency_limit_keeps_slow_models_out(data, tmp_path) -> None:
     """A grid over two input sizes with a limit between their measured latencies: the slow one is
     recorded with its latency, trains nothing and is never promoted; with a limit no model meets,
