@@ -33,7 +33,9 @@ What is searched first (`prioritise`, `centre`)
 The re-check (`BudgetSearcher`, `verdict`)
     The search ranks trials on the validation split, and the best of many noisy trainings is better
     on that split than it will be elsewhere (the winner's curse). So when the search's share is
-    spent, the leading trial and the baseline train once more with another seed (``train.seed`` + 1).
+    spent, the leading trial and the baseline train once more with another seed (``train.seed`` + 1);
+    when the baseline led, the runner-up and the baseline do (the spec's configuration gets its second
+    seed, and the noise is measured, either way).
     Both train with the same two seeds (the same initial weights and batch order), so the gains are
     paired and a seed that is good or bad for both cancels out. The leader's gain in the search is
     inflated by the selection; its gain on the fresh seed is not. The leader is promoted only when it
@@ -316,8 +318,10 @@ class BudgetSearcher(Searcher):
         if not self.budget.recheck or state is None:
             return []
         baseline, leader = state.baseline(), leading(state)
-        if (baseline is None or leader is None or baseline.status not in DONE or baseline.infeasible
-                or not state.better(leader.best_value, baseline.best_value)):
+        # Also when the baseline led: the reserve then trains the spec's configuration on a second seed
+        # (the better of its two trainings is promoted, as for any chosen configuration) and measures
+        # the noise that the runner-up's deficit is read against, instead of going unspent.
+        if baseline is None or leader is None or baseline.status not in DONE or baseline.infeasible:
             return []
         seed = self.budget.seed + 1
         return [{**record.params, "train.seed": seed, FULL: True, RECHECK_OF: record.name} for record in (leader, baseline)]
@@ -390,7 +394,7 @@ class BudgetFIFO(_BudgetStops, FIFOScheduler):
 def verdict(state: SearchState) -> dict[str, Any] | None:
     """The re-check's answer: which trial to promote, the gain over the baseline and its uncertainty.
 
-    None when no re-check ran (no budget for it, or the baseline led the search).
+    None when no re-check ran (no budget for it, or no trial besides the baseline has a result).
     """
     checks = {t.recheck_of: t for t in state.trials.values() if t.recheck_of and t.status in DONE and t.best_value is not None}
     baseline, leader = state.baseline(), leading(state)
@@ -412,9 +416,13 @@ def verdict(state: SearchState) -> dict[str, Any] | None:
     fresh = gains[1]
     gain_noise = abs(gains[0] - gains[1]) / math.sqrt(2)
     confirmed = min(gains) > 0 and fresh > gain_noise
+    led = gains[0] > 0  # else the baseline led the search and `leader` is the runner-up
     if confirmed:
         why = (f"{leader.name} beat the baseline on the re-check seed by {fresh:+.4f}, more than the gain moved "
                f"between seeds ({gain_noise:.4f}); {leader.name} is promoted")
+    elif not led:
+        why = (f"the baseline led the search: {leader.name}, the best other trial, scored {gains[0]:+.4f} against it, and "
+               f"{fresh:+.4f} on the re-check seed (the gain moved by {gain_noise:.4f} between seeds); the baseline is promoted")
     elif fresh > 0:
         why = (f"{leader.name} beat the baseline on the re-check seed by only {fresh:+.4f}, less than the gain moved "
                f"between seeds ({gain_noise:.4f}): its lead in the search ({gains[0]:+.4f}) is within the noise; "
@@ -430,4 +438,4 @@ def verdict(state: SearchState) -> dict[str, Any] | None:
     return {"leader": leader.name, "baseline": baseline.name, "leader_rechecks": [checks[leader.name].name],
             "baseline_rechecks": [checks[baseline.name].name], "seeds": 2, "leader_values": [c0, c1],
             "baseline_values": [b0, b1], "gain": gain, "gain_stderr": stderr, "seed_noise": noise,
-            "recheck_gain": fresh, "gain_noise": gain_noise, "confirmed": confirmed, "promoted": promoted.name, "configuration": pair[0].name, "reason": why}
+            "recheck_gain": fresh, "gain_noise": gain_noise, "confirmed": confirmed, "baseline_led": not led, "promoted": promoted.name, "configuration": pair[0].name, "reason": why}

@@ -206,9 +206,9 @@ def summary(state: SearchState) -> str:
             r = state.recheck
             fresh = (f", on the fresh seed {r['recheck_gain']:+.4f} vs noise {r['gain_noise']:.4f}"
                      if r.get("recheck_gain") is not None and r.get("gain_noise") is not None else "")
-            lines.append(f"  re-check {r['leader']} vs baseline over {r['seeds']} seeds: gain {r['gain']:+.4f} "
-                         f"+/- {r['gain_stderr']:.4f}{fresh} -> {'confirmed' if r['confirmed'] else 'not confirmed'}; "
-                         f"promoted {r['promoted']}")
+            outcome = "confirmed" if r["confirmed"] else "the baseline led" if r.get("baseline_led") else "not confirmed"
+            lines.append(f"  re-check {recheck_role(r)} {r['leader']} vs baseline over {r['seeds']} seeds: gain {r['gain']:+.4f} "
+                         f"+/- {r['gain_stderr']:.4f}{fresh} -> {outcome}; promoted {r['promoted']}")
     if state.pareto is not None:
         lines.append(f"  front    {len(state.pareto['front'])} of {len(state.pareto['points'])} trials on the "
                      f"{' / '.join(state.pareto['objectives'])} front; promoted {state.pareto['chosen']}: {state.pareto['rule']}")
@@ -224,3 +224,8 @@ def summary(state: SearchState) -> str:
         f"  MLflow UI  automl ui {layout.root}",
     ]
     return "\n".join(lines)
+
+
+def recheck_role(recheck: dict) -> str:
+    """What the re-checked trial was in the search: its leader, or the runner-up when the baseline led."""
+    return "runner-up" if recheck.get("baseline_led") else "leader"

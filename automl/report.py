@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from automl.console import trial_rows
+from automl.console import recheck_role, trial_rows
 from automl.layout import Layout, trial_number
 from automl.state import FINISHED, KILLED, STOPPED, SearchState, TrialRecord
 from segformer.fileio import atomic_write_text
@@ -643,7 +643,7 @@ def _comparison(state: SearchState, plots: dict[str, str]) -> list[Block]:
     if r is not None:
         noise = (f"; the gain moved by {r['gain_noise']:.4f} between the two seeds (grey band)"
                  if r.get("gain_noise") is not None else "")
-        text = (f"The leader `{r['leader']}` against the baseline `{r['baseline']}`, each trained on two seeds: the paired "
+        text = (f"The {recheck_role(r)} `{r['leader']}` against the baseline `{r['baseline']}`, each trained on two seeds: the paired "
                 f"gain on each seed and their mean {r['gain']:+.4f} +/- {r['gain_stderr']:.4f} (standard error){noise}.")
     else:
         best, baseline = _compared(state)  # type: ignore[misc]
@@ -665,7 +665,7 @@ def _recheck(state: SearchState) -> list[Block]:
     if r is not None:
         blocks += [Heading("Re-check (another seed) before promotion"),
                    Table(["", "the search's seed", "the re-check's seed (+1)"],
-                         [[f"leader `{r['leader']}`", f"{r['leader_values'][0]:.4f}", f"{r['leader_values'][1]:.4f}"],
+                         [[f"{recheck_role(r)} `{r['leader']}`", f"{r['leader_values'][0]:.4f}", f"{r['leader_values'][1]:.4f}"],
                           [f"baseline `{r['baseline']}`", f"{r['baseline_values'][0]:.4f}", f"{r['baseline_values'][1]:.4f}"]]),
                    Para(f"Gain {r['gain']:+.4f} +/- {r['gain_stderr']:.4f} (mean and standard error of the paired gains; "
                         f"seed-to-seed spread of one training {r['seed_noise']:.4f}).{_fresh_gain(r)} {r['reason']}")]

@@ -194,6 +194,10 @@ def repeated(results: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _outcome(verdict: dict[str, Any]) -> str:
+    return "confirmed" if verdict.get("confirmed") else "baseline led" if verdict.get("baseline_led") else "not confirmed"
+
+
 def render(results: dict[str, Any]) -> str:
     lines = [f"## {TITLE}", "", f"Ran on: {machine_line().rstrip('.')}. `python -m benchmarks.search_quality` "
              f"({time.strftime('%Y-%m-%d')}); every number is a test-split mIoU (the split no search ranked on).", ""]
@@ -208,8 +212,8 @@ def render(results: dict[str, Any]) -> str:
         if row is None:
             continue
         verdict = row["recheck"]
-        check = (f"{'confirmed' if verdict.get('confirmed') else 'not confirmed'}, gain {verdict['gain']:+.3f} "
-                 f"± {verdict['gain_stderr']:.3f}" if verdict else "none (the baseline led)")
+        check = (f"{_outcome(verdict)}, gain {verdict['gain']:+.3f} ± {verdict['gain_stderr']:.3f}" if verdict
+                 else "none (the baseline led)")
         win = row["test_miou"] - best_plain if row["test_miou"] is not None else None
         lines.append(f"| {name} | {statistics.mean(seeds):.3f} ({min(seeds):.3f}..{max(seeds):.3f}) | {best_plain:.3f} | "
                      f"{row['test_miou']:.3f} ({row['promoted']}; {win:+.3f} vs best plain) | {check} | "
@@ -222,7 +226,7 @@ def render(results: dict[str, Any]) -> str:
             if row.get("test_miou") is None or not seeds:
                 continue
             verdict = row["recheck"]
-            check = f"{'confirmed' if verdict.get('confirmed') else 'not confirmed'}" if verdict else "baseline led"
+            check = _outcome(verdict) if verdict else "baseline led"
             lines.append(f"| {name} | {algorithm} | {row['test_miou']:.3f} | {row['test_miou'] - max(seeds):+.3f} | "
                          f"{row['trials']} | {row['epochs']} | {check} |")
     spread = repeated(results)
