@@ -310,36 +310,39 @@ class MlflowCallback(_Bound, Callback):
 
 class RayStateBackup(_Bound, Callback):
     """The last complete set of Ray's experiment state files (`automl.ray_session.backup_ray_state`),
-    taken once Ray's background copy has settled: the files have looked the same for `settle_s`."""
+    taken from Ray's driver staging folder at the end of a step of its loop, whenever the trials or
+    the searcher changed (`automl.ray_session.state_fingerprint`).
 
-    settle_s = 1.0
-    look_every_s = 0.5  # Ray's driver steps many times a second; its state changes every 10 s or more
+    Ray saves its state into that staging folder in the same thread, just before the step ends, so
+    the set read there is whole and of one moment; the copy in the results folder is made from it in
+    the background, file by file, and is what a kill can cut or mix. (A backup that waited for the
+    results folder's files to look unchanged was never taken: with TUNE_GLOBAL_CHECKPOINT_S=0 Ray
+    rewrites them twice a second.)"""
+
+    look_every_s = 0.5
 
     def __init__(self, results_dir: str | Path) -> None:
         super().__init__(results_dir)
-        self._seen: tuple = ()
-        self._seen_at = 0.0
-        self._saved: tuple = ()
+        self._saved = ""
         self._looked_at = 0.0
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        if time.monotonic() - self._looked_at < self.look_every_s:
+        if not trials or time.monotonic() - self._looked_at < self.look_every_s:
             return
         self._looked_at = time.monotonic()
         try:
-            self._backup()
-        except OSError as err:  # a backup missed is taken at the next save; it never stops the search
+            self._backup(Path(trials[0].storage.experiment_driver_staging_path))
+        except (OSError, ValueError, AttributeError) as err:  # a backup missed is taken at the next look
             log.debug("Ray state backup skipped: %s", err)
 
-    def _backup(self) -> None:
-        from automl.ray_session import backup_ray_state, state_signature
+    def _backup(self, staging: Path) -> None:
+        from automl.ray_session import backup_ray_state, read_ray_state, state_fingerprint
 
-        layout = self.live.layout
-        now = state_signature(layout.ray_experiment)
-        if now != self._seen:
-            self._seen, self._seen_at = now, time.monotonic()
-        elif (now and now != self._saved and time.monotonic() - self._seen_at >= self.settle_s
-              and backup_ray_state(layout.ray_experiment, layout.ray_backup)):
+        contents = read_ray_state(staging)
+        if contents is None:
+            return
+        now = state_fingerprint(contents)
+        if now != self._saved and backup_ray_state(staging, self.live.layout.ray_backup, contents):
             self._saved = now
 
 

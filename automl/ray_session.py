@@ -10,8 +10,9 @@ is shut down when it exits (local Ray: stopped; --address: this driver disconnec
 Tune's experiment state (``ray/search/experiment_state-*.json``, the searcher's state, ...) is saved
 after every event so that a killed driver resumes (`automl resume`). Ray copies those files into the
 results folder in the background, one after the other, so a SIGKILL during a copy can leave one cut:
-:func:`backup_ray_state` keeps the last complete set, as one archive, and :func:`repair_ray_state`
-puts the whole set back before `Tuner.restore`.
+:func:`backup_ray_state` keeps the last complete set, as one archive (`automl.callbacks.RayStateBackup`
+takes it from Ray's driver staging folder, where the set is whole at the end of each step), and
+:func:`repair_ray_state` puts the whole set back before `Tuner.restore`.
 """
 
 from __future__ import annotations
@@ -218,39 +219,70 @@ def state_files(experiment_dir: Path) -> list[Path]:
     return sorted(p for pattern in _RAY_STATE_FILES for p in experiment_dir.glob(pattern))
 
 
-def state_signature(experiment_dir: Path) -> tuple:
-    """What the state files look like now (name, size, modification time): equal on two looks in a
-    row, no copy into the folder is under way."""
-    return tuple((path.name, *stat) for path in state_files(experiment_dir) if (stat := _stat(path)) is not None)
+def read_ray_state(experiment_dir: Path) -> dict[str, bytes] | None:
+    """Ray's state files (name -> bytes), each read once; None unless every one is whole and none
+    changed while it was read (a file being rewritten is neither taken cut nor mixed in)."""
+    files = state_files(experiment_dir)
+    before = [_stat(p) for p in files]
+    try:
+        contents = [p.read_bytes() for p in files]
+    except OSError:
+        return None
+    if not files or before != [_stat(p) for p in files] or not all(_whole(c) for c in contents):
+        return None
+    return {path.name: data for path, data in zip(files, contents)}
 
 
-def backup_ray_state(experiment_dir: Path, backup: Path) -> bool:
+def state_fingerprint(contents: dict[str, bytes]) -> str:
+    """What a set of state files says, without what Ray rewrites on every step of its loop (the
+    experiment file's loop counters and clocks): equal fingerprints, the same trials and searcher."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for name, data in sorted(contents.items()):
+        if name.startswith("experiment_state") and data[:1] != b"\x80":
+            data = json.dumps(_decoded(json.loads(data).get("trial_data")), sort_keys=True).encode()
+        digest.update(name.encode() + b"\0" + data + b"\0")
+    return digest.hexdigest()
+
+
+def _decoded(value: Any) -> Any:
+    """`value` with the JSON documents nested in its strings parsed (Ray keeps each trial's state as a
+    JSON string, its keys in no fixed order from one write to the next)."""
+    if isinstance(value, str) and value[:1] in "{[":
+        try:
+            return _decoded(json.loads(value))
+        except ValueError:
+            return value
+    if isinstance(value, dict):
+        return {k: _decoded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decoded(v) for v in value]
+    return value
+
+
+def backup_ray_state(experiment_dir: Path, backup: Path, contents: dict[str, bytes] | None = None) -> bool:
     """Keep the state files as one set, in one archive written atomically, when every one is complete.
 
     Ray writes them in a staging folder and copies them here in the background, one file after the
     other, so a driver killed during a copy can leave one cut, or the set mixed from two moments; a
     set restored file by file can be inconsistent (a searcher that waits for a trial the experiment
-    does not know). Returns whether a backup was written.
+    does not know). `contents` is a set `read_ray_state` read (RayStateBackup takes one that has
+    stayed the same for a while: a consistent moment); without it the files are read now. Returns
+    whether a backup was written.
     """
     import io
     import tarfile
 
     from segformer.fileio import atomic_write
 
-    files = state_files(experiment_dir)
-    # Each file read once, and the set taken only if nothing changed while it was read: a file
-    # rewritten meanwhile is neither archived cut nor mixed with the others' moment.
-    before = [_stat(p) for p in files]
-    try:
-        contents = [p.read_bytes() for p in files]
-    except OSError:
-        return False
-    if not files or before != [_stat(p) for p in files] or not all(_whole(c) for c in contents):
+    contents = contents if contents is not None else read_ray_state(experiment_dir)
+    if not contents:
         return False
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for path, data in zip(files, contents):
-            info = tarfile.TarInfo(path.name)
+        for name, data in sorted(contents.items()):
+            info = tarfile.TarInfo(name)
             info.size, info.mtime = len(data), int(time.time())
             archive.addfile(info, io.BytesIO(data))
     atomic_write(backup, lambda out: out.write(buffer.getvalue()), sync=False)

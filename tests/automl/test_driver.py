@@ -297,6 +297,8 @@ def test_resume_after_sigkill(dataset, tmp_path):
     """Kill the driver with SIGKILL mid-search, resume: no trial repeated or lost, no duplicate runs."""
     from mlflow import MlflowClient
 
+    from automl.layout import Layout
+
     results = tmp_path / "killed"
     cmd = [sys.executable, "-m", "automl.cli", "run", "--skill", "segformer", "-e", str(dataset),
            "--results-dir", str(results), "--algorithm", "bayesian", "--max-trials", "3", "--max-epochs", "3", "--num-cpus", "2",
@@ -307,9 +309,12 @@ def test_resume_after_sigkill(dataset, tmp_path):
     proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
+        # ... and one complete copy of Ray's state kept: a kill before that first copy is refused with
+        # its own message (test_callbacks.py), a race this test would otherwise lose now and then.
         _wait_for(lambda: sum(t["status"] == "FINISHED" for t in _trials(results).values()) >= 1
-                  and any(t["status"] == "RUNNING" and t["history"] for t in _trials(results).values()),
-                  240, "one finished trial and one running trial with a reported epoch")
+                  and any(t["status"] == "RUNNING" and t["history"] for t in _trials(results).values())
+                  and Layout.of(results).ray_backup.is_file(),
+                  240, "one finished trial, one running trial with a reported epoch and a saved Ray state")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:

@@ -20,6 +20,8 @@ import pytest
 
 from relhelpers import BIN, REPO
 
+from automl.layout import Layout
+
 pytestmark = pytest.mark.slow  # each test is a whole search (30-90 s on 2 shared cores); CI runs them
 
 TINY_SEARCH = ["--num-cpus", "2", "--max-concurrent", "1", "--no-promote", "--algorithm", "random", "--only", "train.optim.lr",
@@ -234,7 +236,9 @@ def test_one_driver_per_results_folder(dataset, tmp_path):
     `automl resume` then finishes the search (trial folders never shared by two drivers)."""
     results = tmp_path / "search"
     with _search(dataset, results, "--max-trials", "2", "--max-epochs", "12") as proc:
-        _wait_for(proc, lambda: _running_with_epoch(results) is not None, 240, "a running trial with a reported epoch")
+        # and one complete copy of Ray's state kept (a kill before it is refused with its own message)
+        _wait_for(proc, lambda: _running_with_epoch(results) is not None and Layout.of(results).ray_backup.is_file(), 240,
+                  "a running trial with a reported epoch and a saved Ray state")
         for argv in (["run", "--skill", "segformer", "-e", str(dataset / "spec.yaml"), "--results-dir", str(results),
                       *TINY_SEARCH, "--max-trials", "2"], ["resume", str(results)]):
             started = time.monotonic()
