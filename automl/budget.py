@@ -257,9 +257,15 @@ class BudgetSearcher(Searcher):
     """Wraps the algorithm's searcher: new trials while the search's share of the budget lasts, then
     the re-check of the leader and the baseline (`verdict` reads it), then FINISHED.
 
-    Also marks the baseline's config with ``_full`` (the scheduler never stops it early). The
-    searcher is pickled into Ray's experiment checkpoint, so `automl resume` continues it.
+    Also marks the baseline's config with ``_full`` (the scheduler never stops it early), and never
+    trains a configuration twice: a sampler's proposal equal to an earlier trial's (TPE repeats itself
+    in a small categorical space, such as a search over a few backbones and input sizes) is answered
+    with that trial's result, or failed while it runs, and the sampler asked again; after
+    `DUPLICATE_TRIES` repeats in a row the space counts as exhausted. The searcher is pickled into
+    Ray's experiment checkpoint, so `automl resume` continues it.
     """
+
+    DUPLICATE_TRIES = 20
 
     def __init__(self, inner: Searcher, results_dir: str, budget: EpochBudget, baseline: Mapping[str, Any] | None,
                  metric: str, mode: str) -> None:
@@ -273,6 +279,9 @@ class BudgetSearcher(Searcher):
         self.searching = True
         self.queue: list[dict[str, Any]] | None = None  # the re-check configs, once decided
         self.flagged = False  # the baseline's config was marked _full
+        self.trained: dict[str, str] = {}  # a proposed configuration (`_same`) -> the trial that trains it
+        self.results: dict[str, dict] = {}  # a trial's last result, once complete (a repeat's answer)
+        self.inner_ids: dict[str, str] = {}  # Ray's trial id -> the inner searcher's, where they differ
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return self.searcher.set_search_properties(metric, mode, config, **spec)
@@ -289,12 +298,13 @@ class BudgetSearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if self.searching and self._can_start():
-            config = self.searcher.suggest(trial_id)
+            config = self._fresh(trial_id)
             if config == Searcher.FINISHED:
                 self.searching = False
             elif config is not None:
                 self.own.add(trial_id)
                 self.running.add(trial_id)
+                self.trained[_same(config)] = trial_id
                 if self.baseline is not None and not self.flagged and config == self.baseline:
                     config, self.flagged = {**config, FULL: True, BASELINE: True}, True
                 return config
@@ -313,6 +323,25 @@ class BudgetSearcher(Searcher):
             self.queue = self._rechecks()
         return self.queue.pop(0) if self.queue else Searcher.FINISHED
 
+    def _fresh(self, trial_id: str) -> dict[str, Any] | str | None:
+        """The inner searcher's next configuration that no trial has trained yet (None: wait)."""
+        for attempt in range(self.DUPLICATE_TRIES):
+            inner_id = trial_id if attempt == 0 else f"{trial_id}~repeat{attempt}"
+            config = self.searcher.suggest(inner_id)
+            if config is None or config == Searcher.FINISHED:
+                return config
+            earlier = self.trained.get(_same(config))
+            if earlier is None:
+                if inner_id != trial_id:
+                    self.inner_ids[trial_id] = inner_id
+                return config
+            if earlier in self.results:  # what the same training gave: the sampler learns without a second one
+                self.searcher.on_trial_complete(inner_id, result=self.results[earlier])
+            else:
+                self.searcher.on_trial_complete(inner_id, error=True)
+        # Every proposal repeated a trained configuration: the space is exhausted once nothing runs.
+        return None if self.running else Searcher.FINISHED
+
     def _rechecks(self) -> list[dict[str, Any]]:
         state = _live_state(self.results_dir)
         if not self.budget.recheck or state is None:
@@ -328,12 +357,14 @@ class BudgetSearcher(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.own:
-            self.searcher.on_trial_result(trial_id, result)
+            self.searcher.on_trial_result(self.inner_ids.get(trial_id, trial_id), result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self.own:
             self.running.discard(trial_id)
-            self.searcher.on_trial_complete(trial_id, result=result, error=error)
+            if result is not None and not error:
+                self.results[trial_id] = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
+            self.searcher.on_trial_complete(self.inner_ids.get(trial_id, trial_id), result=result, error=error)
 
     # Ray saves a searcher wrapper by its `searcher` attribute and get_state/set_state (ConcurrencyLimiter's
     # pattern), the base searcher (Optuna's) by its own save: both come back with `automl resume`.
@@ -344,6 +375,13 @@ class BudgetSearcher(Searcher):
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+
+
+def _same(config: Mapping[str, Any]) -> str:
+    """A configuration's identity: its values, without the driver's own flags."""
+    import json
+
+    return json.dumps({k: v for k, v in config.items() if not k.startswith("_")}, sort_keys=True, default=str)
 
 
 def leading(state: SearchState) -> TrialRecord | None:
