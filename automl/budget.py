@@ -340,7 +340,25 @@ class BudgetSearcher(Searcher):
             else:
                 self.searcher.on_trial_complete(inner_id, error=True)
         # Every proposal repeated a trained configuration: the space is exhausted once nothing runs.
-        return None if self.running else Searcher.FINISHED
+        if self.running:
+            return None
+        self._exhausted()
+        return Searcher.FINISHED
+
+    def _exhausted(self) -> None:
+        """Say, in the state's budget (the summary and report show it) and on the console, that the
+        search ends with epochs left because its space has nothing new to train."""
+        from automl.callbacks import bound_search
+
+        live = bound_search(self.results_dir)
+        if live is None or live.state.budget is None:
+            return
+        why = (f"the space is exhausted: the sampler's last {self.DUPLICATE_TRIES} proposals all repeated one of the "
+               f"{len(self.trained)} configurations already trained")
+        live.state.budget["ended"] = why
+        live.state.save()
+        if live.echo is not None:
+            live.echo(f"automl: {why}; the search ends with budget left")
 
     def _rechecks(self) -> list[dict[str, Any]]:
         state = _live_state(self.results_dir)

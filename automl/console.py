@@ -214,8 +214,9 @@ def summary(state: SearchState) -> str:
                      f"{' / '.join(state.pareto['objectives'])} front; promoted {state.pareto['chosen']}: {state.pareto['rule']}")
     if state.budget is not None:
         total = state.budget_epochs()
+        ended = f"; {state.budget['ended']}" if state.budget.get("ended") else ""
         lines.append(f"  budget   {state.epochs_trained()} of {total} epochs trained ({state.budget['trainings']:g} trainings of "
-                     f"{state.budget['spec_epochs']} epochs)")
+                     f"{state.budget['spec_epochs']} epochs){ended}")
     layout = Layout.of(state.results_dir)
     if layout.best_dir.is_dir():
         lines.append(f"  artifacts  {layout.best_dir}")

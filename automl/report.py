@@ -660,7 +660,8 @@ def _recheck(state: SearchState) -> list[Block]:
     if state.budget is not None:
         total = state.budget_epochs()
         blocks += [Heading("Budget"), Para(f"{state.epochs_trained()} of {total} epochs trained ({state.budget['trainings']:g} "
-                                           f"trainings of the spec's {state.budget['spec_epochs']} epochs, re-checks included).")]
+                                           f"trainings of the spec's {state.budget['spec_epochs']} epochs, re-checks included)"
+                                           + (f"; {state.budget['ended']}." if state.budget.get("ended") else "."))]
     r = state.recheck
     if r is not None:
         blocks += [Heading("Re-check (another seed) before promotion"),

@@ -284,7 +284,11 @@ def test_a_small_space_is_not_trained_twice(data, tmp_path) -> None:
     opts = search_options(tmp_path / "r", data / "spec.yaml", overrides=SMALL, budget=6, only=["dataset.segment.img_size"],
                           structure={"dataset.segment.img_size": [32, 64]}, latency_threads=1, num_cpus=2,
                           export=False, quantize=False, trt=False)
-    state = automl.run(opts, echo=lambda line: None).state
+    lines: list[str] = []
+    state = automl.run(opts, echo=lines.append).state
     searched = [t for t in state.trials.values() if not t.recheck_of]
     assert sorted(t.params["dataset.segment.img_size"] for t in searched) == [32, 64]
-    assert state.status == "FINISHED" and state.epochs_trained() < 6
+    assert state.status == "FINISHED" and state.epochs_trained() < state.budget_epochs()
+    # the summary says why budget is left
+    assert state.budget["ended"].startswith("the space is exhausted") and "2 configurations already trained" in state.budget["ended"]
+    assert any(line.startswith("  budget   ") and "the space is exhausted" in line for line in "\n".join(lines).splitlines())
