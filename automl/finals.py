@@ -100,8 +100,9 @@ def final_evaluation(state: SearchState, promoted: TrialRecord, echo: Callable[[
     return out
 
 
-def final_lines(final: dict[str, Any]) -> list[str]:
-    """The summary's lines: test mIoU of the promoted model and the baseline, side by side."""
+def final_lines(final: dict[str, Any], recheck: dict[str, Any] | None = None) -> list[str]:
+    """The summary's lines: test mIoU of the promoted model and the baseline, side by side (when the
+    baseline's configuration won, the re-checked trial's against it, named as `recheck` says)."""
     if not final:
         return []
     if "skipped" in final:
@@ -111,7 +112,9 @@ def final_lines(final: dict[str, Any]) -> list[str]:
         return ["  test     could not score both models (see the lines above)"]
     lead = final.get("leader", {})
     if sorted(p["trials"]) == sorted(b["trials"]) and lead.get("mean") is not None:  # the baseline's configuration won
-        p, role = lead, "leader"
+        from automl.console import recheck_role
+
+        p, role = lead, recheck_role(recheck or {})
     else:
         role = "promoted"
     seeds = f" (means of {len(p['test_miou'])} and {len(b['test_miou'])} seeds)" if len(p["test_miou"]) > 1 or len(b["test_miou"]) > 1 else ""

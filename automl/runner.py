@@ -631,6 +631,6 @@ def _finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo
     state.save()
     if parent:
         tracker.end_run(parent, FINISHED)
-    echo(summary(state) + "".join("\n" + line for line in final_lines(state.final_evaluation or {})))
+    echo(summary(state) + "".join("\n" + line for line in final_lines(state.final_evaluation or {}, state.recheck)))
     return SearchOutcome(Path(opts.results_dir), "search", state=state, best=best, baseline=baseline,
                          promotion=state.promotion, report=report, message=stop_reason, stopped_by_failures=bool(stop_reason))

@@ -143,6 +143,19 @@ def test_the_recheck_promotes_only_a_gain_above_the_noise(tmp_path: Path) -> Non
     assert verdict(state) is None
 
 
+def test_the_test_line_names_what_the_baseline_was_compared_with() -> None:
+    """When the baseline's configuration is promoted, the summary's test line sets the re-checked
+    trial against it: "leader" when that trial led the search, "runner-up" when the baseline did."""
+    from automl.finals import final_lines
+
+    both = {"trials": ["trial_000", "trial_009"], "test_miou": [0.60, 0.61], "mean": 0.605}
+    final = {"promoted": both, "baseline": both, "leader": {"trials": ["trial_004", "trial_008"], "test_miou": [0.6, 0.6], "mean": 0.6}}
+    led = final_lines(final, {"baseline_led": True, "confirmed": False})
+    assert led == ["  test     runner-up trial_004 mIoU 0.6000 vs baseline trial_000 0.6050 (-0.0050) on the untouched "
+                   "test split (means of 2 and 2 seeds)"]
+    assert final_lines(final, {"baseline_led": False})[0].startswith("  test     leader trial_004 ")
+
+
 def test_state_keeps_the_promoted_trial(tmp_path: Path) -> None:
     state = _state(tmp_path, baseline=(0.60, 0.62), leader=(0.64, 0.61))
     assert state.best().name == "trial_001"
