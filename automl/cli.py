@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from automl.layout import Layout
 from automl.options import ALGORITHMS
-from automl.signals import EXIT_INTERRUPTED, interrupt_on_sigterm
+from automl.signals import EXIT_INTERRUPTED, interrupt_on_sigterm, stop_descendants
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -276,7 +276,8 @@ def entry() -> None:
 
     A search cut by Ctrl-C or SIGTERM has saved its state when `main` returns. The process then ends
     without Python's exit handlers: a SIGTERM to the whole process group has stopped Ray's own
-    processes too, and Ray's exit handler would wait for them without a limit.
+    processes too, and Ray's exit handler would wait for them without a limit. What this process
+    started and is still running (a SIGTERM to the driver alone reaches none of it) is stopped first.
     """
     code = main()
     if code == EXIT_INTERRUPTED:
@@ -285,6 +286,7 @@ def entry() -> None:
                 stream.flush()
             except (OSError, ValueError):  # closed or broken pipe: nothing more can be written
                 pass
+        stop_descendants()  # the local Ray it started, which no exit handler will stop now
         os._exit(code)
     sys.exit(code)
 

@@ -230,6 +230,28 @@ def test_sigterm_to_the_process_group_ends_the_driver(dataset, tmp_path):
     assert "RUNNING" not in {t["status"] for t in state["trials"].values()}
 
 
+def test_sigterm_to_the_driver_alone_leaves_no_ray_process(dataset, tmp_path):
+    """`kill PID` of the driver alone (pkill, a supervisor): it saves its state, exits 130, and no
+    process it started outlives it (the local Ray's GCS and raylet, and under the raylet its
+    dashboard and runtime-env agents and the trial workers; the agents used to stay)."""
+    from automl.signals import _descendants, _gone
+
+    results = tmp_path / "search"
+    with _search(dataset, results, "--max-trials", "3", "--max-epochs", "8") as proc:
+        _wait_for(proc, lambda: _running_with_epoch(results) is not None, 240, "a running trial with a reported epoch")
+        started = _descendants(proc.pid)
+        names = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0][-40:] for pid in started if not _gone(pid)}
+        assert any(n.endswith(b"/raylet") for n in names.values()), names
+        os.kill(proc.pid, signal.SIGTERM)
+        out = _finish(proc, timeout=90)
+        assert proc.returncode == 130, out[-3000:]
+        deadline = time.time() + 15
+        while time.time() < deadline and not all(_gone(pid) for pid in started):
+            time.sleep(0.5)
+        assert not [names.get(pid) for pid in started if not _gone(pid)]
+    assert json.loads((results / "automl_state.json").read_text())["status"] == "INTERRUPTED"
+
+
 def test_one_driver_per_results_folder(dataset, tmp_path):
     """A second `automl run` or `automl resume` on a folder a search is using stops at once, naming
     the folder and the driver holding it; the lock goes with a driver killed by SIGKILL, so
