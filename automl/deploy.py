@@ -211,18 +211,12 @@ def premeasure(opts: Any, space: Any, baseline: Mapping[str, Any] | None, echo: 
     measured = cache(opts.results_dir, s)
     root = Layout.of(opts.results_dir).root
 
-    def lookup(values: Mapping[str, Any], precision: str) -> dict[str, Any]:
+    def config(values: Mapping[str, Any], precision: str) -> Any:
         try:
-            cfg = apply_overrides(base_config(opts.spec, opts.overrides, root), trial_overrides(values, s))
-            return measured.lookup(cfg, precision)
+            return apply_overrides(base_config(opts.spec, opts.overrides, root), trial_overrides(values, s))
         except (ValueError, RuntimeError) as err:
             raise SearchError(f"latency of {dict(values) or 'the spec'} at {precision} cannot be measured: {err}") from None
 
-    if s.max_latency_ratio is not None:
-        own, ratio = lookup(dict(baseline or {}), "fp32")["latency_ms"], s.max_latency_ratio
-        opts = opts.with_values(max_latency_ms=round(ratio * own, 3), max_latency_ratio=None)
-        s = opts.search
-        echo(f"automl: latency limit {s.max_latency_ms:g} ms: {ratio:g} x the spec's own model ({own:.2f} ms at fp32)")
     keys = [p.name for p in space.params if p.name in STRUCTURE_KEYS]
     options = [space[k].choices or (space[k].default,) for k in keys]
     combos = [dict(zip(keys, values)) for values in itertools.product(*options)] if keys else [{}]
@@ -231,11 +225,21 @@ def premeasure(opts: Any, space: Any, baseline: Mapping[str, Any] | None, echo: 
     if not complete:
         echo(f"automl: latency: {len(combos)} architectures; the trials measure each when they first need it")
         combos = [{**(baseline or {}), PRECISION_KEY: precision} for precision in precisions(s)]
+    wanted = [({**(baseline or {}), **combo}, combo[PRECISION_KEY]) for combo in combos]
+    if s.max_latency_ratio is not None:
+        wanted.append((dict(baseline or {}), "fp32"))  # the spec's own model, which the limit is a share of
+    try:  # measured together, their passes alternating (`measure_many`): they compare fairly
+        records = measured.lookup_many([(config(values, precision), precision) for values, precision in wanted])
+    except (ValueError, RuntimeError) as err:
+        raise SearchError(f"latency cannot be measured: {err}") from None
+    if s.max_latency_ratio is not None:
+        own, ratio = records.pop()["latency_ms"], s.max_latency_ratio
+        opts = opts.with_values(max_latency_ms=round(ratio * own, 3), max_latency_ratio=None)
+        s = opts.search
+        echo(f"automl: latency limit {s.max_latency_ms:g} ms: {ratio:g} x the spec's own model ({own:.2f} ms at fp32)")
     echo(f"automl: latency on {target(s).describe()}{f', limit {s.max_latency_ms:g} ms' if s.max_latency_ms else ''}:")
-    records = []
-    for combo in combos:
-        records.append(lookup({**(baseline or {}), **combo}, combo[PRECISION_KEY]))
-        echo("  " + describe(records[-1], s.max_latency_ms))
+    for record in records:
+        echo("  " + describe(record, s.max_latency_ms))
     if complete and s.max_latency_ms is not None and all(r["latency_ms"] > s.max_latency_ms for r in records):
         fastest = min(records, key=lambda r: r["latency_ms"])
         raise SearchError(f"no architecture the search may try meets --max-latency-ms {s.max_latency_ms:g}: the fastest, "

@@ -11,7 +11,8 @@ random inputs: the values do not change the speed) and times it on the target:
 - ``torch``: the eager model (fp32 only) with ``torch.set_num_threads(threads)``;
 - ``tensorrt``: needs TensorRT and a GPU; refused with the reason otherwise.
 
-The latency is the median of ``runs`` timed calls after ``warmup`` untimed ones, batch ``batch``;
+The latency is the median of ``runs`` timed calls after ``warmup`` untimed ones, batch ``batch``,
+in each of `PASSES` passes made apart (the median pass counts: `measure_many`);
 the record also holds the 90th percentile, the thread count, the ONNX file's size, the parameter
 count and GFLOPs of one forward pass at batch 1 (``torch.utils.flop_counter``: a multiply-add
 counts 2). `LatencyCache` keeps one record per architecture and target in a JSON file shared by
@@ -58,7 +59,8 @@ class Target:
         return self.threads or len(os.sched_getaffinity(0))
 
     def describe(self) -> str:
-        return f"{self.runtime}, batch {self.batch}, {self.thread_count} thread(s), median of {self.runs} warm runs"
+        return (f"{self.runtime}, batch {self.batch}, {self.thread_count} thread(s), median of {self.runs} warm runs, "
+                f"median of {PASSES} passes")
 
 
 def architecture(cfg: Any, precision: str = "fp32") -> dict[str, Any]:
@@ -112,8 +114,54 @@ def _flops(model: Any, example: Any) -> float:
     return float(counter.get_total_flops())
 
 
+PASSES = 3  # each architecture is timed this many times, the passes alternating; its latency is the median pass
+
+
 def measure(cfg: Any, target: Target, precision: str = "fp32") -> dict[str, Any]:
     """Time `cfg`'s architecture on `target` (see the module's docstring); returns the record."""
+    return measure_many([(cfg, precision)], target)[0]
+
+
+def measure_many(items: list[tuple[Any, str]], target: Target) -> list[dict[str, Any]]:
+    """Time several architectures (`cfg`, precision) on `target`: each is built, exported (and
+    quantized) first; then `PASSES` passes over all of them, each loading one architecture alone
+    (a fresh session, nothing else of ours running), timing its warm runs and releasing it. An
+    architecture's latency is the median of its passes' medians.
+
+    Why: a shared machine has slow spells. On this 2-core VM they double every latency for seconds
+    to minutes (MiT-B0 at 128 px: 3.6-3.8 ms, and 7.1-7.3 ms in a spell); measured one after the
+    other, the spec's model timed in a spell and the rest after it, and a limit of half the spec's
+    latency doubled. With the passes alternating, every architecture sees the same spells, so the
+    ratios a relative limit uses hold (64 px against 128 px: 0.34, 0.39, 0.34 in three measurements,
+    one of them inside a spell), and the median drops a short spell. Sessions are never kept side
+    by side: ONNX Runtime's spinning thread pools slow each other (measured: 3-5x, noisier)."""
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="latency-")))
+        prepared = [_prepared(cfg, target, precision, work / str(index)) for index, (cfg, precision) in enumerate(items)]
+        passes: list[list[list[float]]] = [[] for _ in items]
+        for _ in range(PASSES):
+            for (_, load), taken in zip(prepared, passes):
+                call, release = load()
+                try:
+                    taken.append(_timed(call, target))
+                finally:
+                    release()
+    records = []
+    for (record, _), taken in zip(prepared, passes):
+        every = sorted(v for samples in taken for v in samples)
+        record["latency_ms"] = statistics.median(statistics.median(samples) for samples in taken)
+        record["latency_p90_ms"] = every[min(len(every) - 1, int(round(0.9 * (len(every) - 1))))]
+        record["passes_ms"] = [round(statistics.median(samples), 4) for samples in taken]
+        record["measured_at"] = round(time.time(), 3)
+        records.append(record)
+    return records
+
+
+def _prepared(cfg: Any, target: Target, precision: str, work: Path) -> tuple[dict[str, Any], Any]:
+    """`cfg`'s architecture built (random weights), exported and quantized as `precision` asks: its
+    record so far (no latency yet) and a loader that returns (the call to time, its release)."""
     import numpy as np
     import torch
 
@@ -127,43 +175,45 @@ def measure(cfg: Any, target: Target, precision: str = "fp32") -> dict[str, Any]
     model = build_segformer(cfg.model, arch["num_classes"], load_pretrained=False, img_size=(height, width)).eval()
     example = torch.randn(target.batch, channels, height, width)
     record: dict[str, Any] = {"architecture": arch, "runtime": target.runtime, "batch": target.batch,
-                              "threads": target.thread_count, "runs": target.runs,
+                              "threads": target.thread_count, "runs": target.runs, "passes": PASSES,
                               "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
                               "gflops": _flops(model, example) / 1e9}
-    with tempfile.TemporaryDirectory(prefix="latency-") as work:
-        onnx_file = export_onnx(model, Path(work) / "model.onnx", input_channel=channels, input_height=height,
-                                input_width=width, batch_size=target.batch)
-        if precision == "int8":
-            from segformer.deploy.quantize.ort_static import quantize_onnx_static
+    work.mkdir(parents=True, exist_ok=True)
+    onnx_file = export_onnx(model, work / "model.onnx", input_channel=channels, input_height=height,
+                            input_width=width, batch_size=target.batch)
+    if precision == "int8":
+        from segformer.deploy.quantize.ort_static import quantize_onnx_static
 
-            rng = np.random.default_rng(0)
-            batches = [rng.standard_normal((target.batch, channels, height, width), dtype=np.float32) for _ in range(2)]
-            onnx_file = Path(work) / "model_int8.onnx"
-            quantize_onnx_static(Path(work) / "model.onnx", onnx_file, batches)
-        record["model_mb"] = onnx_file.stat().st_size / 2**20
-        if target.runtime == "torch":
+        rng = np.random.default_rng(0)
+        batches = [rng.standard_normal((target.batch, channels, height, width), dtype=np.float32) for _ in range(2)]
+        onnx_file = work / "model_int8.onnx"
+        quantize_onnx_static(work / "model.onnx", onnx_file, batches)
+    record["model_mb"] = onnx_file.stat().st_size / 2**20
+    if target.runtime == "torch":
+        @torch.no_grad()
+        def forward() -> Any:
+            return model(example)
+
+        def load_torch() -> tuple[Any, Any]:
             previous = torch.get_num_threads()
             torch.set_num_threads(target.thread_count)
-            try:
-                with torch.no_grad():
-                    samples = _timed(lambda: model(example), target)
-            finally:
-                torch.set_num_threads(previous)
-        else:
-            import onnxruntime as ort
+            return forward, lambda: torch.set_num_threads(previous)
 
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            options.intra_op_num_threads = target.thread_count
-            options.inter_op_num_threads = 1
-            session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
-            feed = {session.get_inputs()[0].name: example.numpy()}
-            samples = _timed(lambda: session.run(None, feed), target)
-    samples.sort()
-    record["latency_ms"] = statistics.median(samples)
-    record["latency_p90_ms"] = samples[min(len(samples) - 1, int(round(0.9 * (len(samples) - 1))))]
-    record["measured_at"] = round(time.time(), 3)
-    return record
+        return record, load_torch
+    del model
+
+    def load_onnx() -> tuple[Any, Any]:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = target.thread_count
+        options.inter_op_num_threads = 1
+        holder = [ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])]
+        feed = {holder[0].get_inputs()[0].name: example.numpy()}
+        return (lambda: holder[0].run(None, feed)), holder.clear  # cleared: the session and its threads go
+
+    return record, load_onnx
 
 
 class LatencyCache:
@@ -191,19 +241,25 @@ class LatencyCache:
 
     def lookup(self, cfg: Any, precision: str = "fp32") -> dict[str, Any]:
         """The record of `cfg`'s architecture, measured now when no process has measured it yet."""
+        return self.lookup_many([(cfg, precision)])[0]
+
+    def lookup_many(self, items: list[tuple[Any, str]]) -> list[dict[str, Any]]:
+        """The records of several architectures (`cfg`, precision); those not measured yet are
+        measured together (`measure_many`: their passes alternate, so they compare fairly)."""
         from filelock import FileLock
 
         from segformer.fileio import atomic_write_text
 
-        key = key_of(architecture(cfg, precision), self.target)
-        found = self._read().get(key)
-        if found is not None:
-            return found
+        keys = [key_of(architecture(cfg, precision), self.target) for cfg, precision in items]
+        found = self._read()
+        if all(key in found for key in keys):
+            return [found[key] for key in keys]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.path) + ".lock"):
             data = self._read()
-            if key not in data:
-                data[key] = measure(cfg, self.target, precision)
+            missing = {key: item for key, item in zip(keys, items) if key not in data}
+            if missing:
+                data.update(zip(missing, measure_many(list(missing.values()), self.target)))
                 atomic_write_text(self.path, json.dumps(data, indent=1))
-            return data[key]
+            return [data[key] for key in keys]
 
