@@ -354,7 +354,7 @@ class BudgetSearcher(Searcher):
         if live is None or live.state.budget is None:
             return
         why = (f"the space is exhausted: the sampler's last {self.DUPLICATE_TRIES} proposals all repeated one of the "
-               f"{len(self.trained)} configurations already trained")
+               f"{len(self.trained)} configurations already tried")
         live.state.budget["ended"] = why
         live.state.save()
         if live.echo is not None:

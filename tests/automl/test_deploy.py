@@ -296,5 +296,5 @@ def test_a_small_space_is_not_trained_twice(data, tmp_path) -> None:
     assert sorted(t.params["dataset.segment.img_size"] for t in searched) == [32, 64]
     assert state.status == "FINISHED" and state.epochs_trained() < state.budget_epochs()
     # the summary says why budget is left
-    assert state.budget["ended"].startswith("the space is exhausted") and "2 configurations already trained" in state.budget["ended"]
+    assert state.budget["ended"].startswith("the space is exhausted") and "2 configurations already tried" in state.budget["ended"]
     assert any(line.startswith("  budget   ") and "the space is exhausted" in line for line in "\n".join(lines).splitlines())
