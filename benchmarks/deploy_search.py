@@ -84,9 +84,9 @@ def render(name: str, rows: dict[str, dict[str, Any]], options: list[str]) -> st
         return "\n".join([*lines, "", f"The limit: {c['limit_ms']} ms; no comparison (a search promoted nothing)."])
     spec = c["baseline_latency"] or {}
     bits = {32: "fp32", 16: "fp16", 8: "int8"}.get(int(spec.get("precision_bits", 32)), "?")
-    lines += ["", f"The limit: {c['limit_ms']:.2f} ms (a share of the spec's own model at fp32, measured first; the spec "
-              f"deploys at {bits} in {spec.get('latency_ms', float('nan')):.2f} ms). The constrained search's model runs in "
-              f"{(c['latency'] or {}).get('latency_ms', float('nan')) / (u['latency'] or {}).get('latency_ms', float('nan')):.2f}x "
+    lines += ["", f"The limit: {c['limit_ms']:.2f} ms (a share of the spec's own model at fp32, measured in the same "
+              f"passes as the others; the spec deploys at {bits} in {spec.get('latency_ms', float('nan')):.2f} ms). "
+              f"The constrained search's model runs in {(c['latency'] or {}).get('latency_ms', float('nan')) / (u['latency'] or {}).get('latency_ms', float('nan')):.2f}x "
               f"the unconstrained one's latency, at {c['test_miou'] - u['test_miou']:+.3f} test mIoU; the spec's own "
               f"configuration scored {u['baseline_test_miou']:.3f}.", "", "![Pareto front](results/deploy_search_pareto.png)"]
     return "\n".join(lines)
