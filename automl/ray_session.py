@@ -248,7 +248,7 @@ def state_fingerprint(contents: dict[str, bytes]) -> str:
 
 def _decoded(value: Any) -> Any:
     """`value` with the JSON documents nested in its strings parsed (Ray keeps each trial's state as a
-    JSON string, its keys in no fixed order from one write to the next)."""
+    JSON string whose text changed between writes while what it says did not: measured)."""
     if isinstance(value, str) and value[:1] in "{[":
         try:
             return _decoded(json.loads(value))
@@ -267,8 +267,8 @@ def backup_ray_state(experiment_dir: Path, backup: Path, contents: dict[str, byt
     Ray writes them in a staging folder and copies them here in the background, one file after the
     other, so a driver killed during a copy can leave one cut, or the set mixed from two moments; a
     set restored file by file can be inconsistent (a searcher that waits for a trial the experiment
-    does not know). `contents` is a set `read_ray_state` read (RayStateBackup takes one that has
-    stayed the same for a while: a consistent moment); without it the files are read now. Returns
+    does not know). `contents` is a set `read_ray_state` read (RayStateBackup reads it in Ray's
+    driver staging folder, where it is of one moment); without it the files are read now. Returns
     whether a backup was written.
     """
     import io
