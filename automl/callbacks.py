@@ -256,6 +256,12 @@ class MlflowCallback(_Bound, Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         live, record = self.live, self._record(trial)
         parent = live.state.mlflow_parent_run_id
+        if record.mlflow_run_id is None and parent and live.epochs_at_start:
+            # a resumed search: the killed driver may have made this trial's run without noting it
+            record.mlflow_run_id = live.tracker.find_child(parent, record.name)
+            if record.mlflow_run_id is not None:
+                live.tracker.log_params(record.mlflow_run_id, record.params)  # the kill may have come before them
+                live.state.save_trial(record)
         if record.mlflow_run_id is None and parent:
             tags = {"automl.baseline": str(record.is_baseline).lower(), "automl.algorithm": live.state.algorithm}
             record.mlflow_run_id = live.tracker.start_child(parent, record, tags)

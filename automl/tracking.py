@@ -131,6 +131,15 @@ class Tracker:
         self.log_params(run.info.run_id, record.params)
         return run.info.run_id
 
+    def find_child(self, parent_run_id: str, name: str) -> str | None:
+        """The child run of `parent_run_id` made for trial `name`, if there is one: a driver killed between
+        creating it and noting its id in the ledger leaves it there, and a resume adopts it."""
+        from automl.mlflow_view import TRIAL_TAG
+
+        runs = self.client.search_runs([self.experiment_id()], max_results=1,
+                                       filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{name}'")
+        return runs[0].info.run_id if runs else None
+
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 

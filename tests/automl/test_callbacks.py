@@ -146,3 +146,27 @@ def test_a_trial_lost_to_a_kill_is_taken_over_by_the_same_configuration(tmp_path
     finally:
         _NAMES.pop(str(tmp_path), None)
         _LOST.pop(str(tmp_path), None)
+
+
+def test_a_resume_adopts_the_run_a_kill_left_unnoted(tmp_path):
+    """A driver killed between creating a trial's MLflow run and noting its id in the ledger: the
+    resumed search adopts that run for the trial (real sqlite store) instead of making a second one."""
+    from types import SimpleNamespace
+
+    from automl.callbacks import MlflowCallback
+    from automl.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", tmp_path, "adopt")
+    parent = tracker.start_parent("search", {}, {})
+    record = TrialRecord(trial_id="t2", name="trial_001", params={"train.optim.lr": 0.01})
+    orphan = tracker.start_child(parent, record, {})  # the kill came before the ledger heard of it
+    live = _live(tmp_path)
+    live.tracker, live.epochs_at_start = tracker, 4  # a resumed search
+    live.state.mlflow_parent_run_id = parent
+    live.state.trials["t2"] = record
+    callback = MlflowCallback(tmp_path)
+    with bind(live):
+        callback.on_trial_start(0, [], SimpleNamespace(trial_id="t2"))
+    assert record.mlflow_run_id == orphan
+    children = tracker.client.search_runs([tracker.experiment_id()], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert [r.info.run_id for r in children] == [orphan]
