@@ -347,6 +347,12 @@ class RayStateBackup(_Bound, Callback):
         contents = read_ray_state(staging)
         if contents is None:
             return
+        if "tuner.pkl" not in contents:  # written to the results folder, not staged: without it nothing restores
+            tuner = self.live.layout.ray_experiment / "tuner.pkl"  # written once: read it alone
+            data = tuner.read_bytes() if tuner.is_file() else b""
+            if not data.endswith(b"."):  # a whole pickle ends with STOP
+                return
+            contents["tuner.pkl"] = data
         now = state_fingerprint(contents)
         if now != self._saved and backup_ray_state(staging, self.live.layout.ray_backup, contents):
             self._saved = now
