@@ -135,10 +135,8 @@ def measure_many(items: list[tuple[Any, str]], target: Target) -> list[dict[str,
     ratios a relative limit uses hold (64 px against 128 px: 0.34, 0.39, 0.34 in three measurements,
     one of them inside a spell), and the median drops a short spell. Sessions are never kept side
     by side: ONNX Runtime's spinning thread pools slow each other (measured: 3-5x, noisier)."""
-    import contextlib
-
-    with contextlib.ExitStack() as stack:
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="latency-")))
+    with tempfile.TemporaryDirectory(prefix="latency-") as folder:
+        work = Path(folder)
         prepared = [_prepared(cfg, target, precision, work / str(index)) for index, (cfg, precision) in enumerate(items)]
         passes: list[list[list[float]]] = [[] for _ in items]
         for _ in range(PASSES):
