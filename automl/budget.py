@@ -226,11 +226,12 @@ def _reserved(state: SearchState, budget: EpochBudget) -> int:
     return budget.trial_epochs - (baseline.epochs_trained if baseline is not None else 0)
 
 
-def committed(state: SearchState, budget: EpochBudget, reporting: Any = None, epoch: int = 0) -> int:
+def committed(state: SearchState, budget: EpochBudget, reporting: Any = None, epoch: int = 0, starting: int = 0) -> int:
     """Epochs the search's share cannot get back: trained so far (`reporting`'s result at `epoch`
     counted: the scheduler decides before the ledger records it), what the baseline still trains,
-    and the next report's epochs of every other trial running."""
-    total = 0
+    and the next report's epochs of every other trial running and of the `starting` ones (proposed,
+    not started yet: each trains to its first report before any check can stop it)."""
+    total = starting * budget.step
     for t in state.trials.values():
         if t.recheck_of:
             continue
@@ -279,6 +280,7 @@ class BudgetSearcher(Searcher):
         self.searching = True
         self.queue: list[dict[str, Any]] | None = None  # the re-check configs, once decided
         self.flagged = False  # the baseline's config was marked _full
+        self.baseline_id: str | None = None  # its trial id (its epochs are reserved in full: `_reserved`)
         self.trained: dict[str, str] = {}  # a proposed configuration (`_same`) -> the trial that trains it
         self.results: dict[str, dict] = {}  # a trial's last result, once complete (a repeat's answer)
         self.inner_ids: dict[str, str] = {}  # Ray's trial id -> the inner searcher's, where they differ
@@ -294,7 +296,10 @@ class BudgetSearcher(Searcher):
         # (three times the trainings the budget affords) ends a search whose sampler keeps finding them.
         if sum(t.infeasible for t in state.trials.values()) >= infeasible_cap(self.budget):
             return False
-        return committed(state, self.budget) + self.budget.first_rung <= search_share(state, self.budget)
+        # Proposed trials Ray has not started yet are in no ledger; without them, two proposals in a
+        # row could each be granted the same epochs (a full CI run trained 21 of 20).
+        starting = sum(1 for tid in self.running if tid not in state.trials and tid != self.baseline_id)
+        return committed(state, self.budget, starting=starting) + self.budget.first_rung <= search_share(state, self.budget)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if self.searching and self._can_start():
@@ -306,7 +311,7 @@ class BudgetSearcher(Searcher):
                 self.running.add(trial_id)
                 self.trained[_same(config)] = trial_id
                 if self.baseline is not None and not self.flagged and config == self.baseline:
-                    config, self.flagged = {**config, FULL: True, BASELINE: True}, True
+                    config, self.flagged, self.baseline_id = {**config, FULL: True, BASELINE: True}, True, trial_id
                 return config
             else:
                 return None
@@ -392,7 +397,7 @@ class BudgetSearcher(Searcher):
         return copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "searcher"})
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"baseline_id": None, **state})  # saved before baseline_id existed: none
 
 
 def _same(config: Mapping[str, Any]) -> str:
@@ -413,14 +418,17 @@ class _BudgetStops:
     results_dir: str
     budget: EpochBudget
 
-    def _decide(self, trial: Any, result: dict, decision: str) -> str:
+    def _decide(self, tune_controller: Any, trial: Any, result: dict, decision: str) -> str:
         epoch = int(result.get("epoch", 0))
         if trial.config.get(FULL):
             return TrialScheduler.CONTINUE if epoch < self.budget.trial_epochs else decision
         state = _live_state(self.results_dir)
         if decision == TrialScheduler.CONTINUE and state is not None:
             share = search_share(state, self.budget)
-            if committed(state, self.budget, trial.trial_id, epoch) + self.budget.step > share:
+            # Trials Ray has made but not started: their first epochs come before any check.
+            starting = sum(1 for t in tune_controller.get_trials()
+                           if t.status == "PENDING" and t.trial_id not in state.trials and not t.config.get(FULL))
+            if committed(state, self.budget, trial.trial_id, epoch, starting) + self.budget.step > share:
                 note_stop(self.results_dir, trial.trial_id, f"budget: its next epochs would overrun the search's {share} epochs")
                 return TrialScheduler.STOP
         return decision
@@ -432,7 +440,7 @@ class BudgetASHA(_BudgetStops, NotedASHA):
         self.budget = budget
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        return self._decide(trial, result, super().on_trial_result(tune_controller, trial, result))
+        return self._decide(tune_controller, trial, result, super().on_trial_result(tune_controller, trial, result))
 
 
 class BudgetFIFO(_BudgetStops, FIFOScheduler):
@@ -441,7 +449,7 @@ class BudgetFIFO(_BudgetStops, FIFOScheduler):
         self.results_dir, self.budget = results_dir, budget
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        return self._decide(trial, result, super().on_trial_result(tune_controller, trial, result))
+        return self._decide(tune_controller, trial, result, super().on_trial_result(tune_controller, trial, result))
 
 
 # --------------------------------------------------------------------------------------- the verdict

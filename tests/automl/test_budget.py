@@ -6,6 +6,7 @@ sqlite MLflow, the real train and evaluate actions) on a tiny synthetic dataset.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -154,6 +155,34 @@ def test_the_test_line_names_what_the_baseline_was_compared_with() -> None:
     assert led == ["  test     runner-up trial_004 mIoU 0.6000 vs baseline trial_000 0.6050 (-0.0050) on the untouched "
                    "test split (means of 2 and 2 seeds)"]
     assert final_lines(final, {"baseline_led": False})[0].startswith("  test     leader trial_004 ")
+
+
+def test_proposed_trials_not_started_yet_hold_their_epochs(tmp_path: Path) -> None:
+    """A full CI run trained 21 of a budget's 20 epochs: a trial proposed while another proposed one
+    had not started yet (in no ledger) was granted the same epochs. A proposal not started counts."""
+    from optuna.distributions import FloatDistribution
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from automl.budget import EpochBudget, BudgetSearcher, committed
+    from automl.callbacks import LiveSearch, bind
+
+    budget = EpochBudget(trainings=5, spec_epochs=4, trial_epochs=4, recheck=8, first_rung=4, seed=0)  # a share of 12
+    state = SearchState(results_dir=str(tmp_path), skill="segformer", algorithm="bayesian", metric="val_miou",
+                        mode="max", settings={}, baseline_params={})
+    for record in (_record("trial_000", 0.5, baseline=True), _record("trial_001", 0.6)):  # 8 epochs trained
+        state.trials[record.trial_id] = record
+    inner = OptunaSearch(space={"train.optim.lr": FloatDistribution(1e-5, 1e-2, log=True)}, metric="val_miou", mode="max", seed=0)
+    searcher = BudgetSearcher(ConcurrencyLimiter(inner, max_concurrent=2), str(tmp_path), budget, None, "val_miou", "max")
+    with bind(LiveSearch(state=state, tracker=None, epochs=4)):
+        assert committed(state, budget) == 8
+        assert isinstance(searcher.suggest("trial_002"), dict)  # 8 + its 4 fit the 12
+        assert committed(state, budget, starting=1) == 9  # Ray has not started it: its first epoch is held
+        assert searcher.suggest("trial_003") is None  # 8 + 1 + 4 would overrun: wait for trial_002 to show
+        state.trials["trial_002"] = dataclasses.replace(_record("trial_002", 0.55), status="RUNNING", history=[])
+        assert searcher.suggest("trial_003") is None  # still 9 committed: trial_002's next report
+        state.trials["trial_002"].status = FINISHED  # it ended without a report (stopped at once, failed)
+        assert isinstance(searcher.suggest("trial_003"), dict)
 
 
 def test_state_keeps_the_promoted_trial(tmp_path: Path) -> None:
