@@ -331,6 +331,7 @@ class RayStateBackup(_Bound, Callback):
         super().__init__(results_dir)
         self._saved = ""
         self._looked_at = 0.0
+        self._tuner = b""  # tuner.pkl, once read whole (Ray writes it once, when the fit starts)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if not trials or time.monotonic() - self._looked_at < self.look_every_s:
@@ -348,11 +349,13 @@ class RayStateBackup(_Bound, Callback):
         if contents is None:
             return
         if "tuner.pkl" not in contents:  # written to the results folder, not staged: without it nothing restores
-            tuner = self.live.layout.ray_experiment / "tuner.pkl"  # written once: read it alone
-            data = tuner.read_bytes() if tuner.is_file() else b""
-            if not data.endswith(b"."):  # a whole pickle ends with STOP
-                return
-            contents["tuner.pkl"] = data
+            if not self._tuner:
+                tuner = self.live.layout.ray_experiment / "tuner.pkl"
+                data = tuner.read_bytes() if tuner.is_file() else b""
+                if not data.endswith(b"."):  # a whole pickle ends with STOP: not yet written, or being written
+                    return
+                self._tuner = data
+            contents["tuner.pkl"] = self._tuner
         now = state_fingerprint(contents)
         if now != self._saved and backup_ray_state(staging, self.live.layout.ray_backup, contents):
             self._saved = now
