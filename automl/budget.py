@@ -58,7 +58,7 @@ from typing import Any, Mapping
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from automl.state import DONE, SearchState, TrialRecord
+from automl.state import DONE, KILLED, PENDING, RUNNING, SearchState, TrialRecord
 
 CONFIGS_PER_PARAM = 12  # configurations a budget must afford per searched parameter
 RECHECK_MIN_BUDGET = 4  # below this the budget cannot spare two trainings for the re-check
@@ -218,10 +218,17 @@ def note_stop(results_dir: str, trial_id: str, why: str) -> None:
         live.stop_reasons[trial_id] = why
 
 
+def unstarted(record: TrialRecord | None) -> bool:
+    """A trial that will train before any budget check sees it running: proposed but not started
+    (in no ledger yet), or running when the driver was stopped (KILLED), which `automl resume`
+    restarts. Its first report's epochs come before anything can stop it."""
+    return record is None or record.status == PENDING or (record.status == KILLED and not record.lost)
+
+
 def _reserved(state: SearchState, budget: EpochBudget) -> int:
     """Epochs the baseline still has to train (it always trains its full epochs)."""
     baseline = state.baseline()
-    if state.baseline_params is None or (baseline is not None and baseline.status not in ("PENDING", "RUNNING")):
+    if state.baseline_params is None or (baseline is not None and baseline.status != RUNNING and not unstarted(baseline)):
         return 0
     return budget.trial_epochs - (baseline.epochs_trained if baseline is not None else 0)
 
@@ -298,7 +305,7 @@ class BudgetSearcher(Searcher):
             return False
         # Proposed trials Ray has not started yet are in no ledger; without them, two proposals in a
         # row could each be granted the same epochs (a full CI run trained 21 of 20).
-        starting = sum(1 for tid in self.running if tid not in state.trials and tid != self.baseline_id)
+        starting = sum(1 for tid in self.running if tid != self.baseline_id and unstarted(state.trials.get(tid)))
         return committed(state, self.budget, starting=starting) + self.budget.first_rung <= search_share(state, self.budget)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
@@ -427,7 +434,7 @@ class _BudgetStops:
             share = search_share(state, self.budget)
             # Trials Ray has made but not started: their first epochs come before any check.
             starting = sum(1 for t in tune_controller.get_trials()
-                           if t.status == "PENDING" and t.trial_id not in state.trials and not t.config.get(FULL))
+                           if t.status == PENDING and not t.config.get(FULL) and unstarted(state.trials.get(t.trial_id)))
             if committed(state, self.budget, trial.trial_id, epoch, starting) + self.budget.step > share:
                 note_stop(self.results_dir, trial.trial_id, f"budget: its next epochs would overrun the search's {share} epochs")
                 return TrialScheduler.STOP

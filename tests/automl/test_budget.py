@@ -183,6 +183,42 @@ def test_proposed_trials_not_started_yet_hold_their_epochs(tmp_path: Path) -> No
         assert searcher.suggest("trial_003") is None  # still 9 committed: trial_002's next report
         state.trials["trial_002"].status = FINISHED  # it ended without a report (stopped at once, failed)
         assert isinstance(searcher.suggest("trial_003"), dict)
+        # A trial running when the driver was stopped (KILLED in the ledger) is restarted by `automl
+        # resume`: like a new one, it trains to its first report before any check; it holds that too.
+        searcher.on_trial_complete("trial_002", result={"val_miou": 0.55})  # a free slot: only the budget can refuse
+        state.trials["trial_003"] = dataclasses.replace(_record("trial_003", 0.5), status=KILLED, history=[])
+        assert searcher.suggest("trial_004") is None  # 8 + 1 + 4
+        state.trials["trial_003"].status = "RUNNING"  # started again: its next report is counted as any running trial's
+        assert searcher.suggest("trial_004") is None
+        state.trials["trial_003"].status = FINISHED
+        assert isinstance(searcher.suggest("trial_004"), dict)
+        # The scheduler's side: a running trial's next epoch is refused when it would take the first
+        # epochs of a trial Ray holds pending (not started, or restarted after the resume).
+        from ray.tune.experiment import Trial
+        from ray.tune.schedulers import TrialScheduler
+
+        from automl.budget import BudgetFIFO
+
+        class Controller:  # what Ray hands a scheduler: the trials, here two of them (Ray's own objects)
+            def __init__(self, *trials: Trial) -> None:
+                self.trials = list(trials)
+
+            def get_trials(self) -> list[Trial]:
+                return self.trials
+
+        scheduler = BudgetFIFO(str(tmp_path), budget)
+        running = Trial("train_trial", config={}, trial_id="trial_002", stub=True)
+        restarted = Trial("train_trial", config={}, trial_id="trial_003", stub=True)  # PENDING in Ray, KILLED in the ledger
+        state.trials["trial_002"] = dataclasses.replace(_record("trial_002", 0.55), status="RUNNING", history=[{"epoch": 1}])
+        state.trials["trial_003"].status = KILLED
+        # 8 + trial_002's 2 + trial_003's first epoch + trial_002's next = 12: still fits
+        assert scheduler.on_trial_result(Controller(running, restarted), running, {"epoch": 2}) == TrialScheduler.CONTINUE
+        state.trials["trial_002"].history = [{"epoch": 1}, {"epoch": 2}]
+        assert scheduler.on_trial_result(Controller(running, restarted), running, {"epoch": 3}) == TrialScheduler.STOP
+        assert scheduler.on_trial_result(Controller(running), running, {"epoch": 3}) == TrialScheduler.CONTINUE  # none pending
+        # the baseline's own remaining epochs are reserved in full whether it runs, waits or was killed
+        state.trials["trial_000"] = dataclasses.replace(state.trials["trial_000"], status=KILLED, history=[{"epoch": 2}])
+        assert committed(state, budget) == (2 + 4 + 2) + 1 + 2  # trained; trial_002's next epoch; the baseline's last 2
 
 
 def test_state_keeps_the_promoted_trial(tmp_path: Path) -> None:
