@@ -286,8 +286,7 @@ class BudgetSearcher(Searcher):
         self.running: set[str] = set()  # of those, the ones not complete yet
         self.searching = True
         self.queue: list[dict[str, Any]] | None = None  # the re-check configs, once decided
-        self.flagged = False  # the baseline's config was marked _full
-        self.baseline_id: str | None = None  # its trial id (its epochs are reserved in full: `_reserved`)
+        self.baseline_id: str | None = None  # the trial whose config was marked the baseline (its epochs are reserved: `_reserved`)
         self.trained: dict[str, str] = {}  # a proposed configuration (`_same`) -> the trial that trains it
         self.results: dict[str, dict] = {}  # a trial's last result, once complete (a repeat's answer)
         self.inner_ids: dict[str, str] = {}  # Ray's trial id -> the inner searcher's, where they differ
@@ -317,8 +316,8 @@ class BudgetSearcher(Searcher):
                 self.own.add(trial_id)
                 self.running.add(trial_id)
                 self.trained[_same(config)] = trial_id
-                if self.baseline is not None and not self.flagged and config == self.baseline:
-                    config, self.flagged, self.baseline_id = {**config, FULL: True, BASELINE: True}, True, trial_id
+                if self.baseline is not None and self.baseline_id is None and config == self.baseline:
+                    config, self.baseline_id = {**config, FULL: True, BASELINE: True}, trial_id
                 return config
             else:
                 return None
@@ -404,7 +403,10 @@ class BudgetSearcher(Searcher):
         return copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "searcher"})
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"baseline_id": None, **state})  # saved before baseline_id existed: none
+        # Saved before baseline_id replaced the `flagged` mark: no id (the baseline's config, trained
+        # already, is never proposed again: `_fresh`).
+        self.__dict__.update({"baseline_id": None, **state})
+        self.__dict__.pop("flagged", None)
 
 
 def _same(config: Mapping[str, Any]) -> str:
