@@ -336,7 +336,9 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, session: Any, *,
     # KeyboardInterrupt here instead, and the search resumes like one whose driver was killed.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     started = time.time()
-    with bind(search), interrupt_on_sigterm():
+    # A signal the main thread cannot take (blocked in a call to Ray's stopped GCS) is handled by a
+    # watchdog thread, which saves the same state and ends the process (`automl.signals._Watchdog`).
+    with bind(search), interrupt_on_sigterm(stuck=lambda: _interrupted(opts, state, tracker, echo)):
         try:
             tuner = _new_tuner(opts, plan) if plan is not None else _restored_tuner(opts, state, tracker, echo)
             with seeded_global_rngs(opts.search.seed), _quiet_tune_errors():
@@ -507,10 +509,12 @@ def _quiet_tune_errors() -> Iterator[None]:
 def _interrupted(opts: SearchOptions, state: SearchState, tracker: Any, echo: Echo) -> None:
     """Ctrl-C / SIGTERM: cut trials KILLED (not left RUNNING), the ledger saved, the parent run closed."""
     import signal
+    import threading
 
     from automl.tracking import reconcile_interrupted
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the bookkeeping below
+    if threading.current_thread() is threading.main_thread():  # (else the signal watchdog's thread, which
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # has claimed every later signal: `automl.signals`)
     killed = reconcile_interrupted(state, tracker, reason="interrupted: the search was stopped (Ctrl-C/SIGTERM) while "
                                    "this trial ran; `automl resume` continues it")
     state.status = "INTERRUPTED"

@@ -230,6 +230,32 @@ def test_sigterm_to_the_process_group_ends_the_driver(dataset, tmp_path):
     assert "RUNNING" not in {t["status"] for t in state["trials"].values()}
 
 
+def test_sigterm_while_the_driver_waits_on_a_stopped_gcs(dataset, tmp_path):
+    """The race behind an old CI failure, made certain: the GCS is gone before the SIGTERM, so the
+    driver's main thread sits in a call to it and cannot run a Python signal handler (Ray's core
+    worker used to end the process after 60 s with exit code 1, the ledger still RUNNING). The
+    watchdog thread saves the state instead: exit 130, the resume line, nothing left RUNNING."""
+    from automl.signals import _descendants
+
+    results = tmp_path / "search"
+    with _search(dataset, results, "--max-trials", "3", "--max-epochs", "8") as proc:
+        _wait_for(proc, lambda: _running_with_epoch(results) is not None, 240, "a running trial with a reported epoch")
+        gcs = [pid for pid in _descendants(proc.pid) if b"gcs_server" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert gcs
+        os.kill(gcs[0], signal.SIGKILL)
+        # Within seconds the driver's main thread is in a call that waits on the GCS (with a trial of 8
+        # tiny epochs; not always with a long one). Either way the driver must end as below; the old
+        # code failed this test 3 times of 3, this one passed 4 of 4.
+        time.sleep(3)
+        os.killpg(proc.pid, signal.SIGTERM)
+        out = _finish(proc, timeout=90)
+    assert proc.returncode == 130, out[-3000:]
+    assert f"automl resume {results}" in out, out[-3000:]
+    state = json.loads((results / "automl_state.json").read_text())
+    assert state["status"] == "INTERRUPTED"
+    assert "RUNNING" not in {t["status"] for t in state["trials"].values()}
+
+
 def test_sigterm_to_the_driver_alone_leaves_no_ray_process(dataset, tmp_path):
     """`kill PID` of the driver alone (pkill, a supervisor): it saves its state, exits 130, and no
     process it started outlives it (the local Ray's GCS and raylet, and under the raylet its
