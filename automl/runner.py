@@ -507,26 +507,30 @@ def _quiet_tune_errors() -> Iterator[None]:
 
 
 def _interrupted(opts: SearchOptions, state: SearchState, tracker: Any, echo: Echo) -> None:
-    """Ctrl-C / SIGTERM: cut trials KILLED (not left RUNNING), the ledger saved, the parent run closed."""
+    """Ctrl-C / SIGTERM: cut trials KILLED (not left RUNNING), the ledger saved, the parent run closed.
+    The ledger first: this also runs on the signal watchdog's thread, for a limited time, and MLflow
+    (a server) can be slow to answer; `automl resume` reads the ledger and closes what MLflow missed."""
     import signal
     import threading
 
-    from automl.tracking import reconcile_interrupted
+    from automl.tracking import close_stopped_runs, mark_killed
 
     if threading.current_thread() is threading.main_thread():  # (else the signal watchdog's thread, which
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # has claimed every later signal: `automl.signals`)
-    killed = reconcile_interrupted(state, tracker, reason="interrupted: the search was stopped (Ctrl-C/SIGTERM) while "
-                                   "this trial ran; `automl resume` continues it")
+    killed = mark_killed(state, "interrupted: the search was stopped (Ctrl-C/SIGTERM) while this trial ran; "
+                                "`automl resume` continues it")
     state.status = "INTERRUPTED"
     state.save()
-    if state.mlflow_parent_run_id:
-        try:
-            tracker.set_tags(state.mlflow_parent_run_id, {"automl.interrupted": "true"})
-            tracker.end_run(state.mlflow_parent_run_id, "KILLED")
-        except Exception as err:  # noqa: BLE001 (the signal may have cut an MLflow write: the ledger is saved)
-            echo(f"automl: could not mark the parent MLflow run KILLED ({err.__class__.__name__}); resume reopens it")
     shown = f" (trials cut: {', '.join(killed)})" if killed else ""
     echo(f"automl: interrupted{shown}; state saved; continue with `automl resume {opts.results_dir}`")
+    try:
+        tracker.flush()  # the trials' last epoch metrics (the main thread's path has flushed them already)
+        close_stopped_runs(state, tracker, killed)
+        if state.mlflow_parent_run_id:
+            tracker.set_tags(state.mlflow_parent_run_id, {"automl.interrupted": "true"})
+            tracker.end_run(state.mlflow_parent_run_id, "KILLED")
+    except Exception as err:  # noqa: BLE001 (the signal may have cut an MLflow write: the ledger is saved)
+        echo(f"automl: could not mark the MLflow runs KILLED ({err.__class__.__name__}); resume reopens them")
 
 
 # ------------------------------------------------------------------------------------------------ finish

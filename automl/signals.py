@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C
 STUCK_GRACE_S = 5.0  # how long the main thread has to take a signal before the watchdog ends the process
+STUCK_DEADLINE_S = 60.0  # and, once taken, to end the block (save the state; MLflow may be a slow server)
 
 
 def _raise_interrupt(*_: Any) -> None:
@@ -19,57 +22,68 @@ def _raise_interrupt(*_: Any) -> None:
 
 
 class _Watchdog(threading.Thread):
-    """Ends the process when a SIGTERM or Ctrl-C cannot reach the main thread.
+    """Ends the process when a SIGTERM or Ctrl-C cannot reach the main thread, or reaches it and the
+    main thread then does not end the block.
 
     Python runs a signal handler on the main thread only, between two bytecodes. A SIGTERM to the
     whole process group stops the local Ray's GCS too, and the driver's main thread can then sit in a
     call to that GCS for a minute, after which Ray's core worker ends the process with exit code 1
     (seen in CI): the handler never ran, the ledger still said RUNNING. Python's C-level handler runs
     at once in any thread and writes the signal's number to the wakeup pipe (signal.set_wakeup_fd);
-    this thread reads it. If the main thread has not taken the signal within `grace` seconds, this
-    thread claims it: `stuck()` saves what the main thread would have (at most 20 s), then everything
-    the process started is stopped and it exits 130. Whichever side claims the signal first handles
-    it; the other stays out of the way."""
+    this thread reads it. If the main thread has not taken the signal within `grace` seconds, or has
+    taken it but not left the block within `deadline` seconds (stuck after it, or the interrupt was
+    swallowed where Python only prints it, as in a `__del__`), this thread takes over: `stuck()`
+    saves what the main thread would have (at most 20 s), then everything the process started is
+    stopped and it exits 130. The claim is one `dict.setdefault` (atomic in CPython): the side that
+    loses it stays out of the way (a main thread that takes a signal after the watchdog has waits)."""
 
-    def __init__(self, stuck: Callable[[], None], grace: float) -> None:
+    def __init__(self, stuck: Callable[[], None], grace: float, deadline: float) -> None:
         super().__init__(name="automl-signal-watchdog", daemon=True)
-        self.stuck, self.grace = stuck, grace
+        self.stuck, self.grace, self.deadline = stuck, grace, deadline
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.write_fd, False)
-        self.claim: dict[str, str] = {}  # {"by": "main" | "watchdog"}: setdefault is atomic in CPython
-        self.taken = threading.Event()
+        self.claim: dict[str, str] = {}  # {"by": "main" | "watchdog" | "closed"}
+        self.settled = threading.Event()  # the main thread took the signal, or the block ended
+        self.lock = threading.Lock()  # for the two changes of a claim: main -> watchdog, main -> closed
 
     def handler(self, *_: Any) -> None:
         """The Python-level handler (main thread)."""
-        if self.claim.setdefault("by", "main") == "main":
-            self.taken.set()
-            raise KeyboardInterrupt
-        threading.Event().wait()  # the watchdog is ending the process
+        if self.claim.setdefault("by", "main") == "watchdog":
+            threading.Event().wait()  # the watchdog is ending the process
+        self.settled.set()
+        raise KeyboardInterrupt
 
     def run(self) -> None:
+        taken_at = None  # when the main thread took the signal
         while True:
-            try:
-                data = os.read(self.read_fd, 64)
-            except OSError:
+            timeout = None if taken_at is None else max(0.0, taken_at + self.deadline - time.monotonic())
+            if not select.select([self.read_fd], [], [], timeout)[0]:  # the deadline passed
+                with self.lock:
+                    late = self.claim.get("by") == "main"
+                    if late:
+                        self.claim["by"] = "watchdog"  # later signals wait in the handler
+                if late:
+                    self._end(f"the search did not stop within {self.deadline:g} s of the signal")
                 return
-            if not data or 0 in data:  # the block ended (byte 0: no signal has that number)
+            data = os.read(self.read_fd, 64)
+            if not data or 0 in data or self.claim.get("by") == "closed":  # byte 0: the block ended
                 return
-            if self.taken.wait(self.grace) or self.claim.setdefault("by", "watchdog") != "watchdog":
+            if taken_at is not None:
+                continue  # a second signal: the main thread is on it, the deadline holds
+            self.settled.wait(self.grace)
+            by = self.claim.setdefault("by", "watchdog")
+            if by == "watchdog":
+                self._end(f"the signal did not reach the main thread within {self.grace:g} s (it is blocked, likely "
+                          f"in a call to Ray's stopped processes)")
+            if by != "main":
                 return
-            self._end()
+            taken_at = time.monotonic()
 
-    def _end(self) -> None:
-        print(f"automl: the signal did not reach the main thread within {self.grace:g} s (it is blocked, "
-              f"likely in a call to Ray's stopped processes); saving the state from another thread", file=sys.stderr,
-              flush=True)
+    def _end(self, why: str) -> None:
+        print(f"automl: {why}; saving the state from another thread", file=sys.stderr, flush=True)
         saver = threading.Thread(target=self._save, name="automl-signal-save", daemon=True)
         saver.start()
         saver.join(20)
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
         stop_descendants()
         os._exit(EXIT_INTERRUPTED)
 
@@ -79,41 +93,62 @@ class _Watchdog(threading.Thread):
         except BaseException as err:  # noqa: BLE001 (the process ends next: say what was not saved)
             print(f"automl: could not save the state on the way out ({err.__class__.__name__}: {err}); "
                   f"`automl resume` reads the last saved one", file=sys.stderr, flush=True)
+        for stream in (sys.stdout, sys.stderr):  # here, so that a stream's lock the main thread holds
+            try:  # cannot hold up the exit beyond the join's limit
+                stream.flush()
+            except (OSError, ValueError):
+                pass
 
     def close(self) -> None:
+        """The block ended (main thread): the watchdog ends, unless it is already ending the process."""
+        with self.lock:
+            by = self.claim.setdefault("by", "closed")
+            if by != "watchdog":
+                self.claim["by"] = "closed"
+        if by == "watchdog":
+            threading.Event().wait()
+        self.settled.set()
         try:
             os.write(self.write_fd, b"\0")
         except OSError:
             pass
-        self.join(1)
-        for fd in (self.read_fd, self.write_fd):
-            os.close(fd)
+        self.join(5)
+        if not self.is_alive():  # else leave the pipe open: closing it under a reading thread could
+            for fd in (self.read_fd, self.write_fd):  # hand its number to another file
+                os.close(fd)
 
 
 @contextmanager
-def interrupt_on_sigterm(stuck: Callable[[], None] | None = None, grace: float = STUCK_GRACE_S) -> Iterator[None]:
+def interrupt_on_sigterm(stuck: Callable[[], None] | None = None, grace: float = STUCK_GRACE_S,
+                         deadline: float = STUCK_DEADLINE_S) -> Iterator[None]:
     """Within the block, SIGTERM raises KeyboardInterrupt and so does Ctrl-C (Python's own SIGINT
     handler, in case a library replaced it); both handlers are put back afterwards.
 
     With `stuck`: where the main thread does not take the signal within `grace` seconds (blocked in
-    C code), a watchdog thread calls `stuck()` to save the state, stops the processes this one
-    started, and ends the process with exit code 130 (`_Watchdog`)."""
-    dog = _Watchdog(stuck, grace) if stuck is not None else None
-    handler = dog.handler if dog is not None else _raise_interrupt
-    previous_term = signal.signal(signal.SIGTERM, handler)
-    previous_int = signal.signal(signal.SIGINT, handler if dog is not None else signal.default_int_handler)
-    previous_fd = None
-    if dog is not None:
-        dog.start()
-        previous_fd = signal.set_wakeup_fd(dog.write_fd, warn_on_full_buffer=False)
+    C code), or does not leave the block within `deadline` seconds after taking it, a watchdog thread
+    calls `stuck()` to save the state, stops the processes this one started, and ends the process
+    with exit code 130 (`_Watchdog`)."""
+    previous_term, previous_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    dog = None
     try:
-        yield
+        if stuck is not None:
+            dog = _Watchdog(stuck, grace, deadline)
+            dog.start()
+        signal.signal(signal.SIGTERM, dog.handler if dog else _raise_interrupt)
+        signal.signal(signal.SIGINT, dog.handler if dog else signal.default_int_handler)
+        previous_fd = signal.set_wakeup_fd(dog.write_fd, warn_on_full_buffer=False) if dog else None
+        try:
+            yield
+        finally:
+            if dog is not None:
+                signal.set_wakeup_fd(previous_fd)
     finally:
-        signal.signal(signal.SIGTERM, previous_term)
-        signal.signal(signal.SIGINT, previous_int)
-        if dog is not None:
-            signal.set_wakeup_fd(previous_fd)
-            dog.close()
+        try:
+            if dog is not None:
+                dog.close()
+        finally:
+            signal.signal(signal.SIGTERM, previous_term)
+            signal.signal(signal.SIGINT, previous_int)
 
 
 def _descendants(pid: int) -> list[int]:

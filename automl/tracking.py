@@ -230,16 +230,33 @@ def reconcile_interrupted(state: SearchState, tracker: Tracker,
     the same child run (reopened as RUNNING). Trials whose Ray ids are in `keep` are left as they are.
     Returns the names of the trials marked KILLED.
     """
+    killed = mark_killed(state, reason, keep)
+    close_stopped_runs(state, tracker, killed)
+    return killed
+
+
+def mark_killed(state: SearchState, reason: str, keep: Iterable[str] = ()) -> list[str]:
+    """The ledger's half of `reconcile_interrupted` (no MLflow call, so nothing here can wait on a
+    server): running or waiting trials not in `keep` become KILLED. Returns their names."""
     killed, keep = [], set(keep)
     for record in state.trials.values():
+        if record.status in (RUNNING, PENDING) and record.trial_id not in keep:
+            record.status = KILLED
+            record.error = record.error or reason
+            record.ended_at = time.time()
+            killed.append(record.name)
+    return killed
+
+
+def close_stopped_runs(state: SearchState, tracker: Tracker, killed: Iterable[str]) -> None:
+    """MLflow's half of `reconcile_interrupted`: the child runs of the `killed` trials end KILLED, and
+    a run whose trial ended just before the stop gets the ledger's status."""
+    killed = set(killed)
+    for record in state.trials.values():
         try:
-            if record.status in (RUNNING, PENDING) and record.trial_id not in keep:
-                record.status = KILLED
-                record.error = record.error or reason
-                record.ended_at = time.time()
+            if record.name in killed:
                 if record.mlflow_run_id:
                     tracker.end_run(record.mlflow_run_id, KILLED)
-                killed.append(record.name)
             elif record.mlflow_run_id and record.ended_at is not None and record.ended_at >= time.time() - 120:
                 # Ended just before the stop: the ledger recorded the end, but the stop may have come
                 # before MLflow's callback closed the run (with several trials at once, one ends while
@@ -249,4 +266,3 @@ def reconcile_interrupted(state: SearchState, tracker: Tracker,
         except Exception as err:  # noqa: BLE001 (a signal can cut an MLflow write and leave sqlite locked)
             # The ledger is what `automl resume` reads, and it reopens or closes the run then.
             log.warning("could not update MLflow run of %s while stopping: %s", record.name, err)
-    return killed
