@@ -119,6 +119,11 @@ def _tune_settings() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no csv/json/tbx per trial: the ledger and MLflow hold results
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Read in the trial actors (local ones inherit the driver's environment): a reused actor waits this
+    # long for its last trial's training thread to end (Lightning's teardown after a stop) before the
+    # next trial starts in it. Ray's 2 s, missed under load, would mark that trial ERROR without telling
+    # the searcher or the callbacks (tune_controller._on_trial_reset); never seen, so this is insurance.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 
