@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C
 STUCK_GRACE_S = 5.0  # how long the main thread has to take a signal before the watchdog ends the process
 STUCK_DEADLINE_S = 60.0  # and, once taken, to end the block (save the state; MLflow may be a slow server)
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def _raise_interrupt(*_: Any) -> None:
@@ -42,16 +43,26 @@ class _Watchdog(threading.Thread):
         self.stuck, self.grace, self.deadline = stuck, grace, deadline
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.write_fd, False)
+        self.previous_fd: int | None = None  # the wakeup fd before ours, once ours is set
         self.claim: dict[str, str] = {}  # {"by": "main" | "watchdog" | "closed"}
         self.settled = threading.Event()  # the main thread took the signal, or the block ended
         self.lock = threading.Lock()  # for the two changes of a claim: main -> watchdog, main -> closed
+        self.raised = False  # the handler has raised KeyboardInterrupt
+        self.pending = False  # a signal came while the block was being closed
 
     def handler(self, *_: Any) -> None:
-        """The Python-level handler (main thread)."""
-        if self.claim.setdefault("by", "main") == "watchdog":
+        """The Python-level handler (main thread): KeyboardInterrupt once. A second signal while the
+        main thread saves the state must not cut that (the watchdog's deadline still holds)."""
+        by = self.claim.setdefault("by", "main")
+        if by == "watchdog":
             threading.Event().wait()  # the watchdog is ending the process
-        self.settled.set()
-        raise KeyboardInterrupt
+        if by == "closed":
+            self.pending = True  # raised once the block's handlers are put back
+            return
+        if not self.raised:
+            self.raised = True
+            self.settled.set()
+            raise KeyboardInterrupt
 
     def run(self) -> None:
         taken_at = None  # when the main thread took the signal
@@ -65,11 +76,11 @@ class _Watchdog(threading.Thread):
                 if late:
                     self._end(f"the search did not stop within {self.deadline:g} s of the signal")
                 return
-            data = os.read(self.read_fd, 64)
-            if not data or 0 in data or self.claim.get("by") == "closed":  # byte 0: the block ended
+            numbers = set(os.read(self.read_fd, 64))
+            if not numbers or 0 in numbers or self.claim.get("by") == "closed":  # byte 0: the block ended
                 return
-            if taken_at is not None:
-                continue  # a second signal: the main thread is on it, the deadline holds
+            if taken_at is not None or not numbers & _STOP_SIGNALS:
+                continue  # a second signal (the deadline holds), or another one with a handler (Ray's SIGUSR1)
             self.settled.wait(self.grace)
             by = self.claim.setdefault("by", "watchdog")
             if by == "watchdog":
@@ -80,19 +91,21 @@ class _Watchdog(threading.Thread):
             taken_at = time.monotonic()
 
     def _end(self, why: str) -> None:
-        print(f"automl: {why}; saving the state from another thread", file=sys.stderr, flush=True)
-        saver = threading.Thread(target=self._save, name="automl-signal-save", daemon=True)
-        saver.start()
-        saver.join(20)
-        stop_descendants()
-        os._exit(EXIT_INTERRUPTED)
+        try:
+            _say(f"automl: {why}; saving the state from another thread")
+            saver = threading.Thread(target=self._save, name="automl-signal-save", daemon=True)
+            saver.start()
+            saver.join(20)
+            stop_descendants()
+        finally:
+            os._exit(EXIT_INTERRUPTED)
 
     def _save(self) -> None:
         try:
             self.stuck()
         except BaseException as err:  # noqa: BLE001 (the process ends next: say what was not saved)
-            print(f"automl: could not save the state on the way out ({err.__class__.__name__}: {err}); "
-                  f"`automl resume` reads the last saved one", file=sys.stderr, flush=True)
+            _say(f"automl: could not save the state on the way out ({err.__class__.__name__}: {err}); "
+                 f"`automl resume` reads the last saved one")
         for stream in (sys.stdout, sys.stderr):  # here, so that a stream's lock the main thread holds
             try:  # cannot hold up the exit beyond the join's limit
                 stream.flush()
@@ -100,22 +113,36 @@ class _Watchdog(threading.Thread):
                 pass
 
     def close(self) -> None:
-        """The block ended (main thread): the watchdog ends, unless it is already ending the process."""
+        """The block ends (main thread): from here a signal waits for the handlers to be put back; our
+        wakeup fd goes; the watchdog ends, unless it is already ending the process."""
         with self.lock:
             by = self.claim.setdefault("by", "closed")
             if by != "watchdog":
                 self.claim["by"] = "closed"
         if by == "watchdog":
             threading.Event().wait()
-        self.settled.set()
         try:
-            os.write(self.write_fd, b"\0")
-        except OSError:
-            pass
-        self.join(5)
-        if not self.is_alive():  # else leave the pipe open: closing it under a reading thread could
-            for fd in (self.read_fd, self.write_fd):  # hand its number to another file
-                os.close(fd)
+            if self.previous_fd is not None:
+                signal.set_wakeup_fd(self.previous_fd)
+        finally:
+            self.settled.set()
+            try:
+                os.write(self.write_fd, b"\0")
+            except OSError:
+                pass
+            self.join(5)
+            if not self.is_alive():  # else leave the pipe open: closing it under a reading thread could
+                for fd in (self.read_fd, self.write_fd):  # hand its number to another file
+                    os.close(fd)
+
+
+def _say(text: str) -> None:
+    """A line on stderr straight to the fd: no buffer, no lock the blocked main thread could hold,
+    and a closed stderr (a pipe whose reader the signal ended) is no error."""
+    try:
+        os.write(2, (text + "\n").encode("utf-8", "replace"))
+    except OSError:
+        pass
 
 
 @contextmanager
@@ -127,7 +154,8 @@ def interrupt_on_sigterm(stuck: Callable[[], None] | None = None, grace: float =
     With `stuck`: where the main thread does not take the signal within `grace` seconds (blocked in
     C code), or does not leave the block within `deadline` seconds after taking it, a watchdog thread
     calls `stuck()` to save the state, stops the processes this one started, and ends the process
-    with exit code 130 (`_Watchdog`)."""
+    with exit code 130 (`_Watchdog`). Only the first signal raises; one that comes while the block
+    is being closed is raised once the previous handlers are back."""
     previous_term, previous_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     dog = None
     try:
@@ -136,12 +164,9 @@ def interrupt_on_sigterm(stuck: Callable[[], None] | None = None, grace: float =
             dog.start()
         signal.signal(signal.SIGTERM, dog.handler if dog else _raise_interrupt)
         signal.signal(signal.SIGINT, dog.handler if dog else signal.default_int_handler)
-        previous_fd = signal.set_wakeup_fd(dog.write_fd, warn_on_full_buffer=False) if dog else None
-        try:
-            yield
-        finally:
-            if dog is not None:
-                signal.set_wakeup_fd(previous_fd)
+        if dog is not None:
+            dog.previous_fd = signal.set_wakeup_fd(dog.write_fd, warn_on_full_buffer=False)
+        yield
     finally:
         try:
             if dog is not None:
@@ -149,6 +174,8 @@ def interrupt_on_sigterm(stuck: Callable[[], None] | None = None, grace: float =
         finally:
             signal.signal(signal.SIGTERM, previous_term)
             signal.signal(signal.SIGINT, previous_int)
+        if dog is not None and dog.pending:
+            raise KeyboardInterrupt
 
 
 def _descendants(pid: int) -> list[int]:

@@ -23,23 +23,29 @@ SCRIPT = textwrap.dedent("""
     def stuck():
         print("saved by the watchdog", flush=True)
 
-    def blocked_in_c():  # C code that no signal interrupts (the kernel hands it to another thread)
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        ctypes.CDLL(None).sleep(60)
+    def block_sigterm():  # the kernel then hands SIGTERM to another thread, as when the main thread
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # sits in C code
 
     mode = sys.argv[1]
     try:
-        with interrupt_on_sigterm(stuck=stuck, grace=1.0 if mode == "blocked" else 30.0, deadline=2.0):
-            if mode == "blocked":
+        grace = 1.0 if mode.startswith("blocked") or mode == "usr1" else 30.0
+        with interrupt_on_sigterm(stuck=stuck, grace=grace, deadline=2.0 if mode == "stuck_after" else 30.0):
+            if mode == "usr1":  # another signal with a Python handler (Ray Tune installs one for SIGUSR1)
+                signal.signal(signal.SIGUSR1, lambda *_: print("usr1", flush=True))
+            if mode.startswith("blocked"):
+                block_sigterm()
                 print("ready", flush=True)
-                blocked_in_c()
+                ctypes.CDLL(None).sleep(60)
             try:
                 print("ready", flush=True)
                 time.sleep(60)
             except KeyboardInterrupt:
                 print("main thread took it", flush=True)
                 if mode == "stuck_after":
-                    blocked_in_c()
+                    block_sigterm()
+                    ctypes.CDLL(None).sleep(60)
+                time.sleep(1)  # the state being saved: a second signal must not cut it
+                print("saved by the main thread", flush=True)
                 raise
         print("block ended", flush=True)
     except KeyboardInterrupt:
@@ -47,15 +53,27 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run(mode: str) -> tuple[int, str, float]:
+def _run(mode: str, signals: tuple[tuple[int, float], ...] = ((signal.SIGTERM, 0.0),)) -> tuple[int, str, float]:
+    """The script in `mode`; once it is ready, each signal after its pause. Exit code, stdout, the
+    seconds from the first signal to the end."""
+    broken = mode == "blocked_no_stderr"
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, mode], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                            stderr=subprocess.PIPE if broken else subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         assert select.select([proc.stdout], [], [], 60)[0], "the script did not start"
         assert proc.stdout.readline().strip() == "ready"
+        if broken:
+            proc.stderr.close()  # its reader gone, as when the signal ended the `| tee` after it
+            proc.stderr = None
         sent = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        for number, pause in signals:
+            time.sleep(pause)
+            proc.send_signal(number)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the script had not ended 60 s after the signals ({mode})") from None
         return proc.returncode, out, time.monotonic() - sent
     finally:
         if proc.poll() is None:
@@ -81,6 +99,24 @@ def test_a_main_thread_stuck_after_taking_the_signal_is_ended_at_the_deadline():
     assert code == 130, out
     assert "main thread took it" in out and "did not stop within 2 s of the signal" in out, out
     assert "saved by the watchdog" in out and took < 30, (out, took)
+
+
+def test_a_stderr_nobody_reads_does_not_stop_the_watchdog():
+    code, out, took = _run("blocked_no_stderr")
+    assert code == 130 and "saved by the watchdog" in out and took < 30, (code, out, took)
+
+
+def test_a_second_signal_does_not_cut_the_main_threads_save():
+    code, out, _ = _run("free", ((signal.SIGTERM, 0.0), (signal.SIGTERM, 0.3), (signal.SIGINT, 0.1)))
+    assert code == 3, out
+    assert out.count("main thread took it") == 1 and "saved by the main thread" in out, out
+    assert "saved by the watchdog" not in out, out
+
+
+def test_another_signal_with_a_handler_is_not_a_stop():
+    code, out, _ = _run("usr1", ((signal.SIGUSR1, 0.0), (signal.SIGTERM, 2.0)))
+    assert code == 3, out  # 2 s is past the grace a stop would get: the watchdog let SIGUSR1 be
+    assert "usr1" in out and "main thread took it" in out and "saved by the watchdog" not in out, out
 
 
 def test_the_block_restores_the_handlers_and_the_wakeup_fd_and_ends_its_thread():
