@@ -178,19 +178,27 @@ def interrupt_on_sigterm(stuck: Callable[[], None] | None = None, grace: float =
             raise KeyboardInterrupt
 
 
+def proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after "pid (comm)": state, ppid, pgrp, session, ...; None where
+    the process is gone (the command name may hold spaces and parentheses: split after the last ")")."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields if len(fields) > 3 else None
+
+
 def _descendants(pid: int) -> list[int]:
     """The processes under `pid` (children, theirs, ...), from /proc; [] where there is none."""
     children: dict[int, list[int]] = {}
     try:
-        entries = [e for e in Path("/proc").iterdir() if e.name.isdigit()]
+        entries = [e.name for e in Path("/proc").iterdir() if e.name.isdigit()]
     except OSError:
         return []
     for entry in entries:
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
+        fields = proc_stat(entry)
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry))
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):

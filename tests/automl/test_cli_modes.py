@@ -109,14 +109,13 @@ def test_tao_settings_file_and_flags_win(spec, tmp_path):
 
 def _session_pids(sid: int) -> list[int]:
     """Every process in session `sid` (a `ray start` started with start_new_session and all it spawned)."""
+    from automl.signals import proc_stat
+
     pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":  # after "pid (comm)": state ppid pgrp session
-            pids.append(int(stat.parent.name))
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = proc_stat(entry.name)
+        if fields is not None and int(fields[3]) == sid and fields[0] != "Z":  # state ppid pgrp session
+            pids.append(int(entry.name))
     return pids
 
 

@@ -261,13 +261,11 @@ def test_sigterm_to_the_driver_alone_leaves_no_ray_process(dataset, tmp_path):
     """`kill PID` of the driver alone (pkill, a supervisor): it saves its state, exits 130, and no
     process it started outlives it (the local Ray's GCS and raylet, and under the raylet its
     dashboard and runtime-env agents and the trial workers; the agents used to stay)."""
-    from automl.signals import _descendants
+    from automl.signals import _descendants, proc_stat
 
     def _gone(pid: int) -> bool:  # ended (a zombie left to init counts as ended)
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-        except (OSError, IndexError):
-            return True
+        fields = proc_stat(pid)
+        return fields is None or fields[0] in ("Z", "X")
 
     results = tmp_path / "search"
     with _search(dataset, results, "--max-trials", "3", "--max-epochs", "8") as proc:
