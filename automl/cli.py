@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from automl.layout import Layout
 from automl.options import ALGORITHMS
-from automl.signals import EXIT_INTERRUPTED, interrupt_on_sigterm, stop_descendants
+from automl.signals import EXIT_INTERRUPTED, flush_streams, interrupt_on_sigterm, stop_descendants
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -281,11 +281,7 @@ def entry() -> None:
     """
     code = main()
     if code == EXIT_INTERRUPTED:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):  # closed or broken pipe: nothing more can be written
-                pass
+        flush_streams()
         stop_descendants()  # the local Ray it started, which no exit handler will stop now
         os._exit(code)
     sys.exit(code)

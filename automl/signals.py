@@ -47,7 +47,6 @@ class _Watchdog(threading.Thread):
         self.claim: dict[str, str] = {}  # {"by": "main" | "watchdog" | "closed"}
         self.settled = threading.Event()  # the main thread took the signal, or the block ended
         self.lock = threading.Lock()  # for the two changes of a claim: main -> watchdog, main -> closed
-        self.raised = False  # the handler has raised KeyboardInterrupt
         self.pending = False  # a signal came while the block was being closed
 
     def handler(self, *_: Any) -> None:
@@ -59,8 +58,7 @@ class _Watchdog(threading.Thread):
         if by == "closed":
             self.pending = True  # raised once the block's handlers are put back
             return
-        if not self.raised:
-            self.raised = True
+        if not self.settled.is_set():  # (set here only, while the claim is "main": the first signal)
             self.settled.set()
             raise KeyboardInterrupt
 
@@ -106,11 +104,7 @@ class _Watchdog(threading.Thread):
         except BaseException as err:  # noqa: BLE001 (the process ends next: say what was not saved)
             _say(f"automl: could not save the state on the way out ({err.__class__.__name__}: {err}); "
                  f"`automl resume` reads the last saved one")
-        for stream in (sys.stdout, sys.stderr):  # here, so that a stream's lock the main thread holds
-            try:  # cannot hold up the exit beyond the join's limit
-                stream.flush()
-            except (OSError, ValueError):
-                pass
+        flush_streams()  # here, so that a stream's lock the main thread holds cannot hold up the exit
 
     def close(self) -> None:
         """The block ends (main thread): from here a signal waits for the handlers to be put back; our
@@ -134,6 +128,15 @@ class _Watchdog(threading.Thread):
             if not self.is_alive():  # else leave the pipe open: closing it under a reading thread could
                 for fd in (self.read_fd, self.write_fd):  # hand its number to another file
                     os.close(fd)
+
+
+def flush_streams() -> None:
+    """stdout and stderr flushed before an os._exit; a closed or broken one is skipped."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: nothing more can be written
+            pass
 
 
 def _say(text: str) -> None:

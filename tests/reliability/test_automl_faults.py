@@ -214,6 +214,15 @@ def test_diverging_trials_fail_cleanly_and_the_search_goes_on(dataset, tmp_path)
     assert {r.info.status for r in runs.values()} == {"FAILED"}
 
 
+def _assert_interrupted(proc: subprocess.Popen, out: str, results: Path) -> None:
+    """The driver ended as after Ctrl-C: exit 130, the resume line, the ledger INTERRUPTED, nothing RUNNING."""
+    assert proc.returncode == 130, out[-3000:]
+    assert f"automl resume {results}" in out, out[-3000:]
+    state = json.loads((results / "automl_state.json").read_text())
+    assert state["status"] == "INTERRUPTED"
+    assert "RUNNING" not in {t["status"] for t in state["trials"].values()}
+
+
 def test_sigterm_to_the_process_group_ends_the_driver(dataset, tmp_path):
     """SIGTERM to the whole process group (a job scheduler, `timeout`, `kill -- -PGID`) reaches Ray's
     own processes too. The driver still saves its state and exits instead of hanging in Ray's exit
@@ -223,11 +232,7 @@ def test_sigterm_to_the_process_group_ends_the_driver(dataset, tmp_path):
         _wait_for(proc, lambda: _running_with_epoch(results) is not None, 240, "a running trial with a reported epoch")
         os.killpg(proc.pid, signal.SIGTERM)
         out = _finish(proc, timeout=90)  # SIGKILLs the group and fails below if the driver hangs
-    assert proc.returncode == 130, out[-3000:]
-    assert f"automl resume {results}" in out, out[-3000:]
-    state = json.loads((results / "automl_state.json").read_text())
-    assert state["status"] == "INTERRUPTED"
-    assert "RUNNING" not in {t["status"] for t in state["trials"].values()}
+    _assert_interrupted(proc, out, results)
 
 
 def test_sigterm_while_the_driver_waits_on_a_stopped_gcs(dataset, tmp_path):
@@ -250,11 +255,7 @@ def test_sigterm_while_the_driver_waits_on_a_stopped_gcs(dataset, tmp_path):
         time.sleep(3)
         os.killpg(proc.pid, signal.SIGTERM)
         out = _finish(proc, timeout=90)
-    assert proc.returncode == 130, out[-3000:]
-    assert f"automl resume {results}" in out, out[-3000:]
-    state = json.loads((results / "automl_state.json").read_text())
-    assert state["status"] == "INTERRUPTED"
-    assert "RUNNING" not in {t["status"] for t in state["trials"].values()}
+    _assert_interrupted(proc, out, results)
 
 
 def test_sigterm_to_the_driver_alone_leaves_no_ray_process(dataset, tmp_path):
