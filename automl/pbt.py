@@ -2,9 +2,9 @@
 
 Ray's PBT refuses search algorithms, so the population (the baseline plus Optuna random draws) is
 preset through Ray's basic variant generator (`automl.algorithms`). At every perturbation interval
-the worse half of the population continues from a better member's checkpoint (exploit) with that
-member's values perturbed (explore). Explore only mutates what a trial restored from another
-trial's checkpoint can honour:
+but the last epoch (nothing trains after it) the worse half of the population continues from a
+better member's checkpoint (exploit) with that member's values perturbed (explore). Explore only
+mutates what a trial restored from another trial's checkpoint can honour:
 
 - optimizer values (``train.optim.lr``, ``weight_decay``, ``momentum``), pushed into the restored
   optimizer by :func:`apply_hparams_to_optimizers` (Lightning restores the old ones);
@@ -68,11 +68,23 @@ class KeepInRange:
 
 def scheduler(search: Any, domains: dict[str, Any], space: Any) -> Any:
     """Ray's `PopulationBasedTraining` for `search` (an `automl.options.SearchConfig`) over `domains`
-    (`mutations(space)`)."""
-    from ray.tune.schedulers import PopulationBasedTraining
+    (`mutations(space)`), with no perturbation at a trial's last epoch (`search.trial_epochs`)."""
+    from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+
+    last = search.trial_epochs
+
+    class LastEpochKept(PopulationBasedTraining):
+        """Ray's PBT perturbs at every interval, the last epoch too: synchronous, it paused every
+        member there, restarted each from a checkpoint to train nothing, and gave the worse half a
+        new config that no epoch trained (the ledger then showed values the model never saw)."""
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            if last is not None and result.get(self._time_attr, 0) >= last:
+                return TrialScheduler.CONTINUE
+            return super().on_trial_result(tune_controller, trial, result)
 
     factor = float(search.perturbation_factor)
-    return PopulationBasedTraining(
+    return LastEpochKept(
         time_attr="epoch", metric=search.ranking_metric, mode=search.mode,
         perturbation_interval=search.perturbation_interval, hyperparam_mutations=domains,
         custom_explore_fn=KeepInRange(space, domains),

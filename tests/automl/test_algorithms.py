@@ -124,7 +124,8 @@ def test_bfbo_gives_a_free_slot_another_configuration_than_the_running_one() -> 
 def test_pbt_exploits_another_trials_checkpoint(dataset, tmp_path, ray_session):
     """PBT, population 2 running together, perturbation every epoch: the worse trial continues from
     the better one's Lightning checkpoint (handed over by Ray) with perturbed values. Three epochs:
-    at epoch 1 the other trial may not have reported yet, and the last epoch has nothing to continue."""
+    at epoch 1 the other trial may not have reported yet, and the last epoch has nothing to continue:
+    no trial is paused, restarted or given new values there."""
     import automl
 
     outcome = automl.run(_options(tmp_path / "pbt", dataset, algorithm="pbt", population_size=2, max_concurrent=2,
@@ -132,9 +133,14 @@ def test_pbt_exploits_another_trials_checkpoint(dataset, tmp_path, ray_session):
     state = outcome.state
     assert len(state.trials) == 2
     _check_common(state, max_epochs=3)
+    at_the_end = {t.name: ([r for r in t.restores if r["epoch"] >= 3], [c for c in t.config_changes if c["epoch"] >= 3])
+                  for t in state.trials.values()}
+    assert not any(r or c for r, c in at_the_end.values()), at_the_end
     exploits = [(t.name, r) for t in state.trials.values() for r in t.restores if r["from"] != t.name]
     assert exploits, {t.name: (t.restores, len(t.history)) for t in state.trials.values()}
-    name, restore = exploits[0]
+    # The first exploit in time: its config is the donor's perturbed, never its own. A later one may
+    # hand a trial the values it already has (the same donor's lr halved again), no config change.
+    name, restore = min(exploits, key=lambda e: e[1]["epoch"])
     record = state.by_name(name)
     assert restore["epoch"] >= 1  # continued training after the donor's epoch, not from scratch
     epochs = [h["epoch"] for h in record.history]
