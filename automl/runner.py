@@ -477,15 +477,18 @@ def seeded_global_rngs(seed: int) -> Iterator[None]:
     Ray draws from them in the driver: asynchronous HyperBand picks each trial's bracket with
     `np.random.choice`, PBT's explore perturbs with `random`. Unseeded, `--seed` fixed the sampled
     values but not which trials HyperBand could stop early. The caller's generator state is put
-    back, so a notebook's draws are not touched.
+    back, so a notebook's draws are not touched. Seeded from `seed` through a SeedSequence, not with
+    `seed` itself: Optuna's samplers draw from a NumPy generator seeded with `seed`, and PBT's first
+    resample gave the very value of the population's first random member.
     """
     import random
 
     import numpy as np
 
     py_state, np_state = random.getstate(), np.random.get_state()
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
+    derived = [int(x) for x in np.random.SeedSequence([int(seed) % 2**32, 0x5EED]).generate_state(2)]
+    random.seed(derived[0])
+    np.random.seed(derived[1])
     try:
         yield
     finally:

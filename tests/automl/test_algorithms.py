@@ -163,6 +163,27 @@ def test_pbt_exploits_another_trials_checkpoint(dataset, tmp_path, ray_session):
     assert float(continued["params"]["train.optim.lr"]) != pytest.approx(donor_lr), (continued, donor_lr)
 
 
+def test_pbt_resamples_are_not_the_populations_draws() -> None:
+    """PBT's explore resamples from NumPy's global generator, which the search seeds for
+    reproducibility; the population's random members come from Optuna's sampler with the same
+    --seed. Seeded with the same number, the first resample was the first member's value again."""
+    from ray import tune
+
+    from automl.algorithms import _drawn_points
+    from automl.runner import seeded_global_rngs
+    from automl.space import Param, Space
+
+    space = Space((Param("train.optim.lr", "float", 1e-3, low=1e-5, high=1e-2, log=True),))
+    for seed in (0, 1, 2):
+        drawn = _drawn_points(space, 1, "pbt", seed)[0]["train.optim.lr"]
+        with seeded_global_rngs(seed):
+            first = tune.loguniform(1e-5, 1e-2).sample()
+        with seeded_global_rngs(seed):
+            again = tune.loguniform(1e-5, 1e-2).sample()
+        assert first == again  # still reproducible
+        assert first != pytest.approx(drawn), seed
+
+
 def test_grid_runs_every_point_once(dataset, tmp_path, ray_session):
     import automl
 
