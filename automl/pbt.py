@@ -68,23 +68,35 @@ class KeepInRange:
 
 def scheduler(search: Any, domains: dict[str, Any], space: Any) -> Any:
     """Ray's `PopulationBasedTraining` for `search` (an `automl.options.SearchConfig`) over `domains`
-    (`mutations(space)`), with no perturbation at a trial's last epoch (`search.trial_epochs`)."""
+    (`mutations(space)`): synchronous, with no perturbation at a trial's last epoch (`search.trial_epochs`)."""
     from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
     last = search.trial_epochs
 
-    class LastEpochKept(PopulationBasedTraining):
-        """Ray's PBT perturbs at every interval, the last epoch too: synchronous, it paused every
-        member there, restarted each from a checkpoint to train nothing, and gave the worse half a
-        new config that no epoch trained (the ledger then showed values the model never saw)."""
+    class SynchronousPBT(PopulationBasedTraining):
+        """Ray's synchronous PBT with two fixes.
+
+        - No perturbation at the last epoch: Ray's paused every member there, restarted each from a
+          checkpoint to train nothing, and gave the worse half a config that no epoch trained (the
+          ledger then showed values the model never saw).
+        - The next synchronisation point stays ahead of the members: after a perturbation Ray sets
+          it to max(previous + interval, the members' latest epoch). A resumed search starts from a
+          fresh scheduler (its point at the first interval) with members at epoch 4, say: the point
+          became 4, every member waited paused for the ones behind it, none was, and the search hung.
+        """
 
         def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
             if last is not None and result.get(self._time_attr, 0) >= last:
                 return TrialScheduler.CONTINUE
-            return super().on_trial_result(tune_controller, trial, result)
+            decision = super().on_trial_result(tune_controller, trial, result)
+            times = [self._trial_state[t].last_train_time for t in tune_controller.get_live_trials()
+                     if t in self._trial_state]
+            if times and min(times) >= self._next_perturbation_sync:
+                self._next_perturbation_sync = min(times) + self._perturbation_interval
+            return decision
 
     factor = float(search.perturbation_factor)
-    return LastEpochKept(
+    return SynchronousPBT(
         time_attr="epoch", metric=search.ranking_metric, mode=search.mode,
         perturbation_interval=search.perturbation_interval, hyperparam_mutations=domains,
         custom_explore_fn=KeepInRange(space, domains),

@@ -354,6 +354,39 @@ def test_resume_after_sigkill(dataset, tmp_path):
     assert {r.info.status for r in children} == {"FINISHED"}
 
 
+
+@pytest.mark.slow  # about 40 s on 2 shared cores; CI runs it (make test)
+def test_a_pbt_search_resumes_after_sigkill(dataset, tmp_path):
+    """PBT killed with SIGKILL after its members have trained and perturbed, resumed: it finishes. Ray
+    restores a fresh synchronous PBT scheduler, whose next synchronisation point then caught up with
+    the members' epoch instead of passing it, so every member waited paused for the others and the
+    resumed search hung (automl.pbt)."""
+    from automl.layout import Layout
+
+    results = tmp_path / "pbt"
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("automl_hyperparameters: [train.optim.lr]\nautoml_population_size: 2\n")
+    cmd = [sys.executable, "-m", "automl.cli", "run", "--skill", "segformer", "-e", str(dataset), "--results-dir", str(results),
+           "--algorithm", "pbt", "--settings", str(settings), "--max-concurrent", "2", "--max-epochs", "6", "--num-cpus", "2",
+           "--no-promote", "dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32"]
+    proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        _wait_for(lambda: len(_trials(results)) == 2 and all(len(t["history"]) >= 2 for t in _trials(results).values())
+                  and Layout.of(results).ray_backup.is_file(), 240, "two members with two epochs each and a saved Ray state")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    time.sleep(3)  # Ray's processes share the driver's fate; give them a moment to go
+    out = subprocess.run([sys.executable, "-m", "automl.cli", "resume", str(results)], env=ENV, cwd=REPO,
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    after = _trials(results)
+    assert {t["status"] for t in after.values()} == {"FINISHED"}, {t["name"]: t["status"] for t in after.values()}
+    assert all(t["history"][-1]["epoch"] == 6 for t in after.values())
+
 def _browser() -> str | None:
     import shutil
 
