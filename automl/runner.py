@@ -411,7 +411,10 @@ def _new_tuner(opts: SearchOptions, plan: Any) -> Any:
     )
     tune_config = tune.TuneConfig(search_alg=plan.search_alg, scheduler=plan.scheduler, num_samples=plan.num_samples,
                                   time_budget_s=s.time_budget_s,  # concurrency: set on the search algorithm itself
-                                  reuse_actors=s.algorithm != "pbt", trial_name_creator=namer, trial_dirname_creator=namer)
+                                  # A trial process serves the next trial and, under PBT, a member's restart
+                                  # after each synchronous pause: about 5 s of process start and imports
+                                  # saved each time on 2 CPU cores (benchmarks/RESULTS.md, "Search overhead")
+                                  reuse_actors=True, trial_name_creator=namer, trial_dirname_creator=namer)
     return tune.Tuner(_trainable(opts), param_space=plan.param_space, tune_config=tune_config, run_config=run_config)
 
 
