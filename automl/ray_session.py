@@ -27,7 +27,8 @@ from typing import Any
 
 from automl.options import SearchError, SearchOptions
 
-_RAY_STATE_FILES = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl", "tuner.pkl")
+_RAY_STATE_FILES = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl", "basic-variant-state-*.json",
+                    "tuner.pkl")
 
 
 class RaySession:
