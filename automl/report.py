@@ -560,7 +560,7 @@ def _predict(state: SearchState, models: list[tuple[str, TrialRecord]],
     from automl.deploy import spec_overrides
     from automl.trial import base_config
     from segformer.config import apply_overrides
-    from segformer.data import build_datamodule, pair_samples
+    from segformer.data import build_data, pair_samples
     from segformer.data.dataset import load_pair
     from segformer.engine.predictor import TorchPredictor, load_torch_model, segment_images
 
@@ -568,7 +568,7 @@ def _predict(state: SearchState, models: list[tuple[str, TrialRecord]],
     for _, record in models:
         cfg = apply_overrides(base_config(state.spec, state.overrides, record.results_dir or state.results_dir),
                               spec_overrides(state, record.params))
-        data = build_datamodule(cfg.dataset.segment, seed=0, check_data=False)
+        data = build_data(cfg.dataset.segment, seed=0, check_data=False)
         if samples is None:
             samples = pair_samples(data.root_dir, data.splits["val"])[0][:OVERLAY_IMAGES]
             pairs, decoder = [load_pair(s, data.decoder) for s in samples], data.decoder

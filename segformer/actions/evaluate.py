@@ -9,7 +9,7 @@ Prints TAO's two tables (percent, two decimals) and writes to ``results_dir/eval
 
 The model runs through the engine's :class:`~segformer.engine.predictor.Predictor`, so PyTorch,
 ONNX Runtime, TensorRT and quantized models are decoded and scored by the same code. Labels come
-from the data module (the one ``MaskDecoder``). With ``evaluate.full_resolution`` predictions are
+from the dataset (the one ``MaskDecoder``). With ``evaluate.full_resolution`` predictions are
 upsampled to each mask's original size before scoring; otherwise masks are resized (nearest) to
 ``img_size``, exactly as during validation.
 """
@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from segformer.config import ExperimentConfig, action_results_dir, require
-from segformer.data import build_datamodule, overlay
+from segformer.data import build_data, overlay
 from segformer.fileio import atomic_save_png, atomic_write_json
 from segformer.engine.metrics import ConfusionMatrix
 from segformer.engine.predictor import Predictor, load_predictor, resize_logits, run_predictor
@@ -59,17 +59,17 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> EvaluateResult:
     check_input_size(cfg.model, cfg.dataset.segment.img_size)
     results_dir = action_results_dir(cfg, "evaluate")
     full_resolution = bool(options.full_resolution)
-    datamodule = build_datamodule(cfg.dataset.segment, seed=max(cfg.train.seed, 0),
+    data = build_data(cfg.dataset.segment, seed=max(cfg.train.seed, 0),
                                   eval_batch_size=int(options.batch_size), full_resolution_masks=full_resolution)
-    datamodule.setup("test")  # reads and checks every file of the split first
+    data.setup("test")  # reads and checks every file of the split first
     predictor = load_predictor(cfg, "evaluate")
-    loader = datamodule.test_dataloader()
+    loader = data.test_dataloader()
     if full_resolution:  # masks keep their file sizes, which may differ: batch them as a list
-        loader = DataLoader(datamodule.datasets["test"], batch_size=int(options.batch_size),
-                            num_workers=datamodule.workers, collate_fn=_collate_mask_list)
+        loader = DataLoader(data.datasets["test"], batch_size=int(options.batch_size),
+                            num_workers=data.workers, collate_fn=_collate_mask_list)
 
     align_corners = bool(cfg.model.decode_head.align_corners)
-    confusion = ConfusionMatrix(datamodule.num_classes)
+    confusion = ConfusionMatrix(data.num_classes)
     vis_every = max(1, int(options.vis_after_n_batches))
     num_images = 0
     for batch_idx, batch in enumerate(_progress(loader, quiet)):
@@ -78,10 +78,10 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> EvaluateResult:
             confusion.update(prediction, mask)
         num_images += len(predictions)
         if batch_idx % vis_every == 0:
-            _save_overlays(results_dir / "vis", batch, predictions, datamodule)
+            _save_overlays(results_dir / "vis", batch, predictions, data)
 
     scores = confusion.compute()
-    names = datamodule.class_names
+    names = data.class_names
     tables = format_tables(scores, names)
     if not quiet:
         print(tables)
@@ -90,7 +90,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> EvaluateResult:
         "scale": "fraction (0..1); TAO prints percent",
         **scores.as_dict(names),
         "num_images": num_images,
-        "split": datamodule.splits["test"],
+        "split": data.splits["test"],
         "full_resolution": full_resolution,
         "model": str(options.trt_engine or options.checkpoint),
         "runtime": type(predictor).__name__,
@@ -120,12 +120,12 @@ def _collate_mask_list(items: list[dict]) -> dict:
     }
 
 
-def _save_overlays(folder: Path, batch: dict, predictions: list[torch.Tensor], datamodule: Any) -> None:
-    mean = torch.tensor(datamodule.mean).view(3, 1, 1)
-    std = torch.tensor(datamodule.std).view(3, 1, 1)
+def _save_overlays(folder: Path, batch: dict, predictions: list[torch.Tensor], data: Any) -> None:
+    mean = torch.tensor(data.mean).view(3, 1, 1)
+    std = torch.tensor(data.std).view(3, 1, 1)
     for image, prediction, name in zip(batch["image"], predictions, batch["name"]):
         pixels = ((image.cpu() * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-        atomic_save_png(folder / f"{name}.png", overlay(pixels, prediction.numpy().astype(np.int64), datamodule.decoder))
+        atomic_save_png(folder / f"{name}.png", overlay(pixels, prediction.numpy().astype(np.int64), data.decoder))
 
 
 def _progress(loader: Any, quiet: bool) -> Any:

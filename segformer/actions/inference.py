@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from segformer.config import ExperimentConfig, action_results_dir, require
-from segformer.data import build_datamodule, load_image, overlay
+from segformer.data import build_data, load_image, overlay
 from segformer.fileio import atomic_save_png
 from segformer.engine.predictor import class_ids, load_predictor, run_predictor
 from segformer.model import check_input_size
@@ -53,27 +53,27 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> InferenceResult:
     require(cfg, "inference.checkpoint", "inference.trt_engine")
     check_input_size(cfg.model, cfg.dataset.segment.img_size)
     results_dir = action_results_dir(cfg, "inference")
-    datamodule = build_datamodule(cfg.dataset.segment, seed=max(cfg.train.seed, 0),
+    data = build_data(cfg.dataset.segment, seed=max(cfg.train.seed, 0),
                                   eval_batch_size=int(options.batch_size), check_data=False)
-    datamodule.setup("predict")
-    samples = {sample.name: sample for sample in datamodule.datasets["predict"].samples}
+    data.setup("predict")
+    samples = {sample.name: sample for sample in data.datasets["predict"].samples}
     predictor = load_predictor(cfg, "inference")
     align_corners = bool(cfg.model.decode_head.align_corners)
     vis_every = max(1, int(options.vis_after_n_batches))
 
     ids_dir, overlay_dir = results_dir / IDS_DIR, results_dir / OVERLAY_DIR
     count = 0
-    loader = datamodule.predict_dataloader()
+    loader = data.predict_dataloader()
     for batch_idx, batch in enumerate(_progress(loader, quiet)):
         logits = run_predictor(predictor, batch["image"])
         for i, name in enumerate(batch["name"]):
             image = load_image(samples[name].image)
-            ids = class_ids(predictor, image, logits[i:i + 1], img_size=datamodule.img_size, mean=datamodule.mean,
-                            std=datamodule.std, align_corners=align_corners, sliding_window=bool(options.sliding_window),
+            ids = class_ids(predictor, image, logits[i:i + 1], img_size=data.img_size, mean=data.mean,
+                            std=data.std, align_corners=align_corners, sliding_window=bool(options.sliding_window),
                             window_overlap=float(options.window_overlap), batch_size=int(options.batch_size))
             atomic_save_png(ids_dir / f"{name}.png", ids)
             if batch_idx % vis_every == 0:
-                atomic_save_png(overlay_dir / f"{name}.png", overlay(image, ids.astype(np.int64), datamodule.decoder))
+                atomic_save_png(overlay_dir / f"{name}.png", overlay(image, ids.astype(np.int64), data.decoder))
             count += 1
     if not quiet:
         print(f"inference: {count} image(s) -> {ids_dir} (class ids), {overlay_dir} (overlays)")

@@ -28,9 +28,11 @@ _EXPORTS = {
     "EpochSampler": "segformer.data.dataset",
     "DatasetReport": "segformer.data.dataset",
     "check_dataset": "segformer.data.dataset",
+    "SegData": "segformer.data.segdata",
+    "build_data": "segformer.data.segdata",
+    "iter_calibration_batches": "segformer.data.segdata",
     "SegDataModule": "segformer.data.datamodule",
     "build_datamodule": "segformer.data.datamodule",
-    "iter_calibration_batches": "segformer.data.datamodule",
     "generate": "segformer.data.synth",
 }
 

@@ -1,208 +1,22 @@
-"""LightningDataModule for TAO ``dataset.segment`` and the calibration image iterator.
+"""Lightning's DataModule over :class:`~segformer.data.segdata.SegData`, for training.
 
-:func:`build_datamodule` is the one place that reads the config section; :class:`SegDataModule`
-takes explicit typed arguments.
+Everything but the Lightning hooks' base class lives in :mod:`segformer.data.segdata`, so the
+actions that only read data (evaluate, inference, export, quantize) do not import Lightning.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
-import torch
 from lightning.pytorch import LightningDataModule
-from PIL import Image
-from torch.utils.data import DataLoader
 
-from segformer.data.dataset import DatasetReport, EpochSampler, SegmentationDataset, check_dataset
-from segformer.data.files import IMAGE_EXTENSIONS, list_files
-from segformer.data.palette import MaskDecoder
-from segformer.data.transforms import AugmentationSettings, SegTransform, preprocess_image
-from segformer.errors import DataError
-
-SUPPORTED_DATASETS = ("SFDataset",)
+from segformer.data.segdata import SegData, build_data
 
 
-class SegDataModule(LightningDataModule):
-    """Train/val/test/predict loaders over a TAO image/mask folder dataset.
-
-    Args:
-        root_dir: dataset root holding ``images/<split>`` and ``masks/<split>``.
-        num_classes: number of training classes (checked against the palette).
-        img_size: square network input side.
-        palette: TAO palette entries; label_transform: ``"norm"`` or None.
-        batch_size: training batch size; eval_batch_size: val/test/predict (default: batch_size).
-        workers: DataLoader worker processes (persistent when > 0).
-        shuffle: shuffle the training split (seeded per epoch).
-        augmentation: training augmentations (None: none).
-        mean, std: normalisation in 0..1 units.
-        seed: ``train.seed``; fixes shuffling and augmentations for any number of workers.
-        check_data: read every file of the splits in use once during ``setup`` and report all problems.
-        full_resolution_masks: keep val/test masks at their file size (needs eval batch size 1
-            unless all images share a size).
-    """
-
-    def __init__(self, *, root_dir: str | Path, num_classes: int, img_size: int, palette: Sequence[Any],
-                 label_transform: str | None, batch_size: int = 8, eval_batch_size: int | None = None,
-                 workers: int = 1, shuffle: bool = True, train_split: str = "train",
-                 validation_split: str = "val", test_split: str = "val", predict_split: str = "test",
-                 augmentation: AugmentationSettings | None = None,
-                 mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
-                 seed: int = 1234, check_data: bool = True, full_resolution_masks: bool = False,
-                 shard_train: bool = True) -> None:
-        super().__init__()
-        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise ValueError(f"batch sizes must be >= 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
-        if workers < 0:
-            raise ValueError(f"dataset.segment.workers must be >= 0, got {workers}")
-        self.root_dir = Path(root_dir)
-        self.decoder = MaskDecoder(palette, label_transform, num_classes)
-        self.num_classes = int(num_classes)
-        self.img_size = int(img_size)
-        self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.workers = int(workers)
-        self.shuffle = bool(shuffle)
-        self.splits = {"train": train_split, "val": validation_split, "test": test_split, "predict": predict_split}
-        self.augmentation = augmentation
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.seed = int(seed)
-        self.check_data = check_data
-        self.full_resolution_masks = full_resolution_masks
-        # Under DDP each rank trains on its own slice of every epoch's permutation, unless Lightning
-        # shards the loader itself (train.use_distributed_sampler: true): see EpochSampler.
-        self.shard_train = shard_train
-        self.reports: dict[str, DatasetReport] = {}
-        self.datasets: dict[str, SegmentationDataset] = {}
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.decoder.class_names)
-
-    def _dataset(self, role: str) -> SegmentationDataset:
-        split = self.splits[role]
-        train = role == "train"
-        masks = role != "predict"
-        if self.check_data and masks and role not in self.reports:
-            self.reports[role] = check_dataset(self.root_dir, split, self.decoder)
-        transform = SegTransform(self.img_size, self.mean, self.std,
-                                 augment=self.augmentation if train else None,
-                                 resize_masks=train or not self.full_resolution_masks)
-        return SegmentationDataset(self.root_dir, split, self.decoder if masks else None, transform,
-                                   require_masks=masks, seed=self.seed)
-
-    def setup(self, stage: str | None = None) -> None:
-        roles = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
-        wanted = roles.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test")
-        for role in wanted:
-            if role not in self.datasets:
-                self.datasets[role] = self._dataset(role)
-
-    def _loader(self, role: str, batch_size: int, sampler=None) -> DataLoader:
-        if role not in self.datasets:
-            self.datasets[role] = self._dataset(role)
-        return DataLoader(self.datasets[role], batch_size=batch_size, sampler=sampler, num_workers=self.workers,
-                          persistent_workers=self.workers > 0, pin_memory=torch.cuda.is_available(),
-                          drop_last=False)
-
-    def train_dataloader(self) -> DataLoader:
-        if "train" not in self.datasets:
-            self.datasets["train"] = self._dataset("train")
-        sampler = EpochSampler(len(self.datasets["train"]), self.shuffle, self.seed, shard=self.shard_train)
-        return self._loader("train", self.batch_size, sampler)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", self.eval_batch_size)
+class SegDataModule(SegData, LightningDataModule):
+    """:class:`SegData` as a LightningDataModule: the same arguments, loaders and ``setup``."""
 
 
-def _get(section: Any, name: str, where: str) -> Any:
-    if not hasattr(section, name):
-        raise DataError(f"{where}.{name} is missing from the config")
-    return getattr(section, name)
-
-
-def build_datamodule(segment_cfg: Any, seed: int, *, train_batch_size: int | None = None,
-                     eval_batch_size: int | None = None, check_data: bool = True,
-                     full_resolution_masks: bool = False, shard_train: bool = True) -> SegDataModule:
-    """``cfg.dataset.segment`` -> :class:`SegDataModule` (the only config-to-arguments translation).
-
-    A disabled augmentation block (``enable: false``) becomes probability 0 / None.
-    ``train_batch_size`` overrides ``batch_size`` (AutoML); ``eval_batch_size`` is usually
-    ``evaluate.batch_size``. ``shard_train`` is ``not train.use_distributed_sampler``: our sampler
-    shards the training data across DDP ranks unless Lightning's distributed sampler does.
-    """
-    where = "dataset.segment"
-    kind = _get(segment_cfg, "dataset", where)
-    if kind not in SUPPORTED_DATASETS:
-        raise DataError(f"{where}.dataset must be one of {list(SUPPORTED_DATASETS)}, got {kind!r}")
-    root_dir = _get(segment_cfg, "root_dir", where)
-    if root_dir in (None, "", "???"):
-        raise DataError(f"{where}.root_dir is not set; point it at the folder holding images/ and masks/")
-    aug = _get(segment_cfg, "augmentation", where)
-    flip, rotate, color = aug.random_flip, aug.random_rotate, aug.random_color
-    scale = aug.with_scale_random_crop
-    settings = AugmentationSettings(
-        hflip_probability=float(flip.hflip_probability) if flip.enable else 0.0,
-        vflip_probability=float(flip.vflip_probability) if flip.enable else 0.0,
-        rotate_probability=float(rotate.rotate_probability) if rotate.enable else 0.0,
-        angle_list=tuple(float(a) for a in rotate.angle_list),
-        color_probability=float(color.color_probability) if color.enable else 0.0,
-        brightness=float(color.brightness), contrast=float(color.contrast),
-        saturation=float(color.saturation), hue=float(color.hue),
-        scale_range=tuple(float(s) for s in scale.scale_range) if scale.enable else None,  # type: ignore[arg-type]
-        random_crop=bool(aug.with_random_crop),
-        random_blur=bool(aug.with_random_blur),
-    )
-    return SegDataModule(
-        root_dir=root_dir,
-        num_classes=int(_get(segment_cfg, "num_classes", where)),
-        img_size=int(_get(segment_cfg, "img_size", where)),
-        palette=list(_get(segment_cfg, "palette", where)),
-        label_transform=_get(segment_cfg, "label_transform", where),
-        batch_size=int(train_batch_size or _get(segment_cfg, "batch_size", where)),
-        eval_batch_size=eval_batch_size,
-        workers=int(_get(segment_cfg, "workers", where)),
-        shuffle=bool(_get(segment_cfg, "shuffle", where)),
-        train_split=_get(segment_cfg, "train_split", where),
-        validation_split=_get(segment_cfg, "validation_split", where),
-        test_split=_get(segment_cfg, "test_split", where),
-        predict_split=_get(segment_cfg, "predict_split", where),
-        augmentation=settings,
-        mean=tuple(aug.mean), std=tuple(aug.std),
-        seed=int(seed),
-        check_data=check_data,
-        full_resolution_masks=full_resolution_masks,
-        shard_train=shard_train,
-    )
-
-
-def iter_calibration_batches(images_dir: str | Path, img_size: int, mean: Sequence[float], std: Sequence[float],
-                             batch_size: int, max_batches: int | None = None) -> Iterator[torch.Tensor]:
-    """Normalized (N, 3, S, S) batches from a folder of images (sorted by name), for PTQ / TensorRT.
-
-    Uses :func:`preprocess_image`, so calibration sees exactly the inference inputs. The last batch
-    may be smaller. ``max_batches`` None or <= 0 means all images.
-    """
-    folder = Path(images_dir)
-    if batch_size < 1:
-        raise ValueError(f"calibration batch_size must be >= 1, got {batch_size}")
-    files = [path for _, path in sorted(list_files(folder, IMAGE_EXTENSIONS, folder).items())]
-    if not files:
-        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in calibration folder {folder}")
-    if max_batches and max_batches > 0:
-        files = files[: batch_size * max_batches]
-    for start in range(0, len(files), batch_size):
-        tensors = []
-        for path in files[start:start + batch_size]:
-            try:
-                with Image.open(path) as image:
-                    tensors.append(preprocess_image(image, img_size, mean, std))
-            except OSError as exc:
-                raise DataError(f"cannot read calibration image {path}: {exc}; replace or remove it") from exc
-        yield torch.stack(tensors)
+def build_datamodule(segment_cfg: Any, seed: int, **kwargs: Any) -> SegDataModule:
+    """``cfg.dataset.segment`` -> :class:`SegDataModule`; the arguments of :func:`build_data`."""
+    return build_data(segment_cfg, seed, cls=SegDataModule, **kwargs)  # type: ignore[return-value]

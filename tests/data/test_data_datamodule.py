@@ -1,12 +1,18 @@
-"""build_datamodule: TAO config keys -> loaders with the contract's batch format; calibration batches."""
+"""build_datamodule / build_data: TAO config keys -> loaders with the contract's batch format;
+calibration batches; reading data without Lightning."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from segformer.data.datamodule import SegDataModule, build_datamodule, iter_calibration_batches
+from segformer.data.datamodule import SegDataModule, build_datamodule
+from segformer.data.segdata import iter_calibration_batches
 from segformer.errors import DataError
 
 from datahelpers import COLOR_PALETTE, segment_cfg, write_image
@@ -86,3 +92,35 @@ def test_calibration_batches(color_dataset):
     assert len(limited) == 1 and limited[0].shape == (2, 3, 16, 16)
     with pytest.raises(DataError, match="does not exist"):
         next(iter_calibration_batches(color_dataset / "nope", 16, (0.5,) * 3, (0.5,) * 3, 2, 1))
+
+
+def test_reading_data_does_not_import_lightning(color_dataset):
+    """Evaluation, inference, export, quantization and the search's report read data through
+    SegData, so a process doing what they do never imports Lightning (about 5 s a process, paid
+    by every promotion step and `segformer evaluate`); training gets the same data as Lightning's
+    DataModule."""
+    from lightning.pytorch import LightningDataModule
+
+    from segformer.data.segdata import SegData
+
+    training = build_datamodule(cfg_for(color_dataset), seed=0)
+    assert isinstance(training, LightningDataModule) and isinstance(training, SegData)
+    repo = Path(__file__).resolve().parents[2]
+    code = (
+        "import sys\n"
+        f"sys.path[:0] = [{str(repo)!r}, {str(repo / 'tests' / 'data')!r}]\n"
+        "import automl.report, segformer.actions.evaluate, segformer.actions.export, segformer.actions.inference\n"
+        "import segformer.actions.quantize\n"
+        "from datahelpers import COLOR_PALETTE, segment_cfg\n"
+        "from segformer.data import build_data, iter_calibration_batches\n"
+        f"cfg = segment_cfg(root_dir={str(color_dataset)!r}, img_size=16, batch_size=4, workers=0, label_transform=None,\n"
+        "                  palette=COLOR_PALETTE, test_split='test', predict_split='test')\n"
+        "data = build_data(cfg, seed=0)\n"
+        "data.setup('test')\n"
+        "batch = next(iter(data.test_dataloader()))\n"
+        f"calibration = next(iter_calibration_batches({str(color_dataset / 'images/train')!r}, 16, (0.5,) * 3, (0.5,) * 3, 2))\n"
+        "print(tuple(batch['image'].shape), tuple(calibration.shape), sorted(m for m in ('lightning', 'torchmetrics') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "(2, 3, 16, 16) (2, 3, 16, 16) []", out.stdout  # two test images; no Lightning
