@@ -294,7 +294,9 @@ def _trials(results: Path) -> dict:
 
 @pytest.mark.slow  # 60-125 s on 2 shared cores; CI runs it (make test)
 def test_resume_after_sigkill(dataset, tmp_path):
-    """Kill the driver with SIGKILL mid-search, resume: no trial repeated or lost, no duplicate runs."""
+    """Kill the driver with SIGKILL mid-search, resume: no trial repeated or lost, no duplicate runs.
+    Before the kill, a second `automl run` or `automl resume` on the folder stops at once, naming the
+    folder and the driver holding it; the lock goes with the killed driver, so the resume runs."""
     from mlflow import MlflowClient
 
     from automl.layout import Layout
@@ -315,6 +317,18 @@ def test_resume_after_sigkill(dataset, tmp_path):
                   and any(t["status"] == "RUNNING" and t["history"] for t in _trials(results).values())
                   and Layout.of(results).ray_backup.is_file(),
                   240, "one finished trial, one running trial with a reported epoch and a saved Ray state")
+        # Frozen (SIGSTOP), the driver still holds the folder and the moment of the kill stays where it
+        # is (a trial blocks at its next report until the driver takes it) while two more drivers try.
+        os.kill(proc.pid, signal.SIGSTOP)
+        for argv in (["run", *cmd[cmd.index("--skill"):]], ["resume", str(results)]):
+            started = time.monotonic()
+            second = subprocess.run([sys.executable, "-m", "automl.cli", *argv], env=ENV, cwd=REPO,
+                                    capture_output=True, text=True, timeout=120)
+            text = second.stdout + second.stderr
+            assert second.returncode != 0 and "Traceback" not in text, text[-3000:]
+            assert str(results) in text and f"pid {proc.pid}" in text and "in use" in text, text[-3000:]
+            assert time.monotonic() - started < 60, f"automl {argv[0]} took {time.monotonic() - started:.0f} s to refuse"
+        assert proc.poll() is None, "the first search was disturbed by the second driver"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -352,6 +366,7 @@ def test_resume_after_sigkill(dataset, tmp_path):
                                   filter_string=f"tags.`mlflow.parentRunId` = '{state['mlflow_parent_run_id']}'")
     assert sorted(r.data.tags["automl.trial"] for r in children) == names  # no duplicates, no orphans
     assert {r.info.status for r in children} == {"FINISHED"}
+    assert not (results / ".automl.lock.owner").exists()  # who held the folder is cleared at the end
 
 
 

@@ -1,8 +1,8 @@
 """Faults during a real AutoML search: a trial's Ray worker killed, Ctrl-C to the driver, a trial whose
 loss diverges. Real processes (the `automl` console script, local Ray, sqlite MLflow), no mocks.
 
-The driver itself killed with SIGKILL and resumed is covered by
-tests/automl/test_driver.py::test_resume_after_sigkill (not repeated here).
+The driver itself killed with SIGKILL and resumed, and a second driver refused on a folder in use, are
+covered by tests/automl/test_driver.py::test_resume_after_sigkill (not repeated here).
 """
 
 from __future__ import annotations
@@ -303,35 +303,6 @@ def test_sigterm_to_the_driver_alone_leaves_no_ray_process(dataset, tmp_path):
             time.sleep(0.5)
         assert not [names.get(pid) for pid in started if not _gone(pid)]
     assert json.loads((results / "automl_state.json").read_text())["status"] == "INTERRUPTED"
-
-
-def test_one_driver_per_results_folder(dataset, tmp_path):
-    """A second `automl run` or `automl resume` on a folder a search is using stops at once, naming
-    the folder and the driver holding it; the lock goes with a driver killed by SIGKILL, so
-    `automl resume` then finishes the search (trial folders never shared by two drivers)."""
-    results = tmp_path / "search"
-    with _search(dataset, results, "--max-trials", "2", "--max-epochs", "12") as proc:
-        # and one complete copy of Ray's state kept (a kill before it is refused with its own message)
-        _wait_for(proc, lambda: _running_with_epoch(results) is not None and Layout.of(results).ray_backup.is_file(), 240,
-                  "a running trial with a reported epoch and a saved Ray state")
-        for argv in (["run", "--skill", "segformer", "-e", str(dataset / "spec.yaml"), "--results-dir", str(results),
-                      *TINY_SEARCH, "--max-trials", "2"], ["resume", str(results)]):
-            started = time.monotonic()
-            second = subprocess.run([str(BIN / "automl"), *argv], env=ENV, cwd=REPO, capture_output=True, text=True,
-                                    timeout=120)
-            text = second.stdout + second.stderr
-            assert second.returncode != 0 and "Traceback" not in text, text[-3000:]
-            assert str(results) in text and f"pid {proc.pid}" in text and "in use" in text, text[-3000:]
-            assert time.monotonic() - started < 60, f"automl {argv[0]} took {time.monotonic() - started:.0f} s to refuse"
-        assert proc.poll() is None, "the first search was disturbed by the second driver"
-        os.kill(proc.pid, signal.SIGKILL)  # the driver only: its Ray follows it
-        proc.wait(timeout=30)
-    time.sleep(2)
-    out = subprocess.run([str(BIN / "automl"), "resume", str(results)], env=ENV, cwd=REPO, capture_output=True,
-                         text=True, timeout=400)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert {t["status"] for t in _trials(results).values()} == {"FINISHED"}
-    assert not (results / ".automl.lock.owner").exists()  # who held it is cleared at the end
 
 
 def test_ctrl_c_during_promotion_ends_like_during_the_search(dataset, tmp_path):
