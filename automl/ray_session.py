@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -126,6 +127,26 @@ def _tune_settings() -> None:
     # the searcher or the callbacks (tune_controller._on_trial_reset); never seen, so this is insurance.
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    syncer_log = logging.getLogger(SYNCER_LOGGER)
+    if not any(isinstance(f, VanishedTempFile) for f in syncer_log.filters):
+        syncer_log.addFilter(VanishedTempFile())
+
+
+SYNCER_LOGGER = "ray.train._internal.syncer"
+
+
+class VanishedTempFile(logging.Filter):
+    """Drops one warning of Ray's syncer: the copy of the driver's experiment folder into the results
+    folder listed a searcher's state file while it was being replaced (Ray's `_atomic_save` writes
+    ``.<uuid>-tmp-<name>`` then renames it), found it gone, and logged the whole traceback. The next
+    copy, after the next event, carries the file, and the last one is waited for; seen on the console
+    of PBT and grid searches. Any other failed copy (remote storage) is still shown."""
+
+    _TEMP = re.compile(r"FileNotFoundError: .*/\.[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}-tmp-[^/']*'")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not (text.startswith("Last sync command failed") and self._TEMP.search(text))
 
 
 def _init(opts: SearchOptions) -> None:
