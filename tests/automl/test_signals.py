@@ -38,7 +38,11 @@ SCRIPT = textwrap.dedent("""
                 ctypes.CDLL(None).sleep(60)
             try:
                 print("ready", flush=True)
-                time.sleep(60)
+                # A free main thread returns to Python often (Ray Tune's loop does). Not one long sleep:
+                # a signal caught just before it (its C handler run, the Python one due at the next
+                # bytecode) would be taken only when the sleep ends; seen once in CI, under load.
+                for _ in range(600):
+                    time.sleep(0.1)
             except KeyboardInterrupt:
                 print("main thread took it", flush=True)
                 if mode == "stuck_after":
