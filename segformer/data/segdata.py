@@ -52,7 +52,7 @@ class SegData:
                  mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
                  seed: int = 1234, check_data: bool = True, full_resolution_masks: bool = False,
                  shard_train: bool = True) -> None:
-        super().__init__()
+        super().__init__()  # in SegDataModule: LightningDataModule's (next in the method order)
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise ValueError(f"batch sizes must be >= 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
         if workers < 0:
