@@ -35,9 +35,10 @@ browser:
 	      || echo "note: chromium could not be installed; the MLflow UI test will skip"; \
 	  else echo "note: no chromium and no root apt-get; the MLflow UI test will skip"; fi; }
 
-# Two pytest-xdist workers (CI has 2 cores): 26 instead of 38 min of tests. The kill-and-resume tests
-# that once failed under the doubled load hit real races of the driver, since fixed (a trial started
-# after Ray's last saved state). The slowest tests are listed at the end of the run.
+# Two pytest-xdist workers (CI has 2 cores): about 13 min of tests on this project's 2-core machine
+# (2026-12-02; 15 min with the install). The kill-and-resume tests that once failed under the doubled
+# load hit real races of the driver, since fixed (a trial started after Ray's last saved state). The
+# slowest tests are listed at the end of the run.
 # PostgreSQL for the team-tracking test (an MLflow tracking server on it): Debian's package where
 # root can apt-get; elsewhere the test skips and says why.
 postgres:
