@@ -44,6 +44,7 @@ def test_onnxruntime_qdq_action(exported, make_deploy_cfg, tmp_path):
     onnx.checker.check_model(model)
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert "Gelu" in ops and "Erf" not in ops  # the Mix-FFN's GELU fused before quantizing (fuse_erf_gelu)
     # skip_names honoured: no quantized weight feeds a decode_head node
     assert not any(n.name.startswith("/decode_head/") and n.op_type == "DequantizeLinear" for n in model.graph.node
                    if "weight" in "".join(n.input))
@@ -59,6 +60,65 @@ def test_onnxruntime_qdq_action(exported, make_deploy_cfg, tmp_path):
     assert report["quantized_bytes"] < report["float_bytes"]
 
 
+def test_fuse_gelu_on_an_export_keeps_its_outputs(exported, tmp_path):
+    """The exporter writes GELU at opset 17 as Div, Erf, Add, Mul, Mul; fuse_erf_gelu makes each one
+    standard Gelu node (opset 20) and the model computes the same."""
+    from segformer.deploy.quantize.ort_static import fuse_erf_gelu
+    from segformer.deploy.runtime import OnnxPredictor
+
+    _, result = exported
+    model = onnx.load(str(result.onnx_file))
+    erfs = sum(n.op_type == "Erf" for n in model.graph.node)
+    assert erfs > 0 and model.opset_import[0].version < 20
+    assert fuse_erf_gelu(model) == erfs
+    assert sum(n.op_type == "Gelu" for n in model.graph.node) == erfs
+    assert not {"Erf", "Div"} & {n.op_type for n in model.graph.node}
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 20
+    fused = tmp_path / "fused.onnx"
+    onnx.save(model, str(fused))
+    images = torch.randn(2, 3, SIZE, SIZE)
+    ref = OnnxPredictor(result.onnx_file, providers=["CPUExecutionProvider"])(images).numpy()
+    got = OnnxPredictor(fused, providers=["CPUExecutionProvider"])(images).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    assert fuse_erf_gelu(model) == 0  # nothing left to fuse
+
+
+def _erf_graph(scale_op: str, scale: float, half_first: bool):
+    """y = GELU-like(x) written as torch's and other exporters write it, with a given scale."""
+    from onnx import TensorProto, helper
+
+    consts = [helper.make_tensor(n, TensorProto.FLOAT, [], [v]) for n, v in (("s", scale), ("one", 1.0), ("half", 0.5))]
+    nodes = [helper.make_node(scale_op, ["x", "s"], ["t"]), helper.make_node("Erf", ["t"], ["e"]),
+             helper.make_node("Add", ["one", "e"], ["a"])]
+    if half_first:
+        nodes += [helper.make_node("Mul", ["half", "a"], ["h"]), helper.make_node("Mul", ["x", "h"], ["y"])]
+    else:
+        nodes += [helper.make_node("Mul", ["a", "x"], ["h"]), helper.make_node("Mul", ["h", "half"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], consts)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("scale_op, scale, half_first, fused", [
+    ("Div", 2 ** 0.5, True, 1), ("Mul", 2 ** -0.5, False, 1),
+    ("Div", 2.0, True, 0),  # not GELU: left alone, opset unchanged
+])
+def test_fuse_gelu_patterns(scale_op, scale, half_first, fused):
+    import onnxruntime as ort
+
+    from segformer.deploy.quantize.ort_static import fuse_erf_gelu
+
+    model = _erf_graph(scale_op, scale, half_first)
+    x = np.array([-3.0, -0.5, 0.25, 2.0], dtype=np.float32)
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert fuse_erf_gelu(model) == fused
+    assert [n.op_type for n in model.graph.node] == (["Gelu"] if fused else [scale_op, "Erf", "Add", "Mul", "Mul"])
+    assert model.opset_import[0].version == (20 if fused else 17)
+    assert not fused or not model.graph.initializer  # the fused constants are gone (ONNX Runtime warns of each)
+    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(after, before, atol=1e-6)
+
+
 def test_onnxruntime_refuses_backend_kwargs_it_does_not_take(exported, make_deploy_cfg, tmp_path):
     """A backend_kwargs key ONNX Runtime's quantizer has no use for (torchao's group_size here) is
     one message naming it and what the backend takes, before anything is written."""
@@ -69,7 +129,7 @@ def test_onnxruntime_refuses_backend_kwargs_it_does_not_take(exported, make_depl
     cfg = make_deploy_cfg(tmp_path, "quantize.backend=onnxruntime", "quantize.mode=static_ptq",
                           f"quantize.model_path={result.onnx_file}", "quantize.backend_kwargs={group_size: 64, per_channel: false}")
     with pytest.raises(SegformerError, match=r"quantize.backend_kwargs group_size: backend onnxruntime takes only "
-                                             r"per_channel, calibration_batch_size, calibration_batches; remove the others"):
+                                             r"per_channel, fuse_gelu, calibration_batch_size, calibration_batches; remove the others"):
         quantize.run(cfg, quiet=True)
     assert not (tmp_path / "quantize").exists() and not list(tmp_path.rglob("quantize_report.json"))
 
@@ -81,11 +141,12 @@ def test_onnxruntime_qdq_from_a_checkpoint(checkpoint, make_deploy_cfg, tmp_path
     from segformer.actions import quantize
 
     cfg = make_deploy_cfg(tmp_path, "quantize.backend=onnxruntime", "quantize.mode=static_ptq",
-                          f"quantize.model_path={checkpoint}")
+                          f"quantize.model_path={checkpoint}", "quantize.backend_kwargs={fuse_gelu: false}")
     out = quantize.run(cfg, quiet=True)
     model = onnx.load(str(out.artifact))
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert "Erf" in ops and "Gelu" not in ops  # backend_kwargs fuse_gelu: false keeps the exported GELU
     # The attention stays in float: no Q/DQ around a Softmax (ONNX Runtime would fuse them into its slow
     # QLinearSoftmax) and no quantized product of two activations; every weight MatMul is quantized.
     produced = {o: n for n in model.graph.node for o in n.output}
@@ -242,7 +303,7 @@ def test_fallback_drops_torchao_kwargs_and_takes_the_export_folder(deploy_datase
     quantize = {**TAO_DEFAULT_QUANTIZE, "backend_kwargs": {"group_size": 64, "calibration_batches": 1}}
     out, results = _quantize_without_torchao(deploy_dataset, tmp_path, quantize, f"quantize.model_path={folder}")
     note = (f"{FALLBACK_LINE}; dropped quantize.backend_kwargs group_size (onnxruntime takes per_channel, "
-            "calibration_batch_size, calibration_batches)")
+            "fuse_gelu, calibration_batch_size, calibration_batches)")
     assert out.stderr.count(note) == 1, out.stderr[-3000:]
     assert f"quantize.model_path: {folder} is an export results folder; using {result.onnx_file} " in out.stdout
     report = json.loads((results / "quantize" / "quantize_report.json").read_text())
