@@ -193,6 +193,9 @@ def notes(raw: dict[str, list[dict[str, Any]]], budget: int, epochs: int) -> str
                      f"configuration, which every algorithm runs first) in {sum(baseline_best)} of "
                      f"{len(baseline_best)} seeds: there every algorithm reaches the target when the baseline "
                      f"finishes, so the per-seed epochs mostly measure the baseline, not the search.")
+    lines.append("- The same comparison on real data and the harder synthetic set, at the default budget of 10 "
+                 "trainings of a 20-epoch spec, is under \"Search quality\" (its \"Search efficiency\" lines); "
+                 "\"Fidelity ranking\" measures how well a short training ranks configurations there.")
     return "\n".join(lines) + "\n"
 
 
