@@ -235,8 +235,9 @@ def quantize_onnx_static(
     fuse_gelu: bool = True,
 ) -> OnnxQuantSummary:
     """Write a QDQ int8 copy of ``model_path`` to ``output_path`` (atomically). ``fuse_gelu``: write
-    the GELUs as opset-20 Gelu nodes first (:func:`fuse_erf_gelu`); false keeps the exported graph's
-    operators, for a runtime without Gelu."""
+    the GELUs as opset-20 Gelu nodes first (:func:`fuse_erf_gelu`; TensorRT parses Gelu from 10.0,
+    the version the ``tensorrt`` extra asks for); false keeps the exported graph's operators, for a
+    runtime without Gelu."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
