@@ -1,6 +1,6 @@
 """ONNX Runtime static INT8 quantization (QDQ) for CPU deployment: backend ``onnxruntime``.
 
-Recipe measured on this project's CPUs (AVX2, no VNNI): pre-process with
+Recipe measured on this project's CPUs: pre-process with
 ``quant_pre_process(skip_symbolic_shape=True)`` (symbolic shape inference fails on attention
 graphs), QDQ format, uint8 activations (asymmetric; the u8s8 kernels are the fast ones without
 VNNI), int8 per-channel weights, and only MatMuls with a constant weight, so the attention
@@ -10,11 +10,15 @@ Q/DQ, which ONNX Runtime fused into QLinearMatMul and QLinearSoftmax, 8x slower 
 Softmax; MiT-B0 at 512x512 then ran at the speed of fp32 (1.03x at batch 1, 1.07x at batch 8,
 idle AVX-512 VNNI CPU). So the candidates are Conv and the MatMul/Gemm nodes whose weight is a
 constant (:func:`onnx_quant_candidates`), their outputs left in float (one MatMulIntegerToFloat
-each, no Q/DQ pair before the float ops that follow). The GELUs, which the exporter writes below
-opset 20 as five nodes that ONNX Runtime cannot fuse once their input is dequantized, become one
-Gelu node each (:func:`fuse_erf_gelu`; MiT-B0 512x512 on an Intel Xeon with AMX: 1.16x -> 1.28x at
-batch 1, 1.16x -> 1.36x at batch 8). Calibration streams the calibration images through a
-``CalibrationDataReader``.
+each, no Q/DQ pair before the float ops that follow), plus the Adds that sum the decode head's
+Conv branches (ONNX Runtime adds their uint8 outputs in one QLinearAdd instead of dequantizing
+each 128x128x256 branch first; never a residual Add, whose int8 costs accuracy), and the ReLU after
+that sum (the quantizer folds it into the sum's uint8 range). The GELUs, which
+the exporter writes below opset 20 as five nodes that ONNX Runtime cannot fuse once their input is
+dequantized, become one Gelu node each (:func:`fuse_erf_gelu`). MiT-B0 512x512 on an Intel Xeon
+with AVX-512 VNNI and AMX, int8 against fp32, batch 1 / batch 8 (benchmarks/RESULTS.md, "Deploy
+speed"): 1.23x / 1.18x without those two, 1.35x / 1.39x with the Gelu, 1.50x / 1.47x with both.
+Calibration streams the calibration images through a ``CalibrationDataReader``.
 """
 
 from __future__ import annotations
@@ -52,10 +56,13 @@ class OnnxQuantSummary:
     calibration_batches: int
 
 
-def onnx_quant_candidates(model, activation_matmuls: bool = False) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
+def onnx_quant_candidates(model, activation_matmuls: bool = False,
+                          branch_adds: bool = False) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
     """(node name, op type) of quantizable nodes, and each node's module path(s) from its weights.
     Quantizable: every Conv, and the MatMul/Gemm nodes with a constant weight; with
-    `activation_matmuls` also the products of two activations (attention)."""
+    `activation_matmuls` also the products of two activations (attention); with `branch_adds` the
+    Adds that sum Conv outputs, resized or not (the decode head's branches), never a residual Add,
+    and a Relu that follows such a sum."""
     initializers = {i.name for i in model.graph.initializer}
     # Weights are sometimes behind a Transpose/Identity of an initializer: follow one hop.
     produced_from = {}
@@ -63,11 +70,23 @@ def onnx_quant_candidates(model, activation_matmuls: bool = False) -> tuple[list
         if node.op_type in ("Transpose", "Identity", "Cast") and node.input and node.input[0] in initializers:
             for out in node.output:
                 produced_from[out] = node.input[0]
+    producer = {out: node for node in model.graph.node for out in node.output}
+    summed: set[str] = set()  # outputs of the branch Adds found so far (the graph is in topological order)
+
+    def branch(name: str) -> bool:
+        node = producer.get(name)
+        return node is not None and (node.op_type == "Conv" or name in summed
+                                     or (node.op_type == "Resize" and branch(node.input[0])))
+
     candidates, aliases = [], {}
     for index, node in enumerate(model.graph.node):
-        if node.op_type not in QUANT_OP_TYPES:
+        if node.op_type == "Add" and branch_adds and len(node.input) == 2 and all(branch(i) for i in node.input):
+            summed.update(node.output)
+        elif node.op_type == "Relu" and node.input[0] in summed:
+            pass  # the quantizer folds it into the sum's uint8 range: no DequantizeLinear, Relu, QuantizeLinear
+        elif node.op_type not in QUANT_OP_TYPES:
             continue
-        if (not activation_matmuls and node.op_type != "Conv"
+        if (not activation_matmuls and node.op_type in ("MatMul", "Gemm")
                 and produced_from.get(node.input[1], node.input[1]) not in initializers):
             continue  # an activation times an activation (attention): kept in float
         name = node.name or f"{node.op_type}_{index}"
@@ -262,7 +281,7 @@ def quantize_onnx_static(
         model = onnx.load(str(prepared))
         if fuse_gelu:
             fuse_erf_gelu(model)
-        candidates, aliases = onnx_quant_candidates(model)
+        candidates, aliases = onnx_quant_candidates(model, branch_adds=True)
         onnx.save(model, str(prepared))  # with any generated node names
         chosen = select_names(candidates, rules, skip_names, aliases=aliases)
         if not chosen:
@@ -289,7 +308,7 @@ def quantize_onnx_static(
             weight_type=QuantType.QInt8,
             per_channel=per_channel,
             nodes_to_quantize=list(chosen),
-            op_types_to_quantize=list(QUANT_OP_TYPES),
+            op_types_to_quantize=[*QUANT_OP_TYPES, "Add", "Relu"],
             calibrate_method=getattr(CalibrationMethod, ORT_ALGORITHMS[algorithm]),
             # A MatMul's output stays float: ONNX Runtime then runs DQ -> MatMul as one MatMulIntegerToFloat
             # instead of QLinearMatMul followed by a DequantizeLinear for the float LayerNorm/Add after it
