@@ -86,7 +86,9 @@ class OnnxPredictor:
                 pad = np.zeros((self.static_batch - n, *batch.shape[1:]), dtype=np.float32)
                 batch = np.concatenate([batch, pad])
             outputs.append(self._run(batch)[:n])
-        return torch.from_numpy(np.concatenate(outputs).astype(np.float32, copy=False))
+        # one chunk (the usual case) is returned as ONNX Runtime gave it: no copy of the logits
+        logits = outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+        return torch.from_numpy(logits.astype(np.float32, copy=False))
 
 
 class TrtPredictor:
