@@ -16,8 +16,9 @@ each 128x128x256 branch first; never a residual Add, whose int8 costs accuracy),
 that sum (the quantizer folds it into the sum's uint8 range). The GELUs, which
 the exporter writes below opset 20 as five nodes that ONNX Runtime cannot fuse once their input is
 dequantized, become one Gelu node each (:func:`fuse_erf_gelu`). MiT-B0 512x512 on an Intel Xeon
-with AVX-512 VNNI and AMX, int8 against fp32, batch 1 / batch 8 (benchmarks/RESULTS.md, "Deploy
-speed"): 1.23x / 1.18x without those two, 1.35x / 1.39x with the Gelu, 1.50x / 1.47x with both.
+with AVX-512 VNNI and AMX, int8 against fp32, batch 1 / batch 8, in the same rounds
+(benchmarks/RESULTS.md, "Deploy speed"): 1.18x / 1.14x before these, 1.34x / 1.34x with the Gelu,
+1.55x / 1.47x with the sums and the ReLU too.
 Calibration streams the calibration images through a ``CalibrationDataReader``.
 """
 
