@@ -98,40 +98,59 @@ def test_branch_adds_are_the_decode_heads_sums(exported):
     assert not [kind for _, kind in onnx_quant_candidates(model)[0] if kind in ("Add", "Relu")]  # off by default (modelopt.onnx)
 
 
-def _erf_graph(scale_op: str, scale: float, half_first: bool):
-    """y = GELU-like(x) written as torch's and other exporters write it, with a given scale."""
+def test_skipping_every_weighted_node_is_refused_even_with_the_sums_left(exported, tmp_path):
+    from segformer.deploy.quantize.ort_static import quantize_onnx_static
+
+    _, result = exported
+    with pytest.raises(ValueError, match="exclude every Conv/MatMul/Gemm node"):
+        quantize_onnx_static(result.onnx_file, tmp_path / "int8.onnx", iter(()), skip_names=["Conv", "MatMul", "Gemm"])
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def _erf_graph(scale_op: str, scale: float, half_first: bool, times: str = "x", also_output: str | None = None,
+               one_dims: tuple[int, ...] = ()):
+    """y = x * 0.5 * (1 + erf(x scaled)) as exporters write GELU, or a near miss: `times` another
+    input than x, an intermediate `also_output` read outside, a constant 1 of shape `one_dims`."""
     from onnx import TensorProto, helper
 
-    consts = [helper.make_tensor(n, TensorProto.FLOAT, [], [v]) for n, v in (("s", scale), ("one", 1.0), ("half", 0.5))]
+    consts = [helper.make_tensor("s", TensorProto.FLOAT, [], [scale]), helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
+              helper.make_tensor("one", TensorProto.FLOAT, list(one_dims), [1.0])]
     nodes = [helper.make_node(scale_op, ["x", "s"], ["t"]), helper.make_node("Erf", ["t"], ["e"]),
              helper.make_node("Add", ["one", "e"], ["a"])]
     if half_first:
-        nodes += [helper.make_node("Mul", ["half", "a"], ["h"]), helper.make_node("Mul", ["x", "h"], ["y"])]
+        nodes += [helper.make_node("Mul", ["half", "a"], ["h"]), helper.make_node("Mul", [times, "h"], ["y"])]
     else:
-        nodes += [helper.make_node("Mul", ["a", "x"], ["h"]), helper.make_node("Mul", ["h", "half"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], consts)
+        nodes += [helper.make_node("Mul", ["a", times], ["h"]), helper.make_node("Mul", ["h", "half"], ["y"])]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in sorted({"x", times})]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", *([also_output] if also_output else []))]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, consts)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.parametrize("scale_op, scale, half_first, fused", [
-    ("Div", 2 ** 0.5, True, 1), ("Mul", 2 ** -0.5, False, 1),
-    ("Div", 2.0, True, 0),  # not GELU: left alone, opset unchanged
+@pytest.mark.parametrize("scale_op, scale, half_first, near_miss, fused", [
+    ("Div", 2 ** 0.5, True, {}, 1), ("Mul", 2 ** -0.5, False, {}, 1),
+    # not GELU, or not only GELU: left alone, opset unchanged
+    ("Div", 2.0, True, {}, 0),
+    ("Div", 2 ** 0.5, True, {"times": "z"}, 0),  # the last product takes another tensor than x
+    ("Div", 2 ** 0.5, False, {"also_output": "a"}, 0),  # 1 + erf is read outside the GELU
+    ("Div", 2 ** 0.5, True, {"one_dims": (1, 1)}, 0),  # a [1, 1] one raises the output's rank
 ])
-def test_fuse_gelu_patterns(scale_op, scale, half_first, fused):
+def test_fuse_gelu_patterns(scale_op, scale, half_first, near_miss, fused):
     import onnxruntime as ort
 
     from segformer.deploy.quantize.ort_static import fuse_erf_gelu
 
-    model = _erf_graph(scale_op, scale, half_first)
-    x = np.array([-3.0, -0.5, 0.25, 2.0], dtype=np.float32)
-    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    model = _erf_graph(scale_op, scale, half_first, **near_miss)
+    feed = {i.name: np.array([-3.0, -0.5, 0.25, 2.0], dtype=np.float32) * (2 if i.name == "z" else 1) for i in model.graph.input}
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
     assert fuse_erf_gelu(model) == fused
     assert [n.op_type for n in model.graph.node] == (["Gelu"] if fused else [scale_op, "Erf", "Add", "Mul", "Mul"])
     assert model.opset_import[0].version == (20 if fused else 17)
     assert not fused or not model.graph.initializer  # the fused constants are gone (ONNX Runtime warns of each)
-    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    np.testing.assert_allclose(after, before, atol=1e-6)
+    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+    for a, b in zip(after, before):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_onnxruntime_refuses_backend_kwargs_it_does_not_take(exported, make_deploy_cfg, tmp_path):
@@ -175,8 +194,20 @@ def test_onnxruntime_qdq_from_a_checkpoint(checkpoint, make_deploy_cfg, tmp_path
             from_weight = b is not None and b.op_type == "DequantizeLinear" and b.input[0] in weights
             assert from_weight or node.input[1] not in dequantized, node.name
     assert any(n.op_type == "MatMul" and n.input[1] in dequantized for n in model.graph.node)
+    # the decode head's branch sums add dequantized branches (QLinearAdd in ONNX Runtime); the
+    # model still computes what the float one does
+    sums = [n for n in model.graph.node if n.op_type == "Add" and n.name.startswith("/decode_head/")]
+    assert sums and all(set(n.input) <= dequantized for n in sums)
     assert (out.results_dir / "float_model.onnx").is_file()
     assert out.quantized_bytes < out.float_bytes
+    from segformer.data import iter_calibration_batches
+    from segformer.deploy.runtime import OnnxPredictor
+
+    aug = cfg.dataset.segment.augmentation
+    images = next(iter_calibration_batches(f"{cfg.dataset.segment.root_dir}/images/val", SIZE, aug.mean, aug.std, 4))
+    ref = OnnxPredictor(out.results_dir / "float_model.onnx", providers=["CPUExecutionProvider"])(images).numpy().ravel()
+    got = OnnxPredictor(out.artifact, providers=["CPUExecutionProvider"])(images).numpy().ravel()
+    assert np.corrcoef(ref, got)[0, 1] > 0.95
 
 
 def test_ort_evaluation_matches_pytorch(exported, checkpoint, make_deploy_cfg, tmp_path):

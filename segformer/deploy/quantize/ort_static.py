@@ -62,8 +62,8 @@ def onnx_quant_candidates(model, activation_matmuls: bool = False,
     """(node name, op type) of quantizable nodes, and each node's module path(s) from its weights.
     Quantizable: every Conv, and the MatMul/Gemm nodes with a constant weight; with
     `activation_matmuls` also the products of two activations (attention); with `branch_adds` the
-    Adds that sum Conv outputs, resized or not (the decode head's branches), never a residual Add,
-    and a Relu that follows such a sum."""
+    Adds that sum Conv outputs, at least one of them resized or itself such a sum (the decode
+    head's branches), never a residual Add, and a Relu that follows such a sum."""
     initializers = {i.name for i in model.graph.initializer}
     # Weights are sometimes behind a Transpose/Identity of an initializer: follow one hop.
     produced_from = {}
@@ -81,8 +81,9 @@ def onnx_quant_candidates(model, activation_matmuls: bool = False,
 
     candidates, aliases = [], {}
     for index, node in enumerate(model.graph.node):
-        if node.op_type == "Add" and branch_adds and len(node.input) == 2 and all(branch(i) for i in node.input):
-            summed.update(node.output)
+        if (node.op_type == "Add" and branch_adds and len(node.input) == 2 and all(branch(i) for i in node.input)
+                and any(i in summed or producer[i].op_type == "Resize" for i in node.input)):
+            summed.update(node.output)  # a sum of upsampled branches (two Convs alone: a backbone's own Add)
         elif node.op_type == "Relu" and node.input[0] in summed:
             pass  # the quantizer folds it into the sum's uint8 range: no DequantizeLinear, Relu, QuantizeLinear
         elif node.op_type not in QUANT_OP_TYPES:
@@ -109,8 +110,9 @@ GELU_OPSET = 20  # the first opset with a Gelu operator
 
 def fuse_erf_gelu(model) -> int:
     """Replace each ``x * 0.5 * (1 + erf(x / sqrt(2)))`` subgraph (how the exporter writes GELU
-    below opset 20) by one standard ``Gelu`` node, in place, raising the model's opset to 20 with
-    onnx's version converter first; return the number fused (0: the model is left untouched).
+    below opset 20) by one standard ``Gelu`` node, raising the model's opset to 20 with onnx's
+    version converter first; return the number fused. The model is changed in place only when the
+    whole rewrite succeeds (0: it is left as it was).
 
     Why, before quantizing: the GELU's input is a quantized Conv's output (the Mix-FFN's depthwise
     Conv), so in a QDQ graph it comes from a DequantizeLinear with two consumers (the Div and the
@@ -121,25 +123,26 @@ def fuse_erf_gelu(model) -> int:
     from onnx import helper, numpy_helper, version_converter
 
     def constants(graph) -> dict[str, float]:
+        """Scalar constants (rank 0 or 1, one value: they broadcast without changing a shape)."""
+        inputs = {i.name for i in graph.input}  # an initializer that is also an input can be fed
         values = {}
         for init in graph.initializer:
-            if math.prod(init.dims) == 1:  # scalars only: the weights are not read
+            if len(init.dims) <= 1 and math.prod(init.dims) == 1 and init.name not in inputs:
                 values[init.name] = float(numpy_helper.to_array(init).reshape(()))
         for node in graph.node:
             if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-                array = numpy_helper.to_array(node.attribute[0].t)
-                if array.size == 1:
-                    values[node.output[0]] = float(array.reshape(()))
+                tensor = node.attribute[0].t
+                if len(tensor.dims) <= 1 and math.prod(tensor.dims) == 1:
+                    values[node.output[0]] = float(numpy_helper.to_array(tensor).reshape(()))
         return values
 
     def find(graph) -> list[tuple[str, str, list[int]]]:
-        """(x, y, node indices) of each GELU: the Div/Mul, Erf, Add and the two Muls, in any operand order."""
+        """(x, y, node positions) of each GELU: the Div/Mul, Erf, Add and the two Muls, in any operand order."""
         value = constants(graph)
-        index = {}  # node name -> position; names are made unique first
+        position = {node.output[0]: i for i, node in enumerate(graph.node)}  # output names are unique
         producer = {out: node for node in graph.node for out in node.output}
         consumers: dict[str, list] = {}
-        for position, node in enumerate(graph.node):
-            index[node.name] = position
+        for node in graph.node:
             for name in node.input:
                 consumers.setdefault(name, []).append(node)
         outputs = {o.name for o in graph.output}
@@ -161,7 +164,7 @@ def fuse_erf_gelu(model) -> int:
             if erf.op_type != "Erf":
                 continue
             scale = producer.get(erf.input[0])
-            if scale is None or len(consumers.get(erf.input[0], [])) != 1 or erf.input[0] in outputs:
+            if scale is None or only_consumer(erf.input[0], "Erf") is None:
                 continue
             if scale.op_type == "Div" and near(scale.input[1], 2 ** 0.5):
                 x = scale.input[0]
@@ -185,42 +188,42 @@ def fuse_erf_gelu(model) -> int:
             half = next((n for n in pair if near(n, 0.5)), None)
             if half is None or pair - {half} != {x}:
                 continue
-            found.append((x, second.output[0], [index[n.name] for n in (scale, erf, add, first, second)]))
+            found.append((x, second.output[0], [position[n.output[0]] for n in (scale, erf, add, first, second)]))
         return found
 
-    for position, node in enumerate(model.graph.node):
-        node.name = node.name or f"{node.op_type}_{position}"
-    if len({node.name for node in model.graph.node}) != len(model.graph.node):
-        return 0  # names are how the matches are told apart; an exporter's graph has unique ones
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in model.graph.node for a in n.attribute):
+        return 0  # If/Loop/Scan bodies may read what the rewrite removes; not a graph the exporter writes
     if not find(model.graph):
         return 0
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < GELU_OPSET:
-        try:
-            converted = version_converter.convert_version(model, GELU_OPSET)
-        except Exception as exc:  # onnx raises several kinds; the model then stays as it is
-            log.info("GELU left unfused: onnx could not convert the model to opset %d (%s)", GELU_OPSET, exc)
-            return 0
-        model.CopyFrom(converted)
-    graph = model.graph
-    matches = find(graph)
-    fused = {position for _, _, positions in matches for position in positions}
-    gelus = {positions[-1]: helper.make_node("Gelu", [x], [y], name=f"{graph.node[positions[-1]].name}_gelu")
-             for x, y, positions in matches}
-    gone = {out for position in fused - set(gelus) for out in graph.node[position].output}
-    # each Gelu where its last Mul was: after x is computed, before y is used
-    nodes = [gelus.get(i, node) for i, node in enumerate(graph.node) if i in gelus or i not in fused]
-    # the fused nodes' constants (sqrt 2, 1, 0.5) that nothing reads now: ONNX Runtime warns of each
-    read = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
-    unread = {name for i in fused for name in graph.node[i].input} - read
-    nodes = [node for node in nodes if not (node.op_type == "Constant" and node.output[0] in unread)]
-    initializers = [init for init in graph.initializer if init.name not in unread]
-    infos = [info for info in graph.value_info if info.name not in gone]
-    for field, kept in ((graph.node, nodes), (graph.initializer, initializers), (graph.value_info, infos)):
-        kept = [copy.copy(proto) for proto in kept]  # copies: the originals go with the del
-        del field[:]
-        field.extend(kept)
-    onnx.checker.check_model(model)
+    work = copy.copy(model)
+    opset = next((o.version for o in work.opset_import if o.domain in ("", "ai.onnx")), 0)
+    try:
+        if opset < GELU_OPSET:
+            work = version_converter.convert_version(work, GELU_OPSET)
+        graph = work.graph
+        matches = find(graph)
+        fused = {i for _, _, positions in matches for i in positions}
+        gelus = {positions[-1]: helper.make_node("Gelu", [x], [y], name=f"{graph.node[positions[-1]].name or y}_gelu")
+                 for x, y, positions in matches}
+        gone = {out for i in fused - set(gelus) for out in graph.node[i].output}
+        # each Gelu where its last Mul was: after x is computed, before y is used
+        nodes = [gelus.get(i, node) for i, node in enumerate(graph.node) if i in gelus or i not in fused]
+        # the fused nodes' constants (sqrt 2, 1, 0.5) that nothing reads now: ONNX Runtime warns of each
+        read = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
+        unread = {name for i in fused for name in graph.node[i].input} - read
+        nodes = [node for node in nodes if not (node.op_type == "Constant" and node.output[0] in unread)]
+        initializers = [init for init in graph.initializer if init.name not in unread]
+        infos = [info for info in graph.value_info if info.name not in gone]
+        for field, kept in ((graph.node, nodes), (graph.initializer, initializers), (graph.value_info, infos)):
+            kept = [copy.copy(proto) for proto in kept]  # copies: the originals go with the del
+            del field[:]
+            field.extend(kept)
+        onnx.checker.check_model(work)
+    except Exception as exc:  # onnx raises several kinds (converter, checker); the model stays as it was
+        log.warning("GELU left as exported (int8 runs slower in ONNX Runtime): rewriting it at opset %d "
+                    "failed (%s)", GELU_OPSET, exc)
+        return 0
+    model.CopyFrom(work)
     return len(matches)
 
 
@@ -285,7 +288,8 @@ def quantize_onnx_static(
         candidates, aliases = onnx_quant_candidates(model, branch_adds=True)
         onnx.save(model, str(prepared))  # with any generated node names
         chosen = select_names(candidates, rules, skip_names, aliases=aliases)
-        if not chosen:
+        kinds = {kind for name, kind in candidates if name in set(chosen)}
+        if not kinds & set(QUANT_OP_TYPES):  # the decode head's sums alone are no int8 model
             raise ValueError(
                 "quantize.layers/skip_names exclude every Conv/MatMul/Gemm node; nothing to quantize "
                 f"(nodes look like {[c[0] for c in candidates[:3]]}, modules like "
