@@ -60,7 +60,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> EvaluateResult:
     results_dir = action_results_dir(cfg, "evaluate")
     full_resolution = bool(options.full_resolution)
     data = build_data(cfg.dataset.segment, seed=max(cfg.train.seed, 0),
-                                  eval_batch_size=int(options.batch_size), full_resolution_masks=full_resolution)
+                      eval_batch_size=int(options.batch_size), full_resolution_masks=full_resolution)
     data.setup("test")  # reads and checks every file of the split first
     predictor = load_predictor(cfg, "evaluate")
     loader = data.test_dataloader()

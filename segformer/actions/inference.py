@@ -54,7 +54,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> InferenceResult:
     check_input_size(cfg.model, cfg.dataset.segment.img_size)
     results_dir = action_results_dir(cfg, "inference")
     data = build_data(cfg.dataset.segment, seed=max(cfg.train.seed, 0),
-                                  eval_batch_size=int(options.batch_size), check_data=False)
+                      eval_batch_size=int(options.batch_size), check_data=False)
     data.setup("predict")
     samples = {sample.name: sample for sample in data.datasets["predict"].samples}
     predictor = load_predictor(cfg, "inference")

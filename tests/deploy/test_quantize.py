@@ -21,6 +21,19 @@ def _has(module: str) -> bool:
         return False
 
 
+def _correlation(cfg, float_onnx, int8_onnx) -> float:
+    """Correlation of the two ONNX models' logits on the dataset's validation images (the int8 model
+    is calibrated on dataset images: compare on such images)."""
+    from segformer.data import iter_calibration_batches
+    from segformer.deploy.runtime import OnnxPredictor
+
+    aug = cfg.dataset.segment.augmentation
+    images = next(iter_calibration_batches(f"{cfg.dataset.segment.root_dir}/images/val", SIZE, aug.mean, aug.std, 4))
+    ref = OnnxPredictor(float_onnx, providers=["CPUExecutionProvider"])(images).numpy().ravel()
+    got = OnnxPredictor(int8_onnx, providers=["CPUExecutionProvider"])(images).numpy().ravel()
+    return float(np.corrcoef(ref, got)[0, 1])
+
+
 def test_layer_rules_and_skip_names():
     candidates = [("backbone.a.q", "Linear"), ("backbone.a.sr", "Conv2d"), ("decode_head.fuse", "Conv2d")]
     assert select_names(candidates, [], ["decode_head*"]) == ["backbone.a.q", "backbone.a.sr"]
@@ -33,7 +46,6 @@ def test_layer_rules_and_skip_names():
 
 def test_onnxruntime_qdq_action(exported, make_deploy_cfg, tmp_path):
     from segformer.actions import quantize
-    from segformer.deploy.runtime import OnnxPredictor
 
     _, result = exported
     cfg = make_deploy_cfg(tmp_path, "quantize.backend=onnxruntime", "quantize.mode=static_ptq",
@@ -48,13 +60,7 @@ def test_onnxruntime_qdq_action(exported, make_deploy_cfg, tmp_path):
     # skip_names honoured: no quantized weight feeds a decode_head node
     assert not any(n.name.startswith("/decode_head/") and n.op_type == "DequantizeLinear" for n in model.graph.node
                    if "weight" in "".join(n.input))
-    from segformer.data import iter_calibration_batches
-
-    aug = cfg.dataset.segment.augmentation  # calibrated on dataset images: compare on such images
-    images = next(iter_calibration_batches(f"{cfg.dataset.segment.root_dir}/images/val", SIZE, aug.mean, aug.std, 4))
-    ref = OnnxPredictor(result.onnx_file, providers=["CPUExecutionProvider"])(images).numpy().ravel()
-    got = OnnxPredictor(out.artifact, providers=["CPUExecutionProvider"])(images).numpy().ravel()
-    assert np.corrcoef(ref, got)[0, 1] > 0.95
+    assert _correlation(cfg, result.onnx_file, out.artifact) > 0.95
     report = json.loads(out.report_file.read_text())
     assert report["float_miou"] is not None and report["quantized_miou"] is not None
     assert report["quantized_bytes"] < report["float_bytes"]
@@ -200,14 +206,7 @@ def test_onnxruntime_qdq_from_a_checkpoint(checkpoint, make_deploy_cfg, tmp_path
     assert sums and all(set(n.input) <= dequantized for n in sums)
     assert (out.results_dir / "float_model.onnx").is_file()
     assert out.quantized_bytes < out.float_bytes
-    from segformer.data import iter_calibration_batches
-    from segformer.deploy.runtime import OnnxPredictor
-
-    aug = cfg.dataset.segment.augmentation
-    images = next(iter_calibration_batches(f"{cfg.dataset.segment.root_dir}/images/val", SIZE, aug.mean, aug.std, 4))
-    ref = OnnxPredictor(out.results_dir / "float_model.onnx", providers=["CPUExecutionProvider"])(images).numpy().ravel()
-    got = OnnxPredictor(out.artifact, providers=["CPUExecutionProvider"])(images).numpy().ravel()
-    assert np.corrcoef(ref, got)[0, 1] > 0.95
+    assert _correlation(cfg, out.results_dir / "float_model.onnx", out.artifact) > 0.95
 
 
 def test_ort_evaluation_matches_pytorch(exported, checkpoint, make_deploy_cfg, tmp_path):

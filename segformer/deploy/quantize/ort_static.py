@@ -288,8 +288,8 @@ def quantize_onnx_static(
         candidates, aliases = onnx_quant_candidates(model, branch_adds=True)
         onnx.save(model, str(prepared))  # with any generated node names
         chosen = select_names(candidates, rules, skip_names, aliases=aliases)
-        kinds = {kind for name, kind in candidates if name in set(chosen)}
-        if not kinds & set(QUANT_OP_TYPES):  # the decode head's sums alone are no int8 model
+        kind_of = dict(candidates)
+        if not {kind_of[name] for name in chosen} & set(QUANT_OP_TYPES):  # the decode head's sums alone are no int8 model
             raise ValueError(
                 "quantize.layers/skip_names exclude every Conv/MatMul/Gemm node; nothing to quantize "
                 f"(nodes look like {[c[0] for c in candidates[:3]]}, modules like "
