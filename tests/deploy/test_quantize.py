@@ -104,6 +104,27 @@ def test_branch_adds_are_the_decode_heads_sums(exported):
     assert not [kind for _, kind in onnx_quant_candidates(model)[0] if kind in ("Add", "Relu")]  # off by default (modelopt.onnx)
 
 
+def test_skipping_a_branch_keeps_the_sums_it_reaches_in_float(exported):
+    """A skip list naming one decode-head branch's Conv leaves out every sum that reads it, directly
+    or through an earlier sum (and the Relu after them); the other branches are summed in int8."""
+    from segformer.deploy.quantize.ort_static import onnx_quant_candidates
+
+    _, result = exported
+    candidates, aliases = onnx_quant_candidates(onnx.load(str(result.onnx_file)), branch_adds=True)
+    names = [name for name, _ in candidates]
+    sums = [name for name, kind in candidates if kind in ("Add", "Relu")]
+    branches = [name for name, kind in candidates if kind == "Conv" and name.startswith("/decode_head/")
+                and names.index(name) < names.index(sums[-1])]
+    assert len(branches) == len(sums) and len(sums) >= 3, (branches, sums)  # one Conv per stage, Adds and the Relu
+
+    def left_out(skip):
+        return [name for name in names if name not in select_names(candidates, [], skip, aliases=aliases)]
+
+    assert left_out([branches[0]]) == [branches[0], *sums]  # the first sum reads it, and every later sum reads that one
+    assert left_out([branches[-1]]) == [branches[-1], *sums[-2:]]  # the last branch: its sum and the Relu
+    assert left_out(["backbone.stages.0.*"]) and not set(left_out(["backbone.stages.0.*"])) & set(sums)
+
+
 def test_skipping_every_weighted_node_is_refused_even_with_the_sums_left(exported, tmp_path):
     from segformer.deploy.quantize.ort_static import quantize_onnx_static
 

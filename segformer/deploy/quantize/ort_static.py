@@ -63,7 +63,9 @@ def onnx_quant_candidates(model, activation_matmuls: bool = False,
     Quantizable: every Conv, and the MatMul/Gemm nodes with a constant weight; with
     `activation_matmuls` also the products of two activations (attention); with `branch_adds` the
     Adds that sum Conv outputs, at least one of them resized or itself such a sum (the decode
-    head's branches), never a residual Add, and a Relu that follows such a sum."""
+    head's branches), never a residual Add, and a Relu that follows such a sum. A sum also answers
+    to the names and module paths of the branches it reads, so a skip list that names a branch's
+    Conv keeps in float every sum that it reaches (and the Relu)."""
     initializers = {i.name for i in model.graph.initializer}
     # Weights are sometimes behind a Transpose/Identity of an initializer: follow one hop.
     produced_from = {}
@@ -78,6 +80,10 @@ def onnx_quant_candidates(model, activation_matmuls: bool = False,
         node = producer.get(name)
         return node is not None and (node.op_type == "Conv" or name in summed
                                      or (node.op_type == "Resize" and branch(node.input[0])))
+
+    def feeding(name: str) -> str:  # the candidate behind a branch input (through its Resize)
+        node = producer[name]
+        return feeding(node.input[0]) if node.op_type == "Resize" else node.name
 
     candidates, aliases = [], {}
     for index, node in enumerate(model.graph.node):
@@ -100,6 +106,8 @@ def onnx_quant_candidates(model, activation_matmuls: bool = False,
             if source in initializers:
                 paths.append(_PARAM_SUFFIX.sub("", source))
         from_name = module_path_of_node(name) if name.startswith("/") else ""
+        if node.op_type in ("Add", "Relu"):  # a branch sum, or the Relu after one
+            paths += [path for i in node.input for path in (feeding(i), *aliases.get(feeding(i), ()))]
         candidates.append((name, node.op_type))
         aliases[name] = sorted(set(paths) | ({from_name} if from_name else set()))
     return candidates, aliases
