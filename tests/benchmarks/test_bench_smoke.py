@@ -183,6 +183,22 @@ def test_search_quality_counts_epochs_from_status_files_and_renders(tmp_path):
     assert "| real | default | 2 | 0.630 (0.620..0.640) | +0.020 |" in text and "| real | random | 1 |" not in text
 
 
+def test_search_quality_efficiency_reads_random_best_exactly_and_within_the_seed_noise():
+    """Each search's epochs to random's final best val_miou, and to within the plain seeds' spread of
+    it; a search that never gets there says so."""
+    from benchmarks.search_quality import reach
+
+    plain = [{"best_val_miou": v} for v in (0.60, 0.595, 0.59)]
+    searches = {"random": {"curve": [None, 0.5, 0.58, 0.58, 0.62, 0.62]},
+                "asha": {"curve": [0.55, 0.612, 0.615, 0.615, 0.615, 0.615]},
+                "default": {"curve": [0.5, 0.5, 0.5, 0.5, 0.5, 0.5]}}
+    [line] = reach({"real": {"plain": plain, "searches": searches}})
+    assert "random's final best val_miou 0.6200 after 6 search epochs (a third: 2)" in line, line
+    exact, near = line.split("; to within")
+    assert "random 5, asha never, default never" in exact, line
+    assert "(0.0100)" in near and "random 5, asha 2, default never" in near, line
+
+
 def test_fidelity_rank_starts_from_the_spec_and_spreads_the_rest_around_it(tmp_path):
     """The spec's own optimizer values come first; the others cover a decade either side of its lr
     (each half of the log range gets some) and weight decays in [0, 0.1]; the table reads each row."""
