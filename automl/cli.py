@@ -63,8 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="where latency is measured (default onnxruntime on the CPU)")
     deploy.add_argument("--latency-batch", type=int, help="batch size latency is measured at (default 1)")
     deploy.add_argument("--latency-threads", type=int, help="threads latency is measured with (default: every core)")
-    deploy.add_argument("--objectives", help="val_miou:max,latency_ms:min: promote from the Pareto front (its knee, or "
-                                             "the most accurate under --max-latency-ms); pareto.json and a plot")
+    deploy.add_argument("--objectives", help="val_miou:max,latency_ms:min (or the cost alone): promote from the Pareto front "
+                                             "(its knee, the most accurate under --max-latency-ms, or the best weighted "
+                                             "score with NVIDIA's weights from --settings); pareto.json and a plot")
     deploy.add_argument("--latency", action=argparse.BooleanOptionalAction, default=None,
                         help="measure every trial's latency (default: with a structure search or --max-latency-ms)")
     run.add_argument("--metric", help="metric reported by the train action (default val_miou)")

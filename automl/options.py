@@ -85,6 +85,7 @@ class SearchConfig:
     latency_batch: int = 1
     latency_threads: int | None = None  # None: every core of the machine that measures
     objectives: tuple[str, ...] | None = None  # ("val_miou:max", "latency_ms:min"): a Pareto front decides the promotion (`automl.pareto`)
+    objective_weights: tuple[tuple[float, float], ...] | None = None  # ((weight, scale) of the metric, of the cost): NVIDIA's scalarisation picks the front's member
 
     def __post_init__(self) -> None:
         for name in ("include", "exclude"):
@@ -99,6 +100,9 @@ class SearchConfig:
             object.__setattr__(self, "objectives", tuple(o.strip() for o in self.objectives.split(",") if o.strip()))
         elif self.objectives is not None:
             object.__setattr__(self, "objectives", tuple(self.objectives))
+        if self.objective_weights is not None and isinstance(self.objective_weights, (list, tuple)):
+            object.__setattr__(self, "objective_weights", tuple(tuple(w) if isinstance(w, (list, tuple)) else w
+                                                                for w in self.objective_weights))
         object.__setattr__(self, "pretrained_backbones", {str(k): v for k, v in dict(self.pretrained_backbones or {}).items()})
 
     @property
@@ -332,6 +336,16 @@ def _check_deploy(s: SearchConfig) -> None:
             parse(s.objectives, s.metric, s.mode)
         except ValueError as err:
             raise SearchError(str(err)) from None
+    if s.objective_weights is not None:
+        pairs = s.objective_weights
+        _check(s.objectives is not None, "objective_weights weigh the objectives: give objectives too "
+                                         "(e.g. objectives: [val_miou:max, latency_ms:min])")
+        _check(isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(p, tuple) and len(p) == 2 and all(map(_number, p))
+                                                                    for p in pairs),
+               f"objective_weights must be two [weight, scale] pairs, the metric's then the cost's "
+               f"(e.g. [[1, 1], [1, 100]]), got {pairs!r}")
+        _check(all(w >= 0 and scale > 0 for w, scale in pairs),
+               f"objective_weights: each weight must be >= 0 and each scale > 0, got {pairs!r}")
 
 
 def _algorithm(value: Any) -> Any:

@@ -9,10 +9,14 @@ re-check) once the search ends:
 - a trial is on the front when no other is at least as good on both objectives and better on one
   (trials over the latency limit are plotted, the baseline among them when it is, but are never
   on the front);
-- the member promoted: with ``--max-latency-ms``, the most accurate (every ranked trial is under
-  the limit); else the knee of the front, the member farthest from the straight line between the
-  front's two ends once both objectives are scaled to [0, 1] (where a little more cost stops
-  buying much accuracy); a front of one or two members: the most accurate;
+- the member promoted: with NVIDIA's weights (``objective_weights``, from the settings keys
+  ``objectives`` with weight/scale, ``metric_weight``/``metric_scale``, ``latency_weight``/
+  ``latency_scale``), the member with the best weighted score, tao-automl's scalarisation
+  ``sum(+-weight * value / scale)`` (+ for the metric maximised, - for the cost); else with
+  ``--max-latency-ms``, the most accurate (every ranked trial is under the limit); else the knee of
+  the front, the member farthest from the straight line between the front's two ends once both
+  objectives are scaled to [0, 1] (where a little more cost stops buying much accuracy); a front
+  of one or two members: the most accurate. The best weighted score is always a front member;
 - ``pareto.json`` in the results folder holds the objectives, every point, the front, the chosen
   member and the rule; the report plots it (accuracy against cost, the front drawn, the baseline
   and the chosen member marked) and the MLflow parent run keeps both.
@@ -33,13 +37,16 @@ COSTS = ("latency_ms", "model_mb", "params_m", "gflops")
 
 def parse(objectives: Sequence[str] | str, metric: str, mode: str) -> list[tuple[str, str]]:
     """``["val_miou:max", "latency_ms:min"]`` (or one comma-separated string) as (name, direction)
-    pairs; raises ValueError naming what to write instead."""
-    items = [o.strip() for o in (objectives.split(",") if isinstance(objectives, str) else objectives) if str(o).strip()]
+    pairs; a cost alone (``latency_ms:min``) is paired with the search's metric. Raises ValueError
+    naming what to write instead."""
+    items = [str(o).strip() for o in (objectives.split(",") if isinstance(objectives, str) else objectives) if str(o).strip()]
     pairs = []
     for item in items:
-        name, _, direction = str(item).partition(":")
+        name, _, direction = item.partition(":")
         pairs.append((name.strip(), (direction.strip() or "?").lower()))
     example = f"{metric}:{mode},latency_ms:min"
+    if len(pairs) == 1 and pairs[0][0] in COSTS:
+        pairs.insert(0, (metric, mode))
     if len(pairs) != 2:
         raise ValueError(f"objectives: give two, the metric and a deploy cost, e.g. {example}; got {list(items)}")
     (first, first_dir), (cost, cost_dir) = pairs
@@ -87,8 +94,17 @@ def knee(members: list[dict[str, Any]]) -> dict[str, Any]:
     return max(members, key=distance)
 
 
-def decide(state: SearchState, objectives: Sequence[str] | str, max_latency_ms: float | None) -> dict[str, Any] | None:
-    """The front of `state`'s ranked trials and the member promoted (None: no trial has both values)."""
+def weighted_rule(weights: Sequence[Sequence[float]], metric: str, mode: str, cost: str) -> str:
+    """The weighted score in words, as tao-automl scalarises: + for a maximised objective, - else."""
+    (w_metric, s_metric), (w_cost, s_cost) = weights
+    return (f"the best weighted score, {'' if mode == 'max' else '-'}{w_metric:g} * {metric} / {s_metric:g} "
+            f"- {w_cost:g} * {cost} / {s_cost:g} (NVIDIA's weights)")
+
+
+def decide(state: SearchState, objectives: Sequence[str] | str, max_latency_ms: float | None,
+           weights: Sequence[Sequence[float]] | None = None) -> dict[str, Any] | None:
+    """The front of `state`'s ranked trials and the member promoted (None: no trial has both values);
+    `weights`: (weight, scale) of the metric and of the cost, NVIDIA's scalarisation."""
     (metric, mode), (cost, _) = parse(objectives, state.metric, state.mode)
     sign = 1.0 if mode == "max" else -1.0
     ranked = {t.name for t in state.ranked()}
@@ -100,7 +116,11 @@ def decide(state: SearchState, objectives: Sequence[str] | str, max_latency_ms: 
     if not feasible:
         return None
     members = front(feasible)
-    if max_latency_ms is not None:
+    if weights:
+        (w_metric, s_metric), (w_cost, s_cost) = weights
+        chosen = max(members, key=lambda p: w_metric * p["accuracy"] / s_metric - w_cost * p["cost"] / s_cost)
+        rule = weighted_rule(weights, metric, mode, cost) + ("" if max_latency_ms is None else f", under --max-latency-ms {max_latency_ms:g}")
+    elif max_latency_ms is not None:
         chosen, rule = max(members, key=lambda p: p["accuracy"]), f"the most accurate under --max-latency-ms {max_latency_ms:g}"
     else:
         chosen = knee(members)

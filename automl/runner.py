@@ -567,7 +567,7 @@ def _pareto_choice(opts: SearchOptions, state: SearchState, best: TrialRecord | 
         return best
     from automl.pareto import decide, write
 
-    state.pareto = decide(state, s.objectives, s.max_latency_ms)
+    state.pareto = decide(state, s.objectives, s.max_latency_ms, s.objective_weights)
     if state.pareto is None:
         return best
     chosen = state.by_name(state.pareto["chosen"])

@@ -6,7 +6,8 @@ It accepts TAO's keys (``automl_algorithm``, ``automl_max_recommendations``, ``a
 ``automl_add_hyperparameters``, ``automl_remove_hyperparameters``, ``override_automl_disabled_params``,
 ``automl_delete_intermediate_ckpt``, ``automl_max_trials``, ``automl_R``, ``automl_nu``,
 ``epoch_multiplier``, ``custom_param_ranges``, ``metric``, ``direction``, ``run_baseline``, PBT's
-``automl_population_size``/``automl_eval_interval``/``automl_perturbation_factor``, ...), TAO's nested
+``automl_population_size``/``automl_eval_interval``/``automl_perturbation_factor``, tao-automl's
+multi-objective ``objectives``/``multi_objective``/``latency_*``/``metric_weight``/``metric_scale``, ...), TAO's nested
 ``algorithm_specific_params`` and our own option names. Every accepted key has an effect; unknown
 keys are an error naming the closest valid key; TAO keys that have no meaning here (LLM endpoints,
 DEHB's generations, BOHB internals) are a warning that names them. ``options_from_settings(file, cli, ...)``
@@ -114,6 +115,74 @@ _TAO_KEYS: dict[str, str | None] = {
 }
 
 
+# tao-automl 7.1's multi-objective keys (its objectives.py): `objectives` as a list of metric names or
+# {metric|name, direction, weight, scale}, or the metric plus a latency objective switched on by one of
+# the flags, with latency_* and metric_weight/metric_scale for its scalarisation.
+_MULTI_FLAGS = ("multi_objective", "latency_objective", "include_latency")
+_MULTI_KEYS = (*_MULTI_FLAGS, "latency_metric", "latency_direction", "latency_weight", "latency_scale",
+               "metric_weight", "metric_scale")
+# tao-automl's names for a latency (it reads the value from the user's logs) -> the latency every trial records here
+_LATENCY_NAMES = {"latency", "latency_ms", "inference_latency", "inference_latency_ms", "avg_latency", "avg_latency_ms",
+                  "average_latency", "average_latency_ms", "runtime", "runtime_ms", "duration", "duration_ms", "time_ms"}
+# tao-automl's implicit direction: a name with one of these is minimised, any other maximised
+_MINIMISED = ("loss", "latency", "runtime", "duration", "time", "cost", "flops", "params", "memory", "energy", "wer", "cer",
+              "perplexity", "ppl", "error")
+
+
+def _nvidia_objective(entry: Any, index: int, source: str) -> tuple[str, str, float | None, float | None]:
+    """(name, max|min, weight, scale) of one entry of tao-automl's `objectives` (a name or a mapping)."""
+    if isinstance(entry, str):
+        entry = {"metric": entry}
+    if not isinstance(entry, Mapping) or not (entry.get("metric") or entry.get("name")):
+        raise SettingsError(f"{source}: objectives[{index}] must be a metric name or {{metric, direction, weight, scale}}, "
+                            f"got {entry!r}")
+    unknown = set(entry) - {"metric", "name", "direction", "weight", "scale"}
+    if unknown:
+        raise SettingsError(f"{source}: objectives[{index}] has unknown keys {sorted(unknown)}; allowed: metric (or name), "
+                            f"direction, weight, scale")
+    name = _latency_name(entry.get("metric") or entry.get("name"))
+    direction = entry.get("direction")
+    mode = _mode(direction) if direction is not None else "min" if any(w in name.lower() for w in _MINIMISED) else "max"
+    return name, mode, entry.get("weight"), entry.get("scale")
+
+
+def _latency_name(name: Any) -> str:
+    text = str(name).strip()
+    return "latency_ms" if text.lower() in _LATENCY_NAMES else text
+
+
+def _nvidia_objectives(flat: dict[str, Any], source: str) -> dict[str, Any]:
+    """tao-automl's multi-objective keys in `flat` (removed from it) as our `objectives` ("name:max|min":
+    the metric and a deploy cost, or the cost alone, which the search's own metric joins) and, when any
+    weight or scale is given, `objective_weights` ((weight, scale) of the metric, then of the cost)."""
+    given = {k: flat.pop(k) for k in _MULTI_KEYS if k in flat}
+    listed = flat.get("objectives")
+    nvidia_list = isinstance(listed, (list, tuple)) and any(
+        isinstance(o, Mapping) or (isinstance(o, str) and ":" not in o) for o in listed)
+    if not given and not nvidia_list:
+        return {}
+    if not nvidia_list and listed is not None:
+        raise SettingsError(f"{source}: objectives in this driver's form ({listed!r}) and tao-automl's "
+                            f"{', '.join(sorted(given))} both set the objectives; keep one")
+    # (name, direction, weight, scale); the metric's name None: the search's own metric and direction
+    entries = ([_nvidia_objective(o, i, source) for i, o in enumerate(flat.pop("objectives"))] if nvidia_list
+               else [(None, None, given.get("metric_weight"), given.get("metric_scale"))])
+    if any(given.get(f) for f in _MULTI_FLAGS):
+        name = _latency_name(given.get("latency_metric", "latency"))
+        if name not in [e[0] for e in entries]:
+            entries.append((name, _mode(given.get("latency_direction", "minimize")), given.get("latency_weight"),
+                            given.get("latency_scale")))
+    elif not nvidia_list:
+        raise SettingsError(f"{source}: {', '.join(sorted(given))} set a latency objective that is not switched on; "
+                            f"add multi_objective: true (or objectives: [{{metric: val_miou}}, {{metric: latency}}])")
+    if len(entries) == 1 and entries[0][0] is not None:
+        entries.insert(0, (None, None, None, None))  # a cost alone: the search's metric is the first objective
+    out: dict[str, Any] = {"objectives": tuple(f"{n}:{m}" for n, m, _, _ in entries if n is not None)}
+    if any(w is not None or sc is not None for _, _, w, sc in entries):
+        out["objective_weights"] = tuple((1.0 if w is None else w, 1.0 if sc is None else sc) for _, _, w, sc in entries)
+    return out
+
+
 def map_tao_settings(raw: Mapping[str, Any], source: str = "settings") -> dict[str, Any]:
     """TAO (or our) setting names -> our option names. Unknown keys: error with the closest key."""
     if not isinstance(raw, Mapping):
@@ -124,9 +193,11 @@ def map_tao_settings(raw: Mapping[str, Any], source: str = "settings") -> dict[s
             flat.update(value)  # TAO nests settings under these keys
         else:
             flat[key] = value
+    objectives = _nvidia_objectives(flat, source)
+    flat.update(objectives)
     mapped: dict[str, Any] = {}
     origin: dict[str, str] = {}
-    valid = sorted(set(OPTION_SECTION) | set(_TAO_KEYS))
+    valid = sorted(set(OPTION_SECTION) | set(_TAO_KEYS) | set(_MULTI_KEYS))
     for key, value in flat.items():
         if key in _TAO_KEYS:
             ours = _TAO_KEYS[key]

@@ -92,6 +92,12 @@ def test_the_front_and_its_knee(tmp_path) -> None:
                                     infeasible=True)
     decided = decide(state, ("val_miou:max", "latency_ms:min"), None)
     assert decided["chosen"] == "trial_001" and "knee" in decided["rule"] and len(decided["points"]) == 3
+    assert decide(state, ("latency_ms:min",), 50.0)["chosen"] == "trial_000"  # the cost alone: the metric joins it
+    # NVIDIA's scalarisation, sum(+-weight * value / scale): the weights move the choice along the front
+    for weights, chosen in ((((1, 1), (1, 1000)), "trial_001"), (((1, 1), (1, 10)), "trial_002"), (((1, 1), (0, 1)), "trial_000")):
+        decided = decide(state, ("val_miou:max", "latency_ms:min"), None, weights)
+        assert decided["chosen"] == chosen, (weights, decided)
+    assert decided["rule"].startswith("the best weighted score, 1 * val_miou / 1 - 0 * latency_ms / 1")
 
 
 def test_structure_options_and_their_errors(data, tmp_path) -> None:
@@ -178,7 +184,8 @@ def test_a_latency_limit_keeps_slow_models_out(data, tmp_path) -> None:
     limit = (fast * slow) ** 0.5
     opts = search_options(results, data / "spec.yaml", overrides=SMALL, algorithm="grid", only=["dataset.segment.img_size"],
                           structure={"dataset.segment.img_size": [32, 128]}, max_latency_ms=limit, latency_threads=1,
-                          objectives="val_miou:max,latency_ms:min", num_cpus=2, export=False, quantize=False, trt=False)
+                          objectives="val_miou:max,latency_ms:min", objective_weights=((1.0, 1.0), (1.0, 100.0)), num_cpus=2,
+                          export=False, quantize=False, trt=False)
     lines: list[str] = []
     state = automl.run(opts, echo=lines.append).state
     by_size = {t.params["dataset.segment.img_size"]: t for t in state.trials.values()}
@@ -195,7 +202,8 @@ def test_a_latency_limit_keeps_slow_models_out(data, tmp_path) -> None:
     # the front (of the feasible trials) decides the promotion; pareto.json, the plot and MLflow keep it
     pareto = json.loads((results / "pareto.json").read_text())
     assert pareto["chosen"] == by_size[32].name and [p["trial"] for p in pareto["points"]] == [by_size[32].name]
-    assert "under --max-latency-ms" in pareto["rule"] and (results / "report" / "pareto.png").is_file()
+    assert "NVIDIA's weights" in pareto["rule"] and "under --max-latency-ms" in pareto["rule"]
+    assert (results / "report" / "pareto.png").is_file()
     assert "Pareto front" in (results / "report" / "report.md").read_text()
     assert [a.path for a in client.list_artifacts(state.mlflow_parent_run_id, "search")].count("search/pareto.json") == 1
     # a limit no architecture meets: the search stops before any trial, naming the fastest (the two

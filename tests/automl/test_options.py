@@ -132,6 +132,40 @@ def test_conflicting_aliases_and_bad_values() -> None:
     assert SearchOptions.build({"algorithm": "bayesian", "grace_period": 5, "max_epochs": 3}).search.grace_period == 5  # bayesian stops nothing
 
 
+def test_nvidia_multi_objective_keys(tmp_path: Path) -> None:
+    """tao-automl 7.1's multi-objective settings, in its own two forms: its latency is the latency every
+    trial records here, the search's metric comes first, and its weights decide the promotion."""
+    flags = tmp_path / "flags.yaml"
+    flags.write_text("metric: val_miou\ndirection: maximize\nmulti_objective: true\nlatency_metric: latency\n"
+                     "latency_direction: minimize\nlatency_scale: 100.0\nlatency_weight: 1.0\n")
+    listed = tmp_path / "listed.json"
+    listed.write_text(json.dumps({"automl_settings": {"objectives": [
+        {"metric": "val_miou", "direction": "maximize", "weight": 1.0},
+        {"metric": "latency", "direction": "minimize", "weight": 1.0, "scale": 100.0}]}}))
+    for path in (flags, listed):
+        s = options_from_settings(load_settings(path)).search
+        assert s.objective_weights == ((1.0, 1.0), (1.0, 100.0)) and s.measures_latency, path
+        assert s.objectives in (("latency_ms:min",), ("val_miou:max", "latency_ms:min")), s.objectives
+        data = json.loads(json.dumps(SearchOptions.build({"objectives": s.objectives, "objective_weights": s.objective_weights}).to_dict()))
+        assert SearchOptions.from_dict(data).search.objective_weights == s.objective_weights  # the state file keeps them
+    # the flag alone: the metric and the latency, no weights (the front's knee decides); directions inferred from the names
+    plain = options_from_settings({"include_latency": True}).search
+    assert plain.objectives == ("latency_ms:min",) and plain.objective_weights is None
+    assert options_from_settings({"objectives": ["val_miou", "inference_latency_ms"]}).search.objectives == ("val_miou:max", "latency_ms:min")
+    with pytest.raises(SettingsError, match="latency_scale set a latency objective that is not switched on; add multi_objective: true"):
+        options_from_settings({"latency_scale": 100})
+    with pytest.raises(SettingsError, match="objectives\\[1\\] has unknown keys \\['unit'\\]"):
+        options_from_settings({"objectives": ["val_miou", {"metric": "latency", "unit": "ms"}]})
+    with pytest.raises(SettingsError, match="the first is the search's metric, val_miou:max; got latency_ms:min"):
+        options_from_settings({"objectives": ["latency", "val_miou"]})
+    with pytest.raises(SettingsError, match="both set the objectives; keep one"):
+        options_from_settings({"objectives": ["val_miou:max", "latency_ms:min"], "multi_objective": True})
+    with pytest.raises(SettingsError, match="each weight must be >= 0 and each scale > 0"):
+        options_from_settings({"multi_objective": True, "latency_scale": 0})
+    with pytest.raises(SearchError, match="objective_weights weigh the objectives: give objectives too"):
+        SearchOptions.build({"objective_weights": [[1, 1], [1, 100]]})
+
+
 def test_pbt_perturbation_factor_reaches_the_scheduler() -> None:
     from automl import pbt
     from automl.skill import find_skill
