@@ -129,10 +129,37 @@ _MINIMISED = ("loss", "latency", "runtime", "duration", "time", "cost", "flops",
               "perplexity", "ppl", "error")
 
 
+def _implicit_mode(name: str) -> str:
+    """tao-automl's direction for a metric named without one."""
+    return "min" if any(word in name.lower() for word in _MINIMISED) else "max"
+
+
+def _latency_name(name: Any) -> str:
+    text = str(name).strip()
+    return "latency_ms" if text.lower() in _LATENCY_NAMES else text
+
+
+def _flag(key: str, value: Any, source: str) -> bool:
+    text = str(value).strip().lower()
+    if isinstance(value, bool) or text in {"true", "false", "yes", "no", "1", "0"}:
+        return value if isinstance(value, bool) else text in {"true", "yes", "1"}
+    raise SettingsError(f"{source}: {key} must be true or false, got {value!r}")
+
+
+def _amount(key: str, value: Any, source: str, positive: bool) -> float | None:
+    """A weight (>= 0) or a scale (> 0) as tao-automl takes them; None when not given."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 if positive else value >= 0):
+        raise SettingsError(f"{source}: {key} must be a number {'> 0' if positive else '>= 0'}, got {value!r}")
+    return float(value)
+
+
 def _nvidia_objective(entry: Any, index: int, source: str) -> tuple[str, str, float | None, float | None]:
     """(name, max|min, weight, scale) of one entry of tao-automl's `objectives` (a name or a mapping)."""
     if isinstance(entry, str):
-        entry = {"metric": entry}
+        name, _, direction = entry.partition(":")  # "val_miou" as tao-automl writes it, or "val_miou:max" as we do
+        entry = {"metric": name, **({"direction": direction} if direction else {})}
     if not isinstance(entry, Mapping) or not (entry.get("metric") or entry.get("name")):
         raise SettingsError(f"{source}: objectives[{index}] must be a metric name or {{metric, direction, weight, scale}}, "
                             f"got {entry!r}")
@@ -141,46 +168,72 @@ def _nvidia_objective(entry: Any, index: int, source: str) -> tuple[str, str, fl
         raise SettingsError(f"{source}: objectives[{index}] has unknown keys {sorted(unknown)}; allowed: metric (or name), "
                             f"direction, weight, scale")
     name = _latency_name(entry.get("metric") or entry.get("name"))
-    direction = entry.get("direction")
-    mode = _mode(direction) if direction is not None else "min" if any(w in name.lower() for w in _MINIMISED) else "max"
-    return name, mode, entry.get("weight"), entry.get("scale")
+    mode = _mode(entry["direction"]) if entry.get("direction") is not None else _implicit_mode(name)
+    return (name, mode, _amount(f"objectives[{index}].weight", entry.get("weight"), source, False),
+            _amount(f"objectives[{index}].scale", entry.get("scale"), source, True))
 
 
-def _latency_name(name: Any) -> str:
-    text = str(name).strip()
-    return "latency_ms" if text.lower() in _LATENCY_NAMES else text
+def _nvidia_objectives(flat: dict[str, Any], source: str) -> None:
+    """tao-automl's multi-objective keys in `flat`, rewritten in place as our options: `metric` and
+    `mode` (a metric named without a direction gets tao-automl's implicit one: minimised when its name
+    says loss, error, time, ...), `objectives` ("name:max|min": the metric, then a deploy cost) and,
+    when any weight or scale is given, `objective_weights` ((weight, scale) of the metric, then of the cost)."""
+    from automl.pareto import COSTS
 
-
-def _nvidia_objectives(flat: dict[str, Any], source: str) -> dict[str, Any]:
-    """tao-automl's multi-objective keys in `flat` (removed from it) as our `objectives` ("name:max|min":
-    the metric and a deploy cost, or the cost alone, which the search's own metric joins) and, when any
-    weight or scale is given, `objective_weights` ((weight, scale) of the metric, then of the cost)."""
     given = {k: flat.pop(k) for k in _MULTI_KEYS if k in flat}
     listed = flat.get("objectives")
     nvidia_list = isinstance(listed, (list, tuple)) and any(
         isinstance(o, Mapping) or (isinstance(o, str) and ":" not in o) for o in listed)
+    if flat.get("metric") is not None and flat.get("direction") is None and flat.get("mode") is None and not nvidia_list:
+        flat["mode"] = _implicit_mode(str(flat["metric"]))
     if not given and not nvidia_list:
-        return {}
+        return
     if not nvidia_list and listed is not None:
         raise SettingsError(f"{source}: objectives in this driver's form ({listed!r}) and tao-automl's "
                             f"{', '.join(sorted(given))} both set the objectives; keep one")
-    # (name, direction, weight, scale); the metric's name None: the search's own metric and direction
-    entries = ([_nvidia_objective(o, i, source) for i, o in enumerate(flat.pop("objectives"))] if nvidia_list
-               else [(None, None, given.get("metric_weight"), given.get("metric_scale"))])
-    if any(given.get(f) for f in _MULTI_FLAGS):
-        name = _latency_name(given.get("latency_metric", "latency"))
+    on = [key for key in _MULTI_FLAGS if key in given and _flag(key, given[key], source)]
+    weighing = sorted(k for k in given if k not in _MULTI_FLAGS and given[k] is not None and k != "latency_metric"
+                      and k != "latency_direction")
+    if nvidia_list:  # tao-automl: the list replaces metric, direction and their weight and scale
+        entries = [_nvidia_objective(o, i, source) for i, o in enumerate(flat.pop("objectives"))]
+        ignored = [k for k in ("metric_weight", "metric_scale") if k in given] + ([] if on else weighing)
+        if ignored:
+            warnings.warn(f"{source}: {', '.join(sorted(set(ignored)))} ha{'s' if len(set(ignored)) == 1 else 've'} no effect "
+                          f"beside an objectives list (tao-automl reads weight and scale from its entries); ignored",
+                          SettingsWarning, stacklevel=3)
+        metrics = [e for e in entries if e[0] not in COSTS]
+        if len(metrics) > 1:
+            raise SettingsError(f"{source}: objectives name {len(metrics)} metrics ({', '.join(e[0] for e in metrics)}); "
+                                f"give one metric and one deploy cost ({', '.join(COSTS)}; tao-automl's latency is latency_ms)")
+        if metrics:
+            name, mode = metrics[0][:2]
+            for key, value in (("metric", name), ("direction", mode), ("mode", mode)):
+                if flat.get(key) is not None and (flat[key] if key == "metric" else _mode(flat[key])) != value:
+                    raise SettingsError(f"{source}: objectives makes the metric {name}:{mode}, but {key} says {flat[key]!r}; keep one")
+            flat.pop("direction", None)
+            flat["metric"], flat["mode"] = name, mode
+        costs = [e for e in entries if e[0] in COSTS]
+        entries = [metrics[0] if metrics else (None, None, None, None), *costs]  # the metric first, whatever the order
+    else:
+        if weighing and not on:
+            raise SettingsError(f"{source}: {', '.join(weighing)} set a latency objective that is not switched on; "
+                                f"add multi_objective: true (or objectives: [{{metric: val_miou}}, {{metric: latency}}])")
+        entries = [(None, None, _amount("metric_weight", given.get("metric_weight"), source, False),
+                    _amount("metric_scale", given.get("metric_scale"), source, True))]
+    if on:
+        name = _latency_name(given.get("latency_metric") or "latency")
         if name not in [e[0] for e in entries]:
-            entries.append((name, _mode(given.get("latency_direction", "minimize")), given.get("latency_weight"),
-                            given.get("latency_scale")))
-    elif not nvidia_list:
-        raise SettingsError(f"{source}: {', '.join(sorted(given))} set a latency objective that is not switched on; "
-                            f"add multi_objective: true (or objectives: [{{metric: val_miou}}, {{metric: latency}}])")
-    if len(entries) == 1 and entries[0][0] is not None:
-        entries.insert(0, (None, None, None, None))  # a cost alone: the search's metric is the first objective
-    out: dict[str, Any] = {"objectives": tuple(f"{n}:{m}" for n, m, _, _ in entries if n is not None)}
+            entries.append((name, _mode(given.get("latency_direction") or "minimize"),
+                            _amount("latency_weight", given.get("latency_weight"), source, False),
+                            _amount("latency_scale", given.get("latency_scale"), source, True)))
+    if len(entries) == 1:
+        return  # the metric alone (tao-automl's single objective), or every flag off
+    flat["objectives"] = tuple(f"{n}:{m}" for n, m, _, _ in entries if n is not None)
     if any(w is not None or sc is not None for _, _, w, sc in entries):
-        out["objective_weights"] = tuple((1.0 if w is None else w, 1.0 if sc is None else sc) for _, _, w, sc in entries)
-    return out
+        pairs = tuple((1.0 if w is None else w, 1.0 if sc is None else sc) for _, _, w, sc in entries)
+        if not any(w for w, _ in pairs):
+            raise SettingsError(f"{source}: every objective weighs 0, so every model would score the same; give one a weight > 0")
+        flat["objective_weights"] = pairs
 
 
 def map_tao_settings(raw: Mapping[str, Any], source: str = "settings") -> dict[str, Any]:
@@ -193,8 +246,7 @@ def map_tao_settings(raw: Mapping[str, Any], source: str = "settings") -> dict[s
             flat.update(value)  # TAO nests settings under these keys
         else:
             flat[key] = value
-    objectives = _nvidia_objectives(flat, source)
-    flat.update(objectives)
+    _nvidia_objectives(flat, source)
     mapped: dict[str, Any] = {}
     origin: dict[str, str] = {}
     valid = sorted(set(OPTION_SECTION) | set(_TAO_KEYS) | set(_MULTI_KEYS))
@@ -240,7 +292,10 @@ def options_from_settings(file_settings: Mapping[str, Any] | None, cli_settings:
     "not given"), plus the top-level fields (results_dir, spec, overrides, skill, ...)."""
     merged: dict[str, Any] = {}
     for source, settings in (("settings file", file_settings or {}), ("command line", cli_settings or {})):
-        merged.update({k: v for k, v in map_tao_settings(settings, source=source).items() if v is not None})
+        mapped = {k: v for k, v in map_tao_settings(settings, source=source).items() if v is not None}
+        if "objectives" in mapped and "objective_weights" not in mapped:
+            merged.pop("objective_weights", None)  # weights belong to the objectives they were given with
+        merged.update(mapped)
     try:
         return SearchOptions.build(merged, **top)
     except SearchError as err:

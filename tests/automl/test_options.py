@@ -156,12 +156,27 @@ def test_nvidia_multi_objective_keys(tmp_path: Path) -> None:
         options_from_settings({"latency_scale": 100})
     with pytest.raises(SettingsError, match="objectives\\[1\\] has unknown keys \\['unit'\\]"):
         options_from_settings({"objectives": ["val_miou", {"metric": "latency", "unit": "ms"}]})
-    with pytest.raises(SettingsError, match="the first is the search's metric, val_miou:max; got latency_ms:min"):
-        options_from_settings({"objectives": ["latency", "val_miou"]})
     with pytest.raises(SettingsError, match="both set the objectives; keep one"):
         options_from_settings({"objectives": ["val_miou:max", "latency_ms:min"], "multi_objective": True})
-    with pytest.raises(SettingsError, match="each weight must be >= 0 and each scale > 0"):
+    with pytest.raises(SettingsError, match="latency_scale must be a number > 0, got 0"):
         options_from_settings({"multi_objective": True, "latency_scale": 0})
+    with pytest.raises(SettingsError, match="objectives\\[1\\].weight must be a number >= 0, got '1'"):
+        options_from_settings({"objectives": ["val_miou", {"metric": "latency", "weight": "1"}]})
+    with pytest.raises(SettingsError, match="multi_objective must be true or false, got 'maybe'"):
+        options_from_settings({"multi_objective": "maybe"})
+    # as tao-automl reads them: the list names the metric (its direction from the name when not given),
+    # in any order; a flag that is off (a YAML string included) adds nothing
+    s = options_from_settings({"objectives": [{"metric": "latency"}, "val_loss"]}).search
+    assert (s.metric, s.mode, s.objectives) == ("val_loss", "min", ("val_loss:min", "latency_ms:min"))
+    assert options_from_settings({"metric": "val_loss", "multi_objective": True}).search.mode == "min"
+    assert options_from_settings({"multi_objective": "false"}).search.objectives is None
+    with pytest.raises(SettingsError, match="objectives makes the metric val_miou:max, but direction says 'minimize'; keep one"):
+        options_from_settings({"direction": "minimize", "objectives": ["val_miou", "latency"]})
+    with pytest.warns(SettingsWarning, match="latency_weight has no effect beside an objectives list"):
+        assert options_from_settings({"objectives": ["val_miou", "latency"], "latency_weight": 5}).search.objective_weights is None
+    # weights belong to the objectives they came with: other objectives on the command line drop them
+    s = options_from_settings({"multi_objective": True, "latency_scale": 100}, {"objectives": "val_miou:max,model_mb:min"}).search
+    assert s.objectives == ("val_miou:max", "model_mb:min") and s.objective_weights is None
     with pytest.raises(SearchError, match="objective_weights weigh the objectives: give objectives too"):
         SearchOptions.build({"objective_weights": [[1, 1], [1, 100]]})
 
