@@ -175,8 +175,8 @@ def _nvidia_objective(entry: Any, index: int, source: str) -> tuple[str, str, fl
 
 def _nvidia_objectives(flat: dict[str, Any], source: str) -> None:
     """tao-automl's multi-objective keys in `flat`, rewritten in place as our options: `metric` and
-    `mode` (a metric named without a direction gets tao-automl's implicit one: minimised when its name
-    says loss, error, time, ...), `objectives` ("name:max|min": the metric, then a deploy cost) and,
+    `mode` from an objectives list (a name without a direction gets tao-automl's implicit one:
+    minimised when it says loss, error, time, ...), `objectives` ("name:max|min": the metric, then a deploy cost) and,
     when any weight or scale is given, `objective_weights` ((weight, scale) of the metric, then of the cost)."""
     from automl.pareto import COSTS
 
@@ -184,8 +184,6 @@ def _nvidia_objectives(flat: dict[str, Any], source: str) -> None:
     listed = flat.get("objectives")
     nvidia_list = isinstance(listed, (list, tuple)) and any(
         isinstance(o, Mapping) or (isinstance(o, str) and ":" not in o) for o in listed)
-    if flat.get("metric") is not None and flat.get("direction") is None and flat.get("mode") is None and not nvidia_list:
-        flat["mode"] = _implicit_mode(str(flat["metric"]))
     if not given and not nvidia_list:
         return
     if not nvidia_list and listed is not None:
@@ -247,6 +245,8 @@ def map_tao_settings(raw: Mapping[str, Any], source: str = "settings") -> dict[s
         else:
             flat[key] = value
     _nvidia_objectives(flat, source)
+    if flat.get("metric") is not None and flat.get("direction") is None and flat.get("mode") is None:
+        flat["mode"] = _implicit_mode(str(flat["metric"]))  # as tao-automl does: val_loss is minimised
     mapped: dict[str, Any] = {}
     origin: dict[str, str] = {}
     valid = sorted(set(OPTION_SECTION) | set(_TAO_KEYS) | set(_MULTI_KEYS))

@@ -169,6 +169,8 @@ def test_nvidia_multi_objective_keys(tmp_path: Path) -> None:
     s = options_from_settings({"objectives": [{"metric": "latency"}, "val_loss"]}).search
     assert (s.metric, s.mode, s.objectives) == ("val_loss", "min", ("val_loss:min", "latency_ms:min"))
     assert options_from_settings({"metric": "val_loss", "multi_objective": True}).search.mode == "min"
+    assert options_from_settings({"metric": "val_loss", "objectives": ["latency"]}).search.mode == "min"
+    assert options_from_settings({"metric": "val_loss", "direction": "maximize"}).search.mode == "max"  # said, not guessed
     assert options_from_settings({"multi_objective": "false"}).search.objectives is None
     with pytest.raises(SettingsError, match="objectives makes the metric val_miou:max, but direction says 'minimize'; keep one"):
         options_from_settings({"direction": "minimize", "objectives": ["val_miou", "latency"]})
