@@ -100,7 +100,7 @@ class SearchConfig:
             object.__setattr__(self, "objectives", tuple(o.strip() for o in self.objectives.split(",") if o.strip()))
         elif self.objectives is not None:
             object.__setattr__(self, "objectives", tuple(self.objectives))
-        if self.objective_weights is not None and isinstance(self.objective_weights, (list, tuple)):
+        if isinstance(self.objective_weights, (list, tuple)):
             object.__setattr__(self, "objective_weights", tuple(tuple(w) if isinstance(w, (list, tuple)) else w
                                                                 for w in self.objective_weights))
         object.__setattr__(self, "pretrained_backbones", {str(k): v for k, v in dict(self.pretrained_backbones or {}).items()})
@@ -346,6 +346,8 @@ def _check_deploy(s: SearchConfig) -> None:
                f"(e.g. [[1, 1], [1, 100]]), got {pairs!r}")
         _check(all(w >= 0 and scale > 0 for w, scale in pairs),
                f"objective_weights: each weight must be >= 0 and each scale > 0, got {pairs!r}")
+        _check(any(w > 0 for w, _ in pairs), f"objective_weights: every objective weighs 0, so every model would score the "
+                                             f"same; give one a weight > 0, got {pairs!r}")
 
 
 def _algorithm(value: Any) -> Any:

@@ -190,8 +190,7 @@ def _nvidia_objectives(flat: dict[str, Any], source: str) -> None:
         raise SettingsError(f"{source}: objectives in this driver's form ({listed!r}) and tao-automl's "
                             f"{', '.join(sorted(given))} both set the objectives; keep one")
     on = [key for key in _MULTI_FLAGS if key in given and _flag(key, given[key], source)]
-    weighing = sorted(k for k in given if k not in _MULTI_FLAGS and given[k] is not None and k != "latency_metric"
-                      and k != "latency_direction")
+    weighing = sorted(k for k in given if k not in (*_MULTI_FLAGS, "latency_metric", "latency_direction") and given[k] is not None)
     if nvidia_list:  # tao-automl: the list replaces metric, direction and their weight and scale
         entries = [_nvidia_objective(o, i, source) for i, o in enumerate(flat.pop("objectives"))]
         ignored = [k for k in ("metric_weight", "metric_scale") if k in given] + ([] if on else weighing)
@@ -228,10 +227,7 @@ def _nvidia_objectives(flat: dict[str, Any], source: str) -> None:
         return  # the metric alone (tao-automl's single objective), or every flag off
     flat["objectives"] = tuple(f"{n}:{m}" for n, m, _, _ in entries if n is not None)
     if any(w is not None or sc is not None for _, _, w, sc in entries):
-        pairs = tuple((1.0 if w is None else w, 1.0 if sc is None else sc) for _, _, w, sc in entries)
-        if not any(w for w, _ in pairs):
-            raise SettingsError(f"{source}: every objective weighs 0, so every model would score the same; give one a weight > 0")
-        flat["objective_weights"] = pairs
+        flat["objective_weights"] = tuple((1.0 if w is None else w, 1.0 if sc is None else sc) for _, _, w, sc in entries)
 
 
 def map_tao_settings(raw: Mapping[str, Any], source: str = "settings") -> dict[str, Any]:

@@ -179,6 +179,10 @@ def test_nvidia_multi_objective_keys(tmp_path: Path) -> None:
     # weights belong to the objectives they came with: other objectives on the command line drop them
     s = options_from_settings({"multi_objective": True, "latency_scale": 100}, {"objectives": "val_miou:max,model_mb:min"}).search
     assert s.objectives == ("val_miou:max", "model_mb:min") and s.objective_weights is None
+    with pytest.raises(SettingsError, match="every objective weighs 0, so every model would score the same"):
+        options_from_settings({"objectives": [{"metric": "val_miou", "weight": 0}, {"metric": "latency", "weight": 0}]})
+    with pytest.raises(SearchError, match="every objective weighs 0"):
+        SearchOptions.build({"objectives": ["latency_ms:min"], "objective_weights": [[0, 1], [0, 100]]})
     with pytest.raises(SearchError, match="objective_weights weigh the objectives: give objectives too"):
         SearchOptions.build({"objective_weights": [[1, 1], [1, 100]]})
 
