@@ -69,6 +69,7 @@ class KeepInRange:
 def scheduler(search: Any, domains: dict[str, Any], space: Any) -> Any:
     """Ray's `PopulationBasedTraining` for `search` (an `automl.options.SearchConfig`) over `domains`
     (`mutations(space)`): synchronous, with no perturbation at a trial's last epoch (`search.trial_epochs`)."""
+    from ray.tune.experiment import Trial
     from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
     last = search.trial_epochs
@@ -83,6 +84,11 @@ def scheduler(search: Any, domains: dict[str, Any], space: Any) -> Any:
           it to max(previous + interval, the members' latest epoch). A resumed search starts from a
           fresh scheduler (its point at the first interval) with members at epoch 4, say: the point
           became 4, every member waited paused for the ones behind it, none was, and the search hung.
+        - A member paused at the synchronisation point is let go when no live member can still
+          reach it: after a resume one member restored a checkpoint an epoch older than the other's,
+          trained to the point and paused while the other, at its last epoch (which reports nothing
+          to the scheduler), finished; nobody was left to trigger the perturbation, so Ray never
+          chose the paused member again and the search hung.
         """
 
         def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
@@ -94,6 +100,17 @@ def scheduler(search: Any, domains: dict[str, Any], space: Any) -> Any:
             if times and min(times) >= self._next_perturbation_sync:
                 self._next_perturbation_sync = min(times) + self._perturbation_interval
             return decision
+
+        def choose_trial_to_run(self, tune_controller: Any) -> Any:
+            trial = super().choose_trial_to_run(tune_controller)
+            live = tune_controller.get_live_trials()
+            if trial is None and live and all(t.status == Trial.PAUSED and t in self._trial_state for t in live):
+                # Every live member waits at the point and none can bring the perturbation: there is
+                # nobody left to synchronise with this round, so the next point follows them.
+                times = [self._trial_state[t].last_train_time for t in live]
+                self._next_perturbation_sync = min(times) + self._perturbation_interval
+                trial = super().choose_trial_to_run(tune_controller)
+            return trial
 
     factor = float(search.perturbation_factor)
     return SynchronousPBT(

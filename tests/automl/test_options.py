@@ -201,3 +201,53 @@ def test_pbt_perturbation_factor_reaches_the_scheduler() -> None:
     high = space["train.optim.momentum"].high
     assert keep({"train.optim.momentum": 0.95 * 1.5, "train.optim.lr": 1e-3}) == {"train.optim.momentum": high,
                                                                                   "train.optim.lr": 1e-3}
+
+
+def test_pbt_lets_a_member_go_when_nobody_is_left_to_synchronise_with() -> None:
+    """Seen in CI (2026-12-02): a resumed PBT search hung. One member restored its epoch-4 checkpoint,
+    trained epoch 5 (the synchronisation point) and paused to wait for the other, which had restored
+    epoch 5, trained its last epoch (reported to nobody: no perturbation there) and finished. Ray's
+    synchronous PBT then never chose the paused member again. Ray's own Trial objects and scheduler;
+    the controller is reduced to the two lists the scheduler asks it for."""
+    from ray.tune.experiment import Trial
+
+    from automl import pbt
+    from automl.skill import find_skill
+    from automl.space import build_space
+
+    space = build_space(find_skill("segformer").load_schema(), only=["train.optim.lr"])
+    search = SearchOptions.build({"algorithm": "pbt", "max_epochs": 6}).search
+    metric = search.ranking_metric
+
+    class Controller:
+        search_alg = None
+
+        def __init__(self, trials):
+            self.trials = trials
+
+        def get_trials(self):
+            return list(self.trials)
+
+        def get_live_trials(self):
+            return [t for t in self.trials if not t.is_finished()]
+
+    def population(size):
+        scheduler = pbt.scheduler(search, pbt.mutations(space), space)
+        controller = Controller([Trial("segformer", config={"train.optim.lr": 1e-3}, stub=True) for _ in range(size)])
+        for trial in controller.trials:
+            scheduler.on_trial_add(controller, trial)
+            trial.status = Trial.RUNNING
+        return scheduler, controller, controller.trials
+
+    scheduler, controller, (behind, ahead) = population(2)
+    assert scheduler.on_trial_result(controller, behind, {"epoch": 5, metric: 0.40}) == "PAUSE"  # waits for `ahead`
+    assert scheduler.on_trial_result(controller, ahead, {"epoch": 6, metric: 0.42}) == "CONTINUE"  # its last epoch
+    ahead.status, behind.status = Trial.TERMINATED, Trial.PAUSED
+    assert scheduler.choose_trial_to_run(controller) is behind  # Ray's alone: None, forever
+
+    # while another member can still reach the point, the paused one waits for it
+    scheduler, controller, (behind, ahead, late) = population(3)
+    assert scheduler.on_trial_result(controller, behind, {"epoch": 5, metric: 0.40}) == "PAUSE"
+    assert scheduler.on_trial_result(controller, ahead, {"epoch": 6, metric: 0.42}) == "CONTINUE"
+    ahead.status, behind.status, late.status = Trial.TERMINATED, Trial.PAUSED, Trial.PAUSED
+    assert scheduler.choose_trial_to_run(controller) is late
