@@ -13,6 +13,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Ray starts its trial workers at nice 15. Beside another test worker training at nice 0 on two
+# cores they got next to no CPU: a resumed PBT search of a minute took over four in CI (2026-12-02)
+# and ran into its timeout. The test workers share the machine on equal terms.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 
 def _cuda_reason() -> str | None:

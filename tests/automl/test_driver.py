@@ -395,8 +395,12 @@ def test_a_pbt_search_resumes_after_sigkill(dataset, tmp_path):
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
     time.sleep(3)  # Ray's processes share the driver's fate; give them a moment to go
-    out = subprocess.run([sys.executable, "-m", "automl.cli", "resume", str(results)], env=ENV, cwd=REPO,
-                         capture_output=True, text=True, timeout=240)
+    try:  # 40-65 s on 2 cores beside a busy one; a hang shows its last table (who waits at which epoch)
+        out = subprocess.run([sys.executable, "-m", "automl.cli", "resume", str(results)], env=ENV, cwd=REPO,
+                             capture_output=True, text=True, timeout=420)
+    except subprocess.TimeoutExpired as hung:
+        said = hung.output.decode() if isinstance(hung.output, bytes) else hung.output or ""  # bytes, text=True or not
+        pytest.fail(f"the resumed PBT search did not finish in {hung.timeout} s:\n{said[-2500:]}")
     if out.returncode != 0 and "cut by the kill from their last complete copy" in out.stdout + out.stderr:
         # Seen once in CI (2026-12-01): the kill cut Ray's state files, the resume restored their last
         # complete copy, and Ray's BasicVariantGenerator then failed on the preset points
