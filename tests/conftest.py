@@ -13,9 +13,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
-# Ray starts its trial workers at nice 15. Beside another test worker training at nice 0 on two
-# cores they got next to no CPU: a resumed PBT search of a minute took over four in CI (2026-12-02)
-# and ran into its timeout. The test workers share the machine on equal terms.
+# Ray starts its trial workers at nice 15. Beside processes busy at nice 0 on two cores (the other
+# test worker training) they get next to no CPU: a resumed PBT search of a minute took five here,
+# the likely reason CI's ran into its four-minute timeout (2026-12-02). The test workers share the
+# machine on equal terms; the product keeps Ray's default.
 os.environ.setdefault("RAY_worker_niceness", "0")
 
 
