@@ -103,12 +103,14 @@ def scheduler(search: Any, domains: dict[str, Any], space: Any) -> Any:
 
         def choose_trial_to_run(self, tune_controller: Any) -> Any:
             trial = super().choose_trial_to_run(tune_controller)
+            if trial is not None:
+                return trial
             live = tune_controller.get_live_trials()
-            if trial is None and live and all(t.status != Trial.RUNNING and t in self._trial_state for t in live):
+            if live and all(t.status != Trial.RUNNING for t in live):
                 # Nothing trains and every live member waits at the point: none can bring the
                 # perturbation, nobody is left to synchronise with, so the next point follows them.
-                times = [self._trial_state[t].last_train_time for t in live]
-                self._next_perturbation_sync = min(times) + self._perturbation_interval
+                waiting_at = min(self._trial_state[t].last_train_time for t in live)
+                self._next_perturbation_sync = waiting_at + self._perturbation_interval
                 trial = super().choose_trial_to_run(tune_controller)
             return trial
 
