@@ -35,10 +35,13 @@ browser:
 	      || echo "note: chromium could not be installed; the MLflow UI test will skip"; \
 	  else echo "note: no chromium and no root apt-get; the MLflow UI test will skip"; fi; }
 
-# Two pytest-xdist workers (CI has 2 cores): about 13 min of tests on this project's 2-core machine
-# (2026-12-02; 15 min with the install). The kill-and-resume tests that once failed under the doubled
-# load hit real races of the driver, since fixed (a trial started after Ray's last saved state). The
-# slowest tests are listed at the end of the run.
+# Two pytest-xdist workers (CI has 2 cores): 20-25 min of tests on this project's 2-core AMD EPYC
+# (2026-12-02: 1194-1469 s over four runs; hosted CI took 1517 s with the install). Three workers
+# were slower (about 70% done after 35 min, then stopped: their searches compete for two cores).
+# Nine tenths of the time is in the 65 tests of 10 s or more, nearly all real searches, and most of
+# theirs is fixed costs of each process (importing lightning takes 11 s here, starting Ray 5 s), not
+# training. The kill-and-resume tests that once failed under the doubled load hit real races of the
+# driver, since fixed. The slowest tests are listed at the end of the run.
 # PostgreSQL for the team-tracking test (an MLflow tracking server on it): Debian's package where
 # root can apt-get; elsewhere the test skips and says why.
 postgres:
