@@ -7,8 +7,8 @@ bayesian    Optuna TPE (`OptunaSearch`)                         none (FIFO)
 random      Optuna random sampler                               none
 grid        every point of the finite space (`BasicVariantGenerator`) none
 asha        Optuna TPE                                          `ASHAScheduler`
-hyperband   Optuna random sampler                               asynchronous HyperBand (`ASHAScheduler(brackets=n)`)
-hyperband_es Optuna random sampler                              the same, and learning-curve extrapolation (`automl.curves`)
+hyperband   scrambled Sobol, then Optuna random sampler         asynchronous HyperBand (`ASHAScheduler(brackets=n)`)
+hyperband_es the same                                           the same, and learning-curve extrapolation (`automl.curves`)
 bohb        Optuna TPE                                          asynchronous HyperBand (`ASHAScheduler(brackets=n)`)
 dehb        differential evolution (`automl.dehb.DESampler`)      asynchronous HyperBand
 bfbo        Optuna GP, batch-aware (`GPSampler`: qLogEI)        none (FIFO)
@@ -29,7 +29,12 @@ TAO's BOHB is a TPE-like model on top of HyperBand; Ray's own BOHB needs hpbands
 ConfigSpace, so "bohb" here is TPE + HyperBand, the same combination without the extra packages.
 
 The model-based algorithms (TPE, GP, DE) start with space-filling points (`startup_points`: a scrambled Sobol sequence)
-after the baseline, half the configurations the search affords, then TPE models.
+after the baseline, half the configurations the search affords, then TPE models. HyperBand (and hyperband_es),
+random search under early stopping, draws every configuration the search affords from the same sequence
+(`spread_count`), then at random: a quasi-random search, which covers each range evenly where independent draws
+cluster by chance (benchmarks/RESULTS.md, "Search quality": on hela_boundary_tao_lr random's first five learning
+rates all fell within a factor 1.7 of the spec's). `random` stays independent draws: what its name says, and the
+reference the benchmarks measure the others against.
 
 The first trial is the spec's own configuration (the baseline) unless ``baseline_first`` is off:
 enqueued through ``points_to_evaluate``, or put first among the grid's or PBT's preset points.
@@ -55,6 +60,7 @@ from automl.options import SearchError, SearchOptions
 SAMPLERS = {"bayesian": "tpe", "asha": "tpe", "bohb": "tpe", "bfbo": "gp", "dehb": "de", "random": "random",
             "hyperband": "random", "hyperband_es": "random", "pbt": "random"}
 MODELLED = ("tpe", "gp", "de")  # samplers that model the results: they start after space-filling points (`startup_points`)
+SPREAD = ("hyperband", "hyperband_es")  # random search under early stopping: every affordable point space-filling
 
 
 @dataclass(frozen=True)
@@ -90,9 +96,21 @@ def sampler(algorithm: str, seed: int, startup: int = 3, search: Any = None) -> 
 def startup_count(opts: SearchOptions, budget: Any = None) -> int:
     """How many space-filling points a TPE search starts with: half the configurations the budget
     (or max_trials) affords, at least 3. Before that TPE has nothing to model."""
+    return max(3, spread_count(opts, budget) // 2)
+
+
+def spread_count(opts: SearchOptions, budget: Any = None) -> int:
+    """The configurations the budget (or max_trials) affords: how many space-filling points a
+    quasi-random search (SPREAD) draws; Optuna's random sampler draws any beyond."""
     search = opts.search
-    configurations = budget.configurations(search.reduction_factor) if budget is not None else (search.max_trials or 0)
-    return max(3, configurations // 2)
+    return budget.configurations(search.reduction_factor) if budget is not None else (search.max_trials or 0)
+
+
+def _space_filling(opts: SearchOptions, budget: Any = None) -> int:
+    """How many space-filling points `opts.search.algorithm` starts with after the baseline (0: none)."""
+    if SAMPLERS[opts.search.algorithm] in MODELLED:
+        return startup_count(opts, budget)
+    return spread_count(opts, budget) if opts.search.algorithm in SPREAD else 0
 
 
 def startup_points(space: Any, count: int, seed: int) -> list[dict[str, Any]]:
@@ -136,7 +154,7 @@ def first_points(opts: SearchOptions, space: Any, baseline: dict[str, Any] | Non
     """The configurations the search would start with after the baseline (for --dry-run)."""
     if opts.search.algorithm == "grid":
         return [p for p in grid_points(space) if p != baseline][:count]
-    if SAMPLERS[opts.search.algorithm] in MODELLED:
+    if SAMPLERS[opts.search.algorithm] in MODELLED or opts.search.algorithm in SPREAD:
         return startup_points(space, count, opts.search.seed)  # a prefix of what the search starts with
     return _drawn_points(space, count, opts.search.algorithm, opts.search.seed)
 
@@ -180,8 +198,9 @@ def build_search(opts: SearchOptions, space: Any, baseline: dict[str, Any] | Non
     if search.algorithm == "pbt":
         return _pbt_plan(opts, space, first)
 
-    if SAMPLERS[search.algorithm] in MODELLED:
-        first = first + startup_points(space, startup_count(opts, budget), search.seed)
+    spread = _space_filling(opts, budget)
+    if spread:
+        first = first + startup_points(space, spread, search.seed)
     searcher = OptunaSearch(space=space.define_by_run, metric=search.ranking_metric, mode=search.mode,
                             points_to_evaluate=[space.encode(p) for p in first],
                             sampler=sampler(search.algorithm, search.seed, startup=max(3, len(first)), search=search),

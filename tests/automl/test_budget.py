@@ -91,6 +91,41 @@ def test_the_search_starts_with_points_spread_over_the_space() -> None:
     assert startup_count(SearchOptions.build({"max_trials": 4})) == 3
 
 
+
+def _enqueued(plan) -> list[dict]:
+    """The points the plan's Optuna searcher starts with (under Ray's and the budget's wrappers)."""
+    searcher = plan.search_alg
+    while not hasattr(searcher, "_points_to_evaluate"):
+        searcher = searcher.searcher
+    return searcher._points_to_evaluate
+
+
+def test_hyperband_spreads_every_configuration_it_affords_and_random_stays_random(tmp_path) -> None:
+    """HyperBand is random search under early stopping: its configurations after the baseline are
+    the scrambled Sobol points (as many as the budget affords), so its first few cover each range
+    where independent draws may cluster near the spec's value. `random` keeps independent draws."""
+    from automl.algorithms import build_search, spread_count, startup_points
+
+    spec = _spec()
+    space = prioritise(centre(build_space(SCHEMA, spec=spec), spec, custom={}), configurations=8)
+    baseline = space.baseline(spec)
+    enqueued = {}
+    for algorithm in ("hyperband", "hyperband_es", "random", "bayesian"):
+        opts = SearchOptions.build({"algorithm": algorithm, "max_epochs": 20, "seed": 0, "max_concurrent": 2},
+                                   results_dir=str(tmp_path / algorithm))
+        budget = plan_budget(opts.search, 20, 1, 0)
+        enqueued[algorithm] = _enqueued(build_search(opts, space, baseline, budget))
+        assert enqueued[algorithm][0] == space.encode(baseline)
+        if algorithm.startswith("hyperband"):
+            count = spread_count(opts, budget)
+            assert count == budget.configurations(opts.search.reduction_factor) > 8
+            assert len(enqueued[algorithm]) == 1 + count
+    assert enqueued["hyperband"] == enqueued["hyperband_es"]
+    assert len(enqueued["random"]) == 1  # the baseline only
+    spread = [space.encode(p) for p in startup_points(space, len(enqueued["hyperband"]) - 1, seed=0)]
+    assert enqueued["hyperband"][1:] == spread
+    assert enqueued["bayesian"][1:] == spread[:len(enqueued["bayesian"]) - 1]  # TPE starts from a prefix of the same
+
 def _record(name: str, value: float, *, baseline: bool = False, of: str | None = None) -> TrialRecord:
     return TrialRecord(trial_id=name, name=name, params={}, status=FINISHED, best_value=value, best_epoch=4,
                        history=[{"epoch": 4, "val_miou": value}], is_baseline=baseline, recheck_of=of)
