@@ -149,7 +149,7 @@ def resume(results_dir: str | Path, *, echo: Echo = print, live: bool = False, a
 def _resume_search(layout: Layout, *, echo: Echo, live: bool, address: str | None, view: Any = None) -> SearchOutcome:
     from automl.probe import check_tracking_uri
     from automl.ray_session import RaySession
-    from automl.tracking import Tracker
+    from automl.tracking import Tracker, backfill_metrics
 
     state = SearchState.load(layout.root)
     if view is not None:
@@ -165,6 +165,9 @@ def _resume_search(layout: Layout, *, echo: Echo, live: bool, address: str | Non
     with RaySession(opts) as session:
         if state.mlflow_parent_run_id:
             tracker.reopen_run(state.mlflow_parent_run_id)
+            mended = backfill_metrics(state, tracker)
+            if mended:
+                echo(f"automl: epoch metrics the kill kept from MLflow written from the ledger: {', '.join(mended)}")
         state.status, state.driver_pid = RUNNING, os.getpid()
         state.save()
         echo(f"automl: resuming {opts.search.algorithm} search in {layout.root} ({len(state.trials)} trials recorded)")

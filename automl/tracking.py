@@ -222,6 +222,31 @@ class Tracker:
         return str(version.version)
 
 
+def backfill_metrics(state: SearchState, tracker: Tracker) -> list[str]:
+    """Write to MLflow the validated epochs the ledger holds and a trial's run lacks: epoch metrics are
+    buffered (`Tracker.log_metrics`), so a driver killed between a report and the next flush loses them
+    there, even for a trial the ledger already shows FINISHED. `automl resume` calls this before it goes
+    on. Returns the names of the trials whose runs were mended."""
+    mended = []
+    sign = 1.0 if state.mode == "max" else -1.0
+    for record in state.trials.values():
+        if not record.mlflow_run_id or not record.history:
+            continue
+        logged = {m.step for m in tracker.client.get_metric_history(record.mlflow_run_id, state.metric)}
+        best = None
+        for entry in record.history:
+            value = entry.get(state.metric)
+            if value is None:
+                continue
+            best = value if best is None or sign * value > sign * best else best
+            if int(entry["epoch"]) not in logged:
+                metrics = {k: v for k, v in entry.items() if k != "epoch"}
+                tracker.log_metrics(record.mlflow_run_id, {**metrics, f"best_{state.metric}": best}, step=int(entry["epoch"]))
+                if record.name not in mended:
+                    mended.append(record.name)
+    return mended
+
+
 def reconcile_interrupted(state: SearchState, tracker: Tracker,
                           reason: str = "interrupted: the driver stopped while this trial ran",
                           keep: Iterable[str] = ()) -> list[str]:

@@ -110,6 +110,36 @@ def test_epoch_metrics_are_written_in_batches_and_a_closed_run_has_them_all(tmp_
     assert closed.info.status == "FINISHED" and closed.data.tags["automl.best_epoch"] == "3"
 
 
+
+def test_a_resume_writes_the_epoch_metrics_a_kill_kept_from_mlflow(tmp_path, monkeypatch):
+    """A driver killed with epoch metrics still buffered: the ledger shows the trial FINISHED with
+    epochs 1-3, MLflow has epoch 1 only (seen in CI on a PostgreSQL server). The resume's backfill
+    writes epochs 2 and 3 from the ledger (real sqlite store), once: a second pass writes nothing."""
+    import automl.tracking as tracking
+    from automl.tracking import Tracker, backfill_metrics
+
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    killed = Tracker(store, tmp_path, "backfill")
+    parent = killed.start_parent("search", {}, {})
+    record = TrialRecord(trial_id="t1", name="trial_000", params={"lr": 0.1}, status=FINISHED,
+                         history=[{"epoch": 1, "val_miou": 0.3, "train_loss": 1.0}, {"epoch": 2, "val_miou": 0.5, "train_loss": 0.8},
+                                  {"epoch": 3, "val_miou": 0.4, "train_loss": 0.7}])
+    record.mlflow_run_id = killed.start_child(parent, record, {})
+    killed.log_metrics(record.mlflow_run_id, {"val_miou": 0.3}, step=1)
+    monkeypatch.setattr(tracking, "FLUSH_S", 3600.0)
+    killed.log_metrics(record.mlflow_run_id, {"val_miou": 0.5}, step=2, batched=True)  # buffered when the kill came
+    state = SearchState(results_dir=str(tmp_path), skill="segformer", algorithm="bayesian", metric="val_miou", mode="max",
+                        settings={}, mlflow_parent_run_id=parent)
+    state.trials["t1"] = record
+    tracker = Tracker(store, tmp_path, "backfill")  # the resuming driver's
+    assert backfill_metrics(state, tracker) == ["trial_000"]
+    history = tracker.client.get_metric_history(record.mlflow_run_id, "val_miou")
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.3), (2, 0.5), (3, 0.4)]
+    best = tracker.client.get_metric_history(record.mlflow_run_id, "best_val_miou")
+    assert sorted((m.step, m.value) for m in best) == [(2, 0.5), (3, 0.5)]  # the best so far, as the search logged it
+    assert [m.step for m in tracker.client.get_metric_history(record.mlflow_run_id, "train_loss")] == [2, 3]
+    assert backfill_metrics(state, tracker) == []
+
 def test_a_trial_lost_to_a_kill_is_taken_over_by_the_same_configuration(tmp_path):
     """A trial Ray's saved state did not know is marked lost on resume; when the restored searcher
     proposes its configuration again, the new Ray trial gets its name (folder, latest checkpoint) and
