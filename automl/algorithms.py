@@ -102,7 +102,8 @@ def startup_count(opts: SearchOptions, budget: Any = None) -> int:
 
 def spread_count(opts: SearchOptions, budget: Any = None) -> int:
     """The configurations the budget (or max_trials) affords: how many space-filling points a
-    quasi-random search (SPREAD) draws, up to SPREAD_MAX; Optuna's random sampler draws any beyond."""
+    quasi-random search (SPREAD) draws (`_space_filling` caps them at SPREAD_MAX; Optuna's random
+    sampler draws any beyond)."""
     search = opts.search
     return budget.configurations(search.reduction_factor) if budget is not None else (search.max_trials or 0)
 

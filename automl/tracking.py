@@ -228,7 +228,6 @@ def backfill_metrics(state: SearchState, tracker: Tracker) -> list[str]:
     there, even for a trial the ledger already shows FINISHED. `automl resume` calls this before it goes
     on. Returns the names of the trials whose runs were mended."""
     mended = []
-    sign = 1.0 if state.mode == "max" else -1.0
     for record in state.trials.values():
         if not record.mlflow_run_id or not record.history:
             continue
@@ -238,7 +237,7 @@ def backfill_metrics(state: SearchState, tracker: Tracker) -> list[str]:
             value = entry.get(state.metric)
             if value is None:
                 continue
-            best = value if best is None or sign * value > sign * best else best
+            best = value if state.better(value, best) else best
             if int(entry["epoch"]) not in logged:
                 metrics = {k: v for k, v in entry.items() if k != "epoch"}
                 tracker.log_metrics(record.mlflow_run_id, {**metrics, f"best_{state.metric}": best}, step=int(entry["epoch"]))

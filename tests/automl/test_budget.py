@@ -91,7 +91,6 @@ def test_the_search_starts_with_points_spread_over_the_space() -> None:
     assert startup_count(SearchOptions.build({"max_trials": 4})) == 3
 
 
-
 def _enqueued(plan) -> list[dict]:
     """The points the plan's Optuna searcher starts with (under Ray's and the budget's wrappers)."""
     searcher = plan.search_alg
@@ -125,6 +124,7 @@ def test_hyperband_spreads_every_configuration_it_affords_and_random_stays_rando
     spread = [space.encode(p) for p in startup_points(space, len(enqueued["hyperband"]) - 1, seed=0)]
     assert enqueued["hyperband"][1:] == spread
     assert enqueued["bayesian"][1:] == spread[:len(enqueued["bayesian"]) - 1]  # TPE starts from a prefix of the same
+
 
 def _record(name: str, value: float, *, baseline: bool = False, of: str | None = None) -> TrialRecord:
     return TrialRecord(trial_id=name, name=name, params={}, status=FINISHED, best_value=value, best_epoch=4,

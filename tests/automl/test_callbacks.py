@@ -110,7 +110,6 @@ def test_epoch_metrics_are_written_in_batches_and_a_closed_run_has_them_all(tmp_
     assert closed.info.status == "FINISHED" and closed.data.tags["automl.best_epoch"] == "3"
 
 
-
 def test_a_resume_writes_the_epoch_metrics_a_kill_kept_from_mlflow(tmp_path, monkeypatch):
     """A driver killed with epoch metrics still buffered: the ledger shows the trial FINISHED with
     epochs 1-3, MLflow has epoch 1 only (seen in CI on a PostgreSQL server). The resume's backfill
@@ -139,6 +138,7 @@ def test_a_resume_writes_the_epoch_metrics_a_kill_kept_from_mlflow(tmp_path, mon
     assert sorted((m.step, m.value) for m in best) == [(2, 0.5), (3, 0.5)]  # the best so far, as the search logged it
     assert [m.step for m in tracker.client.get_metric_history(record.mlflow_run_id, "train_loss")] == [2, 3]
     assert backfill_metrics(state, tracker) == []
+
 
 def test_a_trial_lost_to_a_kill_is_taken_over_by_the_same_configuration(tmp_path):
     """A trial Ray's saved state did not know is marked lost on resume; when the restored searcher
