@@ -53,14 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--backbones", help="comma-separated model.backbone.type options to search (e.g. mit_b0,mit_b1)")
     deploy.add_argument("--img-sizes", help="comma-separated dataset.segment.img_size options (the export follows it)")
     deploy.add_argument("--embed-dims", help="comma-separated decoder embed_dim options")
-    deploy.add_argument("--precisions", help="comma-separated deploy precisions: fp32, int8 (fp16 on a GPU)")
+    deploy.add_argument("--precisions", help="comma-separated deploy precisions: fp32, int8 (fp16 with --latency-runtime tensorrt)")
     deploy.add_argument("--pretrained", action="append", metavar="BACKBONE=PATH",
                         help="local pretrained weights of a searched backbone (repeat per backbone)")
     deploy.add_argument("--max-latency-ms", type=float, help="hard latency limit on the deployment runtime")
     deploy.add_argument("--max-latency-ratio", type=float,
                         help="the limit as a share of your spec's own model's latency (0.5: twice as fast)")
     deploy.add_argument("--latency-runtime", choices=("onnxruntime", "torch", "tensorrt"),
-                        help="where latency is measured (default onnxruntime on the CPU)")
+                        help="where latency is measured (default onnxruntime on the CPU; tensorrt: on the GPU, needs TensorRT)")
     deploy.add_argument("--latency-batch", type=int, help="batch size latency is measured at (default 1)")
     deploy.add_argument("--latency-threads", type=int, help="threads latency is measured with (default: every core)")
     deploy.add_argument("--objectives", help="val_miou:max,latency_ms:min (or the cost alone): promote from the Pareto front "

@@ -311,6 +311,9 @@ def _check_deploy(s: SearchConfig) -> None:
         if key == PRECISION_KEY:
             bad = [o for o in options if o not in PRECISIONS]
             _check(not bad, f"{key} options {bad} are not precisions; use {', '.join(PRECISIONS)}")
+            _check("fp16" not in options or s.latency_runtime == "tensorrt",
+                   f"{key} fp16 is a GPU precision, timed on TensorRT: add --latency-runtime tensorrt "
+                   f"(latency_runtime), or search fp32 and int8 on {s.latency_runtime}")
         elif key != "model.backbone.type":
             _check(all(isinstance(o, int) and not isinstance(o, bool) and o >= 32 for o in options),
                    f"{key} options must be integers >= 32, got {options!r}")

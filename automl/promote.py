@@ -71,18 +71,10 @@ def _action(name: str) -> tuple[Any, str | None]:
 
 
 def _tensorrt_missing() -> str | None:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return "skipped: TensorRT not available (install the tensorrt extra on a machine with an NVIDIA GPU)"
-    try:
-        import torch
+    from segformer.deploy._deps import tensorrt_unavailable
 
-        if not torch.cuda.is_available():
-            return "skipped: TensorRT not available (no CUDA GPU)"
-    except ImportError:
-        pass
-    return None
+    reason = tensorrt_unavailable()
+    return None if reason is None else f"skipped: {reason}"
 
 
 def _result_dict(result: Any) -> dict[str, Any]:
@@ -253,13 +245,14 @@ def prepare(state: SearchState, record: TrialRecord, options: PromotionConfig = 
     onnx = _promoted_onnx(best_dir)
     if onnx is not None:  # the ONNX model exists now: quantize (ONNX backends) and gen_trt_engine take it
         cfg = chain_spec(cfg, best_dir, onnx)
-    step("quantize", options.quantize, lambda c: {"quantize.results_dir": str(best_dir / "quantize"),
-                                                 "quantize.device": "cpu" if _no_cuda() else c.quantize.device},
-         precheck=_precision_skip(state, record))
+    quantized = step("quantize", options.quantize, lambda c: {"quantize.results_dir": str(best_dir / "quantize"),
+                                                             "quantize.device": "cpu" if _no_cuda() else c.quantize.device},
+                     precheck=_precision_skip(state, record))
     trt_reason = _tensorrt_missing()
     if trt_reason is None and onnx is None:
         trt_reason = "skipped: no ONNX model to build from (export did not run)"
-    step("gen_trt_engine", options.trt, lambda c: {"gen_trt_engine.results_dir": str(best_dir / "gen_trt_engine")},
+    step("gen_trt_engine", options.trt, lambda c: {"gen_trt_engine.results_dir": str(best_dir / "gen_trt_engine"),
+                                                   **_engine_as_timed(state, record, quantized)},
          precheck=trt_reason)
     report["timing"] = {"started_at": round(started, 3), "ended_at": round(time.time(), 3)}
     return report
@@ -298,9 +291,25 @@ def _precision_skip(state: SearchState, record: TrialRecord) -> str | None:
 
     allowed = ((state.settings.get("search") or {}).get("structure") or {}).get("deploy.precision")
     chosen = precision_of(record.latency)
-    if allowed and chosen == "fp32":
-        return "skipped: the deploy precision is fp32 (the most accurate of --precisions within the latency limit)"
+    if allowed and chosen in ("fp32", "fp16"):
+        return (f"skipped: the deploy precision is {chosen} (the most accurate of --precisions within the latency "
+                "limit)" + ("; TensorRT builds it from the float model" if chosen == "fp16" else ""))
     return None
+
+
+def _engine_as_timed(state: SearchState, record: TrialRecord, quantized: Any) -> dict[str, Any]:
+    """gen_trt_engine's precision and input where the search timed its trials on TensorRT: the
+    engine is built as it was timed (int8 from the quantize step's QDQ model, as the search's own
+    int8 timing built it); otherwise the spec's gen_trt_engine settings stand."""
+    from automl.deploy import precision_of
+
+    chosen = precision_of(record.latency)
+    if (state.settings.get("search") or {}).get("latency_runtime") != "tensorrt" or chosen is None:
+        return {}
+    out: dict[str, Any] = {"gen_trt_engine.tensorrt.data_type": chosen}
+    if chosen == "int8" and quantized is not None and getattr(quantized, "backend", None) == "onnxruntime":
+        out["gen_trt_engine.onnx_file"] = str(quantized.artifact)
+    return out
 
 
 class EarlyPromotion:

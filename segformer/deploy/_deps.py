@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["MissingDependencyError", "require", "TENSORRT_HINT", "QUANT_HINT"]
+__all__ = ["MissingDependencyError", "require", "tensorrt_unavailable", "TENSORRT_HINT", "QUANT_HINT"]
 
 TENSORRT_HINT = (
     "pip install 'segformer-automl[tensorrt]' (the tensorrt wheels download their libraries from "
@@ -33,3 +33,16 @@ def require(module: str, *, purpose: str, hint: str) -> ModuleType:
             f"{purpose} needs the Python package '{module}', which is not importable ({err}); "
             f"install it with: {hint}"
         ) from err
+
+
+def tensorrt_unavailable() -> str | None:
+    """Why TensorRT cannot run here (its package, or a CUDA GPU, is missing), or None when it can."""
+    try:
+        importlib.import_module("tensorrt")
+    except ImportError:  # also a broken install (missing shared libraries)
+        return "TensorRT is not installed (pip install 'segformer-automl[tensorrt]' on a machine with an NVIDIA GPU)"
+    try:
+        import torch
+    except ImportError:
+        return None
+    return None if torch.cuda.is_available() else "TensorRT needs a CUDA GPU and none is visible"

@@ -9,7 +9,9 @@ random inputs: the values do not change the speed) and times it on the target:
 
 - ``onnxruntime`` (the default, CPU): a session with ``threads`` intra-op threads;
 - ``torch``: the eager model (fp32 only) with ``torch.set_num_threads(threads)``;
-- ``tensorrt``: needs TensorRT and a GPU; refused with the reason otherwise.
+- ``tensorrt``: an engine built at the precision (fp32, fp16, or int8 from the QDQ model), timed on
+  the first CUDA GPU on inputs already there; needs TensorRT and a GPU, refused with the reason
+  otherwise. fp16 is timed on TensorRT only.
 
 The latency is the median of ``runs`` timed calls after ``warmup`` untimed ones, batch ``batch``,
 in each of `PASSES` passes made apart (the median pass counts: `measure_many`);
@@ -83,10 +85,12 @@ def _check(arch: dict[str, Any], target: Target) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"{PRECISION_KEY} {precision!r} is not one of {', '.join(PRECISIONS)}")
     if target.runtime == "tensorrt":
-        from segformer.deploy._deps import TENSORRT_HINT
+        from segformer.deploy._deps import tensorrt_unavailable
 
-        raise ValueError(f"latency on TensorRT needs TensorRT and a GPU, which this machine lacks ({TENSORRT_HINT}); "
-                         "time on onnxruntime (the CPU) or torch instead")
+        reason = tensorrt_unavailable()
+        if reason:
+            raise ValueError(f"latency on TensorRT: {reason}; time on onnxruntime (the CPU) or torch instead")
+        return
     if precision == "fp16":
         raise ValueError(f"{PRECISION_KEY} fp16 is a GPU precision (TensorRT); on {target.runtime} on the CPU time fp32 or int8")
     if target.runtime == "torch" and precision != "fp32":
@@ -187,6 +191,8 @@ def _prepared(cfg: Any, target: Target, precision: str, work: Path) -> tuple[dic
         onnx_file = work / "model_int8.onnx"
         quantize_onnx_static(work / "model.onnx", onnx_file, batches)
     record["model_mb"] = onnx_file.stat().st_size / 2**20
+    if target.runtime == "tensorrt":
+        return record, _tensorrt_loader(onnx_file, precision, target, work, record)
     if target.runtime == "torch":
         @torch.no_grad()
         def forward() -> Any:
@@ -212,6 +218,52 @@ def _prepared(cfg: Any, target: Target, precision: str, work: Path) -> tuple[dic
         return (lambda: holder[0].run(None, feed)), holder.clear  # cleared: the session and its threads go
 
     return record, load_onnx
+
+
+def _tensorrt_loader(onnx_file: Path, precision: str, target: Target, work: Path, record: dict[str, Any]) -> Any:
+    """Build a TensorRT engine of `onnx_file` at `precision` (int8: the QDQ model's own scales, as
+    gen_trt_engine builds from the quantize action's model) and return its loader. What is timed is
+    one enqueue of the engine on its own stream and the wait for it, on inputs already on the GPU:
+    the engine's latency, as trtexec's GPU compute time counts it, without the host copies that a
+    DeepStream pipeline does not make."""
+    import torch
+
+    from segformer.deploy.trt import build_engine, engine_io, import_tensorrt
+
+    trt = import_tensorrt()
+    engine_file, _, _ = build_engine(onnx_file, work / "model.engine", data_type=precision, batch_size=target.batch)
+    record["model_mb"] = engine_file.stat().st_size / 2**20  # the engine is what deploys
+    record["device"] = torch.cuda.get_device_name(0)
+
+    def load_trt() -> tuple[Any, Any]:
+        logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(logger)
+        engine = runtime.deserialize_cuda_engine(engine_file.read_bytes())
+        if engine is None:
+            raise RuntimeError(f"TensorRT could not load the engine it built from {onnx_file}")
+        context = engine.create_execution_context()
+        io = engine_io(engine, trt)
+        device = torch.device("cuda:0")
+        x = torch.randn(target.batch, *io.input_shape[1:], device=device)
+        context.set_input_shape(io.input_name, tuple(x.shape))
+        y = torch.empty(tuple(context.get_tensor_shape(io.output_name)), device=device)
+        context.set_tensor_address(io.input_name, x.data_ptr())
+        context.set_tensor_address(io.output_name, y.data_ptr())
+        stream = torch.cuda.Stream(device)
+        held = [runtime, engine, context, x, y, stream]
+
+        def call() -> None:
+            if not context.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError(f"TensorRT failed to run the engine built from {onnx_file}")
+            stream.synchronize()
+
+        def release() -> None:
+            held.clear()
+            torch.cuda.empty_cache()
+
+        return call, release
+
+    return load_trt
 
 
 class LatencyCache:

@@ -6,6 +6,7 @@ with ONNX Runtime and timed in a real session; the searches run Ray, Optuna and 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -51,10 +52,47 @@ def test_latency_is_measured_on_onnxruntime_and_cached(data, tmp_path) -> None:
     assert int8["model_mb"] < fp32["model_mb"] / 2  # int8 weights: a quarter of the float file, plus the graph
     # four times the pixels: about four times the operations (counted, not timed)
     assert measure(_cfg(data, "dataset.segment.img_size=64"), target)["gflops"] > 3 * fp32["gflops"]
-    with pytest.raises(ValueError, match="TensorRT"):
-        measure(_cfg(data), Target(runtime="tensorrt"))
+    if importlib.util.find_spec("tensorrt") is None:
+        with pytest.raises(ValueError, match="latency on TensorRT: TensorRT is not installed"):
+            measure(_cfg(data), Target(runtime="tensorrt"))
     with pytest.raises(ValueError, match="fp16 is a GPU precision"):
         measure(_cfg(data), target, "fp16")
+
+
+def test_a_search_timed_on_tensorrt_builds_its_engine_as_timed(tmp_path) -> None:
+    """Promotion's gen_trt_engine follows the precision the search chose on TensorRT (int8 from
+    the quantize step's QDQ model); a search timed elsewhere leaves the spec's engine settings."""
+    from automl.promote import _engine_as_timed, _precision_skip
+    from automl.state import SearchState, TrialRecord
+    from segformer.actions.quantize import QuantizeResult
+
+    def state(runtime: str) -> SearchState:
+        return SearchState(results_dir=str(tmp_path), skill="segformer", algorithm="random", metric="val_miou", mode="max",
+                           settings={"search": {"latency_runtime": runtime,
+                                                "structure": {"deploy.precision": ["fp32", "fp16", "int8"]}}})
+
+    def trial(bits: float) -> TrialRecord:
+        return TrialRecord(trial_id="t0", name="trial_000", params={}, latency={"latency_ms": 1.0, "precision_bits": bits})
+
+    qdq = QuantizeResult(artifact=Path("best/quantize/model_int8.onnx"), backend="onnxruntime", float_miou=None,
+                         quantized_miou=None, float_bytes=4, quantized_bytes=1, report_file=Path("r.json"),
+                         results_dir=Path("best/quantize"))
+    assert _engine_as_timed(state("tensorrt"), trial(16), None) == {"gen_trt_engine.tensorrt.data_type": "fp16"}
+    assert _engine_as_timed(state("tensorrt"), trial(8), qdq) == {"gen_trt_engine.tensorrt.data_type": "int8",
+                                                                 "gen_trt_engine.onnx_file": str(qdq.artifact)}
+    assert _engine_as_timed(state("onnxruntime"), trial(8), qdq) == {}
+    assert "fp16" in _precision_skip(state("tensorrt"), trial(16)) and _precision_skip(state("tensorrt"), trial(8)) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None, reason="TensorRT is not installed")
+def test_latency_is_measured_on_tensorrt_at_each_precision(data) -> None:
+    records = {p: measure(_cfg(data, "dataset.segment.img_size=64"), Target(runtime="tensorrt", runs=5, warmup=2), p)
+               for p in ("fp32", "fp16", "int8")}
+    for precision, record in records.items():
+        assert record["runtime"] == "tensorrt" and record["architecture"]["precision"] == precision
+        assert 0 < record["latency_ms"] <= record["latency_p90_ms"] and record["device"]
+    assert records["fp16"]["model_mb"] < records["fp32"]["model_mb"]  # the engine's weights in half precision
 
 
 def test_each_architecture_deploys_at_the_most_accurate_precision_within_the_limit() -> None:
