@@ -42,6 +42,7 @@ The latency limit (``--max-latency-ms``)
 from __future__ import annotations
 
 import itertools
+import statistics
 from typing import Any, Callable, Mapping
 
 from automl.layout import Layout
@@ -232,20 +233,50 @@ def premeasure(opts: Any, space: Any, baseline: Mapping[str, Any] | None, echo: 
         records = measured.lookup_many([(config(values, precision), precision) for values, precision in wanted])
     except (ValueError, RuntimeError) as err:
         raise SearchError(f"latency cannot be measured: {err}") from None
-    if s.max_latency_ratio is not None:
-        own, ratio = records.pop()["latency_ms"], s.max_latency_ratio
+    reference = records.pop() if s.max_latency_ratio is not None else None
+    if reference is not None:
+        own, ratio = reference["latency_ms"], s.max_latency_ratio
         opts = opts.with_values(max_latency_ms=round(ratio * own, 3), max_latency_ratio=None)
         s = opts.search
         echo(f"automl: latency limit {s.max_latency_ms:g} ms: {ratio:g} x the spec's own model ({own:.2f} ms at fp32)")
     echo(f"automl: latency on {target(s).describe()}{f', limit {s.max_latency_ms:g} ms' if s.max_latency_ms else ''}:")
     for record in records:
         echo("  " + describe(record, s.max_latency_ms))
+    warning = noisy_timing(records, reference)
+    if warning:
+        echo(f"automl: latency: {warning}")
     if complete and s.max_latency_ms is not None and all(r["latency_ms"] > s.max_latency_ms for r in records):
         fastest = min(records, key=lambda r: r["latency_ms"])
         raise SearchError(f"no architecture the search may try meets --max-latency-ms {s.max_latency_ms:g}: the fastest, "
                           f"{describe(fastest)}; raise the limit, or offer smaller structures (--backbones, --img-sizes, "
                           f"--embed-dims, --precisions int8)")
     return opts
+
+
+NOISY = 1.5  # an architecture whose median pass is this much slower than its fastest was timed on a busy machine
+
+
+def noisy_timing(records: list[Mapping[str, Any]], reference: Mapping[str, Any] | None = None) -> str | None:
+    """A warning when some architecture was slow in most of its passes (its median pass more than
+    `NOISY` times its fastest, which is its latency): something else ran on the machine meanwhile,
+    and its fastest pass may have been disturbed too. Seen on a shared 2-core VM: the spec's own
+    model at 11.3, 5.8 and 10.7 ms, where a quiet minute timed it at 5.0. None when the passes agree."""
+    def spread(record: Mapping[str, Any]) -> float:
+        passes = [p for p in record.get("passes_ms") or [] if p > 0]
+        return statistics.median(passes) / min(passes) if len(passes) > 1 else 1.0
+
+    noisy = [r for r in records if spread(r) > NOISY]
+    if reference is not None and spread(reference) > NOISY:
+        passes = ", ".join(f"{p:.2f}" for p in reference["passes_ms"])
+        return (f"the spec's own model, which the limit is a share of, took {passes} ms in its passes: something else "
+                f"ran on this machine while it was timed, so the limit is uncertain ({len(noisy)} of {len(records)} "
+                "architectures were timed as unevenly); time on a quiet machine, or give --max-latency-ms")
+    if not noisy:
+        return None
+    worst = max(noisy, key=spread)
+    return (f"{len(noisy)} of {len(records)} architectures were slow in most of their passes (up to {spread(worst):.1f}x "
+            f"their fastest: {describe(worst).split(':')[0]}): something else ran on this machine while they were timed, "
+            "so their latencies are uncertain; time on a quiet machine")
 
 
 def plan_line(s: SearchConfig) -> str:
