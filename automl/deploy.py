@@ -275,7 +275,7 @@ def noisy_timing(records: list[Mapping[str, Any]], reference: Mapping[str, Any] 
         return None
     worst = max(noisy, key=spread)
     return (f"{len(noisy)} of {len(records)} architectures were slow in most of their passes (up to {spread(worst):.1f}x "
-            f"their fastest: {describe(worst).split(':')[0]}): something else ran on this machine while they were timed, "
+            f"their fastest: {_label(worst)}): something else ran on this machine while they were timed, "
             "so their latencies are uncertain; time on a quiet machine")
 
 
@@ -287,9 +287,13 @@ def plan_line(s: SearchConfig) -> str:
             f"of {', '.join(precisions(s))} within the limit")
 
 
-def describe(rec: Mapping[str, Any], limit: float | None = None) -> str:
+def _label(rec: Mapping[str, Any]) -> str:
     arch = rec["architecture"]
+    return f"{arch['backbone']} {arch['input'][1]}x{arch['input'][2]} embed {arch['embed_dim']} {arch['precision']}"
+
+
+def describe(rec: Mapping[str, Any], limit: float | None = None) -> str:
     over = "" if limit is None else ("  over the limit" if rec["latency_ms"] > limit else "  ok")
-    return (f"{arch['backbone']} {arch['input'][1]}x{arch['input'][2]} embed {arch['embed_dim']} {arch['precision']}: "
+    return (f"{_label(rec)}: "
             f"{rec['latency_ms']:.2f} ms (p90 {rec['latency_p90_ms']:.2f}), {rec['params_m']:.2f} M params, "
             f"{rec['gflops']:.2f} GFLOPs, {rec['model_mb']:.1f} MB{over}")

@@ -232,32 +232,27 @@ def _tensorrt_loader(onnx_file: Path, precision: str, target: Target, work: Path
     DeepStream pipeline does not make."""
     import torch
 
-    from segformer.deploy.trt import build_engine, engine_io, import_tensorrt
+    from segformer.deploy.runtime import TrtPredictor
+    from segformer.deploy.trt import build_engine
 
-    trt = import_tensorrt()
     engine_file, _, _ = build_engine(onnx_file, work / "model.engine", data_type=precision, batch_size=target.batch)
     record["model_mb"] = engine_file.stat().st_size / 2**20  # the engine is what deploys
     record["device"] = torch.cuda.get_device_name(0)
 
     def load_trt() -> tuple[Any, Any]:
-        logger = trt.Logger(trt.Logger.WARNING)
-        runtime = trt.Runtime(logger)
-        engine = runtime.deserialize_cuda_engine(engine_file.read_bytes())
-        if engine is None:
-            raise RuntimeError(f"TensorRT could not load the engine it built from {onnx_file}")
-        context = engine.create_execution_context()
-        io = engine_io(engine, trt)
-        device = torch.device("cuda:0")
+        engine = TrtPredictor(engine_file)  # the inference runtime's own loading, on cuda:0
+        context, io, device = engine.context, engine.io, engine.device
         x = torch.randn(target.batch, *io.input_shape[1:], device=device)
         context.set_input_shape(io.input_name, tuple(x.shape))
         y = torch.empty(tuple(context.get_tensor_shape(io.output_name)), device=device)
         context.set_tensor_address(io.input_name, x.data_ptr())
         context.set_tensor_address(io.output_name, y.data_ptr())
-        stream = torch.cuda.Stream(device)
-        held = [runtime, engine, context, x, y, stream]
+        # everything the GPU holds, reached only through `held`, so that the release frees it at once
+        held = {"engine": engine, "buffers": (x, y), "stream": torch.cuda.Stream(device)}
 
         def call() -> None:
-            if not context.execute_async_v3(stream.cuda_stream):
+            stream = held["stream"]
+            if not held["engine"].context.execute_async_v3(stream.cuda_stream):
                 raise RuntimeError(f"TensorRT failed to run the engine built from {onnx_file}")
             stream.synchronize()
 
