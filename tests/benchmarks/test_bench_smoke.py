@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from benchmarks.common import SearchRun, epoch_events, format_machine, machine_info, median, replace_section
 from benchmarks.search_efficiency import band, best_curve, epochs_to_reach
 from benchmarks.search_overhead import breakdown
@@ -147,7 +149,7 @@ def test_demo_wall_render_states_the_quick_exit_share():
 def test_realdata_labels_tiles_and_splits():
     import numpy as np
 
-    from benchmarks.realdata import binary, boundary, by_frame, by_row, tiles
+    from benchmarks.realdata import binary, boundary, by_band, by_frame, by_row, tiles
 
     instances = np.zeros((6, 8), dtype=np.uint16)
     instances[1:5, 1:4] = 7  # a 4x3 object next to
@@ -160,6 +162,38 @@ def test_realdata_labels_tiles_and_splits():
     splits = [by_frame(f, 0, 20) for f in range(20)]
     assert splits.count("train") == 14 and splits[14:17] == ["val"] * 3 and splits[17:] == ["test"] * 3
     assert [by_row(0, r, 1) for r in range(4)] == ["train", "train", "val", "test"]
+    assert [by_band(0, r, 1) for r in range(11)] == ["train"] * 4 + ["val", "test", "val"] + ["train"] * 4
+
+
+def test_realdata_reads_a_colour_image_and_an_npz_mask_from_a_wheel(tmp_path):
+    """histolytics ships its H&E field as a JPEG and its class mask as an .npz: both come out of the
+    archive as one frame, the colour image untouched by the fluorescence stretch."""
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks.realdata import as_is, read_stack, to_uint8
+
+    rgb = np.zeros((4, 6, 3), dtype=np.uint8)
+    rgb[..., 0], rgb[..., 2] = 200, 90
+    classes = np.arange(24, dtype=np.int32).reshape(4, 6) % 4
+    png, npz, two = io.BytesIO(), io.BytesIO(), io.BytesIO()
+    Image.fromarray(rgb).save(png, format="PNG")
+    np.savez(npz, nuc_raster=classes)
+    np.savez(two, a=classes, b=classes)
+    wheel = tmp_path / "data.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("pkg/he.png", png.getvalue())
+        archive.writestr("pkg/types.npz", npz.getvalue())
+        archive.writestr("pkg/two.npz", two.getvalue())
+    images, masks = read_stack(wheel, "pkg/he.png"), read_stack(wheel, "pkg/types.npz")
+    assert images.shape == (1, 4, 6, 3) and masks.shape == (1, 4, 6)
+    assert (to_uint8(images[0]) == rgb).all()
+    assert as_is(masks[0]).dtype == np.uint8 and (as_is(masks[0]) == classes).all()
+    with pytest.raises(SystemExit, match="two.npz holds"):
+        read_stack(wheel, "pkg/two.npz")
 
 
 def test_search_quality_counts_epochs_from_status_files_and_renders(tmp_path):
