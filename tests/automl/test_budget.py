@@ -53,8 +53,10 @@ def test_small_budgets_search_the_optimizer_first_around_the_spec() -> None:
     spec = _spec()
     space = centre(build_space(SCHEMA, spec=spec), spec, custom={})
     lr = space["train.optim.lr"]
-    assert lr.log and lr.low == pytest.approx(0.0002) and lr.high == pytest.approx(0.01)  # x/10 .. x10, inside the schema's 0.01
-    assert "centred on the spec's 0.002" in lr.source
+    assert lr.log and lr.low == pytest.approx(0.002 / 10**1.5) and lr.high == pytest.approx(0.01)  # x/31.6 .. x31.6, inside the schema's 0.01
+    assert "centred on the spec's 0.002 (x/31.6 .. x31.6)" in lr.source
+    decay = space["train.optim.weight_decay"]
+    assert decay.low == pytest.approx(0.01 / 10**1.5) and decay.high == pytest.approx(0.1)  # x31.6 is past the schema's 0.1
     momentum = space["train.optim.momentum"]
     assert momentum.low == pytest.approx(0.8525) and momentum.high == pytest.approx(0.9475)  # 0.9 +/- (0.99-0.8)/4
     small = prioritise(space, configurations=30)
