@@ -118,7 +118,9 @@ def binary(instances: np.ndarray) -> np.ndarray:
 
 
 def as_is(classes: np.ndarray) -> np.ndarray:
-    """A semantic mask whose values are already the class ids."""
+    """A semantic mask whose values are already the class ids (`build` checks them against the classes)."""
+    if classes.size and (classes.min() < 0 or classes.max() > 255):
+        raise SystemExit(f"a class-id mask holds {classes.min()}..{classes.max()}: not 8-bit class ids")
     return classes.astype(np.uint8)
 
 
@@ -204,6 +206,9 @@ def build(dataset: Dataset, out: Path, wheels: Path, epochs: int) -> Path:
     frames, height, width = images.shape[:3]
     for frame in range(frames):
         image, labels = to_uint8(images[frame]), dataset.labels(instances[frame])
+        if labels.max() >= len(dataset.classes):
+            raise SystemExit(f"{wheel}: {dataset.source.mask} frame {frame} holds class id {labels.max()}, "
+                             f"but {dataset.name} has {len(dataset.classes)} classes ({', '.join(dataset.classes)})")
         for top, left in tiles(height, width, dataset.tile):
             split = dataset.split(frame, top // dataset.tile, frames)
             name = f"f{frame:02d}_y{top:04d}_x{left:04d}"

@@ -174,7 +174,7 @@ def test_realdata_reads_a_colour_image_and_an_npz_mask_from_a_wheel(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from benchmarks.realdata import as_is, read_stack, to_uint8
+    from benchmarks.realdata import Dataset, Source, as_is, build, by_row, read_stack, to_uint8
 
     rgb = np.zeros((4, 6, 3), dtype=np.uint8)
     rgb[..., 0], rgb[..., 2] = 200, 90
@@ -194,6 +194,16 @@ def test_realdata_reads_a_colour_image_and_an_npz_mask_from_a_wheel(tmp_path):
     assert as_is(masks[0]).dtype == np.uint8 and (as_is(masks[0]) == classes).all()
     with pytest.raises(SystemExit, match="two.npz holds"):
         read_stack(wheel, "pkg/two.npz")
+    with pytest.raises(SystemExit, match="not 8-bit class ids"):
+        as_is(classes * 100)
+    # a mask with more classes than the dataset names stops the build before a tile is written
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    wheel.rename(wheels / "pkg-1.0-py3-none-any.whl")
+    two_classes = Dataset("he", Source("pkg==1.0", "pkg/he.png", "pkg/types.npz"), ("a", "b"), as_is, 2, by_row)
+    with pytest.raises(SystemExit, match="frame 0 holds class id 3, but he has 2 classes"):
+        build(two_classes, tmp_path / "out", wheels, epochs=1)
+    assert not (tmp_path / "out").exists()
 
 
 def test_search_quality_counts_epochs_from_status_files_and_renders(tmp_path):
