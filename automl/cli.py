@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 from automl.layout import Layout
 from automl.options import ALGORITHMS
+from segformer.errors import SegformerError
 from automl.signals import EXIT_INTERRUPTED, flush_streams, interrupt_on_sigterm, stop_descendants
 
 
@@ -77,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
                                     "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token")
     run.add_argument("--num-cpus", type=int, help="local Ray: CPUs to use (default: all)")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///RESULTS_DIR/mlflow.db)")
-    run.add_argument("--results-dir", default="automl_results", help="search folder (default ./automl_results)")
+    run.add_argument("--results-dir", help="search folder (default: a results_dir=PATH override, else the spec's "
+                                           "results_dir, else ./automl_results)")
     run.add_argument("--dry-run", action="store_true", help="print the space and the first trials, train nothing")
     run.add_argument("--live", action="store_true", help="also print a line per trial event")
     run.add_argument("--no-progress", action="store_true",
@@ -126,15 +128,47 @@ def _cmd_run(args: argparse.Namespace) -> int:
                          ("skip_quantize", "quantize"), ("skip_trt", "trt")):
         if getattr(args, flag):
             cli[option] = False
+    results_dir, overrides = search_folder(args.results_dir, args.spec, args.overrides)
     opts = options_from_settings(
-        load_settings(args.settings) if args.settings else None, cli, results_dir=args.results_dir, spec=args.spec,
-        overrides=tuple(args.overrides), skill=None if args.skill_dir else (args.skill or "segformer"),
+        load_settings(args.settings) if args.settings else None, cli, results_dir=results_dir, spec=args.spec,
+        overrides=overrides, skill=None if args.skill_dir else (args.skill or "segformer"),
         skill_dir=args.skill_dir, policy=args.policy,
     )
     outcome = run(opts, dry_run=args.dry_run, live=args.live, progress=not args.no_progress)
     if outcome.mode == "search" and (outcome.best is None or outcome.stopped_by_failures):
         return 1  # nothing trained, or the failure limit ended the search (results so far are kept)
     return 0
+
+
+def search_folder(flag: str | None, spec: str | None, overrides: list[str] | tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """Where the search writes, as a TAO user expects it: --results-dir, else a `results_dir=PATH`
+    override (the way every `segformer` action is pointed elsewhere), else the spec's own top-level
+    results_dir, else ./automl_results. A `results_dir=` override is taken out of the trials'
+    overrides: each trial writes under the search folder, and ${results_dir} in the spec must
+    resolve to the trial's folder, not to the one the user named. Says where on stdout when the
+    folder did not come from the flag."""
+    from segformer.config.loader import _parse_value, read_spec
+
+    named = [o for o in overrides if str(o).partition("=")[0].strip() == "results_dir"]
+    rest = tuple(o for o in overrides if o not in named)
+    if flag:
+        if named and str(_parse_value(named[-1].partition("=")[2]) or "") not in ("", flag):
+            print(f"automl: {named[-1]} is overridden by --results-dir {flag}")
+        return flag, rest
+    if named:
+        value = _parse_value(named[-1].partition("=")[2])
+        if value not in (None, ""):
+            print(f"automl: search folder {value} (from {named[-1]})")
+            return str(value), rest
+    if spec and Path(spec).is_file():
+        try:
+            value = read_spec(spec).get("results_dir")
+        except Exception:  # noqa: BLE001 - an unreadable spec is reported by the run, with its own message
+            value = None
+        if isinstance(value, str) and value.strip() and "${" not in value:
+            print(f"automl: search folder {value} (the spec's results_dir; --results-dir chooses another)")
+            return value, rest
+    return "automl_results", rest
 
 
 def _deploy_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -259,6 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except (ValueError, FileNotFoundError) as err:  # our errors: SearchError, SettingsError, SkillError, ConfigError
+        print(f"automl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except SegformerError as err:  # the data the spec points at (DataError), found before any trial
         print(f"automl {args.command}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # the disk, not the input: a full disk, a folder that became unwritable

@@ -78,9 +78,23 @@ def run(opts: SearchOptions, *, echo: Echo = print, dry_run: bool = False, live:
     if dry_run:
         _print_plan(opts, space, baseline, budget, echo)
         return SearchOutcome(Path(opts.results_dir), "dry-run", message=decision.reason)
+    _check_data(opts, echo)
     layout = Layout.of(opts.results_dir)
     with one_driver(layout.root), _progress(echo, progress) as view:
         return _run_search(opts, skill, space, baseline, budget, layout, echo=view.echo if view else echo, live=live, view=view)
+
+
+def _check_data(opts: SearchOptions, echo: Echo) -> None:
+    """The dataset read once before any trial starts (`segformer.data.segdata.check_splits`): a wrong
+    root_dir, an image without its mask or a mask value outside the palette is one message now,
+    not every trial failing with it. The test split is read too: the winner is evaluated on it."""
+    from automl.trial import base_config
+    from segformer.data.segdata import check_splits
+
+    segment = base_config(opts.spec, opts.overrides, opts.results_dir).dataset.segment
+    echo(f"automl: checking the dataset under {segment.root_dir} ({segment.train_split}, {segment.validation_split}, "
+         f"{segment.test_split})")
+    check_splits(segment)
 
 
 @contextmanager

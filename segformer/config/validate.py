@@ -2,7 +2,11 @@
 
 Checks the spec (after defaults, overrides and ``${...}`` interpolation) against the action's
 schema translated to JSON-Schema (unknown keys, types, bounds, options), then the cross-field rules
-and, with ``--action``, the values that action needs. Exit status 0 when clean, 1 with problems.
+and, with ``--action``, the values that action needs. Then the dataset, where the spec's
+``dataset.segment.root_dir`` exists here (for no action, train or evaluate): the palette against
+``num_classes`` and every file of the train, validation and test splits (unpaired files, unreadable
+files, mask values outside the palette), as training would find them; ``--no-data`` skips the
+files. Exit status 0 when clean, 1 with problems.
 Settings that are accepted but have no effect are printed as notes (they do not fail validation).
 """
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 from typing import Sequence
 
 from segformer.actions import ACTIONS
@@ -26,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="spec YAML file")
     parser.add_argument("--action", choices=list(ACTIONS), default=None,
                         help="also check the values this action needs (e.g. evaluate.checkpoint)")
+    parser.add_argument("--no-data", action="store_true", help="do not read the dataset's files (the spec only)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, as for actions")
     args = parser.parse_args(argv)
 
@@ -40,10 +46,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConfigWarning)
             try:
-                load_config(args.spec, args.overrides)
+                cfg = load_config(args.spec, args.overrides)
             except ConfigError as exc:  # anything the typed merge finds beyond the schema
                 problems.append(str(exc))
+                cfg = None
         notes = [str(w.message) for w in caught if issubclass(w.category, ConfigWarning)]
+        if cfg is not None and args.action in (None, "train", "evaluate"):
+            problems.extend(_data_problems(cfg.dataset.segment, read_files=not args.no_data, notes=notes))
 
     where = f"{args.spec}" + (f" (action {args.action})" if args.action else "")
     for note in notes:
@@ -55,6 +64,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"{where}: OK")
     return 0
+
+
+def _data_problems(segment, *, read_files: bool, notes: list[str]) -> list[str]:
+    """The palette against num_classes, and with `read_files` every file of the splits a training
+    reads when the dataset is here (`segformer.data.segdata.check_splits`); a note when it is not."""
+    from segformer.data.palette import MaskDecoder
+    from segformer.data.segdata import check_splits
+    from segformer.errors import DataError
+
+    try:
+        MaskDecoder(list(segment.palette), segment.label_transform, int(segment.num_classes))
+        root = segment.root_dir
+        if not read_files or root in (None, "", "???"):
+            return []
+        if not Path(root).is_dir():
+            notes.append(f"the dataset was not read: dataset.segment.root_dir {root} is not a folder on this machine")
+            return []
+        check_splits(segment)
+    except DataError as exc:
+        return [str(exc)]
+    return []
 
 
 if __name__ == "__main__":

@@ -326,13 +326,16 @@ class DatasetReport:
 
 
 def check_dataset(root_dir: str | Path, split: str, decoder: MaskDecoder | None, *, require_masks: bool = True,
-                  progress: bool | None = None, raise_on_error: bool = True) -> DatasetReport:
+                  progress: bool | None = None, raise_on_error: bool = True,
+                  cache: DecodedCache | None = DATA_CACHE) -> DatasetReport:
     """Read every file of a split once and report every problem together, before training starts.
 
     Checks: layout and stem pairing, unreadable images/masks, image/mask size mismatch, mask
     values outside the palette. With ``raise_on_error`` any problem raises one :class:`DataError`
     listing them; otherwise they are returned in the report. A progress bar appears for splits of
-    ``PROGRESS_MIN_FILES`` files or more (``progress`` forces it on or off).
+    ``PROGRESS_MIN_FILES`` files or more (``progress`` forces it on or off). The decoded files go
+    into ``cache`` for the training that follows; ``None`` keeps nothing (a check in a process that
+    does not train, such as the AutoML driver).
     """
     samples, pairing_problem = pair_samples(root_dir, split, require_masks=require_masks, strict=False)
     problems = [pairing_problem] if pairing_problem else []
@@ -350,12 +353,14 @@ def check_dataset(root_dir: str | Path, split: str, decoder: MaskDecoder | None,
         try:
             if require_masks:
                 assert decoder is not None
-                _, ids = _cached_load(sample, decoder, fingerprint)  # fills the cache for training
+                _, ids = load_pair(sample, decoder) if cache is None else _cached_load(sample, decoder, fingerprint, cache)
                 counts = np.bincount(ids.ravel(), minlength=256)
                 class_pixels += counts[:num_classes]
                 ignored += int(counts[IGNORE_INDEX])
+            elif cache is None:
+                load_image(sample.image)
             else:
-                _cached_load(sample, None, None)
+                _cached_load(sample, None, None, cache)
         except DataError as exc:
             problems.append(str(exc))
     report = DatasetReport(split, len(samples), class_pixels, ignored, problems)

@@ -185,6 +185,38 @@ def build_data(segment_cfg: Any, seed: int, *, train_batch_size: int | None = No
     )
 
 
+def check_splits(segment_cfg: Any, *, progress: bool | None = None) -> None:
+    """Before anything trains: every problem of the splits a training reads (``train_split``,
+    ``validation_split``, and ``test_split`` where it differs, since AutoML evaluates the winner on
+    it), raised together as one :class:`DataError`. The palette is checked against ``num_classes``
+    first. Nothing decoded is kept (for a process that does not train, such as the AutoML driver)."""
+    where = "dataset.segment"
+    root_dir = _get(segment_cfg, "root_dir", where)
+    if root_dir in (None, "", "???"):
+        raise DataError(f"{where}.root_dir is not set; point it at the folder holding images/ and masks/")
+    if not Path(root_dir).is_dir():
+        raise DataError(f"{where}.root_dir {root_dir} is not a folder; point it at the folder holding images/ and masks/")
+    decoder = MaskDecoder(list(_get(segment_cfg, "palette", where)), _get(segment_cfg, "label_transform", where),
+                          int(_get(segment_cfg, "num_classes", where)))
+    problems: list[str] = []
+    checked: set[str] = set()
+    for key in ("train_split", "validation_split", "test_split"):
+        split = _get(segment_cfg, key, where)
+        if split in checked:
+            continue
+        checked.add(split)
+        try:
+            report = check_dataset(root_dir, split, decoder, progress=progress, raise_on_error=False, cache=None)
+        except DataError as exc:  # no images at all
+            problems.append(f"{where}.{key} {split!r}: {exc}")
+            continue
+        problems.extend(f"{where}.{key} {split!r}: {problem}" for problem in report.problems)
+    if problems:
+        shown = "\n  - ".join(problems[:12])
+        more = f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else ""
+        raise DataError(f"the dataset under {root_dir} has {len(problems)} problem(s):\n  - {shown}{more}")
+
+
 def iter_calibration_batches(images_dir: str | Path, img_size: int, mean: Sequence[float], std: Sequence[float],
                              batch_size: int, max_batches: int | None = None) -> Iterator[torch.Tensor]:
     """Normalized (N, 3, S, S) batches from a folder of images (sorted by name), for PTQ / TensorRT.

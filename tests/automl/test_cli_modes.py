@@ -62,8 +62,8 @@ def _check_plain(out: subprocess.CompletedProcess, results: Path) -> None:
 
 
 def test_policy_off_trains_once_and_tracks_one_run(spec, tmp_path):
-    results = tmp_path / "off"
-    out = _automl("run", "--skill", "segformer", "--policy", "off", "-e", str(spec), "--results-dir", str(results),
+    results = tmp_path / "off"  # named as every segformer action takes it: a results_dir= override
+    out = _automl("run", "--skill", "segformer", "--policy", "off", "-e", str(spec), f"results_dir={results}",
                   "--max-epochs", "1", "dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32")
     assert "AutoML policy is off" in out.stdout
     _check_plain(out, results)
@@ -73,11 +73,29 @@ def test_enabled_but_schema_missing_trains_plainly(spec, tmp_path):
     skill = tmp_path / "skill"
     shutil.copytree(TAO_SKILL, skill)
     (skill / "schemas" / "train.schema.json").unlink()
-    results = tmp_path / "missing"
-    out = _automl("run", "--skill-dir", str(skill), "--policy", "auto", "-e", str(spec), "--results-dir", str(results),
+    results = tmp_path / "missing"  # the spec's own results_dir names the folder
+    own = tmp_path / "own_spec.yaml"
+    own.write_text(spec.read_text() + f"\nresults_dir: {results}\n")
+    out = _automl("run", "--skill-dir", str(skill), "--policy", "auto", "-e", str(own),
                   "--max-epochs", "1", "dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32")
     assert "not runnable until the schemas are generated" in out.stdout and "train.schema.json" in out.stdout
     _check_plain(out, results)
+
+
+def test_search_folder_is_the_flag_else_the_override_else_the_spec(tmp_path, capsys):
+    from automl.cli import search_folder
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("results_dir: from_spec\ntrain:\n  num_epochs: 2\n")
+    kept = ("train.num_epochs=3",)
+    assert search_folder("flag", str(spec), ["results_dir=over", *kept]) == ("flag", kept)
+    assert "results_dir=over is overridden by --results-dir flag" in capsys.readouterr().out
+    assert search_folder(None, str(spec), ["results_dir=over", *kept]) == ("over", kept)
+    assert search_folder(None, str(spec), kept) == ("from_spec", kept)
+    assert "the spec's results_dir" in capsys.readouterr().out
+    spec.write_text("results_dir: ''\n")
+    assert search_folder(None, str(spec), []) == ("automl_results", ())
+    assert search_folder(None, None, []) == ("automl_results", ())
 
 
 def test_tao_settings_file_and_flags_win(spec, tmp_path):

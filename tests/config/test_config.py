@@ -310,6 +310,33 @@ def test_validate_action_requirements_and_clean_spec(capsys):
     assert "note: wandb.enable = True has no effect" in capsys.readouterr().out
 
 
+def test_validate_reads_the_dataset_the_spec_points_at(tmp_path, capsys):
+    """`validate` said OK for a spec whose masks hold a colour the palette lacks, whose val image had
+    no mask and whose palette named more classes than num_classes: training found them, validate now does."""
+    import numpy as np
+    from PIL import Image
+
+    from segformer.data.synth import generate
+
+    root = generate(tmp_path / "data", num_classes=3, size=32, train=4, val=2, test=2, seed=0)
+    spec = [str(root / "spec.yaml"), f"results_dir={tmp_path / 'runs'}"]
+    assert validate.main(["-e", *spec]) == 0
+    assert validate.main(["-e", *spec, "dataset.segment.num_classes=4"]) == 1
+    assert "num_classes is 4 but the palette defines 3" in capsys.readouterr().out
+    mask = root / "masks/train/train_00001.png"
+    pixels = np.array(Image.open(mask).convert("RGB"))
+    pixels[0, 0] = (1, 2, 3)
+    Image.fromarray(pixels).save(mask)
+    (root / "masks/val/val_00000.png").unlink()
+    assert validate.main(["-e", *spec, "--action", "train"]) == 1
+    out = capsys.readouterr().out
+    assert "train_00001.png" in out and "rgb (1, 2, 3)" in out and "val_00000" in out, out
+    assert validate.main(["-e", *spec, "--no-data"]) == 0  # the spec alone is fine
+    capsys.readouterr()
+    assert validate.main(["-e", *spec, f"dataset.segment.root_dir={tmp_path / 'elsewhere'}"]) == 0
+    assert "the dataset was not read" in capsys.readouterr().out  # validated on a machine without the data
+
+
 # ------------------------------------------------------------------------------------ palette
 MERGED = [{"seg_class": "car", "mapping_class": "vehicle", "label_id": 0, "rgb": [0, 0, 142]},
           {"seg_class": "road", "label_id": 1, "rgb": [128, 64, 128]},

@@ -182,3 +182,32 @@ def test_search_into_a_full_disk(dataset, tiny_tmpfs):
     """A results folder on a full disk: one message saying the disk is full and what to do."""
     outcome, _ = _automl(dataset, tiny_tmpfs / "search", "--skill", "segformer", *QUICK)
     _clean(outcome, ["full", "free disk space", str(tiny_tmpfs / "search")])
+
+
+def test_bad_data_is_one_message_before_any_trial(data_copy, tmp_path):
+    """Every data problem was found by every trial (12 failed trials, 140 s, the same error cut in a
+    table); the driver reads the splits once first: all problems in one message, in seconds, no search."""
+    import numpy as np
+    from PIL import Image
+
+    mask = data_copy / "masks/train/train_00001.png"
+    pixels = np.array(Image.open(mask).convert("RGB"))
+    pixels[0, 0] = (1, 2, 3)  # a colour the palette does not list
+    Image.fromarray(pixels).save(mask)
+    (data_copy / "masks/val/val_00000.png").unlink()  # an image without its mask
+    shutil.rmtree(data_copy / "images/test")  # the split the winner is scored on
+    shutil.rmtree(data_copy / "masks/test")
+    outcome, seconds = _automl(data_copy, tmp_path / "r", "--skill", "segformer", f"dataset.segment.root_dir={data_copy}",
+                               *QUICK, timeout=60)
+    _clean(outcome, ["3 problem(s)", "train_00001.png", "rgb (1, 2, 3)", "val_00000", "dataset.segment.test_split 'test'",
+                     "images/test does not exist"])
+    assert outcome.stderr.count("automl run: error") == 1
+    assert not (tmp_path / "r" / "trials").exists()  # no trial started
+    assert seconds < 30, f"took {seconds:.0f} s"
+
+
+def test_palette_that_does_not_match_num_classes_is_found_before_any_trial(dataset, tmp_path):
+    outcome, _ = _automl(dataset, tmp_path / "r", "--skill", "segformer", "dataset.segment.num_classes=5", *QUICK,
+                         timeout=60)
+    _clean(outcome, ["num_classes"])
+    assert not (tmp_path / "r" / "trials").exists()
