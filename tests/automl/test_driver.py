@@ -24,7 +24,13 @@ ONLY = ["train.optim.lr", "model.backbone.freeze_backbone"]
 def dataset(tmp_path_factory) -> Path:
     from segformer.data.synth import generate
 
+    import yaml
+
     root = generate(tmp_path_factory.mktemp("synth") / "data", num_classes=3, size=32, train=8, val=4, test=4)
+    spec = yaml.safe_load((root / "spec.yaml").read_text())
+    for key in ("input_height", "input_width"):  # as in TAO's train template: the export size is not given
+        spec["export"].pop(key)
+    (root / "spec.yaml").write_text(yaml.safe_dump(spec))
     return root / "spec.yaml"
 
 
@@ -125,6 +131,10 @@ def test_promotion_and_report(search):
     assert Path(quantize["artifact"]).name == "quantized_model_onnxruntime.onnx" and Path(quantize["artifact"]).is_file()
     float_model = json.loads(Path(quantize["report_file"]).read_text())["float_model"]
     assert Path(float_model) == results / "best" / "export" / "segformer.onnx"
+    import onnx  # exported at the size the model was trained at (32), not export's default of 256
+
+    dims = onnx.load(float_model, load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims][2:] == [32, 32]
     assert not (results / "best" / "quantize" / "float_model.onnx").exists()  # not exported a second time
     report = (results / "report" / "report.md").read_text()
     assert "trial_000" in report and "Baseline" in report
