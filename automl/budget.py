@@ -105,8 +105,8 @@ class EpochBudget:
         return 1 + max(0, int((self.search - self.trial_epochs) / cost))
 
     def text(self) -> str:
-        recheck = f", {self.recheck} of them for the re-check" if self.recheck else ", no re-check"
-        return f"budget {self.total} epochs ({self.trainings:g} trainings of {self.spec_epochs}{recheck})"
+        recheck = f"; {self.recheck} of the epochs for the re-check" if self.recheck else "; no re-check"
+        return f"budget {self.total} epochs ({self.trainings:g} trainings of {self.spec_epochs} epochs{recheck})"
 
 
 def plan_budget(search: Any, spec_epochs: int, validation_interval: int, seed: int) -> EpochBudget:

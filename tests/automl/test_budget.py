@@ -32,7 +32,7 @@ def test_budget_in_trainings_of_the_spec() -> None:
     default, rungs from 2 epochs under asha."""
     full = plan_budget(_search(), spec_epochs=20, validation_interval=1, seed=7)
     assert (full.total, full.recheck, full.search, full.first_rung, full.seed) == (200, 40, 160, 20, 7)
-    assert "budget 200 epochs (10 trainings of 20, 40 of them for the re-check)" in full.text()
+    assert "budget 200 epochs (10 trainings of 20 epochs; 40 of the epochs for the re-check)" in full.text()
     assert full.configurations(3) == 1 + (160 - 20) // 20  # the baseline and 7 others
     # successive halving affords many more configurations than full trainings would
     asha = plan_budget(_search(algorithm="asha"), 20, 1, 0)
@@ -190,7 +190,8 @@ def test_the_test_line_names_what_the_baseline_was_compared_with() -> None:
     final = {"promoted": both, "baseline": both, "leader": {"trials": ["trial_004", "trial_008"], "test_miou": [0.6, 0.6], "mean": 0.6}}
     led = final_lines(final, {"baseline_led": True, "confirmed": False})
     assert led == ["  test     runner-up trial_004 mIoU 0.6000 vs baseline trial_000 0.6050 (-0.0050) on the untouched "
-                   "test split (means of 2 and 2 seeds)"]
+                   "test split (means of 2 and 2 seeds)",
+                   "  test     the promoted model itself, trial_000 (best/): mIoU 0.6000"]  # its own score, not the mean
     assert final_lines(final, {"baseline_led": False})[0].startswith("  test     leader trial_004 ")
 
 
@@ -290,7 +291,7 @@ def test_a_budgeted_search_keeps_its_budget_and_rechecks(budget_search) -> None:
     counted = sum(sum(1 for line in status.read_text().splitlines() if '"epoch"' in line)
                   for status in results.glob("trial_*/train/status.json"))
     assert counted == state.epochs_trained() <= 20
-    assert any("budget 20 epochs (5 trainings of 4, 8 of them for the re-check)" in line for line in lines)
+    assert any("budget 20 epochs (5 trainings of 4 epochs; 8 of the epochs for the re-check)" in line for line in lines)
     assert any(line.startswith("automl: budget ") and "left at this pace" in line for line in lines)
     assert not any("since the resume" in line for line in lines)  # a fresh search, not a resumed one
     baseline = state.baseline()
