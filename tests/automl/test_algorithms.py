@@ -227,9 +227,12 @@ def test_failed_trial_is_recorded_and_search_goes_on(dataset, tmp_path, ray_sess
 def test_failure_limit_ends_the_search(dataset, tmp_path, ray_session):
     import automl
 
+    # The spec's own splits are sound (automl run reads them before any trial); every trial draws the
+    # corrupt split, so every trial fails in training.
     lines: list[str] = []
     outcome = automl.run(_options(tmp_path / "limit", dataset, algorithm="random", max_trials=4, max_epochs=1,
-                                  overrides=(*TINY, "dataset.segment.validation_split=val_bad"),
+                                  only=["dataset.segment.validation_split"], override_disabled=True, baseline_first=False,
+                                  param_ranges={"dataset.segment.validation_split": {"valid_options": ["val_bad"]}},
                                   max_failed_trials=1, max_failures=0), echo=lines.append)
     state = outcome.state
     assert state.counts().get("FAILED") == 1 and len(state.trials) <= 2, state.counts()
