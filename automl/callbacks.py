@@ -74,7 +74,8 @@ class LiveSearch:
     def budget_progress(self) -> None:
         """With an epoch budget: an estimate in time once every slot has trained its first epochs,
         then a line at every tenth of the budget (epochs spent, minutes so far, minutes left)."""
-        from automl.progress import Pace, span
+        from automl.progress import Pace
+        from segformer.text import span
 
         if self.state.budget is None or self.echo is None:
             return

@@ -21,18 +21,12 @@ import time
 from typing import Any, Callable, TextIO
 
 from automl.state import PENDING, RUNNING, SearchState
+from segformer.text import span
 
 Echo = Callable[[str], None]
 
 LOG_EVERY_S = 30.0  # a status block (or a still-working line) at least this often off a terminal
 TTY_REFRESH_S = 1.0
-
-
-def span(seconds: float) -> str:
-    """Seconds as people read them: "45 s", "12 min", "2.5 h"."""
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 class Pace:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["fmt"]
+__all__ = ["fmt", "span"]
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -16,3 +16,10 @@ def fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}g}"
     return str(value)
+
+
+def span(seconds: float) -> str:
+    """Seconds as people read them: "45 s", "12 min", "2.5 h"."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"

@@ -75,3 +75,24 @@ def test_actions_without_a_progress_bar_say_they_are_still_working() -> None:
     assert len(lines) >= 2 and all(line.startswith("segformer export: still working (") for line in lines), lines
     time.sleep(0.5)
     assert out.getvalue().splitlines() == lines  # nothing after the block ended
+
+
+def test_loops_show_a_bar_on_a_terminal_and_lines_in_a_log() -> None:
+    """evaluate, inference and the dataset check: tqdm on a terminal; in a log, plain lines."""
+    import io
+
+    from segformer.heartbeat import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    log = io.StringIO()
+    assert list(progress(range(3), "evaluate", "batch", every_s=0, stream=log)) == [0, 1, 2]
+    assert log.getvalue().splitlines() == [f"evaluate: {i}/3 batch (0 s)" for i in (1, 2, 3)]
+    quiet = io.StringIO()
+    assert list(progress(range(3), "evaluate", "batch", stream=quiet)) == [0, 1, 2]
+    assert quiet.getvalue() == ""  # a quick loop says nothing in a log
+    terminal = Terminal()
+    assert list(progress(range(3), "evaluate", "batch", stream=terminal)) == [0, 1, 2]
+    assert "\r" in terminal.getvalue() and "3/3" in terminal.getvalue()

@@ -131,6 +131,6 @@ def _save_overlays(folder: Path, batch: dict, predictions: list[torch.Tensor], d
 def _progress(loader: Any, quiet: bool) -> Any:
     if quiet:
         return loader
-    from tqdm import tqdm
+    from segformer.heartbeat import progress
 
-    return tqdm(loader, desc="evaluate", unit="batch")
+    return progress(loader, "evaluate", "batch")

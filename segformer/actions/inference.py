@@ -83,6 +83,6 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> InferenceResult:
 def _progress(loader: Any, quiet: bool) -> Any:
     if quiet:
         return loader
-    from tqdm import tqdm
+    from segformer.heartbeat import progress
 
-    return tqdm(loader, desc="inference", unit="batch")
+    return progress(loader, "inference", "batch")

@@ -25,6 +25,7 @@ import contextlib
 import errno
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -38,11 +39,12 @@ from torch import nn
 
 from segformer.config import ExperimentConfig, action_results_dir, dump_config, to_dict
 from segformer.data import build_datamodule
-from segformer.engine.callbacks import AtomicCheckpointIO, PeriodicCheckpoint, RngState, StatusLog
+from segformer.engine.callbacks import AtomicCheckpointIO, EpochLines, PeriodicCheckpoint, RngState, StatusLog
 from segformer.engine.module import SegFormerModule
 from segformer.engine.optim import OptimizerSettings
 from segformer.engine.timing import TIMING_NAME, StepTiming, step_timing_requested
 from segformer.errors import SegformerError
+from segformer.heartbeat import is_terminal
 from segformer.model import build_segformer, check_input_size, load_pretrained_model
 from segformer.parents import resolve_parents
 
@@ -94,12 +96,15 @@ def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: boo
         status = StatusLog(results_dir / STATUS_NAME)
         checkpoints = PeriodicCheckpoint(results_dir, train_cfg.checkpoint_interval, train_cfg.checkpoint_interval_unit)
         run_callbacks: list[Callback] = [status, RngState(), checkpoints]
+        bar = not quiet and is_terminal(sys.stdout)  # off a terminal, a line per epoch instead of a bar
+        if not quiet and not bar:
+            run_callbacks.append(EpochLines(status))
         logs = [status.path]
         if step_timing_requested():  # step vs overhead wall time, for the benchmarks only
             timing = StepTiming(results_dir / TIMING_NAME)
             run_callbacks.append(timing)
             logs.append(timing.path)
-        trainer = build_trainer(cfg, results_dir, [*run_callbacks, *callbacks], quiet=quiet)
+        trainer = build_trainer(cfg, results_dir, [*run_callbacks, *callbacks], quiet=quiet, bar=bar)
 
         existed = {path: path.exists() for path in logs}
         try:
@@ -177,14 +182,16 @@ def model_meta(cfg: ExperimentConfig, class_names: Sequence[str] = ()) -> dict[s
 
 
 def build_trainer(cfg: ExperimentConfig, results_dir: Path, callbacks: Sequence[Callback], *,
-                  quiet: bool = False) -> L.Trainer:
-    """``train`` section -> ``lightning.Trainer`` (devices, strategy, precision, loggers, intervals)."""
+                  quiet: bool = False, bar: bool | None = None) -> L.Trainer:
+    """``train`` section -> ``lightning.Trainer`` (devices, strategy, precision, loggers, intervals).
+    ``bar``: Lightning's progress bar (default: unless ``quiet``)."""
+    bar = not quiet if bar is None else bar
     train_cfg = cfg.train
     accelerator, devices, num_nodes = resolve_devices(train_cfg.num_gpus, train_cfg.gpu_ids, train_cfg.num_nodes)
     distributed = num_nodes > 1 or (isinstance(devices, list) and len(devices) > 1)
     precision = resolve_precision(bool(train_cfg.amp), accelerator)
     all_callbacks = list(callbacks)
-    if not quiet:
+    if bar:
         all_callbacks.append(TQDMProgressBar(refresh_rate=1))
     return L.Trainer(
         accelerator=accelerator,
@@ -199,7 +206,7 @@ def build_trainer(cfg: ExperimentConfig, results_dir: Path, callbacks: Sequence[
         num_sanity_val_steps=0,
         callbacks=all_callbacks,
         logger=_loggers(cfg, results_dir) or False,
-        enable_progress_bar=not quiet,
+        enable_progress_bar=bar,
         enable_model_summary=not quiet,
         log_every_n_steps=10,
         deterministic="warn" if train_cfg.cudnn.deterministic else False,

@@ -19,7 +19,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -344,11 +344,11 @@ def check_dataset(root_dir: str | Path, split: str, decoder: MaskDecoder | None,
     ignored = 0
     fingerprint = decoder_fingerprint(decoder) if require_masks and decoder is not None else None
     show = len(samples) >= PROGRESS_MIN_FILES if progress is None else progress
-    iterator: Sequence[Sample] = samples
+    iterator: Iterable[Sample] = samples
     if show:
-        from tqdm import tqdm
+        from segformer.heartbeat import progress
 
-        iterator = tqdm(samples, desc=f"checking split {split!r}", unit="file")
+        iterator = progress(samples, f"checking split {split!r}", "file")
     for sample in iterator:
         try:
             if require_masks:

@@ -37,6 +37,19 @@ def test_results_layout_and_status(trained):
     assert not list(out.glob(".*.tmp"))  # no temporary files left behind
 
 
+def test_off_a_terminal_training_prints_a_line_per_epoch(tiny_dataset, tmp_path, make_cfg, capsys):
+    """stdout is not a terminal (a log file, CI): no bar's carriage returns, one line per epoch with
+    the values status.json records, and the time left while epochs remain."""
+    result = train.run(make_cfg(tiny_dataset, tmp_path))
+    out = capsys.readouterr().out
+    assert "\r" not in out and "\x1b[" not in out
+    lines = [line for line in out.splitlines() if line.startswith("Epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["Epoch 0/1", "Epoch 1/1"], out
+    for line, record in zip(lines, result.history):
+        assert f"val_miou {record['val_miou']:.3g}," in line and f"train_loss {record['train_loss']:.3g}," in line
+    assert lines[0].endswith("left)") and not lines[1].endswith("left)")
+
+
 def test_checkpoints_load_safely_with_meta(trained):
     _, result = trained
     checkpoint = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
