@@ -77,6 +77,9 @@ class Tracker:
             use_mlflow_http_defaults(self.tracking_uri)
             from mlflow import MlflowClient
 
+            # "Creating initial MLflow database tables..." / "Updating database tables" are INFO
+            # lines in the middle of the search's own output; warnings and errors still show.
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
             try:
                 self._client = MlflowClient(tracking_uri=self.tracking_uri)
             except Exception as exc:  # noqa: BLE001 (any store error: say which store and what to do)

@@ -262,6 +262,7 @@ def _loggers(cfg: ExperimentConfig, results_dir: Path) -> list[Any]:
         # store is refused by recent versions unless MLFLOW_ALLOW_FILE_STORE is set).
         uri = cfg.train.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
             f"sqlite:///{(results_dir / 'mlflow.db').resolve()}"
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # no INFO lines on creating the store
         loggers.append(MLFlowLogger(experiment_name=cfg.train.mlflow.experiment_name, tracking_uri=uri,
                                     artifact_location=str((results_dir / "mlartifacts").resolve())))
     return loggers

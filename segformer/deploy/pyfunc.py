@@ -41,6 +41,7 @@ logits resized back to the image's size (``model.decode_head.align_corners``), a
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -180,6 +181,8 @@ def save_model(path: str | Path, artifacts: Mapping[str, str | Path], *, metadat
     names = [Path(file).name for file in files.values()]
     if len(set(names)) != len(names):  # they share artifacts/: one would replace another
         raise ValueError(f"artifact file names must differ, got {names}")
+    # MLflow says "Validating input example against model signature" at INFO (a failed check still raises).
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)
     mlflow.pyfunc.save_model(
         str(path),
         python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # models from code: nothing pickled

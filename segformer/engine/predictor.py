@@ -68,9 +68,13 @@ def select_device(num_gpus: int, gpu_ids: Sequence[int] | None) -> torch.device:
     if num_gpus > 0 and torch.cuda.is_available():
         index = int(gpu_ids[0]) if gpu_ids else 0
         return torch.device("cuda", index)
-    if num_gpus > 0:
+    if num_gpus > 0 and not _said_no_gpu:
+        _said_no_gpu.append(True)  # once per process: promotion evaluates seven times
         log.warning("no CUDA GPU available: running on the CPU")
     return torch.device("cpu")
+
+
+_said_no_gpu: list[bool] = []
 
 
 def load_predictor(cfg: ExperimentConfig, section: str) -> Predictor:

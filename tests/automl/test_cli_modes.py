@@ -54,6 +54,7 @@ def _runs(results: Path) -> list:
 def _check_plain(out: subprocess.CompletedProcess, results: Path) -> None:
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "automl: trained once: best val_miou=" in out.stdout
+    assert "INFO mlflow" not in out.stdout + out.stderr  # creating the MLflow store says nothing
     assert (results / "train" / "segformer_model_latest.pth").is_file()
     assert not (results / "automl_state.json").exists()  # no search
     runs = _runs(results)
