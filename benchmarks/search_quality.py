@@ -209,6 +209,27 @@ def repeated(results: dict[str, Any]) -> list[str]:
     return rows
 
 
+def recheck_value(results: dict[str, Any]) -> list[str]:
+    """What the re-check bought, per dataset, over every recorded search (any algorithm): the promoted
+    model against the search's own baseline training, next to what promoting the search's best trial
+    without a re-check would have handed over (the baseline itself when it led), all on the test split."""
+    rows = []
+    for name, data in results.items():
+        promoted, unchecked = [], []
+        for row in data["searches"].values():
+            verdict, scores = row.get("recheck"), (row.get("final") or {}).get("test_miou", {})
+            if not verdict or row.get("test_miou") is None or not {verdict["leader"], verdict["baseline"]} <= set(scores):
+                continue
+            base = scores[verdict["baseline"]]
+            led = verdict["leader_values"][0] > verdict["baseline_values"][0]  # the baseline led otherwise
+            promoted.append(row["test_miou"] - base)
+            unchecked.append((scores[verdict["leader"]] if led else base) - base)
+        if promoted:
+            rows.append(f"| {name} | {len(promoted)} | {statistics.mean(promoted):+.4f} ({min(promoted):+.4f}) | "
+                        f"{statistics.mean(unchecked):+.4f} ({min(unchecked):+.4f}) |")
+    return rows
+
+
 def _outcome(verdict: dict[str, Any]) -> str:
     return "confirmed" if verdict.get("confirmed") else "baseline led" if verdict.get("baseline_led") else "not confirmed"
 
@@ -251,6 +272,11 @@ def render(results: dict[str, Any]) -> str:
         lines += ["", "Repeated searches (`--search-seeds`: the same data, spec and budget, another sampler seed; "
                   "promoted test mIoU):", "", "| dataset | algorithm | searches | mean (min..max) | vs best plain (mean) |",
                   "|---|---|---|---|---|", *spread]
+    value = recheck_value(results)
+    if value:
+        lines += ["", "What the re-check bought (every recorded search with a re-check; test mIoU minus the search's own "
+                  "baseline training, mean and worst):", "",
+                  "| dataset | searches | promoted (re-checked) | best trial, no re-check |", "|---|---|---|---|", *value]
     efficiency = reach(results)
     if efficiency:
         lines += ["", "Search efficiency (one search each; epochs in the order they completed, re-checks left out):", "",

@@ -216,15 +216,21 @@ def test_search_quality_counts_epochs_from_status_files_and_renders(tmp_path):
         folder.mkdir(parents=True)
         (folder / "status.json").write_text("".join(f'{{"epoch": {e}, "step": {e}, "val_miou": 0.5}}\n' for e in range(epochs)))
     assert status_epochs(tmp_path) == 9
+    verdict = {"confirmed": True, "gain": 0.02, "gain_stderr": 0.005, "leader": "trial_001", "baseline": "trial_000",
+               "leader_values": [0.70, 0.71], "baseline_values": [0.65, 0.66]}
     search = {"promoted": "trial_002", "test_miou": 0.62, "trials": 3, "epochs": 9, "budget_epochs": 20, "wall_s": 120.0,
-              "recheck": {"confirmed": True, "gain": 0.02, "gain_stderr": 0.005}}
+              "recheck": verdict, "final": {"test_miou": {"trial_000": 0.60, "trial_001": 0.63}}}
+    baseline_led = {**verdict, "confirmed": False, "leader_values": [0.64, 0.70]}  # the runner-up, below the baseline
     text = render({"real": {"plain": [{"test_miou": v} for v in (0.60, 0.59, 0.61)],
                             "searches": {"default": search, "random": {**search, "test_miou": 0.6, "recheck": {}},
-                                         "default@1": {**search, "test_miou": 0.64}}}})
+                                         "default@1": {**search, "test_miou": 0.64, "recheck": baseline_led}}}})
     assert "| real | 0.600 (0.590..0.610) | 0.610 | 0.620 (trial_002; +0.010 vs best plain) | confirmed, gain +0.020 ± 0.005 | 9 (20) | 2 min |" in text
     assert "| real | random | 0.600 | -0.010 | 3 | 9 | baseline led |" in text
     # searches repeated with another search seed are summarised per algorithm (a single one is not)
     assert "| real | default | 2 | 0.630 (0.620..0.640) | +0.020 |" in text and "| real | random | 1 |" not in text
+    # the re-check's worth: promoted vs the search's baseline training (+0.02, +0.04), and the best trial
+    # promoted unchecked (+0.03; the baseline itself, +0, where it led); searches without a re-check left out
+    assert "| real | 2 | +0.0300 (+0.0200) | +0.0150 (+0.0000) |" in text
 
 
 def test_search_quality_efficiency_reads_random_best_exactly_and_within_the_seed_noise():
