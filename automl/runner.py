@@ -89,12 +89,12 @@ def _check_data(opts: SearchOptions, echo: Echo) -> None:
     root_dir, an image without its mask or a mask value outside the palette is one message now,
     not every trial failing with it. The test split is read too: the winner is evaluated on it."""
     from automl.trial import base_config
-    from segformer.data.segdata import check_splits
+    from segformer.data.segdata import check_splits, split_counts
 
     segment = base_config(opts.spec, opts.overrides, opts.results_dir).dataset.segment
     echo(f"automl: checking the dataset under {segment.root_dir} ({segment.train_split}, {segment.validation_split}, "
          f"{segment.test_split})")
-    check_splits(segment)
+    echo(f"automl: dataset read: {split_counts(check_splits(segment))}, no problem found")
 
 
 @contextmanager

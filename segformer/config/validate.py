@@ -70,7 +70,7 @@ def _data_problems(segment, *, read_files: bool, notes: list[str]) -> list[str]:
     """The palette against num_classes, and with `read_files` every file of the splits a training
     reads when the dataset is here (`segformer.data.segdata.check_splits`); a note when it is not."""
     from segformer.data.palette import MaskDecoder
-    from segformer.data.segdata import check_splits
+    from segformer.data.segdata import check_splits, split_counts
     from segformer.errors import DataError
 
     try:
@@ -81,7 +81,7 @@ def _data_problems(segment, *, read_files: bool, notes: list[str]) -> list[str]:
         if not Path(root).is_dir():
             notes.append(f"the dataset was not read: dataset.segment.root_dir {root} is not a folder on this machine")
             return []
-        check_splits(segment)
+        notes.append(f"dataset read: {split_counts(check_splits(segment))} under {root}")
     except DataError as exc:
         return [str(exc)]
     return []

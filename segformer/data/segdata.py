@@ -185,11 +185,12 @@ def build_data(segment_cfg: Any, seed: int, *, train_batch_size: int | None = No
     )
 
 
-def check_splits(segment_cfg: Any, *, progress: bool | None = None) -> None:
+def check_splits(segment_cfg: Any, *, progress: bool | None = None) -> dict[str, int]:
     """Before anything trains: every problem of the splits a training reads (``train_split``,
     ``validation_split``, and ``test_split`` where it differs, since AutoML evaluates the winner on
     it), raised together as one :class:`DataError`. The palette is checked against ``num_classes``
-    first. Nothing decoded is kept (for a process that does not train, such as the AutoML driver)."""
+    first. Nothing decoded is kept (for a process that does not train, such as the AutoML driver).
+    Returns each split's number of image/mask pairs."""
     where = "dataset.segment"
     root_dir = _get(segment_cfg, "root_dir", where)
     if root_dir in (None, "", "???"):
@@ -199,22 +200,29 @@ def check_splits(segment_cfg: Any, *, progress: bool | None = None) -> None:
     decoder = MaskDecoder(list(_get(segment_cfg, "palette", where)), _get(segment_cfg, "label_transform", where),
                           int(_get(segment_cfg, "num_classes", where)))
     problems: list[str] = []
-    checked: set[str] = set()
+    counts: dict[str, int] = {}
     for key in ("train_split", "validation_split", "test_split"):
         split = _get(segment_cfg, key, where)
-        if split in checked:
+        if split in counts:
             continue
-        checked.add(split)
+        counts[split] = 0
         try:
             report = check_dataset(root_dir, split, decoder, progress=progress, raise_on_error=False, cache=None)
         except DataError as exc:  # no images at all
             problems.append(f"{where}.{key} {split!r}: {exc}")
             continue
+        counts[split] = report.num_samples
         problems.extend(f"{where}.{key} {split!r}: {problem}" for problem in report.problems)
     if problems:
         shown = "\n  - ".join(problems[:12])
         more = f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else ""
         raise DataError(f"the dataset under {root_dir} has {len(problems)} problem(s):\n  - {shown}{more}")
+    return counts
+
+
+def split_counts(counts: dict[str, int]) -> str:
+    """``40/10/10 train/val/test image/mask pairs``: what :func:`check_splits` read."""
+    return f"{'/'.join(str(n) for n in counts.values())} {'/'.join(counts)} image/mask pairs"
 
 
 def iter_calibration_batches(images_dir: str | Path, img_size: int, mean: Sequence[float], std: Sequence[float],

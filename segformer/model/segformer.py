@@ -170,7 +170,13 @@ def decoder_inputs(backbone: str, in_index: Sequence[int] = (0, 1, 2, 3)) -> dic
             "feature_strides": [int(built.strides[i]) for i in in_index]}
 
 
+_WARNED: set[str] = set()  # once per process: a promotion builds the model for every action and final test
+
+
 def _check_declared(key: str, declared: Sequence[int], actual: Sequence[int], backbone: str) -> None:
     if declared and list(declared) != list(actual):
-        warnings.warn(f"model.{key}={list(declared)} differs from what backbone {backbone!r} provides "
-                      f"({list(actual)}); using the backbone's {list(actual)}", stacklevel=3)
+        message = (f"model.{key}={list(declared)} differs from what backbone {backbone!r} provides "
+                   f"({list(actual)}); using the backbone's {list(actual)}")
+        if message not in _WARNED:
+            _WARNED.add(message)
+            warnings.warn(message, stacklevel=3)

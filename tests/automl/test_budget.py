@@ -292,6 +292,7 @@ def test_a_budgeted_search_keeps_its_budget_and_rechecks(budget_search) -> None:
                   for status in results.glob("trial_*/train/status.json"))
     assert counted == state.epochs_trained() <= 20
     assert any("budget 20 epochs (5 trainings of 4 epochs; 8 of the epochs for the re-check)" in line for line in lines)
+    assert "automl: dataset read: 8/4/4 train/val/test image/mask pairs, no problem found" in lines  # before any trial
     assert any(line.startswith("automl: budget ") and "left at this pace" in line for line in lines)
     assert not any("since the resume" in line for line in lines)  # a fresh search, not a resumed one
     baseline = state.baseline()

@@ -321,6 +321,7 @@ def test_validate_reads_the_dataset_the_spec_points_at(tmp_path, capsys):
     root = generate(tmp_path / "data", num_classes=3, size=32, train=4, val=2, test=2, seed=0)
     spec = [str(root / "spec.yaml"), f"results_dir={tmp_path / 'runs'}"]
     assert validate.main(["-e", *spec]) == 0
+    assert f"dataset read: 4/2/2 train/val/test image/mask pairs under {root}" in capsys.readouterr().out
     assert validate.main(["-e", *spec, "dataset.segment.num_classes=4"]) == 1
     assert "num_classes is 4 but the palette defines 3" in capsys.readouterr().out
     mask = root / "masks/train/train_00001.png"
