@@ -317,6 +317,9 @@ def entry() -> None:
     processes too, and Ray's exit handler would wait for them without a limit. What this process
     started and is still running (a SIGTERM to the driver alone reaches none of it) is stopped first.
     """
+    from segformer.errors import plain_warnings
+
+    plain_warnings("automl")
     code = main()
     if code == EXIT_INTERRUPTED:
         flush_streams()

@@ -156,6 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry() -> None:
     """Console-script entry point."""
+    from segformer.errors import plain_warnings
+
+    plain_warnings()
     sys.exit(main())
 
 

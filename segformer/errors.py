@@ -36,3 +36,33 @@ class MissingDependencyError(SegformerError):
 class TrainingDivergedError(SegformerError, FloatingPointError):
     """The training loss became NaN or infinite. Also a ``FloatingPointError``, so code that
     catches the numeric error (an AutoML trial marking itself failed) keeps working."""
+
+
+def plain_warnings(*packages: str) -> None:
+    """A command-line tool's warnings from this project's own code (``segformer`` and `packages`)
+    print as one ``warning: message`` line on stderr, not Python's ``path:line: UserWarning:`` plus
+    the source line; other libraries' warnings keep Python's format. Console entry points only, so
+    that code which records warnings in-process (tests, notebooks) is not affected."""
+    import importlib.util
+    import os
+    import sys
+    import warnings
+
+    if getattr(warnings.showwarning, "plain", False):
+        return
+    roots = tuple(os.path.join(location, "") for name in ("segformer", *packages)
+                  for location in (importlib.util.find_spec(name).submodule_search_locations or []))
+    python_format = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 (warnings' signature)
+        if not str(filename).startswith(roots):
+            return python_format(message, category, filename, lineno, file, line)
+        try:
+            (file or sys.stderr).write(f"warning: {message}\n")
+        except (OSError, ValueError):  # a closed stream: as Python's own showwarning, say nothing
+            pass
+        return None
+
+    show.plain = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+

@@ -96,3 +96,19 @@ def test_loops_show_a_bar_on_a_terminal_and_lines_in_a_log() -> None:
     terminal = Terminal()
     assert list(progress(range(3), "evaluate", "batch", stream=terminal)) == [0, 1, 2]
     assert "\r" in terminal.getvalue() and "3/3" in terminal.getvalue()
+
+
+def test_own_warnings_print_as_one_line_and_other_libraries_keep_pythons_format(tmp_path) -> None:
+    """`segformer ACTION` says `warning: ...` for the project's own warnings (no source path, no code
+    line); a warning from another library is printed as Python prints it."""
+    from segformer.data.synth import generate
+
+    root = generate(tmp_path / "data", num_classes=2, size=32, train=2, val=1, test=1)
+    out = subprocess.run([sys.executable, "-m", "segformer.cli", "evaluate", "-e", str(root / "spec.yaml"),
+                          "wandb.enable=true", f"results_dir={tmp_path / 'r'}"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "evaluate.checkpoint points to" in out.stderr  # nothing trained there
+    assert "warning: wandb.enable = True has no effect" in out.stderr + out.stdout
+    assert "ConfigWarning" not in out.stderr and "loader.py" not in out.stderr
+    theirs = _run("import warnings\nfrom segformer.errors import plain_warnings\nplain_warnings()\n"
+                  "warnings.warn_explicit('theirs', UserWarning, '/elsewhere/lib.py', 3)")
+    assert "/elsewhere/lib.py:3: UserWarning: theirs" in theirs.stderr
