@@ -65,4 +65,3 @@ def plain_warnings(*packages: str) -> None:
 
     show.plain = True  # type: ignore[attr-defined]
     warnings.showwarning = show
-

@@ -14,6 +14,7 @@ Which runtime is used follows from the action's section of the spec (:func:`load
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -68,13 +69,15 @@ def select_device(num_gpus: int, gpu_ids: Sequence[int] | None) -> torch.device:
     if num_gpus > 0 and torch.cuda.is_available():
         index = int(gpu_ids[0]) if gpu_ids else 0
         return torch.device("cuda", index)
-    if num_gpus > 0 and not _said_no_gpu:
-        _said_no_gpu.append(True)  # once per process: promotion evaluates seven times
-        log.warning("no CUDA GPU available: running on the CPU")
+    if num_gpus > 0:
+        _say_no_gpu()
     return torch.device("cpu")
 
 
-_said_no_gpu: list[bool] = []
+@functools.cache
+def _say_no_gpu() -> None:
+    """Once per process: a promotion evaluates the model seven times."""
+    log.warning("no CUDA GPU available: running on the CPU")
 
 
 def load_predictor(cfg: ExperimentConfig, section: str) -> Predictor:
