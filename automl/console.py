@@ -209,6 +209,14 @@ def summary(state: SearchState) -> str:
             outcome = "confirmed" if r["confirmed"] else "the baseline led" if r.get("baseline_led") else "not confirmed"
             lines.append(f"  re-check {recheck_role(r)} {r['leader']} vs baseline over {r['seeds']} seeds: gain {r['gain']:+.4f} "
                          f"+/- {r['gain_stderr']:.4f}{fresh} -> {outcome}; promoted {r['promoted']}")
+        elif state.budget is not None and not state.budget.get("recheck") and baseline is not None and best.name != baseline.name:
+            from automl.budget import RECHECK_MIN_BUDGET  # here: automl.budget imports Ray
+
+            why = (f"a budget of {state.budget['trainings']:g} trainings has no room for one (from {RECHECK_MIN_BUDGET} "
+                   f"on, two of them re-check the leader)" if state.budget["trainings"] < RECHECK_MIN_BUDGET
+                   else "turned off for this search")
+            lines.append(f"  re-check none: {why}; {best.name}'s lead over the baseline comes from one training of each "
+                         f"and was not confirmed with another seed")
     if state.pareto is not None:
         lines.append(f"  front    {len(state.pareto['front'])} of {len(state.pareto['points'])} trials on the "
                      f"{' / '.join(state.pareto['objectives'])} front; promoted {state.pareto['chosen']}: {state.pareto['rule']}")

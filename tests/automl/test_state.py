@@ -108,3 +108,24 @@ def test_status_of_a_big_search_shows_the_running_trials_and_the_best(tmp_path, 
     assert "4960 more trials" in out and "--all" in out
     assert main(["status", str(tmp_path), "--all"]) == 0
     assert sum(line.startswith("trial_") for line in capsys.readouterr().out.splitlines()) == 5000
+
+
+def test_a_summary_says_when_no_recheck_backs_the_promoted_lead(tmp_path):
+    """A budget of 2 trainings has no room for the re-check: the summary says the lead is one training's;
+    when the baseline itself is best there is nothing to say."""
+    from automl.console import summary
+
+    state = _state(tmp_path)
+    baseline, other = _trial(state, 0), _trial(state, 1)
+    baseline.is_baseline = True
+    state.budget = {"trainings": 2.0, "spec_epochs": 1, "trial_epochs": 1, "recheck": 0}
+    for record in (baseline, other):
+        record.status = FINISHED
+        _report(state, record, 1)  # trial_001 scores 0.001 above the baseline
+    text = summary(state)
+    assert ("re-check none: a budget of 2 trainings has no room for one (from 4 on, two of them re-check the leader); "
+            "trial_001's lead over the baseline comes from one training of each") in text
+    state.budget["trainings"] = 10.0  # room enough: the re-check was turned off
+    assert "re-check none: turned off for this search" in summary(state)
+    other.best_value = 0.0  # the baseline leads: nothing to re-check
+    assert "re-check none" not in summary(state)
