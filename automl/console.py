@@ -214,7 +214,7 @@ def summary(state: SearchState) -> str:
 
             why = (f"a budget of {state.budget['trainings']:g} trainings has no room for one (from {RECHECK_MIN_BUDGET} "
                    f"on, two of them re-check the leader)" if state.budget["trainings"] < RECHECK_MIN_BUDGET
-                   else "turned off for this search")
+                   else "not run in this search (--no-recheck, or a grid)")
             lines.append(f"  re-check none: {why}; {best.name}'s lead over the baseline comes from one training of each "
                          f"and was not confirmed with another seed")
     if state.pareto is not None:

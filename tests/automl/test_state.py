@@ -125,7 +125,7 @@ def test_a_summary_says_when_no_recheck_backs_the_promoted_lead(tmp_path):
     text = summary(state)
     assert ("re-check none: a budget of 2 trainings has no room for one (from 4 on, two of them re-check the leader); "
             "trial_001's lead over the baseline comes from one training of each") in text
-    state.budget["trainings"] = 10.0  # room enough: the re-check was turned off
-    assert "re-check none: turned off for this search" in summary(state)
+    state.budget["trainings"] = 10.0  # room enough: the re-check was not run
+    assert "re-check none: not run in this search (--no-recheck, or a grid)" in summary(state)
     other.best_value = 0.0  # the baseline leads: nothing to re-check
     assert "re-check none" not in summary(state)
