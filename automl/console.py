@@ -207,7 +207,8 @@ def summary(state: SearchState) -> str:
             fresh = (f", on the fresh seed {r['recheck_gain']:+.4f} vs noise {r['gain_noise']:.4f}"
                      if r.get("recheck_gain") is not None and r.get("gain_noise") is not None else "")
             outcome = "confirmed" if r["confirmed"] else "the baseline led" if r.get("baseline_led") else "not confirmed"
-            lines.append(f"  re-check {recheck_role(r)} {r['leader']} vs baseline over {r['seeds']} seeds: gain {r['gain']:+.4f} "
+            basis = f" ({r['basis']})" if r.get("basis") else ""
+            lines.append(f"  re-check {recheck_role(r)} {r['leader']} vs baseline over {r['seeds']} seeds{basis}: gain {r['gain']:+.4f} "
                          f"+/- {r['gain_stderr']:.4f}{fresh} -> {outcome}; promoted {r['promoted']}")
         elif state.budget is not None and not state.budget.get("recheck") and baseline is not None and best.name != baseline.name:
             from automl.budget import RECHECK_MIN_BUDGET  # here: automl.budget imports Ray

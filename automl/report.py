@@ -475,7 +475,8 @@ def _gain_chart(plt: Any, state: SearchState, r: dict[str, Any]) -> Any:
     ax.set_ylim(-0.8, 2.8)
     ax.set_yticks([2, 1, 0], ["search seed", "re-check seed", "both seeds"])
     better = "higher" if state.mode == "max" else "lower"
-    ax.set_xlabel(f"gain in {state.metric}: {r['leader']} - {r['baseline']} ({better} is better; > 0: the leader is better)")
+    basis = f", {r['basis']}" if r.get("basis") else ""
+    ax.set_xlabel(f"gain in {state.metric}{basis}: {r['leader']} - {r['baseline']} ({better} is better; > 0: the leader is better)")
     ax.set_title(f"Leader vs baseline on two seeds: {'confirmed' if r.get('confirmed') else 'not confirmed'}", fontsize=10)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=1)
     return fig
@@ -643,8 +644,9 @@ def _comparison(state: SearchState, plots: dict[str, str]) -> list[Block]:
     if r is not None:
         noise = (f"; the gain moved by {r['gain_noise']:.4f} between the two seeds (grey band)"
                  if r.get("gain_noise") is not None else "")
+        basis = f" ({r['basis']}, where each training settled)" if r.get("basis") else ""
         text = (f"The {recheck_role(r)} `{r['leader']}` against the baseline `{r['baseline']}`, each trained on two seeds: the paired "
-                f"gain on each seed and their mean {r['gain']:+.4f} +/- {r['gain_stderr']:.4f} (standard error){noise}.")
+                f"gain on each seed{basis} and their mean {r['gain']:+.4f} +/- {r['gain_stderr']:.4f} (standard error){noise}.")
     else:
         best, baseline = _compared(state)  # type: ignore[misc]
         text = (f"`{best.name}` {best.best_value:.4f} against the baseline `{baseline.name}` {baseline.best_value:.4f} "
@@ -665,6 +667,8 @@ def _recheck(state: SearchState) -> list[Block]:
     r = state.recheck
     if r is not None:
         blocks += [Heading("Re-check (another seed) before promotion"),
+                   *([Para(f"Each training's {state.metric} where it settled: {r['basis']} (a peak epoch of a noisy curve "
+                           "overstates a configuration that swings more).")] if r.get("basis") else []),
                    Table(["", "the search's seed", "the re-check's seed (+1)"],
                          [[f"{recheck_role(r)} `{r['leader']}`", f"{r['leader_values'][0]:.4f}", f"{r['leader_values'][1]:.4f}"],
                           [f"baseline `{r['baseline']}`", f"{r['baseline_values'][0]:.4f}", f"{r['baseline_values'][1]:.4f}"]]),

@@ -181,6 +181,42 @@ def test_the_recheck_promotes_only_a_gain_above_the_noise(tmp_path: Path) -> Non
     assert verdict(state) is None
 
 
+def test_the_recheck_compares_where_trainings_settled_not_their_peaks(tmp_path: Path) -> None:
+    """A high-lr leader whose curve swings: its peak epoch beats the baseline on both seeds, but over
+    the last quarter of the epochs it does not; the baseline is promoted, its better training by the
+    best epoch (the checkpoint handed over), and the summary says what was compared."""
+    from automl.budget import settled
+    from automl.console import summary
+
+    def curve(name: str, values: list[float], **kw) -> TrialRecord:
+        history = [{"epoch": e + 1, "val_miou": v} for e, v in enumerate(values)]
+        best = max(values)
+        return TrialRecord(trial_id=name, name=name, params={}, status=FINISHED, history=history, best_value=best,
+                           best_epoch=values.index(best) + 1, is_baseline=kw.get("baseline", False), recheck_of=kw.get("of"))
+
+    steady = [0.50, 0.60, 0.66, 0.68, 0.69, 0.69, 0.70, 0.69]  # settles at 0.6925 (the last 2 of 8)
+    spiky = [0.40, 0.55, 0.71, 0.62, 0.72, 0.63, 0.68, 0.66]  # peaks at 0.72, settles at 0.67
+    state = SearchState(results_dir=str(tmp_path), skill="segformer", algorithm="bayesian", metric="val_miou", mode="max",
+                        settings={}, baseline_params={})
+    for record in (curve("trial_000", steady, baseline=True), curve("trial_001", spiky),
+                   curve("trial_002", [0.5] * 8), curve("trial_003", [v + 0.005 for v in spiky], of="trial_001"),
+                   curve("trial_004", [v - 0.001 for v in steady], of="trial_000")):
+        state.trials[record.trial_id] = record
+    assert settled(state.trials["trial_000"], "val_miou") == pytest.approx(0.695)
+    assert settled(curve("x", [0.3]), "val_miou") == 0.3 and settled(curve("y", [0.1, 0.2, 0.3, 0.4, 0.5]), "val_miou") == pytest.approx(0.45)
+    assert state.ranked()[0].name == "trial_001"  # the search ranks by the best epoch: the spiky curve leads
+    v = verdict(state)
+    assert v["leader_values"] == pytest.approx([0.67, 0.675]) and v["baseline_values"] == pytest.approx([0.695, 0.694])
+    assert not v["confirmed"] and not v["baseline_led"] and v["configuration"] == "trial_000" and v["promoted"] == "trial_000"
+    assert v["basis"] == "the mean of the last 2 of 8 validations" and "peak of a noisy curve" in v["reason"]
+    state.recheck = v
+    assert "over 2 seeds (the mean of the last 2 of 8 validations): gain -0.0220" in summary(state)
+    # the same curves without the swing: the leader's level is ahead on both seeds, and it is confirmed
+    state.trials["trial_001"] = curve("trial_001", [v + 0.03 for v in steady])
+    state.trials["trial_003"] = curve("trial_003", [v + 0.03 for v in steady], of="trial_001")
+    assert verdict(state)["confirmed"]
+
+
 def test_the_test_line_names_what_the_baseline_was_compared_with() -> None:
     """When the baseline's configuration is promoted, the summary's test line sets the re-checked
     trial against it: "leader" when that trial led the search, "runner-up" when the baseline did."""
