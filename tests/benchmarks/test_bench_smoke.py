@@ -206,6 +206,40 @@ def test_realdata_reads_a_colour_image_and_an_npz_mask_from_a_wheel(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_realdata_fills_the_polygons_of_a_geoparquet_file_as_instances(tmp_path):
+    """histolytics ships its stroma nuclei as WKB polygons in a GeoParquet file: each is filled with
+    its own instance id, in pixel coordinates (x to the right, y down); anything but a polygon stops."""
+    import io
+    import struct
+    import zipfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from benchmarks.realdata import binary, read_polygons
+
+    def polygon(points, order="<"):
+        ring = [*points, points[0]]
+        return (bytes([1 if order == "<" else 0]) + struct.pack(order + "III", 3, 1, len(ring))
+                + struct.pack(order + f"{2 * len(ring)}d", *[c for xy in ring for c in xy]))
+
+    square = polygon([(1, 1), (3, 1), (3, 2), (1, 2)])  # x 1..3, y 1..2
+    big_endian = polygon([(5, 0), (6, 0), (6, 3), (5, 3)], order=">")
+    wheel = tmp_path / "data.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for member, rows in (("pkg/cells.parquet", [square, big_endian]),
+                             ("pkg/points.parquet", [bytes([1]) + struct.pack("<Idd", 1, 2.0, 2.0)])):
+            table, buffer = pa.table({"geometry": pa.array(rows, pa.binary()), "class_name": ["a"] * len(rows)}), io.BytesIO()
+            pq.write_table(table, buffer)
+            archive.writestr(member, buffer.getvalue())
+    mask = read_polygons(wheel, "pkg/cells.parquet", 4, 8)
+    assert mask.shape == (1, 4, 8)
+    assert (mask[0, 1:3, 1:4] == 1).all() and (mask[0, 0:4, 5:7] == 2).all()
+    assert binary(mask[0]).sum() == 6 + 8  # nothing outside the two outlines
+    with pytest.raises(SystemExit, match="points.parquet row 0 is WKB geometry type 1, not a polygon"):
+        read_polygons(wheel, "pkg/points.parquet", 4, 8)
+
+
 def test_search_quality_counts_epochs_from_status_files_and_renders(tmp_path):
     """Epochs are counted the way acceptance counts them (status.json lines), and the table compares
     the default search's promoted model with the best plain seed on the test split."""
@@ -231,6 +265,28 @@ def test_search_quality_counts_epochs_from_status_files_and_renders(tmp_path):
     # the re-check's worth: promoted vs the search's baseline training (+0.02, +0.04), and the best trial
     # promoted unchecked (+0.03; the baseline itself, +0, where it led); searches without a re-check left out
     assert "| real | 2 | +0.0300 (+0.0200) | +0.0150 (+0.0000) |" in text
+
+
+def test_the_test_splits_resolution_is_a_paired_bootstrap_over_its_images():
+    """The SD of a gain over resampled test images: none between a model and itself, and it shrinks
+    as the square root of the images (the same images four times over: about half)."""
+    import numpy as np
+
+    from benchmarks.search_quality import _miou, paired_bootstrap_sd, render
+
+    rng = np.random.default_rng(1)
+    # per-image (2, 2) confusion matrices: rows the true class, columns the predicted one
+    a = rng.integers(1, 50, size=(8, 2, 2)).astype(np.int64)
+    b = a.copy()
+    b[:, 1, 1] -= rng.integers(0, 20, size=8).clip(max=a[:, 1, 1] - 1)  # b misses some class-1 pixels a gets
+    b[:, 1, 0] += a[:, 1, 1] - b[:, 1, 1]
+    assert paired_bootstrap_sd(a, a) == 0.0
+    assert _miou(a) > _miou(b)
+    few, many = paired_bootstrap_sd(a, b), paired_bootstrap_sd(np.tile(a, (4, 1, 1)), np.tile(b, (4, 1, 1)))
+    assert few > 0 and 0.35 < many / few < 0.65
+    row = {"search": "default", "against": "plain seed 0", "images": 8, "gain": _miou(a) - _miou(b), "sd": few}
+    text = render({"real": {"plain": [], "searches": {}, "test_resolution": row}})
+    assert f"| real | 8 | default | plain seed 0 | {_miou(a) - _miou(b):+.4f} | {few:.4f} |" in text
 
 
 def test_search_quality_efficiency_reads_random_best_exactly_and_within_the_seed_noise():
