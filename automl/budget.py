@@ -476,19 +476,36 @@ class BudgetFIFO(_BudgetStops, FIFOScheduler):
 # --------------------------------------------------------------------------------------- the verdict
 
 
-def settled(record: TrialRecord, metric: str) -> float | None:
+def settled(record: TrialRecord, metric: str, until: int | None = None) -> float | None:
     """Where a training settled: the mean of `metric` over the last quarter of its validations (at
-    least the last one; Ray Tune's "last-5-avg" scope on 20 epochs). None when it has no value."""
-    values = [float(h[metric]) for h in record.history if h.get(metric) is not None]
+    least the last one; Ray Tune's "last-5-avg" scope on 20 epochs), counting only epochs up to
+    `until` when given. None when it has no value there."""
+    values = _values(record, metric, until)
     if not values:
         return None
     last = math.ceil(len(values) / 4)
     return sum(values[-last:]) / last
 
 
-def _basis(record: TrialRecord, metric: str) -> str:
-    count = sum(1 for h in record.history if h.get(metric) is not None)
-    return f"the mean of the last {math.ceil(count / 4)} of {count} validations" if count > 1 else "its one validation"
+def _values(record: TrialRecord, metric: str, until: int | None = None) -> list[float]:
+    return [float(h[metric]) for h in record.history
+            if h.get(metric) is not None and (until is None or int(h.get("epoch", 0)) <= until)]
+
+
+def _settled_pair(a: TrialRecord, b: TrialRecord, metric: str) -> tuple[float | None, float | None, int]:
+    """Both trainings where they settled, over the epochs both reached (a trial the budget cut short
+    is compared with the same stretch of the other's curve, not with its finished end); and how
+    many validations that stretch holds."""
+    until = min((int(t.history[-1].get("epoch", 0)) if t.history else 0) for t in (a, b))
+    return settled(a, metric, until), settled(b, metric, until), len(_values(b, metric, until))
+
+
+def _basis(counts: tuple[int, int]) -> str:
+    text = (f"the mean of the last {math.ceil(counts[0] / 4)} of {counts[0]} validations" if counts[0] > 1
+            else "one validation")
+    if counts[1] != counts[0]:
+        text += f" on the search's seed, the last {math.ceil(counts[1] / 4)} of {counts[1]} on the re-check seed"
+    return text
 
 
 def verdict(state: SearchState) -> dict[str, Any] | None:
@@ -500,9 +517,9 @@ def verdict(state: SearchState) -> dict[str, Any] | None:
     baseline, leader = state.baseline(), leading(state)
     if baseline is None or leader is None or leader.name not in checks or baseline.name not in checks:
         return None
-    trainings = (leader, checks[leader.name], baseline, checks[baseline.name])
-    c0, c1, b0, b1 = (settled(t, state.metric) for t in trainings)
-    if None in (c0, c1, b0, b1):
+    c0, b0, n0 = _settled_pair(leader, baseline, state.metric)
+    c1, b1, n1 = _settled_pair(checks[leader.name], checks[baseline.name], state.metric)
+    if c0 is None or c1 is None or b0 is None or b1 is None:
         return None
     sign = 1.0 if state.mode == "max" else -1.0
     gains = [sign * (c0 - b0), sign * (c1 - b1)]  # paired: both configurations trained with the same two seeds
@@ -517,15 +534,16 @@ def verdict(state: SearchState) -> dict[str, Any] | None:
     # exceeds that noise: a lead that moves more between seeds than it measures is no evidence.
     fresh = gains[1]
     gain_noise = abs(gains[0] - gains[1]) / math.sqrt(2)
-    confirmed = min(gains) > 0 and fresh > gain_noise
     led = state.better(leader.best_value, baseline.best_value)  # else the baseline led and `leader` is the runner-up
-    basis = _basis(baseline, state.metric)
+    confirmed = led and min(gains) > 0 and fresh > gain_noise  # when the baseline led, its configuration is kept
+    basis = _basis((n0, n1))
     if confirmed:
         why = (f"{leader.name} beat the baseline on the re-check seed by {fresh:+.4f}, more than the gain moved "
                f"between seeds ({gain_noise:.4f}); {leader.name} is promoted")
     elif not led:
-        why = (f"the baseline led the search: {leader.name}, the best other trial, scored {gains[0]:+.4f} against it, and "
-               f"{fresh:+.4f} on the re-check seed (the gain moved by {gain_noise:.4f} between seeds); the baseline is promoted")
+        why = (f"the baseline led the search: {leader.name}, the best other trial, scored {gains[0]:+.4f} against it where "
+               f"the trainings settled ({basis}), and {fresh:+.4f} on the re-check seed (the gain moved by {gain_noise:.4f} "
+               f"between seeds); the baseline is promoted")
     elif gains[0] <= 0:
         why = (f"{leader.name} led the search at its best epoch, but where its training settled ({basis}) it scored "
                f"{gains[0]:+.4f} against the baseline, and {fresh:+.4f} on the re-check seed: its lead was a peak of a "

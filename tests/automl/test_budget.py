@@ -215,6 +215,20 @@ def test_the_recheck_compares_where_trainings_settled_not_their_peaks(tmp_path: 
     state.trials["trial_001"] = curve("trial_001", [v + 0.03 for v in steady])
     state.trials["trial_003"] = curve("trial_003", [v + 0.03 for v in steady], of="trial_001")
     assert verdict(state)["confirmed"]
+    # a leader the budget cut after 4 epochs is compared with the baseline's first 4 epochs, not its end
+    state.trials["trial_001"] = curve("trial_001", [v + 0.03 for v in steady[:4]])
+    cut = verdict(state)
+    assert cut["leader_values"][0] == pytest.approx(0.71) and cut["baseline_values"][0] == pytest.approx(0.68)
+    assert cut["confirmed"] and cut["basis"] == "the mean of the last 1 of 4 validations on the search's seed, the last 2 of 8 on the re-check seed"
+    # the baseline led the search at its best epoch: its configuration is kept even where the
+    # runner-up settled higher on both seeds
+    state.trials["trial_001"] = curve("trial_001", [0.5] * 6 + [0.69, 0.69])
+    state.trials["trial_003"] = curve("trial_003", [0.5] * 6 + [0.69, 0.69], of="trial_001")
+    state.trials["trial_000"] = curve("trial_000", [0.5] * 6 + [0.71, 0.60], baseline=True)
+    state.trials["trial_004"] = curve("trial_004", [0.5] * 6 + [0.71, 0.60], of="trial_000")
+    kept = verdict(state)
+    assert min(g - b for g, b in zip(kept["leader_values"], kept["baseline_values"])) > 0
+    assert kept["baseline_led"] and not kept["confirmed"] and kept["configuration"] == "trial_000"
 
 
 def test_the_test_line_names_what_the_baseline_was_compared_with() -> None:
