@@ -386,6 +386,9 @@ def test_mlflow_shows_the_gain_and_the_test_scores(budget_search) -> None:
     assert metrics["test_miou_promoted"] == pytest.approx(state.final_evaluation["promoted"]["mean"])
     assert ("recheck_gain" in metrics) == ("recheck_fresh_seed_gain" in metrics) == (state.recheck is not None)
     assert parent.data.tags["automl.best_trial"] == state.best_trial
+    if state.recheck is not None:  # what the recheck_* metrics compare: where the trainings settled
+        assert parent.data.tags["automl.recheck_basis"] == state.recheck["basis"]
+        assert parent.data.tags["automl.recheck_basis"].startswith("the mean of the last")
 
 
 @pytest.mark.slow  # about 2 min on 2 shared cores; CI runs it (make test)
