@@ -483,8 +483,13 @@ def settled(record: TrialRecord, metric: str, until: int | None = None) -> float
     values = _values(record, metric, until)
     if not values:
         return None
-    last = math.ceil(len(values) / 4)
+    last = _last_quarter(len(values))
     return sum(values[-last:]) / last
+
+
+def _last_quarter(count: int) -> int:
+    """How many of `count` validations the settled level averages (what `_basis` says, too)."""
+    return math.ceil(count / 4)
 
 
 def _values(record: TrialRecord, metric: str, until: int | None = None) -> list[float]:
@@ -501,10 +506,10 @@ def _settled_pair(a: TrialRecord, b: TrialRecord, metric: str) -> tuple[float | 
 
 
 def _basis(counts: tuple[int, int]) -> str:
-    text = (f"the mean of the last {math.ceil(counts[0] / 4)} of {counts[0]} validations" if counts[0] > 1
+    text = (f"the mean of the last {_last_quarter(counts[0])} of {counts[0]} validations" if counts[0] > 1
             else "one validation")
     if counts[1] != counts[0]:
-        text += f" on the search's seed, the last {math.ceil(counts[1] / 4)} of {counts[1]} on the re-check seed"
+        text += f" on the search's seed, the last {_last_quarter(counts[1])} of {counts[1]} on the re-check seed"
     return text
 
 

@@ -122,7 +122,7 @@ def read_polygons(wheel: Path, member: str, height: int, width: int) -> np.ndarr
     draw = ImageDraw.Draw(canvas)
     for number, wkb in enumerate(table.column("geometry").to_pylist(), start=1):
         order = "<" if wkb[0] == 1 else ">"
-        kind, rings = struct.unpack(order + "II", wkb[1:9])
+        kind = struct.unpack_from(order + "I", wkb, 1)[0]
         if kind != 3:  # 3: a Polygon; its first ring is the outline (holes are left filled: nuclei have none)
             raise SystemExit(f"{wheel}: {member} row {number - 1} is WKB geometry type {kind}, not a polygon")
         points = struct.unpack_from(order + "I", wkb, 9)[0]

@@ -285,6 +285,8 @@ def test_resolution(name: str) -> dict[str, Any] | None:
     model (its best/ checkpoint) against the spec's plain seed-0 training (or, where that folder is
     gone, the search's own baseline training at its last epoch), bootstrapped over the test images.
     None when neither pair of checkpoints is on disk, or best/ holds a model an earlier rule promoted."""
+    from automl.budget import verdict as decide
+    from automl.state import SearchState
     from segformer.engine.callbacks import LATEST_NAME
 
     for key in sorted((k for k in (p.name.removeprefix("search_") for p in (WORK / name).glob("search_default*"))
@@ -292,9 +294,6 @@ def test_resolution(name: str) -> dict[str, Any] | None:
         out = WORK / name / f"search_{key}"
         plain_ckpt = WORK / name / "plain_seed0" / "train" / LATEST_NAME
         state = json.loads((out / "automl_state.json").read_text())
-        from automl.budget import verdict as decide
-        from automl.state import SearchState
-
         replayed = (decide(SearchState.load(out)) or {}).get("promoted", state.get("best_trial"))
         if replayed != state.get("best_trial"):
             continue  # best/ holds what an earlier rule promoted, not the row's model: not the target's pair
