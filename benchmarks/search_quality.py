@@ -53,6 +53,11 @@ DATASETS: dict[str, dict[str, Any]] = {
     # stroma, binary nuclei, outlines that miss some faint nuclei.
     "hgsc_stroma_nuclei": {"spec": REALDATA / "hgsc_stroma_nuclei" / "spec.yaml", "overrides": []},
     "hgsc_stroma_nuclei_tao_lr": {"spec": REALDATA / "hgsc_stroma_nuclei" / "spec.yaml", "overrides": ["train.optim.lr=6e-05"]},
+    # Added 2026-12-04 (third session), again after the default was settled: brain MRI, grey, 3 tissue
+    # classes (192 px slices at 128 px, as hela's tiles).
+    "mni_brain_tissue": {"spec": REALDATA / "mni_brain_tissue" / "spec.yaml", "overrides": ["dataset.segment.img_size=128"]},
+    "mni_brain_tissue_tao_lr": {"spec": REALDATA / "mni_brain_tissue" / "spec.yaml",
+                                "overrides": ["dataset.segment.img_size=128", "train.optim.lr=6e-05"]},
     "synth_hard": {"spec": WORK / "data" / "synth_hard" / "spec.yaml", "overrides": []},
     # A user's spec with the optimizer values of TAO's train template (lr 6e-05, made for fine-tuning
     # pretrained weights) on the same real data: a spec that is not tuned for it.

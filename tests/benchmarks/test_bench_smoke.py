@@ -240,6 +240,54 @@ def test_realdata_fills_the_polygons_of_a_geoparquet_file_as_instances(tmp_path)
         read_polygons(wheel, "pkg/points.parquet", 4, 8)
 
 
+def test_realdata_reads_nifti_volumes_as_tissue_slices(tmp_path):
+    """nilearn ships the MNI template and its tissue maps as gzipped NIfTI-1 volumes (x fastest on
+    disk): each voxel takes the class of the larger probability, only the slices with brain are kept,
+    cropped to a square around it with the front of the head up; slabs of slices split with a margin."""
+    import gzip
+    import struct
+    import zipfile
+
+    import numpy as np
+
+    from benchmarks.realdata import Source, brain_tissue, by_slab, read_nifti
+
+    def nifti(volume: np.ndarray, datatype: int = 2) -> bytes:  # volume as (z, y, x)
+        header = bytearray(352)
+        struct.pack_into("<i", header, 0, 348)
+        struct.pack_into("<8h", header, 40, 3, volume.shape[2], volume.shape[1], volume.shape[0], 1, 1, 1, 1)
+        struct.pack_into("<hh", header, 70, datatype, volume.dtype.itemsize * 8)
+        struct.pack_into("<f", header, 108, 352.0)
+        return gzip.compress(bytes(header) + volume.astype(volume.dtype.newbyteorder("<")).tobytes())
+
+    z, y, x = 6, 10, 9
+    t1 = np.arange(z * y * x, dtype=np.uint8).reshape(z, y, x)
+    grey, white = np.zeros((z, y, x), np.uint8), np.zeros((z, y, x), np.uint8)
+    grey[1:5, 2:7, 3:8], white[1:5, 3:6, 4:7] = 200, 0
+    white[1:5, 4:5, 5:6], grey[1:5, 4:5, 5:6] = 180, 60  # the core: more white than grey
+    grey[1, 2, 3] = 100  # 100 of 255: background (155) wins
+    wheel = tmp_path / "data.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, volume in (("t1", t1), ("gm", grey), ("wm", white)):
+            archive.writestr(f"pkg/{name}.nii.gz", nifti(volume))
+        archive.writestr("pkg/f32.nii.gz", nifti(t1.astype(np.float32), datatype=16))
+    assert (read_nifti(wheel, "pkg/t1.nii.gz") == t1[:, ::-1, :]).all()  # rows flipped: the front up
+    assert (read_nifti(wheel, "pkg/f32.nii.gz") == t1[:, ::-1, :]).all()
+    images, classes = brain_tissue(wheel, Source("pkg==1", "pkg/t1.nii.gz", "pkg/gm.nii.gz", ("pkg/wm.nii.gz",)), side=6)
+    assert images.shape == (4, 6, 6, 3) and classes.shape == (4, 6, 6)  # slices 1-4 only
+    assert (images[..., 0] == t1[1:5, ::-1, :][:, 2:8, 2:8]).all()  # brain rows and columns 3-7: the crop 2-7
+    assert images.dtype == np.uint8 and (images[..., 0] == images[..., 2]).all()
+    assert [(classes[i] == 1).sum() for i in range(4)] == [23, 24, 24, 24]  # 25 grey, less the core and the weak voxel
+    assert (classes == 2).sum() == 4 and classes[:, 1:6, 1:6].astype(bool).sum() == (classes > 0).sum()  # brain at 1-5 of the crop
+    with pytest.raises(SystemExit, match="not within 4"):
+        brain_tissue(wheel, Source("pkg==1", "pkg/t1.nii.gz", "pkg/gm.nii.gz", ("pkg/wm.nii.gz",)), side=4)
+    splits = [by_slab(f, 0, 80) for f in range(80)]
+    assert splits[:14] == ["train"] * 14 and splits[14:18] == [None] * 4 and splits[18:22] == ["val"] * 4
+    assert splits[30:34] == [None] * 4 and splits[34:38] == ["test"] * 4 and splits[38:42] == [None] * 4
+    assert splits[74:] == ["test"] * 6  # the last slab: no train slice beyond it to keep away from
+    assert splits.count("val") == 8 and splits.count("train") == 34 and splits.count(None) == 28
+
+
 def test_search_quality_counts_epochs_from_status_files_and_renders(tmp_path):
     """Epochs are counted the way acceptance counts them (status.json lines), and the table compares
     the default search's promoted model with the best plain seed on the test split."""
