@@ -20,6 +20,12 @@ The test split took no part in any decision of the searches (they rank on the va
 Plain seeds and searches train one thread per trial. Results: benchmarks/RESULTS.md ("Search
 quality") and benchmarks/results/search_quality.json; --resume reuses finished runs' folders, and the plain
 seeds and searches already recorded whose folders are gone (a search only at the same --budget).
+
+`--replay` trains nothing: it scores on the test split every training the searches on disk kept
+(each trial's last-epoch checkpoint, and the promoted best/), to ask two questions of choices the
+search makes: does ranking trials by their settled level (the mean of their last quarter of
+validations) pick better models than ranking by their best epoch, and does promoting the best
+epoch's checkpoint beat the last epoch's. It prints a table (written into RESULTS by hand).
 """
 
 from __future__ import annotations
@@ -314,6 +320,42 @@ def test_resolution(name: str) -> dict[str, Any] | None:
     return None
 
 
+def replay(names: list[str]) -> str:
+    """Markdown table for `--replay` over the default searches of `names` whose folders are on disk."""
+    from scipy.stats import spearmanr
+
+    from automl.budget import settled
+    from automl.state import SearchState
+    from segformer.engine.callbacks import LATEST_NAME
+
+    lines = ["| search | trainings | rank vs test: best epoch / settled | top by best epoch: test | top by settled: test "
+             "| promoted: best epoch / last epoch (test) |", "|---|---|---|---|---|---|"]
+    for name in names:
+        for out in sorted((WORK / name).glob("search_default*")):
+            if not (out / "automl_state.json").is_file():
+                continue
+            state = SearchState.load(out)
+            scored = []
+            for trial in state.trials.values():
+                checkpoint = out / trial.name / "train" / LATEST_NAME
+                values = [h["val_miou"] for h in trial.history if h.get("val_miou") is not None]
+                if checkpoint.is_file() and values:
+                    test = _miou(per_image_confusion(checkpoint.parent / "experiment.yaml", [], checkpoint))
+                    scored.append((trial, len(values), max(values), settled(trial, "val_miou"), test))
+            full = [row for row in scored if row[1] == max(r[1] for r in scored)]
+            ranked = [row for row in full if not row[0].recheck_of]  # what the search ranked (re-checks came after)
+            if len(ranked) < 3 or state.best_trial not in {row[0].name for row in scored}:
+                continue
+            rho = [spearmanr([row[k] for row in full], [row[4] for row in full])[0] for k in (2, 3)]
+            by_peak, by_settled = (max(ranked, key=lambda row, k=k: row[k]) for k in (2, 3))
+            promoted = next(row for row in scored if row[0].name == state.best_trial)
+            best = _miou(per_image_confusion(out / "best" / "experiment.yaml", [], out / "best" / "model.pth"))
+            lines.append(f"| {name} {out.name.removeprefix('search_')} | {len(full)} | {rho[0]:.2f} / {rho[1]:.2f} "
+                         f"| {by_peak[0].name} {by_peak[4]:.4f} | {by_settled[0].name} {by_settled[4]:.4f} "
+                         f"| {best:.4f} / {promoted[4]:.4f} ({best - promoted[4]:+.4f}) |")
+    return "\n".join(lines)
+
+
 def _outcome(verdict: dict[str, Any]) -> str:
     return "confirmed" if verdict.get("confirmed") else "baseline led" if verdict.get("baseline_led") else "not confirmed"
 
@@ -384,8 +426,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=10.0)
     parser.add_argument("--resume", action="store_true", help="reuse finished runs")
     parser.add_argument("--no-write", action="store_true", help="do not rewrite benchmarks/RESULTS.md")
+    parser.add_argument("--replay", action="store_true", help="train nothing: score the kept trainings (see above)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    if args.replay:
+        print(replay(names))
+        return 0
     prepare(names)
     results: dict[str, Any] = {}
     raw = WORK / "results.json"
