@@ -545,6 +545,11 @@ def verdict(state: SearchState) -> dict[str, Any] | None:
     if confirmed:
         why = (f"{leader.name} beat the baseline on the re-check seed by {fresh:+.4f}, more than the gain moved "
                f"between seeds ({gain_noise:.4f}); {leader.name} is promoted")
+        if fresh < noise:
+            # The pairing (same seeds) resolves a gain finer than one training varies: say how small it
+            # is, since a gain noise measured from two seeds can be near 0 by chance.
+            why += (f"; its gain is smaller than one training's seed-to-seed SD ({noise:.4f}): the two "
+                    f"configurations are about as good as each other")
     elif not led:
         why = (f"the baseline led the search: {leader.name}, the best other trial, scored {gains[0]:+.4f} against it where "
                f"the trainings settled ({basis}), and {fresh:+.4f} on the re-check seed (the gain moved by {gain_noise:.4f} "
