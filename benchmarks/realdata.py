@@ -182,16 +182,17 @@ def brain_tissue(wheel: Path, source: Source, side: int = 192, least: float = 0.
         window.append(slice(start, start + side))
     classes = classes[:, window[0], window[1]]
     keep = (classes > 0).mean(axis=(1, 2)) >= least
-    grey_rgb = np.repeat(t1[keep][:, window[0], window[1], None], 3, axis=3)
-    return to_uint8_volume(grey_rgb), classes[keep]
+    grey = t1[keep][:, window[0], window[1]]
+    if grey.dtype != np.uint8:
+        grey = stretch(grey, (0.0, 99.9))  # one scale for the whole volume, not one per slice
+    return np.repeat(grey[..., None], 3, axis=3), classes[keep]
 
 
-def to_uint8_volume(volume: np.ndarray) -> np.ndarray:
-    """A volume stretched between its own 0th and 99.9th percentiles as 8-bit (one scale for all its slices)."""
-    if volume.dtype == np.uint8:
-        return volume
-    low, high = np.percentile(volume, (0.0, 99.9))
-    return (np.clip((volume.astype(np.float32) - low) / max(float(high - low), 1e-6), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+def stretch(values: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.8)) -> np.ndarray:
+    """`values` (a frame, or a volume) stretched between two of their percentiles, as 8-bit grey."""
+    low, high = np.percentile(values, percentiles)
+    scaled = np.clip((values.astype(np.float32) - low) / max(float(high - low), 1.0), 0.0, 1.0)
+    return (scaled * 255.0 + 0.5).astype(np.uint8)
 
 
 def to_uint8(frame: np.ndarray) -> np.ndarray:
@@ -199,10 +200,7 @@ def to_uint8(frame: np.ndarray) -> np.ndarray:
     image (8-bit RGB already) as it is."""
     if frame.ndim == 3:
         return frame
-    low, high = np.percentile(frame, (1.0, 99.8))
-    scaled = np.clip((frame.astype(np.float32) - low) / max(float(high - low), 1.0), 0.0, 1.0)
-    grey = (scaled * 255.0 + 0.5).astype(np.uint8)
-    return np.repeat(grey[..., None], 3, axis=2)
+    return np.repeat(stretch(frame)[..., None], 3, axis=2)
 
 
 def binary(instances: np.ndarray) -> np.ndarray:

@@ -224,7 +224,6 @@ def test_the_recheck_compares_where_trainings_settled_not_their_peaks(tmp_path: 
     assert hair["confirmed"] and hair["recheck_gain"] == pytest.approx(0.0001, abs=1e-9)
     assert hair["seed_noise"] == pytest.approx(0.01 / 2 ** 0.5)  # the pooled SD of one training over the two seeds
     assert "smaller than one training's seed-to-seed SD (0.0071): the two configurations are about as good" in hair["reason"]
-    state.trials["trial_001"] = curve("trial_001", [v + 0.03 for v in steady])
     state.trials["trial_003"] = curve("trial_003", [v + 0.03 for v in steady], of="trial_001")
     state.trials["trial_004"] = curve("trial_004", [v - 0.001 for v in steady], of="trial_000")
     # a leader the budget cut after 4 epochs is compared with the baseline's first 4 epochs, not its end
