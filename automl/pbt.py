@@ -75,11 +75,16 @@ def scheduler(search: Any, domains: dict[str, Any], space: Any) -> Any:
     last = search.trial_epochs
 
     class SynchronousPBT(PopulationBasedTraining):
-        """Ray's synchronous PBT with two fixes.
+        """Ray's synchronous PBT with four fixes.
 
         - No perturbation at the last epoch: Ray's paused every member there, restarted each from a
           checkpoint to train nothing, and gave the worse half a config that no epoch trained (the
           ledger then showed values the model never saw).
+        - A member's report of an epoch the scheduler already has for it (a member restarted from its
+          own checkpoint re-sends that epoch's report) changes nothing: after a resume an exploit
+          had copied the point one member was at into the other, the re-sent reports met the
+          synchronisation point again as if new, and both members were paused and restarted from the
+          same files, in turn, for ever.
         - The next synchronisation point stays ahead of the members: after a perturbation Ray sets
           it to max(previous + interval, the members' latest epoch). A resumed search starts from a
           fresh scheduler (its point at the first interval) with members at epoch 4, say: the point
@@ -92,8 +97,12 @@ def scheduler(search: Any, domains: dict[str, Any], space: Any) -> Any:
         """
 
         def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-            if last is not None and result.get(self._time_attr, 0) >= last:
+            epoch = result.get(self._time_attr, 0)
+            if last is not None and epoch >= last:
                 return TrialScheduler.CONTINUE
+            state = self._trial_state.get(trial)
+            if state is not None and epoch <= state.last_train_time:
+                return TrialScheduler.CONTINUE  # a restarted member's re-sent report: seen already
             decision = super().on_trial_result(tune_controller, trial, result)
             times = [self._trial_state[t].last_train_time for t in tune_controller.get_live_trials()
                      if t in self._trial_state]

@@ -203,12 +203,29 @@ def test_pbt_perturbation_factor_reaches_the_scheduler() -> None:
                                                                                   "train.optim.lr": 1e-3}
 
 
-def test_pbt_lets_a_member_go_when_nobody_is_left_to_synchronise_with() -> None:
-    """Seen in CI (2026-12-02): a resumed PBT search hung. One member restored its epoch-4 checkpoint,
-    trained epoch 5 (the synchronisation point) and paused to wait for the other, which had restored
-    epoch 5, trained its last epoch (reported to nobody: no perturbation there) and finished. Ray's
-    synchronous PBT then never chose the paused member again. Ray's own Trial objects and scheduler;
-    the controller is reduced to the two lists the scheduler asks it for."""
+class _Controller:
+    """What Ray's synchronous PBT asks of Ray's TuneController: the trials, and (on an exploit) to pause one."""
+
+    search_alg = None
+
+    def __init__(self, trials):
+        self.trials = trials
+
+    def get_trials(self):
+        return list(self.trials)
+
+    def get_live_trials(self):
+        return [t for t in self.trials if not t.is_finished()]
+
+    def pause_trial(self, trial, should_checkpoint=True):
+        from ray.tune.experiment import Trial
+
+        trial.status = Trial.PAUSED
+
+
+def _population(size, max_epochs=6):
+    """Ray's own SynchronousPBT and Trial objects for a population of `size`, all running, as a fresh
+    scheduler (a new or a resumed search) has them."""
     from ray.tune.experiment import Trial
 
     from automl import pbt
@@ -216,38 +233,91 @@ def test_pbt_lets_a_member_go_when_nobody_is_left_to_synchronise_with() -> None:
     from automl.space import build_space
 
     space = build_space(find_skill("segformer").load_schema(), only=["train.optim.lr"])
-    search = SearchOptions.build({"algorithm": "pbt", "max_epochs": 6}).search
-    metric = search.ranking_metric
+    search = SearchOptions.build({"algorithm": "pbt", "max_epochs": max_epochs}).search
+    scheduler = pbt.scheduler(search, pbt.mutations(space), space)
+    scheduler._log_config = False  # Ray's per-step policy files want a trial folder
+    controller = _Controller([Trial("segformer", config={"train.optim.lr": 1e-3}, stub=True) for _ in range(size)])
+    for trial in controller.trials:
+        scheduler.on_trial_add(controller, trial)
+        trial.status = Trial.RUNNING
+    return scheduler, controller, controller.trials, search.ranking_metric
 
-    class Controller:
-        search_alg = None
 
-        def __init__(self, trials):
-            self.trials = trials
+def test_pbt_lets_a_member_go_when_nobody_is_left_to_synchronise_with() -> None:
+    """Seen in CI (2026-12-02): a resumed PBT search hung. One member restored its epoch-4 checkpoint,
+    trained epoch 5 (the synchronisation point) and paused to wait for the other, which had restored
+    epoch 5, trained its last epoch (reported to nobody: no perturbation there) and finished. Ray's
+    synchronous PBT then never chose the paused member again. Ray's own Trial objects and scheduler;
+    the controller is reduced to what the scheduler asks of it."""
+    from ray.tune.experiment import Trial
 
-        def get_trials(self):
-            return list(self.trials)
-
-        def get_live_trials(self):
-            return [t for t in self.trials if not t.is_finished()]
-
-    def population(size):
-        scheduler = pbt.scheduler(search, pbt.mutations(space), space)
-        controller = Controller([Trial("segformer", config={"train.optim.lr": 1e-3}, stub=True) for _ in range(size)])
-        for trial in controller.trials:
-            scheduler.on_trial_add(controller, trial)
-            trial.status = Trial.RUNNING
-        return scheduler, controller, controller.trials
-
-    scheduler, controller, (behind, ahead) = population(2)
+    scheduler, controller, (behind, ahead), metric = _population(2)
     assert scheduler.on_trial_result(controller, behind, {"epoch": 5, metric: 0.40}) == "PAUSE"  # waits for `ahead`
     assert scheduler.on_trial_result(controller, ahead, {"epoch": 6, metric: 0.42}) == "CONTINUE"  # its last epoch
     ahead.status, behind.status = Trial.TERMINATED, Trial.PAUSED
     assert scheduler.choose_trial_to_run(controller) is behind  # Ray's alone: None, forever
 
     # while another member can still reach the point, the paused one waits for it
-    scheduler, controller, (behind, ahead, late) = population(3)
+    scheduler, controller, (behind, ahead, late), metric = _population(3)
     assert scheduler.on_trial_result(controller, behind, {"epoch": 5, metric: 0.40}) == "PAUSE"
     assert scheduler.on_trial_result(controller, ahead, {"epoch": 6, metric: 0.42}) == "CONTINUE"
     ahead.status, behind.status, late.status = Trial.TERMINATED, Trial.PAUSED, Trial.PAUSED
     assert scheduler.choose_trial_to_run(controller) is late
+
+
+def test_pbt_members_restarted_from_their_checkpoints_go_on_training(tmp_path: Path) -> None:
+    """Seen in CI (2026-12-04): a resumed PBT search (2 members, 6 epochs) restarted both members from
+    their epoch-5 checkpoints over 300 times each and trained nothing more. A member restarted from
+    its own checkpoint re-sends that epoch's report (a kill may have cut it: automl.tune_report). An
+    exploit had copied the point the member was at, the re-sent report met the synchronisation point
+    again as if new, and each member was paused to restart from the same file, in turn, for ever.
+
+    The members here act as trials do: a report carries a checkpoint (PBT), a paused member restarts
+    from the checkpoint Ray gives it: its own (re-sending that epoch) or, after an exploit, the other's."""
+    from ray import tune
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune.experiment import Trial
+
+    scheduler, controller, members, metric = _population(2)
+    score = {0: 0.40, 1: 0.30}  # member 0 is the better one: member 1 exploits it
+    todo: dict[int, list[int]] = {0: [4, 5, 6], 1: [3, 4, 5, 6]}  # the resumed members re-send epochs 4 and 3
+    restarts = 0
+
+    def report(i: int) -> str:
+        trial, epoch = members[i], todo[i].pop(0)
+        folder = tmp_path / f"member{i}_epoch{epoch}_{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        # what Ray records of a report with a checkpoint (Ray's exploit sets the same field)
+        trial.run_metadata.checkpoint_manager._latest_checkpoint_result = _TrainingResult(
+            checkpoint=tune.Checkpoint.from_directory(str(folder)), metrics={"epoch": epoch})
+        decision = scheduler.on_trial_result(controller, trial, {"epoch": epoch, metric: score[i] + epoch / 100})
+        if decision == "PAUSE":
+            trial.status = Trial.PAUSED
+        elif trial.status == Trial.RUNNING and not todo[i]:
+            trial.status = Trial.TERMINATED
+        return decision
+
+    def restart(trial: Trial) -> None:
+        nonlocal restarts
+        restarts += 1
+        i = members.index(trial)
+        owner, epoch = Path(trial.checkpoint.path).name.split("_")[:2]
+        epoch = int(epoch.removeprefix("epoch"))
+        own = owner == f"member{i}"
+        todo[i] = list(range(epoch if own else epoch + 1, 7))  # its own: that epoch's report again
+        trial.status = Trial.RUNNING
+
+    assert report(0) == "PAUSE"  # at the point (a fresh scheduler's first), member 1 is not
+    assert report(1) != "CONTINUE" and members[1].status == Trial.PAUSED  # the point met: member 1 exploits 0
+    for _ in range(40):
+        if all(t.status == Trial.TERMINATED for t in members):
+            break
+        running = [t for t in members if t.status == Trial.RUNNING]
+        if not running:
+            nxt = scheduler.choose_trial_to_run(controller)
+            assert nxt is not None, "nobody runs and nobody is chosen: the search hangs"
+            restart(nxt)
+            continue
+        report(members.index(running[0]))
+    assert [t.status for t in members] == [Trial.TERMINATED] * 2, f"after {restarts} restarts: {todo}"
+    assert restarts <= 6
