@@ -232,6 +232,9 @@ class LedgerCallback(_Bound, Callback):
         if record.history and record.best_epoch == record.history[-1].get("epoch"):
             record.checkpoint = checkpoint.path
             self.live.state.save_trial(record)
+        if self.live.prune and self.live.state.algorithm == "pbt":  # Ray keeps every PBT checkpoint (automl.runner)
+            prune_ray_checkpoints(trials, {trial: checkpoint.path},
+                                  {r.checkpoint for r in self.live.state.trials.values() if r.checkpoint})
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self.record(trial)
@@ -419,6 +422,37 @@ def _trial_error_text(trial: Any) -> str:
     return repr(error) if error is not None else "trial failed (no error recorded by Ray)"
 
 
+def prune_ray_checkpoints(trials: list, arriving: dict[Any, str], best: set[str]) -> None:
+    """Delete Ray checkpoint folders of `trials` that nothing can read any more (PBT).
+
+    Under PBT Ray keeps every checkpoint (`automl.runner`: a count to keep per trial would delete
+    one another member has exploited and not yet restored): one per member and report, 1.6 TB for
+    8 members of a 1 GB model over 200 epochs. A trial's folder keeps its latest two (Ray restores
+    the latest; a resume may name the one before), its best (`best`: promotion), and any other
+    trial's current checkpoint (an exploit's source, until that member restores it). Only folders
+    older than a trial's registered latest go: Ray tells callbacks of a checkpoint before it
+    registers it (`arriving`: trial -> that checkpoint), and a member's report can be on disk
+    before Ray registers it at all (saved at a pause); deleting by "not current" lost such a
+    folder, and both members then failed to restore.
+    """
+    import shutil
+
+    def index(folder: Path) -> int | None:
+        digits = folder.name[len("checkpoint_"):]
+        return int(digits) if folder.name.startswith("checkpoint_") and digits.isdigit() else None
+
+    current = {t: Path(arriving.get(t) or t.checkpoint.path) for t in trials if t in arriving or t.checkpoint is not None}
+    needed = {Path(p).resolve() for p in best} | {p.resolve() for p in current.values()}
+    for trial, latest in current.items():
+        newest = index(latest)
+        if latest.parent.name != ray_trial_name(trial) or newest is None:
+            continue  # exploited another member's checkpoint: its own folder's newest is not known here
+        for folder in latest.parent.glob("checkpoint_*"):
+            number = index(folder)
+            if number is not None and number < newest - 1 and folder.resolve() not in needed:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
 def prune_trial_dir(trial_dir: Path) -> None:
     """Drop a finished trial's per-epoch checkpoints; Ray keeps the best and latest for promotion.
 
@@ -433,4 +467,6 @@ def prune_trial_dir(trial_dir: Path) -> None:
     for path in train_dir.glob("model_epoch_*"):
         if path.is_file():
             path.unlink(missing_ok=True)
+    for folder in train_dir.glob("automl_ckpt_*"):  # a report's hand-over folder a killed worker left
+        shutil.rmtree(folder, ignore_errors=True)
     shutil.rmtree(trial_dir / "restore", ignore_errors=True)

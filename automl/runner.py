@@ -416,8 +416,9 @@ def _new_tuner(opts: SearchOptions, plan: Any) -> Any:
     layout, s = Layout.of(opts.results_dir), opts.search
     namer = TrialNamer(opts.results_dir)
     # PBT clones the checkpoint a trial had at its last perturbation, which may be neither its best nor
-    # its latest by the time another trial exploits it: keep them all. Otherwise the best one (Ray also
-    # keeps the latest), or all of them when intermediate checkpoints are not to be deleted.
+    # its latest by the time another trial exploits it: Ray keeps them all, and the search deletes the
+    # old ones (`automl.callbacks.prune_ray_checkpoints`). Otherwise the best one (Ray also keeps the
+    # latest), or all of them when intermediate checkpoints are not to be deleted.
     keep_all = s.algorithm == "pbt" or not opts.tracking.delete_intermediate_checkpoints
     run_config = RunConfig(
         name=EXPERIMENT_NAME, storage_path=str(layout.ray_storage), verbose=0, log_to_file=True,

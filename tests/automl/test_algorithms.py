@@ -133,6 +133,8 @@ def test_pbt_exploits_another_trials_checkpoint(dataset, tmp_path, ray_session):
     state = outcome.state
     assert len(state.trials) == 2
     _check_common(state, max_epochs=3)
+    # the search deletes old PBT checkpoints (Ray keeps them all) but not a trial's best, which promotion takes
+    assert all((Path(t.checkpoint) / "checkpoint.ckpt").is_file() for t in state.trials.values())
     at_the_end = {t.name: ([r for r in t.restores if r["epoch"] >= 3], [c for c in t.config_changes if c["epoch"] >= 3])
                   for t in state.trials.values()}
     assert not any(r or c for r, c in at_the_end.values()), at_the_end

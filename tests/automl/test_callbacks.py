@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import pytest
@@ -200,3 +201,46 @@ def test_a_resume_adopts_the_run_a_kill_left_unnoted(tmp_path):
     assert record.mlflow_run_id == orphan
     children = tracker.client.search_runs([tracker.experiment_id()], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
     assert [r.info.run_id for r in children] == [orphan]
+
+
+def test_a_finished_trials_folder_keeps_its_latest_checkpoint_only(tmp_path):
+    """What a finished trial's folder keeps (delete_intermediate_checkpoints): its latest checkpoint,
+    status and spec. Per-epoch checkpoints go, and so does a report's hand-over folder that a killed
+    worker left (a hard link to an older latest: it holds a whole checkpoint's disk space)."""
+    from automl.callbacks import prune_trial_dir
+
+    train = tmp_path / "trial_000" / "train"
+    (train / "automl_ckpt_x1y2").mkdir(parents=True)
+    (train / "segformer_model_latest.pth").write_bytes(b"latest")
+    os.link(train / "segformer_model_latest.pth", train / "automl_ckpt_x1y2" / "checkpoint.ckpt")
+    for name in ("model_epoch_000_step_00002.pth", "status.json", "experiment.yaml"):
+        (train / name).write_text("x")
+    (tmp_path / "trial_000" / "restore").mkdir()
+    prune_trial_dir(tmp_path / "trial_000")
+    assert sorted(p.name for p in (tmp_path / "trial_000").rglob("*")) == [
+        "experiment.yaml", "segformer_model_latest.pth", "status.json", "train"]
+
+
+def test_old_pbt_checkpoints_go_and_what_can_still_be_read_stays(tmp_path):
+    """Under PBT Ray keeps every checkpoint; the search deletes a member's checkpoints older than the
+    two latest that Ray has registered, except its best and another member's exploit source. A newer
+    folder than the registered latest (reported, not yet registered: saved at a pause) stays."""
+    from types import SimpleNamespace
+
+    from automl.callbacks import prune_ray_checkpoints
+
+    class Member:  # what the search reads of a Ray trial: its name and its current checkpoint
+        def __init__(self, name, checkpoint):
+            self.custom_trial_name, self.checkpoint = name, SimpleNamespace(path=str(checkpoint))
+
+    search = tmp_path / "ray" / "search"
+    for name, count in (("trial_000", 7), ("trial_001", 3), ("trial_002", 4)):
+        for i in range(count):
+            (search / name / f"checkpoint_{i:06d}").mkdir(parents=True)
+    a = Member("trial_000", search / "trial_000" / "checkpoint_000004")  # 5 and 6 reported, not registered
+    b = Member("trial_001", search / "trial_000" / "checkpoint_000001")  # exploited trial_000's epoch, not restored yet
+    c = Member("trial_002", search / "trial_002" / "checkpoint_000002")  # its checkpoint 3 arriving now
+    prune_ray_checkpoints([a, b, c], {c: str(search / "trial_002" / "checkpoint_000003")},
+                          best={str(search / "trial_000" / "checkpoint_000000")})
+    left = {name: sorted(int(p.name[-6:]) for p in (search / name).iterdir()) for name in ("trial_000", "trial_001", "trial_002")}
+    assert left == {"trial_000": [0, 1, 3, 4, 5, 6], "trial_001": [0, 1, 2], "trial_002": [2, 3]}

@@ -420,6 +420,10 @@ def test_a_pbt_search_resumes_after_sigkill(dataset, tmp_path):
     after = _trials(results)
     assert {t["status"] for t in after.values()} == {"FINISHED"}, {t["name"]: t["status"] for t in after.values()}
     assert all(t["history"][-1]["epoch"] == 6 for t in after.values())
+    for t in after.values():  # what the kill left is cleared: a report's hand-over folder; old PBT checkpoints
+        assert not list((results / t["name"] / "train").glob("automl_ckpt_*")), t["name"]
+        kept = sorted(p.name for p in (results / "ray" / "search" / t["name"]).glob("checkpoint_*"))
+        assert len(kept) <= 3 and Path(t["checkpoint"]).name in kept, (t["name"], kept, t["checkpoint"])  # latest two, best
 
 def _browser() -> str | None:
     import shutil
