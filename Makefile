@@ -35,8 +35,9 @@ browser:
 	      || echo "note: chromium could not be installed; the MLflow UI test will skip"; \
 	  else echo "note: no chromium and no root apt-get; the MLflow UI test will skip"; fi; }
 
-# Two pytest-xdist workers (CI has 2 cores): 20-25 min of tests on this project's 2-core AMD EPYC
-# (2026-12-02: 1194-1469 s over four runs; hosted CI took 1517 s with the install). Three workers
+# Two pytest-xdist workers (CI has 2 cores): 11-20 min of tests on this project's 2-core machines
+# (2026-12-04: 672-1248 s over nine fresh-clone runs, the same suite varying by up to 600 s from one
+# run to the next; hosted CI took 1028-1174 s with the install at the last three landings). Three workers
 # were slower (about 70% done after 35 min, then stopped: their searches compete for two cores).
 # Nine tenths of the time is in the 65 tests of 10 s or more, nearly all real searches, and most of
 # theirs is fixed costs of each process (importing lightning takes 11 s here, starting Ray 5 s), not
