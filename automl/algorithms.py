@@ -272,8 +272,11 @@ def _pbt_plan(opts: SearchOptions, space: Any, first: list[dict[str, Any]]) -> S
     search = opts.search
     points = first + _drawn_points(space, search.population_size - len(first), "pbt", search.seed)
     param_space = {**_preset_space(points), **{k: tune.choice(v) if isinstance(v, list) else v for k, v in domains.items()}}
-    generator = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=opts.resources.max_concurrent)
-    return SearchPlan(generator, pbt.scheduler(search, domains, space), len(points), param_space)
+    # The whole population exists from the start (no max_concurrent here: the generator would create
+    # a member only when one finished, and a population larger than the slots ran as separate groups
+    # that never exploited each other); the scheduler runs at most `max_concurrent` of them at a time.
+    generator = BasicVariantGenerator(points_to_evaluate=points)
+    return SearchPlan(generator, pbt.scheduler(search, domains, space, opts.resources.max_concurrent), len(points), param_space)
 
 
 def _preset_space(points: list[dict[str, Any]]) -> dict[str, Any]:

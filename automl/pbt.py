@@ -13,8 +13,9 @@ mutates what a trial restored from another trial's checkpoint can honour:
 
 Model structure (freeze_backbone, embed_dim, ...) and the optimizer type stay those of the
 checkpoint. PBT is synchronous here (every member reaches the perturbation epoch before anyone
-exploits), so exploits do not depend on process timing; run the population at once
-(--max-concurrent >= population size). A numeric value is perturbed by ``perturbation_factor`` or
+exploits), so exploits do not depend on process timing. A population larger than the trials that
+can run at once takes turns: a member that reaches the perturbation epoch pauses (Ray saves its
+checkpoint) and frees its slot for one that has not, as Ray's PBT time-multiplexes. A numeric value is perturbed by ``perturbation_factor`` or
 its inverse (TAO's ``automl_perturbation_factor``; Ray's ``perturbation_factors``).
 
 Imported by the driver (scheduler) and by the trial (optimizer update): no torch, Lightning or Ray
@@ -66,13 +67,17 @@ class KeepInRange:
         return config
 
 
-def scheduler(search: Any, domains: dict[str, Any], space: Any) -> Any:
+def scheduler(search: Any, domains: dict[str, Any], space: Any, slots: int | None = None) -> Any:
     """Ray's `PopulationBasedTraining` for `search` (an `automl.options.SearchConfig`) over `domains`
-    (`mutations(space)`): synchronous, with no perturbation at a trial's last epoch (`search.trial_epochs`)."""
+    (`mutations(space)`): synchronous, with no perturbation at a trial's last epoch (`search.trial_epochs`),
+    running at most `slots` members at a time (None: as many as Ray's resources fit)."""
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
     last = search.trial_epochs
+
+    def _running(tune_controller: Any) -> int:
+        return sum(t.status == Trial.RUNNING for t in tune_controller.get_trials())
 
     class SynchronousPBT(PopulationBasedTraining):
         """Ray's synchronous PBT with four fixes.
@@ -104,6 +109,10 @@ def scheduler(search: Any, domains: dict[str, Any], space: Any) -> Any:
             if state is not None and epoch <= state.last_train_time:
                 return TrialScheduler.CONTINUE  # a restarted member's re-sent report: seen already
             decision = super().on_trial_result(tune_controller, trial, result)
+            if decision == TrialScheduler.CONTINUE and slots and _running(tune_controller) > slots:
+                # Ray starts every pending member its resources fit, beyond --max-concurrent: the
+                # extra ones take their turn from here (choose_trial_to_run holds the limit after)
+                decision = TrialScheduler.PAUSE
             times = [self._trial_state[t].last_train_time for t in tune_controller.get_live_trials()
                      if t in self._trial_state]
             if times and min(times) >= self._next_perturbation_sync:
@@ -111,6 +120,8 @@ def scheduler(search: Any, domains: dict[str, Any], space: Any) -> Any:
             return decision
 
         def choose_trial_to_run(self, tune_controller: Any) -> Any:
+            if slots and _running(tune_controller) >= slots:
+                return None  # --max-concurrent (the population exists whole: the generator does not limit it)
             trial = super().choose_trial_to_run(tune_controller)
             if trial is not None:
                 return trial

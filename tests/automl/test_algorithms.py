@@ -122,17 +122,20 @@ def test_bfbo_gives_a_free_slot_another_configuration_than_the_running_one() -> 
 
 @pytest.mark.slow  # 60-125 s on 2 shared cores; CI runs it (make test)
 def test_pbt_exploits_another_trials_checkpoint(dataset, tmp_path, ray_session):
-    """PBT, population 2 running together, perturbation every epoch: the worse trial continues from
-    the better one's Lightning checkpoint (handed over by Ray) with perturbed values. Three epochs:
-    at epoch 1 the other trial may not have reported yet, and the last epoch has nothing to continue:
-    no trial is paused, restarted or given new values there."""
+    """PBT, population 2 taking turns on one slot (Ray has room for two: --max-concurrent holds),
+    perturbation every epoch: the worse trial continues from the better one's Lightning checkpoint
+    (handed over by Ray) with perturbed values. Three epochs: the last has nothing to continue, so no
+    trial is paused, restarted or given new values there."""
     import automl
 
-    outcome = automl.run(_options(tmp_path / "pbt", dataset, algorithm="pbt", population_size=2, max_concurrent=2,
+    outcome = automl.run(_options(tmp_path / "pbt", dataset, algorithm="pbt", population_size=2, max_concurrent=1,
                                   max_epochs=3, perturbation_interval=1, perturbation_factor=2.0), echo=lambda _: None)
     state = outcome.state
     assert len(state.trials) == 2
     _check_common(state, max_epochs=3)
+    # One population, time-shared: the second member started before the first finished (Ray's
+    # generator once created a member only when another finished: separate groups, no exploit across)
+    assert max(t.started_at for t in state.trials.values()) < min(t.ended_at for t in state.trials.values())
     # the search deletes old PBT checkpoints (Ray keeps them all) but not a trial's best, which promotion takes
     assert all((Path(t.checkpoint) / "checkpoint.ckpt").is_file() for t in state.trials.values())
     at_the_end = {t.name: ([r for r in t.restores if r["epoch"] >= 3], [c for c in t.config_changes if c["epoch"] >= 3])
