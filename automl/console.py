@@ -27,6 +27,8 @@ def settings_line(opts: SearchOptions, budget: Any = None) -> str:
         trials = f"{budget.text()}, trials of up to {epochs} epochs"
     else:
         trials = f"population {s.population_size}" if s.algorithm == "pbt" else f"up to {s.max_trials} trials x {epochs} epochs"
+        if s.algorithm == "pbt" and r.max_concurrent is not None and s.population_size > r.max_concurrent:
+            trials += " taking turns (a member waits at each perturbation epoch for the others)"
     time_budget = f", time budget {s.time_budget_s:g} s" if s.time_budget_s else ""
     gpus = "auto" if r.gpus_per_trial is None else f"{r.gpus_per_trial:g}"
     slots = "every slot" if r.max_concurrent is None else f"{r.max_concurrent}"
