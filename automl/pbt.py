@@ -15,8 +15,9 @@ Model structure (freeze_backbone, embed_dim, ...) and the optimizer type stay th
 checkpoint. PBT is synchronous here (every member reaches the perturbation epoch before anyone
 exploits), so exploits do not depend on process timing. A population larger than the trials that
 can run at once takes turns: a member that reaches the perturbation epoch pauses (Ray saves its
-checkpoint) and frees its slot for one that has not, as Ray's PBT time-multiplexes. A numeric value is perturbed by ``perturbation_factor`` or
-its inverse (TAO's ``automl_perturbation_factor``; Ray's ``perturbation_factors``).
+checkpoint) and frees its slot for one that has not, as Ray's PBT time-multiplexes. A numeric value
+is perturbed by ``perturbation_factor`` or its inverse (TAO's ``automl_perturbation_factor``; Ray's
+``perturbation_factors``).
 
 Imported by the driver (scheduler) and by the trial (optimizer update): no torch, Lightning or Ray
 import at module level.
