@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ray.tune import Callback, Stopper
+from ray.tune.experiment import Trial
 
 from automl.budget import BASELINE, RECHECK_OF
 from automl.layout import Layout
@@ -186,7 +187,7 @@ class LedgerCallback(_Bound, Callback):
             epoch = record.history[-1].get("epoch", len(record.history)) if record.history else 0
             record.config_changes.append({"epoch": epoch, "params": params})
             record.params = params
-        record.status, record.error = RUNNING, None
+        record.status, record.error, record.paused = RUNNING, None, False
         record.run_started_at = time.time()
         record.started_at = record.started_at or record.run_started_at
         self.live.state.save_trial(record)
@@ -227,6 +228,18 @@ class LedgerCallback(_Bound, Callback):
         self.live.state.save_trial(record)
         self.live.budget_progress()
 
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        # Ray pauses a trial without telling callbacks (PBT: a member that reached a perturbation epoch
+        # waits there for the others, and gives up its slot). It stays RUNNING for the budget and resume;
+        # the flag tells the table that it is waiting, not training.
+        state = self.live.state
+        for trial in trials:
+            record = state.trials.get(trial.trial_id)
+            paused = trial.status == Trial.PAUSED
+            if record is not None and record.status == RUNNING and record.paused != paused:
+                record.paused = paused
+                state.save_trial(record)
+
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         record = self.record(trial)
         if record.history and record.best_epoch == record.history[-1].get("epoch"):
@@ -238,7 +251,7 @@ class LedgerCallback(_Bound, Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self.record(trial)
-        record.status = STOPPED if trial.trial_id in self._stopped else FINISHED
+        record.status, record.paused = (STOPPED if trial.trial_id in self._stopped else FINISHED), False
         self.live.stop_reasons.pop(trial.trial_id, None)  # noted but overruled (a trial the budget trains in full)
         record.ended_at = time.time()
         if self.live.prune:
@@ -247,7 +260,7 @@ class LedgerCallback(_Bound, Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self.record(trial)
-        record.status, record.ended_at, record.error = FAILED, time.time(), _trial_error_text(trial)
+        record.status, record.ended_at, record.error, record.paused = FAILED, time.time(), _trial_error_text(trial), False
         self.live.state.save_trial(record)
 
 

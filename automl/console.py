@@ -16,6 +16,7 @@ from automl.state import FAILED, PENDING, RUNNING, STOP_KINDS, STOPPED, SearchSt
 from segformer.text import fmt
 
 
+PAUSED = "PAUSED"  # shown for a RUNNING trial that Ray has paused (TrialRecord.paused)
 STATUS_ROWS = 40  # `automl status` rows of a bigger search (the running trials and the best; --all: every one)
 ERROR_ROWS = 10  # errors shown under a summarised table
 
@@ -82,7 +83,7 @@ def trial_rows(state: SearchState, limit: int | None = None) -> tuple[list[str],
         lat = t.latency or {}
         speed = [fmt(lat.get("latency_ms")), fmt(lat.get("model_mb")), fmt(lat.get("gflops"))] if timed else []
         last = next((h[state.metric] for h in reversed(t.history) if state.metric in h), None)
-        status = "OVER LATENCY" if t.infeasible else t.status
+        status = "OVER LATENCY" if t.infeasible else PAUSED if t.status == RUNNING and t.paused else t.status
         kind = (t.stopped_by or "").split(":")[0]
         if t.status == STOPPED and kind in STOP_KINDS and not t.infeasible:
             status += f" ({kind})"  # the whole reason: the ledger and the run's MLflow tag automl.stopped_by
@@ -92,7 +93,12 @@ def trial_rows(state: SearchState, limit: int | None = None) -> tuple[list[str],
 
 
 def counts_text(state: SearchState) -> str:
-    return ", ".join(f"{v} {k.lower()}" for k, v in sorted(state.counts().items())) or "no trials yet"
+    """'6 finished, 2 running' (a paused trial counted as paused, not running), or 'no trials yet'."""
+    counts = state.counts()
+    paused = sum(t.status == RUNNING and t.paused for t in state.trials.values())
+    if paused:
+        counts[PAUSED], counts[RUNNING] = paused, counts[RUNNING] - paused
+    return ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()) if v) or "no trials yet"
 
 
 def format_table(state: SearchState, limit: int | None = None, width: int | None = None, show_errors: bool = False) -> str:

@@ -77,6 +77,7 @@ class TrialRecord:
     latency: dict[str, float] | None = None  # its architecture's latency on the deploy target (`automl.deploy`)
     infeasible: bool = False  # over --max-latency-ms: trained nothing, never ranked nor promoted
     stopped_by: str | None = None  # why a scheduler stopped it early: "<rung|curve|budget>: <details>"
+    paused: bool = False  # RUNNING, but Ray has paused it (PBT: waiting at a perturbation epoch for the others)
 
     @property
     def lost(self) -> bool:

@@ -268,7 +268,7 @@ def mark_killed(state: SearchState, reason: str, keep: Iterable[str] = ()) -> li
     killed, keep = [], set(keep)
     for record in state.trials.values():
         if record.status in (RUNNING, PENDING) and record.trial_id not in keep:
-            record.status = KILLED
+            record.status, record.paused = KILLED, False
             record.error = record.error or reason
             record.ended_at = time.time()
             killed.append(record.name)

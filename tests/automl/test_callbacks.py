@@ -244,3 +244,36 @@ def test_old_pbt_checkpoints_go_and_what_can_still_be_read_stays(tmp_path):
                           best={str(search / "trial_000" / "checkpoint_000000")})
     left = {name: sorted(int(p.name[-6:]) for p in (search / name).iterdir()) for name in ("trial_000", "trial_001", "trial_002")}
     assert left == {"trial_000": [0, 1, 3, 4, 5, 6], "trial_001": [0, 1, 2], "trial_002": [2, 3]}
+
+
+def test_a_trial_ray_paused_shows_paused_and_stays_running_for_the_budget(tmp_path):
+    """Ray pauses PBT members without a callback (one that reached a perturbation epoch waits there for
+    the others, off its slot): the table and the counts said '4 running' while 2 trained. The ledger
+    keeps it RUNNING (the budget, resume and `status --json` count it as started); the table says PAUSED."""
+    from ray.tune.experiment import Trial
+
+    from automl.console import counts_text, format_table
+
+    live = _live(tmp_path)
+    live.state.save()
+    trials = [Trial("segformer", config={"train.optim.lr": lr}, stub=True) for lr in (1e-3, 2e-3, 4e-3)]
+    with bind(live):
+        ledger = LedgerCallback(tmp_path)
+        for trial in trials:
+            ledger.on_trial_start(iteration=0, trials=trials, trial=trial)
+            trial.set_status(Trial.RUNNING)
+        trials[1].set_status(Trial.PAUSED)
+        ledger.on_step_end(iteration=1, trials=trials)
+        records = [live.state.trials[t.trial_id] for t in trials]
+        assert [r.status for r in records] == [RUNNING] * 3 and [r.paused for r in records] == [False, True, False]
+        assert counts_text(live.state) == "1 paused, 2 running"
+        rows = {line.split()[0]: line.split()[1] for line in format_table(live.state).splitlines()[3:]}
+        assert rows == {records[0].name: "RUNNING", records[1].name: "PAUSED", records[2].name: "RUNNING"}
+        assert SearchState.load(tmp_path).trials[trials[1].trial_id].paused  # `automl status` from another process
+        trials[1].set_status(Trial.RUNNING)  # its turn again
+        ledger.on_step_end(iteration=2, trials=trials)
+        assert not records[1].paused and counts_text(live.state) == "3 running"
+        trials[2].set_status(Trial.PAUSED)
+        ledger.on_step_end(iteration=3, trials=trials)
+        ledger.on_trial_complete(iteration=4, trials=trials, trial=trials[2])
+        assert records[2].status == FINISHED and not records[2].paused and counts_text(live.state) == "1 finished, 2 running"
