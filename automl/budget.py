@@ -98,6 +98,11 @@ class EpochBudget:
         """Epochs for the search itself (the baseline included)."""
         return self.total - self.recheck
 
+    def next_epochs(self, trained: int) -> int:
+        """Epochs a trial that has trained `trained` trains before it reports again, or ends: with a
+        `step` that does not divide its epochs, its last ones come after its last report."""
+        return max(0, min(self.step, self.trial_epochs - trained))
+
     def configurations(self, reduction_factor: int) -> int:
         """About how many configurations the search's share affords (the baseline included)."""
         cost = float(self.trial_epochs)
@@ -250,14 +255,14 @@ def committed(state: SearchState, budget: EpochBudget, reporting: Any = None, ep
     counted: the scheduler decides before the ledger records it), what the baseline still trains,
     and the next report's epochs of every other trial running and of the `starting` ones (proposed,
     not started yet: each trains to its first report before any check can stop it)."""
-    total = starting * budget.step
+    total = starting * budget.next_epochs(0)
     for t in state.trials.values():
         if t.recheck_of:
             continue
         trained = max(t.epochs_trained, epoch) if reporting is not None and t.trial_id == reporting else t.epochs_trained
         total += trained
         if t.status == "RUNNING" and not t.is_baseline and t.trial_id != reporting:
-            total += budget.step
+            total += budget.next_epochs(trained)
     return total + _reserved(state, budget)
 
 
@@ -449,7 +454,7 @@ class _BudgetStops:
             # Trials Ray has made but not started: their first epochs come before any check.
             starting = sum(1 for t in tune_controller.get_trials()
                            if t.status == PENDING and not t.config.get(FULL) and unstarted(state.trials.get(t.trial_id)))
-            if committed(state, self.budget, trial.trial_id, epoch, starting) + self.budget.step > share:
+            if committed(state, self.budget, trial.trial_id, epoch, starting) + self.budget.next_epochs(epoch) > share:
                 note_stop(self.results_dir, trial.trial_id, f"budget: its next epochs would overrun the search's {share} epochs")
                 return TrialScheduler.STOP
         return decision

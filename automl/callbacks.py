@@ -252,6 +252,8 @@ class LedgerCallback(_Bound, Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self.record(trial)
         record.status, record.paused = (STOPPED if trial.trial_id in self._stopped else FINISHED), False
+        if record.status == FINISHED and not record.infeasible:  # (an infeasible trial trained nothing)
+            record.completed_epochs = self.live.epochs  # its last epochs may have come after its last report
         self.live.stop_reasons.pop(trial.trial_id, None)  # noted but overruled (a trial the budget trains in full)
         record.ended_at = time.time()
         if self.live.prune:

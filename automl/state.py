@@ -78,6 +78,7 @@ class TrialRecord:
     infeasible: bool = False  # over --max-latency-ms: trained nothing, never ranked nor promoted
     stopped_by: str | None = None  # why a scheduler stopped it early: "<rung|curve|budget>: <details>"
     paused: bool = False  # RUNNING, but Ray has paused it (PBT: waiting at a perturbation epoch for the others)
+    completed_epochs: int = 0  # the epochs of a trial that ended on its own: all of them, the unvalidated last ones too
 
     @property
     def lost(self) -> bool:
@@ -87,9 +88,12 @@ class TrialRecord:
 
     @property
     def epochs_trained(self) -> int:
-        """Epochs this trial has trained (its last reported epoch: `SearchState.record_result` keeps
-        the history in epoch order)."""
-        return int(self.history[-1].get("epoch", 0)) if self.history else 0
+        """Epochs this trial has trained: its last reported epoch (`SearchState.record_result` keeps the
+        history in epoch order), or all its epochs once it ended on its own. A trial reports validated
+        epochs only, so with a train.validation_interval that does not divide its epochs the last
+        ones (7 epochs, every 3rd validated: the 7th) train after its last report."""
+        reported = int(self.history[-1].get("epoch", 0)) if self.history else 0
+        return max(reported, self.completed_epochs)
 
 
 @dataclass

@@ -320,6 +320,46 @@ def test_proposed_trials_not_started_yet_hold_their_epochs(tmp_path: Path) -> No
         assert committed(state, budget) == (2 + 4 + 2) + 1 + 2  # trained; trial_002's next epoch; the baseline's last 2
 
 
+def test_epochs_after_a_trials_last_validation_count(tmp_path: Path) -> None:
+    """train.validation_interval 3 and 7 epochs: a trial reports epochs 3 and 6 and trains the 7th
+    after its last report. The ledger counted 6 per trial, so a budget of 70 epochs trained 76 (by the
+    trials' status.json): a ninth training started on epochs that were already spent."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from automl.budget import BASELINE, FULL, BudgetFIFO, EpochBudget, committed
+    from automl.callbacks import LedgerCallback, LiveSearch, bind
+    from automl.console import budget_text
+
+    budget = EpochBudget(trainings=10, spec_epochs=7, trial_epochs=7, recheck=14, first_rung=7, seed=0, step=3)
+    state = SearchState(results_dir=str(tmp_path), skill="segformer", algorithm="bayesian", metric="val_miou",
+                        mode="max", settings={}, baseline_params={}, budget=dataclasses.asdict(budget))
+    state.save()
+    trials = [Trial("train_trial", config={BASELINE: True, FULL: True} if i == 0 else {}, trial_id=f"t{i}", stub=True)
+              for i in range(8)]
+    with bind(LiveSearch(state=state, tracker=None, epochs=7)):
+        ledger = LedgerCallback(str(tmp_path))
+        for i, trial in enumerate(trials):
+            ledger.on_trial_start(iteration=0, trials=trials, trial=trial)
+            for epoch in (3, 6):
+                ledger.on_trial_result(iteration=0, trials=trials, trial=trial, result={"epoch": epoch, "val_miou": 0.5})
+            if i < 7:
+                ledger.on_trial_complete(iteration=0, trials=trials, trial=trial)  # after its unreported 7th epoch
+        assert [t.epochs_trained for t in state.trials.values()] == [7] * 7 + [6]
+        # the running one, at its last report, holds the one epoch it has left, not another 3
+        assert committed(state, budget) == 7 * 7 + 6 + 1 == budget.search
+        scheduler = BudgetFIFO(str(tmp_path), budget)
+
+        class Controller:
+            def get_trials(self) -> list:
+                return trials
+
+        assert scheduler.on_trial_result(Controller(), trials[7], {"epoch": 6}) == TrialScheduler.CONTINUE
+        ledger.on_trial_complete(iteration=0, trials=trials, trial=trials[7])
+        assert state.epochs_trained() == 56 and budget_text(state) == "56 of 70 budget epochs"
+        assert SearchState.load(tmp_path).epochs_trained() == 56  # `automl status` and resume read the same
+
+
 def test_state_keeps_the_promoted_trial(tmp_path: Path) -> None:
     state = _state(tmp_path, baseline=(0.60, 0.62), leader=(0.64, 0.61))
     assert state.best().name == "trial_001"
