@@ -251,10 +251,13 @@ def _budget_plan(opts: SearchOptions, searcher: Any, baseline: dict[str, Any] | 
         scheduler: Any = _halving(search, budget.trial_epochs, budget.first_rung, budget, results_dir)
     else:
         scheduler = BudgetFIFO(results_dir, budget)
-    # Every trial trains at least its first rung: the budget can never start more than this, besides
-    # the trials over a latency limit, which train nothing (`automl.budget.infeasible_cap`).
+    # The budget's searcher ends the search. Ray's cap is a backstop: every trial that trains at all
+    # trains its first rung (`automl.budget.EpochBudget.held`), so the budget starts at most total //
+    # first_rung of them; as many again for trials that fail before they train (a configuration out of
+    # GPU memory), so that they cannot use up the re-check's two; and the trials over a latency limit,
+    # which train nothing (`automl.budget.infeasible_cap`).
     limited = search.max_latency_ms is not None or search.max_latency_ratio is not None
-    trials = budget.total // max(1, budget.first_rung) + 2 + (infeasible_cap(budget) if limited else 0)
+    trials = 2 * (budget.total // max(1, budget.first_rung)) + 2 + (infeasible_cap(budget) if limited else 0)
     return SearchPlan(wrapped, scheduler, trials, None)
 
 

@@ -17,8 +17,10 @@ How the budget is spent (`plan_budget`)
       near the top, and 0.41 at epoch 20, the bottom; lr 1.3e-3 to 1.6e-3 scored 0.29-0.32 at epoch
       2 and 0.55 at the end), so the rungs kept the wrong ones and TPE learned from them.
     * Two trainings are kept back for the re-check (below) when the budget allows it (4 or more).
-    * New trials start while the search's share of the budget lasts; once it is spent, running
-      trials are stopped (`BudgetScheduler`), so the total is a hard limit, not an estimate.
+    * A new trial starts only when the search's share of the budget can train it to its first rung
+      (the whole training by default), counting what every running trial will train (`held`);
+      once the share is spent, running trials are stopped at their next report (`BudgetFIFO`,
+      `BudgetASHA`), so the total is a hard limit, not an estimate.
 
 What is searched first (`prioritise`, `centre`)
     With a small budget the optimizer's parameters come first: about a dozen configurations per
@@ -102,6 +104,12 @@ class EpochBudget:
         """Epochs a trial that has trained `trained` trains before it reports again, or ends: with a
         `step` that does not divide its epochs, its last ones come after its last report."""
         return max(0, min(self.step, self.trial_epochs - trained))
+
+    def held(self, trained: int) -> int:
+        """Epochs a trial that has trained `trained` will train whatever the budget then decides: up to
+        its first rung (the whole training when nothing stops trials early: the default), and at
+        least to its next report or its end."""
+        return max(min(self.first_rung, self.trial_epochs) - trained, self.next_epochs(trained))
 
     def configurations(self, reduction_factor: int) -> int:
         """About how many configurations the search's share affords (the baseline included)."""
@@ -253,16 +261,19 @@ def _reserved(state: SearchState, budget: EpochBudget) -> int:
 def committed(state: SearchState, budget: EpochBudget, reporting: Any = None, epoch: int = 0, starting: int = 0) -> int:
     """Epochs the search's share cannot get back: trained so far (`reporting`'s result at `epoch`
     counted: the scheduler decides before the ledger records it), what the baseline still trains,
-    and the next report's epochs of every other trial running and of the `starting` ones (proposed,
-    not started yet: each trains to its first report before any check can stop it)."""
-    total = starting * budget.next_epochs(0)
+    and what every other trial running and the `starting` ones (proposed, not started yet) will train
+    whatever the budget decides (`EpochBudget.held`). By default that is the rest of each training:
+    a trial is started only when the budget can finish it. Counting only each trial's next report, a
+    search with 16 slots and a budget of 10 trainings started 12 at once and cut 11 of them at epoch
+    6 or 7 of 10, and had no trial left for the re-check."""
+    total = starting * budget.held(0)
     for t in state.trials.values():
         if t.recheck_of:
             continue
         trained = max(t.epochs_trained, epoch) if reporting is not None and t.trial_id == reporting else t.epochs_trained
         total += trained
         if t.status == "RUNNING" and not t.is_baseline and t.trial_id != reporting:
-            total += budget.next_epochs(trained)
+            total += budget.held(trained)
     return total + _reserved(state, budget)
 
 
@@ -454,7 +465,7 @@ class _BudgetStops:
             # Trials Ray has made but not started: their first epochs come before any check.
             starting = sum(1 for t in tune_controller.get_trials()
                            if t.status == PENDING and not t.config.get(FULL) and unstarted(state.trials.get(t.trial_id)))
-            if committed(state, self.budget, trial.trial_id, epoch, starting) + self.budget.next_epochs(epoch) > share:
+            if committed(state, self.budget, trial.trial_id, epoch, starting) + self.budget.held(epoch) > share:
                 note_stop(self.results_dir, trial.trial_id, f"budget: its next epochs would overrun the search's {share} epochs")
                 return TrialScheduler.STOP
         return decision

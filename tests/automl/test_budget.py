@@ -258,7 +258,9 @@ def test_the_test_line_names_what_the_baseline_was_compared_with() -> None:
 
 def test_proposed_trials_not_started_yet_hold_their_epochs(tmp_path: Path) -> None:
     """A full CI run trained 21 of a budget's 20 epochs: a trial proposed while another proposed one
-    had not started yet (in no ledger) was granted the same epochs. A proposal not started counts."""
+    had not started yet (in no ledger) was granted the same epochs. A proposal not started counts,
+    and like a running one (full trainings: nothing stops it early but the budget), with all the
+    epochs of its training."""
     from optuna.distributions import FloatDistribution
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -276,23 +278,23 @@ def test_proposed_trials_not_started_yet_hold_their_epochs(tmp_path: Path) -> No
     with bind(LiveSearch(state=state, tracker=None, epochs=4)):
         assert committed(state, budget) == 8
         assert isinstance(searcher.suggest("trial_002"), dict)  # 8 + its 4 fit the 12
-        assert committed(state, budget, starting=1) == 9  # Ray has not started it: its first epoch is held
-        assert searcher.suggest("trial_003") is None  # 8 + 1 + 4 would overrun: wait for trial_002 to show
+        assert committed(state, budget, starting=1) == 12  # Ray has not started it: its training is held
+        assert searcher.suggest("trial_003") is None  # 8 + 4 + 4 would overrun
         state.trials["trial_002"] = dataclasses.replace(_record("trial_002", 0.55), status="RUNNING", history=[])
-        assert searcher.suggest("trial_003") is None  # still 9 committed: trial_002's next report
+        assert searcher.suggest("trial_003") is None  # still 12 committed: trial_002's training
         state.trials["trial_002"].status = FINISHED  # it ended without a report (stopped at once, failed)
         assert isinstance(searcher.suggest("trial_003"), dict)
         # A trial running when the driver was stopped (KILLED in the ledger) is restarted by `automl
         # resume`: like a new one, it trains to its first report before any check; it holds that too.
         searcher.on_trial_complete("trial_002", result={"val_miou": 0.55})  # a free slot: only the budget can refuse
         state.trials["trial_003"] = dataclasses.replace(_record("trial_003", 0.5), status=KILLED, history=[])
-        assert searcher.suggest("trial_004") is None  # 8 + 1 + 4
+        assert searcher.suggest("trial_004") is None  # 8 + 4 + 4
         state.trials["trial_003"].status = "RUNNING"  # started again: its next report is counted as any running trial's
         assert searcher.suggest("trial_004") is None
         state.trials["trial_003"].status = FINISHED
         assert isinstance(searcher.suggest("trial_004"), dict)
-        # The scheduler's side: a running trial's next epoch is refused when it would take the first
-        # epochs of a trial Ray holds pending (not started, or restarted after the resume).
+        # The scheduler's side: a running trial's next epoch is refused when it would take the epochs
+        # of a trial Ray holds pending (not started, or restarted after the resume).
         from ray.tune.experiment import Trial
         from ray.tune.schedulers import TrialScheduler
 
@@ -310,14 +312,43 @@ def test_proposed_trials_not_started_yet_hold_their_epochs(tmp_path: Path) -> No
         restarted = Trial("train_trial", config={}, trial_id="trial_003", stub=True)  # PENDING in Ray, KILLED in the ledger
         state.trials["trial_002"] = dataclasses.replace(_record("trial_002", 0.55), status="RUNNING", history=[{"epoch": 1}])
         state.trials["trial_003"].status = KILLED
-        # 8 + trial_002's 2 + trial_003's first epoch + trial_002's next = 12: still fits
-        assert scheduler.on_trial_result(Controller(running, restarted), running, {"epoch": 2}) == TrialScheduler.CONTINUE
+        # 8 + trial_002's 2 and its last 2 + trial_003's 4 = 16: over; with none pending, 12 fits
+        assert scheduler.on_trial_result(Controller(running, restarted), running, {"epoch": 2}) == TrialScheduler.STOP
+        assert scheduler.on_trial_result(Controller(running), running, {"epoch": 2}) == TrialScheduler.CONTINUE
         state.trials["trial_002"].history = [{"epoch": 1}, {"epoch": 2}]
-        assert scheduler.on_trial_result(Controller(running, restarted), running, {"epoch": 3}) == TrialScheduler.STOP
-        assert scheduler.on_trial_result(Controller(running), running, {"epoch": 3}) == TrialScheduler.CONTINUE  # none pending
         # the baseline's own remaining epochs are reserved in full whether it runs, waits or was killed
         state.trials["trial_000"] = dataclasses.replace(state.trials["trial_000"], status=KILLED, history=[{"epoch": 2}])
-        assert committed(state, budget) == (2 + 4 + 2) + 1 + 2  # trained; trial_002's next epoch; the baseline's last 2
+        assert committed(state, budget) == (2 + 4 + 2) + 2 + 2  # trained; trial_002's last 2; the baseline's last 2
+
+
+def test_more_slots_than_the_budget_can_finish_start_only_full_trainings(tmp_path: Path) -> None:
+    """16 slots, a budget of 10 trainings of 10 epochs: the search's share (80 epochs) finishes 8
+    trainings, so 8 start, the baseline among them, and the others wait; each training is held
+    whole. Counting only each trial's next report, 12 started at once, the budget cut 11 of them at
+    epoch 6 or 7 of 10 (their learning rate not yet decayed: a ranking of half-trained models), and
+    Ray's trial count was used up before the re-check."""
+    from optuna.distributions import FloatDistribution
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from automl.algorithms import _budget_plan
+    from automl.budget import BASELINE, BudgetSearcher, EpochBudget, committed
+    from automl.callbacks import LiveSearch, bind
+
+    budget = EpochBudget(trainings=10, spec_epochs=10, trial_epochs=10, recheck=20, first_rung=10, seed=0)
+    baseline = {"train.optim.lr": 1e-3}
+    state = SearchState(results_dir=str(tmp_path), skill="segformer", algorithm="bayesian", metric="val_miou",
+                        mode="max", settings={}, baseline_params=baseline, budget=dataclasses.asdict(budget))
+    inner = OptunaSearch(space={"train.optim.lr": FloatDistribution(1e-5, 1e-2, log=True)}, metric="val_miou", mode="max",
+                         seed=0, points_to_evaluate=[baseline])
+    searcher = BudgetSearcher(ConcurrencyLimiter(inner, max_concurrent=16), str(tmp_path), budget, baseline, "val_miou", "max")
+    with bind(LiveSearch(state=state, tracker=None, epochs=10)):
+        proposals = [searcher.suggest(f"t{i}") for i in range(16)]
+        started = [p for p in proposals if isinstance(p, dict)]
+        assert len(started) == 8 and sum(bool(p.get(BASELINE)) for p in started) == 1
+        assert committed(state, budget, starting=7) == budget.search  # 7 held whole, the baseline reserved
+    opts = search_options(tmp_path / "r", tmp_path / "spec.yaml", budget=10)
+    assert _budget_plan(opts, searcher, baseline, budget).num_samples >= 8 + 2 + 8  # failures cannot starve the re-check
 
 
 def test_epochs_after_a_trials_last_validation_count(tmp_path: Path) -> None:
