@@ -261,6 +261,13 @@ def _plan(opts: SearchOptions, skill: Any) -> tuple[SearchOptions, Any, dict[str
         opts = opts.with_values(max_epochs=-(-int(train["num_epochs"]) // opts.search.epoch_multiplier))
     opts = dataclasses.replace(opts, search=deploy.fold_tao_route(opts.search))
     s = opts.search
+    interval = int(train.get("validation_interval") or 1)
+    if s.trial_epochs is not None and interval > s.trial_epochs:
+        # A trial would never validate, so never report the metric the search ranks on (Ray then
+        # stopped the whole search with a traceback).
+        raise SearchError(f"train.validation_interval is {interval}, more than the {s.trial_epochs} epochs a trial trains: "
+                          f"no trial would ever validate, and the search ranks trials on {s.metric}; set "
+                          f"train.validation_interval={s.trial_epochs} or less, or train longer (train.num_epochs, --max-epochs)")
     deploy.check_pretrained(s, spec_values)
     space = build_space(skill.load_schema("train"), only=s.only, exclude=s.exclude, override_disabled=s.override_disabled,
                         spec=spec_values, **deploy.space_arguments(s, spec_values))

@@ -391,6 +391,22 @@ def test_epochs_after_a_trials_last_validation_count(tmp_path: Path) -> None:
         assert SearchState.load(tmp_path).epochs_trained() == 56  # `automl status` and resume read the same
 
 
+def test_a_validation_interval_longer_than_a_trial_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    """train.validation_interval 20 on 10 epochs: no trial would validate, so none would report the
+    metric the search ranks on, and Ray stopped the search with a traceback from its result check."""
+    from automl.options import SearchError
+    from automl.runner import _plan
+    from automl.skill import find_skill
+    from segformer.data.synth import generate
+
+    root = generate(tmp_path / "data", num_classes=3, size=32, train=4, val=2, test=2)
+    opts = search_options(tmp_path / "r", root / "spec.yaml", overrides=("train.num_epochs=10", "train.validation_interval=20"))
+    with pytest.raises(SearchError, match=r"train.validation_interval is 20, more than the 10 epochs a trial trains.*"
+                                          r"set train.validation_interval=10 or less"):
+        _plan(opts, find_skill("segformer"))
+    assert not (tmp_path / "r").exists()
+
+
 def test_state_keeps_the_promoted_trial(tmp_path: Path) -> None:
     state = _state(tmp_path, baseline=(0.60, 0.62), leader=(0.64, 0.61))
     assert state.best().name == "trial_001"
