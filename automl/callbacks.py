@@ -233,6 +233,8 @@ class LedgerCallback(_Bound, Callback):
         # waits there for the others, and gives up its slot). It stays RUNNING for the budget and resume;
         # the flag tells the table that it is waiting, not training.
         state = self.live.state
+        if state.algorithm != "pbt":  # the only scheduler of ours that pauses (each step walks every trial)
+            return
         for trial in trials:
             record = state.trials.get(trial.trial_id)
             paused = trial.status == Trial.PAUSED

@@ -255,6 +255,7 @@ def test_a_trial_ray_paused_shows_paused_and_stays_running_for_the_budget(tmp_pa
     from automl.console import counts_text, format_table
 
     live = _live(tmp_path)
+    live.state.algorithm = "pbt"
     live.state.save()
     trials = [Trial("segformer", config={"train.optim.lr": lr}, stub=True) for lr in (1e-3, 2e-3, 4e-3)]
     with bind(live):
