@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 from automl.layout import Layout
 from automl.options import PromotionConfig
+from automl.signals import raise_if_swallowed
 from automl.state import DONE, PENDING, RUNNING, SearchState, TrialRecord
 from segformer.deploy.quantize import ONNX_BACKENDS
 from segformer.fileio import atomic_write_text
@@ -227,6 +228,7 @@ def prepare(state: SearchState, record: TrialRecord, options: PromotionConfig = 
     cfg = chain_spec(apply_overrides(base_config(state.spec, state.overrides, best_dir), overrides), best_dir, None)
 
     def step(name: str, enabled: bool, configure: Callable[[Any], dict[str, Any]], precheck: str | None = None) -> Any:
+        raise_if_swallowed()  # Ctrl-C or SIGTERM during the step before (`automl.runner.finish`)
         if not enabled:
             report["steps"][name] = "skipped: disabled by flag"
             return None
@@ -246,6 +248,7 @@ def prepare(state: SearchState, record: TrialRecord, options: PromotionConfig = 
             return None
         report["steps"][name] = {"status": "done", "seconds": round(time.time() - started, 2), **_result_dict(result)}
         echo(f"automl: promote {name}: done in {time.time() - started:.1f} s")
+        raise_if_swallowed()
         return result
 
     # Each step's input is already in cfg (`chain_spec`): only where it writes, and the device, vary.

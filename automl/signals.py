@@ -18,8 +18,22 @@ STUCK_DEADLINE_S = 60.0  # and, once taken, to end the block (save the state; ML
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
+_TAKEN: dict[str, bool] = {}  # {"signal": True} once a handler of the block has raised KeyboardInterrupt
+
+
 def _raise_interrupt(*_: Any) -> None:
+    _TAKEN["signal"] = True
     raise KeyboardInterrupt
+
+
+def raise_if_swallowed() -> None:
+    """Raise the KeyboardInterrupt of a signal the block took, where Python swallowed it: raised while
+    a `__del__` or a weakref callback ran, it is only printed ("Exception ignored in ...") and the
+    code goes on (seen in CI: Ctrl-C during the promotion's ONNX export, which then finished and
+    exited 0). Code that runs normally after the handler raised is past such a place: call this
+    between steps of a long block (main thread: the one signals interrupt; in another, nothing)."""
+    if threading.current_thread() is threading.main_thread() and _TAKEN.pop("signal", False):
+        raise KeyboardInterrupt
 
 
 class _Watchdog(threading.Thread):
@@ -60,7 +74,7 @@ class _Watchdog(threading.Thread):
             return
         if not self.settled.is_set():  # (set here only, while the claim is "main": the first signal)
             self.settled.set()
-            raise KeyboardInterrupt
+            _raise_interrupt()
 
     def run(self) -> None:
         taken_at = None  # when the main thread took the signal
@@ -161,12 +175,13 @@ def interrupt_on_sigterm(stuck: Callable[[], None] | None = None, grace: float =
     is being closed is raised once the previous handlers are back."""
     previous_term, previous_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     dog = None
+    _TAKEN.clear()  # (a KeyboardInterrupt that ended an earlier block was not swallowed)
     try:
         if stuck is not None:
             dog = _Watchdog(stuck, grace, deadline)
             dog.start()
         signal.signal(signal.SIGTERM, dog.handler if dog else _raise_interrupt)
-        signal.signal(signal.SIGINT, dog.handler if dog else signal.default_int_handler)
+        signal.signal(signal.SIGINT, dog.handler if dog else _raise_interrupt)
         if dog is not None:
             dog.previous_fd = signal.set_wakeup_fd(dog.write_fd, warn_on_full_buffer=False)
         yield
@@ -177,6 +192,7 @@ def interrupt_on_sigterm(stuck: Callable[[], None] | None = None, grace: float =
         finally:
             signal.signal(signal.SIGTERM, previous_term)
             signal.signal(signal.SIGINT, previous_int)
+            _TAKEN.clear()
         if dog is not None and dog.pending:
             raise KeyboardInterrupt
 
