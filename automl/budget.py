@@ -333,7 +333,11 @@ class BudgetSearcher(Searcher):
         # Proposed trials Ray has not started yet are in no ledger; without them, two proposals in a
         # row could each be granted the same epochs (a full CI run trained 21 of 20).
         starting = sum(1 for tid in self.running if tid != self.baseline_id and unstarted(state.trials.get(tid)))
-        return committed(state, self.budget, starting=starting) + self.budget.first_rung <= search_share(state, self.budget)
+        # The baseline is the first proposal, and its epochs are reserved already (`committed`): asked
+        # for again, a budget of 1 training (or 1.5) had no room for it and trained nothing.
+        baseline_next = self.baseline is not None and self.baseline_id is None and state.baseline() is None
+        need = 0 if baseline_next else self.budget.first_rung
+        return committed(state, self.budget, starting=starting) + need <= search_share(state, self.budget)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if self.searching and self._can_start():

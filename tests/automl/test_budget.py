@@ -351,6 +351,29 @@ def test_more_slots_than_the_budget_can_finish_start_only_full_trainings(tmp_pat
     assert _budget_plan(opts, searcher, baseline, budget).num_samples >= 8 + 2 + 8  # failures cannot starve the re-check
 
 
+def test_a_budget_of_one_training_trains_the_baseline(tmp_path: Path) -> None:
+    """--budget 1 (or 1.5): the baseline alone. Its epochs, reserved for it already, were asked for
+    again before it could start, and the search trained nothing."""
+    from optuna.distributions import FloatDistribution
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from automl.budget import BASELINE, BudgetSearcher, EpochBudget
+    from automl.callbacks import LiveSearch, bind
+
+    baseline = {"train.optim.lr": 1e-3}
+    for trainings in (1, 1.5):
+        small = EpochBudget(trainings=trainings, spec_epochs=10, trial_epochs=10, recheck=0, first_rung=10, seed=0)
+        state = SearchState(results_dir=str(tmp_path), skill="segformer", algorithm="bayesian", metric="val_miou",
+                            mode="max", settings={}, baseline_params=baseline, budget=dataclasses.asdict(small))
+        inner = OptunaSearch(space={"train.optim.lr": FloatDistribution(1e-5, 1e-2, log=True)}, metric="val_miou",
+                             mode="max", seed=0, points_to_evaluate=[baseline])
+        searcher = BudgetSearcher(ConcurrencyLimiter(inner, max_concurrent=16), str(tmp_path), small, baseline, "val_miou", "max")
+        with bind(LiveSearch(state=state, tracker=None, epochs=10)):
+            proposals = [searcher.suggest(f"s{i}") for i in range(3)]
+        assert isinstance(proposals[0], dict) and proposals[0].get(BASELINE) and proposals[1:] == [None, None]
+
+
 def test_epochs_after_a_trials_last_validation_count(tmp_path: Path) -> None:
     """train.validation_interval 3 and 7 epochs: a trial reports epochs 3 and 6 and trains the 7th
     after its last report. The ledger counted 6 per trial, so a budget of 70 epochs trained 76 (by the
