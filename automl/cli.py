@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
                                                    "in units of epoch_multiplier epochs (settings file; default 1)")
     run.add_argument("--time-budget", type=float, dest="time_budget_s", help="seconds for the whole search")
     run.add_argument("--max-concurrent", type=int, help="trials at the same time")
-    run.add_argument("--cpus-per-trial", type=float)
+    run.add_argument("--cpus-per-trial", type=float,
+                     help="CPUs per trial (default: 1, or a share of the cores the budget leaves idle, on CPUs only)")
     run.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU")
     run.add_argument("--only", help="comma-separated spec keys to search instead of the schema's defaults "
                                      "(TAO automl_hyperparameters)")

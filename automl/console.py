@@ -34,7 +34,8 @@ def settings_line(opts: SearchOptions, budget: Any = None) -> str:
     gpus = "auto" if r.gpus_per_trial is None else f"{r.gpus_per_trial:g}"
     slots = "every slot" if r.max_concurrent is None else f"{r.max_concurrent}"
     return (f"automl: {s.algorithm} search, {trials}, {slots} at a time "
-            f"({r.cpus_per_trial:g} CPU, {gpus} GPU each){time_budget}; metric {s.metric} ({s.mode})")
+            f"({'auto' if r.cpus_per_trial is None else format(r.cpus_per_trial, 'g')} CPU, {gpus} GPU each)"
+            f"{time_budget}; metric {s.metric} ({s.mode})")
 
 
 def recommendations(opts: SearchOptions, baseline: dict[str, Any] | None, points: list[dict[str, Any]]) -> str:

@@ -143,7 +143,7 @@ class ResourceConfig:
     """Where trials run."""
 
     max_concurrent: int | None = None  # trials at the same time (TAO automl_max_concurrent); None: every CPU or GPU busy
-    cpus_per_trial: float = 1.0  # Ray resources per trial
+    cpus_per_trial: float | None = None  # Ray resources per trial; None: 1, more when a budget leaves CPUs idle (`automl.ray_session`)
     gpus_per_trial: float | None = None  # None: 1 when the Ray cluster has a GPU, else 0; fractions share a GPU
     address: str | None = None  # Ray cluster address; None starts a local Ray
     num_cpus: int | None = None  # local Ray only: CPUs Ray may use (None: all)
@@ -263,7 +263,8 @@ class SearchOptions:
                             ("grace_period", s.grace_period)):
             if value is not None:  # None: not set (the budget, the spec's epochs, all CPUs, no limit, every slot)
                 _integer(name, value, 1)
-        _check(_number(r.cpus_per_trial) and r.cpus_per_trial > 0, f"cpus_per_trial must be > 0, got {r.cpus_per_trial!r}")
+        _check(r.cpus_per_trial is None or (_number(r.cpus_per_trial) and r.cpus_per_trial > 0),
+               f"cpus_per_trial must be > 0, got {r.cpus_per_trial!r}")
         _check(r.gpus_per_trial is None or (_number(r.gpus_per_trial) and r.gpus_per_trial >= 0),
                f"gpus_per_trial must be >= 0 (fractions share a GPU), got {r.gpus_per_trial!r}")
         _check(s.time_budget_s is None or (_number(s.time_budget_s) and s.time_budget_s > 0),

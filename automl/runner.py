@@ -120,7 +120,10 @@ def _run_search(opts: SearchOptions, skill: Any, space: Any, baseline: dict[str,
                           f"or pick another --results-dir")
     check_tracking_uri(opts.tracking.tracking_uri)  # before any file or run exists (RaySession probes --address)
     with RaySession(opts) as session:
-        opts = opts.with_values(gpus_per_trial=session.gpus_per_trial, max_concurrent=session.slots(),
+        if budget is not None:
+            session.share_cpus(budget.search // max(1, budget.first_rung))
+        opts = opts.with_values(cpus_per_trial=session.cpus_per_trial, gpus_per_trial=session.gpus_per_trial,
+                                max_concurrent=session.slots(),
                                 tracking_uri=opts.tracking.tracking_uri or layout.default_tracking_uri,
                                 experiment_name=opts.tracking.experiment_name or skill.name)
         state = SearchState(results_dir=str(layout.root), skill=skill.name, algorithm=opts.search.algorithm,
@@ -403,7 +406,7 @@ def _trainable(opts: SearchOptions) -> Any:
     ctx = TrialContext(results_dir=opts.results_dir, spec=opts.spec, overrides=opts.overrides, metric=opts.search.metric,
                        mode=opts.search.mode, epochs=opts.search.trial_epochs, apply_restored_hparams=pbt,
                        checkpoint_every_report=pbt, deploy=_deploy_part(opts.search))
-    resources = {"cpu": opts.resources.cpus_per_trial, "gpu": opts.resources.gpus_per_trial or 0.0}
+    resources = {"cpu": opts.resources.cpus_per_trial or 1.0, "gpu": opts.resources.gpus_per_trial or 0.0}
     return tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), resources)
 
 

@@ -97,3 +97,24 @@ def test_a_searcher_state_file_replaced_during_a_copy_prints_no_traceback(tmp_pa
         log.removeHandler(shown)
     assert len(shown.messages) == 1 and shown.messages[0].startswith("Last sync command failed"), shown.messages
     assert "NotADirectoryError" in shown.messages[0]
+
+
+def test_cores_a_budget_leaves_idle_are_shared_out_among_its_trainings(tmp_path):
+    """A local Ray of 16 CPUs and a budget that can run 8 full trainings at once: each trial gets 2
+    CPUs (Ray sets its OMP_NUM_THREADS from them) and 8 slots, not 16 slots of which the budget
+    fills 8. Many more trainings (a multi-fidelity rung's) keep 1 CPU each; --cpus-per-trial wins."""
+    import ray
+
+    from automl.options import SearchOptions
+    from automl.ray_session import RaySession
+
+    assert not ray.is_initialized()
+    opts = SearchOptions.build({"num_cpus": 16}, results_dir=str(tmp_path), skill="segformer")
+    with RaySession(opts) as session:
+        assert session.share_cpus(8) == 2.0 and session.slots() == 8
+        assert session.share_cpus(3) == 5.0 and session.slots() == 3
+        assert session.share_cpus(80) == 1.0 and session.slots() == 16
+        given = RaySession(SearchOptions.build({"num_cpus": 16, "cpus_per_trial": 1}, results_dir=str(tmp_path), skill="segformer"))
+        with given:  # the Ray already running: used as it is
+            assert given.share_cpus(8) == 1.0 and given.slots() == 16
+    assert not ray.is_initialized()
