@@ -70,6 +70,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from automl.state import DONE, KILLED, PENDING, RUNNING, SearchState, TrialRecord
+from segformer.text import count
 
 CONFIGS_PER_PARAM = 12  # configurations a budget must afford per searched parameter
 RECHECK_MIN_BUDGET = 4  # below this the budget cannot spare two trainings for the re-check
@@ -125,7 +126,7 @@ class EpochBudget:
 
     def text(self) -> str:
         recheck = f"; {self.recheck} of the epochs for the re-check" if self.recheck else "; no re-check"
-        return f"budget {self.total} epochs ({self.trainings:g} trainings of {self.spec_epochs} epochs{recheck})"
+        return f"budget {self.total} epochs ({self.trainings:g} trainings of {count(self.spec_epochs, 'epoch')}{recheck})"
 
 
 def plan_budget(search: Any, spec_epochs: int, validation_interval: int, seed: int) -> EpochBudget:

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from automl.layout import Layout, trial_name
 from automl.options import SearchOptions
 from automl.state import FAILED, PENDING, RUNNING, STOP_KINDS, STOPPED, SearchState
-from segformer.text import fmt
+from segformer.text import count, fmt
 
 
 PAUSED = "PAUSED"  # shown for a RUNNING trial that Ray has paused (TrialRecord.paused)
@@ -234,7 +234,7 @@ def summary(state: SearchState) -> str:
         total = state.budget_epochs()
         ended = f"; {state.budget['ended']}" if state.budget.get("ended") else ""
         lines.append(f"  budget   {state.epochs_trained()} of {total} epochs trained ({state.budget['trainings']:g} trainings of "
-                     f"{state.budget['spec_epochs']} epochs){ended}")
+                     f"{count(state.budget['spec_epochs'], 'epoch')}){ended}")
     layout = Layout.of(state.results_dir)
     if layout.best_dir.is_dir():
         lines.append(f"  artifacts  {layout.best_dir}")

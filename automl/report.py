@@ -53,7 +53,7 @@ from automl.console import recheck_role, trial_rows
 from automl.layout import Layout, trial_number
 from automl.state import FINISHED, KILLED, STOPPED, SearchState, TrialRecord
 from segformer.fileio import atomic_write_text
-from segformer.text import fmt
+from segformer.text import count, fmt
 
 MIN_IMPORTANCE_TRIALS = 4  # trials with a result an importance needs
 MIN_CONTOUR_TRIALS = 6  # ... and a contour plot
@@ -662,7 +662,7 @@ def _recheck(state: SearchState) -> list[Block]:
     if state.budget is not None:
         total = state.budget_epochs()
         blocks += [Heading("Budget"), Para(f"{state.epochs_trained()} of {total} epochs trained ({state.budget['trainings']:g} "
-                                           f"trainings of the spec's {state.budget['spec_epochs']} epochs, re-checks included)"
+                                           f"trainings of the spec's {count(state.budget['spec_epochs'], 'epoch')}, re-checks included)"
                                            + (f"; {state.budget['ended']}." if state.budget.get("ended") else "."))]
     r = state.recheck
     if r is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["fmt", "span"]
+__all__ = ["count", "fmt", "span"]
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -16,6 +16,11 @@ def fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}g}"
     return str(value)
+
+
+def count(n: float, noun: str) -> str:
+    """``n`` and a noun that takes an "s" unless there is one: "1 epoch", "20 epochs", "0 trials"."""
+    return f"{n:g} {noun}" if n == 1 else f"{n:g} {noun}s"
 
 
 def span(seconds: float) -> str:
