@@ -153,13 +153,17 @@ def median(values: Sequence[float | None]) -> float | None:
 # ------------------------------------------------------------------------------------------------
 # searches
 # ------------------------------------------------------------------------------------------------
-def synth_data(out: Path, size: int, train: int, val: int, seed: int = 0) -> Path:
-    """The synthetic dataset (TAO layout + spec.yaml), generated once per folder."""
+def synth_data(out: Path, size: int, train: int, val: int, seed: int = 0, test: int | None = None, hard: bool = False,
+               epochs: int | None = None) -> Path:
+    """The synthetic dataset (TAO layout + spec.yaml), generated once per folder; `hard`, `test` and
+    `epochs` as `segformer data synth` takes them (`make demo`: --hard, 64 px, 128/32/32, 10 epochs)."""
     if (out / "spec.yaml").is_file():
         return out
     from segformer.data.synth import generate
 
-    return Path(generate(out, num_classes=4, size=size, train=train, val=val, test=min(val, 4), seed=seed))
+    more = {"epochs": epochs} if epochs is not None else {}
+    return Path(generate(out, num_classes=4, size=size, train=train, val=val, test=min(val, 4) if test is None else test,
+                         seed=seed, hard=hard, **more))
 
 
 @dataclass
