@@ -21,6 +21,10 @@ Plain seeds and searches train one thread per trial. Results: benchmarks/RESULTS
 quality") and benchmarks/results/search_quality.json; --resume reuses finished runs' folders, and the plain
 seeds and searches already recorded whose folders are gone (a search only at the same --budget).
 
+`--rules` trains nothing either: it replays other rules the re-check could follow on every verdict
+recorded in benchmarks/results/search_quality.json, against what the test split says (a table,
+written into RESULTS by hand).
+
 `--replay` trains nothing: it scores on the test split every training the searches on disk kept
 (each trial's last-epoch checkpoint, and the promoted best/), to ask two questions of choices the
 search makes: does ranking trials by their settled level (the mean of their last quarter of
@@ -246,6 +250,46 @@ def recheck_value(results: dict[str, Any]) -> list[str]:
     return rows
 
 
+# Other rules the re-check could follow, replayed on each recorded verdict (its settled values on the two
+# seeds; g0: the search's seed, inflated by the selection, g1: the re-check seed). Every rule also needs
+# the leader ahead on both seeds, as the product's does.
+RULES = {
+    "the product's: g1 > abs(g0 - g1) / sqrt 2": lambda g0, g1, b: g1 > abs(g0 - g1) / 2 ** 0.5,
+    "g1 > 0": lambda g0, g1, b: g1 > 0,
+    "g1 > the baseline's seed-to-seed change abs(b0 - b1)": lambda g0, g1, b: g1 > abs(b[0] - b[1]),
+    "mean gain > 2 standard errors": lambda g0, g1, b: (g0 + g1) / 2 > abs(g0 - g1),
+}
+
+
+def rule_replay(results: dict[str, Any], big: float = 0.005) -> list[str]:
+    """`--rules`: each rule of RULES replayed on every recorded search whose leader led and whose two
+    configurations were scored on the test split (means of their two trainings): how many leaders it
+    promotes, the test gain those promotions realise in all, how many of them lost on test, and how
+    many leaders it declined that gained more than `big` on test. The oracle promotes exactly the
+    leaders that gained on test."""
+    cases = []
+    for data in results.values():
+        for row in data["searches"].values():
+            verdict, final = row.get("recheck"), row.get("final") or {}
+            if not verdict or verdict.get("baseline_led") or "leader" not in final or "baseline" not in final:
+                continue
+            (c0, c1), (b0, b1) = verdict["leader_values"], verdict["baseline_values"]
+            cases.append((c0 - b0, c1 - b1, (b0, b1), final["leader"]["mean"] - final["baseline"]["mean"]))
+    rows = []
+    for name, rule in RULES.items():
+        taken = [test for g0, g1, b, test in cases if min(g0, g1) > 0 and rule(g0, g1, b)]
+        declined = [test for g0, g1, b, test in cases if not (min(g0, g1) > 0 and rule(g0, g1, b))]
+        rows.append(f"| {name} | {len(taken)} of {len(cases)} | {sum(taken):+.3f} | {sum(t < 0 for t in taken)} | "
+                    f"{sum(t > big for t in declined)} |")
+    rows.append(f"| oracle (the test split decides) | {sum(t > 0 for *_, t in cases)} of {len(cases)} | "
+                f"{sum(max(0.0, t) for *_, t in cases):+.3f} | 0 | 0 |")
+    return rows
+
+
+RULES_HEADER = ["| rule (promote the leader when ...) | leaders promoted | test gain realised, in all | promoted, lost on test "
+                "| declined, gained > 0.005 on test |", "|---|---|---|---|---|"]
+
+
 def per_image_confusion(spec: Path, overrides: list[str], checkpoint: Path) -> Any:
     """(images, K, K) confusion matrices of `checkpoint` on the spec's test split, one per image,
     predicted as `segformer evaluate` does (the spec's size, the same resize and argmax)."""
@@ -403,6 +447,10 @@ def render(results: dict[str, Any]) -> str:
         lines += ["", "What the re-check bought (every recorded search with a re-check; test mIoU minus the search's own "
                   "baseline training, mean and worst):", "",
                   "| dataset | searches | promoted (re-checked) | best trial, no re-check |", "|---|---|---|---|", *value]
+    rules = rule_replay(results)
+    if len(rules) > 1:
+        lines += ["", "Re-check rules replayed on every recorded verdict where the leader led (`--rules`; test gain: "
+                  "the leader's mean over its two trainings minus the baseline's):", "", *RULES_HEADER, *rules]
     resolution = [f"| {name} | {r['images']} | {r['search']} | {r['against']} | {r['gain']:+.4f} | {r['sd']:.4f} |"
                   for name, data in results.items() if (r := data.get("test_resolution"))]
     if resolution:
@@ -427,10 +475,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="reuse finished runs")
     parser.add_argument("--no-write", action="store_true", help="do not rewrite benchmarks/RESULTS.md")
     parser.add_argument("--replay", action="store_true", help="train nothing: score the kept trainings (see above)")
+    parser.add_argument("--rules", action="store_true",
+                        help="train nothing: replay re-check rules on the verdicts in benchmarks/results/search_quality.json")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     if args.replay:
         print(replay(names))
+        return 0
+    if args.rules:
+        from benchmarks.common import RESULTS_DIR
+
+        print("\n".join([*RULES_HEADER, *rule_replay(json.loads((RESULTS_DIR / "search_quality.json").read_text()))]))
         return 0
     prepare(names)
     results: dict[str, Any] = {}

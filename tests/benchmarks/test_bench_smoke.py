@@ -315,6 +315,26 @@ def test_search_quality_counts_epochs_from_status_files_and_renders(tmp_path):
     assert "| real | 2 | +0.0300 (+0.0200) | +0.0150 (+0.0000) |" in text
 
 
+def test_recheck_rules_are_replayed_against_the_test_split():
+    """--rules: each rule decides on a recorded verdict's two seeds; a promoted leader's test gain is
+    realised, and a declined one that gained on test is counted as missed."""
+    from benchmarks.search_quality import RULES, rule_replay
+
+    def row(g0: float, g1: float, test: float) -> dict:
+        verdict = {"leader_values": [0.5 + g0, 0.5 + g1], "baseline_values": [0.5, 0.5], "baseline_led": False}
+        return {"recheck": verdict, "final": {"leader": {"mean": 0.6 + test}, "baseline": {"mean": 0.6}}}
+
+    searches = {"a": row(0.05, 0.04, 0.03),  # a steady lead every rule takes: +0.03 on test
+                "b": row(0.10, 0.01, 0.02),  # moved by 0.09 between seeds: only 'g1 > 0' takes it
+                "c": row(0.01, -0.01, 0.01),  # lost on the fresh seed: no rule takes it, +0.01 on test missed
+                "led": {**row(0.0, 0.0, 0.5), "recheck": {"baseline_led": True}}}  # the baseline led: left out
+    rows = rule_replay({"real": {"plain": [], "searches": searches}})
+    by_rule = dict(zip([*RULES, "oracle"], rows))
+    assert by_rule[next(iter(RULES))].endswith("| 1 of 3 | +0.030 | 0 | 2 |")  # the product's rule: b and c missed
+    assert by_rule["g1 > 0"].endswith("| 2 of 3 | +0.050 | 0 | 1 |")
+    assert by_rule["oracle"].endswith("| 3 of 3 | +0.060 | 0 | 0 |")
+
+
 def test_the_test_splits_resolution_is_a_paired_bootstrap_over_its_images():
     """The SD of a gain over resampled test images: none between a model and itself, and it shrinks
     as the square root of the images (the same images four times over: about half)."""
