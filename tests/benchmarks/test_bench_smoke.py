@@ -335,6 +335,18 @@ def test_recheck_rules_are_replayed_against_the_test_split():
     assert by_rule["oracle"].endswith("| 3 of 3 | +0.060 | 0 | 0 |")
 
 
+def test_a_plain_seed_picked_by_validation_is_ranked_on_test():
+    """--rules, second table: the seed with the best validation mIoU, its test score and rank."""
+    from benchmarks.search_quality import seed_pick
+
+    plain = [{"seed": 0, "best_val_miou": 0.70, "test_miou": 0.61}, {"seed": 1, "best_val_miou": 0.72, "test_miou": 0.60},
+             {"seed": 2, "best_val_miou": 0.69, "test_miou": 0.62}]
+    rows = seed_pick({"real": {"plain": plain, "searches": {}}, "lucky": {"plain": plain[::2], "searches": {}}})
+    assert rows[0] == "| real | 3 | seed 1: 0.6000 | 0.6200 | 0.6100 | 3 |"
+    assert rows[1] == "| lucky | 2 | seed 0: 0.6100 | 0.6200 | 0.6150 | 2 |"
+    assert rows[2].startswith("| picked the best test seed | 0 of 2 |")
+
+
 def test_the_test_splits_resolution_is_a_paired_bootstrap_over_its_images():
     """The SD of a gain over resampled test images: none between a model and itself, and it shrinks
     as the square root of the images (the same images four times over: about half)."""
