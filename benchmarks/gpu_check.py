@@ -12,6 +12,10 @@ Each part runs on its own and records what happened (a part that fails never sto
    compile time.
 4. A fractional-GPU search (`--gpus-per-trial 0.25`, four trials sharing the GPU) where Ray,
    Optuna and MLflow are installed; otherwise it says so.
+5. Trainings sharing the GPU, without Ray: 1, 2 and 4 `segformer train` processes at once on the
+   same GPU (B0, 512x512 synthetic images, 4 data workers each), each one's steady epoch time from
+   its status.json. Whether a search should put more than one trial on a GPU (`--gpus-per-trial
+   0.5`) by default: a search's trials are small models, and one may leave most of an H200 idle.
 
 It writes the "GPU check" section of benchmarks/RESULTS.md, benchmarks/results/gpu_check.json and
 the pytest log, and copies all three to $OUT when that is set (the lent-machine tool brings $OUT back).
@@ -261,6 +265,54 @@ def _search(work: Path, generate: Callable[..., Path], timeout: int) -> dict[str
             "max_trials_at_once": overlap, "wall_s": round(wall, 1)}
 
 
+def shared_gpu(counts: tuple[int, ...] = (1, 2, 4), size: int = 512, train: int = 128, epochs: int = 4,
+               workers: int = 4, timeout: int = 300, smoke: bool = False) -> dict[str, Any]:
+    """`counts` trainings at once on one GPU (separate `segformer train` processes, as Ray runs
+    fractional-GPU trials), each timed by its own epochs after the first (status.json's seconds):
+    throughput = trainings at once / median epoch time, against one training alone."""
+    import torch
+
+    if not torch.cuda.is_available() and not smoke:
+        return {"status": "skipped", "reason": "no CUDA GPU"}
+    from segformer.data.synth import generate
+
+    work = Path(tempfile.mkdtemp(prefix="gpu_check_shared_"))
+    try:
+        spec = generate(work / "data", num_classes=4, size=size, train=train, val=16, test=4, epochs=epochs) / "spec.yaml"
+        rows: dict[str, Any] = {}
+        for n in counts:
+            runs = [work / f"x{n}_{i}" for i in range(n)]
+            started = time.time()
+            procs = [subprocess.Popen([sys.executable, "-m", "segformer.cli", "train", "-e", str(spec), f"results_dir={run}",
+                                       f"train.seed={i}", f"dataset.segment.workers={workers}"], cwd=REPO,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                      env={**os.environ, "PYTHONPATH": str(REPO)}) for i, run in enumerate(runs)]
+            errors = []
+            for proc in procs:
+                try:
+                    _, err = proc.communicate(timeout=max(1.0, timeout - (time.time() - started)))
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    err = f"timed out after {timeout} s"
+                    proc.wait()
+                if proc.returncode:
+                    errors.append(_text(err)[-300:])
+            if errors:
+                return {"status": "failed", "at_once": n, "tail": errors[0], **rows}
+            epoch_s = [json.loads(line)["seconds"] for run in runs
+                       for line in (run / "train" / "status.json").read_text().splitlines()[1:] if line.strip()]
+            median = sorted(epoch_s)[len(epoch_s) // 2]
+            rows[str(n)] = {"epoch_s": round(median, 3), "wall_s": round(time.time() - started, 1),
+                            "epochs_per_s": round(n / median, 2)}
+        alone = rows[str(counts[0])]["epochs_per_s"]
+        for row in rows.values():
+            row["throughput_vs_one"] = round(row["epochs_per_s"] / alone, 2)
+        return {"status": "ok", "device": "cuda" if torch.cuda.is_available() else "cpu", "size": size, "train": train,
+                "epochs": epochs, "workers": workers, "at_once": rows}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 # Each part's line in RESULTS.md: its name in the data, its label, and how an "ok" part reads.
 _LINES: list[tuple[str, str, Callable[[dict[str, Any]], str] | None]] = [
     ("pytest -m gpu", "`pytest -m gpu`", lambda t: (
@@ -277,6 +329,11 @@ _LINES: list[tuple[str, str, Callable[[dict[str, Any]], str] | None]] = [
     ("fractional-GPU search", "Fractional-GPU search", lambda f: (
         f"Fractional-GPU search (0.25 GPU per trial): {f['finished']}/{f['trials']} trials finished, up to "
         f"{f['max_trials_at_once']} at once, {f['wall_s']} s")),
+    ("trainings sharing the GPU", "Trainings sharing the GPU", lambda g: (
+        f"Trainings sharing the GPU (B0 {g['size']}x{g['size']}, {g['train']} images, {g['workers']} data workers each; "
+        "epochs per second in all, against one training alone): "
+        + ", ".join(f"{n} at once {r['epochs_per_s']} (**{r['throughput_vs_one']}x**, {r['epoch_s']} s per epoch)"
+                    for n, r in g["at_once"].items()))),
 ]
 
 
@@ -327,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     _part("AMP training", lambda: amp_training(batch, size, steps, smoke=args.quick), data, save)
     _part("model speed", lambda: model_speed(batch, size, steps, smoke=args.quick), data, save)
     _part("fractional-GPU search", lambda: fractional_search(300), data, save)
+    _part("trainings sharing the GPU", lambda: shared_gpu(*(((1, 2), 64, 8, 2, 0, 300) if args.quick else ()),
+                                                          smoke=args.quick), data, save)
     failed = [name for name, part in data.items() if part.get("status") in ("error", "failed")]
     print(f"gpu_check: done; {'failed: ' + ', '.join(failed) if failed else 'no part failed'}")
     return 1 if failed else 0

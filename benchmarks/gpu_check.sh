@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one-shot GPU check (benchmarks/gpu_check.py): `pytest -m gpu`, AMP training throughput of
-# SegFormer-B0 at 512x512, eager vs torch.compile speed, the CUDA out-of-memory advice and, where
-# Ray is installed, a fractional-GPU search. Writes benchmarks/RESULTS.md ("GPU check") and copies
-# the results to $OUT when set. About 5 minutes on one H200.
+# SegFormer-B0 at 512x512, eager vs torch.compile speed, the CUDA out-of-memory advice, where
+# Ray is installed a fractional-GPU search, and 1, 2 and 4 trainings sharing the GPU. Writes
+# benchmarks/RESULTS.md ("GPU check") and copies the results to $OUT when set. About 5 minutes on
+# one H200.
 #
 # On a lent GPU machine that reaches no registry: make the wheels it lacks here first
 # (`make gpu-wheels`: pytest, jsonschema, omegaconf, matplotlib..., about 20 MB in .whl/gpu), carry

@@ -436,6 +436,21 @@ def test_gpu_check_runs_its_parts_on_the_cpu_in_smoke_mode_and_renders_the_secti
     assert "Model speed: error: ZeroDivisionError" in text and "Fractional-GPU search: not run" in text
 
 
+def test_gpu_check_times_trainings_sharing_the_device_from_their_status_files():
+    """The shared-GPU part, run for real on the CPU (smoke): 1 then 2 `segformer train` processes at
+    once, each timed by its epochs after the first; the section reads the throughput against one."""
+    from benchmarks.gpu_check import section, shared_gpu
+
+    part = shared_gpu((1, 2), size=32, train=4, epochs=2, workers=0, timeout=240, smoke=True)
+    assert part["status"] == "ok", part
+    one, two = part["at_once"]["1"], part["at_once"]["2"]
+    assert one["throughput_vs_one"] == 1.0 and one["epoch_s"] > 0 and two["epoch_s"] > 0
+    assert abs(two["epochs_per_s"] - 2 / two["epoch_s"]) <= 0.02 * two["epochs_per_s"]  # two trainings' epochs
+    text = section({"trainings sharing the GPU": part})
+    assert "Trainings sharing the GPU (B0 32x32, 4 images, 0 data workers each;" in text
+    assert f"2 at once {two['epochs_per_s']} (**{two['throughput_vs_one']}x**" in text
+
+
 def test_gpu_check_tells_modules_it_could_not_collect_for_want_of_the_search_packages_from_failures():
     """The first GPU run (H200, 2026-12-04): both GPU tests passed, but four modules that import Ray
     or Optuna at their top could not be collected there (a lent machine has room for neither), and
