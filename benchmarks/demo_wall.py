@@ -1,4 +1,4 @@
-"""`make demo`'s search, wall time of this checkout against an earlier commit, interleaved.
+"""The pre-budget `make demo` search: wall time of this checkout against an earlier commit, interleaved.
 
     python -m benchmarks.demo_wall --before REV [--repeats 3] [--resume] [--no-write]
 
@@ -96,8 +96,9 @@ def render(result: dict[str, Any]) -> str:
     names = list(walls)
     after = median(walls[names[0]])
     lines = [f"## {TITLE}", "",
-             f"`python -m benchmarks.demo_wall --before {commit}` (run by hand): `make demo`'s `automl run` "
-             f"(bohb, 16 trials of up to 8 epochs, 2 at a time, with promotion), process start to exit, the variants "
+             f"`python -m benchmarks.demo_wall --before {commit}` (run by hand): the `automl run` `make demo` ran before "
+             f"the epoch budget (bohb, 16 trials of up to 8 epochs, 2 at a time, with promotion; today's `make demo` "
+             f"is a row of 'Search overhead'), process start to exit, the variants "
              f"interleaved in {len(walls[names[0]])} rounds; {result['written_at']}.",
              f"Machine: {result['machine']}", "",
              "| variant | runs (s) | median (s) | median / after's | compute in train+val steps |", "|---|---|---|---|---|"]
