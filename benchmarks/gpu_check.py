@@ -384,8 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     _part("AMP training", lambda: amp_training(batch, size, steps, smoke=args.quick), data, save)
     _part("model speed", lambda: model_speed(batch, size, steps, smoke=args.quick), data, save)
     _part("fractional-GPU search", lambda: fractional_search(300), data, save)
-    _part("trainings sharing the GPU", lambda: shared_gpu(*(((1, 2), 64, 8, 2, 0, 300) if args.quick else ()),
-                                                          smoke=args.quick), data, save)
+    quick = dict(counts=(1, 2), size=64, train=8, epochs=2, workers=0) if args.quick else {}
+    _part("trainings sharing the GPU", lambda: shared_gpu(**quick, smoke=args.quick), data, save)
     failed = [name for name, part in data.items() if part.get("status") in ("error", "failed")]
     print(f"gpu_check: done; {'failed: ' + ', '.join(failed) if failed else 'no part failed'}")
     return 1 if failed else 0

@@ -8,7 +8,8 @@ promotion), then the search `make demo` ran before the epoch budget (synthetic 1
 train / 32 val images, experiments/demo/automl.yaml: bohb, 16 trials of up to 8 epochs, 2 at a
 time, with promotion; a fixed workload across releases), then the demo of releases before that
 (64x64, 32 train / 8 val images, 12 trials x 6 epochs), where the fixed costs dominate, then a
-sequential bayesian search (5 trials x 4 epochs) whose parts add up to the wall time. --small: one sequential bayesian search, 3 trials x 2 epochs (the CI smoke).
+sequential bayesian search (5 trials x 4 epochs) whose parts add up to the wall time. --small: one
+sequential bayesian search, 3 trials x 2 epochs (the CI smoke).
 
 Every search is ``automl run`` in a subprocess, as a user runs it. Its wall time (process start ->
 exit) is split with the per-trial ``timing.json`` (``segformer.engine.timing.StepTiming``), the

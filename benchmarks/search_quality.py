@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, machine_line, publish
+from benchmarks.common import RESULTS_DIR, ROOT, machine_line, publish
 from segformer.parents import read_status
 
 TITLE = "Search quality"
@@ -277,8 +277,9 @@ def rule_replay(results: dict[str, Any], big: float = 0.005) -> list[str]:
             cases.append((c0 - b0, c1 - b1, (b0, b1), final["leader"]["mean"] - final["baseline"]["mean"]))
     rows = []
     for name, rule in RULES.items():
-        taken = [test for g0, g1, b, test in cases if min(g0, g1) > 0 and rule(g0, g1, b)]
-        declined = [test for g0, g1, b, test in cases if not (min(g0, g1) > 0 and rule(g0, g1, b))]
+        decided = [(min(g0, g1) > 0 and rule(g0, g1, b), test) for g0, g1, b, test in cases]
+        taken = [test for promoted, test in decided if promoted]
+        declined = [test for promoted, test in decided if not promoted]
         rows.append(f"| {name} | {len(taken)} of {len(cases)} | {sum(taken):+.3f} | {sum(t < 0 for t in taken)} | "
                     f"{sum(t > big for t in declined)} |")
     rows.append(f"| oracle (the test split decides) | {sum(t > 0 for *_, t in cases)} of {len(cases)} | "
@@ -505,8 +506,6 @@ def main(argv: list[str] | None = None) -> int:
         print(replay(names))
         return 0
     if args.rules:
-        from benchmarks.common import RESULTS_DIR
-
         recorded = json.loads((RESULTS_DIR / "search_quality.json").read_text())
         print("\n".join([*RULES_HEADER, *rule_replay(recorded), "", *SEED_PICK_HEADER, *seed_pick(recorded)]))
         return 0
