@@ -91,7 +91,13 @@ def _check_data(opts: SearchOptions, echo: Echo) -> None:
     from automl.trial import base_config
     from segformer.data.segdata import check_splits, split_counts
 
-    segment = base_config(opts.spec, opts.overrides, opts.results_dir).dataset.segment
+    cfg = base_config(opts.spec, opts.overrides, opts.results_dir)
+    for key, path in (("model.backbone.pretrained_backbone_path", cfg.model.backbone.pretrained_backbone_path),
+                      ("train.pretrained_model_path", cfg.train.pretrained_model_path)):
+        # Every trial would load it and fail with it, one after another.
+        if path and "://" not in str(path) and not Path(path).exists():
+            raise SearchError(f"{key} points to {path}, which does not exist; give the weights file, or clear the key")
+    segment = cfg.dataset.segment
     echo(f"automl: checking the dataset under {segment.root_dir} ({segment.train_split}, {segment.validation_split}, "
          f"{segment.test_split})")
     echo(f"automl: dataset read: {split_counts(check_splits(segment))}, no problem found")

@@ -78,6 +78,12 @@ def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: boo
     if train_cfg.pretrained_model_path and not Path(train_cfg.pretrained_model_path).is_file():
         raise SegformerError(f"train.pretrained_model_path points to {train_cfg.pretrained_model_path}, "
                              "which does not exist")
+    backbone_path = cfg.model.backbone.pretrained_backbone_path
+    if backbone_path and not resume and not Path(backbone_path).is_file():
+        raise SegformerError(f"model.backbone.pretrained_backbone_path points to {backbone_path}, which does not exist; "
+                             "give the backbone's weights file, or clear the key to train the backbone from scratch")
+    if not resume:
+        _refuse_previous_training(results_dir)
 
     check_input_size(cfg.model, cfg.dataset.segment.img_size)  # seconds, not after the data check
 
@@ -134,6 +140,27 @@ def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: boo
         results_dir=results_dir,
         history=history,
     )
+
+
+def _refuse_previous_training(results_dir: Path) -> None:
+    """A training from scratch does not go into a folder that holds another one: its numbered
+    checkpoints would stay beside the new run's and, matching the new status.json's epochs, could be
+    taken for the new run's (`segformer.parents`), and its status.json would be overwritten."""
+    from segformer.engine.callbacks import LATEST_NAME
+    from segformer.parents import read_status
+
+    epochs = len(read_status(results_dir / STATUS_NAME))
+    numbered = sorted(results_dir.glob("model_epoch_*.pth"))
+    latest = results_dir / LATEST_NAME
+    if not (epochs or numbered or latest.is_file()):
+        return
+    held = ", ".join(part for part in (f"{epochs} epoch{'s' if epochs != 1 else ''} in {STATUS_NAME}" if epochs else "",
+                                      f"{len(numbered)} numbered checkpoint{'s' if len(numbered) != 1 else ''}" if numbered else "",
+                                      LATEST_NAME if latest.is_file() else "") if part)
+    newest = latest if latest.is_file() else (numbered[-1] if numbered else None)
+    cont = f"to continue it, set train.resume_training_checkpoint_path={newest}; " if newest is not None else ""
+    raise SegformerError(f"{results_dir} already holds a training ({held}); {cont}to train from the start, give "
+                         "another results_dir (or move that folder away first)")
 
 
 # ----------------------------------------------------------------------------- builders

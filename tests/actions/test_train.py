@@ -145,6 +145,30 @@ def test_missing_resume_checkpoint(tiny_dataset, tmp_path, make_cfg):
         train.run(cfg, quiet=True)
 
 
+def test_missing_backbone_weights(tiny_dataset, tmp_path, make_cfg):
+    cfg = make_cfg(tiny_dataset, tmp_path, "model.backbone.pretrained_backbone_path=/nonexistent/mit_b0.pth")
+    with pytest.raises(SegformerError, match="model.backbone.pretrained_backbone_path points to /nonexistent/mit_b0.pth"):
+        train.run(cfg, quiet=True)
+
+
+def test_a_new_training_does_not_go_into_a_folder_that_holds_one(tiny_dataset, tmp_path, make_cfg):
+    """Trained again into the same results_dir, a run from scratch left the first run's numbered
+    checkpoints beside its own; matching the new status.json's epochs, one of them was taken as the
+    new run's best (a weaker model). Now it is refused, nothing is touched, and the message says how
+    to continue the training that is there."""
+    first = train.run(make_cfg(tiny_dataset, tmp_path, "train.num_epochs=1"), quiet=True)
+    before = {p.name: p.read_bytes() for p in first.results_dir.iterdir() if p.is_file()}
+    with pytest.raises(SegformerError, match=r"already holds a training \(1 epoch in status.json, 1 numbered "
+                                             r"checkpoint, segformer_model_latest.pth\)") as refused:
+        train.run(make_cfg(tiny_dataset, tmp_path, "train.num_epochs=2", "train.optim.lr=0.001"), quiet=True)
+    latest = first.results_dir / LATEST_NAME
+    assert f"train.resume_training_checkpoint_path={latest}" in str(refused.value)
+    assert {p.name: p.read_bytes() for p in first.results_dir.iterdir() if p.is_file()} == before
+    resumed = train.run(make_cfg(tiny_dataset, tmp_path, "train.num_epochs=2",
+                                 f"train.resume_training_checkpoint_path={latest}"), quiet=True)
+    assert [r["epoch"] for r in resumed.history] == [0, 1]
+
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 

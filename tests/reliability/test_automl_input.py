@@ -206,6 +206,14 @@ def test_bad_data_is_one_message_before_any_trial(data_copy, tmp_path):
     assert seconds < 30, f"took {seconds:.0f} s"
 
 
+def test_missing_backbone_weights_are_found_before_any_trial(dataset, tmp_path):
+    """Every trial loaded model.backbone.pretrained_backbone_path and failed with a traceback, one after another."""
+    outcome, _ = _automl(dataset, tmp_path / "r", "--skill", "segformer",
+                         f"model.backbone.pretrained_backbone_path={tmp_path / 'nope' / 'mit_b0.pth'}", *QUICK, timeout=60)
+    _clean(outcome, ["model.backbone.pretrained_backbone_path", "nope/mit_b0.pth", "does not exist"])
+    assert not (tmp_path / "r" / "trials").exists()
+
+
 def test_palette_that_does_not_match_num_classes_is_found_before_any_trial(dataset, tmp_path):
     outcome, _ = _automl(dataset, tmp_path / "r", "--skill", "segformer", "dataset.segment.num_classes=5", *QUICK,
                          timeout=60)
