@@ -137,6 +137,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"segformer {command}: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exc:
+        # Lightning ends a fit on SIGTERM with a SystemExit of no code (exit status 0): a scheduler that
+        # pre-empts a job would count it as done. Its last checkpoint is kept.
+        if type(exc).__name__ != "SIGTERMException":
+            raise
+        resume = (" (what it trained is kept: continue with train.resume_training_checkpoint_path=<its train results "
+                  "folder>)") if command == "train" else ""
+        print(f"segformer {command}: stopped by SIGTERM{resume}", file=sys.stderr)
+        return 130  # as `automl` and an interrupt: stopped from outside, resumable
     except OSError as exc:
         # The environment, not the code: a full disk, a read-only or missing folder, a file in the way.
         if exc.errno not in _ENVIRONMENT_ERRNOS or os.environ.get("SEGFORMER_DEBUG"):

@@ -38,6 +38,31 @@ def _loads(path: Path) -> bool:
 
 
 @pytest.mark.slow
+def test_sigterm_during_training_is_not_a_success(dataset, tmp_path):
+    """A scheduler that pre-empts `segformer train` with SIGTERM: Lightning stops the fit with a
+    SystemExit of no code, which exited 0, so the job read as done. Now exit 130 (as `automl`), one
+    line that says so and how to continue, and what the run trained is kept."""
+    results = tmp_path / "results"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(_train_cmd(dataset, results, "train.num_epochs=200"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        status = results / "train" / "status.json"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not (status.is_file() and status.read_text().strip()):
+            time.sleep(0.1)
+        assert proc.poll() is None, "training ended before the signal"
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    assert "segformer train: stopped by SIGTERM" in err and "train.resume_training_checkpoint_path" in err, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert _loads(results / "train" / "segformer_model_latest.pth")
+
+
 def test_sigkill_while_writing_checkpoints_leaves_only_loadable_files(dataset, tmp_path, capsys):
     """Checkpoints every optimizer step; the process is killed at random moments, twice."""
     results = tmp_path / "results"
@@ -48,8 +73,12 @@ def test_sigkill_while_writing_checkpoints_leaves_only_loadable_files(dataset, t
                      "train.checkpoint_interval_unit=step", "dataset.segment.batch_size=2")
     kills = 0
     for _ in range(2):
+        # the latest file, or the newest numbered one when the kill came between writing it and linking
+        # the latest to it (a new training does not go into a folder that holds one)
+        held = sorted(train_dir.glob("model_epoch_*.pth")) if train_dir.exists() else []
         resume = train_dir / "segformer_model_latest.pth"
-        extra = [f"train.resume_training_checkpoint_path={resume}"] if resume.exists() else []
+        resume = resume if resume.exists() else (held[-1] if held else None)
+        extra = [f"train.resume_training_checkpoint_path={resume}"] if resume is not None else []
         proc = subprocess.Popen(cmd + extra, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             before = len(list(train_dir.glob("model_epoch_*.pth"))) if train_dir.exists() else 0
