@@ -476,8 +476,9 @@ def _gain_chart(plt: Any, state: SearchState, r: dict[str, Any]) -> Any:
     ax.set_yticks([2, 1, 0], ["search seed", "re-check seed", "both seeds"])
     better = "higher" if state.mode == "max" else "lower"
     basis = f", {r['basis']}" if r.get("basis") else ""
-    ax.set_xlabel(f"gain in {state.metric}{basis}: {r['leader']} - {r['baseline']} ({better} is better; > 0: the leader is better)")
-    ax.set_title(f"Leader vs baseline on two seeds: {'confirmed' if r.get('confirmed') else 'not confirmed'}", fontsize=10)
+    role = recheck_role(r)
+    ax.set_xlabel(f"gain in {state.metric}{basis}: {r['leader']} - {r['baseline']} ({better} is better; > 0: the {role} is better)")
+    ax.set_title(f"{role.capitalize()} vs baseline on two seeds: {'confirmed' if r.get('confirmed') else 'not confirmed'}", fontsize=10)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=1)
     return fig
 
@@ -514,7 +515,8 @@ def _overlay_pair(state: SearchState) -> tuple[list[tuple[str, TrialRecord]], st
     leader = leader or next((t for t in state.ranked() if t.trial_id != baseline.trial_id), None)
     if leader is None:
         return [], "the promoted model is the baseline's configuration and no other trial has a result"
-    return [("baseline (promoted)", best), ("leader, not promoted", leader)], None
+    role = recheck_role(state.recheck) if state.recheck else "best other trial"
+    return [("baseline (promoted)", best), (f"{role}, not promoted", leader)], None
 
 
 @dataclass(frozen=True)
@@ -649,7 +651,9 @@ def _comparison(state: SearchState, plots: dict[str, str]) -> list[Block]:
                 f"gain on each seed{basis} and their mean {r['gain']:+.4f} +/- {r['gain_stderr']:.4f} (standard error){noise}.")
     else:
         best, baseline = _compared(state)  # type: ignore[misc]
-        text = (f"`{best.name}` {best.best_value:.4f} against the baseline `{baseline.name}` {baseline.best_value:.4f} "
+        led = state.best() is not None and state.best().trial_id == baseline.trial_id
+        text = (("The baseline led the search; the best other trial, " if led else "")
+                + f"`{best.name}` {best.best_value:.4f} against the baseline `{baseline.name}` {baseline.best_value:.4f} "
                 f"({best.best_value - baseline.best_value:+.4f}), on an axis zoomed around the two values. No re-check "
                 "measured the noise of this difference (it needs an epoch budget with room for re-checks): a difference "
                 "smaller than the seed-to-seed spread of one training is no evidence.")
@@ -662,7 +666,8 @@ def _recheck(state: SearchState) -> list[Block]:
     if state.budget is not None:
         total = state.budget_epochs()
         blocks += [Heading("Budget"), Para(f"{state.epochs_trained()} of {total} epochs trained ({state.budget['trainings']:g} "
-                                           f"trainings of the spec's {count(state.budget['spec_epochs'], 'epoch')}, re-checks included)"
+                                           f"trainings of the spec's {count(state.budget['spec_epochs'], 'epoch')}"
+                                           f"{', re-checks included' if any(t.recheck_of for t in state.trials.values()) else ''})"
                                            + (f"; {state.budget['ended']}." if state.budget.get("ended") else "."))]
     r = state.recheck
     if r is not None:
@@ -678,7 +683,8 @@ def _recheck(state: SearchState) -> list[Block]:
     if "skipped" in final:
         blocks += [Heading("Final evaluation (test split)"), Para(f"Skipped: {final['skipped']}.")]
     elif final:
-        rows = [[role, ", ".join(row["trials"]), ", ".join(f"{v:.4f}" for v in row["test_miou"]), f"{row['mean']:.4f}"]
+        rows = [[recheck_role(r or {}) if role == "leader" else role, ", ".join(row["trials"]),
+                 ", ".join(f"{v:.4f}" for v in row["test_miou"]), f"{row['mean']:.4f}"]
                 for role in ("promoted", "baseline", "leader")
                 if (row := final.get(role)) and row.get("mean") is not None]
         blocks += [Heading("Final evaluation (test split, untouched by the search)"),

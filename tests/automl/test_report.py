@@ -247,3 +247,32 @@ def test_overlays_skip_a_missing_checkpoint_with_the_reason(two_models, tmp_path
     state.results_dir = str(tmp_path / "search")
     skipped = overlays(state, tmp_path)
     assert skipped.file is None and f"no checkpoint of `{state.best().name}` (promoted)" in skipped.text
+
+
+def test_when_the_baseline_led_the_report_calls_the_other_trial_the_runner_up(tmp_path: Path) -> None:
+    """The search's leader was the baseline: the trial compared with it is the runner-up, in the
+    comparison's text, the test-split table, the gain chart and the overlays' labels (they said "leader")."""
+    from automl.budget import verdict
+    from automl.report import _overlay_pair, write_report
+
+    state = SearchState(results_dir=str(tmp_path), skill="segformer", algorithm="bayesian", metric="val_miou", mode="max",
+                        settings={})
+    baseline = _add(state, 0, {LR: 1e-4}, 0.60, baseline=True)
+    runner_up = _add(state, 1, {LR: 1e-3}, 0.55)
+    _add(state, 2, {LR: 1e-2}, 0.50)
+    report = write_report(state).read_text()  # no re-check (a budget under 4 trainings)
+    section = report.split("## Baseline vs best", 1)[1].split("\n## ", 1)[0]
+    assert "The baseline led the search; the best other trial, `trial_001` 0.5500 against the baseline `trial_000`" in section
+
+    _add(state, 3, runner_up.params, 0.54, recheck_of=runner_up.name)
+    _add(state, 4, baseline.params, 0.61, recheck_of=baseline.name)
+    state.recheck = verdict(state)
+    assert state.recheck["baseline_led"] and state.recheck["leader"] == "trial_001"
+    state.best_trial = state.recheck["promoted"]
+    state.final_evaluation = {"split": "test", "metric": "miou",
+                              "promoted": {"trials": ["trial_004", "trial_000"], "test_miou": [0.6, 0.59], "mean": 0.595},
+                              "baseline": {"trials": ["trial_000", "trial_004"], "test_miou": [0.59, 0.6], "mean": 0.595},
+                              "leader": {"trials": ["trial_001", "trial_003"], "test_miou": [0.5, 0.52], "mean": 0.51}}
+    report = write_report(state).read_text()
+    assert "| runner-up | trial_001, trial_003 |" in report and "| leader |" not in report
+    assert [role for role, _ in _overlay_pair(state)[0]] == ["baseline (promoted)", "runner-up, not promoted"]
