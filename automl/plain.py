@@ -38,6 +38,10 @@ def run_plain(opts: SearchOptions, skill_name: str, *, echo: Echo = print) -> Se
         tracker.log_metrics(run_id, {k: v for k, v in record.items() if k != "epoch"}, step=int(record.get("epoch", 0)))
     tracker.log_metrics(run_id, {f"best_{metric}": float(result.best_miou)}, step=int(result.best_epoch))
     tracker.end_run(run_id, FINISHED)
-    echo(f"automl: trained once: best {metric}={result.best_miou:.4f} at epoch {result.best_epoch}; "
-         f"checkpoint {result.last_checkpoint}")
+    last = next((r.get("val_miou") for r in reversed(result.history) if r.get("val_miou") is not None), None)
+    last_text = f", {metric}={last:.4f} at its last validation" if last is not None else ""
+    # Epochs counted from 1, as the search's summary does; status.json and checkpoint names count from 0.
+    echo(f"automl: trained once: best {metric}={result.best_miou:.4f} at epoch {result.best_epoch + 1} (status.json's "
+         f"epoch {result.best_epoch}); last checkpoint {result.last_checkpoint}{last_text}; evaluate.checkpoint="
+         f"{result.results_dir} takes the best checkpoint the training kept")
     return SearchOutcome(layout.root, "plain", message=f"best {metric}={result.best_miou:.4f}")

@@ -54,6 +54,10 @@ def _runs(results: Path) -> list:
 def _check_plain(out: subprocess.CompletedProcess, results: Path) -> None:
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "automl: trained once: best val_miou=" in out.stdout
+    # epochs counted from 1 as in a search's summary, status.json's own number beside it, and which
+    # checkpoint holds what (the latest is the last epoch's, not the best's)
+    assert "at epoch 1 (status.json's epoch 0); last checkpoint " in out.stdout
+    assert f"evaluate.checkpoint={results / 'train'} takes the best checkpoint" in out.stdout
     assert "INFO mlflow" not in out.stdout + out.stderr  # creating the MLflow store says nothing
     assert (results / "train" / "segformer_model_latest.pth").is_file()
     assert not (results / "automl_state.json").exists()  # no search
