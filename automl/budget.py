@@ -16,7 +16,8 @@ How the budget is spent (`plan_budget`)
       overtake them late (on the hard synthetic set lr 1e-4 scored 0.34-0.35 val mIoU at epoch 2,
       near the top, and 0.41 at epoch 20, the bottom; lr 1.3e-3 to 1.6e-3 scored 0.29-0.32 at epoch
       2 and 0.55 at the end), so the rungs kept the wrong ones and TPE learned from them.
-    * Two trainings are kept back for the re-check (below) when the budget allows it (4 or more).
+    * Two trainings are kept back for the re-check (below) when the budget allows it (4 or more trainings
+      of a trial's epochs: of the spec's, unless --max-epochs shortens the trials).
     * A new trial starts only when the search's share of the budget can train it to its first rung
       (the whole training by default), counting what every running trial will train (`held`);
       once the share is spent, running trials are stopped at their next report (`BudgetFIFO`,
@@ -73,7 +74,7 @@ from automl.state import DONE, KILLED, PENDING, RUNNING, SearchState, TrialRecor
 from segformer.text import count
 
 CONFIGS_PER_PARAM = 12  # configurations a budget must afford per searched parameter
-RECHECK_MIN_BUDGET = 4  # below this the budget cannot spare two trainings for the re-check
+RECHECK_MIN_BUDGET = 4  # trainings of a trial's epochs: below this the budget cannot spare two for the re-check
 FIRST = ("train.optim.lr", "train.optim.weight_decay")  # searched first, whatever the budget
 FULL = "_full"  # trial config flag: train every epoch, never stopped early (the baseline, re-checks)
 BASELINE = "_baseline"  # trial config flag: the spec's own configuration (trains even over a latency limit)
@@ -137,7 +138,10 @@ def plan_budget(search: Any, spec_epochs: int, validation_interval: int, seed: i
         grace = min(trial_epochs, math.ceil(grace / validation_interval) * validation_interval)
     else:
         grace = trial_epochs
-    recheck = 2 * trial_epochs if search.rechecked and search.budget >= RECHECK_MIN_BUDGET else 0
+    # Room for it from 4 trainings of a trial's epochs: 4 trainings of the spec by default, more when
+    # --max-epochs makes trials shorter than the spec (then --budget 3 affords many trials).
+    room = search.budget * spec_epochs >= RECHECK_MIN_BUDGET * trial_epochs
+    recheck = 2 * trial_epochs if search.rechecked and room else 0
     return EpochBudget(float(search.budget), int(spec_epochs), trial_epochs, recheck, grace, int(seed), int(validation_interval))
 
 

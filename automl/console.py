@@ -222,9 +222,12 @@ def summary(state: SearchState) -> str:
         elif state.budget is not None and not state.budget.get("recheck") and baseline is not None and best.name != baseline.name:
             from automl.budget import RECHECK_MIN_BUDGET  # here: automl.budget imports Ray
 
-            why = (f"a budget of {state.budget['trainings']:g} trainings has no room for one (from {RECHECK_MIN_BUDGET} "
-                   f"on, two of them re-check the leader)" if state.budget["trainings"] < RECHECK_MIN_BUDGET
-                   else "not run in this search (--no-recheck, or a grid)")
+            b = state.budget
+            need = RECHECK_MIN_BUDGET * b["trial_epochs"]
+            why = (f"a budget of {count(state.budget_epochs(), 'epoch')} has no room for one (it needs {count(need, 'epoch')}: "
+                   f"{RECHECK_MIN_BUDGET} trainings of a trial's {count(b['trial_epochs'], 'epoch')}, two of them to re-check "
+                   "the leader)"
+                   if state.budget_epochs() < need else "not run in this search (--no-recheck, or a grid)")
             lines.append(f"  re-check none: {why}; {best.name}'s lead over the baseline comes from one training of each "
                          f"and was not confirmed with another seed")
     if state.pareto is not None:

@@ -311,7 +311,13 @@ def _print_plan(opts: SearchOptions, space: Any, baseline: dict[str, Any] | None
         echo(plan_line(opts.search))
     echo(space.describe())
     echo("")
-    echo(recommendations(opts, baseline, first_points(opts, space, baseline, 3)))
+    # No more than the budget affords: a budget of 4 trainings searches one configuration besides the
+    # baseline, and its other two trainings are the re-check.
+    shown = 3 if budget is None else max(0, min(3, budget.configurations(opts.search.reduction_factor) - 1))
+    echo(recommendations(opts, baseline, first_points(opts, space, baseline, shown)))
+    if budget is not None and budget.recheck:
+        echo(f"then the re-check ({budget.recheck} epochs): the leader (or, when the baseline leads, the runner-up) and "
+             f"the baseline train again with train.seed={budget.seed + 1}")
 
 
 PARENT_PARAMS = ("algorithm", "metric", "mode", "budget", "max_trials", "max_epochs", "spec", "overrides", "max_latency_ms")

@@ -42,6 +42,9 @@ def test_budget_in_trainings_of_the_spec() -> None:
     small = plan_budget(_search(budget=3), 20, 1, 0)
     assert small.recheck == 0 and small.search == 60 and "no re-check" in small.text()
     assert plan_budget(_search(recheck=False), 20, 1, 0).recheck == 0
+    # --max-epochs 5 on a 50-epoch spec: --budget 3 is 150 epochs, 30 trials of 5, room for the re-check
+    short = plan_budget(SearchOptions.build({"max_epochs": 5, "budget": 3}).search, 50, 1, 0)
+    assert (short.total, short.trial_epochs, short.recheck) == (150, 5, 10)
     one = plan_budget(SearchOptions.build({"max_epochs": 1, "budget": 3}).search, 1, 1, 0)  # a 1-epoch spec
     assert "budget 3 epochs (3 trainings of 1 epoch; no re-check)" in one.text()
 

@@ -279,6 +279,14 @@ def test_dry_run_and_grid_needs_finite_space(dataset, tmp_path):
     automl.run(_options(tmp_path / "dry", dataset, baseline_first=False), echo=lines.append, dry_run=True)
     text = "\n".join(lines)
     assert "baseline" not in text and "first 3 trials (bayesian)" in text and "trial_000: " in text
+    # a budget of 4 trainings of the trials' epochs: the baseline, one other, then the re-check (it listed
+    # four search trials, of which two would have been the re-check)
+    lines.clear()
+    automl.run(_options(tmp_path / "dry", dataset, max_trials=None, budget=4, max_epochs=None), echo=lines.append,
+               dry_run=True)
+    text = "\n".join(lines)
+    assert "first 2 trials (bayesian)" in text and "trial_001: " in text and "trial_002" not in text, text
+    assert "then the re-check (" in text and "train.seed=" in text
 
 
 def _wait_for(predicate, timeout: float, what: str, every: float = 0.5) -> None:

@@ -123,7 +123,8 @@ def test_a_summary_says_when_no_recheck_backs_the_promoted_lead(tmp_path):
         record.status = FINISHED
         _report(state, record, 1)  # trial_001 scores 0.001 above the baseline
     text = summary(state)
-    assert ("re-check none: a budget of 2 trainings has no room for one (from 4 on, two of them re-check the leader); "
+    assert ("re-check none: a budget of 2 epochs has no room for one (it needs 4 epochs: 4 trainings of a trial's 1 epoch, "
+            "two of them to re-check the leader); "
             "trial_001's lead over the baseline comes from one training of each") in text
     state.budget["trainings"] = 10.0  # room enough: the re-check was not run
     assert "re-check none: not run in this search (--no-recheck, or a grid)" in summary(state)
