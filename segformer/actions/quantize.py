@@ -303,7 +303,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
     delta = report["miou_change"]
     table = _format_table([
         ("", "float", f"quantized ({backend})"),
-        ("mIoU (%)", pct(float_miou), pct(quant_miou) + ("" if delta is None else f" ({100 * delta:+.2f})")),
+        (f"mIoU (%), {report['split']} split", pct(float_miou), pct(quant_miou) + ("" if delta is None else f" ({100 * delta:+.2f})")),
         ("size (MB)", f"{float_bytes / 1e6:.2f}", f"{quantized_bytes / 1e6:.2f} (x{quantized_bytes / float_bytes:.2f})"),
     ])
     if not quiet:

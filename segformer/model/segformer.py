@@ -174,6 +174,12 @@ _WARNED: set[str] = set()  # once per process: a promotion builds the model for 
 
 
 def _check_declared(key: str, declared: Sequence[int], actual: Sequence[int], backbone: str) -> None:
+    """Warn when the spec declares other channels or strides than the backbone provides; not when it
+    left TAO's defaults (MiT-B1..B5's), which a MiT-B0 spec need not restate."""
+    from segformer.config.experiment import DecodeHeadConfig
+
+    if list(declared) == list(getattr(DecodeHeadConfig(), key.rpartition(".")[2])):
+        return
     if declared and list(declared) != list(actual):
         message = (f"model.{key}={list(declared)} differs from what backbone {backbone!r} provides "
                    f"({list(actual)}); using the backbone's {list(actual)}")
