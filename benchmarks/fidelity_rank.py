@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -64,6 +65,7 @@ def train(name: str, index: int, config: dict[str, float], epochs: int | None, s
     status = out / "train" / "status.json"
     done = out / "done"
     if not (resume and done.is_file()):
+        shutil.rmtree(out / "train", ignore_errors=True)  # train again from scratch (train refuses a used folder)
         args = [f"results_dir={out}", f"train.seed={seed}", f"train.optim.lr={config['lr']!r}",
                 f"train.optim.weight_decay={config['weight_decay']!r}", *overrides]
         if epochs is not None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -104,6 +105,7 @@ def plain(name: str, seed: int, resume: bool) -> dict[str, Any]:
     out = WORK / name / f"plain_seed{seed}"
     result = out / "evaluate" / "results.json"
     if not (resume and result.is_file()):
+        shutil.rmtree(out / "train", ignore_errors=True)  # train again from scratch (train refuses a used folder)
         started = time.time()
         common = [f"results_dir={out}", f"train.seed={seed}", *overrides]
         subprocess.run([_bin("segformer"), "train", "-e", str(spec), *common], check=True, env={**ENV, "OMP_NUM_THREADS": "1"},
