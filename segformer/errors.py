@@ -53,10 +53,16 @@ def plain_warnings(*packages: str) -> None:
     roots = tuple(os.path.join(location, "") for name in ("segformer", *packages)
                   for location in (importlib.util.find_spec(name).submodule_search_locations or []))
     python_format = warnings.showwarning
+    shown: set[str] = set()
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 (warnings' signature)
         if not str(filename).startswith(roots):
             return python_format(message, category, filename, lineno, file, line)
+        # Once per process: Python's "default" action forgets what it showed whenever a filter changes
+        # (any `catch_warnings` block), so a search's promotion said the same note five times in a row.
+        if str(message) in shown:
+            return None
+        shown.add(str(message))
         try:
             (file or sys.stderr).write(f"warning: {message}\n")
         except (OSError, ValueError):  # a closed stream: as Python's own showwarning, say nothing

@@ -112,3 +112,9 @@ def test_own_warnings_print_as_one_line_and_other_libraries_keep_pythons_format(
     theirs = _run("import warnings\nfrom segformer.errors import plain_warnings\nplain_warnings()\n"
                   "warnings.warn_explicit('theirs', UserWarning, '/elsewhere/lib.py', 3)")
     assert "/elsewhere/lib.py:3: UserWarning: theirs" in theirs.stderr
+    # our own, warned again after filters changed (each catch_warnings block resets what Python has shown): once
+    ours = _run("import os, warnings, segformer\nfrom segformer.errors import plain_warnings\nplain_warnings()\n"
+                "where = os.path.join(os.path.dirname(segformer.__file__), 'x.py')\n"
+                "for _ in range(3):\n    with warnings.catch_warnings():\n        pass\n"
+                "    warnings.warn_explicit('ours', UserWarning, where, 3)")
+    assert ours.stderr.count("warning: ours") == 1, ours.stderr
