@@ -147,6 +147,8 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     restored_hparams: dict[str, Any] = {}
     restored_from: str | None = None
     own_latest = train_dir / LATEST_NAME
+    if not own_latest.is_file():  # killed between writing a numbered checkpoint and linking the latest to it
+        own_latest = max(train_dir.glob("model_epoch_*.pth"), default=own_latest)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         # Ray stores a trial's checkpoints in <experiment>/<trial name>/checkpoint_NNNNNN: the

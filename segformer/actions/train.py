@@ -143,17 +143,17 @@ def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: boo
 
 
 def _refuse_previous_training(results_dir: Path) -> None:
-    """A training from scratch does not go into a folder that holds another one: its numbered
-    checkpoints would stay beside the new run's and, matching the new status.json's epochs, could be
-    taken for the new run's (`segformer.parents`), and its status.json would be overwritten."""
+    """A training from scratch does not go into a folder that holds another one's checkpoints: its
+    numbered checkpoints would stay beside the new run's and, matching the new status.json's epochs,
+    could be taken for the new run's (`segformer.parents`)."""
     from segformer.engine.callbacks import LATEST_NAME
     from segformer.parents import read_status
 
     epochs = len(read_status(results_dir / STATUS_NAME))
     numbered = sorted(results_dir.glob("model_epoch_*.pth"))
     latest = results_dir / LATEST_NAME
-    if not (epochs or numbered or latest.is_file()):
-        return
+    if not (numbered or latest.is_file()):
+        return  # no weights: a run killed before its first checkpoint, whose status.json may be written again
     held = ", ".join(part for part in (f"{epochs} epoch{'s' if epochs != 1 else ''} in {STATUS_NAME}" if epochs else "",
                                       f"{len(numbered)} numbered checkpoint{'s' if len(numbered) != 1 else ''}" if numbered else "",
                                       LATEST_NAME if latest.is_file() else "") if part)

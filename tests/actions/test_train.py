@@ -169,6 +169,16 @@ def test_a_new_training_does_not_go_into_a_folder_that_holds_one(tiny_dataset, t
     assert [r["epoch"] for r in resumed.history] == [0, 1]
 
 
+def test_a_status_file_without_checkpoints_does_not_stop_a_new_training(tiny_dataset, tmp_path, make_cfg):
+    """A run killed between writing status.json and its first checkpoint left no weights: a training
+    from scratch goes into its folder (an AutoML trial proposed again under its name does)."""
+    out = tmp_path / "train"
+    out.mkdir()
+    (out / "status.json").write_text('{"epoch": 0, "step": 2, "val_miou": 0.1}\n')
+    result = train.run(make_cfg(tiny_dataset, tmp_path, "train.num_epochs=1"), quiet=True)
+    assert result.results_dir == out and [r["epoch"] for r in result.history] == [0]
+
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
