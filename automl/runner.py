@@ -64,7 +64,7 @@ def run(opts: SearchOptions, *, echo: Echo = print, dry_run: bool = False, live:
     opts = opts.with_values(results_dir=str(Layout.of(opts.results_dir).root))
     skill = load_skill(skill=None if opts.skill_dir else opts.skill, skill_dir=opts.skill_dir)
     decision = resolve_policy(skill, opts.policy)
-    opts = opts.with_values(spec=_spec_path(opts, skill))
+    opts = _absolute_inputs(opts.with_values(spec=_spec_path(opts, skill)))
     echo(f"automl: {decision.reason}")
     if decision.mode == "plain":
         if dry_run:
@@ -239,6 +239,26 @@ def one_driver(root: Path) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------------ plan
+
+
+def _absolute_inputs(opts: SearchOptions) -> SearchOptions:
+    """The spec's relative input paths (the dataset, weights) made absolute, as overrides, against the
+    folder the command runs in, where `segformer train` resolves them: Ray runs each trial in a
+    folder of its own, where they named nothing and every trial failed."""
+    import json
+
+    from automl.space import _lookup
+    from automl.trial import base_config
+    from segformer.config import to_dict
+    from segformer.remote import INPUTS
+
+    values = to_dict(base_config(opts.spec, opts.overrides, opts.results_dir))
+    absolute = []
+    for key in INPUTS:
+        _, value = _lookup(values, key)
+        if isinstance(value, str) and value not in ("", "???") and "://" not in value and not os.path.isabs(value):
+            absolute.append(f"{key}={json.dumps(os.path.abspath(os.path.expanduser(value)))}")
+    return dataclasses.replace(opts, overrides=(*opts.overrides, *absolute)) if absolute else opts
 
 
 def _spec_path(opts: SearchOptions, skill: Any) -> str | None:

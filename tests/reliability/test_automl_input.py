@@ -219,3 +219,14 @@ def test_palette_that_does_not_match_num_classes_is_found_before_any_trial(datas
                          timeout=60)
     _clean(outcome, ["num_classes"])
     assert not (tmp_path / "r" / "trials").exists()
+
+
+def test_relative_input_paths_resolve_where_the_command_runs(dataset, tmp_path):
+    """`root_dir: data` in a spec, run from the folder that holds `data/`: `segformer train` takes it
+    from there; a search's trials run in folders of their own (Ray's), where it named nothing and every
+    trial failed, though the driver's dataset check had passed."""
+    shutil.copytree(dataset, tmp_path / "data")
+    outcome = run_subprocess("automl", ["run", "--policy", "auto", "-e", str(dataset / "spec.yaml"), "--results-dir", "r",
+                                        "dataset.segment.root_dir=data", *QUICK], timeout=180, cwd=tmp_path)
+    assert outcome.code == 0, outcome.stdout[-3000:] + outcome.stderr[-3000:]
+    assert "1 trials (1 finished)" in outcome.stdout or "1 trial (1 finished)" in outcome.stdout, outcome.stdout[-3000:]
