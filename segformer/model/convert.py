@@ -43,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoints import load_into, load_model_weights, save_model_checkpoint
     from .segformer import build_segformer
 
+    if not args.src.is_file():
+        parser.error(f"SRC {args.src} " + ("is a folder; give the weights file in it" if args.src.is_dir() else "does not exist"))
     state, meta = load_model_weights(args.src, source=args.source)
     if args.spec is not None:
         from segformer.config import load_config

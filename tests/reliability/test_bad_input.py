@@ -340,6 +340,16 @@ def b_nan_loss(c):
         ["loss became nan", "epoch 0, step 0", "lower train.optim.lr"]
 
 
+def b_eval_float_as_quantized(c):
+    # best/experiment.yaml names the float best/model.pth; is_quantized=true on it was a ValueError traceback
+    return c.spec() + [f"evaluate.checkpoint={c.checkpoint()}", "evaluate.is_quantized=true"], \
+        ["is not a quantized model", "is_quantized=true"]
+
+
+def b_convert_missing(c):
+    return ["--from", "hf", str(c.tmp / "nope.safetensors"), str(c.tmp / "out.pth")], ["SRC", "nope.safetensors", "does not exist"]
+
+
 def b_resume_missing(c):
     return c.spec() + [f"train.resume_training_checkpoint_path={c.tmp / 'gone.pth'}"], \
         ["train.resume_training_checkpoint_path", "gone.pth", "does not exist"]
@@ -474,6 +484,8 @@ CASES = [
     Case("eval_pickle_payload", "evaluate", b_eval_evil, marker=True),
     Case("eval_not_a_checkpoint", "evaluate", b_eval_not_torch),
     Case("eval_checkpoint_missing", "evaluate", b_eval_missing),
+    Case("eval_float_checkpoint_as_quantized", "evaluate", b_eval_float_as_quantized),
+    Case("convert_source_missing", "convert", b_convert_missing, code=2),
     Case("eval_garbage_onnx", "evaluate", b_garbage_onnx),
     Case("eval_engine_without_tensorrt", "evaluate", b_engine_as_checkpoint),
     Case("quantize_calibration_unreadable", "quantize", b_quantize_calibration_unreadable),

@@ -91,7 +91,11 @@ def read_artifact(path: str | Path) -> dict[str, Any]:
             f"{str(err).splitlines()[0][:300]}); is the quantization backend installed ({QUANT_HINT})?"
         ) from err
     if not isinstance(payload, dict) or "model_state_dict" not in payload:
-        raise ValueError(f"{path} is not a quantized model artifact (no 'model_state_dict')")
+        from segformer.errors import CheckpointError
+
+        raise CheckpointError(f"{path} is not a quantized model (it holds no 'model_state_dict'; a float checkpoint?): "
+                              "with is_quantized=true give the quantized model (quantize/quantized_model_*.onnx or .pth) "
+                              "or the folder that holds it, such as a search's best/")
     return payload
 
 
