@@ -291,6 +291,8 @@ def options_from_settings(file_settings: Mapping[str, Any] | None, cli_settings:
         mapped = {k: v for k, v in map_tao_settings(settings, source=source).items() if v is not None}
         if "objectives" in mapped and "objective_weights" not in mapped:
             merged.pop("objective_weights", None)  # weights belong to the objectives they were given with
+        if "budget" in mapped and "max_trials" not in mapped:
+            merged.pop("max_trials", None)  # --budget sizes the search: the file's trial count gives way to it
         merged.update(mapped)
     try:
         return SearchOptions.build(merged, **top)

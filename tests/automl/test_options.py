@@ -321,3 +321,13 @@ def test_pbt_members_restarted_from_their_checkpoints_go_on_training(tmp_path: P
         report(members.index(running[0]))
     assert [t.status for t in members] == [Trial.TERMINATED] * 2, f"after {restarts} restarts: {todo}"
     assert restarts <= 6
+
+
+def test_a_budget_flag_sizes_the_search_over_the_files_trial_count() -> None:
+    """--budget 4 with a settings file that says automl_max_recommendations: 3: flags win, so the epoch
+    budget sizes the search (the file's trial count was kept and the flag ignored without a word)."""
+    settings = {"automl_max_recommendations": 3, "automl_max_epochs": 2}
+    s = options_from_settings(settings, {"budget": 4.0}).search
+    assert s.max_trials is None and s.budget == 4.0 and s.budgeted
+    assert options_from_settings(settings, {"budget": 4.0, "max_trials": 5}).search.max_trials == 5  # both flags: as given
+    assert options_from_settings(settings, {}).search.max_trials == 3
