@@ -6,6 +6,7 @@ during a search, after it, and after a killed driver.
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -243,7 +244,7 @@ def summary(state: SearchState) -> str:
         lines.append(f"  artifacts  {layout.best_dir}")
     lines += [
         f"  report     {layout.report_dir / 'report.md'}",
-        f"  MLflow UI  automl ui {layout.root}",
+        f"  MLflow UI  automl ui {shlex.quote(str(layout.root))}",  # a command to paste: quoted when it has spaces
     ]
     return "\n".join(lines)
 

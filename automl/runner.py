@@ -26,6 +26,7 @@ import dataclasses
 import json
 import logging
 import os
+import shlex
 import shutil
 import time
 from contextlib import contextmanager
@@ -122,7 +123,7 @@ def _run_search(opts: SearchOptions, skill: Any, space: Any, baseline: dict[str,
     from automl.ray_session import RaySession
 
     if layout.state_file.exists():
-        raise SearchError(f"{layout.root} already holds a search; continue it with `automl resume {layout.root}` "
+        raise SearchError(f"{layout.root} already holds a search; continue it with `automl resume {shlex.quote(str(layout.root))}` "
                           f"or pick another --results-dir")
     check_tracking_uri(opts.tracking.tracking_uri)  # before any file or run exists (RaySession probes --address)
     with RaySession(opts) as session:
@@ -588,7 +589,7 @@ def _interrupted(opts: SearchOptions, state: SearchState, tracker: Any, echo: Ec
     state.status = "INTERRUPTED"
     state.save()
     shown = f" (trials cut: {', '.join(killed)})" if killed else ""
-    echo(f"automl: interrupted{shown}; state saved; continue with `automl resume {opts.results_dir}`")
+    echo(f"automl: interrupted{shown}; state saved; continue with `automl resume {shlex.quote(str(opts.results_dir))}`")
     try:
         tracker.flush()  # the trials' last epoch metrics (the main thread's path has flushed them already)
         close_stopped_runs(state, tracker, killed)
