@@ -128,5 +128,8 @@ def test_a_summary_says_when_no_recheck_backs_the_promoted_lead(tmp_path):
             "trial_001's lead over the baseline comes from one training of each") in text
     state.budget["trainings"] = 10.0  # room enough: the re-check was not run
     assert "re-check none: not run in this search (--no-recheck, or a grid)" in summary(state)
+    state.budget = None  # sized by a trial count: the console summary said nothing of it (report.md did)
+    assert "re-check none: a search without an epoch budget (--max-trials, automl_max_recommendations, or PBT)" in summary(state)
+    state.budget = {"trainings": 10.0, "spec_epochs": 1, "trial_epochs": 1, "recheck": 0}
     other.best_value = 0.0  # the baseline leads: nothing to re-check
     assert "re-check none" not in summary(state)
