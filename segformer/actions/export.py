@@ -91,10 +91,15 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> ExportResult:
     if trained_hw and (height, width) != trained_hw:
         # Works (SegFormer is size-agnostic) but the exported graph's size is what the deployment
         # sees; accuracy measured at the trained size does not carry over.
-        log.warning("export.input_height/input_width are %dx%d but %s was trained at %dx%d "
+        from segformer.config.experiment import ExportConfig
+
+        default = ExportConfig()
+        unset = (height, width) == (default.input_height, default.input_width)
+        log.warning("export.input_height/input_width are %dx%d%s but %s was trained at %dx%d "
                     "(dataset.segment.img_size): accuracy at this size is not what evaluate measured; "
-                    "export at %dx%d unless the deployment needs this size", height, width, checkpoint,
-                    *trained_hw, *trained_hw)
+                    "export at %dx%d (export.input_height=%d export.input_width=%d) unless the deployment needs this size",
+                    height, width, " (export's default)" if unset else "", checkpoint,
+                    *trained_hw, *trained_hw, *trained_hw)
     export_onnx(
         model,
         onnx_file,

@@ -58,6 +58,11 @@ def test_export_at_another_size_than_trained_warns(dataset, checkpoint, tmp_path
     assert "are 64x64 but" in outcome.stderr and "was trained at 32x32" in outcome.stderr, outcome.stderr[-3000:]
     same = run_subprocess("segformer", ["export", *common, "export.input_height=32", "export.input_width=32"])
     assert same.code == 0 and "was trained at" not in same.stderr
+    # export's default size (a spec without one; this test's spec has one, so it is given): named as the
+    # default, with the settings for the trained size
+    unset = run_subprocess("segformer", ["export", *common, "export.input_height=256", "export.input_width=256"])
+    assert unset.code == 0 and "are 256x256 (export's default) but" in unset.stderr, unset.stderr[-3000:]
+    assert "export.input_height=32 export.input_width=32" in unset.stderr
 
 
 def test_enum_values_in_another_case_are_read_as_tao_reads_them(dataset):
