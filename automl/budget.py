@@ -130,6 +130,12 @@ class EpochBudget:
         return f"budget {self.total} epochs ({self.trainings:g} trainings of {count(self.spec_epochs, 'epoch')}{recheck})"
 
 
+def recheck_fits(total_epochs: float, trial_epochs: int) -> bool:
+    """Room for the re-check: from 4 trainings of a trial's epochs (4 trainings of the spec by default,
+    more when --max-epochs makes trials shorter than the spec: then --budget 3 affords many trials)."""
+    return total_epochs >= RECHECK_MIN_BUDGET * trial_epochs
+
+
 def plan_budget(search: Any, spec_epochs: int, validation_interval: int, seed: int) -> EpochBudget:
     """The budget of `search` (`automl.options.SearchConfig`, its max_epochs resolved)."""
     trial_epochs = int(search.trial_epochs or spec_epochs)
@@ -138,9 +144,7 @@ def plan_budget(search: Any, spec_epochs: int, validation_interval: int, seed: i
         grace = min(trial_epochs, math.ceil(grace / validation_interval) * validation_interval)
     else:
         grace = trial_epochs
-    # Room for it from 4 trainings of a trial's epochs: 4 trainings of the spec by default, more when
-    # --max-epochs makes trials shorter than the spec (then --budget 3 affords many trials).
-    room = search.budget * spec_epochs >= RECHECK_MIN_BUDGET * trial_epochs
+    room = recheck_fits(search.budget * spec_epochs, trial_epochs)
     recheck = 2 * trial_epochs if search.rechecked and room else 0
     return EpochBudget(float(search.budget), int(spec_epochs), trial_epochs, recheck, grace, int(seed), int(validation_interval))
 

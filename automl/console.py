@@ -221,14 +221,14 @@ def summary(state: SearchState) -> str:
             lines.append(f"  re-check {recheck_role(r)} {r['leader']} vs baseline over {r['seeds']} seeds{basis}: gain {r['gain']:+.4f} "
                          f"+/- {r['gain_stderr']:.4f}{fresh} -> {outcome}; promoted {r['promoted']}")
         elif (state.budget is None or not state.budget.get("recheck")) and baseline is not None and best.name != baseline.name:
-            from automl.budget import RECHECK_MIN_BUDGET  # here: automl.budget imports Ray
+            from automl.budget import RECHECK_MIN_BUDGET, recheck_fits  # here: automl.budget imports Ray
 
             b = state.budget
-            need = RECHECK_MIN_BUDGET * b["trial_epochs"] if b is not None else 0
             if b is None:
                 why = ("a search without an epoch budget (--max-trials, automl_max_recommendations, or PBT) runs none; "
                        "--budget does")
-            elif state.budget_epochs() < need:
+            elif not recheck_fits(b["trainings"] * b["spec_epochs"], b["trial_epochs"]):
+                need = RECHECK_MIN_BUDGET * b["trial_epochs"]
                 why = (f"a budget of {count(state.budget_epochs(), 'epoch')} has no room for one (it needs {count(need, 'epoch')}: "
                        f"{RECHECK_MIN_BUDGET} trainings of a trial's {count(b['trial_epochs'], 'epoch')}, two of them to re-check "
                        "the leader)")

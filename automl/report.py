@@ -651,7 +651,7 @@ def _comparison(state: SearchState, plots: dict[str, str]) -> list[Block]:
                 f"gain on each seed{basis} and their mean {r['gain']:+.4f} +/- {r['gain_stderr']:.4f} (standard error){noise}.")
     else:
         best, baseline = _compared(state)  # type: ignore[misc]
-        led = state.best() is not None and state.best().trial_id == baseline.trial_id
+        led = (state.best() or best).trial_id == baseline.trial_id  # _compared then gave the best other trial
         text = (("The baseline led the search; the best other trial, " if led else "")
                 + f"`{best.name}` {best.best_value:.4f} against the baseline `{baseline.name}` {baseline.best_value:.4f} "
                 f"({best.best_value - baseline.best_value:+.4f}), on an axis zoomed around the two values. No re-check "

@@ -91,13 +91,10 @@ def _check_data(opts: SearchOptions, echo: Echo) -> None:
     not every trial failing with it. The test split is read too: the winner is evaluated on it."""
     from automl.trial import base_config
     from segformer.data.segdata import check_splits, split_counts
+    from segformer.parents import check_weight_files
 
     cfg = base_config(opts.spec, opts.overrides, opts.results_dir)
-    for key, path in (("model.backbone.pretrained_backbone_path", cfg.model.backbone.pretrained_backbone_path),
-                      ("train.pretrained_model_path", cfg.train.pretrained_model_path)):
-        # Every trial would load it and fail with it, one after another.
-        if path and "://" not in str(path) and not Path(path).exists():
-            raise SearchError(f"{key} points to {path}, which does not exist; give the weights file, or clear the key")
+    check_weight_files(cfg)  # every trial would load them and fail with it, one after another
     segment = cfg.dataset.segment
     echo(f"automl: checking the dataset under {segment.root_dir} ({segment.train_split}, {segment.validation_split}, "
          f"{segment.test_split})")
@@ -246,8 +243,6 @@ def _absolute_inputs(opts: SearchOptions) -> SearchOptions:
     """The spec's relative input paths (the dataset, weights) made absolute, as overrides, against the
     folder the command runs in, where `segformer train` resolves them: Ray runs each trial in a
     folder of its own, where they named nothing and every trial failed."""
-    import json
-
     from automl.space import _lookup
     from automl.trial import base_config
     from segformer.config import to_dict

@@ -347,6 +347,19 @@ def _train_checkpoint(folder: Path, *, latest: bool = False) -> Choice | None:
     return Choice(numbered[max(numbered)], f"{newest}: {reason}")
 
 
+def check_weight_files(cfg: Any) -> None:
+    """The weight files a training loads exist: one message naming the key, not a traceback. `automl
+    run` calls it before any trial (each would fail with it), where train.pretrained_model_path may
+    still be a results folder (`segformer.parents` picks its file when the trial resolves it)."""
+    for key, path, found, fix in (
+            ("train.pretrained_model_path", cfg.train.pretrained_model_path, Path.exists,
+             "give the weights file, or the results folder of the run that wrote it"),
+            ("model.backbone.pretrained_backbone_path", cfg.model.backbone.pretrained_backbone_path, Path.is_file,
+             "give the backbone's weights file, or clear the key to train the backbone from scratch")):
+        if path and "://" not in str(path) and not found(Path(path)):
+            raise SegformerError(f"{key} points to {path}, which does not exist; {fix}")
+
+
 def read_status(path: str | Path) -> list[dict[str, Any]]:
     """A training's ``status.json`` (one JSON object per epoch) as [{epoch, step, val_miou}]:
     val_miou None in epochs without validation; lines it cannot read are passed over, and a

@@ -46,7 +46,7 @@ from segformer.engine.timing import TIMING_NAME, StepTiming, step_timing_request
 from segformer.errors import SegformerError
 from segformer.heartbeat import is_terminal
 from segformer.model import build_segformer, check_input_size, load_pretrained_model
-from segformer.parents import resolve_parents
+from segformer.parents import check_weight_files, resolve_parents
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +75,7 @@ def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: boo
     resume = train_cfg.resume_training_checkpoint_path
     if resume and not Path(resume).is_file():
         raise SegformerError(f"train.resume_training_checkpoint_path points to {resume}, which does not exist")
-    if train_cfg.pretrained_model_path and not Path(train_cfg.pretrained_model_path).is_file():
-        raise SegformerError(f"train.pretrained_model_path points to {train_cfg.pretrained_model_path}, "
-                             "which does not exist")
-    backbone_path = cfg.model.backbone.pretrained_backbone_path
-    if backbone_path and not resume and not Path(backbone_path).is_file():
-        raise SegformerError(f"model.backbone.pretrained_backbone_path points to {backbone_path}, which does not exist; "
-                             "give the backbone's weights file, or clear the key to train the backbone from scratch")
+    check_weight_files(cfg)  # the backbone's too when resuming: the model is built with it before the resume
     if not resume:
         _refuse_previous_training(results_dir)
 
@@ -149,18 +143,18 @@ def _refuse_previous_training(results_dir: Path) -> None:
     from segformer.engine.callbacks import LATEST_NAME
     from segformer.parents import read_status
 
-    epochs = len(read_status(results_dir / STATUS_NAME))
     numbered = sorted(results_dir.glob("model_epoch_*.pth"))
     latest = results_dir / LATEST_NAME
     if not (numbered or latest.is_file()):
         return  # no weights: a run killed before its first checkpoint, whose status.json may be written again
+    epochs = len(read_status(results_dir / STATUS_NAME))
     held = ", ".join(part for part in (f"{epochs} epoch{'s' if epochs != 1 else ''} in {STATUS_NAME}" if epochs else "",
                                       f"{len(numbered)} numbered checkpoint{'s' if len(numbered) != 1 else ''}" if numbered else "",
                                       LATEST_NAME if latest.is_file() else "") if part)
-    newest = latest if latest.is_file() else (numbered[-1] if numbered else None)
-    cont = f"to continue it, set train.resume_training_checkpoint_path={newest}; " if newest is not None else ""
-    raise SegformerError(f"{results_dir} already holds a training ({held}); {cont}to train from the start, give "
-                         "another results_dir (or move that folder away first)")
+    newest = latest if latest.is_file() else numbered[-1]
+    raise SegformerError(f"{results_dir} already holds a training ({held}); to continue it, set "
+                         f"train.resume_training_checkpoint_path={newest}; to train from the start, give another "
+                         "results_dir (or move that folder away first)")
 
 
 # ----------------------------------------------------------------------------- builders
