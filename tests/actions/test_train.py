@@ -77,6 +77,36 @@ def test_resume_is_exact(trained, tmp_path, make_cfg):
     assert resumed.history[1]["val_miou"] == pytest.approx(straight.history[1]["val_miou"])
 
 
+def test_resuming_with_more_epochs_follows_the_spec_schedule(tiny_dataset, tmp_path, make_cfg):
+    """The checkpoint's schedule ended at its own last step (lr 0 under the linear policy); a run
+    resumed with a larger train.num_epochs trained its added epochs at lr 0. It now follows this
+    spec's schedule from the restored step, and says so."""
+    import lightning as L
+
+    first = train.run(make_cfg(tiny_dataset, tmp_path / "a", "train.num_epochs=1"), quiet=True)
+    checkpoint = torch.load(first.last_checkpoint, weights_only=True)
+    steps, lr = checkpoint["global_step"], checkpoint["hyper_parameters"]["optimizer"]["lr"]
+
+    class Lrs(L.Callback):
+        seen: list[float] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    lrs = Lrs()
+    resume = f"train.resume_training_checkpoint_path={first.results_dir / LATEST_NAME}"
+    with pytest.warns(UserWarning, match=rf"resuming at optimizer step {steps}: the learning-rate schedule is this "
+                                         rf"spec's \({2 * steps} steps: train.num_epochs=2 x {steps}\), not the "
+                                         rf"checkpoint's \({steps} steps\); the lr continues at x0\.5 of "
+                                         rf"train.optim.lr, where the checkpoint's gave x0\."):
+        resumed = train.run(make_cfg(tiny_dataset, tmp_path / "b", "train.num_epochs=2", resume),
+                            callbacks=[lrs], quiet=True)
+    assert len(lrs.seen) == steps and lrs.seen[0] == pytest.approx(lr * 0.5)
+    assert all(later < earlier for earlier, later in zip(lrs.seen, lrs.seen[1:]))
+    saved = torch.load(resumed.last_checkpoint, weights_only=True)["lr_schedulers"][0]["lr_lambdas"][0]
+    assert saved["total_steps"] == 2 * steps
+
+
 def _break_missing_folder(root: Path) -> str:
     import shutil
 
