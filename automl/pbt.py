@@ -6,8 +6,9 @@ but the last epoch (nothing trains after it) the worse half of the population co
 better member's checkpoint (exploit) with that member's values perturbed (explore). Explore only
 mutates what a trial restored from another trial's checkpoint can honour:
 
-- optimizer values (``train.optim.lr``, ``weight_decay``, ``momentum``), pushed into the restored
-  optimizer by :func:`apply_hparams_to_optimizers` (Lightning restores the old ones);
+- optimizer values (``train.optim.lr``, ``weight_decay``, ``momentum``): a training resumed from a
+  checkpoint takes its spec's values over the restored optimizer's (``segformer.engine.optim.follow_spec``),
+  and a trial's spec holds its explored values;
 - the data augmentation (``dataset.segment.augmentation.*``): the data pipeline is rebuilt from
   the new config.
 
@@ -19,8 +20,7 @@ checkpoint) and frees its slot for one that has not, as Ray's PBT time-multiplex
 is perturbed by ``perturbation_factor`` or its inverse (TAO's ``automl_perturbation_factor``; Ray's
 ``perturbation_factors``).
 
-Imported by the driver (scheduler) and by the trial (optimizer update): no torch, Lightning or Ray
-import at module level.
+Imported by the driver: no torch, Lightning or Ray import at module level.
 """
 
 from __future__ import annotations
@@ -146,40 +146,3 @@ def scheduler(search: Any, domains: dict[str, Any], space: Any, slots: int | Non
         # between trials that happen to overlap, none at all on a busy machine).
         require_attrs=True, synch=True,
     )
-
-
-def optimizer_values(config: dict[str, Any]) -> dict[str, Any]:
-    """The values of a trial's config that a restored optimizer must take over."""
-    return {k: v for k, v in config.items() if k in OPTIMIZER_KEYS}
-
-
-def apply_hparams_to_optimizers(trainer: Any, hparams: dict[str, Any]) -> None:
-    """Make a restored optimizer follow the trial's current config (PBT explore).
-
-    Lightning restores the optimizer and scheduler state from the checkpoint, including the old
-    learning rate. The new lr rescales the schedule (base lrs and current lr by the same factor) so
-    the schedule keeps its shape over the full epoch budget.
-    """
-    new_lr, new_wd, new_momentum = (hparams.get(key) for key in OPTIMIZER_KEYS)
-    for optimizer in trainer.optimizers:
-        ratio = None
-        if new_lr is not None:
-            schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
-            base = schedulers[0].base_lrs[0] if schedulers and getattr(schedulers[0], "base_lrs", None) else None
-            base = base or optimizer.param_groups[0].get("initial_lr") or optimizer.param_groups[0]["lr"]
-            ratio = float(new_lr) / float(base) if base else None
-            for lr_scheduler in schedulers:
-                if getattr(lr_scheduler, "base_lrs", None):
-                    lr_scheduler.base_lrs = [b * ratio for b in lr_scheduler.base_lrs]
-        for group in optimizer.param_groups:
-            if ratio is not None:
-                group["lr"] *= ratio
-                if "initial_lr" in group:
-                    group["initial_lr"] *= ratio
-            if new_wd is not None and "weight_decay" in group:
-                group["weight_decay"] = float(new_wd)
-            if new_momentum is not None:
-                if "betas" in group:
-                    group["betas"] = (float(new_momentum), group["betas"][1])
-                elif "momentum" in group:
-                    group["momentum"] = float(new_momentum)

@@ -432,7 +432,7 @@ def _trainable(opts: SearchOptions) -> Any:
 
     pbt = opts.search.algorithm == "pbt"
     ctx = TrialContext(results_dir=opts.results_dir, spec=opts.spec, overrides=opts.overrides, metric=opts.search.metric,
-                       mode=opts.search.mode, epochs=opts.search.trial_epochs, apply_restored_hparams=pbt,
+                       mode=opts.search.mode, epochs=opts.search.trial_epochs,
                        checkpoint_every_report=pbt, deploy=_deploy_part(opts.search))
     resources = {"cpu": opts.resources.cpus_per_trial or 1.0, "gpu": opts.resources.gpus_per_trial or 0.0}
     return tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), resources)

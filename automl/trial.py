@@ -18,8 +18,8 @@ best metric (every report under PBT), see `automl.tune_report`. Ray hands one ba
 when Population Based Training copies a better trial's state (exploit). A trial restored from its
 own checkpoint continues from its own latest file, which is never older than Ray's copy; an
 exploit continues from the other trial's checkpoint. Either way training resumes through
-`train.resume_training_checkpoint_path`. For PBT the newly sampled hyperparameters (explore) are
-applied to the restored optimizer in `on_train_start` (`automl.pbt.apply_hparams_to_optimizers`).
+`train.resume_training_checkpoint_path`. For PBT the newly sampled hyperparameters (explore) are in
+the trial's spec, and a resumed training takes its spec's optimizer values over the restored ones.
 
 This module is imported by the driver too (names, context, the trainable's reference), so it
 imports neither torch nor Lightning at module level; the Lightning part is `automl.tune_report`.
@@ -45,7 +45,6 @@ class TrialContext:
     metric: str = "val_miou"
     mode: str = "max"  # direction of `metric`; `best_<metric>` is the best value so far
     epochs: int | None = None  # per-trial epoch budget (train.num_epochs); None keeps the spec's
-    apply_restored_hparams: bool = False  # PBT: push the trial's (new) config into a restored optimizer
     checkpoint_every_report: bool = False  # PBT: exploit needs every trial's latest state in Ray
     deploy: Any = None  # the search's SearchConfig when it searches structure or measures latency (`automl.deploy`)
 
@@ -122,7 +121,6 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Ray Tune function trainable: one `segformer train` run with `config` as spec overrides."""
     from ray import tune
 
-    from automl.pbt import optimizer_values
     from automl.tune_report import TuneReportCallback
     from segformer.actions import train as train_action
     from segformer.config import apply_overrides
@@ -144,7 +142,6 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     if ctx.epochs is not None:
         overrides["train.num_epochs"] = int(ctx.epochs)
 
-    restored_hparams: dict[str, Any] = {}
     restored_from: str | None = None
     own_latest = train_dir / LATEST_NAME
     if not own_latest.is_file():  # killed between writing a numbered checkpoint and linking the latest to it
@@ -154,8 +151,6 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         # Ray stores a trial's checkpoints in <experiment>/<trial name>/checkpoint_NNNNNN: the
         # folder name says whose checkpoint this is (another trial's after a PBT exploit).
         restored_from = Path(str(checkpoint.path)).parent.name
-        if ctx.apply_restored_hparams:
-            restored_hparams = optimizer_values(config)
     if (checkpoint is None or restored_from == name) and own_latest.is_file():
         # This trial ran before (`automl resume`, or Ray retrying it after a crash): its own latest
         # checkpoint is at least as new as anything it reported to Ray (reports link that file).
@@ -187,7 +182,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             worst = deploy.worst_value(ctx.mode)
             tune.report({ctx.metric: worst, f"best_{ctx.metric}": worst, "epoch": 0, deploy.INFEASIBLE: 1, **extra})
             return
-    callback = TuneReportCallback(ctx.metric, ctx.mode, restored_hparams, restored_from,
+    callback = TuneReportCallback(ctx.metric, ctx.mode, restored_from,
                                   checkpoint_every_report=ctx.checkpoint_every_report,
                                   continue_best=restored_from == name, extra=extra)
     train_action.run(cfg, callbacks=[callback], quiet=True)

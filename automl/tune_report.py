@@ -16,7 +16,6 @@ import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 
 from automl.layout import CHECKPOINT_FILE
-from automl.pbt import apply_hparams_to_optimizers
 from segformer.fileio import link_or_copy
 
 STATE_KEY = "automl_tune_report"  # top-level checkpoint key of TuneReportCallback's state
@@ -52,14 +51,12 @@ class TuneReportCallback(Checkpoint):
     (see `automl.trial.train_trial`), so no epoch is trained twice for want of a checkpoint.
     """
 
-    def __init__(self, metric: str, mode: str = "max", restored_hparams: dict[str, Any] | None = None,
-                 restored_from: str | None = None, checkpoint_every_report: bool = False,
+    def __init__(self, metric: str, mode: str = "max", restored_from: str | None = None, checkpoint_every_report: bool = False,
                  continue_best: bool = False, extra: dict[str, float] | None = None) -> None:
         self.metric = metric
         self.extra = dict(extra or {})  # constant metrics sent with every report (the trial's latency)
         self.mode = mode
         self.best: float | None = None
-        self.restored_hparams = restored_hparams or {}
         self.restored_from = restored_from  # trial whose checkpoint this run continues (resume / PBT exploit)
         self.checkpoint_every_report = checkpoint_every_report
         self.reports = 0
@@ -71,8 +68,6 @@ class TuneReportCallback(Checkpoint):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._send_restored_report(trainer)
-        if self.restored_hparams:
-            apply_hparams_to_optimizers(trainer, self.restored_hparams)
 
     # The best value and the epoch's not yet sent report go into the checkpoint under their own
     # top-level key, not as a callback state: Lightning would warn anyone resuming the promoted

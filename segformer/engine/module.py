@@ -17,7 +17,7 @@ from segformer.model import upsample_logits
 
 from .losses import segmentation_cross_entropy
 from .metrics import ConfusionMatrix, Scores
-from .optim import LrSchedule, OptimizerSettings, create_lr_schedule, create_optimizer
+from .optim import OptimizerSettings, create_lr_schedule, create_optimizer, follow_spec
 
 META_KEY = "segformer_meta"
 """Lightning checkpoints carry our model meta (backbone, classes, img_size, ...) under this key."""
@@ -141,38 +141,25 @@ class SegFormerModule(L.LightningModule):
         checkpoint[META_KEY] = dict(self.meta)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Resuming: the learning-rate schedule is this run's, not the checkpoint's.
+        """Resuming: this spec's schedule and optimizer values, not the checkpoint's (see ``follow_spec``).
 
-        ``LambdaLR`` stores its schedule object's fields (total steps, warmup, milestones) and a
-        resume would put them back, so a run resumed with a larger ``train.num_epochs`` trained its
-        added epochs past the old schedule's end (lr 0 under the linear policy). The schedule built
-        from this spec stays; the checkpoint still gives the step count, base lr and optimizer state.
+        ``LambdaLR`` would put back its schedule object's fields (total steps, warmup, milestones);
+        they are taken out here and kept to compare with this run's in ``on_train_start``.
         """
-        saved = [state.get("lr_lambdas") for state in checkpoint.get("lr_schedulers") or ()]
-        self._checkpoint_schedules = [lambdas[0] if lambdas else None for lambdas in saved]
-        for state, lambdas in zip(checkpoint.get("lr_schedulers") or (), saved):
-            if lambdas:
-                state["lr_lambdas"] = [None] * len(lambdas)
+        states = checkpoint.get("lr_schedulers") or []
+        self._checkpoint_schedules = [(state.get("lr_lambdas") or [None])[0] for state in states]
+        for state in states:
+            if state.get("lr_lambdas"):
+                state["lr_lambdas"] = [None] * len(state["lr_lambdas"])
 
     def on_train_start(self) -> None:
-        saved = self._checkpoint_schedules
-        if not saved:
+        saved, self._checkpoint_schedules = self._checkpoint_schedules, None
+        if saved is None:  # not a resume
             return
-        self._checkpoint_schedules = None
         for config, old in zip(self.trainer.lr_scheduler_configs, saved):
-            scheduler = config.scheduler
-            new = getattr(scheduler, "lr_lambdas", [None])[0]
-            if not isinstance(old, dict) or not isinstance(new, LrSchedule) or old == vars(new):
-                continue
-            step = scheduler.last_epoch
-            # The restored optimizer holds the old schedule's lr for this step; take this one's now.
-            for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
-                group["lr"] = base * new(step)
-            scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
-            epochs = self.trainer.max_epochs or 1
-            before = LrSchedule(**old)(step) if set(old) == set(vars(new)) else None
-            was = f", where the checkpoint's gave x{before:.3g}" if before is not None else ""
-            warnings.warn(
-                f"resuming at optimizer step {step}: the learning-rate schedule is this spec's ({new.total_steps} "
-                f"steps: train.num_epochs={epochs} x {new.total_steps // epochs}), not the checkpoint's "
-                f"({old.get('total_steps')} steps); the lr continues at x{new(step):.3g} of train.optim.lr{was}.")
+            changes = follow_spec(config.scheduler.optimizer, config.scheduler, self.optimizer_settings,
+                                  self.model.named_parameters(), old)
+            if changes:
+                warnings.warn(f"resuming at optimizer step {config.scheduler.last_epoch} (train.num_epochs="
+                              f"{self.trainer.max_epochs}): this spec's values replace the checkpoint's: "
+                              + "; ".join(changes))

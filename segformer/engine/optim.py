@@ -124,3 +124,52 @@ def create_lr_schedule(settings: OptimizerSettings, total_steps: int, num_epochs
 def default_lr_steps(num_epochs: int) -> tuple[int, ...]:
     """Milestones at 2/3 and 8/9 of training (the usual step schedule)."""
     return tuple(sorted({max(1, math.floor(num_epochs * 2 / 3)), max(1, math.floor(num_epochs * 8 / 9))}))
+
+
+def follow_spec(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    settings: OptimizerSettings,
+    named_params: Iterable[tuple[str, nn.Parameter]],
+    checkpoint_schedule: dict | None,
+) -> list[str]:
+    """Make an optimizer and schedule restored from a checkpoint follow this run's settings.
+
+    A resume restores the optimizer's lr, weight decay and momentum and (``LambdaLR``) the schedule
+    object's fields; the spec's own values would be ignored, and a larger ``train.num_epochs`` would
+    train past the old schedule's end (lr 0 under the linear policy). The step count, the optimizer's
+    moments and the model stay the checkpoint's. ``scheduler.lr_lambdas`` must already be this run's
+    schedule (the checkpoint's fields left out when loading). Returns what changed, for the user.
+    """
+    changes: list[str] = []
+    schedule = scheduler.lr_lambdas[0]
+    step = scheduler.last_epoch
+    if isinstance(checkpoint_schedule, dict) and isinstance(schedule, LrSchedule) and checkpoint_schedule != vars(schedule):
+        before = (f", not x{LrSchedule(**checkpoint_schedule)(step):.3g}"
+                  if set(checkpoint_schedule) == set(vars(schedule)) else "")
+        changes.append(f"the learning-rate schedule over {schedule.total_steps} steps (the checkpoint's "
+                       f"{checkpoint_schedule.get('total_steps')}), x{schedule(step):.3g} of the lr from here{before}")
+    base = scheduler.base_lrs[0]
+    if not math.isclose(base, settings.lr, rel_tol=1e-9):
+        ratio = settings.lr / base
+        scheduler.base_lrs = [b * ratio for b in scheduler.base_lrs]
+        for group in optimizer.param_groups:
+            if "initial_lr" in group:
+                group["initial_lr"] *= ratio
+        changes.append(f"train.optim.lr {settings.lr:g} (the checkpoint's {base:g})")
+    decayed = {id(p) for name, p in named_params if p.requires_grad and not _no_decay(name, p)}
+    for group in optimizer.param_groups:
+        if any(id(p) in decayed for p in group["params"]) and group.get("weight_decay") != settings.weight_decay:
+            changes.append(f"train.optim.weight_decay {settings.weight_decay:g} (the checkpoint's {group['weight_decay']:g})")
+            group["weight_decay"] = settings.weight_decay
+        if "betas" in group and group["betas"][0] != settings.momentum:
+            changes.append(f"train.optim.momentum {settings.momentum:g} (the checkpoint's {group['betas'][0]:g})")
+            group["betas"] = (settings.momentum, group["betas"][1])
+        elif "momentum" in group and group["momentum"] != settings.momentum:
+            changes.append(f"train.optim.momentum {settings.momentum:g} (the checkpoint's {group['momentum']:g})")
+            group["momentum"] = settings.momentum
+    if changes:
+        for group, base_lr, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base_lr * fn(step)
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    return list(dict.fromkeys(changes))  # a value shared by several groups is said once

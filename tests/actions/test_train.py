@@ -95,16 +95,47 @@ def test_resuming_with_more_epochs_follows_the_spec_schedule(tiny_dataset, tmp_p
 
     lrs = Lrs()
     resume = f"train.resume_training_checkpoint_path={first.results_dir / LATEST_NAME}"
-    with pytest.warns(UserWarning, match=rf"resuming at optimizer step {steps}: the learning-rate schedule is this "
-                                         rf"spec's \({2 * steps} steps: train.num_epochs=2 x {steps}\), not the "
-                                         rf"checkpoint's \({steps} steps\); the lr continues at x0\.5 of "
-                                         rf"train.optim.lr, where the checkpoint's gave x0\."):
+    with pytest.warns(UserWarning, match=rf"resuming at optimizer step {steps} \(train.num_epochs=2\): this "
+                                         rf"spec's values replace the checkpoint's: the learning-rate schedule over "
+                                         rf"{2 * steps} steps \(the checkpoint's {steps}\), x0\.5 of the lr from "
+                                         rf"here, not x0$"):
         resumed = train.run(make_cfg(tiny_dataset, tmp_path / "b", "train.num_epochs=2", resume),
                             callbacks=[lrs], quiet=True)
     assert len(lrs.seen) == steps and lrs.seen[0] == pytest.approx(lr * 0.5)
     assert all(later < earlier for earlier, later in zip(lrs.seen, lrs.seen[1:]))
     saved = torch.load(resumed.last_checkpoint, weights_only=True)["lr_schedulers"][0]["lr_lambdas"][0]
     assert saved["total_steps"] == 2 * steps
+
+
+def test_resuming_with_other_optimizer_values_takes_the_specs(trained, tmp_path, make_cfg):
+    """The restored optimizer held the checkpoint's lr, weight decay and momentum: a resume with a
+    lower lr (a common way to go on training) silently kept the old one. The spec's values now
+    replace them (weight decay only where the optimizer decays: not norms, biases, position
+    embeddings), and the warning lists them."""
+    import lightning as L
+
+    cfg, straight = trained
+    first = straight.results_dir / "model_epoch_000_step_00002.pth"
+    old = torch.load(first, weights_only=True)["hyper_parameters"]["optimizer"]
+    lr, wd, momentum = old["lr"] / 4, 0.05, 0.8
+
+    class Groups(L.Callback):
+        seen: list[list[dict]] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.seen.append([{k: v for k, v in g.items() if k != "params"} for g in trainer.optimizers[0].param_groups])
+
+    groups = Groups()
+    with pytest.warns(UserWarning, match=rf"this spec's values replace the checkpoint's: train.optim.lr {lr:g} \(the "
+                                         rf"checkpoint's {old['lr']:g}\); train.optim.weight_decay 0.05 \(the checkpoint's "
+                                         rf"{old['weight_decay']:g}\); train.optim.momentum 0.8 \(the checkpoint's 0.9\)$"):
+        train.run(make_cfg(Path(cfg.dataset.segment.root_dir), tmp_path, f"train.resume_training_checkpoint_path={first}",
+                           f"train.optim.lr={lr}", f"train.optim.weight_decay={wd}", f"train.optim.momentum={momentum}"),
+                  callbacks=[groups], quiet=True)
+    decay, no_decay = groups.seen[0]
+    assert decay["lr"] == pytest.approx(lr * 0.5) and decay["initial_lr"] == pytest.approx(lr)  # step 2 of 4, linear
+    assert decay["weight_decay"] == wd and no_decay["weight_decay"] == 0.0
+    assert decay["betas"][0] == no_decay["betas"][0] == momentum
 
 
 def _break_missing_folder(root: Path) -> str:

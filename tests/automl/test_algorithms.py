@@ -168,6 +168,15 @@ def test_pbt_exploits_another_trials_checkpoint(dataset, tmp_path, ray_session):
     continued = min(record.config_changes, key=lambda c: abs(c["epoch"] - restore["epoch"]))
     donor_lr = lr_at(state.by_name(restore["from"]), restore["epoch"])
     assert float(continued["params"]["train.optim.lr"]) != pytest.approx(donor_lr), (continued, donor_lr)
+    # ...and trained with it: the restored optimizer took the trial's lr, not the donor's
+    import torch
+
+    from automl.layout import Layout
+
+    latest = torch.load(Layout.of(tmp_path / "pbt").trial_dir(name) / "train" / "segformer_model_latest.pth",
+                        weights_only=True)
+    assert latest["lr_schedulers"][0]["base_lrs"][0] == pytest.approx(lr_at(record, 3))
+    assert latest["optimizer_states"][0]["param_groups"][0]["initial_lr"] == pytest.approx(lr_at(record, 3))
 
 
 def test_pbt_resamples_are_not_the_populations_draws() -> None:
