@@ -87,7 +87,7 @@ def resolve_backend(backend: str) -> tuple[str, str | None]:
     return FALLBACK_BACKEND, note
 
 
-def _announce_fallback(cfg: ExperimentConfig, note: str, algorithm: str, kwargs: dict[str, Any], *,
+def _announce_fallback(cfg: ExperimentConfig, note: str, mode: str, algorithm: str, kwargs: dict[str, Any], *,
                        quiet: bool) -> tuple[str, str, dict[str, Any], str]:
     """Say that quantize falls back (one line) and return the fallback's (mode, algorithm,
     backend_kwargs, note): static PTQ, the spec's algorithm where ONNX Runtime has it (torchao
@@ -99,6 +99,9 @@ def _announce_fallback(cfg: ExperimentConfig, note: str, algorithm: str, kwargs:
     if not (segment.quant_calibration_dataset.images_dir or segment.root_dir):
         raise SegformerError(f"{note}, which calibrates on images: set dataset.segment.quant_calibration_dataset."
                              f"images_dir (or dataset.segment.root_dir), or install torchao")
+    algorithm = algorithm if algorithm in ORT_ALGORITHMS else "minmax"
+    if mode != "static_ptq":  # the spec's mode is torchao's: the fallback quantizes activations too
+        note += f", in mode static_ptq (int8 weights and activations, {algorithm} calibration), not {mode}"
     dropped = [key for key in kwargs if key not in (*ORT_KWARGS, *CALIBRATION_KWARGS)]
     if dropped:
         note += (f"; dropped quantize.backend_kwargs {', '.join(dropped)} ({FALLBACK_BACKEND} takes "
@@ -108,7 +111,7 @@ def _announce_fallback(cfg: ExperimentConfig, note: str, algorithm: str, kwargs:
         log.warning(note)
     else:
         print(f"segformer quantize: {note}", file=sys.stderr, flush=True)
-    return "static_ptq", (algorithm if algorithm in ORT_ALGORITHMS else "minmax"), kwargs, note
+    return "static_ptq", algorithm, kwargs, note
 
 
 def _calibration_batches(cfg: ExperimentConfig, size: tuple[int, int], batch_size: int, max_batches: int):
@@ -192,7 +195,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
     mode, algorithm = str(options.mode), str(options.algorithm)
     kwargs: dict[str, Any] = dict(options.backend_kwargs or {})
     if note is not None:
-        mode, algorithm, kwargs, note = _announce_fallback(cfg, note, algorithm, kwargs, quiet=quiet)
+        mode, algorithm, kwargs, note = _announce_fallback(cfg, note, mode, algorithm, kwargs, quiet=quiet)
     if backend == "torchao" and mode != "weight_only_ptq":
         raise SegformerError(f"backend torchao does weight-only PTQ: set quantize.mode=weight_only_ptq (got {mode})")
     if backend in STATIC_BACKENDS and mode != "static_ptq":

@@ -51,7 +51,8 @@ def test_promotion_quantize_falls_back_without_torchao(tmp_path, monkeypatch):
     assert isinstance(quantize, dict) and quantize["status"] == "done", (report, lines)
     assert quantize["backend"] == "onnxruntime" and quantize["requested_backend"] == "torchao"
     assert quantize["note"] == ("quantize.backend torchao is not installed (pip install 'segformer-automl[quant]'); "
-                                "quantizing with onnxruntime instead")
+                                "quantizing with onnxruntime instead, in mode static_ptq (int8 weights and "
+                                "activations, minmax calibration), not weight_only_ptq")
     assert not any("failed" in line for line in lines), lines
     artifact = onnx.load(quantize["artifact"])
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in artifact.graph.node}

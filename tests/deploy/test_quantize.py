@@ -330,7 +330,8 @@ def _quantize_without_torchao(deploy_dataset, tmp_path, quantize: dict, *overrid
 
 
 FALLBACK_LINE = ("segformer quantize: quantize.backend torchao is not installed "
-                 "(pip install 'segformer-automl[quant]'); quantizing with onnxruntime instead")
+                 "(pip install 'segformer-automl[quant]'); quantizing with onnxruntime instead, in mode static_ptq "
+                 "(int8 weights and activations, minmax calibration), not weight_only_ptq")
 
 
 def test_cli_quantize_without_torchao_falls_back_to_onnxruntime(deploy_dataset, checkpoint, tmp_path):
