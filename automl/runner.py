@@ -325,7 +325,7 @@ def _print_plan(opts: SearchOptions, space: Any, baseline: dict[str, Any] | None
         from automl.deploy import plan_line
 
         echo(plan_line(opts.search))
-    echo(space.describe())
+    echo(space.describe(baseline))
     echo("")
     # No more than the budget affords: a budget of 4 trainings searches one configuration besides the
     # baseline, and its other two trainings are the re-check.
@@ -357,7 +357,7 @@ def _start_tracking(opts: SearchOptions, state: SearchState, space: Any) -> Any:
         {"automl.results_dir": str(layout.root), "automl.skill": state.skill, "automl.algorithm": opts.search.algorithm},
     )
     state.mlflow_experiment_id = tracker.experiment_id()
-    atomic_write_text(layout.space_file, space.describe())
+    atomic_write_text(layout.space_file, space.describe(state.baseline_params))
     atomic_write_text(layout.settings_file, json.dumps(opts.to_dict(), indent=2, default=str) + "\n")
     tracker.log_artifacts(state.mlflow_parent_run_id,
                           [layout.space_file, layout.settings_file, *([Path(opts.spec)] if opts.spec else [])], "search")

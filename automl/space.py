@@ -266,13 +266,14 @@ class Space:
         return points
 
     # -- text --------------------------------------------------------------------------------
-    def describe(self) -> str:
-        """A text table for ``--dry-run``: name, type, range/options, scale, default, source."""
-        header = ("name", "type", "range/options", "scale", "default", "source")
+    def describe(self, baseline: Mapping[str, Any] | None = None) -> str:
+        """A text table for ``--dry-run``: name, type, range/options, scale, the baseline's value (the
+        spec's own, what the first trial trains) or else the schema default, source."""
+        header = ("name", "type", "range/options", "scale", "baseline" if baseline else "default", "source")
         rows = [
             (p.name, p.kind if p.kind != "int" or not p.choices else "int (options)", p.range_text(),
              "log" if p.log else ("weighted" if p.weights else "linear" if p.kind in {"int", "float"} else "-"),
-             fmt(p.default), p.source)
+             fmt(baseline[p.name] if baseline and p.name in baseline else p.default), p.source)
             for p in self.params
         ]
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]

@@ -59,6 +59,9 @@ def test_nvidia_defaults_sixteen_finite(nvidia_schema: dict[str, Any]) -> None:
     assert space.grid() is None  # floats: infinite
     table = space.describe()
     assert LR in table and "log" in table and "source" in table.splitlines()[0]
+    # beside the baseline, the column shows what the first trial trains: the spec's value, not the schema's
+    header, _, *rows = space.describe(space.baseline({LR: 2e-3})).splitlines()
+    assert "baseline" in header and " 0.002 " in next(row for row in rows if row.startswith(LR))
 
 
 def test_disabled_semantics(nvidia_schema: dict[str, Any]) -> None:
