@@ -208,7 +208,7 @@ def summary(state: SearchState) -> str:
         shown = _values(changed) if changed else "the baseline itself"
         speed = f"; {best.latency['latency_ms']:.2f} ms on the deploy target" if best.latency else ""
         label = "best feasible " if limit is not None else "best     "
-        lines.append(f"  {label}{best.name}: {state.metric}={best.best_value:.4f} (epoch {best.best_epoch}); {shown}{speed}")
+        lines.append(f"  {label}{best.name}: {state.metric}={best.best_value:.4f} (epoch {best.best_epoch} of {best.epochs_trained}); {shown}{speed}")
         if baseline is not None and baseline.best_value is not None:
             delta = best.best_value - baseline.best_value
             lines.append(f"  baseline {baseline.name}: {state.metric}={baseline.best_value:.4f}  (best {delta:+.4f})")

@@ -628,7 +628,7 @@ def _summary(state: SearchState) -> list[Block]:
                "trials: " + (", ".join(f"{v} {k.lower()}" for k, v in sorted(state.counts().items())) or "none")])]
     if best is not None:
         blocks += [Heading("Best trial"),
-                   Para(f"`{best.name}`: {state.metric} = {best.best_value:.4f} at epoch {best.best_epoch}"),
+                   Para(f"`{best.name}`: {state.metric} = {best.best_value:.4f} at epoch {best.best_epoch} of {best.epochs_trained}"),
                    Table(["parameter", "best", "baseline"],
                          [[f"`{k}`", fmt(best.params[k]), fmt(baseline.params.get(k)) if baseline else "-"]
                           for k in sorted(best.params)])]

@@ -123,6 +123,7 @@ def test_a_summary_says_when_no_recheck_backs_the_promoted_lead(tmp_path):
         record.status = FINISHED
         _report(state, record, 1)  # trial_001 scores 0.001 above the baseline
     text = summary(state)
+    assert "trial_001: val_miou=" in text and "(epoch 1 of 1)" in text  # counted from 1, out of the epochs it trained
     assert ("re-check none: a budget of 2 epochs has no room for one (it needs 4 epochs: 4 trainings of a trial's 1 epoch, "
             "two of them to re-check the leader); "
             "trial_001's lead over the baseline comes from one training of each") in text
