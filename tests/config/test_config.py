@@ -102,6 +102,18 @@ def test_typed_overrides_and_immutability():
     assert apply_overrides(cfg, {"train.optim.lr": 1e-3}).train.optim.lr == 1e-3
 
 
+def test_a_section_override_merges_into_the_spec(tmp_path):
+    """`train.optim={lr: 1e-3}` (Hydra's syntax, as TAO takes it) sets lr and keeps the spec's other
+    optimizer keys: it reset them to the defaults without a word."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text("train:\n  optim:\n    policy: step\n    weight_decay: 0.05\n"
+                    "dataset:\n  segment:\n    augmentation:\n      random_flip:\n        hflip_probability: 0.7\n")
+    optim = load_config(spec, ["train.optim={lr: 0.001}"]).train.optim
+    assert (optim.lr, optim.policy, optim.weight_decay) == (0.001, "step", 0.05)
+    segment = load_config(spec, ["dataset.segment={augmentation: {random_flip: {vflip_probability: 0.3}}}"]).dataset.segment
+    assert (segment.augmentation.random_flip.vflip_probability, segment.augmentation.random_flip.hflip_probability) == (0.3, 0.7)
+
+
 def test_overrides_reresolve_interpolations():
     cfg = _load_quietly(DOC_SPEC)
     moved = apply_overrides(cfg, ["results_dir=/elsewhere"])
