@@ -21,6 +21,11 @@ class SegformerError(Exception):
         super().__init__(*args)
 
 
+class SpecError(SegformerError, ValueError):
+    """A spec value refused where it is used (a model, data or deploy builder's own check) rather than
+    when the spec loads. Also a ``ValueError``, as those checks raised before."""
+
+
 class DataError(SegformerError):
     """The dataset on disk does not match the spec (missing folders, bad masks, palette problems)."""
 

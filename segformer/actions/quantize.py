@@ -210,9 +210,9 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
     model_path = Path(require(cfg, "quantize.model_path"))
     if not model_path.is_file():
         raise SegformerError(f"quantize.model_path points to {model_path}, which does not exist")
+    rules = parse_layer_rules(options.layers)  # before anything is written
     results_dir = action_results_dir(cfg, "quantize")
     results_dir.mkdir(parents=True, exist_ok=True)
-    rules = parse_layer_rules(options.layers)
     skip_names = [str(s) for s in options.skip_names or ()]
     num_classes = int(cfg.dataset.segment.num_classes)
     img_size = int(cfg.dataset.segment.img_size)

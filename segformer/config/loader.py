@@ -438,6 +438,9 @@ def _omega_message(exc: Exception) -> str:
     return f"{key}: {text}" if key else text
 
 
+MIN_OPSET = 14  # the lowest ONNX opset the models export to (measured: 13 fails on the attention)
+
+
 def _cross_field_problems(d: dict) -> list[str]:
     """Rules that span fields (the schema checks single values)."""
     problems = []
@@ -473,6 +476,19 @@ def _cross_field_problems(d: dict) -> list[str]:
     sizes = [trt.get(k) for k in ("min_batch_size", "opt_batch_size", "max_batch_size")]
     if all(isinstance(s, int) for s in sizes) and not sizes[0] <= sizes[1] <= sizes[2]:
         problems.append(f"gen_trt_engine.tensorrt batch sizes must satisfy min <= opt <= max, got {sizes}")
+    rotate = aug.get("random_rotate") or {}
+    if rotate.get("angle_list") == [] and rotate.get("enable", True) and rotate.get("rotate_probability", 0.5):
+        problems.append("dataset.segment.augmentation.random_rotate.angle_list is empty; list angles in degrees, e.g. "
+                        "[90, 180, 270], or set random_rotate.enable=false")
+    in_index = ((d.get("model") or {}).get("decode_head") or {}).get("in_index")
+    if isinstance(in_index, list) and (not in_index or len(set(map(str, in_index))) != len(in_index)
+                                       or any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i <= 3 for i in in_index)):
+        problems.append(f"model.decode_head.in_index must list distinct backbone levels in 0..3, got {in_index} "
+                        f"(TAO's default: [0, 1, 2, 3])")
+    opset = (d.get("export") or {}).get("opset_version")
+    if isinstance(opset, int) and not isinstance(opset, bool) and opset < MIN_OPSET:
+        problems.append(f"export.opset_version must be {MIN_OPSET} or more (the attention exports as ONNX's "
+                        f"scaled-dot-product pattern from opset {MIN_OPSET}), got {opset}; TAO's default is 17")
     steps = ((d.get("train") or {}).get("optim") or {}).get("lr_steps")
     if isinstance(steps, list) and (any(not isinstance(s, int) or s < 1 for s in steps) or steps != sorted(set(steps))):
         problems.append(f"train.optim.lr_steps must be increasing epoch numbers >= 1, got {steps}")

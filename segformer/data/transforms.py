@@ -39,6 +39,7 @@ from torchvision.transforms import InterpolationMode
 
 from segformer.data.files import to_rgb_array
 from segformer.data.palette import IGNORE_INDEX
+from segformer.errors import SpecError
 
 
 @dataclass(frozen=True)
@@ -63,17 +64,17 @@ class AugmentationSettings:
         for name in ("hflip_probability", "vflip_probability", "rotate_probability", "color_probability"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{prefix} {name} must be in [0, 1], got {value}")
+                raise SpecError(f"{prefix} {name} must be in [0, 1], got {value}")
         for name in ("brightness", "contrast", "saturation"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{prefix}.random_color.{name} must be >= 0, got {getattr(self, name)}")
+                raise SpecError(f"{prefix}.random_color.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.hue <= 0.5:
-            raise ValueError(f"{prefix}.random_color.hue must be in [0, 0.5] (ColorJitter), got {self.hue}")
+            raise SpecError(f"{prefix}.random_color.hue must be in [0, 0.5] (ColorJitter), got {self.hue}")
         if self.rotate_probability > 0 and not self.angle_list:
-            raise ValueError(f"{prefix}.random_rotate.angle_list is empty; list angles in degrees, e.g. [90, 180, 270]")
+            raise SpecError(f"{prefix}.random_rotate.angle_list is empty; list angles in degrees, e.g. [90, 180, 270]")
         if self.scale_range is not None:
             if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
-                raise ValueError(
+                raise SpecError(
                     f"{prefix}.with_scale_random_crop.scale_range must be [low, high] with 0 < low <= high, "
                     f"got {list(self.scale_range)}"
                 )

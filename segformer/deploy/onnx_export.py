@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from segformer.errors import SpecError
 from segformer.fileio import atomic_output
 
 from .onnx_signature import read_onnx_signature
@@ -178,11 +179,11 @@ def export_onnx(
     exported on the device its parameters are on (move it first for ``on_cpu``).
     """
     if batch_size == 0 or batch_size < -1:
-        raise ValueError(f"export.batch_size must be -1 (dynamic) or >= 1, got {batch_size}")
+        raise SpecError(f"export.batch_size must be -1 (dynamic) or >= 1, got {batch_size}")
     if input_channel not in (1, 3):
-        raise ValueError(f"export.input_channel must be 1 or 3, got {input_channel}")
+        raise SpecError(f"export.input_channel must be 1 or 3, got {input_channel}")
     if input_height < 32 or input_width < 32:
-        raise ValueError(
+        raise SpecError(
             f"export.input_height and input_width must be at least 32 (the deepest feature stride), "
             f"got {input_height}x{input_width}; the backbone's own size rule is checked by the export action"
         )

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from segformer.errors import SpecError
 from segformer.fileio import atomic_write_bytes
 
 from ._deps import TENSORRT_HINT, require
@@ -83,17 +84,17 @@ def resolve_batch_profile(
       which must satisfy 1 <= min <= opt <= max.
     """
     if batch_size == 0 or batch_size < -1:
-        raise ValueError(f"gen_trt_engine.batch_size must be -1 (use min/opt/max) or >= 1, got {batch_size}")
+        raise SpecError(f"gen_trt_engine.batch_size must be -1 (use min/opt/max) or >= 1, got {batch_size}")
     if isinstance(onnx_batch, int) and onnx_batch > 0:
         fixed = onnx_batch
         if batch_size not in (-1, fixed):
-            raise ValueError(
+            raise SpecError(
                 f"the ONNX model has a static batch of {fixed} but gen_trt_engine.batch_size is "
                 f"{batch_size}; set it to -1 or {fixed}, or re-export with export.batch_size=-1"
             )
         asked = (min_batch_size, opt_batch_size, max_batch_size)
         if batch_size == -1 and asked != (fixed,) * 3:
-            raise ValueError(
+            raise SpecError(
                 f"the ONNX model has a static batch of {fixed} but tensorrt min/opt/max_batch_size "
                 f"are {asked}; set all three to {fixed}, or re-export with export.batch_size=-1"
             )
@@ -137,7 +138,7 @@ def plan_precision(
     """
     data_type = str(data_type).lower()
     if data_type not in DATA_TYPES:
-        raise ValueError(f"gen_trt_engine.tensorrt.data_type must be one of {DATA_TYPES}, got {data_type!r}")
+        raise SpecError(f"gen_trt_engine.tensorrt.data_type must be one of {DATA_TYPES}, got {data_type!r}")
     notes: list[str] = []
     if data_type == "fp32":
         if onnx_has_qdq:
@@ -155,7 +156,7 @@ def plan_precision(
         notes.append("explicit quantization from the ONNX Q/DQ nodes; no calibration")
         return PrecisionPlan(("FP16", "INT8"), False, tuple(notes))
     if not has_calibration_source:
-        raise ValueError(
+        raise SpecError(
             "data_type int8 on a float ONNX model needs calibration: set "
             "gen_trt_engine.tensorrt.calibration.cal_image_dir (or an existing cal_cache_file), "
             "or pass a QDQ model from the quantize action (backend onnxruntime or modelopt.onnx)"
@@ -170,7 +171,7 @@ def parse_layers_precision(entries: Sequence[str] | None) -> list[tuple[str, str
         pattern, sep, precision = str(entry).rpartition(":")
         precision = precision.strip().lower()
         if not sep or not pattern.strip() or precision not in LAYER_PRECISIONS:
-            raise ValueError(
+            raise SpecError(
                 f"gen_trt_engine.tensorrt.layers_precision entry {entry!r} must be "
                 f"'<layer name pattern>:<precision>' with precision in {LAYER_PRECISIONS}"
             )
@@ -305,7 +306,7 @@ def build_engine(
     """
     trt = trt or import_tensorrt()
     if workspace_mib < 1:
-        raise ValueError(f"gen_trt_engine.tensorrt.workspace_size (MiB) must be >= 1, got {workspace_mib}")
+        raise SpecError(f"gen_trt_engine.tensorrt.workspace_size (MiB) must be >= 1, got {workspace_mib}")
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode

@@ -31,6 +31,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from segformer.errors import SpecError
 from segformer.fileio import atomic_write, atomic_write_text, link_or_copy
 from segformer.text import fmt, span
 
@@ -78,9 +79,9 @@ class PeriodicCheckpoint(Checkpoint):
 
     def __init__(self, dirpath: str | Path, interval: int = 1, unit: str = "epoch") -> None:
         if unit not in CHECKPOINT_UNITS:
-            raise ValueError(f"train.checkpoint_interval_unit must be one of {CHECKPOINT_UNITS}, got {unit!r}")
+            raise SpecError(f"train.checkpoint_interval_unit must be one of {CHECKPOINT_UNITS}, got {unit!r}")
         if interval < 1:
-            raise ValueError(f"train.checkpoint_interval must be >= 1, got {interval}")
+            raise SpecError(f"train.checkpoint_interval must be >= 1, got {interval}")
         self.dirpath = Path(dirpath)
         self.interval = interval
         self.unit = unit

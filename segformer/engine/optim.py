@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from segformer.errors import SpecError
+
 OPTIMIZERS = ("adamw", "adam", "sgd")
 POLICIES = ("linear", "step")
 
@@ -34,13 +36,13 @@ class OptimizerSettings:
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
-            raise ValueError(f"train.optim.optim must be one of {OPTIMIZERS}, got {self.name!r}")
+            raise SpecError(f"train.optim.optim must be one of {OPTIMIZERS}, got {self.name!r}")
         if self.policy not in POLICIES:
-            raise ValueError(f"train.optim.policy must be one of {POLICIES}, got {self.policy!r}")
+            raise SpecError(f"train.optim.policy must be one of {POLICIES}, got {self.policy!r}")
         if not self.lr > 0:
-            raise ValueError(f"train.optim.lr must be > 0, got {self.lr}")
+            raise SpecError(f"train.optim.lr must be > 0, got {self.lr}")
         if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"train.optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            raise SpecError(f"train.optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         object.__setattr__(self, "lr_steps", tuple(int(s) for s in self.lr_steps))
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segformer.errors import CheckpointError, MissingDependencyError, SegformerError
+from segformer.errors import CheckpointError, MissingDependencyError, SegformerError, SpecError
 
 if TYPE_CHECKING:
     from segformer.config import ExperimentConfig, ModelConfig
@@ -272,7 +272,7 @@ def sliding_window_logits(
     and cropped back.
     """
     if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"inference.window_overlap must be in [0, 1), got {overlap}")
+        raise SpecError(f"inference.window_overlap must be in [0, 1), got {overlap}")
     _, _, height, width = image.shape
     win_h, win_w = int(window[0]), int(window[1])
     pad_h, pad_w = max(0, win_h - height), max(0, win_w - width)

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segformer.errors import SpecError
+
 
 class SegFormerHead(nn.Module):
     """All-MLP decoder: per-level linear projection, upsample to 1/4, fuse, classify."""
@@ -39,7 +41,7 @@ class SegFormerHead(nn.Module):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if embed_dim < 1:
-            raise ValueError(f"decode_head.decoder_params.embed_dim must be >= 1, got {embed_dim}")
+            raise SpecError(f"decode_head.decoder_params.embed_dim must be >= 1, got {embed_dim}")
         self.in_channels = tuple(in_channels)
         self.embed_dim = embed_dim
         self.align_corners = align_corners

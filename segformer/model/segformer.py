@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segformer.errors import SpecError
+
 from .backbones import get_backbone_factory
 from .backbones.registry import backbone_input_multiple
 from .head import SegFormerHead
@@ -43,7 +45,7 @@ class SegFormer(nn.Module):
         levels = len(backbone.out_channels)
         bad = [i for i in in_index if not 0 <= i < levels]
         if bad or not in_index:
-            raise ValueError(f"decode_head.in_index must pick levels in 0..{levels - 1}, got {list(in_index)}")
+            raise SpecError(f"decode_head.in_index must pick levels in 0..{levels - 1}, got {list(in_index)}")
         self.backbone = backbone
         self.in_index = tuple(in_index)
         self.num_classes = num_classes

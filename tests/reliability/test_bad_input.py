@@ -346,6 +346,29 @@ def b_eval_float_as_quantized(c):
         ["is not a quantized model", "is_quantized=true"]
 
 
+def b_in_index_out_of_range(c):
+    return c.spec() + ["model.decode_head.in_index=[0,1,2,4]"], ["model.decode_head.in_index", "0..3", "[0, 1, 2, 4]"]
+
+
+def b_empty_angle_list(c):
+    return c.spec() + ["dataset.segment.augmentation.random_rotate.angle_list=[]"], ["random_rotate.angle_list", "empty"]
+
+
+def b_export_old_opset(c):
+    return c.spec() + [f"export.checkpoint={c.checkpoint()}", "export.opset_version=11"], ["export.opset_version", "14", "11"]
+
+
+def b_export_other_channels(c):
+    return c.spec() + [f"export.checkpoint={c.checkpoint()}", "export.input_channel=1"], \
+        ["export.input_channel=1", "3-channel", "export.input_channel=3"]
+
+
+def b_quantize_fp8_layer(c):
+    return c.spec() + [f"quantize.model_path={c.checkpoint()}", "quantize.backend=onnxruntime", "quantize.mode=static_ptq",
+                       "quantize.layers=[{module_name: 'decode_head*', weights: {dtype: fp8}}]"], \
+        ["quantize.layers[0].weights.dtype", "fp8"]
+
+
 def b_convert_missing(c):
     return ["--from", "hf", str(c.tmp / "nope.safetensors"), str(c.tmp / "out.pth")], ["SRC", "nope.safetensors", "does not exist"]
 
@@ -485,6 +508,11 @@ CASES = [
     Case("eval_not_a_checkpoint", "evaluate", b_eval_not_torch),
     Case("eval_checkpoint_missing", "evaluate", b_eval_missing),
     Case("eval_float_checkpoint_as_quantized", "evaluate", b_eval_float_as_quantized),
+    Case("in_index_out_of_range", "train", b_in_index_out_of_range),
+    Case("empty_angle_list", "train", b_empty_angle_list),
+    Case("export_old_opset", "export", b_export_old_opset),
+    Case("export_other_channels", "export", b_export_other_channels),
+    Case("quantize_fp8_layer", "quantize", b_quantize_fp8_layer),
     Case("convert_source_missing", "convert", b_convert_missing, code=2),
     Case("eval_garbage_onnx", "evaluate", b_garbage_onnx),
     Case("eval_engine_without_tensorrt", "evaluate", b_engine_as_checkpoint),

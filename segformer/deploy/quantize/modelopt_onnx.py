@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from segformer.deploy.onnx_signature import load_onnx
+from segformer.errors import SpecError
 from segformer.fileio import atomic_output
 
 from .._deps import QUANT_HINT, require
@@ -45,12 +46,12 @@ def quantize_onnx_modelopt(
     from modelopt.onnx.quantization import quantize as modelopt_quantize
 
     if algorithm not in MODELOPT_ONNX_METHODS:
-        raise ValueError(f"quantize.algorithm {algorithm!r} is not supported by modelopt.onnx int8; use one of {sorted(MODELOPT_ONNX_METHODS)}")
+        raise SpecError(f"quantize.algorithm {algorithm!r} is not supported by modelopt.onnx int8; use one of {sorted(MODELOPT_ONNX_METHODS)}")
     model = load_onnx(model_path, load_external_data=True)
     candidates, aliases = onnx_quant_candidates(model, activation_matmuls=True)  # TensorRT has int8 attention
     chosen = select_names(candidates, rules, skip_names, aliases=aliases)
     if not chosen:
-        raise ValueError("quantize.layers/skip_names exclude every Conv/MatMul/Gemm node; nothing to quantize")
+        raise SpecError("quantize.layers/skip_names exclude every Conv/MatMul/Gemm node; nothing to quantize")
     excluded = [re.escape(name) + "$" for name, _ in candidates if name not in set(chosen)]
     eps = _EPS.get(device.split(":")[0], ["cpu"])
     with atomic_output(output_path) as out_tmp:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segformer.errors import SpecError
 from segformer.fileio import atomic_output
 
 from ..onnx_export import module_path_of_node
@@ -280,7 +281,7 @@ def quantize_onnx_static(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if algorithm not in ORT_ALGORITHMS:
-        raise ValueError(
+        raise SpecError(
             f"quantize.algorithm {algorithm!r} is not supported by the onnxruntime backend; "
             f"use one of {sorted(ORT_ALGORITHMS)}"
         )
@@ -298,7 +299,7 @@ def quantize_onnx_static(
         chosen = select_names(candidates, rules, skip_names, aliases=aliases)
         kind_of = dict(candidates)
         if not {kind_of[name] for name in chosen} & set(QUANT_OP_TYPES):  # the decode head's sums alone are no int8 model
-            raise ValueError(
+            raise SpecError(
                 "quantize.layers/skip_names exclude every Conv/MatMul/Gemm node; nothing to quantize "
                 f"(nodes look like {[c[0] for c in candidates[:3]]}, modules like "
                 f"{[a for c in candidates[:3] for a in aliases[c[0]]]})"

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from segformer.errors import SpecError
+
 __all__ = ["LayerRule", "parse_layer_rules", "matches", "select_names", "SUPPORTED_DTYPES"]
 
 SUPPORTED_DTYPES = ("int8", "native")  # "native": leave this part in floating point
@@ -35,7 +37,7 @@ def _dtype(entry: Mapping[str, Any], key: str, default: str | None, index: int) 
     dtype = value.get("dtype") if isinstance(value, Mapping) else value
     dtype = str(dtype).lower() if dtype is not None else default
     if dtype is not None and dtype not in SUPPORTED_DTYPES:
-        raise ValueError(
+        raise SpecError(
             f"quantize.layers[{index}].{key}.dtype is {dtype!r}; this implementation supports "
             f"{SUPPORTED_DTYPES} (fp8/int4 need a GPU-only backend)"
         )
@@ -50,10 +52,10 @@ def parse_layer_rules(layers: Sequence[Any] | None) -> list[LayerRule]:
             entry = {k: getattr(entry, k) for k in ("module_name", "weights", "activations") if hasattr(entry, k)}
         name = entry.get("module_name")
         if not name or not isinstance(name, str):
-            raise ValueError(f"quantize.layers[{index}] needs a module_name pattern (e.g. 'backbone.*'), got {entry!r}")
+            raise SpecError(f"quantize.layers[{index}] needs a module_name pattern (e.g. 'backbone.*'), got {entry!r}")
         unknown = set(entry) - {"module_name", "weights", "activations"}
         if unknown:
-            raise ValueError(f"quantize.layers[{index}] has unknown keys {sorted(unknown)}; allowed: module_name, weights, activations")
+            raise SpecError(f"quantize.layers[{index}] has unknown keys {sorted(unknown)}; allowed: module_name, weights, activations")
         rules.append(
             LayerRule(name, _dtype(entry, "weights", "int8", index), _dtype(entry, "activations", "int8", index))
         )

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from segformer.errors import SpecError
+
 from .._deps import QUANT_HINT, require
 from .patterns import LayerRule, select_names
 
@@ -73,7 +75,7 @@ def quantize_torchao(
             log.warning("torchao is weight-only: activations dtype of %r is ignored", rule.module_name)
     chosen = select_names(torchao_candidates(model), rules, skip_names)
     if not chosen:
-        raise ValueError(
+        raise SpecError(
             "torchao found no nn.Linear module to quantize after quantize.layers/skip_names "
             "(torchao weight-only int8 covers nn.Linear only)"
         )
@@ -115,14 +117,14 @@ def quantize_modelopt(
 ) -> tuple[nn.Module, list[str]]:
     """Insert int8 fake-quantizers, calibrate with ``forward_loop(model)``, return (model, names)."""
     if algorithm not in MODELOPT_ALGORITHMS:
-        raise ValueError(
+        raise SpecError(
             f"quantize.algorithm {algorithm!r} is not supported for int8 static PTQ with "
             f"modelopt.pytorch here; use one of {MODELOPT_ALGORITHMS}"
         )
     config, mtq = _modelopt_config(algorithm)
     chosen = select_names(modelopt_candidates(model), rules, skip_names)
     if not chosen:
-        raise ValueError("quantize.layers/skip_names exclude every Linear/Conv2d module; nothing to quantize")
+        raise SpecError("quantize.layers/skip_names exclude every Linear/Conv2d module; nothing to quantize")
     model = mtq.quantize(model.eval(), config, forward_loop=None)
     disable_unselected_quantizers(model, chosen)
     with torch.no_grad():

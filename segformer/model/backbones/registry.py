@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from segformer.errors import SpecError
+
 BackboneFactory = Callable[..., nn.Module]
 F = TypeVar("F", bound=BackboneFactory)
 
@@ -64,7 +66,7 @@ def get_backbone_factory(name: str) -> BackboneFactory:
     try:
         return _BACKBONES[name]
     except KeyError:
-        raise ValueError(
+        raise SpecError(
             f"unknown backbone {name!r}; model.backbone.type must be one of: {', '.join(list_backbones())}"
         ) from None
 
