@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,6 +365,12 @@ def check_dataset(root_dir: str | Path, split: str, decoder: MaskDecoder | None,
         except DataError as exc:
             problems.append(str(exc))
     report = DatasetReport(split, len(samples), class_pixels, ignored, problems)
+    if require_masks and decoder is not None and samples and not problems:
+        missing = [f"{name!r} (training id {i})" for i, name in enumerate(decoder.class_names) if not class_pixels[i]]
+        if missing:
+            warnings.warn(f"dataset split {split!r} under {root_dir} has no pixel of class {', '.join(missing)}: a class "
+                          "missing from training is never learnt, and one missing from validation or test scores IoU 0 "
+                          "wherever the model predicts it (lowering mIoU); move images that hold it into this split")
     if problems and raise_on_error:
         shown = "\n  - ".join(problems[:_LISTED_PROBLEMS])
         more = f"\n  ... and {len(problems) - _LISTED_PROBLEMS} more problems" if len(problems) > _LISTED_PROBLEMS else ""

@@ -92,6 +92,23 @@ def test_check_dataset_counts_pixels(color_dataset):
     assert report.class_pixels.sum() + report.ignored_pixels == 2 * 32 * 32
 
 
+def test_a_class_without_pixels_in_a_split_is_named(color_dataset):
+    """A class absent from the validation split scores IoU 0 wherever the model predicts it, and one
+    absent from training is never learnt; nothing said so."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        check_dataset(color_dataset, "val", DECODER, progress=False)
+    assert not seen
+    for mask in (color_dataset / "masks" / "val").iterdir():
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8) + np.array([0, 0, 255], np.uint8)).save(mask)  # all sky
+    with pytest.warns(UserWarning, match=r"split 'val' under .* has no pixel of class 'grass' \(training id 1\): a class "
+                                         r"missing from training is never learnt"):
+        report = check_dataset(color_dataset, "val", DECODER, progress=False)
+    assert report.class_pixels[1] == 0 and not report.problems
+
+
 def test_predict_split_needs_no_masks_and_converts_gray_and_rgba(tmp_path):
     write_image(tmp_path / "images/test/gray.png", np.full((8, 8), 128, np.uint8))
     write_image(tmp_path / "images/test/rgba.png", np.full((8, 8, 4), 50, np.uint8))
