@@ -13,6 +13,7 @@ EXIF orientation is NOT applied, so an image stays pixel-aligned with its mask.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,10 +145,20 @@ def load_image(path: str | Path) -> np.ndarray:
 
 
 def to_rgb_array(image: Image.Image) -> np.ndarray:
-    """Any PIL image -> (H, W, 3) uint8 RGB (gray/palette/CMYK/RGBA converted, 16-bit scaled)."""
+    """Any PIL image -> (H, W, 3) uint8 RGB (gray/palette/CMYK/RGBA converted, deeper grey scaled).
+
+    A 16-bit, 32-bit or float grey image is scaled from the bit depth its values fit in (8, 10, 12,
+    14 or 16 bits: cameras write 12-bit data into 16-bit files, which read as 0..65535 spanned 0..14
+    of 0..255), and floats within 0..1 from 0..1.
+    """
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        array = np.asarray(image, dtype=np.float32)
-        scale = 255.0 / 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 1.0
+        array = np.nan_to_num(np.asarray(image, dtype=np.float32))
+        top = float(array.max()) if array.size else 0.0
+        if image.mode == "F" and top <= 1.0:
+            scale = 255.0
+        else:
+            bits = next((b for b in (8, 10, 12, 14, 16) if top < 2**b), math.ceil(math.log2(top + 1)))
+            scale = 255.0 / (2**bits - 1)
         array = np.clip(np.rint(array * scale), 0, 255).astype(np.uint8)
         return np.repeat(array[..., None], 3, axis=2)
     if image.mode != "RGB":

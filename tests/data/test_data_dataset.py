@@ -125,6 +125,21 @@ def test_16_bit_image_is_scaled_to_8_bit(tmp_path):
     assert load_image(path).max() == 255
 
 
+@pytest.mark.parametrize("values, expected", [
+    (np.array([[0, 3712]], np.uint16), [0, 231]),  # 12-bit camera data in a 16-bit file: read as 0..4095
+    (np.array([[0, 1000]], np.uint16), [0, 249]),  # 10-bit
+    (np.array([[0, 200]], np.uint16), [0, 200]),  # 8-bit values in a 16-bit file
+    (np.array([[0.0, 0.5, 1.0]], np.float32), [0, 128, 255]),  # floats in 0..1
+    (np.array([[0.0, 100.0]], np.float32), [0, 100]),  # floats in 0..255
+])
+def test_deep_grey_images_are_scaled_from_the_depth_their_values_fit(tmp_path, values, expected):
+    """12-bit data in 16-bit files was scaled from 0..65535 and spanned 0..14 of 0..255, and float
+    images in 0..1 became 0/1: the model trained on near-black images without a word."""
+    path = tmp_path / ("deep.tif" if values.dtype == np.float32 else "deep.png")
+    Image.fromarray(values).save(path)
+    assert load_image(path)[0, :, 0].tolist() == expected
+
+
 @pytest.mark.skipif(os.name == "nt", reason="symlinks")
 def test_symlink_leaving_root_is_refused(color_dataset, tmp_path):
     outside = tmp_path / "outside.png"
