@@ -210,7 +210,9 @@ class MaskDecoder:
         if ids != list(range(self.num_classes)):
             raise DataError(
                 f"palette training ids must be 0..{self.num_classes - 1} (plus 255 for ignore), got {ids} "
-                f"(mapping_class -> id: {described}); renumber the label_id values"
+                f"(mapping_class -> id: {described}); renumber the label_id values, and where masks hold the old "
+                f"ids give each entry its mask value as rgb (masks with ids 0, 1, 3: the third class takes "
+                f"rgb: [3] and label_id: 2)"
             )
 
     # ------------------------------------------------------------------ decoding
@@ -304,6 +306,10 @@ class MaskDecoder:
         hint = ""
         if dtype == np.uint16 or dtype == np.int32:
             hint = " (a 16-bit mask: its values are compared as gray levels / class ids)"
+        binary = {rgb[0] for rgb in self._value_to_id} <= {0, 1}
+        if gray and self.label_transform != "norm" and binary and any(int(v) // 0x010101 == 255 for v in values):
+            hint += ("; the masks look binary 0/255: set label_transform: norm, which reads 255 as 1 (do not ignore "
+                     "255 here: it is the foreground)")
         if gray and self.label_transform == "norm" and values.max() // 0x010101 < self.num_classes + 1:
             hint += ("; the values look like class ids: with label_transform norm masks must be 0/255, "
                      "so set label_transform: None for masks that hold class ids")

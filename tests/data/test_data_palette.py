@@ -88,6 +88,14 @@ def test_unknown_gray_value_with_norm_hints_at_label_transform():
         decoder.decode(np.array([[0, 1]], dtype=np.uint8), "ids.png")
 
 
+def test_binary_0_255_masks_without_norm_hint_at_norm_not_at_ignoring_255():
+    """0/255 masks with label_transform None (TAO's example spec) were told to add label_id 255 to
+    ignore the value: the foreground, ignored everywhere, trained a model that never predicts it."""
+    decoder = MaskDecoder(TAO_SEGMENT_DEFAULTS["palette"], None, num_classes=2)
+    with pytest.raises(DataError, match=r"masks look binary 0/255: set label_transform: norm, which reads 255 as 1"):
+        decoder.decode(np.array([[0, 255]], dtype=np.uint8), "binary.png")
+
+
 def test_num_classes_disagreeing_with_palette_is_an_error():
     with pytest.raises(DataError, match=r"num_classes is 3 but the palette defines 2 training classes.*num_classes: 2"):
         MaskDecoder(COLOR_PALETTE, None, num_classes=3)
