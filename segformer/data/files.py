@@ -3,11 +3,11 @@
 TAO layout (``SFDataset``)::
 
     <root_dir>/images/<split>/<stem>.{jpg,jpeg,png,bmp,tif,tiff}
-    <root_dir>/masks/<split>/<stem>.png
+    <root_dir>/masks/<split>/<stem>.png (or a lossless .tif, .tiff, .bmp; never JPEG)
 
 Images and masks pair by file stem (never by sorted position). Files and folders that are
 symbolic links must stay inside ``root_dir``. Image policy: grayscale, palette, CMYK and RGBA
-images are converted to RGB (alpha is dropped, not blended); 16-bit images are scaled to 8 bits;
+images are converted to RGB (alpha is dropped, not blended); deeper grey images are scaled to 8 bits;
 EXIF orientation is NOT applied, so an image stays pixel-aligned with its mask.
 """
 
@@ -23,7 +23,7 @@ from PIL import Image
 from segformer.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-MASK_EXTENSIONS = (".png",)
+MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp")  # lossless: class ids survive
 LOSSY_MASK_EXTENSIONS = (".jpg", ".jpeg", ".webp")  # never masks: compression changes class ids
 _LISTED = 5
 

@@ -140,6 +140,17 @@ def test_deep_grey_images_are_scaled_from_the_depth_their_values_fit(tmp_path, v
     assert load_image(path)[0, :, 0].tolist() == expected
 
 
+@pytest.mark.parametrize("suffix", [".tif", ".bmp"])
+def test_lossless_masks_other_than_png_pair(color_dataset, suffix):
+    """TIFF and BMP masks keep their class ids exactly; they were 'images without a mask'."""
+    for mask in (color_dataset / "masks" / "val").iterdir():
+        Image.open(mask).save(mask.with_suffix(suffix))
+        mask.unlink()
+    samples, problem = pair_samples(color_dataset, "val")
+    assert problem is None and len(samples) == 2 and all(s.mask.suffix == suffix for s in samples)
+    assert check_dataset(color_dataset, "val", DECODER, progress=False).class_pixels.sum() > 0
+
+
 @pytest.mark.skipif(os.name == "nt", reason="symlinks")
 def test_symlink_leaving_root_is_refused(color_dataset, tmp_path):
     outside = tmp_path / "outside.png"
