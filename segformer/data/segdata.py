@@ -103,14 +103,30 @@ class SegData:
     def _loader(self, role: str, batch_size: int, sampler=None) -> DataLoader:
         if role not in self.datasets:
             self.datasets[role] = self._dataset(role)
+        # A generator of its own: starting an iterator draws the workers' base seed, from the global RNG
+        # otherwise, which the model's stochastic depth also draws from. Persistent workers start once
+        # per run, so a resumed run drew once more than the run it continues and trained differently.
         return DataLoader(self.datasets[role], batch_size=batch_size, sampler=sampler, num_workers=self.workers,
                           persistent_workers=self.workers > 0, pin_memory=torch.cuda.is_available(),
-                          drop_last=False)
+                          drop_last=False, generator=torch.Generator().manual_seed(self.seed))
+
+    def train_batches(self, world_size: int = 1) -> int:
+        """Batches per epoch on each of ``world_size`` processes (every rank takes ceil(n / world) samples,
+        whether this sampler or Lightning's distributed one shards), without starting a loader."""
+        if "train" not in self.datasets:
+            self.datasets["train"] = self._dataset("train")
+        per_rank = -(-len(self.datasets["train"]) // max(1, world_size))
+        return -(-per_rank // self.batch_size)
 
     def train_dataloader(self) -> DataLoader:
         if "train" not in self.datasets:
             self.datasets["train"] = self._dataset("train")
         sampler = EpochSampler(len(self.datasets["train"]), self.shuffle, self.seed, shard=self.shard_train)
+        # Lightning starts the loader's iterator before it sets the sampler's epoch, and workers fetch their
+        # first batches then: a resumed run (at epoch 2, say) trained them in epoch 0's order and augmentations.
+        # The epoch Lightning is about to set (its restored loop's), so they are the uninterrupted run's.
+        trainer = getattr(self, "trainer", None)
+        sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0)
         return self._loader("train", self.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:

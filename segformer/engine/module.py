@@ -123,11 +123,20 @@ class SegFormerModule(L.LightningModule):
     # ---------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = create_optimizer(self.model.named_parameters(), self.optimizer_settings)
-        schedule = create_lr_schedule(
-            self.optimizer_settings, self.trainer.estimated_stepping_batches, self.trainer.max_epochs or 1
-        )
+        schedule = create_lr_schedule(self.optimizer_settings, self._planned_steps(), self.trainer.max_epochs or 1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _planned_steps(self) -> int:
+        """Optimizer steps of the whole run. Lightning's ``estimated_stepping_batches`` starts the train
+        loader to count them, before a resume restores the epoch: persistent workers then fetched the
+        resumed epoch's first batches as epoch 0's. Our data module counts them without a loader."""
+        trainer = self.trainer
+        datamodule = getattr(trainer, "datamodule", None)
+        if not hasattr(datamodule, "train_batches") or trainer.max_steps not in (-1, None) \
+                or trainer.accumulate_grad_batches != 1 or trainer.limit_train_batches not in (1, 1.0):
+            return int(trainer.estimated_stepping_batches)
+        return datamodule.train_batches(trainer.world_size) * (trainer.max_epochs or 1)
 
     # ---------------------------------------------------------------- modes and checkpoints
     def train(self, mode: bool = True) -> SegFormerModule:

@@ -77,6 +77,22 @@ def test_resume_is_exact(trained, tmp_path, make_cfg):
     assert resumed.history[1]["val_miou"] == pytest.approx(straight.history[1]["val_miou"])
 
 
+def test_resume_with_loader_workers_is_exact(tiny_dataset, tmp_path, make_cfg):
+    """With DataLoader workers (TAO's templates use several) a resumed run trained differently: Lightning
+    started the persistent workers to count the steps, before the resume restored the epoch, so they
+    fetched the resumed epoch's first batches in epoch 0's order and augmentations; and starting them
+    drew from the global RNG that stochastic depth draws from."""
+    over = ["train.num_epochs=3", "dataset.segment.workers=2"]
+    straight = train.run(make_cfg(tiny_dataset, tmp_path / "a", *over), quiet=True)
+    first = next(straight.results_dir.glob("model_epoch_000_*.pth"))
+    resumed = train.run(make_cfg(tiny_dataset, tmp_path / "b", *over, f"train.resume_training_checkpoint_path={first}"),
+                        quiet=True)
+    a = torch.load(straight.last_checkpoint, weights_only=True)
+    b = torch.load(resumed.last_checkpoint, weights_only=True)
+    assert a["global_step"] == b["global_step"]
+    assert all(torch.equal(value, b["state_dict"][key]) for key, value in a["state_dict"].items())
+
+
 def test_resuming_with_more_epochs_follows_the_spec_schedule(tiny_dataset, tmp_path, make_cfg):
     """The checkpoint's schedule ended at its own last step (lr 0 under the linear policy); a run
     resumed with a larger train.num_epochs trained its added epochs at lr 0. It now follows this
