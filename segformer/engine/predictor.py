@@ -90,6 +90,12 @@ def load_predictor(cfg: ExperimentConfig, section: str) -> Predictor:
     trt_engine, checkpoint = options.trt_engine, options.checkpoint
     if checkpoint and not trt_engine and Path(str(checkpoint)).suffix.lower() in TRT_SUFFIXES:
         trt_engine = checkpoint  # a TensorRT engine given as the checkpoint: TensorRT runs it (and says if it is missing)
+    if trt_engine and str(trt_engine).lower().endswith(".onnx"):
+        # An ONNX model given as the engine (a deploy template filled with export's output): TensorRT
+        # would build an engine from it first; ONNX Runtime runs it as it is.
+        log.warning("%s.trt_engine %s is an ONNX model, not a TensorRT engine: running it with ONNX Runtime "
+                    "(gen_trt_engine builds an engine from it)", section, trt_engine)
+        trt_engine, checkpoint = None, trt_engine
     if trt_engine:
         predictor: Predictor = _deploy_runtime(section).TrtPredictor(_existing(trt_engine, f"{section}.trt_engine"))
     elif checkpoint and str(checkpoint).lower().endswith(".onnx"):
@@ -105,6 +111,11 @@ def load_predictor(cfg: ExperimentConfig, section: str) -> Predictor:
             raise SegformerError(f"{section}.checkpoint is not set; give a checkpoint (for example "
                                  "results_dir/train/segformer_model_latest.pth) or a trt_engine")
         predictor = TorchPredictor(load_torch_model(cfg.model, num_classes, _existing(checkpoint, f"{section}.checkpoint")), device)
+    size = cfg.dataset.segment.img_size
+    wanted = tuple(int(v) for v in size) if isinstance(size, (list, tuple)) else (int(size),) * 2
+    if predictor.input_size is not None and tuple(predictor.input_size) != wanted:
+        log.warning("the model takes %dx%d inputs (fixed when it was exported): images are resized to that, not to "
+                    "dataset.segment.img_size %s, so its scores are at the exported size", *predictor.input_size, size)
     if predictor.num_classes != num_classes:
         raise SegformerError(
             f"the model predicts {predictor.num_classes} classes but dataset.segment.num_classes is {num_classes}; "

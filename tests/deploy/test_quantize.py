@@ -230,13 +230,23 @@ def test_onnxruntime_qdq_from_a_checkpoint(checkpoint, make_deploy_cfg, tmp_path
     assert _correlation(cfg, out.results_dir / "float_model.onnx", out.artifact) > 0.95
 
 
-def test_ort_evaluation_matches_pytorch(exported, checkpoint, make_deploy_cfg, tmp_path):
+def test_ort_evaluation_matches_pytorch(exported, checkpoint, make_deploy_cfg, tmp_path, caplog):
+    import logging
+
     from segformer.actions import evaluate
 
     _, result = exported
     torch_scores = evaluate.run(make_deploy_cfg(tmp_path / "pt", f"evaluate.checkpoint={checkpoint}"), quiet=True)
     ort_scores = evaluate.run(make_deploy_cfg(tmp_path / "ort", f"evaluate.checkpoint={result.onnx_file}"), quiet=True)
     assert abs(torch_scores.miou - ort_scores.miou) * 100 < 0.1
+    # a deploy template filled with export's output: the ONNX model as trt_engine runs on ONNX Runtime (it was
+    # a message to install TensorRT), and a size other than the export's is said
+    with caplog.at_level(logging.WARNING):
+        as_engine = evaluate.run(make_deploy_cfg(tmp_path / "engine", f"evaluate.trt_engine={result.onnx_file}",
+                                                 "dataset.segment.img_size=32"), quiet=True)
+    assert "is an ONNX model, not a TensorRT engine: running it with ONNX Runtime" in caplog.text
+    assert "images are resized to that, not to dataset.segment.img_size 32" in caplog.text
+    assert as_engine.miou >= 0
 
 
 @pytest.mark.skipif(not _has("torchao"), reason="torchao is not installed (pip install 'segformer-automl[quant]')")
