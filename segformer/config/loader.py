@@ -25,7 +25,7 @@ import yaml
 
 from segformer.actions import ACTIONS
 
-from .experiment import ExperimentConfig, SpecSource
+from .experiment import ExperimentConfig, QuantizeConfig, SpecSource
 from .fields import ConfigError, ConfigWarning, iter_fields
 from .tao_schema import (
     build_tao_schema,
@@ -335,7 +335,7 @@ def _merged(base: dict, update: Mapping[str, Any]) -> dict:
 
 def _normalize(data: Any, cls: type) -> Any:
     """TAO's conventions to ours, by field type: "" / "???" -> None for optional strings,
-    label_transform "None" -> None, "1e-4" -> 1e-4 for floats, an empty section -> {}, an option in
+    label_transform "None" -> None, "1e-4" -> 1e-4 for floats, 2.0 -> 2 for integers, an empty section -> {}, an option in
     another case -> the option (FP32 -> fp32), and a palette entry without mapping_class maps to itself. Unknown keys are left for validation to report."""
     if data is None:
         return {}
@@ -353,6 +353,8 @@ def _normalize(data: Any, cls: type) -> Any:
             same = [o for o in spec.options if isinstance(o, str) and o.lower() == value.strip().lower()]
             if len(same) == 1:
                 out[f.name] = value = same[0]
+        if cls is QuantizeConfig and f.name == "backend" and isinstance(value, str) and value.strip().lower() == "modelopt":
+            out[f.name] = value = "modelopt.pytorch"  # TAO's doc example writes "modelopt" for the PyTorch backend
         optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
         base = typing.get_args(hint)[0] if optional else hint
         if isinstance(value, str) and "${" in value:
@@ -365,6 +367,8 @@ def _normalize(data: Any, cls: type) -> Any:
             out[f.name] = None
         elif base is float and isinstance(value, str) and _FLOAT.match(value.strip()):
             out[f.name] = float(value)
+        elif base is int and isinstance(value, float) and value.is_integer():
+            out[f.name] = int(value)  # num_epochs=2.0 (a float written for a whole number) is 2
         elif typing.get_origin(base) is list and isinstance(value, list):
             (item,) = typing.get_args(base)
             if dataclasses.is_dataclass(item):

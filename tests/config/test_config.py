@@ -100,6 +100,9 @@ def test_typed_overrides_and_immutability():
     assert new.train.num_epochs == 3 and new.dataset.segment.label_transform is None
     assert cfg == load_config(None)  # the input is untouched
     assert apply_overrides(cfg, {"train.optim.lr": 1e-3}).train.optim.lr == 1e-3
+    assert apply_overrides(cfg, ["train.num_epochs=2.0"]).train.num_epochs == 2  # a whole float for an integer
+    # TAO's doc example (quantize: backend: "modelopt", artifact quantized_model_modelopt.pth) names the PyTorch backend
+    assert apply_overrides(cfg, ["quantize.backend=modelopt"]).quantize.backend == "modelopt.pytorch"
 
 
 def test_a_section_override_merges_into_the_spec(tmp_path):
