@@ -54,9 +54,27 @@ def load_pair(sample: Sample, decoder: MaskDecoder) -> tuple[np.ndarray, np.ndar
     if image.shape[:2] != mask.shape[:2]:
         raise DataError(
             f"mask {sample.mask} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image {sample.image} is "
-            f"{image.shape[1]}x{image.shape[0]}; a mask must have exactly its image's size"
+            f"{image.shape[1]}x{image.shape[0]}; a mask must have exactly its image's size{_exif_hint(sample, image, mask)}"
         )
     return image, decoder.decode(mask, str(sample.mask))
+
+
+def _exif_hint(sample: Sample, image: np.ndarray, mask: np.ndarray) -> str:
+    """Labelling tools draw on the image as displayed: a JPEG whose EXIF orientation turns it gets a mask
+    of the turned size, while its pixels (read as stored: the image and mask stay aligned) are not."""
+    from PIL import Image
+
+    if image.shape[:2] != mask.shape[:2][::-1]:
+        return ""
+    try:
+        with Image.open(sample.image) as opened:
+            orientation = opened.getexif().get(0x0112)
+    except OSError:
+        return ""
+    if orientation not in (5, 6, 7, 8):
+        return ""
+    return (f" (the image's EXIF orientation {orientation} shows it turned, and the mask was drawn on it turned: "
+            "save the image with its pixels turned, e.g. PIL.ImageOps.exif_transpose, and no orientation tag)")
 
 
 # ---------------------------------------------------------------------- decoded-data cache

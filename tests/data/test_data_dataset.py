@@ -140,6 +140,21 @@ def test_deep_grey_images_are_scaled_from_the_depth_their_values_fit(tmp_path, v
     assert load_image(path)[0, :, 0].tolist() == expected
 
 
+def test_a_mask_drawn_on_an_exif_turned_photo_says_so(color_dataset):
+    """A JPEG with EXIF orientation 6 (stored landscape, shown portrait) and a mask drawn on the portrait
+    view: the size mismatch says why."""
+    image = next((color_dataset / "images" / "val").iterdir())
+    mask = color_dataset / "masks" / "val" / f"{image.stem}.png"
+    photo = Image.new("RGB", (40, 32))
+    exif = photo.getexif()
+    exif[0x0112] = 6
+    image.unlink()
+    photo.save(image.with_suffix(".jpg"), exif=exif)
+    Image.new("RGB", (32, 40), (0, 0, 255)).save(mask)
+    with pytest.raises(DataError, match=r"is 32x40 \(WxH\) but its image .* is 40x32.*EXIF orientation 6"):
+        check_dataset(color_dataset, "val", DECODER, progress=False)
+
+
 @pytest.mark.parametrize("suffix", [".tif", ".bmp"])
 def test_lossless_masks_other_than_png_pair(color_dataset, suffix):
     """TIFF and BMP masks keep their class ids exactly; they were 'images without a mask'."""
