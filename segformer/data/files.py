@@ -114,10 +114,21 @@ def pair_samples(root_dir: str | Path, split: str, require_masks: bool = True,
         if no_image:
             parts.append(f"{len(no_image)} mask(s) without an image in {image_dir}: {_names(no_image)}")
         problem = ("split " + repr(split) + ": " + "; ".join(parts)
-                   + ". Images and masks pair by file stem (a.jpg <-> a.png); add or rename the missing files")
+                   + ". Images and masks pair by file stem (a.jpg <-> a.png); add or rename the missing files"
+                   + _suffix_hint([s for s in images if s not in masks], [s for s in masks if s not in images]))
         if strict:
             raise DataError(problem)
     return samples, problem
+
+
+def _suffix_hint(image_stems: list[str], mask_stems: list[str]) -> str:
+    """Masks named after their image plus a common ending (a_mask.png for a.jpg), as many tools write them."""
+    images = set(image_stems)
+    endings = {next((m[len(i):] for i in images if m.startswith(i) and len(m) > len(i)), None) for m in mask_stems}
+    if len(endings) != 1 or None in endings or len(mask_stems) < len(image_stems):
+        return ""
+    (ending,) = endings
+    return f" (the masks are named <image stem>{ending}: rename them to the image's stem, e.g. with the ending {ending!r} removed)"
 
 
 def _open(path: Path, what: str) -> Image.Image:

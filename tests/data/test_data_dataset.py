@@ -140,6 +140,13 @@ def test_deep_grey_images_are_scaled_from_the_depth_their_values_fit(tmp_path, v
     assert load_image(path)[0, :, 0].tolist() == expected
 
 
+def test_masks_named_with_an_ending_get_a_rename_hint(color_dataset):
+    for mask in (color_dataset / "masks" / "val").iterdir():
+        mask.rename(mask.with_name(f"{mask.stem}_mask.png"))
+    with pytest.raises(DataError, match=r"pair by file stem .* \(the masks are named <image stem>_mask: rename them"):
+        pair_samples(color_dataset, "val")
+
+
 def test_a_mask_drawn_on_an_exif_turned_photo_says_so(color_dataset):
     """A JPEG with EXIF orientation 6 (stored landscape, shown portrait) and a mask drawn on the portrait
     view: the size mismatch says why."""
