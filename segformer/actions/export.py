@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from segformer.config import ExperimentConfig, action_results_dir, require
-from segformer.errors import SegformerError
+from segformer.errors import SpecError
 from segformer.model import check_input_size
 from segformer.parents import resolve_parents
 
@@ -89,7 +89,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> ExportResult:
     height, width, channels = int(options.input_height), int(options.input_width), int(options.input_channel)
     takes = next((m.in_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)), channels)
     if channels != takes:
-        raise SegformerError(f"export.input_channel={channels}, but {checkpoint} takes {takes}-channel images "
+        raise SpecError(f"export.input_channel={channels}, but {checkpoint} takes {takes}-channel images "
                              f"(its first layer); set export.input_channel={takes}")
     trained = meta.get("img_size")
     trained_hw = tuple(int(v) for v in trained) if isinstance(trained, (list, tuple)) else (int(trained),) * 2 if trained else None

@@ -375,6 +375,8 @@ def _normalize(data: Any, cls: type) -> Any:
                 out[f.name] = [_palette_entry(v) for v in value]
             elif item is float:
                 out[f.name] = [float(v) if isinstance(v, str) and _FLOAT.match(v.strip()) else v for v in value]
+            elif item is int:
+                out[f.name] = [int(v) if isinstance(v, float) and v.is_integer() else v for v in value]
     return out
 
 
@@ -442,9 +444,6 @@ def _omega_message(exc: Exception) -> str:
     return f"{key}: {text}" if key else text
 
 
-MIN_OPSET = 14  # the lowest ONNX opset the models export to (measured: 13 fails on the attention)
-
-
 def _cross_field_problems(d: dict) -> list[str]:
     """Rules that span fields (the schema checks single values)."""
     problems = []
@@ -489,10 +488,6 @@ def _cross_field_problems(d: dict) -> list[str]:
                                        or any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i <= 3 for i in in_index)):
         problems.append(f"model.decode_head.in_index must list distinct backbone levels in 0..3, got {in_index} "
                         f"(TAO's default: [0, 1, 2, 3])")
-    opset = (d.get("export") or {}).get("opset_version")
-    if isinstance(opset, int) and not isinstance(opset, bool) and opset < MIN_OPSET:
-        problems.append(f"export.opset_version must be {MIN_OPSET} or more (the attention exports as ONNX's "
-                        f"scaled-dot-product pattern from opset {MIN_OPSET}), got {opset}; TAO's default is 17")
     steps = ((d.get("train") or {}).get("optim") or {}).get("lr_steps")
     if isinstance(steps, list) and (any(not isinstance(s, int) or s < 1 for s in steps) or steps != sorted(set(steps))):
         problems.append(f"train.optim.lr_steps must be increasing epoch numbers >= 1, got {steps}")

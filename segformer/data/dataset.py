@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from segformer.data.files import Sample, load_image, load_mask, pair_samples
+from segformer.data.files import DEEP_MODES, Sample, listed, load_image, load_mask, pair_samples, scale_depth
 from segformer.data.palette import IGNORE_INDEX, MaskDecoder
 from segformer.data.transforms import sample_generator
 from segformer.errors import DataError
@@ -57,6 +57,21 @@ def load_pair(sample: Sample, decoder: MaskDecoder) -> tuple[np.ndarray, np.ndar
             f"{image.shape[1]}x{image.shape[0]}; a mask must have exactly its image's size{_exif_hint(sample, image, mask)}"
         )
     return image, decoder.decode(mask, str(sample.mask))
+
+
+def _note_image(path: Path, depths: dict[str, list[str]], turned: list[str]) -> None:
+    """The header facts check_dataset reports for a split: a deep image's scale, an EXIF turn."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            if image.getexif().get(0x0112) in (2, 3, 4, 5, 6, 7, 8):
+                turned.append(path.name)
+            depth = scale_depth(image) if image.mode in DEEP_MODES else None
+    except (OSError, ValueError):  # unreadable: load_pair has reported it
+        return
+    if depth is not None:
+        depths.setdefault(depth, []).append(path.name)
 
 
 def _exif_hint(sample: Sample, image: np.ndarray, mask: np.ndarray) -> str:
@@ -362,6 +377,8 @@ def check_dataset(root_dir: str | Path, split: str, decoder: MaskDecoder | None,
     class_pixels = np.zeros(num_classes, dtype=np.int64)
     ignored = 0
     fingerprint = decoder_fingerprint(decoder) if require_masks and decoder is not None else None
+    depths: dict[str, list[str]] = {}  # deep grey images by the depth they are scaled from
+    turned: list[str] = []  # images with an EXIF orientation that turns them
     show = len(samples) >= PROGRESS_MIN_FILES if progress is None else progress
     iterator: Iterable[Sample] = samples
     if show:
@@ -380,9 +397,20 @@ def check_dataset(root_dir: str | Path, split: str, decoder: MaskDecoder | None,
                 load_image(sample.image)
             else:
                 _cached_load(sample, None, None, cache)
+            _note_image(sample.image, depths, turned)
         except DataError as exc:
             problems.append(str(exc))
     report = DatasetReport(split, len(samples), class_pixels, ignored, problems)
+    if len(depths) > 1:
+        counts = ", ".join(f"{depth}: {len(names)} ({listed(names)})" for depth, names in sorted(depths.items()))
+        warnings.warn(f"dataset split {split!r} under {root_dir}: its deep grey images are scaled to 8 bits from different "
+                      f"depths ({counts}), each from the depth its values fit in, so the same value reads brighter in "
+                      "a darker image; convert the dataset to 8-bit with one scale for all images")
+    if turned:
+        warnings.warn(f"dataset split {split!r} under {root_dir}: {len(turned)} image(s) carry an EXIF orientation "
+                      f"({listed(turned)}): their pixels are read as stored (as TAO reads them), not turned as image "
+                      "viewers show them, so a mask drawn on the turned view does not align; save them with their "
+                      "pixels turned (PIL.ImageOps.exif_transpose) and no orientation tag")
     if require_masks and decoder is not None and samples and not problems:
         missing = [f"{name!r} (training id {i})" for i, name in enumerate(decoder.class_names) if not class_pixels[i]]
         if missing:

@@ -37,7 +37,7 @@ class Sample:
     mask: Path | None
 
 
-def _names(paths: list[str]) -> str:
+def listed(paths: list[str]) -> str:
     shown = ", ".join(paths[:_LISTED])
     return shown + (f" and {len(paths) - _LISTED} more" if len(paths) > _LISTED else "")
 
@@ -69,6 +69,12 @@ def list_files(directory: Path, extensions: tuple[str, ...], root: Path) -> dict
             continue
         check_inside(path, root)
         if not path.is_file():
+            continue
+        pair = {path.suffix.lower(), found[path.stem].suffix.lower()} if path.stem in found else set()
+        if extensions == MASK_EXTENSIONS and len(pair) == 2 and ".png" in pair:
+            # a.png beside the a.tif it was converted from (as folders of GIS labels hold): the PNG is the mask
+            if path.suffix.lower() == ".png":
+                found[path.stem] = path
             continue
         if path.stem in found:
             raise DataError(
@@ -105,14 +111,14 @@ def pair_samples(root_dir: str | Path, split: str, require_masks: bool = True,
                        and p.stem in {Path(n).stem for n in no_mask}) if mask_dir.is_dir() else []
         if lossy:
             raise DataError(
-                f"split {split!r}: {len(lossy)} mask(s) in {mask_dir} are in a lossy format: {_names(lossy)}. JPEG "
+                f"split {split!r}: {len(lossy)} mask(s) in {mask_dir} are in a lossy format: {listed(lossy)}. JPEG "
                 f"compression changes pixel values near class borders, so they would not match the palette; save "
-                f"masks as PNG ({', '.join(MASK_EXTENSIONS)}), from the original label data, not by converting the JPEGs"
+                f"masks in a lossless format ({', '.join(MASK_EXTENSIONS)}), from the original label data, not by converting the JPEGs"
             )
         if no_mask:
-            parts.append(f"{len(no_mask)} image(s) without a mask in {mask_dir}: {_names(no_mask)}")
+            parts.append(f"{len(no_mask)} image(s) without a mask in {mask_dir}: {listed(no_mask)}")
         if no_image:
-            parts.append(f"{len(no_image)} mask(s) without an image in {image_dir}: {_names(no_image)}")
+            parts.append(f"{len(no_image)} mask(s) without an image in {image_dir}: {listed(no_image)}")
         problem = ("split " + repr(split) + ": " + "; ".join(parts)
                    + ". Images and masks pair by file stem (a.jpg <-> a.png); add or rename the missing files"
                    + _suffix_hint([s for s in images if s not in masks], [s for s in masks if s not in images]))
@@ -124,7 +130,8 @@ def pair_samples(root_dir: str | Path, split: str, require_masks: bool = True,
 def _suffix_hint(image_stems: list[str], mask_stems: list[str]) -> str:
     """Masks named after their image plus a common ending (a_mask.png for a.jpg), as many tools write them."""
     images = set(image_stems)
-    endings = {next((m[len(i):] for i in images if m.startswith(i) and len(m) > len(i)), None) for m in mask_stems}
+    endings = {next((m[len(i):] for i in sorted(images, key=len, reverse=True) if m.startswith(i) and len(m) > len(i)), None)
+               for m in mask_stems}
     if len(endings) != 1 or None in endings or len(mask_stems) < len(image_stems):
         return ""
     (ending,) = endings
@@ -155,21 +162,34 @@ def load_image(path: str | Path) -> np.ndarray:
     return to_rgb_array(_open(Path(path), "image"))
 
 
+DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def scale_depth(image: Image.Image) -> str | None:
+    """What a deep grey image is scaled from by :func:`to_rgb_array` ("12-bit", "0..1"); None for
+    8-bit images. :func:`segformer.data.check_dataset` compares it across a split."""
+    return _deep_scale(np.nan_to_num(np.asarray(image, dtype=np.float32)), image.mode)[1] if image.mode in DEEP_MODES else None
+
+
+def _deep_scale(array: np.ndarray, mode: str) -> tuple[float, str]:
+    top = float(array.max()) if array.size else 0.0
+    if mode == "F" and top <= 1.0:
+        return 255.0, "0..1"
+    bits = next((b for b in (8, 10, 12, 14, 16) if top < 2**b), math.ceil(math.log2(top + 1)))
+    return 255.0 / (2**bits - 1), f"{bits}-bit"
+
+
 def to_rgb_array(image: Image.Image) -> np.ndarray:
     """Any PIL image -> (H, W, 3) uint8 RGB (gray/palette/CMYK/RGBA converted, deeper grey scaled).
 
     A 16-bit, 32-bit or float grey image is scaled from the bit depth its values fit in (8, 10, 12,
     14 or 16 bits: cameras write 12-bit data into 16-bit files, which read as 0..65535 spanned 0..14
-    of 0..255), and floats within 0..1 from 0..1.
+    of 0..255), and floats within 0..1 from 0..1. Each image on its own: a split whose images are
+    scaled from different depths is named by ``check_dataset``.
     """
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if image.mode in DEEP_MODES:
         array = np.nan_to_num(np.asarray(image, dtype=np.float32))
-        top = float(array.max()) if array.size else 0.0
-        if image.mode == "F" and top <= 1.0:
-            scale = 255.0
-        else:
-            bits = next((b for b in (8, 10, 12, 14, 16) if top < 2**b), math.ceil(math.log2(top + 1)))
-            scale = 255.0 / (2**bits - 1)
+        scale, _ = _deep_scale(array, image.mode)
         array = np.clip(np.rint(array * scale), 0, 255).astype(np.uint8)
         return np.repeat(array[..., None], 3, axis=2)
     if image.mode != "RGB":
@@ -199,6 +219,6 @@ def load_mask(path: str | Path, as_color: bool) -> np.ndarray:
             raise DataError(f"mask {path} holds values outside 0..65535; save masks as 8-bit PNGs")
         return array.astype(np.uint16)
     raise DataError(
-        f"mask {path} has image mode {mode!r}; masks must be PNGs with class ids / gray levels (L, P, 16-bit) "
+        f"mask {path} has image mode {mode!r}; masks must be PNG, TIFF or BMP with class ids / gray levels (L, P, 16-bit) "
         "or colours (RGB)"
     )

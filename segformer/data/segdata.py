@@ -20,7 +20,7 @@ from segformer.data.dataset import DatasetReport, EpochSampler, SegmentationData
 from segformer.data.files import IMAGE_EXTENSIONS, list_files
 from segformer.data.palette import MaskDecoder
 from segformer.data.transforms import AugmentationSettings, SegTransform, preprocess_image
-from segformer.errors import DataError
+from segformer.errors import DataError, SpecError
 
 SUPPORTED_DATASETS = ("SFDataset",)
 
@@ -54,9 +54,10 @@ class SegData:
                  shard_train: bool = True) -> None:
         super().__init__()  # in SegDataModule: LightningDataModule's (next in the method order)
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise ValueError(f"batch sizes must be >= 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
+            raise SpecError(f"dataset.segment batch sizes must be >= 1, got batch_size={batch_size}, "
+                            f"eval_batch_size={eval_batch_size}")
         if workers < 0:
-            raise ValueError(f"dataset.segment.workers must be >= 0, got {workers}")
+            raise SpecError(f"dataset.segment.workers must be >= 0, got {workers}")
         self.root_dir = Path(root_dir)
         self.decoder = MaskDecoder(palette, label_transform, num_classes)
         self.num_classes = int(num_classes)

@@ -80,7 +80,7 @@ class AugmentationSettings:
                 )
 
 
-def _size_pair(img_size: int | Sequence[int]) -> tuple[int, int]:
+def size_pair(img_size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(img_size, (int, np.integer)):
         size = (int(img_size), int(img_size))
     else:
@@ -132,7 +132,7 @@ def preprocess_image(pil_image, img_size: int | Sequence[int], mean: Sequence[fl
     identical inputs.
     """
     mean_t, std_t = _check_stats(mean, std)
-    image = resize_image(image_to_tensor(to_rgb_array(pil_image)), _size_pair(img_size))
+    image = resize_image(image_to_tensor(to_rgb_array(pil_image)), size_pair(img_size))
     return (image - mean_t) / std_t
 
 
@@ -165,7 +165,7 @@ class SegTransform:
 
     def __init__(self, img_size: int | Sequence[int], mean: Sequence[float], std: Sequence[float],
                  augment: AugmentationSettings | None = None, resize_masks: bool = True) -> None:
-        self.size = _size_pair(img_size)
+        self.size = size_pair(img_size)
         self.mean, self.std = _check_stats(mean, std)
         self.augment = augment
         self.resize_masks = resize_masks

@@ -45,6 +45,7 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 DYNAMIC_EXAMPLE_BATCH = 2
 _DYNAMO_MIN_OPSET = 18
+MIN_OPSET = 14  # the lowest opset these models export to (measured: 13 fails on the attention)
 _PROTOBUF_LIMIT = 2**31 - 2**26  # 2 GiB less some headroom for the graph itself
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,9 @@ def export_onnx(
     """
     if batch_size == 0 or batch_size < -1:
         raise SpecError(f"export.batch_size must be -1 (dynamic) or >= 1, got {batch_size}")
+    if opset_version < MIN_OPSET:
+        raise SpecError(f"export.opset_version must be {MIN_OPSET} or more (the attention exports as ONNX's "
+                        f"scaled-dot-product pattern from opset {MIN_OPSET}), got {opset_version}; TAO's default is 17")
     if input_channel not in (1, 3):
         raise SpecError(f"export.input_channel must be 1 or 3, got {input_channel}")
     if input_height < 32 or input_width < 32:

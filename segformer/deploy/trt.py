@@ -102,8 +102,8 @@ def resolve_batch_profile(
     if batch_size > 0:
         return BatchProfile(batch_size, batch_size, batch_size)
     if not 1 <= min_batch_size <= opt_batch_size <= max_batch_size:
-        raise ValueError(
-            "tensorrt batch sizes must satisfy 1 <= min_batch_size <= opt_batch_size <= "
+        raise SpecError(
+            "gen_trt_engine.tensorrt batch sizes must satisfy 1 <= min_batch_size <= opt_batch_size <= "
             f"max_batch_size, got min={min_batch_size}, opt={opt_batch_size}, max={max_batch_size}"
         )
     return BatchProfile(min_batch_size, opt_batch_size, max_batch_size)
@@ -217,7 +217,8 @@ class CalibrationFeeder:
         to_device: Callable[[np.ndarray], tuple[Any, int]] = _torch_to_device,
     ) -> None:
         if batch_size < 1 or max_batches < 1:
-            raise ValueError(f"cal_batch_size and cal_batches must be >= 1, got {batch_size} and {max_batches}")
+            raise SpecError(f"gen_trt_engine.tensorrt.calibration cal_batch_size and cal_batches must be >= 1, got "
+                            f"{batch_size} and {max_batches}")
         self.batch_size = batch_size
         self.max_batches = max_batches
         self.cache_file = Path(cache_file) if cache_file else None

@@ -111,9 +111,10 @@ def load_predictor(cfg: ExperimentConfig, section: str) -> Predictor:
             raise SegformerError(f"{section}.checkpoint is not set; give a checkpoint (for example "
                                  "results_dir/train/segformer_model_latest.pth) or a trt_engine")
         predictor = TorchPredictor(load_torch_model(cfg.model, num_classes, _existing(checkpoint, f"{section}.checkpoint")), device)
+    from segformer.data.transforms import size_pair
+
     size = cfg.dataset.segment.img_size
-    wanted = tuple(int(v) for v in size) if isinstance(size, (list, tuple)) else (int(size),) * 2
-    if predictor.input_size is not None and tuple(predictor.input_size) != wanted:
+    if predictor.input_size is not None and tuple(predictor.input_size) != size_pair(size):
         log.warning("the model takes %dx%d inputs (fixed when it was exported): images are resized to that, not to "
                     "dataset.segment.img_size %s, so its scores are at the exported size", *predictor.input_size, size)
     if predictor.num_classes != num_classes:

@@ -101,6 +101,8 @@ def test_typed_overrides_and_immutability():
     assert cfg == load_config(None)  # the input is untouched
     assert apply_overrides(cfg, {"train.optim.lr": 1e-3}).train.optim.lr == 1e-3
     assert apply_overrides(cfg, ["train.num_epochs=2.0"]).train.num_epochs == 2  # a whole float for an integer
+    assert apply_overrides(cfg, ["train.optim.lr_steps=[2.0, 3]"]).train.optim.lr_steps == [2, 3]
+    assert apply_overrides(cfg, ["export.opset_version=11"]).export.opset_version == 11  # export's own check, not every action's
     # TAO's doc example (quantize: backend: "modelopt", artifact quantized_model_modelopt.pth) names the PyTorch backend
     assert apply_overrides(cfg, ["quantize.backend=modelopt"]).quantize.backend == "modelopt.pytorch"
 

@@ -147,6 +147,43 @@ def test_masks_named_with_an_ending_get_a_rename_hint(color_dataset):
         pair_samples(color_dataset, "val")
 
 
+def test_deep_images_scaled_from_different_depths_and_turned_photos_are_named(color_dataset):
+    """Each deep grey image is scaled from the depth its own values fit in, so a dark frame of a 12-bit
+    set reads brighter than the others: the check says so. A photo with an EXIF turn is read as
+    stored (as TAO reads it): the check names it too."""
+    images = sorted((color_dataset / "images" / "val").iterdir())
+    for image in images:
+        image.unlink()
+    Image.fromarray(np.full((32, 32), 3000, np.uint16)).save(images[0].with_suffix(".png"))  # 12-bit
+    Image.fromarray(np.full((32, 32), 900, np.uint16)).save(images[1].with_suffix(".tif"))  # 10-bit
+    with pytest.warns(UserWarning, match=r"deep grey images are scaled to 8 bits from different depths \(10-bit: 1 "):
+        check_dataset(color_dataset, "val", DECODER, progress=False)
+    train = sorted((color_dataset / "images" / "train").iterdir())[0]
+    photo = Image.new("RGB", (32, 32))
+    exif = photo.getexif()
+    exif[0x0112] = 8
+    train.unlink()
+    photo.save(train.with_suffix(".jpg"), exif=exif)
+    with pytest.warns(UserWarning, match=rf"1 image\(s\) carry an EXIF orientation \({train.stem}.jpg\): their pixels are "
+                                         r"read as stored"):
+        check_dataset(color_dataset, "train", DECODER, progress=False)
+
+
+def test_a_png_mask_beside_the_tiff_it_came_from_is_the_mask(color_dataset):
+    mask = sorted((color_dataset / "masks" / "val").iterdir())[0]
+    Image.open(mask).save(mask.with_suffix(".tif"))
+    samples, problem = pair_samples(color_dataset, "val")
+    assert problem is None and all(s.mask.suffix == ".png" for s in samples)
+
+
+def test_the_rename_hint_takes_the_longest_image_stem(tmp_path):
+    for stem in ("img1", "img10", "img2"):
+        write_image(tmp_path / "images" / "val" / f"{stem}.png", np.zeros((4, 4, 3), np.uint8))
+        write_image(tmp_path / "masks" / "val" / f"{stem}_mask.png", np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(DataError, match=r"named <image stem>_mask: rename"):
+        pair_samples(tmp_path, "val")
+
+
 def test_a_mask_drawn_on_an_exif_turned_photo_says_so(color_dataset):
     """A JPEG with EXIF orientation 6 (stored landscape, shown portrait) and a mask drawn on the portrait
     view: the size mismatch says why."""
