@@ -319,18 +319,10 @@ def _with_overrides(raw: Mapping[str, Any], overrides: Sequence[str] | Mapping[s
         if key in sections and isinstance(node.get(leaf), dict):
             # A section's value merges into it, as Hydra merges TAO's overrides (`train.optim={lr: 1e-3}`
             # sets lr and keeps the spec's other optimizer keys).
-            node[leaf] = _merged(node[leaf], value)
+            node[leaf] = _deep_merge(node[leaf], copy.deepcopy(value))
         else:
             node[leaf] = copy.deepcopy(value)
     return out, problems
-
-
-def _merged(base: dict, update: Mapping[str, Any]) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        out[key] = _merged(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), dict) \
-            else copy.deepcopy(value)
-    return out
 
 
 def _normalize(data: Any, cls: type) -> Any:

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from segformer.data.files import DEEP_MODES, Sample, listed, load_image, load_mask, pair_samples, scale_depth
+from segformer.data.files import (DEEP_MODES, Sample, exif_orientation, listed, load_image, load_mask, pair_samples,
+                                  scale_depth)
 from segformer.data.palette import IGNORE_INDEX, MaskDecoder
 from segformer.data.transforms import sample_generator
 from segformer.errors import DataError
@@ -60,13 +61,13 @@ def load_pair(sample: Sample, decoder: MaskDecoder) -> tuple[np.ndarray, np.ndar
 
 
 def _note_image(path: Path, depths: dict[str, list[str]], turned: list[str]) -> None:
-    """The header facts check_dataset reports for a split: a deep image's scale, an EXIF turn."""
+    """The facts check_dataset reports for a split: a deep image's scale, an EXIF turn."""
     from PIL import Image
 
+    if exif_orientation(path) in (2, 3, 4, 5, 6, 7, 8):
+        turned.append(path.name)
     try:
         with Image.open(path) as image:
-            if image.getexif().get(0x0112) in (2, 3, 4, 5, 6, 7, 8):
-                turned.append(path.name)
             depth = scale_depth(image) if image.mode in DEEP_MODES else None
     except (OSError, ValueError):  # unreadable: load_pair has reported it
         return
@@ -77,15 +78,9 @@ def _note_image(path: Path, depths: dict[str, list[str]], turned: list[str]) -> 
 def _exif_hint(sample: Sample, image: np.ndarray, mask: np.ndarray) -> str:
     """Labelling tools draw on the image as displayed: a JPEG whose EXIF orientation turns it gets a mask
     of the turned size, while its pixels (read as stored: the image and mask stay aligned) are not."""
-    from PIL import Image
-
     if image.shape[:2] != mask.shape[:2][::-1]:
         return ""
-    try:
-        with Image.open(sample.image) as opened:
-            orientation = opened.getexif().get(0x0112)
-    except OSError:
-        return ""
+    orientation = exif_orientation(sample.image)
     if orientation not in (5, 6, 7, 8):
         return ""
     return (f" (the image's EXIF orientation {orientation} shows it turned, and the mask was drawn on it turned: "

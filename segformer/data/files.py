@@ -58,8 +58,9 @@ def missing_folder_message(directory: str | Path) -> str:
             "and <root_dir>/masks/<split>/ (check dataset.segment.root_dir and the *_split names)")
 
 
-def list_files(directory: Path, extensions: tuple[str, ...], root: Path) -> dict[str, Path]:
-    """stem -> path for the files in ``directory`` with one of ``extensions`` (case-insensitive)."""
+def list_files(directory: Path, extensions: tuple[str, ...], root: Path, prefer: str | None = None) -> dict[str, Path]:
+    """stem -> path for the files in ``directory`` with one of ``extensions`` (case-insensitive). Two files
+    of one stem are an error, unless one of them has the suffix ``prefer``: that one is taken."""
     if not directory.is_dir():
         raise DataError(missing_folder_message(directory))
     check_inside(directory, root)
@@ -71,9 +72,8 @@ def list_files(directory: Path, extensions: tuple[str, ...], root: Path) -> dict
         if not path.is_file():
             continue
         pair = {path.suffix.lower(), found[path.stem].suffix.lower()} if path.stem in found else set()
-        if extensions == MASK_EXTENSIONS and len(pair) == 2 and ".png" in pair:
-            # a.png beside the a.tif it was converted from (as folders of GIS labels hold): the PNG is the mask
-            if path.suffix.lower() == ".png":
+        if prefer and len(pair) == 2 and prefer in pair:
+            if path.suffix.lower() == prefer:
                 found[path.stem] = path
             continue
         if path.stem in found:
@@ -100,7 +100,8 @@ def pair_samples(root_dir: str | Path, split: str, require_masks: bool = True,
     if not require_masks:
         return [Sample(stem, path, None) for stem, path in sorted(images.items())], None
     mask_dir = root / "masks" / split
-    masks = list_files(mask_dir, MASK_EXTENSIONS, root)
+    # a.png beside the a.tif it was converted from (as folders of GIS labels hold): the PNG is the mask
+    masks = list_files(mask_dir, MASK_EXTENSIONS, root, prefer=".png")
     samples = [Sample(stem, images[stem], masks[stem]) for stem in sorted(images) if stem in masks]
     no_mask = [images[s].name for s in sorted(images) if s not in masks]
     no_image = [masks[s].name for s in sorted(masks) if s not in images]
@@ -136,6 +137,16 @@ def _suffix_hint(image_stems: list[str], mask_stems: list[str]) -> str:
         return ""
     (ending,) = endings
     return f" (the masks are named <image stem>{ending}: rename them to the image's stem, e.g. with the ending {ending!r} removed)"
+
+
+def exif_orientation(path: Path) -> int | None:
+    """The EXIF orientation tag of an image file (1 stored as shown, 2-8 mirrored or turned); None
+    without one or when the file cannot be read (its reader reports that)."""
+    try:
+        with Image.open(path) as image:
+            return image.getexif().get(0x0112)
+    except (OSError, ValueError):
+        return None
 
 
 def _open(path: Path, what: str) -> Image.Image:
