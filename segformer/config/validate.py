@@ -2,7 +2,9 @@
 
 Checks the spec (after defaults, overrides and ``${...}`` interpolation) against the action's
 schema translated to JSON-Schema (unknown keys, types, bounds, options), then the cross-field rules
-and, with ``--action``, the values that action needs. Then the dataset, where the spec's
+and, with ``--action``, the values that action needs and the model files it reads (a results folder given
+for one is resolved as the action resolves it; URLs are not fetched; where the dataset is not on
+this machine either, a missing file is a note). Then the dataset, where the spec's
 ``dataset.segment.root_dir`` exists here (for no action, train or evaluate): the palette against
 ``num_classes`` and every file of the train, validation and test splits (unpaired files, unreadable
 files, mask values outside the palette), as training would find them; ``--no-data`` skips the
@@ -51,6 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 problems.append(str(exc))
                 cfg = None
         notes = [str(w.message) for w in caught if issubclass(w.category, ConfigWarning)]
+        if cfg is not None and args.action is not None:
+            missing = _file_problems(cfg, args.action)
+            root = cfg.dataset.segment.root_dir
+            if missing and root not in (None, "", "???") and not Path(str(root)).is_dir():
+                # validated away from the machine that runs it (the dataset is not here either)
+                notes.extend(f"{m} here (not a problem when the action runs elsewhere)" for m in missing)
+            else:
+                problems.extend(missing)
         if cfg is not None and args.action in (None, "train", "evaluate"):
             problems.extend(_data_problems(cfg.dataset.segment, read_files=not args.no_data, notes=notes))
 
@@ -64,6 +74,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"{where}: OK")
     return 0
+
+
+def _file_problems(cfg, action: str) -> list[str]:
+    """The model files ``action`` reads exist here: each path field of the action that is set (a
+    results folder resolved to its file, as the action does), and for train the weight files."""
+    from segformer.errors import SegformerError
+    from segformer.parents import PARENT_FIELDS, check_weight_files, resolve_parents
+
+    try:
+        if action == "train":
+            check_weight_files(cfg)
+        cfg = resolve_parents(cfg, action, quiet=True)
+    except SegformerError as exc:
+        return [str(exc)]
+    problems = []
+    for key in PARENT_FIELDS.get(action, ()):
+        section, _, name = key.partition(".")
+        value = getattr(getattr(cfg, section), name)
+        if value and "://" not in str(value) and not Path(str(value)).expanduser().is_file():
+            problems.append(f"{key} points to {value}, which does not exist")
+    return problems
 
 
 def _data_problems(segment, *, read_files: bool, notes: list[str]) -> list[str]:

@@ -310,14 +310,38 @@ def test_validate_reports_every_problem(tmp_path, capsys):
         assert part in out, out
 
 
-def test_validate_action_requirements_and_clean_spec(capsys):
+def test_validate_action_requirements_and_clean_spec(tmp_path, capsys):
     template = REPO / "templates" / "segformer" / "spec_template_evaluate.yaml"
     assert validate.main(["-e", str(template), "--action", "evaluate"]) == 1
     out = capsys.readouterr().out
     assert "dataset.segment.root_dir is required by evaluate" in out
     assert "evaluate.checkpoint or evaluate.trt_engine" in out
+    model = tmp_path / "m.pth"
+    model.write_bytes(b"")
     assert validate.main(["-e", str(template), "--action", "evaluate", "dataset.segment.root_dir=/d",
-                          "evaluate.checkpoint=/m.pth"]) == 0
+                          f"evaluate.checkpoint={model}"]) == 0
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("action, key", [("evaluate", "evaluate.checkpoint"), ("inference", "inference.trt_engine"),
+                                         ("export", "export.checkpoint"), ("quantize", "quantize.model_path"),
+                                         ("gen_trt_engine", "gen_trt_engine.onnx_file"),
+                                         ("train", "train.pretrained_model_path"),
+                                         ("train", "train.resume_training_checkpoint_path")])
+def test_validate_names_a_model_file_the_action_cannot_find(tmp_path, capsys, action, key):
+    """`validate --action evaluate` said OK with evaluate.checkpoint naming no file; the action then
+    failed on it. A results folder given instead is resolved as the action resolves it."""
+    spec = ["-e", str(DOC_SPEC), "--action", action, "--no-data", f"dataset.segment.root_dir={tmp_path}",
+            "model.backbone.pretrained_backbone_path=null", f"results_dir={tmp_path}"]
+    assert validate.main([*spec, f"{key}={tmp_path / 'gone.pth'}"]) == 1
+    assert f"{key} points to {tmp_path / 'gone.pth'}" in capsys.readouterr().out
+    empty = tmp_path / "train_run"
+    empty.mkdir()
+    assert validate.main([*spec, f"{key}={empty}"]) == 1  # a folder without the file the action takes
+    assert str(empty) in capsys.readouterr().out
+    # validated away from the machine that runs it: the dataset is not here either, so a note
+    assert validate.main([*spec, f"{key}={tmp_path / 'gone.pth'}", "dataset.segment.root_dir=/d"]) == 0
+    assert f"note: {key} points to {tmp_path / 'gone.pth'}" in capsys.readouterr().out
     assert validate.main(["-e", str(DOC_SPEC), "--action", "train"]) == 0
     capsys.readouterr()
     nvidia_train = NVIDIA / "references" / "spec_template_train.yaml"
