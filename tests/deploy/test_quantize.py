@@ -134,6 +134,25 @@ def test_skipping_every_weighted_node_is_refused_even_with_the_sums_left(exporte
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
+def test_a_model_without_weighted_nodes_is_not_blamed_on_the_spec(tmp_path):
+    """With no layers or skip_names set, a model without a Conv/MatMul/Gemm node said the spec's
+    layers/skip_names excluded every node; it is the model that has none."""
+    from onnx import TensorProto, helper
+
+    from segformer.deploy.quantize.ort_static import quantize_onnx_static
+    from segformer.errors import SpecError
+
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["output"])], "relu",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 8, 8])])
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(Exception, match="the model has no Conv/MatMul/Gemm node to quantize") as err:
+        quantize_onnx_static(path, tmp_path / "int8.onnx", iter(()))
+    assert not isinstance(err.value, SpecError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["relu.onnx"]
+
+
 def _erf_graph(scale_op: str, scale: float, half_first: bool, times: str = "x", also_output: str | None = None,
                one_dims: tuple[int, ...] = ()):
     """y = x * 0.5 * (1 + erf(x scaled)) as exporters write GELU, or a near miss: `times` another

@@ -21,7 +21,7 @@ from segformer.fileio import atomic_output
 
 from .._deps import QUANT_HINT, require
 from .ort_static import onnx_quant_candidates
-from .patterns import LayerRule, select_names
+from .patterns import LayerRule, nothing_to_quantize, select_names
 
 __all__ = ["quantize_onnx_modelopt", "MODELOPT_ONNX_METHODS"]
 
@@ -51,7 +51,7 @@ def quantize_onnx_modelopt(
     candidates, aliases = onnx_quant_candidates(model, activation_matmuls=True)  # TensorRT has int8 attention
     chosen = select_names(candidates, rules, skip_names, aliases=aliases)
     if not chosen:
-        raise SpecError("quantize.layers/skip_names exclude every Conv/MatMul/Gemm node; nothing to quantize")
+        raise nothing_to_quantize(rules, skip_names, "Conv/MatMul/Gemm node")
     excluded = [re.escape(name) + "$" for name, _ in candidates if name not in set(chosen)]
     eps = _EPS.get(device.split(":")[0], ["cpu"])
     with atomic_output(output_path) as out_tmp:

@@ -38,7 +38,7 @@ from segformer.errors import SpecError
 from segformer.fileio import atomic_output
 
 from ..onnx_export import module_path_of_node
-from .patterns import LayerRule, select_names
+from .patterns import LayerRule, nothing_to_quantize, select_names
 
 log = logging.getLogger(__name__)
 
@@ -299,11 +299,9 @@ def quantize_onnx_static(
         chosen = select_names(candidates, rules, skip_names, aliases=aliases)
         kind_of = dict(candidates)
         if not {kind_of[name] for name in chosen} & set(QUANT_OP_TYPES):  # the decode head's sums alone are no int8 model
-            raise SpecError(
-                "quantize.layers/skip_names exclude every Conv/MatMul/Gemm node; nothing to quantize "
-                f"(nodes look like {[c[0] for c in candidates[:3]]}, modules like "
-                f"{[a for c in candidates[:3] for a in aliases[c[0]]]})"
-            )
+            raise nothing_to_quantize(rules, skip_names, "Conv/MatMul/Gemm node",
+                                      f" (nodes look like {[c[0] for c in candidates[:3]]}, modules like "
+                                      f"{[a for c in candidates[:3] for a in aliases[c[0]]]})")
         skipped = tuple(name for name, _ in candidates if name not in set(chosen))
         input_name = next(i.name for i in model.graph.input if i.name not in {x.name for x in model.graph.initializer})
 

@@ -16,9 +16,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from segformer.errors import SpecError
+from segformer.errors import SegformerError, SpecError
 
-__all__ = ["LayerRule", "parse_layer_rules", "matches", "select_names", "SUPPORTED_DTYPES"]
+__all__ = ["LayerRule", "parse_layer_rules", "matches", "select_names", "nothing_to_quantize", "SUPPORTED_DTYPES"]
 
 SUPPORTED_DTYPES = ("int8", "native")  # "native": leave this part in floating point
 
@@ -92,3 +92,12 @@ def select_names(
                 continue
         chosen.append(name)
     return chosen
+
+
+def nothing_to_quantize(rules: Sequence[LayerRule], skip_names: Sequence[str], kinds: str, detail: str = "") -> SegformerError:
+    """The error for a selection that chose no ``kinds``: the spec's layers/skip_names when they are
+    set (a SpecError), else the model itself has none (not a spec problem)."""
+    if rules or skip_names:
+        return SpecError(f"quantize.layers/skip_names exclude every {kinds}; nothing to quantize{detail}")
+    return SegformerError(f"the model has no {kinds} to quantize{detail}; quantize a SegFormer checkpoint of "
+                          "segformer train, or the ONNX model segformer export wrote from one")

@@ -27,7 +27,7 @@ from torch import nn
 from segformer.errors import SpecError
 
 from .._deps import QUANT_HINT, require
-from .patterns import LayerRule, select_names
+from .patterns import LayerRule, nothing_to_quantize, select_names
 
 __all__ = [
     "torchao_candidates",
@@ -124,7 +124,7 @@ def quantize_modelopt(
     config, mtq = _modelopt_config(algorithm)
     chosen = select_names(modelopt_candidates(model), rules, skip_names)
     if not chosen:
-        raise SpecError("quantize.layers/skip_names exclude every Linear/Conv2d module; nothing to quantize")
+        raise nothing_to_quantize(rules, skip_names, "Linear/Conv2d module")
     model = mtq.quantize(model.eval(), config, forward_loop=None)
     disable_unselected_quantizers(model, chosen)
     with torch.no_grad():
