@@ -114,7 +114,8 @@ def _data_problems(segment, *, read_files: bool, notes: list[str]) -> list[str]:
             return []
         notes.append(f"dataset read: {split_counts(check_splits(segment))} under {root}")
     except DataError as exc:
-        return [str(exc)]
+        # check_splits lists its problems under a header line: list them as validate's own
+        return str(exc).split("\n  - ")[1:] or [str(exc)]
     return []
 
 

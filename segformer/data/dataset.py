@@ -28,7 +28,7 @@ from torch.utils.data import Dataset, Sampler
 
 from segformer.data.files import (DEEP_MODES, Sample, exif_orientation, listed, load_image, load_mask, pair_samples,
                                   scale_depth)
-from segformer.data.palette import IGNORE_INDEX, MaskDecoder
+from segformer.data.palette import IGNORE_INDEX, MaskDecoder, MaskValueError
 from segformer.data.transforms import sample_generator
 from segformer.errors import DataError
 
@@ -372,6 +372,7 @@ def check_dataset(root_dir: str | Path, split: str, decoder: MaskDecoder | None,
     class_pixels = np.zeros(num_classes, dtype=np.int64)
     ignored = 0
     fingerprint = decoder_fingerprint(decoder) if require_masks and decoder is not None else None
+    unknown: dict[tuple, list[MaskValueError]] = {}  # masks with values the palette lacks, by the values
     depths: dict[str, list[str]] = {}  # deep grey images by the depth they are scaled from
     turned: list[str] = []  # images with an EXIF orientation that turns them
     show = len(samples) >= PROGRESS_MIN_FILES if progress is None else progress
@@ -393,8 +394,11 @@ def check_dataset(root_dir: str | Path, split: str, decoder: MaskDecoder | None,
             else:
                 _cached_load(sample, None, None, cache)
             _note_image(sample.image, depths, turned)
+        except MaskValueError as exc:
+            unknown.setdefault(exc.key, []).append(exc)
         except DataError as exc:
             problems.append(str(exc))
+    problems += [MaskValueError.grouped(errors) for errors in unknown.values()]  # one per wrong value, not per file
     report = DatasetReport(split, len(samples), class_pixels, ignored, problems)
     if len(depths) > 1:
         counts = ", ".join(f"{depth}: {len(names)} ({listed(names)})" for depth, names in sorted(depths.items()))

@@ -26,6 +26,7 @@ Rules (TAO ``dataset.segment`` semantics, made exact):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -36,6 +37,29 @@ IGNORE_INDEX = 255
 """Training id ignored by the loss and the metric (TAO's ``label_id: 255``)."""
 
 _MAX_LISTED = 5
+
+
+class MaskValueError(DataError):
+    """Mask values the palette does not list, in one file: what they are (``values``, where first
+    seen in ``found``) and the advice. :meth:`grouped` writes one message for many files that
+    hold the same values (a wrong palette fails every mask alike)."""
+
+    def __init__(self, source: str, what: str, values: Sequence[str], found: str, advice: str) -> None:
+        super().__init__(f"{source}: {what}: {found}. {advice}")
+        self.source, self.what, self.values, self.found, self.advice = source, what, tuple(values), found, advice
+        self.key = (what, self.values, advice)
+
+    @staticmethod
+    def grouped(errors: Sequence["MaskValueError"]) -> str:
+        """One message for errors of one ``key`` (the first's own message when there is one)."""
+        first = errors[0]
+        if len(errors) == 1:
+            return str(first)
+        from segformer.data.files import listed
+
+        names = listed([Path(str(e.source)).name for e in errors])
+        return (f"{len(errors)} masks ({names}): {first.what}: {', '.join(first.values)} "
+                f"(in {first.source}: {first.found}). {first.advice}")
 
 
 @dataclass(frozen=True)
@@ -244,7 +268,7 @@ class MaskDecoder:
         pos = np.clip(np.searchsorted(self._packed_keys, keys), 0, len(self._packed_keys) - 1)
         found = self._packed_keys[pos] == keys
         if not found.all():
-            raise DataError(self._unknown_message(keys, found, source, gray=mask.ndim == 2, dtype=mask.dtype))
+            raise self._unknown_values(keys, found, source, gray=mask.ndim == 2, dtype=mask.dtype)
         return self._packed_ids[pos]
 
     def _decode_label_ids(self, mask: np.ndarray, source: str) -> np.ndarray:
@@ -264,18 +288,18 @@ class MaskDecoder:
         if bad.any():
             flat_bad = np.flatnonzero(bad.ravel())
             raw, first, counts = np.unique(mask.ravel()[flat_bad], return_index=True, return_counts=True)
-            parts = []
+            parts, listed_values = [], []
             for value, index, count in sorted(zip(raw, first, counts), key=lambda t: -t[2])[:_MAX_LISTED]:
                 row, col = divmod(int(flat_bad[index]), mask.shape[1])
                 parts.append(f"{int(value)} at row {row}, col {col} ({int(count)} pixels)")
+                listed_values.append(f"{int(value)}")
             more = f"; and {len(raw) - _MAX_LISTED} more values" if len(raw) > _MAX_LISTED else ""
             known = sorted({e.label_id for e in self.entries})
             scale = " (x255 with label_transform norm)" if self.label_transform == "norm" else ""
-            raise DataError(
-                f"{source}: single-channel mask value(s) are not a palette label_id{scale}: " + "; ".join(parts)
-                + more + f". A single-channel mask with a colour palette holds label_ids {known}; save the mask "
-                "as an RGB colour PNG, or fix its values, or add palette entries for them (label_id 255 to ignore)"
-            )
+            raise MaskValueError(
+                source, f"single-channel mask value(s) are not a palette label_id{scale}", listed_values,
+                "; ".join(parts) + more, f"A single-channel mask with a colour palette holds label_ids {known}; save the "
+                "mask as an RGB colour PNG, or fix its values, or add palette entries for them (label_id 255 to ignore)")
         return ids
 
     def _format_value(self, packed: int, gray: bool) -> str:
@@ -290,14 +314,15 @@ class MaskDecoder:
             raw += f" (= {scaled} after label_transform norm)"
         return raw
 
-    def _unknown_message(self, keys: np.ndarray, found: np.ndarray, source: str, gray: bool, dtype: Any) -> str:
+    def _unknown_values(self, keys: np.ndarray, found: np.ndarray, source: str, gray: bool, dtype: Any) -> MaskValueError:
         flat_bad = np.flatnonzero(~found.ravel())
         values, first, counts = np.unique(keys.ravel()[flat_bad], return_index=True, return_counts=True)
         width = keys.shape[1]
-        parts = []
+        parts, listed_values = [], []
         for value, index, count in sorted(zip(values, first, counts), key=lambda t: -t[2])[:_MAX_LISTED]:
             row, col = divmod(int(flat_bad[index]), width)
-            parts.append(f"{self._format_value(int(value), gray)} at row {row}, col {col} ({int(count)} pixels)")
+            listed_values.append(self._format_value(int(value), gray))
+            parts.append(f"{listed_values[-1]} at row {row}, col {col} ({int(count)} pixels)")
         more = f"; and {len(values) - _MAX_LISTED} more values" if len(values) > _MAX_LISTED else ""
         known = ", ".join(
             f"{self._format_value((r << 16) + (g << 8) + b, gray and self.is_gray)}->{i}"
@@ -313,11 +338,10 @@ class MaskDecoder:
         if gray and self.label_transform == "norm" and values.max() // 0x010101 < self.num_classes + 1:
             hint += ("; the values look like class ids: with label_transform norm masks must be 0/255, "
                      "so set label_transform: None for masks that hold class ids")
-        return (
-            f"{source}: mask value(s) not in dataset.segment.palette{hint}: " + "; ".join(parts) + more
-            + f". Palette values -> training ids: {known}. Fix the mask, or add a palette entry for the value "
-            "(label_id 255 to ignore it); if masks hold class ids 0..K-1, set num_classes: K and list each id"
-        )
+        return MaskValueError(
+            source, f"mask value(s) not in dataset.segment.palette{hint}", listed_values, "; ".join(parts) + more,
+            f"Palette values -> training ids: {known}. Fix the mask, or add a palette entry for the value "
+            "(label_id 255 to ignore it); if masks hold class ids 0..K-1, set num_classes: K and list each id")
 
     # ------------------------------------------------------------------ colours
     def color_table(self) -> np.ndarray:

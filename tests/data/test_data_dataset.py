@@ -86,6 +86,24 @@ def test_check_dataset_reports_every_problem(color_dataset):
     assert "rgb (9, 9, 9) at row 3, col 4 (1 pixels)" in text
 
 
+def test_masks_with_the_same_unknown_value_are_one_problem(color_dataset):
+    """A wrong palette colour failed every mask alike, and the check listed each file with the whole
+    palette and advice (some 600 characters a file); the files holding the same values are one problem."""
+    for i in range(6):
+        mask = np.asarray(Image.open(color_dataset / f"masks/train/img{i}.png")).copy()
+        mask[1, 2] = (9, 9, 9)
+        if i == 5:
+            mask[0, 0] = (7, 7, 7)  # other values: its own problem
+        write_image(color_dataset / f"masks/train/img{i}.png", mask)
+    report = check_dataset(color_dataset, "train", DECODER, progress=False, raise_on_error=False)
+    assert len(report.problems) == 2, report.problems
+    grouped = next(p for p in report.problems if p.startswith("5 masks"))
+    assert "(img0.png, img1.png, img2.png, img3.png, img4.png): mask value(s) not in dataset.segment.palette: rgb (9, 9, 9)" in grouped
+    assert "img0.png: rgb (9, 9, 9) at row 1, col 2 (1 pixels)" in grouped and grouped.count("Palette values") == 1
+    single = next(p for p in report.problems if not p.startswith("5 masks"))
+    assert "img5.png" in single and "rgb (7, 7, 7)" in single and "rgb (9, 9, 9)" in single
+
+
 def test_check_dataset_counts_pixels(color_dataset):
     report = check_dataset(color_dataset, "val", DECODER, progress=True)
     assert report.num_samples == 2 and report.problems == []
