@@ -57,7 +57,26 @@ def load_pair(sample: Sample, decoder: MaskDecoder) -> tuple[np.ndarray, np.ndar
             f"mask {sample.mask} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image {sample.image} is "
             f"{image.shape[1]}x{image.shape[0]}; a mask must have exactly its image's size{_exif_hint(sample, image, mask)}"
         )
-    return image, decoder.decode(mask, str(sample.mask))
+    try:
+        return image, decoder.decode(mask, str(sample.mask))
+    except MaskValueError as colours_error:
+        indices = None if decoder.is_gray else _indexed(sample.mask)
+        if indices is None:
+            raise
+        # An indexed-colour (P) PNG whose colours are not the palette's: its indices, as TAO's loader
+        # reads it (PASCAL VOC's masks: index = class id, drawn in VOC's colours), when they are label_ids.
+        try:
+            return image, decoder.decode(indices, str(sample.mask))
+        except MaskValueError:
+            raise colours_error from None
+
+
+def _indexed(path: Path) -> np.ndarray | None:
+    """An indexed-colour (P) mask's indices; None for other masks."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image) if image.mode == "P" else None
 
 
 def _note_image(path: Path, depths: dict[str, list[str]], turned: list[str]) -> None:

@@ -212,7 +212,8 @@ def load_mask(path: str | Path, as_color: bool) -> np.ndarray:
     """Read a mask as (H, W) integers or (H, W, 3) uint8.
 
     Indexed (``P``) PNGs give their colours when ``as_color`` (a colour palette), else their
-    indices (class ids). 16-bit masks are read as integer gray levels / class ids.
+    indices (class ids); `segformer.data.dataset.load_pair` falls back to the indices when the
+    colours are not the palette's. 16-bit masks are read as integer gray levels / class ids.
     """
     image = _open(Path(path), "mask")
     mode = image.mode

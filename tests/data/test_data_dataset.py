@@ -104,6 +104,30 @@ def test_masks_with_the_same_unknown_value_are_one_problem(color_dataset):
     assert "img5.png" in single and "rgb (7, 7, 7)" in single and "rgb (9, 9, 9)" in single
 
 
+def test_indexed_masks_in_other_colours_are_read_by_their_indices(color_dataset):
+    """PASCAL VOC-style masks: indexed-colour PNGs whose index is the class id, drawn in colours of their
+    own. TAO's loader reads their indices; they were refused as colours the palette lacks."""
+    voc = [0, 0, 0, 128, 0, 0] + [0, 0, 0] * 253 + [224, 224, 192]  # VOC's colours for 0, 1 and 255
+    for path in (color_dataset / "masks/train").iterdir():
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        ids = np.select([(rgb == c).all(-1) for c in ((0, 0, 255), (0, 255, 0))], [0, 1], 255).astype(np.uint8)
+        indexed = Image.fromarray(ids, mode="L").convert("P")
+        indexed.putpalette(voc)
+        indexed.save(path)
+        assert Image.open(path).mode == "P"
+    report = check_dataset(color_dataset, "train", DECODER, progress=False, raise_on_error=False)
+    assert report.problems == [] and report.class_pixels.sum() > 0
+    item = eval_dataset(color_dataset)[0]
+    image = item["image"].numpy()  # class c -> value 60 + 120 * c: the mask must say the same
+    assert ((image[0] > 0) == (item["mask"].numpy() == 1)).mean() > 0.95
+    # indices that are no label_id either: the colours' message, naming the palette
+    indexed = Image.fromarray(np.full((32, 32), 7, np.uint8), mode="L").convert("P")
+    indexed.putpalette(voc)
+    indexed.save(color_dataset / "masks/train/img0.png")
+    report = check_dataset(color_dataset, "train", DECODER, progress=False, raise_on_error=False)
+    assert len(report.problems) == 1 and "img0.png" in report.problems[0] and "Palette values" in report.problems[0]
+
+
 def test_check_dataset_counts_pixels(color_dataset):
     report = check_dataset(color_dataset, "val", DECODER, progress=True)
     assert report.num_samples == 2 and report.problems == []
