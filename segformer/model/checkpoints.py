@@ -87,11 +87,14 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
             "it is never unpickled; use a checkpoint written by segformer, or re-save only its state_dict "
             "in an environment you trust"
         ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, IndexError, TypeError) as exc:
         if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
             raise CheckpointError(f"cannot open checkpoint {path}: {exc.strerror or exc}") from exc
+        # the reader's own words say what is wrong with a zip checkpoint; a text file fed to the
+        # unpickler fails with an IndexError or KeyError whose words mean nothing to a user
+        said = str(exc).strip().splitlines()[0] if isinstance(exc, (RuntimeError, OSError)) and str(exc).strip() else ""
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}; "
+            f"cannot read checkpoint {path}: {said + '; ' if said else ''}"
             "the file is truncated or not a PyTorch checkpoint (was it copied completely?)"
         ) from exc
 

@@ -412,6 +412,12 @@ def b_eval_truncated(c):
     return c.spec() + [f"evaluate.checkpoint={truncated_checkpoint(c)}"], ["truncated.pth", "cannot read checkpoint"]
 
 
+def b_eval_text_file(c):
+    labels = c.tmp / "labels.txt"  # export's class list, given where the checkpoint goes
+    labels.write_text("background\nnucleus\n")
+    return c.spec() + [f"evaluate.checkpoint={labels}"], ["labels.txt", "not a PyTorch checkpoint"]
+
+
 def b_eval_evil(c):
     return c.spec() + [f"evaluate.checkpoint={evil_checkpoint(c)}"], ["evil.pth", "refused", "weights_only", "io.open"]
 
@@ -504,6 +510,7 @@ CASES = [
                       "(results_dir_under_a_file covers 'cannot create')"),
     Case("eval_other_backbone", "evaluate", b_eval_backbone, subprocess=True),
     Case("eval_truncated_checkpoint", "evaluate", b_eval_truncated),
+    Case("eval_text_file_as_checkpoint", "evaluate", b_eval_text_file),
     Case("eval_pickle_payload", "evaluate", b_eval_evil, marker=True),
     Case("eval_not_a_checkpoint", "evaluate", b_eval_not_torch),
     Case("eval_checkpoint_missing", "evaluate", b_eval_missing),
