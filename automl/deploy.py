@@ -145,6 +145,8 @@ def trial_overrides(params: Mapping[str, Any], s: SearchConfig) -> dict[str, Any
     its own weights and the decoder inputs it provides (the spec's in_channels are its own
     backbone's; SegFormer's decoder reads all four stages)."""
     out = {k: v for k, v in params.items() if k != PRECISION_KEY}
+    if "dataset.segment.img_size" in out:  # a searched input size is the size the model deploys (and is timed) at
+        out["export.input_height"] = out["export.input_width"] = int(out["dataset.segment.img_size"])
     backbone = out.get("model.backbone.type")
     if backbone is not None and backbone in s.pretrained_backbones:
         out["model.backbone.pretrained_backbone_path"] = s.pretrained_backbones[backbone]

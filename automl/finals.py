@@ -60,13 +60,16 @@ def evaluate_trial(state: SearchState, record: TrialRecord, out_dir: Path) -> fl
 
 def final_evaluation(state: SearchState, promoted: TrialRecord, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Both models (and their re-check seeds) on the test split; the answer is kept in the state."""
+    size = deployed_size(state, promoted)
     reason = skip_reason(state)
     baseline = state.baseline()
     if baseline is not None and baseline.best_value is None and baseline.infeasible:
         reason = "the baseline (the spec's own model) is over the latency limit and trained nothing"
     if reason is not None or baseline is None:
-        out = {"skipped": reason or "no baseline trial to compare with"}
+        out = {"skipped": reason or "no baseline trial to compare with", **size}
         echo(f"automl: final evaluation skipped: {out['skipped']}")
+        if size:
+            echo(f"automl: {size_note(out)}")
         return out
     started = time.time()
     folder = Layout.of(state.results_dir).root / "final_evaluation"
@@ -82,7 +85,9 @@ def final_evaluation(state: SearchState, promoted: TrialRecord, echo: Callable[[
             if promoted.name in [r.name for r in groups[role]]:
                 groups["promoted"] = sorted(groups[role], key=lambda r: r.name != promoted.name)
     scores: dict[str, float] = {}
-    out: dict[str, Any] = {"split": "test", "metric": "miou"}
+    out: dict[str, Any] = {"split": "test", "metric": "miou", **size}
+    if size:
+        echo(f"automl: {size_note(out)}")
     for role, records in groups.items():
         values = []
         for record in records:
@@ -100,16 +105,44 @@ def final_evaluation(state: SearchState, promoted: TrialRecord, echo: Callable[[
     return out
 
 
+def deployed_size(state: SearchState, record: TrialRecord) -> dict[str, Any]:
+    """``{"deployed_input": [h, w], "scored_at": n}`` when `record`'s model deploys (export.input_height/
+    width, chosen by the user) at another size than it trains and is scored at; else empty."""
+    from automl.deploy import spec_overrides
+    from automl.trial import base_config
+    from segformer.config import apply_overrides
+
+    try:
+        root = Layout.of(state.results_dir).root
+        cfg = apply_overrides(base_config(state.spec, state.overrides, root), spec_overrides(state, record.params))
+    except (OSError, ValueError, RuntimeError):  # the spec moved since: nothing to compare
+        return {}
+    scored, deployed = int(cfg.dataset.segment.img_size), [int(cfg.export.input_height), int(cfg.export.input_width)]
+    return {} if deployed == [scored, scored] else {"deployed_input": deployed, "scored_at": scored}
+
+
+def size_note(final: dict[str, Any]) -> str | None:
+    """What the test mIoU does not say when the deployed model takes another size than the one scored."""
+    if "deployed_input" not in final:
+        return None
+    (h, w), n = final["deployed_input"], final["scored_at"]
+    return (f"the exported model (ONNX, engine, the registered champion) takes {h}x{w} pixels (export.input_height/width "
+            f"in the spec) but was trained, ranked and scored at {n}x{n} (dataset.segment.img_size): its accuracy at "
+            f"{h}x{w} was not measured, and its masks differ from `segformer inference`'s; leave the export size out of "
+            f"the spec to deploy the size that was scored")
+
+
 def final_lines(final: dict[str, Any], recheck: dict[str, Any] | None = None) -> list[str]:
     """The summary's lines: test mIoU of the promoted model and the baseline, side by side (when the
     baseline's configuration won, the re-checked trial's against it, named as `recheck` says)."""
     if not final:
         return []
+    note = [f"  deploy   NOTE: {size_note(final)}"] if size_note(final) else []
     if "skipped" in final:
-        return [f"  test     skipped: {final['skipped']}"]
+        return [f"  test     skipped: {final['skipped']}", *note]
     p, b = final.get("promoted", {}), final.get("baseline", {})
     if p.get("mean") is None or b.get("mean") is None:
-        return ["  test     could not score both models (see the lines above)"]
+        return ["  test     could not score both models (see the lines above)", *note]
     lead = final.get("leader", {})
     if sorted(p["trials"]) == sorted(b["trials"]) and lead.get("mean") is not None:  # the baseline's configuration won
         from automl.console import recheck_role
@@ -123,4 +156,4 @@ def final_lines(final: dict[str, Any], recheck: dict[str, Any] | None = None) ->
     own = final.get("promoted", {})
     if seeds and own.get("test_miou"):  # a mean is not the model the user gets: name that one's own score
         lines.append(f"  test     the promoted model itself, {own['trials'][0]} (best/): mIoU {own['test_miou'][0]:.4f}")
-    return lines
+    return lines + note

@@ -100,18 +100,6 @@ def _first_file(folder: Path, suffixes: tuple[str, ...]) -> Path | None:
     return found[0] if found else None
 
 
-def _export_size_given(spec: str | None, overrides: Any) -> bool:
-    """Whether the user chose the export's input size (in the spec's export section or an override);
-    when not, the promoted model is exported at the size it was trained and evaluated at."""
-    from segformer.config.loader import read_spec
-
-    keys = ("export.input_height", "export.input_width")
-    if any(str(o).partition("=")[0].strip() in keys for o in overrides or ()):
-        return True
-    section = read_spec(spec).get("export") if spec else None
-    return isinstance(section, dict) and any(key.split(".")[1] in section for key in keys)
-
-
 def promote(state: SearchState, record: TrialRecord, tracker: Any, options: PromotionConfig = PromotionConfig(),
             *, echo: Callable[[str], None] = print, prepared: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the promotion chain for `record`; returns (and writes to best/promotion.json) what happened.
@@ -217,12 +205,6 @@ def prepare(state: SearchState, record: TrialRecord, options: PromotionConfig = 
 
     overrides: dict[str, Any] = spec_overrides(state, record.params)
     overrides["results_dir"] = str(best_dir)
-    size = record.params.get("dataset.segment.img_size")
-    if size is not None:  # a searched input size: the export follows it (the latency was measured at it)
-        overrides["export.input_height"] = overrides["export.input_width"] = int(size)
-    elif not _export_size_given(state.spec, state.overrides):  # the ONNX, the engine and DeepStream take the
-        size = base_config(state.spec, state.overrides, best_dir).dataset.segment.img_size  # trained size, not 256
-        overrides["export.input_height"] = overrides["export.input_width"] = int(size)
     if precision_of(record.latency) == "int8":
         overrides["quantize.backend"] = "onnxruntime"  # the int8 model the search timed (ONNX Runtime's QDQ)
     cfg = chain_spec(apply_overrides(base_config(state.spec, state.overrides, best_dir), overrides), best_dir, None)

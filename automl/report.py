@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from automl.console import recheck_role, trial_rows
+from automl.finals import size_note
 from automl.layout import Layout, trial_number
 from automl.state import FINISHED, KILLED, STOPPED, SearchState, TrialRecord
 from segformer.fileio import atomic_write_text
@@ -689,6 +690,8 @@ def _recheck(state: SearchState) -> list[Block]:
                 if (row := final.get(role)) and row.get("mean") is not None]
         blocks += [Heading("Final evaluation (test split, untouched by the search)"),
                    Table(["model", "trials", "test mIoU", "mean"], rows)]
+    if size_note(final):
+        blocks.append(Para(f"Note: {size_note(final)}."))
     return blocks
 
 

@@ -617,7 +617,9 @@ def finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo 
 
 def _pareto_choice(opts: SearchOptions, state: SearchState, best: TrialRecord | None, echo: Echo) -> TrialRecord | None:
     """With --objectives: the front's chosen member is promoted (`automl.pareto`), unless it is the
-    leader the re-check did not confirm (then the re-check's choice stands)."""
+    leader the re-check did not confirm (then the re-check's choice stands). Where it is the
+    configuration the re-check kept, that configuration's better training (the re-check's pick) is
+    handed over: re-check trainings are not on the front, which holds each configuration's first."""
     s = opts.search
     if not s.objectives:
         return best
@@ -631,6 +633,11 @@ def _pareto_choice(opts: SearchOptions, state: SearchState, best: TrialRecord | 
     if unconfirmed:
         state.pareto["chosen"], state.pareto["rule"] = best.name, state.pareto["rule"] + "; its lead did not hold on the re-check"
         chosen = best
+    elif state.recheck is not None and chosen.name == state.recheck["configuration"] != state.recheck["promoted"]:
+        chosen = state.by_name(state.recheck["promoted"]) or chosen
+        state.pareto["chosen"] = chosen.name
+        state.pareto["rule"] += (f"; {chosen.name} is {state.recheck['configuration']}'s configuration trained on the "
+                                 f"re-check seed, the better of its two trainings")
     write(state, state.pareto)
     echo(f"automl: Pareto front: {len(state.pareto['front'])} of {len(state.pareto['points'])} trials; promoted "
          f"{chosen.name}: {state.pareto['rule']}")

@@ -109,12 +109,32 @@ def ray_trial_name(trial: Any) -> str:
     return getattr(trial, "custom_trial_name", None) or str(trial)
 
 
+EXPORT_SIZE = ("export.input_height", "export.input_width")
+
+
+def export_size_given(spec: str | None, overrides: Any) -> bool:
+    """Whether the user chose the export's input size (in the spec's export section or an override)."""
+    from segformer.config.loader import read_spec
+
+    if any(str(o).partition("=")[0].strip() in EXPORT_SIZE for o in overrides or ()):
+        return True
+    section = read_spec(spec).get("export") if spec else None
+    return isinstance(section, dict) and any(key.split(".")[1] in section for key in EXPORT_SIZE)
+
+
 def base_config(spec: str | None, overrides: Any, results_dir: str | Path) -> Any:
     """The spec as a trial sees it: the user's spec and overrides with `results_dir` given first, so
-    ${results_dir} in the spec resolves to the trial's (or the search's, or best/) folder."""
-    from segformer.config import load_config
+    ${results_dir} in the spec resolves to the trial's (or the search's, or best/) folder.
 
-    return load_config(spec, [f"results_dir={results_dir}", *overrides])
+    Where the user chose no export size, the model deploys at the size it trains at (not export's
+    default, 256): the size promotion exports the ONNX at and the search times the model at."""
+    from segformer.config import apply_overrides, load_config
+
+    cfg = load_config(spec, [f"results_dir={results_dir}", *overrides])
+    if export_size_given(spec, overrides):
+        return cfg
+    size = int(cfg.dataset.segment.img_size)
+    return apply_overrides(cfg, dict.fromkeys(EXPORT_SIZE, size))
 
 
 def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:

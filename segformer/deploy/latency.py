@@ -1,8 +1,9 @@
 """Latency of a SegFormer architecture on its deployment runtime: measured, not guessed.
 
 What decides a model's speed is its architecture (``model.backbone.type``, the decoder's
-``embed_dim``, the class count), its input size (``dataset.segment.img_size``: the export follows
-it) and the precision it is deployed in, never its learning rate. `measure` builds the architecture
+``embed_dim``, the class count), its input size (the export's ``export.input_height/width``: a
+search sets them to the size the model trains at, or to a searched ``dataset.segment.img_size``,
+unless the user chose them) and the precision it is deployed in, never its learning rate. `measure` builds the architecture
 with random weights, exports it to ONNX (the export action's exporter), quantizes it for int8 (ONNX
 Runtime's static QDQ quantization, as the quantize action's onnxruntime backend does, calibrated on
 random inputs: the values do not change the speed) and times it on the target:
@@ -66,12 +67,13 @@ class Target:
 
 
 def architecture(cfg: Any, precision: str = "fp32") -> dict[str, Any]:
-    """What decides the speed of `cfg`'s model (an `ExperimentConfig`), as a JSON-able mapping."""
-    size = cfg.dataset.segment.img_size
-    height, width = (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) else (int(size), int(size))
+    """What decides the speed of `cfg`'s model (an `ExperimentConfig`), as a JSON-able mapping. Its
+    input is the export's (export.input_height/width): the size the ONNX file and the engine take,
+    which is what deploys, whatever size the model trains at."""
+    export = cfg.export
     return {"backbone": str(cfg.model.backbone.type), "embed_dim": int(cfg.model.decode_head.decoder_params.embed_dim),
-            "num_classes": int(cfg.dataset.segment.num_classes), "input": [int(cfg.export.input_channel), height, width],
-            "precision": precision}
+            "num_classes": int(cfg.dataset.segment.num_classes),
+            "input": [int(export.input_channel), int(export.input_height), int(export.input_width)], "precision": precision}
 
 
 def key_of(arch: dict[str, Any], target: Target) -> str:

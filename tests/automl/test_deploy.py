@@ -26,9 +26,62 @@ def data(tmp_path_factory):
 
 
 def _cfg(root: Path, *overrides: str):
-    from segformer.config import load_config
+    """The spec as a search's trial configures it: a searched img_size is also the export's (timed) size."""
+    from automl.deploy import trial_overrides
+    from automl.options import SearchConfig
+    from automl.trial import base_config
+    from segformer.config import apply_overrides
 
-    return load_config(root / "spec.yaml", [f"results_dir={root}", *SMALL, *overrides])
+    values = dict(o.split("=", 1) for o in overrides)
+    if "dataset.segment.img_size" in values:
+        values["dataset.segment.img_size"] = int(values["dataset.segment.img_size"])
+    return apply_overrides(base_config(root / "spec.yaml", SMALL, root), trial_overrides(values, SearchConfig()))
+
+
+def test_the_model_is_timed_at_the_size_it_deploys_at(data, tmp_path) -> None:
+    """The latency is the exported model's: at export.input_height/width where the user chose them
+    (a model trained at 32 px and exported at 64 px runs at 64 px), else at the size it trains at;
+    a searched img_size is the export's size too."""
+    import yaml
+
+    from automl.trial import base_config
+    from segformer.deploy.latency import architecture
+
+    spec = yaml.safe_load((data / "spec.yaml").read_text())
+    spec["export"].update(input_height=64, input_width=48)
+    chosen = tmp_path / "chosen.yaml"
+    chosen.write_text(yaml.safe_dump(spec))
+    assert architecture(base_config(chosen, SMALL, tmp_path))["input"] == [3, 64, 48]
+    del spec["export"]["input_height"], spec["export"]["input_width"]
+    unset = tmp_path / "unset.yaml"
+    unset.write_text(yaml.safe_dump(spec))
+    assert architecture(base_config(unset, [*SMALL, "dataset.segment.img_size=40"], tmp_path))["input"] == [3, 40, 40]
+    assert architecture(base_config(unset, [*SMALL, "export.input_width=96"], tmp_path))["input"] == [3, 256, 96]
+    assert architecture(_cfg(data, "dataset.segment.img_size=128"))["input"] == [3, 128, 128]
+
+
+def test_a_model_deployed_at_another_size_than_it_was_scored_at_is_said(data, tmp_path) -> None:
+    """The test mIoU is the checkpoint's at img_size; an export size the user chose deploys another
+    model (resized otherwise): the summary and the report say its accuracy there was not measured."""
+    import yaml
+
+    from automl.finals import deployed_size, final_lines
+    from automl.state import FINISHED, SearchState, TrialRecord
+
+    spec = yaml.safe_load((data / "spec.yaml").read_text())  # trained at 32 px, exported at 32 px
+    state = SearchState(results_dir=str(tmp_path), skill="segformer", algorithm="bayesian", metric="val_miou", mode="max",
+                        settings={}, spec=str(data / "spec.yaml"), overrides=list(SMALL))
+    trial = TrialRecord(trial_id="0", name="trial_000", params={"train.optim.lr": 0.01}, status=FINISHED)
+    assert deployed_size(state, trial) == {}
+    spec["export"].update(input_height=64, input_width=48)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    state.spec = str(tmp_path / "spec.yaml")
+    final = {"skipped": "the test split is the validation split", **deployed_size(state, trial)}
+    assert final["deployed_input"] == [64, 48] and final["scored_at"] == 32
+    note = final_lines(final)[-1]
+    assert note.startswith("  deploy   NOTE: the exported model") and "64x48" in note and "32x32" in note
+    searched = TrialRecord(trial_id="1", name="trial_001", params={"dataset.segment.img_size": 64}, status=FINISHED)
+    assert deployed_size(state, searched) == {}  # a searched size is the export's too
 
 
 def test_latency_is_measured_on_onnxruntime_and_cached(data, tmp_path) -> None:
@@ -154,6 +207,36 @@ def test_the_front_and_its_knee(tmp_path) -> None:
         decided = decide(state, ("val_miou:max", "latency_ms:min"), None, weights)
         assert decided["chosen"] == chosen, (weights, decided)
     assert decided["rule"].startswith("the best weighted score, 1 * val_miou / 1 - 0 * latency_ms / 1")
+
+
+def test_the_front_hands_over_the_recheck_pick_of_the_configuration_it_chooses(tmp_path) -> None:
+    """Re-check trainings are off the front (it holds each configuration's first training): where the
+    front chooses the configuration the re-check kept, the re-check's pick, its better training, is
+    promoted, not the first training the front lists."""
+    from types import SimpleNamespace
+
+    from automl.runner import _pareto_choice
+    from automl.state import FINISHED, SearchState, TrialRecord
+
+    state = SearchState(results_dir=str(tmp_path), skill="segformer", algorithm="bayesian", metric="val_miou", mode="max",
+                        settings={})
+    for i, (a, c, of) in enumerate(((0.80, 40.0, None), (0.78, 12.0, None), (0.60, 5.0, None), (0.82, 40.0, "trial_000"),
+                                    (0.70, 12.0, "trial_001"))):
+        state.trials[str(i)] = TrialRecord(trial_id=str(i), name=f"trial_00{i}", params={}, status=FINISHED, best_value=a,
+                                           latency={"latency_ms": c}, is_baseline=i == 0, recheck_of=of)
+    state.recheck = {"leader": "trial_001", "baseline": "trial_000", "confirmed": False, "baseline_led": True,
+                     "configuration": "trial_000", "promoted": "trial_003"}
+    opts = SimpleNamespace(search=SimpleNamespace(objectives=("val_miou:max", "latency_ms:min"), max_latency_ms=50.0,
+                                                  objective_weights=None))
+    lines: list[str] = []
+    chosen = _pareto_choice(opts, state, state.by_name("trial_003"), lines.append)
+    assert chosen.name == "trial_003" and state.pareto["chosen"] == "trial_003"
+    assert "trial_003 is trial_000's configuration trained on the re-check seed" in state.pareto["rule"]
+    assert json.loads((tmp_path / "pareto.json").read_text())["chosen"] == "trial_003"
+    # a member of another configuration is promoted as the front chose it
+    state.trials["0"].infeasible = True  # over the limit: the front chooses trial_001
+    state.recheck.update(confirmed=True, baseline_led=False, configuration="trial_001", promoted="trial_001")
+    assert _pareto_choice(opts, state, state.by_name("trial_001"), lines.append).name == "trial_001"
 
 
 def test_structure_options_and_their_errors(data, tmp_path) -> None:
