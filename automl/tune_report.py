@@ -130,7 +130,14 @@ class TuneReportCallback(Checkpoint):
         # Epochs without validation (train.validation_interval > 1) are not reported.
         pending, self._pending = self._pending, None
         if pending is not None:
-            self._report(trainer, *pending)
+            # The epoch's training metrics (train_loss) are aggregated only now: at validation end the
+            # callback metrics still held the epoch before's.
+            metrics, improved = pending
+            for key, value in trainer.callback_metrics.items():
+                number = _scalar(value)
+                if number is not None and key != self.metric:
+                    metrics[key] = number
+            self._report(trainer, metrics, improved)
 
     def _report(self, trainer: L.Trainer, metrics: dict[str, Any], improved: bool, source: Path | None = None) -> None:
         """`tune.report` of one epoch; with a checkpoint (`source`, else this epoch's latest file)

@@ -278,3 +278,33 @@ def test_a_trial_ray_paused_shows_paused_and_stays_running_for_the_budget(tmp_pa
         ledger.on_step_end(iteration=3, trials=trials)
         ledger.on_trial_complete(iteration=4, trials=trials, trial=trials[2])
         assert records[2].status == FINISHED and not records[2].paused and counts_text(live.state) == "1 finished, 2 running"
+
+
+def test_a_trials_reports_carry_the_train_loss_of_their_own_epoch(tmp_path):
+    """Each epoch's report (what MLflow and the ledger keep) holds that epoch's train_loss, as the
+    train action's status.json does: read at validation end it was the epoch before's (epoch 1 had
+    none, and the last epoch's was lost)."""
+    import json
+
+    from automl.trial import base_config
+    from automl.tune_report import TuneReportCallback
+    from segformer.actions import train
+    from segformer.data.synth import generate
+
+    class Captured(TuneReportCallback):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.sent: list[dict] = []
+
+        def _report(self, trainer, metrics, improved, source=None):  # the values, not Ray's session
+            self.sent.append(dict(metrics))
+
+    root = generate(tmp_path / "data", num_classes=2, size=32, train=4, val=2, test=2, epochs=3)
+    cfg = base_config(root / "spec.yaml", ["dataset.segment.batch_size=2", "model.decode_head.decoder_params.embed_dim=32",
+                                           f"train.results_dir={tmp_path / 'train'}"], tmp_path)
+    captured = Captured("val_miou", "max")
+    train.run(cfg, callbacks=[captured], quiet=True)
+    status = [json.loads(line) for line in (tmp_path / "train" / "status.json").read_text().splitlines() if line.strip()]
+    own = {r["epoch"] + 1: r["train_loss"] for r in status if r.get("train_loss") is not None}  # status.json counts from 0, as TAO's
+    assert [m["epoch"] for m in captured.sent] == [1, 2, 3] and sorted(own) == [1, 2, 3]
+    assert [m["train_loss"] for m in captured.sent] == pytest.approx([own[1], own[2], own[3]])
