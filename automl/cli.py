@@ -281,9 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             import json
 
             from automl.results import tao_results
-            from automl.state import SearchState
+            from automl.state import SearchState, observed
 
-            print(json.dumps(tao_results(SearchState.load(args.results_dir)), indent=1, default=str))
+            print(json.dumps(tao_results(observed(SearchState.load(args.results_dir))), indent=1, default=str))
             return 0
         if args.command == "status":
             from automl.console import print_status

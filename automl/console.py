@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from automl.layout import Layout, trial_name
 from automl.options import SearchOptions
-from automl.state import FAILED, PENDING, RUNNING, STOP_KINDS, STOPPED, SearchState
+from automl.state import FAILED, PENDING, RUNNING, STOP_KINDS, STOPPED, SearchState, observed
 from segformer.text import count, fmt
 
 
@@ -150,10 +150,15 @@ def print_status(results_dir: str | Path, watch: float | None = None, echo: Call
     Over STATUS_ROWS trials: the running ones and the best, unless `everything` (--all)."""
     while True:
         state = SearchState.load(results_dir)
+        recorded = state.status
+        observed(state)
         if watch:
             echo("\x1b[2J\x1b[H" + time.strftime("%H:%M:%S"))  # clear the terminal between refreshes
         limit = None if everything or len(state.trials) <= STATUS_ROWS else STATUS_ROWS
         echo(format_table(state, limit=limit, show_errors=True))
+        if recorded != state.status:
+            echo(f"automl: no driver is running this search (it was killed, or its machine stopped); continue it with: "
+                 f"automl resume {shlex.quote(str(results_dir))}")
         if not watch or state.status != "RUNNING":
             return 0
         time.sleep(watch)

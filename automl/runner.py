@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator
 
 from automl.layout import Layout
 from automl.options import SearchError, SearchOptions
-from automl.state import FAILED, FINISHED, RUNNING, STOPPED, SearchState, TrialRecord
+from automl.state import FAILED, FINISHED, LOCK_FILE, RUNNING, STOPPED, SearchState, TrialRecord
 
 Echo = Callable[[str], None]
 
@@ -214,7 +214,7 @@ def one_driver(root: Path) -> Iterator[None]:
 
     created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
-    lock, owner = FileLock(str(root / ".automl.lock")), root / ".automl.lock.owner"
+    lock, owner = FileLock(str(root / LOCK_FILE)), root / f"{LOCK_FILE}.owner"
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -232,7 +232,7 @@ def one_driver(root: Path) -> Iterator[None]:
     finally:
         owner.unlink(missing_ok=True)
         lock.release()
-        if created and {p.name for p in root.iterdir()} <= {".automl.lock"}:
+        if created and {p.name for p in root.iterdir()} <= {LOCK_FILE}:
             shutil.rmtree(root, ignore_errors=True)  # refused before anything was written: leave no folder
 
 

@@ -96,6 +96,36 @@ class TrialRecord:
         return max(reported, self.completed_epochs)
 
 
+LOCK_FILE = ".automl.lock"  # held by the search's driver while it runs (`automl.runner.one_driver`)
+
+
+def driver_running(results_dir: str | Path) -> bool | None:
+    """Whether a driver holds the folder's lock: False after the driver ended, killed included (the
+    kernel drops a dead process's lock); None where that cannot be told (a folder we cannot write)."""
+    from filelock import FileLock, Timeout
+
+    path = Layout.of(results_dir).root / LOCK_FILE
+    if not path.is_file():
+        return False
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    except OSError:
+        return None
+    lock.release()
+    return False
+
+
+def observed(state: "SearchState") -> "SearchState":
+    """`state` as it is: a search whose file says RUNNING but whose driver holds no lock was killed
+    (SIGKILL, a lost machine) and says INTERRUPTED, which `automl resume` continues."""
+    if state.status == RUNNING and driver_running(state.results_dir) is False:
+        state.status = "INTERRUPTED"
+    return state
+
+
 @dataclass
 class SearchState:
     """The whole ledger; `save()` after each change."""

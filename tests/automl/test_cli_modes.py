@@ -269,3 +269,37 @@ def test_ray_token_is_found_where_ray_looks(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
     with pytest.raises(RayAuthError, match=r"RAY_AUTH_TOKEN_PATH=.*missing cannot be read .*set RAY_AUTH_TOKEN"):
         local_ray_token()
+
+
+def test_status_of_a_search_whose_driver_was_killed_says_so_and_the_watch_ends(tmp_path):
+    """The state file of a SIGKILLed driver still says RUNNING: `automl status` tells by the driver's
+    lock (the kernel drops a dead holder's) that nothing runs it, says how to continue, and --watch
+    ends instead of refreshing forever."""
+    import signal
+
+    from automl.console import print_status
+    from automl.runner import one_driver
+    from automl.state import SearchState
+
+    results = tmp_path / "search"
+    with one_driver(results):  # a driver made the folder: its lock file is there
+        SearchState(results_dir=str(results), skill="segformer", algorithm="random", metric="val_miou", mode="max",
+                    settings={}).save()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; "
+                               f"lock = FileLock({str(results / '.automl.lock')!r}); lock.acquire(); print('held', flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        lines: list[str] = []
+        assert print_status(results, echo=lines.append) == 0
+        assert "(running)" in lines[0] and not any("no driver" in line for line in lines)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    lines = []
+    assert print_status(results, watch=0.01, echo=lines.append) == 0  # returns: nothing will change the file
+    assert "(interrupted)" in lines[1]
+    assert lines[-1] == f"automl: no driver is running this search (it was killed, or its machine stopped); continue it with: automl resume {results}"
+    out = _automl("status", str(results), "--json", timeout=120)
+    assert out.returncode == 0 and json.loads(out.stdout)["progress"]["status"] == "interrupted", out.stdout[-2000:]
+    assert SearchState.load(results).status == "RUNNING"  # looking changes nothing
