@@ -279,7 +279,8 @@ def _pbt_plan(opts: SearchOptions, space: Any, first: list[dict[str, Any]]) -> S
     # a member only when one finished, and a population larger than the slots ran as separate groups
     # that never exploited each other); the scheduler runs at most `max_concurrent` of them at a time.
     generator = BasicVariantGenerator(points_to_evaluate=points)
-    return SearchPlan(generator, pbt.scheduler(search, domains, space, opts.resources.max_concurrent), len(points), param_space)
+    return SearchPlan(generator, pbt.scheduler(search, domains, space, opts.resources.max_concurrent,
+                                                 baseline=first[0] if first else None), len(points), param_space)
 
 
 def _preset_space(points: list[dict[str, Any]]) -> dict[str, Any]:

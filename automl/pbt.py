@@ -3,7 +3,8 @@
 Ray's PBT refuses search algorithms, so the population (the baseline plus Optuna random draws) is
 preset through Ray's basic variant generator (`automl.algorithms`). At every perturbation interval
 but the last epoch (nothing trains after it) the worse half of the population continues from a
-better member's checkpoint (exploit) with that member's values perturbed (explore). Explore only
+better member's checkpoint (exploit) with that member's values perturbed (explore); the baseline
+never does, so that it stays the spec the search is compared with. Explore only
 mutates what a trial restored from another trial's checkpoint can honour:
 
 - optimizer values (``train.optim.lr``, ``weight_decay``, ``momentum``): a training resumed from a
@@ -68,10 +69,13 @@ class KeepInRange:
         return config
 
 
-def scheduler(search: Any, domains: dict[str, Any], space: Any, slots: int | None = None) -> Any:
+def scheduler(search: Any, domains: dict[str, Any], space: Any, slots: int | None = None,
+              baseline: dict[str, Any] | None = None) -> Any:
     """Ray's `PopulationBasedTraining` for `search` (an `automl.options.SearchConfig`) over `domains`
     (`mutations(space)`): synchronous, with no perturbation at a trial's last epoch (`search.trial_epochs`),
-    running at most `slots` members at a time (None: as many as Ray's resources fit)."""
+    running at most `slots` members at a time (None: as many as Ray's resources fit). The member
+    with the `baseline` values (the spec's own) never exploits nor explores: it stays the spec, the
+    reference the search's gain is measured against; it can still be a donor."""
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
@@ -81,7 +85,7 @@ def scheduler(search: Any, domains: dict[str, Any], space: Any, slots: int | Non
         return sum(t.status == Trial.RUNNING for t in tune_controller.get_trials())
 
     class SynchronousPBT(PopulationBasedTraining):
-        """Ray's synchronous PBT with four fixes.
+        """Ray's synchronous PBT with four fixes, and the baseline kept out of the worse half.
 
         - No perturbation at the last epoch: Ray's paused every member there, restarted each from a
           checkpoint to train nothing, and gave the worse half a config that no epoch trained (the
@@ -101,6 +105,17 @@ def scheduler(search: Any, domains: dict[str, Any], space: Any, slots: int | Non
           to the scheduler), finished; nobody was left to trigger the perturbation, so Ray never
           chose the paused member again and the search hung.
         """
+
+        baseline_id: str | None = None
+
+        def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+            super().on_trial_add(tune_controller, trial)
+            if baseline is not None and self.baseline_id is None and all(trial.config.get(k) == v for k, v in baseline.items()):
+                self.baseline_id = trial.trial_id  # the first member with the spec's values (the generator's first point)
+
+        def _quantiles(self) -> tuple[list, list]:
+            lower, upper = super()._quantiles()
+            return [t for t in lower if t.trial_id != self.baseline_id], upper  # the baseline stays the spec
 
         def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
             epoch = result.get(self._time_attr, 0)

@@ -243,6 +243,31 @@ def _population(size, max_epochs=6):
     return scheduler, controller, controller.trials, search.ranking_metric
 
 
+def test_pbt_keeps_the_baseline_member_the_spec() -> None:
+    """The baseline member is the spec the search's gain is measured against: in the worse half it
+    neither exploits nor explores (it trains on with the spec's values); in the better half it can
+    still be a donor. Ray's own scheduler and Trial objects."""
+    from ray.tune.experiment import Trial
+
+    from automl import pbt
+    from automl.skill import find_skill
+    from automl.space import build_space
+
+    space = build_space(find_skill("segformer").load_schema(), only=["train.optim.lr"])
+    search = SearchOptions.build({"algorithm": "pbt", "max_epochs": 6}).search
+    scheduler = pbt.scheduler(search, pbt.mutations(space), space, baseline={"train.optim.lr": 1e-3})
+    controller = _Controller([Trial("segformer", config={"train.optim.lr": lr}, stub=True) for lr in (1e-3, 2e-3, 3e-3, 4e-3)])
+    for trial, score in zip(controller.trials, (0.1, 0.2, 0.3, 0.4)):
+        scheduler.on_trial_add(controller, trial)
+        trial.status = Trial.RUNNING
+        scheduler._trial_state[trial].last_score = score
+    spec, worse, *better = controller.trials
+    lower, upper = scheduler._quantiles()
+    assert lower == [worse] and upper == better  # Ray's alone: [spec, worse]
+    scheduler._trial_state[spec].last_score = 0.9
+    assert scheduler._quantiles()[1][-1] is spec  # the best: others may exploit it
+
+
 def test_pbt_lets_a_member_go_when_nobody_is_left_to_synchronise_with() -> None:
     """Seen in CI (2026-12-02): a resumed PBT search hung. One member restored its epoch-4 checkpoint,
     trained epoch 5 (the synchronisation point) and paused to wait for the other, which had restored
