@@ -135,6 +135,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides=overrides, skill=None if args.skill_dir else (args.skill or "segformer"),
         skill_dir=args.skill_dir, policy=args.policy,
     )
+    if args.budget is not None and not opts.search.budgeted:
+        why = ("PBT trains its population (automl_population_size in --settings), each member its epochs" if opts.search.algorithm == "pbt" else
+               f"max_trials={opts.search.max_trials} (--max-trials, or automl_max_recommendations in --settings) sets "
+               f"the trial count instead")
+        print(f"automl: --budget {args.budget:g} is not used: {why}")
     outcome = run(opts, dry_run=args.dry_run, live=args.live, progress=not args.no_progress)
     if outcome.mode == "search" and (outcome.best is None or outcome.stopped_by_failures):
         return 1  # nothing trained, or the failure limit ended the search (results so far are kept)
@@ -267,6 +272,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+EXIT_BROKEN_PIPE = 141  # the shell's code for a writer whose reader closed the pipe (128 + SIGPIPE)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     try:
@@ -299,6 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SegformerError as err:  # the data the spec points at (DataError), found before any trial
         print(f"automl {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`automl status | head`): not a folder problem
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return EXIT_BROKEN_PIPE
     except OSError as err:  # the disk, not the input: a full disk, a folder that became unwritable
         import errno
 

@@ -32,6 +32,15 @@ _RAY_STATE_FILES = ("experiment_state-*.json", "search_gen_state-*.json", "searc
                     "tuner.pkl")
 
 
+def unfit(name: str, per_trial: float, largest: float, local: bool) -> str:
+    """The message for a trial asking more CPUs or GPUs (`name`) than the largest node has."""
+    flag = f"--{name.lower()}s-per-trial"
+    where = "this machine" if local else "any node of the Ray cluster"
+    hint = " (or --num-cpus to give the local Ray more)" if name == "CPU" and local else ""
+    return (f"{flag} {per_trial:g} is more than {where} has ({largest:g} {name}s): no trial could ever start; "
+            f"use {flag} {largest:g} or less{hint}")
+
+
 class RaySession:
     """Start or attach to Ray for one search; ``gpus_per_trial`` and ``slots`` as Ray sees them."""
 
@@ -92,14 +101,10 @@ class RaySession:
         import ray
 
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-        for name, flag, per_trial in (("CPU", "--cpus-per-trial", self.cpus_per_trial),
-                                      ("GPU", "--gpus-per-trial", self.gpus_per_trial)):
+        for name, per_trial in (("CPU", self.cpus_per_trial), ("GPU", self.gpus_per_trial)):
             largest = max((float(n.get(name, 0)) for n in nodes), default=0.0)
             if per_trial and per_trial > largest + 1e-9:
-                where = "this machine" if self.owns and not self.opts.resources.address else "any node of the Ray cluster"
-                hint = " (or --num-cpus to give the local Ray more)" if name == "CPU" and where == "this machine" else ""
-                raise SearchError(f"{flag} {per_trial:g} is more than {where} has ({largest:g} {name}s): no trial could "
-                                  f"ever start; use {flag} {largest:g} or less{hint}")
+                raise SearchError(unfit(name, per_trial, largest, local=self.owns and not self.opts.resources.address))
 
     def share_cpus(self, trainings: int) -> float:
         """CPUs per trial when only `trainings` can run at once (what an epoch budget can finish) and

@@ -79,10 +79,13 @@ def run(opts: SearchOptions, *, echo: Echo = print, dry_run: bool = False, live:
     if dry_run:
         _print_plan(opts, space, baseline, budget, echo)
         return SearchOutcome(Path(opts.results_dir), "dry-run", message=decision.reason)
-    _check_data(opts, echo)
     layout = Layout.of(opts.results_dir)
-    with one_driver(layout.root), _progress(echo, progress) as view:
-        return _run_search(opts, skill, space, baseline, budget, layout, echo=view.echo if view else echo, live=live, view=view)
+    with one_driver(layout.root):
+        _refuse_a_used_folder(layout)  # before the data check, which can take a while on a large dataset
+        _check_data(opts, echo)
+        with _progress(echo, progress) as view:
+            return _run_search(opts, skill, space, baseline, budget, layout, echo=view.echo if view else echo, live=live,
+                               view=view)
 
 
 def _check_data(opts: SearchOptions, echo: Echo) -> None:
@@ -113,15 +116,18 @@ def _progress(echo: Echo, enabled: bool) -> Iterator[Any]:
         yield view
 
 
+def _refuse_a_used_folder(layout: Layout) -> None:
+    if layout.state_file.exists():
+        raise SearchError(f"{layout.root} already holds a search; continue it with `automl resume {shlex.quote(str(layout.root))}` "
+                          f"or pick another --results-dir")
+
+
 def _run_search(opts: SearchOptions, skill: Any, space: Any, baseline: dict[str, Any] | None, budget: Any,
                 layout: Layout, *, echo: Echo, live: bool, view: Any = None) -> SearchOutcome:
     from automl.console import settings_line
     from automl.probe import check_tracking_uri
     from automl.ray_session import RaySession
 
-    if layout.state_file.exists():
-        raise SearchError(f"{layout.root} already holds a search; continue it with `automl resume {shlex.quote(str(layout.root))}` "
-                          f"or pick another --results-dir")
     check_tracking_uri(opts.tracking.tracking_uri)  # before any file or run exists (RaySession probes --address)
     with RaySession(opts) as session:
         if budget is not None:
@@ -329,7 +335,14 @@ def _print_plan(opts: SearchOptions, space: Any, baseline: dict[str, Any] | None
     echo("")
     # No more than the budget affords: a budget of 4 trainings searches one configuration besides the
     # baseline, and its other two trainings are the re-check.
-    shown = 3 if budget is None else max(0, min(3, budget.configurations(opts.search.reduction_factor) - 1))
+    s, r = opts.search, opts.resources
+    affordable = budget.configurations(s.reduction_factor) if budget is not None else s.max_trials
+    shown = 3 if affordable is None else max(0, min(3, affordable - (baseline is not None)))
+    cpus = r.num_cpus or len(os.sched_getaffinity(0))
+    if r.address is None and r.cpus_per_trial is not None and r.cpus_per_trial > cpus:  # the run would refuse it
+        from automl.ray_session import unfit
+
+        raise SearchError(unfit("CPU", r.cpus_per_trial, cpus, local=True))
     echo(recommendations(opts, baseline, first_points(opts, space, baseline, shown)))
     if budget is not None and budget.recheck:
         echo(f"then the re-check ({budget.recheck} epochs): the leader (or, when the baseline leads, the runner-up) and "

@@ -303,3 +303,22 @@ def test_status_of_a_search_whose_driver_was_killed_says_so_and_the_watch_ends(t
     out = _automl("status", str(results), "--json", timeout=120)
     assert out.returncode == 0 and json.loads(out.stdout)["progress"]["status"] == "interrupted", out.stdout[-2000:]
     assert SearchState.load(results).status == "RUNNING"  # looking changes nothing
+
+
+def test_a_status_read_by_a_reader_that_stops_early_ends_quietly(tmp_path):
+    """`automl status DIR --all | head -1`: the reader closes the pipe; that is no folder problem (it
+    was reported as one, with advice about permissions): the command ends with the shell's 141, silent."""
+    from automl.state import FINISHED, SearchState, TrialRecord
+
+    state = SearchState(results_dir=str(tmp_path), skill="segformer", algorithm="random", metric="val_miou", mode="max",
+                        settings={}, status=FINISHED)
+    for i in range(3000):  # far more than a pipe's buffer holds
+        state.trials[str(i)] = TrialRecord(trial_id=str(i), name=f"trial_{i:04d}", params={"train.optim.lr": 1e-3 * i},
+                                           status=FINISHED, best_value=0.5)
+    state.save()
+    proc = subprocess.Popen([sys.executable, "-m", "automl.cli", "status", str(tmp_path), "--all"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stdout.readline().startswith("random search (finished)")
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 141
+    assert proc.stderr.read() == ""

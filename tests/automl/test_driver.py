@@ -271,7 +271,17 @@ def test_dry_run_and_grid_needs_finite_space(dataset, tmp_path):
     outcome = automl.run(_options(tmp_path / "dry", dataset), echo=lines.append, dry_run=True)
     text = "\n".join(lines)
     assert outcome.mode == "dry-run" and "train.optim.lr" in text and "trial_000 (baseline): train.optim.lr=0.001" in text
+    assert "first 3 trials" in text and "trial_002: " in text and "trial_003" not in text, text  # max_trials 3: no more
     assert not (tmp_path / "dry").exists()
+    # the run would refuse more CPUs per trial than this machine has: so does the dry run
+    with pytest.raises(automl.SearchError, match=r"--cpus-per-trial 64 is more than this machine has \(2 CPUs\)"):
+        automl.run(_options(tmp_path / "dry", dataset, cpus_per_trial=64, num_cpus=2), echo=lines.append, dry_run=True)
+    # a folder that holds a search is refused before the data is read (here a dataset that is not there)
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "automl_state.json").write_text("{}")
+    with pytest.raises(automl.SearchError, match="already holds a search"):
+        automl.run(search_options(tmp_path / "used", dataset, overrides=(f"dataset.segment.root_dir={tmp_path / 'none'}",),
+                                  max_trials=2), echo=lines.append)
     with pytest.raises(automl.SearchError, match="train.optim.lr"):
         automl.run(_options(tmp_path / "grid", dataset, algorithm="grid"), echo=lines.append, dry_run=True)
     # TAO's run_baseline: false: no trial runs the spec's own values
@@ -287,6 +297,20 @@ def test_dry_run_and_grid_needs_finite_space(dataset, tmp_path):
     text = "\n".join(lines)
     assert "first 2 trials (bayesian)" in text and "trial_001: " in text and "trial_002" not in text, text
     assert "then the re-check (" in text and "train.seed=" in text
+
+
+def test_a_budget_that_sizes_nothing_is_said(dataset, tmp_path, capsys):
+    """--budget with --max-trials (or TAO's automl_max_recommendations, which override it) or with PBT
+    sizes nothing: the driver says so instead of ignoring the flag without a word."""
+    from automl.cli import main
+
+    args = ["run", "-e", str(dataset), "--results-dir", str(tmp_path / "a"), "--budget", "5", "--dry-run"]
+    assert main([*args, "--max-trials", "2"]) == 0
+    assert "automl: --budget 5 is not used: max_trials=2 (--max-trials, or automl_max_recommendations" in capsys.readouterr().out
+    assert main([*args, "--algorithm", "pbt", "--only", "train.optim.lr"]) == 0
+    assert "automl: --budget 5 is not used: PBT trains its population" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "is not used" not in capsys.readouterr().out
 
 
 def _wait_for(predicate, timeout: float, what: str, every: float = 0.5) -> None:
