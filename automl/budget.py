@@ -572,8 +572,8 @@ def verdict(state: SearchState) -> dict[str, Any] | None:
     confirmed = led and min(gains) > 0 and fresh > gain_noise  # when the baseline led, its configuration is kept
     basis = _basis((n0, n1))
     if confirmed:
-        why = (f"{leader.name} beat the baseline on the re-check seed by {fresh:+.4f}, more than the gain moved "
-               f"between seeds ({gain_noise:.4f}); {leader.name} is promoted")
+        why = (f"{leader.name} beat the baseline on the re-check seed by {fresh:+.4f}, more than the gain's noise "
+               f"between seeds ({gain_noise:.4f}, the SD of one paired gain); {leader.name} is promoted")
         if fresh < noise:
             # The pairing (same seeds) resolves a gain finer than one training varies: say how small it
             # is, since a gain noise measured from two seeds can be near 0 by chance.
@@ -581,15 +581,15 @@ def verdict(state: SearchState) -> dict[str, Any] | None:
                     f"configurations are about as good as each other")
     elif not led:
         why = (f"the baseline led the search: {leader.name}, the best other trial, scored {gains[0]:+.4f} against it where "
-               f"the trainings settled ({basis}), and {fresh:+.4f} on the re-check seed (the gain moved by {gain_noise:.4f} "
-               f"between seeds); the baseline is promoted")
+               f"the trainings settled ({basis}), and {fresh:+.4f} on the re-check seed (the gain's noise between seeds: "
+               f"{gain_noise:.4f}); the baseline is promoted")
     elif gains[0] <= 0:
         why = (f"{leader.name} led the search at its best epoch, but where its training settled ({basis}) it scored "
                f"{gains[0]:+.4f} against the baseline, and {fresh:+.4f} on the re-check seed: its lead was a peak of a "
                f"noisy curve; the baseline is promoted")
     elif fresh > 0:
-        why = (f"{leader.name} beat the baseline on the re-check seed by only {fresh:+.4f}, less than the gain moved "
-               f"between seeds ({gain_noise:.4f}): its lead in the search ({gains[0]:+.4f}) is within the noise; "
+        why = (f"{leader.name} beat the baseline on the re-check seed by only {fresh:+.4f}, less than the gain's noise "
+               f"between seeds ({gain_noise:.4f}, the SD of one paired gain): its lead in the search ({gains[0]:+.4f}) is within the noise; "
                f"the baseline is promoted")
     else:
         why = (f"{leader.name} did not beat the baseline on the re-check seed ({fresh:+.4f}): its lead in the "

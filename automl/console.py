@@ -202,7 +202,7 @@ def summary(state: SearchState) -> str:
         lines.append(f"  over the latency limit ({limit:g} ms): {len(over)} trial(s){reference}; the fastest of them, "
                      f"{fastest.name}, runs in {(fastest.latency or {}).get('latency_ms', float('nan')):.2f} ms")
     if best is None and over and not state.ranked():
-        lines.append(f"automl: no trial meets --max-latency-ms {limit:g}: nothing is promoted; raise the limit, or search "
+        lines.append(f"automl: no trial meets the latency limit ({limit:g} ms): nothing is promoted; raise the limit, or search "
                      f"smaller structures (--backbones, --img-sizes, --embed-dims, --precisions int8)")
     elif best is None:
         failed = any(t.status == FAILED for t in state.trials.values())
@@ -225,22 +225,10 @@ def summary(state: SearchState) -> str:
             basis = f" ({r['basis']})" if r.get("basis") else ""
             lines.append(f"  re-check {recheck_role(r)} {r['leader']} vs baseline over {r['seeds']} seeds{basis}: gain {r['gain']:+.4f} "
                          f"+/- {r['gain_stderr']:.4f}{fresh} -> {outcome}; promoted {r['promoted']}")
-        elif (state.budget is None or not state.budget.get("recheck")) and baseline is not None and best.name != baseline.name:
-            from automl.budget import RECHECK_MIN_BUDGET, recheck_fits  # here: automl.budget imports Ray
-
-            b = state.budget
-            if b is None:
-                why = ("a search without an epoch budget (--max-trials, automl_max_recommendations, or PBT) runs none; "
-                       "--budget does")
-            elif not recheck_fits(b["trainings"] * b["spec_epochs"], b["trial_epochs"]):
-                need = RECHECK_MIN_BUDGET * b["trial_epochs"]
-                why = (f"a budget of {count(state.budget_epochs(), 'epoch')} has no room for one (it needs {count(need, 'epoch')}: "
-                       f"{RECHECK_MIN_BUDGET} trainings of a trial's {count(b['trial_epochs'], 'epoch')}, two of them to re-check "
-                       "the leader)")
-            else:
-                why = "not run in this search (--no-recheck, or a grid)"
-            lines.append(f"  re-check none: {why}; {best.name}'s lead over the baseline comes from one training of each "
-                         f"and was not confirmed with another seed")
+        elif baseline is not None and best.name != baseline.name and (
+                baseline.infeasible or state.budget is None or not state.budget.get("recheck")):
+            lines.append(f"  re-check none: {no_recheck_reason(state)}; {best.name}'s lead over the baseline comes from one "
+                         f"training of each and was not confirmed with another seed")
     if state.pareto is not None:
         lines.append(f"  front    {len(state.pareto['front'])} of {len(state.pareto['points'])} trials on the "
                      f"{' / '.join(state.pareto['objectives'])} front; promoted {state.pareto['chosen']}: {state.pareto['rule']}")
@@ -257,6 +245,24 @@ def summary(state: SearchState) -> str:
         f"  MLflow UI  automl ui {shlex.quote(str(layout.root))}",  # a command to paste: quoted when it has spaces
     ]
     return "\n".join(lines)
+
+
+def no_recheck_reason(state: SearchState) -> str:
+    """Why no re-check compared the search's best with the baseline."""
+    baseline, b = state.baseline(), state.budget
+    if baseline is not None and baseline.infeasible:
+        return ("the baseline (the spec's own model) is over the latency limit, so no leader is compared with it; "
+                "the re-check's epochs went to the search")
+    if b is None:
+        return "a search without an epoch budget (--max-trials, automl_max_recommendations, or PBT) runs none; --budget does"
+    from automl.budget import RECHECK_MIN_BUDGET, recheck_fits  # here: automl.budget imports Ray
+
+    if not recheck_fits(b["trainings"] * b["spec_epochs"], b["trial_epochs"]):
+        need = RECHECK_MIN_BUDGET * b["trial_epochs"]
+        return (f"a budget of {count(state.budget_epochs(), 'epoch')} has no room for one (it needs {count(need, 'epoch')}: "
+                f"{RECHECK_MIN_BUDGET} trainings of a trial's {count(b['trial_epochs'], 'epoch')}, two of them to re-check "
+                "the leader)")
+    return "not run in this search (--no-recheck, or a grid)"
 
 
 def recheck_role(recheck: dict) -> str:

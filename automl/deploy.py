@@ -241,6 +241,10 @@ def premeasure(opts: Any, space: Any, baseline: Mapping[str, Any] | None, echo: 
         opts = opts.with_values(max_latency_ms=round(ratio * own, 3), max_latency_ratio=None)
         s = opts.search
         echo(f"automl: latency limit {s.max_latency_ms:g} ms: {ratio:g} x the spec's own model ({own:.2f} ms at fp32)")
+    if s.max_latency_ms is None and len(precisions(s)) > 1:
+        echo(f"automl: latency: --precisions {','.join(precisions(s))} without a limit: every model deploys at "
+             f"{precisions(s)[0]}, the most accurate; a lower precision is chosen only for a model over --max-latency-ms "
+             f"or --max-latency-ratio")
     echo(f"automl: latency on {target(s).describe()}{f', limit {s.max_latency_ms:g} ms' if s.max_latency_ms else ''}:")
     for record in records:
         echo("  " + describe(record, s.max_latency_ms))

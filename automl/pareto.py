@@ -119,9 +119,9 @@ def decide(state: SearchState, objectives: Sequence[str] | str, max_latency_ms: 
     if weights:
         (w_metric, s_metric), (w_cost, s_cost) = weights
         chosen = max(members, key=lambda p: w_metric * p["accuracy"] / s_metric - w_cost * p["cost"] / s_cost)
-        rule = weighted_rule(weights, metric, mode, cost) + ("" if max_latency_ms is None else f", under --max-latency-ms {max_latency_ms:g}")
+        rule = weighted_rule(weights, metric, mode, cost) + ("" if max_latency_ms is None else f", under the latency limit ({max_latency_ms:g} ms)")
     elif max_latency_ms is not None:
-        chosen, rule = max(members, key=lambda p: p["accuracy"]), f"the most accurate under --max-latency-ms {max_latency_ms:g}"
+        chosen, rule = max(members, key=lambda p: p["accuracy"]), f"the most accurate under the latency limit ({max_latency_ms:g} ms)"
     else:
         chosen = knee(members)
         rule = ("the knee of the front (farthest from the line between its ends, both objectives scaled)" if len(members) > 2

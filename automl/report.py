@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from automl.console import recheck_role, trial_rows
+from automl.console import no_recheck_reason, recheck_role, trial_rows
 from automl.finals import size_note
 from automl.layout import Layout, trial_number
 from automl.state import FINISHED, KILLED, STOPPED, SearchState, TrialRecord
@@ -464,7 +464,7 @@ def _gain_chart(plt: Any, state: SearchState, r: dict[str, Any]) -> Any:
     fig, ax = plt.subplots(figsize=(7, 3.4))
     if noise:
         ax.axvspan(-noise, noise, color="C7", alpha=0.2,
-                   label=f"within the noise (+/- {noise:.4f}: the gain moved by it between seeds)")
+                   label=f"within the noise (+/- {noise:.4f}: the gain's noise between seeds)")
     ax.axvline(0, color="black", linewidth=1)
     ax.scatter(gains, [2, 1], color="C0", zorder=3, label="paired gain of one seed")
     ax.errorbar([r["gain"]], [0], xerr=[[r["gain_stderr"]], [r["gain_stderr"]]], fmt="o", color="C3", capsize=6,
@@ -645,7 +645,7 @@ def _comparison(state: SearchState, plots: dict[str, str]) -> list[Block]:
         return []
     r = state.recheck
     if r is not None:
-        noise = (f"; the gain moved by {r['gain_noise']:.4f} between the two seeds (grey band)"
+        noise = (f"; the gain's noise between the two seeds, {r['gain_noise']:.4f} (SD of one paired gain; grey band)"
                  if r.get("gain_noise") is not None else "")
         basis = f" ({r['basis']}, where each training settled)" if r.get("basis") else ""
         text = (f"The {recheck_role(r)} `{r['leader']}` against the baseline `{r['baseline']}`, each trained on two seeds: the paired "
@@ -656,8 +656,8 @@ def _comparison(state: SearchState, plots: dict[str, str]) -> list[Block]:
         text = (("The baseline led the search; the best other trial, " if led else "")
                 + f"`{best.name}` {best.best_value:.4f} against the baseline `{baseline.name}` {baseline.best_value:.4f} "
                 f"({best.best_value - baseline.best_value:+.4f}), on an axis zoomed around the two values. No re-check "
-                "measured the noise of this difference (it needs an epoch budget with room for re-checks): a difference "
-                "smaller than the seed-to-seed spread of one training is no evidence.")
+                f"measured the noise of this difference ({no_recheck_reason(state)}): a difference smaller than the "
+                "seed-to-seed spread of one training is no evidence.")
     return [Heading("Baseline vs best"), Para(text), Figure(plots["baseline_vs_best"], "Baseline vs best")]
 
 
@@ -700,7 +700,7 @@ def _fresh_gain(r: dict) -> str:
     if r.get("recheck_gain") is None or r.get("gain_noise") is None:
         return ""
     return (f" On the re-check seed alone (untouched by the search's selection) the gain is {r['recheck_gain']:+.4f}; "
-            f"the gain moved by {r['gain_noise']:.4f} (SD of one paired gain) between the two seeds.")
+            f"the gain's noise between the two seeds is {r['gain_noise']:.4f} (SD of one paired gain: their difference / sqrt 2).")
 
 
 def _pareto_blocks(state: SearchState, plots: dict[str, str]) -> list[Block]:

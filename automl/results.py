@@ -75,7 +75,10 @@ def tao_results(state: "SearchState") -> dict[str, Any]:
     """The search as TAO's AutoMLRunner returns its results (see the module's docstring)."""
     records = sorted(state.trials.values(), key=lambda t: (trial_number(t.name) or 0, t.name))
     best = state.best()
-    done = [t for t in records if t.status in ("FINISHED", "STOPPED", "FAILED", "KILLED")]
+    # A killed trial is done once the search is (a time budget or the failure limit ended it); while the
+    # search can resume it is not, and one lost to a kill is taken over by a new trial (counted then).
+    finished = state.status == "FINISHED"
+    done = [t for t in records if t.status in ("FINISHED", "STOPPED", "FAILED") or (t.status == "KILLED" and finished and not t.lost)]
     options = (state.settings or {}).get("search") or {}
     total = options.get("max_trials") or len(records)
     history = [{"rec_id": _rec_id(t), "trial": t.name, "metric": t.best_value,

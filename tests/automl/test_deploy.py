@@ -348,7 +348,7 @@ def test_a_latency_limit_keeps_slow_models_out(data, tmp_path) -> None:
     # the front (of the feasible trials) decides the promotion; pareto.json, the plot and MLflow keep it
     pareto = json.loads((results / "pareto.json").read_text())
     assert pareto["chosen"] == by_size[32].name and [p["trial"] for p in pareto["points"]] == [by_size[32].name]
-    assert "NVIDIA's weights" in pareto["rule"] and "under --max-latency-ms" in pareto["rule"]
+    assert "NVIDIA's weights" in pareto["rule"] and f"under the latency limit ({limit:g} ms)" in pareto["rule"]
     assert (results / "report" / "pareto.png").is_file()
     assert "Pareto front" in (results / "report" / "report.md").read_text()
     assert [a.path for a in client.list_artifacts(state.mlflow_parent_run_id, "search")].count("search/pareto.json") == 1
@@ -367,7 +367,7 @@ def test_a_latency_limit_keeps_slow_models_out(data, tmp_path) -> None:
     assert not list((tmp_path / "none").glob("trial_*"))
     # measured by the trials (too many to measure first) and none feasible: nothing is promoted
     state.trials[by_size[32].trial_id].infeasible, state.best_trial = True, None
-    assert "no trial meets --max-latency-ms" in summary(state)
+    assert "no trial meets the latency limit (" in summary(state)
 
 
 def test_an_infeasible_baseline_gives_its_recheck_reserve_back(tmp_path) -> None:
@@ -382,6 +382,22 @@ def test_an_infeasible_baseline_gives_its_recheck_reserve_back(tmp_path) -> None
     assert search_share(state, budget) == 40
     state.trials["0"].infeasible = True
     assert search_share(state, budget) == 60
+
+
+def test_lower_precisions_without_a_limit_are_said_to_change_nothing(data, tmp_path) -> None:
+    """Without a latency limit every model deploys at its most accurate precision: --precisions
+    fp32,int8 alone puts no int8 model on the front, and the driver says so before any trial."""
+    from automl.deploy import premeasure
+    from automl.runner import _plan
+    from automl.skill import find_skill
+
+    opts = search_options(tmp_path / "p", data / "spec.yaml", overrides=SMALL, structure={"deploy.precision": ["fp32", "int8"]},
+                          latency_threads=1)
+    opts, space, baseline, _ = _plan(opts, find_skill("segformer"))
+    lines: list[str] = []
+    premeasure(opts, space, baseline, lines.append)
+    assert any(line.startswith("automl: latency: --precisions fp32,int8 without a limit: every model deploys at fp32")
+               for line in lines), lines
 
 
 def test_a_relative_limit_is_a_share_of_the_specs_own_latency(data, tmp_path) -> None:

@@ -34,6 +34,12 @@ def test_objectives_are_the_searched_ones_and_non_finite_values_are_null(tmp_pat
     assert data["pareto_front"] == [{"rec_id": 1, "trial": "trial_001", "objective_values": {"val_loss": 0.4, "latency_ms": 5.0}}]
     assert [h["metric"] for h in data["history"]] == [0.5, 0.4, None]  # inf: null, not Infinity
     assert data["progress"]["total"] == 3 and data["final_evaluation"]["status"] == "pending"
+    assert data["progress"]["completed"] == 3
+    # killed with the driver: not completed while `automl resume` can continue it
+    state.trials["id2"].status = "KILLED"
+    assert _strict(write_results(state).read_text())["progress"]["completed"] == 2
+    state.status = FINISHED  # killed by the search's end (a time budget): done
+    assert _strict(write_results(state).read_text())["progress"]["completed"] == 3
 
 
 def test_a_results_file_that_cannot_be_written_does_not_cost_the_ledger(tmp_path: Path) -> None:

@@ -131,6 +131,15 @@ def test_a_summary_says_when_no_recheck_backs_the_promoted_lead(tmp_path):
     assert "re-check none: not run in this search (--no-recheck, or a grid)" in summary(state)
     state.budget = None  # sized by a trial count: the console summary said nothing of it (report.md did)
     assert "re-check none: a search without an epoch budget (--max-trials, automl_max_recommendations, or PBT)" in summary(state)
+    # a budget with its re-check, but the baseline over the latency limit: nothing to compare with (it said nothing)
+    state.budget = {"trainings": 10.0, "spec_epochs": 1, "trial_epochs": 1, "recheck": 2}
+    baseline.infeasible, state.settings = True, {"search": {"max_latency_ms": 5.0}}
+    assert "re-check none: the baseline (the spec's own model) is over the latency limit" in summary(state)
+    from automl.report import _comparison
+
+    text = _comparison(state, {"baseline_vs_best": "x.png"})[1].text
+    assert "the baseline (the spec's own model) is over the latency limit" in text and "room for re-checks" not in text
+    baseline.infeasible = False
     state.budget = {"trainings": 10.0, "spec_epochs": 1, "trial_epochs": 1, "recheck": 0}
     other.best_value = 0.0  # the baseline leads: nothing to re-check
     assert "re-check none" not in summary(state)
