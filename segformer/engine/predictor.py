@@ -151,6 +151,12 @@ def load_torch_model_and_meta(model_cfg: ModelConfig, num_classes: int, checkpoi
             f"{checkpoint} holds a {trained_backbone!r} model but model.backbone.type is "
             f"{model_cfg.backbone.type!r}; set model.backbone.type: {trained_backbone}"
         )
+    trained_dim, spec_dim = meta.get("embed_dim"), int(model_cfg.decode_head.decoder_params.embed_dim)
+    if trained_dim is not None and int(trained_dim) != spec_dim:  # else a list of every decoder tensor's shape
+        raise CheckpointError(
+            f"{checkpoint} has a decoder of embed_dim {trained_dim} but model.decode_head.decoder_params.embed_dim is "
+            f"{spec_dim}; set model.decode_head.decoder_params.embed_dim: {trained_dim}"
+        )
     model = build_segformer(model_cfg, num_classes, load_pretrained=False)
     try:
         load_into(model, state, strict=True)

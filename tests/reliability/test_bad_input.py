@@ -432,11 +432,12 @@ def b_eval_missing(c):
     return c.spec() + [f"evaluate.checkpoint={c.tmp / 'none.pth'}"], ["evaluate.checkpoint", "none.pth", "does not exist"]
 
 
-def b_eval_classes(c):
-    # the checkpoint was trained for 3 classes; a 2-class palette spec must be refused clearly
+def b_eval_head_width(c):
+    # a checkpoint with another decoder width than the spec's: one line naming the key and its value
+    # (it listed every decoder tensor's shape, ~1,100 characters, and never said embed_dim)
     ckpt = c.checkpoint()
     return c.spec() + [f"evaluate.checkpoint={ckpt}", "model.decode_head.decoder_params.embed_dim=64"], \
-        [ckpt.name, "does not fit"]
+        [ckpt.name, "decoder_params.embed_dim is 64", "set model.decode_head.decoder_params.embed_dim: "]
 
 
 def b_infer_backbone(c):
@@ -524,7 +525,7 @@ CASES = [
     Case("eval_garbage_onnx", "evaluate", b_garbage_onnx),
     Case("eval_engine_without_tensorrt", "evaluate", b_engine_as_checkpoint),
     Case("quantize_calibration_unreadable", "quantize", b_quantize_calibration_unreadable),
-    Case("eval_other_head_width", "evaluate", b_eval_classes),
+    Case("eval_other_head_width", "evaluate", b_eval_head_width),
     Case("inference_other_backbone", "inference", b_infer_backbone),
     Case("inference_corrupt_image", "inference", b_infer_corrupt),
     Case("unknown_action", "trian", b_unknown_action, code=2),
