@@ -210,13 +210,17 @@ def summary(state: SearchState) -> str:
                                                                "none failed: the search ended before any reported an epoch"))
     else:
         changed = {k: v for k, v in best.params.items() if baseline is None or baseline.params.get(k) != v}
-        shown = _values(changed) if changed else "the baseline itself"
+        again = baseline is not None and best.recheck_of == baseline.name  # the spec's configuration, its second seed
+        shown = ("the baseline's configuration, trained on the re-check seed" if again else
+                 _values(changed) if changed else "the baseline itself")
         speed = f"; {best.latency['latency_ms']:.2f} ms on the deploy target" if best.latency else ""
         label = "best feasible " if limit is not None else "best     "
         lines.append(f"  {label}{best.name}: {state.metric}={best.best_value:.4f} (epoch {best.best_epoch} of {best.epochs_trained}); {shown}{speed}")
         if baseline is not None and baseline.best_value is not None:
             delta = best.best_value - baseline.best_value
-            lines.append(f"  baseline {baseline.name}: {state.metric}={baseline.best_value:.4f}  (best {delta:+.4f})")
+            gap = (f"{best.name} {delta:+.4f}: the same configuration on another seed, seed noise, not a gain" if again
+                   else f"best {delta:+.4f}")
+            lines.append(f"  baseline {baseline.name}: {state.metric}={baseline.best_value:.4f}  ({gap})")
         if state.recheck is not None:
             r = state.recheck
             fresh = (f", on the fresh seed {r['recheck_gain']:+.4f} vs noise {r['gain_noise']:.4f}"

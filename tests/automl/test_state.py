@@ -143,3 +143,22 @@ def test_a_summary_says_when_no_recheck_backs_the_promoted_lead(tmp_path):
     state.budget = {"trainings": 10.0, "spec_epochs": 1, "trial_epochs": 1, "recheck": 0}
     other.best_value = 0.0  # the baseline leads: nothing to re-check
     assert "re-check none" not in summary(state)
+
+
+def test_a_promoted_second_seed_of_the_baseline_is_not_shown_as_a_gain(tmp_path):
+    """When the re-check keeps the spec's configuration and its re-check training scored higher, that
+    training is promoted: the summary names it as the baseline's configuration on another seed, and its
+    lead over the first training as seed noise (it read "best +0.01" over "the baseline itself")."""
+    from automl.console import summary
+
+    state = _state(tmp_path)
+    baseline, again = _trial(state, 0), _trial(state, 3)
+    baseline.is_baseline, again.recheck_of, again.params = True, baseline.name, dict(baseline.params)
+    for record in (baseline, again):
+        record.status = FINISHED
+        _report(state, record, 1)
+    state.best_trial = again.name
+    text = summary(state)
+    assert "trial_003: val_miou=0.1030 (epoch 1 of 1); the baseline's configuration, trained on the re-check seed" in text
+    assert "(trial_003 +0.0030: the same configuration on another seed, seed noise, not a gain)" in text
+    assert "best +" not in text
