@@ -225,7 +225,10 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
         from segformer.engine.predictor import load_torch_model
 
         if model_path.suffix == ".onnx":
-            raise SegformerError(f"backend {backend} quantizes a PyTorch checkpoint; got the ONNX file {model_path}")
+            onnx_twin = "modelopt.onnx" if backend == "modelopt.pytorch" else "onnxruntime"
+            raise SegformerError(f"backend {backend} quantizes a PyTorch checkpoint; got the ONNX file {model_path}: set "
+                                 f"quantize.backend: {onnx_twin} to quantize the ONNX model, or quantize.model_path to "
+                                 f"the .pth checkpoint")
         device = _device(str(options.device))
         model = load_torch_model(cfg.model, num_classes, model_path).to(device).eval()
         float_bytes = _state_bytes(model)

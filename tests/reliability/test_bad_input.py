@@ -450,6 +450,14 @@ def b_infer_corrupt(c):
     return c.spec() + [f"inference.checkpoint={c.checkpoint()}"], ["test_00000.jpg", "cannot read image"]
 
 
+def b_quant_onnx_for_torch_backend(c):
+    # TAO's "modelopt" is ModelOpt's PyTorch backend: an ONNX model_path is told which backend takes it
+    onnx = c.tmp / "exported.onnx"
+    onnx.write_bytes(b"not read")
+    return c.spec() + ["quantize.backend=modelopt", f"quantize.model_path={onnx}"], \
+        ["exported.onnx", "quantize.backend: modelopt.onnx", "the .pth checkpoint"]
+
+
 def b_unknown_action(c): return [], ["invalid choice", "trian"]
 def b_no_spec(c): return [], ["-e"]
 
@@ -526,6 +534,7 @@ CASES = [
     Case("eval_engine_without_tensorrt", "evaluate", b_engine_as_checkpoint),
     Case("quantize_calibration_unreadable", "quantize", b_quantize_calibration_unreadable),
     Case("eval_other_head_width", "evaluate", b_eval_head_width),
+    Case("quantize_onnx_for_torch_backend", "quantize", b_quant_onnx_for_torch_backend),
     Case("inference_other_backbone", "inference", b_infer_backbone),
     Case("inference_corrupt_image", "inference", b_infer_corrupt),
     Case("unknown_action", "trian", b_unknown_action, code=2),
