@@ -1,6 +1,7 @@
 """TAO AutoML settings files mapped onto our options (`automl.options`), and the command line over them.
 
-``load_settings(path)`` reads YAML or JSON (safe_load) and returns a dict keyed by OUR option names.
+``load_settings(path)`` reads YAML or JSON (safe_load) and returns a dict keyed by OUR option names
+(`Settings`, which also keeps the key each value was written as, for messages).
 It accepts TAO's keys (``automl_algorithm``, ``automl_max_recommendations``, ``automl_max_epochs``,
 ``automl_reduction_factor``, ``automl_max_concurrent``, ``automl_hyperparameters``,
 ``automl_add_hyperparameters``, ``automl_remove_hyperparameters``, ``override_automl_disabled_params``,
@@ -230,8 +231,9 @@ def _nvidia_objectives(flat: dict[str, Any], source: str) -> None:
         flat["objective_weights"] = tuple((1.0 if w is None else w, 1.0 if sc is None else sc) for _, _, w, sc in entries)
 
 
-def map_tao_settings(raw: Mapping[str, Any], source: str = "settings") -> dict[str, Any]:
-    """TAO (or our) setting names -> our option names. Unknown keys: error with the closest key."""
+def map_tao_settings(raw: Mapping[str, Any], source: str = "settings", origin: dict[str, str] | None = None) -> dict[str, Any]:
+    """TAO (or our) setting names -> our option names. Unknown keys: error with the closest key.
+    `origin`, when given, receives the key each option was given as."""
     if not isinstance(raw, Mapping):
         raise SettingsError(f"{source}: AutoML settings must be a mapping, got {type(raw).__name__}")
     flat: dict[str, Any] = {}
@@ -244,7 +246,7 @@ def map_tao_settings(raw: Mapping[str, Any], source: str = "settings") -> dict[s
     if flat.get("metric") is not None and flat.get("direction") is None and flat.get("mode") is None:
         flat["mode"] = _implicit_mode(str(flat["metric"]))  # as tao-automl does: val_loss is minimised
     mapped: dict[str, Any] = {}
-    origin: dict[str, str] = {}
+    origin = {} if origin is None else origin
     valid = sorted(set(OPTION_SECTION) | set(_TAO_KEYS) | set(_MULTI_KEYS))
     for key, value in flat.items():
         if key in _TAO_KEYS:
@@ -279,7 +281,17 @@ def load_settings(path: str | Path) -> dict[str, Any]:
         raw = read_yaml_file(path, "settings file")  # YAML is a superset of JSON
     except ConfigError as err:
         raise SettingsError(str(err)) from None
-    return map_tao_settings(raw or {}, source=str(path))
+    given_as: dict[str, str] = {}
+    return Settings(map_tao_settings(raw or {}, source=str(path), origin=given_as), given_as)
+
+
+class Settings(dict):
+    """A settings file's values keyed by our option names; `given_as`: the key each was written as
+    (automl_perturbation_factor for perturbation_factor), for messages in the user's words."""
+
+    def __init__(self, values: Mapping[str, Any], given_as: Mapping[str, str]) -> None:
+        super().__init__(values)
+        self.given_as = dict(given_as)
 
 
 def options_from_settings(file_settings: Mapping[str, Any] | None, cli_settings: Mapping[str, Any] | None = None,
@@ -287,6 +299,8 @@ def options_from_settings(file_settings: Mapping[str, Any] | None, cli_settings:
     """Validated options: the settings file, then command-line flags over it (a flag of None means
     "not given"), plus the top-level fields (results_dir, spec, overrides, skill, ...)."""
     merged: dict[str, Any] = {}
+    # option -> the TAO key the settings file wrote it as (a flag given over it: the flag's name is ours)
+    written = {o: k for o, k in getattr(file_settings, "given_as", {}).items() if k != o and (cli_settings or {}).get(o) is None}
     for source, settings in (("settings file", file_settings or {}), ("command line", cli_settings or {})):
         mapped = {k: v for k, v in map_tao_settings(settings, source=source).items() if v is not None}
         if "objectives" in mapped and "objective_weights" not in mapped:
@@ -297,4 +311,8 @@ def options_from_settings(file_settings: Mapping[str, Any] | None, cli_settings:
     try:
         return SearchOptions.build(merged, **top)
     except SearchError as err:
-        raise SettingsError(str(err)) from None
+        message = str(err)
+        for option, key in written.items():  # "perturbation_factor must be > 1": the key the user wrote
+            if message.startswith(f"{option} "):
+                message = f"{key} (settings file){message[len(option):]}"
+        raise SettingsError(message) from None

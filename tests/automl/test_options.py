@@ -57,6 +57,19 @@ def test_cli_wins_over_file(tmp_path: Path) -> None:
     assert opts.resources.gpus_per_trial == 0.5 and opts.results_dir == str(tmp_path / "r")
 
 
+def test_a_bad_value_from_a_settings_file_is_named_as_the_file_wrote_it(tmp_path: Path) -> None:
+    """The user wrote automl_perturbation_factor, not perturbation_factor (our option's name)."""
+    path = tmp_path / "automl.yaml"
+    path.write_text("automl_algorithm: pbt\nautoml_perturbation_factor: 0.5\nautoml_max_recommendations: 3\n")
+    with pytest.raises(SettingsError, match=r"^automl_perturbation_factor \(settings file\) must be > 1, got 0.5$"):
+        options_from_settings(load_settings(path))
+    path.write_text("automl_max_recommendations: 0\n")
+    with pytest.raises(SettingsError, match=r"^automl_max_recommendations \(settings file\) must be an integer >= 1"):
+        options_from_settings(load_settings(path), {"max_trials": None})
+    with pytest.raises(SettingsError, match=r"^max_trials must be an integer >= 1, got -1"):  # the flag's value
+        options_from_settings(load_settings(path), {"max_trials": -1})
+
+
 def test_one_set_of_defaults() -> None:
     """Settings file, command line and Python callers share one options model and its defaults."""
     opts = options_from_settings({}, {})
