@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -37,6 +37,20 @@ IGNORE_INDEX = 255
 """Training id ignored by the loss and the metric (TAO's ``label_id: 255``)."""
 
 _MAX_LISTED = 5
+
+
+def _values_at(keys: np.ndarray, bad: np.ndarray, show: Callable[[int], str]) -> tuple[np.ndarray, list[str], str]:
+    """The distinct values of the `bad` pixels of a 2-D `keys`, the ones listed (the most frequent
+    `_MAX_LISTED`, as `show` writes them) and where each is first seen: "v at row r, col c (n pixels); ..."."""
+    flat_bad = np.flatnonzero(bad.ravel())
+    values, first, counts = np.unique(keys.ravel()[flat_bad], return_index=True, return_counts=True)
+    listed, parts = [], []
+    for value, index, count in sorted(zip(values, first, counts), key=lambda t: -t[2])[:_MAX_LISTED]:
+        row, col = divmod(int(flat_bad[index]), keys.shape[1])
+        listed.append(show(int(value)))
+        parts.append(f"{listed[-1]} at row {row}, col {col} ({int(count)} pixels)")
+    more = f"; and {len(values) - _MAX_LISTED} more values" if len(values) > _MAX_LISTED else ""
+    return values, listed, "; ".join(parts) + more
 
 
 class MaskValueError(DataError):
@@ -286,19 +300,12 @@ class MaskDecoder:
         ids[valid] = lut[values[valid]]
         bad = ids < 0
         if bad.any():
-            flat_bad = np.flatnonzero(bad.ravel())
-            raw, first, counts = np.unique(mask.ravel()[flat_bad], return_index=True, return_counts=True)
-            parts, listed_values = [], []
-            for value, index, count in sorted(zip(raw, first, counts), key=lambda t: -t[2])[:_MAX_LISTED]:
-                row, col = divmod(int(flat_bad[index]), mask.shape[1])
-                parts.append(f"{int(value)} at row {row}, col {col} ({int(count)} pixels)")
-                listed_values.append(f"{int(value)}")
-            more = f"; and {len(raw) - _MAX_LISTED} more values" if len(raw) > _MAX_LISTED else ""
+            _, listed_values, where = _values_at(mask, bad, str)
             known = sorted({e.label_id for e in self.entries})
             scale = " (x255 with label_transform norm)" if self.label_transform == "norm" else ""
             raise MaskValueError(
                 source, f"single-channel mask value(s) are not a palette label_id{scale}", listed_values,
-                "; ".join(parts) + more, f"A single-channel mask with a colour palette holds label_ids {known}; save the "
+                where, f"A single-channel mask with a colour palette holds label_ids {known}; save the "
                 "mask as an RGB colour PNG, or fix its values, or add palette entries for them (label_id 255 to ignore)")
         return ids
 
@@ -315,15 +322,7 @@ class MaskDecoder:
         return raw
 
     def _unknown_values(self, keys: np.ndarray, found: np.ndarray, source: str, gray: bool, dtype: Any) -> MaskValueError:
-        flat_bad = np.flatnonzero(~found.ravel())
-        values, first, counts = np.unique(keys.ravel()[flat_bad], return_index=True, return_counts=True)
-        width = keys.shape[1]
-        parts, listed_values = [], []
-        for value, index, count in sorted(zip(values, first, counts), key=lambda t: -t[2])[:_MAX_LISTED]:
-            row, col = divmod(int(flat_bad[index]), width)
-            listed_values.append(self._format_value(int(value), gray))
-            parts.append(f"{listed_values[-1]} at row {row}, col {col} ({int(count)} pixels)")
-        more = f"; and {len(values) - _MAX_LISTED} more values" if len(values) > _MAX_LISTED else ""
+        values, listed_values, where = _values_at(keys, ~found, lambda value: self._format_value(value, gray))
         known = ", ".join(
             f"{self._format_value((r << 16) + (g << 8) + b, gray and self.is_gray)}->{i}"
             for (r, g, b), i in list(self._value_to_id.items())[:12]
@@ -339,7 +338,7 @@ class MaskDecoder:
             hint += ("; the values look like class ids: with label_transform norm masks must be 0/255, "
                      "so set label_transform: None for masks that hold class ids")
         return MaskValueError(
-            source, f"mask value(s) not in dataset.segment.palette{hint}", listed_values, "; ".join(parts) + more,
+            source, f"mask value(s) not in dataset.segment.palette{hint}", listed_values, where,
             f"Palette values -> training ids: {known}. Fix the mask, or add a palette entry for the value "
             "(label_id 255 to ignore it); if masks hold class ids 0..K-1, set num_classes: K and list each id")
 
