@@ -68,8 +68,6 @@ def final_evaluation(state: SearchState, promoted: TrialRecord, echo: Callable[[
     if reason is not None or baseline is None:
         out = {"skipped": reason or "no baseline trial to compare with", **size}
         echo(f"automl: final evaluation skipped: {out['skipped']}")
-        if size:
-            echo(f"automl: {size_note(out)}")
         return out
     started = time.time()
     folder = Layout.of(state.results_dir).root / "final_evaluation"
@@ -85,9 +83,7 @@ def final_evaluation(state: SearchState, promoted: TrialRecord, echo: Callable[[
             if promoted.name in [r.name for r in groups[role]]:
                 groups["promoted"] = sorted(groups[role], key=lambda r: r.name != promoted.name)
     scores: dict[str, float] = {}
-    out: dict[str, Any] = {"split": "test", "metric": "miou", **size}
-    if size:
-        echo(f"automl: {size_note(out)}")
+    out: dict[str, Any] = {"split": "test", "metric": "miou", **size}  # the summary and the report say it
     for role, records in groups.items():
         values = []
         for record in records:
