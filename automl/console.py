@@ -231,8 +231,9 @@ def summary(state: SearchState) -> str:
                          f"+/- {r['gain_stderr']:.4f}{fresh} -> {outcome}; promoted {r['promoted']}")
         elif baseline is not None and best.name != baseline.name and (
                 baseline.infeasible or state.budget is None or not state.budget.get("recheck")):
-            lines.append(f"  re-check none: {no_recheck_reason(state)}; {best.name}'s lead over the baseline comes from one "
-                         f"training of each and was not confirmed with another seed")
+            lead = (f"; {best.name}'s lead over the baseline comes from one training of each and was not confirmed "
+                    f"with another seed" if state.better(best.best_value, baseline.best_value) else "")
+            lines.append(f"  re-check none: {no_recheck_reason(state)}{lead}")
     if state.pareto is not None:
         lines.append(f"  front    {len(state.pareto['front'])} of {len(state.pareto['points'])} trials on the "
                      f"{' / '.join(state.pareto['objectives'])} front; promoted {state.pareto['chosen']}: {state.pareto['rule']}")

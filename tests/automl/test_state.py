@@ -135,6 +135,9 @@ def test_a_summary_says_when_no_recheck_backs_the_promoted_lead(tmp_path):
     state.budget = {"trainings": 10.0, "spec_epochs": 1, "trial_epochs": 1, "recheck": 2}
     baseline.infeasible, state.settings = True, {"search": {"max_latency_ms": 5.0}}
     assert "re-check none: the baseline (the spec's own model) is over the latency limit" in summary(state)
+    other.best_value = baseline.best_value - 0.05  # the best feasible trial trails the (infeasible) baseline: no "lead"
+    assert "lead over the baseline" not in summary(state) and "re-check none: the baseline" in summary(state)
+    other.best_value = baseline.best_value + 0.001
     from automl.report import _comparison
 
     text = _comparison(state, {"baseline_vs_best": "x.png"})[1].text
