@@ -207,10 +207,12 @@ class LedgerCallback(_Bound, Callback):
             metric = self.live.state.metric
             metrics = {k: v for k, v in metrics.items() if k not in (metric, f"best_{metric}")}
         again = next((h for h in record.history if h.get("epoch") == epoch), None)
+        metric = self.live.state.metric
         is_best = self.live.state.record_result(record, metrics)
-        # A trial restored at its last epoch reports that epoch once more, unchanged: MLflow's history
-        # would show it twice (MlflowCallback skips it). A retrained epoch is logged: a new value.
-        self.live.repeated[trial.trial_id] = again == metrics
+        # A trial restored at its last epoch (automl resume; a PBT member continuing its own checkpoint)
+        # reports that epoch once more: MLflow's history would show it twice (MlflowCallback skips it).
+        # Its validation is the same; a retrained epoch (a new value) is logged.
+        self.live.repeated[trial.trial_id] = again is not None and again.get(metric) == metrics.get(metric)
         record.node_ip = result.get("node_ip", record.node_ip)
         record.node_id = result.get("node_id", record.node_id)
         record.pid = result.get("pid", record.pid)

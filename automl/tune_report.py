@@ -73,8 +73,9 @@ class TuneReportCallback(Checkpoint):
     # top-level key, not as a callback state: Lightning would warn anyone resuming the promoted
     # checkpoint with `segformer train` to add this callback.
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        # Written by the epoch's checkpoint, which comes before this epoch's report.
-        pending = None if self._pending is None else [dict(self._pending[0]), self._pending[1]]
+        # Written by the epoch's checkpoint, which comes before this epoch's report: with the epoch's
+        # training metrics (a resume re-sends this report; it carried the epoch before's train_loss).
+        pending = None if self._pending is None else [self._refreshed(trainer, dict(self._pending[0])), self._pending[1]]
         checkpoint[STATE_KEY] = {"best": self.best, "pending": pending}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -133,11 +134,15 @@ class TuneReportCallback(Checkpoint):
             # The epoch's training metrics (train_loss) are aggregated only now: at validation end the
             # callback metrics still held the epoch before's.
             metrics, improved = pending
-            for key, value in trainer.callback_metrics.items():
-                number = _scalar(value)
-                if number is not None and key != self.metric:
-                    metrics[key] = number
-            self._report(trainer, metrics, improved)
+            self._report(trainer, self._refreshed(trainer, metrics), improved)
+
+    def _refreshed(self, trainer: L.Trainer, metrics: dict[str, Any]) -> dict[str, Any]:
+        """`metrics` with the epoch's training metrics (train_loss), aggregated at the epoch's end."""
+        for key, value in trainer.callback_metrics.items():
+            number = _scalar(value)
+            if number is not None and key != self.metric:
+                metrics[key] = number
+        return metrics
 
     def _report(self, trainer: L.Trainer, metrics: dict[str, Any], improved: bool, source: Path | None = None) -> None:
         """`tune.report` of one epoch; with a checkpoint (`source`, else this epoch's latest file)

@@ -145,6 +145,15 @@ def test_pbt_exploits_another_trials_checkpoint(dataset, tmp_path, ray_session):
     assert not any(r or c for r, c in at_the_end.values()), at_the_end
     exploits = [(t.name, r) for t in state.trials.values() for r in t.restores if r["from"] != t.name]
     assert exploits, {t.name: (t.restores, len(t.history)) for t in state.trials.values()}
+    # members taking turns restart from their own checkpoints and re-send that epoch: MLflow keeps one
+    # point per epoch, as the ledger does (it had the epoch twice, the re-sent one with a stale train_loss)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(state.mlflow_tracking_uri)
+    for t in state.trials.values():
+        for key in ("val_miou", "train_loss"):
+            steps = [m.step for m in client.get_metric_history(t.mlflow_run_id, key)]
+            assert steps == [h["epoch"] for h in t.history], (t.name, key, steps)
     # The first exploit in time: its config is the donor's perturbed, never its own. A later one may
     # hand a trial the values it already has (the same donor's lr halved again), no config change.
     name, restore = min(exploits, key=lambda e: e[1]["epoch"])

@@ -308,3 +308,11 @@ def test_a_trials_reports_carry_the_train_loss_of_their_own_epoch(tmp_path):
     own = {r["epoch"] + 1: r["train_loss"] for r in status if r.get("train_loss") is not None}  # status.json counts from 0, as TAO's
     assert [m["epoch"] for m in captured.sent] == [1, 2, 3] and sorted(own) == [1, 2, 3]
     assert [m["train_loss"] for m in captured.sent] == pytest.approx([own[1], own[2], own[3]])
+    # the report the epoch's checkpoint keeps (a resume re-sends it) holds the same values: it held the
+    # epoch before's train_loss, which a resume wrote over the ledger's and logged to MLflow a second time
+    import torch
+
+    from automl.tune_report import STATE_KEY
+
+    kept = torch.load(tmp_path / "train" / "segformer_model_latest.pth", weights_only=True)[STATE_KEY]["pending"]
+    assert kept[0]["epoch"] == 3 and kept[0]["train_loss"] == pytest.approx(own[3])
