@@ -139,13 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except SystemExit as exc:
         # Lightning ends a fit on SIGTERM with a SystemExit of no code (exit status 0): a scheduler that
-        # pre-empts a job would count it as done. Its last checkpoint is kept.
-        if type(exc).__name__ != "SIGTERMException":
+        # pre-empts a job would count it as done. On Ctrl-C it catches the KeyboardInterrupt and exits 1,
+        # as a failure. Both keep the last checkpoint.
+        interrupted = _from_interrupt(exc)
+        if type(exc).__name__ != "SIGTERMException" and not interrupted:
             raise
-        resume = (" (what it trained is kept: continue with train.resume_training_checkpoint_path=<its train results "
-                  "folder>)") if command == "train" else ""
-        print(f"segformer {command}: stopped by SIGTERM{resume}", file=sys.stderr)
-        return 130  # as `automl` and an interrupt: stopped from outside, resumable
+        return _stopped(command, "interrupted" if interrupted else "stopped by SIGTERM")
     except OSError as exc:
         # The environment, not the code: a full disk, a read-only or missing folder, a file in the way.
         if exc.errno not in _ENVIRONMENT_ERRNOS or os.environ.get("SEGFORMER_DEBUG"):
@@ -155,12 +154,34 @@ def main(argv: Sequence[str] | None = None) -> int:
               "permissions, or choose another results_dir", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
+        if _from_interrupt(exc):  # Ctrl-C inside a library call (a checkpoint write) that raised its own error
+            return _stopped(command, "interrupted")
         if isinstance(exc, _user_error_types()):
             if os.environ.get("SEGFORMER_DEBUG"):
                 traceback.print_exc()
             print(f"segformer {command}: error: {exc}", file=sys.stderr)
             return EXIT_USER_ERROR
         raise
+
+
+def _from_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while a KeyboardInterrupt was being handled (Lightning's exit after
+    Ctrl-C; torch's "unexpected pos" when the interrupt cut a checkpoint write short)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc.__context__
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__context__
+    return False
+
+
+def _stopped(command: str, how: str) -> int:
+    resume = (" (what it trained is kept: continue with train.resume_training_checkpoint_path=<its train results "
+              "folder>)") if command == "train" else ""
+    print(f"segformer {command}: {how}{resume}", file=sys.stderr)
+    return 130  # as `automl` and an interrupt: stopped from outside, resumable
 
 
 def entry() -> None:

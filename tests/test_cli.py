@@ -118,3 +118,22 @@ def test_own_warnings_print_as_one_line_and_other_libraries_keep_pythons_format(
                 "for _ in range(3):\n    with warnings.catch_warnings():\n        pass\n"
                 "    warnings.warn_explicit('ours', UserWarning, where, 3)")
     assert ours.stderr.count("warning: ours") == 1, ours.stderr
+
+
+def test_ctrl_c_that_cut_a_library_call_short_is_an_interrupt(monkeypatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C inside torch.save: the interrupted zip writer raises its own RuntimeError ("unexpected
+    pos") while the KeyboardInterrupt is handled, and Lightning re-raises that. It is the user's stop,
+    exit 130 with the resume hint, not a traceback and exit 1."""
+    def cut_short(action: str, argv: list[str]) -> int:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 32472960 vs 32472848")
+
+    monkeypatch.setattr(cli, "run_action", cut_short)
+    assert cli.main(["train", "-e", "spec.yaml"]) == 130
+    err = capsys.readouterr().err
+    assert "segformer train: interrupted" in err and "train.resume_training_checkpoint_path" in err, err
+    monkeypatch.setattr(cli, "run_action", lambda action, argv: (_ for _ in ()).throw(RuntimeError("a real bug")))
+    with pytest.raises(RuntimeError, match="a real bug"):  # other errors still raise
+        cli.main(["train", "-e", "spec.yaml"])

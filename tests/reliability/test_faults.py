@@ -38,27 +38,32 @@ def _loads(path: Path) -> bool:
 
 
 @pytest.mark.slow
-def test_sigterm_during_training_is_not_a_success(dataset, tmp_path):
+@pytest.mark.parametrize("sig, said", [(signal.SIGTERM, "stopped by SIGTERM"), (signal.SIGINT, "interrupted")])
+def test_stopped_training_is_not_a_success(dataset, tmp_path, sig, said):
     """A scheduler that pre-empts `segformer train` with SIGTERM: Lightning stops the fit with a
-    SystemExit of no code, which exited 0, so the job read as done. Now exit 130 (as `automl`), one
-    line that says so and how to continue, and what the run trained is kept."""
+    SystemExit of no code, which exited 0, so the job read as done. Ctrl-C: Lightning catches the
+    KeyboardInterrupt and exits 1, as a failure, after its own "Detected KeyboardInterrupt" line. Both
+    now exit 130 (as `automl`), one line that says so and how to continue, and what the run trained is
+    kept."""
     results = tmp_path / "results"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(_train_cmd(dataset, results, "train.num_epochs=200"), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            # Python turns SIGINT into KeyboardInterrupt only where it was not ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        status = results / "train" / "status.json"
+        latest = results / "train" / "segformer_model_latest.pth"  # the first epoch's, before the signal
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None and not (status.is_file() and status.read_text().strip()):
+        while time.monotonic() < deadline and proc.poll() is None and not latest.is_file():
             time.sleep(0.1)
         assert proc.poll() is None, "training ended before the signal"
-        os.kill(proc.pid, signal.SIGTERM)
+        os.kill(proc.pid, sig)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
         proc.wait()
     assert proc.returncode == 130, err[-3000:]
-    assert "segformer train: stopped by SIGTERM" in err and "train.resume_training_checkpoint_path" in err, err[-3000:]
+    assert f"segformer train: {said}" in err and "train.resume_training_checkpoint_path" in err, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     assert _loads(results / "train" / "segformer_model_latest.pth")
 
