@@ -245,9 +245,10 @@ def spec_problems(raw: Mapping[str, Any], action: str | None = None,
     more, resolved = _check(raw, action)
     problems += more
     if resolved is not None and action is not None:
-        for need in REQUIRED_BY_ACTION[action]:
+        # Every action writes under results_dir (action_results_dir); TAO's templates ship it as ''.
+        for need in (("results_dir", f"{action}.results_dir"), *REQUIRED_BY_ACTION[action]):
             keys = need if isinstance(need, tuple) else (need,)
-            if all(_select_plain(resolved, k) is None for k in keys):
+            if all(_unset(_select_plain(resolved, k)) for k in keys):
                 problems.append(f"{' or '.join(keys)} is required by {action} but is not set "
                                 f"(set it in the spec or pass {keys[0]}=...)")
     return problems
@@ -260,6 +261,10 @@ def _select(obj: Any, key: str) -> Any:
             raise ConfigError(unknown_key_message(key, valid_keys()))
         obj = getattr(obj, part)
     return obj
+
+
+def _unset(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() in _UNSET)
 
 
 def _select_plain(data: Mapping[str, Any], key: str) -> Any:
@@ -418,7 +423,7 @@ def _resolve(raw: dict) -> tuple[dict | None, list[str]]:
                 continue  # resolvers (${oc.env:X}) and relative references: OmegaConf checks them below
             if ref not in known:
                 problems.append(f"{key} = {text!r} refers to ${{{ref}}}: " + unknown_key_message(ref, known))
-            elif _select_plain(merged, ref) is None or _select_plain(merged, ref) in _UNSET:
+            elif _unset(_select_plain(merged, ref)):
                 problems.append(f"{key} = {text!r} refers to ${{{ref}}}, which is not set; set {ref} "
                                 f"(e.g. {ref}=/path) or write the path out")
     if problems:

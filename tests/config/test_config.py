@@ -316,10 +316,15 @@ def test_validate_action_requirements_and_clean_spec(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "dataset.segment.root_dir is required by evaluate" in out
     assert "evaluate.checkpoint or evaluate.trt_engine" in out
+    # The templates ship results_dir: '' (TAO's launcher fills it); the action would refuse it unset.
+    assert "results_dir or evaluate.results_dir is required by evaluate" in out
     model = tmp_path / "m.pth"
     model.write_bytes(b"")
-    assert validate.main(["-e", str(template), "--action", "evaluate", "dataset.segment.root_dir=/d",
-                          f"evaluate.checkpoint={model}"]) == 0
+    clean = ["-e", str(template), "--action", "evaluate", "dataset.segment.root_dir=/d", f"evaluate.checkpoint={model}"]
+    assert validate.main([*clean, "results_dir="]) == 1
+    assert "results_dir or evaluate.results_dir is required by evaluate" in capsys.readouterr().out
+    assert validate.main([*clean, f"evaluate.results_dir={tmp_path}"]) == 0
+    assert validate.main([*clean, f"results_dir={tmp_path}"]) == 0
     capsys.readouterr()
 
 
@@ -345,9 +350,10 @@ def test_validate_names_a_model_file_the_action_cannot_find(tmp_path, capsys, ac
     assert validate.main(["-e", str(DOC_SPEC), "--action", "train"]) == 0
     capsys.readouterr()
     nvidia_train = NVIDIA / "references" / "spec_template_train.yaml"
-    assert validate.main(["-e", str(nvidia_train), "--action", "train", "root_dir=/d"]) == 1
+    assert validate.main(["-e", str(nvidia_train), "--action", "train", "root_dir=/d", "results_dir=/r"]) == 1
     assert "did you mean 'dataset.segment.root_dir'" in capsys.readouterr().out
-    assert validate.main(["-e", str(nvidia_train), "--action", "train", "dataset.segment.root_dir=/d"]) == 0
+    assert validate.main(["-e", str(nvidia_train), "--action", "train", "dataset.segment.root_dir=/d",
+                          "results_dir=/r"]) == 0
     assert "note: wandb.enable = True has no effect" in capsys.readouterr().out
 
 
@@ -450,7 +456,8 @@ def test_schema_minimum_maximum_are_validity_bounds_and_valid_min_max_the_search
 def test_validate_accepts_zero_weight_decay(tmp_path, capsys):
     spec = tmp_path / "wd0.yaml"
     spec.write_text("train:\n  optim:\n    weight_decay: 0\n    momentum: 0\n    optim: sgd\n")
-    assert validate.main(["-e", str(spec), "--action", "train", "dataset.segment.root_dir=/d"]) == 0, capsys.readouterr().out
+    assert validate.main(["-e", str(spec), "--action", "train", "dataset.segment.root_dir=/d", "results_dir=/r"]) == 0, \
+        capsys.readouterr().out
 
 
 def test_import_is_light():
