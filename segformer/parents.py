@@ -338,8 +338,11 @@ def _train_checkpoint(folder: Path, *, latest: bool = False) -> Choice | None:
         why = f"the best checkpoint by val_miou in {STATUS_NAME}: epoch {chosen['epoch']}, {chosen['val_miou']:.4f}"
         overall = max(validated, key=lambda r: r["val_miou"])
         if overall is not chosen:
-            why += (f"; epoch {overall['epoch']} scored {overall['val_miou']:.4f} but its checkpoint is not kept "
-                    f"(train.checkpoint_interval)")
+            # Past every checkpoint on disk: the run stopped between status.json's line and the save.
+            lost = (overall["epoch"], overall["step"]) > max(on_disk)
+            why += (f"; epoch {overall['epoch']} scored {overall['val_miou']:.4f} but " +
+                    ("the run stopped before its checkpoint was written" if lost else
+                     "its checkpoint is not kept (train.checkpoint_interval)"))
         return Choice(on_disk[(chosen["epoch"], chosen["step"])], why)
     reason = f"{STATUS_NAME} has no validated epoch with a checkpoint here"
     if latest_file.is_file():

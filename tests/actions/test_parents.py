@@ -212,4 +212,10 @@ def test_latest_checkpoint_written_before_status_json_is_no_epochs(tmp_path):
     os.link(latest, numbered)
     os.utime(latest, ns=(written - 10**9, written - 10**9))
     assert pick() == (str(numbered), "the best checkpoint by val_miou in status.json: epoch 0, 0.2000; epoch 1 "
-                                     "scored 0.3000 but its checkpoint is not kept (train.checkpoint_interval)")
+                                     "scored 0.3000 but the run stopped before its checkpoint was written")
+    # an epoch between kept checkpoints was not kept by train.checkpoint_interval
+    status.write_text("".join(json.dumps({"epoch": e, "step": 4 * (e + 1), "val_miou": m}) + "\n"
+                              for e, m in ((0, 0.2), (1, 0.3), (2, 0.25))))
+    os.link(numbered, train_dir / checkpoint_name(2, 12))
+    assert pick()[1] == ("the best checkpoint by val_miou in status.json: epoch 2, 0.2500; epoch 1 "
+                         "scored 0.3000 but its checkpoint is not kept (train.checkpoint_interval)")
