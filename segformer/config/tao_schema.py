@@ -396,12 +396,23 @@ def valid_keys(schema: dict | None = None) -> list[str]:
 
 
 def suggest_key(key: str, candidates: Iterable[str]) -> str | None:
-    """The closest valid key to a mistyped one (difflib), or a shorthand's full key."""
+    """The closest valid key to a mistyped one (difflib), or a shorthand's full key: a near spelling
+    in the same section first, then the key of that very name in another section, then anything near."""
     candidates = list(candidates)
     leaf = key.rsplit(".", 1)[-1]
     if leaf in SPEC_SHORTHAND_KEYS and SPEC_SHORTHAND_KEYS[leaf] in candidates:
         return SPEC_SHORTHAND_KEYS[leaf]
-    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    section = key.rsplit(".", 1)[0] if "." in key else ""
+    siblings = {c.rsplit(".", 1)[-1]: c for c in candidates if (c.rsplit(".", 1)[0] if "." in c else "") == section}
+    close = difflib.get_close_matches(leaf, list(siblings), n=1, cutoff=0.6)
+    if close:
+        return siblings[close[0]]  # a typo in the right section
+    # The right name in the wrong section (dataset.segment.mean): the closest key of that very name.
+    same_leaf = [c for c in candidates if c.rsplit(".", 1)[-1] == leaf and c != key]
+    if same_leaf:
+        return (difflib.get_close_matches(key, same_leaf, n=1, cutoff=0.0) or same_leaf)[0]
+    # A section that holds the key is no answer (dataset.segment.mean -> dataset.segment).
+    close = difflib.get_close_matches(key, [c for c in candidates if not key.startswith(c + ".")], n=1, cutoff=0.6)
     if close:
         return close[0]
     by_leaf: dict[str, str] = {}

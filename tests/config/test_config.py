@@ -189,6 +189,10 @@ def test_action_results_dir():
     ("train.optim.lr=0", r"train\.optim\.lr must be in \(0, 1\], got 0"),
     ("train.optim.learning_rate=1e-3", r"unknown key 'train\.optim\.learning_rate'; did you mean 'train\.optim\.lr'"),
     ("train.num_epoch=3", r"did you mean 'train\.num_epochs'"),
+    # the right name in the wrong section: the key of that name, not the section it was typed in
+    ("dataset.segment.mean=[0.5,0.5,0.5]", r"did you mean 'dataset\.segment\.augmentation\.mean'"),
+    ("train.lr=1e-3", r"did you mean 'train\.optim\.lr'"),
+    ("model.backbone.pretrained_model_path=/w.pth", r"did you mean 'model\.backbone\.pretrained_backbone_path'"),
     ("train.num_epochs=ten", r"train\.num_epochs must be an integer, got 'ten'"),
     ("model.backbone.type=mit_b9", r"model\.backbone\.type must be one of .*got 'mit_b9'; did you mean"),
     ("dataset.segment.label_transform=log", r"label_transform must be one of \['norm', 'None'\]"),
