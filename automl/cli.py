@@ -130,8 +130,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if getattr(args, flag):
             cli[option] = False
     results_dir, overrides = search_folder(args.results_dir, args.spec, args.overrides)
+    flags = {option: "--" + option.replace("_", "-") for option in cli} | {"time_budget_s": "--time-budget"}
     opts = options_from_settings(
-        load_settings(args.settings) if args.settings else None, cli, results_dir=results_dir, spec=args.spec,
+        load_settings(args.settings) if args.settings else None, cli, flags, results_dir=results_dir, spec=args.spec,
         overrides=overrides, skill=None if args.skill_dir else (args.skill or "segformer"),
         skill_dir=args.skill_dir, policy=args.policy,
     )

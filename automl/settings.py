@@ -295,12 +295,15 @@ class Settings(dict):
 
 
 def options_from_settings(file_settings: Mapping[str, Any] | None, cli_settings: Mapping[str, Any] | None = None,
-                          **top: Any) -> SearchOptions:
+                          flags: Mapping[str, str] | None = None, **top: Any) -> SearchOptions:
     """Validated options: the settings file, then command-line flags over it (a flag of None means
-    "not given"), plus the top-level fields (results_dir, spec, overrides, skill, ...)."""
+    "not given"), plus the top-level fields (results_dir, spec, overrides, skill, ...). ``flags``: the
+    command-line flag of each option (max_trials: --max-trials), to name a bad value as it was typed."""
     merged: dict[str, Any] = {}
-    # option -> the TAO key the settings file wrote it as (a flag given over it: the flag's name is ours)
-    written = {o: k for o, k in getattr(file_settings, "given_as", {}).items() if k != o and (cli_settings or {}).get(o) is None}
+    # option -> how the user wrote it: the TAO key of the settings file, or the flag given over it
+    given = {o for o, v in (cli_settings or {}).items() if v is not None}
+    written = {o: f"{k} (settings file)" for o, k in getattr(file_settings, "given_as", {}).items() if o not in given}
+    written.update({o: flag for o, flag in (flags or {}).items() if o in given})
     for source, settings in (("settings file", file_settings or {}), ("command line", cli_settings or {})):
         mapped = {k: v for k, v in map_tao_settings(settings, source=source).items() if v is not None}
         if "objectives" in mapped and "objective_weights" not in mapped:
@@ -313,6 +316,6 @@ def options_from_settings(file_settings: Mapping[str, Any] | None, cli_settings:
     except SearchError as err:
         message = str(err)
         for option, key in written.items():  # "perturbation_factor must be > 1": the key the user wrote
-            if message.startswith(f"{option} "):
-                message = f"{key} (settings file){message[len(option):]}"
+            if message.startswith(f"{option} ") and key != option:
+                message = f"{key}{message[len(option):]}"
         raise SettingsError(message) from None

@@ -66,8 +66,8 @@ def test_a_bad_value_from_a_settings_file_is_named_as_the_file_wrote_it(tmp_path
     path.write_text("automl_max_recommendations: 0\n")
     with pytest.raises(SettingsError, match=r"^automl_max_recommendations \(settings file\) must be an integer >= 1"):
         options_from_settings(load_settings(path), {"max_trials": None})
-    with pytest.raises(SettingsError, match=r"^max_trials must be an integer >= 1, got -1"):  # the flag's value
-        options_from_settings(load_settings(path), {"max_trials": -1})
+    with pytest.raises(SettingsError, match=r"^--max-trials must be an integer >= 1, got -1"):  # the flag's value
+        options_from_settings(load_settings(path), {"max_trials": -1}, {"max_trials": "--max-trials"})
 
 
 def test_one_set_of_defaults() -> None:

@@ -230,3 +230,11 @@ def test_relative_input_paths_resolve_where_the_command_runs(dataset, tmp_path):
                                         "dataset.segment.root_dir=data", *QUICK], timeout=180, cwd=tmp_path)
     assert outcome.code == 0, outcome.stdout[-3000:] + outcome.stderr[-3000:]
     assert "1 trials (1 finished)" in outcome.stdout or "1 trial (1 finished)" in outcome.stdout, outcome.stdout[-3000:]
+
+
+@pytest.mark.parametrize("flag, value", [("--max-trials", "0"), ("--budget", "0"), ("--max-concurrent", "0"),
+                                         ("--time-budget", "-5")])
+def test_a_bad_flag_is_named_as_typed(dataset, tmp_path, flag, value):
+    """The message named our option (max_trials) where the user typed --max-trials."""
+    outcome, _ = _automl(dataset, tmp_path / "r", "--skill", "segformer", "--dry-run", "--no-promote", *TINY, flag, value)
+    _clean(outcome, [f"error: {flag} must", value])
