@@ -150,7 +150,7 @@ def make_param(leaf: Leaf, custom: Mapping[str, Any] | None) -> Param:
         log_flag = True
     source_prefix = "custom_param_ranges; " if customized else ""
     enum = node.get("enum")
-    if enum is None and schema_type in _INT_TYPES | {_ORDERED_INT} and isinstance(node.get("valid_options"), list):
+    if enum is None and schema_type in _INT_TYPES | _FLOAT_TYPES | {_ORDERED_INT} and isinstance(node.get("valid_options"), list):
         enum = node["valid_options"]
     cond = _parse_math_cond(name, node.get("math_cond"))
     depends_on = node.get("depends_on") or None
@@ -187,10 +187,15 @@ def make_param(leaf: Leaf, custom: Mapping[str, Any] | None) -> Param:
         return Param(name, "bool", default, choices=choices, weights=option_weights(name, node, choices), parent_param=parent_param,
                      schema_type=schema_type, source=source_prefix + "bool", depends_on=depends_on, relation=relation)
 
-    if schema_type in _CATEGORICAL_TYPES or (schema_type == _ORDERED_INT and enum) or (enum and schema_type in _INT_TYPES):
+    # Options given for a number (custom_param_ranges valid_options: [0.001, 0.003]) are its values: only
+    # those are tried, as for ints; its range would otherwise be searched as if they were not there.
+    if schema_type in _CATEGORICAL_TYPES or (schema_type == _ORDERED_INT and enum) or (enum and schema_type in _INT_TYPES | _FLOAT_TYPES):
         if not isinstance(enum, list) or not enum:
             raise SpaceError(f"{name}: type {schema_type!r} without enum/valid_options has no values to search; give valid_options in custom_param_ranges")
-        choices = tuple(int(v) for v in enum) if schema_type in _INT_TYPES | {_ORDERED_INT} else tuple(enum)
+        if schema_type in _FLOAT_TYPES and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in enum):
+            raise SpaceError(f"{name}: valid_options {enum!r} must be numbers ({name} is a float)")
+        choices = (tuple(int(v) for v in enum) if schema_type in _INT_TYPES | {_ORDERED_INT} else
+                   tuple(float(v) for v in enum) if schema_type in _FLOAT_TYPES else tuple(enum))
         kind: ParamKind = "int" if schema_type in _INT_TYPES | {_ORDERED_INT} else "categorical"
         return Param(name, kind, default, choices=choices, weights=option_weights(name, node, choices), parent_param=parent_param,
                      schema_type=schema_type, depends_on=depends_on, relation=relation, divisor=divisor,

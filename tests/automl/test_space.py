@@ -101,6 +101,20 @@ def test_custom_param_ranges(nvidia_schema: dict[str, Any]) -> None:
         build_space(nvidia_schema, only=[LR], param_ranges={LR: {"valid_mn": 1e-5}})
 
 
+def test_options_given_for_a_float_are_its_values(nvidia_schema: dict[str, Any]) -> None:
+    """valid_options on lr and weight_decay were ignored: the schema's whole range was searched, and
+    grid search said the space was not finite."""
+    wd = "train.optim.weight_decay"
+    space = build_space(nvidia_schema, only=[LR, wd], param_ranges={LR: {"valid_options": [0.001, 0.003]},
+                                                                     wd: {"valid_options": [0.01, 0.001]}})
+    assert space[LR].choices == (0.001, 0.003) and space[wd].choices == (0.01, 0.001)
+    grid = space.grid()
+    assert grid is not None and sorted((g[LR], g[wd]) for g in grid) == [(0.001, 0.001), (0.001, 0.01),
+                                                                        (0.003, 0.001), (0.003, 0.01)]
+    with pytest.raises(SpaceError, match="must be numbers"):
+        build_space(nvidia_schema, only=[LR], param_ranges={LR: {"valid_options": ["fast", 0.003]}})
+
+
 def test_math_cond_power_divisible_and_relation() -> None:
     schema = _schema({
         "train.batch": {"type": "int", "default": 8, "minimum": 1, "maximum": 64, "math_cond": "^ 2"},
