@@ -217,10 +217,7 @@ def summary(state: SearchState) -> str:
         label = "best feasible " if limit is not None else "best     "
         lines.append(f"  {label}{best.name}: {state.metric}={best.best_value:.4f} (epoch {best.best_epoch} of {best.epochs_trained}); {shown}{speed}")
         if baseline is not None and baseline.best_value is not None:
-            delta = best.best_value - baseline.best_value
-            gap = (f"{best.name} {delta:+.4f}: the same configuration on another seed, seed noise, not a gain" if again
-                   else f"best {delta:+.4f}")
-            lines.append(f"  baseline {baseline.name}: {state.metric}={baseline.best_value:.4f}  ({gap})")
+            lines.append(f"  baseline {baseline.name}: {state.metric}={baseline.best_value:.4f}  ({gain_words(best, baseline)})")
         if state.recheck is not None:
             r = state.recheck
             fresh = (f", on the fresh seed {r['recheck_gain']:+.4f} vs noise {r['gain_noise']:.4f}"
@@ -268,6 +265,15 @@ def no_recheck_reason(state: SearchState) -> str:
                 f"{RECHECK_MIN_BUDGET} trainings of a trial's {count(b['trial_epochs'], 'epoch')}, two of them to re-check "
                 "the leader)")
     return "not run in this search (--no-recheck, or a grid)"
+
+
+def gain_words(best: Any, baseline: Any) -> str:
+    """The best trial's lead over the baseline, in words: a re-check training of the baseline's own
+    configuration is seed noise, not a gain."""
+    delta = best.best_value - baseline.best_value
+    if best.recheck_of == baseline.name:
+        return f"{best.name} {delta:+.4f}: the same configuration on another seed, seed noise, not a gain"
+    return f"best {delta:+.4f}"
 
 
 def recheck_role(recheck: dict) -> str:

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from automl.console import no_recheck_reason, recheck_role, trial_rows
+from automl.console import gain_words, no_recheck_reason, recheck_role, trial_rows
 from automl.finals import size_note
 from automl.layout import Layout, trial_number
 from automl.state import FINISHED, KILLED, STOPPED, SearchState, TrialRecord
@@ -634,8 +634,8 @@ def _summary(state: SearchState) -> list[Block]:
                          [[f"`{k}`", fmt(best.params[k]), fmt(baseline.params.get(k)) if baseline else "-"]
                           for k in sorted(best.params)])]
         if baseline is not None and baseline.best_value is not None:
-            blocks.append(Para(f"Baseline (`{baseline.name}`, the spec's own values): {baseline.best_value:.4f}; "
-                               f"improvement {best.best_value - baseline.best_value:+.4f}."))
+            blocks.append(Para(f"Baseline (`{baseline.name}`, the spec's own values): {baseline.best_value:.4f} "
+                               f"({gain_words(best, baseline)})."))
     return blocks
 
 

@@ -165,3 +165,8 @@ def test_a_promoted_second_seed_of_the_baseline_is_not_shown_as_a_gain(tmp_path)
     assert "trial_003: val_miou=0.1030 (epoch 1 of 1); the baseline's configuration, trained on the re-check seed" in text
     assert "(trial_003 +0.0030: the same configuration on another seed, seed noise, not a gain)" in text
     assert "best +" not in text
+    from automl.report import _summary, to_markdown
+
+    report = to_markdown(_summary(state))  # the report said "improvement +0.0030"
+    assert "(trial_003 +0.0030: the same configuration on another seed, seed noise, not a gain)" in report, report
+    assert "improvement" not in report
