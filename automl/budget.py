@@ -141,7 +141,10 @@ def plan_budget(search: Any, spec_epochs: int, validation_interval: int, seed: i
     trial_epochs = int(search.trial_epochs or spec_epochs)
     if search.multi_fidelity:
         grace = search.grace_period * search.epoch_multiplier if search.grace_period else max(1, round(trial_epochs / 9))
-        grace = min(trial_epochs, math.ceil(grace / validation_interval) * validation_interval)
+        # A rung is an epoch with a validation, at a multiple of epoch_multiplier (TAO's resource unit):
+        # the later rungs, grace x reduction_factor^k, are then multiples of both too.
+        unit = math.lcm(int(validation_interval), int(search.epoch_multiplier))
+        grace = min(trial_epochs, math.ceil(grace / unit) * unit)
     else:
         grace = trial_epochs
     room = recheck_fits(search.budget * spec_epochs, trial_epochs)
