@@ -352,6 +352,11 @@ class BudgetSearcher(Searcher):
         return committed(state, self.budget, starting=starting) + need <= search_share(state, self.budget)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        from automl.callbacks import bound_search
+
+        live = bound_search(self.results_dir)
+        if live is not None and live.out_of_time():
+            return None  # no trial starts past the time budget; the search ends when its trials have (`SearchLimits`)
         if self.searching and self._can_start():
             config = self._fresh(trial_id)
             if config == Searcher.FINISHED:

@@ -66,7 +66,16 @@ class LiveSearch:
     repeated: dict[str, bool] = field(default_factory=dict)  # trial id -> its last result repeated an epoch unchanged
     stop_reasons: dict[str, str] = field(default_factory=dict)  # trial id -> why a scheduler last wanted it stopped (`automl.budget.note_stop`)
     epochs_at_start: int = 0  # epochs the ledger held when this driver started (more than 0: a resumed search)
+    time_budget_s: float | None = None  # --time-budget, counted from this driver's start (`SearchLimits`)
+    started: float = field(default_factory=time.time)
     _next: float = 0.0  # share of the budget at which the next progress line is due
+
+    @property
+    def deadline(self) -> float | None:
+        return self.started + self.time_budget_s if self.time_budget_s else None
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.time() >= self.deadline
 
     @property
     def layout(self) -> Layout:
@@ -84,6 +93,8 @@ class LiveSearch:
         if self.pace is None:
             self.pace = Pace()
         left = self.pace.left(self.state)  # the first call starts the clock
+        if left is not None and self.deadline is not None:
+            left = min(left, max(0.0, self.deadline - time.time()))  # the time budget ends it sooner
         total = self.state.budget_epochs() or 0
         if left is None or done - self.pace.start[1] < 2 or done / max(1, total) < self._next:
             return
@@ -406,8 +417,16 @@ class ConsoleCallback(_Bound, Callback):
     on_trial_start = on_trial_result = on_trial_complete = on_trial_error = _show
 
 
-class FailureLimit(_Bound, Stopper):
-    """Ends the search after `limit` failed trials (Ray asks `stop_all` after every event)."""
+class SearchLimits(_Bound, Stopper):
+    """Ends the search after `limit` failed trials, or at the time budget (Ray asks `stop_all` after
+    every event, and the stopper itself after every result).
+
+    The time budget (`LiveSearch.time_budget_s`) stops no epoch half-way. Ray's own
+    (TuneConfig.time_budget_s) stops every trial at once, and an epoch a trial had finished but not
+    yet reported was lost to the ledger and MLflow though its status.json and checkpoint held it.
+    Past the deadline a trial stops at its next epoch's end, that epoch recorded; a budgeted search
+    starts no trial (`automl.budget.BudgetSearcher`); once no trial that was running at the deadline
+    is left, the search ends. The clock starts with the driver (`automl resume` gets the budget again)."""
 
     def __init__(self, results_dir: str | Path, limit: int | None = None) -> None:
         super().__init__(results_dir)
@@ -420,10 +439,21 @@ class FailureLimit(_Bound, Stopper):
         self.__init__(state["results_dir"], state.get("limit"))
 
     def __call__(self, trial_id: str, result: dict) -> bool:
-        return False
+        live = self.live
+        if not live.out_of_time():
+            return False
+        live.stop_reasons[trial_id] = (f"time: the time budget of {live.time_budget_s:g} s ran out; it stopped at the "
+                                       f"end of epoch {result.get('epoch')}")
+        return True
 
     def stop_all(self) -> bool:
-        return self.limit is not None and self.live.state.counts().get(FAILED, 0) >= self.limit
+        live, state = self.live, self.live.state
+        if self.limit is not None and state.counts().get(FAILED, 0) >= self.limit:
+            return True
+        # A trial that started after the deadline (a slot freed under --max-trials) is cut: it would
+        # train past the budget. A PBT member paused at a perturbation epoch has recorded its epochs.
+        return live.out_of_time() and not any(t.status == RUNNING and not t.paused and (t.started_at or 0) < live.deadline
+                                              for t in state.trials.values())
 
 
 def search_callbacks(results_dir: str | Path) -> list[Callback]:

@@ -226,8 +226,7 @@ def summary(state: SearchState) -> str:
             basis = f" ({r['basis']})" if r.get("basis") else ""
             lines.append(f"  re-check {recheck_role(r)} {r['leader']} vs baseline over {r['seeds']} seeds{basis}: gain {r['gain']:+.4f} "
                          f"+/- {r['gain_stderr']:.4f}{fresh} -> {outcome}; promoted {r['promoted']}")
-        elif baseline is not None and best.name != baseline.name and (
-                baseline.infeasible or state.budget is None or not state.budget.get("recheck")):
+        elif baseline is not None and best.name != baseline.name:
             lead = (f"; {best.name}'s lead over the baseline comes from one training of each and was not confirmed "
                     f"with another seed" if state.better(best.best_value, baseline.best_value) else "")
             lines.append(f"  re-check none: {no_recheck_reason(state)}{lead}")
@@ -264,6 +263,10 @@ def no_recheck_reason(state: SearchState) -> str:
         return (f"a budget of {count(state.budget_epochs(), 'epoch')} has no room for one (it needs {count(need, 'epoch')}: "
                 f"{RECHECK_MIN_BUDGET} trainings of a trial's {count(b['trial_epochs'], 'epoch')}, two of them to re-check "
                 "the leader)")
+    if b.get("recheck"):  # planned, but the search ended first
+        if any((t.stopped_by or "").startswith("time:") for t in state.trials.values()):
+            return "the time budget (--time-budget) ran out before it"
+        return "the search ended before it"
     return "not run in this search (--no-recheck, or a grid)"
 
 

@@ -57,7 +57,7 @@ class SearchConfig:
     recheck: bool | None = None  # re-train the leader and the baseline with another seed before promoting; None: with a budget
     max_epochs: int | None = None  # a trial's budget in resource units; None: the spec's train.num_epochs (in epochs)
     epoch_multiplier: int = 1  # epochs per resource unit (TAO): a trial trains max_epochs x this, rungs at multiples of it
-    time_budget_s: float | None = None  # stop launching trials after this many seconds; None: no limit
+    time_budget_s: float | None = None  # seconds: then running trials stop at their epoch's end (`automl.callbacks.SearchLimits`); None: no limit
     seed: int = 0  # sampler seed; also HyperBand's bracket draws and PBT's perturbations
     baseline_first: bool = True  # the first trial is the spec's own configuration (TAO run_baseline)
     grace_period: int | None = None  # asha/hyperband/bohb: units before a trial can be stopped (TAO automl_min_early_stop_epochs); None: ~1/9 of a trial's epochs with a budget, else 1

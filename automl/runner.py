@@ -398,7 +398,8 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, session: Any, *,
     early = EarlyPromotion.for_search(opts, expected, session.slots())
     search = LiveSearch(state, tracker, epochs=int(opts.search.trial_epochs or 0),
                         prune=opts.tracking.delete_intermediate_checkpoints, early=early,
-                        console=LiveTable(echo) if live else None, echo=echo, epochs_at_start=state.epochs_trained())
+                        console=LiveTable(echo) if live else None, echo=echo, epochs_at_start=state.epochs_trained(),
+                        time_budget_s=opts.search.time_budget_s)
     # Ray Tune's own SIGINT handler would end `fit()` normally, and the search would be ranked,
     # promoted and closed as FINISHED although trials were cut. Ctrl-C and SIGTERM raise
     # KeyboardInterrupt here instead, and the search resumes like one whose driver was killed.
@@ -428,6 +429,8 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, session: Any, *,
         stop_reason = (f"the time budget of {budget:g} s (--time-budget, settings time_budget_s) ran out before any trial "
                        f"reported an epoch: one trial needs longer than that here; raise it")
         echo(f"automl: {stop_reason}")
+    elif budget and time.time() - started >= budget:
+        echo(f"automl: the time budget of {budget:g} s ran out: the trials then running stopped at the end of their epoch")
     # Trials Ray stops for the whole search (failure limit, time budget) get no end event: KILLED here.
     reason = (f"stopped: the time budget of {budget:g} s ran out" if budget and time.time() - started >= budget
               else f"stopped: {stop_reason}" if stop_reason else "interrupted: the driver stopped while this trial ran")
@@ -460,7 +463,7 @@ def _new_tuner(opts: SearchOptions, plan: Any) -> Any:
     from ray import tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig
 
-    from automl.callbacks import FailureLimit, search_callbacks
+    from automl.callbacks import SearchLimits, search_callbacks
     from automl.layout import EXPERIMENT_NAME
     from automl.trial import TrialNamer
 
@@ -476,10 +479,11 @@ def _new_tuner(opts: SearchOptions, plan: Any) -> Any:
         failure_config=FailureConfig(max_failures=opts.resources.max_failures, fail_fast=False),
         checkpoint_config=CheckpointConfig(num_to_keep=None if keep_all else 1, checkpoint_score_attribute=s.ranking_metric,
                                            checkpoint_score_order=s.mode),
-        stop=FailureLimit(opts.results_dir, opts.resources.max_failed_trials), callbacks=search_callbacks(opts.results_dir),
+        stop=SearchLimits(opts.results_dir, opts.resources.max_failed_trials),
+        callbacks=search_callbacks(opts.results_dir),
     )
     tune_config = tune.TuneConfig(search_alg=plan.search_alg, scheduler=plan.scheduler, num_samples=plan.num_samples,
-                                  time_budget_s=s.time_budget_s,  # concurrency: set on the search algorithm itself
+                                  # concurrency: set on the search algorithm itself; the time budget: SearchLimits
                                   # A trial process serves the next trial and, under PBT, a member's restart
                                   # after each synchronous pause: about 5 s of process start and imports
                                   # saved each time on 2 CPU cores (benchmarks/RESULTS.md, "Search overhead")

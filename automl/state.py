@@ -45,7 +45,7 @@ STATE_VERSION = 2  # 2: settings in sections (automl.options), baseline values k
 PENDING, RUNNING, FINISHED, FAILED, KILLED = "PENDING", "RUNNING", "FINISHED", "FAILED", "KILLED"
 STOPPED = "STOPPED"
 LOST = "lost: "  # the error of a trial Ray's saved state did not know when the search resumed (`TrialRecord.lost`)
-STOP_KINDS = ("rung", "curve", "budget")  # what stopped a trial early (TrialRecord.stopped_by starts with one)
+STOP_KINDS = ("rung", "curve", "budget", "time")  # what stopped a trial early (TrialRecord.stopped_by starts with one)
 DONE = (FINISHED, STOPPED)  # ended normally (MLflow status FINISHED)
 
 

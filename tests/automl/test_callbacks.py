@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from automl.callbacks import FailureLimit, LedgerCallback, LiveSearch, bind, search_callbacks
+from automl.callbacks import SearchLimits, LedgerCallback, LiveSearch, bind, search_callbacks
 from automl.state import FAILED, FINISHED, RUNNING, SearchState, TrialRecord
 
 
@@ -19,7 +19,7 @@ def _live(results) -> LiveSearch:
 
 def test_pickled_callbacks_carry_only_their_folder_and_find_the_bound_search(tmp_path):
     live = _live(tmp_path / "a")
-    callbacks = [*search_callbacks(tmp_path / "a"), FailureLimit(tmp_path / "a", 1)]
+    callbacks = [*search_callbacks(tmp_path / "a"), SearchLimits(tmp_path / "a", 1)]
     restored = pickle.loads(pickle.dumps(callbacks))  # what Tuner.restore does with tuner.pkl
     assert all(vars(c).get("results_dir") == str(tmp_path / "a") for c in restored)
     assert restored[-1].limit == 1

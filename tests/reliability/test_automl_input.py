@@ -156,6 +156,31 @@ def test_time_budget_too_short_for_one_trial(dataset, tmp_path):
     assert "for the errors" not in text  # nothing failed: no pointer to errors that do not exist
 
 
+@pytest.mark.parametrize("sizing", [["--max-trials", "4"], ["--budget", "4"]])
+def test_a_time_budget_stops_trials_at_an_epochs_end(dataset, tmp_path, sizing):
+    """The time budget runs out while trials train (200 short epochs each): Ray's own budget stopped
+    every trial at once, and an epoch that had finished but was not yet reported was missing from the
+    ledger and MLflow though status.json held it. Each trial now stops at its epoch's end, that
+    epoch recorded, and the search ends."""
+    import json
+
+    results = tmp_path / "r"
+    outcome, _ = _automl(dataset, results, "--skill", "segformer", "--time-budget", "15", *sizing, "--no-promote", *TINY,
+                         "train.num_epochs=200", timeout=240)
+    assert outcome.code == 0 and "Traceback" not in outcome.stderr, outcome.stderr[-3000:]
+    trials = json.loads((results / "automl_state.json").read_text())["trials"].values()
+    trained = [t for t in trials if t["history"]]
+    assert trained, outcome.stdout[-3000:]
+    for t in trained:
+        lines = (results / t["name"] / "train" / "status.json").read_text().splitlines()
+        assert len(t["history"]) == len(lines) < 200, (t["name"], t["history"], lines)  # nothing trained is lost
+        assert t["status"] == "STOPPED" and t["stopped_by"].startswith("time: the time budget of 15 s ran out"), t
+    assert "the time budget of 15 s ran out: the trials then running stopped at the end of their epoch" in outcome.stdout, \
+        outcome.stdout[-3000:]
+    if "--budget" in sizing and "best     trial_000" not in outcome.stdout:  # the re-check it had planned
+        assert "re-check none: the time budget (--time-budget) ran out before it" in outcome.stdout, outcome.stdout[-3000:]
+
+
 def test_resume_with_a_damaged_mlflow_store(dataset, tmp_path):
     """A search whose mlflow.db was overwritten: resume stops with one message naming the store, and
     leaves the ledger as it was (not a run that 'succeeds' against a broken store)."""
