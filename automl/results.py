@@ -18,7 +18,7 @@ runs (`automl.state`). ``automl status DIR --json`` prints it, made afresh from 
 - ``history``: one entry per trial in order: ``rec_id``, ``metric`` (best value, null without one),
   ``status`` (success, failure, running, pending, killed; infeasible: over the latency limit,
   trained nothing), ``specs``, ``epochs``, and ours:
-  ``trial``, ``stopped_early``, ``stopped_by`` (why: "rung: ...", "curve: ...", "budget: ..."), ``recheck_of``;
+  ``trial``, ``stopped_early``, ``stopped_by`` (why: "rung: ...", "curve: ...", "budget: ...", "time: ..."), ``recheck_of``;
 - ``pareto_front``: with --objectives, the members of the front (``rec_id``, ``objective_values``);
   else an empty list.
 """

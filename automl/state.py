@@ -76,7 +76,7 @@ class TrialRecord:
     recheck_of: str | None = None  # a re-check (another seed) of this trial (`automl.budget`); not ranked
     latency: dict[str, float] | None = None  # its architecture's latency on the deploy target (`automl.deploy`)
     infeasible: bool = False  # over --max-latency-ms: trained nothing, never ranked nor promoted
-    stopped_by: str | None = None  # why a scheduler stopped it early: "<rung|curve|budget>: <details>"
+    stopped_by: str | None = None  # why a scheduler stopped it early: "<rung|curve|budget|time>: <details>"
     paused: bool = False  # RUNNING, but Ray has paused it (PBT: waiting at a perturbation epoch for the others)
     completed_epochs: int = 0  # the epochs of a trial that ended on its own: all of them, the unvalidated last ones too
 
