@@ -232,12 +232,29 @@ def _view_lines(results: Path, root: str) -> list[str]:
             f"  {state.metric} against the parameters: {root}{view_path(state.mlflow_experiment_id, key, charts=True)}"]
 
 
+def _port_in_use(host: str, port: int) -> str:
+    """Why ``host:port`` cannot be listened on ('' when it can)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return ""
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     layout = Layout.of(args.results_dir)
     results = layout.root
     if not layout.db_file.is_file():
         print(f"automl ui: no MLflow store in {results} (expected mlflow.db); "
               f"for a search tracked on a server, open that server instead", file=sys.stderr)
+        return 2
+    busy = _port_in_use(args.host, args.port)
+    if busy:  # the server would fail after the links below were printed, and they would open the other one
+        print(f"automl ui: cannot listen on {args.host}:{args.port} ({busy}); choose another port with --port",
+              file=sys.stderr)
         return 2
     print(f"automl ui: MLflow UI for {results} on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
     for line in _view_lines(results, f"http://{args.host}:{args.port}/"):

@@ -243,9 +243,19 @@ def summary(state: SearchState) -> str:
         lines.append(f"  artifacts  {layout.best_dir}")
     lines += [
         f"  report     {layout.report_dir / 'report.md'}",
-        f"  MLflow UI  automl ui {shlex.quote(str(layout.root))}",  # a command to paste: quoted when it has spaces
+        f"  MLflow UI  {_ui_address(state) or 'automl ui ' + shlex.quote(str(layout.root))}",  # quoted: a command to paste
     ]
     return "\n".join(lines)
+
+
+def _ui_address(state: SearchState) -> str:
+    """The search's parent run on the MLflow server it was tracked on ('' for its own store, which
+    `automl ui` opens)."""
+    uri = state.mlflow_tracking_uri or ""
+    if not uri.startswith(("http://", "https://")):
+        return ""
+    run = f"/runs/{state.mlflow_parent_run_id}" if state.mlflow_parent_run_id else ""
+    return f"{uri.rstrip('/')}/#/experiments/{state.mlflow_experiment_id}{run}" if state.mlflow_experiment_id else uri
 
 
 def no_recheck_reason(state: SearchState) -> str:

@@ -137,3 +137,19 @@ def test_ctrl_c_that_cut_a_library_call_short_is_an_interrupt(monkeypatch, capsy
     monkeypatch.setattr(cli, "run_action", lambda action, argv: (_ for _ in ()).throw(RuntimeError("a real bug")))
     with pytest.raises(RuntimeError, match="a real bug"):  # other errors still raise
         cli.main(["train", "-e", "spec.yaml"])
+
+
+def test_automl_ui_on_a_port_in_use_says_so_before_printing_links(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The links it printed opened the other server on that port, and it exited 0."""
+    import socket
+
+    from automl import cli as automl_cli
+
+    (tmp_path / "mlflow.db").write_bytes(b"")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert automl_cli.main(["ui", str(tmp_path), "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err and "http://" not in out, (out, err)

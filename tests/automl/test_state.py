@@ -170,3 +170,14 @@ def test_a_promoted_second_seed_of_the_baseline_is_not_shown_as_a_gain(tmp_path)
     report = to_markdown(_summary(state))  # the report said "improvement +0.0030"
     assert "(trial_003 +0.0030: the same configuration on another seed, seed noise, not a gain)" in report, report
     assert "improvement" not in report
+
+
+def test_a_search_tracked_on_a_server_points_at_that_server(tmp_path):
+    """`automl ui DIR` opens the search's own store; a search tracked with --tracking-uri has none
+    there, and the summary sent the user to a command that refused."""
+    from automl.console import summary
+
+    state = _state(tmp_path)
+    assert f"MLflow UI  automl ui {state.results_dir}" in summary(state)
+    state.mlflow_tracking_uri, state.mlflow_experiment_id, state.mlflow_parent_run_id = "http://127.0.0.1:5000/", "3", "ab12"
+    assert "MLflow UI  http://127.0.0.1:5000/#/experiments/3/runs/ab12" in summary(state)
