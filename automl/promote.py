@@ -100,6 +100,19 @@ def _first_file(folder: Path, suffixes: tuple[str, ...]) -> Path | None:
     return found[0] if found else None
 
 
+def _alias_moved(before: Any, spec: str, name: str) -> str:
+    """What the alias left: the version it named and, when that came from another spec (another
+    dataset, other classes), how to keep such models apart."""
+    if before is None:
+        return ""
+    tags = getattr(before, "tags", None) or {}
+    where = f" (search {tags['automl.results_dir']})" if tags.get("automl.results_dir") else ""
+    other = tags.get("automl.spec") and tags["automl.spec"] != spec
+    hint = (f"; that version was trained from another spec ({tags['automl.spec']}): give each dataset its own model "
+            f"name with --register-model NAME, or it replaces the other's champion") if other else ""
+    return f", which was version {before.version}{where}{hint}"
+
+
 def promote(state: SearchState, record: TrialRecord, tracker: Any, options: PromotionConfig = PromotionConfig(),
             *, echo: Callable[[str], None] = print, prepared: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the promotion chain for `record`; returns (and writes to best/promotion.json) what happened.
@@ -114,10 +127,12 @@ def promote(state: SearchState, record: TrialRecord, tracker: Any, options: Prom
         try:
             _log_model(tracker, record, best_dir, report, {"skill": state.skill, state.metric: record.best_value},
                        echo=echo)
-            version = tracker.register(name, record.mlflow_run_id, MODEL_ARTIFACT_PATH, options.alias)
+            spec = str(Path(state.spec).resolve()) if state.spec else ""
+            version, before = tracker.register(name, record.mlflow_run_id, MODEL_ARTIFACT_PATH, options.alias,
+                                               {"automl.results_dir": str(state.results_dir), "automl.spec": spec})
             report["registry"] = {"model": name, "version": version, "alias": options.alias,
                                   "source": f"runs:/{record.mlflow_run_id}/{MODEL_ARTIFACT_PATH}"}
-            echo(f"automl: registered {name} version {version} as @{options.alias}")
+            echo(f"automl: registered {name} version {version} as @{options.alias}{_alias_moved(before, spec, name)}")
         except Exception as err:  # the registry is optional (e.g. a tracking server without one)
             report["registry"] = f"failed: {type(err).__name__}: {err}"
     _write(best_dir, report)

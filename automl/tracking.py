@@ -210,19 +210,25 @@ class Tracker:
                 self.client.log_artifact(run_id, str(path), artifact_path)
 
     # ------------------------------------------------------------------ registry
-    def register(self, model_name: str, run_id: str, artifact_path: str, alias: str) -> str:
-        """Register `runs:/<run_id>/<artifact_path>` as a new version of `model_name` with `alias`."""
+    def register(self, model_name: str, run_id: str, artifact_path: str, alias: str,
+                 tags: dict[str, str] | None = None) -> tuple[str, Any]:
+        """Register `runs:/<run_id>/<artifact_path>` as a new version of `model_name` (with `tags`)
+        and move `alias` to it. Returns (its version, the version the alias left, or None)."""
         from mlflow.exceptions import MlflowException
 
         try:
             self.client.create_registered_model(model_name)
         except MlflowException:
             pass  # already registered: add a version
+        try:
+            before = self.client.get_model_version_by_alias(model_name, alias)
+        except MlflowException:
+            before = None  # the alias is new
         version = self.client.create_model_version(
-            model_name, source=f"runs:/{run_id}/{artifact_path}", run_id=run_id
+            model_name, source=f"runs:/{run_id}/{artifact_path}", run_id=run_id, tags=tags or None
         )
         self.client.set_registered_model_alias(model_name, alias, version.version)
-        return str(version.version)
+        return str(version.version), before
 
 
 def backfill_metrics(state: SearchState, tracker: Tracker) -> list[str]:

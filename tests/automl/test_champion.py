@@ -271,6 +271,27 @@ def test_without_an_onnx_model_the_checkpoint_is_still_registered(dataset, tmp_p
     assert names == {"model/model.pth", "model/experiment.yaml"}
 
 
+def test_moving_the_champion_names_the_version_it_left_and_warns_across_specs(dataset, tmp_path):
+    """A second search on another dataset against the same registry moved @champion without a word."""
+    from automl.promote import promote
+
+    state, tracker = _state_and_tracker(tmp_path, dataset / "spec.yaml")
+    best = tmp_path / "best"
+    best.mkdir()
+    (best / "model.pth").write_bytes(b"weights")
+    shutil.copy(dataset / "spec.yaml", best / "experiment.yaml")
+    prepared = {"checkpoint": str(best / "model.pth"), "steps": {"export": "skipped: disabled by flag"}}
+    said: list[str] = []
+    for spec in (dataset / "spec.yaml", dataset / "spec.yaml", tmp_path / "other.yaml"):
+        state.spec = str(spec)
+        promote(state, _trial(state, tracker, None), tracker, echo=said.append, prepared=dict(prepared))
+    moved = [line for line in said if line.startswith("automl: registered")]
+    assert moved[0] == "automl: registered segformer version 1 as @champion", moved
+    assert moved[1] == f"automl: registered segformer version 2 as @champion, which was version 1 (search {tmp_path})"
+    assert moved[2].startswith("automl: registered segformer version 3 as @champion, which was version 2") and \
+        f"trained from another spec ({dataset / 'spec.yaml'})" in moved[2] and "--register-model NAME" in moved[2], moved
+
+
 def test_a_failing_mlflow_model_is_recorded_and_the_registry_still_gets_the_champion(dataset, tmp_path, monkeypatch):
     from automl.promote import promote
     from segformer.deploy import pyfunc
