@@ -117,9 +117,18 @@ def _progress(echo: Echo, enabled: bool) -> Iterator[Any]:
 
 
 def _refuse_a_used_folder(layout: Layout) -> None:
-    if layout.state_file.exists():
-        raise SearchError(f"{layout.root} already holds a search; continue it with `automl resume {shlex.quote(str(layout.root))}` "
-                          f"or pick another --results-dir")
+    if not layout.state_file.exists():
+        return
+    folder = shlex.quote(str(layout.root))
+    try:
+        finished = SearchState.load(layout.root).status == FINISHED
+    except Exception:  # noqa: BLE001 - a damaged ledger: resume says what is wrong with it
+        finished = False
+    if finished:  # resume has nothing to continue: the two messages sent the user to each other
+        raise SearchError(f"{layout.root} already holds a finished search (`automl status {folder}`); a search is not "
+                          f"extended: for another one, pick another --results-dir")
+    raise SearchError(f"{layout.root} already holds a search; continue it with `automl resume {folder}` "
+                      f"or pick another --results-dir")
 
 
 def _run_search(opts: SearchOptions, skill: Any, space: Any, baseline: dict[str, Any] | None, budget: Any,

@@ -282,6 +282,14 @@ def test_dry_run_and_grid_needs_finite_space(dataset, tmp_path):
     with pytest.raises(automl.SearchError, match="already holds a search"):
         automl.run(search_options(tmp_path / "used", dataset, overrides=(f"dataset.segment.root_dir={tmp_path / 'none'}",),
                                   max_trials=2), echo=lines.append)
+    # a finished one is not sent to `automl resume`, which has nothing to continue
+    from automl.state import FINISHED, SearchState
+
+    SearchState(results_dir=str(tmp_path / "done"), skill="segformer", algorithm="random", metric="val_miou", mode="max",
+                settings={}, status=FINISHED).save()
+    with pytest.raises(automl.SearchError, match="already holds a finished search .*pick another --results-dir") as refused:
+        automl.run(search_options(tmp_path / "done", dataset, max_trials=2), echo=lines.append)
+    assert "automl resume" not in str(refused.value)
     with pytest.raises(automl.SearchError, match="train.optim.lr"):
         automl.run(_options(tmp_path / "grid", dataset, algorithm="grid"), echo=lines.append, dry_run=True)
     # TAO's run_baseline: false: no trial runs the spec's own values
