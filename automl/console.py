@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from automl.layout import Layout, trial_name
 from automl.options import SearchOptions
-from automl.state import FAILED, PENDING, RUNNING, STOP_KINDS, STOPPED, SearchState, observed
+from automl.state import FAILED, PENDING, RUNNING, STOP_KINDS, STOPPED, SearchState, driver_running, observed
 from segformer.text import count, fmt
 
 
@@ -149,6 +149,10 @@ def print_status(results_dir: str | Path, watch: float | None = None, echo: Call
     """`automl status`: the table once, or refreshed every `watch` seconds until the search ends.
     Over STATUS_ROWS trials: the running ones and the best, unless `everything` (--all)."""
     while True:
+        if watch and not Layout.of(results_dir).state_file.is_file() and driver_running(results_dir):
+            echo(f"automl: the search in {results_dir} is starting (its driver checks the data and starts Ray)")
+            time.sleep(watch)
+            continue
         state = SearchState.load(results_dir)
         recorded = state.status
         observed(state)
@@ -159,8 +163,10 @@ def print_status(results_dir: str | Path, watch: float | None = None, echo: Call
         if recorded != state.status:
             echo(f"automl: no driver is running this search (it was killed, or its machine stopped); continue it with: "
                  f"automl resume {shlex.quote(str(results_dir))}")
-        if not watch or state.status != "RUNNING":
+        if not watch:
             return 0
+        if state.status != "RUNNING":  # --watch tells a script how the search ended
+            return 0 if state.status == "FINISHED" else 1
         time.sleep(watch)
 
 

@@ -212,6 +212,9 @@ class SearchState:
     def load(cls, results_dir: str | Path) -> "SearchState":
         path = Layout.of(results_dir).state_file
         if not path.is_file():
+            if driver_running(results_dir):  # the lock is taken first; the state after the data check and Ray's start
+                raise FileNotFoundError(f"the search in {results_dir} is starting: its driver checks the data and starts "
+                                        f"Ray before it writes {path.name}; try again in a few seconds")
             raise FileNotFoundError(
                 f"no AutoML state in {results_dir}: expected {path}; was this folder made by `automl run`?"
             )

@@ -271,6 +271,32 @@ def test_ray_token_is_found_where_ray_looks(tmp_path, monkeypatch):
         local_ray_token()
 
 
+def test_status_of_a_search_that_is_starting_says_so(tmp_path):
+    """The driver takes the folder's lock at once and writes the state after the data check and Ray's
+    start (seconds): `automl status` then said the folder was not made by `automl run`, and --watch
+    gave up; it now says the search is starting, and --watch waits for it."""
+    import threading
+
+    from automl.console import print_status
+    from automl.runner import one_driver
+    from automl.state import FINISHED, SearchState
+
+    results = tmp_path / "search"
+    with one_driver(results):
+        with pytest.raises(FileNotFoundError, match="is starting: its driver checks the data and starts Ray"):
+            SearchState.load(results)
+        lines: list[str] = []
+        later = threading.Timer(0.5, lambda: SearchState(results_dir=str(results), skill="segformer", algorithm="random",
+                                                          metric="val_miou", mode="max", settings={}, status=FINISHED).save())
+        later.start()
+        assert print_status(results, watch=0.05, echo=lines.append) == 0
+        later.join()
+    assert lines[0] == f"automl: the search in {results} is starting (its driver checks the data and starts Ray)"
+    assert any("(finished)" in line for line in lines), lines
+    with pytest.raises(FileNotFoundError, match="was this folder made by `automl run`"):
+        SearchState.load(tmp_path)
+
+
 def test_status_of_a_search_whose_driver_was_killed_says_so_and_the_watch_ends(tmp_path):
     """The state file of a SIGKILLed driver still says RUNNING: `automl status` tells by the driver's
     lock (the kernel drops a dead holder's) that nothing runs it, says how to continue, and --watch
@@ -297,7 +323,7 @@ def test_status_of_a_search_whose_driver_was_killed_says_so_and_the_watch_ends(t
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     lines = []
-    assert print_status(results, watch=0.01, echo=lines.append) == 0  # returns: nothing will change the file
+    assert print_status(results, watch=0.01, echo=lines.append) == 1  # returns (nothing will change the file), not 0
     assert "(interrupted)" in lines[1]
     assert lines[-1] == f"automl: no driver is running this search (it was killed, or its machine stopped); continue it with: automl resume {results}"
     out = _automl("status", str(results), "--json", timeout=120)
