@@ -271,7 +271,9 @@ def no_recheck_reason(state: SearchState) -> str:
         return ("the baseline (the spec's own model) is over the latency limit, so no leader is compared with it; "
                 "the re-check's epochs went to the search")
     if b is None:
-        return "a search without an epoch budget (--max-trials, automl_max_recommendations, or PBT) runs none; --budget does"
+        if state.algorithm == "pbt":
+            return "PBT runs none (its population is sized by automl_population_size, not by --budget)"
+        return "a search without an epoch budget (--max-trials, automl_max_recommendations) runs none; --budget does"
     from automl.budget import RECHECK_MIN_BUDGET, recheck_fits  # here: automl.budget imports Ray
 
     if not recheck_fits(b["trainings"] * b["spec_epochs"], b["trial_epochs"]):

@@ -275,6 +275,9 @@ class SearchOptions:
         _check(not (s.recheck and s.max_trials is not None),
                f"recheck runs inside the epoch budget, and max_trials={s.max_trials} replaces the budget; drop max_trials "
                f"(automl_max_recommendations) and size the search with --budget")
+        _check(not (s.recheck and s.algorithm in ("pbt", "grid")),
+               f"recheck needs a sampled search inside an epoch budget; {s.algorithm} is sized by its "
+               f"{'population' if s.algorithm == 'pbt' else 'grid'}: drop --recheck or choose another algorithm")
         _check(_number(s.perturbation_factor) and s.perturbation_factor > 1,
                f"perturbation_factor must be > 1, got {s.perturbation_factor!r}")
         _check(_number(s.mutation_factor) and 0 < s.mutation_factor <= 2,

@@ -302,20 +302,32 @@ def options_from_settings(file_settings: Mapping[str, Any] | None, cli_settings:
     merged: dict[str, Any] = {}
     # option -> how the user wrote it: the TAO key of the settings file, or the flag given over it
     given = {o for o, v in (cli_settings or {}).items() if v is not None}
-    written = {o: f"{k} (settings file)" for o, k in getattr(file_settings, "given_as", {}).items() if o not in given}
+    file_keys = getattr(file_settings, "given_as", {})
+    written = {o: f"{k} (settings file)" for o, k in file_keys.items() if o not in given}
     written.update({o: flag for o, flag in (flags or {}).items() if o in given})
     for source, settings in (("settings file", file_settings or {}), ("command line", cli_settings or {})):
         mapped = {k: v for k, v in map_tao_settings(settings, source=source).items() if v is not None}
         if "objectives" in mapped and "objective_weights" not in mapped:
             merged.pop("objective_weights", None)  # weights belong to the objectives they were given with
-        if "budget" in mapped and "max_trials" not in mapped:
-            merged.pop("max_trials", None)  # --budget sizes the search: the file's trial count gives way to it
+        if "budget" in mapped and "max_trials" not in mapped and merged.pop("max_trials", None) is not None:
+            # --budget sizes the search: the file's trial count gives way to it
+            warnings.warn(f"settings file: {file_keys.get('max_trials', 'max_trials')} is not used: "
+                          f"--budget sizes the search", SettingsWarning, stacklevel=2)
+        for option in ("only", "include", "exclude"):  # a flag's list replaces the file's, it is not added to it
+            if merged.get(option) and mapped.get(option) and merged[option] != mapped[option]:
+                warnings.warn(f"settings file: {file_keys.get(option, option)} ({', '.join(merged[option])}) is replaced "
+                              f"by the command line's ({', '.join(mapped[option])})", SettingsWarning, stacklevel=2)
         merged.update(mapped)
     try:
-        return SearchOptions.build(merged, **top)
+        opts = SearchOptions.build(merged, **top)
     except SearchError as err:
         message = str(err)
         for option, key in written.items():  # "perturbation_factor must be > 1": the key the user wrote
             if message.startswith(f"{option} ") and key != option:
                 message = f"{key}{message[len(option):]}"
         raise SettingsError(message) from None
+    s = opts.search
+    if s.mode == "max" and "loss" in s.metric:
+        warnings.warn(f"the search maximises {s.metric} (mode max): a loss is minimised; set --mode min (settings "
+                      f"direction: minimize) unless this is meant", SettingsWarning, stacklevel=2)
+    return opts

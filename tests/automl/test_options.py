@@ -369,3 +369,25 @@ def test_a_budget_flag_sizes_the_search_over_the_files_trial_count() -> None:
     assert s.max_trials is None and s.budget == 4.0 and s.budgeted
     assert options_from_settings(settings, {"budget": 4.0, "max_trials": 5}).search.max_trials == 5  # both flags: as given
     assert options_from_settings(settings, {}).search.max_trials == 3
+
+
+def test_what_the_command_line_overrules_in_a_settings_file_is_said(tmp_path: Path) -> None:
+    """A file's trial count under --budget, and its parameter list under --only, went without a word;
+    --recheck was ignored under PBT and grid; a loss maximised was not questioned."""
+    import warnings
+
+    path = tmp_path / "automl.yaml"
+    path.write_text("automl_max_recommendations: 6\nautoml_hyperparameters: [train.optim.lr, train.optim.momentum]\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opts = options_from_settings(load_settings(path), {"budget": 3, "only": ["train.optim.lr"]})
+    said = [str(w.message) for w in caught if issubclass(w.category, SettingsWarning)]
+    assert opts.search.max_trials is None and list(opts.search.only) == ["train.optim.lr"]
+    assert "settings file: automl_max_recommendations is not used: --budget sizes the search" in said, said
+    assert ("settings file: automl_hyperparameters (train.optim.lr, train.optim.momentum) is replaced by the command "
+            "line's (train.optim.lr)") in said, said
+    for algorithm in ("pbt", "grid"):
+        with pytest.raises(SettingsError, match=f"^--recheck needs a sampled search .*{algorithm} is sized by"):
+            options_from_settings(None, {"algorithm": algorithm, "recheck": True}, {"recheck": "--recheck"})
+    with pytest.warns(SettingsWarning, match="maximises val_loss"):
+        options_from_settings(None, {"metric": "val_loss", "mode": "max"})

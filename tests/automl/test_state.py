@@ -130,7 +130,10 @@ def test_a_summary_says_when_no_recheck_backs_the_promoted_lead(tmp_path):
     state.budget["trainings"] = 10.0  # room enough: the re-check was not run
     assert "re-check none: not run in this search (--no-recheck, or a grid)" in summary(state)
     state.budget = None  # sized by a trial count: the console summary said nothing of it (report.md did)
-    assert "re-check none: a search without an epoch budget (--max-trials, automl_max_recommendations, or PBT)" in summary(state)
+    assert "re-check none: a search without an epoch budget (--max-trials, automl_max_recommendations) runs none" in summary(state)
+    state.algorithm = "pbt"  # it advised --budget, which PBT does not take
+    assert "re-check none: PBT runs none (its population is sized by automl_population_size" in summary(state)
+    state.algorithm = "random"
     # a budget with its re-check, but the baseline over the latency limit: nothing to compare with (it said nothing)
     state.budget = {"trainings": 10.0, "spec_epochs": 1, "trial_epochs": 1, "recheck": 2}
     baseline.infeasible, state.settings = True, {"search": {"max_latency_ms": 5.0}}
