@@ -29,14 +29,16 @@ import os
 import shlex
 import shutil
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from automl.layout import Layout
 from automl.options import SearchError, SearchOptions
 from automl.state import FAILED, FINISHED, LOCK_FILE, RUNNING, STOPPED, SearchState, TrialRecord
+from segformer.text import fmt
 
 Echo = Callable[[str], None]
 
@@ -325,6 +327,7 @@ def _plan(opts: SearchOptions, skill: Any) -> tuple[SearchOptions, Any, dict[str
     baseline = space.baseline(spec_values) if s.baseline_first else None
     if baseline is not None:
         space.encode(baseline)  # raises when the spec's own value cannot be searched (e.g. not among the options)
+        _outside(space, baseline)
     if s.algorithm == "grid":
         grid_points(space)  # raises naming the infinite parameters
     return opts, space, baseline, budget
@@ -579,6 +582,21 @@ def seeded_global_rngs(seed: int) -> Iterator[None]:
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
+
+
+def _outside(space: Any, baseline: Mapping[str, Any]) -> None:
+    """Say where the spec's own value lies outside the range searched (a schema's search bounds, a
+    custom range): the baseline trains it, every other trial stays inside. Optuna's own warning
+    about it ("Fixed parameter ... is out of range") is then left out."""
+    from automl.params import SpaceWarning
+
+    for p in space.params:
+        value = baseline.get(p.name)
+        if p.kind in ("int", "float") and not p.choices and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and not p.low <= value <= p.high:
+            warnings.warn(f"{p.name}: the spec's {fmt(value)} lies outside the range searched [{fmt(p.low)}, {fmt(p.high)}] "
+                          f"({p.source}); the baseline trains it, the other trials stay inside", SpaceWarning, stacklevel=2)
+    warnings.filterwarnings("ignore", message=r"Fixed parameter .* is out of range", category=UserWarning)
 
 
 @contextmanager

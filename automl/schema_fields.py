@@ -205,6 +205,7 @@ def make_param(leaf: Leaf, custom: Mapping[str, Any] | None) -> Param:
         if cond is not None and cond[0] in {"^", "/"}:
             raise SpaceError(f"{name}: math_cond {node.get('math_cond')!r} applies to int parameters only, {name} is a float")
         lo, hi, log, how = float_range(name, node, default, log_flag)
+        how = how.removeprefix("schema ") if customized else how  # the bounds are the custom range's
         if cond is not None:
             lo, hi = constant_bound(name, cond, lo, hi, integer=False)
             notes.append(f"math_cond '{node.get('math_cond')}'")
@@ -218,6 +219,7 @@ def make_param(leaf: Leaf, custom: Mapping[str, Any] | None) -> Param:
 
     if schema_type in _INT_TYPES:
         lo, hi, how = int_range(node, default)
+        how = how.removeprefix("schema ") if customized else how
         choices = ()
         if cond is not None:
             op, arg = cond

@@ -282,6 +282,14 @@ def test_dry_run_and_grid_needs_finite_space(dataset, tmp_path):
     with pytest.raises(automl.SearchError, match="already holds a search"):
         automl.run(search_options(tmp_path / "used", dataset, overrides=(f"dataset.segment.root_dir={tmp_path / 'none'}",),
                                   max_trials=2), echo=lines.append)
+    # the spec's own value outside the range searched: said once, in our words (Optuna's own warning left out)
+    with pytest.warns(UserWarning) as caught:
+        automl.run(_options(tmp_path / "dry", dataset, param_ranges={"train.optim.lr": {"valid_min": 0.5, "valid_max": 1.0}}),
+                   echo=lines.append, dry_run=True)
+    said = [str(w.message) for w in caught]
+    assert any(m.startswith("train.optim.lr: the spec's 0.001 lies outside the range searched [0.5, 1] (custom_param_ranges; "
+                            "valid_min/valid_max [0.5, 1]") for m in said), said
+    assert not any("Fixed parameter" in m for m in said), said
     # a finished one is not sent to `automl resume`, which has nothing to continue
     from automl.state import FINISHED, SearchState
 
