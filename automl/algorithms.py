@@ -146,8 +146,9 @@ def grid_points(space: Any) -> list[dict[str, Any]]:
         one = len(infinite) == 1
         raise SearchError(
             f"grid search needs a finite space, but {', '.join(infinite)} {'is' if one else 'are'} continuous or "
-            f"has too many values; exclude {'it' if one else 'them'} (--exclude / automl_remove_hyperparameters), give "
-            f"valid_options in custom_param_ranges, or use --algorithm bayesian/random"
+            f"has too many values; name the parameters to search with --only, leave {'it' if one else 'them'} out with "
+            f"automl_remove_hyperparameters in --settings, give valid_options in custom_param_ranges, or use "
+            f"--algorithm bayesian/random"
         )
     return space.grid()
 

@@ -260,7 +260,7 @@ class Space:
             if len(grown) > max_points:
                 raise SpaceError(
                     f"the grid has more than {max_points} points (after {p.name}); search fewer parameters "
-                    f"(--exclude) or use a sampling algorithm instead of grid"
+                    f"(--only, or automl_remove_hyperparameters in --settings) or use a sampling algorithm instead of grid"
                 )
             points = grown
         return points
@@ -358,9 +358,11 @@ def build_space(
     for name in param_ranges or {}:
         check_known(name, "custom_param_ranges")
         if name not in chosen:
+            off = (" and, as the schema disables it, override_automl_disabled_params: true"
+                   if name in disabled and not override_disabled else "")
             raise SpaceError(
-                f"custom_param_ranges has {name!r}, which is not searched; add it with include (automl_hyperparameters) "
-                f"or drop its range"
+                f"custom_param_ranges has {name!r}, which is not searched; add it with automl_add_hyperparameters "
+                f"(or --only){off}, or drop its range"
             )
 
     params: list[Param] = []

@@ -99,6 +99,9 @@ def test_custom_param_ranges(nvidia_schema: dict[str, Any]) -> None:
         build_space(nvidia_schema, only=["train.optim.momentum"], param_ranges={"train.optim.momentum": {"valid_max": 2}})
     with pytest.raises(SpaceError, match="did you mean 'valid_min'"):
         build_space(nvidia_schema, only=[LR], param_ranges={LR: {"valid_mn": 1e-5}})
+    # a range for a parameter not searched names TAO's key that adds it (it said include (automl_hyperparameters))
+    with pytest.raises(SpaceError, match=r"not searched; add it with automl_add_hyperparameters \(or --only\), or drop"):
+        build_space(nvidia_schema, only=[LR], param_ranges={"train.optim.momentum": {"valid_max": 0.95}})
 
 
 def test_options_given_for_a_float_are_its_values(nvidia_schema: dict[str, Any]) -> None:
