@@ -146,7 +146,7 @@ def grid_points(space: Any) -> list[dict[str, Any]]:
         one = len(infinite) == 1
         raise SearchError(
             f"grid search needs a finite space, but {', '.join(infinite)} {'is' if one else 'are'} continuous or "
-            f"has too many values; name the parameters to search with --only, leave {'it' if one else 'them'} out with "
+            f"{'has' if one else 'have'} too many values; name the parameters to search with --only, leave {'it' if one else 'them'} out with "
             f"automl_remove_hyperparameters in --settings, give valid_options in custom_param_ranges, or use "
             f"--algorithm bayesian/random"
         )

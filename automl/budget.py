@@ -127,7 +127,7 @@ class EpochBudget:
 
     def text(self) -> str:
         recheck = f"; {self.recheck} of the epochs for the re-check" if self.recheck else "; no re-check"
-        return f"budget {self.total} epochs ({self.trainings:g} trainings of {count(self.spec_epochs, 'epoch')}{recheck})"
+        return f"budget {count(self.total, 'epoch')} ({count(self.trainings, 'training')} of {count(self.spec_epochs, 'epoch')}{recheck})"
 
 
 def recheck_fits(total_epochs: float, trial_epochs: int) -> bool:
@@ -174,7 +174,7 @@ def prioritise(space: Any, configurations: int, keep: Any = ()) -> Any:
     if not held:
         return space
     need = math.ceil(CONFIGS_PER_PARAM * len(space) / max(1, configurations) * 10) / 10
-    note = (f"held at the spec's values (a budget affording ~{configurations} configurations searches "
+    note = (f"held at the spec's values (a budget affording ~{count(configurations, 'configuration')} searches "
             f"~{CONFIGS_PER_PARAM} per parameter; about {need:g}x this budget searches them all, or name them with --only): "
             + ", ".join(held))
     params = tuple(p for p in space.params if p.name in keep)  # parents kept with their children: order holds

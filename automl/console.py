@@ -41,7 +41,8 @@ def settings_line(opts: SearchOptions, budget: Any = None) -> str:
 
 def recommendations(opts: SearchOptions, baseline: dict[str, Any] | None, points: list[dict[str, Any]]) -> str:
     """The first trials of a search (--dry-run): the baseline, then the sampler's first picks."""
-    lines = [f"first {len(points) + (baseline is not None)} trials ({opts.search.algorithm}):"]
+    shown = len(points) + (baseline is not None)
+    lines = [f"{'first ' + count(shown, 'trial') if shown > 1 else 'first trial'} ({opts.search.algorithm}):"]
     if baseline is not None:
         lines.append(f"  {trial_name(0)} (baseline): " + _values(baseline))
     first = 1 if baseline is not None else 0
@@ -197,7 +198,7 @@ def error_line(error: str | None) -> str:
 def summary(state: SearchState) -> str:
     """Best trial against the baseline, where things are, how to open the UI."""
     best, baseline = state.best(), state.baseline()
-    lines = [f"automl: {len(state.trials)} trials ({counts_text(state)})"]
+    lines = [f"automl: {count(len(state.trials), 'trial')} ({counts_text(state)})"]
     lines += [f"  failed   {t.name}: {error_line(t.error)}" for t in state.trials.values() if t.status == FAILED]
     over = [t for t in state.trials.values() if t.infeasible]
     limit = (state.settings.get("search") or {}).get("max_latency_ms")
@@ -242,7 +243,7 @@ def summary(state: SearchState) -> str:
     if state.budget is not None:
         total = state.budget_epochs()
         ended = f"; {state.budget['ended']}" if state.budget.get("ended") else ""
-        lines.append(f"  budget   {state.epochs_trained()} of {total} epochs trained ({state.budget['trainings']:g} trainings of "
+        lines.append(f"  budget   {state.epochs_trained()} of {total} epochs trained ({count(state.budget['trainings'], 'training')} of "
                      f"{count(state.budget['spec_epochs'], 'epoch')}){ended}")
     layout = Layout.of(state.results_dir)
     if layout.best_dir.is_dir():

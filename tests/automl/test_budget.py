@@ -47,6 +47,8 @@ def test_budget_in_trainings_of_the_spec() -> None:
     assert (short.total, short.trial_epochs, short.recheck) == (150, 5, 10)
     one = plan_budget(SearchOptions.build({"max_epochs": 1, "budget": 3}).search, 1, 1, 0)  # a 1-epoch spec
     assert "budget 3 epochs (3 trainings of 1 epoch; no re-check)" in one.text()
+    assert "budget 1 epoch (1 training of 1 epoch; no re-check)" in plan_budget(
+        SearchOptions.build({"max_epochs": 1, "budget": 1}).search, 1, 1, 0).text()  # not "1 trainings"
     # epoch_multiplier 2 (TAO's resource unit): rungs at multiples of 2 epochs (the first was at epoch 1)
     units = plan_budget(SearchOptions.build({"algorithm": "asha", "max_epochs": 3, "epoch_multiplier": 2, "budget": 3}).search,
                         4, 1, 0)
