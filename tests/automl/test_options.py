@@ -183,7 +183,8 @@ def test_nvidia_multi_objective_keys(tmp_path: Path) -> None:
     assert (s.metric, s.mode, s.objectives) == ("val_loss", "min", ("val_loss:min", "latency_ms:min"))
     assert options_from_settings({"metric": "val_loss", "multi_objective": True}).search.mode == "min"
     assert options_from_settings({"metric": "val_loss", "objectives": ["latency"]}).search.mode == "min"
-    assert options_from_settings({"metric": "val_loss", "direction": "maximize"}).search.mode == "max"  # said, not guessed
+    with pytest.warns(SettingsWarning, match="maximises val_loss"):  # taken as said, and questioned
+        assert options_from_settings({"metric": "val_loss", "direction": "maximize"}).search.mode == "max"
     assert options_from_settings({"multi_objective": "false"}).search.objectives is None
     with pytest.raises(SettingsError, match="objectives makes the metric val_miou:max, but direction says 'minimize'; keep one"):
         options_from_settings({"direction": "minimize", "objectives": ["val_miou", "latency"]})
@@ -365,7 +366,8 @@ def test_a_budget_flag_sizes_the_search_over_the_files_trial_count() -> None:
     """--budget 4 with a settings file that says automl_max_recommendations: 3: flags win, so the epoch
     budget sizes the search (the file's trial count was kept and the flag ignored without a word)."""
     settings = {"automl_max_recommendations": 3, "automl_max_epochs": 2}
-    s = options_from_settings(settings, {"budget": 4.0}).search
+    with pytest.warns(SettingsWarning, match="is not used: --budget sizes the search"):
+        s = options_from_settings(settings, {"budget": 4.0}).search
     assert s.max_trials is None and s.budget == 4.0 and s.budgeted
     assert options_from_settings(settings, {"budget": 4.0, "max_trials": 5}).search.max_trials == 5  # both flags: as given
     assert options_from_settings(settings, {}).search.max_trials == 3
