@@ -156,8 +156,7 @@ def test_time_budget_too_short_for_one_trial(dataset, tmp_path):
     assert "for the errors" not in text  # nothing failed: no pointer to errors that do not exist
 
 
-@pytest.mark.parametrize("sizing", [["--max-trials", "4"], ["--budget", "4"]])
-def test_a_time_budget_stops_trials_at_an_epochs_end(dataset, tmp_path, sizing):
+def test_a_time_budget_stops_trials_at_an_epochs_end(dataset, tmp_path, sizing=("--budget", "4")):
     """The time budget runs out while trials train (200 short epochs each): Ray's own budget stopped
     every trial at once, and an epoch that had finished but was not yet reported was missing from the
     ledger and MLflow though status.json held it. Each trial now stops at its epoch's end, that
