@@ -220,7 +220,13 @@ def summary(state: SearchState) -> str:
         again = baseline is not None and best.recheck_of == baseline.name  # the spec's configuration, its second seed
         shown = ("the baseline's configuration, trained on the re-check seed" if again else
                  _values(changed) if changed else "the baseline itself")
-        speed = f"; {best.latency['latency_ms']:.2f} ms on the deploy target" if best.latency else ""
+        if best.latency:
+            from automl.deploy import precision_of
+
+            at = precision_of(best.latency)
+            speed = f"; {best.latency['latency_ms']:.2f} ms on the deploy target" + (f" at {at}" if at else "")
+        else:
+            speed = ""
         label = "best feasible " if limit is not None else "best     "
         lines.append(f"  {label}{best.name}: {state.metric}={best.best_value:.4f} (epoch {best.best_epoch} of {best.epochs_trained}); {shown}{speed}")
         if baseline is not None and baseline.best_value is not None:

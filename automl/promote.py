@@ -174,14 +174,20 @@ def _log_model(tracker: Any, record: TrialRecord, best_dir: Path, report: dict[s
         try:
             from segformer.deploy import pyfunc
 
+            from automl.deploy import precision_of
+
+            # A deploy-aware search that met its latency limit at int8 deploys the int8 model: served by default.
+            precision = "int8" if precision_of(record.latency) == "int8" and pyfunc.QUANTIZED_ONNX in artifacts else "fp32"
             with tempfile.TemporaryDirectory(prefix="automl-mlflow-model-") as tmp:
                 folder = pyfunc.save_model(Path(tmp) / MODEL_ARTIFACT_PATH, artifacts,
                                            metadata={"trial": record.name, **metadata},
-                                           input_example=pyfunc.input_example())
+                                           input_example=pyfunc.input_example(), precision=precision)
                 tracker.log_artifacts(record.mlflow_run_id, [folder], MODEL_ARTIFACT_PATH)
             report["steps"]["mlflow_model"] = {"status": "done", "seconds": round(time.time() - started, 2),
-                                               "flavor": "python_function", "artifacts": ", ".join(artifacts)}
-            echo(f"automl: promote mlflow_model: done in {time.time() - started:.1f} s (pyfunc: images -> class-id masks)")
+                                               "flavor": "python_function", "artifacts": ", ".join(artifacts),
+                                               "precision": precision}
+            echo(f"automl: promote mlflow_model: done in {time.time() - started:.1f} s (pyfunc: images -> class-id masks, "
+                 f"{precision} by default)")
             return
         except Exception as err:  # the checkpoint and spec are still logged and registered below
             report["steps"]["mlflow_model"] = f"failed: {type(err).__name__}: {err}"

@@ -163,12 +163,17 @@ def pip_requirements() -> list[str]:
 
 
 def save_model(path: str | Path, artifacts: Mapping[str, str | Path], *, metadata: Mapping[str, Any] | None = None,
-               input_example: Any = None) -> Path:
+               input_example: Any = None, precision: str = "fp32") -> Path:
     """Write the MLflow model folder `path` (which must not exist or be empty).
 
     `artifacts`: name -> file, with at least ``onnx`` and ``spec`` (see the module docstring);
-    missing optional files are left out.
+    missing optional files are left out. `precision`: the model a load serves unless its
+    model_config says otherwise (int8: the quantized ONNX model, which must be among the artifacts).
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if not artifacts.get(PRECISIONS[precision]):
+        raise ValueError(f"precision {precision} needs the {PRECISIONS[precision]} artifact")
     import segformer
 
     missing = [name for name in (ONNX, SPEC) if not artifacts.get(name) or not Path(artifacts[name]).is_file()]
@@ -192,6 +197,6 @@ def save_model(path: str | Path, artifacts: Mapping[str, str | Path], *, metadat
         signature=signature(),
         input_example=input_example,
         metadata=dict(metadata or {}),
-        model_config=dict(DEFAULT_CONFIG),  # declared, so that load_model(..., model_config=...) may override it
+        model_config={**DEFAULT_CONFIG, "precision": precision},  # declared: load_model(..., model_config=...) overrides it
     )
     return Path(path)

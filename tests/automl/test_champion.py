@@ -271,6 +271,37 @@ def test_without_an_onnx_model_the_checkpoint_is_still_registered(dataset, tmp_p
     assert names == {"model/model.pth", "model/experiment.yaml"}
 
 
+@pytest.mark.slow
+def test_a_champion_chosen_at_int8_serves_the_int8_model_by_default(champion, tmp_path):
+    """A deploy-aware search that met its latency limit only at int8 registered a model that served the
+    fp32 ONNX, the one it had timed over the limit, unless the user knew to ask for int8."""
+    import mlflow
+
+    from automl.promote import _log_model, champion_artifacts
+    from segformer.deploy import pyfunc
+
+    state, record, report = champion
+    best = Path(state.results_dir) / "best"
+    own, tracker = _state_and_tracker(tmp_path, Path(state.spec))
+    chosen = _trial(own, tracker, record.results_dir)
+    chosen.latency = {"latency_ms": 0.68, "precision_bits": 8.0}  # as `automl.deploy` records the choice
+    logged = {"steps": dict(report["steps"])}
+    _log_model(tracker, chosen, best, logged, {}, echo=lambda _: None)
+    assert logged["steps"]["mlflow_model"]["precision"] == "int8", logged["steps"]["mlflow_model"]
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(own.mlflow_tracking_uri)
+    try:
+        model = mlflow.pyfunc.load_model(f"runs:/{chosen.mlflow_run_id}/model")
+        assert model.unwrap_python_model().predictor.path.name == "quantized_model_onnxruntime.onnx"
+        fp32 = mlflow.pyfunc.load_model(f"runs:/{chosen.mlflow_run_id}/model", model_config={"precision": "fp32"})
+        assert fp32.unwrap_python_model().predictor.path.name == "segformer.onnx"  # still there on request
+    finally:
+        mlflow.set_tracking_uri(previous)
+    without = {k: v for k, v in champion_artifacts(best, report).items() if k != pyfunc.QUANTIZED_ONNX}
+    with pytest.raises(ValueError, match="precision int8 needs"):
+        pyfunc.save_model(tmp_path / "m", without, precision="int8")
+
+
 def test_moving_the_champion_names_the_version_it_left_and_warns_across_specs(dataset, tmp_path):
     """A second search on another dataset against the same registry moved @champion without a word."""
     from automl.promote import promote
