@@ -100,6 +100,9 @@ def load_predictor(cfg: ExperimentConfig, section: str) -> Predictor:
         predictor: Predictor = _deploy_runtime(section).TrtPredictor(_existing(trt_engine, f"{section}.trt_engine"))
     elif checkpoint and str(checkpoint).lower().endswith(".onnx"):
         predictor = _deploy_runtime(section).OnnxPredictor(_existing(checkpoint, f"{section}.checkpoint"))
+        if options.is_quantized and not _quantized_onnx(Path(str(checkpoint))):
+            log.warning("%s.is_quantized is true but %s holds no quantized operator: it runs as the float model it is "
+                        "(the quantized one is quantize/quantized_model_*.onnx)", section, checkpoint)
     elif options.is_quantized:
         if not checkpoint:
             raise SegformerError(f"{section}.is_quantized is true but {section}.checkpoint is not set; "
@@ -115,8 +118,8 @@ def load_predictor(cfg: ExperimentConfig, section: str) -> Predictor:
 
     size = cfg.dataset.segment.img_size
     if predictor.input_size is not None and tuple(predictor.input_size) != size_pair(size):
-        log.warning("the model takes %dx%d inputs (fixed when it was exported): images are resized to that, not to "
-                    "dataset.segment.img_size %s, so its scores are at the exported size", *predictor.input_size, size)
+        log.warning("the model takes %dx%d inputs (fixed when it was exported): images are resized to that for it, not "
+                    "to dataset.segment.img_size %s, and its predictions back", *predictor.input_size, size)
     if predictor.num_classes != num_classes:
         raise SegformerError(
             f"the model predicts {predictor.num_classes} classes but dataset.segment.num_classes is {num_classes}; "
@@ -321,3 +324,12 @@ def _starts(length: int, window: int, overlap: float) -> list[int]:
     stride = max(1, int(window * (1.0 - overlap)))
     count = math.ceil((length - window) / stride) + 1
     return sorted({min(i * stride, length - window) for i in range(count)})
+
+
+def _quantized_onnx(path: Path) -> bool:
+    """Whether an ONNX model holds quantized operators (QDQ or QLinear/Integer kernels)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(node.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear") or
+               node.op_type.startswith("QLinear") or node.op_type.endswith("Integer") for node in graph.node)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -56,6 +57,9 @@ def test_onnxruntime_qdq_action(exported, make_deploy_cfg, tmp_path):
     onnx.checker.check_model(model)
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    from segformer.engine.predictor import _quantized_onnx
+
+    assert _quantized_onnx(out.artifact) and not _quantized_onnx(Path(result.onnx_file))
     assert "Gelu" in ops and "Erf" not in ops  # the Mix-FFN's GELU fused before quantizing (fuse_erf_gelu)
     # skip_names honoured: no quantized weight feeds a decode_head node
     assert not any(n.name.startswith("/decode_head/") and n.op_type == "DequantizeLinear" for n in model.graph.node
@@ -226,6 +230,9 @@ def test_onnxruntime_qdq_from_a_checkpoint(checkpoint, make_deploy_cfg, tmp_path
     model = onnx.load(str(out.artifact))
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    from segformer.engine.predictor import _quantized_onnx
+
+    assert _quantized_onnx(out.artifact) and not _quantized_onnx(Path(result.onnx_file))
     assert "Erf" in ops and "Gelu" not in ops  # backend_kwargs fuse_gelu: false keeps the exported GELU
     # The attention stays in float: no Q/DQ around a Softmax (ONNX Runtime would fuse them into its slow
     # QLinearSoftmax) and no quantized product of two activations; every weight MatMul is quantized.
@@ -264,8 +271,15 @@ def test_ort_evaluation_matches_pytorch(exported, checkpoint, make_deploy_cfg, t
         as_engine = evaluate.run(make_deploy_cfg(tmp_path / "engine", f"evaluate.trt_engine={result.onnx_file}",
                                                  "dataset.segment.img_size=32"), quiet=True)
     assert "is an ONNX model, not a TensorRT engine: running it with ONNX Runtime" in caplog.text
-    assert "images are resized to that, not to dataset.segment.img_size 32" in caplog.text
+    assert "images are resized to that for it, not to dataset.segment.img_size 32, and its predictions back" in caplog.text
+    assert "scores are at the exported size" not in caplog.text  # they are not: masks are scored at img_size
     assert as_engine.miou >= 0
+    # is_quantized with the float ONNX ran the float model without a word (the .pth was refused)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        evaluate.run(make_deploy_cfg(tmp_path / "q", f"evaluate.checkpoint={result.onnx_file}", "evaluate.is_quantized=true"),
+                     quiet=True)
+    assert "evaluate.is_quantized is true but" in caplog.text and "holds no quantized operator" in caplog.text
 
 
 @pytest.mark.skipif(not _has("torchao"), reason="torchao is not installed (pip install 'segformer-automl[quant]')")
@@ -382,6 +396,9 @@ def test_cli_quantize_without_torchao_falls_back_to_onnxruntime(deploy_dataset, 
     onnx.checker.check_model(model)
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    from segformer.engine.predictor import _quantized_onnx
+
+    assert _quantized_onnx(out.artifact) and not _quantized_onnx(Path(result.onnx_file))
     int8_weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8]
     assert int8_weights  # weights stored as int8, not only fake-quant nodes
     session = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
