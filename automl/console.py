@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from automl.layout import Layout, trial_name
 from automl.options import SearchOptions
-from automl.state import FAILED, PENDING, RUNNING, STOP_KINDS, STOPPED, SearchState, driver_running, observed
+from automl.state import FAILED, PENDING, RUNNING, STOP_KINDS, STOPPED, SearchState, observed, starting
 from segformer.text import count, fmt
 
 
@@ -150,7 +150,7 @@ def print_status(results_dir: str | Path, watch: float | None = None, echo: Call
     """`automl status`: the table once, or refreshed every `watch` seconds until the search ends.
     Over STATUS_ROWS trials: the running ones and the best, unless `everything` (--all)."""
     while True:
-        if watch and not Layout.of(results_dir).state_file.is_file() and driver_running(results_dir):
+        if watch and starting(results_dir):
             echo(f"automl: the search in {results_dir} is starting (its driver checks the data and starts Ray)")
             time.sleep(watch)
             continue

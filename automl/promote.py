@@ -100,7 +100,7 @@ def _first_file(folder: Path, suffixes: tuple[str, ...]) -> Path | None:
     return found[0] if found else None
 
 
-def _alias_moved(before: Any, spec: str, name: str) -> str:
+def _alias_moved(before: Any, spec: str) -> str:
     """What the alias left: the version it named and, when that came from another spec (another
     dataset, other classes), how to keep such models apart."""
     if before is None:
@@ -132,7 +132,7 @@ def promote(state: SearchState, record: TrialRecord, tracker: Any, options: Prom
                                                {"automl.results_dir": str(state.results_dir), "automl.spec": spec})
             report["registry"] = {"model": name, "version": version, "alias": options.alias,
                                   "source": f"runs:/{record.mlflow_run_id}/{MODEL_ARTIFACT_PATH}"}
-            echo(f"automl: registered {name} version {version} as @{options.alias}{_alias_moved(before, spec, name)}")
+            echo(f"automl: registered {name} version {version} as @{options.alias}{_alias_moved(before, spec)}")
         except Exception as err:  # the registry is optional (e.g. a tracking server without one)
             report["registry"] = f"failed: {type(err).__name__}: {err}"
     _write(best_dir, report)

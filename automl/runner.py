@@ -431,20 +431,20 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, session: Any, *,
             _interrupted(opts, state, tracker, echo)
             raise
     echo(f"automl: search done in {time.time() - started:.1f} s")
-    stop_reason, budget = "", opts.search.time_budget_s
+    stop_reason, budget, ran_out = "", opts.search.time_budget_s, search.out_of_time()
     failed, limit = state.counts().get(FAILED, 0), opts.resources.max_failed_trials
     if limit is not None and failed >= limit:
         stop_reason = (f"the search stopped after {failed} failed trials (limit --max-failed-trials {limit}); "
                        f"see the errors with `automl status {opts.results_dir}`")
         echo(f"automl: {stop_reason}")
-    elif budget and time.time() - started >= budget and not any(t.history for t in state.trials.values()):
+    elif ran_out and not any(t.history for t in state.trials.values()):
         stop_reason = (f"the time budget of {budget:g} s (--time-budget, settings time_budget_s) ran out before any trial "
                        f"reported an epoch: one trial needs longer than that here; raise it")
         echo(f"automl: {stop_reason}")
-    elif budget and time.time() - started >= budget:
+    elif ran_out:
         echo(f"automl: the time budget of {budget:g} s ran out: the trials then running stopped at the end of their epoch")
     # Trials Ray stops for the whole search (failure limit, time budget) get no end event: KILLED here.
-    reason = (f"stopped: the time budget of {budget:g} s ran out" if budget and time.time() - started >= budget
+    reason = (f"stopped: the time budget of {budget:g} s ran out" if ran_out
               else f"stopped: {stop_reason}" if stop_reason else "interrupted: the driver stopped while this trial ran")
     killed = reconcile_interrupted(state, tracker, reason=reason)
     if killed:

@@ -323,7 +323,7 @@ def options_from_settings(file_settings: Mapping[str, Any] | None, cli_settings:
     except SearchError as err:
         message = str(err)
         for option, key in written.items():  # "perturbation_factor must be > 1": the key the user wrote
-            if message.startswith(f"{option} ") and key != option:
+            if message.startswith(f"{option} "):
                 message = f"{key}{message[len(option):]}"
         raise SettingsError(message) from None
     s = opts.search

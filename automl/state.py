@@ -118,6 +118,12 @@ def driver_running(results_dir: str | Path) -> bool | None:
     return False
 
 
+def starting(results_dir: str | Path) -> bool:
+    """Whether a driver holds the folder but has not written its state yet: it takes the lock first,
+    and writes the state after the data check and Ray's start (seconds)."""
+    return not Layout.of(results_dir).state_file.is_file() and bool(driver_running(results_dir))
+
+
 def observed(state: "SearchState") -> "SearchState":
     """`state` as it is: a search whose file says RUNNING but whose driver holds no lock was killed
     (SIGKILL, a lost machine) and says INTERRUPTED, which `automl resume` continues."""
@@ -212,7 +218,7 @@ class SearchState:
     def load(cls, results_dir: str | Path) -> "SearchState":
         path = Layout.of(results_dir).state_file
         if not path.is_file():
-            if driver_running(results_dir):  # the lock is taken first; the state after the data check and Ray's start
+            if starting(results_dir):
                 raise FileNotFoundError(f"the search in {results_dir} is starting: its driver checks the data and starts "
                                         f"Ray before it writes {path.name}; try again in a few seconds")
             raise FileNotFoundError(

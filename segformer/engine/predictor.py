@@ -328,8 +328,8 @@ def _starts(length: int, window: int, overlap: float) -> list[int]:
 
 def _quantized_onnx(path: Path) -> bool:
     """Whether an ONNX model holds quantized operators (QDQ or QLinear/Integer kernels)."""
-    import onnx
+    from segformer.deploy.onnx_signature import load_onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
+    graph = load_onnx(path).graph  # as its twin for TensorRT, segformer.deploy.trt.onnx_has_qdq (QDQ only)
     return any(node.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear") or
                node.op_type.startswith("QLinear") or node.op_type.endswith("Integer") for node in graph.node)
