@@ -7,8 +7,9 @@ which an embedded sqlite store needs, and a worker that crashes cannot leave a r
 
 Default store: ``sqlite:///<results_dir>/mlflow.db`` with artifacts under
 ``<results_dir>/mlartifacts`` (`automl.layout`) (without an explicit artifact location MLflow would write to
-``./mlruns`` relative to whatever directory the driver happens to run in). `--tracking-uri`
-points at a server instead; the server then decides where artifacts go.
+``./mlruns`` relative to whatever directory the driver happens to run in). A sqlite `--tracking-uri`
+shared by several searches keeps every search's artifacts in ``mlartifacts`` next to its database
+(`segformer.fileio.mlflow_artifact_root`); a server decides itself where artifacts go.
 
 Child runs carry the tag ``mlflow.parentRunId`` (the MLflow UI draws the tree from it), sampled
 params as dotted spec keys, per-epoch metrics with ``step=epoch``, and a final status
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from automl.layout import Layout
+from segformer.fileio import mlflow_artifact_root
 from automl.state import FAILED, FINISHED, KILLED, PENDING, RUNNING, SearchState, TrialRecord
 
 if TYPE_CHECKING:
@@ -111,7 +113,7 @@ class Tracker:
             if experiment is not None:
                 self._experiment_id = experiment.experiment_id
             else:
-                location = self.layout.artifacts_dir.as_uri() if self.is_embedded else None
+                location = mlflow_artifact_root(self.tracking_uri)
                 # "custom_model_development": the MLflow 3 UI then opens the model-training views
                 # (runs, metrics, child runs) instead of the GenAI ones.
                 self._experiment_id = self.client.create_experiment(

@@ -178,3 +178,15 @@ def atomic_save_png(path: str | Path, array: Any) -> Path:
 
     image = Image.fromarray(np.ascontiguousarray(array))
     return atomic_write(path, lambda handle: image.save(handle, format="PNG"))
+
+
+def mlflow_artifact_root(tracking_uri: str) -> str | None:
+    """Where an MLflow experiment created in `tracking_uri` keeps its artifacts: ``mlartifacts`` next
+    to the database of a sqlite store, as `mlflow server` does next to its working folder; None for a
+    server, which decides itself. Beside the store, not beside the run that happened to create the
+    experiment: a second run (search or training) sharing the store then does not write into the
+    first one's results folder, and moving or deleting that folder breaks no other run's artifacts."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0]).resolve()
+    return (database.parent / "mlartifacts").as_uri()

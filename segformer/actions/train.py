@@ -44,6 +44,7 @@ from segformer.engine.module import SegFormerModule
 from segformer.engine.optim import OptimizerSettings
 from segformer.engine.timing import TIMING_NAME, StepTiming, step_timing_requested
 from segformer.errors import SegformerError
+from segformer.fileio import mlflow_artifact_root
 from segformer.heartbeat import is_terminal
 from segformer.model import build_segformer, check_input_size, load_pretrained_model
 from segformer.parents import check_weight_files, resolve_parents
@@ -285,7 +286,7 @@ def _loggers(cfg: ExperimentConfig, results_dir: Path) -> list[Any]:
             f"sqlite:///{(results_dir / 'mlflow.db').resolve()}"
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # no INFO lines on creating the store
         loggers.append(MLFlowLogger(experiment_name=cfg.train.mlflow.experiment_name, tracking_uri=uri,
-                                    artifact_location=str((results_dir / "mlartifacts").resolve())))
+                                    artifact_location=mlflow_artifact_root(uri)))
     return loggers
 
 

@@ -297,6 +297,8 @@ def test_tensorboard_and_mlflow_logging(tiny_dataset, tmp_path, make_cfg):
     client = mlflow.MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert runs and "val_miou" in runs[0].data.metrics
+    # artifacts beside the store, where another training sharing it finds them too
+    assert runs[0].info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
 
 
 def test_step_checkpoints_and_frozen_backbone(tiny_dataset, tmp_path, make_cfg):

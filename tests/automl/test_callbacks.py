@@ -111,6 +111,26 @@ def test_epoch_metrics_are_written_in_batches_and_a_closed_run_has_them_all(tmp_
     assert closed.info.status == "FINISHED" and closed.data.tags["automl.best_epoch"] == "3"
 
 
+def test_searches_sharing_a_sqlite_store_keep_their_artifacts_beside_it(tmp_path):
+    """Two searches given one sqlite --tracking-uri (real store): the experiment the first created
+    keeps artifacts in mlartifacts next to the database, so the second search's champion does not
+    land inside the first search's folder (which may be moved or deleted)."""
+    from automl.tracking import Tracker
+
+    store = f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}"
+    (tmp_path / "shared").mkdir()
+    runs = []
+    for name in ("first", "second"):
+        tracker = Tracker(store, tmp_path / name, "segformer")
+        runs.append(tracker.start_parent(name, {}, {}))
+        tracker.client.log_text(runs[-1], "model", "champion/MLmodel")
+    for run in runs:
+        uri = tracker.client.get_run(run).info.artifact_uri
+        assert uri.startswith((tmp_path / "shared" / "mlartifacts").as_uri()), uri
+    assert not (tmp_path / "first").exists() and not (tmp_path / "second").exists()
+    assert len(list((tmp_path / "shared" / "mlartifacts").rglob("MLmodel"))) == 2
+
+
 def test_a_resume_writes_the_epoch_metrics_a_kill_kept_from_mlflow(tmp_path, monkeypatch):
     """A driver killed with epoch metrics still buffered: the ledger shows the trial FINISHED with
     epochs 1-3, MLflow has epoch 1 only (seen in CI on a PostgreSQL server). The resume's backfill
