@@ -40,6 +40,7 @@ from segformer.config import ExperimentConfig, action_results_dir, require
 from segformer.deploy.quantize import ONNX_BACKENDS
 from segformer.errors import DataError, SegformerError
 from segformer.parents import resolve_parents
+from segformer.text import count
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +108,16 @@ def _announce_fallback(cfg: ExperimentConfig, note: str, mode: str, algorithm: s
         note += (f"; dropped quantize.backend_kwargs {', '.join(dropped)} ({FALLBACK_BACKEND} takes "
                  f"{', '.join((*ORT_KWARGS, *CALIBRATION_KWARGS))})")
         kwargs = {key: value for key, value in kwargs.items() if key not in dropped}
+    _say(note, quiet)
+    return "static_ptq", algorithm, kwargs, note
+
+
+def _say(note: str, quiet: bool) -> None:
+    """A note on what this run does differently from what the spec asked: a log warning when quiet."""
     if quiet:
         log.warning(note)
     else:
         print(f"segformer quantize: {note}", file=sys.stderr, flush=True)
-    return "static_ptq", algorithm, kwargs, note
 
 
 def _calibration_batches(cfg: ExperimentConfig, size: tuple[int, int], batch_size: int, max_batches: int):
@@ -253,10 +259,20 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
         try:
             from segformer.deploy.onnx_signature import read_onnx_signature
 
-            _, height, width = read_onnx_signature(onnx_in).chw
+            signature = read_onnx_signature(onnx_in)
+            _, height, width = signature.chw
+            fixed = signature.static_batch
+            if fixed and fixed != cal_batch:  # exported with export.batch_size: no other batch size runs
+                images = cal_batch * cal_batches if cal_batches > 0 else 0
+                cal_batch, cal_batches = fixed, -(-images // fixed) if images else cal_batches
+                _say(f"{onnx_in} takes batches of {count(fixed, 'image')} only (exported with export.batch_size="
+                     f"{fixed}): calibrating in batches of {fixed}" + (f" on the same {images} images" if images else ""),
+                     quiet)
 
             def batches():
                 for batch in _calibration_batches(cfg, (height, width), cal_batch, cal_batches):
+                    if fixed and len(batch) != fixed:  # the folder's last, partial batch
+                        continue
                     yield batch.numpy().astype(np.float32)
 
             if backend == "onnxruntime":

@@ -70,6 +70,24 @@ def test_onnxruntime_qdq_action(exported, make_deploy_cfg, tmp_path):
     assert report["quantized_bytes"] < report["float_bytes"]
 
 
+def test_an_onnx_of_fixed_batch_size_is_calibrated_in_its_batch_size(make_deploy_cfg, checkpoint, tmp_path, capsys):
+    """An ONNX exported with export.batch_size=1 takes batches of one image only; calibration fed it
+    batches of 4 and ONNX Runtime ended in a traceback. It now calibrates on the same images one at
+    a time, says so, and drops a last partial batch for a fixed batch size above 1."""
+    from segformer.actions import export, quantize
+
+    for size in (1, 3):
+        fixed = export.run(make_deploy_cfg(tmp_path / f"export{size}", f"export.checkpoint={checkpoint}",
+                                           f"export.batch_size={size}"), quiet=True)
+        cfg = make_deploy_cfg(tmp_path / f"q{size}", "quantize.backend=onnxruntime", "quantize.mode=static_ptq",
+                              f"quantize.model_path={fixed.onnx_file}",
+                              "quantize.backend_kwargs={calibration_batch_size: 4, calibration_batches: 2}")
+        out = quantize.run(cfg)
+        assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in onnx.load(str(out.artifact)).graph.node}
+        err = capsys.readouterr().err
+        assert f"takes batches of {size} image" in err and f"calibrating in batches of {size}" in err, err
+
+
 def test_fuse_gelu_on_an_export_keeps_its_outputs(exported, tmp_path):
     """The exporter writes GELU at opset 17 as Div, Erf, Add, Mul, Mul; fuse_erf_gelu makes each one
     standard Gelu node (opset 20) and the model computes the same."""
