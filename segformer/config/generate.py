@@ -152,7 +152,9 @@ def _repo_root() -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="segformer schema generate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="segformer schema", description=__doc__.splitlines()[0])
+    # `segformer schema generate`, as README, the Makefile and --check's own advice write it
+    parser.add_argument("command", nargs="?", choices=["generate"], default="generate", help="the one command")
     parser.add_argument("--out-dir", type=Path, default=_repo_root(),
                         help="repository root to write schemas/segformer and templates/segformer under")
     parser.add_argument("--check", action="store_true",

@@ -237,6 +237,7 @@ def test_generated_files_are_in_sync(tmp_path):
         assert committed.is_file(), f"{rel} is not committed; run `segformer schema generate`"
         assert committed.read_text() == path.read_text(), f"{rel} is stale; run `segformer schema generate`"
     assert generate.main(["--check", "--out-dir", str(tmp_path)]) == 0
+    assert generate.main(["generate", "--check", "--out-dir", str(tmp_path)]) == 0  # as README writes it
 
 
 def test_generated_schemas_are_strict_json_and_match_nvidia_shape():
