@@ -177,6 +177,7 @@ class SegmentDatasetConfig:
     dataset: str = field_("SFDataset", description="Dataset class (TAO's only value).", options=("SFDataset",))
     num_classes: int = field_(2, description="Number of classes (label ids 0..num_classes-1; 255 is ignored).", minimum=2, math_cond=">0", automl=False)
     img_size: int = field_(256, description="Square training/evaluation input size (TAO docs and templates: 256; the doc example uses 224). ViT backbones need a multiple of their patch size: 14 for vit_*_nvdinov2 and vit_huge_nvclip_14_siglip (e.g. 224 or 448, which also suit ONNX export), 16 for the other ViTs.", minimum=32, automl=False)
+    score_size: int = field_(0, description="(added) Side to which validation and evaluation masks are resized before they are scored; 0: img_size. AutoML sets it when it searches img_size, so that trials of different input sizes are scored at one size (a mask shrunk to a small input is easier to match); evaluate.full_resolution scores at each image's own size instead.", minimum=0, automl=False)
     batch_size: int = field_(8, description="Per-device batch size.", title="Batch Size", minimum=1)
     workers: int = field_(1, description="Data loader worker processes.", title="Workers", minimum=0, automl=False)
     shuffle: bool = field_(True, description="Shuffle the training set each epoch.", automl=False)

@@ -42,6 +42,7 @@ class SegData:
         check_data: read every file of the splits in use once during ``setup`` and report all problems.
         full_resolution_masks: keep val/test masks at their file size (needs eval batch size 1
             unless all images share a size).
+        score_size: side val/test masks are resized to (0: img_size), unless full_resolution_masks.
     """
 
     def __init__(self, *, root_dir: str | Path, num_classes: int, img_size: int, palette: Sequence[Any],
@@ -51,7 +52,7 @@ class SegData:
                  augmentation: AugmentationSettings | None = None,
                  mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
                  seed: int = 1234, check_data: bool = True, full_resolution_masks: bool = False,
-                 shard_train: bool = True) -> None:
+                 score_size: int = 0, shard_train: bool = True) -> None:
         super().__init__()  # in SegDataModule: LightningDataModule's (next in the method order)
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise SpecError(f"dataset.segment batch sizes must be >= 1, got batch_size={batch_size}, "
@@ -72,6 +73,9 @@ class SegData:
         self.seed = int(seed)
         self.check_data = check_data
         self.full_resolution_masks = full_resolution_masks
+        if score_size < 0:
+            raise SpecError(f"dataset.segment.score_size must be >= 0 (0: img_size), got {score_size}")
+        self.score_size = int(score_size)
         # Under DDP each rank trains on its own slice of every epoch's permutation, unless Lightning
         # shards the loader itself (train.use_distributed_sampler: true): see EpochSampler.
         self.shard_train = shard_train
@@ -90,7 +94,8 @@ class SegData:
             self.reports[role] = check_dataset(self.root_dir, split, self.decoder)
         transform = SegTransform(self.img_size, self.mean, self.std,
                                  augment=self.augmentation if train else None,
-                                 resize_masks=train or not self.full_resolution_masks)
+                                 resize_masks=train or not self.full_resolution_masks,
+                                 mask_size=None if train else self.score_size or None)
         return SegmentationDataset(self.root_dir, split, self.decoder if masks else None, transform,
                                    require_masks=masks, seed=self.seed)
 
@@ -198,6 +203,7 @@ def build_data(segment_cfg: Any, seed: int, *, train_batch_size: int | None = No
         seed=int(seed),
         check_data=check_data,
         full_resolution_masks=full_resolution_masks,
+        score_size=int(getattr(segment_cfg, "score_size", 0) or 0),
         shard_train=shard_train,
     )
 

@@ -161,14 +161,19 @@ class SegTransform:
         mean, std: normalisation in 0..1 units.
         augment: training augmentations; None for evaluation (resize + normalise only).
         resize_masks: False keeps masks at their original size (evaluation at full resolution).
+        mask_size: the side (or (height, width)) masks are resized to for evaluation; None: img_size.
     """
 
     def __init__(self, img_size: int | Sequence[int], mean: Sequence[float], std: Sequence[float],
-                 augment: AugmentationSettings | None = None, resize_masks: bool = True) -> None:
+                 augment: AugmentationSettings | None = None, resize_masks: bool = True,
+                 mask_size: int | Sequence[int] | None = None) -> None:
         self.size = size_pair(img_size)
         self.mean, self.std = _check_stats(mean, std)
         self.augment = augment
+        if augment is not None and mask_size is not None and size_pair(mask_size) != self.size:
+            raise ValueError("training masks are augmented with their image: mask_size must be img_size")
         self.resize_masks = resize_masks
+        self.mask_size = size_pair(mask_size) if mask_size else self.size
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -179,7 +184,7 @@ class SegTransform:
             # a read-only input (the decoded-data cache) is never shared with the output tensor
             ids = torch.from_numpy(mask if mask.flags.writeable else mask.copy())
         if ids is not None and (self.resize_masks or self.augment is not None):
-            ids = resize_mask(ids, self.size)
+            ids = resize_mask(ids, self.mask_size)
         if self.augment is not None:
             if generator is None:
                 raise ValueError("training transforms need a generator (see sample_generator)")

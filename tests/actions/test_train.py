@@ -284,6 +284,16 @@ def test_two_gpus_ddp(tiny_dataset, tmp_path, make_cfg):
     assert (result.results_dir / LATEST_NAME).is_file()
 
 
+def test_validation_scores_masks_at_score_size(tiny_dataset, tmp_path, make_cfg):
+    """dataset.segment.score_size: validation masks at that size, the logits resized to them (an
+    input size AutoML searches is scored on one mask size); training and checkpoints unchanged."""
+    cfg = make_cfg(tiny_dataset, tmp_path, "train.num_epochs=1", "dataset.segment.score_size=48")
+    result = train.run(cfg, quiet=True)
+    assert result.best_miou is not None and 0.0 <= result.best_miou <= 1.0 and result.history[-1]["val_miou"] >= 0
+    with pytest.raises(ValueError, match="dataset.segment.score_size"):
+        make_cfg(tiny_dataset, tmp_path / "bad", "dataset.segment.score_size=-1")
+
+
 def test_tensorboard_and_mlflow_logging(tiny_dataset, tmp_path, make_cfg):
     pytest.importorskip("mlflow")
     pytest.importorskip("tensorboard")

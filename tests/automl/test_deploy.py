@@ -282,6 +282,38 @@ def test_dry_run_searches_the_structure_the_user_names(data, tmp_path, capsys) -
     assert "--pretrained BACKBONE=PATH" in capsys.readouterr().err
 
 
+def test_trials_of_different_input_sizes_are_scored_on_masks_of_one_size(tmp_path) -> None:
+    """With img_size searched, every trial, the baseline too, is validated (and evaluated) on masks
+    of the largest size the search trains at (the spec's own 96 here, larger than the options):
+    scored on masks shrunk to its own input, a 32 px trial matched easier targets than a 64 px
+    one. Training masks stay at each trial's own input size; a spec's own score_size is kept."""
+    from automl.runner import _plan
+    from automl.skill import find_skill
+    from automl.trial import base_config
+    from segformer.config import apply_overrides
+    from segformer.data import build_data
+    from segformer.data.synth import generate
+
+    root = generate(tmp_path / "data", num_classes=3, size=64, train=2, val=2, test=2)
+    sized = (*SMALL, "dataset.segment.img_size=96")
+    opts = search_options(tmp_path / "s", root / "spec.yaml", overrides=sized, structure={"dataset.segment.img_size": [32, 64]})
+    opts, _, _, _ = _plan(opts, find_skill("segformer"))
+    assert opts.overrides[-1] == "dataset.segment.score_size=96"
+    shapes = {}
+    for size in (32, 64):
+        cfg = apply_overrides(base_config(str(root / "spec.yaml"), opts.overrides, tmp_path / "s"),
+                              {"dataset.segment.img_size": size})
+        data = build_data(cfg.dataset.segment, seed=0)
+        val, train = next(iter(data.val_dataloader())), next(iter(data.train_dataloader()))
+        shapes[size] = (val["image"].shape[-1], val["mask"].shape[-1], train["mask"].shape[-1])
+    assert shapes == {32: (32, 96, 32), 64: (64, 96, 64)}
+    own = search_options(tmp_path / "o", root / "spec.yaml", overrides=(*sized, "dataset.segment.score_size=48"),
+                         structure={"dataset.segment.img_size": [32, 64]})
+    assert _plan(own, find_skill("segformer"))[0].overrides == own.overrides
+    plain = search_options(tmp_path / "p", root / "spec.yaml", overrides=sized)
+    assert _plan(plain, find_skill("segformer"))[0].overrides == plain.overrides
+
+
 def test_a_searched_backbone_brings_its_decoder_inputs(data, monkeypatch) -> None:
     """The spec's decode_head.in_channels are MiT-B0's; a trial on MiT-B1 gets B1's with it, so the
     trial, its latency measurement and the promoted spec build the model without a mismatch warning.
