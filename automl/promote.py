@@ -165,36 +165,45 @@ def _log_model(tracker: Any, record: TrialRecord, best_dir: Path, report: dict[s
     files (what the registry can still point at). The outcome is the ``mlflow_model`` step."""
     import tempfile
 
+    from segformer.model.checkpoints import save_weights_copy
+
     started = time.time()
     report.setdefault("steps", {})
     artifacts = champion_artifacts(best_dir, report)
-    if not artifacts:
-        report["steps"]["mlflow_model"] = "skipped: no ONNX model (export did not run); logged the checkpoint and spec"
-    else:
+    with tempfile.TemporaryDirectory(prefix="automl-mlflow-model-") as tmp:
+        # The model carries the weights without the optimizer state (two thirds of the file, which
+        # nothing served reads); best/model.pth and the trial's folder keep the resumable checkpoint.
         try:
-            from segformer.deploy import pyfunc
+            weights = save_weights_copy(best_dir / MODEL_FILE, Path(tmp) / "weights" / MODEL_FILE)
+        except Exception:  # noqa: BLE001 (none, or not a checkpoint this toolkit reads: logged as it is)
+            weights = best_dir / MODEL_FILE
+        if not artifacts:
+            report["steps"]["mlflow_model"] = "skipped: no ONNX model (export did not run); logged the checkpoint and spec"
+        else:
+            try:
+                from segformer.deploy import pyfunc
 
-            from automl.deploy import precision_of
+                from automl.deploy import precision_of
 
-            # A deploy-aware search that met its latency limit at int8 deploys the int8 model: served by default.
-            precision = "int8" if precision_of(record.latency) == "int8" and pyfunc.QUANTIZED_ONNX in artifacts else "fp32"
-            with tempfile.TemporaryDirectory(prefix="automl-mlflow-model-") as tmp:
+                artifacts[pyfunc.CHECKPOINT] = weights
+                # A deploy-aware search that met its latency limit at int8 deploys the int8 model: served by default.
+                precision = "int8" if precision_of(record.latency) == "int8" and pyfunc.QUANTIZED_ONNX in artifacts else "fp32"
                 folder = pyfunc.save_model(Path(tmp) / MODEL_ARTIFACT_PATH, artifacts,
                                            metadata={"trial": record.name, **metadata},
                                            input_example=pyfunc.input_example(), precision=precision)
                 tracker.log_artifacts(record.mlflow_run_id, [folder], MODEL_ARTIFACT_PATH)
-            report["steps"]["mlflow_model"] = {"status": "done", "seconds": round(time.time() - started, 2),
-                                               "flavor": "python_function", "artifacts": ", ".join(artifacts),
-                                               "precision": precision}
-            echo(f"automl: promote mlflow_model: done in {time.time() - started:.1f} s (pyfunc: images -> class-id masks, "
-                 f"{precision} by default)")
-            return
-        except Exception as err:  # the checkpoint and spec are still logged and registered below
-            report["steps"]["mlflow_model"] = f"failed: {type(err).__name__}: {err}"
-            (best_dir / "mlflow_model_error.txt").write_text(traceback.format_exc(), encoding="utf-8")
-            echo(f"automl: promote mlflow_model: failed: {err}")
-    files = [best_dir / MODEL_FILE, best_dir / SPEC_FILE] + [p for p in [_promoted_onnx(best_dir)] if p]
-    tracker.log_artifacts(record.mlflow_run_id, files, MODEL_ARTIFACT_PATH)
+                report["steps"]["mlflow_model"] = {"status": "done", "seconds": round(time.time() - started, 2),
+                                                   "flavor": "python_function", "artifacts": ", ".join(artifacts),
+                                                   "precision": precision}
+                echo(f"automl: promote mlflow_model: done in {time.time() - started:.1f} s (pyfunc: images -> class-id "
+                     f"masks, {precision} by default)")
+                return
+            except Exception as err:  # the checkpoint and spec are still logged and registered below
+                report["steps"]["mlflow_model"] = f"failed: {type(err).__name__}: {err}"
+                (best_dir / "mlflow_model_error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+                echo(f"automl: promote mlflow_model: failed: {err}")
+        files = [weights, best_dir / SPEC_FILE] + [p for p in [_promoted_onnx(best_dir)] if p]
+        tracker.log_artifacts(record.mlflow_run_id, files, MODEL_ARTIFACT_PATH)
 
 
 def prepare(state: SearchState, record: TrialRecord, options: PromotionConfig = PromotionConfig(),

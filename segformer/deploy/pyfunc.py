@@ -13,7 +13,8 @@ artifact            file
 ``quantized_onnx``  the int8 ONNX model of the quantize step, when there is one
 ``deepstream``      ``config_infer_primary_segformer.txt`` for DeepStream's Gst-nvinfer
 ``labels``          ``labels.txt`` (one class name a line; the DeepStream config points at it)
-``checkpoint``      the PyTorch checkpoint (``model.pth``) the ONNX model was exported from
+``checkpoint``      the weights (``model.pth``) the ONNX model was exported from, without optimizer
+                    state (``best/model.pth`` keeps it, to resume training)
 ==================  ===============================================================================
 
 The DeepStream config names its ONNX and labels files relative to itself, so ``artifacts/`` is a

@@ -234,6 +234,19 @@ def save_model_checkpoint(path: str | Path, model: nn.Module, meta: Mapping[str,
     return atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
+TRAINING_STATE = ("optimizer_states", "lr_schedulers", "loops", "callbacks")  # what only a resumed training reads
+
+
+def save_weights_copy(source: str | Path, target: str | Path) -> Path:
+    """A copy of the training checkpoint ``source`` without what only resuming its training reads
+    (the optimizer's moments, two thirds of an AdamW checkpoint; the schedulers; the loops' and
+    callbacks' state). Every loader of weights reads it as it reads ``source``. Written atomically."""
+    from segformer.fileio import atomic_write
+
+    kept = {key: value for key, value in read_state_file(source).items() if key not in TRAINING_STATE}
+    return atomic_write(target, lambda handle: torch.save(kept, handle))
+
+
 def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], strict: bool = False) -> tuple[list[str], list[str]]:
     """Copy matching tensors into ``model``; report and return (missing, unexpected) keys.
 

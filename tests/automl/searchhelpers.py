@@ -14,3 +14,10 @@ def search_options(results: Path, spec: Path, overrides: tuple[str, ...] = TINY,
 
     return SearchOptions.build(options, results_dir=str(results), spec=str(spec), skill="segformer",
                                overrides=tuple(overrides))
+
+
+def download_folder(path: Path) -> str:
+    """A new folder for MLflow to download a model into (`dst_path`, which must exist): without one
+    every load leaves its copy (about 60 MB) in /tmp."""
+    path.mkdir(parents=True)
+    return str(path)

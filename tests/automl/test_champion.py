@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from searchhelpers import TINY, search_options
+from searchhelpers import TINY, download_folder, search_options
 
 REPO = Path(__file__).resolve().parents[2]
 OVERRIDES = (*TINY, "dataset.segment.workers=0", "train.num_epochs=1", "train.checkpoint_interval=1",
@@ -127,8 +127,9 @@ def _batches(dataset: Path) -> list[tuple[list[str], np.ndarray]]:
 
 
 @pytest.mark.slow
-def test_registered_champion_is_an_mlflow_model_with_its_deploy_files(champion, tracking_uri):
+def test_registered_champion_is_an_mlflow_model_with_its_deploy_files(champion, tracking_uri, tmp_path):
     import mlflow
+    import torch
     from mlflow import MlflowClient
 
     state, record, report = champion
@@ -136,7 +137,7 @@ def test_registered_champion_is_an_mlflow_model_with_its_deploy_files(champion, 
     assert version.run_id == record.mlflow_run_id and version.source == f"runs:/{record.mlflow_run_id}/model"
     assert report["registry"] == {"model": NAME, "version": str(version.version), "alias": "champion",
                                   "source": f"runs:/{record.mlflow_run_id}/model"}
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion"))
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion", dst_path=str(tmp_path)))
     mlmodel = yaml.safe_load((local / "MLmodel").read_text())
     flavor = mlmodel["flavors"]["python_function"]
     assert flavor["code"] == "code" and (local / "code" / "segformer" / "deploy" / "pyfunc.py").is_file()
@@ -146,6 +147,13 @@ def test_registered_champion_is_an_mlflow_model_with_its_deploy_files(champion, 
         "labels": "labels.txt"}
     artifacts = local / "artifacts"
     assert (artifacts / "labels.txt").read_text().split() == ["background", "red", "green"]
+    # the weights without the optimizer state, which nothing served reads; best/ keeps the resumable file
+    carried = torch.load(artifacts / "model.pth", weights_only=True)
+    promoted = torch.load(Path(state.results_dir) / "best" / "model.pth", weights_only=True)
+    assert "optimizer_states" in promoted and "optimizer_states" not in carried
+    assert carried["state_dict"].keys() == promoted["state_dict"].keys()
+    assert all(torch.equal(carried["state_dict"][k], v) for k, v in promoted["state_dict"].items())
+    assert (artifacts / "model.pth").stat().st_size < 0.6 * (Path(state.results_dir) / "best" / "model.pth").stat().st_size
     deepstream = (artifacts / "config_infer_primary_segformer.txt").read_text()
     assert "onnx-file=segformer.onnx" in deepstream and "labelfile-path=labels.txt" in deepstream
     spec = yaml.safe_load((artifacts / "experiment.yaml").read_text())
@@ -164,10 +172,10 @@ def test_registered_champion_is_an_mlflow_model_with_its_deploy_files(champion, 
 
 
 @pytest.mark.slow
-def test_champion_predicts_the_masks_of_segformer_inference(champion, dataset, inference_masks, tracking_uri):
+def test_champion_predicts_the_masks_of_segformer_inference(champion, dataset, inference_masks, tracking_uri, tmp_path):
     import mlflow
 
-    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion", dst_path=download_folder(tmp_path / "fp32"))
     assert len(inference_masks) == 5
     for names, images in _batches(dataset):
         masks = model.predict(images)
@@ -177,7 +185,8 @@ def test_champion_predicts_the_masks_of_segformer_inference(champion, dataset, i
     assert set(np.unique(np.concatenate([m.ravel() for m in inference_masks.values()]))) <= {0, 1, 2}
     # The int8 model rides along: the same interface, chosen at load time.
     assert model.unwrap_python_model().predictor.path.name == "segformer.onnx"  # fp32 by default
-    int8 = mlflow.pyfunc.load_model(f"models:/{NAME}@champion", model_config={"precision": "int8"})
+    int8 = mlflow.pyfunc.load_model(f"models:/{NAME}@champion", model_config={"precision": "int8"},
+                                    dst_path=download_folder(tmp_path / "int8"))
     assert int8.unwrap_python_model().predictor.path.name == "quantized_model_onnxruntime.onnx"
     names, images = _batches(dataset)[0]
     masks = int8.predict(images)
@@ -194,7 +203,8 @@ def test_mlflow_models_serve_answers_a_rest_request(champion, dataset, inference
     # As from an activated virtual environment: mlflow starts `uvicorn` from PATH.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = {**os.environ, "MLFLOW_TRACKING_URI": state.mlflow_tracking_uri, "PATH": path,
-           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+           "TMPDIR": download_folder(tmp_path / "serve_tmp")}  # where the server downloads the model
     env.pop("PYTHONPATH", None)  # the model brings its own code (code/segformer)
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
@@ -291,9 +301,10 @@ def test_a_champion_chosen_at_int8_serves_the_int8_model_by_default(champion, tm
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(own.mlflow_tracking_uri)
     try:
-        model = mlflow.pyfunc.load_model(f"runs:/{chosen.mlflow_run_id}/model")
+        model = mlflow.pyfunc.load_model(f"runs:/{chosen.mlflow_run_id}/model", dst_path=download_folder(tmp_path / "int8"))
         assert model.unwrap_python_model().predictor.path.name == "quantized_model_onnxruntime.onnx"
-        fp32 = mlflow.pyfunc.load_model(f"runs:/{chosen.mlflow_run_id}/model", model_config={"precision": "fp32"})
+        fp32 = mlflow.pyfunc.load_model(f"runs:/{chosen.mlflow_run_id}/model", model_config={"precision": "fp32"},
+                                        dst_path=download_folder(tmp_path / "fp32"))
         assert fp32.unwrap_python_model().predictor.path.name == "segformer.onnx"  # still there on request
     finally:
         mlflow.set_tracking_uri(previous)

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from automl.state import FINISHED, SearchState
+from searchhelpers import download_folder
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "segformer"  # the registered model of the skill "segformer"
@@ -170,7 +171,7 @@ def test_a_search_tracked_on_a_postgresql_server_resumes_and_registers_its_champ
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_server)
     try:
-        model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+        model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion", dst_path=download_folder(tmp_path / "champion"))
     finally:
         mlflow.set_tracking_uri(previous)
     from segformer.data import load_image
