@@ -150,9 +150,10 @@ def champion_artifacts(best_dir: Path, report: dict[str, Any]) -> dict[str, Path
         return {}
     files = {pyfunc.ONNX: onnx, pyfunc.SPEC: best_dir / SPEC_FILE, pyfunc.CHECKPOINT: best_dir / MODEL_FILE}
     export, quantize = report.get("steps", {}).get("export"), report.get("steps", {}).get("quantize")
-    if isinstance(export, dict):
-        files[pyfunc.DEEPSTREAM] = Path(export.get("deepstream_config") or "")
-        files[pyfunc.LABELS] = Path(export.get("labels_file") or "")
+    for step in (export, quantize):  # the quantize step's config when the model deploys at int8 (`_deploy_int8`)
+        if isinstance(step, dict) and step.get("deepstream_config"):
+            files[pyfunc.DEEPSTREAM] = Path(step.get("deepstream_config") or "")
+            files[pyfunc.LABELS] = Path(step.get("labels_file") or "")
     if isinstance(quantize, dict) and str(quantize.get("artifact") or "").endswith(".onnx"):
         files[pyfunc.QUANTIZED_ONNX] = Path(quantize["artifact"])
     return {key: path for key, path in files.items() if str(path) not in ("", ".") and path.is_file()}
@@ -278,6 +279,8 @@ def prepare(state: SearchState, record: TrialRecord, options: PromotionConfig = 
     quantized = step("quantize", options.quantize, lambda c: {"quantize.results_dir": str(best_dir / "quantize"),
                                                              "quantize.device": "cpu" if _no_cuda() else c.quantize.device},
                      precheck=_precision_skip(state, record))
+    if precision_of(record.latency) == "int8" and quantized is not None and quantized.artifact.suffix == ".onnx":
+        cfg = _deploy_int8(cfg, best_dir, quantized.artifact, report)
     trt_reason = _tensorrt_missing()
     if trt_reason is None and onnx is None:
         trt_reason = "skipped: no ONNX model to build from (export did not run)"
@@ -311,6 +314,25 @@ def chain_spec(cfg: Any, best_dir: Path, onnx: Path | None) -> Any:
                                 "quantize.model_path": str(quantize_input),
                                 "gen_trt_engine.onnx_file": str(onnx or onnx_file)})
     dump_config(cfg, best_dir / SPEC_FILE, movable=True)
+    return cfg
+
+
+def _deploy_int8(cfg: Any, best_dir: Path, quantized: Path, report: dict[str, Any]) -> Any:
+    """A search that chose int8 deploys the quantized model: ``best/experiment.yaml`` points evaluate
+    and inference at it (is_quantized) and gen_trt_engine at it with data_type int8 (TensorRT takes
+    the QDQ scales, no calibration), and a DeepStream config beside it (network-mode int8) is the
+    one the champion carries. The float files stay in best/export/."""
+    from segformer.actions.export import deepstream_files
+    from segformer.config import apply_overrides, dump_config
+
+    cfg = apply_overrides(cfg, {"evaluate.checkpoint": str(quantized), "evaluate.is_quantized": True,
+                                "inference.checkpoint": str(quantized), "inference.is_quantized": True,
+                                "gen_trt_engine.onnx_file": str(quantized), "gen_trt_engine.tensorrt.data_type": "int8"})
+    dump_config(cfg, best_dir / SPEC_FILE, movable=True)
+    config, labels = deepstream_files(cfg, quantized, int(cfg.dataset.segment.num_classes))
+    step = report["steps"].get("quantize")
+    if isinstance(step, dict):
+        step.update(deepstream_config=str(config), labels_file=str(labels))
     return cfg
 
 

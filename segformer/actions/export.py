@@ -66,8 +66,23 @@ def parity_images(cfg: ExperimentConfig, height: int, width: int, channels: int)
     return torch.randn(2, channels, height, width, generator=generator), "2 random inputs (no validation images found)"
 
 
-def run(cfg: ExperimentConfig, *, quiet: bool = False) -> ExportResult:
+def deepstream_files(cfg: ExperimentConfig, onnx_file: Path, num_classes: int) -> tuple[Path, Path]:
+    """DeepStream's Gst-nvinfer config and labels file for ``onnx_file``, beside it: the spec's classes,
+    normalisation, batch size and ``gen_trt_engine.tensorrt.data_type`` (int8 for a QDQ model)."""
+    from segformer.data import MaskDecoder
     from segformer.deploy.deepstream import write_deepstream_config
+
+    aug = cfg.dataset.segment.augmentation
+    decoder = MaskDecoder(cfg.dataset.segment.palette, cfg.dataset.segment.label_transform, num_classes)
+    class_names = [name or f"class_{i}" for i, name in enumerate(decoder.class_names)]
+    options = cfg.export
+    ds_batch = int(options.batch_size) if options.batch_size > 0 else max(1, int(cfg.gen_trt_engine.tensorrt.max_batch_size))
+    return write_deepstream_config(onnx_file, onnx_file.parent, class_names=class_names, mean=list(aug.mean),
+                                   std=list(aug.std), batch_size=ds_batch,
+                                   data_type=str(cfg.gen_trt_engine.tensorrt.data_type), gpu_id=int(options.gpu_id))
+
+
+def run(cfg: ExperimentConfig, *, quiet: bool = False) -> ExportResult:
     from segformer.deploy.onnx_export import export_onnx, onnx_parity
     from segformer.deploy.runtime import default_ort_providers
     from segformer.engine.predictor import load_torch_model_and_meta
@@ -124,22 +139,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> ExportResult:
     else:
         print(message)
 
-    aug = cfg.dataset.segment.augmentation
-    from segformer.data import MaskDecoder
-
-    decoder = MaskDecoder(cfg.dataset.segment.palette, cfg.dataset.segment.label_transform, num_classes)
-    class_names = [name or f"class_{i}" for i, name in enumerate(decoder.class_names)]
-    ds_batch = int(options.batch_size) if options.batch_size > 0 else max(1, int(cfg.gen_trt_engine.tensorrt.max_batch_size))
-    config_path, labels_path = write_deepstream_config(
-        onnx_file,
-        onnx_file.parent,
-        class_names=class_names,
-        mean=list(aug.mean),
-        std=list(aug.std),
-        batch_size=ds_batch,
-        data_type=str(cfg.gen_trt_engine.tensorrt.data_type),
-        gpu_id=int(options.gpu_id),
-    )
+    config_path, labels_path = deepstream_files(cfg, onnx_file, num_classes)
     if not quiet:
         print(f"wrote {onnx_file}, {config_path.name} and {labels_path.name}")
     return ExportResult(onnx_file, diff, source, config_path, labels_path, results_dir)

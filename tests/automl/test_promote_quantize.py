@@ -17,34 +17,41 @@ OVERRIDES = ("dataset.segment.batch_size=4", "dataset.segment.workers=0",
              "quantize.backend=torchao", "quantize.mode=weight_only_ptq", "quantize.algorithm=minmax")
 
 
-def test_promotion_quantize_falls_back_without_torchao(tmp_path, monkeypatch):
-    """A trial's checkpoint (random weights: the step's wiring is under test, not the model) promoted
-    through export and quantize with torchao unimportable: None in sys.modules["torchao"] is Python's
-    own way of failing that import, whether or not torchao is installed here."""
-    from automl.options import PromotionConfig
-    from automl.promote import prepare
+def _trial(tmp_path, overrides=OVERRIDES, **search):
+    """A search's state with one finished trial whose checkpoint has random weights (the steps'
+    wiring is under test, not the model)."""
     from automl.state import FINISHED, SearchState, TrialRecord
     from segformer.config import load_config
     from segformer.data.synth import generate
     from segformer.model import build_segformer, save_model_checkpoint
 
-    monkeypatch.setitem(sys.modules, "torchao", None)
     root = generate(tmp_path / "data", num_classes=3, size=32, train=4, val=4, test=2, seed=1)
     spec = root / "spec.yaml"
     results = tmp_path / "search"
     trial_dir = results / "trial_000"
-    cfg = load_config(spec, [*OVERRIDES, f"results_dir={trial_dir}"])
+    cfg = load_config(spec, [*overrides, f"results_dir={trial_dir}"])
     checkpoint = trial_dir / "train" / "segformer_model_latest.pth"
     checkpoint.parent.mkdir(parents=True)
     save_model_checkpoint(checkpoint, build_segformer(cfg.model, 3, load_pretrained=False),
                           {"backbone": cfg.model.backbone.type, "num_classes": 3})
     state = SearchState(results_dir=str(results), skill="segformer", algorithm="bayesian", metric="val_miou",
-                        mode="max", settings=search_options(results, spec, OVERRIDES).to_dict(), spec=str(spec),
-                        overrides=list(OVERRIDES))
+                        mode="max", settings=search_options(results, spec, overrides, **search).to_dict(), spec=str(spec),
+                        overrides=list(overrides))
     record = TrialRecord(trial_id="t0", name="trial_000", params={}, status=FINISHED, best_value=0.5,
                          best_epoch=1, results_dir=str(trial_dir))
     state.trials[record.trial_id] = record
+    return state, record, results
 
+
+def test_promotion_quantize_falls_back_without_torchao(tmp_path, monkeypatch):
+    """A trial promoted through export and quantize with torchao unimportable: None in
+    sys.modules["torchao"] is Python's own way of failing that import, whether or not torchao is
+    installed here."""
+    from automl.options import PromotionConfig
+    from automl.promote import prepare
+
+    monkeypatch.setitem(sys.modules, "torchao", None)
+    state, record, results = _trial(tmp_path)
     lines: list[str] = []
     report = prepare(state, record, PromotionConfig(evaluate=False, trt=False), echo=lines.append)
     quantize = report["steps"]["quantize"]
@@ -63,3 +70,35 @@ def test_promotion_quantize_falls_back_without_torchao(tmp_path, monkeypatch):
     assert saved["float_model"] == str(onnx_file) and not (results / "best" / "quantize" / "float_model.onnx").exists()
     written = yaml.safe_load((results / "best" / "experiment.yaml").read_text())
     assert written["quantize"]["model_path"] == "${results_dir}/export/segformer.onnx" and written["results_dir"] == str(results / "best")
+
+
+def test_a_model_chosen_at_int8_deploys_the_int8_files(tmp_path):
+    """A deploy-aware search that met its latency limit at int8: best/experiment.yaml points
+    evaluate, inference and gen_trt_engine at the quantized model (TensorRT at int8, from its QDQ
+    scales), and the DeepStream config the champion carries names it with network-mode int8. Before,
+    both still named the fp32 model the search had timed over the limit. The spec runs as written."""
+    from automl.options import PromotionConfig
+    from automl.promote import champion_artifacts, prepare
+    from segformer.actions import evaluate
+    from segformer.config import load_config
+    from segformer.deploy.deepstream import parse_nvinfer_config
+
+    overrides = (*OVERRIDES[:3], "quantize.backend=onnxruntime", "quantize.mode=static_ptq")
+    state, record, results = _trial(tmp_path, overrides, structure={"deploy.precision": ["fp32", "int8"]},
+                                    max_latency_ms=5.0)
+    record.latency = {"latency_ms": 0.7, "precision_bits": 8.0}  # as `automl.deploy` records the choice
+    report = prepare(state, record, PromotionConfig(evaluate=False, trt=False), echo=lambda _: None)
+    assert report["steps"]["quantize"]["status"] == "done", report
+    best = results / "best"
+    written = yaml.safe_load((best / "experiment.yaml").read_text())
+    int8 = "${results_dir}/quantize/quantized_model_onnxruntime.onnx"
+    assert written["evaluate"]["checkpoint"] == written["inference"]["checkpoint"] == int8
+    assert written["evaluate"]["is_quantized"] is written["inference"]["is_quantized"] is True
+    assert written["gen_trt_engine"]["onnx_file"] == int8 and written["gen_trt_engine"]["tensorrt"]["data_type"] == "int8"
+    deepstream = champion_artifacts(best, report)["deepstream"]
+    assert deepstream == best / "quantize" / "config_infer_primary_segformer.txt"
+    config = parse_nvinfer_config(deepstream)
+    assert config["onnx-file"] == "quantized_model_onnxruntime.onnx" and config["network-mode"] == "1"
+    assert parse_nvinfer_config(best / "export" / "config_infer_primary_segformer.txt")["onnx-file"] == "segformer.onnx"
+    scored = evaluate.run(load_config(best / "experiment.yaml", ["evaluate.results_dir=" + str(tmp_path / "ev")]), quiet=True)
+    assert 0.0 <= scored.miou <= 1.0
