@@ -118,8 +118,10 @@ def load_predictor(cfg: ExperimentConfig, section: str) -> Predictor:
 
     size = cfg.dataset.segment.img_size
     if predictor.input_size is not None and tuple(predictor.input_size) != size_pair(size):
-        log.warning("the model takes %dx%d inputs (fixed when it was exported): images are resized to that for it, not "
-                    "to dataset.segment.img_size %s, and its predictions back", *predictor.input_size, size)
+        # named: quantize evaluates two models of one size, and the two lines are about different files
+        model = Path(str(getattr(predictor, "path", "") or options.trt_engine or checkpoint)).name
+        log.warning("%s takes %dx%d inputs (fixed when it was exported): images are resized to that for it, not "
+                    "to dataset.segment.img_size %s, and its predictions back", model, *predictor.input_size, size)
     if predictor.num_classes != num_classes:
         raise SegformerError(
             f"the model predicts {predictor.num_classes} classes but dataset.segment.num_classes is {num_classes}; "
