@@ -286,7 +286,8 @@ def test_ort_evaluation_matches_pytorch(exported, checkpoint, make_deploy_cfg, t
         as_engine = evaluate.run(make_deploy_cfg(tmp_path / "engine", f"evaluate.trt_engine={result.onnx_file}",
                                                  "dataset.segment.img_size=32"), quiet=True)
     assert "is an ONNX model, not a TensorRT engine: running it with ONNX Runtime" in caplog.text
-    assert "images are resized to that for it, not to dataset.segment.img_size 32, and its predictions back" in caplog.text
+    assert (f"{Path(result.onnx_file).name} takes 64x64 inputs (fixed when it was exported): images are resized to "
+            "that for it, not to dataset.segment.img_size 32, and its predictions back") in caplog.text
     assert "scores are at the exported size" not in caplog.text  # they are not: masks are scored at img_size
     assert as_engine.miou >= 0
     # is_quantized with the float ONNX ran the float model without a word (the .pth was refused)
