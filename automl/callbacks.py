@@ -334,7 +334,7 @@ class MlflowCallback(_Bound, Callback):
             tags = {"automl.best_epoch": record.best_epoch, "automl.node_ip": record.node_ip,
                     "automl.node_id": record.node_id, "automl.stopped_early": str(record.status == STOPPED).lower(),
                     "automl.stopped_by": record.stopped_by if record.status == STOPPED else None,
-                    "automl.epochs_trained": len(record.history)}
+                    "automl.epochs_trained": record.epochs_trained}  # as results.json: 0 for a trial over the latency limit
             live.tracker.end_run(record.mlflow_run_id, FINISHED, tags={k: v for k, v in tags.items() if v is not None})
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -376,6 +376,8 @@ def test_a_latency_limit_keeps_slow_models_out(data, tmp_path) -> None:
     run = client.get_run(by_size[128].mlflow_run_id)
     assert run.data.metrics["latency_ms"] == pytest.approx(by_size[128].latency["latency_ms"])
     assert run.data.tags["automl.infeasible"] == "true" and "val_miou" not in run.data.metrics
+    assert run.data.tags["automl.epochs_trained"] == "0"  # as the state says (it said 1: its one report)
+    assert client.get_run(by_size[32].mlflow_run_id).data.tags["automl.epochs_trained"] == "1"
     assert client.get_run(by_size[32].mlflow_run_id).data.metrics["gflops"] > 0
     # the front (of the feasible trials) decides the promotion; pareto.json, the plot and MLflow keep it
     pareto = json.loads((results / "pareto.json").read_text())
