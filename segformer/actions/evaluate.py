@@ -33,6 +33,7 @@ from segformer.engine.predictor import Predictor, load_predictor, resize_logits,
 from segformer.engine.report import format_tables, save_confusion_matrix
 from segformer.model import check_input_size
 from segformer.parents import resolve_parents
+from segformer.text import count
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,10 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> EvaluateResult:
     scores = confusion.compute()
     names = data.class_names
     tables = format_tables(scores, names)
-    if not quiet:
-        print(tables)
+    if not quiet:  # which model, which images and at which size: the table alone said none of it
+        scale = "each image's own size" if full_resolution else f"{data.score_size or data.img_size} px"
+        print(f"{Path(str(options.trt_engine or options.checkpoint)).name} on the {data.splits['test']!r} split "
+              f"({count(num_images, 'image')}, masks scored at {scale}):\n{tables}")
     log.info("evaluation results:\n%s", tables)
     report = {
         "scale": "fraction (0..1); TAO prints percent",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import math
 from dataclasses import replace
 
@@ -28,6 +29,8 @@ def test_evaluate_writes_tables_json_and_figures(trained, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| Class" in printed and "| IoU" in printed and "| Scope  | mIoU" in printed and "| global |" in printed
     report = json.loads(result.results_file.read_text())
+    size = cfg.dataset.segment.img_size
+    assert f"{Path(report['model']).name} on the 'test' split (4 images, masks scored at {size} px):" in printed
     assert report["miou"] == pytest.approx(result.miou) and 0.0 <= report["miou"] <= 1.0
     assert [c["class"] for c in report["per_class"]] == ["background", "red", "green"]
     assert np.array(report["confusion_matrix"]).shape == (3, 3)
