@@ -6,7 +6,8 @@ left at the current pace and the best trial so far; the driver's own messages sc
 Anywhere else (CI, a log file, `| tee`) the same block is printed every 30 seconds while trials
 run, whatever else was printed, as Ray Tune does, and outside the search (Ray starting, the final evaluation, promotion) a
 line says what the driver is still doing whenever it has been silent for 30 seconds. So no long
-command is silent for more than 30 seconds.
+command is silent for more than 30 seconds. When the search ends, the table of its trials as they
+ended (the best 20) is printed once, on a terminal and off it, above the summary.
 
 The view reads the ledger in memory from its own thread; Tune's callbacks change it on the
 controller thread. A frame that catches the ledger mid-change is skipped, not drawn wrong.

@@ -335,6 +335,7 @@ def _plan(opts: SearchOptions, skill: Any) -> tuple[SearchOptions, Any, dict[str
 
 
 SIZE_KEY, SCORE_SIZE_KEY = "dataset.segment.img_size", "dataset.segment.score_size"
+FINAL_ROWS = 20  # trials in the table printed as a search ends (the best ones; `automl status --all` has all)
 
 
 def _one_score_size(opts: SearchOptions, space: Any, spec_values: dict[str, Any]) -> SearchOptions:
@@ -710,7 +711,7 @@ def _pareto_choice(opts: SearchOptions, state: SearchState, best: TrialRecord | 
 
 def _finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo, stop_reason: str,
             early: Any) -> SearchOutcome:
-    from automl.console import summary
+    from automl.console import format_table, summary
     from automl.report import write_report
 
     from automl.budget import verdict
@@ -774,6 +775,9 @@ def _finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo
     state.save()
     if parent:
         tracker.end_run(parent, FINISHED)
+    # The trials once more, as they ended: the live view erases its table, and a log's last block was
+    # printed while trials still ran.
+    echo(format_table(state, limit=FINAL_ROWS, show_errors=True))
     echo(summary(state) + "".join("\n" + line for line in final_lines(state.final_evaluation or {}, state.recheck)))
     return SearchOutcome(Path(opts.results_dir), "search", state=state, best=best, baseline=baseline,
                          promotion=state.promotion, report=report, message=stop_reason, stopped_by_failures=bool(stop_reason))

@@ -78,6 +78,10 @@ def test_search_is_never_silent_and_shows_the_table_off_a_terminal(search):
     stamps = [when for when, _ in STAMPED]
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
     assert max(gaps) < 4 * PROGRESS_EVERY_S, sorted(zip(gaps, [t[:80] for _, t in STAMPED[1:]]))[-3:]
+    # the trials as they ended, just before the summary (the last block was printed while they ran)
+    final = lines[-2].splitlines()
+    assert final[0].startswith("bayesian search (finished): 3 finished") and final[1].startswith("trial "), lines[-2]
+    assert sum(line.startswith("trial_00") for line in final) == 3 and lines[-1].startswith("automl: 3 trials")
 
 
 def test_search_ranks_trials_and_keeps_baseline_first(search, dataset):
