@@ -315,7 +315,7 @@ def _plan(opts: SearchOptions, skill: Any) -> tuple[SearchOptions, Any, dict[str
                         spec=spec_values, **deploy.space_arguments(s, spec_values))
     if len(space) == 0:
         raise SearchError("the search space is empty: check --only/--exclude or the schema's automl_default_parameters")
-    opts = _one_score_size(opts, space, spec_values)
+    opts, space = _one_score_size(opts, space, spec_values)
     budget = None
     if s.budgeted:
         budget = plan_budget(s, int(train["num_epochs"]), int(train.get("validation_interval") or 1), int(train.get("seed") or 0))
@@ -338,7 +338,7 @@ SIZE_KEY, SCORE_SIZE_KEY = "dataset.segment.img_size", "dataset.segment.score_si
 FINAL_ROWS = 20  # trials in the table printed as a search ends (the best ones; `automl status --all` has all)
 
 
-def _one_score_size(opts: SearchOptions, space: Any, spec_values: dict[str, Any]) -> SearchOptions:
+def _one_score_size(opts: SearchOptions, space: Any, spec_values: dict[str, Any]) -> tuple[SearchOptions, Any]:
     """With img_size searched (--img-sizes, or TAO's route), every trial, the re-checks and the final
     evaluation score on masks of one size, the largest the search can train at (an override, kept
     by a resume), unless the spec sets dataset.segment.score_size. Scored on masks shrunk to its own
@@ -347,11 +347,14 @@ def _one_score_size(opts: SearchOptions, space: Any, spec_values: dict[str, Any]
     from automl.space import _lookup
 
     if SIZE_KEY not in space or _lookup(spec_values, SCORE_SIZE_KEY)[1]:
-        return opts
+        return opts, space
     param = space[SIZE_KEY]
     sizes = [int(c) for c in param.choices] if param.choices else [int(param.high)]
     largest = max([*sizes, int(_lookup(spec_values, SIZE_KEY)[1])])
-    return dataclasses.replace(opts, overrides=(*opts.overrides, f"{SCORE_SIZE_KEY}={largest}"))
+    note = (f"every trial is scored on masks at {largest} px ({SCORE_SIZE_KEY}), the largest input size searched, so that "
+            f"sizes compare fairly")
+    return (dataclasses.replace(opts, overrides=(*opts.overrides, f"{SCORE_SIZE_KEY}={largest}")),
+            dataclasses.replace(space, notes=(*space.notes, note)))
 
 
 def _print_plan(opts: SearchOptions, space: Any, baseline: dict[str, Any] | None, budget: Any, echo: Echo) -> None:

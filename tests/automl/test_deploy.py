@@ -297,8 +297,9 @@ def test_trials_of_different_input_sizes_are_scored_on_masks_of_one_size(tmp_pat
     root = generate(tmp_path / "data", num_classes=3, size=64, train=2, val=2, test=2)
     sized = (*SMALL, "dataset.segment.img_size=96")
     opts = search_options(tmp_path / "s", root / "spec.yaml", overrides=sized, structure={"dataset.segment.img_size": [32, 64]})
-    opts, _, _, _ = _plan(opts, find_skill("segformer"))
+    opts, space, _, _ = _plan(opts, find_skill("segformer"))
     assert opts.overrides[-1] == "dataset.segment.score_size=96"
+    assert "every trial is scored on masks at 96 px (dataset.segment.score_size)" in space.describe()
     shapes = {}
     for size in (32, 64):
         cfg = apply_overrides(base_config(str(root / "spec.yaml"), opts.overrides, tmp_path / "s"),
