@@ -88,6 +88,33 @@ def test_an_onnx_of_fixed_batch_size_is_calibrated_in_its_batch_size(make_deploy
         assert f"takes batches of {size} image" in err and f"calibrating in batches of {size}" in err, err
 
 
+def test_onnx_runtimes_quantizer_leaves_the_logging_setup_alone(exported, tmp_path):
+    """ONNX Runtime's quantizer logs through the root logger, which made Python configure it: every
+    later warning of the process printed as "WARNING:segformer...:" (seen in a deploy-aware search,
+    which quantizes to time int8). The root logger stays without a handler, as the CLIs leave it."""
+    import logging
+
+    from segformer.deploy.onnx_export import export_onnx
+    from segformer.deploy.quantize.ort_static import quantize_onnx_static
+    from segformer.model import build_segformer
+
+    cfg, _ = exported
+    # as the search times int8: a fresh model (its zero biases shared by several nodes, which ONNX
+    # Runtime's quantizer copies and logs), batch 1
+    torch.manual_seed(0)
+    model = build_segformer(cfg.model, 3, load_pretrained=False).eval()
+    onnx_file = export_onnx(model, tmp_path / "model.onnx", input_channel=3, input_height=32, input_width=32, batch_size=1)
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers.clear()  # as in a command-line process (pytest adds its own capture handlers)
+    try:
+        batches = [np.random.default_rng(0).standard_normal((1, 3, 32, 32), dtype=np.float32) for _ in range(2)]
+        quantize_onnx_static(onnx_file, tmp_path / "int8.onnx", batches)
+        assert root.handlers == []
+    finally:
+        root.handlers[:] = saved
+
+
 def test_fuse_gelu_on_an_export_keeps_its_outputs(exported, tmp_path):
     """The exporter writes GELU at opset 17 as Div, Erf, Add, Mul, Mul; fuse_erf_gelu makes each one
     standard Gelu node (opset 20) and the model computes the same."""

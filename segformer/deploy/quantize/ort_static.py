@@ -24,6 +24,7 @@ Calibration streams the calibration images through a ``CalibrationDataReader``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -255,6 +256,24 @@ class _Reader:
         pass
 
 
+@contextlib.contextmanager
+def _root_logging_left_alone() -> Iterator[None]:
+    """ONNX Runtime's quantizer logs through the root logger (`logging.info(...)` at module level),
+    which calls `logging.basicConfig()` when the root has no handler yet: every later warning of the
+    process then printed as "WARNING:segformer.engine.predictor:...". A handler that drops records
+    for the duration keeps the root as it was (nothing here logs to it)."""
+    root = logging.getLogger()
+    if root.handlers:
+        yield
+        return
+    stand_in = logging.NullHandler()
+    root.addHandler(stand_in)
+    try:
+        yield
+    finally:
+        root.removeHandler(stand_in)
+
+
 def quantize_onnx_static(
     model_path: str | Path,
     output_path: str | Path,
@@ -290,7 +309,8 @@ def quantize_onnx_static(
         work = out_tmp.parent / f"{out_tmp.name}.work"  # a subfolder: scratch, never moved into place
         work.mkdir()
         prepared = work / "prepared.onnx"
-        quant_pre_process(str(model_path), str(prepared), skip_symbolic_shape=True)
+        with _root_logging_left_alone():
+            quant_pre_process(str(model_path), str(prepared), skip_symbolic_shape=True)
         model = onnx.load(str(prepared))
         if fuse_gelu:
             fuse_erf_gelu(model)
@@ -311,23 +331,24 @@ def quantize_onnx_static(
             def get_next(self):
                 return reader_impl.get_next()
 
-        quantize_static(
-            str(prepared),
-            str(out_tmp),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=per_channel,
-            nodes_to_quantize=list(chosen),
-            op_types_to_quantize=[*QUANT_OP_TYPES, "Add", "Relu"],
-            calibrate_method=getattr(CalibrationMethod, ORT_ALGORITHMS[algorithm]),
-            # A MatMul's output stays float: ONNX Runtime then runs DQ -> MatMul as one MatMulIntegerToFloat
-            # instead of QLinearMatMul followed by a DequantizeLinear for the float LayerNorm/Add after it
-            # (MiT-B0 512px: 1.36x -> 1.48x the speed of fp32 at batch 8, 1.22x -> 1.27x at batch 1).
-            extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": False, "WeightSymmetric": True,
-                           "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]},
-        )
+        with _root_logging_left_alone():
+            quantize_static(
+                str(prepared),
+                str(out_tmp),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=per_channel,
+                nodes_to_quantize=list(chosen),
+                op_types_to_quantize=[*QUANT_OP_TYPES, "Add", "Relu"],
+                calibrate_method=getattr(CalibrationMethod, ORT_ALGORITHMS[algorithm]),
+                # A MatMul's output stays float: ONNX Runtime then runs DQ -> MatMul as one MatMulIntegerToFloat
+                # instead of QLinearMatMul followed by a DequantizeLinear for the float LayerNorm/Add after it
+                # (MiT-B0 512px: 1.36x -> 1.48x the speed of fp32 at batch 8, 1.22x -> 1.27x at batch 1).
+                extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": False, "WeightSymmetric": True,
+                               "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]},
+            )
         if reader_impl.count == 0:
             raise ValueError("calibration produced no batches; check the calibration images folder")
     return OnnxQuantSummary(output_path, tuple(chosen), skipped, reader_impl.count)
