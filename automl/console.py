@@ -28,7 +28,12 @@ def settings_line(opts: SearchOptions, budget: Any = None) -> str:
     if budget is not None:
         trials = f"{budget.text()}, trials of up to {epochs} epochs"
     else:
-        trials = f"population {s.population_size}" if s.algorithm == "pbt" else f"up to {s.max_trials} trials x {epochs} epochs"
+        per_trial = count(epochs, "epoch") if isinstance(epochs, int) else f"{epochs} epochs"
+        if s.algorithm == "pbt":  # every member trains every epoch: the total is known
+            total = f" ({count(s.population_size * epochs, 'epoch')} in all)" if isinstance(epochs, int) else ""
+            trials = f"population {s.population_size} x {per_trial}{total}"
+        else:
+            trials = f"up to {count(s.max_trials, 'trial')} x {per_trial}"
         if s.algorithm == "pbt" and r.max_concurrent is not None and s.population_size > r.max_concurrent:
             trials += " taking turns (a member waits at each perturbation epoch for the others)"
     time_budget = f", time budget {s.time_budget_s:g} s" if s.time_budget_s else ""

@@ -51,7 +51,11 @@ class Pace:
     def _progress(state: SearchState) -> tuple[int, int | None]:
         if state.budget is not None:
             return state.epochs_trained(), state.budget_epochs()
-        total = (state.settings.get("search") or {}).get("max_trials")
+        search = state.settings.get("search") or {}
+        if state.algorithm == "pbt" and search.get("max_epochs"):  # every member trains every epoch
+            epochs = int(search["max_epochs"]) * int(search.get("epoch_multiplier") or 1)
+            return state.epochs_trained(), int(search.get("population_size") or 4) * epochs
+        total = search.get("max_trials")
         done = sum(t.status not in (RUNNING, PENDING) for t in state.trials.values())
         return done, int(total) if total else None
 

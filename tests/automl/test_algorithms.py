@@ -131,7 +131,7 @@ def test_pbt_exploits_another_trials_checkpoint(dataset, tmp_path, ray_session):
     said: list[str] = []
     outcome = automl.run(_options(tmp_path / "pbt", dataset, algorithm="pbt", population_size=2, max_concurrent=1,
                                   max_epochs=3, perturbation_interval=1, perturbation_factor=2.0), echo=said.append)
-    assert any("population 2 taking turns" in line and "1 at a time" in line for line in said), said[:5]
+    assert any("population 2 x 3 epochs (6 epochs in all) taking turns" in line and "1 at a time" in line for line in said), said[:5]
     state = outcome.state
     assert len(state.trials) == 2
     _check_common(state, max_epochs=3)

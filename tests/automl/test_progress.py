@@ -80,3 +80,21 @@ def test_nodes_sharing_an_ip_are_told_apart_by_node_id(tmp_path):
     labels = node_labels(trials)
     assert labels == {"t0": "10.0.0.1 (aaaaaaaa)", "t1": "10.0.0.1 (bbbbbbbb)", "t2": "10.0.0.1 (bbbbbbbb)"}
     assert "10.0.0.1 (aaaaaaaa)" in format_table(state)
+
+
+def test_a_pbt_search_has_an_epoch_total_and_a_time_estimate(tmp_path, monkeypatch):
+    """PBT runs without a budget or a trial count, but every member trains every epoch: the total is
+    population x epochs, and the time left follows the epochs trained (there was no estimate)."""
+    from automl.progress import Pace
+
+    state = _state(tmp_path, n=2, running=2)
+    state.algorithm, state.budget = "pbt", None
+    state.settings = {"search": {"population_size": 2, "max_epochs": 5, "epoch_multiplier": 1}}
+    clock = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    pace = Pace()
+    assert pace.left(state) is None  # the first look sets the start: 6 of 10 epochs trained
+    for t in state.trials.values():
+        t.history.append({"epoch": 4, "val_miou": 0.5})
+    clock[0] += 60.0  # 2 epochs a minute: 2 left
+    assert pace.left(state) == 60.0
