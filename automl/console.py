@@ -70,6 +70,17 @@ def node_labels(trials: list[Any]) -> dict[str, str]:
             f"{t.node_ip} ({(t.node_id or '?')[:8]})" if len(ids_by_ip[t.node_ip]) > 1 else t.node_ip for t in trials}
 
 
+def _short_name(key: str, keys: list[str]) -> str:
+    """The fewest trailing parts of a dotted key that no other key ends with: "lr", and
+    "random_flip.enable" beside "random_color.enable" (not the whole key, which widened the table)."""
+    parts = key.split(".")
+    for n in range(1, len(parts)):
+        tail = ".".join(parts[-n:])
+        if not any(other != key and (other == tail or other.endswith("." + tail)) for other in keys):
+            return tail
+    return key
+
+
 def trial_rows(state: SearchState, limit: int | None = None) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the trial table: all trials in creation order, or with `limit` the running
     ones first, then the best, at most `limit` rows (the live view)."""
@@ -79,7 +90,7 @@ def trial_rows(state: SearchState, limit: int | None = None) -> tuple[list[str],
         trials = sorted(trials, key=lambda t: (t.status not in (RUNNING, PENDING), rank.get(t.trial_id, len(rank)), t.name))
         trials = sorted(trials[:limit], key=lambda r: r.name)
     keys = sorted({k for t in state.trials.values() for k in t.params})
-    short = [k.split(".")[-1] if sum(x.split(".")[-1] == k.split(".")[-1] for x in keys) == 1 else k for k in keys]
+    short = [_short_name(k, keys) for k in keys]
     timed = any(t.latency for t in state.trials.values())
     header = ["trial", "status", "epoch", state.metric, "best", "best at", *(["latency ms", "MB", "GFLOPs"] if timed else []),
               "node", *short]

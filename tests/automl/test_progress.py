@@ -98,3 +98,19 @@ def test_a_pbt_search_has_an_epoch_total_and_a_time_estimate(tmp_path, monkeypat
         t.history.append({"epoch": 4, "val_miou": 0.5})
     clock[0] += 60.0  # 2 epochs a minute: 2 left
     assert pace.left(state) == 60.0
+
+
+def test_the_table_names_each_parameter_by_its_shortest_unique_tail(tmp_path):
+    """Parameters sharing a last name are told apart by as little as it takes ("random_flip.enable"),
+    not by the whole dotted key, which made a 2-trial table 600 characters wide."""
+    from automl.console import _short_name, trial_rows
+
+    keys = ["dataset.segment.augmentation.random_color.enable", "dataset.segment.augmentation.random_flip.enable",
+            "model.backbone.freeze_backbone", "train.optim.lr", "a.lr.x", "b.lr.x"]
+    assert [_short_name(k, keys) for k in keys] == ["random_color.enable", "random_flip.enable", "freeze_backbone",
+                                                    "lr", "a.lr.x", "b.lr.x"]
+    state = _state(tmp_path)
+    state.trials["t0"].params["dataset.segment.augmentation.random_flip.enable"] = True
+    state.trials["t1"].params["dataset.segment.augmentation.random_color.enable"] = False
+    header, _ = trial_rows(state)
+    assert header[-3:] == ["random_color.enable", "random_flip.enable", "lr"]
