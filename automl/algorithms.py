@@ -247,7 +247,8 @@ def _budget_plan(opts: SearchOptions, searcher: Any, baseline: dict[str, Any] | 
     from automl.budget import BudgetFIFO, BudgetSearcher, infeasible_cap
 
     search, results_dir = opts.search, str(opts.results_dir)
-    wrapped = BudgetSearcher(searcher, results_dir, budget, baseline, search.ranking_metric, search.mode)
+    wrapped = BudgetSearcher(searcher, results_dir, budget, baseline, search.ranking_metric, search.mode,
+                             max_concurrent=getattr(searcher, "max_concurrent", None))
     if search.multi_fidelity:
         scheduler: Any = _halving(search, budget.trial_epochs, budget.first_rung, budget, results_dir)
     else:

@@ -316,8 +316,12 @@ class BudgetSearcher(Searcher):
     DUPLICATE_TRIES = 20
 
     def __init__(self, inner: Searcher, results_dir: str, budget: EpochBudget, baseline: Mapping[str, Any] | None,
-                 metric: str, mode: str) -> None:
+                 metric: str, mode: str, max_concurrent: int | None = None) -> None:
         super().__init__(metric=metric, mode=mode)
+        # --max-concurrent: the inner searcher's ConcurrencyLimiter holds the search's own trials to it;
+        # the re-check's, proposed here, are held to it too (both started at once on a free machine)
+        self.max_concurrent = max_concurrent
+        self.rechecking: set[str] = set()  # trial ids of the re-check's trainings not complete yet
         self.searcher = inner  # the name Ray's save and restore walk wrappers by
         self.results_dir = results_dir
         self.budget = budget
@@ -381,7 +385,13 @@ class BudgetSearcher(Searcher):
             return None  # the re-check waits for the search's last trials
         if self.queue is None:
             self.queue = self._rechecks()
-        return self.queue.pop(0) if self.queue else Searcher.FINISHED
+        if not self.queue:
+            return Searcher.FINISHED
+        rechecking = self.__dict__.setdefault("rechecking", set())  # a searcher saved before it had one
+        if len(rechecking) >= (getattr(self, "max_concurrent", None) or len(self.queue) + len(rechecking)):
+            return None
+        rechecking.add(trial_id)
+        return self.queue.pop(0)
 
     def _fresh(self, trial_id: str) -> dict[str, Any] | str | None:
         """The inner searcher's next configuration that no trial has trained yet (None: wait)."""
@@ -438,6 +448,7 @@ class BudgetSearcher(Searcher):
             self.searcher.on_trial_result(self.inner_ids.get(trial_id, trial_id), result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.__dict__.setdefault("rechecking", set()).discard(trial_id)
         if trial_id in self.own:
             self.running.discard(trial_id)
             if result is not None and not error:

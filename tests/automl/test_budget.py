@@ -269,6 +269,29 @@ def test_the_test_line_names_what_the_baseline_was_compared_with() -> None:
     assert final_lines(final, {"baseline_led": False})[0].startswith("  test     leader trial_004 ")
 
 
+def test_the_rechecks_trainings_keep_to_max_concurrent(tmp_path: Path) -> None:
+    """--max-concurrent 1: the search's own trials ran one at a time (the inner ConcurrencyLimiter), but
+    the re-check's two trainings, proposed by the budget's searcher, ran at once on a 2-core machine."""
+    from optuna.distributions import FloatDistribution
+    from ray.tune.search import ConcurrencyLimiter, Searcher
+    from ray.tune.search.optuna import OptunaSearch
+
+    from automl.algorithms import _budget_plan
+    from automl.budget import EpochBudget
+
+    budget = EpochBudget(trainings=5, spec_epochs=4, trial_epochs=4, recheck=8, first_rung=4, seed=0)
+    inner = OptunaSearch(space={"train.optim.lr": FloatDistribution(1e-5, 1e-2, log=True)}, metric="val_miou", mode="max", seed=0)
+    opts = search_options(tmp_path, tmp_path / "spec.yaml", max_concurrent=1, budget=5)
+    searcher = _budget_plan(opts, ConcurrencyLimiter(inner, max_concurrent=1), None, budget).search_alg
+    searcher.searching, searcher.queue = False, [{"recheck": "leader"}, {"recheck": "baseline"}]
+    assert searcher.suggest("trial_005") == {"recheck": "leader"}
+    assert searcher.suggest("trial_006") is None  # one at a time
+    searcher.on_trial_complete("trial_005", result={"val_miou": 0.5})
+    assert searcher.suggest("trial_006") == {"recheck": "baseline"}
+    searcher.on_trial_complete("trial_006", result={"val_miou": 0.5})
+    assert searcher.suggest("trial_007") == Searcher.FINISHED
+
+
 def test_proposed_trials_not_started_yet_hold_their_epochs(tmp_path: Path) -> None:
     """A full CI run trained 21 of a budget's 20 epochs: a trial proposed while another proposed one
     had not started yet (in no ledger) was granted the same epochs. A proposal not started counts,
