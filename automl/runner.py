@@ -202,7 +202,7 @@ def _resume_search(layout: Layout, *, echo: Echo, live: bool, address: str | Non
     tracker = Tracker(state.mlflow_tracking_uri or "", layout.root, opts.tracking.experiment_name or state.skill)
     with RaySession(opts) as session:
         if state.mlflow_parent_run_id:
-            tracker.reopen_run(state.mlflow_parent_run_id)
+            tracker.resume_parent(state.mlflow_parent_run_id)
             mended = backfill_metrics(state, tracker)
             if mended:
                 echo(f"automl: epoch metrics the kill kept from MLflow written from the ledger: {', '.join(mended)}")
@@ -643,7 +643,7 @@ def _interrupted(opts: SearchOptions, state: SearchState, tracker: Any, echo: Ec
     import signal
     import threading
 
-    from automl.tracking import close_stopped_runs, mark_killed
+    from automl.tracking import INTERRUPTED_TAG, close_stopped_runs, mark_killed
 
     if threading.current_thread() is threading.main_thread():  # (else the signal watchdog's thread, which
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # has claimed every later signal: `automl.signals`)
@@ -657,7 +657,7 @@ def _interrupted(opts: SearchOptions, state: SearchState, tracker: Any, echo: Ec
         tracker.flush()  # the trials' last epoch metrics (the main thread's path has flushed them already)
         close_stopped_runs(state, tracker, killed)
         if state.mlflow_parent_run_id:
-            tracker.set_tags(state.mlflow_parent_run_id, {"automl.interrupted": "true"})
+            tracker.set_tags(state.mlflow_parent_run_id, {INTERRUPTED_TAG: "true"})
             tracker.end_run(state.mlflow_parent_run_id, "KILLED")
     except Exception as err:  # noqa: BLE001 (the signal may have cut an MLflow write: the ledger is saved)
         echo(f"automl: could not mark the MLflow runs KILLED ({err.__class__.__name__}); resume reopens them")

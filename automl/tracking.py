@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
+INTERRUPTED_TAG = "automl.interrupted"  # on the search's run while it is stopped (Ctrl-C, SIGTERM) and not resumed
 _MAX_PARAM_LEN = 6000  # MLflow's param value limit (6000 on recent stores; longer values are cut)
 
 
@@ -202,6 +203,15 @@ class Tracker:
 
     def reopen_run(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
+
+    def resume_parent(self, run_id: str) -> None:
+        """The search's run reopened by `automl resume`: no longer tagged interrupted (a finished search
+        kept the tag), and the resumes counted in ``automl.resumes``."""
+        self.reopen_run(run_id)
+        tags = self.client.get_run(run_id).data.tags
+        if INTERRUPTED_TAG in tags:
+            self.client.delete_tag(run_id, INTERRUPTED_TAG)
+        self.set_tags(run_id, {"automl.resumes": int(tags.get("automl.resumes", 0)) + 1})
 
     def log_artifacts(self, run_id: str, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
         for path in paths:

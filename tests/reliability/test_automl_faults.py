@@ -93,6 +93,13 @@ def _children(results: Path) -> list:
                               filter_string=f"tags.`mlflow.parentRunId` = '{state['mlflow_parent_run_id']}'")
 
 
+def _parent_run(results: Path):
+    from mlflow import MlflowClient
+
+    state = json.loads((results / "automl_state.json").read_text())
+    return MlflowClient(state["mlflow_tracking_uri"]).get_run(state["mlflow_parent_run_id"])
+
+
 def _running_with_epoch(results: Path) -> dict | None:
     return next((t for t in _trials(results).values() if t["status"] == "RUNNING" and t["history"] and t.get("pid")),
                 None)
@@ -161,6 +168,8 @@ def test_ctrl_c_saves_state_and_resume_finishes_without_repeats(dataset, tmp_pat
     runs = {r.data.tags["automl.trial"]: r for r in _children(results)}
     assert runs[cut[0]].info.status == "KILLED"
     assert "RUNNING" not in {r.info.status for r in runs.values()}
+    parent = _parent_run(results)
+    assert parent.info.status == "KILLED" and parent.data.tags["automl.interrupted"] == "true"
     finished_before = {n: t for n, t in before.items() if t["status"] == "FINISHED"}
     time.sleep(2)  # Ray's processes end with the driver
 
@@ -179,6 +188,9 @@ def test_ctrl_c_saves_state_and_resume_finishes_without_repeats(dataset, tmp_pat
     assert sorted(r.data.tags["automl.trial"] for r in runs) == sorted(after)  # no duplicate child run
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert sorted(p.name for p in results.glob("trial_*")) == sorted(after)  # no duplicate trial folder
+    parent = _parent_run(results)  # finished: no longer tagged interrupted (it kept the tag), the resume counted
+    assert parent.info.status == "FINISHED" and "automl.interrupted" not in parent.data.tags
+    assert parent.data.tags["automl.resumes"] == "1"
 
 
 def test_diverging_trials_fail_cleanly_and_the_search_goes_on(dataset, tmp_path):
