@@ -42,7 +42,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from automl.console import gain_words, no_recheck_reason, recheck_role, trial_ro
 from automl.finals import size_note
 from automl.layout import Layout, trial_number
 from automl.state import FINISHED, KILLED, STOPPED, SearchState, TrialRecord
-from segformer.fileio import atomic_write_text
+from segformer.fileio import atomic_write_text, staging_dir
 from segformer.text import count, fmt
 
 MIN_IMPORTANCE_TRIALS = 4  # trials with a result an importance needs
@@ -811,7 +810,7 @@ def write_report(state: SearchState) -> Path:
     """Write RESULTS_DIR/report/{report.md, report.html, *.png} atomically; returns the markdown path."""
     layout = Layout.of(state.results_dir)
     results, final = layout.root, layout.report_dir
-    tmp = Path(tempfile.mkdtemp(prefix=".report.", dir=results))
+    tmp = staging_dir(results, ".report.")
     try:
         blocks = _contents(state, tmp)
         _write_csv(state, tmp / TRIALS_CSV)

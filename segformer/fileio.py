@@ -143,6 +143,15 @@ def link_or_copy(source: str | Path, target: str | Path) -> Path:
     return target
 
 
+def staging_dir(parent: str | Path, prefix: str, suffix: str = "") -> Path:
+    """A new, uniquely named folder in ``parent`` to build a folder in and rename into place, with the
+    permissions `mkdir` gives (``tempfile.mkdtemp`` makes it private, 0700: a report renamed into a
+    shared results folder could not be opened by the team)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+    folder.chmod(0o777 & ~_umask())
+    return folder
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

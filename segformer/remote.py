@@ -46,11 +46,12 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Mapping
 from urllib.parse import urlsplit
+
+from segformer.fileio import staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +383,7 @@ def _download(fs: Any, path: str, url: str, listing: Mapping[str, list], entry: 
     _remove_stale(home, entry.name)
     if entry.exists():  # damaged or incomplete: replaced
         shutil.rmtree(entry)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=home))
+    tmp = staging_dir(home, f".{entry.name}.", ".tmp")
     try:
         base = tmp if single else tmp / _DATA
         names = sorted(listing)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import os
 import re
 from pathlib import Path
 
@@ -111,6 +112,10 @@ def plain_report(tmp_path_factory) -> Path:
 def test_report_md_and_self_contained_html(plain_report: Path) -> None:
     path = plain_report
     folder = path.parent
+    # readable by the team, as mkdir makes folders (it was built in a private 0700 folder, renamed into place)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask
     for plot in ("history.png", "importance.png", "parallel.png", "slice.png", "contour.png", "learning_curves.png",
                  "baseline_vs_best.png"):
         assert (folder / plot).stat().st_size > 1000, plot
