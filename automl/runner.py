@@ -79,6 +79,7 @@ def run(opts: SearchOptions, *, echo: Echo = print, dry_run: bool = False, live:
             return run_plain(opts, skill.name, echo=echo)
     opts, space, baseline, budget = _plan(opts, skill)
     if dry_run:
+        _check_data(opts, echo)  # as README promises: a dry run checks the data is there (and readable)
         _print_plan(opts, space, baseline, budget, echo)
         return SearchOutcome(Path(opts.results_dir), "dry-run", message=decision.reason)
     layout = Layout.of(opts.results_dir)

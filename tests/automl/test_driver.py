@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from searchhelpers import search_options
+from searchhelpers import TINY, search_options
+
+from segformer.errors import DataError
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -277,6 +279,11 @@ def test_dry_run_and_grid_needs_finite_space(dataset, tmp_path):
     assert outcome.mode == "dry-run" and "train.optim.lr" in text and "trial_000 (baseline): train.optim.lr=0.001" in text
     assert "first 3 trials" in text and "trial_002: " in text and "trial_003" not in text, text  # max_trials 3: no more
     assert not (tmp_path / "dry").exists()
+    assert "automl: dataset read: " in text  # README: a dry run checks that the data is there
+    # a local dataset that is not there is said, as the run says it (the dry run printed its plan)
+    with pytest.raises(DataError, match=r"dataset.segment.root_dir .*none is not a folder"):
+        automl.run(_options(tmp_path / "dry", dataset, overrides=(*TINY, f"dataset.segment.root_dir={tmp_path / 'none'}")),
+                   echo=lines.append, dry_run=True)
     # the run would refuse more CPUs per trial than this machine has: so does the dry run
     with pytest.raises(automl.SearchError, match=r"--cpus-per-trial 64 is more than this machine has \(2 CPUs\)"):
         automl.run(_options(tmp_path / "dry", dataset, cpus_per_trial=64, num_cpus=2), echo=lines.append, dry_run=True)
