@@ -98,9 +98,12 @@ class LiveSearch:
         total = self.state.budget_epochs() or 0
         if left is None or done - self.pace.start[1] < 2 or done / max(1, total) < self._next:
             return
-        elapsed, before = time.time() - self.pace.start[0], self.epochs_at_start
-        spent = f", {done - before} of them in {span(elapsed)} since the resume" if before else f" in {span(elapsed)}"
-        self.echo(f"automl: budget {done}/{total} epochs{spent}; about {span(left)} left at this pace")
+        # The pace's own window (from this driver's first epoch report), said as such: "10/100 epochs in
+        # 6 s" read as the search's whole time, beside progress lines counting from the driver's start.
+        elapsed, measured = time.time() - self.pace.start[0], done - self.pace.start[1]
+        resumed = " since the resume" if self.epochs_at_start else ""
+        self.echo(f"automl: budget {done}/{total} epochs ({measured} trained in the last {span(elapsed)}{resumed}); "
+                  f"about {span(left)} left at this pace")
         self._next = (int(done / max(1, total) * 10) + 1) / 10
 
 
