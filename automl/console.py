@@ -7,13 +7,14 @@ during a search, after it, and after a killed driver.
 from __future__ import annotations
 
 import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from automl.layout import Layout, trial_name
 from automl.options import SearchOptions
-from automl.state import FAILED, PENDING, RUNNING, STOP_KINDS, STOPPED, SearchState, observed, starting
+from automl.state import FAILED, KILLED, PENDING, RUNNING, STOP_KINDS, STOPPED, SearchState, observed, starting
 from segformer.text import count, fmt
 
 
@@ -135,11 +136,15 @@ def format_table(state: SearchState, limit: int | None = None, width: int | None
     out += [line(r) for r in rows]
     if len(rows) < len(state.trials):
         out.append(f"... and {len(state.trials) - len(rows)} more trials (all of them: automl status {state.results_dir} --all)")
-    errors = [f"  {t.name}: {error_line(t.error)}" for t in state.trials.values() if t.error]
+    # A trial cut by Ctrl-C or SIGTERM (KILLED, `automl resume` continues it) did not fail: not an error.
+    errors = [f"  {t.name}: {error_line(t.error)}" for t in state.trials.values() if t.error and t.status != KILLED]
+    cut = [f"  {t.name}: {error_line(t.error)}" for t in state.trials.values() if t.error and t.status == KILLED]
     if errors and limit is None:
         out += ["errors:", *errors]
     elif errors and show_errors:  # the latest few: a big search's table is summarised, not its failures hidden
         out += [f"errors (the last {min(len(errors), ERROR_ROWS)} of {len(errors)}):", *errors[-ERROR_ROWS:]]
+    if cut and (limit is None or show_errors):
+        out += ["cut (not failed):", *cut[-ERROR_ROWS:]]
     return "\n".join(o[:width] if width else o for o in out)
 
 
@@ -173,8 +178,8 @@ def print_status(results_dir: str | Path, watch: float | None = None, echo: Call
         state = SearchState.load(results_dir)
         recorded = state.status
         observed(state)
-        if watch:
-            echo("\x1b[2J\x1b[H" + time.strftime("%H:%M:%S"))  # clear the terminal between refreshes
+        if watch:  # clear the terminal between refreshes; into a file or a pipe, a time stamp between them
+            echo(("\x1b[2J\x1b[H" if sys.stdout.isatty() else "") + time.strftime("%H:%M:%S"))
         limit = None if everything or len(state.trials) <= STATUS_ROWS else STATUS_ROWS
         echo(format_table(state, limit=limit, show_errors=True))
         if recorded != state.status:

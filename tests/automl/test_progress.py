@@ -114,3 +114,24 @@ def test_the_table_names_each_parameter_by_its_shortest_unique_tail(tmp_path):
     state.trials["t1"].params["dataset.segment.augmentation.random_color.enable"] = False
     header, _ = trial_rows(state)
     assert header[-3:] == ["random_color.enable", "random_flip.enable", "lr"]
+
+
+def test_a_trial_cut_by_ctrl_c_is_not_listed_as_an_error_and_watch_writes_no_screen_codes_to_a_file(tmp_path):
+    """After a Ctrl-C the cut trial (KILLED, resumable) was listed under "errors:" as if it failed;
+    `automl status --watch > file` wrote the terminal's clear-screen codes into the file."""
+    from automl.console import print_status
+    from automl.state import FAILED, KILLED
+
+    state = _state(tmp_path, n=3, running=0)
+    state.trials["t1"].status, state.trials["t1"].error = FAILED, "Traceback ...\nRuntimeError: out of memory"
+    state.trials["t2"].status = KILLED
+    state.trials["t2"].error = "interrupted: the search was stopped (Ctrl-C/SIGTERM) while this trial ran"
+    text = format_table(state)
+    errors, cut = text.split("errors:\n")[1].split("cut (not failed):\n")
+    assert "trial_001: RuntimeError: out of memory" in errors and "trial_002" not in errors
+    assert "trial_002: interrupted: the search was stopped" in cut
+    state.status = "FINISHED"
+    state.save()
+    said: list[str] = []
+    assert print_status(tmp_path, watch=0.01, echo=said.append) == 0
+    assert not any("\x1b" in line for line in said) and re.fullmatch(r"\d\d:\d\d:\d\d", said[0])
