@@ -409,7 +409,9 @@ def _learning_curves(plt: Any, state: SearchState) -> Any:
                 color="black" if t.is_baseline else f"C{i}", linestyle="--" if t.is_baseline else "-", label=label)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("epoch"), ax.set_ylabel(state.metric)
-    ax.set_title(f"Learning curves: the {min(LEADING, len(state.ranked()))} best trials and the baseline")
+    others = sum(not t.is_baseline for t in chosen)  # the baseline among the best is one of the lines, not another
+    ax.set_title(f"Learning curves: the {count(others, 'best trial') if others > 1 else 'best trial'}"
+                 + (" and the baseline" if any(t.is_baseline for t in chosen) else ""))
     ax.legend(fontsize=8)
     return fig
 
@@ -686,7 +688,8 @@ def _recheck(state: SearchState) -> list[Block]:
         rows = [[recheck_role(r or {}) if role == "leader" else role, ", ".join(row["trials"]),
                  ", ".join(f"{v:.4f}" for v in row["test_miou"]), f"{row['mean']:.4f}"]
                 for role in ("promoted", "baseline", "leader")
-                if (row := final.get(role)) and row.get("mean") is not None]
+                if (row := final.get(role)) and row.get("mean") is not None
+                and not (role == "leader" and row.get("trials") == (final.get("promoted") or {}).get("trials"))]  # promoted
         blocks += [Heading("Final evaluation (test split, untouched by the search)"),
                    Table(["model", "trials", "test mIoU", "mean"], rows)]
     if size_note(final):

@@ -281,3 +281,8 @@ def test_when_the_baseline_led_the_report_calls_the_other_trial_the_runner_up(tm
     report = write_report(state).read_text()
     assert "| runner-up | trial_001, trial_003 |" in report and "| leader |" not in report
     assert [role for role, _ in _overlay_pair(state)[0]] == ["baseline (promoted)", "runner-up, not promoted"]
+    # a promoted leader is one row, not a promoted row and a leader row with the same trials
+    state.final_evaluation["promoted"] = state.final_evaluation["leader"]
+    state.recheck["baseline_led"] = False
+    table = write_report(state).read_text().split("## Final evaluation", 1)[1]
+    assert table.count("trial_001, trial_003") == 1, table
