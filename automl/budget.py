@@ -387,10 +387,9 @@ class BudgetSearcher(Searcher):
             self.queue = self._rechecks()
         if not self.queue:
             return Searcher.FINISHED
-        rechecking = self.__dict__.setdefault("rechecking", set())  # a searcher saved before it had one
-        if len(rechecking) >= (getattr(self, "max_concurrent", None) or len(self.queue) + len(rechecking)):
+        if self.max_concurrent is not None and len(self.rechecking) >= self.max_concurrent:
             return None
-        rechecking.add(trial_id)
+        self.rechecking.add(trial_id)
         return self.queue.pop(0)
 
     def _fresh(self, trial_id: str) -> dict[str, Any] | str | None:
@@ -448,7 +447,7 @@ class BudgetSearcher(Searcher):
             self.searcher.on_trial_result(self.inner_ids.get(trial_id, trial_id), result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        self.__dict__.setdefault("rechecking", set()).discard(trial_id)
+        self.rechecking.discard(trial_id)
         if trial_id in self.own:
             self.running.discard(trial_id)
             if result is not None and not error:
@@ -465,7 +464,9 @@ class BudgetSearcher(Searcher):
     def set_state(self, state: dict[str, Any]) -> None:
         # Saved before baseline_id replaced the `flagged` mark: no id (the baseline's config, trained
         # already, is never proposed again: `_fresh`).
-        self.__dict__.update({"baseline_id": None, **state})
+        # Saved before max_concurrent and rechecking: no limit known, none running (Ray restores a searcher
+        # through set_state, whatever its pickle held).
+        self.__dict__.update({"baseline_id": None, "max_concurrent": None, "rechecking": set(), **state})
         self.__dict__.pop("flagged", None)
 
 

@@ -6,7 +6,7 @@
       automl_state.json    the driver's ledger (`automl.state`)
       automl_state.journal its trial events since the ledger was last written whole
       mlflow.db            the embedded MLflow store, unless --tracking-uri names another
-      mlartifacts/         its artifacts
+      mlartifacts/         its artifacts (beside the sqlite store: `segformer.fileio.mlflow_artifact_root`)
       search/space.txt     the search space as searched (also an artifact of the parent run)
       trial_000/ ...       one folder per trial: the train action's usual results (train/...)
       best/                the promoted model (`automl.promote`)
@@ -25,7 +25,6 @@ from pathlib import Path
 STATE_FILE = "automl_state.json"
 JOURNAL_FILE = "automl_state.journal"  # JSON lines: trial records newer than STATE_FILE (`automl.state`)
 DB_FILE = "mlflow.db"
-ARTIFACTS_DIR = "mlartifacts"
 SPACE_FILE = "search/space.txt"
 SETTINGS_FILE = "search/settings.json"  # every setting the search started with (also the MLflow parent run's artifact)
 BEST_DIR = "best"
@@ -74,10 +73,6 @@ class Layout:
     def default_tracking_uri(self) -> str:
         """The embedded MLflow store: sqlite in the results folder."""
         return f"sqlite:///{self.db_file}"
-
-    @property
-    def artifacts_dir(self) -> Path:
-        return self.root / ARTIFACTS_DIR
 
     @property
     def space_file(self) -> Path:

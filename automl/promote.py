@@ -152,7 +152,7 @@ def champion_artifacts(best_dir: Path, report: dict[str, Any]) -> dict[str, Path
     export, quantize = report.get("steps", {}).get("export"), report.get("steps", {}).get("quantize")
     for step in (export, quantize):  # the quantize step's config when the model deploys at int8 (`_deploy_int8`)
         if isinstance(step, dict) and step.get("deepstream_config"):
-            files[pyfunc.DEEPSTREAM] = Path(step.get("deepstream_config") or "")
+            files[pyfunc.DEEPSTREAM] = Path(step["deepstream_config"])
             files[pyfunc.LABELS] = Path(step.get("labels_file") or "")
     if isinstance(quantize, dict) and str(quantize.get("artifact") or "").endswith(".onnx"):
         files[pyfunc.QUANTIZED_ONNX] = Path(quantize["artifact"])
@@ -236,7 +236,8 @@ def prepare(state: SearchState, record: TrialRecord, options: PromotionConfig = 
 
     overrides: dict[str, Any] = spec_overrides(state, record.params)
     overrides["results_dir"] = str(best_dir)
-    if precision_of(record.latency) == "int8":
+    int8 = precision_of(record.latency) == "int8"
+    if int8:
         overrides["quantize.backend"] = "onnxruntime"  # the int8 model the search timed (ONNX Runtime's QDQ)
     cfg = chain_spec(apply_overrides(base_config(state.spec, state.overrides, best_dir), overrides), best_dir, None)
 
@@ -279,7 +280,7 @@ def prepare(state: SearchState, record: TrialRecord, options: PromotionConfig = 
     quantized = step("quantize", options.quantize, lambda c: {"quantize.results_dir": str(best_dir / "quantize"),
                                                              "quantize.device": "cpu" if _no_cuda() else c.quantize.device},
                      precheck=_precision_skip(state, record))
-    if precision_of(record.latency) == "int8" and quantized is not None and quantized.artifact.suffix == ".onnx":
+    if int8 and quantized is not None and quantized.artifact.suffix == ".onnx":
         cfg = _deploy_int8(cfg, best_dir, quantized.artifact, report)
     trt_reason = _tensorrt_missing()
     if trt_reason is None and onnx is None:

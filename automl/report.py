@@ -685,11 +685,12 @@ def _recheck(state: SearchState) -> list[Block]:
     if "skipped" in final:
         blocks += [Heading("Final evaluation (test split)"), Para(f"Skipped: {final['skipped']}.")]
     elif final:
+        promoted = (final.get("promoted") or {}).get("trials")
         rows = [[recheck_role(r or {}) if role == "leader" else role, ", ".join(row["trials"]),
                  ", ".join(f"{v:.4f}" for v in row["test_miou"]), f"{row['mean']:.4f}"]
                 for role in ("promoted", "baseline", "leader")
                 if (row := final.get(role)) and row.get("mean") is not None
-                and not (role == "leader" and row.get("trials") == (final.get("promoted") or {}).get("trials"))]  # promoted
+                and not (role == "leader" and row.get("trials") == promoted)]  # a promoted leader: one row
         blocks += [Heading("Final evaluation (test split, untouched by the search)"),
                    Table(["model", "trials", "test mIoU", "mean"], rows)]
     if size_note(final):

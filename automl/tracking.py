@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from automl.layout import Layout
-from segformer.fileio import mlflow_artifact_root
 from automl.state import FAILED, FINISHED, KILLED, PENDING, RUNNING, SearchState, TrialRecord
+from segformer.fileio import mlflow_artifact_root
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
