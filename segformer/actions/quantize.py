@@ -40,7 +40,6 @@ from segformer.config import ExperimentConfig, action_results_dir, require
 from segformer.deploy.quantize import ONNX_BACKENDS
 from segformer.errors import DataError, SegformerError
 from segformer.parents import resolve_parents
-from segformer.text import count
 
 log = logging.getLogger(__name__)
 
@@ -257,17 +256,14 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
         if model_path.suffix != ".onnx":
             onnx_in = exported = _export_float_onnx(cfg, model_path, results_dir / FLOAT_ONNX_NAME, num_classes)
         try:
-            from segformer.deploy.onnx_signature import read_onnx_signature
+            from segformer.deploy.onnx_signature import calibrate_at_static_batch, read_onnx_signature
 
             signature = read_onnx_signature(onnx_in)
             _, height, width = signature.chw
             fixed = signature.static_batch
-            if fixed and fixed != cal_batch:  # exported with export.batch_size: no other batch size runs
-                images = cal_batch * cal_batches if cal_batches > 0 else 0
-                cal_batch, cal_batches = fixed, -(-images // fixed) if images else cal_batches
-                _say(f"{onnx_in} takes batches of {count(fixed, 'image')} only (exported with export.batch_size="
-                     f"{fixed}): calibrating in batches of {fixed}" + (f" on the same {images} images" if images else ""),
-                     quiet)
+            cal_batch, cal_batches, batch_note = calibrate_at_static_batch(onnx_in, fixed, cal_batch, cal_batches)
+            if batch_note:
+                _say(batch_note, quiet)
 
             def batches():
                 for batch in _calibration_batches(cfg, (height, width), cal_batch, cal_batches):

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from segformer.errors import CheckpointError
+from segformer.text import count
 
-__all__ = ["OnnxSignature", "read_onnx_signature"]
+__all__ = ["OnnxSignature", "read_onnx_signature", "calibrate_at_static_batch"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,21 @@ class OnnxSignature:
     def num_classes(self) -> int | None:
         k = self.output_shape[1] if len(self.output_shape) > 1 else None
         return k if isinstance(k, int) else None
+
+
+def calibrate_at_static_batch(model: str | Path, static_batch: int | None, batch_size: int,
+                              batches: int) -> tuple[int, int, str | None]:
+    """The calibration batch size and count for a model that runs ``static_batch`` images only
+    (exported with export.batch_size), and a note saying so; ``(batch_size, batches, None)`` when
+    any batch runs or the two agree. The same images are fed (``batch_size x batches``, rounded up
+    to whole batches; ``batches`` <= 0, the whole folder, stays so)."""
+    if not static_batch or static_batch == batch_size:
+        return batch_size, batches, None
+    images = batch_size * batches if batches > 0 else 0
+    note = (f"{model} takes batches of {count(static_batch, 'image')} only (exported with "
+            f"export.batch_size={static_batch}): calibrating in batches of {static_batch}"
+            + (f" on the same {images} images" if images else ""))
+    return static_batch, (-(-images // static_batch) if images else batches), note
 
 
 def _dims(value_info) -> tuple[int | str, ...]:

@@ -23,6 +23,7 @@ from segformer.errors import SpecError
 from segformer.fileio import atomic_write_bytes
 
 from ._deps import TENSORRT_HINT, require
+from .onnx_signature import calibrate_at_static_batch
 
 __all__ = [
     "DATA_TYPES",
@@ -354,6 +355,11 @@ def build_engine(
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
 
     if plan.needs_calibrator:
+        # A static-batch model (export.batch_size) runs that batch only: calibrate in it.
+        cal_batch_size, cal_batches, note = calibrate_at_static_batch(
+            onnx_path, int(shape[0]) if int(shape[0]) > 0 else None, cal_batch_size, cal_batches)
+        if note:
+            log.warning(note)
         feeder = CalibrationFeeder(
             calibration_batches(cal_batch_size) if calibration_batches and not cache_ready else (),
             batch_size=cal_batch_size,

@@ -12,6 +12,7 @@ import types
 import numpy as np
 import pytest
 
+from segformer.deploy.onnx_signature import calibrate_at_static_batch
 from segformer.deploy.trt import (
     BatchProfile,
     CalibrationFeeder,
@@ -82,6 +83,26 @@ def test_calibration_feeder_batches_and_cache(tmp_path):
     assert cache.read_bytes() == b"scales" and feeder.read_calibration_cache() == b"scales"
     short = CalibrationFeeder(batches[3:], batch_size=2, max_batches=5, cache_file=None, to_device=lambda b: (b, 1))
     assert short.get_batch(["input"]) is None  # a short batch is dropped, not fed
+
+
+@pytest.mark.parametrize(
+    "static_batch, asked, expected",
+    [
+        (None, (4, 10), (4, 10)),  # a dynamic batch takes the spec's calibration batches
+        (4, (4, 10), (4, 10)),
+        (1, (4, 10), (1, 40)),  # the same 40 images, one at a time
+        (3, (4, 10), (3, 14)),  # rounded up to whole batches
+        (2, (4, -1), (2, -1)),  # the whole folder stays the whole folder
+    ],
+)
+def test_a_static_batch_model_is_calibrated_in_its_batch(static_batch, asked, expected):
+    """gen_trt_engine (and quantize) on an ONNX exported with export.batch_size: TensorRT can only
+    calibrate at the network's static batch, so cal_batch_size gives way to it, and says so."""
+    batch, batches, note = calibrate_at_static_batch("m.onnx", static_batch, *asked)
+    assert (batch, batches) == expected
+    assert (note is None) == (expected == asked)
+    if note:
+        assert note.startswith("m.onnx takes batches of") and f"export.batch_size={static_batch}" in note
 
 
 def test_entropy_calibrator_subclasses_tensorrt_base():
