@@ -92,8 +92,8 @@ class RaySession:
         """
         import ray
 
-        gpus = self.opts.resources.gpus_per_trial
-        return float(gpus) if gpus is not None else (1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0)
+        return plan_resources(self.opts.resources, cpus=0, largest_cpus=0,
+                              gpus=float(ray.cluster_resources().get("GPU", 0)))[1]
 
     def _check_a_trial_fits(self) -> None:
         """A trial runs on one node: asking more CPUs or GPUs per trial than the largest node has would
@@ -107,17 +107,14 @@ class RaySession:
                 raise SearchError(unfit(name, per_trial, largest, local=self.owns and not self.opts.resources.address))
 
     def share_cpus(self, trainings: int) -> float:
-        """CPUs per trial when only `trainings` can run at once (what an epoch budget can finish) and
-        there are more CPUs than that: without --cpus-per-trial and without GPUs, the CPUs are shared
-        out among them, as many as the largest node has at most (a training on 2 threads took 49 s
-        where 1 took 76 s, 256 px images). So 16 cores and a budget of 10 trainings (8 at once, the
-        re-check's 2 kept back) train with 2 threads each instead of leaving 8 cores idle."""
+        """CPUs per trial when only `trainings` can run at once (what an epoch budget can finish); see
+        :func:`plan_resources`."""
         import ray
 
-        if self.opts.resources.cpus_per_trial is None and not self.gpus_per_trial and trainings >= 1:
-            nodes = [float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
-            cpus = float(ray.cluster_resources().get("CPU", 0))
-            self.cpus_per_trial = float(max(1, min(int(cpus // trainings), int(max(nodes, default=1)))))
+        nodes = [float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+        self.cpus_per_trial = plan_resources(self.opts.resources, cpus=float(ray.cluster_resources().get("CPU", 0)),
+                                             largest_cpus=max(nodes, default=1.0), gpus=self.gpus_per_trial,
+                                             trainings=trainings)[0]
         return self.cpus_per_trial
 
     def slots(self) -> int:
@@ -125,13 +122,50 @@ class RaySession:
         --max-concurrent when that is fewer."""
         import ray
 
-        resources = self.opts.resources
-        fits: list[int] = [] if resources.max_concurrent is None else [resources.max_concurrent]
         available = ray.cluster_resources()
-        for name, per_trial in (("CPU", self.cpus_per_trial), ("GPU", self.gpus_per_trial)):
-            if per_trial and available.get(name):
-                fits.append(int(available[name] / per_trial + 1e-9))
-        return max(1, min(fits, default=1))
+        return fitting_slots(self.opts.resources.max_concurrent, (
+            (float(available.get("CPU", 0)), self.cpus_per_trial), (float(available.get("GPU", 0)), self.gpus_per_trial)))
+
+
+def plan_resources(resources: Any, *, cpus: float, largest_cpus: float, gpus: float,
+                   trainings: int | None = None) -> tuple[float, float, int]:
+    """CPUs and GPUs per trial and the trials that run at once, for a Ray of `cpus` CPUs (the largest
+    node `largest_cpus`) and `gpus` GPUs; what `RaySession` settles once Ray is up and what --dry-run
+    says for this machine.
+
+    GPUs: --gpus-per-trial, else one per trial when there is a GPU. CPUs: --cpus-per-trial, else 1,
+    or, without GPUs and with only `trainings` able to run at once (what an epoch budget can finish),
+    the CPUs shared out among them, as many as the largest node has at most (a training on 2 threads
+    took 49 s where 1 took 76 s, 256 px images). So 16 cores and a budget of 10 trainings (8 at once,
+    the re-check's 2 kept back) train with 2 threads each instead of leaving 8 cores idle."""
+    r = resources
+    gpus_per_trial = float(r.gpus_per_trial) if r.gpus_per_trial is not None else (1.0 if gpus > 0 else 0.0)
+    cpus_per_trial = float(r.cpus_per_trial or 1.0)
+    if r.cpus_per_trial is None and not gpus_per_trial and trainings and trainings >= 1:
+        cpus_per_trial = float(max(1, min(int(cpus // trainings), int(largest_cpus or 1))))
+    return cpus_per_trial, gpus_per_trial, fitting_slots(r.max_concurrent, ((cpus, cpus_per_trial), (gpus, gpus_per_trial)))
+
+
+def fitting_slots(max_concurrent: int | None, pools: Any) -> int:
+    """Trials at once: as many as each (available, per trial) pool fits, or `max_concurrent` when fewer."""
+    fits: list[int] = [] if max_concurrent is None else [max_concurrent]
+    for available, per_trial in pools:
+        if per_trial and available:
+            fits.append(int(available / per_trial + 1e-9))
+    return max(1, min(fits, default=1))
+
+
+def local_gpus() -> int | None:
+    """The GPUs a local Ray would find here (its own detection, CUDA_VISIBLE_DEVICES first), or None
+    when that cannot be asked (Ray's accelerator managers are not public API)."""
+    try:
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+
+        manager = get_accelerator_manager_for_resource("GPU")
+        visible = manager.get_current_process_visible_accelerator_ids()
+        return len(visible) if visible is not None else int(manager.get_current_node_num_accelerators())
+    except Exception:  # noqa: BLE001 - an unknown count only keeps --dry-run's "auto"
+        return None
 
 
 def _tune_settings() -> None:

@@ -363,7 +363,7 @@ def _print_plan(opts: SearchOptions, space: Any, baseline: dict[str, Any] | None
     from automl.algorithms import first_points
     from automl.console import recommendations, settings_line
 
-    echo(settings_line(opts, budget))
+    echo(settings_line(_local_resources(opts, budget), budget))
     if opts.search.measures_latency:
         from automl.deploy import plan_line
 
@@ -384,6 +384,22 @@ def _print_plan(opts: SearchOptions, space: Any, baseline: dict[str, Any] | None
     if budget is not None and budget.recheck:
         echo(f"then the re-check ({budget.recheck} epochs): the leader (or, when the baseline leads, the runner-up) and "
              f"the baseline train again with train.seed={budget.seed + 1}")
+
+
+def _local_resources(opts: SearchOptions, budget: Any) -> SearchOptions:
+    """For --dry-run on a local Ray: the slots and CPUs/GPUs per trial the run will settle on here
+    (`automl.ray_session.plan_resources`), not "auto"; a cluster (--address) is not asked."""
+    from automl.ray_session import local_gpus, plan_resources
+
+    r = opts.resources
+    gpus = local_gpus()
+    if r.address is not None or gpus is None:
+        return opts
+    cpus = float(r.num_cpus or len(os.sched_getaffinity(0)))
+    trainings = budget.search // max(1, budget.first_rung) if budget is not None else None
+    cpus_per_trial, gpus_per_trial, slots = plan_resources(r, cpus=cpus, largest_cpus=cpus, gpus=float(gpus),
+                                                           trainings=trainings)
+    return opts.with_values(cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_concurrent=slots)
 
 
 PARENT_PARAMS = ("algorithm", "metric", "mode", "budget", "max_trials", "max_epochs", "spec", "overrides", "max_latency_ms")

@@ -326,6 +326,25 @@ def test_dry_run_and_grid_needs_finite_space(dataset, tmp_path):
     assert "then the re-check (" in text and "train.seed=" in text
 
 
+def test_dry_run_says_the_slots_the_run_settles_on(dataset, tmp_path):
+    """--dry-run's header gives this machine's slots and CPUs per trial, as the run's header does once Ray
+    is up (it said "every slot at a time (auto CPU, auto GPU each)")."""
+    import automl
+    from automl.ray_session import local_gpus
+
+    if local_gpus() != 0:
+        pytest.skip("a GPU here: trials would take one GPU each")
+    lines: list[str] = []
+    # 4 CPUs and a budget of 4 trainings (2 of them the re-check): the search's 2 trainings share the CPUs
+    automl.run(_options(tmp_path / "dry", dataset, max_trials=None, budget=4, max_epochs=None, num_cpus=4,
+                        max_concurrent=None), echo=lines.append, dry_run=True)
+    assert any(", 2 at a time (2 CPU, 0 GPU each); metric" in line for line in lines), lines
+    lines.clear()
+    automl.run(_options(tmp_path / "dry", dataset, num_cpus=4, max_concurrent=3), echo=lines.append, dry_run=True)
+    assert any(", 3 at a time (1 CPU, 0 GPU each); metric" in line for line in lines), lines
+    assert not any("(auto" in line or "every slot" in line for line in lines), lines
+
+
 def test_a_budget_that_sizes_nothing_is_said(dataset, tmp_path, capsys):
     """--budget with --max-trials (or TAO's automl_max_recommendations, which override it) or with PBT
     sizes nothing: the driver says so instead of ignoring the flag without a word."""
