@@ -62,13 +62,26 @@ def _values(values: dict[str, Any]) -> str:
 
 def node_labels(trials: list[Any]) -> dict[str, str]:
     """How the table names each trial's node: its IP, and the start of its Ray node id where several
-    nodes share an IP (two `ray start` on one machine, containers behind one address)."""
-    ids_by_ip: dict[str, set[str]] = {}
+    nodes shared an IP at the same time (two `ray start` on one machine, containers behind one
+    address). A resumed search's new local Ray is a new node id on the same machine, after the old
+    one: that is still the one machine, named once."""
+    spans: dict[str, dict[str, list[float]]] = {}  # ip -> node id -> [first start, last end]
     for t in trials:
         if t.node_ip:
-            ids_by_ip.setdefault(t.node_ip, set()).add(t.node_id or "")
+            began = t.run_started_at or t.started_at  # on this node: a resumed trial restarts on the new one
+            start = began if began is not None else float("-inf")
+            end = t.ended_at if t.ended_at is not None and began is not None else float("inf")
+            span = spans.setdefault(t.node_ip, {}).setdefault(t.node_id or "", [start, end])
+            span[0], span[1] = min(span[0], start), max(span[1], end)
+    shared = {ip for ip, ids in spans.items() if _overlap(list(ids.values()))}
     return {t.trial_id: "-" if not t.node_ip else
-            f"{t.node_ip} ({(t.node_id or '?')[:8]})" if len(ids_by_ip[t.node_ip]) > 1 else t.node_ip for t in trials}
+            f"{t.node_ip} ({(t.node_id or '?')[:8]})" if t.node_ip in shared else t.node_ip for t in trials}
+
+
+def _overlap(spans: list[list[float]]) -> bool:
+    """Whether any two of these [start, end] spans overlap in time."""
+    spans = sorted(spans)
+    return any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
 
 
 def _short_name(key: str, keys: list[str]) -> str:

@@ -80,6 +80,15 @@ def test_nodes_sharing_an_ip_are_told_apart_by_node_id(tmp_path):
     labels = node_labels(trials)
     assert labels == {"t0": "10.0.0.1 (aaaaaaaa)", "t1": "10.0.0.1 (bbbbbbbb)", "t2": "10.0.0.1 (bbbbbbbb)"}
     assert "10.0.0.1 (aaaaaaaa)" in format_table(state)
+    # a resumed search: its new local Ray is a new node id on the same machine, after the first had gone
+    for t, (start, end) in zip(trials, ((100.0, 200.0), (300.0, 400.0), (350.0, None))):
+        t.started_at, t.ended_at = start, end
+    assert set(node_labels(trials).values()) == {"10.0.0.1"}
+    trials[2].started_at = 150.0  # cut on the first node by the kill, restarted on the second at 350
+    trials[2].run_started_at = 350.0
+    assert set(node_labels(trials).values()) == {"10.0.0.1"}
+    trials[0].ended_at = 320.0  # two nodes at one address, both running trials at once: told apart
+    assert node_labels(trials)["t0"] == "10.0.0.1 (aaaaaaaa)"
 
 
 def test_a_pbt_search_has_an_epoch_total_and_a_time_estimate(tmp_path, monkeypatch):
