@@ -225,13 +225,16 @@ def _quiet_optuna() -> Iterator[None]:
 def ledger_study(state: SearchState) -> LedgerStudy:
     """An in-memory Optuna study of the ledger: trial k is the k-th trial by name; the trials that
     ended with a ranked result are complete with their best value, every other one failed (re-checks,
-    trials over the latency limit, failed, running). Distributions: see :func:`_distribution`."""
+    trials over the latency limit, failed, running), and those after the last result are left out.
+    Distributions: see :func:`_distribution`."""
     import optuna
     from optuna.trial import TrialState, create_trial
 
     ranked = {t.trial_id for t in state.ranked() if t.status in ENDED}
     records = _by_name(state)
     usable = [t for t in records if t.trial_id in ranked]
+    if usable:  # none after the last result (the re-checks come last): the history's axis ends at its last point
+        records = records[:records.index(usable[-1]) + 1]
     keys = sorted(set.intersection(*(set(t.params) for t in usable))) if usable else []
     distributions, columns = {}, {}
     for key in keys:
