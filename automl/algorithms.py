@@ -214,7 +214,11 @@ def build_search(opts: SearchOptions, space: Any, baseline: dict[str, Any] | Non
     if search.multi_fidelity:
         scheduler = _halving(search, int(search.trial_epochs or 1), (search.grace_period or 1) * search.epoch_multiplier,
                              results_dir=str(opts.results_dir))
-    return SearchPlan(ConcurrencyLimiter(searcher, max_concurrent=slots), scheduler, search.max_trials, None)
+    from automl.budget import DistinctSearcher
+
+    distinct = DistinctSearcher(ConcurrencyLimiter(searcher, max_concurrent=slots), str(opts.results_dir),
+                                search.ranking_metric, search.mode)
+    return SearchPlan(distinct, scheduler, search.max_trials, None)
 
 
 def _halving(search: Any, max_t: int, grace: int, budget: Any = None, results_dir: str = "") -> Any:

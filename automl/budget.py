@@ -65,13 +65,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from automl.state import DONE, KILLED, PENDING, RUNNING, SearchState, TrialRecord
 from segformer.text import count
+
+DUPLICATE_TRIES = 20  # a sampler's repeats of trained configurations in a row that mean its space is exhausted
 
 CONFIGS_PER_PARAM = 12  # configurations a budget must afford per searched parameter
 RECHECK_MIN_BUDGET = 4  # trainings of a trial's epochs: below this the budget cannot spare two for the re-check
@@ -313,8 +315,6 @@ class BudgetSearcher(Searcher):
     Ray's experiment checkpoint, so `automl resume` continues it.
     """
 
-    DUPLICATE_TRIES = 20
-
     def __init__(self, inner: Searcher, results_dir: str, budget: EpochBudget, baseline: Mapping[str, Any] | None,
                  metric: str, mode: str, max_concurrent: int | None = None) -> None:
         super().__init__(metric=metric, mode=mode)
@@ -394,25 +394,7 @@ class BudgetSearcher(Searcher):
 
     def _fresh(self, trial_id: str) -> dict[str, Any] | str | None:
         """The inner searcher's next configuration that no trial has trained yet (None: wait)."""
-        for attempt in range(self.DUPLICATE_TRIES):
-            inner_id = trial_id if attempt == 0 else f"{trial_id}~repeat{attempt}"
-            config = self.searcher.suggest(inner_id)
-            if config is None or config == Searcher.FINISHED:
-                return config
-            earlier = self.trained.get(_same(config))
-            if earlier is None:
-                if inner_id != trial_id:
-                    self.inner_ids[trial_id] = inner_id
-                return config
-            if earlier in self.results:  # what the same training gave: the sampler learns without a second one
-                self.searcher.on_trial_complete(inner_id, result=self.results[earlier])
-            else:
-                self.searcher.on_trial_complete(inner_id, error=True)
-        # Every proposal repeated a trained configuration: the space is exhausted once nothing runs.
-        if self.running:
-            return None
-        self._exhausted()
-        return Searcher.FINISHED
+        return fresh_proposal(self, trial_id, self._exhausted)
 
     def _exhausted(self) -> None:
         """Say, in the state's budget (the summary and report show it) and on the console, that the
@@ -422,8 +404,7 @@ class BudgetSearcher(Searcher):
         live = bound_search(self.results_dir)
         if live is None or live.state.budget is None:
             return
-        why = (f"the space is exhausted: the sampler's last {self.DUPLICATE_TRIES} proposals all repeated one of the "
-               f"{len(self.trained)} configurations already tried")
+        why = exhausted_note(len(self.trained))
         live.state.budget["ended"] = why
         live.state.save()
         if live.echo is not None:
@@ -468,6 +449,89 @@ class BudgetSearcher(Searcher):
         # through set_state, whatever its pickle held).
         self.__dict__.update({"baseline_id": None, "max_concurrent": None, "rechecking": set(), **state})
         self.__dict__.pop("flagged", None)
+
+
+def fresh_proposal(wrapper: Any, trial_id: str, exhausted: Callable[[], None]) -> dict[str, Any] | str | None:
+    """The next configuration of ``wrapper.searcher`` that no trial has trained yet (None: wait).
+
+    A proposal equal to an earlier one (``wrapper.trained``: `_same` -> trial id) is answered with
+    that trial's result (``wrapper.results``), or failed while it runs, and the sampler asked again,
+    under a derived id (``wrapper.inner_ids`` maps Ray's id to it); after `DUPLICATE_TRIES` repeats
+    in a row the space is exhausted: `exhausted()` once nothing runs (``wrapper.running``), FINISHED."""
+    for attempt in range(DUPLICATE_TRIES):
+        inner_id = trial_id if attempt == 0 else f"{trial_id}~repeat{attempt}"
+        config = wrapper.searcher.suggest(inner_id)
+        if config is None or config == Searcher.FINISHED:
+            return config
+        earlier = wrapper.trained.get(_same(config))
+        if earlier is None:
+            if inner_id != trial_id:
+                wrapper.inner_ids[trial_id] = inner_id
+            return config
+        if earlier in wrapper.results:  # what the same training gave: the sampler learns without a second one
+            wrapper.searcher.on_trial_complete(inner_id, result=wrapper.results[earlier])
+        else:
+            wrapper.searcher.on_trial_complete(inner_id, error=True)
+    # Every proposal repeated a trained configuration: the space is exhausted once nothing runs.
+    if wrapper.running:
+        return None
+    exhausted()
+    return Searcher.FINISHED
+
+
+def exhausted_note(configurations: int) -> str:
+    return (f"the space is exhausted: the sampler's last {DUPLICATE_TRIES} proposals all repeated one of the "
+            f"{configurations} configurations already tried")
+
+
+class DistinctSearcher(Searcher):
+    """A search sized by a trial count (--max-trials, TAO's automl_max_recommendations) that never
+    trains a configuration twice, as `BudgetSearcher` does for an epoch budget: TPE repeats itself in
+    a small categorical space, and a repeat trained the same configuration with the same seed again.
+    An exhausted space ends the search early, and says so."""
+
+    def __init__(self, inner: Searcher, results_dir: str, metric: str, mode: str) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self.searcher = inner  # the name Ray's save and restore walk wrappers by
+        self.results_dir = results_dir
+        self.trained: dict[str, str] = {}
+        self.results: dict[str, dict] = {}
+        self.inner_ids: dict[str, str] = {}
+        self.running: set[str] = set()
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        config = fresh_proposal(self, trial_id, self._exhausted)
+        if isinstance(config, dict):
+            self.trained[_same(config)] = trial_id
+            self.running.add(trial_id)
+        return config
+
+    def _exhausted(self) -> None:
+        from automl.callbacks import bound_search
+
+        live = bound_search(self.results_dir)
+        if live is not None and live.echo is not None:
+            live.echo(f"automl: {exhausted_note(len(self.trained))}; the search ends before its trial count")
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.searcher.on_trial_result(self.inner_ids.get(trial_id, trial_id), result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.running.discard(trial_id)
+        if result is not None and not error:
+            self.results[trial_id] = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
+        self.searcher.on_trial_complete(self.inner_ids.get(trial_id, trial_id), result=result, error=error)
+
+    def get_state(self) -> dict[str, Any]:
+        import copy
+
+        return copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "searcher"})
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
 
 def _same(config: Mapping[str, Any]) -> str:

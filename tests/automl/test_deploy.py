@@ -487,3 +487,18 @@ def test_a_small_space_is_not_trained_twice(data, tmp_path) -> None:
     # the summary says why budget is left
     assert state.budget["ended"].startswith("the space is exhausted") and "2 configurations already tried" in state.budget["ended"]
     assert any(line.startswith("  budget   ") and "the space is exhausted" in line for line in "\n".join(lines).splitlines())
+
+
+def test_a_small_space_is_not_trained_twice_under_a_trial_count(data, tmp_path) -> None:
+    """The same under --max-trials (TAO's automl_max_recommendations) instead of an epoch budget: two
+    configurations train once each, and the search ends before its five trials, saying why."""
+    import automl
+
+    opts = search_options(tmp_path / "n", data / "spec.yaml", overrides=SMALL, max_trials=5, max_epochs=1,
+                          only=["dataset.segment.img_size"], structure={"dataset.segment.img_size": [32, 64]},
+                          latency=False, num_cpus=2, export=False, quantize=False, trt=False)
+    lines: list[str] = []
+    state = automl.run(opts, echo=lines.append).state
+    assert state.budget is None and state.status == "FINISHED"
+    assert sorted(t.params["dataset.segment.img_size"] for t in state.trials.values()) == [32, 64], lines
+    assert any("the space is exhausted" in line and "ends before its trial count" in line for line in lines), lines
