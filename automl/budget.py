@@ -303,40 +303,113 @@ def search_share(state: SearchState, budget: EpochBudget) -> int:
     return budget.total if baseline is not None and baseline.infeasible else budget.search
 
 
-class BudgetSearcher(Searcher):
+def exhausted_note(configurations: int) -> str:
+    return (f"the space is exhausted: the sampler's last {DUPLICATE_TRIES} proposals all repeated one of the "
+            f"{configurations} configurations already tried")
+
+
+class DistinctSearcher(Searcher):
+    """A search sized by a trial count (--max-trials, TAO's automl_max_recommendations) that never
+    trains a configuration twice, as `BudgetSearcher` does for an epoch budget: TPE repeats itself in
+    a small categorical space, and a repeat trained the same configuration with the same seed again.
+    A repeated proposal is answered without training (`_fresh`); an exhausted space ends the search
+    early, and says so."""
+
+    def __init__(self, inner: Searcher, results_dir: str, metric: str, mode: str) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self.searcher = inner  # the name Ray's save and restore walk wrappers by
+        self.results_dir = results_dir
+        self.trained: dict[str, str] = {}  # a proposed configuration (`_same`) -> the trial that trains it
+        self.results: dict[str, dict] = {}  # a trial's last result, once complete (a repeat's answer)
+        self.inner_ids: dict[str, str] = {}  # Ray's trial id -> the inner searcher's, where they differ
+        self.running: set[str] = set()  # trials of the inner searcher not complete yet
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        config = self._fresh(trial_id)
+        if isinstance(config, dict):
+            self.trained[_same(config)] = trial_id
+            self.running.add(trial_id)
+        return config
+
+    def _fresh(self, trial_id: str) -> dict[str, Any] | str | None:
+        """The inner searcher's next configuration that no trial has trained yet (None: wait).
+
+        A proposal equal to an earlier one is answered with that trial's result, or failed while it
+        runs, and the sampler asked again under a derived id (`inner_ids` maps Ray's id to it); after
+        `DUPLICATE_TRIES` repeats in a row the space is exhausted: `_exhausted`, once nothing runs."""
+        for attempt in range(DUPLICATE_TRIES):
+            inner_id = trial_id if attempt == 0 else f"{trial_id}~repeat{attempt}"
+            config = self.searcher.suggest(inner_id)
+            if config is None or config == Searcher.FINISHED:
+                return config
+            earlier = self.trained.get(_same(config))
+            if earlier is None:
+                if inner_id != trial_id:
+                    self.inner_ids[trial_id] = inner_id
+                return config
+            if earlier in self.results:  # what the same training gave: the sampler learns without a second one
+                self.searcher.on_trial_complete(inner_id, result=self.results[earlier])
+            else:
+                self.searcher.on_trial_complete(inner_id, error=True)
+        # Every proposal repeated a trained configuration: the space is exhausted once nothing runs.
+        if self.running:
+            return None
+        self._exhausted()
+        return Searcher.FINISHED
+
+    def _exhausted(self) -> None:
+        from automl.callbacks import bound_search
+
+        live = bound_search(self.results_dir)
+        if live is not None and live.echo is not None:
+            live.echo(f"automl: {exhausted_note(len(self.trained))}; the search ends before its trial count")
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.searcher.on_trial_result(self.inner_ids.get(trial_id, trial_id), result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.running.discard(trial_id)
+        if result is not None and not error:
+            self.results[trial_id] = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
+        self.searcher.on_trial_complete(self.inner_ids.get(trial_id, trial_id), result=result, error=error)
+
+    # Ray saves a searcher wrapper by its `searcher` attribute and get_state/set_state (ConcurrencyLimiter's
+    # pattern), the base searcher (Optuna's) by its own save: both come back with `automl resume`.
+    def get_state(self) -> dict[str, Any]:
+        import copy
+
+        return copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "searcher"})
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+class BudgetSearcher(DistinctSearcher):
     """Wraps the algorithm's searcher: new trials while the search's share of the budget lasts, then
     the re-check of the leader and the baseline (`verdict` reads it), then FINISHED.
 
-    Also marks the baseline's config with ``_full`` (the scheduler never stops it early), and never
-    trains a configuration twice: a sampler's proposal equal to an earlier trial's (TPE repeats itself
-    in a small categorical space, such as a search over a few backbones and input sizes) is answered
-    with that trial's result, or failed while it runs, and the sampler asked again; after
-    `DUPLICATE_TRIES` repeats in a row the space counts as exhausted. The searcher is pickled into
-    Ray's experiment checkpoint, so `automl resume` continues it.
+    Also marks the baseline's config with ``_full`` (the scheduler never stops it early), and, as
+    `DistinctSearcher`, never trains a configuration twice (TPE repeats itself in a small categorical
+    space, such as a search over a few backbones and input sizes). The searcher is pickled into Ray's
+    experiment checkpoint, so `automl resume` continues it.
     """
 
     def __init__(self, inner: Searcher, results_dir: str, budget: EpochBudget, baseline: Mapping[str, Any] | None,
                  metric: str, mode: str, max_concurrent: int | None = None) -> None:
-        super().__init__(metric=metric, mode=mode)
+        super().__init__(inner, results_dir, metric, mode)
         # --max-concurrent: the inner searcher's ConcurrencyLimiter holds the search's own trials to it;
         # the re-check's, proposed here, are held to it too (both started at once on a free machine)
         self.max_concurrent = max_concurrent
         self.rechecking: set[str] = set()  # trial ids of the re-check's trainings not complete yet
-        self.searcher = inner  # the name Ray's save and restore walk wrappers by
-        self.results_dir = results_dir
         self.budget = budget
         self.baseline = dict(baseline) if baseline is not None else None
         self.own: set[str] = set()  # trial ids of the inner searcher's trials
-        self.running: set[str] = set()  # of those, the ones not complete yet
         self.searching = True
         self.queue: list[dict[str, Any]] | None = None  # the re-check configs, once decided
         self.baseline_id: str | None = None  # the trial whose config was marked the baseline (its epochs are reserved: `_reserved`)
-        self.trained: dict[str, str] = {}  # a proposed configuration (`_same`) -> the trial that trains it
-        self.results: dict[str, dict] = {}  # a trial's last result, once complete (a repeat's answer)
-        self.inner_ids: dict[str, str] = {}  # Ray's trial id -> the inner searcher's, where they differ
-
-    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
-        return self.searcher.set_search_properties(metric, mode, config, **spec)
 
     def _can_start(self) -> bool:
         state = _live_state(self.results_dir)
@@ -392,10 +465,6 @@ class BudgetSearcher(Searcher):
         self.rechecking.add(trial_id)
         return self.queue.pop(0)
 
-    def _fresh(self, trial_id: str) -> dict[str, Any] | str | None:
-        """The inner searcher's next configuration that no trial has trained yet (None: wait)."""
-        return fresh_proposal(self, trial_id, self._exhausted)
-
     def _exhausted(self) -> None:
         """Say, in the state's budget (the summary and report show it) and on the console, that the
         search ends with epochs left because its space has nothing new to train."""
@@ -424,23 +493,13 @@ class BudgetSearcher(Searcher):
         return [{**record.params, "train.seed": seed, FULL: True, RECHECK_OF: record.name} for record in (leader, baseline)]
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self.own:
-            self.searcher.on_trial_result(self.inner_ids.get(trial_id, trial_id), result)
+        if trial_id in self.own:  # not the re-check's, which this searcher proposed itself
+            super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self.rechecking.discard(trial_id)
         if trial_id in self.own:
-            self.running.discard(trial_id)
-            if result is not None and not error:
-                self.results[trial_id] = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
-            self.searcher.on_trial_complete(self.inner_ids.get(trial_id, trial_id), result=result, error=error)
-
-    # Ray saves a searcher wrapper by its `searcher` attribute and get_state/set_state (ConcurrencyLimiter's
-    # pattern), the base searcher (Optuna's) by its own save: both come back with `automl resume`.
-    def get_state(self) -> dict[str, Any]:
-        import copy
-
-        return copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "searcher"})
+            super().on_trial_complete(trial_id, result, error)
 
     def set_state(self, state: dict[str, Any]) -> None:
         # Saved before baseline_id replaced the `flagged` mark: no id (the baseline's config, trained
@@ -449,89 +508,6 @@ class BudgetSearcher(Searcher):
         # through set_state, whatever its pickle held).
         self.__dict__.update({"baseline_id": None, "max_concurrent": None, "rechecking": set(), **state})
         self.__dict__.pop("flagged", None)
-
-
-def fresh_proposal(wrapper: Any, trial_id: str, exhausted: Callable[[], None]) -> dict[str, Any] | str | None:
-    """The next configuration of ``wrapper.searcher`` that no trial has trained yet (None: wait).
-
-    A proposal equal to an earlier one (``wrapper.trained``: `_same` -> trial id) is answered with
-    that trial's result (``wrapper.results``), or failed while it runs, and the sampler asked again,
-    under a derived id (``wrapper.inner_ids`` maps Ray's id to it); after `DUPLICATE_TRIES` repeats
-    in a row the space is exhausted: `exhausted()` once nothing runs (``wrapper.running``), FINISHED."""
-    for attempt in range(DUPLICATE_TRIES):
-        inner_id = trial_id if attempt == 0 else f"{trial_id}~repeat{attempt}"
-        config = wrapper.searcher.suggest(inner_id)
-        if config is None or config == Searcher.FINISHED:
-            return config
-        earlier = wrapper.trained.get(_same(config))
-        if earlier is None:
-            if inner_id != trial_id:
-                wrapper.inner_ids[trial_id] = inner_id
-            return config
-        if earlier in wrapper.results:  # what the same training gave: the sampler learns without a second one
-            wrapper.searcher.on_trial_complete(inner_id, result=wrapper.results[earlier])
-        else:
-            wrapper.searcher.on_trial_complete(inner_id, error=True)
-    # Every proposal repeated a trained configuration: the space is exhausted once nothing runs.
-    if wrapper.running:
-        return None
-    exhausted()
-    return Searcher.FINISHED
-
-
-def exhausted_note(configurations: int) -> str:
-    return (f"the space is exhausted: the sampler's last {DUPLICATE_TRIES} proposals all repeated one of the "
-            f"{configurations} configurations already tried")
-
-
-class DistinctSearcher(Searcher):
-    """A search sized by a trial count (--max-trials, TAO's automl_max_recommendations) that never
-    trains a configuration twice, as `BudgetSearcher` does for an epoch budget: TPE repeats itself in
-    a small categorical space, and a repeat trained the same configuration with the same seed again.
-    An exhausted space ends the search early, and says so."""
-
-    def __init__(self, inner: Searcher, results_dir: str, metric: str, mode: str) -> None:
-        super().__init__(metric=metric, mode=mode)
-        self.searcher = inner  # the name Ray's save and restore walk wrappers by
-        self.results_dir = results_dir
-        self.trained: dict[str, str] = {}
-        self.results: dict[str, dict] = {}
-        self.inner_ids: dict[str, str] = {}
-        self.running: set[str] = set()
-
-    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
-        return self.searcher.set_search_properties(metric, mode, config, **spec)
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        config = fresh_proposal(self, trial_id, self._exhausted)
-        if isinstance(config, dict):
-            self.trained[_same(config)] = trial_id
-            self.running.add(trial_id)
-        return config
-
-    def _exhausted(self) -> None:
-        from automl.callbacks import bound_search
-
-        live = bound_search(self.results_dir)
-        if live is not None and live.echo is not None:
-            live.echo(f"automl: {exhausted_note(len(self.trained))}; the search ends before its trial count")
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self.searcher.on_trial_result(self.inner_ids.get(trial_id, trial_id), result)
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        self.running.discard(trial_id)
-        if result is not None and not error:
-            self.results[trial_id] = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
-        self.searcher.on_trial_complete(self.inner_ids.get(trial_id, trial_id), result=result, error=error)
-
-    def get_state(self) -> dict[str, Any]:
-        import copy
-
-        return copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "searcher"})
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
 
 
 def _same(config: Mapping[str, Any]) -> str:
