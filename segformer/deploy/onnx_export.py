@@ -105,12 +105,25 @@ def _export_dynamo(model, example, path: Path, opset: int, dynamic: bool, extern
     name_nodes_by_module(program.model)
     proto = onnx_ir.to_proto(program.model)
     if opset < _DYNAMO_MIN_OPSET:
+        _drop_default_noop_with_empty_axes(proto)
         proto = onnx.version_converter.convert_version(proto, opset)
     if external:
         onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                   location=f"{path.name}.data")
     else:
         onnx.save(proto, str(path))
+
+
+def _drop_default_noop_with_empty_axes(proto) -> None:
+    """Remove ``noop_with_empty_axes=0`` (its default) from the Reduce nodes before converting down
+    from opset 18. The exporter writes it on every ReduceMean, and onnx's converter keeps it on an
+    opset-17 ReduceMean, which has no such attribute: the FAN backbones' exports failed the checker."""
+    for node in proto.graph.node:
+        if node.op_type.startswith("Reduce"):
+            kept = [a for a in node.attribute if not (a.name == "noop_with_empty_axes" and a.i == 0)]
+            if len(kept) != len(node.attribute):
+                del node.attribute[:]
+                node.attribute.extend(kept)
 
 
 def name_nodes_by_module(graph_model) -> None:
@@ -210,7 +223,8 @@ def export_onnx(
             with torch.no_grad(), _quiet_exporter(verbose):
                 try:
                     _export_dynamo(model, example, tmp_path, opset_version, dynamic, external, verbose)
-                except Exception as err:  # noqa: BLE001 - any tracing failure: try the other exporter
+                    _check_exported(tmp_path, dynamic, batch_size)
+                except Exception as err:  # noqa: BLE001 - a tracing failure or an invalid graph: the other exporter
                     log.warning(
                         "torch.export-based ONNX export failed (%s: %s); retrying with the "
                         "TorchScript exporter", type(err).__name__, str(err).splitlines()[0][:200]
@@ -218,7 +232,7 @@ def export_onnx(
                     for leftover in tmp_path.parent.iterdir():  # the folder is private to this export
                         leftover.unlink()
                     _export_torchscript(model, example, tmp_path, opset_version, dynamic, verbose)
-            _check_exported(tmp_path, dynamic, batch_size)
+                    _check_exported(tmp_path, dynamic, batch_size)
     finally:
         model.train(was_training)
     return path

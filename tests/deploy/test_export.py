@@ -117,3 +117,32 @@ def test_weights_above_the_protobuf_limit_go_to_a_data_file_named_after_the_grap
     assert locations == {"big.onnx.data"}
     images = torch.randn(2, 3, 32, 32)
     assert onnx_parity(model, path, images, providers=["CPUExecutionProvider"]) < 1e-5
+
+
+def test_a_reduce_mean_exports_at_tao_opset_17_without_the_fallback(tmp_path, caplog):
+    """The FAN backbones (TAO's default, fan_small_12_p4_hybrid) take means over channels. The exporter
+    writes opset 18 and converts down to TAO's 17; onnx's converter kept ReduceMean's opset-18 attribute
+    noop_with_empty_axes, and the checker refused the file ("Unrecognized attribute"): `segformer export`
+    and quantize ended in a traceback on NVIDIA's own templates."""
+    from torch import nn
+
+    from segformer.deploy.onnx_export import export_onnx
+
+    class ChannelMean(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 4, stride=4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y - y.mean(dim=1, keepdim=True)
+
+    model = ChannelMean().eval()
+    with caplog.at_level("WARNING", logger="segformer.deploy.onnx_export"):
+        path = export_onnx(model, tmp_path / "m.onnx", input_height=32, input_width=32, opset_version=17)
+    assert not [r for r in caplog.records if "TorchScript" in r.getMessage()]  # the dynamo graph, checked
+    proto = onnx.load(str(path))
+    assert proto.opset_import[0].version == 17 and "ReduceMean" in {n.op_type for n in proto.graph.node}
+    x = torch.randn(3, 3, 32, 32)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-5)
