@@ -43,7 +43,7 @@ from segformer.engine.callbacks import AtomicCheckpointIO, EpochLines, PeriodicC
 from segformer.engine.module import SegFormerModule
 from segformer.engine.optim import OptimizerSettings
 from segformer.engine.timing import TIMING_NAME, StepTiming, step_timing_requested
-from segformer.errors import SegformerError
+from segformer.errors import CheckpointError, SegformerError
 from segformer.fileio import mlflow_artifact_root
 from segformer.heartbeat import is_terminal
 from segformer.model import build_segformer, check_input_size, load_pretrained_model
@@ -91,7 +91,9 @@ def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: boo
         datamodule.setup("fit")
         model = build_segformer(cfg.model, datamodule.num_classes)
         if train_cfg.pretrained_model_path and not resume:
-            load_pretrained_model(model, train_cfg.pretrained_model_path)
+            load_pretrained_model(model, train_cfg.pretrained_model_path, backbone=cfg.model.backbone.type)
+        if resume:  # Lightning's own refusal lists every tensor (30 KB)
+            _check_resume_fits(Path(resume), cfg, datamodule.num_classes)
         module = build_module(cfg, model, datamodule.class_names)
 
         status = StatusLog(results_dir / STATUS_NAME)
@@ -306,6 +308,20 @@ def write_error_message(exc: OSError, results_dir: Path) -> str:
     return f"cannot write the training results at {target} ({exc.strerror or exc}); {fix}"
 
 
+def _check_resume_fits(resume: Path, cfg: ExperimentConfig, num_classes: int) -> None:
+    """The checkpoint to resume is of the spec's model: its classes, backbone and decoder width."""
+    from segformer.model import load_model_weights
+    from segformer.model.checkpoints import check_checkpoint_fits
+
+    key = "train.resume_training_checkpoint_path"
+    try:
+        _, meta = load_model_weights(resume)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{key}: cannot read {resume}: {exc}") from exc
+    check_checkpoint_fits(resume, meta, backbone=cfg.model.backbone.type, num_classes=num_classes,
+                          embed_dim=int(cfg.model.decode_head.decoder_params.embed_dim), key=key)
+
+
 def _translate_failure(exc: BaseException, cfg: ExperimentConfig, results_dir: Path) -> SegformerError | None:
     """Known ways a run fails for reasons the user can fix -> one clear :class:`SegformerError`."""
     if isinstance(exc, SegformerError):
@@ -328,6 +344,12 @@ def _translate_failure(exc: BaseException, cfg: ExperimentConfig, results_dir: P
             f"experiment.yaml: model.backbone.freeze_backbone, the backbone and decoder must match), or start from "
             f"its weights with train.pretrained_model_path instead"
         )
+    if isinstance(exc, RuntimeError) and "Error(s) in loading state_dict" in str(exc) and cfg.train.resume_training_checkpoint_path:
+        # a checkpoint without our description (`_check_resume_fits`) that does not fit: Lightning lists every key
+        return SegformerError(
+            f"train.resume_training_checkpoint_path {cfg.train.resume_training_checkpoint_path} does not fit the "
+            f"model of the spec ({str(exc).strip().splitlines()[0][:200]}); resume with the spec of the run that wrote "
+            f"it (its experiment.yaml), or start from its weights with train.pretrained_model_path")
     # torch.save reports a full disk as a RuntimeError raised while handling the OSError: look
     # through the chain for the operating system's reason.
     cause: BaseException | None = exc

@@ -139,29 +139,14 @@ def load_torch_model_and_meta(model_cfg: ModelConfig, num_classes: int, checkpoi
     """`load_torch_model`, and the checkpoint's description of how it was trained (backbone,
     img_size, mean/std, palette; empty for a checkpoint without one)."""
     from segformer.model import build_segformer, load_into, load_model_weights
+    from segformer.model.checkpoints import check_checkpoint_fits
 
     try:
         state, meta = load_model_weights(checkpoint)
     except (OSError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"cannot read checkpoint {checkpoint}: {exc}") from exc
-    trained_classes = meta.get("num_classes")
-    if trained_classes is not None and int(trained_classes) != num_classes:
-        raise CheckpointError(
-            f"{checkpoint} was trained for {trained_classes} classes but dataset.segment.num_classes is "
-            f"{num_classes}; use the dataset spec the model was trained with"
-        )
-    trained_backbone = meta.get("backbone")
-    if trained_backbone and trained_backbone != model_cfg.backbone.type:
-        raise CheckpointError(
-            f"{checkpoint} holds a {trained_backbone!r} model but model.backbone.type is "
-            f"{model_cfg.backbone.type!r}; set model.backbone.type: {trained_backbone}"
-        )
-    trained_dim, spec_dim = meta.get("embed_dim"), int(model_cfg.decode_head.decoder_params.embed_dim)
-    if trained_dim is not None and int(trained_dim) != spec_dim:  # else a list of every decoder tensor's shape
-        raise CheckpointError(
-            f"{checkpoint} has a decoder of embed_dim {trained_dim} but model.decode_head.decoder_params.embed_dim is "
-            f"{spec_dim}; set model.decode_head.decoder_params.embed_dim: {trained_dim}"
-        )
+    check_checkpoint_fits(checkpoint, meta, backbone=model_cfg.backbone.type,
+                          embed_dim=int(model_cfg.decode_head.decoder_params.embed_dim), num_classes=num_classes)
     model = build_segformer(model_cfg, num_classes, load_pretrained=False)
     try:
         load_into(model, state, strict=True)

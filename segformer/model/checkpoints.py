@@ -247,12 +247,14 @@ def save_weights_copy(source: str | Path, target: str | Path) -> Path:
     return atomic_write(target, lambda handle: torch.save(kept, handle))
 
 
-def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], strict: bool = False) -> tuple[list[str], list[str]]:
+def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], strict: bool = False,
+              refuse: Callable[[int, int], None] | None = None) -> tuple[list[str], list[str]]:
     """Copy matching tensors into ``model``; report and return (missing, unexpected) keys.
 
     Linear weights load into 1x1 convolutions (and back). A tensor whose shape cannot match
     (e.g. a classifier trained for another number of classes) is skipped and counted as both
-    missing and unexpected, with both shapes in the report. ``strict=True`` raises instead.
+    missing and unexpected, with both shapes in the report. ``strict=True`` raises instead;
+    ``refuse(loaded, total)`` may raise before anything is loaded or reported.
     """
     own = model.state_dict()
     usable: dict[str, Tensor] = {}
@@ -271,6 +273,8 @@ def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], strict: bool =
         usable[key] = value
     missing = sorted(k for k in own if k not in usable)
     unexpected = sorted(k for k in state_dict if k not in own or k not in usable)
+    if refuse is not None:
+        refuse(len(usable), len(own))
     report = _report(len(usable), missing, unexpected, mismatched)
     if strict and (missing or unexpected):
         raise RuntimeError(f"checkpoint does not match the model exactly: {report}")
@@ -295,26 +299,71 @@ def _report(loaded: int, missing: list[str], unexpected: list[str], mismatched: 
     return "; ".join(parts)
 
 
-def load_pretrained_backbone(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
+def load_pretrained_backbone(model: nn.Module, path: str | Path, *,
+                             backbone: str | None = None) -> tuple[list[str], list[str]]:
     """``model.backbone.pretrained_backbone_path``: load encoder weights only, from any format.
 
     Head weights in the file are ignored; keys without a ``backbone.`` prefix are taken as
-    backbone keys. Reports the backbone keys the file did not provide.
+    backbone keys. Reports the backbone keys the file did not provide. A file of another model
+    (`check_foreign`; ``backbone`` is the spec's model.backbone.type) is refused.
     """
-    state, _ = load_model_weights(path)
+    state, meta = load_model_weights(path)
     backbone_state = {k.removeprefix("backbone."): v for k, v in state.items() if not k.startswith("decode_head.")}
     adapt = getattr(model.backbone, "adapt_state_dict", None)
     if adapt is not None:
         backbone_state = adapt(backbone_state)
-    return load_into(model.backbone, backbone_state)
+    key = "model.backbone.pretrained_backbone_path"
+    check_foreign(path, key, meta, backbone)
+    return load_into(model.backbone, backbone_state,
+                     refuse=lambda loaded, total: check_foreign(path, key, meta, backbone, (loaded, total)))
 
 
-def load_pretrained_model(model: nn.Module, path: str | Path, strict: bool = False) -> tuple[list[str], list[str]]:
-    """``train.pretrained_model_path`` (and evaluate/export checkpoints): load a whole model."""
-    state, _ = load_model_weights(path)
+def load_pretrained_model(model: nn.Module, path: str | Path, strict: bool = False, *,
+                          backbone: str | None = None) -> tuple[list[str], list[str]]:
+    """``train.pretrained_model_path`` (and evaluate/export checkpoints): load a whole model; a file of
+    another model is refused (`check_foreign`)."""
+    state, meta = load_model_weights(path)
     adapt = getattr(getattr(model, "backbone", None), "adapt_state_dict", None)
     if adapt is not None:
-        backbone = adapt({k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")})
+        backbone_state = adapt({k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")})
         state = {**{k: v for k, v in state.items() if not k.startswith("backbone.")},
-                 **{f"backbone.{k}": v for k, v in backbone.items()}}
-    return load_into(model, state, strict=strict)
+                 **{f"backbone.{k}": v for k, v in backbone_state.items()}}
+    key = "train.pretrained_model_path"
+    check_foreign(path, key, meta, backbone)
+    return load_into(model, state, strict=strict,
+                     refuse=lambda loaded, total: check_foreign(path, key, meta, backbone, (loaded, total)))
+
+
+def check_foreign(path: str | Path, key: str, meta: Mapping[str, Any], backbone: str | None,
+                  fitted: tuple[int, int] | None = None) -> None:
+    """Refuse weights of another model rather than train from (almost) scratch after a warning: a
+    checkpoint of ours that names another backbone than ``backbone``, or, ``fitted`` = (tensors
+    loaded, tensors of the model), one that fits fewer than a quarter of them (a FAN checkpoint
+    fitted 0 of MiT-B0's 176 backbone tensors, and training went on)."""
+    where = f"{key}: " if key else ""
+    trained = meta.get("backbone")
+    if backbone and trained and trained != backbone:
+        raise CheckpointError(f"{where}{path} holds a {trained!r} model but model.backbone.type is {backbone!r}; "
+                              f"set model.backbone.type: {trained}, or give weights of {backbone}")
+    if fitted is not None and fitted[0] * 4 < fitted[1]:
+        raise CheckpointError(
+            f"{where}{path} fits only {fitted[0]} of the model's {fitted[1]} tensors"
+            f"{f' ({backbone})' if backbone else ''}: it holds weights of another model; give weights of this "
+            f"backbone, or set model.backbone.type to the one the file was trained with")
+
+
+def check_checkpoint_fits(path: str | Path, meta: Mapping[str, Any], *, backbone: str, embed_dim: int,
+                          num_classes: int, key: str = "") -> None:
+    """A whole checkpoint's own description (``meta``; empty for a file without one) against the
+    spec's model, with the spec key to change: one line instead of a list of every tensor's shape."""
+    where = f"{key}: " if key else ""
+    classes = meta.get("num_classes")
+    if classes is not None and int(classes) != num_classes:
+        raise CheckpointError(f"{where}{path} was trained for {classes} classes but dataset.segment.num_classes is "
+                              f"{num_classes}; use the dataset spec the model was trained with")
+    check_foreign(path, key, meta, backbone)
+    dim = meta.get("embed_dim")
+    if dim is not None and int(dim) != int(embed_dim):
+        raise CheckpointError(f"{where}{path} has a decoder of embed_dim {dim} but "
+                              f"model.decode_head.decoder_params.embed_dim is {embed_dim}; set "
+                              f"model.decode_head.decoder_params.embed_dim: {dim}")

@@ -153,7 +153,7 @@ def build_segformer(model_cfg: ModelConfig, num_classes: int, *, load_pretrained
     if load_pretrained and path:
         from .checkpoints import load_pretrained_backbone
 
-        load_pretrained_backbone(model, path)
+        load_pretrained_backbone(model, path, backbone=backbone_cfg.type)
     if backbone_cfg.freeze_backbone:
         freeze_backbone(model)
     return model

@@ -233,6 +233,34 @@ def test_missing_backbone_weights(tiny_dataset, tmp_path, make_cfg, trained):
         train.run(cfg, quiet=True)
 
 
+def test_weights_of_another_model_are_refused_in_one_line(tiny_dataset, tmp_path, make_cfg, trained):
+    """Weights of another model went on with a warning ("0 tensors loaded; 176 missing") and trained from
+    scratch; a checkpoint of another model to resume ended in Lightning's 30 KB list of keys. Each is
+    one line naming the key and what to change, and nothing is written."""
+    from segformer.model import create_backbone
+
+    ckpt = trained[1].last_checkpoint  # mit_b0, 3 classes, a decoder of embed_dim 32
+    cases = [
+        ((f"train.resume_training_checkpoint_path={ckpt}", "model.decode_head.decoder_params.embed_dim=64"),
+         r"^train.resume_training_checkpoint_path: .* has a decoder of embed_dim 32 but .*embed_dim is 64; set "),
+        ((f"train.resume_training_checkpoint_path={ckpt}", "model.backbone.type=mit_b1"),
+         r"^train.resume_training_checkpoint_path: .* holds a 'mit_b0' model but model.backbone.type is 'mit_b1'"),
+        ((f"model.backbone.pretrained_backbone_path={ckpt}", "model.backbone.type=mit_b1"),
+         r"^model.backbone.pretrained_backbone_path: .* holds a 'mit_b0' model but model.backbone.type is 'mit_b1'"),
+        ((f"train.pretrained_model_path={ckpt}", "model.backbone.type=mit_b1"),
+         r"^train.pretrained_model_path: .* holds a 'mit_b0' model but model.backbone.type is 'mit_b1'"),
+    ]
+    torch.save(create_backbone("mit_b1").state_dict(), tmp_path / "b1.pth")  # no description: its shapes tell
+    cases.append(((f"model.backbone.pretrained_backbone_path={tmp_path / 'b1.pth'}",),
+                  r"^model.backbone.pretrained_backbone_path: .*b1.pth fits only \d+ of the model's \d+ tensors \(mit_b0\)"))
+    for i, (overrides, message) in enumerate(cases):
+        results = tmp_path / f"r{i}"
+        with pytest.raises(SegformerError, match=message) as refused:
+            train.run(make_cfg(tiny_dataset, results, *overrides), quiet=True)
+        assert "\n" not in str(refused.value) and len(str(refused.value)) < 400
+        assert not list(results.rglob("*.pth")) and not list(results.rglob("status.json"))
+
+
 def test_a_new_training_does_not_go_into_a_folder_that_holds_one(tiny_dataset, tmp_path, make_cfg):
     """Trained again into the same results_dir, a run from scratch left the first run's numbered
     checkpoints beside its own; matching the new status.json's epochs, one of them was taken as the
