@@ -238,7 +238,7 @@ class MlflowConfig:
 @dataclass
 class TrainConfig:
     num_gpus: int = field_(1, description="GPUs to train on (ignored on a CPU-only machine).", title="Number of GPUs", minimum=1, popular=True, automl=False)
-    gpu_ids: List[int] = field_([0], description="GPU ids; length must equal num_gpus.", title="GPU IDs", popular=True, automl=False)
+    gpu_ids: List[int] = field_([0], description="GPU ids. When their count differs from num_gpus, the larger of the two is used, numbered from 0 (as TAO's launcher does).", title="GPU IDs", popular=True, automl=False)
     num_nodes: int = field_(1, description="Nodes (multi-node when > 1).", title="Number of nodes", minimum=1, popular=True, automl=False)
     seed: int = field_(1234, description="Random seed; < 0 disables seeding.", title="Seed for randomization", minimum=-1, automl=False)
     cudnn: CudnnConfig = section(CudnnConfig, "cuDNN flags.")
@@ -262,7 +262,7 @@ class TrainConfig:
 @dataclass
 class EvaluateConfig:
     num_gpus: int = field_(1, description="GPUs to evaluate on.", title="Number of GPUs", minimum=1, popular=True, automl=False)
-    gpu_ids: List[int] = field_([0], description="GPU ids; length must equal num_gpus.", title="GPU IDs", popular=True, automl=False)
+    gpu_ids: List[int] = field_([0], description="GPU ids. When their count differs from num_gpus, the larger of the two is used, numbered from 0 (as TAO's launcher does).", title="GPU IDs", popular=True, automl=False)
     num_nodes: int = field_(1, description="Nodes.", title="Number of nodes", minimum=1, popular=True, automl=False)
     checkpoint: Optional[str] = field_(None, description="Model to evaluate: .pth (PyTorch) or .onnx (ONNX Runtime). Needed unless trt_engine is set.", title="Path to checkpoint file", placeholder="???", automl=False)
     trt_engine: Optional[str] = field_(None, description=f"TensorRT engine to evaluate instead of checkpoint. {_UNSET_PATH}", title="TensorRT Engine", automl=False)
@@ -276,7 +276,7 @@ class EvaluateConfig:
 @dataclass
 class InferenceConfig:
     num_gpus: int = field_(1, description="GPUs to run inference on.", title="Number of GPUs", minimum=1, popular=True, automl=False)
-    gpu_ids: List[int] = field_([0], description="GPU ids; length must equal num_gpus.", title="GPU IDs", popular=True, automl=False)
+    gpu_ids: List[int] = field_([0], description="GPU ids. When their count differs from num_gpus, the larger of the two is used, numbered from 0 (as TAO's launcher does).", title="GPU IDs", popular=True, automl=False)
     num_nodes: int = field_(1, description="Nodes.", title="Number of nodes", minimum=1, popular=True, automl=False)
     checkpoint: Optional[str] = field_(None, description="Model to run: .pth (PyTorch) or .onnx (ONNX Runtime). Needed unless trt_engine is set.", title="Path to checkpoint file", placeholder="???", automl=False)
     trt_engine: Optional[str] = field_(None, description=f"TensorRT engine to run instead of checkpoint. {_UNSET_PATH}", title="TensorRT Engine", automl=False)

@@ -441,14 +441,24 @@ def _omega_message(exc: Exception) -> str:
     return f"{key}: {text}" if key else text
 
 
-def _cross_field_problems(d: dict) -> list[str]:
-    """Rules that span fields (the schema checks single values)."""
-    problems = []
+def _reconcile_gpus(d: dict, warn: bool) -> None:
+    """num_gpus and gpu_ids that disagree are settled as TAO's launcher settles them (NVIDIA's skill
+    sets train.num_gpus alone): max(num_gpus, len(gpu_ids)) GPUs, numbered from 0 unless gpu_ids
+    lists that many; said in one warning."""
     for name in ("train", "evaluate", "inference"):
         sec = d.get(name) or {}
         ids, n = sec.get("gpu_ids"), sec.get("num_gpus")
-        if isinstance(ids, list) and isinstance(n, int) and len(ids) != n:
-            problems.append(f"{name}.gpu_ids must list num_gpus={n} ids, got {ids}")
+        if isinstance(ids, list) and isinstance(n, int) and not isinstance(n, bool) and n >= 1 and len(ids) != n:
+            count = max(n, len(ids))
+            sec["num_gpus"], sec["gpu_ids"] = count, ids if len(ids) == count else list(range(count))
+            if warn:  # once, where the config is built (not again where only its problems are listed)
+                warnings.warn(f"{name}.num_gpus={n} and {name}.gpu_ids={ids} disagree: using GPUs {sec['gpu_ids']} "
+                              f"({count} in all), as TAO's launcher does", ConfigWarning)
+
+
+def _cross_field_problems(d: dict) -> list[str]:
+    """Rules that span fields (the schema checks single values)."""
+    problems = []
     seg = (d.get("dataset") or {}).get("segment") or {}
     aug = seg.get("augmentation") or {}
     mean, std = aug.get("mean"), aug.get("std")
@@ -569,7 +579,7 @@ def _old_layout_problem(raw: Mapping[str, Any]) -> str | None:
             "Its keys map as:\n" + "\n".join(lines or ["    (none of the common keys found)"]))
 
 
-def _check(raw: dict, action: str | None) -> tuple[list[str], dict | None]:
+def _check(raw: dict, action: str | None, *, warn: bool = False) -> tuple[list[str], dict | None]:
     old_layout = _old_layout_problem(raw)
     if old_layout:
         return [old_layout], None
@@ -578,6 +588,7 @@ def _check(raw: dict, action: str | None) -> tuple[list[str], dict | None]:
         return problems, None
     problems = _number_problems(resolved) + schema_problems(resolved, _json_schema(action))
     if not problems:
+        _reconcile_gpus(resolved, warn)
         problems = _cross_field_problems(resolved)
     return problems, resolved
 
@@ -607,7 +618,7 @@ def _materialize(raw: dict, origin: str, problems: list[str], fetch: bool = True
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    more, resolved = _check(raw, None)
+    more, resolved = _check(raw, None, warn=True)
     problems = problems + more
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)

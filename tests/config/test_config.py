@@ -196,13 +196,26 @@ def test_action_results_dir():
     ("train.num_epochs=ten", r"train\.num_epochs must be an integer, got 'ten'"),
     ("model.backbone.type=mit_b9", r"model\.backbone\.type must be one of .*got 'mit_b9'; did you mean"),
     ("dataset.segment.label_transform=log", r"label_transform must be one of \['norm', 'None'\]"),
-    ("train.gpu_ids=[0,1]", r"train\.gpu_ids must list num_gpus=1 ids"),
     ("quantize.device=tpu", r"quantize\.device must match"),
     ("no_equals_sign", r"must look like key=value"),
 ])
 def test_error_messages(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("overrides, num_gpus, gpu_ids", [
+    (["train.num_gpus=2"], 2, [0, 1]),  # NVIDIA's skill sets num_gpus alone (gpu_spec_key: train.num_gpus)
+    (["train.gpu_ids=[0,1]"], 2, [0, 1]),
+    (["train.num_gpus=2", "train.gpu_ids=[3]"], 2, [0, 1]),
+    (["train.num_gpus=1", "train.gpu_ids=[2,3]"], 2, [2, 3]),
+])
+def test_num_gpus_and_gpu_ids_are_settled_as_tao_settles_them(overrides, num_gpus, gpu_ids):
+    """`train.num_gpus=2` alone was refused ("gpu_ids must list num_gpus=2 ids"); TAO's launcher takes
+    max(num_gpus, len(gpu_ids)) GPUs, numbered from 0 unless gpu_ids lists that many, and says so."""
+    with pytest.warns(ConfigWarning, match=r"train.num_gpus=\d and train.gpu_ids=\[.*\] disagree: using GPUs"):
+        cfg = load_config(None, overrides)
+    assert (cfg.train.num_gpus, cfg.train.gpu_ids) == (num_gpus, gpu_ids)
 
 
 def test_all_problems_reported_at_once(tmp_path):
