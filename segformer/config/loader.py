@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from segformer.actions import ACTIONS
+from segformer.text import count
 
 from .experiment import ExperimentConfig, QuantizeConfig, SpecSource
 from .fields import ConfigError, ConfigWarning, iter_fields
@@ -60,6 +61,7 @@ REQUIRED_BY_ACTION: dict[str, tuple[str | tuple[str, ...], ...]] = {
 
 _UNSET = ("", "???")
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+_INT = re.compile(r"[-+]?\d+")
 _INTERPOLATION = re.compile(r"\$\{([^}]*)\}")
 
 
@@ -267,6 +269,13 @@ def _unset(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip() in _UNSET)
 
 
+def _put_plain(data: dict, key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[last] = value
+
+
 def _select_plain(data: Mapping[str, Any], key: str) -> Any:
     node: Any = data
     for part in key.split("."):
@@ -332,7 +341,7 @@ def _with_overrides(raw: Mapping[str, Any], overrides: Sequence[str] | Mapping[s
 
 def _normalize(data: Any, cls: type) -> Any:
     """TAO's conventions to ours, by field type: "" / "???" -> None for optional strings,
-    label_transform "None" -> None, "1e-4" -> 1e-4 for floats, 2.0 -> 2 for integers, an empty section -> {}, an option in
+    label_transform "None" -> None, "1e-4" -> 1e-4 for floats, 2.0 and "2" -> 2 for integers, "true" -> True, an empty section -> {}, an option in
     another case -> the option (FP32 -> fp32), and a palette entry without mapping_class maps to itself. Unknown keys are left for validation to report."""
     if data is None:
         return {}
@@ -366,6 +375,10 @@ def _normalize(data: Any, cls: type) -> Any:
             out[f.name] = float(value)
         elif base is int and isinstance(value, float) and value.is_integer():
             out[f.name] = int(value)  # num_epochs=2.0 (a float written for a whole number) is 2
+        elif base is int and isinstance(value, str) and _INT.fullmatch(value.strip()):
+            out[f.name] = int(value)  # img_size: "64", which TAO (OmegaConf) reads as 64
+        elif base is bool and isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            out[f.name] = value.strip().lower() == "true"
         elif typing.get_origin(base) is list and isinstance(value, list):
             (item,) = typing.get_args(base)
             if dataclasses.is_dataclass(item):
@@ -373,7 +386,8 @@ def _normalize(data: Any, cls: type) -> Any:
             elif item is float:
                 out[f.name] = [float(v) if isinstance(v, str) and _FLOAT.match(v.strip()) else v for v in value]
             elif item is int:
-                out[f.name] = [int(v) if isinstance(v, float) and v.is_integer() else v for v in value]
+                out[f.name] = [int(v) if isinstance(v, float) and v.is_integer() or isinstance(v, str) and _INT.fullmatch(v.strip())
+                               else v for v in value]
     return out
 
 
@@ -416,6 +430,7 @@ def _resolve(raw: dict) -> tuple[dict | None, list[str]]:
         return None, [f"the spec cannot be read: {_omega_message(exc)}"]
     problems = []
     known = valid_keys()
+    unset: dict[str, list[str]] = {}  # a reference that is not set -> the keys that use it
     for key, text in _walk_strings(merged):
         for ref in _INTERPOLATION.findall(text):
             ref = ref.strip()
@@ -424,15 +439,22 @@ def _resolve(raw: dict) -> tuple[dict | None, list[str]]:
             if ref not in known:
                 problems.append(f"{key} = {text!r} refers to ${{{ref}}}: " + unknown_key_message(ref, known))
             elif _unset(_select_plain(merged, ref)):
-                problems.append(f"{key} = {text!r} refers to ${{{ref}}}, which is not set; set {ref} "
-                                f"(e.g. {ref}=/path) or write the path out")
+                unset.setdefault(ref, []).append(key)
     if problems:
         return None, problems
+    for ref, keys in unset.items():  # one line each (a template's results_dir is used by five keys)
+        shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+        problems.append(f"{ref} is not set, and {count(len(keys), 'key')} refer{'s' if len(keys) == 1 else ''} to it "
+                        f"({shown}); set {ref} (e.g. {ref}=/path) or write the paths out")
+        # a stand-in, so that the rest of the spec is still checked: every problem at once
+        _put_plain(merged, ref, f"<{ref}>")
+    if unset:
+        conf = OmegaConf.create(merged)
     try:
         resolved = OmegaConf.to_container(conf, resolve=True)
     except OmegaConfBaseException as exc:
-        return None, [f"interpolation failed: {_omega_message(exc)}"]
-    return _normalize(resolved, ExperimentConfig), []
+        return None, [*problems, f"interpolation failed: {_omega_message(exc)}"]
+    return _normalize(resolved, ExperimentConfig), problems
 
 
 def _omega_message(exc: Exception) -> str:
@@ -583,10 +605,10 @@ def _check(raw: dict, action: str | None, *, warn: bool = False) -> tuple[list[s
     old_layout = _old_layout_problem(raw)
     if old_layout:
         return [old_layout], None
-    resolved, problems = _resolve(raw)
+    resolved, unset = _resolve(raw)
     if resolved is None:
-        return problems, None
-    problems = _number_problems(resolved) + schema_problems(resolved, _json_schema(action))
+        return unset, None
+    problems = unset + _number_problems(resolved) + schema_problems(resolved, _json_schema(action))
     if not problems:
         _reconcile_gpus(resolved, warn)
         problems = _cross_field_problems(resolved)

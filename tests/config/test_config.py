@@ -159,11 +159,33 @@ def test_spec_source_is_not_a_spec_key():
 
 
 def test_interpolation_of_unset_key_is_an_error(tmp_path):
+    """One line for the unset key, however many refer to it, and the rest of the spec still checked:
+    five lines about results_dir hid a wrong type (validate listed only them)."""
     spec = tmp_path / "s.yaml"
-    spec.write_text("evaluate:\n  checkpoint: ${results_dir}/train/model.pth\n")
-    with pytest.raises(ConfigError, match=r"refers to \$\{results_dir\}, which is not set"):
+    spec.write_text("evaluate:\n  checkpoint: ${results_dir}/train/model.pth\ninference:\n  checkpoint: ${results_dir}/m.pth\n"
+                    "dataset:\n  segment:\n    batch_size: eight\n")
+    with pytest.raises(ConfigError) as refused:
         load_config(spec)
+    lines = str(refused.value).splitlines()
+    assert lines[0].endswith("(2 problems):"), lines
+    assert lines[1] == ("  - results_dir is not set, and 2 keys refer to it (evaluate.checkpoint, inference.checkpoint); set "
+                        "results_dir (e.g. results_dir=/path) or write the paths out")
+    assert "dataset.segment.batch_size must be an integer, got 'eight'" in lines[2]
+    spec.write_text("evaluate:\n  checkpoint: ${results_dir}/train/model.pth\n")
     assert load_config(spec, ["results_dir=/r"]).evaluate.checkpoint == "/r/train/model.pth"
+
+
+def test_quoted_numbers_and_booleans_read_as_tao_reads_them(tmp_path):
+    """TAO (OmegaConf) reads img_size: "64" as 64 and enable: "true" as True; they were refused here."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text('train:\n  num_epochs: "3"\n  optim:\n    lr: "1e-3"\ndataset:\n  segment:\n    img_size: "64"\n'
+                    '    augmentation:\n      random_flip:\n        enable: "false"\nevaluate:\n  gpu_ids: ["0"]\n')
+    cfg = load_config(spec)
+    assert (cfg.train.num_epochs, cfg.train.optim.lr, cfg.dataset.segment.img_size) == (3, 1e-3, 64)
+    assert cfg.dataset.segment.augmentation.random_flip.enable is False and cfg.evaluate.gpu_ids == [0]
+    spec.write_text('train:\n  num_epochs: "three"\n')
+    with pytest.raises(ConfigError, match=r"train.num_epochs must be an integer, got 'three'"):
+        load_config(spec)
 
 
 def test_round_trip(tmp_path):
