@@ -92,8 +92,9 @@ def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: boo
         model = build_segformer(cfg.model, datamodule.num_classes)
         if train_cfg.pretrained_model_path and not resume:
             load_pretrained_model(model, train_cfg.pretrained_model_path, backbone=cfg.model.backbone.type)
+        resumed_step = None
         if resume:  # Lightning's own refusal lists every tensor (30 KB)
-            _check_resume_fits(Path(resume), cfg, datamodule.num_classes)
+            resumed_step = _check_resume_fits(Path(resume), cfg, datamodule.num_classes)
         module = build_module(cfg, model, datamodule.class_names)
 
         status = StatusLog(results_dir / STATUS_NAME)
@@ -127,6 +128,13 @@ def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: boo
                 raise translated from exc
             raise
 
+    if resumed_step is not None and trainer.global_step == resumed_step:  # Lightning stopped at once, in silence
+        note = (f"nothing trained: {resume} has trained the {train_cfg.num_epochs} epochs train.num_epochs asks for "
+                f"already; raise train.num_epochs to train on from it")
+        if quiet:
+            log.warning(note)
+        else:
+            print(f"segformer train: {note}", file=sys.stderr, flush=True)
     history = tuple(status.history)
     validated = [r for r in history if r.get("val_miou") is not None]
     best = max(validated, key=lambda r: r["val_miou"], default=None)
@@ -308,18 +316,21 @@ def write_error_message(exc: OSError, results_dir: Path) -> str:
     return f"cannot write the training results at {target} ({exc.strerror or exc}); {fix}"
 
 
-def _check_resume_fits(resume: Path, cfg: ExperimentConfig, num_classes: int) -> None:
-    """The checkpoint to resume is of the spec's model: its classes, backbone and decoder width."""
-    from segformer.model import load_model_weights
-    from segformer.model.checkpoints import check_checkpoint_fits
+def _check_resume_fits(resume: Path, cfg: ExperimentConfig, num_classes: int) -> int | None:
+    """The checkpoint to resume is of the spec's model: its classes, backbone and decoder width.
+    Returns the optimizer steps it has trained (Lightning's global_step; None when not recorded)."""
+    from segformer.engine.module import META_KEY
+    from segformer.model.checkpoints import check_checkpoint_fits, read_state_file
 
     key = "train.resume_training_checkpoint_path"
     try:
-        _, meta = load_model_weights(resume)
+        raw = read_state_file(resume)
     except (OSError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{key}: cannot read {resume}: {exc}") from exc
-    check_checkpoint_fits(resume, meta, backbone=cfg.model.backbone.type, num_classes=num_classes,
-                          embed_dim=int(cfg.model.decode_head.decoder_params.embed_dim), key=key)
+    check_checkpoint_fits(resume, dict(raw.get(META_KEY) or {}), backbone=cfg.model.backbone.type,
+                          num_classes=num_classes, embed_dim=int(cfg.model.decode_head.decoder_params.embed_dim), key=key)
+    step = raw.get("global_step")
+    return int(step) if isinstance(step, int) else None
 
 
 def _translate_failure(exc: BaseException, cfg: ExperimentConfig, results_dir: Path) -> SegformerError | None:

@@ -261,6 +261,15 @@ def test_weights_of_another_model_are_refused_in_one_line(tiny_dataset, tmp_path
         assert not list(results.rglob("*.pth")) and not list(results.rglob("status.json"))
 
 
+def test_resuming_a_finished_training_says_that_nothing_was_trained(tiny_dataset, tmp_path, make_cfg, trained, capsys):
+    """Lightning stops at once, in silence, when the checkpoint has trained every epoch asked for."""
+    cfg = make_cfg(tiny_dataset, tmp_path, f"train.resume_training_checkpoint_path={trained[1].last_checkpoint}")
+    train.run(cfg)
+    err = capsys.readouterr().err
+    assert (f"segformer train: nothing trained: {trained[1].last_checkpoint} has trained the 2 epochs train.num_epochs "
+            "asks for already; raise train.num_epochs to train on from it") in err
+
+
 def test_a_new_training_does_not_go_into_a_folder_that_holds_one(tiny_dataset, tmp_path, make_cfg):
     """Trained again into the same results_dir, a run from scratch left the first run's numbered
     checkpoints beside its own; matching the new status.json's epochs, one of them was taken as the
