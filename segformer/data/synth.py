@@ -235,8 +235,8 @@ def generate(out_dir: str | Path, num_classes: int = 4, size: int = 64, train: i
         raise DataError(f"--num-classes must be in 2..{MAX_CLASSES} (background included), got {num_classes}")
     if epochs < 1:
         raise DataError(f"--epochs must be >= 1, got {epochs}")
-    if size < 16:
-        raise DataError(f"--size must be >= 16 pixels, got {size}")
+    if size < 32:  # the spec written with it trains at img_size = size, which must be >= 32 (the deepest stride)
+        raise DataError(f"--size must be >= 32 pixels (its spec's dataset.segment.img_size), got {size}")
     counts = {"train": train, "val": val, "test": test}
     for split, n in counts.items():
         if n < 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch import Tensor
@@ -40,6 +41,12 @@ def format_tables(scores: Scores, class_names: Sequence[str]) -> str:
 
 def save_confusion_matrix(matrix: Tensor | np.ndarray, class_names: Sequence[str], path: str | Path) -> Path:
     """Row-normalized confusion matrix (rows: ground truth, columns: prediction) as a PNG."""
+    figure = confusion_figure(matrix, class_names)
+    return atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=100))
+
+
+def confusion_figure(matrix: Tensor | np.ndarray, class_names: Sequence[str]) -> Any:
+    """The matplotlib Figure of `save_confusion_matrix`."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -50,7 +57,7 @@ def save_confusion_matrix(matrix: Tensor | np.ndarray, class_names: Sequence[str
     names = list(class_names) or [str(i) for i in range(k)]
     rows = counts.sum(axis=1, keepdims=True)
     normalized = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
-    side = min(2.0 + 0.6 * k, 24.0)
+    side = min(max(4.0, 2.0 + 0.6 * k), 24.0)  # 4 in at least: the title fits above two classes
     figure = Figure(figsize=(side, side))
     axes = figure.subplots()
     image = axes.imshow(normalized, vmin=0.0, vmax=1.0, cmap="Blues")
@@ -66,4 +73,4 @@ def save_confusion_matrix(matrix: Tensor | np.ndarray, class_names: Sequence[str
                 axes.text(j, i, f"{normalized[i, j]:.2f}", ha="center", va="center", fontsize=8,
                           color="white" if normalized[i, j] > 0.5 else "black")
     figure.tight_layout()
-    return atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=100))
+    return figure

@@ -136,3 +136,10 @@ def test_hard_set_has_thin_structures_a_rare_class_and_no_colour_cue(tmp_path):
 def test_synth_epochs_must_be_positive(tmp_path):
     with pytest.raises(DataError, match="--epochs must be >= 1"):
         generate(tmp_path / "x", epochs=0)
+
+
+def test_synth_size_is_one_its_spec_trains_at(tmp_path):
+    """--size 20 wrote a dataset whose spec (img_size 20) every action then refused (img_size >= 32)."""
+    with pytest.raises(DataError, match=r"--size must be >= 32 pixels \(its spec's dataset.segment.img_size\), got 20"):
+        generate(tmp_path / "x", size=20)
+    assert not (tmp_path / "x").exists()
