@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from segformer.config import ExperimentConfig, action_results_dir, require
-from segformer.errors import SegformerError
+from segformer.errors import MissingDependencyError, SegformerError
 from segformer.parents import resolve_parents
 
 log = logging.getLogger(__name__)
@@ -36,15 +36,28 @@ class GenTrtEngineResult:
     results_dir: Path
 
 
-def run(cfg: ExperimentConfig, *, quiet: bool = False) -> GenTrtEngineResult:
-    from segformer.deploy import trt as trt_build
-
-    trt = trt_build.import_tensorrt()  # first: without TensorRT, say so and nothing else
-    cfg = resolve_parents(cfg, "gen_trt_engine", quiet=quiet)  # a results folder as onnx_file: its ONNX model
-    options = cfg.gen_trt_engine
+def _onnx_file(cfg: ExperimentConfig, *, quiet: bool) -> tuple[ExperimentConfig, Path]:
+    """The spec with its parents resolved (a results folder as onnx_file: its ONNX model), and the model."""
+    cfg = resolve_parents(cfg, "gen_trt_engine", quiet=quiet)
     onnx_file = Path(require(cfg, "gen_trt_engine.onnx_file"))
     if not onnx_file.is_file():
         raise SegformerError(f"gen_trt_engine.onnx_file points to {onnx_file}, which does not exist")
+    return cfg, onnx_file
+
+
+def run(cfg: ExperimentConfig, *, quiet: bool = False) -> GenTrtEngineResult:
+    from segformer.deploy import trt as trt_build
+
+    try:
+        trt = trt_build.import_tensorrt()  # first: without TensorRT nothing can be built
+    except MissingDependencyError as exc:  # ... and the model to build from, if that is wrong too: both at once
+        try:
+            _onnx_file(cfg, quiet=True)
+        except SegformerError as also:
+            raise MissingDependencyError(f"{exc}; also, {also}") from None
+        raise
+    cfg, onnx_file = _onnx_file(cfg, quiet=quiet)
+    options = cfg.gen_trt_engine
     results_dir = action_results_dir(cfg, "gen_trt_engine")
     engine_file = Path(options.trt_engine) if options.trt_engine else results_dir / DEFAULT_ENGINE_NAME
     settings = options.tensorrt

@@ -129,6 +129,8 @@ def test_gen_trt_engine_without_tensorrt_says_what_to_install(make_deploy_cfg, t
         gen_trt_engine.run(cfg, quiet=True)
     message = str(info.value)
     assert "\n" not in message and "segformer-automl[tensorrt]" in message
+    # the model it would build from is missing too: said in the same line (it was found only after the install)
+    assert message.endswith(f"; also, gen_trt_engine.onnx_file points to {tmp_path / 'missing.onnx'}, which does not exist")
 
 
 @pytest.mark.gpu
