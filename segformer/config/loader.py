@@ -147,7 +147,9 @@ def load_config(path: str | Path | None, overrides: Sequence[str] | Mapping[str,
     origin = str(path) if path is not None else "<defaults>"
     raw = read_spec(path) if path is not None else {}
     raw, problems = _with_overrides(raw, overrides)
-    return _materialize(raw, origin, problems, fetch)
+    overridden = list(overrides) if isinstance(overrides, Mapping) else \
+        [str(t).partition("=")[0].strip() for t in ([overrides] if isinstance(overrides, str) else overrides)]
+    return _materialize(raw, origin, problems, fetch, overridden=overridden)
 
 
 def apply_overrides(cfg: ExperimentConfig, overrides: Sequence[str] | Mapping[str, Any], *,
@@ -316,7 +318,7 @@ def _with_overrides(raw: Mapping[str, Any], overrides: Sequence[str] | Mapping[s
     sections = {k.rsplit(".", 1)[0] for k in known if "." in k}
     for key, value in items:
         if key not in known:
-            problems.append(unknown_key_message(key, known))
+            problems.append(f"override {key}=...: " + unknown_key_message(key, known))
             continue
         if key in sections and not isinstance(value, dict):
             # `train=null` or `train.optim=` would reset every key of the section to its default.
@@ -636,11 +638,14 @@ def _number_problems(data: Any, prefix: str = "") -> list[str]:
     return problems
 
 
-def _materialize(raw: dict, origin: str, problems: list[str], fetch: bool = True) -> ExperimentConfig:
+def _materialize(raw: dict, origin: str, problems: list[str], fetch: bool = True,
+                 overridden: Sequence[str] = ()) -> ExperimentConfig:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     more, resolved = _check(raw, None, warn=True)
+    # a value given as key=value is said to be one: the spec file does not hold it
+    more = [f"{p} (given as an override)" if any(p.startswith(k + " ") for k in overridden) else p for p in more]
     problems = problems + more
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)

@@ -240,6 +240,19 @@ def test_num_gpus_and_gpu_ids_are_settled_as_tao_settles_them(overrides, num_gpu
     assert (cfg.train.num_gpus, cfg.train.gpu_ids) == (num_gpus, gpu_ids)
 
 
+def test_a_problem_of_an_override_is_said_to_be_one(tmp_path):
+    """"invalid spec spec.yaml: unknown key 'train.optim.learning_rate'" sent the user to a file that does
+    not hold it: the key came from the command line."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text("train:\n  num_epochs: -1\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(spec, ["train.optim.learning_rate=1e-3", "train.optim.lr=5"])
+    lines = str(refused.value).splitlines()[1:]
+    assert lines[0].startswith("  - override train.optim.learning_rate=...: unknown key 'train.optim.learning_rate'")
+    assert "  - train.optim.lr must be in (0, 1], got 5 (given as an override)" in lines
+    assert any(line.startswith("  - train.num_epochs must be") and "override" not in line for line in lines), lines
+
+
 def test_all_problems_reported_at_once(tmp_path):
     spec = tmp_path / "bad.yaml"
     spec.write_text("train:\n  optim:\n    lr: 5\n  num_epochs: -1\n  bogus: 1\nmodel:\n  backbone:\n    type: mitb2\n")
