@@ -396,12 +396,30 @@ def _remove_created(paths: Sequence[Path]) -> None:
                 path.unlink(missing_ok=True)
 
 
+class _LightningTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+@contextlib.contextmanager
+def _filtered(logger: logging.Logger, kept: logging.Filter) -> Iterator[None]:
+    logger.addFilter(kept)
+    try:
+        yield
+    finally:
+        logger.removeFilter(kept)
+
+
 @contextlib.contextmanager
 def _quiet_lightning(quiet: bool) -> Iterator[None]:
-    """AutoML trials: no banners ("GPU available ...") and no per-trial data-loader hints."""
-    with warnings.catch_warnings():
+    """Never Lightning's advertisement for its cloud logger, nor a deprecation inside Lightning that the
+    user can do nothing about; AutoML trials: no banners ("GPU available ...") and no per-trial
+    data-loader hints either."""
+    tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    with warnings.catch_warnings(), _filtered(tips, _LightningTip()):
         warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
         if not quiet:
             yield
             return

@@ -270,6 +270,21 @@ def test_resuming_a_finished_training_says_that_nothing_was_trained(tiny_dataset
             "asks for already; raise train.num_epochs to train on from it") in err
 
 
+def test_no_lightning_advertisement_or_internal_deprecation(tiny_dataset, tmp_path):
+    """Every `segformer train` printed Lightning's tip to install its cloud logger and a deprecation
+    inside Lightning (`isinstance(treespec, LeafSpec)`) that the user can do nothing about."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "segformer.cli", "train", "-e", str(tiny_dataset / "spec.yaml"),
+                          f"results_dir={tmp_path}", f"dataset.segment.root_dir={tiny_dataset}", "train.num_epochs=1",
+                          "model.decode_head.decoder_params.embed_dim=32", "dataset.segment.workers=0"],
+                         capture_output=True, text=True, timeout=300)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0 and "Epoch 0/0" in text, text[-2000:]  # the run's own lines are there
+    assert "litlogger" not in text and "LeafSpec" not in text, text[-2000:]
+
+
 def test_a_new_training_does_not_go_into_a_folder_that_holds_one(tiny_dataset, tmp_path, make_cfg):
     """Trained again into the same results_dir, a run from scratch left the first run's numbered
     checkpoints beside its own; matching the new status.json's epochs, one of them was taken as the
