@@ -23,7 +23,7 @@ import traceback
 from typing import Callable, Sequence
 
 from segformer import __version__
-from segformer.actions import ACTIONS  # action name -> one-line help; run(cfg) in segformer.actions.<name>
+from segformer.actions import ACTIONS, USAGE  # action name -> one-line help; run(cfg) in segformer.actions.<name>
 
 # tool command -> (module:function taking argv and returning an exit code, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -74,19 +74,37 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_spec_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> argparse.ArgumentParser:
+def add_spec_arguments(parser: argparse.ArgumentParser, *, required: bool = True,
+                       example: str = "train.optim.lr=3e-4 dataset.segment.batch_size=4") -> argparse.ArgumentParser:
     """``-e spec.yaml`` and the ``key=value`` overrides (``args.spec``, ``args.overrides``): every
     command that takes a spec takes them the same way, and hands both to ``load_config``."""
-    parser.add_argument("-e", "--experiment_spec_file", "--experiment-spec-file", "--experiment-spec", dest="spec",
-                        required=required, help="the experiment spec YAML (TAO format)")
+    parser.add_argument("-e", "--experiment_spec_file", "--experiment-spec-file", "--experiment_spec", "--experiment-spec",
+                        dest="spec", required=required, help="the experiment spec YAML (TAO format)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides of the spec, e.g. train.optim.lr=3e-4 dataset.segment.batch_size=4")
+                        help=f"dotted overrides of the spec, e.g. {example}")
     return parser
 
 
 def action_parser(action: str) -> argparse.ArgumentParser:
-    """The parser shared by every action: a spec file and dotted overrides, as TAO takes them."""
-    return add_spec_arguments(argparse.ArgumentParser(prog=f"segformer {action}", description=ACTIONS[action]))
+    """The parser shared by every action: a spec file and dotted overrides, as TAO takes them; the
+    epilog says what the action needs and writes, with an example (`segformer.actions.USAGE`)."""
+    needs, writes, example = USAGE[action]
+    epilog = (f"needs:   {needs}\nwrites:  {writes}\nexample: {example}\n\n"
+              "A results folder works wherever a model file is asked for. `segformer validate --action "
+              f"{action} -e spec.yaml` checks a spec without running it.")
+    parser = argparse.ArgumentParser(prog=f"segformer {action}", description=ACTIONS[action], epilog=epilog,
+                                     formatter_class=_WrappedEpilog)
+    return add_spec_arguments(parser, example=example.split(" ", 4)[-1])
+
+
+class _WrappedEpilog(argparse.HelpFormatter):
+    """Help text wrapped as usual, and the epilog's lines each wrapped on their own (not run together)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        return "\n".join(textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent + " " * (
+            9 if line.startswith(("needs:", "writes:", "example:")) else 0)) if line else "" for line in text.splitlines())
 
 
 def run_action(action: str, argv: Sequence[str]) -> int:
@@ -123,8 +141,11 @@ def _resolve(target: str) -> Callable[[list[str]], int]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _top_parser()
-    if not argv or argv[0] in ("-h", "--help", "--version"):
-        parser.parse_args(argv or ["--help"])
+    if not argv:  # no command: the help, and the exit status of a usage error (a script that forgot the action fails)
+        parser.print_help(sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "--version"):
+        parser.parse_args(argv)
         return 0
     command, rest = argv[0], argv[1:]
     if command not in ACTIONS and command not in COMMANDS:

@@ -43,6 +43,22 @@ def test_every_action_has_a_parser_with_spec_and_overrides() -> None:
         assert args.overrides == ["a.b=1", "c=[1,2]"]
 
 
+def test_each_action_says_what_it_needs_writes_and_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every action's --help was the same generic text (export's example: train.optim.lr=3e-4): now the
+    keys it needs, where its output goes, and an example of its own, with overrides of its section."""
+    for action in cli.ACTIONS:
+        with pytest.raises(SystemExit):
+            cli.action_parser(action).parse_args(["--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "needs: " in text and "writes: " in text and f"example: segformer {action} -e spec.yaml" in text, text
+        assert f"e.g. results_dir=/r {action}." in text or f"e.g. results_dir=/r train." in text, text
+    # validate takes the spec file under TAO's option name too
+    assert cli.main(["validate", "--experiment_spec_file", "missing.yaml"]) == 1
+    assert "missing.yaml" in capsys.readouterr().err
+    # no command at all: the help, and the exit status of a usage error
+    assert cli.main([]) == 2 and "actions (segformer <action>" in capsys.readouterr().err
+
+
 def test_unknown_command_lists_the_valid_ones(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(["trian"])

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from segformer.actions import ACTIONS
+from segformer.cli import add_spec_arguments
 
 from .fields import ConfigError, ConfigWarning
 from .loader import load_config, read_spec, spec_problems
@@ -29,12 +30,10 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="segformer validate", description=__doc__.splitlines()[0])
-    parser.add_argument("-e", "--experiment_spec", "--experiment-spec", dest="spec", required=True,
-                        help="spec YAML file")
     parser.add_argument("--action", choices=list(ACTIONS), default=None,
                         help="also check the values this action needs (e.g. evaluate.checkpoint)")
     parser.add_argument("--no-data", action="store_true", help="do not read the dataset's files (the spec only)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, as for actions")
+    add_spec_arguments(parser)  # -e as the actions take it (TAO's --experiment_spec_file too)
     args = parser.parse_args(argv)
 
     try:
