@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
@@ -174,6 +175,7 @@ class StatusLog(L.Callback):
             "lr": lr,
             "seconds": round(time.monotonic() - self._epoch_start, 3),
         }
+        record.update(_tao_status(record, trainer.max_epochs))
         self.history.append(record)
         if trainer.is_global_zero:
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
@@ -183,6 +185,28 @@ class StatusLog(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [dict(r) for r in state_dict.get("history", [])]
+
+
+def _tao_status(record: dict[str, Any], max_epochs: int | None) -> dict[str, Any]:
+    """The fields TAO's status logger writes on each epoch's line (its status.json, which TAO's tools
+    read: kpi.val_miou, status, message), beside ours; TAO's max_epoch is the last epoch's index."""
+    now = datetime.datetime.now()
+    last = max_epochs - 1 if max_epochs and max_epochs > 0 else None
+    seconds = float(record["seconds"])
+    scores = {k: record[k] for k in ("val_miou", "val_macc", "val_aacc", "val_loss") if record.get(k) is not None}
+    return {
+        "date": f"{now.month}/{now.day}/{now.year}",
+        "time": now.strftime("%H:%M:%S"),
+        "status": "RUNNING",
+        "verbosity": "INFO",
+        "message": "Training loop in progress",
+        "max_epoch": last,
+        "time_per_epoch": str(datetime.timedelta(seconds=seconds)),
+        "eta": str(datetime.timedelta(seconds=seconds * (last - record["epoch"]))) if last is not None else None,
+        "kpi": scores,
+        "graphical": {**({"train_loss": record["train_loss"]} if record.get("train_loss") is not None else {}), **scores,
+                      **({"lr": record["lr"]} if record.get("lr") is not None else {})},
+    }
 
 
 class EpochLines(L.Callback):

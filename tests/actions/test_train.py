@@ -31,6 +31,11 @@ def test_results_layout_and_status(trained):
     for record in lines:
         assert {"epoch", "val_miou", "val_loss", "train_loss", "lr", "seconds", "val_macc"} <= set(record)
         assert 0.0 <= record["val_miou"] <= 1.0
+        # TAO's status logger's fields too, which TAO's tools read (kpi, status, message; max_epoch: the last index)
+        assert record["kpi"]["val_miou"] == record["val_miou"] and record["graphical"]["train_loss"] == record["train_loss"]
+        assert (record["status"], record["verbosity"], record["message"]) == ("RUNNING", "INFO", "Training loop in progress")
+        assert record["max_epoch"] == 1 and record["date"].count("/") == 2 and record["time"].count(":") == 2
+    assert lines[-1]["eta"] == "0:00:00"
     assert result.history == tuple(lines)
     assert result.best_miou == max(r["val_miou"] for r in lines)
     assert result.last_checkpoint == out / LATEST_NAME
