@@ -138,6 +138,11 @@ def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: boo
     history = tuple(status.history)
     validated = [r for r in history if r.get("val_miou") is not None]
     best = max(validated, key=lambda r: r["val_miou"], default=None)
+    if not quiet:  # where the results went (Lightning's last line is only "max_epochs reached")
+        numbered = len(list(results_dir.glob("model_epoch_*.pth")))
+        score = f"; best val_miou {best['val_miou']:.4f} at epoch {best['epoch']}" if best is not None else ""
+        print(f"segformer train: wrote {results_dir}: {checkpoints.latest_path.name}, {numbered} numbered "
+              f"checkpoint{'s' if numbered != 1 else ''}, {STATUS_NAME}, {SPEC_NAME}{score}", flush=True)
     return TrainResult(
         best_miou=None if best is None else float(best["val_miou"]),
         best_epoch=None if best is None else int(best["epoch"]),

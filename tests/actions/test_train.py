@@ -287,6 +287,10 @@ def test_no_lightning_advertisement_or_internal_deprecation(tiny_dataset, tmp_pa
                          capture_output=True, text=True, timeout=300)
     text = out.stdout + out.stderr
     assert out.returncode == 0 and "Epoch 0/0" in text, text[-2000:]  # the run's own lines are there
+    import re  # and where the results went
+
+    assert re.search(rf"segformer train: wrote {re.escape(str(tmp_path / 'train'))}: segformer_model_latest.pth, \d+ "
+                     r"numbered checkpoints?, status.json, experiment.yaml; best val_miou 0\.\d{4} at epoch 0", text), text[-2000:]
     assert "litlogger" not in text and "LeafSpec" not in text, text[-2000:]
 
 
