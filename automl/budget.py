@@ -65,7 +65,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
@@ -330,9 +330,13 @@ class DistinctSearcher(Searcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         config = self._fresh(trial_id)
         if isinstance(config, dict):
-            self.trained[_same(config)] = trial_id
-            self.running.add(trial_id)
+            self._took(trial_id, config)
         return config
+
+    def _took(self, trial_id: str, config: Mapping[str, Any]) -> None:
+        """`config`, proposed by the inner searcher, is trained by Ray's trial `trial_id`."""
+        self.trained[_same(config)] = trial_id
+        self.running.add(trial_id)
 
     def _fresh(self, trial_id: str) -> dict[str, Any] | str | None:
         """The inner searcher's next configuration that no trial has trained yet (None: wait).
@@ -384,7 +388,9 @@ class DistinctSearcher(Searcher):
         return copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "searcher"})
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        # Ray restores a searcher through set_state, whatever its pickle held: a state saved before an
+        # attribute existed gets its empty value
+        self.__dict__.update({"trained": {}, "results": {}, "inner_ids": {}, "running": set(), **state})
 
 
 class BudgetSearcher(DistinctSearcher):
@@ -440,8 +446,7 @@ class BudgetSearcher(DistinctSearcher):
                 self.searching = False
             elif config is not None:
                 self.own.add(trial_id)
-                self.running.add(trial_id)
-                self.trained[_same(config)] = trial_id
+                self._took(trial_id, config)
                 if self.baseline is not None and self.baseline_id is None and config == self.baseline:
                     config, self.baseline_id = {**config, FULL: True, BASELINE: True}, trial_id
                 return config
@@ -506,7 +511,7 @@ class BudgetSearcher(DistinctSearcher):
         # already, is never proposed again: `_fresh`).
         # Saved before max_concurrent and rechecking: no limit known, none running (Ray restores a searcher
         # through set_state, whatever its pickle held).
-        self.__dict__.update({"baseline_id": None, "max_concurrent": None, "rechecking": set(), **state})
+        super().set_state({"baseline_id": None, "max_concurrent": None, "rechecking": set(), **state})
         self.__dict__.pop("flagged", None)
 
 

@@ -202,6 +202,8 @@ class LedgerCallback(_Bound, Callback):
             record.config_changes.append({"epoch": epoch, "params": params})
             record.params = params
         record.status, record.error, record.paused = RUNNING, None, False
+        # (Re)started: running, and on a node its first result names (a resumed search's is a new Ray node)
+        record.ended_at = record.node_ip = record.node_id = None
         record.run_started_at = time.time()
         record.started_at = record.started_at or record.run_started_at
         self.live.state.save_trial(record)

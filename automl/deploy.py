@@ -133,6 +133,12 @@ def check_pretrained(s: SearchConfig, spec_values: Mapping[str, Any]) -> None:
         return
     _, own = _lookup(spec_values, "model.backbone.type")
     _, own_path = _lookup(spec_values, "model.backbone.pretrained_backbone_path")
+    _, whole = _lookup(spec_values, "train.pretrained_model_path")
+    others = [b for b in backbones if b != own]
+    if whole and others:  # a whole model of the spec's backbone: every other backbone's trial would refuse it
+        raise SearchError(f"the spec starts every trial from train.pretrained_model_path {whole}, a whole {own} model, "
+                          f"which cannot start {', '.join(others)}: clear train.pretrained_model_path (each backbone "
+                          f"then starts from --pretrained BACKBONE=PATH, or from scratch), or search {own} only")
     missing = [b for b in backbones if b not in s.pretrained_backbones and b != own]
     if missing and own_path:
         raise SearchError(f"the spec starts {own} from {own_path}, and the search would start {', '.join(missing)} from "

@@ -35,7 +35,9 @@ def run_plain(opts: SearchOptions, skill_name: str, *, echo: Echo = print) -> Se
         raise
     metric = opts.search.metric
     for record in result.history:
-        tracker.log_metrics(run_id, {k: v for k, v in record.items() if k != "epoch"}, step=int(record.get("epoch", 0)))
+        # not TAO's fields of the same line (max_epoch is a number, but no metric; the others are text and dicts)
+        tracker.log_metrics(run_id, {k: v for k, v in record.items() if k not in ("epoch", "max_epoch")},
+                            step=int(record.get("epoch", 0)))
     tracker.log_metrics(run_id, {f"best_{metric}": float(result.best_miou)}, step=int(result.best_epoch))
     tracker.end_run(run_id, FINISHED)
     last = next((r.get("val_miou") for r in reversed(result.history) if r.get("val_miou") is not None), None)

@@ -112,8 +112,9 @@ class RaySession:
         import ray
 
         nodes = [float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
-        self.cpus_per_trial = plan_resources(self.opts.resources, cpus=float(ray.cluster_resources().get("CPU", 0)),
-                                             largest_cpus=max(nodes, default=1.0), gpus=self.gpus_per_trial,
+        cluster = ray.cluster_resources()
+        self.cpus_per_trial = plan_resources(self.opts.resources, cpus=float(cluster.get("CPU", 0)),
+                                             largest_cpus=max(nodes, default=1.0), gpus=float(cluster.get("GPU", 0)),
                                              trainings=trainings)[0]
         return self.cpus_per_trial
 
@@ -153,6 +154,16 @@ def fitting_slots(max_concurrent: int | None, pools: Any) -> int:
         if per_trial and available:
             fits.append(int(available / per_trial + 1e-9))
     return max(1, min(fits, default=1))
+
+
+def local_cpus() -> int:
+    """The CPUs a local Ray would count here (its own count: cgroup quotas too), else this process's."""
+    try:
+        from ray._private.utils import get_num_cpus
+
+        return int(get_num_cpus())
+    except Exception:  # noqa: BLE001 - Ray's helper is not public API
+        return len(os.sched_getaffinity(0))
 
 
 def local_gpus() -> int | None:

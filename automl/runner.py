@@ -375,7 +375,9 @@ def _print_plan(opts: SearchOptions, space: Any, baseline: dict[str, Any] | None
     s, r = opts.search, opts.resources
     affordable = budget.configurations(s.reduction_factor) if budget is not None else s.max_trials
     shown = 3 if affordable is None else max(0, min(3, affordable - (baseline is not None)))
-    cpus = r.num_cpus or len(os.sched_getaffinity(0))
+    from automl.ray_session import local_cpus
+
+    cpus = r.num_cpus or local_cpus()
     if r.address is None and r.cpus_per_trial is not None and r.cpus_per_trial > cpus:  # the run would refuse it
         from automl.ray_session import unfit
 
@@ -389,13 +391,13 @@ def _print_plan(opts: SearchOptions, space: Any, baseline: dict[str, Any] | None
 def _local_resources(opts: SearchOptions, budget: Any) -> SearchOptions:
     """For --dry-run on a local Ray: the slots and CPUs/GPUs per trial the run will settle on here
     (`automl.ray_session.plan_resources`), not "auto"; a cluster (--address) is not asked."""
-    from automl.ray_session import local_gpus, plan_resources
+    from automl.ray_session import local_cpus, local_gpus, plan_resources
 
     r = opts.resources
     gpus = local_gpus()
-    if r.address is not None or gpus is None:
+    if r.address is not None or os.environ.get("RAY_ADDRESS") or gpus is None:  # the run would join a cluster
         return opts
-    cpus = float(r.num_cpus or len(os.sched_getaffinity(0)))
+    cpus = float(r.num_cpus or local_cpus())
     trainings = budget.search // max(1, budget.first_rung) if budget is not None else None
     cpus_per_trial, gpus_per_trial, slots = plan_resources(r, cpus=cpus, largest_cpus=cpus, gpus=float(gpus),
                                                            trainings=trainings)

@@ -89,7 +89,7 @@ def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: boo
         datamodule = build_datamodule(cfg.dataset.segment, seed=max(train_cfg.seed, 0),
                                       shard_train=not train_cfg.use_distributed_sampler)
         datamodule.setup("fit")
-        model = build_segformer(cfg.model, datamodule.num_classes)
+        model = build_segformer(cfg.model, datamodule.num_classes, load_pretrained=not resume)  # resumed: its weights
         if train_cfg.pretrained_model_path and not resume:
             load_pretrained_model(model, train_cfg.pretrained_model_path, backbone=cfg.model.backbone.type)
         resumed_step = None
@@ -128,17 +128,18 @@ def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: boo
                 raise translated from exc
             raise
 
-    if resumed_step is not None and trainer.global_step == resumed_step:  # Lightning stopped at once, in silence
+    history = tuple(status.history)
+    validated = [r for r in history if r.get("val_miou") is not None]
+    best = max(validated, key=lambda r: r["val_miou"], default=None)
+    nothing = resumed_step is not None and trainer.global_step == resumed_step  # Lightning stopped at once, in silence
+    if nothing and trainer.is_global_zero:
         note = (f"nothing trained: {resume} has trained the {train_cfg.num_epochs} epochs train.num_epochs asks for "
                 f"already; raise train.num_epochs to train on from it")
         if quiet:
             log.warning(note)
         else:
             print(f"segformer train: {note}", file=sys.stderr, flush=True)
-    history = tuple(status.history)
-    validated = [r for r in history if r.get("val_miou") is not None]
-    best = max(validated, key=lambda r: r["val_miou"], default=None)
-    if not quiet:  # where the results went (Lightning's last line is only "max_epochs reached")
+    elif not quiet and trainer.is_global_zero:  # where the results went (Lightning's last line: "max_epochs reached")
         numbered = len(list(results_dir.glob("model_epoch_*.pth")))
         score = f"; best val_miou {best['val_miou']:.4f} at epoch {best['epoch']}" if best is not None else ""
         print(f"segformer train: wrote {results_dir}: {checkpoints.latest_path.name}, {numbered} numbered "
@@ -259,13 +260,9 @@ def resolve_devices(num_gpus: int, gpu_ids: Sequence[int] | None, num_nodes: int
         log.warning("no CUDA GPU found: training on the CPU (slow); train.num_gpus=%s, gpu_ids=%s and "
                     "num_nodes=%s are ignored", num_gpus, list(gpu_ids or []), num_nodes)
         return "cpu", 1, 1
-    ids = [int(i) for i in (gpu_ids or [])] or [0]
-    if num_gpus > len(ids):
-        if ids != [0]:
-            raise SegformerError(f"train.num_gpus is {num_gpus} but train.gpu_ids lists {len(ids)} GPU(s) {ids}; "
-                                 "give one id per GPU or leave gpu_ids at [0]")
-        ids = list(range(num_gpus))
-    ids = ids[:num_gpus]
+    from segformer.config.loader import settle_gpus
+
+    _, ids = settle_gpus(num_gpus, list(gpu_ids or [0]))  # as the spec loader settles them (TAO's rule)
     available = torch.cuda.device_count()
     unknown = [i for i in ids if i >= available]
     if unknown:

@@ -81,7 +81,7 @@ class WandbConfig:
 @dataclass
 class BackboneConfig:
     type: str = field_("fan_small_12_p4_hybrid", description="Backbone architecture (TAO's default fan_small_12_p4_hybrid).", title="Backbone architectures", options=BACKBONES, automl=False)
-    pretrained_backbone_path: Optional[str] = field_(None, description=f"Path to pretrained backbone weights (HF, NVlabs, timm or TAO). {_UNSET_PATH}", automl=False)
+    pretrained_backbone_path: Optional[str] = field_(None, description=f"Path to pretrained backbone weights: HF, NVlabs or timm files, or this tool's own (`segformer convert` writes them); a file of another backbone, or in a layout not read here, is refused. {_UNSET_PATH}", automl=False)
     freeze_backbone: bool = field_(False, description="Freeze the backbone and train only the decode head.", automl=True)
     feat_downsample: bool = field_(False, description="FAN hybrid backbones only: add a stride-2 3x3 conv on the last level so the features have strides (4, 8, 16, 32) instead of (4, 8, 16, 16) (TAO: 'Feature downsample for fan base backbone'). Other backbones warn that it has no effect.", title="Feature downsample", automl=False)
 

@@ -63,6 +63,7 @@ _UNSET = ("", "???")
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 _INT = re.compile(r"[-+]?\d+")
 _INTERPOLATION = re.compile(r"\$\{([^}]*)\}")
+_STANDIN = re.compile(r"'[^']*<[\w.]+>[^']*'")  # a value holding the stand-in of an unset ${ref}
 
 
 # ------------------------------------------------------------------------------------------ public
@@ -446,8 +447,10 @@ def _resolve(raw: dict) -> tuple[dict | None, list[str]]:
         return None, problems
     for ref, keys in unset.items():  # one line each (a template's results_dir is used by five keys)
         shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+        pathlike = ref.endswith(("dir", "path", "file", "checkpoint"))
         problems.append(f"{ref} is not set, and {count(len(keys), 'key')} refer{'s' if len(keys) == 1 else ''} to it "
-                        f"({shown}); set {ref} (e.g. {ref}=/path) or write the paths out")
+                        f"({shown}); set {ref} ({ref}={'/path' if pathlike else '...'}) or write "
+                        f"{'the paths' if pathlike else 'the values'} out")
         # a stand-in, so that the rest of the spec is still checked: every problem at once
         _put_plain(merged, ref, f"<{ref}>")
     if unset:
@@ -473,11 +476,16 @@ def _reconcile_gpus(d: dict, warn: bool) -> None:
         sec = d.get(name) or {}
         ids, n = sec.get("gpu_ids"), sec.get("num_gpus")
         if isinstance(ids, list) and isinstance(n, int) and not isinstance(n, bool) and n >= 1 and len(ids) != n:
-            count = max(n, len(ids))
-            sec["num_gpus"], sec["gpu_ids"] = count, ids if len(ids) == count else list(range(count))
+            sec["num_gpus"], sec["gpu_ids"] = settle_gpus(n, ids)
             if warn:  # once, where the config is built (not again where only its problems are listed)
                 warnings.warn(f"{name}.num_gpus={n} and {name}.gpu_ids={ids} disagree: using GPUs {sec['gpu_ids']} "
-                              f"({count} in all), as TAO's launcher does", ConfigWarning)
+                              f"({sec['num_gpus']} in all), as TAO's launcher does", ConfigWarning)
+
+
+def settle_gpus(num_gpus: int, gpu_ids: Sequence[int]) -> tuple[int, list[int]]:
+    """TAO's launcher's rule: max(num_gpus, len(gpu_ids)) GPUs, numbered from 0 unless gpu_ids lists that many."""
+    count = max(int(num_gpus), len(gpu_ids))
+    return count, [int(i) for i in gpu_ids] if len(gpu_ids) == count else list(range(count))
 
 
 def _cross_field_problems(d: dict) -> list[str]:
@@ -610,7 +618,9 @@ def _check(raw: dict, action: str | None, *, warn: bool = False) -> tuple[list[s
     resolved, unset = _resolve(raw)
     if resolved is None:
         return unset, None
-    problems = unset + _number_problems(resolved) + schema_problems(resolved, _json_schema(action))
+    # a value that is only a stand-in for an unset reference (`_resolve`) is said once, in `unset`
+    schema = [p for p in schema_problems(resolved, _json_schema(action)) if not _STANDIN.search(p)]
+    problems = unset + _number_problems(resolved) + schema
     if not problems:
         _reconcile_gpus(resolved, warn)
         problems = _cross_field_problems(resolved)

@@ -358,7 +358,7 @@ def build_engine(
         # A static-batch model (export.batch_size) runs that batch only: calibrate in it.
         cal_batch_size, cal_batches, note = calibrate_at_static_batch(
             onnx_path, int(shape[0]) if int(shape[0]) > 0 else None, cal_batch_size, cal_batches)
-        if note:
+        if note and not cache_ready:  # with a cache nothing is calibrated (the profile still takes the batch)
             log.warning(note)
         feeder = CalibrationFeeder(
             calibration_batches(cal_batch_size) if calibration_batches and not cache_ready else (),

@@ -346,10 +346,13 @@ def check_foreign(path: str | Path, key: str, meta: Mapping[str, Any], backbone:
         raise CheckpointError(f"{where}{path} holds a {trained!r} model but model.backbone.type is {backbone!r}; "
                               f"set model.backbone.type: {trained}, or give weights of {backbone}")
     if fitted is not None and fitted[0] * 4 < fitted[1]:
+        # No description of ours: its tensor names and shapes are all there is to go by. They fit a file of
+        # another backbone as badly as weights of this one in a layout this tool does not read (FAN's own).
         raise CheckpointError(
-            f"{where}{path} fits only {fitted[0]} of the model's {fitted[1]} tensors"
-            f"{f' ({backbone})' if backbone else ''}: it holds weights of another model; give weights of this "
-            f"backbone, or set model.backbone.type to the one the file was trained with")
+            f"{where}{path} fits only {fitted[0]} of the {fitted[1]} tensors of the model"
+            f"{f' ({backbone})' if backbone else ''}: it is weights of another model, or in a layout this tool does "
+            f"not read (it reads HF, NVlabs and timm files and its own; `segformer convert` writes its own); give "
+            f"weights it reads, or leave {key or 'the key'} unset to train from scratch")
 
 
 def check_checkpoint_fits(path: str | Path, meta: Mapping[str, Any], *, backbone: str, embed_dim: int,

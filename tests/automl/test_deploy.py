@@ -280,6 +280,10 @@ def test_dry_run_searches_the_structure_the_user_names(data, tmp_path, capsys) -
     assert main(["run", "-e", spec, "--results-dir", str(tmp_path / "c"), "--backbones", "mit_b1", "--dry-run", *SMALL,
                  f"model.backbone.pretrained_backbone_path={weights}"]) == 2
     assert "--pretrained BACKBONE=PATH" in capsys.readouterr().err
+    # a whole model of the spec's backbone to start every trial from: no other backbone's trial could load it
+    assert main(["run", "-e", spec, "--results-dir", str(tmp_path / "d"), "--backbones", "mit_b1", "--dry-run", *SMALL,
+                 f"train.pretrained_model_path={weights}"]) == 2
+    assert "a whole mit_b0 model, which cannot start mit_b1: clear train.pretrained_model_path" in capsys.readouterr().err
 
 
 def test_trials_of_different_input_sizes_are_scored_on_masks_of_one_size(tmp_path) -> None:

@@ -169,10 +169,17 @@ def test_interpolation_of_unset_key_is_an_error(tmp_path):
     lines = str(refused.value).splitlines()
     assert lines[0].endswith("(2 problems):"), lines
     assert lines[1] == ("  - results_dir is not set, and 2 keys refer to it (evaluate.checkpoint, inference.checkpoint); set "
-                        "results_dir (e.g. results_dir=/path) or write the paths out")
+                        "results_dir (results_dir=/path) or write the paths out")
     assert "dataset.segment.batch_size must be an integer, got 'eight'" in lines[2]
     spec.write_text("evaluate:\n  checkpoint: ${results_dir}/train/model.pth\n")
     assert load_config(spec, ["results_dir=/r"]).evaluate.checkpoint == "/r/train/model.pth"
+    # the stand-in of an unset number is not itself reported as a wrong type
+    spec.write_text("train:\n  num_epochs: ???\n  checkpoint_interval: ${train.num_epochs}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(spec)
+    assert str(refused.value).splitlines()[1:] == [
+        "  - train.num_epochs is not set, and 1 key refers to it (train.checkpoint_interval); set train.num_epochs "
+        "(train.num_epochs=...) or write the values out"]
 
 
 def test_quoted_numbers_and_booleans_read_as_tao_reads_them(tmp_path):
