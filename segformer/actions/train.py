@@ -76,7 +76,7 @@ def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: boo
     resume = train_cfg.resume_training_checkpoint_path
     if resume and not Path(resume).is_file():
         raise SegformerError(f"train.resume_training_checkpoint_path points to {resume}, which does not exist")
-    check_weight_files(cfg)  # the backbone's too when resuming: the model is built with it before the resume
+    check_weight_files(cfg)  # on a resume too: the spec names a file that is not there (the resume itself does not read it)
     if not resume:
         _refuse_previous_training(results_dir)
 

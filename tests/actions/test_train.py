@@ -231,7 +231,7 @@ def test_missing_backbone_weights(tiny_dataset, tmp_path, make_cfg, trained):
     cfg = make_cfg(tiny_dataset, tmp_path, "model.backbone.pretrained_backbone_path=/nonexistent/mit_b0.pth")
     with pytest.raises(SegformerError, match="model.backbone.pretrained_backbone_path points to /nonexistent/mit_b0.pth"):
         train.run(cfg, quiet=True)
-    # resuming too: the model is built with the backbone's weights before the checkpoint replaces them
+    # resuming too: the spec names a file that is not there (the resume takes its weights from the checkpoint)
     resume = f"train.resume_training_checkpoint_path={trained[1].last_checkpoint}"
     cfg = make_cfg(tiny_dataset, tmp_path / "r", "model.backbone.pretrained_backbone_path=/nonexistent/mit_b0.pth", resume)
     with pytest.raises(SegformerError, match="model.backbone.pretrained_backbone_path points to /nonexistent/mit_b0.pth"):
