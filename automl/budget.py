@@ -365,11 +365,17 @@ class DistinctSearcher(Searcher):
         return Searcher.FINISHED
 
     def _exhausted(self) -> None:
+        """Say, in the state (the summary, report and MLflow show it) and on the console, why the search
+        ends before its trial count."""
         from automl.callbacks import bound_search
 
         live = bound_search(self.results_dir)
-        if live is not None and live.echo is not None:
-            live.echo(f"automl: {exhausted_note(len(self.trained))}; the search ends before its trial count")
+        if live is None:
+            return
+        live.state.ended = f"{exhausted_note(len(self.trained))}; the search ended before its trial count"
+        live.state.save()
+        if live.echo is not None:
+            live.echo(f"automl: {live.state.ended}")
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self.searcher.on_trial_result(self.inner_ids.get(trial_id, trial_id), result)

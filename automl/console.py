@@ -232,7 +232,8 @@ def error_line(error: str | None) -> str:
 def summary(state: SearchState) -> str:
     """Best trial against the baseline, where things are, how to open the UI."""
     best, baseline = state.best(), state.baseline()
-    lines = [f"automl: {count(len(state.trials), 'trial')} ({counts_text(state)})"]
+    lines = [f"automl: {count(len(state.trials), 'trial')} ({counts_text(state)})"
+             + (f"; {state.ended}" if state.ended else "")]
     lines += [f"  failed   {t.name}: {error_line(t.error)}" for t in state.trials.values() if t.status == FAILED]
     over = [t for t in state.trials.values() if t.infeasible]
     limit = (state.settings.get("search") or {}).get("max_latency_ms")

@@ -630,7 +630,8 @@ def _summary(state: SearchState) -> list[Block]:
     blocks: list[Block] = [
         Heading(f"AutoML report: {state.skill}, {state.algorithm}", 1),
         Items([f"results: `{state.results_dir}`", f"metric: `{state.metric}` ({state.mode}), ranked by each trial's best epoch",
-               "trials: " + (", ".join(f"{v} {k.lower()}" for k, v in sorted(state.counts().items())) or "none")])]
+               "trials: " + (", ".join(f"{v} {k.lower()}" for k, v in sorted(state.counts().items())) or "none")
+               + (f"; {state.ended}" if state.ended else "")])]
     if best is not None:
         blocks += [Heading("Best trial"),
                    Para(f"`{best.name}`: {state.metric} = {best.best_value:.4f} at epoch {best.best_epoch} of {best.epochs_trained}"),

@@ -784,6 +784,7 @@ def _finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo
 
         tags = {"automl.best_trial": best.name if best else "none", NOTE_TAG: parent_note(state),
                 **({"automl.stop_reason": stop_reason} if stop_reason else {}),
+                **({"automl.ended": state.ended} if state.ended else {}),
                 # what the recheck_* metrics compare (settled levels since 2026-12-04; peak epochs before)
                 **({"automl.recheck_basis": state.recheck["basis"]} if state.recheck and state.recheck.get("basis") else {}),
                 **({"automl.best_params": best.params} if best is not None else {})}

@@ -154,6 +154,7 @@ class SearchState:
     updated_at: float = field(default_factory=time.time)
     best_trial: str | None = None  # the promoted trial, once decided (the ranking's best unless the re-check says otherwise)
     budget: dict[str, Any] | None = None  # the epoch budget (`automl.budget.EpochBudget`), None without one
+    ended: str | None = None  # why a search without a budget ended before its trial count (`automl.budget.DistinctSearcher`)
     recheck: dict[str, Any] | None = None  # the re-check's verdict (`automl.budget.verdict`)
     final_evaluation: dict[str, Any] | None = None  # the test split's scores of the promoted model and the baseline
     pareto: dict[str, Any] | None = None  # --objectives: the front and the member promoted (`automl.pareto`)

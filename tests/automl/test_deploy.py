@@ -505,4 +505,13 @@ def test_a_small_space_is_not_trained_twice_under_a_trial_count(data, tmp_path) 
     state = automl.run(opts, echo=lines.append).state
     assert state.budget is None and state.status == "FINISHED"
     assert sorted(t.params["dataset.segment.img_size"] for t in state.trials.values()) == [32, 64], lines
-    assert any("the space is exhausted" in line and "ends before its trial count" in line for line in lines), lines
+    assert any("the space is exhausted" in line and "ended before its trial count" in line for line in lines), lines
+    # ... and said where a user looks later: the state (automl status, the summary), the report and MLflow
+    assert state.ended.startswith("the space is exhausted") and "2 configurations already tried" in state.ended
+    summary = next(line for line in lines if line.startswith("automl: 2 trials (")).splitlines()[0]
+    assert summary.endswith("; " + state.ended), summary
+    assert state.ended in (Path(state.results_dir) / "report" / "report.md").read_text()
+    import mlflow
+
+    parent = mlflow.MlflowClient(state.mlflow_tracking_uri).get_run(state.mlflow_parent_run_id)
+    assert parent.data.tags["automl.ended"] == state.ended
