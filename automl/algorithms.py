@@ -154,12 +154,21 @@ def grid_points(space: Any) -> list[dict[str, Any]]:
 
 
 def first_points(opts: SearchOptions, space: Any, baseline: dict[str, Any] | None, count: int) -> list[dict[str, Any]]:
-    """The configurations the search would start with after the baseline (for --dry-run)."""
+    """The configurations the search would start with after the baseline (for --dry-run): the
+    distinct ones, as the search trains no configuration twice (a proposal that repeats one is
+    answered with its result: `automl.budget.DistinctSearcher`)."""
     if opts.search.algorithm == "grid":
-        return [p for p in grid_points(space) if p != baseline][:count]
-    if SAMPLERS[opts.search.algorithm] in MODELLED or opts.search.algorithm in SPREAD:
-        return startup_points(space, count, opts.search.seed)  # a prefix of what the search starts with
-    return _drawn_points(space, count, opts.search.algorithm, opts.search.seed)
+        drawn = grid_points(space)
+    elif SAMPLERS[opts.search.algorithm] in MODELLED or opts.search.algorithm in SPREAD:
+        drawn = startup_points(space, 10 * count, opts.search.seed)  # a prefix of what the search starts with
+    else:
+        drawn = _drawn_points(space, 10 * count, opts.search.algorithm, opts.search.seed)
+    seen, points = [baseline] if baseline is not None else [], []
+    for point in drawn:
+        if point not in seen and len(points) < count:
+            seen.append(point)
+            points.append(point)
+    return points
 
 
 def _drawn_points(space: Any, count: int, algorithm: str, seed: int) -> list[dict[str, Any]]:

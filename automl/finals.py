@@ -128,9 +128,10 @@ def size_note(final: dict[str, Any]) -> str | None:
             f"the spec to deploy the size that was scored")
 
 
-def final_lines(final: dict[str, Any], recheck: dict[str, Any] | None = None) -> list[str]:
+def final_lines(final: dict[str, Any], recheck: dict[str, Any] | None = None, precision: str | None = None) -> list[str]:
     """The summary's lines: test mIoU of the promoted model and the baseline, side by side (when the
-    baseline's configuration won, the re-checked trial's against it, named as `recheck` says)."""
+    baseline's configuration won, the re-checked trial's against it, named as `recheck` says). With
+    `precision` int8 (the deploy-aware search chose it), a line says that these are the float weights'."""
     if not final:
         return []
     note = [f"  deploy   NOTE: {size_note(final)}"] if size_note(final) else []
@@ -152,4 +153,7 @@ def final_lines(final: dict[str, Any], recheck: dict[str, Any] | None = None) ->
     own = final.get("promoted", {})
     if seeds and own.get("test_miou"):  # a mean is not the model the user gets: name that one's own score
         lines.append(f"  test     the promoted model itself, {own['trials'][0]} (best/): mIoU {own['test_miou'][0]:.4f}")
+    if precision == "int8":
+        lines.append("  test     these are the float weights' scores; best/ deploys the int8 model, which "
+                     "`segformer evaluate -e best/experiment.yaml` scores")
     return lines + note

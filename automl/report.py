@@ -347,7 +347,7 @@ def _thin(fig: Any, points: int) -> None:
 
 
 def _optuna_plot(folder: Path, name: str, draw: Any, *args: Any, size: tuple[float, float] | None = None,
-                 title: str | None = None, points: int = 0, **kwargs: Any) -> str | None:
+                 title: str | None = None, points: int = 0, whole_x: bool = False, **kwargs: Any) -> str | None:
     """One of Optuna's matplotlib plots as `name` (its style change undone afterwards; thinned for
     many `points`, see `_thin`); None if it cannot be drawn."""
     import matplotlib
@@ -364,6 +364,10 @@ def _optuna_plot(folder: Path, name: str, draw: Any, *args: Any, size: tuple[flo
             first.set_title(title)
         if size is not None:
             fig.set_size_inches(*size)
+        if whole_x:  # trial numbers: no ticks at 0.5, 1.5
+            from matplotlib.ticker import MaxNLocator
+
+            first.xaxis.set_major_locator(MaxNLocator(integer=True))
         _thin(fig, points)
         return _save(fig, folder, name)
 
@@ -377,7 +381,7 @@ def _study_plots(state: SearchState, ledger: LedgerStudy, imp: Importance, folde
         return out
     metric, n = state.metric, ledger.completed
     drawn = {"history": _optuna_plot(folder, "history.png", ovm.plot_optimization_history, ledger.study,
-                                     target_name=metric, size=(7, 4), points=n)}
+                                     target_name=metric, size=(7, 4), points=n, whole_x=True)}
     if imp.values:
         drawn["importance"] = _optuna_plot(folder, "importance.png", ovm.plot_param_importances, ledger.study,
                                            evaluator=imp.evaluator_object, params=list(imp.values), target_name=metric,
@@ -671,9 +675,10 @@ def _recheck(state: SearchState) -> list[Block]:
     blocks: list[Block] = []
     if state.budget is not None:
         total = state.budget_epochs()
-        blocks += [Heading("Budget"), Para(f"{state.epochs_trained()} of {total} epochs trained ({state.budget['trainings']:g} "
-                                           f"trainings of the spec's {count(state.budget['spec_epochs'], 'epoch')}"
-                                           f"{', re-checks included' if any(t.recheck_of for t in state.trials.values()) else ''})"
+        rechecks = ", re-checks included" if any(t.recheck_of for t in state.trials.values()) else ""
+        blocks += [Heading("Budget"), Para(f"{state.epochs_trained()} of {total} epochs trained{rechecks} (a budget of "
+                                           f"{state.budget['trainings']:g} trainings of the spec's "
+                                           f"{count(state.budget['spec_epochs'], 'epoch')})"
                                            + (f"; {state.budget['ended']}." if state.budget.get("ended") else "."))]
     r = state.recheck
     if r is not None:
@@ -763,8 +768,8 @@ def _importance_blocks(state: SearchState, imp: Importance, plots: dict[str, str
 
 
 _CAPTIONS = {
-    "history": ("Optimisation history (Optuna): each trial's best value and the best so far, by trial (in the order "
-                "of their names)"),
+    "history": ("Optimisation history (Optuna): each search trial's best value and the best so far, by trial (in the "
+                "order of their names; the re-checks, trained again on another seed and not ranked, are not in it)"),
     "parallel": "Parallel coordinates (Optuna): the varying parameters, coloured by the best value",
     "slice": "Slice plot (Optuna): the best value against each varying parameter",
     "contour": "Contour plot (Optuna) of the two most important parameters",

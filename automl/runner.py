@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator, Mapping
 from automl.layout import Layout
 from automl.options import SearchError, SearchOptions
 from automl.state import FAILED, FINISHED, LOCK_FILE, RUNNING, STOPPED, SearchState, TrialRecord
-from segformer.text import fmt
+from segformer.text import count, fmt
 
 Echo = Callable[[str], None]
 
@@ -142,8 +142,9 @@ def _run_search(opts: SearchOptions, skill: Any, space: Any, baseline: dict[str,
 
     check_tracking_uri(opts.tracking.tracking_uri)  # before any file or run exists (RaySession probes --address)
     with RaySession(opts) as session:
-        if budget is not None:
-            session.share_cpus(budget.search // max(1, budget.first_rung))
+        trainings = _trainings_at_once(opts, budget)
+        if trainings:
+            session.share_cpus(trainings)
         opts = opts.with_values(cpus_per_trial=session.cpus_per_trial, gpus_per_trial=session.gpus_per_trial,
                                 max_concurrent=session.slots(),
                                 tracking_uri=opts.tracking.tracking_uri or layout.default_tracking_uri,
@@ -383,9 +384,29 @@ def _print_plan(opts: SearchOptions, space: Any, baseline: dict[str, Any] | None
 
         raise SearchError(unfit("CPU", r.cpus_per_trial, cpus, local=True))
     echo(recommendations(opts, baseline, first_points(opts, space, baseline, shown)))
+    if affordable and s.algorithm != "grid":
+        from automl.algorithms import grid_points
+
+        try:
+            size = len(grid_points(space))
+        except SearchError:  # a continuous parameter: no end to new configurations
+            size = None
+        if size is not None and size < affordable:
+            echo(f"note: the space holds {count(size, 'configuration')} (the baseline's among them) and the search asks for "
+                 f"{affordable}: it ends once each has trained (no configuration trains twice)")
     if budget is not None and budget.recheck:
         echo(f"then the re-check ({budget.recheck} epochs): the leader (or, when the baseline leads, the runner-up) and "
              f"the baseline train again with train.seed={budget.seed + 1}")
+
+
+def _trainings_at_once(opts: SearchOptions, budget: Any) -> int | None:
+    """The most trainings that can run at once: what the epoch budget can finish, or --max-trials (not PBT,
+    whose members take turns); None: no bound. Idle CPUs are shared out among them (`plan_resources`)."""
+    if budget is not None:
+        return budget.search // max(1, budget.first_rung)
+    if opts.search.algorithm != "pbt" and opts.search.max_trials:
+        return int(opts.search.max_trials)
+    return None
 
 
 def _local_resources(opts: SearchOptions, budget: Any) -> SearchOptions:
@@ -398,9 +419,8 @@ def _local_resources(opts: SearchOptions, budget: Any) -> SearchOptions:
     if r.address is not None or os.environ.get("RAY_ADDRESS") or gpus is None:  # the run would join a cluster
         return opts
     cpus = float(r.num_cpus or local_cpus())
-    trainings = budget.search // max(1, budget.first_rung) if budget is not None else None
     cpus_per_trial, gpus_per_trial, slots = plan_resources(r, cpus=cpus, largest_cpus=cpus, gpus=float(gpus),
-                                                           trainings=trainings)
+                                                           trainings=_trainings_at_once(opts, budget))
     return opts.with_values(cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_concurrent=slots)
 
 
@@ -801,6 +821,9 @@ def _finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo
     # The trials once more, as they ended: the live view erases its table, and a log's last block was
     # printed while trials still ran.
     echo(format_table(state, limit=FINAL_ROWS, show_errors=True))
-    echo(summary(state) + "".join("\n" + line for line in final_lines(state.final_evaluation or {}, state.recheck)))
+    from automl.deploy import precision_of
+
+    chosen = precision_of(best.latency) if best is not None else None
+    echo(summary(state) + "".join("\n" + line for line in final_lines(state.final_evaluation or {}, state.recheck, chosen)))
     return SearchOutcome(Path(opts.results_dir), "search", state=state, best=best, baseline=baseline,
                          promotion=state.promotion, report=report, message=stop_reason, stopped_by_failures=bool(stop_reason))

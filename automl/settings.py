@@ -44,7 +44,13 @@ def _param_list(value: Any) -> tuple[str, ...]:
             try:
                 value = json.loads(text)
             except json.JSONDecodeError:
-                raise SettingsError(f"parameter list {value!r} is not a JSON list") from None
+                try:  # a Python list as text ("['train.optim.lr']": what str(list) writes)
+                    import ast
+
+                    value = ast.literal_eval(text)
+                except (ValueError, SyntaxError):
+                    raise SettingsError(f"parameter list {value!r} is neither a JSON nor a Python list; write a YAML "
+                                        f"list, or quote the names: [\"train.optim.lr\"]") from None
         else:
             value = [v.strip() for v in text.split(",") if v.strip()]
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):

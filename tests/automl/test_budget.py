@@ -268,6 +268,10 @@ def test_the_test_line_names_what_the_baseline_was_compared_with() -> None:
                    "test split (means of 2 and 2 seeds)",
                    "  test     the promoted model itself, trial_000 (best/): mIoU 0.6000"]  # its own score, not the mean
     assert final_lines(final, {"baseline_led": False})[0].startswith("  test     leader trial_004 ")
+    # a deploy-aware search that chose int8: the scores are the float weights', and the line says so
+    assert final_lines(final, {"baseline_led": False}, "int8")[-1] == (
+        "  test     these are the float weights' scores; best/ deploys the int8 model, which `segformer evaluate -e "
+        "best/experiment.yaml` scores")
 
 
 def test_the_rechecks_trainings_keep_to_max_concurrent(tmp_path: Path) -> None:

@@ -493,6 +493,22 @@ def test_a_small_space_is_not_trained_twice(data, tmp_path) -> None:
     assert any(line.startswith("  budget   ") and "the space is exhausted" in line for line in "\n".join(lines).splitlines())
 
 
+def test_the_dry_run_of_a_small_space_shows_only_distinct_trials_and_says_it_is_small(data, tmp_path) -> None:
+    """The preview listed the sampler's repeats (trial_002 and trial_003 with the baseline's values) that
+    the search never trains, and said nothing of a space smaller than the trial count."""
+    import automl
+
+    opts = search_options(tmp_path / "n", data / "spec.yaml", overrides=SMALL, max_trials=5, max_epochs=1,
+                          only=["dataset.segment.img_size"], structure={"dataset.segment.img_size": [32, 64]},
+                          latency=False, num_cpus=2, export=False, quantize=False, trt=False)
+    lines: list[str] = []
+    automl.run(opts, echo=lines.append, dry_run=True)
+    text = "\n".join(lines)
+    assert "trial_001: dataset.segment.img_size=64" in text and "trial_002" not in text, text
+    assert ("note: the space holds 2 configurations (the baseline's among them) and the search asks for 5: it ends once "
+            "each has trained (no configuration trains twice)") in text, text
+
+
 def test_a_small_space_is_not_trained_twice_under_a_trial_count(data, tmp_path) -> None:
     """The same under --max-trials (TAO's automl_max_recommendations) instead of an epoch budget: two
     configurations train once each, and the search ends before its five trials, saying why."""

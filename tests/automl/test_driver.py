@@ -344,6 +344,10 @@ def test_dry_run_says_the_slots_the_run_settles_on(dataset, tmp_path):
     automl.run(_options(tmp_path / "dry", dataset, num_cpus=4, max_concurrent=3), echo=lines.append, dry_run=True)
     assert any(", 3 at a time (1 CPU, 0 GPU each); metric" in line for line in lines), lines
     assert not any("(auto" in line or "every slot" in line for line in lines), lines
+    # one trial (--max-trials 1) on 2 CPUs: it takes both, not one of two slots (a core sat idle)
+    lines.clear()
+    automl.run(_options(tmp_path / "dry", dataset, max_trials=1, max_concurrent=None), echo=lines.append, dry_run=True)
+    assert any(", 1 at a time (2 CPU, 0 GPU each); metric" in line for line in lines), lines
 
 
 def test_a_budget_that_sizes_nothing_is_said(dataset, tmp_path, capsys):

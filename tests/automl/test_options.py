@@ -41,6 +41,16 @@ def test_tao_keys_map_to_our_options(tmp_path: Path) -> None:
     assert s.param_ranges["train.optim.lr"] == {"valid_min": 1e-5, "valid_max": 1e-3}
 
 
+def test_a_parameter_list_written_as_python_text_is_read(tmp_path: Path) -> None:
+    """"['model.backbone.freeze_backbone']" (what str(list) writes) was refused as "not a JSON list"."""
+    from automl.settings import SettingsError, _param_list
+
+    assert _param_list("['train.optim.lr', 'train.optim.momentum']") == ("train.optim.lr", "train.optim.momentum")
+    assert _param_list('["train.optim.lr"]') == ("train.optim.lr",) and _param_list("train.optim.lr, x.y") == ("train.optim.lr", "x.y")
+    with pytest.raises(SettingsError, match=r"neither a JSON nor a Python list; write a YAML list, or quote the names"):
+        _param_list("[train.optim.lr")
+
+
 def test_json_file_and_nested_algorithm_params(tmp_path: Path) -> None:
     path = tmp_path / "automl.json"
     path.write_text(json.dumps({"automl_algorithm": "asha", "algorithm_specific_params": {"automl_max_trials": 7, "automl_R": 27, "automl_nu": 3}}))
