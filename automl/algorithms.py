@@ -163,10 +163,11 @@ def first_points(opts: SearchOptions, space: Any, baseline: dict[str, Any] | Non
         drawn = startup_points(space, 10 * count, opts.search.seed)  # a prefix of what the search starts with
     else:
         drawn = _drawn_points(space, 10 * count, opts.search.algorithm, opts.search.seed)
-    seen, points = [baseline] if baseline is not None else [], []
+    points: list[dict[str, Any]] = []
     for point in drawn:
-        if point not in seen and len(points) < count:
-            seen.append(point)
+        if len(points) == count:
+            break
+        if point != baseline and point not in points:
             points.append(point)
     return points
 

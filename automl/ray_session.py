@@ -92,8 +92,7 @@ class RaySession:
         """
         import ray
 
-        return plan_resources(self.opts.resources, cpus=0, largest_cpus=0,
-                              gpus=float(ray.cluster_resources().get("GPU", 0)))[1]
+        return gpus_per_trial(self.opts.resources, float(ray.cluster_resources().get("GPU", 0)))
 
     def _check_a_trial_fits(self) -> None:
         """A trial runs on one node: asking more CPUs or GPUs per trial than the largest node has would
@@ -140,11 +139,16 @@ def plan_resources(resources: Any, *, cpus: float, largest_cpus: float, gpus: fl
     took 49 s where 1 took 76 s, 256 px images). So 16 cores and a budget of 10 trainings (8 at once,
     the re-check's 2 kept back) train with 2 threads each instead of leaving 8 cores idle."""
     r = resources
-    gpus_per_trial = float(r.gpus_per_trial) if r.gpus_per_trial is not None else (1.0 if gpus > 0 else 0.0)
-    cpus_per_trial = float(r.cpus_per_trial or 1.0)
-    if r.cpus_per_trial is None and not gpus_per_trial and trainings and trainings >= 1:
-        cpus_per_trial = float(max(1, min(int(cpus // trainings), int(largest_cpus or 1))))
-    return cpus_per_trial, gpus_per_trial, fitting_slots(r.max_concurrent, ((cpus, cpus_per_trial), (gpus, gpus_per_trial)))
+    gpus_each = gpus_per_trial(r, gpus)
+    cpus_each = float(r.cpus_per_trial or 1.0)
+    if r.cpus_per_trial is None and not gpus_each and trainings and trainings >= 1:
+        cpus_each = float(max(1, min(int(cpus // trainings), int(largest_cpus or 1))))
+    return cpus_each, gpus_each, fitting_slots(r.max_concurrent, ((cpus, cpus_each), (gpus, gpus_each)))
+
+
+def gpus_per_trial(resources: Any, gpus: float) -> float:
+    """--gpus-per-trial, else one GPU per trial when Ray has `gpus` > 0, else none."""
+    return float(resources.gpus_per_trial) if resources.gpus_per_trial is not None else (1.0 if gpus > 0 else 0.0)
 
 
 def fitting_slots(max_concurrent: int | None, pools: Any) -> int:

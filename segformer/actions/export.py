@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from segformer.config import ExperimentConfig, action_results_dir, require
+from segformer.data.transforms import size_pair
 from segformer.errors import SpecError
 from segformer.model import check_input_size
 from segformer.parents import resolve_parents
@@ -107,7 +108,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> ExportResult:
         raise SpecError(f"export.input_channel={channels}, but {checkpoint} takes {takes}-channel images "
                              f"(its first layer); set export.input_channel={takes}")
     trained = meta.get("img_size")
-    trained_hw = tuple(int(v) for v in trained) if isinstance(trained, (list, tuple)) else (int(trained),) * 2 if trained else None
+    trained_hw = size_pair(trained) if trained else None  # as evaluate reads it (`predictor._warn_other_size`)
     if trained_hw and (height, width) != trained_hw:
         # Works (SegFormer is size-agnostic) but the exported graph's size is what the deployment
         # sees; accuracy measured at the trained size does not carry over.

@@ -148,8 +148,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] | Mapping[str,
     origin = str(path) if path is not None else "<defaults>"
     raw = read_spec(path) if path is not None else {}
     raw, problems = _with_overrides(raw, overrides)
-    overridden = list(overrides) if isinstance(overrides, Mapping) else \
-        [str(t).partition("=")[0].strip() for t in ([overrides] if isinstance(overrides, str) else overrides)]
+    overridden = [key for key, _ in _override_items(overrides, [])]  # its problems are in `problems` already
     return _materialize(raw, origin, problems, fetch, overridden=overridden)
 
 
@@ -299,22 +298,25 @@ def _parse_value(text: str) -> Any:
     return value
 
 
+def _override_items(overrides: Sequence[str] | Mapping[str, Any], problems: list[str]) -> list[tuple[str, Any]]:
+    """(dotted key, typed value) of each override; a text without ``=`` is a problem, not an item."""
+    if isinstance(overrides, Mapping):
+        return list(overrides.items())
+    items = []
+    for text in [overrides] if isinstance(overrides, str) else overrides:
+        key, sep, value = str(text).partition("=")
+        if not sep or not key.strip():
+            problems.append(f"override {text!r} must look like key=value (e.g. train.optim.lr=3e-4)")
+            continue
+        items.append((key.strip(), _parse_value(value)))
+    return items
+
+
 def _with_overrides(raw: Mapping[str, Any], overrides: Sequence[str] | Mapping[str, Any]) -> tuple[dict, list[str]]:
     """A deep copy of ``raw`` with dotted overrides set; problems (bad syntax, unknown keys) collected."""
     out = copy.deepcopy(dict(raw))
     problems: list[str] = []
-    if isinstance(overrides, Mapping):
-        items = list(overrides.items())
-    else:
-        if isinstance(overrides, str):
-            overrides = [overrides]
-        items = []
-        for text in overrides:
-            key, sep, value = str(text).partition("=")
-            if not sep or not key.strip():
-                problems.append(f"override {text!r} must look like key=value (e.g. train.optim.lr=3e-4)")
-                continue
-            items.append((key.strip(), _parse_value(value)))
+    items = _override_items(overrides, problems)
     known = set(valid_keys())
     sections = {k.rsplit(".", 1)[0] for k in known if "." in k}
     for key, value in items:

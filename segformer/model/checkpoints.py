@@ -313,7 +313,6 @@ def load_pretrained_backbone(model: nn.Module, path: str | Path, *,
     if adapt is not None:
         backbone_state = adapt(backbone_state)
     key = "model.backbone.pretrained_backbone_path"
-    check_foreign(path, key, meta, backbone)
     return load_into(model.backbone, backbone_state,
                      refuse=lambda loaded, total: check_foreign(path, key, meta, backbone, (loaded, total)))
 
@@ -329,7 +328,6 @@ def load_pretrained_model(model: nn.Module, path: str | Path, strict: bool = Fal
         state = {**{k: v for k, v in state.items() if not k.startswith("backbone.")},
                  **{f"backbone.{k}": v for k, v in backbone_state.items()}}
     key = "train.pretrained_model_path"
-    check_foreign(path, key, meta, backbone)
     return load_into(model, state, strict=strict,
                      refuse=lambda loaded, total: check_foreign(path, key, meta, backbone, (loaded, total)))
 
