@@ -38,12 +38,21 @@ def run_plain(opts: SearchOptions, skill_name: str, *, echo: Echo = print) -> Se
         # not TAO's fields of the same line (max_epoch is a number, but no metric; the others are text and dicts)
         tracker.log_metrics(run_id, {k: v for k, v in record.items() if k not in ("epoch", "max_epoch")},
                             step=int(record.get("epoch", 0)))
-    tracker.log_metrics(run_id, {f"best_{metric}": float(result.best_miou)}, step=int(result.best_epoch))
+    validated = result.best_miou is not None
+    if validated:
+        tracker.log_metrics(run_id, {f"best_{metric}": float(result.best_miou)}, step=int(result.best_epoch))
     tracker.end_run(run_id, FINISHED)
+    # Epochs counted from 1, as the search's summary does; status.json and checkpoint names count from 0.
+    best = (f"best {metric}={result.best_miou:.4f} at epoch {result.best_epoch + 1} (status.json's epoch "
+            f"{result.best_epoch})" if validated else
+            f"no validation ran (train.validation_interval={cfg.train.validation_interval}, "
+            f"{cfg.train.num_epochs} epochs), so no {metric}")
+    if not result.trained:  # train said why, and how to train on
+        echo(f"automl: nothing trained; the checkpoint is still {result.last_checkpoint} ({best})")
+        return SearchOutcome(layout.root, "plain", message="nothing trained")
     last = next((r.get("val_miou") for r in reversed(result.history) if r.get("val_miou") is not None), None)
     last_text = f", {metric}={last:.4f} at its last validation" if last is not None else ""
-    # Epochs counted from 1, as the search's summary does; status.json and checkpoint names count from 0.
-    echo(f"automl: trained once: best {metric}={result.best_miou:.4f} at epoch {result.best_epoch + 1} (status.json's "
-         f"epoch {result.best_epoch}); last checkpoint {result.last_checkpoint}{last_text}; evaluate.checkpoint="
-         f"{result.results_dir} takes the best checkpoint the training kept")
-    return SearchOutcome(layout.root, "plain", message=f"best {metric}={result.best_miou:.4f}")
+    kept = "the best checkpoint the training kept" if validated else "its last checkpoint"
+    echo(f"automl: trained once: {best}; last checkpoint {result.last_checkpoint}{last_text}; evaluate.checkpoint="
+         f"{result.results_dir} takes {kept}")
+    return SearchOutcome(layout.root, "plain", message=f"best {metric}={result.best_miou:.4f}" if validated else "trained")

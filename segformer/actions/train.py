@@ -64,6 +64,7 @@ class TrainResult:
     last_checkpoint: Path
     results_dir: Path
     history: tuple[dict, ...]
+    trained: bool = True  # False: a resume whose checkpoint had trained every epoch asked for already
 
 
 def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: bool = False) -> TrainResult:
@@ -147,9 +148,10 @@ def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: boo
     return TrainResult(
         best_miou=None if best is None else float(best["val_miou"]),
         best_epoch=None if best is None else int(best["epoch"]),
-        last_checkpoint=checkpoints.latest_path,
+        last_checkpoint=Path(resume) if nothing else checkpoints.latest_path,  # nothing written: the checkpoint resumed
         results_dir=results_dir,
         history=history,
+        trained=not nothing,
     )
 
 

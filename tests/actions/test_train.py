@@ -276,7 +276,9 @@ def test_weights_of_another_model_are_refused_in_one_line(tiny_dataset, tmp_path
 def test_resuming_a_finished_training_says_that_nothing_was_trained(tiny_dataset, tmp_path, make_cfg, trained, capsys):
     """Lightning stops at once, in silence, when the checkpoint has trained every epoch asked for."""
     cfg = make_cfg(tiny_dataset, tmp_path, f"train.resume_training_checkpoint_path={trained[1].last_checkpoint}")
-    train.run(cfg)
+    result = train.run(cfg)
+    # the checkpoint it resumed, not the latest file of a folder it wrote nothing to
+    assert not result.trained and result.last_checkpoint == trained[1].last_checkpoint
     out, err = capsys.readouterr()
     assert (f"segformer train: nothing trained: {trained[1].last_checkpoint} has trained the 2 epochs train.num_epochs "
             "asks for already; raise train.num_epochs to train on from it") in err

@@ -74,6 +74,28 @@ def test_policy_off_trains_once_and_tracks_one_run(spec, tmp_path):
     _check_plain(out, results)
 
 
+def test_policy_off_without_validation_or_anything_to_train(spec, tmp_path):
+    """Policy off ended in a traceback when no epoch was validated (train.validation_interval beyond
+    the epochs), and a resume that trained nothing named a checkpoint in the new folder that was never
+    written."""
+    small = ("--max-epochs", "1", "dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32")
+    first = tmp_path / "unvalidated"
+    out = _automl("run", "--skill", "segformer", "--policy", "off", "-e", str(spec), f"results_dir={first}",
+                  "train.validation_interval=2", *small)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stdout[-2000:] + out.stderr[-2000:]
+    latest = first / "train" / "segformer_model_latest.pth"
+    assert (f"automl: trained once: no validation ran (train.validation_interval=2, 1 epochs), so no val_miou; last "
+            f"checkpoint {latest}; evaluate.checkpoint={first / 'train'} takes its last checkpoint") in out.stdout
+    (run,) = _runs(first)
+    assert run.info.status == "FINISHED" and "best_val_miou" not in run.data.metrics
+    again = tmp_path / "again"
+    out = _automl("run", "--skill", "segformer", "--policy", "off", "-e", str(spec), f"results_dir={again}",
+                  f"train.resume_training_checkpoint_path={latest}", *small)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert f"automl: nothing trained; the checkpoint is still {latest} (no validation ran" in out.stdout
+    assert "trained once" not in out.stdout and not list(again.rglob("*.pth"))
+
+
 def test_enabled_but_schema_missing_trains_plainly(spec, tmp_path):
     skill = tmp_path / "skill"
     shutil.copytree(TAO_SKILL, skill)
