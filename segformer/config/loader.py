@@ -148,8 +148,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] | Mapping[str,
     origin = str(path) if path is not None else "<defaults>"
     raw = read_spec(path) if path is not None else {}
     raw, problems = _with_overrides(raw, overrides)
-    overridden = [key for key, _ in _override_items(overrides, [])]  # its problems are in `problems` already
-    return _materialize(raw, origin, problems, fetch, overridden=overridden)
+    return _materialize(raw, origin, problems, fetch, overridden=_overridden_keys(overrides))
 
 
 def apply_overrides(cfg: ExperimentConfig, overrides: Sequence[str] | Mapping[str, Any], *,
@@ -247,7 +246,7 @@ def spec_problems(raw: Mapping[str, Any], action: str | None = None,
     """
     raw, problems = _with_overrides(raw, overrides)
     more, resolved = _check(raw, action)
-    problems += more
+    problems += _tag_overridden(more, _overridden_keys(overrides))
     if resolved is not None and action is not None:
         # Every action writes under results_dir (action_results_dir); TAO's templates ship it as ''.
         for need in (("results_dir", f"{action}.results_dir"), *REQUIRED_BY_ACTION[action]):
@@ -310,6 +309,31 @@ def _override_items(overrides: Sequence[str] | Mapping[str, Any], problems: list
             continue
         items.append((key.strip(), _parse_value(value)))
     return items
+
+
+def _overridden_keys(overrides: Sequence[str] | Mapping[str, Any]) -> list[str]:
+    """The dotted keys the overrides set: a section's value (`train.optim={lr: 5}`) sets its own keys
+    (train.optim.lr), not the section's others. Malformed overrides are _with_overrides' problems."""
+    keys: list[str] = []
+
+    def walk(key: str, value: Any) -> None:
+        if isinstance(value, Mapping) and value:
+            for name, inner in value.items():
+                walk(f"{key}.{name}", inner)
+        else:
+            keys.append(key)
+
+    for key, value in _override_items(overrides, []):
+        walk(key, value)
+    return keys
+
+
+def _tag_overridden(problems: Sequence[str], keys: Sequence[str]) -> list[str]:
+    """A problem with a value given as key=value says so: the spec file does not hold it."""
+    def given(problem: str) -> bool:
+        return any(problem.startswith((f"{k} ", f"unknown key '{k}'")) for k in keys)
+
+    return [f"{p} (given as an override)" if given(p) else p for p in problems]
 
 
 def _with_overrides(raw: Mapping[str, Any], overrides: Sequence[str] | Mapping[str, Any]) -> tuple[dict, list[str]]:
@@ -656,9 +680,7 @@ def _materialize(raw: dict, origin: str, problems: list[str], fetch: bool = True
     from omegaconf.errors import OmegaConfBaseException
 
     more, resolved = _check(raw, None, warn=True)
-    # a value given as key=value is said to be one: the spec file does not hold it
-    more = [f"{p} (given as an override)" if any(p.startswith(k + " ") for k in overridden) else p for p in more]
-    problems = problems + more
+    problems = problems + _tag_overridden(more, overridden)
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"invalid spec {origin} ({len(problems)} problem{'s' if len(problems) > 1 else ''}):\n{lines}")

@@ -24,8 +24,10 @@ from segformer.config import (
     dump_config,
     load_config,
     parse_math_cond,
+    read_spec,
     read_tao_schema,
     require,
+    spec_problems,
     tao_to_json_schema,
     to_dict,
 )
@@ -258,6 +260,16 @@ def test_a_problem_of_an_override_is_said_to_be_one(tmp_path):
     assert lines[0].startswith("  - override train.optim.learning_rate=...: unknown key 'train.optim.learning_rate'")
     assert "  - train.optim.lr must be in (0, 1], got 5 (given as an override)" in lines
     assert any(line.startswith("  - train.num_epochs must be") and "override" not in line for line in lines), lines
+    # a section's value sets its own keys: they are tagged, the section's others (from the file) are not
+    spec.write_text("train:\n  optim:\n    momentum: 7\n")
+    section = ["train.optim={lr: 5, learnin_rate: 3}"]
+    with pytest.raises(ConfigError) as refused:
+        load_config(spec, section)
+    for problems in (str(refused.value).splitlines()[1:], [f"  - {p}" for p in spec_problems(read_spec(spec), None, section)]):
+        assert "  - train.optim.lr must be in (0, 1], got 5 (given as an override)" in problems
+        assert any(p.startswith("  - unknown key 'train.optim.learnin_rate'") and p.endswith("(given as an override)")
+                   for p in problems), problems
+        assert any(p.startswith("  - train.optim.momentum must be") and "override" not in p for p in problems), problems
 
 
 def test_all_problems_reported_at_once(tmp_path):
