@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
+import warnings
 from typing import Any, Callable, Mapping
 
 from automl.layout import Layout
@@ -82,7 +83,10 @@ def fold_tao_route(s: SearchConfig) -> SearchConfig:
 def space_arguments(s: SearchConfig, spec_values: Mapping[str, Any]) -> dict[str, Any]:
     """Extra `build_space` arguments for the structural parameters: searched (include), over their
     options with the spec's own value first (valid_options), enabled although the schema disables
-    them (allow_disabled)."""
+    them (allow_disabled). The spec's own value also joins any other parameter's custom_param_ranges
+    valid_options, with a note: the first trial trains the spec as it is (TAO, which trains no
+    baseline, takes options without it)."""
+    from automl.params import SpaceWarning
     from automl.space import _lookup
 
     keys = [k for k in s.structure if k != PRECISION_KEY]
@@ -93,6 +97,17 @@ def space_arguments(s: SearchConfig, spec_values: Mapping[str, Any]) -> dict[str
         if found and own not in options:
             options = [own, *options]
         ranges[key] = {**ranges.get(key, {}), "valid_options": options}
+    for key, custom in s.param_ranges.items():
+        options = custom.get("valid_options") if isinstance(custom, Mapping) and key not in keys and s.baseline_first \
+            else None
+        found, own = _lookup(spec_values, key)
+        # with option_weights, one per option, the refusal (`Space.encode`) says what to do
+        if isinstance(options, (list, tuple)) and options and found and own not in options \
+                and custom.get("option_weights") is None:
+            ranges[key] = {**custom, "valid_options": [own, *options]}
+            warnings.warn(f"{key}: the spec's {own!r} joins custom_param_ranges valid_options {list(options)}: the "
+                          "first trial trains your spec as it is, the baseline the others are compared with",
+                          SpaceWarning, stacklevel=2)
     include = tuple(s.include) + tuple(k for k in keys if k not in s.include and (s.only is None or k not in s.only))
     return {"include": include, "param_ranges": ranges or None, "allow_disabled": tuple(keys)}
 

@@ -6,6 +6,7 @@ with ONNX Runtime and timed in a real session; the searches run Ray, Optuna and 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -454,6 +455,27 @@ def test_a_relative_limit_is_a_share_of_the_specs_own_latency(data, tmp_path) ->
     assert resolved.search.max_latency_ratio is None and resolved.search.max_latency_ms == pytest.approx(1.5 * own, abs=1e-3)
     assert lines[0].startswith(f"automl: latency limit {resolved.search.max_latency_ms:g} ms: 1.5 x the spec's own model")
     assert sum(line.startswith("  mit_b0 ") for line in lines) == 2  # the spec's 32 px and the 64 px option
+
+
+def test_the_specs_own_value_joins_custom_valid_options(data, tmp_path) -> None:
+    """TAO's settings route: valid_options without the spec's own value was refused ("not among the
+    searched options"); TAO trains no baseline and takes them. The value joins them, as the
+    structural flags add it, and a note says so; with option_weights (one per option) it stays refused."""
+    from automl.params import SpaceWarning
+    from automl.runner import _plan
+    from automl.skill import find_skill
+    from automl.space import SpaceError
+
+    ranges = {"dataset.segment.batch_size": {"valid_options": [2, 8]}}
+    opts = search_options(tmp_path / "v", data / "spec.yaml", overrides=SMALL, max_trials=3, override_disabled=True,
+                          include=("dataset.segment.batch_size",), param_ranges=ranges)
+    with pytest.warns(SpaceWarning, match=r"dataset.segment.batch_size: the spec's 4 joins custom_param_ranges "
+                                          r"valid_options \[2, 8\]: the first trial trains your spec as it is"):
+        _, space, baseline, _ = _plan(opts, find_skill("segformer"))
+    assert space["dataset.segment.batch_size"].choices == (4, 2, 8) and baseline["dataset.segment.batch_size"] == 4
+    weighted = {"dataset.segment.batch_size": {"valid_options": [2, 8], "option_weights": [1, 1]}}
+    with pytest.raises(SpaceError, match="value 4 is not among the searched options"):
+        _plan(dataclasses.replace(opts, search=dataclasses.replace(opts.search, param_ranges=weighted)), find_skill("segformer"))
 
 
 def test_trials_over_the_limit_do_not_use_up_the_trial_count(data, tmp_path) -> None:
