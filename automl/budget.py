@@ -315,6 +315,8 @@ class DistinctSearcher(Searcher):
     A repeated proposal is answered without training (`_fresh`); an exhausted space ends the search
     early, and says so."""
 
+    ENDED = "the search ended before its trial count"  # what an exhausted space cut short
+
     def __init__(self, inner: Searcher, results_dir: str, metric: str, mode: str) -> None:
         super().__init__(metric=metric, mode=mode)
         self.searcher = inner  # the name Ray's save and restore walk wrappers by
@@ -372,7 +374,7 @@ class DistinctSearcher(Searcher):
         live = bound_search(self.results_dir)
         if live is None:
             return
-        live.state.ended = f"{exhausted_note(len(self.trained))}; the search ended before its trial count"
+        live.state.ended = f"{exhausted_note(len(self.trained))}; {self.ENDED}"
         live.state.save()
         if live.echo is not None:
             live.echo(f"automl: {live.state.ended}")
@@ -408,6 +410,8 @@ class BudgetSearcher(DistinctSearcher):
     space, such as a search over a few backbones and input sizes). The searcher is pickled into Ray's
     experiment checkpoint, so `automl resume` continues it.
     """
+
+    ENDED = "the search ended with budget left"
 
     def __init__(self, inner: Searcher, results_dir: str, budget: EpochBudget, baseline: Mapping[str, Any] | None,
                  metric: str, mode: str, max_concurrent: int | None = None) -> None:
@@ -475,20 +479,6 @@ class BudgetSearcher(DistinctSearcher):
             return None
         self.rechecking.add(trial_id)
         return self.queue.pop(0)
-
-    def _exhausted(self) -> None:
-        """Say, in the state's budget (the summary and report show it) and on the console, that the
-        search ends with epochs left because its space has nothing new to train."""
-        from automl.callbacks import bound_search
-
-        live = bound_search(self.results_dir)
-        if live is None or live.state.budget is None:
-            return
-        why = exhausted_note(len(self.trained))
-        live.state.budget["ended"] = why
-        live.state.save()
-        if live.echo is not None:
-            live.echo(f"automl: {why}; the search ends with budget left")
 
     def _rechecks(self) -> list[dict[str, Any]]:
         state = _live_state(self.results_dir)

@@ -283,9 +283,8 @@ def summary(state: SearchState) -> str:
                      f"{' / '.join(state.pareto['objectives'])} front; promoted {state.pareto['chosen']}: {state.pareto['rule']}")
     if state.budget is not None:
         total = state.budget_epochs()
-        ended = f"; {state.budget['ended']}" if state.budget.get("ended") else ""
         lines.append(f"  budget   {state.epochs_trained()} of {total} epochs trained (a budget of "
-                     f"{count(state.budget['trainings'], 'training')} of {count(state.budget['spec_epochs'], 'epoch')}){ended}")
+                     f"{count(state.budget['trainings'], 'training')} of {count(state.budget['spec_epochs'], 'epoch')})")
     layout = Layout.of(state.results_dir)
     if layout.best_dir.is_dir():
         lines.append(f"  artifacts  {layout.best_dir}")

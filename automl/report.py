@@ -678,8 +678,7 @@ def _recheck(state: SearchState) -> list[Block]:
         rechecks = ", re-checks included" if any(t.recheck_of for t in state.trials.values()) else ""
         blocks += [Heading("Budget"), Para(f"{state.epochs_trained()} of {total} epochs trained{rechecks} (a budget of "
                                            f"{state.budget['trainings']:g} trainings of the spec's "
-                                           f"{count(state.budget['spec_epochs'], 'epoch')})"
-                                           + (f"; {state.budget['ended']}." if state.budget.get("ended") else "."))]
+                                           f"{count(state.budget['spec_epochs'], 'epoch')}).")]
     r = state.recheck
     if r is not None:
         blocks += [Heading("Re-check (another seed) before promotion"),

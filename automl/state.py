@@ -154,7 +154,7 @@ class SearchState:
     updated_at: float = field(default_factory=time.time)
     best_trial: str | None = None  # the promoted trial, once decided (the ranking's best unless the re-check says otherwise)
     budget: dict[str, Any] | None = None  # the epoch budget (`automl.budget.EpochBudget`), None without one
-    ended: str | None = None  # why a search without a budget ended before its trial count (`automl.budget.DistinctSearcher`)
+    ended: str | None = None  # why a search ended early: its space exhausted (`automl.budget.DistinctSearcher`)
     recheck: dict[str, Any] | None = None  # the re-check's verdict (`automl.budget.verdict`)
     final_evaluation: dict[str, Any] | None = None  # the test split's scores of the promoted model and the baseline
     pareto: dict[str, Any] | None = None  # --objectives: the front and the member promoted (`automl.pareto`)
@@ -250,6 +250,8 @@ class SearchState:
             trials = {tid: TrialRecord(**rec) for tid, rec in data.pop("trials", {}).items()}
             data["results_dir"] = str(Path(results_dir).resolve())
             state = cls(**data, trials=trials)
+            if isinstance(state.budget, dict) and state.budget.get("ended"):  # where it was kept before 2026-12-06
+                state.ended = state.ended or f"{state.budget.pop('ended')}; the search ended with budget left"
         except (TypeError, AttributeError) as err:
             raise ValueError(f"{path} does not have the shape of an AutoML state file ({err}); restore it from a copy "
                              f"or start a new search") from None

@@ -510,9 +510,22 @@ def test_a_small_space_is_not_trained_twice(data, tmp_path) -> None:
     searched = [t for t in state.trials.values() if not t.recheck_of]
     assert sorted(t.params["dataset.segment.img_size"] for t in searched) == [32, 64]
     assert state.status == "FINISHED" and state.epochs_trained() < state.budget_epochs()
-    # the summary says why budget is left
-    assert state.budget["ended"].startswith("the space is exhausted") and "2 configurations already tried" in state.budget["ended"]
-    assert any(line.startswith("  budget   ") and "the space is exhausted" in line for line in "\n".join(lines).splitlines())
+    # the summary, the report and MLflow say why budget is left, as for a trial count
+    assert state.ended.startswith("the space is exhausted") and "2 configurations already tried" in state.ended
+    assert state.ended.endswith("; the search ended with budget left") and "ended" not in state.budget
+    summary = next(line for line in lines if line.startswith("automl: ") and " trials (" in line).splitlines()[0]
+    assert summary.endswith("; " + state.ended), summary
+    assert state.ended in (Path(state.results_dir) / "report" / "report.md").read_text()
+    import mlflow
+
+    parent = mlflow.MlflowClient(state.mlflow_tracking_uri).get_run(state.mlflow_parent_run_id)
+    assert parent.data.tags["automl.ended"] == state.ended
+    # a ledger written before the reason had one place reads it there
+    path = Path(state.results_dir) / "automl_state.json"
+    data = json.loads(path.read_text())
+    data["budget"]["ended"], data["ended"] = "the space is exhausted: old", None
+    path.write_text(json.dumps(data))
+    assert automl.SearchState.load(state.results_dir).ended == "the space is exhausted: old; the search ended with budget left"
 
 
 def test_the_dry_run_of_a_small_space_shows_only_distinct_trials_and_says_it_is_small(data, tmp_path) -> None:
