@@ -250,7 +250,7 @@ class SearchState:
             trials = {tid: TrialRecord(**rec) for tid, rec in data.pop("trials", {}).items()}
             data["results_dir"] = str(Path(results_dir).resolve())
             state = cls(**data, trials=trials)
-            if isinstance(state.budget, dict) and state.budget.get("ended"):  # where it was kept before 2026-12-06
+            if isinstance(state.budget, dict) and state.budget.get("ended"):  # where it was kept until 2026-12-05
                 state.ended = state.ended or f"{state.budget.pop('ended')}; the search ended with budget left"
         except (TypeError, AttributeError) as err:
             raise ValueError(f"{path} does not have the shape of an AutoML state file ({err}); restore it from a copy "
