@@ -38,6 +38,8 @@ ALGORITHMS = ("bayesian", "random", "grid", "asha", "hyperband", "hyperband_es",
 ALGORITHM_ALIASES = {"b": "bayesian", "h": "hyperband", "hes": "hyperband_es"}
 # TAO algorithms this driver does not run (named as such when asked for).
 TAO_ONLY_ALGORITHMS = ("llm", "hybrid", "autoresearch")
+# what a training validates and reports each validated epoch (segformer.engine.module; kept here: --help stays light)
+METRICS = ("val_miou", "val_macc", "val_aacc", "val_loss")
 MULTI_FIDELITY = ("asha", "hyperband", "hyperband_es", "bohb", "dehb")  # trials stopped early by a HyperBand-family scheduler
 
 
@@ -251,7 +253,10 @@ class SearchOptions:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise SearchError(f"unknown AutoML algorithm {s.algorithm!r}{extra}; valid: {', '.join(ALGORITHMS)}{hint}")
         _check(s.mode in ("max", "min"), f"mode must be 'max' or 'min' (TAO direction maximize/minimize), got {s.mode!r}")
-        _check(isinstance(s.metric, str) and bool(s.metric), f"metric must be a non-empty name, got {s.metric!r}")
+        if s.metric not in METRICS:  # else every trial's first report failed Ray's check, the search with it
+            close = difflib.get_close_matches(str(s.metric), METRICS, n=1)
+            raise SearchError(f"metric {s.metric!r} is not one a training reports; valid: {', '.join(METRICS)}"
+                              + (f"; did you mean {close[0]!r}?" if close else ""))
         for name, value, minimum in (("epoch_multiplier", s.epoch_multiplier, 1),
                                      ("reduction_factor", s.reduction_factor, 2),
                                      ("population_size", s.population_size, 2),

@@ -403,3 +403,14 @@ def test_what_the_command_line_overrules_in_a_settings_file_is_said(tmp_path: Pa
             options_from_settings(None, {"algorithm": algorithm, "recheck": True}, {"recheck": "--recheck"})
     with pytest.warns(SettingsWarning, match="maximises val_loss"):
         options_from_settings(None, {"metric": "val_loss", "mode": "max"})
+
+
+def test_a_metric_no_training_reports_is_refused_before_any_trial():
+    """`--metric foo` passed the dry run; the search then died in Ray's check of the first report
+    (two tracebacks), left RUNNING, and `automl resume` died the same way."""
+    for name, hint in (("val_mIoU", "; did you mean 'val_miou'?"), ("foo", "")):
+        with pytest.raises(SearchError) as refused:
+            SearchOptions.build({"metric": name}, results_dir="r")
+        assert str(refused.value).endswith(f"metric {name!r} is not one a training reports; valid: val_miou, val_macc, "
+                                           f"val_aacc, val_loss{hint}"), str(refused.value)
+    assert SearchOptions.build({"metric": "val_loss", "mode": "min"}, results_dir="r").search.metric == "val_loss"
