@@ -77,7 +77,7 @@ def tao_results(state: "SearchState") -> dict[str, Any]:
     best = state.best()
     # A killed trial is done once the search is (a time budget or the failure limit ended it); while the
     # search can resume it is not, and one lost to a kill is taken over by a new trial (counted then).
-    finished = state.status == "FINISHED"
+    finished = state.status in ("FINISHED", "FAILED")  # ended; FAILED: with nothing to promote
     done = [t for t in records if t.status in ("FINISHED", "STOPPED", "FAILED") or (t.status == "KILLED" and finished and not t.lost)]
     options = (state.settings or {}).get("search") or {}
     total = options.get("max_trials") or len(records)

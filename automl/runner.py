@@ -124,11 +124,12 @@ def _refuse_a_used_folder(layout: Layout) -> None:
         return
     folder = shlex.quote(str(layout.root))
     try:
-        finished = SearchState.load(layout.root).status == FINISHED
+        status = SearchState.load(layout.root).status
     except Exception:  # noqa: BLE001 - a damaged ledger: resume says what is wrong with it
-        finished = False
-    if finished:  # resume has nothing to continue: the two messages sent the user to each other
-        raise SearchError(f"{layout.root} already holds a finished search (`automl status {folder}`); a search is not "
+        status = None
+    if status in (FINISHED, FAILED):  # resume has nothing to continue: the two messages sent the user to each other
+        how = "finished search" if status == FINISHED else "search that ended with nothing to promote"
+        raise SearchError(f"{layout.root} already holds a {how} (`automl status {folder}`); a search is not "
                           f"extended: for another one, pick another --results-dir")
     raise SearchError(f"{layout.root} already holds a search; continue it with `automl resume {folder}` "
                       f"or pick another --results-dir")
@@ -197,8 +198,9 @@ def _resume_search(layout: Layout, *, echo: Echo, live: bool, address: str | Non
     opts = SearchOptions.from_dict(state.settings).with_values(results_dir=str(layout.root))
     if address is not None:
         opts = opts.with_values(address=address)
-    if state.status == FINISHED:
-        echo(f"automl: the search in {layout.root} already finished; see `automl status {layout.root}`")
+    if state.status in (FINISHED, FAILED):
+        how = "finished" if state.status == FINISHED else "ended with no trial to promote"
+        echo(f"automl: the search in {layout.root} already {how}; see `automl status {layout.root}`")
         return SearchOutcome(layout.root, "search", state=state, best=state.best(), baseline=state.baseline())
     check_tracking_uri(state.mlflow_tracking_uri)
     tracker = Tracker(state.mlflow_tracking_uri or "", layout.root, opts.tracking.experiment_name or state.skill)
@@ -814,10 +816,12 @@ def _finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo
             from automl.pareto import PARETO_FILE
 
             tracker.log_artifacts(parent, [Layout.of(state.results_dir).root / PARETO_FILE], "search")
-    state.status = FINISHED
+    # Nothing to promote (every trial failed, none reported before a time budget ran out, none met
+    # the latency limit): the search ended, as FAILED, which `automl status --watch` answers with 1.
+    state.status = FINISHED if best is not None else FAILED
     state.save()
     if parent:
-        tracker.end_run(parent, FINISHED)
+        tracker.end_run(parent, state.status)
     # The trials once more, as they ended: the live view erases its table, and a log's last block was
     # printed while trials still ran.
     echo(format_table(state, limit=FINAL_ROWS, show_errors=True))

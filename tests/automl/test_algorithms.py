@@ -264,7 +264,19 @@ def test_failure_limit_ends_the_search(dataset, tmp_path, ray_session):
     assert outcome.stopped_by_failures and outcome.best is None
     text = "\n".join(lines)
     assert "stopped after 1 failed trials (limit --max-failed-trials 1)" in text
-    assert state.status == "FINISHED"
+    # it ended with nothing to promote: FAILED, not FINISHED, wherever a script looks (it read 'finished',
+    # and `automl status --watch` exited 0 while the driver exited 1)
+    assert state.status == "FAILED"
+    from automl.console import print_status
+    from automl.results import tao_results
+
+    assert print_status(state.results_dir, watch=0.1, echo=lambda _: None) == 1
+    assert tao_results(state)["progress"]["status"] == "failed"
+    from mlflow import MlflowClient
+
+    assert MlflowClient(state.mlflow_tracking_uri).get_run(state.mlflow_parent_run_id).info.status == "FAILED"
+    with pytest.raises(automl.SearchError, match="already holds a search that ended with nothing to promote"):
+        automl.run(_options(tmp_path / "limit", dataset, max_trials=2), echo=lambda _: None)
 
 
 def test_hyperband_bracket_count_follows_the_budget():
