@@ -153,6 +153,13 @@ def grid_points(space: Any) -> list[dict[str, Any]]:
     return space.grid()
 
 
+def grid_count(search: Any, budget: Any, size: int) -> int:
+    """How many of a grid's `size` points train: --max-trials, else as many full trainings as the epoch
+    budget holds (a grid has no re-check), else all of them."""
+    count = search.max_trials or (budget.search // budget.trial_epochs if budget is not None else size)
+    return max(1, min(count, size))
+
+
 def first_points(opts: SearchOptions, space: Any, baseline: dict[str, Any] | None, count: int) -> list[dict[str, Any]]:
     """The configurations the search would start with after the baseline (for --dry-run): the
     distinct ones, as the search trains no configuration twice (a proposal that repeats one is
@@ -204,10 +211,10 @@ def build_search(opts: SearchOptions, space: Any, baseline: dict[str, Any] | Non
     first = [baseline] if baseline is not None else []
     if search.algorithm == "grid":
         points = first + [p for p in grid_points(space) if p != baseline]
+        # Ray runs every point given whatever num_samples says: the grid is cut to its count here.
+        points = points[:grid_count(search, budget, len(points))]
         generator = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=slots)
-        # With an epoch budget: as many full trainings as the budget holds (a grid has no re-check).
-        count = search.max_trials or (budget.search // budget.trial_epochs if budget is not None else len(points))
-        return SearchPlan(generator, FIFOScheduler(), max(1, min(count, len(points))), _preset_space(points))
+        return SearchPlan(generator, FIFOScheduler(), len(points), _preset_space(points))
     if search.algorithm == "pbt":
         return _pbt_plan(opts, space, first)
 

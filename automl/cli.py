@@ -141,6 +141,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                f"max_trials={opts.search.max_trials} (--max-trials, or automl_max_recommendations in --settings) sets "
                f"the trial count instead")
         print(f"automl: --budget {args.budget:g} is not used: {why}")
+    if opts.search.algorithm == "pbt" and opts.search.max_trials:
+        print(f"automl: max_trials={opts.search.max_trials} (--max-trials, or automl_max_recommendations in --settings) is "
+              f"not used: PBT trains its population of {opts.search.population_size} (automl_population_size in --settings)")
     outcome = run(opts, dry_run=args.dry_run, live=args.live, progress=not args.no_progress)
     if outcome.mode == "search" and (outcome.best is None or outcome.stopped_by_failures):
         return 1  # nothing trained, or the failure limit ended the search (results so far are kept)

@@ -80,7 +80,7 @@ def tao_results(state: "SearchState") -> dict[str, Any]:
     finished = state.status in ("FINISHED", "FAILED")  # ended; FAILED: with nothing to promote
     done = [t for t in records if t.status in ("FINISHED", "STOPPED", "FAILED") or (t.status == "KILLED" and finished and not t.lost)]
     options = (state.settings or {}).get("search") or {}
-    total = options.get("max_trials") or len(records)
+    total = (options.get("population_size") if state.algorithm == "pbt" else options.get("max_trials")) or len(records)
     history = [{"rec_id": _rec_id(t), "trial": t.name, "metric": t.best_value,
                 "status": "infeasible" if t.infeasible else _STATUS.get(t.status, t.status.lower()),
                 "specs": dict(t.params), "epochs": t.epochs_trained, "stopped_early": t.status == "STOPPED",

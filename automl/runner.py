@@ -295,8 +295,9 @@ def _plan(opts: SearchOptions, skill: Any) -> tuple[SearchOptions, Any, dict[str
     """The options with the epoch budget resolved, the search space, the baseline's values, and the
     epoch budget (`automl.budget`; None when max_trials sizes the search)."""
     from automl import deploy
-    from automl.algorithms import grid_points
+    from automl.algorithms import grid_count, grid_points
     from automl.budget import centre, plan_budget, prioritise
+    from automl.params import SpaceWarning
     from automl.space import build_space
     from automl.trial import base_config
     from segformer.config import to_dict
@@ -334,7 +335,12 @@ def _plan(opts: SearchOptions, skill: Any) -> tuple[SearchOptions, Any, dict[str
         space.encode(baseline)  # raises when the spec's own value cannot be searched (e.g. not among the options)
         _outside(space, baseline)
     if s.algorithm == "grid":
-        grid_points(space)  # raises naming the infinite parameters
+        size = len(grid_points(space))  # raises naming the infinite parameters
+        trained = grid_count(s, budget, size)
+        if trained < size:
+            what = f"--max-trials {s.max_trials}" if s.max_trials else f"the budget ({budget.search} epochs)"
+            warnings.warn(f"the grid holds {size} points and {what} trains {trained} of them, in grid order "
+                          f"(the baseline first); raise it to train them all", SpaceWarning, stacklevel=2)
     return opts, space, baseline, budget
 
 

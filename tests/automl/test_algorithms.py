@@ -223,6 +223,23 @@ def test_grid_runs_every_point_once(dataset, tmp_path, ray_session):
     assert {t.status for t in state.trials.values()} == {"FINISHED"}
 
 
+def test_a_grid_trains_no_more_points_than_its_count(dataset, tmp_path, ray_session):
+    """--max-trials 2 on a grid of 4 points trained all 4 (Ray runs every preset point whatever
+    num_samples says), and results.json read 'completed 4 of 2'; a budget overspent the same way.
+    The grid is cut to its count, the baseline first, and a warning says so."""
+    import automl
+    from automl.params import SpaceWarning
+    from automl.results import tao_results
+
+    only = ["model.backbone.freeze_backbone", "dataset.segment.augmentation.random_flip.enable"]
+    with pytest.warns(SpaceWarning, match=r"the grid holds 4 points and --max-trials 2 trains 2 of them, in grid order"):
+        outcome = automl.run(_options(tmp_path / "cut", dataset, algorithm="grid", max_trials=2, max_epochs=1, only=only),
+                             echo=lambda _: None)
+    state = outcome.state
+    assert len(state.trials) == 2 and state.by_name("trial_000").is_baseline, state.counts()
+    assert {k: tao_results(state)["progress"][k] for k in ("completed", "total")} == {"completed": 2, "total": 2}
+
+
 _BAD_SPLIT = {"dataset.segment.validation_split": {"valid_options": ["val", "val_bad"]}}
 
 
