@@ -287,10 +287,14 @@ def _select_plain(data: Mapping[str, Any], key: str) -> Any:
 
 
 def _parse_value(text: str) -> Any:
-    """Typed override values: YAML scalars/lists/maps; '1e-4' (YAML 1.1 reads it as text) is a float."""
+    """Typed override values: YAML scalars/lists/maps; '1e-4' (YAML 1.1 reads it as text) is a float.
+    A command line has no comments: a value YAML would cut at ' #' (`results_dir=/runs/a #1`) is
+    taken as written."""
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
+        return text
+    if "#" in text and text.count("#") > str(value).count("#"):
         return text
     if isinstance(value, str) and _FLOAT.match(value.strip()):
         return float(value)

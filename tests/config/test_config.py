@@ -536,3 +536,13 @@ def test_import_is_light():
     code = "import sys, segformer.config, segformer.config.generate, segformer.config.validate; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_an_override_value_is_not_cut_at_a_hash(tmp_path):
+    """YAML reads ' #' as a comment: `results_dir=/runs/a #1` wrote into /runs/a, and
+    `train.optim.lr=0.01 #x` trained at 0.01, both in silence. A command line has no comments."""
+    cfg = load_config(None, [f"results_dir={tmp_path / 'a #1'}", "train.optim.lr=0.01"])
+    assert cfg.results_dir == str(tmp_path / "a #1")
+    with pytest.raises(ConfigError, match="train.optim.lr"):
+        load_config(None, ["train.optim.lr=0.01 #x"])
+    assert load_config(None, ['dataset.segment.root_dir="a #b"']).dataset.segment.root_dir == "a #b"  # quoted: as YAML reads it
