@@ -39,7 +39,19 @@ QUIET_ACTIONS = ("export", "quantize", "gen_trt_engine")
 EXIT_USER_ERROR = 1
 # OSError numbers that mean "fix your disk or paths" (no traceback): full disk or quota, permissions,
 # read-only file system, a regular file where a folder should be.
-_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
+# The environment, not the code, and what to do about it (a path given where a folder or a file is in
+# the way, a folder that cannot be made, a full disk, permissions).
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: "free disk space, or choose another results_dir",
+    errno.EDQUOT: "free disk space, or choose another results_dir",
+    errno.EACCES: "fix the permissions, or choose another results_dir",
+    errno.EPERM: "fix the permissions, or choose another results_dir",
+    errno.EROFS: "choose a results_dir on a writable disk",
+    errno.ENOTDIR: "a file is in the way of a folder there: move it, or choose another path",
+    errno.EEXIST: "a file is in the way of a folder there: move it, or choose another path",
+    errno.EISDIR: "a folder is in the way of a file there: give a file path, or move the folder",
+    errno.ENOENT: "check the path: a folder on it does not exist and cannot be made there",
+}
 EXIT_NOT_IMPLEMENTED = 2
 
 
@@ -170,9 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The environment, not the code: a full disk, a read-only or missing folder, a file in the way.
         if exc.errno not in _ENVIRONMENT_ERRNOS or os.environ.get("SEGFORMER_DEBUG"):
             raise
-        where = f" {exc.filename}" if exc.filename else ""
-        print(f"segformer {command}: error: cannot access{where}: {exc.strerror or exc}; free disk space, fix the "
-              "permissions, or choose another results_dir", file=sys.stderr)
+        path = exc.filename2 or exc.filename  # a rename's destination: the path the user gave, not our temporary
+        where = f" {path}" if path else ""
+        print(f"segformer {command}: error: cannot access{where}: {exc.strerror or exc}; {_ENVIRONMENT_ERRNOS[exc.errno]}",
+              file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
         if _from_interrupt(exc):  # Ctrl-C inside a library call (a checkpoint write) that raised its own error

@@ -242,6 +242,23 @@ def b_engine_as_checkpoint(c):
     return c.spec() + [f"evaluate.checkpoint={path}"], ["TensorRT", "tensorrt"]
 
 
+def b_export_onnx_file_is_a_folder(c):
+    (c.tmp / "model.onnx").mkdir()
+    return c.spec() + [f"export.checkpoint={c.checkpoint()}", f"export.onnx_file={c.tmp / 'model.onnx'}"], \
+        [f"cannot access {c.tmp / 'model.onnx'}: is a directory", "a folder is in the way of a file"]
+
+
+def b_export_onnx_under_a_file(c):
+    (c.tmp / "afile").write_text("x")
+    return c.spec() + [f"export.checkpoint={c.checkpoint()}", f"export.onnx_file={c.tmp / 'afile' / 'm.onnx'}"], \
+        [f"cannot access {c.tmp / 'afile'}", "a file is in the way of a folder"]
+
+
+def b_eval_results_cannot_be_made(c):
+    return c.spec() + [f"evaluate.checkpoint={c.checkpoint()}", "evaluate.results_dir=/proc/segformer_results"], \
+        ["cannot access /proc/segformer_results", "does not exist and cannot be made there"]
+
+
 def b_quantize_calibration_unreadable(c):
     folder = c.tmp / "calibration"
     folder.mkdir()
@@ -533,6 +550,9 @@ CASES = [
     Case("eval_garbage_onnx", "evaluate", b_garbage_onnx),
     Case("eval_engine_without_tensorrt", "evaluate", b_engine_as_checkpoint),
     Case("quantize_calibration_unreadable", "quantize", b_quantize_calibration_unreadable),
+    Case("export_onnx_file_is_a_folder", "export", b_export_onnx_file_is_a_folder),
+    Case("export_onnx_under_a_file", "export", b_export_onnx_under_a_file),
+    Case("eval_results_dir_cannot_be_made", "evaluate", b_eval_results_cannot_be_made),
     Case("eval_other_head_width", "evaluate", b_eval_head_width),
     Case("quantize_onnx_for_torch_backend", "quantize", b_quant_onnx_for_torch_backend),
     Case("inference_other_backbone", "inference", b_infer_backbone),
