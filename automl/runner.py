@@ -802,9 +802,13 @@ def _finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo
                 if state.recheck.get(key) is not None:  # verdicts written before the fresh-seed rule have neither
                     metrics[metric] = state.recheck[key]
         for role in ("promoted", "baseline"):
-            mean = ((state.final_evaluation or {}).get(role) or {}).get("mean")
-            if mean is not None:
-                metrics[f"test_miou_{role}"] = mean
+            # the model itself (the promoted one is best/ and the registered champion, listed first), and
+            # where its configuration trained on more seeds, their mean, the fair comparison
+            scored = ((state.final_evaluation or {}).get(role) or {})
+            if scored.get("test_miou"):
+                metrics[f"test_miou_{role}"] = scored["test_miou"][0]
+            if len(scored.get("test_miou") or ()) > 1:
+                metrics[f"test_miou_{role}_mean"] = scored["mean"]
         if state.budget is not None:
             metrics["epochs_trained"] = state.epochs_trained()
         tracker.log_metrics(parent, metrics, step=0)
