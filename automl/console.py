@@ -278,6 +278,9 @@ def summary(state: SearchState) -> str:
             lead = (f"; {best.name}'s lead over the baseline comes from one training of each and was not confirmed "
                     f"with another seed" if state.better(best.best_value, baseline.best_value) else "")
             lines.append(f"  re-check none: {no_recheck_reason(state)}{lead}")
+        elif baseline is None:
+            lines.append(f"  re-check none: no baseline trial (run_baseline is off), so nothing to re-check {best.name} "
+                         "against; its score comes from one training")
     if state.pareto is not None:
         lines.append(f"  front    {len(state.pareto['front'])} of {len(state.pareto['points'])} trials on the "
                      f"{' / '.join(state.pareto['objectives'])} front; promoted {state.pareto['chosen']}: {state.pareto['rule']}")

@@ -65,13 +65,14 @@ def final_evaluation(state: SearchState, promoted: TrialRecord, echo: Callable[[
     baseline = state.baseline()
     if baseline is not None and baseline.best_value is None and baseline.infeasible:
         reason = "the baseline (the spec's own model) is over the latency limit and trained nothing"
-    if reason is not None or baseline is None:
-        out = {"skipped": reason or "no baseline trial to compare with", **size}
+    if reason is not None:
+        out = {"skipped": reason, **size}
         echo(f"automl: final evaluation skipped: {out['skipped']}")
         return out
     started = time.time()
     folder = Layout.of(state.results_dir).root / "final_evaluation"
-    groups: dict[str, list[TrialRecord]] = {"promoted": [promoted], "baseline": [baseline]}
+    # run_baseline off: the promoted model is still scored, with nothing beside it
+    groups: dict[str, list[TrialRecord]] = {"promoted": [promoted], **({"baseline": [baseline]} if baseline else {})}
     verdict = state.recheck or {}
     if verdict:
         for role, name, names in (("leader", verdict["leader"], verdict["leader_rechecks"]),
@@ -138,6 +139,9 @@ def final_lines(final: dict[str, Any], recheck: dict[str, Any] | None = None, pr
     if "skipped" in final:
         return [f"  test     skipped: {final['skipped']}", *note]
     p, b = final.get("promoted", {}), final.get("baseline", {})
+    if "baseline" not in final and p.get("mean") is not None:
+        return [f"  test     promoted {p['trials'][0]} mIoU {p['mean']:.4f} on the untouched test split (no baseline "
+                "trial to compare with: run_baseline is off)", *note]
     if p.get("mean") is None or b.get("mean") is None:
         return ["  test     could not score both models (see the lines above)", *note]
     lead = final.get("leader", {})

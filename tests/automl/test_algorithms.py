@@ -366,9 +366,19 @@ def test_run_baseline_off_runs_no_baseline(dataset, tmp_path, ray_session):
     """TAO's run_baseline: false: every trial is drawn by the sampler; none is marked the baseline."""
     import automl
 
+    lines: list[str] = []
     outcome = automl.run(_options(tmp_path / "nobase", dataset, algorithm="random", max_trials=2, max_epochs=1,
-                                  baseline_first=False), echo=lambda _: None)
+                                  baseline_first=False, promote=True, export=False, quantize=False, trt=False),
+                         echo=lines.append)
     state = outcome.state
     assert len(state.trials) == 2 and state.baseline() is None and state.baseline_params is None
     assert all(t.params["train.optim.lr"] != pytest.approx(BASE_LR) for t in state.trials.values())
     assert outcome.best is not None
+    # the promoted model is still scored on the untouched test split (it was skipped: "no baseline"),
+    # and the summary says its lead was checked against nothing
+    final = state.final_evaluation
+    assert "skipped" not in final and "baseline" not in final and final["promoted"]["trials"] == [outcome.best.name]
+    text = "\n".join(lines)
+    assert (f"  test     promoted {outcome.best.name} mIoU {final['promoted']['mean']:.4f} on the untouched test split "
+            "(no baseline trial to compare with: run_baseline is off)") in text, text[-3000:]
+    assert "  re-check none: no baseline trial (run_baseline is off)" in text
