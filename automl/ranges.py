@@ -186,6 +186,13 @@ def apply_custom(name: str, node: Mapping[str, Any], custom: Mapping[str, Any] |
                 bad = [v for v in value if v not in allowed]
                 if bad:
                     raise SpaceError(f"custom_param_ranges[{name!r}]: options {bad} are not in the schema enum {allowed}")
+            # numbers within the schema's validity bounds, as valid_min/valid_max are (a trial failed on it)
+            numbers = [v for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            bad = [v for v in numbers if (schema_lo is not None and v < schema_lo) or (schema_hi is not None and v > schema_hi)]
+            if bad:
+                raise SpaceError(f"custom_param_ranges[{name!r}]: options {bad} are outside the schema's bounds "
+                                 f"[{fmt(schema_lo) if schema_lo is not None else '-inf'}, "
+                                 f"{fmt(schema_hi) if schema_hi is not None else 'inf'}]; use values within them")
             merged.pop("option_weights", None)  # schema weights belong to the schema's options
         merged[target] = list(value) if isinstance(value, tuple) else value
     lo, hi = _number(_search_bounds(merged)[0]), _number(_search_bounds(merged)[1])

@@ -231,6 +231,10 @@ def test_search_range_from_valid_min_max_validity_from_minimum_maximum() -> None
     assert (wide["train.wd"].low, wide["train.wd"].high) == (1e-5, 0.5)
     with pytest.raises(SpaceError, match="above the schema maximum 1.0"):
         build_space(_schema({"train.wd": node}), param_ranges={"train.wd": {"valid_max": 2.0}})
+    # options as well (a trial failed on 1e6 at run time, after a dry run that listed it)
+    with pytest.raises(SpaceError, match=r"options \[1000000.0\] are outside the schema's bounds \[0, 1\]"):
+        build_space(_schema({"train.wd": node}), param_ranges={"train.wd": {"valid_options": [0.01, 1e6]}})
+    assert build_space(_schema({"train.wd": node}), param_ranges={"train.wd": {"valid_options": [0.0, 1.0]}})["train.wd"].choices == (0.0, 1.0)
     only_min = build_space(_schema({"train.x": {"type": "float", "default": 0.5, "minimum": 0, "maximum": 1, "valid_min": 0.2}}))
     assert (only_min["train.x"].low, only_min["train.x"].high) == (0.2, 1.0) and "valid_min, maximum" in only_min["train.x"].source
 
