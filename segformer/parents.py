@@ -183,13 +183,26 @@ def resolve_folder(folder: Path, key: str, wants: tuple[str, ...]) -> Choice:
     """The file ``key`` takes from ``folder`` (the module docstring's rule), or one SegformerError."""
     find = _finder(folder, key)
     try:
-        for want in wants:
+        for i, want in enumerate(wants):
             choice = find(want)
             if choice is not None:
-                return choice
+                return _stale(choice, find, wants[i + 1:]) if want == "onnx" else choice
     except SegformerError as err:
         raise SegformerError(f"{key}: {err}") from None
     raise SegformerError(_nothing_message(folder, key, wants, find))
+
+
+def _stale(onnx: Choice, find: Callable[[str], Choice | None], others: tuple[str, ...]) -> Choice:
+    """The ONNX model taken where the checkpoint it was exported from would do too (quantize's ONNX
+    backends): said to be older than the checkpoint when a training wrote that since (a resume)."""
+    try:
+        checkpoint = find("best") if "best" in others else None
+    except SegformerError:  # no checkpoint to compare with: the ONNX model was picked all the same
+        checkpoint = None
+    if checkpoint is None or not _written_after(checkpoint.path, onnx.path):
+        return onnx
+    return Choice(onnx.path, f"{onnx.why}; NOTE: it is older than {checkpoint.path}, so it may hold an earlier model: "
+                             "export again to use the newer one")
 
 
 # --------------------------------------------------------------------------------------- folders

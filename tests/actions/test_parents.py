@@ -112,6 +112,24 @@ def test_deploy_fields_pick_by_what_they_take(make_cfg, tiny_dataset, tmp_path):
     assert engine == str(results / "gen_trt_engine/segformer.engine")
 
 
+def test_an_export_older_than_the_training_is_said_to_be(trained, tmp_path):
+    """Quantize (ONNX backends) on a results folder takes export/'s ONNX model: after a resume trained on,
+    that model was an earlier one, quantized in silence (evaluate took the newer checkpoint)."""
+    _, result = trained
+    results = tmp_path / "results"
+    _linked_copy(result.results_dir, results / "train")
+    onnx = results / "export" / "segformer.onnx"
+    onnx.parent.mkdir(parents=True)
+    onnx.write_bytes(b"stand-in")
+    expected, _ = _best_by_status(results / "train")
+    os.utime(onnx, (expected.stat().st_mtime - 60, expected.stat().st_mtime - 60))  # exported before the training ended
+    choice = resolve_folder(results, "quantize.model_path", ("onnx", "best"))
+    assert choice.path == onnx and choice.why.endswith(
+        f"; NOTE: it is older than {expected}, so it may hold an earlier model: export again to use the newer one")
+    os.utime(onnx, (expected.stat().st_mtime + 60, expected.stat().st_mtime + 60))  # exported after it: no note
+    assert "NOTE" not in resolve_folder(results, "quantize.model_path", ("onnx", "best")).why
+
+
 def test_quantize_model_path_follows_the_backend_that_runs(make_cfg, tiny_dataset, tmp_path, monkeypatch):
     """torchao quantizes a PyTorch checkpoint; where it cannot be imported quantize runs onnxruntime,
     which takes the fp32 ONNX model: an export folder, a results folder and best/ give theirs."""
