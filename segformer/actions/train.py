@@ -112,6 +112,7 @@ def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: boo
         trainer = build_trainer(cfg, results_dir, [*run_callbacks, *callbacks], quiet=quiet, bar=bar)
 
         existed = {path: path.exists() for path in logs}
+        spec_before = _read_or_none(results_dir / SPEC_NAME)  # put back when nothing trains (it describes the checkpoint)
         try:
             created = _write_spec(cfg, results_dir)
         except OSError as exc:
@@ -133,9 +134,15 @@ def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: boo
     validated = [r for r in history if r.get("val_miou") is not None]
     best = max(validated, key=lambda r: r["val_miou"], default=None)
     nothing = resumed_step is not None and trainer.global_step == resumed_step  # Lightning stopped at once, in silence
+    if nothing:  # what this run wrote goes: the spec it would have trained, a new folder
+        if spec_before is None:
+            _remove_created(created)
+        else:
+            (results_dir / SPEC_NAME).write_bytes(spec_before)
     if nothing and trainer.is_global_zero:
-        note = (f"nothing trained: {resume} has trained the {train_cfg.num_epochs} epochs train.num_epochs asks for "
-                f"already; raise train.num_epochs to train on from it")
+        done = int(trainer.current_epoch)  # the epochs the checkpoint has completed
+        note = (f"nothing trained: {resume} has trained {done} epoch{'s' if done != 1 else ''} already, and "
+                f"train.num_epochs asks for {train_cfg.num_epochs}; raise train.num_epochs above {done} to train on from it")
         if quiet:
             log.warning(note)
         else:
@@ -388,6 +395,13 @@ def _write_spec(cfg: ExperimentConfig, results_dir: Path) -> list[Path]:
         created.append(spec)
     dump_config(cfg, spec)
     return created + sorted(missing, key=lambda p: len(p.parts), reverse=True)
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def _remove_created(paths: Sequence[Path]) -> None:

@@ -280,9 +280,21 @@ def test_resuming_a_finished_training_says_that_nothing_was_trained(tiny_dataset
     # the checkpoint it resumed, not the latest file of a folder it wrote nothing to
     assert not result.trained and result.last_checkpoint == trained[1].last_checkpoint
     out, err = capsys.readouterr()
-    assert (f"segformer train: nothing trained: {trained[1].last_checkpoint} has trained the 2 epochs train.num_epochs "
-            "asks for already; raise train.num_epochs to train on from it") in err
+    assert (f"segformer train: nothing trained: {trained[1].last_checkpoint} has trained 2 epochs already, and "
+            "train.num_epochs asks for 2; raise train.num_epochs above 2 to train on from it") in err
     assert "segformer train: wrote" not in out + err  # it wrote no checkpoint and no status.json
+    assert not (tmp_path / "train").exists()  # nor the spec it did not train, nor a folder for it
+    # in the checkpoint's own folder, with fewer epochs asked for: the count is the checkpoint's, and
+    # the spec beside it still describes it
+    import shutil
+
+    copy = shutil.copytree(trained[1].results_dir, tmp_path / "own" / "train")  # the shared run stays untouched
+    own = copy / "experiment.yaml"
+    before = own.read_bytes()
+    cfg = make_cfg(tiny_dataset, tmp_path / "own", f"train.resume_training_checkpoint_path={copy / 'segformer_model_latest.pth'}",
+                   "train.num_epochs=1")
+    assert not train.run(cfg).trained and own.read_bytes() == before
+    assert "has trained 2 epochs already, and train.num_epochs asks for 1" in capsys.readouterr().err
 
 
 def test_no_lightning_advertisement_or_internal_deprecation(tiny_dataset, tmp_path):
