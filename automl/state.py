@@ -222,6 +222,10 @@ class SearchState:
             if starting(results_dir):
                 raise FileNotFoundError(f"the search in {results_dir} is starting: its driver checks the data and starts "
                                         f"Ray before it writes {path.name}; try again in a few seconds")
+            plain = Path(results_dir) / "train" / "status.json"
+            if plain.is_file():  # `automl run --policy off`: one training, no search
+                raise FileNotFoundError(f"{results_dir} holds a plain training (automl run --policy off), not a search: its "
+                                        f"epochs are in {plain}, and evaluate.checkpoint={plain.parent} takes its best checkpoint")
             raise FileNotFoundError(
                 f"no AutoML state in {results_dir}: expected {path}; was this folder made by `automl run`?"
             )

@@ -61,6 +61,10 @@ def _check_plain(out: subprocess.CompletedProcess, results: Path) -> None:
     assert "INFO mlflow" not in out.stdout + out.stderr  # creating the MLflow store says nothing
     assert (results / "train" / "segformer_model_latest.pth").is_file()
     assert not (results / "automl_state.json").exists()  # no search
+    # ... which `automl status` says, instead of doubting that `automl run` made the folder
+    status = _automl("status", str(results))
+    assert status.returncode == 2 and (f"{results} holds a plain training (automl run --policy off), not a search: its "
+                                       f"epochs are in {results / 'train' / 'status.json'}") in status.stderr, status.stderr
     runs = _runs(results)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert "best_val_miou" in runs[0].data.metrics and "val_miou" in runs[0].data.metrics
