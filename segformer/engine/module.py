@@ -89,6 +89,12 @@ class SegFormerModule(L.LightningModule):
         images, masks = batch["image"], batch["mask"]
         loss = segmentation_cross_entropy(self.model(images), masks, self.align_corners, self.ignore_index)
         if not torch.isfinite(loss):
+            if self.global_step == 0:  # before any update: the learning rate had no part in it
+                raise TrainingDivergedError(
+                    f"the training loss is {loss.item()} on the first batch, before any update: the starting weights "
+                    "(train.pretrained_model_path, model.backbone.pretrained_backbone_path) hold NaN or inf values, or "
+                    "the images do (dataset.segment.augmentation.mean/std, a broken image file); check those, not the "
+                    "learning rate")
             raise TrainingDivergedError(
                 f"the training loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step} "
                 f"(train.optim.lr={self.optimizer_settings.lr}); lower train.optim.lr (for example by 10x), "
