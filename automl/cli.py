@@ -281,16 +281,11 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    """Like parse_args, but key=value overrides may also follow the flags (`run -e s.yaml a=1 --max-trials 3
-    b=2`), as with TAO's launcher; argparse alone stops taking positionals after the first flag."""
-    parser = _parser()
-    args, extras = parser.parse_known_args(argv)
-    if extras:
-        stray = [e for e in extras if e.startswith("-") or "=" not in e]
-        if stray or not hasattr(args, "overrides"):
-            parser.error(f"unrecognized arguments: {' '.join(stray or extras)}")
-        args.overrides = [*(args.overrides or []), *extras]
-    return args
+    """key=value overrides may also follow the flags (`run -e s.yaml a=1 --max-trials 3 b=2`), as
+    every segformer action takes them."""
+    from segformer.cli import parse_with_overrides
+
+    return parse_with_overrides(_parser(), argv)
 
 
 EXIT_BROKEN_PIPE = 141  # the shell's code for a writer whose reader closed the pipe (128 + SIGPIPE)

@@ -97,6 +97,19 @@ def add_spec_arguments(parser: argparse.ArgumentParser, *, required: bool = True
     return parser
 
 
+def parse_with_overrides(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Like parse_args, but key=value overrides may stand on both sides of the flags (`train a=1 -e
+    s.yaml b=2`), as with TAO's launcher; argparse alone takes positionals in one run, and called the
+    ones after a flag "unrecognized arguments"."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        stray = [e for e in extras if e.startswith("-") or "=" not in e]
+        if stray or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(stray or extras)}")
+        args.overrides = [*(args.overrides or []), *extras]
+    return args
+
+
 def action_parser(action: str) -> argparse.ArgumentParser:
     """The parser shared by every action: a spec file and dotted overrides, as TAO takes them; the
     epilog says what the action needs and writes, with an example (`segformer.actions.USAGE`)."""
@@ -121,7 +134,7 @@ class _WrappedEpilog(argparse.HelpFormatter):
 
 def run_action(action: str, argv: Sequence[str]) -> int:
     """Parse, load and validate the spec, then call ``segformer.actions.<action>.run(cfg)``."""
-    args = action_parser(action).parse_args(list(argv))
+    args = parse_with_overrides(action_parser(action), list(argv))
     module_name = f"segformer.actions.{action}"
     from segformer.config import load_config
 

@@ -59,6 +59,20 @@ def test_each_action_says_what_it_needs_writes_and_an_example(capsys: pytest.Cap
     assert cli.main([]) == 2 and "actions (segformer <action>" in capsys.readouterr().err
 
 
+def test_overrides_may_stand_on_both_sides_of_the_flags(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`segformer train a=1 -e spec.yaml b=2` called b=2 an "unrecognized argument" (argparse takes
+    positionals in one run); TAO's launcher takes both. A stray flag is still refused."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text("train:\n  num_epochs: 3\n")
+    args = cli.parse_with_overrides(cli.action_parser("train"), ["results_dir=/r", "-e", str(spec), "train.num_epochs=1"])
+    assert args.spec == str(spec) and args.overrides == ["results_dir=/r", "train.num_epochs=1"]
+    assert cli.main(["validate", "results_dir=/r", "-e", str(spec), "train.num_epochs=0", "--no-data"]) == 1
+    assert "train.num_epochs must be" in capsys.readouterr().out  # the override after the flag was read
+    with pytest.raises(SystemExit):
+        cli.parse_with_overrides(cli.action_parser("train"), ["-e", str(spec), "a=1", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
 def test_unknown_command_lists_the_valid_ones(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(["trian"])

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from segformer.actions import ACTIONS
-from segformer.cli import add_spec_arguments
+from segformer.cli import add_spec_arguments, parse_with_overrides
 
 from .fields import ConfigError, ConfigWarning
 from .loader import load_config, read_spec, spec_problems
@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also check the values this action needs (e.g. evaluate.checkpoint)")
     parser.add_argument("--no-data", action="store_true", help="do not read the dataset's files (the spec only)")
     add_spec_arguments(parser)  # -e as the actions take it (TAO's --experiment_spec_file too)
-    args = parser.parse_args(argv)
+    args = parse_with_overrides(parser, argv)
 
     try:
         raw = read_spec(args.spec)
@@ -60,8 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 notes.extend(f"{m} here (not a problem when the action runs elsewhere)" for m in missing)
             else:
                 problems.extend(missing)
+        if cfg is not None and args.action == "export":  # the exporter's own rules (opset 14 and more)
+            problems.extend(_export_problems(cfg.export))
         if cfg is not None and args.action in (None, "train", "evaluate"):
-            problems.extend(_data_problems(cfg.dataset.segment, read_files=not args.no_data, notes=notes))
+            problems.extend(_data_problems(cfg.dataset.segment, read_files=not args.no_data, notes=notes,
+                                           keys=_ACTION_SPLITS.get(args.action)))
 
     where = f"{args.spec}" + (f" (action {args.action})" if args.action else "")
     for note in notes:
@@ -96,7 +99,23 @@ def _file_problems(cfg, action: str) -> list[str]:
     return problems
 
 
-def _data_problems(segment, *, read_files: bool, notes: list[str]) -> list[str]:
+def _export_problems(export) -> list[str]:
+    from segformer.deploy.onnx_export import check_export_settings
+    from segformer.errors import SegformerError
+
+    try:
+        check_export_settings(int(export.batch_size), int(export.opset_version), int(export.input_channel),
+                              int(export.input_height), int(export.input_width))
+    except SegformerError as exc:
+        return [str(exc)]
+    return []
+
+
+# the splits an action reads (no action: all three, as AutoML reads them: it scores the winner on the test split)
+_ACTION_SPLITS = {"train": ("train_split", "validation_split"), "evaluate": ("test_split",)}
+
+
+def _data_problems(segment, *, read_files: bool, notes: list[str], keys: Sequence[str] | None) -> list[str]:
     """The palette against num_classes, and with `read_files` every file of the splits a training
     reads when the dataset is here (`segformer.data.segdata.check_splits`); a note when it is not."""
     from segformer.data.palette import MaskDecoder
@@ -111,7 +130,7 @@ def _data_problems(segment, *, read_files: bool, notes: list[str]) -> list[str]:
         if not Path(root).is_dir():
             notes.append(f"the dataset was not read: dataset.segment.root_dir {root} is not a folder on this machine")
             return []
-        notes.append(f"dataset read: {split_counts(check_splits(segment))} under {root}")
+        notes.append(f"dataset read: {split_counts(check_splits(segment, **({'keys': keys} if keys else {})))} under {root}")
     except DataError as exc:
         # check_splits lists its problems under a header line: list them as validate's own
         return str(exc).split("\n  - ")[1:] or [str(exc)]

@@ -208,12 +208,16 @@ def build_data(segment_cfg: Any, seed: int, *, train_batch_size: int | None = No
     )
 
 
-def check_splits(segment_cfg: Any, *, progress: bool | None = None) -> dict[str, int]:
+SPLIT_KEYS = ("train_split", "validation_split", "test_split")
+
+
+def check_splits(segment_cfg: Any, *, progress: bool | None = None, keys: Sequence[str] = SPLIT_KEYS) -> dict[str, int]:
     """Before anything trains: every problem of the splits a training reads (``train_split``,
     ``validation_split``, and ``test_split`` where it differs, since AutoML evaluates the winner on
-    it), raised together as one :class:`DataError`. The palette is checked against ``num_classes``
-    first. Nothing decoded is kept (for a process that does not train, such as the AutoML driver).
-    Returns each split's number of image/mask pairs."""
+    it), raised together as one :class:`DataError`; `keys` narrows them to one action's (a training's
+    two, evaluate's test split). The palette is checked against ``num_classes`` first. Nothing
+    decoded is kept (for a process that does not train, such as the AutoML driver). Returns each
+    split's number of image/mask pairs."""
     where = "dataset.segment"
     root_dir = _get(segment_cfg, "root_dir", where)
     if root_dir in (None, "", "???"):
@@ -224,7 +228,7 @@ def check_splits(segment_cfg: Any, *, progress: bool | None = None) -> dict[str,
                           int(_get(segment_cfg, "num_classes", where)))
     problems: list[str] = []
     counts: dict[str, int] = {}
-    for key in ("train_split", "validation_split", "test_split"):
+    for key in keys:
         split = _get(segment_cfg, key, where)
         if split in counts:
             continue

@@ -176,6 +176,24 @@ def _export_torchscript(model, example, path: Path, opset: int, dynamic: bool, v
     )
 
 
+def check_export_settings(batch_size: int, opset_version: int, input_channel: int, input_height: int,
+                          input_width: int) -> None:
+    """The export section's values this exporter takes, or one SpecError (also `segformer validate
+    --action export`'s check)."""
+    if batch_size == 0 or batch_size < -1:
+        raise SpecError(f"export.batch_size must be -1 (dynamic) or >= 1, got {batch_size}")
+    if opset_version < MIN_OPSET:
+        raise SpecError(f"export.opset_version must be {MIN_OPSET} or more (the attention exports as ONNX's "
+                        f"scaled-dot-product pattern from opset {MIN_OPSET}), got {opset_version}; TAO's default is 17")
+    if input_channel not in (1, 3):
+        raise SpecError(f"export.input_channel must be 1 or 3, got {input_channel}")
+    if input_height < 32 or input_width < 32:
+        raise SpecError(
+            f"export.input_height and input_width must be at least 32 (the deepest feature stride), "
+            f"got {input_height}x{input_width}; the backbone's own size rule is checked by the export action"
+        )
+
+
 def export_onnx(
     model: nn.Module,
     path: str | Path,
@@ -192,18 +210,7 @@ def export_onnx(
     ``batch_size`` -1 makes the batch axis dynamic; a positive value fixes it. The model is
     exported on the device its parameters are on (move it first for ``on_cpu``).
     """
-    if batch_size == 0 or batch_size < -1:
-        raise SpecError(f"export.batch_size must be -1 (dynamic) or >= 1, got {batch_size}")
-    if opset_version < MIN_OPSET:
-        raise SpecError(f"export.opset_version must be {MIN_OPSET} or more (the attention exports as ONNX's "
-                        f"scaled-dot-product pattern from opset {MIN_OPSET}), got {opset_version}; TAO's default is 17")
-    if input_channel not in (1, 3):
-        raise SpecError(f"export.input_channel must be 1 or 3, got {input_channel}")
-    if input_height < 32 or input_width < 32:
-        raise SpecError(
-            f"export.input_height and input_width must be at least 32 (the deepest feature stride), "
-            f"got {input_height}x{input_width}; the backbone's own size rule is checked by the export action"
-        )
+    check_export_settings(batch_size, opset_version, input_channel, input_height, input_width)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dynamic = batch_size == -1

@@ -400,6 +400,30 @@ def test_validate_action_requirements_and_clean_spec(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_validate_checks_what_the_action_checks_and_reads_only_its_splits(tmp_path, capsys):
+    """`validate --action export` said OK to export.opset_version=13, which export refuses; `--action
+    train` refused a dataset without a test split, which train never reads."""
+    from segformer.data.synth import generate
+
+    data = generate(tmp_path / "d", num_classes=2, size=32, train=2, val=2, test=2)
+    model = tmp_path / "m.pth"
+    model.write_bytes(b"")
+    spec = ["-e", str(data / "spec.yaml"), f"results_dir={tmp_path / 'r'}"]
+    assert validate.main([*spec, "--action", "export", f"export.checkpoint={model}", "export.opset_version=13"]) == 1
+    assert "export.opset_version must be 14 or more" in capsys.readouterr().out
+    assert validate.main([*spec, "--action", "export", f"export.checkpoint={model}"]) == 0
+    capsys.readouterr()
+    import shutil
+
+    for kind in ("images", "masks"):
+        shutil.rmtree(data / kind / "test")
+    assert validate.main([*spec, "--action", "train"]) == 0
+    assert "dataset read: 2/2 train/val image/mask pairs" in capsys.readouterr().out
+    for action in (["--action", "evaluate", f"evaluate.checkpoint={model}"], []):  # evaluate, and AutoML, read it
+        assert validate.main([*spec, *action]) == 1
+        assert "dataset.segment.test_split 'test'" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("action, key", [("evaluate", "evaluate.checkpoint"), ("inference", "inference.trt_engine"),
                                          ("export", "export.checkpoint"), ("quantize", "quantize.model_path"),
                                          ("gen_trt_engine", "gen_trt_engine.onnx_file"),
