@@ -45,6 +45,9 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 DYNAMIC_EXAMPLE_BATCH = 2
 _DYNAMO_MIN_OPSET = 18
+# Below 17 the torch.export route always fails: its graph holds LayerNormalization (an opset-17 op),
+# which onnx's converter cannot take lower. Those opsets go to the TorchScript exporter directly.
+_LAYER_NORM_OPSET = 17
 MIN_OPSET = 14  # the lowest opset these models export to (measured: 13 fails on the attention)
 _PROTOBUF_LIMIT = 2**31 - 2**26  # 2 GiB less some headroom for the graph itself
 
@@ -228,21 +231,31 @@ def export_onnx(
     try:
         with atomic_output(path) as tmp_path:
             with torch.no_grad(), _quiet_exporter(verbose):
-                try:
-                    _export_dynamo(model, example, tmp_path, opset_version, dynamic, external, verbose)
-                    _check_exported(tmp_path, dynamic, batch_size)
-                except Exception as err:  # noqa: BLE001 - a tracing failure or an invalid graph: the other exporter
-                    log.warning(
-                        "torch.export-based ONNX export failed (%s: %s); retrying with the "
-                        "TorchScript exporter", type(err).__name__, str(err).splitlines()[0][:200]
-                    )
-                    for leftover in tmp_path.parent.iterdir():  # the folder is private to this export
-                        leftover.unlink()
+                if opset_version < _LAYER_NORM_OPSET:
+                    log.info("opset %d: exporting with the TorchScript exporter (the torch.export one needs opset %d "
+                             "for LayerNormalization)", opset_version, _LAYER_NORM_OPSET)
                     _export_torchscript(model, example, tmp_path, opset_version, dynamic, verbose)
                     _check_exported(tmp_path, dynamic, batch_size)
+                else:
+                    _export_with_fallback(model, example, tmp_path, opset_version, dynamic, external, verbose, batch_size)
     finally:
         model.train(was_training)
     return path
+
+
+def _export_with_fallback(model, example, path: Path, opset: int, dynamic: bool, external: bool, verbose: bool,
+                          batch_size: int) -> None:
+    """The torch.export exporter, and where it fails to trace or writes an invalid graph, the TorchScript one."""
+    try:
+        _export_dynamo(model, example, path, opset, dynamic, external, verbose)
+        _check_exported(path, dynamic, batch_size)
+    except Exception as err:  # noqa: BLE001 - a tracing failure or an invalid graph: the other exporter
+        log.warning("torch.export-based ONNX export failed (%s: %s); retrying with the TorchScript exporter",
+                    type(err).__name__, str(err).splitlines()[0][:200])
+        for leftover in path.parent.iterdir():  # the folder is private to this export
+            leftover.unlink()
+        _export_torchscript(model, example, path, opset, dynamic, verbose)
+        _check_exported(path, dynamic, batch_size)
 
 
 def _check_exported(path: Path, dynamic: bool, batch_size: int) -> None:

@@ -146,3 +146,29 @@ def test_a_reduce_mean_exports_at_tao_opset_17_without_the_fallback(tmp_path, ca
     x = torch.randn(3, 3, 32, 32)
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
     np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-5)
+
+
+def test_opsets_below_17_export_without_a_failure_on_the_way(tmp_path, caplog):
+    """Opsets 14-16 (valid, and NVIDIA's schema allows them) printed "torch.export-based ONNX export
+    failed (... No Previous Version of LayerNormalization exists)" before the fallback wrote the file:
+    the torch.export graph can never go below 17. They go to the TorchScript exporter directly."""
+    from torch import nn
+
+    from segformer.deploy.onnx_export import export_onnx
+
+    class ChannelLastNorm(nn.Module):  # as the backbones normalise their tokens
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.norm = nn.Conv2d(3, 4, 4, stride=4), nn.LayerNorm(4)
+
+        def forward(self, x):
+            return self.norm(self.conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    model = ChannelLastNorm().eval()
+    with caplog.at_level("WARNING", logger="segformer.deploy.onnx_export"):
+        path = export_onnx(model, tmp_path / "m.onnx", input_height=32, input_width=32, opset_version=14)
+    assert not [r for r in caplog.records if "failed" in r.getMessage()], [r.getMessage() for r in caplog.records]
+    assert onnx.load(str(path)).opset_import[0].version == 14
+    x = torch.randn(2, 3, 32, 32)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-5)
