@@ -26,10 +26,10 @@ def settings_line(opts: SearchOptions, budget: Any = None) -> str:
     """One line with the budget a search runs under (printed by run and --dry-run)."""
     s, r = opts.search, opts.resources
     epochs = s.trial_epochs or "spec"
+    per_trial = count(epochs, "epoch") if isinstance(epochs, int) else f"{epochs} epochs"
     if budget is not None:
-        trials = f"{budget.text()}, trials of up to {epochs} epochs"
+        trials = f"{budget.text()}, trials of up to {per_trial}"
     else:
-        per_trial = count(epochs, "epoch") if isinstance(epochs, int) else f"{epochs} epochs"
         if s.algorithm == "pbt":  # every member trains every epoch: the total is known
             total = f" ({count(s.population_size * epochs, 'epoch')} in all)" if isinstance(epochs, int) else ""
             trials = f"population {s.population_size} x {per_trial}{total}"
@@ -326,9 +326,11 @@ def no_recheck_reason(state: SearchState) -> str:
                 f"{RECHECK_MIN_BUDGET} trainings of a trial's {count(b['trial_epochs'], 'epoch')}, two of them to re-check "
                 "the leader)")
     if b.get("recheck"):  # planned, but the search ended first
+        started = [t.name for t in state.trials.values() if t.recheck_of]
+        when = f"before it ended ({', '.join(started)} cut short)" if started else "before it"
         if any((t.stopped_by or "").startswith("time:") for t in state.trials.values()):
-            return "the time budget (--time-budget) ran out before it"
-        return "the search ended before it"
+            return f"the time budget (--time-budget) ran out {when}"
+        return f"the search ended {when}"
     return "not run in this search (--no-recheck, or a grid)"
 
 

@@ -260,7 +260,7 @@ class SearchOptions:
         for name, value, minimum in (("epoch_multiplier", s.epoch_multiplier, 1),
                                      ("reduction_factor", s.reduction_factor, 2),
                                      ("population_size", s.population_size, 2),
-                                     ("perturbation_interval", s.perturbation_interval, 1), ("seed", s.seed, None),
+                                     ("perturbation_interval", s.perturbation_interval, 1), ("seed", s.seed, 0),
                                      ("max_failures", r.max_failures, 0)):
             _integer(name, value, minimum)
         for name, value in (("max_trials", s.max_trials), ("max_epochs", s.max_epochs), ("num_cpus", r.num_cpus),

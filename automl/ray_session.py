@@ -37,8 +37,8 @@ def unfit(name: str, per_trial: float, largest: float, local: bool) -> str:
     flag = f"--{name.lower()}s-per-trial"
     where = "this machine" if local else "any node of the Ray cluster"
     hint = " (or --num-cpus to give the local Ray more)" if name == "CPU" and local else ""
-    return (f"{flag} {per_trial:g} is more than {where} has ({largest:g} {name}s): no trial could ever start; "
-            f"use {flag} {largest:g} or less{hint}")
+    instead = f"use {flag} {largest:g} or less" if largest else f"leave {flag} out, or run on a machine with {name}s"
+    return f"{flag} {per_trial:g} is more than {where} has ({largest:g} {name}s): no trial could ever start; {instead}{hint}"
 
 
 class RaySession:

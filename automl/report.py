@@ -688,7 +688,7 @@ def _recheck(state: SearchState) -> list[Block]:
                          [[f"{recheck_role(r)} `{r['leader']}`", f"{r['leader_values'][0]:.4f}", f"{r['leader_values'][1]:.4f}"],
                           [f"baseline `{r['baseline']}`", f"{r['baseline_values'][0]:.4f}", f"{r['baseline_values'][1]:.4f}"]]),
                    Para(f"Gain {r['gain']:+.4f} +/- {r['gain_stderr']:.4f} (mean and standard error of the paired gains; "
-                        f"seed-to-seed spread of one training {r['seed_noise']:.4f}).{_fresh_gain(r)} {r['reason']}")]
+                        f"seed-to-seed spread of one training {r['seed_noise']:.4f}).{_fresh_gain(r)} Verdict: {r['reason']}")]
     final = state.final_evaluation or {}
     if "skipped" in final:
         blocks += [Heading("Final evaluation (test split)"), Para(f"Skipped: {final['skipped']}.")]

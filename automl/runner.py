@@ -384,13 +384,14 @@ def _print_plan(opts: SearchOptions, space: Any, baseline: dict[str, Any] | None
     s, r = opts.search, opts.resources
     affordable = budget.configurations(s.reduction_factor) if budget is not None else s.max_trials
     shown = 3 if affordable is None else max(0, min(3, affordable - (baseline is not None)))
-    from automl.ray_session import local_cpus
+    from automl.ray_session import local_cpus, local_gpus, unfit
 
     cpus = r.num_cpus or local_cpus()
     if r.address is None and r.cpus_per_trial is not None and r.cpus_per_trial > cpus:  # the run would refuse it
-        from automl.ray_session import unfit
-
         raise SearchError(unfit("CPU", r.cpus_per_trial, cpus, local=True))
+    gpus = local_gpus() if r.address is None else None
+    if gpus is not None and r.gpus_per_trial and r.gpus_per_trial > gpus:
+        raise SearchError(unfit("GPU", r.gpus_per_trial, gpus, local=True))
     echo(recommendations(opts, baseline, first_points(opts, space, baseline, shown)))
     if affordable and s.algorithm != "grid":
         from automl.algorithms import grid_points

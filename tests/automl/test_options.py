@@ -414,3 +414,9 @@ def test_a_metric_no_training_reports_is_refused_before_any_trial():
         assert str(refused.value).endswith(f"metric {name!r} is not one a training reports; valid: val_miou, val_macc, "
                                            f"val_aacc, val_loss{hint}"), str(refused.value)
     assert SearchOptions.build({"metric": "val_loss", "mode": "min"}, results_dir="r").search.metric == "val_loss"
+
+
+def test_a_negative_seed_is_refused_by_name():
+    """`--seed -1` ended in numpy's "Seed must be between 0 and 2**32 - 1", naming no flag."""
+    with pytest.raises(SearchError, match=r"seed must be an integer >= 0, got -1"):
+        SearchOptions.build({"seed": -1}, results_dir="r")

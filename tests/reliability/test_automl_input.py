@@ -146,6 +146,10 @@ def test_more_per_trial_than_the_machine_has(dataset, tmp_path, flag, value, uni
     outcome, seconds = _automl(dataset, tmp_path / "r", "--skill", "segformer", flag, value, *QUICK)
     _clean(outcome, [flag, "no trial could ever start", unit])
     assert seconds < 60 and not (tmp_path / "r").exists()
+    # the dry run says it too (it checked CPUs only), and without a GPU it does not advise "0 or less"
+    outcome, _ = _automl(dataset, tmp_path / "d", "--skill", "segformer", flag, value, "--dry-run", *QUICK)
+    _clean(outcome, [flag, "no trial could ever start", unit])
+    assert "0 or less" not in outcome.stderr
 
 
 def test_time_budget_too_short_for_one_trial(dataset, tmp_path):
@@ -178,6 +182,9 @@ def test_a_time_budget_stops_trials_at_an_epochs_end(dataset, tmp_path, sizing=(
         outcome.stdout[-3000:]
     if "--budget" in sizing and "best     trial_000" not in outcome.stdout:  # the re-check it had planned
         assert "re-check none: the time budget (--time-budget) ran out before it" in outcome.stdout, outcome.stdout[-3000:]
+        cut = sorted(t["name"] for t in trials if t["recheck_of"])  # "before it" said nothing of re-checks cut short
+        assert (f"ran out before it ended ({', '.join(cut)} cut short)" if cut else "ran out before it;") in outcome.stdout \
+            or "ran out before it\n" in outcome.stdout, outcome.stdout[-3000:]
 
 
 def test_resume_with_a_damaged_mlflow_store(dataset, tmp_path):
