@@ -76,11 +76,9 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         refused = re.search(r"GLOBAL (\S+) was not an allowed global", str(exc))
-        if refused is None:  # not a pickle of allowed types at all: garbage or a cut file
-            raise CheckpointError(
-                f"cannot read checkpoint {path}: it is not a PyTorch checkpoint, or it is truncated "
-                "(was it copied completely?)"
-            ) from exc
+        if refused is None:  # not a pickle of allowed types at all: garbage, a cut file, another format
+            raise CheckpointError(f"cannot read checkpoint {path}: " + (_other_format(path) or (
+                "it is not a PyTorch checkpoint, or it is truncated (was it copied completely?)"))) from exc
         raise CheckpointError(
             f"checkpoint {path} was refused by safe (weights_only) loading: it holds the Python object "
             f"{refused.group(1)}, not only tensors and plain values. Such a file can run code when loaded, so "
@@ -94,9 +92,19 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
         # unpickler fails with an IndexError or KeyError whose words mean nothing to a user
         said = str(exc).strip().splitlines()[0] if isinstance(exc, (RuntimeError, OSError)) and str(exc).strip() else ""
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {said + '; ' if said else ''}"
-            "the file is truncated or not a PyTorch checkpoint (was it copied completely?)"
+            f"cannot read checkpoint {path}: " + (_other_format(path) or (
+                f"{said + '; ' if said else ''}the file is truncated or not a PyTorch checkpoint (was it copied completely?)"))
         ) from exc
+
+
+def _other_format(path: str | Path) -> str | None:
+    """What a deploy artifact given where PyTorch weights are read is, and what to give instead."""
+    kind = {".onnx": "an ONNX model", ".engine": "a TensorRT engine", ".plan": "a TensorRT engine",
+            ".trt": "a TensorRT engine"}.get(Path(path).suffix.lower())
+    if kind is None:
+        return None
+    return (f"it is {kind}, not PyTorch weights: give the .pth checkpoint train wrote (or its results folder), "
+            f"from which the model was exported")
 
 
 def _unwrap(obj: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any], str | None]:
@@ -288,6 +296,10 @@ def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], strict: bool =
 def _report(loaded: int, missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
     def show(keys: list[str]) -> str:
         return ", ".join(keys[:8]) + (f" ... (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+
+    # a tensor of another shape is in neither list: it is listed once, with its two shapes
+    reshaped = {m.split(":", 1)[0] for m in mismatched}
+    missing, unexpected = [k for k in missing if k not in reshaped], [k for k in unexpected if k not in reshaped]
 
     parts = [f"{loaded} tensors loaded"]
     if missing:

@@ -188,3 +188,23 @@ def test_convert_reports_a_bad_override_as_the_actions_do(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:  # an override needs a spec to change
         main(["convert", "--from", "hf", str(tmp_path / "model.safetensors"), str(tmp_path / "out.pth"), bad])
     assert exit_.value.code == 2 and "give it with -e spec.yaml" in capsys.readouterr().err
+
+
+def test_a_classifier_of_another_shape_is_reported_once_and_an_onnx_file_by_name(tmp_path, caplog):
+    """Another num_classes listed the same 2 classifier tensors three times (missing, unexpected, with
+    another shape); an ONNX model given as PyTorch weights read 'not a PyTorch checkpoint, or truncated'."""
+    from segformer.errors import CheckpointError
+    from segformer.model.checkpoints import safe_torch_load
+
+    source = SegFormer(create_backbone("mit_b0"), num_classes=3, embed_dim=32).state_dict()
+    target = SegFormer(create_backbone("mit_b0"), num_classes=5, embed_dim=32)
+    with caplog.at_level("WARNING", logger="segformer.model.checkpoints"):
+        missing, unexpected = load_into(target, source)
+    assert {k.rsplit(".", 1)[0] for k in missing} == {"decode_head.classifier"} and len(unexpected) == 2  # the API keeps both
+    said = next(r.getMessage() for r in caplog.records if "partly loaded" in r.getMessage())
+    assert said.count("decode_head.classifier.weight") == 1 and "missing" not in said and "unexpected" not in said, said
+    assert "2 with another shape: decode_head.classifier.weight: checkpoint (3, 32, 1, 1) vs model (5, 32, 1, 1)" in said
+    onnx_file = tmp_path / "segformer.onnx"
+    onnx_file.write_bytes(b"\x08\x07\x12\x07pytorch")  # an ONNX protobuf's first bytes
+    with pytest.raises(CheckpointError, match=r"segformer.onnx: it is an ONNX model, not PyTorch weights: give the .pth"):
+        safe_torch_load(onnx_file)
