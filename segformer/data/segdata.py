@@ -262,6 +262,8 @@ def iter_calibration_batches(images_dir: str | Path, img_size: int, mean: Sequen
     folder = Path(images_dir)
     if batch_size < 1:
         raise ValueError(f"calibration batch_size must be >= 1, got {batch_size}")
+    if not folder.is_dir():  # a folder of images, not a dataset's layout: list_files' advice is the dataset's
+        raise DataError(f"calibration folder {folder} does not exist")
     files = [path for _, path in sorted(list_files(folder, IMAGE_EXTENSIONS, folder).items())]
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in calibration folder {folder}")

@@ -59,7 +59,7 @@ def calibrate_at_static_batch(model: str | Path, static_batch: int | None, batch
     images = batch_size * batches if batches > 0 else 0
     note = (f"{model} takes batches of {count(static_batch, 'image')} only (exported with "
             f"export.batch_size={static_batch}): calibrating in batches of {static_batch}"
-            + (f" on the same {images} images" if images else ""))
+            + (f" on the same images (up to {images}, as many as the folder holds)" if images else ""))
     return static_batch, (-(-images // static_batch) if images else batches), note
 
 

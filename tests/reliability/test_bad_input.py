@@ -254,6 +254,12 @@ def b_export_onnx_under_a_file(c):
         [f"cannot access {c.tmp / 'afile'}", "a file is in the way of a folder"]
 
 
+def b_quantize_calibration_folder_missing(c):
+    return c.spec() + [f"quantize.model_path={c.checkpoint()}", "quantize.backend=onnxruntime",
+                       f"dataset.segment.quant_calibration_dataset.images_dir={c.tmp / 'nocal'}"], \
+        [f"calibration folder {c.tmp / 'nocal'} does not exist", "quant_calibration_dataset.images_dir"]
+
+
 def b_eval_results_cannot_be_made(c):
     return c.spec() + [f"evaluate.checkpoint={c.checkpoint()}", "evaluate.results_dir=/proc/segformer_results"], \
         ["cannot access /proc/segformer_results", "does not exist and cannot be made there"]
@@ -553,6 +559,7 @@ CASES = [
     Case("export_onnx_file_is_a_folder", "export", b_export_onnx_file_is_a_folder),
     Case("export_onnx_under_a_file", "export", b_export_onnx_under_a_file),
     Case("eval_results_dir_cannot_be_made", "evaluate", b_eval_results_cannot_be_made),
+    Case("quantize_calibration_folder_missing", "quantize", b_quantize_calibration_folder_missing),
     Case("eval_other_head_width", "evaluate", b_eval_head_width),
     Case("quantize_onnx_for_torch_backend", "quantize", b_quant_onnx_for_torch_backend),
     Case("inference_other_backbone", "inference", b_infer_backbone),
