@@ -137,6 +137,9 @@ class StatusLog(L.Callback):
 
     The history is part of the checkpoint, so a resumed run rewrites the file with the epochs up
     to the checkpoint and continues from there (no lines from a discarded future).
+
+    When the training ends as asked, its last line says so in TAO's fields (status SUCCESS), for the
+    tools that poll a status file for the end; there is still one line per epoch.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -144,6 +147,7 @@ class StatusLog(L.Callback):
         self.history: list[dict[str, Any]] = []
         self._epoch_start = time.monotonic()
         self._validated = False
+        self._trained = False  # an epoch ended in this run (a resume of a finished training trains none)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = time.monotonic()
@@ -177,6 +181,15 @@ class StatusLog(L.Callback):
         }
         record.update(_tao_status(record, trainer.max_epochs))
         self.history.append(record)
+        self._trained = True
+        self._write(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._trained and self.history:
+            self.history[-1].update(status="SUCCESS", message="Training finished successfully")
+            self._write(trainer)
+
+    def _write(self, trainer: L.Trainer) -> None:
         if trainer.is_global_zero:
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
 
