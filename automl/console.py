@@ -90,9 +90,14 @@ def _short_name(key: str, keys: list[str]) -> str:
     parts = key.split(".")
     for n in range(1, len(parts)):
         tail = ".".join(parts[-n:])
+        if n == 1 and tail in _SAYS_NOTHING:  # "enable" alone: of what?
+            continue
         if not any(other != key and (other == tail or other.endswith("." + tail)) for other in keys):
             return tail
     return key
+
+
+_SAYS_NOTHING = ("enable", "enabled", "type", "value", "p", "prob")  # names that need their section
 
 
 def trial_rows(state: SearchState, limit: int | None = None) -> tuple[list[str], list[list[str]]]:

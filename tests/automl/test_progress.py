@@ -118,6 +118,8 @@ def test_the_table_names_each_parameter_by_its_shortest_unique_tail(tmp_path):
             "model.backbone.freeze_backbone", "train.optim.lr", "a.lr.x", "b.lr.x"]
     assert [_short_name(k, keys) for k in keys] == ["random_color.enable", "random_flip.enable", "freeze_backbone",
                                                     "lr", "a.lr.x", "b.lr.x"]
+    # alone among the keys, "enable" still says nothing: of what? (a grid's table headed a column "enable")
+    assert _short_name(keys[1], keys[1:3]) == "random_flip.enable"
     state = _state(tmp_path)
     state.trials["t0"].params["dataset.segment.augmentation.random_flip.enable"] = True
     state.trials["t1"].params["dataset.segment.augmentation.random_color.enable"] = False
