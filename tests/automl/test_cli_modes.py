@@ -62,9 +62,12 @@ def _check_plain(out: subprocess.CompletedProcess, results: Path) -> None:
     assert (results / "train" / "segformer_model_latest.pth").is_file()
     assert not (results / "automl_state.json").exists()  # no search
     # ... which `automl status` says, instead of doubting that `automl run` made the folder
-    status = _automl("status", str(results))
-    assert status.returncode == 2 and (f"{results} holds a plain training (automl run --policy off), not a search: its "
-                                       f"epochs are in {results / 'train' / 'status.json'}") in status.stderr, status.stderr
+    from automl.state import SearchState
+
+    with pytest.raises(FileNotFoundError) as refused:  # `automl status` prints it (exit 2)
+        SearchState.load(results)
+    assert str(refused.value).startswith(f"{results} holds a plain training (automl run --policy off), not a search: its "
+                                         f"epochs are in {results / 'train' / 'status.json'}"), str(refused.value)
     runs = _runs(results)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert "best_val_miou" in runs[0].data.metrics and "val_miou" in runs[0].data.metrics
@@ -78,14 +81,20 @@ def test_policy_off_trains_once_and_tracks_one_run(spec, tmp_path):
     _check_plain(out, results)
 
 
-def test_policy_off_without_validation_or_anything_to_train(spec, tmp_path):
+def test_policy_off_without_validation_or_anything_to_train(spec, tmp_path, capsys):
     """Policy off ended in a traceback when no epoch was validated (train.validation_interval beyond
     the epochs), and a resume that trained nothing named a checkpoint in the new folder that was never
     written."""
+    from automl.cli import main
+
+    def policy_off(*args: str) -> subprocess.CompletedProcess:  # in this process: two fewer interpreters to start
+        code = main(["run", "--skill", "segformer", "--policy", "off", "-e", str(spec), *args])
+        said = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, said.out, said.err)
+
     small = ("--max-epochs", "1", "dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32")
     first = tmp_path / "unvalidated"
-    out = _automl("run", "--skill", "segformer", "--policy", "off", "-e", str(spec), f"results_dir={first}",
-                  "train.validation_interval=2", *small)
+    out = policy_off(f"results_dir={first}", "train.validation_interval=2", *small)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stdout[-2000:] + out.stderr[-2000:]
     latest = first / "train" / "segformer_model_latest.pth"
     assert (f"automl: trained once: no validation ran (train.validation_interval=2, 1 epochs), so no val_miou; last "
@@ -93,8 +102,7 @@ def test_policy_off_without_validation_or_anything_to_train(spec, tmp_path):
     (run,) = _runs(first)
     assert run.info.status == "FINISHED" and "best_val_miou" not in run.data.metrics
     again = tmp_path / "again"
-    out = _automl("run", "--skill", "segformer", "--policy", "off", "-e", str(spec), f"results_dir={again}",
-                  f"train.resume_training_checkpoint_path={latest}", *small)
+    out = policy_off(f"results_dir={again}", f"train.resume_training_checkpoint_path={latest}", *small)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert f"automl: nothing trained; the checkpoint is still {latest} (no validation ran" in out.stdout
     assert "trained once" not in out.stdout and not list(again.rglob("*.pth"))
