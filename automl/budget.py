@@ -70,7 +70,7 @@ from typing import Any, Mapping
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from automl.state import DONE, KILLED, PENDING, RUNNING, SearchState, TrialRecord
+from automl.state import DONE, ENDED_WITH_BUDGET_LEFT, KILLED, PENDING, RUNNING, SearchState, TrialRecord
 from segformer.text import count
 
 DUPLICATE_TRIES = 20  # a sampler's repeats of trained configurations in a row that mean its space is exhausted
@@ -411,7 +411,7 @@ class BudgetSearcher(DistinctSearcher):
     experiment checkpoint, so `automl resume` continues it.
     """
 
-    ENDED = "the search ended with budget left"
+    ENDED = ENDED_WITH_BUDGET_LEFT
 
     def __init__(self, inner: Searcher, results_dir: str, budget: EpochBudget, baseline: Mapping[str, Any] | None,
                  metric: str, mode: str, max_concurrent: int | None = None) -> None:

@@ -516,9 +516,9 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, session: Any, *,
     elif ran_out:
         echo(f"automl: the time budget of {budget:g} s ran out: the trials then running stopped at the end of their epoch")
     elif failed and state.budget is not None and not state.ended \
-            and state.budget_epochs() - state.epochs_trained() >= int(state.budget.get("first_rung") or 1):
+            and (left := state.budget_epochs() - state.epochs_trained()) >= int(state.budget.get("first_rung") or 1):
         # Ray's trial count for the budget (`automl.algorithms._budget_plan`) ran out on failures
-        echo(f"automl: the search ended with {state.budget_epochs() - state.epochs_trained()} of its "
+        echo(f"automl: the search ended with {left} of its "
              f"{state.budget_epochs()} budget epochs unspent: {failed} of its {len(state.trials)} trials failed, and a "
              f"budget starts only so many trials, failed ones included; see the errors below")
     # Trials Ray stops for the whole search (failure limit, time budget) get no end event: KILLED here.

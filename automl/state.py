@@ -47,6 +47,7 @@ STOPPED = "STOPPED"
 LOST = "lost: "  # the error of a trial Ray's saved state did not know when the search resumed (`TrialRecord.lost`)
 STOP_KINDS = ("rung", "curve", "budget", "time")  # what stopped a trial early (TrialRecord.stopped_by starts with one)
 DONE = (FINISHED, STOPPED)  # ended normally (MLflow status FINISHED)
+ENDED_WITH_BUDGET_LEFT = "the search ended with budget left"  # SearchState.ended's tail for a budgeted search
 
 
 @dataclass
@@ -255,7 +256,7 @@ class SearchState:
             data["results_dir"] = str(Path(results_dir).resolve())
             state = cls(**data, trials=trials)
             if isinstance(state.budget, dict) and state.budget.get("ended"):  # where it was kept until 2026-12-05
-                state.ended = state.ended or f"{state.budget.pop('ended')}; the search ended with budget left"
+                state.ended = state.ended or f"{state.budget.pop('ended')}; {ENDED_WITH_BUDGET_LEFT}"
         except (TypeError, AttributeError) as err:
             raise ValueError(f"{path} does not have the shape of an AutoML state file ({err}); restore it from a copy "
                              f"or start a new search") from None

@@ -119,7 +119,7 @@ def _data_problems(segment, *, read_files: bool, notes: list[str], keys: Sequenc
     """The palette against num_classes, and with `read_files` every file of the splits a training
     reads when the dataset is here (`segformer.data.segdata.check_splits`); a note when it is not."""
     from segformer.data.palette import MaskDecoder
-    from segformer.data.segdata import check_splits, split_counts
+    from segformer.data.segdata import SPLIT_KEYS, check_splits, split_counts
     from segformer.errors import DataError
 
     try:
@@ -130,7 +130,7 @@ def _data_problems(segment, *, read_files: bool, notes: list[str], keys: Sequenc
         if not Path(root).is_dir():
             notes.append(f"the dataset was not read: dataset.segment.root_dir {root} is not a folder on this machine")
             return []
-        notes.append(f"dataset read: {split_counts(check_splits(segment, **({'keys': keys} if keys else {})))} under {root}")
+        notes.append(f"dataset read: {split_counts(check_splits(segment, keys=keys or SPLIT_KEYS))} under {root}")
     except DataError as exc:
         # check_splits lists its problems under a header line: list them as validate's own
         return str(exc).split("\n  - ")[1:] or [str(exc)]

@@ -266,7 +266,7 @@ def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], strict: bool =
     """
     own = model.state_dict()
     usable: dict[str, Tensor] = {}
-    mismatched: list[str] = []
+    mismatched: dict[str, str] = {}  # key -> both shapes
     for key, value in state_dict.items():
         if key not in own:
             continue
@@ -276,7 +276,7 @@ def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], strict: bool =
         elif value.shape != target.shape and value.dim() == target.dim() + 2 and value.numel() == target.numel():
             value = value.reshape(target.shape)
         if value.shape != target.shape:
-            mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(target.shape)}")
+            mismatched[key] = f"checkpoint {tuple(value.shape)} vs model {tuple(target.shape)}"
             continue
         usable[key] = value
     missing = sorted(k for k in own if k not in usable)
@@ -293,13 +293,12 @@ def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], strict: bool =
     return missing, unexpected
 
 
-def _report(loaded: int, missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
+def _report(loaded: int, missing: list[str], unexpected: list[str], mismatched: Mapping[str, str]) -> str:
     def show(keys: list[str]) -> str:
         return ", ".join(keys[:8]) + (f" ... (+{len(keys) - 8} more)" if len(keys) > 8 else "")
 
     # a tensor of another shape is in neither list: it is listed once, with its two shapes
-    reshaped = {m.split(":", 1)[0] for m in mismatched}
-    missing, unexpected = [k for k in missing if k not in reshaped], [k for k in unexpected if k not in reshaped]
+    missing, unexpected = [k for k in missing if k not in mismatched], [k for k in unexpected if k not in mismatched]
 
     parts = [f"{loaded} tensors loaded"]
     if missing:
@@ -307,7 +306,7 @@ def _report(loaded: int, missing: list[str], unexpected: list[str], mismatched: 
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected (ignored): {show(unexpected)}")
     if mismatched:
-        parts.append(f"{len(mismatched)} with another shape: {show(mismatched)}")
+        parts.append(f"{len(mismatched)} with another shape: {show([f'{k}: {v}' for k, v in mismatched.items()])}")
     return "; ".join(parts)
 
 
