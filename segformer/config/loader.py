@@ -147,8 +147,8 @@ def load_config(path: str | Path | None, overrides: Sequence[str] | Mapping[str,
     """
     origin = str(path) if path is not None else "<defaults>"
     raw = read_spec(path) if path is not None else {}
-    raw, problems = _with_overrides(raw, overrides)
-    return _materialize(raw, origin, problems, fetch, overridden=_overridden_keys(overrides))
+    raw, problems, overridden = _with_overrides(raw, overrides)
+    return _materialize(raw, origin, problems, fetch, overridden=overridden)
 
 
 def apply_overrides(cfg: ExperimentConfig, overrides: Sequence[str] | Mapping[str, Any], *,
@@ -163,8 +163,8 @@ def apply_overrides(cfg: ExperimentConfig, overrides: Sequence[str] | Mapping[st
     values = to_dict(cfg)
     source = cfg.spec_source
     base = source.raw if source is not None and source.resolved == values else values
-    raw, problems = _with_overrides(base, overrides)
-    return _materialize(raw, "<overrides>", problems, fetch)
+    raw, problems, overridden = _with_overrides(base, overrides)
+    return _materialize(raw, "<overrides>", problems, fetch, overridden=overridden)
 
 
 def to_dict(cfg: Any) -> dict:
@@ -244,9 +244,9 @@ def spec_problems(raw: Mapping[str, Any], action: str | None = None,
 
     With ``action``, also the values that action needs (REQUIRED_BY_ACTION).
     """
-    raw, problems = _with_overrides(raw, overrides)
+    raw, problems, overridden = _with_overrides(raw, overrides)
     more, resolved = _check(raw, action)
-    problems += _tag_overridden(more, _overridden_keys(overrides))
+    problems += _tag_overridden(more, overridden)
     if resolved is not None and action is not None:
         # Every action writes under results_dir (action_results_dir); TAO's templates ship it as ''.
         for need in (("results_dir", f"{action}.results_dir"), *REQUIRED_BY_ACTION[action]):
@@ -315,21 +315,12 @@ def _override_items(overrides: Sequence[str] | Mapping[str, Any], problems: list
     return items
 
 
-def _overridden_keys(overrides: Sequence[str] | Mapping[str, Any]) -> list[str]:
-    """The dotted keys the overrides set: a section's value (`train.optim={lr: 5}`) sets its own keys
-    (train.optim.lr), not the section's others. Malformed overrides are _with_overrides' problems."""
-    keys: list[str] = []
-
-    def walk(key: str, value: Any) -> None:
-        if isinstance(value, Mapping) and value:
-            for name, inner in value.items():
-                walk(f"{key}.{name}", inner)
-        else:
-            keys.append(key)
-
-    for key, value in _override_items(overrides, []):
-        walk(key, value)
-    return keys
+def _leaf_keys(key: str, value: Any) -> list[str]:
+    """The dotted keys an override sets: a section's value (`train.optim={lr: 5}`) sets its own keys
+    (train.optim.lr), not the section's others."""
+    if isinstance(value, Mapping) and value:
+        return [leaf for name, inner in value.items() for leaf in _leaf_keys(f"{key}.{name}", inner)]
+    return [key]
 
 
 def _tag_overridden(problems: Sequence[str], keys: Sequence[str]) -> list[str]:
@@ -340,11 +331,14 @@ def _tag_overridden(problems: Sequence[str], keys: Sequence[str]) -> list[str]:
     return [f"{p} (given as an override)" if given(p) else p for p in problems]
 
 
-def _with_overrides(raw: Mapping[str, Any], overrides: Sequence[str] | Mapping[str, Any]) -> tuple[dict, list[str]]:
-    """A deep copy of ``raw`` with dotted overrides set; problems (bad syntax, unknown keys) collected."""
+def _with_overrides(raw: Mapping[str, Any], overrides: Sequence[str] | Mapping[str, Any]) -> tuple[dict, list[str], list[str]]:
+    """A deep copy of ``raw`` with dotted overrides set; problems (bad syntax, unknown keys) collected;
+    the dotted keys the overrides set (`_leaf_keys`), so that a problem of theirs is told as given as
+    an override (`_tag_overridden`)."""
     out = copy.deepcopy(dict(raw))
     problems: list[str] = []
     items = _override_items(overrides, problems)
+    overridden = [leaf for key, value in items for leaf in _leaf_keys(key, value)]
     known = set(valid_keys())
     sections = {k.rsplit(".", 1)[0] for k in known if "." in k}
     for key, value in items:
@@ -369,7 +363,7 @@ def _with_overrides(raw: Mapping[str, Any], overrides: Sequence[str] | Mapping[s
             node[leaf] = _deep_merge(node[leaf], copy.deepcopy(value))
         else:
             node[leaf] = copy.deepcopy(value)
-    return out, problems
+    return out, problems, overridden
 
 
 def _normalize(data: Any, cls: type) -> Any:

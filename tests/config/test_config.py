@@ -270,6 +270,10 @@ def test_a_problem_of_an_override_is_said_to_be_one(tmp_path):
         assert any(p.startswith("  - unknown key 'train.optim.learnin_rate'") and p.endswith("(given as an override)")
                    for p in problems), problems
         assert any(p.startswith("  - train.optim.momentum must be") and "override" not in p for p in problems), problems
+    # overrides on a loaded config (what the AutoML trials do) are told as overrides too
+    with pytest.raises(ConfigError) as refused:
+        apply_overrides(load_config(None), ["train.optim.lr=5"])
+    assert "  - train.optim.lr must be in (0, 1], got 5 (given as an override)" in str(refused.value).splitlines()
 
 
 def test_all_problems_reported_at_once(tmp_path):
