@@ -97,6 +97,7 @@ def _check_data(opts: SearchOptions, echo: Echo) -> None:
     not every trial failing with it. The test split is read too: the winner is evaluated on it."""
     from automl.trial import base_config
     from segformer.data.segdata import check_splits, split_counts
+    from segformer.errors import DataError
     from segformer.parents import check_weight_files
 
     cfg = base_config(opts.spec, opts.overrides, opts.results_dir)
@@ -104,7 +105,16 @@ def _check_data(opts: SearchOptions, echo: Echo) -> None:
     segment = cfg.dataset.segment
     echo(f"automl: checking the dataset under {segment.root_dir} ({segment.train_split}, {segment.validation_split}, "
          f"{segment.test_split})")
-    echo(f"automl: dataset read: {split_counts(check_splits(segment))}, no problem found")
+    try:
+        counts = check_splits(segment)
+    except DataError as exc:
+        if segment.test_split != segment.validation_split and not (Path(str(segment.root_dir)) / "images" /
+                                                                   str(segment.test_split)).is_dir():
+            raise DataError(f"{exc}\n  the test split is read only for the final evaluation of the promoted model; "
+                            f"without one, set dataset.segment.test_split={segment.validation_split} and the "
+                            "final evaluation is skipped") from None
+        raise
+    echo(f"automl: dataset read: {split_counts(counts)}, no problem found")
 
 
 @contextmanager

@@ -231,7 +231,7 @@ def test_bad_data_is_one_message_before_any_trial(data_copy, tmp_path):
     outcome, seconds = _automl(data_copy, tmp_path / "r", "--skill", "segformer", f"dataset.segment.root_dir={data_copy}",
                                *QUICK, timeout=60)
     _clean(outcome, ["3 problem(s)", "train_00001.png", "rgb (1, 2, 3)", "val_00000", "dataset.segment.test_split 'test'",
-                     "images/test does not exist"])
+                     "images/test does not exist", "set dataset.segment.test_split=val and the final evaluation is skipped"])
     assert outcome.stderr.count("automl run: error") == 1
     assert not (tmp_path / "r" / "trials").exists()  # no trial started
     assert seconds < 30, f"took {seconds:.0f} s"
