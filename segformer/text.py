@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
-__all__ = ["count", "fmt", "span"]
+__all__ = ["count", "fmt", "pad", "span", "width"]
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -28,3 +29,15 @@ def span(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def width(text: str) -> int:
+    """Columns ``text`` takes on a terminal: a wide character (CJK, East Asian width W or F) takes
+    two, a combining mark none. ``len`` counts characters, which misaligns a table of class names
+    such as 道路 or 建物."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def pad(text: str, columns: int) -> str:
+    """``text`` left-aligned in ``columns`` terminal columns (``str.ljust`` by `width`)."""
+    return text + " " * max(0, columns - width(text))

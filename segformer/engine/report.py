@@ -11,6 +11,7 @@ import numpy as np
 from torch import Tensor
 
 from segformer.fileio import atomic_write
+from segformer.text import pad, width
 from .metrics import Scores
 
 
@@ -19,11 +20,11 @@ def _percent(value: float) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    widths = [max(width(str(cell)) for cell in column) for column in zip(header, *rows)]
     line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
 
     def row(cells: Sequence[str]) -> str:
-        return "|" + "|".join(f" {str(c):<{w}} " for c, w in zip(cells, widths)) + "|"
+        return "|" + "|".join(f" {pad(str(c), w)} " for c, w in zip(cells, widths)) + "|"
 
     return "\n".join([line, row(header), line, *(row(r) for r in rows), line])
 
