@@ -17,8 +17,18 @@ class SegformerError(Exception):
         if len(args) == 1 and isinstance(args[0], str):
             from segformer.remote import as_given
 
-            args = (as_given(args[0]),)
+            args = (as_given(self._unwrapped(args[0])),)
         super().__init__(*args)
+
+    def _unwrapped(self, message: str) -> str:
+        """A DataLoader worker's error is raised again in the main process as the same type, with the
+        worker's whole traceback as its message ("Caught DataError in DataLoader worker process 0.
+        Original Traceback ..."): what a user reads is the original message, as with workers=0."""
+        if not message.startswith("Caught ") or "\nOriginal Traceback (most recent call last):" not in message:
+            return message
+        marker = f"\n{type(self).__module__}.{type(self).__qualname__}: "
+        at = message.rfind(marker)
+        return message[at + len(marker):].rstrip("\n") if at >= 0 else message
 
 
 class SpecError(SegformerError, ValueError):
@@ -28,6 +38,10 @@ class SpecError(SegformerError, ValueError):
 
 class DataError(SegformerError):
     """The dataset on disk does not match the spec (missing folders, bad masks, palette problems)."""
+
+
+class DataWarning(UserWarning):
+    """Something in the dataset that is read, but maybe not as the user meant (files passed over)."""
 
 
 class CheckpointError(SegformerError):

@@ -79,14 +79,17 @@ def _indexed(path: Path) -> np.ndarray | None:
         return np.asarray(image) if image.mode == "P" else None
 
 
-def _note_image(path: Path, depths: dict[str, list[str]], turned: list[str]) -> None:
-    """The facts check_dataset reports for a split: a deep image's scale, an EXIF turn."""
+def _note_image(path: Path, depths: dict[str, list[str]], turned: list[str], deep_colour: list[str]) -> None:
+    """The facts check_dataset reports for a split: a deep image's scale, an EXIF turn, 16 bits per
+    colour channel (which PIL reads as the top 8 bits)."""
     from PIL import Image
 
     if exif_orientation(path) in (2, 3, 4, 5, 6, 7, 8):
         turned.append(path.name)
     try:
         with Image.open(path) as image:
+            if image.mode in ("RGB", "RGBA") and any(";16" in str(tile.args) for tile in image.tile):
+                deep_colour.append(path.name)
             depth = scale_depth(image) if image.mode in DEEP_MODES else None
     except (OSError, ValueError):  # unreadable: load_pair has reported it
         return
@@ -394,6 +397,7 @@ def check_dataset(root_dir: str | Path, split: str, decoder: MaskDecoder | None,
     unknown: dict[tuple, list[MaskValueError]] = {}  # masks with values the palette lacks, by the values
     depths: dict[str, list[str]] = {}  # deep grey images by the depth they are scaled from
     turned: list[str] = []  # images with an EXIF orientation that turns them
+    deep_colour: list[str] = []  # images of 16 bits per colour channel
     show = len(samples) >= PROGRESS_MIN_FILES if progress is None else progress
     iterator: Iterable[Sample] = samples
     if show:
@@ -412,7 +416,7 @@ def check_dataset(root_dir: str | Path, split: str, decoder: MaskDecoder | None,
                 load_image(sample.image)
             else:
                 _cached_load(sample, None, None, cache)
-            _note_image(sample.image, depths, turned)
+            _note_image(sample.image, depths, turned, deep_colour)
         except MaskValueError as exc:
             unknown.setdefault(exc.key, []).append(exc)
         except DataError as exc:
@@ -424,6 +428,10 @@ def check_dataset(root_dir: str | Path, split: str, decoder: MaskDecoder | None,
         warnings.warn(f"dataset split {split!r} under {root_dir}: its deep grey images are scaled to 8 bits from different "
                       f"depths ({counts}), each from the depth its values fit in, so the same value reads brighter in "
                       "a darker image; convert the dataset to 8-bit with one scale for all images")
+    if deep_colour:
+        warnings.warn(f"dataset split {split!r} under {root_dir}: {len(deep_colour)} colour image(s) of 16 bits per channel "
+                      f"({listed(deep_colour)}) are read as their top 8 bits (PIL's reading), so 12-bit data reads dark "
+                      "(4095 as 15 of 255); convert them to 8-bit colour with one scale for the whole dataset")
     if turned:
         warnings.warn(f"dataset split {split!r} under {root_dir}: {len(turned)} image(s) carry an EXIF orientation "
                       f"({listed(turned)}): their pixels are read as stored (as TAO reads them), not turned as image "

@@ -14,13 +14,14 @@ EXIF orientation is NOT applied, so an image stays pixel-aligned with its mask.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from segformer.errors import DataError
+from segformer.errors import DataError, DataWarning
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp")  # lossless: class ids survive
@@ -85,6 +86,28 @@ def list_files(directory: Path, extensions: tuple[str, ...], root: Path, prefer:
     return found
 
 
+def unread_entries(directory: Path, extensions: tuple[str, ...]) -> str | None:
+    """What `list_files` passes over in ``directory`` (files of other types, folders, links to
+    nothing), as a sentence; None when it reads everything. Hidden names (.DS_Store) are left out."""
+    if not directory.is_dir():
+        return None
+    kinds: dict[str, list[str]] = {}
+    for path in sorted(directory.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            kinds.setdefault("folders (a split is not read into its subfolders)", []).append(path.name + "/")
+        elif not path.exists():
+            kinds.setdefault("links to nothing", []).append(path.name)
+        elif path.suffix.lower() not in extensions:
+            kinds.setdefault(f"other file types (only {', '.join(extensions)} are read)", []).append(path.name)
+    if not kinds:
+        return None
+    total = sum(len(names) for names in kinds.values())
+    return (f"{total} entr{'y' if total == 1 else 'ies'} of {directory} not read: "
+            + "; ".join(f"{listed(names)}: {kind}" for kind, names in kinds.items()))
+
+
 def pair_samples(root_dir: str | Path, split: str, require_masks: bool = True,
                  strict: bool = True) -> tuple[list[Sample], str | None]:
     """Pair ``images/<split>`` with ``masks/<split>`` by stem.
@@ -95,8 +118,11 @@ def pair_samples(root_dir: str | Path, split: str, require_masks: bool = True,
     root = Path(root_dir)
     image_dir = root / "images" / split
     images = list_files(image_dir, IMAGE_EXTENSIONS, root)
+    unread = unread_entries(image_dir, IMAGE_EXTENSIONS)
     if not images:
-        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir}")
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir}" + (f"; {unread}" if unread else ""))
+    if unread:  # an image passed over in silence is a sample lost in silence
+        warnings.warn(f"split {split!r}: {unread}", DataWarning, stacklevel=2)
     if not require_masks:
         return [Sample(stem, path, None) for stem, path in sorted(images.items())], None
     mask_dir = root / "masks" / split
@@ -112,14 +138,16 @@ def pair_samples(root_dir: str | Path, split: str, require_masks: bool = True,
                        and p.stem in {Path(n).stem for n in no_mask}) if mask_dir.is_dir() else []
         if lossy:
             raise DataError(
-                f"split {split!r}: {len(lossy)} mask(s) in {mask_dir} are in a lossy format: {listed(lossy)}. JPEG "
-                f"compression changes pixel values near class borders, so they would not match the palette; save "
+                f"split {split!r}: {len(lossy)} mask(s) in {mask_dir} are JPEG or WebP, not read as masks: {listed(lossy)}. "
+                f"Their compression (lossy in JPEG, mostly in WebP) changes pixel values near class borders, so they would "
+                f"not match the palette; save "
                 f"masks in a lossless format ({', '.join(MASK_EXTENSIONS)}), from the original label data, not by converting the JPEGs"
             )
         if no_mask:
             parts.append(f"{len(no_mask)} image(s) without a mask in {mask_dir}: {listed(no_mask)}")
         if no_image:
-            parts.append(f"{len(no_image)} mask(s) without an image in {image_dir}: {listed(no_image)}")
+            parts.append(f"{len(no_image)} mask(s) without an image in {image_dir}: {listed(no_image)}"
+                         + (f" ({unread})" if unread else ""))
         problem = ("split " + repr(split) + ": " + "; ".join(parts)
                    + ". Images and masks pair by file stem (a.jpg <-> a.png); add or rename the missing files"
                    + _suffix_hint([s for s in images if s not in masks], [s for s in masks if s not in images]))
@@ -149,9 +177,12 @@ def exif_orientation(path: Path) -> int | None:
         return None
 
 
-def _open(path: Path, what: str) -> Image.Image:
+def open_image(path: Path, what: str) -> Image.Image:
+    """``path`` opened and decoded (its one page, `_one_page`); what cannot be read is one DataError naming
+    it as ``what`` ("image", "mask", "calibration image")."""
     try:
         image = Image.open(path)
+        _one_page(image, path, what)
         image.load()
     except Image.DecompressionBombError as exc:
         # PIL refuses images above 2x Image.MAX_IMAGE_PIXELS before decoding (a "decompression bomb").
@@ -168,9 +199,27 @@ def _open(path: Path, what: str) -> Image.Image:
     return image
 
 
+def _one_page(image: Image.Image, path: Path, what: str) -> None:
+    """A multi-page TIFF (or an animated GIF/PNG) read as its first page gave a wrong image or mask
+    in silence (a mask whose labels are on page 2 read as background). Pages of another size are
+    kept (a TIFF's overviews and thumbnails); another page of the first's size is refused."""
+    pages = int(getattr(image, "n_frames", 1) or 1)
+    if pages < 2:
+        return
+    first, same = image.size, 0
+    for page in range(1, pages):
+        image.seek(page)
+        same += image.size == first
+    image.seek(0)
+    if same:
+        raise DataError(f"{what} {path} holds {pages} pages (frames), {same + 1} of them {first[0]}x{first[1]}; one file "
+                        f"is one {what} here, and only its first page would be read: save the page that is the {what} "
+                        "on its own, one file per page")
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """Read an image as (H, W, 3) uint8 RGB (see the module docstring for the conversion policy)."""
-    return to_rgb_array(_open(Path(path), "image"))
+    return to_rgb_array(open_image(Path(path), "image"))
 
 
 DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -215,7 +264,7 @@ def load_mask(path: str | Path, as_color: bool) -> np.ndarray:
     indices (class ids); `segformer.data.dataset.load_pair` falls back to the indices when the
     colours are not the palette's. 16-bit masks are read as integer gray levels / class ids.
     """
-    image = _open(Path(path), "mask")
+    image = open_image(Path(path), "mask")
     mode = image.mode
     if mode == "P":
         return np.asarray(image.convert("RGB")) if as_color else np.asarray(image)

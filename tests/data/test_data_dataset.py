@@ -211,6 +211,28 @@ def test_deep_images_scaled_from_different_depths_and_turned_photos_are_named(co
         check_dataset(color_dataset, "train", DECODER, progress=False)
 
 
+def test_colour_images_of_16_bits_per_channel_are_named(color_dataset):
+    """A 48-bit PNG of 12-bit data read almost black (4095 -> 15), in silence: PIL keeps the top 8 bits."""
+    import struct
+    import zlib
+
+    image = sorted((color_dataset / "images" / "test").iterdir())[0]
+    pixels = np.zeros((32, 32, 3), ">u2")
+    pixels[..., 0] = 4095
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\0" + row.tobytes() for row in pixels)
+    image.unlink()
+    image.with_suffix(".png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 32, 32, 16, 2, 0, 0, 0))
+                                          + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    assert load_image(image.with_suffix(".png"))[0, 0].tolist() == [15, 0, 0]
+    with pytest.warns(UserWarning, match=rf"1 colour image\(s\) of 16 bits per channel \({image.stem}.png\) are read as "
+                                         r"their top 8 bits"):
+        check_dataset(color_dataset, "test", DECODER, progress=False)
+
+
 def test_a_png_mask_beside_the_tiff_it_came_from_is_the_mask(color_dataset):
     mask = sorted((color_dataset / "masks" / "val").iterdir())[0]
     Image.open(mask).save(mask.with_suffix(".tif"))
@@ -264,3 +286,52 @@ def test_symlink_leaving_root_is_refused(color_dataset, tmp_path):
     (color_dataset / "images/train/img9.png").symlink_to(color_dataset / "images/val/img0.png")
     (color_dataset / "masks/train/img9.png").symlink_to(color_dataset / "masks/val/img0.png")
     assert len(pair_samples(color_dataset, "train")[0]) == 7
+
+
+def test_files_that_are_not_read_are_named(tmp_path):
+    """A .webp or .gif image, a link to nothing and a subfolder were passed over in silence: inference
+    wrote 18 results for 22 files, and a mask beside train_00000.webp was said to have no image."""
+    from segformer.errors import DataWarning
+
+    write_image(tmp_path / "images/test/a.png", np.zeros((8, 8, 3), np.uint8))
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images/test/b.webp")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images/test/c.gif")
+    (tmp_path / "images/test/more").mkdir()
+    os.symlink(tmp_path / "images/test/gone.png", tmp_path / "images/test/d.jpg")
+    (tmp_path / "images/test/.DS_Store").write_bytes(b"")  # hidden: left out of the count
+    with pytest.warns(DataWarning) as said:
+        samples, _ = pair_samples(tmp_path, "test", require_masks=False)
+    assert [s.name for s in samples] == ["a"]
+    text = str(said[0].message)
+    assert "4 entries of" in text and "b.webp, c.gif: other file types (only .jpg" in text, text
+    assert "more/: folders" in text and "d.jpg: links to nothing" in text and ".DS_Store" not in text
+    write_image(tmp_path / "masks/test/b.png", color_mask(np.zeros((8, 8), np.uint8)))
+    write_image(tmp_path / "masks/test/a.png", color_mask(np.zeros((8, 8), np.uint8)))
+    with pytest.warns(DataWarning), pytest.raises(DataError, match=r"1 mask\(s\) without an image .*: b.png \(4 entries"):
+        pair_samples(tmp_path, "test")
+
+
+def test_a_tiff_of_several_pages_is_refused(tmp_path):
+    """A 2-page TIFF mask (labels on page 2) was read as its blank first page: background everywhere."""
+    from segformer.data.files import load_mask
+
+    blank, labels, small = (Image.fromarray(a) for a in (np.zeros((8, 8), np.uint8), np.ones((8, 8), np.uint8),
+                                                          np.ones((4, 4), np.uint8)))
+    blank.save(tmp_path / "stack.tif", save_all=True, append_images=[labels])
+    blank.save(tmp_path / "overview.tif", save_all=True, append_images=[small])  # a smaller page: an overview
+    with pytest.raises(DataError, match=r"mask .*stack.tif holds 2 pages \(frames\), 2 of them 8x8"):
+        load_mask(tmp_path / "stack.tif", as_color=False)
+    assert load_mask(tmp_path / "overview.tif", as_color=False).shape == (8, 8)
+    assert load_image(tmp_path / "overview.tif").shape == (8, 8, 3)
+
+
+def test_an_error_in_a_dataloader_worker_reads_as_with_no_workers(tmp_path):
+    """With dataset.segment.workers >= 1, a corrupt image ended inference in "Caught DataError in
+    DataLoader worker process 0. Original Traceback ...", 30 lines; with workers=0 it was one line."""
+    from torch.utils.data import DataLoader
+
+    write_image(tmp_path / "images/test/a.png", np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "images/test/a.png").write_bytes(b"not an image")
+    with pytest.raises(DataError) as failed:
+        next(iter(DataLoader(eval_dataset(tmp_path, "test", require_masks=False), num_workers=1)))
+    assert str(failed.value).startswith("cannot read image ") and "Traceback" not in str(failed.value), str(failed.value)

@@ -220,7 +220,7 @@ def b_jpeg_masks(c):
     for mask in (c.data / "masks/train").glob("*.png"):
         Image.open(mask).convert("RGB").save(mask.with_suffix(".jpg"), quality=90)
         mask.unlink()
-    return c.spec(), ["masks/train", "lossy format", "train_00000.jpg", "PNG"]
+    return c.spec(), ["masks/train", "JPEG or WebP, not read as masks", "train_00000.jpg", "PNG"]
 
 
 def b_palette_shared_label_id(c):
