@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from segformer.data.dataset import DatasetReport, EpochSampler, SegmentationDataset, check_dataset
-from segformer.data.files import IMAGE_EXTENSIONS, list_files
+from segformer.data.files import IMAGE_EXTENSIONS, list_files, open_image
 from segformer.data.palette import MaskDecoder
 from segformer.data.transforms import AugmentationSettings, SegTransform, preprocess_image
 from segformer.errors import DataError, SpecError
@@ -272,9 +271,6 @@ def iter_calibration_batches(images_dir: str | Path, img_size: int, mean: Sequen
     for start in range(0, len(files), batch_size):
         tensors = []
         for path in files[start:start + batch_size]:
-            try:
-                with Image.open(path) as image:
-                    tensors.append(preprocess_image(image, img_size, mean, std))
-            except OSError as exc:
-                raise DataError(f"cannot read calibration image {path}: {exc}; replace or remove it") from exc
+            with open_image(path, "calibration image") as image:  # a corrupt or huge file: one message naming it
+                tensors.append(preprocess_image(image, img_size, mean, std))
         yield torch.stack(tensors)

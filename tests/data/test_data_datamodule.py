@@ -92,6 +92,16 @@ def test_calibration_batches(color_dataset):
     assert len(limited) == 1 and limited[0].shape == (2, 3, 16, 16)
     with pytest.raises(DataError, match="does not exist"):
         next(iter_calibration_batches(color_dataset / "nope", 16, (0.5,) * 3, (0.5,) * 3, 2, 1))
+    # a file too large to read (PIL's decompression-bomb guard) was a traceback here, one line in train
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 100  # 32x32 images are "too large" below 200 pixels
+    try:
+        with pytest.raises(DataError, match=r"calibration image .*img0.png is too large to read"):
+            next(iter_calibration_batches(color_dataset / "images/train", 16, (0.5,) * 3, (0.5,) * 3, 2, 1))
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def test_reading_data_does_not_import_lightning(color_dataset):
