@@ -94,6 +94,10 @@ def test_binary_0_255_masks_without_norm_hint_at_norm_not_at_ignoring_255():
     decoder = MaskDecoder(TAO_SEGMENT_DEFAULTS["palette"], None, num_classes=2)
     with pytest.raises(DataError, match=r"masks look binary 0/255: set label_transform: norm, which reads 255 as 1"):
         decoder.decode(np.array([[0, 255]], dtype=np.uint8), "binary.png")
+    # 0, 1 and 255: 1 is the foreground, so 255 marks pixels to ignore (following the norm advice then
+    # said "the values look like class ids: set label_transform: None", round in a circle)
+    with pytest.raises(DataError, match=r"masks hold 0, 1 and 255: if 255 marks pixels to ignore .*{label_id: 255"):
+        decoder.decode(np.array([[0, 1, 255]], dtype=np.uint8), "ignore.png")
 
 
 def test_num_classes_disagreeing_with_palette_is_an_error():
