@@ -5,7 +5,7 @@ Prints TAO's two tables (percent, two decimals) and writes to ``results_dir/eval
 - ``results.json``: structured scores as fractions in 0..1 (``null`` for undefined classes), the
   confusion matrix (rows: ground truth, columns: prediction) and what was evaluated;
 - ``confusion_matrix.png``;
-- ``vis/<stem>.png``: prediction overlays for every ``vis_after_n_batches``-th batch.
+- ``vis/<stem>.png``: prediction overlays, each image at its own size, for every ``vis_after_n_batches``-th batch.
 
 The model runs through the engine's :class:`~segformer.engine.predictor.Predictor`, so PyTorch,
 ONNX Runtime, TensorRT and quantized models are decoded and scored by the same code. Labels come
@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from segformer.config import ExperimentConfig, action_results_dir, require
-from segformer.data import build_data, overlay
+from segformer.data import build_data, load_image, overlay
 from segformer.fileio import atomic_save_png, atomic_write_json
 from segformer.engine.metrics import ConfusionMatrix
 from segformer.engine.predictor import Predictor, load_predictor, resize_logits, run_predictor
@@ -124,11 +124,12 @@ def _collate_mask_list(items: list[dict]) -> dict:
 
 
 def _save_overlays(folder: Path, batch: dict, predictions: list[torch.Tensor], data: Any) -> None:
-    mean = torch.tensor(data.mean).view(3, 1, 1)
-    std = torch.tensor(data.std).view(3, 1, 1)
-    for image, prediction, name in zip(batch["image"], predictions, batch["name"]):
-        pixels = ((image.cpu() * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-        atomic_save_png(folder / f"{name}.png", overlay(pixels, prediction.numpy().astype(np.int64), data.decoder))
+    """Each image at its own size with the prediction over it (as inference's mask_tao): the model's
+    input, squeezed to img_size, made a 4000x3000 photo a 512 px square."""
+    samples = {sample.name: sample for sample in data.datasets["test"].samples}
+    for prediction, name in zip(predictions, batch["name"]):
+        image = load_image(samples[name].image)
+        atomic_save_png(folder / f"{name}.png", overlay(image, prediction.numpy().astype(np.int64), data.decoder))
 
 
 def _progress(loader: Any, quiet: bool) -> Any:

@@ -104,6 +104,18 @@ def test_inference_writes_ids_and_overlays_at_original_size(trained, tmp_path, d
         assert colour.mode == "RGB" and colour.size == size
 
 
+def test_evaluate_overlays_are_at_each_images_size(trained, tmp_path, dataset_copy):
+    """evaluate's vis/ overlays were the model's input, at img_size: a 80x72 image got a 32x32 one."""
+    cfg, _ = trained
+    for folder in ("images", "masks"):
+        path = next((dataset_copy / folder / "test").glob("test_00000.*"))
+        Image.open(path).resize((80, 72), Image.NEAREST).save(path)
+    result = evaluate.run(_eval_cfg(cfg, tmp_path, f"dataset.segment.root_dir={dataset_copy}",
+                                    "evaluate.vis_after_n_batches=1"), quiet=True)
+    sizes = {path.stem: Image.open(path).size for path in (result.results_dir / "vis").glob("*.png")}
+    assert sizes == {f"test_{i:05d}": (80, 72) if i == 0 else (32, 32) for i in range(4)}
+
+
 def test_sliding_window_covers_and_averages():
     import torch
 
