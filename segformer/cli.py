@@ -18,8 +18,10 @@ import argparse
 import errno
 import importlib
 import os
+import shutil
 import sys
 import traceback
+from pathlib import Path
 from typing import Callable, Sequence
 
 from segformer import __version__
@@ -148,14 +150,37 @@ def run_action(action: str, argv: Sequence[str]) -> int:
         print(f"segformer {action}: not implemented yet", file=sys.stderr)
         return EXIT_NOT_IMPLEMENTED
 
-    if action in QUIET_ACTIONS:
-        from segformer.heartbeat import heartbeat
+    folder = _new_folder(cfg, action)
+    try:
+        if action in QUIET_ACTIONS:
+            from segformer.heartbeat import heartbeat
 
-        with heartbeat(f"segformer {action}"):
+            with heartbeat(f"segformer {action}"):
+                module.run(cfg)
+        else:  # train, evaluate and inference show their own progress bars
             module.run(cfg)
-    else:  # train, evaluate and inference show their own progress bars
-        module.run(cfg)
+    except BaseException:
+        if folder is not None and folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+            shutil.rmtree(folder, ignore_errors=True)  # an action that failed leaves no empty folder behind
+        raise
     return 0
+
+
+def _new_folder(cfg: object, action: str) -> Path | None:
+    """The outermost folder this run is about to make for its results (results_dir itself where it
+    does not exist yet); None where the action's folder exists already (or results_dir is unset:
+    the action says so itself)."""
+    from segformer.config import ConfigError, action_results_dir
+
+    try:
+        folder = action_results_dir(cfg, action).absolute()
+    except ConfigError:
+        return None
+    if folder.exists():
+        return None
+    while not folder.parent.exists():
+        folder = folder.parent
+    return folder
 
 
 def _resolve(target: str) -> Callable[[list[str]], int]:

@@ -183,3 +183,20 @@ def test_automl_ui_on_a_port_in_use_says_so_before_printing_links(tmp_path, caps
         assert automl_cli.main(["ui", str(tmp_path), "--port", str(port)]) == 2
     out, err = capsys.readouterr()
     assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err and "http://" not in out, (out, err)
+
+
+def test_an_action_that_fails_leaves_no_empty_folder(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A failed `segformer quantize` (a checkpoint that is not one, a backend not installed) left an empty
+    <results_dir>/quantize/, and results_dir with it; a folder that existed, or holds a file, stays."""
+    spec, bad = tmp_path / "spec.yaml", tmp_path / "bad.pth"
+    (tmp_path / "calib").mkdir()
+    spec.write_text(f"quantize:\n  backend: onnxruntime\n  mode: static_ptq\ndataset:\n  segment:\n"
+                    f"    quant_calibration_dataset:\n      images_dir: {tmp_path / 'calib'}\n")
+    bad.write_text("not a checkpoint")
+    args = ["quantize", "-e", str(spec), f"quantize.model_path={bad}"]
+    assert cli.main([*args, f"results_dir={tmp_path / 'new' / 'results'}"]) == 1
+    assert "cannot read checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    assert cli.main([*args, f"results_dir={tmp_path / 'kept'}"]) == 1
+    assert (tmp_path / "kept").is_dir() and not (tmp_path / "kept" / "quantize").exists()
