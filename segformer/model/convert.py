@@ -47,19 +47,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"SRC {args.src} " + ("is a folder; give the weights file in it" if args.src.is_dir() else "does not exist"))
     state, meta = load_model_weights(args.src, source=args.source)
     if args.spec is not None:
-        from segformer.config import load_config
+        from segformer.config import load_config, read_spec
 
-        cfg = load_config(args.spec, args.overrides, fetch=False)  # the model's settings only
+        overrides = list(args.overrides)
+        if read_spec(args.spec).get("results_dir") in (None, "", "???") and not any(
+                o.startswith("results_dir=") for o in overrides):
+            # convert writes OUT alone: the ${results_dir} paths of a template or `data synth` spec are not used
+            overrides.insert(0, f"results_dir={args.out.parent}")
+        cfg = load_config(args.spec, overrides, fetch=False)  # the model's settings only
         model_cfg, num_classes = cfg.model, args.num_classes or cfg.dataset.segment.num_classes
     else:
         if not args.backbone:
-            print("error: give --backbone NAME (or -e spec.yaml)", file=sys.stderr)
-            return 2
+            parser.error("give --backbone NAME (model.backbone.type), or -e spec.yaml whose model section describes it")
         num_classes = args.num_classes or _infer_num_classes(state)
         if num_classes is None:
-            print("error: SRC has no classifier to read the number of classes from; give --num-classes K",
-                  file=sys.stderr)
-            return 2
+            parser.error("SRC has no classifier to read the number of classes from; give --num-classes K")
         embed_dim = args.embed_dim or _infer_embed_dim(state) or 768
         from segformer.config import BackboneConfig, DecodeHeadConfig, DecoderParams, ModelConfig
 

@@ -164,6 +164,8 @@ def test_convert_takes_key_value_overrides_like_every_action(tmp_path, capsys):
     from segformer.cli import main
 
     spec = _convert_spec(tmp_path)
+    # a template's ${results_dir} paths, results_dir unset: convert writes OUT alone, so it is not asked for
+    spec.write_text(spec.read_text() + "evaluate:\n  checkpoint: ${results_dir}/train/segformer_model_latest.pth\n")
     out = tmp_path / "out.pth"
     assert main(["convert", "--from", "hf", str(tmp_path / "model.safetensors"), str(out), "-e", str(spec),
                  "dataset.segment.num_classes=4", "model.decode_head.decoder_params.embed_dim=64"]) == 0
@@ -188,6 +190,9 @@ def test_convert_reports_a_bad_override_as_the_actions_do(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:  # an override needs a spec to change
         main(["convert", "--from", "hf", str(tmp_path / "model.safetensors"), str(tmp_path / "out.pth"), bad])
     assert exit_.value.code == 2 and "give it with -e spec.yaml" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # neither a spec nor a backbone: the usage error, named as convert's
+        main(["convert", "--from", "hf", str(tmp_path / "model.safetensors"), str(tmp_path / "out.pth")])
+    assert exit_.value.code == 2 and "segformer convert: error: give --backbone NAME" in capsys.readouterr().err
 
 
 def test_a_classifier_of_another_shape_is_reported_once_and_an_onnx_file_by_name(tmp_path, caplog):
