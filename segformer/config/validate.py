@@ -5,9 +5,10 @@ schema translated to JSON-Schema (unknown keys, types, bounds, options), then th
 and, with ``--action``, the values that action needs and the model files it reads (a results folder given
 for one is resolved as the action resolves it; URLs are not fetched; where the dataset is not on
 this machine either, a missing file is a note). Then the dataset, where the spec's
-``dataset.segment.root_dir`` exists here (for no action, train or evaluate): the palette against
-``num_classes`` and every file of the train, validation and test splits (unpaired files, unreadable
-files, mask values outside the palette), as training would find them; ``--no-data`` skips the
+``dataset.segment.root_dir`` exists here (for no action, train, evaluate or inference): the palette
+against ``num_classes`` and every file of the splits the action reads (no action: train, validation
+and test; inference: the predict split's images), with their problems (unpaired files, unreadable
+files, mask values outside the palette) as the action would find them; ``--no-data`` skips the
 files. Exit status 0 when clean, 1 with problems.
 Settings that are accepted but have no effect are printed as notes (they do not fail validation).
 """
@@ -62,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 problems.extend(missing)
         if cfg is not None and args.action == "export":  # the exporter's own rules (opset 14 and more)
             problems.extend(_export_problems(cfg.export))
-        if cfg is not None and args.action in (None, "train", "evaluate"):
+        if cfg is not None and args.action in (None, *_ACTION_SPLITS):
             problems.extend(_data_problems(cfg.dataset.segment, read_files=not args.no_data, notes=notes,
                                            keys=_ACTION_SPLITS.get(args.action)))
 
@@ -112,7 +113,7 @@ def _export_problems(export) -> list[str]:
 
 
 # the splits an action reads (no action: all three, as AutoML reads them: it scores the winner on the test split)
-_ACTION_SPLITS = {"train": ("train_split", "validation_split"), "evaluate": ("test_split",)}
+_ACTION_SPLITS = {"train": ("train_split", "validation_split"), "evaluate": ("test_split",), "inference": ("predict_split",)}
 
 
 def _data_problems(segment, *, read_files: bool, notes: list[str], keys: Sequence[str] | None) -> list[str]:
@@ -130,7 +131,9 @@ def _data_problems(segment, *, read_files: bool, notes: list[str], keys: Sequenc
         if not Path(root).is_dir():
             notes.append(f"the dataset was not read: dataset.segment.root_dir {root} is not a folder on this machine")
             return []
-        notes.append(f"dataset read: {split_counts(check_splits(segment, keys=keys or SPLIT_KEYS))} under {root}")
+        counts = check_splits(segment, keys=keys or SPLIT_KEYS)
+        what = "images" if keys == ("predict_split",) else "image/mask pairs"
+        notes.append(f"dataset read: {split_counts(counts, what)} under {root}")
     except DataError as exc:
         # check_splits lists its problems under a header line: list them as validate's own
         return str(exc).split("\n  - ")[1:] or [str(exc)]

@@ -232,8 +232,10 @@ def check_splits(segment_cfg: Any, *, progress: bool | None = None, keys: Sequen
         if split in counts:
             continue
         counts[split] = 0
+        images_only = key == "predict_split"  # inference reads images alone
         try:
-            report = check_dataset(root_dir, split, decoder, progress=progress, raise_on_error=False, cache=None)
+            report = check_dataset(root_dir, split, None if images_only else decoder, require_masks=not images_only,
+                                   progress=progress, raise_on_error=False, cache=None)
         except DataError as exc:  # no images at all
             problems.append(f"{where}.{key} {split!r}: {exc}")
             continue
@@ -246,9 +248,9 @@ def check_splits(segment_cfg: Any, *, progress: bool | None = None, keys: Sequen
     return counts
 
 
-def split_counts(counts: dict[str, int]) -> str:
+def split_counts(counts: dict[str, int], what: str = "image/mask pairs") -> str:
     """``40/10/10 train/val/test image/mask pairs``: what :func:`check_splits` read."""
-    return f"{'/'.join(str(n) for n in counts.values())} {'/'.join(counts)} image/mask pairs"
+    return f"{'/'.join(str(n) for n in counts.values())} {'/'.join(counts)} {what}"
 
 
 def iter_calibration_batches(images_dir: str | Path, img_size: int, mean: Sequence[float], std: Sequence[float],

@@ -426,6 +426,13 @@ def test_validate_checks_what_the_action_checks_and_reads_only_its_splits(tmp_pa
     for action in (["--action", "evaluate", f"evaluate.checkpoint={model}"], []):  # evaluate, and AutoML, read it
         assert validate.main([*spec, *action]) == 1
         assert "dataset.segment.test_split 'test'" in capsys.readouterr().out
+    # inference reads the predict split's images (no masks): a zero-byte one passed as OK, then inference failed
+    inference = ["--action", "inference", f"inference.checkpoint={model}", "dataset.segment.predict_split=val"]
+    assert validate.main([*spec, *inference]) == 0
+    assert "dataset read: 2 val images" in capsys.readouterr().out
+    next((data / "images" / "val").iterdir()).write_bytes(b"")
+    assert validate.main([*spec, *inference]) == 1
+    assert "dataset.segment.predict_split 'val': cannot read image" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("action, key", [("evaluate", "evaluate.checkpoint"), ("inference", "inference.trt_engine"),
