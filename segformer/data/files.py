@@ -17,6 +17,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from PIL import Image
@@ -86,14 +87,16 @@ def list_files(directory: Path, extensions: tuple[str, ...], root: Path, prefer:
     return found
 
 
-def unread_entries(directory: Path, extensions: tuple[str, ...]) -> str | None:
+def unread_entries(directory: Path, extensions: tuple[str, ...], read: Iterable[Path] = ()) -> str | None:
     """What `list_files` passes over in ``directory`` (files of other types, folders, links to
-    nothing), as a sentence; None when it reads everything. Hidden names (.DS_Store) are left out."""
+    nothing), as a sentence; None when it reads everything. Hidden names (.DS_Store) are left out,
+    and the files it did read (``read``, not looked at again)."""
     if not directory.is_dir():
         return None
     kinds: dict[str, list[str]] = {}
+    taken = {path.name for path in read}
     for path in sorted(directory.iterdir()):
-        if path.name.startswith("."):
+        if path.name.startswith(".") or path.name in taken:
             continue
         if path.is_dir():
             kinds.setdefault("folders (a split is not read into its subfolders)", []).append(path.name + "/")
@@ -118,7 +121,7 @@ def pair_samples(root_dir: str | Path, split: str, require_masks: bool = True,
     root = Path(root_dir)
     image_dir = root / "images" / split
     images = list_files(image_dir, IMAGE_EXTENSIONS, root)
-    unread = unread_entries(image_dir, IMAGE_EXTENSIONS)
+    unread = unread_entries(image_dir, IMAGE_EXTENSIONS, images.values())
     if not images:
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir}" + (f"; {unread}" if unread else ""))
     if unread:  # an image passed over in silence is a sample lost in silence
@@ -193,7 +196,7 @@ def open_image(path: Path, what: str) -> Image.Image:
     except PermissionError as exc:
         raise DataError(f"cannot read {what} {path}: permission denied; make the file readable "
                         "(chmod a+r) or remove it") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # EOFError: a page cut short (seek)
         raise DataError(f"cannot read {what} {path}: {exc}; the file is corrupt or not an image, "
                         "replace or remove it") from exc
     return image
