@@ -205,9 +205,10 @@ def open_image(path: Path, what: str) -> Image.Image:
 def _one_page(image: Image.Image, path: Path, what: str) -> None:
     """A multi-page TIFF (or an animated GIF/PNG) read as its first page gave a wrong image or mask
     in silence (a mask whose labels are on page 2 read as background). Pages of another size are
-    kept (a TIFF's overviews and thumbnails); another page of the first's size is refused."""
+    kept (a TIFF's overviews and thumbnails); another page of the first's size is refused. A JPEG's
+    further frames (MPO: a phone's preview, depth or HDR gain map) are never the picture: not checked."""
     pages = int(getattr(image, "n_frames", 1) or 1)
-    if pages < 2:
+    if pages < 2 or image.format not in ("TIFF", "GIF", "PNG"):
         return
     first, same = image.size, 0
     for page in range(1, pages):

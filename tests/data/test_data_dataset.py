@@ -323,6 +323,10 @@ def test_a_tiff_of_several_pages_is_refused(tmp_path):
         load_mask(tmp_path / "stack.tif", as_color=False)
     assert load_mask(tmp_path / "overview.tif", as_color=False).shape == (8, 8)
     assert load_image(tmp_path / "overview.tif").shape == (8, 8, 3)
+    # a phone's JPEG with a second frame of its size (MPO: an HDR gain map, a stereo view) is its first frame
+    Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(tmp_path / "phone.jpg", format="MPO", save_all=True,
+                                                             append_images=[Image.fromarray(np.zeros((8, 8, 3), np.uint8))])
+    assert Image.open(tmp_path / "phone.jpg").n_frames == 2 and load_image(tmp_path / "phone.jpg")[0, 0].tolist() == [100] * 3
 
 
 def test_an_error_in_a_dataloader_worker_reads_as_with_no_workers(tmp_path):
