@@ -207,14 +207,23 @@ def _one_page(image: Image.Image, path: Path, what: str) -> None:
     in silence (a mask whose labels are on page 2 read as background). Pages of another size are
     kept (a TIFF's overviews and thumbnails); another page of the first's size is refused. A JPEG's
     further frames (MPO: a phone's preview, depth or HDR gain map) are never the picture: not checked."""
-    pages = int(getattr(image, "n_frames", 1) or 1)
-    if pages < 2 or image.format not in ("TIFF", "GIF", "PNG"):
+    if image.format not in ("TIFF", "GIF", "PNG"):
         return
-    first, same = image.size, 0
-    for page in range(1, pages):
-        image.seek(page)
-        same += image.size == first
-    image.seek(0)
+    try:
+        pages = int(getattr(image, "n_frames", 1) or 1)
+        if pages < 2:
+            return
+        first, same = image.size, 0
+        for page in range(1, pages):
+            image.seek(page)
+            # a TIFF's reduced-resolution pages and masks (NewSubfileType bits 1 and 4: GDAL's overviews
+            # and nodata masks) belong to the first page
+            subfile = int(image.tag_v2.get(254, 0)) if image.format == "TIFF" else 0
+            same += image.size == first and not subfile & 0b101
+        image.seek(0)
+    except Exception as exc:  # noqa: BLE001 - a later page cut short or malformed: PIL raises many kinds
+        raise DataError(f"cannot read {what} {path}: a page after the first is unreadable ({type(exc).__name__}: "
+                        f"{exc}); the file is corrupt, replace or remove it") from exc
     if same:
         raise DataError(f"{what} {path} holds {pages} pages (frames), {same + 1} of them {first[0]}x{first[1]}; one file "
                         f"is one {what} here, and only its first page would be read: save the page that is the {what} "

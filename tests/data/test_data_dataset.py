@@ -323,6 +323,19 @@ def test_a_tiff_of_several_pages_is_refused(tmp_path):
         load_mask(tmp_path / "stack.tif", as_color=False)
     assert load_mask(tmp_path / "overview.tif", as_color=False).shape == (8, 8)
     assert load_image(tmp_path / "overview.tif").shape == (8, 8, 3)
+    # a GeoTIFF's nodata mask is a page of the first's size (NewSubfileType 4): it belongs to the image
+    from PIL import TiffImagePlugin
+
+    nodata = Image.fromarray(np.full((8, 8), 255, np.uint8))
+    nodata.encoderinfo = {"tiffinfo": TiffImagePlugin.ImageFileDirectory_v2()}
+    nodata.encoderinfo["tiffinfo"][254] = 4
+    blank.save(tmp_path / "geo.tif", save_all=True, append_images=[nodata])
+    assert load_mask(tmp_path / "geo.tif", as_color=False).max() == 0
+    # a later page cut short: the corrupt-file message, not PIL's TypeError
+    blank.save(tmp_path / "cut.tif", save_all=True, append_images=[small, small])
+    (tmp_path / "cut.tif").write_bytes((tmp_path / "cut.tif").read_bytes()[:-150])
+    with pytest.raises(DataError, match=r"cut.tif: a page after the first is unreadable .*the file is corrupt"):
+        load_mask(tmp_path / "cut.tif", as_color=False)
     # a phone's JPEG with a second frame of its size (MPO: an HDR gain map, a stereo view) is its first frame
     Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(tmp_path / "phone.jpg", format="MPO", save_all=True,
                                                              append_images=[Image.fromarray(np.zeros((8, 8, 3), np.uint8))])
