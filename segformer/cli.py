@@ -18,7 +18,6 @@ import argparse
 import errno
 import importlib
 import os
-import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -150,7 +149,7 @@ def run_action(action: str, argv: Sequence[str]) -> int:
         print(f"segformer {action}: not implemented yet", file=sys.stderr)
         return EXIT_NOT_IMPLEMENTED
 
-    folder = _new_folder(cfg, action)
+    action_folder, folder = _new_folder(cfg, action)
     try:
         if action in QUIET_ACTIONS:
             from segformer.heartbeat import heartbeat
@@ -160,27 +159,46 @@ def run_action(action: str, argv: Sequence[str]) -> int:
         else:  # train, evaluate and inference show their own progress bars
             module.run(cfg)
     except BaseException:
-        if folder is not None and folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
-            shutil.rmtree(folder, ignore_errors=True)  # an action that failed leaves no empty folder behind
+        if folder is not None:
+            _remove_empty(action_folder, folder)  # an action that failed leaves no empty folder behind
         raise
     return 0
 
 
-def _new_folder(cfg: object, action: str) -> Path | None:
-    """The outermost folder this run is about to make for its results (results_dir itself where it
-    does not exist yet); None where the action's folder exists already (or results_dir is unset:
-    the action says so itself)."""
+def _new_folder(cfg: object, action: str) -> tuple[Path | None, Path | None]:
+    """The action's results folder and the outermost folder this run is about to make for it
+    (results_dir itself where it does not exist yet); (folder, None) where the action's folder exists
+    already (or (None, None) where results_dir is unset: the action says so itself)."""
     from segformer.config import ConfigError, action_results_dir
 
     try:
         folder = action_results_dir(cfg, action).absolute()
     except ConfigError:
-        return None
+        return None, None
     if folder.exists():
-        return None
-    while not folder.parent.exists():
+        return folder, None
+    outermost = folder
+    while not outermost.parent.exists():
+        outermost = outermost.parent
+    return folder, outermost
+
+
+def _remove_empty(folder: Path, outermost: Path) -> None:
+    """Empty folders only, with os.rmdir (which cannot remove a folder that holds anything): the
+    action's folder and its subfolders, then its parents up to `outermost`; another run's folders
+    beside them stay."""
+    if folder.is_dir():
+        for parent, _, _ in os.walk(folder, topdown=False):
+            try:
+                os.rmdir(parent)
+            except OSError:
+                return
+    while folder != outermost and outermost in folder.parents:
         folder = folder.parent
-    return folder
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
 
 
 def _resolve(target: str) -> Callable[[list[str]], int]:

@@ -200,3 +200,17 @@ def test_an_action_that_fails_leaves_no_empty_folder(tmp_path, capsys: pytest.Ca
     (tmp_path / "kept").mkdir()
     assert cli.main([*args, f"results_dir={tmp_path / 'kept'}"]) == 1
     assert (tmp_path / "kept").is_dir() and not (tmp_path / "kept" / "quantize").exists()
+
+
+def test_the_cleanup_after_a_failed_action_removes_only_its_own_empty_folders(tmp_path) -> None:
+    """Two runs into results folders under one new folder: the one that fails removes its own empty
+    folders with rmdir, not the other run's (an rmtree of the shared new folder took them too)."""
+    own, other = tmp_path / "new" / "sweep" / "a" / "quantize", tmp_path / "new" / "sweep" / "b" / "train"
+    (own / "vis").mkdir(parents=True)
+    other.mkdir(parents=True)
+    cli._remove_empty(own, tmp_path / "new")
+    assert not (tmp_path / "new" / "sweep" / "a").exists() and other.is_dir()
+    (own / "vis").mkdir(parents=True)
+    (own / "vis" / "kept.png").write_bytes(b"")
+    cli._remove_empty(own, tmp_path / "new")
+    assert (own / "vis" / "kept.png").is_file()
