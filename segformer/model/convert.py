@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if read_spec(args.spec).get("results_dir") in (None, "", "???") and not any(
                 o.startswith("results_dir=") for o in overrides):
             # convert writes OUT alone: the ${results_dir} paths of a template or `data synth` spec are not used
-            overrides.insert(0, f"results_dir={args.out.parent}")
+            overrides.insert(0, f"results_dir={args.out.parent.absolute()}")  # absolute: "2024" would read as a number
         cfg = load_config(args.spec, overrides, fetch=False)  # the model's settings only
         model_cfg, num_classes = cfg.model, args.num_classes or cfg.dataset.segment.num_classes
     else:

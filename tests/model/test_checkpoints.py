@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 import subprocess
 import sys
 
@@ -158,7 +159,7 @@ def _convert_spec(tmp_path):
     return spec
 
 
-def test_convert_takes_key_value_overrides_like_every_action(tmp_path, capsys):
+def test_convert_takes_key_value_overrides_like_every_action(tmp_path, capsys, monkeypatch):
     """The overrides go through load_config: the spec's 3 classes and 768-channel decoder become the
     weights' 4 and 64, and every tensor of SRC loads."""
     from segformer.cli import main
@@ -166,7 +167,9 @@ def test_convert_takes_key_value_overrides_like_every_action(tmp_path, capsys):
     spec = _convert_spec(tmp_path)
     # a template's ${results_dir} paths, results_dir unset: convert writes OUT alone, so it is not asked for
     spec.write_text(spec.read_text() + "evaluate:\n  checkpoint: ${results_dir}/train/segformer_model_latest.pth\n")
-    out = tmp_path / "out.pth"
+    monkeypatch.chdir(tmp_path)
+    out = Path("2024") / "out.pth"  # a relative folder named like a number: results_dir=2024 read as an int
+    out.parent.mkdir()
     assert main(["convert", "--from", "hf", str(tmp_path / "model.safetensors"), str(out), "-e", str(spec),
                  "dataset.segment.num_classes=4", "model.decode_head.decoder_params.embed_dim=64"]) == 0
     assert "0 missing, 0 unexpected" in capsys.readouterr().out
