@@ -108,8 +108,8 @@ def _check_data(opts: SearchOptions, echo: Echo) -> None:
     try:
         counts = check_splits(segment)
     except DataError as exc:
-        if segment.test_split != segment.validation_split and not (Path(str(segment.root_dir)) / "images" /
-                                                                   str(segment.test_split)).is_dir():
+        images = Path(str(segment.root_dir)) / "images"
+        if segment.test_split != segment.validation_split and images.is_dir() and not (images / str(segment.test_split)).is_dir():
             raise DataError(f"{exc}\n  the test split is read only for the final evaluation of the promoted model; "
                             f"without one, set dataset.segment.test_split={segment.validation_split} and the "
                             "final evaluation is skipped") from None

@@ -126,7 +126,7 @@ def _collate_mask_list(items: list[dict]) -> dict:
 def _save_overlays(folder: Path, batch: dict, predictions: list[torch.Tensor], data: Any) -> None:
     """Each image at its own size with the prediction over it (as inference's mask_tao): the model's
     input, squeezed to img_size, made a 4000x3000 photo a 512 px square."""
-    samples = {sample.name: sample for sample in data.datasets["test"].samples}
+    samples = data.datasets["test"].by_name
     for prediction, name in zip(predictions, batch["name"]):
         image = load_image(samples[name].image)
         atomic_save_png(folder / f"{name}.png", overlay(image, prediction.numpy().astype(np.int64), data.decoder))

@@ -88,7 +88,8 @@ def _note_image(path: Path, depths: dict[str, list[str]], turned: list[str], dee
         turned.append(path.name)
     try:
         with Image.open(path) as image:
-            if image.mode in ("RGB", "RGBA") and any(";16" in str(tile.args) for tile in image.tile):
+            rawmodes = [tile.args if isinstance(tile.args, str) else (tile.args or ("",))[0] for tile in image.tile]
+            if image.mode in ("RGB", "RGBA") and any(str(m).startswith(("RGB;16", "RGBA;16", "RGBX;16")) for m in rawmodes):
                 deep_colour.append(path.name)
             depth = scale_depth(image) if image.mode in DEEP_MODES else None
     except (OSError, ValueError):  # unreadable: load_pair has reported it
@@ -299,6 +300,7 @@ class SegmentationDataset(Dataset):
         self.require_masks = require_masks
         self.seed = int(seed)
         self.samples, _ = pair_samples(self.root_dir, split, require_masks=require_masks, strict=True)
+        self.by_name = {sample.name: sample for sample in self.samples}
         self._fingerprint = decoder_fingerprint(decoder) if require_masks and decoder is not None else None
 
     def __len__(self) -> int:

@@ -332,7 +332,7 @@ class MaskDecoder:
             hint = " (a 16-bit mask: its values are compared as gray levels / class ids)"
         binary = {rgb[0] for rgb in self._value_to_id} <= {0, 1}
         if gray and self.label_transform != "norm" and binary and any(int(v) // 0x010101 == 255 for v in values):
-            if np.isin(keys[found], [0x010101]).any():  # 0, 1 and 255: 1 is the foreground, so 255 is not
+            if ((keys == 0x010101) & found).any():  # 0, 1 and 255: 1 is the foreground, so 255 is not
                 hint += ("; the masks hold 0, 1 and 255: if 255 marks pixels to ignore (borders, unlabelled), add the "
                          "palette entry {label_id: 255, rgb: [255, 255, 255]} to ignore them")
             else:
