@@ -296,8 +296,8 @@ def _parse_value(text: str) -> Any:
         return text
     if "#" in text and text.count("#") > str(value).count("#"):
         return text
-    if isinstance(value, str) and _FLOAT.match(value.strip()):
-        return float(value)
+    if isinstance(value, str) and _FLOAT.match(value.strip()) and not text.strip().startswith(("'", '"')):
+        return float(value)  # unquoted 1e-4; a quoted "2024" stays the text it was quoted to be
     return value
 
 
@@ -396,6 +396,8 @@ def _normalize(data: Any, cls: type) -> Any:
             out[f.name] = _normalize(value, base)
         elif optional and base is str and isinstance(value, str) and value.strip() in _UNSET:
             out[f.name] = None
+        elif base is str and isinstance(value, int) and not isinstance(value, bool):
+            out[f.name] = str(value)  # a folder named 2024 (YAML reads a number), as OmegaConf's str fields take it
         elif f.name == "label_transform" and isinstance(value, str) and value.strip().lower() == "none":
             out[f.name] = None
         elif base is float and isinstance(value, str) and _FLOAT.match(value.strip()):

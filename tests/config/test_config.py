@@ -581,3 +581,11 @@ def test_an_override_value_is_not_cut_at_a_hash(tmp_path):
     with pytest.raises(ConfigError, match="train.optim.lr"):
         load_config(None, ["train.optim.lr=0.01 #x"])
     assert load_config(None, ['dataset.segment.root_dir="a #b"']).dataset.segment.root_dir == "a #b"  # quoted: as YAML reads it
+
+
+def test_a_folder_named_like_a_number_is_a_path():
+    """results_dir=2024 was refused ("must be a string, got 2024"), and results_dir="2024" too (the
+    quoted text was read as the float 2024.0); OmegaConf's string fields take both as "2024"."""
+    assert load_config(None, ["results_dir=2024"]).results_dir == "2024"
+    assert load_config(None, ['results_dir="2024"']).results_dir == "2024"
+    assert load_config(None, ['train.optim.lr="1e-4"']).train.optim.lr == pytest.approx(1e-4)  # a number field: a number
