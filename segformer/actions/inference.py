@@ -56,7 +56,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> InferenceResult:
     data = build_data(cfg.dataset.segment, seed=max(cfg.train.seed, 0),
                       eval_batch_size=int(options.batch_size), check_data=False)
     data.setup("predict")
-    samples = {sample.name: sample for sample in data.datasets["predict"].samples}
+    samples = data.datasets["predict"].by_name
     predictor = load_predictor(cfg, "inference")
     align_corners = bool(cfg.model.decode_head.align_corners)
     vis_every = max(1, int(options.vis_after_n_batches))

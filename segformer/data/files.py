@@ -17,7 +17,6 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from PIL import Image
@@ -60,18 +59,26 @@ def missing_folder_message(directory: str | Path) -> str:
             "and <root_dir>/masks/<split>/ (check dataset.segment.root_dir and the *_split names)")
 
 
-def list_files(directory: Path, extensions: tuple[str, ...], root: Path, prefer: str | None = None) -> dict[str, Path]:
+def list_files(directory: Path, extensions: tuple[str, ...], root: Path, prefer: str | None = None,
+               passed_over: list[Path] | None = None) -> dict[str, Path]:
     """stem -> path for the files in ``directory`` with one of ``extensions`` (case-insensitive). Two files
-    of one stem are an error, unless one of them has the suffix ``prefer``: that one is taken."""
+    of one stem are an error, unless one of them has the suffix ``prefer``: that one is taken. The
+    entries it passes over (other types, folders, links to nothing; not hidden names such as
+    .DS_Store) are appended to ``passed_over`` where given (`unread_entries` tells them)."""
     if not directory.is_dir():
         raise DataError(missing_folder_message(directory))
     check_inside(directory, root)
     found: dict[str, Path] = {}
+    skipped = passed_over if passed_over is not None else []
     for path in sorted(directory.iterdir()):
-        if path.name.startswith(".") or path.suffix.lower() not in extensions:
+        if path.name.startswith("."):
+            continue
+        if path.suffix.lower() not in extensions:
+            skipped.append(path)
             continue
         check_inside(path, root)
         if not path.is_file():
+            skipped.append(path)
             continue
         pair = {path.suffix.lower(), found[path.stem].suffix.lower()} if path.stem in found else set()
         if prefer and len(pair) == 2 and prefer in pair:
@@ -87,17 +94,11 @@ def list_files(directory: Path, extensions: tuple[str, ...], root: Path, prefer:
     return found
 
 
-def unread_entries(directory: Path, extensions: tuple[str, ...], read: Iterable[Path] = ()) -> str | None:
-    """What `list_files` passes over in ``directory`` (files of other types, folders, links to
-    nothing), as a sentence; None when it reads everything. Hidden names (.DS_Store) are left out,
-    and the files it did read (``read``, not looked at again)."""
-    if not directory.is_dir():
-        return None
+def unread_entries(directory: Path, extensions: tuple[str, ...], passed_over: list[Path]) -> str | None:
+    """The entries `list_files` passed over in ``directory`` (files of other types, folders, links to
+    nothing), as a sentence; None when there are none."""
     kinds: dict[str, list[str]] = {}
-    taken = {path.name for path in read}
-    for path in sorted(directory.iterdir()):
-        if path.name.startswith(".") or path.name in taken:
-            continue
+    for path in passed_over:
         if path.is_dir():
             kinds.setdefault("folders (a split is not read into its subfolders)", []).append(path.name + "/")
         elif not path.exists():
@@ -120,8 +121,9 @@ def pair_samples(root_dir: str | Path, split: str, require_masks: bool = True,
     """
     root = Path(root_dir)
     image_dir = root / "images" / split
-    images = list_files(image_dir, IMAGE_EXTENSIONS, root)
-    unread = unread_entries(image_dir, IMAGE_EXTENSIONS, images.values())
+    passed_over: list[Path] = []
+    images = list_files(image_dir, IMAGE_EXTENSIONS, root, passed_over=passed_over)
+    unread = unread_entries(image_dir, IMAGE_EXTENSIONS, passed_over)
     if not images:
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir}" + (f"; {unread}" if unread else ""))
     if unread:  # an image passed over in silence is a sample lost in silence
