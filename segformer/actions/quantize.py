@@ -119,19 +119,29 @@ def _say(note: str, quiet: bool) -> None:
         print(f"segformer quantize: {note}", file=sys.stderr, flush=True)
 
 
-def _calibration_batches(cfg: ExperimentConfig, size: tuple[int, int], batch_size: int, max_batches: int):
-    """Normalized calibration batches (torch) from quant_calibration_dataset.images_dir."""
+def _calibration_folder(cfg: ExperimentConfig, quiet: bool) -> Path:
+    """The calibration images' folder: quant_calibration_dataset.images_dir, else the train split
+    (said once, before calibration starts: inside the quantizer a warning would not reach the user)."""
+    segment = cfg.dataset.segment
+    folder = segment.quant_calibration_dataset.images_dir
+    if folder:
+        return Path(folder)
+    if not segment.root_dir:
+        raise SegformerError(
+            "static PTQ needs calibration images: set dataset.segment.quant_calibration_dataset.images_dir"
+        )
+    folder = Path(segment.root_dir) / "images" / str(segment.train_split)
+    _say(f"dataset.segment.quant_calibration_dataset.images_dir is not set: calibrating on the train split {folder}",
+         quiet)
+    return folder
+
+
+def _calibration_batches(cfg: ExperimentConfig, folder: Path, size: tuple[int, int], batch_size: int,
+                         max_batches: int):
+    """Normalized calibration batches (torch) from ``folder`` (:func:`_calibration_folder`)."""
     from segformer.data import iter_calibration_batches
 
     segment = cfg.dataset.segment
-    folder = segment.quant_calibration_dataset.images_dir
-    if not folder:
-        if not segment.root_dir:
-            raise SegformerError(
-                "static PTQ needs calibration images: set dataset.segment.quant_calibration_dataset.images_dir"
-            )
-        folder = Path(segment.root_dir) / "images" / str(segment.train_split)
-        log.warning("quant_calibration_dataset.images_dir is not set: calibrating on %s", folder)
     aug = segment.augmentation
     key = ("dataset.segment.quant_calibration_dataset.images_dir" if segment.quant_calibration_dataset.images_dir
            else "dataset.segment.quant_calibration_dataset.images_dir, unset: the train split was used")
@@ -224,6 +234,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
     cal_batch = int(kwargs.pop(CALIBRATION_KWARGS[0], 4))
     cal_batches = int(kwargs.pop(CALIBRATION_KWARGS[1], 8))
     artifact = results_dir / ARTIFACT_NAMES[backend]
+    calibration = None if backend == "torchao" else _calibration_folder(cfg, quiet)  # torchao: weights only
 
     if backend in ("torchao", "modelopt.pytorch"):
         from segformer.deploy.quantize import torch_backends
@@ -241,7 +252,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
             model, names = torch_backends.quantize_torchao(model, rules=rules, skip_names=skip_names)
         else:
             def forward_loop(m: torch.nn.Module) -> None:
-                for batch in _calibration_batches(cfg, (img_size, img_size), cal_batch, cal_batches):
+                for batch in _calibration_batches(cfg, calibration, (img_size, img_size), cal_batch, cal_batches):
                     m(batch.to(device))
 
             model, names = torch_backends.quantize_modelopt(
@@ -266,7 +277,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
                 _say(batch_note, quiet)
 
             def batches():
-                for batch in _calibration_batches(cfg, (height, width), cal_batch, cal_batches):
+                for batch in _calibration_batches(cfg, calibration, (height, width), cal_batch, cal_batches):
                     if fixed and len(batch) != fixed:  # the folder's last, partial batch
                         continue
                     yield batch.numpy().astype(np.float32)
@@ -303,6 +314,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
         "float_model": str(model_path),
         "artifact": str(artifact),
         "quantized": len(names),
+        "calibration_images": None if calibration is None else str(calibration),
         "split": str(cfg.dataset.segment.validation_split),
         "float_miou": float_miou,
         "quantized_miou": quant_miou,

@@ -81,17 +81,24 @@ def test_an_onnx_of_fixed_batch_size_is_calibrated_in_its_batch_size(make_deploy
                                            f"export.batch_size={size}"), quiet=True)
         cfg = make_deploy_cfg(tmp_path / f"q{size}", "quantize.backend=onnxruntime", "quantize.mode=static_ptq",
                               f"quantize.model_path={fixed.onnx_file}",
-                              "quantize.backend_kwargs={calibration_batch_size: 4, calibration_batches: 2}")
+                              "quantize.backend_kwargs={calibration_batch_size: 4, calibration_batches: 2}",
+                              *(["dataset.segment.quant_calibration_dataset.images_dir=null"] if size == 1 else []))
         out = quantize.run(cfg)
         assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in onnx.load(str(out.artifact)).graph.node}
         err = capsys.readouterr().err
         assert f"takes batches of {size} image" in err and f"calibrating in batches of {size}" in err, err
+        # with no calibration folder in the spec: said before calibrating (a warning inside the quantizer was lost)
+        assert ("quant_calibration_dataset.images_dir is not set: calibrating on the train split" in err) == (size == 1)
+        calibrated = json.loads(out.report_file.read_text())["calibration_images"]
+        assert Path(calibrated) == Path(cfg.dataset.segment.root_dir) / "images" / "train"
 
 
-def test_onnx_runtimes_quantizer_leaves_the_logging_setup_alone(exported, tmp_path):
+def test_onnx_runtimes_quantizer_leaves_the_logging_setup_alone(exported, tmp_path, capsys):
     """ONNX Runtime's quantizer logs through the root logger, which made Python configure it: every
     later warning of the process printed as "WARNING:segformer...:" (seen in a deploy-aware search,
-    which quantizes to time int8). The root logger stays without a handler, as the CLIs leave it."""
+    which quantizes to time int8). The root logger stays without a handler, as the CLIs leave it,
+    and a warning of ours while calibrating (read from the images inside the quantizer) is printed,
+    as without the quantizer: it was dropped."""
     import logging
 
     from segformer.deploy.onnx_export import export_onnx
@@ -108,9 +115,17 @@ def test_onnx_runtimes_quantizer_leaves_the_logging_setup_alone(exported, tmp_pa
     saved = root.handlers[:]
     root.handlers.clear()  # as in a command-line process (pytest adds its own capture handlers)
     try:
-        batches = [np.random.default_rng(0).standard_normal((1, 3, 32, 32), dtype=np.float32) for _ in range(2)]
-        quantize_onnx_static(onnx_file, tmp_path / "int8.onnx", batches)
+        def batches():
+            logging.getLogger("segformer.data").warning("calibration image x.png is odd")
+            for _ in range(2):
+                yield np.random.default_rng(0).standard_normal((1, 3, 32, 32), dtype=np.float32)
+
+        capsys.readouterr()
+        quantize_onnx_static(onnx_file, tmp_path / "int8.onnx", batches())
         assert root.handlers == []
+        err = capsys.readouterr().err
+        assert "calibration image x.png is odd" in err
+        assert "INFO" not in err and "WARNING:" not in err, err  # nothing of ONNX Runtime's root records
     finally:
         root.handlers[:] = saved
 

@@ -256,17 +256,29 @@ class _Reader:
         pass
 
 
+class _LastResortButRoot(logging.Handler):
+    """Stands in for "no handler" on the root logger: the records of named loggers (this project's
+    warnings) go to `logging.lastResort` as they would without it; the root's own (ONNX Runtime's
+    quantizer calling `logging.info(...)`) are dropped."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        last = logging.lastResort
+        if record.name != "root" and last is not None and record.levelno >= last.level:
+            last.handle(record)
+
+
 @contextlib.contextmanager
 def _root_logging_left_alone() -> Iterator[None]:
     """ONNX Runtime's quantizer logs through the root logger (`logging.info(...)` at module level),
     which calls `logging.basicConfig()` when the root has no handler yet: every later warning of the
-    process then printed as "WARNING:segformer.engine.predictor:...". A handler that drops records
-    for the duration keeps the root as it was (nothing here logs to it)."""
+    process then printed as "WARNING:segformer.engine.predictor:...". A handler on the root for the
+    duration keeps it as it was; it passes on what the process's other loggers say (calibration
+    images' warnings), as Python does for a root without handlers."""
     root = logging.getLogger()
     if root.handlers:
         yield
         return
-    stand_in = logging.NullHandler()
+    stand_in = _LastResortButRoot()
     root.addHandler(stand_in)
     try:
         yield
