@@ -239,7 +239,11 @@ def prepare(state: SearchState, record: TrialRecord, options: PromotionConfig = 
     int8 = precision_of(record.latency) == "int8"
     if int8:
         overrides["quantize.backend"] = "onnxruntime"  # the int8 model the search timed (ONNX Runtime's QDQ)
-    cfg = chain_spec(apply_overrides(base_config(state.spec, state.overrides, best_dir), overrides), best_dir, None)
+    cfg = apply_overrides(base_config(state.spec, state.overrides, best_dir), overrides)
+    if int8 and _timed_on_tensorrt(state):  # ... with zero point 0, the model TensorRT builds (`latency._prepared`)
+        cfg = apply_overrides(cfg, {"quantize.backend_kwargs": {**dict(cfg.quantize.backend_kwargs or {}),
+                                                                "symmetric": True}})
+    cfg = chain_spec(cfg, best_dir, None)
 
     def step(name: str, enabled: bool, configure: Callable[[Any], dict[str, Any]], precheck: str | None = None) -> Any:
         raise_if_swallowed()  # Ctrl-C or SIGTERM during the step before (`automl.runner.finish`)
@@ -318,20 +322,36 @@ def chain_spec(cfg: Any, best_dir: Path, onnx: Path | None) -> Any:
     return cfg
 
 
+def _timed_on_tensorrt(state: SearchState) -> bool:
+    return (state.settings.get("search") or {}).get("latency_runtime") == "tensorrt"
+
+
 def _deploy_int8(cfg: Any, best_dir: Path, quantized: Path, report: dict[str, Any]) -> Any:
     """A search that chose int8 deploys the quantized model: ``best/experiment.yaml`` points evaluate
-    and inference at it (is_quantized) and gen_trt_engine at it with data_type int8 (TensorRT takes
-    the QDQ scales, no calibration), and a DeepStream config beside it (network-mode int8) is the
-    one the champion carries. The float files stay in best/export/."""
+    and inference at it (is_quantized). Where TensorRT can build it (a search timed on TensorRT
+    quantizes with zero point 0), gen_trt_engine takes it too, with data_type int8 (the QDQ scales,
+    no calibration), and a DeepStream config beside it (network-mode int8) is the one the champion
+    carries. ONNX Runtime's CPU model (uint8 activations) TensorRT cannot build: gen_trt_engine and
+    the DeepStream config stay with the float model, and the quantize step says so. The float files
+    stay in best/export/."""
     from segformer.actions.export import deepstream_files
     from segformer.config import apply_overrides, dump_config
+    from segformer.deploy.trt import tensorrt_refuses
 
-    cfg = apply_overrides(cfg, {"evaluate.checkpoint": str(quantized), "evaluate.is_quantized": True,
-                                "inference.checkpoint": str(quantized), "inference.is_quantized": True,
-                                "gen_trt_engine.onnx_file": str(quantized), "gen_trt_engine.tensorrt.data_type": "int8"})
+    overrides: dict[str, Any] = {"evaluate.checkpoint": str(quantized), "evaluate.is_quantized": True,
+                                 "inference.checkpoint": str(quantized), "inference.is_quantized": True}
+    refused = tensorrt_refuses(quantized)
+    if refused is None:
+        overrides.update({"gen_trt_engine.onnx_file": str(quantized), "gen_trt_engine.tensorrt.data_type": "int8"})
+    cfg = apply_overrides(cfg, overrides)
     dump_config(cfg, best_dir / SPEC_FILE, movable=True)
-    config, labels = deepstream_files(cfg, quantized, int(cfg.dataset.segment.num_classes))
     step = report["steps"].get("quantize")
+    if refused is not None:
+        if isinstance(step, dict):
+            step["tensorrt"] = (f"not for TensorRT ({refused}): gen_trt_engine and the DeepStream config build "
+                                "from the float model in best/export")
+        return cfg
+    config, labels = deepstream_files(cfg, quantized, int(cfg.dataset.segment.num_classes))
     if isinstance(step, dict):
         step.update(deepstream_config=str(config), labels_file=str(labels))
     return cfg
@@ -357,7 +377,7 @@ def _engine_as_timed(state: SearchState, record: TrialRecord, quantized: Any) ->
     from automl.deploy import precision_of
 
     chosen = precision_of(record.latency)
-    if (state.settings.get("search") or {}).get("latency_runtime") != "tensorrt" or chosen is None:
+    if not _timed_on_tensorrt(state) or chosen is None:
         return {}
     out: dict[str, Any] = {"gen_trt_engine.tensorrt.data_type": chosen}
     if chosen == "int8" and quantized is not None and getattr(quantized, "backend", None) == "onnxruntime":

@@ -25,7 +25,8 @@ What each field looks for, first preference first
   is the one that runs: ``torchao`` where it cannot be imported is ``onnxruntime``
   (`segformer.actions.quantize.resolve_backend`).
 - ``gen_trt_engine.onnx_file``: the fp32 ONNX model; with ``tensorrt.data_type: int8`` a quantized
-  (QDQ) ONNX model first, whose scales TensorRT then uses instead of calibrating.
+  (QDQ) ONNX model first, whose scales TensorRT then uses instead of calibrating, when TensorRT can
+  build it (zero points 0: not ONNX Runtime's default uint8 CPU model, `segformer.deploy.trt.tensorrt_refuses`).
 
 Where each is found, as its producer writes it
 ==============================================
@@ -112,9 +113,9 @@ WANTS: dict[str, tuple[str, str]] = {
     "latest": ("a PyTorch checkpoint to resume (segformer_model_latest.pth of a train run, or best/model.pth)", "train"),
     "onnx": ("an fp32 ONNX model (export's segformer.onnx)", "export"),
     "quantized": ("a quantized model (quantize's quantized_model_<backend>.pth or .onnx)", "quantize"),
-    "quantized_onnx": ("a quantized ONNX model (quantize's quantized_model_onnxruntime.onnx or "
-                       "quantized_model_modelopt.onnx)", "quantize"),
     "engine": ("a TensorRT engine (gen_trt_engine's segformer.engine)", "gen_trt_engine"),
+    "tensorrt_qdq": ("a quantized ONNX model TensorRT builds (quantize's quantized_model_modelopt.onnx, or "
+                     "quantized_model_onnxruntime.onnx written with backend_kwargs {symmetric: true})", "quantize"),
 }
 
 
@@ -148,7 +149,7 @@ def field_wants(cfg: Any, key: str, *, quantize_backend: str | None = None) -> t
             quantize_backend, _ = resolve_backend(str(section.backend))
         return ("onnx", "best") if quantize_backend in ONNX_BACKENDS else ("best",)
     if key == "gen_trt_engine.onnx_file":
-        return ("quantized_onnx", "onnx") if str(section.tensorrt.data_type).lower() == "int8" else ("onnx",)
+        return ("tensorrt_qdq", "onnx") if str(section.tensorrt.data_type).lower() == "int8" else ("onnx",)
     return ("best",)
 
 
@@ -459,12 +460,21 @@ def _quantized(folder: Path, *, onnx_only: bool = False) -> Choice | None:
     return Choice(chosen, f"the quantized model of the last quantize run, as its {REPORT_NAME} names it")
 
 
+def _tensorrt_qdq(folder: Path) -> Choice | None:
+    """The quantized ONNX model of the folder when TensorRT can build it (zero points 0), else None:
+    ONNX Runtime's default CPU model (uint8) is passed over for the float model, calibrated."""
+    from segformer.deploy.trt import tensorrt_refuses
+
+    choice = _quantized(folder, onnx_only=True)
+    return choice if choice is not None and tensorrt_refuses(choice.path) is None else None
+
+
 _FINDERS: dict[str, Callable[[Path], Choice | None]] = {
     "best": _train_checkpoint,
     "latest": lambda folder: _train_checkpoint(folder, latest=True),
     "onnx": _onnx,
     "quantized": _quantized,
-    "quantized_onnx": lambda folder: _quantized(folder, onnx_only=True),
+    "tensorrt_qdq": _tensorrt_qdq,
     "engine": _engine,
 }
 

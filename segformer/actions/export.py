@@ -69,18 +69,30 @@ def parity_images(cfg: ExperimentConfig, height: int, width: int, channels: int)
 
 def deepstream_files(cfg: ExperimentConfig, onnx_file: Path, num_classes: int) -> tuple[Path, Path]:
     """DeepStream's Gst-nvinfer config and labels file for ``onnx_file``, beside it: the spec's classes,
-    normalisation, batch size and ``gen_trt_engine.tensorrt.data_type`` (int8 for a QDQ model)."""
+    normalisation, batch size and ``gen_trt_engine.tensorrt.data_type``. int8 on a float model names
+    the calibration cache gen_trt_engine writes (nvinfer has no scales without it); a QDQ model
+    carries its own."""
+    from segformer.actions.gen_trt_engine import calibration_cache
     from segformer.data import MaskDecoder
     from segformer.deploy.deepstream import write_deepstream_config
+    from segformer.deploy.trt import onnx_has_qdq
 
     aug = cfg.dataset.segment.augmentation
     decoder = MaskDecoder(cfg.dataset.segment.palette, cfg.dataset.segment.label_transform, num_classes)
     class_names = [name or f"class_{i}" for i, name in enumerate(decoder.class_names)]
     options = cfg.export
     ds_batch = int(options.batch_size) if options.batch_size > 0 else max(1, int(cfg.gen_trt_engine.tensorrt.max_batch_size))
+    data_type = str(cfg.gen_trt_engine.tensorrt.data_type)
+    calib = None
+    if data_type == "int8" and not onnx_has_qdq(onnx_file):
+        calib = calibration_cache(cfg)
+        if not calib.is_file():
+            log.warning("DeepStream config: gen_trt_engine.tensorrt.data_type is int8 on a float model: nvinfer "
+                        "reads its int8 scales from %s (int8-calib-file), which `segformer gen_trt_engine` with "
+                        "data_type int8 writes; run it before DeepStream builds the engine", calib)
     return write_deepstream_config(onnx_file, onnx_file.parent, class_names=class_names, mean=list(aug.mean),
-                                   std=list(aug.std), batch_size=ds_batch,
-                                   data_type=str(cfg.gen_trt_engine.tensorrt.data_type), gpu_id=int(options.gpu_id))
+                                   std=list(aug.std), batch_size=ds_batch, data_type=data_type,
+                                   gpu_id=int(options.gpu_id), int8_calib_file=calib)
 
 
 def run(cfg: ExperimentConfig, *, quiet: bool = False) -> ExportResult:

@@ -1,7 +1,9 @@
 """``segformer gen_trt_engine``: build a TensorRT engine from the exported ONNX model.
 
 ``tensorrt.data_type`` fp32, fp16 or int8. INT8 takes its scales from a QDQ ONNX model (from
-``quantize`` with backend onnxruntime or modelopt.onnx; no calibration) or calibrates a float
+``quantize`` with backend modelopt.onnx, or onnxruntime with ``backend_kwargs: {symmetric: true}``:
+TensorRT takes zero point 0 only, and ONNX Runtime's default CPU model, uint8, is refused in one
+message before TensorRT is needed; no calibration) or calibrates a float
 model over ``calibration.cal_image_dir`` (``cal_batches`` batches of ``cal_batch_size``) with an
 entropy calibrator whose cache ``cal_cache_file`` makes later builds skip calibration.
 ``workspace_size`` is in MiB. The batch profile comes from the ONNX input and the spec (see
@@ -36,12 +38,28 @@ class GenTrtEngineResult:
     results_dir: Path
 
 
+def calibration_cache(cfg: ExperimentConfig) -> Path:
+    """TensorRT's int8 calibration cache: ``tensorrt.calibration.cal_cache_file``, else ``cal.bin`` in
+    gen_trt_engine's results folder (the DeepStream config of an int8 float model names it too)."""
+    name = cfg.gen_trt_engine.tensorrt.calibration.cal_cache_file
+    return Path(name) if name else action_results_dir(cfg, "gen_trt_engine") / "cal.bin"
+
+
 def _onnx_file(cfg: ExperimentConfig, *, quiet: bool) -> tuple[ExperimentConfig, Path]:
     """The spec with its parents resolved (a results folder as onnx_file: its ONNX model), and the model."""
     cfg = resolve_parents(cfg, "gen_trt_engine", quiet=quiet)
     onnx_file = Path(require(cfg, "gen_trt_engine.onnx_file"))
     if not onnx_file.is_file():
         raise SegformerError(f"gen_trt_engine.onnx_file points to {onnx_file}, which does not exist")
+    from segformer.deploy.trt import tensorrt_refuses
+
+    why = tensorrt_refuses(onnx_file)
+    if why:
+        raise SegformerError(
+            f"gen_trt_engine.onnx_file {onnx_file} cannot be built by TensorRT: {why}. For an int8 engine, build "
+            "from the float ONNX model (export's segformer.onnx) with gen_trt_engine.tensorrt.data_type=int8 and "
+            "calibration images (gen_trt_engine.tensorrt.calibration.cal_image_dir), or quantize for TensorRT: "
+            "quantize.backend_kwargs={symmetric: true}")
     return cfg, onnx_file
 
 
@@ -65,7 +83,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> GenTrtEngineResult:
     cal_dirs = [Path(d) for d in (calibration.cal_image_dir or []) if d]
     cal_dirs = cal_dirs or ([Path(cfg.dataset.segment.quant_calibration_dataset.images_dir)]
                             if cfg.dataset.segment.quant_calibration_dataset.images_dir else [])
-    cache_file = Path(calibration.cal_cache_file) if calibration.cal_cache_file else results_dir / "cal.bin"
+    cache_file = calibration_cache(cfg)
 
     from segformer.deploy.onnx_signature import read_onnx_signature
 

@@ -159,8 +159,9 @@ def plan_precision(
     if not has_calibration_source:
         raise SpecError(
             "data_type int8 on a float ONNX model needs calibration: set "
-            "gen_trt_engine.tensorrt.calibration.cal_image_dir (or an existing cal_cache_file), "
-            "or pass a QDQ model from the quantize action (backend onnxruntime or modelopt.onnx)"
+            "gen_trt_engine.tensorrt.calibration.cal_image_dir (or dataset.segment.quant_calibration_dataset."
+            "images_dir, or an existing cal_cache_file), or pass a QDQ model TensorRT builds (quantize with backend "
+            "modelopt.onnx, or onnxruntime with backend_kwargs {symmetric: true})"
         )
     return PrecisionPlan(("FP16", "INT8"), True, tuple(notes))
 
@@ -186,6 +187,36 @@ def onnx_has_qdq(path: str | Path) -> bool:
 
     model = load_onnx(path)
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+
+
+def tensorrt_refuses(path: str | Path) -> str | None:
+    """Why TensorRT cannot build the QDQ model at ``path`` (it takes int8 with zero point 0 only), or
+    None when it can (or the model has no Q/DQ nodes). Reads the zero points only."""
+    import onnx
+    from onnx import numpy_helper
+
+    from segformer.deploy.onnx_signature import load_onnx
+
+    model = load_onnx(path)
+    constants = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output:
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                constants[node.output[0]] = value
+    unsigned = shifted = 0
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3 or not node.input[2]:
+            continue
+        zero = constants.get(node.input[2])
+        if zero is None:
+            continue
+        unsigned += zero.data_type == onnx.TensorProto.UINT8
+        shifted += bool(np.any(numpy_helper.to_array(zero) != 0))
+    if not (unsigned or shifted):
+        return None
+    return (f"its Q/DQ nodes have {'uint8' if unsigned else 'int8'} zero points ({shifted} not zero): ONNX Runtime's "
+            "CPU int8 model; TensorRT takes int8 with zero point 0 only")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -87,6 +87,21 @@ def test_resume_takes_the_latest_and_pretrained_the_best(trained, make_cfg, tiny
     assert f"using {train_dir / LATEST_NAME} (the latest checkpoint)" in printed
 
 
+def _write_qdq_model(path: Path, zero_point: int) -> None:
+    """A one-value Q/DQ model: zero point 0 as int8 (what TensorRT builds), else uint8 (ONNX Runtime's CPU model)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    zero = np.array(zero_point, np.uint8 if zero_point else np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]), helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])],
+        "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(zero, "z")])
+    onnx.save(helper.make_model(graph), str(path))
+
+
 def test_deploy_fields_pick_by_what_they_take(make_cfg, tiny_dataset, tmp_path):
     """The fp32 model for export consumers, the quantized one where the field is about one, the engine
     for trt_engine; names as export, quantize and gen_trt_engine write them."""
@@ -101,8 +116,11 @@ def test_deploy_fields_pick_by_what_they_take(make_cfg, tiny_dataset, tmp_path):
 
     onnx, quantized = results / "export/segformer.onnx", results / "quantize/quantized_model_onnxruntime.onnx"
     assert resolved("gen_trt_engine", f"gen_trt_engine.onnx_file={results}").gen_trt_engine.onnx_file == str(onnx)
-    int8 = resolved("gen_trt_engine", f"gen_trt_engine.onnx_file={results}", "gen_trt_engine.tensorrt.data_type=int8")
-    assert int8.gen_trt_engine.onnx_file == str(quantized)
+    # int8: the quantized model where TensorRT builds it (zero point 0), else the float one, calibrated
+    for zero_point, takes in ((0, quantized), (128, onnx)):
+        _write_qdq_model(quantized, zero_point)
+        int8 = resolved("gen_trt_engine", f"gen_trt_engine.onnx_file={results}", "gen_trt_engine.tensorrt.data_type=int8")
+        assert int8.gen_trt_engine.onnx_file == str(takes), zero_point
     assert resolved("quantize", f"quantize.model_path={results}", "quantize.backend=onnxruntime",
                     "quantize.mode=static_ptq").quantize.model_path == str(onnx)
     assert resolved("evaluate", f"evaluate.checkpoint={results}").evaluate.checkpoint == str(onnx)

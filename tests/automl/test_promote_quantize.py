@@ -7,6 +7,7 @@ import json
 import sys
 
 import onnx
+import pytest
 import yaml
 
 from searchhelpers import search_options
@@ -72,20 +73,24 @@ def test_promotion_quantize_falls_back_without_torchao(tmp_path, monkeypatch):
     assert written["quantize"]["model_path"] == "${results_dir}/export/segformer.onnx" and written["results_dir"] == str(results / "best")
 
 
-def test_a_model_chosen_at_int8_deploys_the_int8_files(tmp_path):
+@pytest.mark.parametrize("runtime", ["onnxruntime", "tensorrt"])
+def test_a_model_chosen_at_int8_deploys_the_int8_files(tmp_path, runtime):
     """A deploy-aware search that met its latency limit at int8: best/experiment.yaml points
-    evaluate, inference and gen_trt_engine at the quantized model (TensorRT at int8, from its QDQ
-    scales), and the DeepStream config the champion carries names it with network-mode int8. Before,
-    both still named the fp32 model the search had timed over the limit. The spec runs as written."""
+    evaluate and inference at the quantized model. Before, they still named the fp32 model the
+    search had timed over the limit. A search timed on TensorRT quantizes with zero point 0, the
+    model TensorRT builds: gen_trt_engine takes it at int8 (its QDQ scales) and the DeepStream config
+    the champion carries names it with network-mode int8. ONNX Runtime's CPU model (uint8) TensorRT
+    cannot build: both stay with the float model, and the quantize step says why. The spec runs as written."""
     from automl.options import PromotionConfig
     from automl.promote import champion_artifacts, prepare
     from segformer.actions import evaluate
     from segformer.config import load_config
     from segformer.deploy.deepstream import parse_nvinfer_config
+    from segformer.deploy.trt import tensorrt_refuses
 
     overrides = (*OVERRIDES[:3], "quantize.backend=onnxruntime", "quantize.mode=static_ptq")
     state, record, results = _trial(tmp_path, overrides, structure={"deploy.precision": ["fp32", "int8"]},
-                                    max_latency_ms=5.0)
+                                    max_latency_ms=5.0, latency_runtime=runtime)
     record.latency = {"latency_ms": 0.7, "precision_bits": 8.0}  # as `automl.deploy` records the choice
     report = prepare(state, record, PromotionConfig(evaluate=False, trt=False), echo=lambda _: None)
     assert report["steps"]["quantize"]["status"] == "done", report
@@ -94,11 +99,19 @@ def test_a_model_chosen_at_int8_deploys_the_int8_files(tmp_path):
     int8 = "${results_dir}/quantize/quantized_model_onnxruntime.onnx"
     assert written["evaluate"]["checkpoint"] == written["inference"]["checkpoint"] == int8
     assert written["evaluate"]["is_quantized"] is written["inference"]["is_quantized"] is True
-    assert written["gen_trt_engine"]["onnx_file"] == int8 and written["gen_trt_engine"]["tensorrt"]["data_type"] == "int8"
     deepstream = champion_artifacts(best, report)["deepstream"]
-    assert deepstream == best / "quantize" / "config_infer_primary_segformer.txt"
-    config = parse_nvinfer_config(deepstream)
-    assert config["onnx-file"] == "quantized_model_onnxruntime.onnx" and config["network-mode"] == "1"
+    refused = tensorrt_refuses(best / "quantize" / "quantized_model_onnxruntime.onnx")
+    if runtime == "tensorrt":
+        assert refused is None and written["quantize"]["backend_kwargs"]["symmetric"] is True
+        assert written["gen_trt_engine"]["onnx_file"] == int8 and written["gen_trt_engine"]["tensorrt"]["data_type"] == "int8"
+        assert deepstream == best / "quantize" / "config_infer_primary_segformer.txt"
+        config = parse_nvinfer_config(deepstream)
+        assert config["onnx-file"] == "quantized_model_onnxruntime.onnx" and config["network-mode"] == "1"
+        assert "int8-calib-file" not in config  # the QDQ model carries its scales
+    else:
+        assert refused and "not for TensorRT" in report["steps"]["quantize"]["tensorrt"]
+        assert written["gen_trt_engine"]["onnx_file"] == "${results_dir}/export/segformer.onnx"
+        assert deepstream == best / "export" / "config_infer_primary_segformer.txt"
     assert parse_nvinfer_config(best / "export" / "config_infer_primary_segformer.txt")["onnx-file"] == "segformer.onnx"
     scored = evaluate.run(load_config(best / "experiment.yaml", ["evaluate.results_dir=" + str(tmp_path / "ev")]), quiet=True)
     assert 0.0 <= scored.miou <= 1.0

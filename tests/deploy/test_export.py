@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -77,6 +79,24 @@ def test_deepstream_config_matches_onnx(exported):
         for ch in range(3):
             expected = (x / 255 - aug.mean[ch]) / aug.std[ch]
             assert scale * (x - offsets[ch]) == pytest.approx(expected, rel=1e-5, abs=1e-5)
+
+
+def test_an_int8_deepstream_config_of_a_float_model_names_the_calibration_cache(exported, make_deploy_cfg, tmp_path,
+                                                                               caplog):
+    """network-mode int8 on a float ONNX model gives nvinfer no int8 scales: the config names TensorRT's
+    calibration cache that gen_trt_engine writes (relative to the config), and says to write it first."""
+    import shutil
+
+    from segformer.actions.export import deepstream_files
+
+    _, result = exported
+    onnx_file = shutil.copy(result.onnx_file, tmp_path / "model.onnx")
+    for data_type, expected in (("fp16", None), ("int8", "results/gen_trt_engine/cal.bin")):
+        cfg = make_deploy_cfg(tmp_path / "results", f"gen_trt_engine.tensorrt.data_type={data_type}")
+        config, _ = deepstream_files(cfg, Path(onnx_file), NUM_CLASSES)
+        values = parse_nvinfer_config(config)
+        assert values.get("int8-calib-file") == expected and values["network-mode"] == ("1" if expected else "2")
+    assert "which `segformer gen_trt_engine` with data_type int8 writes" in caplog.text
 
 
 def test_unequal_std_uses_mean_and_reports_error():

@@ -273,7 +273,7 @@ def test_onnxruntime_refuses_backend_kwargs_it_does_not_take(exported, make_depl
     cfg = make_deploy_cfg(tmp_path, "quantize.backend=onnxruntime", "quantize.mode=static_ptq",
                           f"quantize.model_path={result.onnx_file}", "quantize.backend_kwargs={group_size: 64, per_channel: false}")
     with pytest.raises(SegformerError, match=r"quantize.backend_kwargs group_size: backend onnxruntime takes only "
-                                             r"per_channel, fuse_gelu, calibration_batch_size, calibration_batches; remove the others"):
+                                             r"per_channel, fuse_gelu, symmetric, calibration_batch_size, calibration_batches; remove the others"):
         quantize.run(cfg, quiet=True)
     assert not (tmp_path / "quantize").exists() and not list(tmp_path.rglob("quantize_report.json"))
 
@@ -471,7 +471,7 @@ def test_fallback_drops_torchao_kwargs_and_takes_the_export_folder(deploy_datase
     quantize = {**TAO_DEFAULT_QUANTIZE, "backend_kwargs": {"group_size": 64, "calibration_batches": 1}}
     out, results = _quantize_without_torchao(deploy_dataset, tmp_path, quantize, f"quantize.model_path={folder}")
     note = (f"{FALLBACK_LINE}; dropped quantize.backend_kwargs group_size (onnxruntime takes per_channel, "
-            "fuse_gelu, calibration_batch_size, calibration_batches)")
+            "fuse_gelu, symmetric, calibration_batch_size, calibration_batches)")
     assert out.stderr.count(note) == 1, out.stderr[-3000:]
     assert f"quantize.model_path: {folder} is an export results folder; using {result.onnx_file} " in out.stdout
     report = json.loads((results / "quantize" / "quantize_report.json").read_text())

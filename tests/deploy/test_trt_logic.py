@@ -12,6 +12,7 @@ import types
 import numpy as np
 import pytest
 
+from deploy_helpers import SIZE
 from segformer.deploy.onnx_signature import calibrate_at_static_batch
 from segformer.deploy.trt import (
     BatchProfile,
@@ -21,7 +22,7 @@ from segformer.deploy.trt import (
     plan_precision,
     resolve_batch_profile,
 )
-from segformer.errors import MissingDependencyError
+from segformer.errors import MissingDependencyError, SegformerError
 
 
 @pytest.mark.parametrize(
@@ -133,6 +134,37 @@ def test_gen_trt_engine_without_tensorrt_says_what_to_install(make_deploy_cfg, t
     assert "\n" not in message and "segformer-automl[tensorrt]" in message
     # the model it would build from is missing too: said in the same line (it was found only after the install)
     assert message.endswith(f"; also, gen_trt_engine.onnx_file points to {tmp_path / 'missing.onnx'}, which does not exist")
+
+
+def test_onnx_runtimes_cpu_int8_model_is_told_apart_from_one_tensorrt_builds(exported, make_deploy_cfg, tmp_path):
+    """TensorRT takes int8 with zero point 0 only; ONNX Runtime's quantizer wrote uint8 activations with
+    zero points (fast on the CPU), and gen_trt_engine at int8 took that model: its parser would stop
+    ("TRT only supports symmetric quantization"). backend_kwargs {symmetric: true} writes the model
+    TensorRT builds; the CPU model is refused in one line, before TensorRT is even needed."""
+    import onnx
+    from onnx import numpy_helper
+
+    from segformer.actions import gen_trt_engine
+    from segformer.deploy.quantize.ort_static import quantize_onnx_static
+    from segformer.deploy.trt import tensorrt_refuses
+
+    _, result = exported
+    batches = [np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE), dtype=np.float32) for _ in range(2)]
+    cpu = quantize_onnx_static(result.onnx_file, tmp_path / "cpu.onnx", batches).output
+    trt = quantize_onnx_static(result.onnx_file, tmp_path / "trt.onnx", batches, symmetric=True).output
+    assert tensorrt_refuses(result.onnx_file) is None  # a float model: TensorRT calibrates it
+    assert "uint8 zero points" in tensorrt_refuses(cpu)
+    assert tensorrt_refuses(trt) is None
+    model = onnx.load(str(trt))
+    zeros = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    points = [zeros[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert points and all(p.dtype == np.int8 and not p.any() for p in points)
+
+    cfg = make_deploy_cfg(tmp_path, f"gen_trt_engine.onnx_file={cpu}", "gen_trt_engine.tensorrt.data_type=int8")
+    with pytest.raises((MissingDependencyError, SegformerError)) as info:
+        gen_trt_engine.run(cfg, quiet=True)
+    message = str(info.value)
+    assert f"gen_trt_engine.onnx_file {cpu} cannot be built by TensorRT" in message and "symmetric: true" in message
 
 
 @pytest.mark.gpu
