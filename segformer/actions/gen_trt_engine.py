@@ -63,26 +63,53 @@ def _onnx_file(cfg: ExperimentConfig, *, quiet: bool) -> tuple[ExperimentConfig,
     return cfg, onnx_file
 
 
+def _calibration_dirs(cfg: ExperimentConfig) -> list[Path]:
+    """int8 calibration folders: tensorrt.calibration.cal_image_dir, else quant_calibration_dataset.images_dir."""
+    cal_dirs = [Path(d) for d in (cfg.gen_trt_engine.tensorrt.calibration.cal_image_dir or []) if d]
+    images_dir = cfg.dataset.segment.quant_calibration_dataset.images_dir
+    return cal_dirs or ([Path(images_dir)] if images_dir else [])
+
+
+def check(cfg: ExperimentConfig, *, quiet: bool = True) -> tuple[ExperimentConfig, Path]:
+    """What a build would refuse that needs no TensorRT to find (`segformer validate --action
+    gen_trt_engine` and a run without TensorRT say it): the model to build from, the batch profile
+    against its batch axis, int8's source of scales, the layer precisions, the workspace."""
+    from segformer.deploy import trt as trt_build
+    from segformer.deploy.onnx_signature import read_onnx_signature
+
+    cfg, onnx_file = _onnx_file(cfg, quiet=quiet)
+    options = cfg.gen_trt_engine
+    settings = options.tensorrt
+    if int(settings.workspace_size) < 1:
+        raise SegformerError(f"gen_trt_engine.tensorrt.workspace_size (MiB) must be >= 1, got {settings.workspace_size}")
+    trt_build.resolve_batch_profile(read_onnx_signature(onnx_file).static_batch or "batch",
+                                    batch_size=int(options.batch_size), min_batch_size=int(settings.min_batch_size),
+                                    opt_batch_size=int(settings.opt_batch_size),
+                                    max_batch_size=int(settings.max_batch_size))
+    trt_build.plan_precision(str(settings.data_type), onnx_has_qdq=trt_build.onnx_has_qdq(onnx_file),
+                             has_calibration_source=bool(_calibration_dirs(cfg)) or calibration_cache(cfg).is_file())
+    trt_build.parse_layers_precision(list(settings.layers_precision or []))
+    return cfg, onnx_file
+
+
 def run(cfg: ExperimentConfig, *, quiet: bool = False) -> GenTrtEngineResult:
     from segformer.deploy import trt as trt_build
 
     try:
         trt = trt_build.import_tensorrt()  # first: without TensorRT nothing can be built
-    except MissingDependencyError as exc:  # ... and the model to build from, if that is wrong too: both at once
+    except MissingDependencyError as exc:  # ... and what the spec asks, if that is wrong too: both at once
         try:
-            _onnx_file(cfg, quiet=True)
+            check(cfg)
         except SegformerError as also:
             raise MissingDependencyError(f"{exc}; also, {also}") from None
         raise
-    cfg, onnx_file = _onnx_file(cfg, quiet=quiet)
+    cfg, onnx_file = check(cfg, quiet=quiet)
     options = cfg.gen_trt_engine
     results_dir = action_results_dir(cfg, "gen_trt_engine")
     engine_file = Path(options.trt_engine) if options.trt_engine else results_dir / DEFAULT_ENGINE_NAME
     settings = options.tensorrt
     calibration = settings.calibration
-    cal_dirs = [Path(d) for d in (calibration.cal_image_dir or []) if d]
-    cal_dirs = cal_dirs or ([Path(cfg.dataset.segment.quant_calibration_dataset.images_dir)]
-                            if cfg.dataset.segment.quant_calibration_dataset.images_dir else [])
+    cal_dirs = _calibration_dirs(cfg)
     cache_file = calibration_cache(cfg)
 
     from segformer.deploy.onnx_signature import read_onnx_signature

@@ -63,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 problems.extend(missing)
         if cfg is not None and args.action == "export":  # the exporter's own rules (opset 14 and more)
             problems.extend(_export_problems(cfg.export))
+        if cfg is not None and args.action == "gen_trt_engine" and not missing:  # what a build would refuse
+            problems.extend(_engine_problems(cfg))
         if cfg is not None and args.action in (None, *_ACTION_SPLITS):
             problems.extend(_data_problems(cfg.dataset.segment, read_files=not args.no_data, notes=notes,
                                            keys=_ACTION_SPLITS.get(args.action)))
@@ -107,6 +109,20 @@ def _export_problems(export) -> list[str]:
     try:
         check_export_settings(int(export.batch_size), int(export.opset_version), int(export.input_channel),
                               int(export.input_height), int(export.input_width))
+    except SegformerError as exc:
+        return [str(exc)]
+    return []
+
+
+def _engine_problems(cfg) -> list[str]:
+    """What gen_trt_engine would refuse that needs no TensorRT to find (`gen_trt_engine.check`)."""
+    from segformer.actions.gen_trt_engine import check
+    from segformer.errors import SegformerError
+
+    if not cfg.gen_trt_engine.onnx_file:
+        return []
+    try:
+        check(cfg)
     except SegformerError as exc:
         return [str(exc)]
     return []

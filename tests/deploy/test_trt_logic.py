@@ -167,6 +167,38 @@ def test_onnx_runtimes_cpu_int8_model_is_told_apart_from_one_tensorrt_builds(exp
     assert f"gen_trt_engine.onnx_file {cpu} cannot be built by TensorRT" in message and "symmetric: true" in message
 
 
+def test_validate_finds_what_a_tensorrt_build_would_refuse(exported, deploy_dataset, tmp_path, capsys):
+    """`segformer validate --action gen_trt_engine` said OK to an int8 build of a float model with no
+    calibration images, and to a min/opt/max profile that a static-batch model cannot run: both were
+    found only inside a TensorRT build (so, on a machine without TensorRT, never)."""
+    import onnx
+
+    from segformer.config.validate import main as validate
+
+    _, result = exported
+    static = onnx.load(str(result.onnx_file))
+    static.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2  # as export.batch_size=2 writes it
+    onnx.save(static, str(tmp_path / "batch2.onnx"))
+    spec = str(deploy_dataset / "spec.yaml")
+
+    def problems(*overrides: str) -> str:
+        capsys.readouterr()
+        code = validate(["-e", spec, "--action", "gen_trt_engine", f"results_dir={tmp_path / 'r'}",
+                         f"dataset.segment.root_dir={deploy_dataset}", *overrides])
+        out = capsys.readouterr().out
+        assert (code == 0) == out.rstrip().endswith(": OK"), out
+        return "" if code == 0 else out
+
+    assert problems(f"gen_trt_engine.onnx_file={result.onnx_file}") == ""
+    assert problems(f"gen_trt_engine.onnx_file={result.onnx_file}", "gen_trt_engine.tensorrt.data_type=int8") == ""
+    assert "data_type int8 on a float ONNX model needs calibration" in problems(
+        f"gen_trt_engine.onnx_file={result.onnx_file}", "gen_trt_engine.tensorrt.data_type=int8",
+        "dataset.segment.quant_calibration_dataset.images_dir=null")
+    assert "batch" in problems(f"gen_trt_engine.onnx_file={tmp_path / 'batch2.onnx'}")
+    assert problems(f"gen_trt_engine.onnx_file={tmp_path / 'batch2.onnx'}", "gen_trt_engine.tensorrt.min_batch_size=2",
+                    "gen_trt_engine.tensorrt.opt_batch_size=2", "gen_trt_engine.tensorrt.max_batch_size=2") == ""
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None, reason="TensorRT is not installed")
 @pytest.mark.parametrize("data_type", ["fp32", "fp16"])
