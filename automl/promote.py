@@ -285,7 +285,7 @@ def prepare(state: SearchState, record: TrialRecord, options: PromotionConfig = 
                                                              "quantize.device": "cpu" if _no_cuda() else c.quantize.device},
                      precheck=_precision_skip(state, record))
     if int8 and quantized is not None and quantized.artifact.suffix == ".onnx":
-        cfg = _deploy_int8(cfg, best_dir, quantized.artifact, report)
+        cfg = _deploy_int8(cfg, best_dir, quantized.artifact, report, echo)
     trt_reason = _tensorrt_missing()
     if trt_reason is None and onnx is None:
         trt_reason = "skipped: no ONNX model to build from (export did not run)"
@@ -326,7 +326,7 @@ def _timed_on_tensorrt(state: SearchState) -> bool:
     return (state.settings.get("search") or {}).get("latency_runtime") == "tensorrt"
 
 
-def _deploy_int8(cfg: Any, best_dir: Path, quantized: Path, report: dict[str, Any]) -> Any:
+def _deploy_int8(cfg: Any, best_dir: Path, quantized: Path, report: dict[str, Any], echo: Callable[[str], None]) -> Any:
     """A search that chose int8 deploys the quantized model: ``best/experiment.yaml`` points evaluate
     and inference at it (is_quantized). Where TensorRT can build it (a search timed on TensorRT
     quantizes with zero point 0), gen_trt_engine takes it too, with data_type int8 (the QDQ scales,
@@ -347,9 +347,11 @@ def _deploy_int8(cfg: Any, best_dir: Path, quantized: Path, report: dict[str, An
     dump_config(cfg, best_dir / SPEC_FILE, movable=True)
     step = report["steps"].get("quantize")
     if refused is not None:
+        said = ("the int8 model is ONNX Runtime's, for the CPU; gen_trt_engine and the DeepStream config build from "
+                "the float model in best/export (TensorRT cannot build it: it needs zero points 0)")
+        echo(f"automl: promote quantize: {said}")
         if isinstance(step, dict):
-            step["tensorrt"] = (f"not for TensorRT ({refused}): gen_trt_engine and the DeepStream config build "
-                                "from the float model in best/export")
+            step["tensorrt"] = f"not for TensorRT: {refused}; {said}"
         return cfg
     config, labels = deepstream_files(cfg, quantized, int(cfg.dataset.segment.num_classes))
     if isinstance(step, dict):

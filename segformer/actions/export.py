@@ -12,12 +12,13 @@ DeepStream's Gst-nvinfer.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from segformer.config import ExperimentConfig, action_results_dir, require
+from segformer.config import ConfigError, ExperimentConfig, action_results_dir, require
 from segformer.data.transforms import size_pair
 from segformer.errors import SpecError
 from segformer.model import check_input_size
@@ -83,13 +84,25 @@ def deepstream_files(cfg: ExperimentConfig, onnx_file: Path, num_classes: int) -
     options = cfg.export
     ds_batch = int(options.batch_size) if options.batch_size > 0 else max(1, int(cfg.gen_trt_engine.tensorrt.max_batch_size))
     data_type = str(cfg.gen_trt_engine.tensorrt.data_type)
-    calib = None
+    calib: str | None = None
     if data_type == "int8" and not onnx_has_qdq(onnx_file):
-        calib = calibration_cache(cfg)
-        if not calib.is_file():
-            log.warning("DeepStream config: gen_trt_engine.tensorrt.data_type is int8 on a float model: nvinfer "
-                        "reads its int8 scales from %s (int8-calib-file), which `segformer gen_trt_engine` with "
-                        "data_type int8 writes; run it before DeepStream builds the engine", calib)
+        given = cfg.gen_trt_engine.tensorrt.calibration.cal_cache_file
+        try:
+            cache = calibration_cache(cfg)
+        except ConfigError:  # no results_dir: where gen_trt_engine will write it is not known
+            cache = None
+        if cache is None:
+            log.warning("DeepStream config: gen_trt_engine.tensorrt.data_type is int8 on a float model, and nvinfer "
+                        "needs TensorRT's calibration cache for its scales: set gen_trt_engine.tensorrt.calibration."
+                        "cal_cache_file to name it (int8-calib-file)")
+        else:
+            # a path the user gave stays as given (made absolute); the default, beside export/ in the same
+            # results folder, relative to the config, so that the folder can move as a whole
+            calib = str(cache.absolute()) if given else os.path.relpath(cache.absolute(), onnx_file.parent.absolute())
+            if not cache.is_file():
+                log.warning("DeepStream config: gen_trt_engine.tensorrt.data_type is int8 on a float model: nvinfer "
+                            "reads its int8 scales from %s (int8-calib-file), which `segformer gen_trt_engine` with "
+                            "data_type int8 writes; run it before DeepStream builds the engine", cache)
     return write_deepstream_config(onnx_file, onnx_file.parent, class_names=class_names, mean=list(aug.mean),
                                    std=list(aug.std), batch_size=ds_batch, data_type=data_type,
                                    gpu_id=int(options.gpu_id), int8_calib_file=calib)

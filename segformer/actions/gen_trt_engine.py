@@ -51,15 +51,14 @@ def _onnx_file(cfg: ExperimentConfig, *, quiet: bool) -> tuple[ExperimentConfig,
     onnx_file = Path(require(cfg, "gen_trt_engine.onnx_file"))
     if not onnx_file.is_file():
         raise SegformerError(f"gen_trt_engine.onnx_file points to {onnx_file}, which does not exist")
-    from segformer.deploy.trt import tensorrt_refuses
+    from segformer.deploy import trt as trt_build
 
-    why = tensorrt_refuses(onnx_file)
+    why = trt_build.tensorrt_refuses(onnx_file)
     if why:
         raise SegformerError(
             f"gen_trt_engine.onnx_file {onnx_file} cannot be built by TensorRT: {why}. For an int8 engine, build "
             "from the float ONNX model (export's segformer.onnx) with gen_trt_engine.tensorrt.data_type=int8 and "
-            "calibration images (gen_trt_engine.tensorrt.calibration.cal_image_dir), or quantize for TensorRT: "
-            "quantize.backend_kwargs={symmetric: true}")
+            f"calibration images (gen_trt_engine.tensorrt.calibration.cal_image_dir), or {trt_build.TENSORRT_INT8_HINT}")
     return cfg, onnx_file
 
 
@@ -80,9 +79,12 @@ def check(cfg: ExperimentConfig, *, quiet: bool = True) -> tuple[ExperimentConfi
     cfg, onnx_file = _onnx_file(cfg, quiet=quiet)
     options = cfg.gen_trt_engine
     settings = options.tensorrt
-    if int(settings.workspace_size) < 1:
-        raise SegformerError(f"gen_trt_engine.tensorrt.workspace_size (MiB) must be >= 1, got {settings.workspace_size}")
-    trt_build.resolve_batch_profile(read_onnx_signature(onnx_file).static_batch or "batch",
+    trt_build.check_workspace(int(settings.workspace_size))
+    try:
+        signature = read_onnx_signature(onnx_file)
+    except ValueError as err:  # not one input and one output: a model of another kind
+        raise SegformerError(f"gen_trt_engine.onnx_file {onnx_file}: {err}") from None
+    trt_build.resolve_batch_profile(signature.static_batch or "batch",
                                     batch_size=int(options.batch_size), min_batch_size=int(settings.min_batch_size),
                                     opt_batch_size=int(settings.opt_batch_size),
                                     max_batch_size=int(settings.max_batch_size))

@@ -234,7 +234,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
     cal_batch = int(kwargs.pop(CALIBRATION_KWARGS[0], 4))
     cal_batches = int(kwargs.pop(CALIBRATION_KWARGS[1], 8))
     artifact = results_dir / ARTIFACT_NAMES[backend]
-    calibration = None if backend == "torchao" else _calibration_folder(cfg, quiet)  # torchao: weights only
+    calibration: Path | None = None  # torchao quantizes weights only
 
     if backend in ("torchao", "modelopt.pytorch"):
         from segformer.deploy.quantize import torch_backends
@@ -245,6 +245,8 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
             raise SegformerError(f"backend {backend} quantizes a PyTorch checkpoint; got the ONNX file {model_path}: set "
                                  f"quantize.backend: {onnx_twin} to quantize the ONNX model, or quantize.model_path to "
                                  f"the .pth checkpoint")
+        if backend == "modelopt.pytorch":
+            calibration = _calibration_folder(cfg, quiet)
         device = _device(str(options.device))
         model = load_torch_model(cfg.model, num_classes, model_path).to(device).eval()
         float_bytes = _state_bytes(model)
@@ -263,6 +265,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
         quantized_bytes = artifact.stat().st_size
         is_quantized_eval = True
     else:
+        calibration = _calibration_folder(cfg, quiet)
         onnx_in, exported = model_path, None
         if model_path.suffix != ".onnx":
             onnx_in = exported = _export_float_onnx(cfg, model_path, results_dir / FLOAT_ONNX_NAME, num_classes)

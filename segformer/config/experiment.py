@@ -342,7 +342,7 @@ class GenTrtEngineConfig:
 class QuantizeConfig:
     backend: str = field_("torchao", description="Quantization backend: torchao (weight-only PTQ of Linear layers), modelopt.pytorch (static PTQ, fake-quant), modelopt.onnx (Q/DQ ONNX), or onnxruntime (our addition: ONNX Runtime static int8 Q/DQ for CPU deployment).", title="Quantization backend", options=("modelopt.pytorch", "torchao", "modelopt.onnx", "onnxruntime"), automl=False)
     mode: str = field_("weight_only_ptq", description="Quantization mode (static_ptq needs dataset.segment.quant_calibration_dataset).", title="Quantization mode", options=("static_ptq", "weight_only_ptq"), automl=False)
-    algorithm: str = field_("minmax", description="Calibration algorithm (modelopt backends; ignored by torchao).", title="Calibration algorithm", options=("minmax", "max", "entropy", "awq_clip", "awq_lite", "awq_full", "rtn_dq"), automl=False)
+    algorithm: str = field_("minmax", description="Calibration algorithm (modelopt backends; onnxruntime takes minmax or max; ignored by torchao).", title="Calibration algorithm", options=("minmax", "max", "entropy", "awq_clip", "awq_lite", "awq_full", "rtn_dq"), automl=False)
     layers: List[Any] = field_([], description="Per-module quantization configs (TAO Quant format).", title="Layer quantization configs", automl=False)
     skip_names: List[str] = field_([], description="Module names or patterns not to quantize.", title="Skip names", automl=False)
     model_path: Optional[str] = field_(None, description="Model to quantize (.pth; .onnx for modelopt.onnx).", title="Model path", placeholder="???", automl=False)

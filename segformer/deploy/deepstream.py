@@ -56,14 +56,15 @@ def write_deepstream_config(
     engine_file: str | Path | None = None,
     segmentation_threshold: float = 0.0,
     gpu_id: int = 0,
-    int8_calib_file: str | Path | None = None,
+    int8_calib_file: str | None = None,
 ) -> tuple[Path, Path]:
     """Write ``config_infer_primary_segformer.txt`` and ``labels.txt`` next to each other.
 
     Shapes and names come from the ONNX file itself, so the config cannot disagree with it.
     ``batch_size`` is used when the ONNX batch axis is dynamic; a static axis wins.
     ``int8_calib_file``: TensorRT's calibration cache for int8 on a float model (``int8-calib-file``,
-    relative to the config when it can be; without one nvinfer has no int8 scales).
+    written as given: nvinfer reads a relative path from the config's folder; without one nvinfer has
+    no int8 scales).
     """
     onnx_path = Path(onnx_path)
     sig = read_onnx_signature(onnx_path)
@@ -108,7 +109,7 @@ def write_deepstream_config(
         f"infer-dims={c};{h};{w}",
         f"batch-size={batch}",
         f"network-mode={NETWORK_MODES[data_type]}",
-        *([f"int8-calib-file={_relative(Path(int8_calib_file), out_dir)}"] if int8_calib_file else []),
+        *([f"int8-calib-file={int8_calib_file}"] if int8_calib_file else []),
         f"num-detected-classes={sig.num_classes}",
         "interval=0",
         "gie-unique-id=1",
@@ -125,17 +126,6 @@ def write_deepstream_config(
     atomic_write_text(labels_path, "\n".join(class_names) + "\n")
     atomic_write_text(config_path, "\n".join(lines))
     return config_path, labels_path
-
-
-def _relative(path: Path, start: Path) -> str:
-    """``path`` as nvinfer reads a path in its config: relative to the config's folder where both
-    are on one drive, so that the folder can move as a whole."""
-    import os
-
-    try:
-        return os.path.relpath(path.absolute(), start.absolute())
-    except ValueError:  # another drive (Windows)
-        return str(path.absolute())
 
 
 def parse_nvinfer_config(path: str | Path) -> dict[str, str]:

@@ -160,8 +160,7 @@ def plan_precision(
         raise SpecError(
             "data_type int8 on a float ONNX model needs calibration: set "
             "gen_trt_engine.tensorrt.calibration.cal_image_dir (or dataset.segment.quant_calibration_dataset."
-            "images_dir, or an existing cal_cache_file), or pass a QDQ model TensorRT builds (quantize with backend "
-            "modelopt.onnx, or onnxruntime with backend_kwargs {symmetric: true})"
+            f"images_dir, or an existing cal_cache_file), or give it a QDQ model: {TENSORRT_INT8_HINT}"
         )
     return PrecisionPlan(("FP16", "INT8"), True, tuple(notes))
 
@@ -197,6 +196,7 @@ def tensorrt_refuses(path: str | Path) -> str | None:
 
     from segformer.deploy.onnx_signature import load_onnx
 
+    path = Path(path)
     model = load_onnx(path)
     constants = {t.name: t for t in model.graph.initializer}
     for node in model.graph.node:
@@ -204,19 +204,31 @@ def tensorrt_refuses(path: str | Path) -> str | None:
             value = next((a.t for a in node.attribute if a.name == "value"), None)
             if value is not None:
                 constants[node.output[0]] = value
-    unsigned = shifted = 0
+    nodes = unsigned = shifted = 0
     for node in model.graph.node:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3 or not node.input[2]:
             continue
         zero = constants.get(node.input[2])
         if zero is None:
             continue
+        nodes += 1
         unsigned += zero.data_type == onnx.TensorProto.UINT8
-        shifted += bool(np.any(numpy_helper.to_array(zero) != 0))
+        # a large per-channel zero point may be in the model's external data file, beside the model
+        shifted += bool(np.any(numpy_helper.to_array(zero, base_dir=str(path.parent)) != 0))
     if not (unsigned or shifted):
         return None
-    return (f"its Q/DQ nodes have {'uint8' if unsigned else 'int8'} zero points ({shifted} not zero): ONNX Runtime's "
-            "CPU int8 model; TensorRT takes int8 with zero point 0 only")
+    kinds = " and ".join(k for k, n in (("uint8", unsigned), ("non-zero", shifted)) if n)
+    return (f"{max(unsigned, shifted)} of its {nodes} Q/DQ nodes have {kinds} zero points (as ONNX Runtime's default "
+            f"CPU int8 model has); TensorRT takes int8 with zero point 0 only")
+
+
+TENSORRT_INT8_HINT = ("quantize for TensorRT (quantize.backend modelopt.onnx, or onnxruntime with "
+                      "quantize.backend_kwargs={symmetric: true})")
+
+
+def check_workspace(workspace_mib: int) -> None:
+    if workspace_mib < 1:
+        raise SpecError(f"gen_trt_engine.tensorrt.workspace_size (MiB) must be >= 1, got {workspace_mib}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,8 +350,7 @@ def build_engine(
     called for INT8 on a float model without a usable cache.
     """
     trt = trt or import_tensorrt()
-    if workspace_mib < 1:
-        raise SpecError(f"gen_trt_engine.tensorrt.workspace_size (MiB) must be >= 1, got {workspace_mib}")
+    check_workspace(workspace_mib)
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode

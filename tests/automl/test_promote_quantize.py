@@ -92,7 +92,8 @@ def test_a_model_chosen_at_int8_deploys_the_int8_files(tmp_path, runtime):
     state, record, results = _trial(tmp_path, overrides, structure={"deploy.precision": ["fp32", "int8"]},
                                     max_latency_ms=5.0, latency_runtime=runtime)
     record.latency = {"latency_ms": 0.7, "precision_bits": 8.0}  # as `automl.deploy` records the choice
-    report = prepare(state, record, PromotionConfig(evaluate=False, trt=False), echo=lambda _: None)
+    lines: list[str] = []
+    report = prepare(state, record, PromotionConfig(evaluate=False, trt=False), echo=lines.append)
     assert report["steps"]["quantize"]["status"] == "done", report
     best = results / "best"
     written = yaml.safe_load((best / "experiment.yaml").read_text())
@@ -110,6 +111,7 @@ def test_a_model_chosen_at_int8_deploys_the_int8_files(tmp_path, runtime):
         assert "int8-calib-file" not in config  # the QDQ model carries its scales
     else:
         assert refused and "not for TensorRT" in report["steps"]["quantize"]["tensorrt"]
+        assert any("the int8 model is ONNX Runtime's, for the CPU" in line for line in lines), lines
         assert written["gen_trt_engine"]["onnx_file"] == "${results_dir}/export/segformer.onnx"
         assert deepstream == best / "export" / "config_infer_primary_segformer.txt"
     assert parse_nvinfer_config(best / "export" / "config_infer_primary_segformer.txt")["onnx-file"] == "segformer.onnx"

@@ -85,6 +85,7 @@ def test_an_int8_deepstream_config_of_a_float_model_names_the_calibration_cache(
                                                                                caplog):
     """network-mode int8 on a float ONNX model gives nvinfer no int8 scales: the config names TensorRT's
     calibration cache that gen_trt_engine writes (relative to the config), and says to write it first."""
+    import dataclasses
     import shutil
 
     from segformer.actions.export import deepstream_files
@@ -97,6 +98,16 @@ def test_an_int8_deepstream_config_of_a_float_model_names_the_calibration_cache(
         values = parse_nvinfer_config(config)
         assert values.get("int8-calib-file") == expected and values["network-mode"] == ("1" if expected else "2")
     assert "which `segformer gen_trt_engine` with data_type int8 writes" in caplog.text
+    # a cache the spec names stays as written (absolute): a chain of ../ breaks once the folder moves
+    cfg = make_deploy_cfg(tmp_path / "results", "gen_trt_engine.tensorrt.data_type=int8",
+                          "gen_trt_engine.tensorrt.calibration.cal_cache_file=/opt/cal/segformer_cal.bin")
+    assert parse_nvinfer_config(deepstream_files(cfg, Path(onnx_file), NUM_CLASSES)[0])["int8-calib-file"] == \
+        "/opt/cal/segformer_cal.bin"
+    # without results_dir (export.results_dir alone) where gen_trt_engine writes it is not known: said, no line
+    cfg = dataclasses.replace(make_deploy_cfg(tmp_path / "results", "gen_trt_engine.tensorrt.data_type=int8"),
+                              results_dir=None)  # as a spec without ${results_dir} whose export.results_dir is set
+    assert "int8-calib-file" not in parse_nvinfer_config(deepstream_files(cfg, Path(onnx_file), NUM_CLASSES)[0])
+    assert "set gen_trt_engine.tensorrt.calibration.cal_cache_file" in caplog.text
 
 
 def test_unequal_std_uses_mean_and_reports_error():

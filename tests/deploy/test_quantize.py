@@ -198,6 +198,18 @@ def test_skipping_every_weighted_node_is_refused_even_with_the_sums_left(exporte
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
+def test_entropy_is_refused_by_onnx_runtime_whose_entropy_is_minmax(exported, tmp_path):
+    """ONNX Runtime's quantize_static calibrates "entropy" with 128 bins into 128: the full range, so it
+    wrote minmax's model byte for byte under another name. It is refused, saying so."""
+    from segformer.deploy.quantize.ort_static import quantize_onnx_static
+    from segformer.errors import SpecError
+
+    _, result = exported
+    with pytest.raises(SpecError, match="not supported by the onnxruntime backend; use minmax .its entropy"):
+        quantize_onnx_static(result.onnx_file, tmp_path / "int8.onnx", iter(()), algorithm="entropy")
+    assert not (tmp_path / "int8.onnx").exists()
+
+
 def test_a_model_without_weighted_nodes_is_not_blamed_on_the_spec(tmp_path):
     """With no layers or skip_names set, a model without a Conv/MatMul/Gemm node said the spec's
     layers/skip_names excluded every node; it is the model that has none."""

@@ -136,7 +136,8 @@ def test_gen_trt_engine_without_tensorrt_says_what_to_install(make_deploy_cfg, t
     assert message.endswith(f"; also, gen_trt_engine.onnx_file points to {tmp_path / 'missing.onnx'}, which does not exist")
 
 
-def test_onnx_runtimes_cpu_int8_model_is_told_apart_from_one_tensorrt_builds(exported, make_deploy_cfg, tmp_path):
+def test_onnx_runtimes_cpu_int8_model_is_told_apart_from_one_tensorrt_builds(exported, make_deploy_cfg, tmp_path,
+                                                                             monkeypatch):
     """TensorRT takes int8 with zero point 0 only; ONNX Runtime's quantizer wrote uint8 activations with
     zero points (fast on the CPU), and gen_trt_engine at int8 took that model: its parser would stop
     ("TRT only supports symmetric quantization"). backend_kwargs {symmetric: true} writes the model
@@ -153,12 +154,22 @@ def test_onnx_runtimes_cpu_int8_model_is_told_apart_from_one_tensorrt_builds(exp
     cpu = quantize_onnx_static(result.onnx_file, tmp_path / "cpu.onnx", batches).output
     trt = quantize_onnx_static(result.onnx_file, tmp_path / "trt.onnx", batches, symmetric=True).output
     assert tensorrt_refuses(result.onnx_file) is None  # a float model: TensorRT calibrates it
-    assert "uint8 zero points" in tensorrt_refuses(cpu)
+    assert "Q/DQ nodes have uint8 and non-zero zero points" in tensorrt_refuses(cpu)
     assert tensorrt_refuses(trt) is None
     model = onnx.load(str(trt))
     zeros = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     points = [zeros[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert points and all(p.dtype == np.int8 and not p.any() for p in points)
+    # the biases stay float for TensorRT (its parser has refused ONNX Runtime's int32 bias Q/DQ)
+    assert not any(t.data_type == onnx.TensorProto.INT32 for t in model.graph.initializer)
+    # zero points in an external data file beside the model are read from there, wherever the command runs
+    for name, source in (("cpu_external.onnx", cpu), ("trt_external.onnx", trt)):
+        onnx.save(onnx.load(str(source)), str(tmp_path / name), save_as_external_data=True, size_threshold=0,
+                  location=f"{name}.data")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert tensorrt_refuses(tmp_path / "cpu_external.onnx") and tensorrt_refuses(tmp_path / "trt_external.onnx") is None
 
     cfg = make_deploy_cfg(tmp_path, f"gen_trt_engine.onnx_file={cpu}", "gen_trt_engine.tensorrt.data_type=int8")
     with pytest.raises((MissingDependencyError, SegformerError)) as info:
@@ -194,7 +205,16 @@ def test_validate_finds_what_a_tensorrt_build_would_refuse(exported, deploy_data
     assert "data_type int8 on a float ONNX model needs calibration" in problems(
         f"gen_trt_engine.onnx_file={result.onnx_file}", "gen_trt_engine.tensorrt.data_type=int8",
         "dataset.segment.quant_calibration_dataset.images_dir=null")
-    assert "batch" in problems(f"gen_trt_engine.onnx_file={tmp_path / 'batch2.onnx'}")
+    assert "the ONNX model has a static batch of 2 but tensorrt min/opt/max_batch_size are (1, 1, 1)" in problems(
+        f"gen_trt_engine.onnx_file={tmp_path / 'batch2.onnx'}")
+    # a model of another kind (two inputs): one line, not read_onnx_signature's ValueError
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Add", ["a", "b"], ["y"])], "add",
+        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1, 3, 8, 8]) for n in "ab"],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 8, 8])])
+    onnx.save(onnx.helper.make_model(graph), str(tmp_path / "two_inputs.onnx"))
+    assert f"gen_trt_engine.onnx_file {tmp_path / 'two_inputs.onnx'}: " in problems(
+        f"gen_trt_engine.onnx_file={tmp_path / 'two_inputs.onnx'}")
     assert problems(f"gen_trt_engine.onnx_file={tmp_path / 'batch2.onnx'}", "gen_trt_engine.tensorrt.min_batch_size=2",
                     "gen_trt_engine.tensorrt.opt_batch_size=2", "gen_trt_engine.tensorrt.max_batch_size=2") == ""
 

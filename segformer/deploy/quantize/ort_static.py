@@ -52,7 +52,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["quantize_onnx_static", "fuse_erf_gelu", "onnx_quant_candidates", "OnnxQuantSummary", "ORT_ALGORITHMS", "ORT_KWARGS"]
 
-ORT_ALGORITHMS = {"minmax": "MinMax", "max": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+# No "entropy": ONNX Runtime's quantize_static runs its entropy calibrator with 128 histogram bins for
+# 128 quantized bins (num_bins cannot be passed through it), one candidate threshold, the full range:
+# it wrote exactly minmax's model, byte for byte (MiT-B0, 2026-12-06), under another name.
+ORT_ALGORITHMS = {"minmax": "MinMax", "max": "MinMax", "percentile": "Percentile"}
 ORT_KWARGS = ("per_channel", "fuse_gelu", "symmetric")  # the quantize.backend_kwargs quantize_onnx_static takes
 QUANT_OP_TYPES = ("Conv", "MatMul", "Gemm")
 _PARAM_SUFFIX = re.compile(r"\.(weight|bias|weight_[a-z]+)$")
@@ -322,8 +325,9 @@ def quantize_onnx_static(
 
     if algorithm not in ORT_ALGORITHMS:
         raise SpecError(
-            f"quantize.algorithm {algorithm!r} is not supported by the onnxruntime backend; "
-            f"use one of {sorted(ORT_ALGORITHMS)}"
+            f"quantize.algorithm {algorithm!r} is not supported by the onnxruntime backend; use minmax"
+            + (" (its entropy calibration gives the min-max range: quantize_static cannot set its histogram bins; "
+               "TensorRT's entropy calibrator is gen_trt_engine's, on the float model)" if algorithm == "entropy" else "")
         )
     output_path = Path(output_path)
     with atomic_output(output_path) as out_tmp:
@@ -368,7 +372,10 @@ def quantize_onnx_static(
                 # instead of QLinearMatMul followed by a DequantizeLinear for the float LayerNorm/Add after it
                 # (MiT-B0 512px: 1.36x -> 1.48x the speed of fp32 at batch 8, 1.22x -> 1.27x at batch 1).
                 extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": bool(symmetric), "WeightSymmetric": True,
-                               "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]},
+                               "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
+                               # TensorRT's parser has refused ONNX Runtime's int32 bias DequantizeLinear
+                               # (onnx-tensorrt#850, TensorRT#3360): for it the biases stay float
+                               "QuantizeBias": not symmetric},
             )
         if reader_impl.count == 0:
             raise ValueError("calibration produced no batches; check the calibration images folder")
