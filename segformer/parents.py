@@ -501,6 +501,13 @@ def _other_model_hint(key: str, wants: tuple[str, ...], find: Callable[[str], Ch
         if other is None:
             continue
         holds = f"it holds {WANTS[want][0].split(' (')[0]}, {other.path}"
+        if "tensorrt_qdq" in wants and want == "quantized" and other.path.suffix == ".onnx":
+            from segformer.deploy.trt import TENSORRT_INT8_HINT, tensorrt_refuses
+
+            why = tensorrt_refuses(other.path)
+            if why:  # at int8 the quantized model is passed over: say why, and the two ways on
+                return (f"{holds}, which TensorRT cannot build ({why}): give the float ONNX model with "
+                        f"calibration images, or {TENSORRT_INT8_HINT}")
         if section not in ("evaluate", "inference"):
             return f"{holds}, which {key} does not take"
         if name == "trt_engine":

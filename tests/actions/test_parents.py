@@ -121,6 +121,8 @@ def test_deploy_fields_pick_by_what_they_take(make_cfg, tiny_dataset, tmp_path):
         _write_qdq_model(quantized, zero_point)
         int8 = resolved("gen_trt_engine", f"gen_trt_engine.onnx_file={results}", "gen_trt_engine.tensorrt.data_type=int8")
         assert int8.gen_trt_engine.onnx_file == str(takes), zero_point
+    with pytest.raises(SegformerError, match=r"quantized_model_onnxruntime.onnx, which TensorRT cannot build \(.*uint8"):
+        resolved("gen_trt_engine", f"gen_trt_engine.onnx_file={quantized.parent}", "gen_trt_engine.tensorrt.data_type=int8")
     assert resolved("quantize", f"quantize.model_path={results}", "quantize.backend=onnxruntime",
                     "quantize.mode=static_ptq").quantize.model_path == str(onnx)
     assert resolved("evaluate", f"evaluate.checkpoint={results}").evaluate.checkpoint == str(onnx)
