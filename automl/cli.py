@@ -209,9 +209,10 @@ def _deploy_flags(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def ui_command(results_dir: str | Path, port: int, host: str = "127.0.0.1") -> list[str]:
-    """The `mlflow ui` command for a search's embedded store (one worker: ready in ~6 s, ~0.5 GB)."""
-    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", Layout.of(results_dir).default_tracking_uri,
+def ui_command(results_dir: str | Path, port: int, host: str = "127.0.0.1", store: str | None = None) -> list[str]:
+    """The `mlflow ui` command for a search's store (its embedded one unless ``store``; one worker:
+    ready in ~6 s, ~0.5 GB)."""
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store or Layout.of(results_dir).default_tracking_uri,
             "--host", host, "--port", str(port), "--workers", "1"]
 
 
@@ -248,10 +249,23 @@ def _port_in_use(host: str, port: int) -> str:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
+    from automl.state import SearchState
+
     layout = Layout.of(args.results_dir)
     results = layout.root
-    if not layout.db_file.is_file():
-        print(f"automl ui: no MLflow store in {results} (expected mlflow.db); "
+    store = None
+    if not layout.db_file.is_file():  # not the folder's own store: the one it was tracked in (--tracking-uri)
+        try:
+            store = SearchState.load(results).mlflow_tracking_uri
+        except Exception:  # noqa: BLE001 - no ledger (or an unreadable one): nothing to open
+            store = None
+    if store and "://" in store and not store.startswith(("sqlite:", "file:")):
+        print(f"automl ui: {results} was tracked on {store}: open that server", file=sys.stderr)
+        return 2
+    local = Path(store[len("sqlite:///"):] if store.startswith("sqlite:///") else store.removeprefix("file:")) \
+        if store else layout.db_file
+    if not local.exists():
+        print(f"automl ui: no MLflow store in {results} (expected {local}); "
               f"for a search tracked on a server, open that server instead", file=sys.stderr)
         return 2
     busy = _port_in_use(args.host, args.port)
@@ -264,7 +278,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
         print(line, flush=True)
     # The server runs in its own process group; stopping `automl ui` (Ctrl-C or SIGTERM) stops the
     # whole group, so no server process outlives the command.
-    server = subprocess.Popen(ui_command(results, args.port, args.host), env=ui_env(), start_new_session=True)
+    server = subprocess.Popen(ui_command(results, args.port, args.host, store), env=ui_env(), start_new_session=True)
     try:
         with interrupt_on_sigterm():
             return server.wait()

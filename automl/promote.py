@@ -134,9 +134,21 @@ def promote(state: SearchState, record: TrialRecord, tracker: Any, options: Prom
                                   "source": f"runs:/{record.mlflow_run_id}/{MODEL_ARTIFACT_PATH}"}
             echo(f"automl: registered {name} version {version} as @{options.alias}{_alias_moved(before, spec)}")
         except Exception as err:  # the registry is optional (e.g. a tracking server without one)
+            # ... but a Ctrl-C or SIGTERM that Python wrapped (in the RuntimeError of an import it cut, as
+            # MLflow's lazy pydantic imports are) is the user's stop, not a registry failure
+            raise_if_swallowed()
             report["registry"] = f"failed: {type(err).__name__}: {err}"
     _write(best_dir, report)
     return report
+
+
+def already_registered(state: SearchState, record: TrialRecord) -> bool:
+    """Whether `record` was promoted and registered before the driver stopped (a Ctrl-C or a kill in the
+    final evaluation, after registration): resume then keeps that promotion; running it again
+    registered the same model a second time."""
+    done = state.promotion or {}
+    best = Layout.of(state.results_dir).best_dir / "promotion.json"
+    return done.get("trial") == record.name and isinstance(done.get("registry"), dict) and best.is_file()
 
 
 def champion_artifacts(best_dir: Path, report: dict[str, Any]) -> dict[str, Path]:

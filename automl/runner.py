@@ -150,6 +150,7 @@ def _run_search(opts: SearchOptions, skill: Any, space: Any, baseline: dict[str,
     from automl.console import settings_line
     from automl.probe import check_tracking_uri
     from automl.ray_session import RaySession
+    from automl.tracking import absolute_store_uri
 
     check_tracking_uri(opts.tracking.tracking_uri)  # before any file or run exists (RaySession probes --address)
     with RaySession(opts) as session:
@@ -158,7 +159,7 @@ def _run_search(opts: SearchOptions, skill: Any, space: Any, baseline: dict[str,
             session.share_cpus(trainings)
         opts = opts.with_values(cpus_per_trial=session.cpus_per_trial, gpus_per_trial=session.gpus_per_trial,
                                 max_concurrent=session.slots(),
-                                tracking_uri=opts.tracking.tracking_uri or layout.default_tracking_uri,
+                                tracking_uri=absolute_store_uri(opts.tracking.tracking_uri) or layout.default_tracking_uri,
                                 experiment_name=opts.tracking.experiment_name or skill.name)
         state = SearchState(results_dir=str(layout.root), skill=skill.name, algorithm=opts.search.algorithm,
                             metric=opts.search.metric, mode=opts.search.mode, settings=opts.to_dict(), spec=opts.spec,
@@ -798,9 +799,14 @@ def _finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo
         for line in early.lines:
             echo(line)
     if best is not None and opts.promotion.promote:
-        from automl.promote import promote
+        from automl.promote import already_registered, promote
 
-        state.promotion = promote(state, best, tracker, opts.promotion, echo=echo, prepared=prepared)
+        if already_registered(state, best):
+            registry = state.promotion["registry"]
+            echo(f"automl: {best.name} was promoted and registered as {registry.get('model')} version "
+                 f"{registry.get('version')} before the stop; kept, not promoted again")
+        else:
+            state.promotion = promote(state, best, tracker, opts.promotion, echo=echo, prepared=prepared)
     if best is not None and opts.promotion.promote and opts.promotion.evaluate:
         state.final_evaluation = final_evaluation(state, best, echo=echo)
     report = write_report(state)

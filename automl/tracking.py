@@ -58,6 +58,20 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def absolute_store_uri(uri: str | None) -> str | None:
+    """A local MLflow store given relative to where the command ran (``sqlite:///rel/mlflow.db``, a
+    folder path), made absolute: stored with the search as written, a resume from another folder opened
+    a new empty store there. Servers and absolute paths are returned as they are."""
+    if not uri:
+        return uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        rest = uri[len("sqlite:///"):]
+        return uri if not rest or rest.startswith(":") else "sqlite:///" + str(Path(rest).expanduser().absolute())
+    if "://" not in uri and ("/" in uri or uri.startswith((".", "~"))):  # a folder ("databricks" is a scheme)
+        return str(Path(uri).expanduser().absolute())
+    return uri
+
+
 class Tracker:
     """Thin wrapper around `MlflowClient` with the search's conventions."""
 

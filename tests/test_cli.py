@@ -185,6 +185,42 @@ def test_automl_ui_on_a_port_in_use_says_so_before_printing_links(tmp_path, caps
     assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err and "http://" not in out, (out, err)
 
 
+def test_automl_ui_opens_the_store_a_search_was_tracked_in(tmp_path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    """A search run with --tracking-uri (a shared sqlite file) has no mlflow.db of its own: `automl ui DIR`,
+    which its summary prints, refused it ("no MLflow store"). It opens the store the search names; a
+    search tracked on a server is sent there."""
+    import socket
+
+    from automl import cli as automl_cli
+    from automl.state import SearchState
+    from automl.tracking import absolute_store_uri
+
+    search, store = tmp_path / "search", tmp_path / "shared" / "mlflow.db"
+    store.parent.mkdir()
+    store.write_bytes(b"")
+    search.mkdir()
+    state = SearchState(results_dir=str(search), skill="segformer", algorithm="random", metric="val_miou", mode="max",
+                        settings={}, spec="", overrides=[], mlflow_tracking_uri=f"sqlite:///{store}")
+    state.save()
+    assert automl_cli.ui_command(search, 5000, store=state.mlflow_tracking_uri)[5] == f"sqlite:///{store}"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert automl_cli.main(["ui", str(search), "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err  # past the store: it was found
+    state.mlflow_tracking_uri = "http://127.0.0.1:5000"
+    state.save()
+    assert automl_cli.main(["ui", str(search)]) == 2
+    assert "was tracked on http://127.0.0.1:5000: open that server" in capsys.readouterr().err
+    # a relative store, as --tracking-uri may be given, is kept absolute: a resume from elsewhere finds it
+    monkeypatch.chdir(tmp_path)
+    assert absolute_store_uri("sqlite:///rel/mlflow.db") == f"sqlite:///{tmp_path / 'rel' / 'mlflow.db'}"
+    assert absolute_store_uri("./runs") == str(tmp_path / "runs")
+    for kept in ("databricks", "http://127.0.0.1:5000", f"sqlite:///{store}", "sqlite:///:memory:"):
+        assert absolute_store_uri(kept) == kept
+
+
 def test_an_action_that_fails_leaves_no_empty_folder(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     """A failed `segformer quantize` (a checkpoint that is not one, a backend not installed) left an empty
     <results_dir>/quantize/, and results_dir with it; a folder that existed, or holds a file, stays."""

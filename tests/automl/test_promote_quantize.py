@@ -117,3 +117,30 @@ def test_a_model_chosen_at_int8_deploys_the_int8_files(tmp_path, runtime):
     assert parse_nvinfer_config(best / "export" / "config_infer_primary_segformer.txt")["onnx-file"] == "segformer.onnx"
     scored = evaluate.run(load_config(best / "experiment.yaml", ["evaluate.results_dir=" + str(tmp_path / "ev")]), quiet=True)
     assert 0.0 <= scored.miou <= 1.0
+
+
+def test_a_stop_python_wrapped_while_the_model_is_logged_stops_the_promotion(tmp_path, monkeypatch):
+    """A SIGTERM during the MLflow-model step landed in MLflow's lazy import of its pydantic classes,
+    which Python reports as a RuntimeError: the registry's `except Exception` recorded "failed" and the
+    search ended FINISHED with no champion (resume then said it had finished). It stops the promotion,
+    as a stop anywhere else in it does."""
+    import pytest
+
+    from automl import promote as promote_module
+    from automl import signals
+
+    state, record, results = _trial(tmp_path)
+    record.mlflow_run_id = "run"
+
+    def cut(*_args, **_kwargs):
+        signals._TAKEN["signal"] = True  # as the handler does, before its KeyboardInterrupt is wrapped
+        raise RuntimeError("Error calling __set_name__ on 'PydanticDescriptorProxy'")
+
+    monkeypatch.setattr(promote_module, "_log_model", cut)
+    prepared = {"trial": record.name, "checkpoint": str(tmp_path / "model.pth"), "steps": {}}
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            promote_module.promote(state, record, object(), echo=lambda _: None, prepared=prepared)
+    finally:
+        signals._TAKEN.clear()
+    assert not (results / "best" / "promotion.json").exists()  # nothing recorded as done

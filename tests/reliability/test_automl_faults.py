@@ -349,3 +349,16 @@ def test_ctrl_c_during_promotion_ends_like_during_the_search(dataset, tmp_path):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     state = json.loads((results / "automl_state.json").read_text())
     assert state["status"] == "FINISHED" and (results / "best" / "export").is_dir()
+    # A stop after the registration (Ctrl-C or a kill in the final evaluation) leaves the search
+    # INTERRUPTED with its promotion recorded: resume promoted and registered the same model again.
+    from mlflow import MlflowClient
+
+    registry = state["promotion"]["registry"]
+    state["status"] = "INTERRUPTED"
+    (results / "automl_state.json").write_text(json.dumps(state))
+    third = subprocess.run([str(BIN / "automl"), "resume", str(results)], env=ENV, cwd=REPO, capture_output=True,
+                           text=True, timeout=400)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert f"registered as {registry['model']} version {registry['version']} before the stop; kept" in third.stdout
+    versions = MlflowClient(state["mlflow_tracking_uri"]).search_model_versions(f"name='{registry['model']}'")
+    assert [str(v.version) for v in versions] == [str(registry["version"])], [v.version for v in versions]
