@@ -16,12 +16,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from segformer.config import ExperimentConfig, action_results_dir, require
 from segformer.errors import MissingDependencyError, SegformerError
 from segformer.parents import resolve_parents
+
+if TYPE_CHECKING:
+    from segformer.deploy.onnx_signature import OnnxSignature
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +73,11 @@ def _calibration_dirs(cfg: ExperimentConfig) -> list[Path]:
     return cal_dirs or ([Path(images_dir)] if images_dir else [])
 
 
-def check(cfg: ExperimentConfig, *, quiet: bool = True) -> tuple[ExperimentConfig, Path]:
+def check(cfg: ExperimentConfig, *, quiet: bool = True) -> tuple[ExperimentConfig, Path, OnnxSignature]:
     """What a build would refuse that needs no TensorRT to find (`segformer validate --action
     gen_trt_engine` and a run without TensorRT say it): the model to build from, the batch profile
-    against its batch axis, int8's source of scales, the layer precisions, the workspace."""
+    against its batch axis, int8's source of scales, the layer precisions, the workspace. Returns the
+    spec with its parents resolved, the model and its signature."""
     from segformer.deploy import trt as trt_build
     from segformer.deploy.onnx_signature import read_onnx_signature
 
@@ -91,7 +96,7 @@ def check(cfg: ExperimentConfig, *, quiet: bool = True) -> tuple[ExperimentConfi
     trt_build.plan_precision(str(settings.data_type), onnx_has_qdq=trt_build.onnx_has_qdq(onnx_file),
                              has_calibration_source=bool(_calibration_dirs(cfg)) or calibration_cache(cfg).is_file())
     trt_build.parse_layers_precision(list(settings.layers_precision or []))
-    return cfg, onnx_file
+    return cfg, onnx_file, signature
 
 
 def run(cfg: ExperimentConfig, *, quiet: bool = False) -> GenTrtEngineResult:
@@ -105,7 +110,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> GenTrtEngineResult:
         except SegformerError as also:
             raise MissingDependencyError(f"{exc}; also, {also}") from None
         raise
-    cfg, onnx_file = check(cfg, quiet=quiet)
+    cfg, onnx_file, signature = check(cfg, quiet=quiet)
     options = cfg.gen_trt_engine
     results_dir = action_results_dir(cfg, "gen_trt_engine")
     engine_file = Path(options.trt_engine) if options.trt_engine else results_dir / DEFAULT_ENGINE_NAME
@@ -114,9 +119,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> GenTrtEngineResult:
     cal_dirs = _calibration_dirs(cfg)
     cache_file = calibration_cache(cfg)
 
-    from segformer.deploy.onnx_signature import read_onnx_signature
-
-    _, height, width = read_onnx_signature(onnx_file).chw
+    _, height, width = signature.chw
     aug = cfg.dataset.segment.augmentation
 
     def calibration_batches(batch_size: int):
