@@ -204,7 +204,7 @@ def tensorrt_refuses(path: str | Path) -> str | None:
             value = next((a.t for a in node.attribute if a.name == "value"), None)
             if value is not None:
                 constants[node.output[0]] = value
-    nodes = unsigned = shifted = 0
+    nodes = refused = unsigned = shifted = 0
     for node in model.graph.node:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3 or not node.input[2]:
             continue
@@ -212,13 +212,14 @@ def tensorrt_refuses(path: str | Path) -> str | None:
         if zero is None:
             continue
         nodes += 1
-        unsigned += zero.data_type == onnx.TensorProto.UINT8
+        is_unsigned = zero.data_type == onnx.TensorProto.UINT8
         # a large per-channel zero point may be in the model's external data file, beside the model
-        shifted += bool(np.any(numpy_helper.to_array(zero, base_dir=str(path.parent)) != 0))
-    if not (unsigned or shifted):
+        is_shifted = bool(np.any(numpy_helper.to_array(zero, base_dir=str(path.parent)) != 0))
+        unsigned, shifted, refused = unsigned + is_unsigned, shifted + is_shifted, refused + (is_unsigned or is_shifted)
+    if not refused:
         return None
     kinds = " and ".join(k for k, n in (("uint8", unsigned), ("non-zero", shifted)) if n)
-    return (f"{max(unsigned, shifted)} of its {nodes} Q/DQ nodes have {kinds} zero points (as ONNX Runtime's default "
+    return (f"{refused} of its {nodes} Q/DQ nodes have {kinds} zero points (as ONNX Runtime's default "
             f"CPU int8 model has); TensorRT takes int8 with zero point 0 only")
 
 

@@ -235,3 +235,24 @@ def test_build_and_run_engine(exported, tmp_path, data_type):
     images = torch.randn(5, 3, 64, 64)  # more than max batch: split in chunks
     tolerance = 1e-2 if data_type == "fp32" else 1e-1
     assert (trt_predictor(images) - ort_predictor(images)).abs().max() < tolerance
+
+
+def test_tensorrt_refuses_counts_each_q_dq_node_it_refuses_once(tmp_path):
+    """A node refused for a uint8 zero point and one refused for a non-zero int8 one are two nodes: the
+    count was the larger of the two kinds' counts."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from segformer.deploy.trt import tensorrt_refuses
+
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zu"], ["qu"]), helper.make_node("DequantizeLinear", ["qu", "s", "zu"], ["yu"]),
+             helper.make_node("QuantizeLinear", ["x", "s", "zi"], ["qi"]), helper.make_node("DequantizeLinear", ["qi", "s", "zi"], ["yi"]),
+             helper.make_node("QuantizeLinear", ["x", "s", "z0"], ["q0"]), helper.make_node("DequantizeLinear", ["q0", "s", "z0"], ["y0"])]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1]) for y in ("yu", "yi", "y0")],
+                              [numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+                               numpy_helper.from_array(np.array(0, np.uint8), "zu"),  # uint8, zero 0
+                               numpy_helper.from_array(np.array(5, np.int8), "zi"),  # int8, not zero
+                               numpy_helper.from_array(np.array(0, np.int8), "z0")])  # what TensorRT takes
+    onnx.save(helper.make_model(graph), str(tmp_path / "mixed.onnx"))
+    assert tensorrt_refuses(tmp_path / "mixed.onnx").startswith("4 of its 6 Q/DQ nodes have uint8 and non-zero zero points")
