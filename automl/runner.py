@@ -793,6 +793,7 @@ def _finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo
         best = state.by_name(state.recheck["promoted"]) or best
     best = _pareto_choice(opts, state, best, echo)
     state.best_trial = best.name if best else None
+    state.save()  # status and results.json name the trial being promoted, not the leader the re-check turned down
     prepared = early.take(best) if early is not None and best is not None else None
     if early is not None and early.started:
         echo(f"automl: promotion of {early.trial_name} started while the last trials ran")

@@ -479,6 +479,29 @@ def test_state_keeps_the_promoted_trial(tmp_path: Path) -> None:
     assert state.epochs_trained() == 5 * 4
 
 
+def test_while_promotion_runs_results_name_the_trial_promoted(tmp_path: Path) -> None:
+    """The re-check turned the leader down: while the baseline is promoted and scored on the test split
+    (minutes, and cut by a kill there), status and results.json name the baseline, not the leader."""
+    from automl.runner import finish
+    from automl.tracking import Tracker
+    from segformer.data.synth import generate
+
+    spec = generate(tmp_path / "data", num_classes=2, size=32, train=2, val=1, test=1) / "spec.yaml"
+    state = _state(tmp_path, baseline=(0.60, 0.62), leader=(0.64, 0.61))
+    state.spec = str(spec)
+    opts = search_options(tmp_path, spec, export=False, quantize=False, trt=False)
+    seen: list[str] = []
+
+    def echo(line: str) -> None:
+        if line.startswith("automl: final evaluation"):  # the promoted model's test scores (minutes): a Ctrl-C
+            seen.append(json.loads((tmp_path / "results.json").read_text())["best"]["trial"])
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finish(opts, state, Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path, "t"), echo=echo)
+    assert state.recheck["promoted"] == "trial_004" and seen == ["trial_004"]
+
+
 @pytest.fixture(scope="module")
 def budget_search(tmp_path_factory):
     import automl
