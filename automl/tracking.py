@@ -26,7 +26,8 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from automl.layout import Layout
 from automl.state import FAILED, FINISHED, KILLED, PENDING, RUNNING, SearchState, TrialRecord
@@ -98,9 +99,16 @@ class Tracker:
             # lines in the middle of the search's own output; warnings and errors still show.
             logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
             try:
-                self._client = MlflowClient(tracking_uri=self.tracking_uri)
+                with self._creating():
+                    self._client = MlflowClient(tracking_uri=self.tracking_uri)
             except Exception as exc:  # noqa: BLE001 (any store error: say which store and what to do)
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                if "MLFLOW_ALLOW_FILE_STORE" in str(exc):  # MLflow 3.17+: not a permissions problem
+                    raise TrackingError(
+                        f"MLflow refuses the file store {self.tracking_uri}: its file backend is in maintenance mode. "
+                        "Give --tracking-uri a database (sqlite:///path/to/mlflow.db) or a tracking server, or set "
+                        "MLFLOW_ALLOW_FILE_STORE=true to keep the file store"
+                    ) from None
                 if self.is_embedded and "disk is full" in str(exc):
                     path = self.tracking_uri.split(":///", 1)[-1]
                     raise TrackingError(f"the disk holding the MLflow store {path} is full ({first}); free disk space "
@@ -121,6 +129,28 @@ class Tracker:
     def is_embedded(self) -> bool:
         return self.tracking_uri.startswith("sqlite:")
 
+    @contextmanager
+    def _creating(self) -> Iterator[None]:
+        """Held while MLflow opens the store: a new sqlite store is created table by table, and two
+        searches starting at once on one shared store both created it ("table ... already exists").
+        A folder this user cannot write to opens without it (MLflow then says what is wrong)."""
+        from filelock import FileLock
+
+        path = Path(self.tracking_uri.split(":///", 1)[-1]) if self.is_embedded else None
+        lock = None
+        if path is not None and not path.name.startswith(":") and path.parent.is_dir():  # not :memory:
+            lock = FileLock(str(path.with_name(f".{path.name}.lock")))
+        try:
+            if lock is not None:
+                lock.acquire()
+        except OSError:
+            lock = None
+        try:
+            yield
+        finally:
+            if lock is not None:
+                lock.release()
+
     def experiment_id(self) -> str:
         """The skill's experiment, created on first use (artifacts under the results folder)."""
         if self._experiment_id is None:
@@ -131,10 +161,16 @@ class Tracker:
                 location = mlflow_artifact_root(self.tracking_uri)
                 # "custom_model_development": the MLflow 3 UI then opens the model-training views
                 # (runs, metrics, child runs) instead of the GenAI ones.
-                self._experiment_id = self.client.create_experiment(
-                    self.experiment_name, artifact_location=location,
-                    tags={"mlflow.experimentKind": "custom_model_development"},
-                )
+                try:
+                    self._experiment_id = self.client.create_experiment(
+                        self.experiment_name, artifact_location=location,
+                        tags={"mlflow.experimentKind": "custom_model_development"},
+                    )
+                except Exception:  # another search in the store created it a moment ago: use that one
+                    experiment = self.client.get_experiment_by_name(self.experiment_name)
+                    if experiment is None:
+                        raise
+                    self._experiment_id = experiment.experiment_id
         return self._experiment_id
 
     # ------------------------------------------------------------------ runs

@@ -131,6 +131,50 @@ def test_searches_sharing_a_sqlite_store_keep_their_artifacts_beside_it(tmp_path
     assert len(list((tmp_path / "shared" / "mlartifacts").rglob("MLmodel"))) == 2
 
 
+_OPEN_STORE = """
+import pathlib, sys, time
+import mlflow
+from automl.tracking import Tracker
+ready, go = pathlib.Path(sys.argv[2] + ".ready"), pathlib.Path(sys.argv[3])
+ready.touch()
+while not go.exists():  # every process opens the store at the same moment
+    time.sleep(0.005)
+print(Tracker(sys.argv[1], sys.argv[2], "segformer").experiment_id())
+"""
+
+
+def test_searches_starting_at_once_on_a_new_shared_store_all_start(tmp_path):
+    """Four drivers open one new sqlite store at the same moment (as searches started together by a
+    team's scheduler do): MLflow creates the store once, and every driver gets the one experiment
+    (each created the tables itself, and all but one failed with "table ... already exists")."""
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "shared").mkdir()
+    store = f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}"
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_STORE, store, str(tmp_path / f"s{i}"), str(tmp_path / "go")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
+    deadline = time.time() + 120
+    while sum(1 for _ in tmp_path.glob("s*.ready")) < 4 and time.time() < deadline:  # all imported
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-800:] for _, err in outs]
+    assert len({out.strip() for out, _ in outs}) == 1
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == [".mlflow.db.lock", "mlflow.db"]
+
+
+def test_a_file_store_mlflow_refuses_is_not_called_a_permissions_problem(tmp_path, monkeypatch):
+    from automl.tracking import Tracker, TrackingError
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(TrackingError) as err:
+        Tracker((tmp_path / "mlruns").as_uri(), tmp_path, "segformer").client
+    assert "MLFLOW_ALLOW_FILE_STORE=true" in str(err.value) and "sqlite:///" in str(err.value)
+    assert "can create and write" not in str(err.value)
+
+
 def test_a_resume_writes_the_epoch_metrics_a_kill_kept_from_mlflow(tmp_path, monkeypatch):
     """A driver killed with epoch metrics still buffered: the ledger shows the trial FINISHED with
     epochs 1-3, MLflow has epoch 1 only (seen in CI on a PostgreSQL server). The resume's backfill
