@@ -43,6 +43,10 @@ browser:
 # theirs is fixed costs of each process (importing lightning takes 11 s here, starting Ray 5 s), not
 # training. The kill-and-resume tests that once failed under the doubled load hit real races of the
 # driver, since fixed. The slowest tests are listed at the end of the run.
+# --dist worksteal: xdist's default hands out the suite in large chunks, and one worker sat idle while
+# the other ran its last chunk (2026-12-06: one run's --durations=0 replayed through both schedulers
+# gave 1154 s, one worker idle for the last 228 s, and 1041 s; measured back to back on one machine,
+# 1162 s and 1082 s). An idle worker now takes half of the other's queue.
 # PostgreSQL for the team-tracking test (an MLflow tracking server on it): Debian's package where
 # root can apt-get; elsewhere the test skips and says why.
 postgres:
@@ -53,7 +57,7 @@ postgres:
 	  else echo "note: no PostgreSQL and no root apt-get; the team-tracking test will skip"; fi; }
 
 test: install browser postgres
-	$(BIN)/python -m pytest -n 2 --durations=25
+	$(BIN)/python -m pytest -n 2 --dist worksteal --durations=25
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
