@@ -37,10 +37,11 @@ _ALIASES = {"weight_decay": "wd", "batch_size": "bs", "freeze_backbone": "freeze
 
 
 def short_name(key: str) -> str:
-    """``train.optim.weight_decay`` -> ``wd``; ``model.backbone.type`` -> ``backbone``."""
+    """``train.optim.weight_decay`` -> ``wd``; ``model.backbone.type`` -> ``backbone``;
+    ``...random_color.enable`` -> ``random_color`` (runs were named "enable=True": of what?)."""
     parts = key.split(".")
     last = parts[-1]
-    if last == "type" and len(parts) > 1:
+    if last in ("type", "enable") and len(parts) > 1:
         last = parts[-2]
     return _ALIASES.get(last, last)
 

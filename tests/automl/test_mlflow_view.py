@@ -28,6 +28,9 @@ def test_child_runs_are_named_with_their_key_parameters(tmp_path):
     names = [run_name(t) for t in state.trials.values()]
     assert names == ["trial_000 (spec) lr=0.001 wd=0.01", "trial_001 lr=0.000314 wd=0.0002",
                      "trial_002 re-check of trial_001 seed=2"]
+    wide = state.by_name("trial_001")
+    wide.params = {"dataset.segment.augmentation.random_color.enable": True, "model.backbone.type": "mit_b1", **wide.params}
+    assert run_name(wide) == "trial_001 random_color=True backbone=mit_b1 lr=0.000314"
 
 
 def test_the_search_view_lists_its_trials_best_first_and_the_parent_says_which_is_best(tmp_path):
