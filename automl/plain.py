@@ -26,7 +26,7 @@ def run_plain(opts: SearchOptions, skill_name: str, *, echo: Echo = print) -> Se
     tracker = Tracker(opts.tracking.tracking_uri or layout.default_tracking_uri, layout.root,
                       opts.tracking.experiment_name or skill_name)
     run_id = tracker.start_parent("train", {"spec": opts.spec or "", "overrides": list(opts.overrides)},
-                                  {"automl.policy": "off"})
+                                  {"automl.policy": "off", "automl.results_dir": str(layout.root)})
     try:
         result = train_action.run(cfg)
     except BaseException as err:
@@ -35,12 +35,13 @@ def run_plain(opts: SearchOptions, skill_name: str, *, echo: Echo = print) -> Se
         raise
     metric = opts.search.metric
     for record in result.history:
-        # not TAO's fields of the same line (max_epoch is a number, but no metric; the others are text and dicts)
+        # not TAO's fields of the same line (max_epoch is a number, but no metric; the others are text and dicts);
+        # steps are epochs counted from 1, as a search's trial runs log them (status.json counts from 0)
         tracker.log_metrics(run_id, {k: v for k, v in record.items() if k not in ("epoch", "max_epoch")},
-                            step=int(record.get("epoch", 0)))
+                            step=int(record.get("epoch", 0)) + 1)
     validated = result.best_miou is not None
     if validated:
-        tracker.log_metrics(run_id, {f"best_{metric}": float(result.best_miou)}, step=int(result.best_epoch))
+        tracker.log_metrics(run_id, {f"best_{metric}": float(result.best_miou)}, step=int(result.best_epoch) + 1)
     tracker.end_run(run_id, FINISHED)
     # Epochs counted from 1, as the search's summary does; status.json and checkpoint names count from 0.
     best = (f"best {metric}={result.best_miou:.4f} at epoch {result.best_epoch + 1} (status.json's epoch "

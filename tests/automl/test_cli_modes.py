@@ -71,6 +71,11 @@ def _check_plain(out: subprocess.CompletedProcess, results: Path) -> None:
     runs = _runs(results)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert "best_val_miou" in runs[0].data.metrics and "val_miou" in runs[0].data.metrics
+    assert runs[0].data.tags["automl.results_dir"] == str(results)  # as a search's run says where it is
+    from mlflow import MlflowClient
+
+    steps = [m.step for m in MlflowClient(f"sqlite:///{results / 'mlflow.db'}").get_metric_history(runs[0].info.run_id, "val_miou")]
+    assert steps and steps[0] == 1  # epochs from 1, as a search's trial runs
 
 
 def test_policy_off_trains_once_and_tracks_one_run(spec, tmp_path):
