@@ -43,6 +43,7 @@ MODEL_FILE = "model.pth"
 SPEC_FILE = "experiment.yaml"  # in best/: the spec each action runs as written (`chain_spec`)
 ONNX_FILE = "export/segformer.onnx"  # in best/: the export step's output
 MODEL_ARTIFACT_PATH = "model"  # the champion's folder in its trial's MLflow run
+MODEL_TMP_PREFIX = ".automl-mlflow-model-"  # in the results folder while the champion is logged (`_log_model`)
 
 
 def model_name(options: PromotionConfig, skill: str) -> str:
@@ -183,7 +184,11 @@ def _log_model(tracker: Any, record: TrialRecord, best_dir: Path, report: dict[s
     started = time.time()
     report.setdefault("steps", {})
     artifacts = champion_artifacts(best_dir, report)
-    with tempfile.TemporaryDirectory(prefix="automl-mlflow-model-") as tmp:
+    # In the results folder, not TMPDIR: a driver killed here leaves a copy of the weights (tens to hundreds
+    # of MB) that nothing would ever delete; the next promotion in this folder (it holds the folder's lock) does.
+    for stale in best_dir.parent.glob(f"{MODEL_TMP_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=MODEL_TMP_PREFIX, dir=best_dir.parent) as tmp:
         # The model carries the weights without the optimizer state (two thirds of the file, which
         # nothing served reads); best/model.pth and the trial's folder keep the resumable checkpoint.
         try:

@@ -81,7 +81,10 @@ def champion(dataset, tmp_path_factory):
     train.run(base_config(str(spec), OVERRIDES, trial_dir), quiet=True)
     record = _trial(state, tracker, str(trial_dir))
     lines: list[str] = []
+    killed = results / ".automl-mlflow-model-killed" / "weights"  # a driver killed while logging the model left it
+    killed.mkdir(parents=True)
     report = promote(state, record, tracker, PromotionConfig(evaluate=False, trt=False), echo=lines.append)
+    assert not list(results.glob(".automl-mlflow-model-*"))  # that copy and this promotion's: gone
     print(f"train + promote: {time.time() - started:.1f} s")
     assert report["steps"]["export"]["status"] == "done", report
     assert report["steps"]["quantize"]["status"] == "done", report
