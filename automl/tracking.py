@@ -25,8 +25,8 @@ import logging
 import math
 import os
 import time
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from automl.layout import Layout
