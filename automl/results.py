@@ -14,7 +14,9 @@ runs (`automl.state`). ``automl status DIR --json`` prints it, made afresh from 
   ``status``, ``epochs_trained``, ``budget_epochs``;
 - ``baseline``: the spec's own configuration (``rec_id``, ``specs``, ``metric_value``), null without;
 - ``final_evaluation``: ``status`` (done, skipped, pending), ``reason``, ``metric_value`` (the
-  promoted model on the test split), ``baseline_metric_value``, ``split``, ``record_path``;
+  promoted model, best/, on the test split), ``baseline_metric_value`` (the spec's own training),
+  ``metric_value_mean`` and ``baseline_metric_value_mean`` (over each one's trainings: with a
+  re-check, its two seeds), ``trials``, ``baseline_trials``, ``split``, ``record_path``;
 - ``history``: one entry per trial in order: ``rec_id``, ``metric`` (best value, null without one),
   ``status`` (success, failure, running, pending, killed; infeasible: over the latency limit,
   trained nothing), ``specs``, ``epochs``, and ours:
@@ -60,14 +62,25 @@ def _entry(state: "SearchState", record: "TrialRecord | None") -> dict[str, Any]
 def _final(state: "SearchState") -> dict[str, Any]:
     final = state.final_evaluation
     if not final:
+        if state.status == "FAILED":  # ended with no trial to promote: nothing will be scored
+            return {"status": "skipped", "reason": "no trial has a result to promote", "metric_value": None}
+        if state.status == "FINISHED":
+            return {"status": "skipped", "reason": "not asked for (--skip-evaluate or --no-promote)", "metric_value": None}
         return {"status": "pending", "reason": "the search has not reached its final evaluation", "metric_value": None}
     if "skipped" in final:
         return {"status": "skipped", "reason": str(final["skipped"]), "metric_value": None}
     promoted, baseline = final.get("promoted") or {}, final.get("baseline") or {}
-    return {"status": "done", "reason": f"the promoted model and the baseline on the untouched {final.get('split', 'test')} "
-                                        "split, each the mean over its trainings",
-            "metric_value": promoted.get("mean"), "baseline_metric_value": baseline.get("mean"),
-            "split": final.get("split"), "trials": promoted.get("trials"),
+    scores = final.get("test_miou") or {}
+
+    def own(group: dict[str, Any]) -> float | None:  # the group's first training: best/ (the promoted), trial_000
+        return scores.get((group.get("trials") or [None])[0])
+
+    return {"status": "done", "reason": f"the promoted model (best/) and the baseline (the spec's own training) on the "
+                                        f"untouched {final.get('split', 'test')} split; the means are over each one's "
+                                        "trainings (the re-check's seeds)",
+            "metric_value": own(promoted), "baseline_metric_value": own(baseline),
+            "metric_value_mean": promoted.get("mean"), "baseline_metric_value_mean": baseline.get("mean"),
+            "split": final.get("split"), "trials": promoted.get("trials"), "baseline_trials": baseline.get("trials"),
             "record_path": str(Layout.of(state.results_dir).root / "final_evaluation")}
 
 

@@ -48,3 +48,28 @@ def test_a_results_file_that_cannot_be_written_does_not_cost_the_ledger(tmp_path
     (tmp_path / "results.json").mkdir()  # in the way
     state.save()
     assert SearchState.load(tmp_path).algorithm == "bayesian"
+
+
+def test_the_final_evaluation_is_the_promoted_models_own_score_and_an_ended_search_is_not_pending(tmp_path: Path) -> None:
+    """metric_value is the model best/ holds (MLflow's test_miou_promoted), not the mean over its
+    configuration's two seeds (0.06 apart on a tiny search); a search that ended without a final
+    evaluation says why instead of 'pending', on which a TAO-style poller waits for ever."""
+    from automl.results import tao_results
+
+    state = SearchState(results_dir=str(tmp_path), skill="segformer", algorithm="bayesian", metric="val_miou", mode="max",
+                        settings={})
+    state.final_evaluation = {"split": "test", "metric": "miou",
+                              "promoted": {"trials": ["trial_004", "trial_001"], "test_miou": [0.375, 0.502], "mean": 0.4385},
+                              "baseline": {"trials": ["trial_000", "trial_005"], "test_miou": [0.313, 0.19], "mean": 0.2515},
+                              "test_miou": {"trial_004": 0.375, "trial_001": 0.502, "trial_000": 0.313, "trial_005": 0.19}}
+    final = tao_results(state)["final_evaluation"]
+    assert (final["status"], final["metric_value"], final["baseline_metric_value"]) == ("done", 0.375, 0.313)
+    assert (final["metric_value_mean"], final["baseline_metric_value_mean"]) == (0.4385, 0.2515)
+    assert final["trials"] == ["trial_004", "trial_001"] and final["baseline_trials"] == ["trial_000", "trial_005"]
+    state.final_evaluation = None
+    assert tao_results(state)["final_evaluation"]["status"] == "pending"  # still searching
+    state.status = "FAILED"  # every trial failed
+    assert tao_results(state)["final_evaluation"] == {"status": "skipped", "reason": "no trial has a result to promote",
+                                                      "metric_value": None}
+    state.status = FINISHED  # --skip-evaluate
+    assert tao_results(state)["final_evaluation"]["status"] == "skipped"
