@@ -189,8 +189,10 @@ def print_status(results_dir: str | Path, watch: float | None = None, echo: Call
     """`automl status`: the table once, or refreshed every `watch` seconds until the search ends.
     Over STATUS_ROWS trials: the running ones and the best, unless `everything` (--all)."""
     while True:
-        if watch and starting(results_dir):
+        if starting(results_dir):
             echo(f"automl: the search in {results_dir} is starting (its driver checks the data and starts Ray)")
+            if not watch:
+                return 0
             time.sleep(watch)
             continue
         state = SearchState.load(results_dir)
@@ -200,9 +202,12 @@ def print_status(results_dir: str | Path, watch: float | None = None, echo: Call
             echo(("\x1b[2J\x1b[H" if sys.stdout.isatty() else "") + time.strftime("%H:%M:%S"))
         limit = None if everything or len(state.trials) <= STATUS_ROWS else STATUS_ROWS
         echo(format_table(state, limit=limit, show_errors=True))
-        if recorded != state.status:
-            echo(f"automl: no driver is running this search (it was killed, or its machine stopped); continue it with: "
-                 f"automl resume {shlex.quote(str(results_dir))}")
+        if state.status == "INTERRUPTED":
+            why = ("no driver is running this search (it was killed, or its machine stopped)" if recorded == RUNNING
+                   else "the search was stopped (Ctrl-C or SIGTERM)")
+            echo(f"automl: {why}; continue it with: automl resume {shlex.quote(str(results_dir))}")
+        elif recorded != state.status:
+            echo("automl: a driver is resuming this search (its table is rewritten once Ray has started)")
         if not watch:
             return 0
         if state.status != "RUNNING":  # --watch tells a script how the search ended

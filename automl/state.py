@@ -127,9 +127,13 @@ def starting(results_dir: str | Path) -> bool:
 
 def observed(state: "SearchState") -> "SearchState":
     """`state` as it is: a search whose file says RUNNING but whose driver holds no lock was killed
-    (SIGKILL, a lost machine) and says INTERRUPTED, which `automl resume` continues."""
+    (SIGKILL, a lost machine) and says INTERRUPTED, which `automl resume` continues; one whose file
+    says INTERRUPTED while a driver holds the lock is being resumed (the resume rewrites the file
+    once Ray has started, seconds later) and says RUNNING."""
     if state.status == RUNNING and driver_running(state.results_dir) is False:
         state.status = "INTERRUPTED"
+    elif state.status == "INTERRUPTED" and driver_running(state.results_dir):
+        state.status = RUNNING
     return state
 
 

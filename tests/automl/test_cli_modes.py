@@ -370,6 +370,30 @@ def test_status_of_a_search_whose_driver_was_killed_says_so_and_the_watch_ends(t
     assert SearchState.load(results).status == "RUNNING"  # looking changes nothing
 
 
+def test_status_of_a_stopped_search_says_how_to_go_on_and_a_resume_under_way_is_running(tmp_path):
+    """After a Ctrl-C the table alone gave no hint how to continue; while `automl resume` started Ray
+    (seconds) the search still said interrupted, and `--watch` ended with 1 beside a resume that went on.
+    A search being started: said, not an error (rc 2)."""
+    from automl.console import print_status
+    from automl.runner import one_driver
+    from automl.state import SearchState
+
+    results = tmp_path / "search"
+    with one_driver(results):
+        lines: list[str] = []
+        assert print_status(results, echo=lines.append) == 0
+        assert lines == [f"automl: the search in {results} is starting (its driver checks the data and starts Ray)"]
+        SearchState(results_dir=str(results), skill="segformer", algorithm="random", metric="val_miou", mode="max",
+                    settings={}, status="INTERRUPTED").save()
+        lines = []
+        assert print_status(results, echo=lines.append) == 0  # the resume holds the folder
+        assert "(running)" in lines[0] and lines[-1].startswith("automl: a driver is resuming this search"), lines
+    lines = []
+    assert print_status(results, watch=0.01, echo=lines.append) == 1
+    assert "(interrupted)" in lines[1]
+    assert lines[-1] == f"automl: the search was stopped (Ctrl-C or SIGTERM); continue it with: automl resume {results}"
+
+
 def test_a_status_read_by_a_reader_that_stops_early_ends_quietly(tmp_path):
     """`automl status DIR --all | head -1`: the reader closes the pipe; that is no folder problem (it
     was reported as one, with advice about permissions): the command ends with the shell's 141, silent."""
