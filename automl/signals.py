@@ -174,8 +174,18 @@ def interrupt_on_sigterm(stuck: Callable[[], None] | None = None, grace: float =
     with exit code 130 (`_Watchdog`). Only the first signal raises; one that comes while the block
     is being closed is raised once the previous handlers are back."""
     previous_term, previous_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    previous_hook = sys.unraisablehook
     dog = None
     _TAKEN.clear()  # (a KeyboardInterrupt that ended an earlier block was not swallowed)
+
+    def unraisable(info: Any) -> None:
+        # Our interrupt raised in a weakref callback or a `__del__` (SQLAlchemy's, during promotion):
+        # Python printed "Exception ignored in ..." with a traceback above the interrupted message;
+        # `raise_if_swallowed` raises it where the code goes on, so it is not printed.
+        if not (issubclass(info.exc_type, KeyboardInterrupt) and _TAKEN.get("signal")):
+            previous_hook(info)
+
+    sys.unraisablehook = unraisable
     try:
         if stuck is not None:
             dog = _Watchdog(stuck, grace, deadline)
@@ -192,6 +202,7 @@ def interrupt_on_sigterm(stuck: Callable[[], None] | None = None, grace: float =
         finally:
             signal.signal(signal.SIGTERM, previous_term)
             signal.signal(signal.SIGINT, previous_int)
+            sys.unraisablehook = previous_hook
             _TAKEN.clear()
         if dog is not None and dog.pending:
             raise KeyboardInterrupt
