@@ -48,10 +48,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from automl.console import gain_words, no_recheck_reason, recheck_role, trial_rows
+from automl.console import error_line, gain_words, no_recheck_reason, recheck_role, trial_rows
 from automl.finals import size_note
 from automl.layout import Layout, trial_number
-from automl.state import FINISHED, KILLED, STOPPED, SearchState, TrialRecord
+from automl.state import FAILED, FINISHED, KILLED, STOPPED, SearchState, TrialRecord
 from segformer.fileio import atomic_write_text, staging_dir
 from segformer.text import count, fmt
 
@@ -62,6 +62,7 @@ OVERLAY_IMAGES = 3  # validation images the overlays show
 ENDED = (FINISHED, STOPPED, KILLED)  # trials whose result counts (`automl.state`)
 MANY_POINTS = 300  # trials from which the plots' markers and lines are thinned (`_thin`)
 REPORT_ROWS = 100  # trial table rows of the report; every trial is in trials.csv
+FAILED_ROWS = 20  # failed trials whose error the report shows
 TRIALS_CSV = "trials.csv"
 
 # ------------------------------------------------------------------------------ the document
@@ -285,7 +286,10 @@ def importance(state: SearchState, ledger: LedgerStudy | None = None) -> Importa
     ledger = ledger or ledger_study(state)
     n = ledger.completed
     if n < MIN_IMPORTANCE_TRIALS:
-        return Importance(trials=n, skipped=f"{n} trial(s) have a result; an importance needs at least {MIN_IMPORTANCE_TRIALS}")
+        rechecks = sum(1 for t in state.trials.values() if t.recheck_of)
+        left_out = f", besides {count(rechecks, 're-check')} (trained again on another seed, not ranked)" if rechecks else ""
+        return Importance(trials=n, skipped=f"{n} search trial(s) have a result{left_out}; an importance needs "
+                                            f"at least {MIN_IMPORTANCE_TRIALS}")
     if len(ledger.varying) < 2:
         which = f"only one parameter (`{ledger.varying[0]}`)" if ledger.varying else "no parameter"
         return Importance(trials=n, skipped=f"{which} varied among the trials with a result; an importance compares "
@@ -347,9 +351,10 @@ def _thin(fig: Any, points: int) -> None:
 
 
 def _optuna_plot(folder: Path, name: str, draw: Any, *args: Any, size: tuple[float, float] | None = None,
-                 title: str | None = None, points: int = 0, whole_x: bool = False, **kwargs: Any) -> str | None:
+                 title: str | None = None, points: int = 0, whole_x: bool = False, lines_seen: bool = False,
+                 **kwargs: Any) -> str | None:
     """One of Optuna's matplotlib plots as `name` (its style change undone afterwards; thinned for
-    many `points`, see `_thin`); None if it cannot be drawn."""
+    many `points`, see `_thin`; `lines_seen`: see `_lines_seen`); None if it cannot be drawn."""
     import matplotlib
     import numpy as np
 
@@ -368,8 +373,38 @@ def _optuna_plot(folder: Path, name: str, draw: Any, *args: Any, size: tuple[flo
             from matplotlib.ticker import MaxNLocator
 
             first.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if lines_seen:
+            _lines_seen(fig, first)
         _thin(fig, points)
         return _save(fig, folder, name)
+
+
+def _lines_seen(fig: Any, ax: Any) -> None:
+    """Optuna's parallel coordinates colour the worst trial white on white (the low end of "Blues"),
+    and the best runs along the frame's top edge: with a few trials the plot looked empty. The
+    colours start at a light blue, and every axis (the objective's and each parameter's twin, which
+    must keep one scale) gets a margin."""
+    import matplotlib
+    import numpy as np
+    from matplotlib.collections import LineCollection
+    from matplotlib.colors import LinearSegmentedColormap
+
+    for collection in ax.collections:
+        if isinstance(collection, LineCollection) and collection.get_cmap() is not None:
+            blues = matplotlib.colormaps[collection.get_cmap().name]
+            low, high = (0.35, 1.0) if not collection.get_cmap().name.endswith("_r") else (0.0, 0.65)
+            collection.set_cmap(LinearSegmentedColormap.from_list("blues_seen", blues(np.linspace(low, high, 256))))
+    for axis in fig.axes:
+        if axis.get_label() == "<colorbar>":
+            continue
+        lo, hi = axis.get_ylim()
+        if axis.get_yscale() == "log":  # (a log-scaled parameter: the same margin on its log scale)
+            lo, hi = math.log10(lo), math.log10(hi)
+            pad = 0.04 * (hi - lo)
+            axis.set_ylim(10 ** (lo - pad), 10 ** (hi + pad))
+        else:
+            pad = 0.04 * (hi - lo)
+            axis.set_ylim(lo - pad, hi + pad)
 
 
 def _study_plots(state: SearchState, ledger: LedgerStudy, imp: Importance, folder: Path) -> dict[str, str]:
@@ -389,7 +424,7 @@ def _study_plots(state: SearchState, ledger: LedgerStudy, imp: Importance, folde
                                            size=(7, 0.45 * len(imp.values) + 1.6))
     if ledger.varying and ledger.completed >= 2:
         drawn["parallel"] = _optuna_plot(folder, "parallel.png", ovm.plot_parallel_coordinate, ledger.study,
-                                         params=ledger.varying, target_name=metric, points=n,
+                                         params=ledger.varying, target_name=metric, points=n, lines_seen=True,
                                          size=(max(7, 1.5 * len(ledger.varying) + 2), 4.5))
         drawn["slice"] = _optuna_plot(folder, "slice.png", ovm.plot_slice, ledger.study, params=ledger.varying,
                                       target_name=metric, size=(min(3.2 * len(ledger.varying) + 1.5, 18), 3.6), points=n)
@@ -772,7 +807,8 @@ _CAPTIONS = {
     "parallel": "Parallel coordinates (Optuna): the varying parameters, coloured by the best value",
     "slice": "Slice plot (Optuna): the best value against each varying parameter",
     "contour": "Contour plot (Optuna) of the two most important parameters",
-    "learning_curves": f"Learning curves: the metric per epoch of the {LEADING} best trials and the baseline (dashed)",
+    "learning_curves": f"Learning curves: the metric per epoch of the best trials (up to {LEADING}) and the baseline "
+                       "(dashed)",
 }
 
 
@@ -791,9 +827,22 @@ def _trial_blocks(state: SearchState) -> list[Block]:
                                     f"is in `{TRIALS_CSV}` next to this report."), Table(header, rows)]
 
 
+def _failure_blocks(state: SearchState) -> list[Block]:
+    """Why trials failed (each error's last line; `automl status` and the ledger keep the tracebacks)."""
+    failed = [t for t in _by_name(state) if t.status == FAILED]
+    if not failed:
+        return []
+    shown = failed[:FAILED_ROWS]
+    more = f" The first {len(shown)} of {len(failed)} are listed." if len(failed) > len(shown) else ""
+    return [Heading("Failed trials"),
+            Para(f"What ended each one (the last line of its error; the whole traceback is the trial's `error` in "
+                 f"`automl_state.json`).{more}"),
+            Table(["trial", "error"], [[t.name, error_line(t.error)] for t in shown])]
+
+
 def document(state: SearchState, plots: dict[str, str], imp: Importance, overlay: Overlays) -> list[Block]:
     return [*_summary(state), *_comparison(state, plots), *_recheck(state), *_pareto_blocks(state, plots),
-            *_promotion(state), *_overlay_blocks(overlay), *_trial_blocks(state),
+            *_promotion(state), *_overlay_blocks(overlay), *_trial_blocks(state), *_failure_blocks(state),
             *_importance_blocks(state, imp, plots), *_search_plots(plots)]
 
 

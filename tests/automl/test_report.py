@@ -182,12 +182,16 @@ def test_baseline_vs_best_with_a_recheck_shows_the_gain_and_its_noise(tmp_path: 
     assert f"the gain is {r['recheck_gain']:+.4f}" in report and r["reason"] in report
 
 
-@pytest.mark.parametrize("trials, reason", [(3, "3 trial(s) have a result; an importance needs at least 4"),
+@pytest.mark.parametrize("trials, reason", [(3, "3 search trial(s) have a result, besides 1 re-check (trained again on "
+                                                "another seed, not ranked); an importance needs at least 4"),
                                             (6, "only one parameter (`train.optim.lr`) varied")])
 def test_importance_is_skipped_with_its_reason(tmp_path: Path, trials: int, reason: str) -> None:
+    """... and says why where the top of the report counts more trials finished (the re-checks)."""
     from automl.report import write_report
 
     state = _ledger(tmp_path, trials)
+    if trials == 3:
+        _add(state, 3, state.trials["id1"].params, 0.4, recheck_of="trial_001")
     if trials == 6:  # only the learning rate varies
         for record in state.trials.values():
             record.params[MOMENTUM], record.params[FREEZE] = 0.9, False
@@ -289,3 +293,40 @@ def test_when_the_baseline_led_the_report_calls_the_other_trial_the_runner_up(tm
     state.recheck["baseline_led"] = False
     table = write_report(state).read_text().split("## Final evaluation", 1)[1]
     assert table.count("trial_001, trial_003") == 1, table
+
+
+def test_the_report_of_failed_trials_says_what_ended_them(tmp_path: Path) -> None:
+    """A search whose trials all failed had a report of FAILED rows and no word of why (the console and
+    `automl status` said it)."""
+    from automl.report import write_report
+
+    state = SearchState(results_dir=str(tmp_path), skill="segformer", algorithm="bayesian", metric="val_miou", mode="max",
+                        settings={})
+    for i in range(3):
+        record = _add(state, i, {LR: 10.0 ** -(i + 3)}, 0.0, baseline=i == 0, status=FAILED, epochs=0)
+        record.error = f"Traceback (most recent call last):\n  ...\nOSError: cannot identify image file 'val_{i}.jpg'\n"
+    report = write_report(state).read_text()
+    section = report.split("## Failed trials", 1)[1].split("\n## ", 1)[0]
+    assert "| trial_002 | OSError: cannot identify image file 'val_2.jpg' |" in section, section
+
+
+def test_every_trial_shows_in_the_parallel_coordinates(tmp_path: Path) -> None:
+    """Optuna drew the worst trial white on white and the best along the frame's top edge: with 2 or 3
+    trials the plot looked empty."""
+    import numpy as np
+    from matplotlib.collections import LineCollection
+    from optuna.visualization.matplotlib import plot_parallel_coordinate
+
+    from automl.report import _lines_seen, _pyplot, ledger_study
+
+    ledger = ledger_study(_ledger(tmp_path, 3))
+    with _pyplot() as plt:
+        ax = plot_parallel_coordinate(ledger.study, params=ledger.varying)
+        plt.close(ax.figure)  # (drawn into and read all the same)
+        _lines_seen(ax.figure, ax)
+        lines = next(c for c in ax.collections if isinstance(c, LineCollection))
+        colours = lines.get_cmap()(lines.norm(np.asarray(lines.get_array())))
+        assert colours[:, :3].sum(axis=1).max() < 2.6  # none near white (3.0)
+        low, high = ax.get_ylim()
+        ys = np.concatenate([segment[:, 1] for segment in lines.get_segments()])
+        assert low < ys.min() and ys.max() < high  # none on the frame
