@@ -98,11 +98,12 @@ class LiveSearch:
         total = self.state.budget_epochs() or 0
         if left is None or done - self.pace.start[1] < 2 or done / max(1, total) < self._next:
             return
-        # The pace's own window (from this driver's first epoch report), said as such: "10/100 epochs in
-        # 6 s" read as the search's whole time, beside progress lines counting from the driver's start.
-        elapsed, measured = time.time() - self.pace.start[0], done - self.pace.start[1]
+        # Epochs this driver trained, since its trials started (after Ray's start; a resume's own, not the
+        # search's whole time). Not the pace's window, which starts at the first epoch reported and so
+        # left that epoch out of "3 trained" ("2 trained in the last 0 s").
+        elapsed, measured = time.time() - self.started, done - self.epochs_at_start
         resumed = " since the resume" if self.epochs_at_start else ""
-        self.echo(f"automl: budget {done}/{total} epochs ({measured} trained in the last {span(elapsed)}{resumed}); "
+        self.echo(f"automl: budget {done}/{total} epochs ({measured} trained in {span(elapsed)}{resumed}); "
                   f"about {span(left)} left at this pace")
         self._next = (int(done / max(1, total) * 10) + 1) / 10
 

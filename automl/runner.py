@@ -513,7 +513,8 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, session: Any, *,
         except KeyboardInterrupt:
             _interrupted(opts, state, tracker, echo)
             raise
-    echo(f"automl: search done in {time.time() - started:.1f} s")
+    # since the trials started (after the data check and Ray's start, which the live view's "(30 s in)" counts)
+    echo(f"automl: trials done in {time.time() - started:.1f} s")
     stop_reason, budget, ran_out = "", opts.search.time_budget_s, search.out_of_time()
     failed, limit = state.counts().get(FAILED, 0), opts.resources.max_failed_trials
     if limit is not None and failed >= limit:

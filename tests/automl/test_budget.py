@@ -528,8 +528,9 @@ def test_a_budgeted_search_keeps_its_budget_and_rechecks(budget_search) -> None:
     assert counted == state.epochs_trained() <= 20
     assert any("budget 20 epochs (5 trainings of 4 epochs; 8 of the epochs for the re-check)" in line for line in lines)
     assert "automl: dataset read: 8/4/4 train/val/test image/mask pairs, no problem found" in lines  # before any trial
-    assert any(re.match(r"automl: budget \d+/20 epochs \(\d+ trained in the last \d+ s\); about .* left at this pace", line)
-               for line in lines), lines
+    said = [re.match(r"automl: budget (\d+)/20 epochs \((\d+) trained in \d+ s\); about .* left at this pace", line)
+            for line in lines]
+    assert any(said) and all(m[1] == m[2] for m in said if m), lines  # a fresh search: all of them this driver's
     assert not any("since the resume" in line for line in lines)  # a fresh search, not a resumed one
     baseline = state.baseline()
     assert baseline.epochs_trained == 4  # the reference always trains in full
