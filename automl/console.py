@@ -236,7 +236,8 @@ class LiveTable:
 def error_line(error: str | None) -> str:
     """The line of a recorded traceback that says what went wrong (its last non-empty line)."""
     lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
-    return (lines[-1] if lines else "no error recorded")[:300]
+    # (of a message of several items, "- the last one" without its bullet)
+    return (lines[-1].removeprefix("- ") if lines else "no error recorded")[:300]
 
 
 def summary(state: SearchState) -> str:
@@ -244,7 +245,6 @@ def summary(state: SearchState) -> str:
     best, baseline = state.best(), state.baseline()
     lines = [f"automl: {count(len(state.trials), 'trial')} ({counts_text(state)})"
              + (f"; {state.ended}" if state.ended else "")]
-    lines += [f"  failed   {t.name}: {error_line(t.error)}" for t in state.trials.values() if t.status == FAILED]
     over = [t for t in state.trials.values() if t.infeasible]
     limit = (state.settings.get("search") or {}).get("max_latency_ms")
     if over:
@@ -258,7 +258,8 @@ def summary(state: SearchState) -> str:
                      f"smaller structures (--backbones, --img-sizes, --embed-dims, --precisions int8)")
     elif best is None:
         failed = any(t.status == FAILED for t in state.trials.values())
-        lines.append("automl: no trial produced a result; " + ("see `automl status` for the errors" if failed else
+        lines.append("automl: no trial produced a result; " + (f"the errors are above the summary (every one: automl "
+                                                               f"status {shlex.quote(str(state.results_dir))})" if failed else
                                                                "none failed: the search ended before any reported an epoch"))
     else:
         changed = {k: v for k, v in best.params.items() if baseline is None or baseline.params.get(k) != v}

@@ -532,7 +532,7 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, session: Any, *,
         # Ray's trial count for the budget (`automl.algorithms._budget_plan`) ran out on failures
         echo(f"automl: the search ended with {left} of its "
              f"{state.budget_epochs()} budget epochs unspent: {failed} of its {len(state.trials)} trials failed, and a "
-             f"budget starts only so many trials, failed ones included; see the errors below")
+             f"budget's plan starts only so many trials, failed ones included; see the errors below")
     # Trials Ray stops for the whole search (failure limit, time budget) get no end event: KILLED here.
     reason = (f"stopped: the time budget of {budget:g} s ran out" if ran_out
               else f"stopped: {stop_reason}" if stop_reason else "interrupted: the driver stopped while this trial ran")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from automl.state import COMPACT_MIN, FINISHED, SearchState, TrialRecord
+from automl.state import COMPACT_MIN, FAILED, FINISHED, SearchState, TrialRecord
 
 
 def _state(root: Path) -> SearchState:
@@ -108,6 +108,21 @@ def test_status_of_a_big_search_shows_the_running_trials_and_the_best(tmp_path, 
     assert "4960 more trials" in out and "--all" in out
     assert main(["status", str(tmp_path), "--all"]) == 0
     assert sum(line.startswith("trial_") for line in capsys.readouterr().out.splitlines()) == 5000
+
+
+def test_a_search_whose_trials_all_failed_says_each_error_once(tmp_path):
+    """The errors were listed under the final table and again as 'failed trial_00N:' lines in the summary,
+    each starting with the bullet of the message's last item ('- ...')."""
+    from automl.console import format_table, summary
+
+    state = _state(tmp_path)
+    for i in range(3):
+        record = _trial(state, i)
+        record.status, record.error = FAILED, f"SearchError: the data is not usable:\n- val_{i}.jpg cannot be read"
+    shown = format_table(state, limit=20, show_errors=True) + "\n" + summary(state)
+    assert [line.strip() for line in shown.splitlines() if "cannot be read" in line] == [
+        f"trial_{i:03d}: val_{i}.jpg cannot be read" for i in range(3)]
+    assert f"the errors are above the summary (every one: automl status {tmp_path})" in shown
 
 
 def test_a_summary_says_when_no_recheck_backs_the_promoted_lead(tmp_path):
