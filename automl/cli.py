@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -106,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true",
                         help="the search as TAO's AutoML runner returns it (best, progress, baseline, final_evaluation, "
                              "history, pareto_front; results.json)")
+
+    report = sub.add_parser("report", help="write the report of a search that did not end (killed, interrupted) now")
+    report.add_argument("results_dir")
 
     ui = sub.add_parser("ui", help="open the MLflow UI of a search on 127.0.0.1")
     ui.add_argument("results_dir")
@@ -248,6 +252,21 @@ def _port_in_use(host: str, port: int) -> str:
     return ""
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    """`automl report DIR`: the report a search writes when it ends, of one that did not (a killed
+    driver, a Ctrl-C, a search cut by its machine), from its ledger; refused while a driver runs it."""
+    from automl.report import write_report
+    from automl.state import SearchState, driver_running, observed
+
+    if driver_running(args.results_dir):
+        print(f"automl report: a driver is running the search in {args.results_dir}; it writes the report when it "
+              f"ends (automl status {shlex.quote(str(args.results_dir))} shows the trials now)", file=sys.stderr)
+        return 2
+    path = write_report(observed(SearchState.load(args.results_dir)))
+    print(f"automl: report of the search as it stands: {path} ({path.with_suffix('.html').name} beside it)")
+    return 0
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     from automl.state import SearchState
 
@@ -327,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from automl.console import print_status
 
             return print_status(args.results_dir, watch=args.watch, everything=args.everything)
+        if args.command == "report":
+            return _cmd_report(args)
         if args.command == "ui":
             return _cmd_ui(args)
     except KeyboardInterrupt:

@@ -1,7 +1,7 @@
 """The search report: ``report/report.md``, the same as a self-contained ``report/report.html``, and its PNG plots.
 
 Made from the state file (`automl.state`) and, for the overlays only, the two models' checkpoints
-and the validation split. It works after a search and after a killed driver.
+and the validation split. It works after a search and after a killed driver (`automl report DIR`).
 
 The Optuna part: an in-memory Optuna study is rebuilt from the ledger (:func:`ledger_study`), one
 Optuna trial per trial in the order of their names; the trials that ended with a result (finished,

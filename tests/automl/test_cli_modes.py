@@ -394,6 +394,30 @@ def test_status_of_a_stopped_search_says_how_to_go_on_and_a_resume_under_way_is_
     assert lines[-1] == f"automl: the search was stopped (Ctrl-C or SIGTERM); continue it with: automl resume {results}"
 
 
+def test_the_report_of_a_search_that_did_not_end_is_made_on_demand(tmp_path, capsys):
+    """A killed or interrupted search had no report, and no command made one."""
+    from automl.cli import main
+    from automl.runner import one_driver
+    from automl.state import FINISHED, SearchState, TrialRecord
+
+    results = tmp_path / "search"
+    with one_driver(results):
+        state = SearchState(results_dir=str(results), skill="segformer", algorithm="random", metric="val_miou", mode="max",
+                            settings={}, status="INTERRUPTED")
+        for i, value in enumerate((0.5, 0.6)):
+            record = TrialRecord(trial_id=f"t{i}", name=f"trial_{i:03d}", params={"train.optim.lr": 10.0 ** -(i + 3)},
+                                 status=FINISHED, is_baseline=i == 0)
+            state.record_result(record, {"epoch": 1, "val_miou": value})
+            state.trials[record.trial_id] = record
+        state.save()
+        assert main(["report", str(results)]) == 2  # its driver may still write one
+        assert "a driver is running the search" in capsys.readouterr().err
+    assert main(["report", str(results)]) == 0
+    assert f"automl: report of the search as it stands: {results / 'report' / 'report.md'}" in capsys.readouterr().out
+    text = (results / "report" / "report.md").read_text()
+    assert "trial_001" in text and (results / "report" / "report.html").is_file()
+
+
 def test_a_status_read_by_a_reader_that_stops_early_ends_quietly(tmp_path):
     """`automl status DIR --all | head -1`: the reader closes the pipe; that is no folder problem (it
     was reported as one, with advice about permissions): the command ends with the shell's 141, silent."""
