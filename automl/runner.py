@@ -63,7 +63,11 @@ def run(opts: SearchOptions, *, echo: Echo = print, dry_run: bool = False, live:
     `progress`: the live view (`automl.progress`); `live`: also a line per trial event."""
     from automl.probe import check_tracking_uri
     from automl.skill import load_skill, resolve_policy
+    from segformer.remote import is_url, redacted
 
+    if is_url(opts.results_dir):  # (a local folder named "s3:" was made, and the search "finished" there)
+        raise SearchError(f"the search folder {redacted(opts.results_dir)} is a URL: searches write to local folders only; "
+                          f"give --results-dir a local path (copy the results afterwards, e.g. aws s3 sync)")
     opts = opts.with_values(results_dir=str(Layout.of(opts.results_dir).root))
     skill = load_skill(skill=None if opts.skill_dir else opts.skill, skill_dir=opts.skill_dir)
     decision = resolve_policy(skill, opts.policy)
@@ -292,6 +296,11 @@ def _absolute_inputs(opts: SearchOptions) -> SearchOptions:
 def _spec_path(opts: SearchOptions, skill: Any) -> str | None:
     """The spec every trial starts from: -e, else the skill's train template (None: defaults only)."""
     if opts.spec:
+        from segformer.remote import is_url, redacted
+
+        if is_url(opts.spec):
+            raise SearchError(f"spec file -e {redacted(opts.spec)} is a URL: the spec is read from a local file (its "
+                              f"dataset, checkpoints and weights may be URLs); copy it here first")
         path = Path(opts.spec).expanduser().resolve()
         if path.is_dir():
             raise SearchError(f"spec file -e {opts.spec} is a folder; give the YAML file in it")

@@ -143,3 +143,12 @@ def test_synth_size_is_one_its_spec_trains_at(tmp_path):
     with pytest.raises(DataError, match=r"--size must be >= 32 pixels \(its spec's dataset.segment.img_size\), got 20"):
         generate(tmp_path / "x", size=20)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_url_out_is_refused_not_made_a_local_folder(tmp_path, monkeypatch, capsys):
+    """--out s3://bkt/synth wrote into ./s3:/bkt/synth."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as ended:
+        main(["synth", "--out", "s3://bkt/synth"])
+    assert ended.value.code == 2 and "--out s3://bkt/synth is a URL" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

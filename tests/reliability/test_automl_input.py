@@ -108,6 +108,16 @@ def test_spec_folder_given_to_automl(tmp_path):
     _clean(outcome, ["spec.yaml", "is a folder"])
 
 
+def test_urls_where_automl_needs_local_files(dataset, tmp_path):
+    """--results-dir s3://... wrote the whole search into a local folder named "s3:" and exited 0; a spec
+    given as a URL was said not to exist. Each is one message, and nothing is written."""
+    for args, expected in ((["-e", str(dataset / "spec.yaml"), "--results-dir", "s3://bkt/runs"], "the search folder s3://bkt/runs is a URL"),
+                           (["-e", "s3://bkt/spec.yaml", "--results-dir", str(tmp_path / "r")], "-e s3://bkt/spec.yaml is a URL")):
+        outcome = run_subprocess("automl", ["run", "--skill", "segformer", *args, "--dry-run"], cwd=tmp_path, timeout=90)
+        _clean(outcome, [expected])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_corrupt_schema_in_a_skill_folder(dataset, tmp_path):
     """Present but not JSON: an error naming the file and where it breaks, not a plain training with exit 0."""
     skill = tmp_path / "tao-skill-segformer"

@@ -158,6 +158,10 @@ def b_spec_folder(c):
     return ["-e", str(folder)], ["spec_folder.yaml", "is a folder"]
 
 
+def b_spec_url(c):  # was "spec file 's3:/bkt/spec.yaml' does not exist"
+    return ["-e", "s3://bkt/spec.yaml"], ["'s3://bkt/spec.yaml'", "is a URL", "local file"]
+
+
 def b_spec_duplicate_key(c):
     path = write_spec(c, "train:\n  num_epochs: 2\n  seed: 1\n  num_epochs: 3\n")
     return ["-e", str(path)], ["bad_spec.yaml", "'num_epochs'", "lines 2 and 4"]
@@ -500,6 +504,7 @@ CASES = [
     Case("spec_binary_garbage", "train", b_spec_binary, subprocess=True),
     Case("spec_utf16", "train", b_spec_utf16),
     Case("spec_is_a_folder", "train", b_spec_folder, subprocess=True),
+    Case("spec_is_a_url", "train", b_spec_url),
     Case("spec_duplicate_key", "train", b_spec_duplicate_key),
     Case("spec_duplicate_section", "train", b_spec_duplicate_section),
     Case("spec_recursive_alias", "train", b_spec_recursive_alias),
