@@ -104,9 +104,10 @@ _QUERY = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s?#'\"]*)[?#][^\s'\"]*") 
 _MANIFEST = "manifest.json"
 _SIDE = "side.json"  # an ONNX model's external-data files: {location: version}
 _DATA = "data"
-# Fields of an fsspec info dict that change when the content changes, by backend.
-_VERSION_FIELDS = ("ETag", "etag", "md5Hash", "content_md5", "LastModified", "last_modified", "mtime", "updated",
-                   "generation", "Last-Modified", "Digest", "Content-MD5")
+# Fields of an fsspec info dict that change when the content changes, by backend: a hash of the content
+# where the backend gives one (an identical object uploaded again is the same version), else times.
+_CONTENT_FIELDS = ("ETag", "etag", "md5Hash", "content_md5", "Digest", "Content-MD5")
+_TIME_FIELDS = ("LastModified", "last_modified", "mtime", "updated", "generation", "Last-Modified")
 
 # Local copy -> the URL it was fetched from, in this process (see `as_given`).
 _AS_GIVEN: dict[str, str] = {}
@@ -238,7 +239,10 @@ def fetch(url: str, key: str, kind: str) -> Path:
     try:
         listing, single = _listing(fs, path, shown, key, kind, protocol)
     except Exception as exc:  # noqa: BLE001 - the backends' errors have no common base
-        cached = None if isinstance(exc, (ConfigError, FileNotFoundError)) else _newest_copy(home)
+        # An old copy stands in for storage that cannot be reached (offline), not for one that answered:
+        # refused credentials are the user's to fix, and a copy could be another account's data.
+        answered = isinstance(exc, (ConfigError, FileNotFoundError)) or _refused(exc)
+        cached = None if answered else _newest_copy(home)
         if cached is None:
             with _reading(key, shown, protocol):
                 raise  # as one ConfigError
@@ -343,6 +347,16 @@ def _listing(fs: Any, path: str, url: str, key: str, kind: str, protocol: str) -
     else:
         found = fs.find(path, maxdepth=1, detail=True)
         if not found:
+            # s3fs's find with a maxdepth answers refused credentials with nothing: ls raises them (the
+            # caller says "access refused"), and tells a prefix of folders only from no prefix at all
+            try:
+                below = fs.ls(path, detail=False)
+            except FileNotFoundError:
+                below = []
+            if below:
+                names = ", ".join(sorted(PurePosixPath(str(n).rstrip("/")).name for n in below)[:5])
+                raise ConfigError(f"{key}={url}: folder {url} holds folders only ({names}), no files; give the folder "
+                                  f"that holds the files")
             raise ConfigError(f"{key}={url}: folder {url} does not exist (nothing is stored under that prefix); "
                               f"check the bucket and the prefix")
     return {_relative(name, path): _version(info) for name, info in found.items()
@@ -354,7 +368,10 @@ def _relative(name: str, root: str) -> str:
 
 
 def _version(info: Mapping[str, Any]) -> list:
-    return [info.get("size"), *(str(info[f]) for f in _VERSION_FIELDS if info.get(f) is not None)]
+    """Size and content hash (ETag: re-uploading the same bytes, or a server's restart, changes its
+    time only and fetched everything again), or size and times where the backend gives no hash."""
+    hashes = [str(info[f]) for f in _CONTENT_FIELDS if info.get(f) is not None]
+    return [info.get("size"), *(hashes or [str(info[f]) for f in _TIME_FIELDS if info.get(f) is not None])]
 
 
 def _safe_name(url: str) -> str:
@@ -507,14 +524,19 @@ def _first_line(exc: BaseException) -> str:
     return redacted((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:300]
 
 
+def _refused(exc: BaseException) -> bool:
+    """Whether the storage (or the client) refused the credentials, or there are none."""
+    names = {type(e).__name__ for e in _chain(exc)}
+    return isinstance(exc, PermissionError) or bool(names & {"NoCredentialsError", "PartialCredentialsError",
+                                                             "ClientAuthenticationError", "RefreshError"})
+
+
 def _read_failure(key: str, url: str, protocol: str, exc: BaseException) -> str:
     text = _first_line(exc)
-    names = {type(e).__name__ for e in _chain(exc)}
     credentials = _CREDENTIALS.get({"s3a": "s3", "gcs": "gs", "abfs": "az"}.get(protocol, protocol))
     if isinstance(exc, FileNotFoundError):
         return f"{key} points to {url}, which does not exist ({text}); check the bucket and the name"
-    if isinstance(exc, PermissionError) or names & {"NoCredentialsError", "PartialCredentialsError",
-                                                    "ClientAuthenticationError", "RefreshError"}:
+    if _refused(exc):
         how = f"set {credentials}" if credentials else "check the credentials"
         return f"{key}={url}: no credentials or access refused ({text}); {how} and check the bucket's permissions"
     where = " (AWS_ENDPOINT_URL: " + os.environ["AWS_ENDPOINT_URL"] + ")" if protocol in ("s3", "s3a") and \

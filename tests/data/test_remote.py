@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,11 @@ def test_a_changed_object_fetches_a_new_version(s3, tmp_path, monkeypatch):
     second = Path(_config(spec, tmp_path, f"dataset.segment.root_dir=s3://{BUCKET}/versioned").dataset.segment.root_dir)
     assert second != first and (second / "images/train/a.png").read_bytes() == b"other content"
     assert not list(second.parent.parent.glob(".*.tmp"))  # no download folder left behind
+    # the same bytes uploaded again (a re-sync): a new modification time, the same ETag, the same copy
+    time.sleep(1.1)  # (S3's times are in whole seconds)
+    fs.pipe(f"{BUCKET}/versioned/images/train/a.png", b"other content")
+    _new_process(monkeypatch)
+    assert Path(_config(spec, tmp_path, f"dataset.segment.root_dir=s3://{BUCKET}/versioned").dataset.segment.root_dir) == second
 
 
 def test_two_processes_fetching_the_same_data_share_one_download(s3, tmp_path):
@@ -322,14 +328,27 @@ def test_a_presigned_https_url_names_its_file_by_its_path_and_never_shows_its_qu
 
 
 def test_missing_credentials_are_one_line(s3, tmp_path, monkeypatch):
-    _, spec = s3
+    """... even for data in the cache: a copy stands in for storage that cannot be reached, not for
+    credentials it refused (a train ran on an old copy, rc 0). A folder input said the folder did not
+    exist (s3fs's find answered them with nothing)."""
+    fs, spec = s3
+    fs.pipe(f"{BUCKET}/cal/only/a.png", b"a")
+    url = f"s3://{BUCKET}/cached"
+    fs.pipe(f"{url}/images/train/a.png", b"a")
+    _config(spec, tmp_path, f"dataset.segment.root_dir={url}")  # fetched: a copy is in the cache
+    _new_process(monkeypatch)
+    with pytest.raises(ConfigError, match=f"s3://{BUCKET}/cal: folder s3://{BUCKET}/cal holds folders only \\(only\\)"):
+        _config(spec, tmp_path, f"dataset.segment.quant_calibration_dataset.images_dir=s3://{BUCKET}/cal")
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    with pytest.raises(ConfigError) as caught:  # a URL not in the cache (else its copy is used, with a warning)
-        _config(spec, tmp_path, f"dataset.segment.root_dir=s3://{BUCKET}/uncached")
-    message = str(caught.value)
-    assert message.startswith(f"dataset.segment.root_dir=s3://{BUCKET}/uncached: no credentials or access refused")
-    assert "AWS_ACCESS_KEY_ID" in message and "\n" not in message
+    for key, where in (("dataset.segment.root_dir", url), ("dataset.segment.quant_calibration_dataset.images_dir",
+                                                           f"s3://{BUCKET}/cal/only")):
+        _new_process(monkeypatch)
+        with pytest.raises(ConfigError) as caught:
+            _config(spec, tmp_path, f"{key}={where}")
+        message = str(caught.value)
+        assert message.startswith(f"{key}={where}: no credentials or access refused"), message
+        assert "AWS_ACCESS_KEY_ID" in message and "\n" not in message
 
 
 def test_a_missing_prefix_is_the_local_message_naming_the_url(s3, tmp_path, capsys):
