@@ -103,11 +103,12 @@ def _check_data(opts: SearchOptions, echo: Echo) -> None:
     from segformer.data.segdata import check_splits, split_counts
     from segformer.errors import DataError
     from segformer.parents import check_weight_files
+    from segformer.remote import as_given
 
     cfg = base_config(opts.spec, opts.overrides, opts.results_dir)
     check_weight_files(cfg)  # every trial would load them and fail with it, one after another
     segment = cfg.dataset.segment
-    echo(f"automl: checking the dataset under {segment.root_dir} ({segment.train_split}, {segment.validation_split}, "
+    echo(f"automl: checking the dataset under {as_given(str(segment.root_dir))} ({segment.train_split}, {segment.validation_split}, "
          f"{segment.test_split})")
     try:
         counts = check_splits(segment)

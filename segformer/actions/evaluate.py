@@ -33,6 +33,7 @@ from segformer.engine.predictor import Predictor, load_predictor, resize_logits,
 from segformer.engine.report import format_tables, save_confusion_matrix
 from segformer.model import check_input_size
 from segformer.parents import resolve_parents
+from segformer.remote import as_given
 from segformer.text import count
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> EvaluateResult:
         "num_images": num_images,
         "split": data.splits["test"],
         "full_resolution": full_resolution,
-        "model": str(options.trt_engine or options.checkpoint),
+        "model": as_given(str(options.trt_engine or options.checkpoint)),  # an s3:// model: its URL, not the cache's copy
         "runtime": type(predictor).__name__,
         "confusion_matrix": confusion.matrix.tolist(),
     }

@@ -38,6 +38,7 @@ import torch
 
 from segformer.config import ExperimentConfig, action_results_dir, require
 from segformer.deploy.quantize import ONNX_BACKENDS
+from segformer.remote import as_given
 from segformer.errors import DataError, SegformerError
 from segformer.parents import resolve_parents
 
@@ -314,10 +315,10 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
         "note": note,
         "mode": mode,
         "algorithm": algorithm if backend != "torchao" else None,
-        "float_model": str(model_path),
+        "float_model": as_given(str(model_path)),  # URLs as given, not their copies in the cache
         "artifact": str(artifact),
         "quantized": len(names),
-        "calibration_images": None if calibration is None else str(calibration),
+        "calibration_images": None if calibration is None else as_given(str(calibration)),
         "split": str(cfg.dataset.segment.validation_split),
         "float_miou": float_miou,
         "quantized_miou": quant_miou,

@@ -396,6 +396,7 @@ def test_checkpoints_in_s3(s3, trained, tmp_path):
     load_model_weights(cfg.train.pretrained_model_path)
     scores = evaluate.run(cfg)
     assert 0.0 <= scores.miou <= 1.0
+    assert json.loads((tmp_path / "evaluate" / "results.json").read_text())["model"] == url  # not the cache's copy
 
     with pytest.raises(ConfigError, match=rf"evaluate.checkpoint points to s3://{BUCKET}/models/run2/model.pth, "
                                           "which does not exist"):
