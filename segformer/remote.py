@@ -234,7 +234,7 @@ def fetch(url: str, key: str, kind: str) -> Path:
         return known
     shown = redacted(url)
     fs, path, protocol = _filesystem(url, key)
-    digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:12]  # the full URL: its query too
+    digest = hashlib.sha256(_identity(url).rstrip("/").encode()).hexdigest()[:12]  # its query too, but a signature
     home = cache_root() / protocol / f"{digest}-{_safe_name(shown)}"
     try:
         listing, single = _listing(fs, path, shown, key, kind, protocol)
@@ -522,6 +522,26 @@ def _reading(key: str, url: str, protocol: str) -> Iterator[None]:
 def _first_line(exc: BaseException) -> str:
     """The first line of ``exc``'s message (its type when it has none), without URL query strings."""
     return redacted((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:300]
+
+
+_SIGNED = re.compile(r"^(x-amz-|x-goog-)|^(awsaccesskeyid|googleaccessid|signature|expires)$", re.IGNORECASE)
+_SAS = {"sv", "ss", "srt", "sp", "se", "st", "spr", "sig", "sr", "si", "sdd", "ses", "skoid", "sktid", "skt", "ske",
+        "sks", "skv"}  # an Azure shared access signature's fields (with "sig")
+
+
+def _identity(url: str) -> str:
+    """``url`` without a presigned URL's signature (AWS, Google, Azure SAS), which changes with every
+    signing: a checkpoint signed anew each day was downloaded each day into a cache folder of its own.
+    The rest of the query stays (it may choose the content: ?versionId=...)."""
+    from urllib.parse import parse_qsl, urlencode
+
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    sas = any(k == "sig" for k, _ in pairs)
+    kept = [(k, v) for k, v in pairs if not _SIGNED.match(k) and not (sas and k in _SAS)]
+    return parts._replace(query=urlencode(kept)).geturl()
 
 
 def _refused(exc: BaseException) -> bool:

@@ -305,10 +305,13 @@ def test_fetch_false_keeps_the_urls_and_contacts_nothing(tmp_path, monkeypatch, 
     assert model.predictor == Context.artifacts[pyfunc.ONNX] and model.settings["img_size"] == cfg.dataset.segment.img_size
 
 
-def test_a_presigned_https_url_names_its_file_by_its_path_and_never_shows_its_query(tmp_path):
+def test_a_presigned_https_url_names_its_file_by_its_path_and_never_shows_its_query(tmp_path, monkeypatch):
     """A query string is no part of the local file name (nor of the cache folder's), and it is a
     credential: no message or log line shows it; the dumped spec keeps the URL as given."""
     from segformer.config import dump_config
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # not the user's
+    monkeypatch.delenv("SEGFORMER_REMOTE_CACHE", raising=False)
 
     secret = "X-Amz-Credential=AKIA%2F20240101&X-Amz-Signature=" + "5ec7e7" * 60  # over 255 characters
     model = _onnx_model(tmp_path / "served", [0, 1, 2, 3, 4, 5])
@@ -318,13 +321,22 @@ def test_a_presigned_https_url_names_its_file_by_its_path_and_never_shows_its_qu
         local = Path(cfg.gen_trt_engine.onnx_file)
         assert local.name == "m.onnx" and _weights(local) == [0, 1, 2, 3, 4, 5]
         assert "5ec7e7" not in str(local) and _cache() in local.parents
+        dumped = dump_config(cfg, tmp_path / "spec.yaml").read_text()
+        again = url.replace("20240101", "20240102").replace("5ec7e7", "0ddba1")  # a new signing of the same object
+        resigned = Path(load_config(None, [f"results_dir={tmp_path}", f"gen_trt_engine.onnx_file={again}"]).gen_trt_engine.onnx_file)
         with pytest.raises(ConfigError) as caught:
             load_config(None, [f"results_dir={tmp_path}", f"gen_trt_engine.onnx_file={base}/gone.onnx?{secret}"])
     assert str(caught.value).startswith(f"gen_trt_engine.onnx_file points to {base}/gone.onnx, which does not exist")
     assert "5ec7e7" not in str(caught.value) and "X-Amz" not in str(caught.value)
     assert any(f"fetching {base}/m.onnx " in line for line in lines), lines
     assert not [line for line in lines if "X-Amz" in line]
-    assert f"onnx_file: {url}\n" in dump_config(cfg, tmp_path / "spec.yaml").read_text()
+    assert f"onnx_file: {url}\n" in dumped
+    assert resigned == local  # signed again: the same object's copy, not a download into a folder of its own
+    from segformer.remote import _identity
+
+    assert _identity(f"{base}/m.onnx?versionId=3&X-Amz-Date=1") == f"{base}/m.onnx?versionId=3"  # it may choose the content
+    assert _identity("https://a.blob.core.windows.net/c/m.onnx?sv=2022&se=2025&sp=r&sig=abc") == \
+        "https://a.blob.core.windows.net/c/m.onnx"
 
 
 def test_missing_credentials_are_one_line(s3, tmp_path, monkeypatch):
@@ -405,8 +417,10 @@ def test_checkpoints_in_s3(s3, trained, tmp_path):
         _config(spec, tmp_path, f"evaluate.checkpoint=s3://{BUCKET}/models/run1")
 
 
-def test_a_checkpoint_over_http(trained, tmp_path):
+def test_a_checkpoint_over_http(trained, tmp_path, monkeypatch):
     """fsspec's other file systems work the same way: a single file over http://."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # not the user's
+    monkeypatch.delenv("SEGFORMER_REMOTE_CACHE", raising=False)
     _, result, _ = trained
     served = tmp_path / "served"
     served.mkdir()
