@@ -492,7 +492,7 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, session: Any, *,
     the search ends; returns (why it stopped early, or "", the tail's early promotion)."""
     from automl.callbacks import LiveSearch, bind
     from automl.console import LiveTable
-    from automl.signals import interrupt_on_sigterm
+    from automl.signals import interrupt_on_sigterm, raise_if_swallowed
     from automl.tracking import reconcile_interrupted
 
     from automl.promote import EarlyPromotion
@@ -520,6 +520,7 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, session: Any, *,
                     tuner.fit()
                 finally:
                     tracker.flush()  # the trials' last epoch metrics (buffered: `Tracker.log_metrics`)
+            raise_if_swallowed()  # a Ctrl-C that landed in a finalizer while the trials ran
         except KeyboardInterrupt:
             _interrupted(opts, state, tracker, echo)
             raise
@@ -795,6 +796,7 @@ def _finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo
 
     from automl.budget import verdict
     from automl.finals import final_evaluation, final_lines
+    from automl.signals import raise_if_swallowed
 
     state.recheck = verdict(state)
     if state.recheck is not None:
@@ -819,8 +821,10 @@ def _finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo
                  f"{registry.get('version')} before the stop; kept, not promoted again")
         else:
             state.promotion = promote(state, best, tracker, opts.promotion, echo=echo, prepared=prepared)
+    raise_if_swallowed()  # (a Ctrl-C in a finalizer during promotion: stop here, not after the report)
     if best is not None and opts.promotion.promote and opts.promotion.evaluate:
         state.final_evaluation = final_evaluation(state, best, echo=echo)
+    raise_if_swallowed()
     report = write_report(state)
     parent = state.mlflow_parent_run_id
     if parent:

@@ -175,7 +175,7 @@ def interrupt_on_sigterm(stuck: Callable[[], None] | None = None, grace: float =
     is being closed is raised once the previous handlers are back."""
     previous_term, previous_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     previous_hook = sys.unraisablehook
-    dog = None
+    dog, lost = None, False
     _TAKEN.clear()  # (a KeyboardInterrupt that ended an earlier block was not swallowed)
 
     def unraisable(info: Any) -> None:
@@ -195,6 +195,9 @@ def interrupt_on_sigterm(stuck: Callable[[], None] | None = None, grace: float =
         if dog is not None:
             dog.previous_fd = signal.set_wakeup_fd(dog.write_fd, warn_on_full_buffer=False)
         yield
+        # The block ended normally, yet a handler raised: its interrupt was swallowed (a finalizer) and no
+        # `raise_if_swallowed` came after it. Raised here, once the handlers are back: the stop is never lost.
+        lost = bool(_TAKEN.get("signal"))
     finally:
         try:
             if dog is not None:
@@ -206,6 +209,8 @@ def interrupt_on_sigterm(stuck: Callable[[], None] | None = None, grace: float =
             _TAKEN.clear()
         if dog is not None and dog.pending:
             raise KeyboardInterrupt
+    if lost:
+        raise KeyboardInterrupt
 
 
 def proc_stat(pid: int | str) -> list[str] | None:
