@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -132,9 +133,19 @@ def observed(state: "SearchState") -> "SearchState":
     once Ray has started, seconds later) and says RUNNING."""
     if state.status == RUNNING and driver_running(state.results_dir) is False:
         state.status = "INTERRUPTED"
-    elif state.status == "INTERRUPTED" and driver_running(state.results_dir):
-        state.status = RUNNING
+    elif state.status == "INTERRUPTED" and driver_running(state.results_dir) and _holder_pid(state) != state.driver_pid:
+        state.status = RUNNING  # (held by the stopped driver itself, still closing MLflow and Ray: interrupted)
     return state
+
+
+def _holder_pid(state: "SearchState") -> int | None:
+    """The pid of the driver holding the folder, from the line it writes beside the lock ("pid N on ...")."""
+    try:
+        text = (Layout.of(state.results_dir).root / f"{LOCK_FILE}.owner").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    match = re.match(r"pid (\d+)", text)
+    return int(match[1]) if match else None
 
 
 @dataclass

@@ -383,8 +383,14 @@ def test_status_of_a_stopped_search_says_how_to_go_on_and_a_resume_under_way_is_
         lines: list[str] = []
         assert print_status(results, echo=lines.append) == 0
         assert lines == [f"automl: the search in {results} is starting (its driver checks the data and starts Ray)"]
-        SearchState(results_dir=str(results), skill="segformer", algorithm="random", metric="val_miou", mode="max",
-                    settings={}, status="INTERRUPTED").save()
+        stopped = SearchState(results_dir=str(results), skill="segformer", algorithm="random", metric="val_miou",
+                              mode="max", settings={}, status="INTERRUPTED", driver_pid=os.getpid())
+        stopped.save()
+        lines = []
+        assert print_status(results, echo=lines.append) == 0  # the stopped driver itself, still closing Ray and MLflow
+        assert "(interrupted)" in lines[0] and "continue it with" in lines[-1], lines
+        stopped.driver_pid = os.getpid() + 1  # the one a resume replaces, until it writes the ledger
+        stopped.save()
         lines = []
         assert print_status(results, echo=lines.append) == 0  # the resume holds the folder
         assert "(running)" in lines[0] and lines[-1].startswith("automl: a driver is resuming this search"), lines
