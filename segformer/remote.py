@@ -350,7 +350,7 @@ def _listing(fs: Any, path: str, url: str, key: str, kind: str, protocol: str) -
             # s3fs's find with a maxdepth answers refused credentials with nothing: ls raises them (the
             # caller says "access refused"), and tells a prefix of folders only from no prefix at all
             try:
-                below = fs.ls(path, detail=False)
+                below = [e["name"] for e in fs.ls(path, detail=True) if e.get("type") == "directory"]
             except FileNotFoundError:
                 below = []
             if below:
@@ -545,10 +545,15 @@ def _identity(url: str) -> str:
 
 
 def _refused(exc: BaseException) -> bool:
-    """Whether the storage (or the client) refused the credentials, or there are none."""
-    names = {type(e).__name__ for e in _chain(exc)}
-    return isinstance(exc, PermissionError) or bool(names & {"NoCredentialsError", "PartialCredentialsError",
-                                                             "ClientAuthenticationError", "RefreshError"})
+    """Whether the storage (or the client) refused the credentials, or there are none: s3fs raises
+    PermissionError, gcsfs an OSError "Forbidden" or an HttpError with code 401/403, Azure an
+    HttpResponseError with status_code 401/403."""
+    chain = list(_chain(exc))
+    names = {type(e).__name__ for e in chain}
+    codes = {v for e in chain for attr in ("code", "status", "status_code") if isinstance(v := getattr(e, attr, None), int)}
+    return (isinstance(exc, PermissionError) or bool(codes & {401, 403})
+            or any(str(e).startswith(("Forbidden", "Unauthorized")) for e in chain)
+            or bool(names & {"NoCredentialsError", "PartialCredentialsError", "ClientAuthenticationError", "RefreshError"}))
 
 
 def _read_failure(key: str, url: str, protocol: str, exc: BaseException) -> str:

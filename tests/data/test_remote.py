@@ -509,3 +509,21 @@ def test_automl_search_on_s3(s3, tmp_path):
     trial_spec = Path(outcome.best.results_dir) / "train" / "experiment.yaml"
     assert f"root_dir: s3://{BUCKET}/seg\n" in trial_spec.read_text()
     assert len(list((_cache() / "s3").glob("*-seg/*/data"))) == 1  # one copy, fetched by the driver
+
+
+def test_refusals_of_each_backend_are_told_from_storage_that_cannot_be_reached():
+    """Only storage that cannot be reached falls back to a cached copy: gcsfs says 403 as an OSError
+    "Forbidden" or an HttpError with a code, Azure as an HttpResponseError with a status_code."""
+    from segformer.remote import _refused
+
+    class HttpError(Exception):
+        def __init__(self, code: int) -> None:
+            self.code = code
+
+    class HttpResponseError(Exception):
+        status_code = 403
+
+    refused = [PermissionError("denied"), OSError("Forbidden: https://storage.googleapis.com/b/o"), HttpError(401),
+               HttpResponseError("AuthorizationPermissionMismatch")]
+    unreachable = [OSError("Connection refused"), TimeoutError(), HttpError(503), ConnectionError("no route")]
+    assert [_refused(e) for e in refused] == [True] * 4 and [_refused(e) for e in unreachable] == [False] * 4
