@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
 INTERRUPTED_TAG = "automl.interrupted"  # on the search's run while it is stopped (Ctrl-C, SIGTERM) and not resumed
+STORE_LOCK_S = 120.0  # how long a driver waits for another to create or open a shared sqlite store
 _MAX_PARAM_LEN = 6000  # MLflow's param value limit (6000 on recent stores; longer values are cut)
 
 
@@ -101,6 +102,8 @@ class Tracker:
             try:
                 with self._creating():
                     self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            except TrackingError:
+                raise
             except Exception as exc:  # noqa: BLE001 (any store error: say which store and what to do)
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 if "MLFLOW_ALLOW_FILE_STORE" in str(exc):  # MLflow 3.17+: not a permissions problem
@@ -134,16 +137,21 @@ class Tracker:
         """Held while MLflow opens the store: a new sqlite store is created table by table, and two
         searches starting at once on one shared store both created it ("table ... already exists").
         A folder this user cannot write to opens without it (MLflow then says what is wrong)."""
-        from filelock import FileLock
+        from filelock import FileLock, Timeout
 
-        path = Path(self.tracking_uri.split(":///", 1)[-1]) if self.is_embedded else None
+        where = self.tracking_uri.split("?", 1)[0]  # (sqlite:////shared/mlflow.db?timeout=30: the same store)
+        path = Path(where.split(":///", 1)[1]) if self.is_embedded and ":///" in where else None
         lock = None
-        if path is not None and not path.name.startswith(":") and path.parent.is_dir():  # not :memory:
-            lock = FileLock(str(path.with_name(f".{path.name}.lock")))
+        if path is not None and path.name and not path.name.startswith(":") and path.parent.is_dir():  # not :memory:
+            # every user of a team's store may take it (a lock file the first user made 0644 shut the others out)
+            lock = FileLock(str(path.with_name(f".{path.name}.lock")), mode=0o666)
         try:
             if lock is not None:
-                lock.acquire()
-        except OSError:
+                lock.acquire(timeout=STORE_LOCK_S)
+        except Timeout:
+            raise TrackingError(f"the MLflow store {path} has been opened by another process for {STORE_LOCK_S:g} s "
+                                f"(it holds {lock.lock_file}); if no search is starting there, delete that file") from None
+        except (OSError, NotImplementedError):  # (no locks on that file system: open it as before)
             lock = None
         try:
             yield

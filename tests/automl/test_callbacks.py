@@ -163,8 +163,29 @@ def test_searches_starting_at_once_on_a_new_shared_store_all_start(tmp_path):
     assert [p.returncode for p in procs] == [0] * 4, [err[-800:] for _, err in outs]
     assert len({out.strip() for out, _ in outs}) == 1
     assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == [".mlflow.db.lock", "mlflow.db"]
+    assert (tmp_path / "shared" / ".mlflow.db.lock").stat().st_mode & 0o777 == 0o666  # a team's other users take it too
 
 
+def test_a_store_held_too_long_by_another_process_is_said(tmp_path, monkeypatch):
+    from filelock import FileLock
+
+    from automl import tracking
+
+    monkeypatch.setattr(tracking, "STORE_LOCK_S", 0.2)
+    with FileLock(str(tmp_path / ".mlflow.db.lock")):  # another driver, stuck while it opens the store
+        with pytest.raises(tracking.TrackingError) as err:
+            tracking.Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}?timeout=30", tmp_path, "segformer").client
+    assert str(err.value).startswith(f"the MLflow store {tmp_path / 'mlflow.db'} has been opened by another process")
+    assert str(tmp_path / ".mlflow.db.lock") in str(err.value)
+
+
+def _mlflow_version() -> tuple[int, ...]:
+    from importlib.metadata import version
+
+    return tuple(int(p) for p in version("mlflow").split(".")[:2] if p.isdigit())
+
+
+@pytest.mark.skipif(_mlflow_version() < (3, 17), reason="MLflow refuses a file store from 3.17 on")
 def test_a_file_store_mlflow_refuses_is_not_called_a_permissions_problem(tmp_path, monkeypatch):
     from automl.tracking import Tracker, TrackingError
 
