@@ -259,7 +259,7 @@ def summary(state: SearchState) -> str:
     elif best is None:
         failed = any(t.status == FAILED for t in state.trials.values())
         lines.append("automl: no trial produced a result; " + (f"the errors are above the summary (every one: automl "
-                                                               f"status {shlex.quote(str(state.results_dir))})" if failed else
+                                                               f"status {shlex.quote(str(state.results_dir))} --all)" if failed else
                                                                "none failed: the search ended before any reported an epoch"))
     else:
         changed = {k: v for k, v in best.params.items() if baseline is None or baseline.params.get(k) != v}

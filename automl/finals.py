@@ -155,8 +155,9 @@ def final_lines(final: dict[str, Any], recheck: dict[str, Any] | None = None, pr
     lines = [f"  test     {role} {p['trials'][0]} mIoU {p['mean']:.4f} vs baseline {b['trials'][0]} {b['mean']:.4f} "
              f"({p['mean'] - b['mean']:+.4f}) on the untouched test split{seeds}"]
     own = final.get("promoted", {})
-    if seeds and own.get("test_miou"):  # a mean is not the model the user gets: name that one's own score
-        lines.append(f"  test     the promoted model itself, {own['trials'][0]} (best/): mIoU {own['test_miou'][0]:.4f}")
+    score = (final.get("test_miou") or {}).get((own.get("trials") or [None])[0])  # (by name: its scoring may have failed)
+    if seeds and score is not None:  # a mean is not the model the user gets: name that one's own score
+        lines.append(f"  test     the promoted model itself, {own['trials'][0]} (best/): mIoU {score:.4f}")
     if precision == "int8":
         lines.append("  test     these are the float weights' scores; best/ deploys the int8 model, which "
                      "`segformer evaluate -e best/experiment.yaml` scores")

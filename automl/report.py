@@ -286,7 +286,7 @@ def importance(state: SearchState, ledger: LedgerStudy | None = None) -> Importa
     ledger = ledger or ledger_study(state)
     n = ledger.completed
     if n < MIN_IMPORTANCE_TRIALS:
-        rechecks = sum(1 for t in state.trials.values() if t.recheck_of)
+        rechecks = sum(1 for t in state.trials.values() if t.recheck_of and t.best_value is not None)  # with a result
         left_out = f", besides {count(rechecks, 're-check')} (trained again on another seed, not ranked)" if rechecks else ""
         return Importance(trials=n, skipped=f"{n} search trial(s) have a result{left_out}; an importance needs "
                                             f"at least {MIN_IMPORTANCE_TRIALS}")

@@ -844,8 +844,9 @@ def _finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo
             # the model itself (the promoted one is best/ and the registered champion, listed first), and
             # where its configuration trained on more seeds, their mean, the fair comparison
             scored = ((state.final_evaluation or {}).get(role) or {})
-            if scored.get("test_miou"):
-                metrics[f"test_miou_{role}"] = scored["test_miou"][0]
+            own = ((state.final_evaluation or {}).get("test_miou") or {}).get((scored.get("trials") or [None])[0])
+            if own is not None:  # by name: a training whose scoring failed is not in scored["test_miou"]
+                metrics[f"test_miou_{role}"] = own
             if len(scored.get("test_miou") or ()) > 1:
                 metrics[f"test_miou_{role}_mean"] = scored["mean"]
         if state.budget is not None:

@@ -106,7 +106,9 @@ def read_yaml_file(path: str | Path, what: str) -> Any:
     recursive alias. UTF-8 and,
     with a byte-order mark, UTF-16 and UTF-32 are read (PyYAML detects them from the bytes).
     """
-    if "://" in str(path):  # (Path() made s3://b/spec.yaml "s3:/b/spec.yaml", said not to exist)
+    from segformer.remote import is_url
+
+    if is_url(str(path)):  # (Path() made s3://b/spec.yaml "s3:/b/spec.yaml", said not to exist)
         raise ConfigError(f"{what} {str(path)!r} is a URL: it is read from a local file (the dataset, checkpoints and "
                           f"weights it names may be URLs); copy it here first")
     path = Path(path)

@@ -287,7 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                            "where hyperparameters matter (the demo's)")
     synth.add_argument("--epochs", type=int, default=40, help="train.num_epochs of the written spec (default 40)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    if "://" in args.out:  # (a local folder named "s3:" was written)
+    from segformer.remote import is_url
+
+    if is_url(args.out):  # (a local folder named "s3:" was written)
         parser.error(f"--out {args.out} is a URL: the dataset is written to a local folder (upload it afterwards)")
     root = generate(args.out, num_classes=args.num_classes, size=args.size, train=args.train, val=args.val,
                     test=args.test, seed=args.seed, hard=args.hard, epochs=args.epochs)

@@ -262,11 +262,15 @@ def test_the_test_line_names_what_the_baseline_was_compared_with() -> None:
     from automl.finals import final_lines
 
     both = {"trials": ["trial_000", "trial_009"], "test_miou": [0.60, 0.61], "mean": 0.605}
-    final = {"promoted": both, "baseline": both, "leader": {"trials": ["trial_004", "trial_008"], "test_miou": [0.6, 0.6], "mean": 0.6}}
+    final = {"promoted": both, "baseline": both, "leader": {"trials": ["trial_004", "trial_008"], "test_miou": [0.6, 0.6], "mean": 0.6},
+             "test_miou": {"trial_000": 0.60, "trial_009": 0.61, "trial_004": 0.6, "trial_008": 0.6}}
     led = final_lines(final, {"baseline_led": True, "confirmed": False})
     assert led == ["  test     runner-up trial_004 mIoU 0.6000 vs baseline trial_000 0.6050 (-0.0050) on the untouched "
                    "test split (means of 2 and 2 seeds)",
                    "  test     the promoted model itself, trial_000 (best/): mIoU 0.6000"]  # its own score, not the mean
+    # its own scoring failed: the other seed's score is not given as its own
+    failed = {**final, "promoted": {**both, "test_miou": [0.61]}, "test_miou": {"trial_009": 0.61, "trial_004": 0.6, "trial_008": 0.6}}
+    assert not any("the promoted model itself" in line for line in final_lines(failed, {"baseline_led": True}))
     assert final_lines(final, {"baseline_led": False})[0].startswith("  test     leader trial_004 ")
     # a deploy-aware search that chose int8: the scores are the float weights', and the line says so
     assert final_lines(final, {"baseline_led": False}, "int8")[-1] == (

@@ -122,7 +122,7 @@ def test_a_search_whose_trials_all_failed_says_each_error_once(tmp_path):
     shown = format_table(state, limit=20, show_errors=True) + "\n" + summary(state)
     assert [line.strip() for line in shown.splitlines() if "cannot be read" in line] == [
         f"trial_{i:03d}: val_{i}.jpg cannot be read" for i in range(3)]
-    assert f"the errors are above the summary (every one: automl status {tmp_path})" in shown
+    assert f"the errors are above the summary (every one: automl status {tmp_path} --all)" in shown
 
 
 def test_a_summary_says_when_no_recheck_backs_the_promoted_lead(tmp_path):
