@@ -147,7 +147,7 @@ def test_promotion_and_report(search):
     # Optuna's plots, ours, and the two models' predictions (3 trials: too few for an importance)
     for plot in ("history.png", "parallel.png", "slice.png", "learning_curves.png", "baseline_vs_best.png", "overlays.png"):
         assert (results / "report" / plot).stat().st_size > 1000, report
-    assert "Not computed: 3 trial(s) have a result" in report and (results / "report" / "report.html").is_file()
+    assert "Not computed: 3 search trial(s) have a result" in report and (results / "report" / "report.html").is_file()
 
 
 def _tail_state(outcome, results: Path, *, running: str | None, statuses: dict[str, str] | None = None):
