@@ -129,6 +129,12 @@ def size_note(final: dict[str, Any]) -> str | None:
             f"the spec to deploy the size that was scored")
 
 
+def own_score(final: dict[str, Any], role: str) -> float | None:
+    """The test score of a group's own model, its first training ("promoted": best/; "baseline": the
+    spec's own), by name: a training whose scoring failed is missing from the group's list of scores."""
+    return (final.get("test_miou") or {}).get(((final.get(role) or {}).get("trials") or [None])[0])
+
+
 def final_lines(final: dict[str, Any], recheck: dict[str, Any] | None = None, precision: str | None = None) -> list[str]:
     """The summary's lines: test mIoU of the promoted model and the baseline, side by side (when the
     baseline's configuration won, the re-checked trial's against it, named as `recheck` says). With
@@ -155,7 +161,7 @@ def final_lines(final: dict[str, Any], recheck: dict[str, Any] | None = None, pr
     lines = [f"  test     {role} {p['trials'][0]} mIoU {p['mean']:.4f} vs baseline {b['trials'][0]} {b['mean']:.4f} "
              f"({p['mean'] - b['mean']:+.4f}) on the untouched test split{seeds}"]
     own = final.get("promoted", {})
-    score = (final.get("test_miou") or {}).get((own.get("trials") or [None])[0])  # (by name: its scoring may have failed)
+    score = own_score(final, "promoted")
     if seeds and score is not None:  # a mean is not the model the user gets: name that one's own score
         lines.append(f"  test     the promoted model itself, {own['trials'][0]} (best/): mIoU {score:.4f}")
     if precision == "int8":

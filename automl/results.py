@@ -69,16 +69,13 @@ def _final(state: "SearchState") -> dict[str, Any]:
         return {"status": "pending", "reason": "the search has not reached its final evaluation", "metric_value": None}
     if "skipped" in final:
         return {"status": "skipped", "reason": str(final["skipped"]), "metric_value": None}
+    from automl.finals import own_score
+
     promoted, baseline = final.get("promoted") or {}, final.get("baseline") or {}
-    scores = final.get("test_miou") or {}
-
-    def own(group: dict[str, Any]) -> float | None:  # the group's first training: best/ (the promoted), trial_000
-        return scores.get((group.get("trials") or [None])[0])
-
     return {"status": "done", "reason": f"the promoted model (best/) and the baseline (the spec's own training) on the "
                                         f"untouched {final.get('split', 'test')} split; the means are over each one's "
                                         "trainings (the re-check's seeds)",
-            "metric_value": own(promoted), "baseline_metric_value": own(baseline),
+            "metric_value": own_score(final, "promoted"), "baseline_metric_value": own_score(final, "baseline"),
             "metric_value_mean": promoted.get("mean"), "baseline_metric_value_mean": baseline.get("mean"),
             "split": final.get("split"), "trials": promoted.get("trials"), "baseline_trials": baseline.get("trials"),
             "record_path": str(Layout.of(state.results_dir).root / "final_evaluation")}

@@ -795,7 +795,7 @@ def _finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo
     from automl.report import write_report
 
     from automl.budget import verdict
-    from automl.finals import final_evaluation, final_lines
+    from automl.finals import final_evaluation, final_lines, own_score
     from automl.signals import raise_if_swallowed
 
     state.recheck = verdict(state)
@@ -844,8 +844,8 @@ def _finish(opts: SearchOptions, state: SearchState, tracker: Any, *, echo: Echo
             # the model itself (the promoted one is best/ and the registered champion, listed first), and
             # where its configuration trained on more seeds, their mean, the fair comparison
             scored = ((state.final_evaluation or {}).get(role) or {})
-            own = ((state.final_evaluation or {}).get("test_miou") or {}).get((scored.get("trials") or [None])[0])
-            if own is not None:  # by name: a training whose scoring failed is not in scored["test_miou"]
+            own = own_score(state.final_evaluation or {}, role)
+            if own is not None:
                 metrics[f"test_miou_{role}"] = own
             if len(scored.get("test_miou") or ()) > 1:
                 metrics[f"test_miou_{role}_mean"] = scored["mean"]
