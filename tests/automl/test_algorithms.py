@@ -79,19 +79,19 @@ def _check_common(state, max_epochs: int) -> None:
             raise AssertionError(f"{t.name} ended {t.status}: {t.error}")
 
 
-@pytest.mark.parametrize("algorithm", ["random", "asha", "hyperband", "hyperband_es", "bohb", "dehb", "bfbo"])
+# asha and hyperband run below with the same checks (test_epoch_multiplier_..., test_hyperband_search_is_reproducible_...):
+# each search here costs a trial process and its imports, more than its epochs.
+@pytest.mark.parametrize("algorithm", ["random", "hyperband_es", "bohb", "dehb", "bfbo"])
 def test_algorithm_runs(algorithm, dataset, tmp_path, ray_session):
     import automl
 
     # hyperband_es fits curves from epoch 3; dehb breeds from 4 finished trials (after the baseline and 3 startup points)
-    trials, epochs = {"asha": (4, 3), "hyperband_es": (3, 4), "dehb": (5, 2)}.get(algorithm, (3, 2))
+    trials, epochs = {"hyperband_es": (3, 4), "dehb": (5, 2)}.get(algorithm, (3, 2))
     outcome = automl.run(_options(tmp_path / algorithm, dataset, algorithm=algorithm, max_trials=trials,
                                   max_epochs=epochs), echo=lambda _: None)
     state = outcome.state
     assert len(state.trials) == trials
     _check_common(state, max_epochs=epochs)
-    if algorithm == "asha":  # 4 trials, eta 2, grace 1 epoch: the rung cuts the worse half
-        assert any(t.status == "STOPPED" for t in state.trials.values()), {t.name: t.status for t in state.trials.values()}
 
 
 def test_bfbo_gives_a_free_slot_another_configuration_than_the_running_one() -> None:
@@ -316,6 +316,8 @@ def test_hyperband_search_is_reproducible_with_its_seed(dataset, tmp_path, ray_s
     for name in ("one", "two"):
         opts = _options(tmp_path / name, dataset, algorithm="hyperband", max_trials=6, max_epochs=4, seed=7)
         state = automl.run(opts, echo=lambda _: None).state
+        assert len(state.trials) == 6
+        _check_common(state, max_epochs=4)  # (test_algorithm_runs' checks, with trials HyperBand stopped at a rung)
         runs.append({t.name: (len(t.history), t.params, [round(h["val_miou"], 6) for h in t.history])
                      for t in state.trials.values()})
     assert runs[0] == runs[1]
@@ -329,6 +331,8 @@ def test_epoch_multiplier_counts_the_budget_and_rungs_in_units(dataset, tmp_path
 
     outcome = automl.run(_options(tmp_path / "units", dataset, algorithm="asha", max_trials=4, max_epochs=2,
                                   epoch_multiplier=2), echo=lambda _: None)
+    assert len(outcome.state.trials) == 4
+    _check_common(outcome.state, max_epochs=4)  # (test_algorithm_runs' checks, for ASHA)
     trained = {t.name: len(t.history) for t in outcome.state.trials.values()}
     assert set(trained.values()) <= {2, 4}, trained
     assert 4 in trained.values() and 2 in trained.values(), trained  # one ran its budget, one was stopped at a rung
