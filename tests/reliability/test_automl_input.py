@@ -197,15 +197,27 @@ def test_a_time_budget_stops_trials_at_an_epochs_end(dataset, tmp_path, sizing=(
             or "ran out before it\n" in outcome.stdout, outcome.stdout[-3000:]
 
 
-def test_resume_with_a_damaged_mlflow_store(dataset, tmp_path):
+@pytest.fixture(scope="module")
+def relative_search(dataset, tmp_path_factory):
+    """One finished search, run as `automl run ... --results-dir r dataset.segment.root_dir=data` from
+    the folder that holds `data/` (a copy of the dataset): (that folder, the command's outcome). Two
+    tests read it; the second damages its MLflow store, so the first keeps the outcome, not the files."""
+    where = tmp_path_factory.mktemp("relative_search")
+    shutil.copytree(dataset, where / "data")
+    outcome = run_subprocess("automl", ["run", "--policy", "auto", "-e", str(dataset / "spec.yaml"), "--results-dir", "r",
+                                        "dataset.segment.root_dir=data", *QUICK], timeout=240, cwd=where)
+    return where, outcome
+
+
+def test_resume_with_a_damaged_mlflow_store(relative_search):
     """A search whose mlflow.db was overwritten: resume stops with one message naming the store, and
     leaves the ledger as it was (not a run that 'succeeds' against a broken store)."""
     import json
     import os
 
-    results = tmp_path / "r"
-    outcome, _ = _automl(dataset, results, "--skill", "segformer", *QUICK, timeout=240)
-    assert outcome.code == 0, outcome.stderr[-3000:]
+    where, outcome = relative_search
+    results = where / "r"
+    assert outcome.code == 0, outcome.stdout[-3000:] + outcome.stderr[-3000:]
     state_file = results / "automl_state.json"
     state = json.loads(state_file.read_text())
     state["status"] = "INTERRUPTED"
@@ -262,13 +274,11 @@ def test_palette_that_does_not_match_num_classes_is_found_before_any_trial(datas
     assert not (tmp_path / "r" / "trials").exists()
 
 
-def test_relative_input_paths_resolve_where_the_command_runs(dataset, tmp_path):
+def test_relative_input_paths_resolve_where_the_command_runs(relative_search):
     """`root_dir: data` in a spec, run from the folder that holds `data/`: `segformer train` takes it
     from there; a search's trials run in folders of their own (Ray's), where it named nothing and every
     trial failed, though the driver's dataset check had passed."""
-    shutil.copytree(dataset, tmp_path / "data")
-    outcome = run_subprocess("automl", ["run", "--policy", "auto", "-e", str(dataset / "spec.yaml"), "--results-dir", "r",
-                                        "dataset.segment.root_dir=data", *QUICK], timeout=180, cwd=tmp_path)
+    _, outcome = relative_search
     assert outcome.code == 0, outcome.stdout[-3000:] + outcome.stderr[-3000:]
     assert "1 trials (1 finished)" in outcome.stdout or "1 trial (1 finished)" in outcome.stdout, outcome.stdout[-3000:]
 
