@@ -447,37 +447,14 @@ FALLBACK_LINE = ("segformer quantize: quantize.backend torchao is not installed 
                  "(int8 weights and activations, minmax calibration), not weight_only_ptq")
 
 
-def test_cli_quantize_without_torchao_falls_back_to_onnxruntime(deploy_dataset, checkpoint, tmp_path):
-    """`segformer quantize` with TAO's default section (backend torchao) where torchao cannot be
-    imported: one line says so, and an int8 ONNX model comes out that ONNX Runtime runs."""
+def test_fallback_drops_torchao_kwargs_and_takes_the_export_folder(deploy_dataset, exported, tmp_path):
+    """`segformer quantize` without torchao, a spec written for it (TAO's default section, backend
+    torchao): one line says so; its torchao backend_kwargs are dropped (ONNX Runtime would fail on
+    them) and the note names them; an export folder as quantize.model_path gives its ONNX model, as
+    for the onnxruntime backend that runs (no second export); an int8 ONNX model comes out that ONNX
+    Runtime runs. (A checkpoint as model_path, exported first: test_onnxruntime_qdq_from_a_checkpoint.)"""
     import onnxruntime as ort
 
-    out, results = _quantize_without_torchao(deploy_dataset, tmp_path, dict(TAO_DEFAULT_QUANTIZE),
-                                             f"quantize.model_path={checkpoint}")
-    line = FALLBACK_LINE
-    assert out.stderr.count(line) == 1, out.stderr[-3000:]
-
-    artifact = results / "quantize" / "quantized_model_onnxruntime.onnx"
-    report = json.loads((results / "quantize" / "quantize_report.json").read_text())
-    assert report["backend"] == "onnxruntime" and report["requested_backend"] == "torchao"
-    assert report["note"] in line and report["mode"] == "static_ptq" and report["artifact"] == str(artifact)
-    assert report["quantized"] > 0 and report["quantized_bytes"] < report["float_bytes"]
-    model = onnx.load(str(artifact))
-    onnx.checker.check_model(model)
-    ops = {n.op_type for n in model.graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    int8_weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8]
-    assert int8_weights  # weights stored as int8, not only fake-quant nodes
-    session = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
-    [logits] = session.run(["output"], {"input": np.random.default_rng(0).standard_normal(
-        (2, 3, SIZE, SIZE)).astype(np.float32)})
-    assert logits.shape[:2] == (2, NUM_CLASSES) and np.isfinite(logits).all()
-
-
-def test_fallback_drops_torchao_kwargs_and_takes_the_export_folder(deploy_dataset, exported, tmp_path):
-    """Without torchao, a spec written for it: its torchao backend_kwargs are dropped (ONNX Runtime
-    would fail on them) and the note names them; an export folder as quantize.model_path gives its
-    ONNX model, as for the onnxruntime backend that runs (no second export)."""
     _, result = exported
     folder = result.onnx_file.parent
     quantize = {**TAO_DEFAULT_QUANTIZE, "backend_kwargs": {"group_size": 64, "calibration_batches": 1}}
@@ -490,3 +467,14 @@ def test_fallback_drops_torchao_kwargs_and_takes_the_export_folder(deploy_datase
     assert report["backend"] == "onnxruntime" and f"segformer quantize: {report['note']}" == note
     assert report["float_model"] == str(result.onnx_file) and report["quantized"] > 0
     assert not (results / "quantize" / "float_model.onnx").exists()
+    artifact = results / "quantize" / "quantized_model_onnxruntime.onnx"
+    assert report["requested_backend"] == "torchao" and report["mode"] == "static_ptq"
+    assert report["artifact"] == str(artifact) and report["quantized_bytes"] < report["float_bytes"]
+    model = onnx.load(str(artifact))
+    onnx.checker.check_model(model)
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in model.graph.node}
+    assert [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8]  # int8 weights, not only fake-quant nodes
+    session = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
+    [logits] = session.run(["output"], {"input": np.random.default_rng(0).standard_normal(
+        (2, 3, SIZE, SIZE)).astype(np.float32)})
+    assert logits.shape[:2] == (2, NUM_CLASSES) and np.isfinite(logits).all()
