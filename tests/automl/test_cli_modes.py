@@ -142,7 +142,9 @@ def test_search_folder_is_the_flag_else_the_override_else_the_spec(tmp_path, cap
     assert search_folder(None, None, []) == ("automl_results", ())
 
 
-def test_tao_settings_file_and_flags_win(spec, tmp_path):
+def test_tao_settings_file_and_flags_win(spec, tmp_path, capsys):
+    from automl.cli import main
+
     settings = tmp_path / "settings.yaml"
     settings.write_text(
         "automl_algorithm: hyperband\n"
@@ -152,10 +154,11 @@ def test_tao_settings_file_and_flags_win(spec, tmp_path):
         "automl_hyperparameters: [train.optim.lr, train.optim.weight_decay]\n"
         "custom_param_ranges:\n  train.optim.lr: {valid_min: 0.0001, valid_max: 0.005}\n"
     )
-    out = _automl("run", "--skill", "segformer", "-e", str(spec), "--results-dir", str(tmp_path / "r"),
-                  "--settings", str(settings), "--algorithm", "asha", "--max-epochs", "3", "--dry-run", timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    text = out.stdout
+    code = main(["run", "--skill", "segformer", "-e", str(spec), "--results-dir", str(tmp_path / "r"),
+                 "--settings", str(settings), "--algorithm", "asha", "--max-epochs", "3", "--dry-run"])
+    out = capsys.readouterr()
+    assert code == 0, out.err[-2000:]
+    text = out.out
     # flags win (asha, 3 epochs); the file gives the rest (7 trials, 2 at a time, two parameters, the lr range)
     assert "automl: asha search, up to 7 trials x 3 epochs, 2 at a time" in text
     assert "train.optim.lr" in text and "train.optim.weight_decay" in text and "[0.0001, 0.005]" in text
@@ -165,8 +168,8 @@ def test_tao_settings_file_and_flags_win(spec, tmp_path):
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("automl_max_recomendations: 3\n")
-    out = _automl("run", "--skill", "segformer", "-e", str(spec), "--settings", str(bad), "--dry-run", timeout=120)
-    assert out.returncode == 2 and "did you mean 'automl_max_recommendations'" in out.stderr
+    code = main(["run", "--skill", "segformer", "-e", str(spec), "--settings", str(bad), "--dry-run"])
+    assert code == 2 and "did you mean 'automl_max_recommendations'" in capsys.readouterr().err
 
 
 def _session_pids(sid: int) -> list[int]:

@@ -369,7 +369,7 @@ def test_a_latency_limit_keeps_slow_models_out(data, tmp_path) -> None:
     opts = search_options(results, data / "spec.yaml", overrides=SMALL, algorithm="grid", only=["dataset.segment.img_size"],
                           structure={"dataset.segment.img_size": [32, 128]}, max_latency_ms=limit, latency_threads=1,
                           objectives="val_miou:max,latency_ms:min", objective_weights=((1.0, 1.0), (1.0, 100.0)), num_cpus=2,
-                          export=False, quantize=False, trt=False)
+                          promote=False)  # the chosen trial, pareto.json and the report come without a promotion
     lines: list[str] = []
     state = automl.run(opts, echo=lines.append).state
     by_size = {t.params["dataset.segment.img_size"]: t for t in state.trials.values()}
@@ -503,8 +503,7 @@ def test_a_small_space_is_not_trained_twice(data, tmp_path) -> None:
     import automl
 
     opts = search_options(tmp_path / "r", data / "spec.yaml", overrides=SMALL, budget=6, only=["dataset.segment.img_size"],
-                          structure={"dataset.segment.img_size": [32, 64]}, latency=False, num_cpus=2,
-                          export=False, quantize=False, trt=False)
+                          structure={"dataset.segment.img_size": [32, 64]}, latency=False, num_cpus=2, promote=False)
     lines: list[str] = []
     state = automl.run(opts, echo=lines.append).state
     searched = [t for t in state.trials.values() if not t.recheck_of]
@@ -551,7 +550,7 @@ def test_a_small_space_is_not_trained_twice_under_a_trial_count(data, tmp_path) 
 
     opts = search_options(tmp_path / "n", data / "spec.yaml", overrides=SMALL, max_trials=5, max_epochs=1,
                           only=["dataset.segment.img_size"], structure={"dataset.segment.img_size": [32, 64]},
-                          latency=False, num_cpus=2, export=False, quantize=False, trt=False)
+                          latency=False, num_cpus=2, promote=False)
     lines: list[str] = []
     state = automl.run(opts, echo=lines.append).state
     assert state.budget is None and state.status == "FINISHED"
