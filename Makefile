@@ -47,6 +47,8 @@ browser:
 # the other ran its last chunk (2026-12-06: one run's --durations=0 replayed through both schedulers
 # gave 1154 s, one worker idle for the last 228 s, and 1041 s; measured back to back on one machine,
 # 1162 s and 1082 s). An idle worker now takes half of the other's queue.
+# One torch thread per test process (tests/conftest.py) and fewer duplicate searches: 1344 s -> 1083 s of
+# tests here, back to back on one machine (2026-12-06).
 # PostgreSQL for the team-tracking test (an MLflow tracking server on it): Debian's package where
 # root can apt-get; elsewhere the test skips and says why.
 postgres:
