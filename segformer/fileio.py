@@ -10,6 +10,7 @@ use it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -84,9 +85,12 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     itself last, so a reader never finds the main file without its side files. Subfolders are
     scratch space (intermediate files) and are not moved. The private folder is removed in every
     case; on an error, or when the block wrote no file at the temporary path, nothing is moved.
+    A folder at ``path`` is refused before the block runs, not after the library's work.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():  # os.replace would refuse it only at the end
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     _remove_dead_private_folders(path)
     private = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:

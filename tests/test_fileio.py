@@ -72,6 +72,19 @@ def test_atomic_output_refuses_when_nothing_was_written(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_atomic_output_refuses_a_folder_in_the_way_before_the_work(tmp_path):
+    """A folder at the target would make os.replace fail only after the library's work (an ONNX
+    export's seconds): refused first, with the path, and nothing is left behind."""
+    target = tmp_path / "model.onnx"
+    target.mkdir()
+    ran = []
+    with pytest.raises(IsADirectoryError) as caught:
+        with atomic_output(target):
+            ran.append(True)
+    assert caught.value.filename == str(target) and not ran
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"] and not any(target.iterdir())
+
+
 def test_atomic_output_clears_what_a_killed_writer_left(tmp_path):
     """A writer killed inside atomic_output (SIGKILL: no cleanup) leaves its private folder; the next
     write of that file removes it, and never the folder of a writer still alive."""

@@ -25,10 +25,12 @@ decode and metric code) and a table of mIoU and size changes is printed and writ
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import logging
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,12 +144,19 @@ def _calibration_batches(cfg: ExperimentConfig, folder: Path, size: tuple[int, i
     """Normalized calibration batches (torch) from ``folder`` (:func:`_calibration_folder`)."""
     from segformer.data import iter_calibration_batches
 
+    aug = cfg.dataset.segment.augmentation
+    with _calibration_key(cfg):
+        yield from iter_calibration_batches(folder, size, aug.mean, aug.std, batch_size, max_batches)
+
+
+@contextlib.contextmanager
+def _calibration_key(cfg: ExperimentConfig) -> Iterator[None]:
+    """A calibration DataError names the spec key that chose the folder."""
     segment = cfg.dataset.segment
-    aug = segment.augmentation
     key = ("dataset.segment.quant_calibration_dataset.images_dir" if segment.quant_calibration_dataset.images_dir
            else "dataset.segment.quant_calibration_dataset.images_dir, unset: the train split was used")
     try:
-        yield from iter_calibration_batches(folder, size, aug.mean, aug.std, batch_size, max_batches)
+        yield
     except DataError as err:
         raise DataError(f"{err} ({key}: point it at a folder of readable calibration images)") from None
 
@@ -269,6 +278,10 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
         calibration = _calibration_folder(cfg, quiet)
         onnx_in, exported = model_path, None
         if model_path.suffix != ".onnx":
+            from segformer.data import check_calibration_images
+
+            with _calibration_key(cfg):  # before the export's seconds, not after them
+                check_calibration_images(calibration, cal_batch, cal_batches)
             onnx_in = exported = _export_float_onnx(cfg, model_path, results_dir / FLOAT_ONNX_NAME, num_classes)
         try:
             from segformer.deploy.onnx_signature import calibrate_at_static_batch, read_onnx_signature

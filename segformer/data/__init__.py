@@ -31,6 +31,7 @@ _EXPORTS = {
     "SegData": "segformer.data.segdata",
     "build_data": "segformer.data.segdata",
     "iter_calibration_batches": "segformer.data.segdata",
+    "check_calibration_images": "segformer.data.segdata",
     "SegDataModule": "segformer.data.datamodule",
     "build_datamodule": "segformer.data.datamodule",
     "generate": "segformer.data.synth",

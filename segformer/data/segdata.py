@@ -253,13 +253,9 @@ def split_counts(counts: dict[str, int], what: str = "image/mask pairs") -> str:
     return f"{'/'.join(str(n) for n in counts.values())} {'/'.join(counts)} {what}"
 
 
-def iter_calibration_batches(images_dir: str | Path, img_size: int, mean: Sequence[float], std: Sequence[float],
-                             batch_size: int, max_batches: int | None = None) -> Iterator[torch.Tensor]:
-    """Normalized (N, 3, S, S) batches from a folder of images (sorted by name), for PTQ / TensorRT.
-
-    Uses :func:`preprocess_image`, so calibration sees exactly the inference inputs. The last batch
-    may be smaller. ``max_batches`` None or <= 0 means all images.
-    """
+def calibration_files(images_dir: str | Path, batch_size: int, max_batches: int | None = None) -> list[Path]:
+    """The images calibration reads from ``images_dir``, in its order (:func:`iter_calibration_batches`);
+    one DataError where the folder is missing or holds no image."""
     folder = Path(images_dir)
     if batch_size < 1:
         raise ValueError(f"calibration batch_size must be >= 1, got {batch_size}")
@@ -270,6 +266,25 @@ def iter_calibration_batches(images_dir: str | Path, img_size: int, mean: Sequen
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in calibration folder {folder}")
     if max_batches and max_batches > 0:
         files = files[: batch_size * max_batches]
+    return files
+
+
+def check_calibration_images(images_dir: str | Path, batch_size: int, max_batches: int | None = None) -> None:
+    """Decode every image :func:`iter_calibration_batches` would read, so that a missing folder or a
+    corrupt image is one DataError before the work that precedes calibration (an ONNX export)."""
+    for path in calibration_files(images_dir, batch_size, max_batches):
+        with open_image(path, "calibration image"):
+            pass
+
+
+def iter_calibration_batches(images_dir: str | Path, img_size: int, mean: Sequence[float], std: Sequence[float],
+                             batch_size: int, max_batches: int | None = None) -> Iterator[torch.Tensor]:
+    """Normalized (N, 3, S, S) batches from a folder of images (sorted by name), for PTQ / TensorRT.
+
+    Uses :func:`preprocess_image`, so calibration sees exactly the inference inputs. The last batch
+    may be smaller. ``max_batches`` None or <= 0 means all images.
+    """
+    files = calibration_files(images_dir, batch_size, max_batches)
     for start in range(0, len(files), batch_size):
         tensors = []
         for path in files[start:start + batch_size]:

@@ -290,6 +290,31 @@ def test_onnxruntime_refuses_backend_kwargs_it_does_not_take(exported, make_depl
     assert not (tmp_path / "quantize").exists() and not list(tmp_path.rglob("quantize_report.json"))
 
 
+@pytest.mark.parametrize("problem", ["missing", "corrupt"])
+def test_a_bad_calibration_folder_is_said_before_the_checkpoint_is_exported(checkpoint, make_deploy_cfg, tmp_path,
+                                                                            caplog, problem):
+    """A .pth model_path is exported before calibration; a missing folder or an image that cannot be
+    read among those calibration will use is one error naming it and the key, before the export."""
+    from segformer.actions import quantize
+    from segformer.errors import DataError
+
+    folder = tmp_path / "calibration"
+    if problem == "corrupt":
+        folder.mkdir()
+        (folder / "a.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    cfg = make_deploy_cfg(tmp_path / "r", "quantize.backend=onnxruntime", "quantize.mode=static_ptq",
+                          f"quantize.model_path={checkpoint}", f"dataset.segment.quant_calibration_dataset.images_dir={folder}")
+    caplog.set_level("INFO", logger="segformer")
+    with pytest.raises(DataError) as caught:
+        quantize.run(cfg, quiet=True)
+    message = str(caught.value)
+    assert (f"calibration folder {folder} does not exist" if problem == "missing"
+            else f"cannot read calibration image {folder / 'a.png'}") in message, message
+    assert "(dataset.segment.quant_calibration_dataset.images_dir: point it at a folder" in message
+    assert not [r for r in caplog.records if "to ONNX" in r.getMessage()]  # the export never started
+    assert not list((tmp_path / "r").rglob("*.onnx"))
+
+
 def test_onnxruntime_qdq_from_a_checkpoint(checkpoint, make_deploy_cfg, tmp_path):
     """A .pth model_path is exported to float ONNX first, then quantized (what promotion does)."""
     import onnx
