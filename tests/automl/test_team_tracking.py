@@ -123,7 +123,7 @@ def test_a_search_tracked_on_a_postgresql_server_resumes_and_registers_its_champ
     results = tmp_path / "search"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "automl.cli", "run", "--skill", "segformer", "-e", str(root / "spec.yaml"),
-           "--results-dir", str(results), "--tracking-uri", tracking_server, "--max-trials", "3",
+           "--results-dir", str(results), "--tracking-uri", tracking_server, "--max-trials", "2",
            "--max-concurrent", "1", "--skip-quantize", "--skip-trt", "--no-progress", "dataset.segment.batch_size=4",
            "model.decode_head.decoder_params.embed_dim=32", "train.num_epochs=2"]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
