@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,16 +25,6 @@ os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 ROOT = Path(__file__).resolve().parents[2]
 SECTION = "## Deploy speed"
 EAGER, ORT_FP32, ORT_INT8 = "PyTorch eager fp32", "ONNX Runtime fp32", "ONNX Runtime int8 (QDQ, u8/s8)"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _cpu_flags() -> str:
