@@ -337,10 +337,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status" and args.json:
             import json
 
-            from automl.results import tao_results
-            from automl.state import SearchState, observed
+            from automl.results import starting_results, tao_results
+            from automl.state import SearchState, observed, starting
 
-            print(json.dumps(tao_results(observed(SearchState.load(args.results_dir))), indent=1, default=str))
+            results = (starting_results() if starting(args.results_dir)
+                       else tao_results(observed(SearchState.load(args.results_dir))))
+            print(json.dumps(results, indent=1, default=str))
             return 0
         if args.command == "status":
             from automl.console import print_status

@@ -23,6 +23,9 @@ runs (`automl.state`). ``automl status DIR --json`` prints it, made afresh from 
   ``trial``, ``stopped_early``, ``stopped_by`` (why: "rung: ...", "curve: ...", "budget: ...", "time: ..."), ``recheck_of``;
 - ``pareto_front``: with --objectives, the members of the front (``rec_id``, ``objective_values``);
   else an empty list.
+
+While a new search starts (its driver checks the data and starts Ray before it writes the ledger)
+``automl status --json`` prints the same keys with ``progress.status`` "starting" (`starting_results`).
 """
 
 from __future__ import annotations
@@ -111,6 +114,22 @@ def tao_results(state: "SearchState") -> dict[str, Any]:
         "final_evaluation": _final(state),
         "history": history,
         "pareto_front": front,
+    }
+
+
+def starting_results() -> dict[str, Any]:
+    """`tao_results`' shape for a search whose driver has not written its state yet (`automl.state.starting`):
+    status "starting", nothing to report, so that a script polling ``automl status --json`` reads one
+    shape from the moment the search is launched."""
+    return {
+        "best": None,
+        "progress": {"completed": 0, "total": 0, "best_metric": None, "best_rec_id": None, "algorithm": None,
+                     "status": "starting", "epochs_trained": 0, "budget_epochs": None},
+        "baseline": None,
+        "final_evaluation": {"status": "pending", "reason": "the search is starting: its driver checks the data and "
+                                                            "starts Ray before its first trial", "metric_value": None},
+        "history": [],
+        "pareto_front": [],
     }
 
 

@@ -313,13 +313,17 @@ def test_ray_token_is_found_where_ray_looks(tmp_path, monkeypatch):
         local_ray_token()
 
 
-def test_status_of_a_search_that_is_starting_says_so(tmp_path):
+def test_status_of_a_search_that_is_starting_says_so(tmp_path, capsys):
     """The driver takes the folder's lock at once and writes the state after the data check and Ray's
     start (seconds): `automl status` then said the folder was not made by `automl run`, and --watch
-    gave up; it now says the search is starting, and --watch waits for it."""
+    gave up; it now says the search is starting, and --watch waits for it. With --json it was an
+    error (rc 2) for a script polling a search it had just launched: now the results' shape, status
+    "starting"."""
     import threading
 
+    from automl.cli import main
     from automl.console import print_status
+    from automl.layout import Layout
     from automl.runner import one_driver
     from automl.state import FINISHED, SearchState
 
@@ -327,6 +331,17 @@ def test_status_of_a_search_that_is_starting_says_so(tmp_path):
     with one_driver(results):
         with pytest.raises(FileNotFoundError, match="is starting: its driver checks the data and starts Ray"):
             SearchState.load(results)
+        assert main(["status", str(results), "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["progress"]["status"] == "starting" and shown["best"] is None and shown["history"] == []
+        SearchState(results_dir=str(results), skill="segformer", algorithm="random", metric="val_miou", mode="max",
+                    settings={}).save()
+        assert main(["status", str(results), "--json"]) == 0
+        written = json.loads(capsys.readouterr().out)
+        assert written["progress"]["status"] == "running" and set(written) == set(shown)
+        assert set(written["progress"]) == set(shown["progress"])
+        assert set(written["final_evaluation"]) == set(shown["final_evaluation"])
+        Layout.of(results).state_file.unlink()
         lines: list[str] = []
         later = threading.Timer(0.5, lambda: SearchState(results_dir=str(results), skill="segformer", algorithm="random",
                                                           metric="val_miou", mode="max", settings={}, status=FINISHED).save())
