@@ -89,7 +89,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_dir():  # os.replace would refuse it only at the end
+    if path.is_dir() and not path.is_symlink():  # os.replace would refuse it only at the end (a link it replaces)
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     _remove_dead_private_folders(path)
     private = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))

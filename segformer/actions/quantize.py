@@ -279,10 +279,12 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
         onnx_in, exported = model_path, None
         if model_path.suffix != ".onnx":
             from segformer.data import check_calibration_images
+            from segformer.engine.predictor import load_torch_model
 
-            with _calibration_key(cfg):  # before the export's seconds, not after them
+            model = load_torch_model(cfg.model, num_classes, model_path).eval()  # a bad checkpoint is said first
+            with _calibration_key(cfg):  # then the images: before the export's seconds, not after them
                 check_calibration_images(calibration, cal_batch, cal_batches)
-            onnx_in = exported = _export_float_onnx(cfg, model_path, results_dir / FLOAT_ONNX_NAME, num_classes)
+            onnx_in = exported = _export_float_onnx(cfg, model, model_path, results_dir / FLOAT_ONNX_NAME)
         try:
             from segformer.deploy.onnx_signature import calibrate_at_static_batch, read_onnx_signature
 
@@ -361,13 +363,12 @@ def run(cfg: ExperimentConfig, *, quiet: bool = False) -> QuantizeResult:
                           requested_backend=requested, note=note)
 
 
-def _export_float_onnx(cfg: ExperimentConfig, checkpoint: Path, onnx_path: Path, num_classes: int) -> Path:
-    """Export a float ONNX at img_size with a dynamic batch, as input to the ONNX backends."""
+def _export_float_onnx(cfg: ExperimentConfig, model: torch.nn.Module, checkpoint: Path, onnx_path: Path) -> Path:
+    """Export ``model`` (loaded from ``checkpoint``) to a float ONNX at img_size with a dynamic batch,
+    as input to the ONNX backends."""
     from segformer.deploy.onnx_export import export_onnx
-    from segformer.engine.predictor import load_torch_model
 
     size = int(cfg.dataset.segment.img_size)
-    model = load_torch_model(cfg.model, num_classes, checkpoint).eval()
     log.info("exporting %s to ONNX (%dx%d) for quantization", checkpoint, size, size)
     return export_onnx(model, onnx_path, input_height=size, input_width=size,
                        opset_version=int(cfg.export.opset_version))

@@ -270,9 +270,11 @@ def calibration_files(images_dir: str | Path, batch_size: int, max_batches: int 
 
 
 def check_calibration_images(images_dir: str | Path, batch_size: int, max_batches: int | None = None) -> None:
-    """Decode every image :func:`iter_calibration_batches` would read, so that a missing folder or a
-    corrupt image is one DataError before the work that precedes calibration (an ONNX export)."""
-    for path in calibration_files(images_dir, batch_size, max_batches):
+    """Decode the images :func:`iter_calibration_batches` would read (with no ``max_batches``, the
+    whole folder: its first batch only), so that a missing folder or a corrupt image is one DataError
+    before the work that precedes calibration (an ONNX export)."""
+    files = calibration_files(images_dir, batch_size, max_batches)
+    for path in files if max_batches and max_batches > 0 else files[:batch_size]:
         with open_image(path, "calibration image"):
             pass
 
