@@ -120,7 +120,8 @@ def tao_results(state: "SearchState") -> dict[str, Any]:
 def starting_results() -> dict[str, Any]:
     """`tao_results`' shape for a search whose driver has not written its state yet (`automl.state.starting`):
     status "starting", nothing to report, so that a script polling ``automl status --json`` reads one
-    shape from the moment the search is launched."""
+    shape from the moment the driver holds the folder (it takes its lock within a second of its start,
+    before the data check and Ray's start)."""
     return {
         "best": None,
         "progress": {"completed": 0, "total": 0, "best_metric": None, "best_rec_id": None, "algorithm": None,

@@ -99,6 +99,7 @@ class TrialRecord:
 
 
 LOCK_FILE = ".automl.lock"  # held by the search's driver while it runs (`automl.runner.one_driver`)
+PLAIN_TRAIN_DIR = "train"  # a plain training's train action folder (`automl.plain`); a search's trials have their own
 
 
 def driver_running(results_dir: str | Path) -> bool | None:
@@ -122,8 +123,11 @@ def driver_running(results_dir: str | Path) -> bool | None:
 
 def starting(results_dir: str | Path) -> bool:
     """Whether a driver holds the folder but has not written its state yet: it takes the lock first,
-    and writes the state after the data check and Ray's start (seconds)."""
-    return not Layout.of(results_dir).state_file.is_file() and bool(driver_running(results_dir))
+    and writes the state after the data check and Ray's start (seconds). A plain training (policy
+    off) holds the lock for its whole run and writes no state: not starting once its train/ exists."""
+    root = Layout.of(results_dir).root
+    return not Layout.of(results_dir).state_file.is_file() and not (root / PLAIN_TRAIN_DIR).is_dir() \
+        and bool(driver_running(results_dir))
 
 
 def observed(state: "SearchState") -> "SearchState":
@@ -238,8 +242,8 @@ class SearchState:
             if starting(results_dir):
                 raise FileNotFoundError(f"the search in {results_dir} is starting: its driver checks the data and starts "
                                         f"Ray before it writes {path.name}; try again in a few seconds")
-            plain = Path(results_dir) / "train" / "status.json"
-            if plain.is_file():  # `automl run --policy off`: one training, no search
+            plain = Path(results_dir) / PLAIN_TRAIN_DIR / "status.json"
+            if plain.parent.is_dir():  # `automl run --policy off`: one training, no search (its epochs so far)
                 raise FileNotFoundError(f"{results_dir} holds a plain training (automl run --policy off), not a search: its "
                                         f"epochs are in {plain}, and evaluate.checkpoint={plain.parent} takes its best checkpoint")
             raise FileNotFoundError(

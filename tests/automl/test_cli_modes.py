@@ -354,6 +354,22 @@ def test_status_of_a_search_that_is_starting_says_so(tmp_path, capsys):
         SearchState.load(tmp_path)
 
 
+def test_status_of_a_plain_training_under_way_is_not_a_starting_search(tmp_path, capsys):
+    """A plain training (policy off) holds the folder's lock for its whole run and writes no search
+    state: status said "starting" until it ended. Once its train/ exists, status says what it is."""
+    from automl.cli import main
+    from automl.runner import one_driver
+    from automl.state import starting
+
+    results = tmp_path / "plain"
+    with one_driver(results):
+        assert starting(results)
+        (results / "train").mkdir()
+        assert not starting(results)
+        assert main(["status", str(results), "--json"]) == 2
+        assert "holds a plain training (automl run --policy off), not a search" in capsys.readouterr().err
+
+
 def test_status_of_a_search_whose_driver_was_killed_says_so_and_the_watch_ends(tmp_path):
     """The state file of a SIGKILLed driver still says RUNNING: `automl status` tells by the driver's
     lock (the kernel drops a dead holder's) that nothing runs it, says how to continue, and --watch
