@@ -3,8 +3,10 @@ free port for the servers tests start (MLflow, Ray, PostgreSQL, an S3 server, DD
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import sys
 from typing import Callable
 
 import pytest
@@ -46,6 +48,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     for item in gpu_items:
         item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item):
+    """Lightning's package adds a handler writing to sys.stderr to its "lightning" logger when first
+    imported. A test that imported it in-process under capsys bound that handler to capsys's stream,
+    closed when the test ended; every later record through it printed "--- Logging error ---" and a
+    traceback into the next in-process command's stderr (test_bad_input, then a policy-off run, in one
+    worker: reproducible). Such handlers are pointed back at the session's stderr."""
+    yield
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in getattr(logger, "handlers", ()):
+            if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+                handler.stream = sys.stderr  # (setStream would flush the closed one first)
 
 
 @pytest.fixture(scope="session")

@@ -646,7 +646,7 @@ def test_promoted_checkpoint_is_the_best_epoch_and_resumes_without_callback_warn
 def test_best_spec_runs_export_as_written_and_a_trial_folder_is_a_parent_model(search, tmp_path, capsys):
     """`segformer export -e best/experiment.yaml` with no override exports the promoted checkpoint; a
     trial folder given as export.checkpoint gives Ray's copy of that trial's best epoch (resolved as
-    every action resolves it; test_parents_search runs the actions on such folders)."""
+    every action resolves it; tests/actions/test_parents.py runs the actions on results folders)."""
     from segformer.cli import main
     from segformer.config import load_config
     from segformer.parents import resolve_parents
