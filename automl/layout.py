@@ -33,6 +33,7 @@ RAY_DIR = "ray"
 EXPERIMENT_NAME = "search"  # Ray Tune's experiment folder under ray/
 RAY_BACKUP = ".state_backup.tar"  # the last complete, consistent set of Ray's state files, in the experiment folder
 CHECKPOINT_FILE = "checkpoint.ckpt"  # the Lightning checkpoint inside a Ray checkpoint folder
+PLAIN_TRAIN_DIR = "train"  # policy off: the one training's train action folder (a search's trials have their own)
 _TRIAL = re.compile(r"trial_(\d+)")
 
 
@@ -84,6 +85,10 @@ class Layout:
 
     def trial_dir(self, name: str) -> Path:
         return self.root / name
+
+    @property
+    def plain_train_dir(self) -> Path:
+        return self.root / PLAIN_TRAIN_DIR
 
     @property
     def best_dir(self) -> Path:

@@ -7,7 +7,7 @@ from typing import Any
 from automl.layout import Layout
 from automl.options import SearchOptions
 from automl.runner import Echo, SearchOutcome
-from automl.state import FAILED, FINISHED, PLAIN_TRAIN_DIR
+from automl.state import FAILED, FINISHED
 from automl.trial import base_config
 
 
@@ -19,7 +19,7 @@ def run_plain(opts: SearchOptions, skill_name: str, *, echo: Echo = print) -> Se
 
     layout = Layout.of(opts.results_dir)
     layout.root.mkdir(parents=True, exist_ok=True)
-    overrides: dict[str, Any] = {"results_dir": str(layout.root), "train.results_dir": str(layout.root / PLAIN_TRAIN_DIR)}
+    overrides: dict[str, Any] = {"results_dir": str(layout.root), "train.results_dir": str(layout.plain_train_dir)}
     if opts.search.trial_epochs:
         overrides["train.num_epochs"] = opts.search.trial_epochs
     cfg = apply_overrides(base_config(opts.spec, opts.overrides, layout.root), overrides)

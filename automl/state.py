@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from automl.layout import Layout
+from automl.layout import PLAIN_TRAIN_DIR, Layout
 from segformer.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,6 @@ class TrialRecord:
 
 
 LOCK_FILE = ".automl.lock"  # held by the search's driver while it runs (`automl.runner.one_driver`)
-PLAIN_TRAIN_DIR = "train"  # a plain training's train action folder (`automl.plain`); a search's trials have their own
 
 
 def driver_running(results_dir: str | Path) -> bool | None:
@@ -125,9 +124,8 @@ def starting(results_dir: str | Path) -> bool:
     """Whether a driver holds the folder but has not written its state yet: it takes the lock first,
     and writes the state after the data check and Ray's start (seconds). A plain training (policy
     off) holds the lock for its whole run and writes no state: not starting once its train/ exists."""
-    root = Layout.of(results_dir).root
-    return not Layout.of(results_dir).state_file.is_file() and not (root / PLAIN_TRAIN_DIR).is_dir() \
-        and bool(driver_running(results_dir))
+    layout = Layout.of(results_dir)
+    return not layout.state_file.is_file() and not layout.plain_train_dir.is_dir() and bool(driver_running(results_dir))
 
 
 def observed(state: "SearchState") -> "SearchState":
