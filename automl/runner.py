@@ -650,7 +650,7 @@ def _restored_tuner(opts: SearchOptions, state: SearchState, tracker: Any, echo:
 
 def _own_latest(layout: Layout) -> Any:
     """A trial's own latest Lightning checkpoint (the train action's), by trial name; None if absent."""
-    from segformer.engine.callbacks import LATEST_NAME
+    from segformer.engine.checkpoint_files import LATEST_NAME
 
     def latest(name: str) -> Path | None:
         path = layout.trial_dir(name) / "train" / LATEST_NAME

@@ -144,7 +144,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     from automl.tune_report import TuneReportCallback
     from segformer.actions import train as train_action
     from segformer.config import apply_overrides
-    from segformer.engine.callbacks import LATEST_NAME
+    from segformer.engine.checkpoint_files import LATEST_NAME
 
     name = tune.get_context().get_trial_name()
     trial_dir = Layout.of(ctx.results_dir).trial_dir(name)

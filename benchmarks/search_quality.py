@@ -367,7 +367,7 @@ def test_resolution(name: str) -> dict[str, Any] | None:
     None when neither pair of checkpoints is on disk, or best/ holds a model an earlier rule promoted."""
     from automl.budget import verdict as decide
     from automl.state import SearchState
-    from segformer.engine.callbacks import LATEST_NAME
+    from segformer.engine.checkpoint_files import LATEST_NAME
 
     for key in sorted((k for k in (p.name.removeprefix("search_") for p in (WORK / name).glob("search_default*"))
                        if (WORK / name / f"search_{k}" / "best" / "model.pth").is_file()), key=len):
@@ -395,7 +395,7 @@ def replay(names: list[str]) -> str:
 
     from automl.budget import settled
     from automl.state import SearchState
-    from segformer.engine.callbacks import LATEST_NAME
+    from segformer.engine.checkpoint_files import LATEST_NAME
 
     lines = ["| search | trainings | rank vs test: best epoch / settled | top by best epoch: test | top by settled: test "
              "| promoted: best epoch / last epoch (test) |", "|---|---|---|---|---|---|"]

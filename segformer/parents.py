@@ -321,8 +321,7 @@ def _inside(path: Path, folder: Path) -> bool:
 # ---------------------------------------------------------------------------------- one producer
 def _train_checkpoint(folder: Path, *, latest: bool = False) -> Choice | None:
     """The best (or latest) checkpoint of a train results folder; None when it has none."""
-    from segformer.actions.train import STATUS_NAME
-    from segformer.engine.callbacks import LATEST_NAME, parse_checkpoint_name
+    from segformer.engine.checkpoint_files import LATEST_NAME, STATUS_NAME, parse_checkpoint_name
 
     latest_file = folder / LATEST_NAME
     numbered = {key: path for path in folder.glob("model_epoch_*.pth")

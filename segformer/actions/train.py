@@ -40,6 +40,7 @@ from torch import nn
 from segformer.config import ExperimentConfig, action_results_dir, dump_config, to_dict
 from segformer.data import build_datamodule
 from segformer.engine.callbacks import AtomicCheckpointIO, EpochLines, PeriodicCheckpoint, RngState, StatusLog
+from segformer.engine.checkpoint_files import LATEST_NAME, STATUS_NAME
 from segformer.engine.module import SegFormerModule
 from segformer.engine.optim import OptimizerSettings
 from segformer.engine.timing import TIMING_NAME, StepTiming, step_timing_requested
@@ -51,7 +52,6 @@ from segformer.parents import check_weight_files, resolve_parents
 
 log = logging.getLogger(__name__)
 
-STATUS_NAME = "status.json"
 SPEC_NAME = "experiment.yaml"
 
 
@@ -166,7 +166,6 @@ def _refuse_previous_training(results_dir: Path) -> None:
     """A training from scratch does not go into a folder that holds another one's checkpoints: its
     numbered checkpoints would stay beside the new run's and, matching the new status.json's epochs,
     could be taken for the new run's (`segformer.parents`)."""
-    from segformer.engine.callbacks import LATEST_NAME
     from segformer.parents import read_status
 
     numbered = sorted(results_dir.glob("model_epoch_*.pth"))

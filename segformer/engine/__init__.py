@@ -22,7 +22,7 @@ _EXPORTS = {
     "SegFormerModule": "segformer.engine.module",
     "StatusLog": "segformer.engine.callbacks",
     "TorchPredictor": "segformer.engine.predictor",
-    "checkpoint_name": "segformer.engine.callbacks",
+    "checkpoint_name": "segformer.engine.checkpoint_files",
     "create_lr_schedule": "segformer.engine.optim",
     "create_optimizer": "segformer.engine.optim",
     "load_predictor": "segformer.engine.predictor",

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import random
-import re
 import sys
 import time
 from pathlib import Path
@@ -32,27 +31,14 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from segformer.engine.checkpoint_files import LATEST_NAME, checkpoint_name
 from segformer.errors import SpecError
 from segformer.fileio import atomic_write, atomic_write_text, link_or_copy
 from segformer.text import fmt, span
 
 log = logging.getLogger(__name__)
 
-LATEST_NAME = "segformer_model_latest.pth"
 CHECKPOINT_UNITS = ("epoch", "step")
-
-
-_CHECKPOINT_NAME = re.compile(r"model_epoch_(\d+)_step_(\d+)\.pth")
-
-
-def checkpoint_name(epoch: int, step: int) -> str:
-    return f"model_epoch_{epoch:03d}_step_{step:05d}.pth"
-
-
-def parse_checkpoint_name(name: str) -> tuple[int, int] | None:
-    """(epoch, step) of a periodic checkpoint's file name (:func:`checkpoint_name`); None for any other name."""
-    match = _CHECKPOINT_NAME.fullmatch(name)
-    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from segformer.engine.callbacks import LATEST_NAME, checkpoint_name
+from segformer.engine.checkpoint_files import LATEST_NAME, checkpoint_name
 from segformer.errors import SegformerError
 from segformer.parents import resolve_folder, resolve_parents
 
@@ -257,3 +257,19 @@ def test_latest_checkpoint_written_before_status_json_is_no_epochs(tmp_path):
     os.link(numbered, train_dir / checkpoint_name(2, 12))
     assert pick()[1] == ("the best checkpoint by val_miou in status.json: epoch 2, 0.2500; epoch 1 "
                          "scored 0.3000 but its checkpoint is not kept (train.checkpoint_interval)")
+
+
+def test_a_train_folder_is_read_without_importing_lightning(trained, tmp_path):
+    """Reading a train folder's checkpoints (a parent model, a resumed search's trials) needs their
+    file names only: it imported Lightning for them, about 6 s of CPU per `automl resume`."""
+    import subprocess
+
+    _, result = trained
+    repo = Path(__file__).resolve().parents[2]
+    code = ("import sys; from pathlib import Path; from segformer.parents import _train_checkpoint; "
+            "from automl.layout import Layout; from automl.runner import _own_latest; "
+            f"choice = _train_checkpoint(Path({str(result.results_dir)!r})); assert choice is not None; "
+            f"assert _own_latest(Layout.of(Path({str(tmp_path)!r})))('trial_000') is None; "
+            "assert 'lightning' not in sys.modules, 'lightning imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=repo, timeout=120,
+                   env={**os.environ, "PYTHONPATH": str(repo)})

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from segformer.actions import train
-from segformer.engine.callbacks import LATEST_NAME
+from segformer.engine.checkpoint_files import LATEST_NAME
 from segformer.engine.timing import STEP_TIMING_ENV, TIMING_NAME, read_timing
 from segformer.errors import DataError, SegformerError
 from segformer.model import load_model_weights
