@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import sys
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -74,3 +76,34 @@ def free_port() -> Callable[[], int]:
             return sock.getsockname()[1]
 
     return pick
+
+
+@pytest.fixture(scope="session")
+def built_once(tmp_path_factory, worker_id) -> Callable[[str, Callable[[Path], None]], Path]:
+    """``built_once(name, build)``: a folder that ``build(folder)`` fills, built once per test run.
+
+    For module fixtures that build something slow (a search folder) which the tests only read.
+    ``--dist worksteal`` hands the tail of a module to the idle worker, which then built the module's
+    fixtures a second time (test_parents_search's search folder: twice in each of two runs, 10-17 s
+    each, 2026-12-06). Here the first worker builds under a lock in the folder both workers share,
+    and the other uses it, or waits for it when it asks while the build runs (pytest-xdist's own
+    recipe for session data). A build that failed leaves no marker and is tried again. Without
+    xdist, a folder of this run's own."""
+    from filelock import FileLock
+
+    def get(name: str, build: Callable[[Path], None]) -> Path:
+        if worker_id == "master":
+            folder = tmp_path_factory.mktemp(name, numbered=False)
+            build(folder)
+            return folder
+        folder = tmp_path_factory.getbasetemp().parent / name  # shared by this run's workers
+        done = folder.with_name(name + ".built")
+        with FileLock(str(folder) + ".lock"):
+            if not done.is_file():
+                shutil.rmtree(folder, ignore_errors=True)  # a build that failed half-way
+                folder.mkdir()
+                build(folder)
+                done.touch()
+        return folder
+
+    return get
