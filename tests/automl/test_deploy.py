@@ -369,6 +369,7 @@ def test_a_latency_limit_keeps_slow_models_out(data, tmp_path) -> None:
     opts = search_options(results, data / "spec.yaml", overrides=SMALL, algorithm="grid", only=["dataset.segment.img_size"],
                           structure={"dataset.segment.img_size": [32, 128]}, max_latency_ms=limit, latency_threads=1,
                           objectives="val_miou:max,latency_ms:min", objective_weights=((1.0, 1.0), (1.0, 100.0)), num_cpus=2,
+                          max_concurrent=1,  # one trial process to start (a Lightning import), not two
                           promote=False)  # the chosen trial, pareto.json and the report come without a promotion
     lines: list[str] = []
     state = automl.run(opts, echo=lines.append).state
@@ -503,7 +504,8 @@ def test_a_small_space_is_not_trained_twice(data, tmp_path) -> None:
     import automl
 
     opts = search_options(tmp_path / "r", data / "spec.yaml", overrides=SMALL, budget=6, only=["dataset.segment.img_size"],
-                          structure={"dataset.segment.img_size": [32, 64]}, latency=False, num_cpus=2, promote=False)
+                          structure={"dataset.segment.img_size": [32, 64]}, latency=False, num_cpus=2, max_concurrent=1,
+                          promote=False)  # one trial process to start, not two
     lines: list[str] = []
     state = automl.run(opts, echo=lines.append).state
     searched = [t for t in state.trials.values() if not t.recheck_of]
@@ -550,7 +552,7 @@ def test_a_small_space_is_not_trained_twice_under_a_trial_count(data, tmp_path) 
 
     opts = search_options(tmp_path / "n", data / "spec.yaml", overrides=SMALL, max_trials=5, max_epochs=1,
                           only=["dataset.segment.img_size"], structure={"dataset.segment.img_size": [32, 64]},
-                          latency=False, num_cpus=2, promote=False)
+                          latency=False, num_cpus=2, max_concurrent=1, promote=False)
     lines: list[str] = []
     state = automl.run(opts, echo=lines.append).state
     assert state.budget is None and state.status == "FINISHED"

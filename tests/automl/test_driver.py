@@ -259,256 +259,10 @@ def test_results_json_has_the_tao_runner_contract(search):
     assert written["final_evaluation"]["status"] in ("done", "skipped") and written["pareto_front"] == []
 
 
-def test_help_does_not_import_heavy_modules():
-    code = ("import sys; from automl.cli import _parser; _parser().format_help(); "
-            "heavy = [m for m in ('torch', 'ray', 'mlflow', 'lightning') if m in sys.modules]; "
-            "assert not heavy, heavy")
-    subprocess.run([sys.executable, "-c", code], check=True, env=ENV, cwd=REPO, timeout=60)
-    started = time.time()
-    subprocess.run([sys.executable, "-m", "automl.cli", "--help"], check=True, env=ENV, cwd=REPO,
-                   capture_output=True, timeout=60)
-    assert time.time() - started < 5
+# Every test of the module's `search` comes before the tests that start searches of their own:
+# pytest-xdist's worksteal hands the end of a module to the idle worker, which would build `search`
+# again (about 40 s) for one of its tests there.
 
-
-def test_dry_run_and_grid_needs_finite_space(dataset, tmp_path):
-    import automl
-
-    lines: list[str] = []
-    outcome = automl.run(_options(tmp_path / "dry", dataset), echo=lines.append, dry_run=True)
-    text = "\n".join(lines)
-    assert outcome.mode == "dry-run" and "train.optim.lr" in text and "trial_000 (baseline): train.optim.lr=0.001" in text
-    assert "first 3 trials" in text and "trial_002: " in text and "trial_003" not in text, text  # max_trials 3: no more
-    assert not (tmp_path / "dry").exists()
-    assert "automl: dataset read: " in text  # README: a dry run checks that the data is there
-    # a local dataset that is not there is said, as the run says it (the dry run printed its plan)
-    with pytest.raises(DataError, match=r"dataset.segment.root_dir .*none is not a folder"):
-        automl.run(_options(tmp_path / "dry", dataset, overrides=(*TINY, f"dataset.segment.root_dir={tmp_path / 'none'}")),
-                   echo=lines.append, dry_run=True)
-    # the run would refuse more CPUs per trial than this machine has: so does the dry run
-    with pytest.raises(automl.SearchError, match=r"--cpus-per-trial 64 is more than this machine has \(2 CPUs\)"):
-        automl.run(_options(tmp_path / "dry", dataset, cpus_per_trial=64, num_cpus=2), echo=lines.append, dry_run=True)
-    # a folder that holds a search is refused before the data is read (here a dataset that is not there)
-    (tmp_path / "used").mkdir()
-    (tmp_path / "used" / "automl_state.json").write_text("{}")
-    with pytest.raises(automl.SearchError, match="already holds a search"):
-        automl.run(search_options(tmp_path / "used", dataset, overrides=(f"dataset.segment.root_dir={tmp_path / 'none'}",),
-                                  max_trials=2), echo=lines.append)
-    # the spec's own value outside the range searched: said once, in our words (Optuna's own warning left out)
-    with pytest.warns(UserWarning) as caught:
-        automl.run(_options(tmp_path / "dry", dataset, param_ranges={"train.optim.lr": {"valid_min": 0.5, "valid_max": 1.0}}),
-                   echo=lines.append, dry_run=True)
-    said = [str(w.message) for w in caught]
-    assert any(m.startswith("train.optim.lr: the spec's 0.001 lies outside the range searched [0.5, 1] (custom_param_ranges; "
-                            "valid_min/valid_max [0.5, 1]") for m in said), said
-    assert not any("Fixed parameter" in m for m in said), said
-    # a finished one is not sent to `automl resume`, which has nothing to continue
-    from automl.state import FINISHED, SearchState
-
-    SearchState(results_dir=str(tmp_path / "done"), skill="segformer", algorithm="random", metric="val_miou", mode="max",
-                settings={}, status=FINISHED).save()
-    with pytest.raises(automl.SearchError, match="already holds a finished search .*pick another --results-dir") as refused:
-        automl.run(search_options(tmp_path / "done", dataset, max_trials=2), echo=lines.append)
-    assert "automl resume" not in str(refused.value)
-    with pytest.raises(automl.SearchError, match="train.optim.lr"):
-        automl.run(_options(tmp_path / "grid", dataset, algorithm="grid"), echo=lines.append, dry_run=True)
-    # TAO's run_baseline: false: no trial runs the spec's own values
-    lines.clear()
-    automl.run(_options(tmp_path / "dry", dataset, baseline_first=False), echo=lines.append, dry_run=True)
-    text = "\n".join(lines)
-    assert "baseline" not in text and "first 3 trials (bayesian)" in text and "trial_000: " in text
-    # a budget of 4 trainings of the trials' epochs: the baseline, one other, then the re-check (it listed
-    # four search trials, of which two would have been the re-check)
-    lines.clear()
-    automl.run(_options(tmp_path / "dry", dataset, max_trials=None, budget=4, max_epochs=None), echo=lines.append,
-               dry_run=True)
-    text = "\n".join(lines)
-    assert "first 2 trials (bayesian)" in text and "trial_001: " in text and "trial_002" not in text, text
-    assert "then the re-check (" in text and "train.seed=" in text
-
-
-def test_dry_run_says_the_slots_the_run_settles_on(dataset, tmp_path):
-    """--dry-run's header gives this machine's slots and CPUs per trial, as the run's header does once Ray
-    is up (it said "every slot at a time (auto CPU, auto GPU each)")."""
-    import automl
-    from automl.ray_session import local_gpus
-
-    assert local_gpus() is not None  # Ray's accelerator count (not public API) is still there to ask
-    if local_gpus() != 0:
-        pytest.skip("a GPU here: trials would take one GPU each")
-    lines: list[str] = []
-    # 4 CPUs and a budget of 4 trainings (2 of them the re-check): the search's 2 trainings share the CPUs
-    automl.run(_options(tmp_path / "dry", dataset, max_trials=None, budget=4, max_epochs=None, num_cpus=4,
-                        max_concurrent=None), echo=lines.append, dry_run=True)
-    assert any(", 2 at a time (2 CPU, 0 GPU each); metric" in line for line in lines), lines
-    lines.clear()
-    automl.run(_options(tmp_path / "dry", dataset, num_cpus=4, max_concurrent=3), echo=lines.append, dry_run=True)
-    assert any(", 3 at a time (1 CPU, 0 GPU each); metric" in line for line in lines), lines
-    assert not any("(auto" in line or "every slot" in line for line in lines), lines
-    # one trial (--max-trials 1) on 2 CPUs: it takes both, not one of two slots (a core sat idle)
-    lines.clear()
-    automl.run(_options(tmp_path / "dry", dataset, max_trials=1, max_concurrent=None), echo=lines.append, dry_run=True)
-    assert any(", 1 at a time (2 CPU, 0 GPU each); metric" in line for line in lines), lines
-
-
-def test_a_budget_that_sizes_nothing_is_said(dataset, tmp_path, capsys):
-    """--budget with --max-trials (or TAO's automl_max_recommendations, which override it) or with PBT
-    sizes nothing: the driver says so instead of ignoring the flag without a word."""
-    from automl.cli import main
-
-    args = ["run", "-e", str(dataset), "--results-dir", str(tmp_path / "a"), "--budget", "5", "--dry-run"]
-    assert main([*args, "--max-trials", "2"]) == 0
-    assert "automl: --budget 5 is not used: max_trials=2 (--max-trials, or automl_max_recommendations" in capsys.readouterr().out
-    assert main([*args, "--algorithm", "pbt", "--only", "train.optim.lr"]) == 0
-    assert "automl: --budget 5 is not used: PBT trains its population" in capsys.readouterr().out
-    assert main(args) == 0
-    assert "is not used" not in capsys.readouterr().out
-
-
-def _wait_for(predicate, timeout: float, what: str, every: float = 0.5) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def _trials(results: Path) -> dict:
-    """The ledger's trials as a running search has them (its journal included), as dicts."""
-    from dataclasses import asdict
-
-    from automl.state import SearchState
-
-    try:
-        return {tid: asdict(t) for tid, t in SearchState.load(results).trials.items()}
-    except (FileNotFoundError, ValueError):
-        return {}
-
-
-@pytest.mark.slow  # 60-125 s on 2 shared cores; CI runs it (make test)
-def test_resume_after_sigkill(dataset, tmp_path):
-    """Kill the driver with SIGKILL mid-search, resume: no trial repeated or lost, no duplicate runs.
-    Before the kill, a second `automl run` or `automl resume` on the folder stops at once, naming the
-    folder and the driver holding it; the lock goes with the killed driver, so the resume runs."""
-    from mlflow import MlflowClient
-
-    from automl.layout import Layout
-
-    results = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "automl.cli", "run", "--skill", "segformer", "-e", str(dataset),
-           "--results-dir", str(results), "--algorithm", "bayesian", "--max-trials", "3", "--max-epochs", "8", "--num-cpus", "2",
-           "--skip-evaluate", "--skip-export", "--skip-quantize", "--skip-trt", "dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32"]
-    settings = tmp_path / "settings.yaml"
-    settings.write_text("automl_hyperparameters: [train.optim.lr]\n")
-    cmd += ["--settings", str(settings)]
-    proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        # ... and one complete copy of Ray's state kept: a kill before that first copy is refused with
-        # its own message (test_callbacks.py), a race this test would otherwise lose now and then.
-        # Warm, an epoch of this data takes about 0.2 s (2026-12-04): with 3 epochs a trial the window
-        # was shorter than the polling, and 2 runs of 3 saw the search finish first; 8 leave ~1.5 s.
-        _wait_for(lambda: sum(t["status"] == "FINISHED" for t in _trials(results).values()) >= 1
-                  and any(t["status"] == "RUNNING" and t["history"] for t in _trials(results).values())
-                  and Layout.of(results).ray_backup.is_file(),
-                  240, "one finished trial, one running trial with a reported epoch and a saved Ray state", every=0.1)
-        # Frozen (SIGSTOP), the driver still holds the folder and the moment of the kill stays where it
-        # is (a trial blocks at its next report until the driver takes it) while two more drivers try.
-        os.kill(proc.pid, signal.SIGSTOP)
-        for argv in (["run", *cmd[cmd.index("--skill"):]], ["resume", str(results)]):
-            started = time.monotonic()
-            second = subprocess.run([sys.executable, "-m", "automl.cli", *argv], env=ENV, cwd=REPO,
-                                    capture_output=True, text=True, timeout=120)
-            text = second.stdout + second.stderr
-            assert second.returncode != 0 and "Traceback" not in text, text[-3000:]
-            assert str(results) in text and f"pid {proc.pid}" in text and "in use" in text, text[-3000:]
-            assert time.monotonic() - started < 60, f"automl {argv[0]} took {time.monotonic() - started:.0f} s to refuse"
-        assert proc.poll() is None, "the first search was disturbed by the second driver"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-    before = _trials(results)
-    finished_before = {t["name"]: t["mlflow_run_id"] for t in before.values() if t["status"] == "FINISHED"}
-    # Ray's processes share the driver's fate; give them a moment to go.
-    time.sleep(3)
-    # The worst case of a kill: Ray keeps a trial's best and latest checkpoints only, so the one its
-    # last saved state restores from may be gone (deleted after that save). Resume must not fail it.
-    import shutil
-
-    for t in before.values():
-        if t["status"] != "FINISHED":
-            for folder in (results / "ray" / "search" / t["name"]).glob("checkpoint_*"):
-                shutil.rmtree(folder)
-
-    out = subprocess.run([sys.executable, "-m", "automl.cli", "resume", str(results)], env=ENV, cwd=REPO,
-                         capture_output=True, text=True, timeout=400)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    after = _trials(results)
-    names = sorted(t["name"] for t in after.values())
-    assert names == ["trial_000", "trial_001", "trial_002"], names
-    assert all(t["status"] == "FINISHED" for t in after.values()), (
-        {t["name"]: (t["status"], t.get("error")) for t in after.values()}, out.stdout[-3000:], out.stderr[-3000:])
-    for t in after.values():  # finished trials kept their run; epochs never recorded twice
-        if t["name"] in finished_before:
-            assert t["mlflow_run_id"] == finished_before[t["name"]]
-        epochs = [h["epoch"] for h in t["history"]]
-        assert epochs == sorted(set(epochs)) and epochs[-1] == 8
-    state = json.loads((results / "automl_state.json").read_text())
-    client = MlflowClient(state["mlflow_tracking_uri"])
-    children = client.search_runs([state["mlflow_experiment_id"]],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{state['mlflow_parent_run_id']}'")
-    assert sorted(r.data.tags["automl.trial"] for r in children) == names  # no duplicates, no orphans
-    assert {r.info.status for r in children} == {"FINISHED"}
-    assert not (results / ".automl.lock.owner").exists()  # who held the folder is cleared at the end
-
-
-
-@pytest.mark.slow  # about 40 s on 2 shared cores; CI runs it (make test)
-def test_a_pbt_search_resumes_after_sigkill(dataset, tmp_path):
-    """PBT killed with SIGKILL after its members have trained and perturbed, resumed: it finishes. Ray
-    restores a fresh synchronous PBT scheduler, whose next synchronisation point then caught up with
-    the members' epoch instead of passing it, so every member waited paused for the others and the
-    resumed search hung (automl.pbt)."""
-    from automl.layout import Layout
-
-    results = tmp_path / "pbt"
-    settings = tmp_path / "settings.yaml"
-    settings.write_text("automl_hyperparameters: [train.optim.lr]\nautoml_population_size: 2\n")
-    cmd = [sys.executable, "-m", "automl.cli", "run", "--skill", "segformer", "-e", str(dataset), "--results-dir", str(results),
-           "--algorithm", "pbt", "--settings", str(settings), "--max-concurrent", "2", "--max-epochs", "6", "--num-cpus", "2",
-           "--no-promote", "dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32"]
-    proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        _wait_for(lambda: len(_trials(results)) == 2 and all(len(t["history"]) >= 2 for t in _trials(results).values())
-                  and Layout.of(results).ray_backup.is_file(), 240, "two members with two epochs each and a saved Ray state")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-    time.sleep(3)  # Ray's processes share the driver's fate; give them a moment to go
-    try:  # 40-65 s on 2 cores beside a busy one; a hang shows its last table (who waits at which epoch)
-        out = subprocess.run([sys.executable, "-m", "automl.cli", "resume", str(results)], env=ENV, cwd=REPO,
-                             capture_output=True, text=True, timeout=420)
-    except subprocess.TimeoutExpired as hung:
-        said = hung.output.decode() if isinstance(hung.output, bytes) else hung.output or ""  # bytes, text=True or not
-        pytest.fail(f"the resumed PBT search did not finish in {hung.timeout} s:\n{said[-2500:]}")
-    if out.returncode != 0 and "cut by the kill from their last complete copy" in out.stdout + out.stderr:
-        # Seen once in CI (2026-12-01): the kill cut Ray's state files, the resume restored their last
-        # complete copy, and Ray's BasicVariantGenerator then failed on the preset points
-        # (KeyError: 'train.optim.lr'). A bug of its own, not the hang this test is about; open.
-        pytest.xfail("PBT resume from the backup of Ray's state fails in Ray's BasicVariantGenerator (known, open)")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    after = _trials(results)
-    assert {t["status"] for t in after.values()} == {"FINISHED"}, {t["name"]: t["status"] for t in after.values()}
-    assert all(t["history"][-1]["epoch"] == 6 for t in after.values())
-    for t in after.values():  # what the kill left is cleared: a report's hand-over folder; old PBT checkpoints
-        assert not list((results / t["name"] / "train").glob("automl_ckpt_*")), t["name"]
-        kept = sorted(p.name for p in (results / "ray" / "search" / t["name"]).glob("checkpoint_*"))
-        assert len(kept) <= 3 and Path(t["checkpoint"]).name in kept, (t["name"], kept, t["checkpoint"])  # latest two, best
 
 def _browser() -> str | None:
     import shutil
@@ -661,6 +415,259 @@ def test_best_spec_runs_export_as_written_and_a_trial_folder_is_a_parent_model(s
     assert cfg.export.checkpoint == str(Path(best.checkpoint) / "checkpoint.ckpt")
     assert (f"export.checkpoint: {trial_dir} is an AutoML trial folder; using {Path(best.checkpoint) / 'checkpoint.ckpt'}"
             in capsys.readouterr().out)
+
+
+def test_help_does_not_import_heavy_modules():
+    code = ("import sys; from automl.cli import _parser; _parser().format_help(); "
+            "heavy = [m for m in ('torch', 'ray', 'mlflow', 'lightning') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, env=ENV, cwd=REPO, timeout=60)
+    started = time.time()
+    subprocess.run([sys.executable, "-m", "automl.cli", "--help"], check=True, env=ENV, cwd=REPO,
+                   capture_output=True, timeout=60)
+    assert time.time() - started < 5
+
+
+def test_dry_run_and_grid_needs_finite_space(dataset, tmp_path):
+    import automl
+
+    lines: list[str] = []
+    outcome = automl.run(_options(tmp_path / "dry", dataset), echo=lines.append, dry_run=True)
+    text = "\n".join(lines)
+    assert outcome.mode == "dry-run" and "train.optim.lr" in text and "trial_000 (baseline): train.optim.lr=0.001" in text
+    assert "first 3 trials" in text and "trial_002: " in text and "trial_003" not in text, text  # max_trials 3: no more
+    assert not (tmp_path / "dry").exists()
+    assert "automl: dataset read: " in text  # README: a dry run checks that the data is there
+    # a local dataset that is not there is said, as the run says it (the dry run printed its plan)
+    with pytest.raises(DataError, match=r"dataset.segment.root_dir .*none is not a folder"):
+        automl.run(_options(tmp_path / "dry", dataset, overrides=(*TINY, f"dataset.segment.root_dir={tmp_path / 'none'}")),
+                   echo=lines.append, dry_run=True)
+    # the run would refuse more CPUs per trial than this machine has: so does the dry run
+    with pytest.raises(automl.SearchError, match=r"--cpus-per-trial 64 is more than this machine has \(2 CPUs\)"):
+        automl.run(_options(tmp_path / "dry", dataset, cpus_per_trial=64, num_cpus=2), echo=lines.append, dry_run=True)
+    # a folder that holds a search is refused before the data is read (here a dataset that is not there)
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "automl_state.json").write_text("{}")
+    with pytest.raises(automl.SearchError, match="already holds a search"):
+        automl.run(search_options(tmp_path / "used", dataset, overrides=(f"dataset.segment.root_dir={tmp_path / 'none'}",),
+                                  max_trials=2), echo=lines.append)
+    # the spec's own value outside the range searched: said once, in our words (Optuna's own warning left out)
+    with pytest.warns(UserWarning) as caught:
+        automl.run(_options(tmp_path / "dry", dataset, param_ranges={"train.optim.lr": {"valid_min": 0.5, "valid_max": 1.0}}),
+                   echo=lines.append, dry_run=True)
+    said = [str(w.message) for w in caught]
+    assert any(m.startswith("train.optim.lr: the spec's 0.001 lies outside the range searched [0.5, 1] (custom_param_ranges; "
+                            "valid_min/valid_max [0.5, 1]") for m in said), said
+    assert not any("Fixed parameter" in m for m in said), said
+    # a finished one is not sent to `automl resume`, which has nothing to continue
+    from automl.state import FINISHED, SearchState
+
+    SearchState(results_dir=str(tmp_path / "done"), skill="segformer", algorithm="random", metric="val_miou", mode="max",
+                settings={}, status=FINISHED).save()
+    with pytest.raises(automl.SearchError, match="already holds a finished search .*pick another --results-dir") as refused:
+        automl.run(search_options(tmp_path / "done", dataset, max_trials=2), echo=lines.append)
+    assert "automl resume" not in str(refused.value)
+    with pytest.raises(automl.SearchError, match="train.optim.lr"):
+        automl.run(_options(tmp_path / "grid", dataset, algorithm="grid"), echo=lines.append, dry_run=True)
+    # TAO's run_baseline: false: no trial runs the spec's own values
+    lines.clear()
+    automl.run(_options(tmp_path / "dry", dataset, baseline_first=False), echo=lines.append, dry_run=True)
+    text = "\n".join(lines)
+    assert "baseline" not in text and "first 3 trials (bayesian)" in text and "trial_000: " in text
+    # a budget of 4 trainings of the trials' epochs: the baseline, one other, then the re-check (it listed
+    # four search trials, of which two would have been the re-check)
+    lines.clear()
+    automl.run(_options(tmp_path / "dry", dataset, max_trials=None, budget=4, max_epochs=None), echo=lines.append,
+               dry_run=True)
+    text = "\n".join(lines)
+    assert "first 2 trials (bayesian)" in text and "trial_001: " in text and "trial_002" not in text, text
+    assert "then the re-check (" in text and "train.seed=" in text
+
+
+def test_dry_run_says_the_slots_the_run_settles_on(dataset, tmp_path):
+    """--dry-run's header gives this machine's slots and CPUs per trial, as the run's header does once Ray
+    is up (it said "every slot at a time (auto CPU, auto GPU each)")."""
+    import automl
+    from automl.ray_session import local_gpus
+
+    assert local_gpus() is not None  # Ray's accelerator count (not public API) is still there to ask
+    if local_gpus() != 0:
+        pytest.skip("a GPU here: trials would take one GPU each")
+    lines: list[str] = []
+    # 4 CPUs and a budget of 4 trainings (2 of them the re-check): the search's 2 trainings share the CPUs
+    automl.run(_options(tmp_path / "dry", dataset, max_trials=None, budget=4, max_epochs=None, num_cpus=4,
+                        max_concurrent=None), echo=lines.append, dry_run=True)
+    assert any(", 2 at a time (2 CPU, 0 GPU each); metric" in line for line in lines), lines
+    lines.clear()
+    automl.run(_options(tmp_path / "dry", dataset, num_cpus=4, max_concurrent=3), echo=lines.append, dry_run=True)
+    assert any(", 3 at a time (1 CPU, 0 GPU each); metric" in line for line in lines), lines
+    assert not any("(auto" in line or "every slot" in line for line in lines), lines
+    # one trial (--max-trials 1) on 2 CPUs: it takes both, not one of two slots (a core sat idle)
+    lines.clear()
+    automl.run(_options(tmp_path / "dry", dataset, max_trials=1, max_concurrent=None), echo=lines.append, dry_run=True)
+    assert any(", 1 at a time (2 CPU, 0 GPU each); metric" in line for line in lines), lines
+
+
+def test_a_budget_that_sizes_nothing_is_said(dataset, tmp_path, capsys):
+    """--budget with --max-trials (or TAO's automl_max_recommendations, which override it) or with PBT
+    sizes nothing: the driver says so instead of ignoring the flag without a word."""
+    from automl.cli import main
+
+    args = ["run", "-e", str(dataset), "--results-dir", str(tmp_path / "a"), "--budget", "5", "--dry-run"]
+    assert main([*args, "--max-trials", "2"]) == 0
+    assert "automl: --budget 5 is not used: max_trials=2 (--max-trials, or automl_max_recommendations" in capsys.readouterr().out
+    assert main([*args, "--algorithm", "pbt", "--only", "train.optim.lr"]) == 0
+    assert "automl: --budget 5 is not used: PBT trains its population" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "is not used" not in capsys.readouterr().out
+
+
+def _wait_for(predicate, timeout: float, what: str, every: float = 0.5) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _trials(results: Path) -> dict:
+    """The ledger's trials as a running search has them (its journal included), as dicts."""
+    from dataclasses import asdict
+
+    from automl.state import SearchState
+
+    try:
+        return {tid: asdict(t) for tid, t in SearchState.load(results).trials.items()}
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+@pytest.mark.slow  # 60-125 s on 2 shared cores; CI runs it (make test)
+def test_resume_after_sigkill(dataset, tmp_path):
+    """Kill the driver with SIGKILL mid-search, resume: no trial repeated or lost, no duplicate runs.
+    Before the kill, a second `automl run` or `automl resume` on the folder stops at once, naming the
+    folder and the driver holding it; the lock goes with the killed driver, so the resume runs."""
+    from mlflow import MlflowClient
+
+    from automl.layout import Layout
+
+    results = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "automl.cli", "run", "--skill", "segformer", "-e", str(dataset),
+           "--results-dir", str(results), "--algorithm", "bayesian", "--max-trials", "3", "--max-epochs", "8", "--num-cpus", "2",
+           # one trial at a time: one trial process to start, not two (a kill with two trials running
+           # is test_budget.py's); no promotion, which nothing here asserts on
+           "--max-concurrent", "1", "--no-promote", "dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32"]
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("automl_hyperparameters: [train.optim.lr]\n")
+    cmd += ["--settings", str(settings)]
+    proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        # ... and one complete copy of Ray's state kept: a kill before that first copy is refused with
+        # its own message (test_callbacks.py), a race this test would otherwise lose now and then.
+        # Warm, an epoch of this data takes about 0.2 s (2026-12-04): with 3 epochs a trial the window
+        # was shorter than the polling, and 2 runs of 3 saw the search finish first; 8 leave ~1.5 s.
+        _wait_for(lambda: sum(t["status"] == "FINISHED" for t in _trials(results).values()) >= 1
+                  and any(t["status"] == "RUNNING" and t["history"] for t in _trials(results).values())
+                  and Layout.of(results).ray_backup.is_file(),
+                  240, "one finished trial, one running trial with a reported epoch and a saved Ray state", every=0.1)
+        # Frozen (SIGSTOP), the driver still holds the folder and the moment of the kill stays where it
+        # is (a trial blocks at its next report until the driver takes it) while two more drivers try.
+        os.kill(proc.pid, signal.SIGSTOP)
+        for argv in (["run", *cmd[cmd.index("--skill"):]], ["resume", str(results)]):
+            started = time.monotonic()
+            second = subprocess.run([sys.executable, "-m", "automl.cli", *argv], env=ENV, cwd=REPO,
+                                    capture_output=True, text=True, timeout=120)
+            text = second.stdout + second.stderr
+            assert second.returncode != 0 and "Traceback" not in text, text[-3000:]
+            assert str(results) in text and f"pid {proc.pid}" in text and "in use" in text, text[-3000:]
+            assert time.monotonic() - started < 60, f"automl {argv[0]} took {time.monotonic() - started:.0f} s to refuse"
+        assert proc.poll() is None, "the first search was disturbed by the second driver"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    before = _trials(results)
+    finished_before = {t["name"]: t["mlflow_run_id"] for t in before.values() if t["status"] == "FINISHED"}
+    # Ray's processes share the driver's fate; give them a moment to go.
+    time.sleep(3)
+    # The worst case of a kill: Ray keeps a trial's best and latest checkpoints only, so the one its
+    # last saved state restores from may be gone (deleted after that save). Resume must not fail it.
+    import shutil
+
+    for t in before.values():
+        if t["status"] != "FINISHED":
+            for folder in (results / "ray" / "search" / t["name"]).glob("checkpoint_*"):
+                shutil.rmtree(folder)
+
+    out = subprocess.run([sys.executable, "-m", "automl.cli", "resume", str(results)], env=ENV, cwd=REPO,
+                         capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    after = _trials(results)
+    names = sorted(t["name"] for t in after.values())
+    assert names == ["trial_000", "trial_001", "trial_002"], names
+    assert all(t["status"] == "FINISHED" for t in after.values()), (
+        {t["name"]: (t["status"], t.get("error")) for t in after.values()}, out.stdout[-3000:], out.stderr[-3000:])
+    for t in after.values():  # finished trials kept their run; epochs never recorded twice
+        if t["name"] in finished_before:
+            assert t["mlflow_run_id"] == finished_before[t["name"]]
+        epochs = [h["epoch"] for h in t["history"]]
+        assert epochs == sorted(set(epochs)) and epochs[-1] == 8
+    state = json.loads((results / "automl_state.json").read_text())
+    client = MlflowClient(state["mlflow_tracking_uri"])
+    children = client.search_runs([state["mlflow_experiment_id"]],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{state['mlflow_parent_run_id']}'")
+    assert sorted(r.data.tags["automl.trial"] for r in children) == names  # no duplicates, no orphans
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert not (results / ".automl.lock.owner").exists()  # who held the folder is cleared at the end
+
+
+@pytest.mark.slow  # about 40 s on 2 shared cores; CI runs it (make test)
+def test_a_pbt_search_resumes_after_sigkill(dataset, tmp_path):
+    """PBT killed with SIGKILL after its members have trained and perturbed, resumed: it finishes. Ray
+    restores a fresh synchronous PBT scheduler, whose next synchronisation point then caught up with
+    the members' epoch instead of passing it, so every member waited paused for the others and the
+    resumed search hung (automl.pbt)."""
+    from automl.layout import Layout
+
+    results = tmp_path / "pbt"
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("automl_hyperparameters: [train.optim.lr]\nautoml_population_size: 2\n")
+    cmd = [sys.executable, "-m", "automl.cli", "run", "--skill", "segformer", "-e", str(dataset), "--results-dir", str(results),
+           "--algorithm", "pbt", "--settings", str(settings), "--max-concurrent", "2", "--max-epochs", "6", "--num-cpus", "2",
+           "--no-promote", "dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32"]
+    proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        _wait_for(lambda: len(_trials(results)) == 2 and all(len(t["history"]) >= 2 for t in _trials(results).values())
+                  and Layout.of(results).ray_backup.is_file(), 240, "two members with two epochs each and a saved Ray state")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    time.sleep(3)  # Ray's processes share the driver's fate; give them a moment to go
+    try:  # 40-65 s on 2 cores beside a busy one; a hang shows its last table (who waits at which epoch)
+        out = subprocess.run([sys.executable, "-m", "automl.cli", "resume", str(results)], env=ENV, cwd=REPO,
+                             capture_output=True, text=True, timeout=420)
+    except subprocess.TimeoutExpired as hung:
+        said = hung.output.decode() if isinstance(hung.output, bytes) else hung.output or ""  # bytes, text=True or not
+        pytest.fail(f"the resumed PBT search did not finish in {hung.timeout} s:\n{said[-2500:]}")
+    if out.returncode != 0 and "cut by the kill from their last complete copy" in out.stdout + out.stderr:
+        # Seen once in CI (2026-12-01): the kill cut Ray's state files, the resume restored their last
+        # complete copy, and Ray's BasicVariantGenerator then failed on the preset points
+        # (KeyError: 'train.optim.lr'). A bug of its own, not the hang this test is about; open.
+        pytest.xfail("PBT resume from the backup of Ray's state fails in Ray's BasicVariantGenerator (known, open)")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    after = _trials(results)
+    assert {t["status"] for t in after.values()} == {"FINISHED"}, {t["name"]: t["status"] for t in after.values()}
+    assert all(t["history"][-1]["epoch"] == 6 for t in after.values())
+    for t in after.values():  # what the kill left is cleared: a report's hand-over folder; old PBT checkpoints
+        assert not list((results / t["name"] / "train").glob("automl_ckpt_*")), t["name"]
+        kept = sorted(p.name for p in (results / "ray" / "search" / t["name"]).glob("checkpoint_*"))
+        assert len(kept) <= 3 and Path(t["checkpoint"]).name in kept, (t["name"], kept, t["checkpoint"])  # latest two, best
 
 
 def test_mlflow_store_failure_stops_the_ray_it_started(dataset, tmp_path):

@@ -64,11 +64,15 @@ class Outcome:
     stderr: str
 
 
-def run_inprocess(argv: list[str], capsys) -> Outcome:
-    """``segformer.cli.main(argv)`` as the console script runs it (SystemExit -> its code)."""
+def run_inprocess(argv: list[str], capsys, program: str = "segformer") -> Outcome:
+    """``segformer.cli.main(argv)`` (or ``automl.cli.main``) as the console script runs it (SystemExit
+    -> its code), in this process: no interpreter to start and no library to import again."""
     import logging
 
-    from segformer.cli import main
+    if program == "automl":
+        from automl.cli import main
+    else:
+        from segformer.cli import main
 
     # Libraries (Lightning) attach a StreamHandler bound to the sys.stderr of the moment they were
     # imported; under pytest that may be an earlier test's closed capture stream. Point them at now.
