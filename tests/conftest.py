@@ -79,31 +79,37 @@ def free_port() -> Callable[[], int]:
 
 
 @pytest.fixture(scope="session")
-def built_once(tmp_path_factory, worker_id) -> Callable[[str, Callable[[Path], None]], Path]:
+def built_once(tmp_path_factory, request) -> Callable[[str, Callable[[Path], None]], Path]:
     """``built_once(name, build)``: a folder that ``build(folder)`` fills, built once per test run.
 
-    For module fixtures that build something slow (a search folder) which the tests only read.
-    ``--dist worksteal`` hands the tail of a module to the idle worker, which then built the module's
-    fixtures a second time (test_parents_search's search folder: twice in each of two runs, 10-17 s
-    each, 2026-12-06). Here the first worker builds under a lock in the folder both workers share,
-    and the other uses it, or waits for it when it asks while the build runs (pytest-xdist's own
-    recipe for session data). A build that failed leaves no marker and is tried again. Without
-    xdist, a folder of this run's own."""
+    For module fixtures that build something slow (a search folder) which the tests never change
+    (they copy it to change it). ``--dist worksteal`` hands the tail of a module to the idle worker,
+    which then built the module's fixtures a second time (test_parents_search's search folder: twice
+    in each of two runs, 10-17 s each, 2026-12-06). Here the first worker builds under a lock in the
+    folder both workers share, and the other uses it, or waits for it when it asks while the build
+    runs (pytest-xdist's own recipe for session data). A build that failed leaves no marker and is
+    tried again. Without xdist, a folder of this run's own."""
     from filelock import FileLock
 
+    built: dict[str, Path] = {}
+    shared = getattr(request.config, "workerinput", None) is not None  # an xdist worker
+
     def get(name: str, build: Callable[[Path], None]) -> Path:
-        if worker_id == "master":
-            folder = tmp_path_factory.mktemp(name, numbered=False)
+        if name in built:
+            return built[name]
+        if not shared:
+            folder = tmp_path_factory.mktemp(name)
             build(folder)
-            return folder
-        folder = tmp_path_factory.getbasetemp().parent / name  # shared by this run's workers
-        done = folder.with_name(name + ".built")
-        with FileLock(str(folder) + ".lock"):
-            if not done.is_file():
-                shutil.rmtree(folder, ignore_errors=True)  # a build that failed half-way
-                folder.mkdir()
-                build(folder)
-                done.touch()
+        else:
+            folder = tmp_path_factory.getbasetemp().parent / name  # shared by this run's workers
+            done = folder.with_name(name + ".built")
+            with FileLock(str(folder) + ".lock"):
+                if not done.is_file():
+                    shutil.rmtree(folder, ignore_errors=True)  # a build that failed half-way
+                    folder.mkdir(exist_ok=True)
+                    build(folder)
+                    done.touch()
+        built[name] = folder
         return folder
 
     return get

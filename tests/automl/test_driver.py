@@ -555,8 +555,8 @@ def test_resume_after_sigkill(dataset, tmp_path):
     results = tmp_path / "killed"
     cmd = [sys.executable, "-m", "automl.cli", "run", "--skill", "segformer", "-e", str(dataset),
            "--results-dir", str(results), "--algorithm", "bayesian", "--max-trials", "3", "--max-epochs", "8", "--num-cpus", "2",
-           # one trial at a time: one trial process to start, not two (a kill with two trials running
-           # is test_budget.py's); no promotion, which nothing here asserts on
+           # one trial at a time: one trial process to start, not two (test_budget.py's kill and resume
+           # keeps the default, two at a time); no promotion, which nothing here asserts on
            "--max-concurrent", "1", "--no-promote", "dataset.segment.batch_size=4", "model.decode_head.decoder_params.embed_dim=32"]
     settings = tmp_path / "settings.yaml"
     settings.write_text("automl_hyperparameters: [train.optim.lr]\n")

@@ -25,7 +25,7 @@ OVERRIDES = (*TINY, "dataset.segment.workers=0", "train.num_epochs=2", "train.ch
 
 @pytest.fixture(scope="module")
 def search_dir(built_once) -> Path:
-    """The search folder (the tests read it, and copy it to change it)."""
+    """The search folder, shared by the xdist workers: the tests read it, and copy it to change it."""
     return built_once("parents_search", _build_search) / "search"
 
 
@@ -202,15 +202,21 @@ def test_search_folder_without_best_says_so(search_dir, tmp_path):
         resolve_parents(_cfg(search_dir, tmp_path, f"evaluate.checkpoint={bare}"), "evaluate")
 
 
-def test_best_experiment_yaml_runs_evaluate_export_and_quantize_as_written(search_dir, capsys):
+def test_best_experiment_yaml_runs_evaluate_export_and_quantize_as_written(search_dir, tmp_path, capsys):
     """`segformer <action> -e best/experiment.yaml` with no override: every input it names is in best/."""
     from segformer.cli import main
 
-    best = search_dir / "best"
-    spec = best / "experiment.yaml"
-    written = yaml.safe_load(spec.read_text())
+    written = yaml.safe_load((search_dir / "best" / "experiment.yaml").read_text())
     # paths in best/ are written relative to results_dir, so that the folder can move (below)
-    assert written["results_dir"] == str(best)
+    assert written["results_dir"] == str(search_dir / "best")
+    # The actions write into best/: they run in a copy of the search (hard links; each write replaces
+    # a file, never changes one), whose spec names the copy, as the promotion would have written it.
+    search = tmp_path / "search"
+    shutil.copytree(search_dir, search, copy_function=os.link)
+    best = search / "best"
+    spec = best / "experiment.yaml"
+    spec.unlink()
+    spec.write_text((search_dir / "best" / "experiment.yaml").read_text().replace(str(search_dir), str(search)))
     assert written["export"]["checkpoint"] == written["evaluate"]["checkpoint"] == "${results_dir}/model.pth"
     assert written["quantize"]["model_path"] == written["gen_trt_engine"]["onnx_file"] == "${results_dir}/export/segformer.onnx"
     for action in ("evaluate", "export", "quantize"):
@@ -226,15 +232,15 @@ def test_a_moved_best_folder_runs_with_one_override(search_dir, tmp_path, capsys
     input and output of best/experiment.yaml there; the original folder is not read."""
     from segformer.cli import main
 
+    # best/ as the promotion left it, at a place of this test's own (the fixture's folder is shared)
+    original = tmp_path / "search" / "best"
+    shutil.copytree(search_dir / "best", original)
+    spec = original / "experiment.yaml"
+    spec.write_text(spec.read_text().replace(str(search_dir / "best"), str(original)))
     moved = tmp_path / "elsewhere" / "best"
-    shutil.copytree(search_dir / "best", moved)
-    # The folder it came from is gone on the new machine: every path of the spec that named it now
-    # names a folder that does not exist (the fixture's own best/ stays, for the tests beside this one).
-    spec = moved / "experiment.yaml"
-    text = spec.read_text()
-    assert str(search_dir / "best") in text
-    spec.write_text(text.replace(str(search_dir / "best"), str(tmp_path / "gone" / "best")))
-    code = main(["evaluate", "-e", str(spec), f"results_dir={moved}"])
+    shutil.copytree(original, moved)
+    original.rename(original.with_name("best.away"))  # the original is not there to read
+    code = main(["evaluate", "-e", str(moved / "experiment.yaml"), f"results_dir={moved}"])
     captured = capsys.readouterr()
     assert code == 0, captured.err[-3000:]
     assert (moved / "evaluate" / "results.json").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -14,6 +15,16 @@ SKILL = REPO / "tests/fixtures/tao_reference/tao-skill-segformer"
 QUICK = ["--max-trials", "1", "--max-epochs", "1", "--no-promote", *TINY]
 # In-process runs have no subprocess timeout: a hang fails the test here, not CI's hard limit.
 pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(autouse=True)
+def _environment_kept():
+    """The driver sets variables for its own process (MLflow's HTTP retries, Tune's settings, PYTHONPATH);
+    after an in-process run they are put back, so that the worker's later tests do not inherit them."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def _automl(dataset, results, *args, timeout=90, capsys=None):
@@ -153,18 +164,18 @@ def test_equal_bounds_in_custom_param_ranges_warn(dataset, tmp_path):
 
 
 @pytest.mark.parametrize("flag, value, unit", [("--cpus-per-trial", "64", "CPUs"), ("--gpus-per-trial", "1", "GPUs")])
-def test_more_per_trial_than_the_machine_has(dataset, tmp_path, flag, value, unit, capsys):
+def test_more_per_trial_than_the_machine_has(dataset, tmp_path, flag, value, unit):
     """Ray would keep every trial pending for ever: an error before any trial, and no folder left."""
     if unit == "GPUs":
         import torch
 
         if torch.cuda.is_available():
             value = str(torch.cuda.device_count() + 1)
-    outcome, seconds = _automl(dataset, tmp_path / "r", "--skill", "segformer", flag, value, *QUICK, capsys=capsys)
+    outcome, seconds = _automl(dataset, tmp_path / "r", "--skill", "segformer", flag, value, *QUICK)  # starts a Ray
     _clean(outcome, [flag, "no trial could ever start", unit])
     assert seconds < 60 and not (tmp_path / "r").exists()
     if unit == "GPUs":  # the dry run says it too (it checked CPUs only), and without a GPU it does not advise "0 or less"
-        outcome, _ = _automl(dataset, tmp_path / "d", "--skill", "segformer", flag, value, "--dry-run", *QUICK, capsys=capsys)
+        outcome, _ = _automl(dataset, tmp_path / "d", "--skill", "segformer", flag, value, "--dry-run", *QUICK)
         _clean(outcome, [flag, "no trial could ever start", unit])
         assert "0 or less" not in outcome.stderr
 
@@ -229,7 +240,6 @@ def test_resume_with_a_damaged_mlflow_store(relative_search):
     """A search whose mlflow.db was overwritten: resume stops with one message naming the store, and
     leaves the ledger as it was (not a run that 'succeeds' against a broken store)."""
     import json
-    import os
 
     where, outcome = relative_search
     results = where / "r"
