@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from automl.layout import PLAIN_TRAIN_DIR, Layout
+from automl.layout import Layout
+from segformer.engine.checkpoint_files import STATUS_NAME
 from segformer.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -240,7 +241,7 @@ class SearchState:
             if starting(results_dir):
                 raise FileNotFoundError(f"the search in {results_dir} is starting: its driver checks the data and starts "
                                         f"Ray before it writes {path.name}; try again in a few seconds")
-            plain = Path(results_dir) / PLAIN_TRAIN_DIR / "status.json"
+            plain = Layout.of(results_dir).plain_train_dir / STATUS_NAME
             if plain.parent.is_dir():  # `automl run --policy off`: one training, no search (its epochs so far)
                 raise FileNotFoundError(f"{results_dir} holds a plain training (automl run --policy off), not a search: its "
                                         f"epochs are in {plain}, and evaluate.checkpoint={plain.parent} takes its best checkpoint")

@@ -312,6 +312,7 @@ def test_a_bad_calibration_folder_is_said_before_the_checkpoint_is_exported(chec
             else f"cannot read calibration image {folder / 'a.png'}") in message, message
     assert "(dataset.segment.quant_calibration_dataset.images_dir: point it at a folder" in message
     assert not [r for r in caplog.records if "to ONNX" in r.getMessage()]  # the export never started
+    assert not list((tmp_path / "r").rglob("*.onnx"))
 
 
 def test_onnxruntime_qdq_from_a_checkpoint(checkpoint, make_deploy_cfg, tmp_path):

@@ -67,19 +67,12 @@ class Outcome:
 def run_inprocess(argv: list[str], capsys, program: str = "segformer") -> Outcome:
     """``segformer.cli.main(argv)`` (or ``automl.cli.main``) as the console script runs it (SystemExit
     -> its code), in this process: no interpreter to start and no library to import again."""
-    import logging
-
     if program == "automl":
         from automl.cli import main
     else:
         from segformer.cli import main
-
-    # Libraries (Lightning) attach a StreamHandler bound to the sys.stderr of the moment they were
-    # imported; under pytest that may be an earlier test's closed capture stream. Point them at now.
-    for logger in [logging.getLogger(), *[logging.getLogger(n) for n in logging.root.manager.loggerDict]]:
-        for handler in getattr(logger, "handlers", []):
-            if type(handler) is logging.StreamHandler and getattr(handler.stream, "closed", False):
-                handler.stream = sys.stderr  # not setStream: it flushes the closed one
+    # (a library's log handler left on an earlier test's closed capture stream: tests/conftest.py
+    # points it back after every test)
     try:
         code = main(argv)
     except SystemExit as exc:  # argparse
