@@ -27,7 +27,7 @@ LIBRARIES = ("torch", "lightning", "ray", "optuna", "mlflow", "onnxruntime")
 
 # Order of the sections in RESULTS.md (run_all writes them in this order; unknown ones go last).
 SECTION_ORDER = ("Machine", "Model speed", "Deploy speed", "Search overhead", "Search efficiency", "Search scaling",
-                 "Search bookkeeping at scale", "GPU check")
+                 "Search bookkeeping at scale", "GPU check", "Demo wall time", "Search quality", "Search against the spec, seed for seed")
 
 
 # ------------------------------------------------------------------------------------------------

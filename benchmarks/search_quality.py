@@ -128,12 +128,17 @@ def search_dir(name: str, key: str) -> Path:
     return WORK / name / f"search_{key.replace('@', '_s')}"
 
 
-def search(name: str, algorithm: str, budget: float, resume: bool, seed: int = 0) -> dict[str, Any]:
+def search(name: str, algorithm: str, budget: float, resume: bool, seed: int = 0, spec_seed: int = 0) -> dict[str, Any]:
     """`automl run` with the defaults (algorithm "default") or --algorithm X, at `budget`; `seed` is
-    the search's own seed (``automl run --seed``: the sampler's draws), not the trainings'."""
+    the search's own seed (``automl run --seed``: the sampler's draws), not the trainings'.
+    `spec_seed` other than 0: the spec's own train.seed set to it (`benchmarks.seed_for_seed`), so
+    the search's baseline is the plain training of that seed."""
     spec, overrides = DATASETS[name]["spec"], DATASETS[name]["overrides"]
     key = search_key(algorithm, seed)
     out = search_dir(name, key)
+    if spec_seed:
+        overrides = [*overrides, f"train.seed={spec_seed}"]
+        out = out.with_name(f"{out.name}_spec{spec_seed}")
     state_file = out / "automl_state.json"
     recorded = json.loads(state_file.read_text()) if state_file.is_file() else {}
     finished = recorded.get("status") == "FINISHED" and recorded["budget"]["trainings"] == budget

@@ -315,6 +315,23 @@ def test_search_quality_counts_epochs_from_status_files_and_renders(tmp_path):
     assert "| real | 2 | +0.0300 (+0.0200) | +0.0150 (+0.0000) |" in text
 
 
+def test_seed_for_seed_pairs_each_search_with_the_plain_training_of_its_seed():
+    """The difference is search minus plain of the same seed (its mean with the standard error), and
+    each search is ranked among all the plain trainings, not only its own."""
+    from benchmarks.seed_for_seed import render, summarise
+
+    pairs = [{"seed": 0, "plain": 0.60, "search": 0.62, "promoted": "trial_003", "outcome": "confirmed", "epochs": 200,
+              "budget_epochs": 200, "wall_s": 60.0},
+             {"seed": 1, "plain": 0.64, "search": 0.63, "promoted": "trial_009", "outcome": "not confirmed", "epochs": 200,
+              "budget_epochs": 200, "wall_s": 60.0}]
+    s = summarise(pairs)
+    assert s["mean_diff"] == pytest.approx(0.005) and s["se"] == pytest.approx(0.0212132 / 2 ** 0.5, abs=1e-6)
+    assert s["wins"] == 1 and s["ranks"] == [2, 2]  # 0.62 and 0.63 are each below only the 0.64 training
+    text = render({"args": "--seeds 2", "machine": "m", "date": "d", "datasets": {"real": pairs}})
+    assert "| real | 1 | 0.6400 | 0.6300 (trial_009) | -0.0100 | not confirmed | 200 (200) |" in text
+    assert "| real | 2 | 0.6200 (0.6000..0.6400) | 0.6250 | +0.0050 +/- 0.0150 | 1 of 2 | 2 of 3, 2 of 3 |" in text
+
+
 def test_recheck_rules_are_replayed_against_the_test_split():
     """--rules: each rule decides on a recorded verdict's two seeds; a promoted leader's test gain is
     realised, and a declined one that gained on test is counted as missed."""

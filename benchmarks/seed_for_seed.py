@@ -1,0 +1,97 @@
+"""The default search against the spec, seed for seed: is its hand-over better than the user's own training?
+
+    python -m benchmarks.seed_for_seed [--datasets hgsc_nuclei_types,stardist_nuclei] [--seeds 4]
+                                       [--budget 10] [--resume] [--no-write]
+
+`benchmarks.search_quality` scores each search against the best of the spec's plain seeds, but all its
+searches of one dataset start from the spec's own train.seed (0): their baseline is the same training
+as plain seed 0, so repeating a search with another sampler seed does not draw the spec's luck again.
+Here, for each seed s in 0..N-1, the spec is trained as is with train.seed=s (the plain training a
+user gets, scored on the test split at its last epoch) and the default search runs with the spec's
+train.seed set to s (`automl run -e spec.yaml --budget B train.seed=s`: its baseline is that same
+training; its re-check trains seed s+1). Each pair shares its seed, so the difference (search minus
+plain) is paired; its mean over the seeds, with the standard error, says whether the search beats
+the spec by more than the seed noise, and each search is also ranked among all N plain trainings.
+The test split took no part in any decision. Folders, datasets and overrides are search_quality's
+(build/bench/search_quality/<dataset>/plain_seed<s>, search_default_spec<s>). Results:
+benchmarks/RESULTS.md ("Search against the spec, seed for seed"), benchmarks/results/seed_for_seed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+from benchmarks.common import machine_line, publish
+from benchmarks.search_quality import DATASETS, WORK, _outcome, plain, prepare, search
+
+TITLE = "Search against the spec, seed for seed"
+
+
+def summarise(pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The paired differences (search minus plain, the same seed), their mean and standard error, and
+    each search's rank among all the plain trainings (1: above every one of them)."""
+    plains = [p["plain"] for p in pairs]
+    diffs = [p["search"] - p["plain"] for p in pairs]
+    sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
+    return {"mean_diff": statistics.fmean(diffs), "se": sd / len(diffs) ** 0.5, "wins": sum(d > 0 for d in diffs),
+            "ranks": [1 + sum(v > p["search"] for v in plains) for p in pairs],
+            "plain_mean": statistics.fmean(plains), "plain_min": min(plains), "plain_max": max(plains),
+            "search_mean": statistics.fmean(p["search"] for p in pairs)}
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = [f"## {TITLE}", "", f"Ran on: {results['machine'].rstrip('.')}. `python -m benchmarks.seed_for_seed "
+             f"{results['args']}` ({results['date']}); every number is a test-split mIoU (the split no search ranked on).", "",
+             "| dataset | seed | plain (the spec) | default search (promoted) | search - plain | re-check | epochs |",
+             "|---|---|---|---|---|---|---|"]
+    summary = ["", "| dataset | seeds | plain: mean (min..max) | search: mean | search - plain: mean +/- SE | "
+               "search > its plain | each search's rank among the plain trainings |", "|---|---|---|---|---|---|---|"]
+    for name, pairs in results["datasets"].items():
+        for p in pairs:
+            lines.append(f"| {name} | {p['seed']} | {p['plain']:.4f} | {p['search']:.4f} ({p['promoted']}) | "
+                         f"{p['search'] - p['plain']:+.4f} | {p['outcome']} | {p['epochs']} ({p['budget_epochs']}) |")
+        s = summarise(pairs)
+        summary.append(f"| {name} | {len(pairs)} | {s['plain_mean']:.4f} ({s['plain_min']:.4f}..{s['plain_max']:.4f}) | "
+                       f"{s['search_mean']:.4f} | {s['mean_diff']:+.4f} +/- {s['se']:.4f} | {s['wins']} of {len(pairs)} | "
+                       f"{', '.join(f'{r} of {len(pairs) + 1}' for r in s['ranks'])} |")
+    return "\n".join(lines + summary)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="hgsc_nuclei_types,stardist_nuclei")
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--budget", type=float, default=10.0)
+    parser.add_argument("--resume", action="store_true", help="reuse finished plain trainings and searches")
+    parser.add_argument("--no-write", action="store_true", help="do not rewrite benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    unknown = [n for n in names if n not in DATASETS]
+    if unknown:
+        parser.error(f"unknown dataset(s) {unknown}; choose from {sorted(DATASETS)}")
+    prepare(names)
+    results: dict[str, Any] = {"args": f"--datasets {','.join(names)} --seeds {args.seeds} --budget {args.budget:g}",
+                               "machine": machine_line(), "date": time.strftime("%Y-%m-%d"), "datasets": {}}
+    for name in names:
+        pairs = results["datasets"][name] = []
+        for seed in range(args.seeds):
+            base = plain(name, seed, args.resume)
+            row = search(name, "default", args.budget, args.resume, spec_seed=seed)
+            outcome = _outcome(row["recheck"]) if row["recheck"] else "-"
+            pairs.append({"seed": seed, "plain": base["test_miou"], "search": row["test_miou"], "promoted": row["promoted"],
+                          "outcome": outcome, "epochs": row["epochs"], "budget_epochs": row["budget_epochs"],
+                          "wall_s": row["wall_s"]})
+            print(f"{name} seed {seed}: plain {base['test_miou']:.4f}, search {row['test_miou']:.4f} ({row['promoted']})",
+                  flush=True)
+            (WORK / "seed_for_seed.json").write_text(json.dumps(results, indent=1))
+    publish("seed_for_seed.json", results, TITLE, render(results), write=not args.no_write)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
