@@ -24,9 +24,10 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from benchmarks.common import machine_line, publish
+from benchmarks.common import RESULTS_DIR, machine_line, publish
 from benchmarks.search_quality import DATASETS, WORK, _outcome, plain, prepare, search
 
 TITLE = "Search against the spec, seed for seed"
@@ -44,9 +45,43 @@ def summarise(pairs: list[dict[str, Any]]) -> dict[str, Any]:
             "search_mean": statistics.fmean(p["search"] for p in pairs)}
 
 
+def plot(results: dict[str, Any], path: Path) -> Path:
+    """One panel per dataset: each seed's plain training and its search, joined by a line (up: the
+    search handed over a better model than the spec's training of the same seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["datasets"])
+    fig, axes = plt.subplots(1, len(names), figsize=(2.4 * len(names) + 0.6, 3.4), dpi=110, squeeze=False)
+    for ax, name in zip(axes[0], names):
+        labels: dict[float, list[str]] = {}  # seeds whose searches landed on the same value share a label
+        for p in results["datasets"][name]:
+            diff = p["search"] - p["plain"]
+            colour = "tab:grey" if abs(diff) < 5e-5 else "tab:green" if diff > 0 else "tab:red"
+            ax.plot([0, 1], [p["plain"], p["search"]], color=colour, marker="o", lw=1.2, alpha=0.8)
+            labels.setdefault(round(p["search"], 4), []).append(f"s{p['seed']}")
+        for value, seeds in labels.items():
+            ax.annotate(",".join(seeds), (1, value), xytext=(4, 0), textcoords="offset points", fontsize=7, va="center")
+        ax.set_xticks([0, 1], ["plain", "search"])
+        ax.set_xlim(-0.3, 1.4)
+        ax.set_title(name, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test mIoU")
+    fig.suptitle("The spec's training and the default search, seed for seed\n(green: the search's model is better on test, "
+                 "red: worse, grey: the same)", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def render(results: dict[str, Any]) -> str:
     lines = [f"## {TITLE}", "", f"Ran on: {results['machine'].rstrip('.')}. `python -m benchmarks.seed_for_seed "
              f"{results['args']}` ({results['date']}); every number is a test-split mIoU (the split no search ranked on).", "",
+             "![each seed's plain training and its search](results/seed_for_seed.png)", "",
              "| dataset | seed | plain (the spec) | default search (promoted) | search - plain | re-check | epochs |",
              "|---|---|---|---|---|---|---|"]
     summary = ["", "| dataset | seeds | plain: mean (min..max) | search: mean | search - plain: mean +/- SE | "
@@ -89,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} seed {seed}: plain {base['test_miou']:.4f}, search {row['test_miou']:.4f} ({row['promoted']})",
                   flush=True)
             (WORK / "seed_for_seed.json").write_text(json.dumps(results, indent=1))
+    plot(results, RESULTS_DIR / "seed_for_seed.png")
     publish("seed_for_seed.json", results, TITLE, render(results), write=not args.no_write)
     return 0
 

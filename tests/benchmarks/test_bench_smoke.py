@@ -315,10 +315,10 @@ def test_search_quality_counts_epochs_from_status_files_and_renders(tmp_path):
     assert "| real | 2 | +0.0300 (+0.0200) | +0.0150 (+0.0000) |" in text
 
 
-def test_seed_for_seed_pairs_each_search_with_the_plain_training_of_its_seed():
+def test_seed_for_seed_pairs_each_search_with_the_plain_training_of_its_seed(tmp_path):
     """The difference is search minus plain of the same seed (its mean with the standard error), and
     each search is ranked among all the plain trainings, not only its own."""
-    from benchmarks.seed_for_seed import render, summarise
+    from benchmarks.seed_for_seed import plot, render, summarise
 
     pairs = [{"seed": 0, "plain": 0.60, "search": 0.62, "promoted": "trial_003", "outcome": "confirmed", "epochs": 200,
               "budget_epochs": 200, "wall_s": 60.0},
@@ -330,6 +330,9 @@ def test_seed_for_seed_pairs_each_search_with_the_plain_training_of_its_seed():
     text = render({"args": "--seeds 2", "machine": "m", "date": "d", "datasets": {"real": pairs}})
     assert "| real | 1 | 0.6400 | 0.6300 (trial_009) | -0.0100 | not confirmed | 200 (200) |" in text
     assert "| real | 2 | 0.6200 (0.6000..0.6400) | 0.6250 | +0.0050 +/- 0.0150 | 1 of 2 | 2 of 3, 2 of 3 |" in text
+    assert "![each seed's plain training and its search](results/seed_for_seed.png)" in text
+    picture = plot({"datasets": {"real": pairs, "other": pairs[:1]}}, tmp_path / "seeds.png")
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_recheck_rules_are_replayed_against_the_test_split():
