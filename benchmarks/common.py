@@ -94,20 +94,31 @@ def machine_line() -> str:
 # ------------------------------------------------------------------------------------------------
 # RESULTS.md
 # ------------------------------------------------------------------------------------------------
+def _section_rank(title: str) -> float:
+    """Where a section goes in RESULTS.md: its place in SECTION_ORDER, a labelled one ("Title: label")
+    just after its title, any other at the end."""
+    for i, name in enumerate(SECTION_ORDER):
+        if title == name:
+            return i
+        if title.startswith(name + ": "):
+            return i + 0.5
+    return len(SECTION_ORDER)
+
+
 def replace_section(text: str, title: str, body: str) -> str:
     """`text` with the section `## title` replaced by `body` (which starts with that header).
 
-    A missing section is inserted at its place in SECTION_ORDER; other sections are untouched.
+    A missing section is inserted at its place in SECTION_ORDER; "<a title there>: label" goes after
+    that title's section (and its earlier labels); other sections are untouched.
     """
     body = body.rstrip() + "\n\n"
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(text):
         return pattern.sub(lambda _: body, text, count=1).rstrip() + "\n"
     headers = [(m.start(), m.group(1)) for m in re.finditer(r"^## (.+)$", text, re.M)]
-    rank = {name: i for i, name in enumerate(SECTION_ORDER)}
-    mine = rank.get(title, len(SECTION_ORDER))
+    mine = _section_rank(title)
     for start, name in headers:
-        if rank.get(name, len(SECTION_ORDER)) > mine:
+        if _section_rank(name) > mine:
             return (text[:start] + body + text[start:]).rstrip() + "\n"
     return text.rstrip() + "\n\n" + body.rstrip() + "\n"
 

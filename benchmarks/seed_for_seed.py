@@ -1,7 +1,7 @@
 """The default search against the spec, seed for seed: is its hand-over better than the user's own training?
 
     python -m benchmarks.seed_for_seed [--datasets hgsc_nuclei_types,stardist_nuclei] [--seeds 4]
-                                       [--budget 10] [--resume] [--no-write]
+                                       [--budget 10] [--resume] [--no-write] [--label NAME]
 
 `benchmarks.search_quality` scores each search against the best of the spec's plain seeds, but all its
 searches of one dataset start from the spec's own train.seed (0): their baseline is the same training
@@ -15,6 +15,9 @@ the spec by more than the seed noise, and each search is also ranked among all N
 The test split took no part in any decision. Folders, datasets and overrides are search_quality's
 (build/bench/search_quality/<dataset>/plain_seed<s>, search_default_spec<s>). Results:
 benchmarks/RESULTS.md ("Search against the spec, seed for seed"), benchmarks/results/seed_for_seed.json.
+With --label NAME (say tao_lr, for the specs with TAO's template lr) the run keeps its own section
+("Search against the spec, seed for seed: NAME"), seed_for_seed_NAME.json and .png, so that another
+set of datasets does not replace the first's.
 """
 
 from __future__ import annotations
@@ -78,10 +81,10 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def render(results: dict[str, Any]) -> str:
-    lines = [f"## {TITLE}", "", f"Ran on: {results['machine'].rstrip('.')}. `python -m benchmarks.seed_for_seed "
+def render(results: dict[str, Any], title: str = TITLE, picture: str = "seed_for_seed.png") -> str:
+    lines = [f"## {title}", "", f"Ran on: {results['machine'].rstrip('.')}. `python -m benchmarks.seed_for_seed "
              f"{results['args']}` ({results['date']}); every number is a test-split mIoU (the split no search ranked on).", "",
-             "![each seed's plain training and its search](results/seed_for_seed.png)", "",
+             f"![each seed's plain training and its search](results/{picture})", "",
              "| dataset | seed | plain (the spec) | default search (promoted) | search - plain | re-check | epochs |",
              "|---|---|---|---|---|---|---|"]
     summary = ["", "| dataset | seeds | plain: mean (min..max) | search: mean | search - plain: mean +/- SE | "
@@ -104,13 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=10.0)
     parser.add_argument("--resume", action="store_true", help="reuse finished plain trainings and searches")
     parser.add_argument("--no-write", action="store_true", help="do not rewrite benchmarks/RESULTS.md")
+    parser.add_argument("--label", default="", help="a section, json and picture of this run's own (seed_for_seed_LABEL)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     unknown = [n for n in names if n not in DATASETS]
     if unknown:
         parser.error(f"unknown dataset(s) {unknown}; choose from {sorted(DATASETS)}")
     prepare(names)
-    results: dict[str, Any] = {"args": f"--datasets {','.join(names)} --seeds {args.seeds} --budget {args.budget:g}",
+    stem, title = ("seed_for_seed", TITLE) if not args.label else (f"seed_for_seed_{args.label}", f"{TITLE}: {args.label}")
+    label = f" --label {args.label}" if args.label else ""
+    results: dict[str, Any] = {"args": f"--datasets {','.join(names)} --seeds {args.seeds} --budget {args.budget:g}{label}",
                                "machine": machine_line(), "date": time.strftime("%Y-%m-%d"), "datasets": {}}
     for name in names:
         pairs = results["datasets"][name] = []
@@ -123,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                           "wall_s": row["wall_s"]})
             print(f"{name} seed {seed}: plain {base['test_miou']:.4f}, search {row['test_miou']:.4f} ({row['promoted']})",
                   flush=True)
-    plot(results, RESULTS_DIR / "seed_for_seed.png")
-    publish("seed_for_seed.json", results, TITLE, render(results), write=not args.no_write)
+    plot(results, RESULTS_DIR / f"{stem}.png")
+    publish(f"{stem}.json", results, title, render(results, title, f"{stem}.png"), write=not args.no_write)
     return 0
 
 

@@ -37,6 +37,9 @@ def test_replace_section_keeps_others_and_orders_new_ones():
     assert out.index("## Machine") < out.index("## Model speed")
     out = replace_section(out, "Model speed", "## Model speed\n\nfaster\n")
     assert "faster" in out and "fast\n" not in out.replace("faster", "") and out.count("## Model speed") == 1
+    # A labelled run of a benchmark (seed_for_seed --label) goes right after its unlabelled section.
+    out = replace_section(out, "Model speed: gpu", "## Model speed: gpu\n\nh200\n")
+    assert out.index("## Model speed\n") < out.index("## Model speed: gpu") < out.index("## Deploy speed")
 
 
 def test_machine_description_names_cpu_memory_and_libraries():
@@ -331,6 +334,10 @@ def test_seed_for_seed_pairs_each_search_with_the_plain_training_of_its_seed(tmp
     assert "| real | 1 | 0.6400 | 0.6300 (trial_009) | -0.0100 | not confirmed | 200 (200) |" in text
     assert "| real | 2 | 0.6200 (0.6000..0.6400) | 0.6250 | +0.0050 +/- 0.0150 | 1 of 2 | 2 of 3, 2 of 3 |" in text
     assert "![each seed's plain training and its search](results/seed_for_seed.png)" in text
+    labelled = render({"args": "--seeds 2 --label tao_lr", "machine": "m", "date": "d", "datasets": {"real": pairs}},
+                      "Search against the spec, seed for seed: tao_lr", "seed_for_seed_tao_lr.png")
+    assert labelled.startswith("## Search against the spec, seed for seed: tao_lr\n")
+    assert "(results/seed_for_seed_tao_lr.png)" in labelled and "(results/seed_for_seed.png)" not in labelled
     picture = plot({"datasets": {"real": pairs, "other": pairs[:1]}}, tmp_path / "seeds.png")
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
