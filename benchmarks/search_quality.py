@@ -69,6 +69,9 @@ DATASETS: dict[str, dict[str, Any]] = {
     "mni_brain_tissue": {"spec": REALDATA / "mni_brain_tissue" / "spec.yaml", "overrides": ["dataset.segment.img_size=128"]},
     "mni_brain_tissue_tao_lr": {"spec": REALDATA / "mni_brain_tissue" / "spec.yaml",
                                 "overrides": ["dataset.segment.img_size=128", "train.optim.lr=6e-05"]},
+    # Added 2026-12-07, after the default was settled: bacteria in transmitted light, binary (128 px tiles).
+    "bacteria_colony": {"spec": REALDATA / "bacteria_colony" / "spec.yaml", "overrides": []},
+    "bacteria_colony_tao_lr": {"spec": REALDATA / "bacteria_colony" / "spec.yaml", "overrides": ["train.optim.lr=6e-05"]},
     "synth_hard": {"spec": WORK / "data" / "synth_hard" / "spec.yaml", "overrides": []},
     # A user's spec with the optimizer values of TAO's train template (lr 6e-05, made for fine-tuning
     # pretrained weights) on the same real data: a spec that is not tuned for it.

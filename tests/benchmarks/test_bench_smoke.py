@@ -168,6 +168,26 @@ def test_realdata_labels_tiles_and_splits():
     assert [by_band(0, r, 1) for r in range(11)] == ["train"] * 4 + ["val", "test", "val"] + ["train"] * 4
 
 
+def test_realdata_crops_each_frame_around_its_objects():
+    """A colony drifting across the field: each frame's window follows its objects, stays inside the
+    frame at an edge, and keeps the centre of a frame without objects; image and mask are cut alike."""
+    import numpy as np
+
+    from benchmarks.realdata import centred_crops
+
+    instances = np.zeros((3, 20, 30), dtype=np.uint16)
+    instances[0, 8:12, 20:24] = 1  # the middle of the frame's right half
+    instances[1, 0:2, 0:3] = 2  # the top-left corner
+    images = np.arange(3 * 20 * 30, dtype=np.uint16).reshape(3, 20, 30)
+    crops, masks = centred_crops(images, instances, 10)
+    assert crops.shape == masks.shape == (3, 10, 10)
+    assert (crops[0] == images[0, 5:15, 17:27]).all() and masks[0].sum() == 16  # the whole object, centred
+    assert (crops[1] == images[1, 0:10, 0:10]).all() and masks[1].sum() == 12  # clipped to the frame
+    assert (crops[2] == images[2, 5:15, 10:20]).all() and not masks[2].any()  # no objects: the centre
+    with pytest.raises(SystemExit, match="a crop of 25 px does not fit frames of 20x30"):
+        centred_crops(images, instances, 25)
+
+
 def test_realdata_reads_a_colour_image_and_an_npz_mask_from_a_wheel(tmp_path):
     """histolytics ships its H&E field as a JPEG and its class mask as an .npz: both come out of the
     archive as one frame, the colour image untouched by the fluorescence stretch."""
