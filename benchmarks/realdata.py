@@ -41,9 +41,10 @@ Datasets (what the archives hold was checked by overlaying the masks on the imag
   trpL_150310-11 example: 20 frames of 727x1026 with a segmentation of each cell, 2 cells in the first
   frame and 17 in the last; the colony drifts across the field). Per frame a 256 px window centred on
   the colony, cut into 128 px tiles (the edge of the colony's last frames falls outside it; debris
-  and the phase halo around the colony are in the background); split by frame like hela's: 56 train /
-  12 val / 12 test tiles, the test frames the most crowded. Binary (background, cell: 6% of the train
-  pixels, 18% and 27% of val's and test's). Added 2026-12-07, after the default search was settled: another domain.
+  and the bright halo around the colony are background); split by frame like hela's: 56 train / 12
+  val / 12 test tiles, the test frames the most crowded. Binary (background, cell: 6% of the train
+  pixels, 18% and 27% of val's and test's). Added 2026-12-07, after the default search was settled:
+  another domain.
 """
 
 from __future__ import annotations
