@@ -188,14 +188,21 @@ def brain_tissue(wheel: Path, source: Source, side: int = 192, least: float = 0.
     for found, length in ((rows, t1.shape[1]), (cols, t1.shape[2])):
         if found.max() - found.min() + 1 > side or length < side:
             raise SystemExit(f"{wheel}: the brain spans {found.max() - found.min() + 1} of {length} px, not within {side}")
-        start = min(max((found.min() + found.max() + 1 - side) // 2, 0), length - side)
-        window.append(slice(start, start + side))
+        window.append(centred_window(found, length, side))
     classes = classes[:, window[0], window[1]]
     keep = (classes > 0).mean(axis=(1, 2)) >= least
     grey = t1[keep][:, window[0], window[1]]
     if grey.dtype != np.uint8:
         grey = stretch(grey, (0.0, 99.9))  # one scale for the whole volume, not one per slice
     return np.repeat(grey[..., None], 3, axis=3), classes[keep]
+
+
+def centred_window(found: np.ndarray, length: int, side: int) -> slice:
+    """`side` px of an axis `length` long, centred on the indices `found` (on the axis's middle when
+    there are none) and moved inside the axis where they are near its end."""
+    low, high = (int(found.min()), int(found.max()) + 1) if found.size else (0, length)
+    start = min(max((low + high - side) // 2, 0), length - side)
+    return slice(start, start + side)
 
 
 def stretch(values: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.8)) -> np.ndarray:
@@ -266,11 +273,7 @@ def centred_crops(images: np.ndarray, instances: np.ndarray, side: int) -> tuple
     window_images, window_masks = [], []
     for frame in range(frames):
         rows, cols = (np.nonzero((instances[frame] > 0).any(axis=axis))[0] for axis in (1, 0))
-        corner = []
-        for found, length in ((rows, height), (cols, width)):
-            centre = (found.min() + found.max() + 1) // 2 if found.size else length // 2
-            corner.append(min(max(centre - side // 2, 0), length - side))
-        window = np.s_[corner[0]:corner[0] + side, corner[1]:corner[1] + side]
+        window = (centred_window(rows, height, side), centred_window(cols, width, side))
         window_images.append(images[frame][window])
         window_masks.append(instances[frame][window])
     return np.stack(window_images), np.stack(window_masks)
