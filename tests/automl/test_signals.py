@@ -34,8 +34,10 @@ SCRIPT = textwrap.dedent("""
                 signal.signal(signal.SIGUSR1, lambda *_: print("usr1", flush=True))
             if mode.startswith("blocked"):
                 block_sigterm()
-                print("ready", flush=True)
-                ctypes.CDLL(None).sleep(60)
+                # "ready" comes from within the C call (a shell it waits for), so the signal finds the
+                # main thread in C. Printed before the call, the signal could come while the main thread
+                # still ran Python on its way in; it took the signal there (exit 3; seen once in CI).
+                ctypes.CDLL(None).system(b"echo ready; exec sleep 60")
             try:
                 print("ready", flush=True)
                 # A free main thread returns to Python often (Ray Tune's loop does). Not one long sleep:
