@@ -30,7 +30,7 @@ import shlex
 import shutil
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -515,7 +515,8 @@ def _fit(opts: SearchOptions, state: SearchState, tracker: Any, session: Any, *,
     with bind(search), interrupt_on_sigterm(stuck=lambda: _interrupted(opts, state, tracker, echo)):
         try:
             tuner = _new_tuner(opts, plan) if plan is not None else _restored_tuner(opts, state, tracker, echo)
-            with seeded_global_rngs(opts.search.seed), _quiet_tune_errors():
+            restored = _restore_or_stop(Layout.of(opts.results_dir).ray_experiment) if plan is None else nullcontext()
+            with seeded_global_rngs(opts.search.seed), _quiet_tune_errors(), restored:
                 try:
                     tuner.fit()
                 finally:
@@ -711,6 +712,44 @@ def _quiet_tune_errors() -> Iterator[None]:
         yield
     finally:
         tune_log.setLevel(level)
+
+
+class _RestoreFailed(BaseException):
+    """Carries the exception of Ray's `TuneController.resume` past Ray's own `except Exception`."""
+
+
+@contextmanager
+def _restore_or_stop(experiment_dir: Path) -> Iterator[None]:
+    """Ray's restore of its experiment (`automl resume`) either works or ends the resume with one message.
+
+    When `TuneController.resume` raises, Ray logs it (at ERROR, which `_quiet_tune_errors` hides) and
+    starts the experiment over from nothing, with an empty search space (`Tuner.restore` does not keep
+    the Tuner's): a PBT or grid search then failed on its first preset point with a traceback
+    (KeyError: 'train.optim.lr'; seen once in CI, PBT resumed after a kill that cut Ray's state files),
+    and a Bayesian search trained a few trials and reported FINISHED with fewer than it was asked for.
+    Here the failure ends the resume instead, with Ray's reason in the message. Ray builds the controller
+    inside `Tuner.fit` and catches every Exception its `resume` raises, so the method is wrapped on the
+    class for the fit, and what it raises travels as a BaseException."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    original = TuneController.resume
+
+    def resume(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(self, *args, **kwargs)
+        except Exception as err:
+            raise _RestoreFailed(err) from err
+
+    TuneController.resume = resume
+    try:
+        yield
+    except _RestoreFailed as failed:
+        err = failed.args[0]
+        raise SearchError(f"Ray could not restore its experiment state in {experiment_dir} ({type(err).__name__}: {err}), "
+                          f"so this search cannot continue. The ledger, the trial folders and MLflow are intact; start "
+                          f"the search again with another --results-dir") from err
+    finally:
+        TuneController.resume = original
 
 
 def _interrupted(opts: SearchOptions, state: SearchState, tracker: Any, echo: Echo) -> None:

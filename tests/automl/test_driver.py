@@ -623,6 +623,21 @@ def test_resume_after_sigkill(dataset, tmp_path):
     assert {r.info.status for r in children} == {"FINISHED"}
     assert not (results / ".automl.lock.owner").exists()  # who held the folder is cleared at the end
 
+    # Ray's own restore failing, on state files that are whole but not ones it can continue (here: no
+    # trials), ends the resume with one message naming Ray's reason. Ray would start the experiment
+    # over with an empty search space (automl.runner._restore_or_stop): a traceback under PBT, a
+    # shortened search reported FINISHED under TPE.
+    state["status"] = "INTERRUPTED"
+    (results / "automl_state.json").write_text(json.dumps(state))
+    for experiment in (results / "ray" / "search").glob("experiment_state-*.json"):  # the run's and the resume's
+        experiment.write_text(json.dumps({**json.loads(experiment.read_text()), "trial_data": []}))
+    refused = subprocess.run([sys.executable, "-m", "automl.cli", "resume", str(results)], env=ENV, cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+    said = refused.stdout + refused.stderr
+    assert refused.returncode == 2 and "Traceback" not in said, said[-3000:]
+    assert f"Ray could not restore its experiment state in {results / 'ray' / 'search'} (IndexError" in said, said[-3000:]
+    assert {t["name"]: t["status"] for t in _trials(results).values()} == {name: "FINISHED" for name in names}
+
 
 @pytest.mark.slow  # about 40 s on 2 shared cores; CI runs it (make test)
 def test_a_pbt_search_resumes_after_sigkill(dataset, tmp_path):
@@ -657,9 +672,14 @@ def test_a_pbt_search_resumes_after_sigkill(dataset, tmp_path):
         pytest.fail(f"the resumed PBT search did not finish in {hung.timeout} s:\n{said[-2500:]}")
     if out.returncode != 0 and "cut by the kill from their last complete copy" in out.stdout + out.stderr:
         # Seen once in CI (2026-12-01): the kill cut Ray's state files, the resume restored their last
-        # complete copy, and Ray's BasicVariantGenerator then failed on the preset points
-        # (KeyError: 'train.optim.lr'). A bug of its own, not the hang this test is about; open.
-        pytest.xfail("PBT resume from the backup of Ray's state fails in Ray's BasicVariantGenerator (known, open)")
+        # complete copy, and Ray's BasicVariantGenerator then failed on the preset points (KeyError:
+        # 'train.optim.lr'). That KeyError was Ray starting over after its own restore had failed, for
+        # a reason its quieted log hid; the resume now ends with that reason instead. What made the
+        # restore fail is open: the warning carries it into CI's summary. Not the hang this test is about.
+        import warnings
+
+        warnings.warn(f"PBT resume from the backup of Ray's state failed: {(out.stdout + out.stderr)[-1500:]}")
+        pytest.xfail("PBT resume from the backup of Ray's state: Ray's restore failed (known, open; see the warning)")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     after = _trials(results)
     assert {t["status"] for t in after.values()} == {"FINISHED"}, {t["name"]: t["status"] for t in after.values()}
