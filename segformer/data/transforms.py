@@ -34,9 +34,9 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as TF
-from torchvision.transforms import InterpolationMode
 
+# torchvision is imported where an augmentation uses it: the AutoML driver checks the data through
+# this module and never augments, and importing torchvision takes some 1.8 s (it loads torch._dynamo).
 from segformer.data.files import to_rgb_array
 from segformer.data.palette import IGNORE_INDEX
 from segformer.errors import SpecError
@@ -210,6 +210,8 @@ class SegTransform:
         if a.random_blur:
             sigma = _uniform(g, 0.0, 1.0)
             if sigma >= 0.1:
+                from torchvision.transforms.v2 import functional as TF
+
                 kernel = 2 * math.ceil(3 * sigma) + 1
                 img = TF.gaussian_blur(img, [kernel, kernel], [sigma, sigma])
         if a.color_probability > 0 and _uniform(g, 0, 1) < a.color_probability:
@@ -226,6 +228,9 @@ class SegTransform:
                 img = resize_image(img, self.size)
                 ids = None if ids is None else resize_mask(ids, self.size)
             return img, ids
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+
         img = TF.rotate(img, angle, interpolation=InterpolationMode.BILINEAR, fill=[0.0, 0.0, 0.0])
         if ids is not None:
             rotated = TF.rotate(ids[None].float(), angle, interpolation=InterpolationMode.NEAREST,
@@ -263,6 +268,8 @@ class SegTransform:
         return img.contiguous(), None if ids is None else ids.contiguous()
 
     def _color_jitter(self, img: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as TF
+
         a = self.augment
         assert a is not None
         for op in torch.randperm(4, generator=g).tolist():

@@ -352,3 +352,18 @@ def test_an_error_in_a_dataloader_worker_reads_as_with_no_workers(tmp_path):
     with pytest.raises(DataError) as failed:
         next(iter(DataLoader(eval_dataset(tmp_path, "test", require_masks=False), num_workers=1)))
     assert str(failed.value).startswith("cannot read image ") and "Traceback" not in str(failed.value), str(failed.value)
+
+
+def test_the_data_check_does_not_import_torchvision(tmp_path):
+    """The AutoML driver checks every split before Ray starts and never augments: torchvision, which
+    only augmentations use, stays out of it (some 1.8 s of imports per `automl run`)."""
+    import subprocess
+    import sys
+
+    from segformer.data.synth import generate
+
+    data = generate(tmp_path / "data", num_classes=3, size=32, train=4, val=2, test=2)
+    code = ("import sys; from segformer.config import load_config; from segformer.data.segdata import check_splits; "
+            f"check_splits(load_config({str(data / 'spec.yaml')!r}, ['results_dir={tmp_path}']).dataset.segment, progress=False); "
+            "assert 'torchvision' not in sys.modules, 'torchvision imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
