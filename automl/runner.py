@@ -730,9 +730,13 @@ def _restore_or_stop(experiment_dir: Path) -> Iterator[None]:
     Here the failure ends the resume instead, with Ray's reason in the message. Ray builds the controller
     inside `Tuner.fit` and catches every Exception its `resume` raises, so the method is wrapped on the
     class for the fit, and what it raises travels as a BaseException."""
-    from ray.tune.execution.tune_controller import TuneController
+    try:
+        from ray.tune.execution.tune_controller import TuneController
 
-    original = TuneController.resume
+        original = TuneController.resume
+    except (ImportError, AttributeError):  # a Ray laid out otherwise: its own behaviour
+        yield
+        return
 
     def resume(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
