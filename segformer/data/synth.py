@@ -214,6 +214,8 @@ def spec_for(root: Path, num_classes: int, size: int, seed: int, epochs: int = 4
         "inference": {"checkpoint": checkpoint, "batch_size": 8},
         "export": {"checkpoint": checkpoint, "onnx_file": "${results_dir}/export/segformer.onnx",
                    "input_width": size, "input_height": size},
+        # the engine is built from what export writes, as in TAO's gen_trt_engine template
+        "gen_trt_engine": {"onnx_file": "${results_dir}/export/segformer.onnx"},
         # int8 for ONNX Runtime on the CPU: needs only onnxruntime (TAO's default, torchao, is an extra)
         "quantize": {"backend": "onnxruntime", "mode": "static_ptq", "model_path": checkpoint},
     }
