@@ -84,12 +84,14 @@ def run(cfg: ExperimentConfig, *, callbacks: Sequence[Callback] = (), quiet: boo
     check_input_size(cfg.model, cfg.dataset.segment.img_size)  # seconds, not after the data check
 
     with _quiet_lightning(quiet):
-        if train_cfg.seed >= 0:
-            L.seed_everything(train_cfg.seed, workers=True, verbose=not quiet)
-        # Check every file of the splits in use before anything is written.
+        # Check every file of the splits in use before anything is written. (The data draws from
+        # generators of its own, so the seed can wait for the model: a bad palette or file is said
+        # without Lightning's "Seed set to" line above it.)
         datamodule = build_datamodule(cfg.dataset.segment, seed=max(train_cfg.seed, 0),
                                       shard_train=not train_cfg.use_distributed_sampler)
         datamodule.setup("fit")
+        if train_cfg.seed >= 0:
+            L.seed_everything(train_cfg.seed, workers=True, verbose=not quiet)
         model = build_segformer(cfg.model, datamodule.num_classes, load_pretrained=not resume)  # resumed: its weights
         if train_cfg.pretrained_model_path and not resume:
             load_pretrained_model(model, train_cfg.pretrained_model_path, backbone=cfg.model.backbone.type)
