@@ -89,6 +89,7 @@ def run(opts: SearchOptions, *, echo: Echo = print, dry_run: bool = False, live:
     layout = Layout.of(opts.results_dir)
     with one_driver(layout.root):
         _refuse_a_used_folder(layout)  # before the data check, which can take a while on a large dataset
+        _note_action_outputs(layout, echo)
         _check_data(opts, echo)
         with _progress(echo, progress) as view:
             return _run_search(opts, skill, space, baseline, budget, layout, echo=view.echo if view else echo, live=live,
@@ -108,8 +109,8 @@ def _check_data(opts: SearchOptions, echo: Echo) -> None:
     cfg = base_config(opts.spec, opts.overrides, opts.results_dir)
     check_weight_files(cfg)  # every trial would load them and fail with it, one after another
     segment = cfg.dataset.segment
-    echo(f"automl: checking the dataset under {as_given(str(segment.root_dir))} ({segment.train_split}, {segment.validation_split}, "
-         f"{segment.test_split})")
+    splits = ", ".join(dict.fromkeys(str(name) for name in (segment.train_split, segment.validation_split, segment.test_split)))
+    echo(f"automl: checking the dataset under {as_given(str(segment.root_dir))} ({splits})")
     try:
         counts = check_splits(segment)
     except DataError as exc:
@@ -148,6 +149,20 @@ def _refuse_a_used_folder(layout: Layout) -> None:
                           f"extended: for another one, pick another --results-dir")
     raise SearchError(f"{layout.root} already holds a search; continue it with `automl resume {folder}` "
                       f"or pick another --results-dir")
+
+
+ACTION_FOLDERS = ("train", "evaluate", "inference", "export", "quantize", "gen_trt_engine")
+
+
+def _note_action_outputs(layout: Layout, echo: Echo) -> None:
+    """A search started where `segformer` actions wrote (the spec's results_dir is the default search
+    folder) writes beside their folders, which no search writes at its top: say so, so that the
+    plain training's results and the search's are not taken for one another."""
+    found = [f"{name}/" for name in ACTION_FOLDERS if (layout.root / name).is_dir()]
+    if found:
+        echo(f"automl: note: {layout.root} also holds results of segformer actions ({', '.join(found)}); the search "
+             "writes beside them (trial_*, best/, mlflow.db) and leaves them as they are; --results-dir gives it a "
+             "folder of its own")
 
 
 def _run_search(opts: SearchOptions, skill: Any, space: Any, baseline: dict[str, Any] | None, budget: Any,
@@ -339,6 +354,7 @@ def _plan(opts: SearchOptions, skill: Any) -> tuple[SearchOptions, Any, dict[str
     deploy.check_pretrained(s, spec_values)
     space = build_space(skill.load_schema("train"), only=s.only, exclude=s.exclude, override_disabled=s.override_disabled,
                         spec=spec_values, **deploy.space_arguments(s, spec_values))
+    space = _no_frozen_random_backbone(space, s, spec_values)
     if len(space) == 0:
         raise SearchError("the search space is empty: check --only/--exclude or the schema's automl_default_parameters")
     opts, space = _one_score_size(opts, space, spec_values)
@@ -363,6 +379,32 @@ def _plan(opts: SearchOptions, skill: Any) -> tuple[SearchOptions, Any, dict[str
             warnings.warn(f"the grid holds {size} points and {what} trains {trained} of them, in grid order "
                           f"(the baseline first); raise it to train them all", SpaceWarning, stacklevel=2)
     return opts, space, baseline, budget
+
+
+FREEZE_KEY = "model.backbone.freeze_backbone"
+WEIGHT_KEYS = ("model.backbone.pretrained_backbone_path", "train.pretrained_model_path")
+
+
+def _no_frozen_random_backbone(space: Any, s: Any, spec_values: dict[str, Any]) -> Any:
+    """The space without freeze_backbone when no trial starts from pretrained weights: the schema
+    searches it by default, and a frozen backbone of random weights only wastes the trials that
+    draw it (TAO's FAN backbone has no weights of ours to start from). Held at the spec's value, with
+    a note; kept where the user named it (--only, automl_add_hyperparameters, custom_param_ranges)."""
+    from automl.space import _lookup
+
+    named = (*(s.only or ()), *s.include, *s.param_ranges)
+    if FREEZE_KEY not in space or FREEZE_KEY in named or s.pretrained_backbones:
+        return space
+    if any(_lookup(spec_values, key)[1] for key in WEIGHT_KEYS):
+        return space
+    if any(p.depends_on == FREEZE_KEY for p in space):
+        return space
+    _, value = _lookup(spec_values, FREEZE_KEY)
+    note = (f"{FREEZE_KEY} held at the spec's {str(bool(value)).lower()}: no trial starts from pretrained weights "
+            f"({' and '.join(WEIGHT_KEYS)} are empty), so freezing would keep a random backbone; name it with --only "
+            "or the settings' automl_add_hyperparameters to search it anyway")
+    return dataclasses.replace(space, params=tuple(p for p in space.params if p.name != FREEZE_KEY),
+                               notes=(*space.notes, note))
 
 
 SIZE_KEY, SCORE_SIZE_KEY = "dataset.segment.img_size", "dataset.segment.score_size"

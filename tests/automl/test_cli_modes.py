@@ -142,6 +142,24 @@ def test_search_folder_is_the_flag_else_the_override_else_the_spec(tmp_path, cap
     assert search_folder(None, None, []) == ("automl_results", ())
 
 
+def test_a_search_in_a_folder_of_segformer_results_says_it_writes_beside_them(tmp_path):
+    """The spec's results_dir is the default search folder, and `segformer train -e spec.yaml` writes
+    there too: the search says it writes beside those results (a walkthrough found them mixed in silence)."""
+    from automl.layout import Layout
+    from automl.runner import _note_action_outputs
+
+    said: list[str] = []
+    _note_action_outputs(Layout.of(tmp_path), said.append)
+    assert said == []  # a new folder: nothing to say
+    (tmp_path / "train").mkdir()
+    (tmp_path / "export").mkdir()
+    (tmp_path / "trial_000").mkdir()
+    _note_action_outputs(Layout.of(tmp_path), said.append)
+    assert said == [f"automl: note: {tmp_path} also holds results of segformer actions (train/, export/); the search "
+                    "writes beside them (trial_*, best/, mlflow.db) and leaves them as they are; --results-dir gives "
+                    "it a folder of its own"]
+
+
 def test_tao_settings_file_and_flags_win(spec, tmp_path, capsys):
     from automl.cli import main
 
@@ -170,6 +188,34 @@ def test_tao_settings_file_and_flags_win(spec, tmp_path, capsys):
     bad.write_text("automl_max_recomendations: 3\n")
     code = main(["run", "--skill", "segformer", "-e", str(spec), "--settings", str(bad), "--dry-run"])
     assert code == 2 and "did you mean 'automl_max_recommendations'" in capsys.readouterr().err
+
+
+def test_freeze_backbone_is_not_searched_without_pretrained_weights(spec, tmp_path, capsys):
+    """The schema searches model.backbone.freeze_backbone by default. With no pretrained weights
+    anywhere, a frozen backbone keeps random weights, so the trials that draw it are wasted: it is
+    held at the spec's value with a note, unless the user names it or a weight file is given."""
+    from automl.cli import main
+
+    def dry_run(*extra: str) -> str:
+        code = main(["run", "--skill", "segformer", "-e", str(spec), "--results-dir", str(tmp_path / "r"),
+                     "--max-trials", "16", "--dry-run", *extra])
+        out = capsys.readouterr()
+        assert code == 0, out.err[-2000:]
+        return out.out
+
+    text = dry_run()
+    rows = [line.split()[0] for line in text.splitlines() if line.startswith(("dataset.", "model.", "train."))]
+    assert "train.optim.lr" in rows and "model.backbone.freeze_backbone" not in rows
+    assert "note: model.backbone.freeze_backbone held at the spec's false: no trial starts from pretrained weights" in text
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("automl_add_hyperparameters: [model.backbone.freeze_backbone]\n")
+    named = dry_run("--settings", str(settings))
+    assert any(line.startswith("model.backbone.freeze_backbone ") for line in named.splitlines())
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"")  # only its existence is checked before a trial
+    given = dry_run(f"model.backbone.pretrained_backbone_path={weights}")
+    assert any(line.startswith("model.backbone.freeze_backbone ") for line in given.splitlines())
+    assert "held at the spec's false" not in given
 
 
 def _session_pids(sid: int) -> list[int]:
