@@ -96,10 +96,23 @@ def final_evaluation(state: SearchState, promoted: TrialRecord, echo: Callable[[
                     continue
             values.append(scores[record.name])
         out[role] = {"trials": [r.name for r in records], "test_miou": values,
-                     "mean": sum(values) / len(values) if values else None}
+                     "mean": sum(values) / len(values) if values else None,
+                     "epochs": [r.epochs_trained for r in records]}
     out["test_miou"] = {name: round(value, 6) for name, value in scores.items()}
     out["seconds"] = round(time.time() - started, 1)
     return out
+
+
+def _uneven_epochs(*groups: dict[str, Any]) -> str:
+    """'trial_000 1, trial_003 6' when the compared trainings ran different numbers of epochs (a
+    multi-fidelity scheduler stopped some at a rung), else ''. Ledgers before the epochs were kept: ''."""
+    epochs: dict[str, int] = {}
+    for group in groups:
+        for name, count in zip(group.get("trials") or [], group.get("epochs") or []):
+            epochs[name] = int(count)
+    if len(set(epochs.values())) < 2:
+        return ""
+    return ", ".join(f"{name} {count}" for name, count in epochs.items())
 
 
 def deployed_size(state: SearchState, record: TrialRecord) -> dict[str, Any]:
@@ -164,6 +177,10 @@ def final_lines(final: dict[str, Any], recheck: dict[str, Any] | None = None, pr
     score = own_score(final, "promoted")
     if seeds and score is not None:  # a mean is not the model the user gets: name that one's own score
         lines.append(f"  test     the promoted model itself, {own['trials'][0]} (best/): mIoU {score:.4f}")
+    uneven = _uneven_epochs(p, b)
+    if uneven:
+        lines.append(f"  test     NOTE: these trainings ran different numbers of epochs ({uneven}; the scheduler "
+                     "stopped the shorter ones early), so a shorter training's score stands beside a longer one's")
     if precision == "int8":
         lines.append("  test     these are the float weights' scores; best/ deploys the int8 model, which "
                      "`segformer evaluate -e best/experiment.yaml` scores")

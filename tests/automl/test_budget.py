@@ -278,6 +278,26 @@ def test_the_test_line_names_what_the_baseline_was_compared_with() -> None:
         "best/experiment.yaml` scores")
 
 
+def test_the_test_line_says_when_the_compared_trainings_ran_different_epochs() -> None:
+    """A multi-fidelity search can stop the baseline at its first rung and still compare its test
+    score with the promoted model's full training; the summary says so (a walkthrough's bohb search
+    set a 1-epoch baseline beside a 2-epoch winner without a word)."""
+    from automl.finals import final_lines
+
+    final = {"promoted": {"trials": ["trial_002"], "test_miou": [0.36], "mean": 0.36, "epochs": [2]},
+             "baseline": {"trials": ["trial_000"], "test_miou": [0.35], "mean": 0.35, "epochs": [1]},
+             "test_miou": {"trial_002": 0.36, "trial_000": 0.35}}
+    lines = final_lines(final)
+    assert lines[-1] == ("  test     NOTE: these trainings ran different numbers of epochs (trial_002 2, trial_000 1; "
+                         "the scheduler stopped the shorter ones early), so a shorter training's score stands beside a "
+                         "longer one's")
+    even = {**final, "baseline": {**final["baseline"], "epochs": [2]}}
+    assert not any("NOTE" in line for line in final_lines(even))
+    legacy = {role: {k: v for k, v in group.items() if k != "epochs"} if isinstance(group, dict) and "trials" in group
+              else group for role, group in final.items()}  # a ledger written before the epochs were kept
+    assert not any("NOTE" in line for line in final_lines(legacy))
+
+
 def test_the_rechecks_trainings_keep_to_max_concurrent(tmp_path: Path) -> None:
     """--max-concurrent 1: the search's own trials ran one at a time (the inner ConcurrencyLimiter), but
     the re-check's two trainings, proposed by the budget's searcher, ran at once on a 2-core machine."""
