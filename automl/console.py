@@ -149,7 +149,7 @@ def format_table(state: SearchState, limit: int | None = None, width: int | None
         return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
 
     out = [f"{state.algorithm} search ({state.status.lower()}): {counts_text(state)}; metric {state.metric} ({state.mode})"
-           + "".join(f"; {part}" for part in (budget_text(state), best_text(state)) if part),
+           + "".join(f"; {part}" for part in (budget_text(state), best_text(state), phase_text(state)) if part),
            line(header), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]
     if len(rows) < len(state.trials):
@@ -182,6 +182,16 @@ def best_text(state: SearchState) -> str:
     if baseline is not None and baseline.best_value is not None and baseline is not best:
         text += f" (baseline {fmt(baseline.best_value)})"
     return text
+
+
+def phase_text(state: SearchState) -> str:
+    """What a running search does once its trials have ended: the promotion of the trial the ranking
+    and the re-check chose (`best_trial` is set then), which takes minutes; '' otherwise."""
+    if state.status != RUNNING or not state.best_trial or not state.trials:
+        return ""
+    if any(t.status in (RUNNING, PENDING) for t in state.trials.values()):
+        return ""
+    return f"trials done; promoting {state.best_trial} (evaluate, export, quantize), then scoring it on the test split"
 
 
 def print_status(results_dir: str | Path, watch: float | None = None, echo: Callable[[str], None] = print,

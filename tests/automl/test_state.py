@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from automl.state import COMPACT_MIN, FAILED, FINISHED, SearchState, TrialRecord
+from automl.state import COMPACT_MIN, FAILED, FINISHED, RUNNING, SearchState, TrialRecord
 
 
 def _state(root: Path) -> SearchState:
@@ -123,6 +123,24 @@ def test_a_search_whose_trials_all_failed_says_each_error_once(tmp_path):
     assert [line.strip() for line in shown.splitlines() if "cannot be read" in line] == [
         f"trial_{i:03d}: val_{i}.jpg cannot be read" for i in range(3)]
     assert f"the errors are above the summary (every one: automl status {tmp_path} --all)" in shown
+
+
+def test_the_table_says_when_the_trials_are_done_and_the_driver_promotes(tmp_path):
+    """After the last trial the driver promotes (evaluate, export, quantize, the test split: minutes);
+    `automl status --watch` showed the search as running with every trial finished and no word why."""
+    from automl.console import format_table
+
+    state = _state(tmp_path)
+    state.status = RUNNING
+    first, second = _trial(state, 0), _trial(state, 1)
+    first.status, second.status = FINISHED, RUNNING
+    state.best_trial = "trial_000"  # (not set while trials run; here to show the running trial decides)
+    assert "promoting" not in format_table(state).splitlines()[0]
+    second.status = FINISHED
+    assert format_table(state).splitlines()[0].endswith(
+        "; trials done; promoting trial_000 (evaluate, export, quantize), then scoring it on the test split")
+    state.status = FINISHED
+    assert "promoting" not in format_table(state).splitlines()[0]
 
 
 def test_a_summary_says_when_no_recheck_backs_the_promoted_lead(tmp_path):
