@@ -186,12 +186,15 @@ def best_text(state: SearchState) -> str:
 
 def phase_text(state: SearchState) -> str:
     """What a running search does once its trials have ended: the promotion of the trial the ranking
-    and the re-check chose (`best_trial` is set then), which takes minutes; '' otherwise."""
+    and the re-check chose (`best_trial` is set then), which takes minutes, or with --no-promote the
+    report; '' otherwise."""
     if state.status != RUNNING or not state.best_trial or not state.trials:
         return ""
     if any(t.status in (RUNNING, PENDING) for t in state.trials.values()):
         return ""
-    return f"trials done; promoting {state.best_trial} (evaluate, export, quantize), then scoring it on the test split"
+    if not (state.settings.get("promotion") or {}).get("promote", True):
+        return "trials done; writing the report"
+    return f"trials done; promoting {state.best_trial}"
 
 
 def print_status(results_dir: str | Path, watch: float | None = None, echo: Callable[[str], None] = print,

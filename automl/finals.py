@@ -103,7 +103,12 @@ def final_evaluation(state: SearchState, promoted: TrialRecord, echo: Callable[[
     return out
 
 
-def _uneven_epochs(*groups: dict[str, Any]) -> str:
+def uneven_note(uneven: str) -> str:
+    return (f"these trainings ran different numbers of epochs ({uneven}; the shorter ones were stopped early), "
+            "so a shorter training's score stands beside a longer one's")
+
+
+def uneven_epochs(*groups: dict[str, Any]) -> str:
     """'trial_000 1, trial_003 6' when the compared trainings ran different numbers of epochs (a
     multi-fidelity scheduler stopped some at a rung), else ''. Ledgers before the epochs were kept: ''."""
     epochs: dict[str, int] = {}
@@ -177,10 +182,9 @@ def final_lines(final: dict[str, Any], recheck: dict[str, Any] | None = None, pr
     score = own_score(final, "promoted")
     if seeds and score is not None:  # a mean is not the model the user gets: name that one's own score
         lines.append(f"  test     the promoted model itself, {own['trials'][0]} (best/): mIoU {score:.4f}")
-    uneven = _uneven_epochs(p, b)
+    uneven = uneven_epochs(p, b)
     if uneven:
-        lines.append(f"  test     NOTE: these trainings ran different numbers of epochs ({uneven}; the scheduler "
-                     "stopped the shorter ones early), so a shorter training's score stands beside a longer one's")
+        lines.append(f"  test     NOTE: {uneven_note(uneven)}")
     if precision == "int8":
         lines.append("  test     these are the float weights' scores; best/ deploys the int8 model, which "
                      "`segformer evaluate -e best/experiment.yaml` scores")

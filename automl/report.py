@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from automl.console import error_line, gain_words, no_recheck_reason, recheck_role, trial_rows
-from automl.finals import size_note
+from automl.finals import size_note, uneven_epochs, uneven_note
 from automl.layout import Layout, trial_number
 from automl.state import FAILED, FINISHED, KILLED, STOPPED, SearchState, TrialRecord
 from segformer.fileio import atomic_write_text, staging_dir
@@ -736,6 +736,9 @@ def _recheck(state: SearchState) -> list[Block]:
                 and not (role == "leader" and row.get("trials") == promoted)]  # a promoted leader: one row
         blocks += [Heading("Final evaluation (test split, untouched by the search)"),
                    Table(["model", "trials", "test mIoU", "mean"], rows)]
+    uneven = uneven_epochs(*(final.get(role) or {} for role in ("promoted", "baseline", "leader"))) if final else ""
+    if uneven:
+        blocks.append(Para(f"Note: {uneven_note(uneven)}."))
     if size_note(final):
         blocks.append(Para(f"Note: {size_note(final)}."))
     return blocks

@@ -151,14 +151,13 @@ def _refuse_a_used_folder(layout: Layout) -> None:
                       f"or pick another --results-dir")
 
 
-ACTION_FOLDERS = ("train", "evaluate", "inference", "export", "quantize", "gen_trt_engine")
-
-
 def _note_action_outputs(layout: Layout, echo: Echo) -> None:
     """A search started where `segformer` actions wrote (the spec's results_dir is the default search
     folder) writes beside their folders, which no search writes at its top: say so, so that the
     plain training's results and the search's are not taken for one another."""
-    found = [f"{name}/" for name in ACTION_FOLDERS if (layout.root / name).is_dir()]
+    from segformer.actions import ACTIONS  # (names only: each action imports torch itself)
+
+    found = [f"{name}/" for name in ACTIONS if (layout.root / name).is_dir()]
     if found:
         echo(f"automl: note: {layout.root} also holds results of segformer actions ({', '.join(found)}); the search "
              "writes beside them (trial_*, best/, mlflow.db) and leaves them as they are; --results-dir gives it a "
@@ -388,8 +387,9 @@ WEIGHT_KEYS = ("model.backbone.pretrained_backbone_path", "train.pretrained_mode
 def _no_frozen_random_backbone(space: Any, s: Any, spec_values: dict[str, Any]) -> Any:
     """The space without freeze_backbone when no trial starts from pretrained weights: the schema
     searches it by default, and a frozen backbone of random weights only wastes the trials that
-    draw it (TAO's FAN backbone has no weights of ours to start from). Held at the spec's value, with
-    a note; kept where the user named it (--only, automl_add_hyperparameters, custom_param_ranges)."""
+    draw it (TAO's FAN backbone has no weights of ours to start from). Held at the spec's false, with
+    a note; kept where the user named it (--only, automl_add_hyperparameters, custom_param_ranges),
+    and where the spec itself freezes (a search may find that unfreezing pays)."""
     from automl.space import _lookup
 
     named = (*(s.only or ()), *s.include, *s.param_ranges)
@@ -399,8 +399,9 @@ def _no_frozen_random_backbone(space: Any, s: Any, spec_values: dict[str, Any]) 
         return space
     if any(p.depends_on == FREEZE_KEY for p in space):
         return space
-    _, value = _lookup(spec_values, FREEZE_KEY)
-    note = (f"{FREEZE_KEY} held at the spec's {str(bool(value)).lower()}: no trial starts from pretrained weights "
+    if _lookup(spec_values, FREEZE_KEY)[1]:  # the spec freezes a random backbone: unfreezing is worth a trial
+        return space
+    note = (f"{FREEZE_KEY} held at the spec's false: no trial starts from pretrained weights "
             f"({' and '.join(WEIGHT_KEYS)} are empty), so freezing would keep a random backbone; name it with --only "
             "or the settings' automl_add_hyperparameters to search it anyway")
     return dataclasses.replace(space, params=tuple(p for p in space.params if p.name != FREEZE_KEY),

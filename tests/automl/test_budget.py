@@ -289,7 +289,7 @@ def test_the_test_line_says_when_the_compared_trainings_ran_different_epochs() -
              "test_miou": {"trial_002": 0.36, "trial_000": 0.35}}
     lines = final_lines(final)
     assert lines[-1] == ("  test     NOTE: these trainings ran different numbers of epochs (trial_002 2, trial_000 1; "
-                         "the scheduler stopped the shorter ones early), so a shorter training's score stands beside a "
+                         "the shorter ones were stopped early), so a shorter training's score stands beside a "
                          "longer one's")
     even = {**final, "baseline": {**final["baseline"], "epochs": [2]}}
     assert not any("NOTE" in line for line in final_lines(even))

@@ -211,6 +211,8 @@ def test_freeze_backbone_is_not_searched_without_pretrained_weights(spec, tmp_pa
     settings.write_text("automl_add_hyperparameters: [model.backbone.freeze_backbone]\n")
     named = dry_run("--settings", str(settings))
     assert any(line.startswith("model.backbone.freeze_backbone ") for line in named.splitlines())
+    frozen = dry_run("model.backbone.freeze_backbone=true")  # the spec freezes: unfreezing may pay, searched
+    assert any(line.startswith("model.backbone.freeze_backbone ") for line in frozen.splitlines())
     weights = tmp_path / "weights.pth"
     weights.write_bytes(b"")  # only its existence is checked before a trial
     given = dry_run(f"model.backbone.pretrained_backbone_path={weights}")

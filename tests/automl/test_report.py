@@ -293,6 +293,13 @@ def test_when_the_baseline_led_the_report_calls_the_other_trial_the_runner_up(tm
     state.recheck["baseline_led"] = False
     table = write_report(state).read_text().split("## Final evaluation", 1)[1]
     assert table.count("trial_001, trial_003") == 1, table
+    assert "different numbers of epochs" not in table  # ledgers without the epochs: nothing to say
+    # a scheduler stopped one of them early: the report says so, as the console does
+    state.final_evaluation["baseline"]["epochs"] = [1, 3]
+    state.final_evaluation["leader"]["epochs"] = [3, 3]
+    table = write_report(state).read_text().split("## Final evaluation", 1)[1]
+    assert ("Note: these trainings ran different numbers of epochs (trial_001 3, trial_003 3, trial_000 1, trial_004 3; "
+            "the shorter ones were stopped early)") in table, table
 
 
 def test_the_report_of_failed_trials_says_what_ended_them(tmp_path: Path) -> None:

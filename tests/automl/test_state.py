@@ -137,8 +137,9 @@ def test_the_table_says_when_the_trials_are_done_and_the_driver_promotes(tmp_pat
     state.best_trial = "trial_000"  # (not set while trials run; here to show the running trial decides)
     assert "promoting" not in format_table(state).splitlines()[0]
     second.status = FINISHED
-    assert format_table(state).splitlines()[0].endswith(
-        "; trials done; promoting trial_000 (evaluate, export, quantize), then scoring it on the test split")
+    assert format_table(state).splitlines()[0].endswith("; trials done; promoting trial_000")
+    state.settings = {"promotion": {"promote": False}}  # --no-promote: only the report is left
+    assert format_table(state).splitlines()[0].endswith("; trials done; writing the report")
     state.status = FINISHED
     assert "promoting" not in format_table(state).splitlines()[0]
 
