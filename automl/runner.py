@@ -366,6 +366,8 @@ def _plan(opts: SearchOptions, skill: Any) -> tuple[SearchOptions, Any, dict[str
         space = centre(space, spec_values, s.param_ranges)
         if s.only is None:
             space = prioritise(space, budget.configurations(s.reduction_factor), keep=(*s.include, *s.structure))
+    elif s.max_trials is not None and s.only is None and s.algorithm not in ("grid", "pbt"):
+        space = _few_trials_note(space, s.max_trials)
     baseline = space.baseline(spec_values) if s.baseline_first else None
     if baseline is not None:
         space.encode(baseline)  # raises when the spec's own value cannot be searched (e.g. not among the options)
@@ -378,6 +380,20 @@ def _plan(opts: SearchOptions, skill: Any) -> tuple[SearchOptions, Any, dict[str
             warnings.warn(f"the grid holds {size} points and {what} trains {trained} of them, in grid order "
                           f"(the baseline first); raise it to train them all", SpaceWarning, stacklevel=2)
     return opts, space, baseline, budget
+
+
+def _few_trials_note(space: Any, trials: int) -> Any:
+    """TAO's route (trials counted, not epochs) searches every default parameter of the schema, as TAO
+    does; say when the trials are too few for them, and what the budget route does instead."""
+    from automl.budget import CONFIGS_PER_PARAM
+
+    if len(space) < 2 or trials >= CONFIGS_PER_PARAM * len(space):
+        return space
+    note = (f"{trials} trials for {len(space)} searched parameters (about {CONFIGS_PER_PARAM} configurations per "
+            f"parameter find much, ~{CONFIGS_PER_PARAM * len(space)} here): name fewer with --only "
+            "(automl_hyperparameters), or size the search with --budget instead of --max-trials, which searches the "
+            "optimizer's parameters first and holds the rest at the spec's values")
+    return dataclasses.replace(space, notes=(*space.notes, note))
 
 
 FREEZE_KEY = "model.backbone.freeze_backbone"
