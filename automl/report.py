@@ -736,7 +736,7 @@ def _recheck(state: SearchState) -> list[Block]:
                 and not (role == "leader" and row.get("trials") == promoted)]  # a promoted leader: one row
         blocks += [Heading("Final evaluation (test split, untouched by the search)"),
                    Table(["model", "trials", "test mIoU", "mean"], rows)]
-    uneven = uneven_epochs(*(final.get(role) or {} for role in ("promoted", "baseline", "leader"))) if final else ""
+    uneven = uneven_epochs(*(final.get(role) or {} for role in ("promoted", "baseline", "leader")))
     if uneven:
         blocks.append(Para(f"Note: {uneven_note(uneven)}."))
     if size_note(final):
